@@ -1,0 +1,142 @@
+"""Zarr v3 volumes with OME-Zarr 0.5 multiscale metadata (scale 0 in array "0")."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import zarr
+
+from connectome.errors import UserError
+from connectome.geometry import Box
+from connectome.volumes.base import Volume, VolumeMeta
+
+SCALE0 = "0"
+
+
+def _ome_attrs(name: str, voxel_size, offset, channels) -> dict:
+    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    scale = [float(v) for v in voxel_size]
+    translation = [float(o * v) for o, v in zip(offset, voxel_size)]
+    if channels is not None:
+        axes = [{"name": "c", "type": "channel"}] + axes
+        scale = [1.0] + scale
+        translation = [0.0] + translation
+    return {
+        "ome": {
+            "version": "0.5",
+            "multiscales": [
+                {
+                    "name": name,
+                    "axes": axes,
+                    "datasets": [
+                        {
+                            "path": SCALE0,
+                            "coordinateTransformations": [
+                                {"type": "scale", "scale": scale},
+                                {"type": "translation", "translation": translation},
+                            ],
+                        }
+                    ],
+                }
+            ],
+        },
+        "connectome": {
+            "voxel_size": scale[-3:],
+            "offset": [int(o) for o in offset],
+            "channels": channels,
+        },
+    }
+
+
+class ZarrVolume(Volume):
+    """An OME-Zarr image group (or a bare zarr v3 array) on a local path."""
+
+    def __init__(self, address: str, mode: str = "r"):
+        super().__init__(address)
+        self.writable = mode != "r"
+        path = address
+        if not os.path.exists(os.path.join(path, "zarr.json")):
+            raise UserError(f"{address}: expected a zarr v3 array or OME-Zarr group, found no zarr.json")
+        try:
+            node = zarr.open(store=path, mode="r+" if self.writable else "r")
+        except Exception as e:  # zarr raises several types for a damaged store
+            raise UserError(f"{address}: not a readable zarr store ({type(e).__name__}: {e})") from None
+        attrs = dict(node.attrs)
+        if isinstance(node, zarr.Group):
+            if SCALE0 not in node:
+                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{SCALE0}'")
+            self._array = node[SCALE0]
+        else:
+            self._array = node
+        own = attrs.get("connectome", {})
+        channels = own.get("channels")
+        arr = self._array
+        if arr.ndim == 4 and channels is None:
+            channels = int(arr.shape[0])
+        if arr.ndim not in (3, 4) or (channels is not None and arr.ndim != 4):
+            raise UserError(f"{address}: expected a 3-d or 4-d (c, z, y, x) array, found shape {arr.shape}")
+        spatial = tuple(int(s) for s in arr.shape[-3:])
+        chunks = tuple(int(c) for c in arr.chunks[-3:])
+        self._meta = VolumeMeta(
+            shape=spatial,
+            dtype=np.dtype(arr.dtype),
+            chunk_shape=chunks,
+            voxel_size=tuple(float(v) for v in own.get("voxel_size", (1.0, 1.0, 1.0))),
+            offset=tuple(int(o) for o in own.get("offset", (0, 0, 0))),
+            channels=channels,
+        )
+
+    @property
+    def meta(self) -> VolumeMeta:
+        return self._meta
+
+    def _index(self, box: Box):
+        s = box.to_slices()
+        return s if self._meta.channels is None else (slice(None), *s)
+
+    def _read(self, box: Box) -> np.ndarray:
+        return np.asarray(self._array[self._index(box)])
+
+    def _write(self, box: Box, data: np.ndarray) -> None:
+        self._array[self._index(box)] = data
+
+
+def create_zarr_volume(
+    address: str,
+    shape: Sequence[int],
+    dtype,
+    chunk_shape: Sequence[int],
+    voxel_size: Sequence[float],
+    offset: Sequence[int] = (0, 0, 0),
+    channels: int | None = None,
+    overwrite: bool = False,
+) -> ZarrVolume:
+    if os.path.exists(os.path.join(address, "zarr.json")) and not overwrite:
+        existing = ZarrVolume(address, "r+")
+        m = existing.meta
+        want = (tuple(shape), np.dtype(dtype), tuple(chunk_shape), channels)
+        have = (m.shape, m.dtype, m.chunk_shape, m.channels)
+        if want != have:
+            raise UserError(
+                f"{address}: exists with shape/dtype/chunks/channels {have}, expected {want} "
+                "(pass --overwrite to replace it)"
+            )
+        return existing
+    chunk_shape = tuple(min(int(c), int(s)) for c, s in zip(chunk_shape, shape))
+    group = zarr.open_group(store=address, mode="w" if overwrite else "a")
+    group.attrs.update(_ome_attrs(os.path.basename(address.rstrip("/")), voxel_size, offset, channels))
+    full_shape = tuple(shape) if channels is None else (channels, *shape)
+    full_chunks = chunk_shape if channels is None else (channels, *chunk_shape)
+    dims = ("z", "y", "x") if channels is None else ("c", "z", "y", "x")
+    group.create_array(
+        SCALE0,
+        shape=full_shape,
+        chunks=full_chunks,
+        dtype=np.dtype(dtype),
+        fill_value=0,
+        dimension_names=dims,
+        overwrite=overwrite,
+    )
+    return ZarrVolume(address, "r+")
