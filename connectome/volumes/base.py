@@ -21,6 +21,7 @@ class VolumeMeta:
     voxel_size: tuple[float, float, float]  # nm, (z, y, x)
     offset: Vec = (0, 0, 0)  # voxels, where voxel (0,0,0) sits in world space
     channels: int | None = None  # None for a scalar volume, else the length of a leading axis
+    voxel_size_known: bool = True  # False for sources that carry no voxel size (npz, TIFF)
 
 
 class Volume(ABC):

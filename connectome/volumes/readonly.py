@@ -31,6 +31,7 @@ def _meta_for(address: str, shape, dtype, voxel_size, chunk=None) -> VolumeMeta:
         chunk_shape=chunk or tuple(min(s, 64) for s in spatial),
         voxel_size=tuple(voxel_size or DEFAULT_VOXEL),
         channels=channels,
+        voxel_size_known=voxel_size is not None,
     )
 
 

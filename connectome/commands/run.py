@@ -1,0 +1,30 @@
+"""Run any chain of stages from a YAML config (resumes finished blocks)."""
+
+from __future__ import annotations
+
+from connectome.cli import print_result
+from connectome.cluster import open_client, parse_cluster_option
+from connectome.commands.run_options import add_run_options
+from connectome.config import load_config
+from connectome.pipeline import execute, plan_run
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="CONFIG.yaml")
+    add_run_options(parser)
+
+
+def run(args) -> int:
+    config = load_config(args.config)
+    cluster = parse_cluster_option(args.cluster, config.cluster)
+    if args.workers:
+        cluster = cluster.model_copy(update={"n_workers": args.workers})
+    plan = plan_run(config)
+    with open_client(cluster, quiet=args.json) as client:
+        reports = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    outputs = {name: address for p in plan.stages for name, (address, _) in p.creates.items()}
+    summary = {"output": config.output, "volumes": outputs, "stages": [r.to_json() for r in reports]}
+    lines = [f"{r.stage}: {r.ran} blocks run, {r.skipped} already done, {r.seconds:.1f} s" for r in reports]
+    lines += [f"{name}: {address}" for name, address in outputs.items()]
+    print_result(args, summary, "\n".join(lines))
+    return 0

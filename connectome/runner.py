@@ -1,0 +1,172 @@
+"""Run a blockwise stage on a Dask cluster: bounded windows, adaptive batching, resume, retries.
+
+One Dask task runs a batch of consecutive blocks; each finished block gets its own done-marker,
+so a retried or re-run batch redoes only the blocks without one. Batch sizes adapt to the
+measured time per block (about `target_task_seconds` per task, but always several tasks per
+worker thread), which keeps the scheduler's overhead per block far below one task's.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from distributed import Client, as_completed
+from distributed.scheduler import KilledWorker
+
+from connectome.errors import StageFailed
+from connectome.geometry import BlockGrid
+from connectome.markers import DoneMarkers
+from connectome.stages.base import BlockStage
+
+
+@dataclass
+class StageReport:
+    stage: str
+    blocks: int
+    skipped: int
+    ran: int
+    tasks: int
+    seconds: float
+    summaries: dict[int, dict] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("stage", "blocks", "skipped", "ran", "tasks", "seconds")}
+
+
+def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str) -> dict:
+    """Worker side: process the blocks of one batch that have no done-marker yet."""
+    markers = DoneMarkers(work_dir, stage.name)
+    volumes = None
+    start = time.perf_counter()
+    ran = 0
+    for i in indices:
+        if markers.is_done(i):
+            continue
+        if volumes is None:
+            volumes = stage.open_volumes()
+        block = grid.block(i)
+        try:
+            summary = stage.process(block, volumes)
+        except Exception:
+            raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
+        markers.mark(i, summary)
+        ran += 1
+    return {"ran": ran, "seconds": time.perf_counter() - start}
+
+
+def _total_threads(client: Client) -> int:
+    return max(1, sum(client.nthreads().values()))
+
+
+def run_stage(
+    stage: BlockStage,
+    grid: BlockGrid,
+    client: Client,
+    work_dir: str,
+    *,
+    overwrite: bool = False,
+    retries: int = 2,
+    progress: bool = True,
+    target_task_seconds: float = 1.0,
+    max_batch: int | None = None,
+    window: int | None = None,
+    collect_summaries: bool = False,
+) -> StageReport:
+    """Run `stage` on every block of `grid` that is not done yet; raise StageFailed on failure."""
+    from tqdm import tqdm
+
+    markers = DoneMarkers(work_dir, stage.name)
+    markers.claim({**stage.fingerprint(), "layout": grid.layout(), "blocks": len(grid)}, overwrite)
+    n = len(grid)
+    is_done = np.zeros(n, dtype=bool)
+    done_before = markers.done()
+    if done_before:
+        is_done[np.fromiter(done_before, dtype=np.int64)] = True
+    todo = np.flatnonzero(~is_done)
+    start = time.perf_counter()
+    run_id = uuid.uuid4().hex[:8]
+
+    seconds_per_block: float | None = None
+    pos = 0
+    tasks = 0
+    in_flight: dict[str, list[int]] = {}
+    futures: dict[str, object] = {}
+    pending = as_completed()
+
+    def next_batch_size() -> int:
+        remaining = len(todo) - pos
+        if seconds_per_block is None:
+            return 1
+        spread = math.ceil(remaining / (2 * _total_threads(client)))
+        want = int(target_task_seconds / max(seconds_per_block, 1e-7))
+        size = max(1, min(want, spread))
+        return min(size, max_batch) if max_batch else size
+
+    def submit_next() -> None:
+        nonlocal pos, tasks
+        size = next_batch_size()
+        batch = todo[pos : pos + size].tolist()
+        pos += len(batch)
+        key = f"{stage.name}-{batch[0]}-{len(batch)}-{run_id}"
+        fut = client.submit(
+            run_batch, stage, grid, batch, work_dir,
+            key=key, retries=retries, pure=False, resources=stage.resources or None,
+        )
+        in_flight[fut.key] = batch
+        futures[fut.key] = fut
+        pending.add(fut)
+        tasks += 1
+
+    bar = tqdm(total=len(todo), desc=stage.name, unit="block", disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True)
+    try:
+        limit = window or 4 * _total_threads(client)
+        while pos < len(todo) and len(in_flight) < limit:
+            submit_next()
+        measured_blocks, measured_seconds = 0, 0.0
+        for fut in pending:
+            batch = in_flight.pop(fut.key)
+            futures.pop(fut.key, None)
+            if fut.status == "error":
+                raise _failure(stage, grid, batch, fut)
+            result = fut.result()
+            if result["ran"]:
+                measured_blocks += result["ran"]
+                measured_seconds += result["seconds"]
+                seconds_per_block = measured_seconds / measured_blocks
+            bar.update(len(batch))
+            limit = window or 4 * _total_threads(client)
+            while pos < len(todo) and len(in_flight) < limit:
+                submit_next()
+    except BaseException:
+        client.cancel(list(futures.values()))
+        raise
+    finally:
+        bar.close()
+
+    missing = n - len(markers.done())
+    if missing:
+        raise RuntimeError(f"stage {stage.name!r}: {missing} of {n} blocks have no done-marker after the run")
+    report = StageReport(stage.name, n, n - len(todo), len(todo), tasks, time.perf_counter() - start)
+    if collect_summaries:
+        report.summaries = markers.summaries()
+    return report
+
+
+def _failure(stage: BlockStage, grid: BlockGrid, batch: list[int], fut) -> StageFailed:
+    exc = fut.exception()
+    if isinstance(exc, StageFailed):
+        return exc
+    first = batch[0]
+    box = str(grid.block(first).write_box)
+    if isinstance(exc, KilledWorker):
+        text = f"workers died repeatedly while running blocks {batch[:8]}{'...' if len(batch) > 8 else ''}: {exc}"
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
+    return StageFailed(stage.name, first, box, text)
