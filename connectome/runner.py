@@ -77,8 +77,13 @@ def run_stage(
     max_batch: int | None = None,
     window: int | None = None,
     collect_summaries: bool = False,
+    resources: dict[str, float] | None = None,
 ) -> StageReport:
-    """Run `stage` on every block of `grid` that is not done yet; raise StageFailed on failure."""
+    """Run `stage` on every block of `grid` that is not done yet; raise StageFailed on failure.
+
+    `resources` (e.g. {"GPU": 1}) restricts the tasks to workers that advertise them; pass it only
+    for clusters that have such workers.
+    """
     from tqdm import tqdm
 
     markers = DoneMarkers(work_dir, stage.name)
@@ -116,7 +121,7 @@ def run_stage(
         key = f"{stage.name}-{batch[0]}-{len(batch)}-{run_id}"
         fut = client.submit(
             run_batch, stage, grid, batch, work_dir,
-            key=key, retries=retries, pure=False, resources=stage.resources or None,
+            key=key, retries=retries, pure=False, resources=resources or None,
         )
         in_flight[fut.key] = batch
         futures[fut.key] = fut
