@@ -54,7 +54,10 @@ def print_result(args, summary: dict, human: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return int(e.code or 0)
     try:
         return int(args._run(args) or 0)
     except UserError as e:

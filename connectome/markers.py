@@ -26,6 +26,10 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in a block summary")
 
 
+def _normalised(fingerprint: dict) -> dict:
+    return json.loads(json.dumps(fingerprint, default=_json_default, sort_keys=True))
+
+
 class DoneMarkers:
     def __init__(self, work_dir: str, stage: str):
         self.stage = stage
@@ -41,18 +45,24 @@ class DoneMarkers:
         except FileNotFoundError:
             return None
 
-    def claim(self, fingerprint: dict, overwrite: bool = False) -> None:
-        """Bind this directory to `fingerprint`; refuse a different one unless `overwrite`."""
-        fingerprint = json.loads(json.dumps(fingerprint, default=_json_default, sort_keys=True))
+    def check(self, fingerprint: dict, overwrite: bool = False) -> None:
+        """Refuse to resume finished blocks that were computed with a different fingerprint."""
         existing = self.fingerprint()
-        if existing is not None and existing != fingerprint:
-            if not overwrite:
-                changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
-                raise UserError(
-                    f"stage {self.stage!r} in {os.path.dirname(os.path.dirname(os.path.dirname(self.directory)))} "
-                    f"was started with a different {', '.join(changed)}; pass --overwrite to discard its "
-                    "finished blocks and start again"
-                )
+        fingerprint = _normalised(fingerprint)
+        if existing is None or existing == fingerprint or overwrite:
+            return
+        changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
+        work_dir = os.path.dirname(os.path.dirname(os.path.dirname(self.directory)))
+        raise UserError(
+            f"stage {self.stage!r} in {work_dir} was started with a different {', '.join(changed)}; "
+            "pass --overwrite to discard its finished blocks and start again"
+        )
+
+    def claim(self, fingerprint: dict, overwrite: bool = False) -> None:
+        """Bind this directory to `fingerprint`, discarding old markers only when `overwrite`."""
+        self.check(fingerprint, overwrite)
+        fingerprint = _normalised(fingerprint)
+        if self.fingerprint() not in (None, fingerprint):
             self.clear()
         os.makedirs(self.directory, exist_ok=True)
         tmp = os.path.join(self.directory, FINGERPRINT + ".tmp")

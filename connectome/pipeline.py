@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from connectome.config import RunConfig, format_validation_error
 from connectome.errors import UserError
 from connectome.geometry import Box, BlockGrid
-from connectome.runner import StageReport, run_stage
+from connectome.runner import StageReport, check_resumable, run_stage
 from connectome.stages import BlockStage, stage_class
 from connectome.volumes import VolumeMeta, create_volume, open_volume
 
@@ -112,6 +112,12 @@ def plan_run(config: RunConfig) -> Plan:
             known[outputs[name]] = meta
         planned.append(PlannedStage(stage, grid, creates))
     return Plan(config, raw_meta, planned)
+
+
+def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
+    """Refuse (before any cluster starts) a re-run whose layout or parameters changed."""
+    for planned in plan.stages:
+        check_resumable(planned.stage, planned.grid, plan.work_dir, overwrite)
 
 
 def create_outputs(planned: PlannedStage, overwrite: bool) -> None:

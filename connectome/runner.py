@@ -39,6 +39,15 @@ class StageReport:
         return {k: getattr(self, k) for k in ("stage", "blocks", "skipped", "ran", "tasks", "seconds")}
 
 
+def fingerprint(stage: BlockStage, grid: BlockGrid) -> dict:
+    """What a stage's done-markers are valid for: its parameters, volumes and block layout."""
+    return {**stage.fingerprint(), "layout": grid.layout(), "blocks": len(grid)}
+
+
+def check_resumable(stage: BlockStage, grid: BlockGrid, work_dir: str, overwrite: bool) -> None:
+    DoneMarkers(work_dir, stage.name).check(fingerprint(stage, grid), overwrite)
+
+
 def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str) -> dict:
     """Worker side: process the blocks of one batch that have no done-marker yet."""
     markers = DoneMarkers(work_dir, stage.name)
@@ -87,7 +96,7 @@ def run_stage(
     from tqdm import tqdm
 
     markers = DoneMarkers(work_dir, stage.name)
-    markers.claim({**stage.fingerprint(), "layout": grid.layout(), "blocks": len(grid)}, overwrite)
+    markers.claim(fingerprint(stage, grid), overwrite)
     n = len(grid)
     is_done = np.zeros(n, dtype=bool)
     done_before = markers.done()

@@ -6,7 +6,7 @@ from connectome.cli import print_result
 from connectome.cluster import open_client, parse_cluster_option
 from connectome.commands.run_options import add_run_options
 from connectome.config import load_config
-from connectome.pipeline import execute, plan_run
+from connectome.pipeline import check_plan_resumable, execute, plan_run
 
 
 def add_arguments(parser) -> None:
@@ -20,6 +20,7 @@ def run(args) -> int:
     if args.workers:
         cluster = cluster.model_copy(update={"n_workers": args.workers})
     plan = plan_run(config)
+    check_plan_resumable(plan, args.overwrite)
     with open_client(cluster, quiet=args.json) as client:
         reports = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     outputs = {name: address for p in plan.stages for name, (address, _) in p.creates.items()}
