@@ -31,6 +31,8 @@ def _normalised(fingerprint: dict) -> dict:
 
 
 class DoneMarkers:
+    normalised = staticmethod(_normalised)
+
     def __init__(self, work_dir: str, stage: str):
         self.stage = stage
         self.directory = os.path.join(work_dir, ".connectome", "done", stage)
@@ -58,17 +60,19 @@ class DoneMarkers:
             "pass --overwrite to discard its finished blocks and start again"
         )
 
-    def claim(self, fingerprint: dict, overwrite: bool = False) -> None:
-        """Bind this directory to `fingerprint`, discarding old markers only when `overwrite`."""
+    def claim(self, fingerprint: dict, overwrite: bool = False) -> bool:
+        """Bind this directory to `fingerprint`; True when old markers were discarded (`overwrite`)."""
         self.check(fingerprint, overwrite)
         fingerprint = _normalised(fingerprint)
-        if self.fingerprint() not in (None, fingerprint):
+        discarded = self.fingerprint() not in (None, fingerprint)
+        if discarded:
             self.clear()
         os.makedirs(self.directory, exist_ok=True)
         tmp = os.path.join(self.directory, FINGERPRINT + ".tmp")
         with open(tmp, "w") as f:
             json.dump(fingerprint, f, indent=1, sort_keys=True)
         os.replace(tmp, os.path.join(self.directory, FINGERPRINT))
+        return discarded
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from connectome.config import RunConfig, format_validation_error
 from connectome.errors import UserError
 from connectome.geometry import Box, BlockGrid
-from connectome.runner import StageReport, check_resumable, run_stage
+from connectome.runner import StageReport, check_resumable, run_stage, starts_afresh
 from connectome.stages import BlockStage, stage_class
 from connectome.volumes import VolumeMeta, create_volume, open_volume
 
@@ -93,6 +93,7 @@ def plan_run(config: RunConfig) -> Plan:
             )
         inputs = {name: resolve(sc.inputs.get(name, name), config) for name in cls.inputs}
         outputs = {name: resolve(sc.outputs.get(name, name), config) for name in cls.outputs}
+        tables = {name: os.path.join(config.output, "tables", name) for name in cls.tables + cls.reads_tables}
         metas = {}
         for name, address in inputs.items():
             if address not in known:
@@ -101,8 +102,11 @@ def plan_run(config: RunConfig) -> Plan:
             if metas[name].shape != raw_meta.shape:
                 raise UserError(f"stages.{i} ({sc.stage}): input {address} has shape {list(metas[name].shape)}, "
                                 f"expected the raw volume's {list(raw_meta.shape)}")
-        stage = cls(params, inputs, outputs)
+        stage = cls(params, inputs, outputs, tables)
         stage.check_inputs(metas)
+        multiple = stage.block_multiple()
+        if any(b % m for b, m in zip(block_shape, multiple)):
+            raise UserError(f"block shape {list(block_shape)}: stage {sc.stage!r} needs a multiple of {list(multiple)}")
         grid = BlockGrid.for_chunks(Box.from_shape(raw_meta.shape), block_shape, chunk_shape, stage.context())
         creates = {}
         for name, spec in stage.output_specs(metas).items():
@@ -139,7 +143,11 @@ def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = Tru
             json.dump(plan.config.model_dump(mode="json"), f, indent=1)
     reports = []
     for planned in plan.stages:
-        create_outputs(planned, overwrite)
+        # finished blocks that are kept keep their output volumes: only a fresh start recreates them
+        create_outputs(planned, overwrite and starts_afresh(planned.stage, planned.grid, plan.work_dir))
+        for name in planned.stage.tables:
+            os.makedirs(planned.stage.table_dirs[name], exist_ok=True)
+        planned.stage.prepare(plan.work_dir)
         reports.append(run_stage(planned.stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress))
     return reports

@@ -9,6 +9,8 @@ worker thread), which keeps the scheduler's overhead per block far below one tas
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
 import traceback
@@ -46,6 +48,13 @@ def fingerprint(stage: BlockStage, grid: BlockGrid) -> dict:
 
 def check_resumable(stage: BlockStage, grid: BlockGrid, work_dir: str, overwrite: bool) -> None:
     DoneMarkers(work_dir, stage.name).check(fingerprint(stage, grid), overwrite)
+
+
+def starts_afresh(stage: BlockStage, grid: BlockGrid, work_dir: str) -> bool:
+    """True when no finished block of this stage would be kept (so its outputs may be recreated)."""
+    markers = DoneMarkers(work_dir, stage.name)
+    existing = markers.fingerprint()
+    return existing is None or existing != DoneMarkers.normalised(fingerprint(stage, grid)) or not markers.done()
 
 
 def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str) -> dict:
@@ -96,7 +105,10 @@ def run_stage(
     from tqdm import tqdm
 
     markers = DoneMarkers(work_dir, stage.name)
-    markers.claim(fingerprint(stage, grid), overwrite)
+    if markers.claim(fingerprint(stage, grid), overwrite):
+        for name in stage.tables:  # tables of discarded blocks go with their markers
+            shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
+            os.makedirs(stage.table_dirs[name])
     n = len(grid)
     is_done = np.zeros(n, dtype=bool)
     done_before = markers.done()

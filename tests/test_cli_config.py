@@ -108,3 +108,15 @@ def test_ingest_npz_to_zarr_and_precomputed_blockwise(tmp_path, capsys):
     _one_line_error(capsys, ["ingest", src, str(tmp_path / "o.zarr" / "raw"), "--voxel-size", "30", "6", "6",
                              "--chunk-shape", "5", "16", "16", "--block-shape", "5", "24", "24"],
                     "expected a multiple of the output chunk shape")
+
+
+def test_overwrite_with_unchanged_parameters_keeps_finished_output(tmp_path, capsys, raw_zarr):
+    cfg = _config(tmp_path)
+    assert main(["run", cfg, "--json", "--no-progress"]) == 0
+    capsys.readouterr()
+    out = open_volume(str(tmp_path / "out" / "normalized"))
+    before = out.read(out.box)
+    assert before.any()
+    assert main(["run", cfg, "--overwrite", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"][0]["skipped"] == 4
+    np.testing.assert_array_equal(open_volume(out.address).read(out.box), before)

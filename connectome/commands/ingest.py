@@ -11,7 +11,7 @@ from connectome.commands.run_options import add_run_options
 from connectome.errors import UserError
 from connectome.geometry import BlockGrid, Box
 from connectome.pipeline import fit_blocks, input_voxel_size
-from connectome.runner import run_stage
+from connectome.runner import check_resumable, run_stage, starts_afresh
 from connectome.stages.copy import CopyParams, CopyStage
 from connectome.volumes import address_kind, create_volume, open_volume
 from connectome.volumes.precomputed import cloudpath
@@ -50,11 +50,13 @@ def run(args) -> int:
     stage = CopyStage(CopyParams(dtype=args.dtype), {"raw": args.src}, {"copy": args.dst})
     spec = stage.output_specs({"raw": src.meta})["copy"]
     grid = BlockGrid.for_chunks(Box.from_shape(src.shape), blocks, chunks)
+    work_dir = work_dir_for(args.dst)
+    check_resumable(stage, grid, work_dir, args.overwrite)
     create_volume(args.dst, src.shape, spec.dtype, chunks, voxel_size, src.meta.offset, spec.channels,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite and starts_afresh(stage, grid, work_dir))
     cluster = parse_cluster_option(args.cluster, ClusterConfig(n_workers=args.workers or 2))
     with open_client(cluster, quiet=args.json) as client:
-        report = run_stage(stage, grid, client, work_dir_for(args.dst), overwrite=args.overwrite,
+        report = run_stage(stage, grid, client, work_dir, overwrite=args.overwrite,
                            progress=not args.no_progress)
     summary = {"volume": args.dst, "shape": list(src.shape), "dtype": spec.dtype, "voxel_size": list(voxel_size),
                **report.to_json()}

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from connectome.errors import UserError
 from connectome.stages.base import BlockStage, OutputSpec, StageParams
+from connectome.stages.affinities import AffinitiesStage
+from connectome.stages.agglomerate import AgglomerateStage
 from connectome.stages.copy import CopyStage
+from connectome.stages.fragments import FragmentsStage
 from connectome.stages.normalize import NormalizeStage
+from connectome.stages.relabel import RelabelStage
 
 REGISTRY: dict[str, type[BlockStage]] = {}
 
@@ -15,7 +19,7 @@ def register(cls: type[BlockStage]) -> type[BlockStage]:
     return cls
 
 
-for _cls in (CopyStage, NormalizeStage):
+for _cls in (CopyStage, NormalizeStage, AffinitiesStage, FragmentsStage, AgglomerateStage, RelabelStage):
     register(_cls)
 
 

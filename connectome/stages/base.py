@@ -40,13 +40,17 @@ class BlockStage(ABC):
     Params: ClassVar[type[StageParams]] = StageParams
     inputs: ClassVar[tuple[str, ...]] = ("raw",)
     outputs: ClassVar[tuple[str, ...]] = ()
+    tables: ClassVar[tuple[str, ...]] = ()  # directories of per-block tables this stage writes
+    reads_tables: ClassVar[tuple[str, ...]] = ()  # table directories written by an earlier stage
     resources: ClassVar[dict[str, float]] = {}  # Dask worker resources, e.g. {"GPU": 1}
     input_dtypes: ClassVar[dict[str, tuple[str, ...]]] = {}  # accepted dtypes per input, if limited
 
-    def __init__(self, params: StageParams, input_addresses: dict[str, str], output_addresses: dict[str, str]):
+    def __init__(self, params: StageParams, input_addresses: dict[str, str], output_addresses: dict[str, str],
+                 table_dirs: dict[str, str] | None = None):
         self.params = params
         self.input_addresses = dict(input_addresses)
         self.output_addresses = dict(output_addresses)
+        self.table_dirs = dict(table_dirs or {})
 
     def context(self) -> Vec:
         """Voxels of context each block reads beyond its write box."""
@@ -62,8 +66,15 @@ class BlockStage(ABC):
                     f"expected {' or '.join(allowed)}"
                 )
 
+    def block_multiple(self) -> Vec:
+        """Block shapes must be a multiple of this (e.g. a model's downsampling factor)."""
+        return (1, 1, 1)
+
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         return {}
+
+    def prepare(self, work_dir: str) -> None:
+        """A global step run once on the client before the blocks (e.g. building a lookup table)."""
 
     def open_volumes(self) -> dict[str, Volume]:
         vols = {k: open_volume(a) for k, a in self.input_addresses.items()}
@@ -80,6 +91,7 @@ class BlockStage(ABC):
             "params": self.params.model_dump(mode="json"),
             "inputs": self.input_addresses,
             "outputs": self.output_addresses,
+            "tables": self.table_dirs,
         }
 
 
