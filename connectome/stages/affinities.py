@@ -32,14 +32,9 @@ class AffinitiesStage(BlockStage):
 
     @cached_property
     def model_info(self):
-        from connectome.models import load_model
+        from connectome.models.registry import read_info, resolve_model_path
 
-        return load_model(self.params.model, device="cpu").info
-
-    def __getstate__(self):  # the client's CPU copy of the model never travels to workers
-        state = dict(self.__dict__)
-        state.pop("model_info", None)
-        return state
+        return read_info(resolve_model_path(self.params.model))
 
     def context(self) -> Vec:
         return tuple(int(c) for c in self.model_info.context)

@@ -10,13 +10,14 @@ import numpy as np
 from pydantic import Field
 
 from connectome.geometry import Block
-from connectome.stages.base import BlockStage, OutputSpec, StageParams
+from connectome.stages.base import BlockStage, OutputSpec, StageParams, crop
 from connectome.volumes import Volume, VolumeMeta
 
 LOCAL_BITS = 32
 
 
 class FragmentsParams(StageParams):
+    context: tuple[int, int, int] = Field((8, 8, 8), description="voxels the watershed sees beyond the block")
     aff_low: float = Field(0.0001, ge=0, lt=1, description="affinities below this never join voxels")
     aff_high: float = Field(0.9999, gt=0, le=1, description="affinities above this always join voxels")
 
@@ -63,8 +64,14 @@ class FragmentsStage(BlockStage):
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         return {"fragments": OutputSpec(dtype="uint64")}
 
+    def context(self) -> tuple[int, int, int]:
+        return tuple(self.params.context)
+
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        affs = volumes["affinities"].read(block.write_box).astype(np.float32) / 255.0
-        local = watershed_fragments(affs, self.params.aff_low, self.params.aff_high)
+        """Watershed the read box (so basins near the faces match the whole volume's), keep the write box."""
+        affs = volumes["affinities"].read(block.read_box).astype(np.float32) / 255.0
+        seg = watershed_fragments(affs, self.params.aff_low, self.params.aff_high)
+        local = np.ascontiguousarray(crop(seg, block))
+        fastremap.renumber(local, in_place=True, preserve_zero=True)
         volumes["fragments"].write(block.write_box, globalise(local, block.index))
         return {"fragments": int(local.max(initial=0))}

@@ -1,0 +1,138 @@
+"""Fragments, region graph, global merge and relabel: exact across blocks, and seam-free."""
+
+import numpy as np
+import pytest
+import yaml
+
+from connectome.agglomeration import merge_regions
+from connectome.cli import main
+from connectome.geometry import BlockGrid, Box
+from connectome.metrics.voi import voi
+from connectome.stages.agglomerate import region_graph
+from connectome.stages.relabel import relabel
+from connectome.volumes import create_volume, open_volume
+from connectome.volumes.reflected import mirror_indices, read_reflected
+
+
+def affinities_of(labels: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour affinities (waterz convention: channel d links x and x - e_d)."""
+    affs = np.zeros((3,) + labels.shape, np.float32)
+    for d in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[d], lo[d] = slice(1, None), slice(0, -1)
+        a, b = labels[tuple(hi)], labels[tuple(lo)]
+        affs[d][tuple(hi)] = (a == b) & (a != 0)
+    return affs
+
+
+def test_region_graph_by_hand():
+    frag = np.array([[[1, 1, 2, 2]]], np.uint64)  # one row: 1 1 | 2 2
+    affs = np.zeros((3, 1, 1, 4))
+    affs[2, 0, 0, 2] = 0.25  # the pair (x=1, x=2)
+    u, v, sums, counts = region_graph(frag, affs, (False, False, False))
+    assert u.tolist() == [1] and v.tolist() == [2] and sums.tolist() == [0.25] and counts.tolist() == [1]
+
+
+def test_region_graph_summed_over_blocks_equals_whole_volume():
+    rng = np.random.default_rng(0)
+    frag = rng.integers(1, 6, (12, 14, 16)).astype(np.uint64)
+    affs = rng.random((3, 12, 14, 16))
+    whole = region_graph(frag, affs, (False, False, False))
+    grid = BlockGrid(Box.from_shape(frag.shape), (5, 7, 6))
+    rows = {}
+    for b in grid:
+        w = b.write_box
+        has_lower = tuple(o > 0 for o in w.offset)
+        grown = Box.from_corners(tuple(o - int(h) for o, h in zip(w.offset, has_lower)), w.end)
+        u, v, s, c = region_graph(frag[grown.to_slices()], affs[(slice(None), *w.to_slices())], has_lower)
+        for key in zip(u.tolist(), v.tolist(), s.tolist(), c.tolist()):
+            total = rows.setdefault(key[:2], [0.0, 0])
+            total[0] += key[2]
+            total[1] += key[3]
+    assert sorted(rows) == list(zip(whole[0].tolist(), whole[1].tolist()))
+    for i, (a, b) in enumerate(zip(whole[0].tolist(), whole[1].tolist())):
+        assert rows[(a, b)][1] == whole[3][i]
+        assert rows[(a, b)][0] == pytest.approx(whole[2][i])
+
+
+def test_merge_pools_contact_statistics():
+    nodes = np.array([10, 20, 30], np.uint64)
+    # 10-20: mean 0.9 merges first; 10-30 (mean 0.45 over 2) and 20-30 (mean 0.7 over 2) then pool to 0.575
+    u = np.array([10, 10, 20], np.uint64)
+    v = np.array([20, 30, 30], np.uint64)
+    sums = np.array([0.9, 0.9, 1.4])
+    counts = np.array([1, 2, 2])
+    roots = merge_regions(nodes, u, v, sums, counts, threshold=0.4)
+    assert roots[0] == roots[1] and roots[2] != roots[0]  # pooled score 1 - 0.575 = 0.425 >= 0.4
+    roots = merge_regions(nodes, u, v, sums, counts, threshold=0.43)
+    assert len(set(roots.tolist())) == 1  # 0.425 < 0.43: all three merge
+
+
+def test_relabel_refuses_unknown_fragments():
+    keys = np.array([5, 7], np.uint64)
+    vals = np.array([1, 1], np.uint64)
+    assert relabel(np.array([[[0, 5, 7]]], np.uint64), keys, vals).tolist() == [[[0, 1, 1]]]
+    with pytest.raises(RuntimeError, match="missing from the lookup table"):
+        relabel(np.array([[[6]]], np.uint64), keys, vals)
+
+
+def test_mirrored_reads_do_not_depend_on_the_box():
+    assert mirror_indices(-3, 8, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
+    assert mirror_indices(-2, 2, 1).tolist() == [0, 0, 0, 0]
+
+
+def test_mirrored_read_matches_numpy_reflect(tmp_path):
+    data = np.random.default_rng(2).integers(0, 255, (6, 9, 11), dtype=np.uint8)
+    vol = create_volume(str(tmp_path / "v"), data.shape, np.uint8, (6, 9, 11), (1, 1, 1))
+    vol.write(vol.box, data)
+    got = read_reflected(vol, Box((-2, -3, 4), (10, 15, 12)))
+    padded = np.pad(data, ((2, 2), (3, 3), (0, 5)), mode="reflect")
+    np.testing.assert_array_equal(got, padded[0:10, 0:15, 4:16])
+
+
+@pytest.fixture(scope="module")
+def synthetic_affinities(tmp_path_factory):
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("seg")
+    vol = generate((32, 128, 128), (8.0, 8.0, 8.0), seed=3)
+    rng = np.random.default_rng(0)
+    affs = np.clip(affinities_of(vol.labels) + rng.normal(0, 0.15, (3, *vol.labels.shape)), 0, 1)
+    a = create_volume(str(root / "in" / "affs"), vol.labels.shape, np.uint8, (16, 32, 32), (8, 8, 8), channels=3)
+    a.write(a.box, np.rint(affs * 255).astype(np.uint8))
+    g = create_volume(str(root / "in" / "gt"), vol.labels.shape, np.uint64, (16, 32, 32), (8, 8, 8))
+    g.write(g.box, vol.labels)
+    return root
+
+
+def _segment_from_affinities(root, name, block_shape):
+    cfg = {
+        "input": str(root / "in" / "gt"),
+        "output": str(root / name),
+        "blocks": {"shape": block_shape, "chunk_shape": [16, 32, 32]},
+        "cluster": {"n_workers": 2},
+        "stages": [
+            {"stage": "fragments", "inputs": {"affinities": str(root / "in" / "affs")}},
+            {"stage": "agglomerate", "inputs": {"affinities": str(root / "in" / "affs")}},
+            {"stage": "relabel", "params": {"threshold": 0.5}},
+        ],
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress", "--json"]) == 0
+    seg = open_volume(str(root / name / "segmentation"))
+    return seg.read(seg.box)
+
+
+def test_eight_blocks_match_one_block(synthetic_affinities, capsys):
+    root = synthetic_affinities
+    one = _segment_from_affinities(root, "one", [32, 128, 128])
+    eight = _segment_from_affinities(root, "eight", [16, 64, 64])
+    capsys.readouterr()
+    gt = open_volume(str(root / "in" / "gt")).read(Box.from_shape((32, 128, 128)))
+    split, merge = voi(eight, one)
+    assert split + merge <= 0.01, (split, merge)
+    gs, gm = voi(one, gt)
+    assert gs + gm < 0.5, (gs, gm)  # the chain recovers the cells from noisy affinities
+    assert len(np.unique(eight)) > 20
