@@ -1,0 +1,107 @@
+"""Blockwise zarr-to-zarr copy (the ingest stage, 2 worker processes) vs a single-process numpy copy.
+
+The source is ~1 GB of uint8 EM (the FlyEM medulla crop tiled to 1000^3 when ../shared/data is
+there, else smooth noise), stored as zstd-compressed zarr v3 chunks of 64 x 128 x 128.
+Usage: .venv/bin/python benchmarks/copy_throughput.py [--size 1000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from connectome.geometry import BlockGrid, Box
+from connectome.runner import run_stage
+from connectome.stages.copy import CopyParams, CopyStage
+from connectome.volumes import create_volume, open_volume
+
+CHUNK = (64, 128, 128)
+BLOCK = (64, 256, 256)
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flyem_medulla_fib_train" / "medulla_train.npz"
+
+
+def make_source(path: str, size: int) -> str:
+    if DATA.exists():
+        tile = np.load(DATA)["raw"]
+    else:
+        from scipy.ndimage import gaussian_filter
+
+        tile = (gaussian_filter(np.random.default_rng(0).random((125, 250, 250)), 2) * 255).astype(np.uint8)
+    vol = create_volume(path, (size,) * 3, np.uint8, CHUNK, (10, 10, 10), overwrite=True)
+    for block in BlockGrid.for_chunks(vol.box, BLOCK, CHUNK):
+        reps = [-(-s // t) + 1 for s, t in zip(block.write_box.shape, tile.shape)]
+        big = np.tile(tile, reps)
+        o = [off % t for off, t in zip(block.write_box.offset, tile.shape)]
+        vol.write(block.write_box, big[tuple(slice(a, a + s) for a, s in zip(o, block.write_box.shape))])
+    return path
+
+
+def numpy_copy(src: str, dst: str) -> float:
+    start = time.perf_counter()
+    s = open_volume(src)
+    data = s.read(s.box)
+    d = create_volume(dst, s.shape, s.dtype, CHUNK, s.meta.voxel_size, overwrite=True)
+    d.write(d.box, data)
+    return time.perf_counter() - start
+
+
+def blockwise_copy(client, src: str, dst: str, work: str) -> float:
+    start = time.perf_counter()
+    s = open_volume(src)
+    create_volume(dst, s.shape, s.dtype, CHUNK, s.meta.voxel_size, overwrite=True)
+    shutil.rmtree(os.path.join(work, ".connectome"), ignore_errors=True)
+    stage = CopyStage(CopyParams(), {"raw": src}, {"copy": dst})
+    run_stage(stage, BlockGrid.for_chunks(Box.from_shape(s.shape), BLOCK, CHUNK), client, work, progress=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from distributed import Client, LocalCluster
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="copybench-")
+    src = make_source(os.path.join(tmp, "src"), args.size)
+    mb = args.size ** 3 / 1e6
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        single = [numpy_copy(src, os.path.join(tmp, "np")) for _ in range(args.runs)]
+        blockwise = [blockwise_copy(client, src, os.path.join(tmp, "bw"), os.path.join(tmp, "work"))
+                     for _ in range(args.runs)]
+    np.testing.assert_array_equal(open_volume(os.path.join(tmp, "bw")).read(Box((0, 0, 0), (64, 256, 256))),
+                                  open_volume(src).read(Box((0, 0, 0), (64, 256, 256))))
+    shutil.rmtree(tmp)
+    t1, t2 = statistics.median(single), statistics.median(blockwise)
+    lines = [
+        "# Blockwise zarr-to-zarr copy vs single-process numpy copy",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d')}; machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; command: `.venv/bin/python benchmarks/copy_throughput.py --size {args.size} --runs {args.runs}`",
+        f"- data: {args.size}^3 uint8 = {mb:.0f} MB, zarr v3 zstd, chunks {list(CHUNK)}, blocks {list(BLOCK)}",
+        "",
+        "| method | median s | MB/s | runs (s) |",
+        "|---|---|---|---|",
+        f"| numpy, 1 process (read all, write all) | {t1:.2f} | {mb / t1:.0f} | {', '.join(f'{t:.2f}' for t in single)} |",
+        f"| connectome copy stage, 2 workers | {t2:.2f} | {mb / t2:.0f} | {', '.join(f'{t:.2f}' for t in blockwise)} |",
+        "",
+        f"speed-up: {t1 / t2:.2f}x (target >= 1.5x)",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(__file__).with_name("results").mkdir(exist_ok=True)
+    Path(__file__).with_name("results").joinpath("copy_throughput.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
