@@ -105,7 +105,7 @@ def plan_run(config: RunConfig) -> Plan:
         stage = cls(params, inputs, outputs, tables)
         stage.check_inputs(metas)
         multiple = stage.block_multiple()
-        if any(b % m for b, m in zip(block_shape, multiple)):
+        if any(b % m and b < s for b, m, s in zip(block_shape, multiple, raw_meta.shape)):
             raise UserError(f"block shape {list(block_shape)}: stage {sc.stage!r} needs a multiple of {list(multiple)}")
         grid = BlockGrid.for_chunks(Box.from_shape(raw_meta.shape), block_shape, chunk_shape, stage.context())
         creates = {}

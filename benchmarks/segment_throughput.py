@@ -1,0 +1,76 @@
+"""Voxels per second of each segmentation stage on a 2-worker LocalCluster (1 thread each).
+
+Segments the synthetic demo volume (64 x 256 x 256 at 8 nm) in 8 blocks with each shipped model
+architecture's stage chain, several times, and reports the median per stage and end to end.
+Usage: .venv/bin/python benchmarks/segment_throughput.py [--runs 3] [--model synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from connectome.cluster import ClusterConfig, open_client
+from connectome.segmentation import plan_segmentation, run_segmentation, segmentation_config
+
+
+def main() -> None:
+    from connectome.synth import generate
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model", default="synthetic")
+    parser.add_argument("--shape", nargs=3, type=int, default=(64, 256, 256))
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="segbench-")
+    generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=0).save(os.path.join(tmp, "synth"), chunk_shape=(32, 128, 128))
+    raw = os.path.join(tmp, "synth", "raw")
+    per_stage: dict[str, list[float]] = {}
+    totals = []
+    cluster = ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    with open_client(cluster, quiet=True) as client:
+        for i in range(args.runs):
+            out = os.path.join(tmp, f"run{i}")
+            config = segmentation_config(raw, out, args.model, (32, 128, 128), cluster=cluster)
+            start = time.perf_counter()
+            summary = run_segmentation(plan_segmentation(config), client, progress=False)
+            totals.append(time.perf_counter() - start)
+            for s in summary["stages"]:
+                per_stage.setdefault(s["stage"], []).append(s["seconds"])
+            shutil.rmtree(out)
+    shutil.rmtree(tmp)
+    voxels = args.shape[0] * args.shape[1] * args.shape[2]
+    lines = [
+        f"# Segmentation throughput, 2 CPU workers (model `{args.model}`)",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores; "
+        f"command: `.venv/bin/python benchmarks/segment_throughput.py --runs {args.runs} --model {args.model}`",
+        f"- volume: synthetic {list(args.shape)} = {voxels / 1e6:.1f} Mvx, 8 blocks of 32 x 128 x 128, "
+        "LocalCluster of 2 worker processes x 1 thread; medians over runs",
+        "",
+        "| stage | median s | Mvx/s | Mvx/s per core |",
+        "|---|---|---|---|",
+    ]
+    for name, secs in per_stage.items():
+        t = statistics.median(secs)
+        lines.append(f"| {name} | {t:.2f} | {voxels / t / 1e6:.2f} | {voxels / t / 2e6:.2f} |")
+    t = statistics.median(totals)
+    lines.append(f"| end to end (incl. planning, global merge) | {t:.2f} | {voxels / t / 1e6:.2f} | {voxels / t / 2e6:.2f} |")
+    lines += ["", "target: >= 0.5 Mvx/s end to end on 2 CPU cores with the shipped model"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(__file__).with_name("results") / f"segment_throughput_{args.model}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
