@@ -1,15 +1,25 @@
-"""Where stages run: a LocalCluster by default, or an existing scheduler (`tcp://HOST:PORT`)."""
+"""Where stages run: a LocalCluster, SLURM or PBS jobs (dask-jobqueue), or an existing scheduler.
+
+Settings come from the YAML config's `cluster:` section, on top of an optional profile
+(`profile: slurm` reads deploy/profiles/slurm.yaml; a path reads that file), on top of the
+defaults below. `--cluster` on the command line only changes `kind`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
-from typing import Iterator, Literal
+from pathlib import Path
+from typing import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectome.errors import UserError
+
+JOBQUEUE_KINDS = ("slurm", "pbs")
+PROFILE_DIRS = (Path("deploy/profiles"), Path(__file__).resolve().parents[1] / "deploy" / "profiles")
 
 
 class ClusterConfig(BaseModel):
@@ -18,11 +28,66 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str = Field("local", description="local, slurm, pbs, or a scheduler address tcp://HOST:PORT")
-    n_workers: int = Field(2, ge=1, description="local worker processes")
+    profile: str | None = Field(None, description="a profile name in deploy/profiles/ or a path to a YAML file")
+    # local
+    n_workers: int = Field(2, ge=1, description="local worker processes (slurm/pbs: caps the workers when given)")
     threads_per_worker: int = Field(1, ge=1)
     memory_limit: str = "auto"
     dashboard_address: str = ":8787"
     processes: bool = True
+    # slurm / pbs jobs (dask-jobqueue); one job runs `processes_per_job` workers
+    queue: str | None = Field(None, description="partition (SLURM) or queue (PBS)")
+    account: str | None = None
+    cores: int = Field(1, ge=1, description="cores per job")
+    memory: str = Field("2GiB", description="memory per job")
+    processes_per_job: int = Field(1, ge=1, description="worker processes per job (cores are shared among them)")
+    walltime: str | None = Field("01:00:00", description="per job, HH:MM:SS")
+    gpus: int = Field(0, ge=0, description="GPUs per job (or per local worker); 0: CPU workers")
+    job_extra_directives: list[str] = Field(default_factory=list, description="extra #SBATCH / #PBS lines")
+    job_script_prologue: list[str] = Field(default_factory=list, description="shell lines before the worker starts")
+    interface: str | None = Field(None, description="network interface of scheduler and workers, e.g. ib0 or lo")
+    local_directory: str | None = Field(None, description="worker scratch directory (node-local disk)")
+    log_directory: str | None = Field(None, description="where job stdout/stderr go")
+    minimum_jobs: int = Field(0, ge=0)
+    maximum_jobs: int = Field(4, ge=1)
+    python: str | None = Field(None, description="worker interpreter (default: this one)")
+    death_timeout: str = Field("60s", description="a worker exits when it cannot reach the scheduler this long")
+
+
+def load_profile(name_or_path: str) -> dict:
+    """The settings of a profile: a name in deploy/profiles/ or a path to a YAML file."""
+    candidates = [Path(name_or_path)] if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path else []
+    candidates += [d / f"{name_or_path}.yaml" for d in PROFILE_DIRS]
+    for path in candidates:
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise UserError(f"cluster profile {path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            if not isinstance(data, dict):
+                raise UserError(f"cluster profile {path}: expected a mapping of settings")
+            data = data.get("cluster", data)
+            if "profile" in data:
+                raise UserError(f"cluster profile {path}: a profile cannot name another profile")
+            return data
+    known = sorted({p.stem for d in PROFILE_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    raise UserError(f"cluster profile {name_or_path!r} not found; known profiles: {', '.join(known) or 'none'}")
+
+
+def resolve_profile(config: ClusterConfig) -> ClusterConfig:
+    """Apply the profile named in `config`: explicitly given settings win over the profile's."""
+    if not config.profile:
+        return config
+    data = load_profile(config.profile)
+    explicit = config.model_dump(exclude_unset=True)
+    try:
+        merged = ClusterConfig.model_validate({**data, **explicit})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"cluster profile {config.profile}: {where}: {first['msg']}") from None
+    # fields set by the profile count as given (e.g. n_workers caps the job count)
+    return merged.model_copy(update={k: getattr(merged, k) for k in {*data, *explicit}})
 
 
 def parse_cluster_option(value: str | None, base: ClusterConfig | None = None) -> ClusterConfig:
@@ -30,9 +95,37 @@ def parse_cluster_option(value: str | None, base: ClusterConfig | None = None) -
     base = base or ClusterConfig()
     if value is None:
         return base
-    if value in ("local", "slurm", "pbs") or value.startswith(("tcp://", "tls://")):
+    if value in ("local", *JOBQUEUE_KINDS) or value.startswith(("tcp://", "tls://")):
         return base.model_copy(update={"kind": value})
     raise UserError(f"--cluster: expected local, slurm, pbs or tcp://HOST:PORT, found {value!r}")
+
+
+def gpu_resources(client_or_config) -> dict[str, float]:
+    """{"GPU": 1} when GPU tasks can run on this cluster, else {} (a task asking for a resource
+    that no worker has would never run).
+
+    A ClusterConfig answers from its settings (`gpus` > 0), so it works before adaptive jobs have
+    started; a Client answers from its workers' advertised resources, and from the settings of the
+    cluster it started (an adaptive jobqueue cluster may have no workers yet).
+    """
+    if isinstance(client_or_config, ClusterConfig):
+        config = client_or_config
+        if config.kind.startswith(("tcp://", "tls://")):
+            return {}  # unknown until connected: ask the client
+        return {"GPU": 1} if resolve_profile(config).gpus > 0 else {}
+    client = client_or_config
+    config = getattr(client, "_connectome_cluster_config", None)
+    if config is not None and not config.kind.startswith(("tcp://", "tls://")):
+        return gpu_resources(config)
+    info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
+    has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in info.get("workers", {}).values())
+    return {"GPU": 1} if has_gpu else {}
+
+
+def _takes_n_workers(client) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
 @contextlib.contextmanager
@@ -40,13 +133,14 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
     """A connected distributed Client for `config`; the cluster it started is closed on exit."""
     from distributed import Client, LocalCluster
 
-    config = config or ClusterConfig()
+    config = resolve_profile(config or ClusterConfig())
     kind = config.kind
     if kind.startswith(("tcp://", "tls://")):
         try:
             client = Client(kind, timeout="10s")
         except OSError as e:
             raise UserError(f"--cluster {kind}: no Dask scheduler answers there ({e})") from None
+        client._connectome_cluster_config = config
         _announce(client, quiet)
         try:
             yield client
@@ -54,6 +148,7 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
             client.close()
         return
     if kind == "local":
+        extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
         cluster = LocalCluster(
             n_workers=config.n_workers,
             threads_per_worker=config.threads_per_worker,
@@ -61,12 +156,20 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
             memory_limit=config.memory_limit,
             dashboard_address=config.dashboard_address,
             silence_logs=logging.ERROR,
+            **extra,
         )
-    else:
-        from connectome.jobqueue import make_jobqueue_cluster  # SLURM / PBS
+    elif kind in JOBQUEUE_KINDS:
+        from connectome.jobqueue import make_jobqueue_cluster
 
         cluster = make_jobqueue_cluster(config)
-    client = Client(cluster)
+    else:
+        raise UserError(f"cluster kind: expected local, slurm, pbs or tcp://HOST:PORT, found {kind!r}")
+    try:
+        client = Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    client._connectome_cluster_config = config
     _announce(client, quiet)
     try:
         yield client

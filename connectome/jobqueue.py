@@ -1,0 +1,92 @@
+"""SLURM and PBS clusters through dask-jobqueue: worker jobs that scale with the pending blocks.
+
+Every worker starts with `--preload workers.preload` (model cache plugin, device choice). GPU jobs
+ask the batch system for their GPUs (`--gres=gpu:N` on SLURM, `ngpus=N` in the PBS select) and
+their workers advertise a `GPU` resource, which is what GPU stages' tasks ask for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+from connectome.cluster import ClusterConfig
+from connectome.errors import UserError
+
+SUBMIT_COMMAND = {"slurm": "sbatch", "pbs": "qsub"}
+
+
+def job_options(config: ClusterConfig) -> dict:
+    """Keyword arguments for SLURMCluster / PBSCluster from a resolved ClusterConfig."""
+    per_worker_gpus = config.gpus // config.processes_per_job if config.gpus else 0
+    if config.gpus and per_worker_gpus < 1:
+        raise UserError(f"cluster: gpus ({config.gpus}) must be at least processes_per_job "
+                        f"({config.processes_per_job}): each worker process needs its own GPU")
+    worker_args = ["--preload", "workers.preload"]
+    if per_worker_gpus:
+        worker_args += ["--resources", f"GPU={per_worker_gpus}"]
+    directives = list(config.job_extra_directives)
+    options: dict = {}
+    if config.kind == "slurm":
+        if config.gpus:
+            directives.append(f"--gres=gpu:{config.gpus}")
+    elif config.kind == "pbs":
+        spec = f"select=1:ncpus={config.cores}"
+        if config.gpus:
+            spec += f":ngpus={config.gpus}"
+        options["resource_spec"] = f"{spec}:mem={_pbs_memory(config.memory)}"
+    log_directory = config.log_directory or os.path.join(os.getcwd(), ".connectome-jobs")
+    options.update(
+        queue=config.queue,
+        account=config.account,
+        cores=config.cores,
+        memory=config.memory,
+        processes=config.processes_per_job,
+        walltime=config.walltime,
+        job_extra_directives=directives,
+        job_script_prologue=list(config.job_script_prologue),
+        interface=config.interface,
+        local_directory=config.local_directory,
+        log_directory=log_directory,
+        python=config.python,
+        worker_extra_args=worker_args,
+        death_timeout=config.death_timeout,
+        job_name="connectome-worker",
+        scheduler_options={"dashboard_address": config.dashboard_address,
+                           **({"interface": config.interface} if config.interface else {})},
+    )
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def maximum_jobs(config: ClusterConfig) -> int:
+    """The config's maximum_jobs, or enough jobs for `--workers N` workers when that was given."""
+    if "n_workers" in config.model_fields_set and "maximum_jobs" not in config.model_fields_set:
+        return max(1, math.ceil(config.n_workers / config.processes_per_job))
+    return config.maximum_jobs
+
+
+def make_jobqueue_cluster(config: ClusterConfig):
+    """A started SLURMCluster or PBSCluster that adapts its job count to the pending tasks."""
+    from dask_jobqueue import PBSCluster, SLURMCluster
+
+    submit = SUBMIT_COMMAND[config.kind]
+    if shutil.which(submit) is None:
+        raise UserError(f"--cluster {config.kind}: `{submit}` not found on this machine; "
+                        f"run where {config.kind.upper()} jobs can be submitted")
+    cls = SLURMCluster if config.kind == "slurm" else PBSCluster
+    try:
+        cluster = cls(**job_options(config))
+    except ValueError as e:
+        raise UserError(f"--cluster {config.kind}: {e}") from None
+    top = maximum_jobs(config)
+    cluster.adapt(minimum_jobs=min(config.minimum_jobs, top), maximum_jobs=top, interval="500ms", wait_count=6)
+    return cluster
+
+
+def _pbs_memory(memory: str) -> str:
+    """PBS memory: whole units without a space, rounded up (2GiB -> 3GB)."""
+    from dask.utils import parse_bytes
+    from dask_jobqueue.pbs import pbs_format_bytes_ceil
+
+    return pbs_format_bytes_ceil(parse_bytes(memory))

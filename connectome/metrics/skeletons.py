@@ -1,0 +1,136 @@
+"""Ground-truth skeletons for ERL: a node/edge table, kimimaro on labels, an npz file format.
+
+The file format (`Skeletons.save` / `Skeletons.load`) is an .npz with three arrays:
+`nodes` (N, 3) float, voxel coordinates (z, y, x) in the volume's array coordinates;
+`edges` (E, 2) int, pairs of row indices into `nodes`; `skeleton_ids` (N,) int, the
+ground-truth object each node belongs to (an edge joins two nodes of one skeleton).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from connectome.errors import UserError
+from connectome.geometry import Block, BlockGrid
+
+
+@dataclass(frozen=True)
+class Skeletons:
+    """Skeleton graphs of many objects in one table; nodes in voxels (z, y, x)."""
+
+    nodes: np.ndarray  # (N, 3) float64 voxel coordinates
+    edges: np.ndarray  # (E, 2) int64 node indices
+    skeleton_ids: np.ndarray  # (N,) uint64
+
+    def __post_init__(self) -> None:
+        nodes = np.asarray(self.nodes, dtype=np.float64).reshape(-1, 3)
+        edges = np.asarray(self.edges, dtype=np.int64).reshape(-1, 2)
+        ids = np.asarray(self.skeleton_ids).astype(np.uint64).reshape(-1)
+        if len(ids) != len(nodes):
+            raise ValueError(f"skeletons: {len(nodes)} nodes but {len(ids)} skeleton ids")
+        if len(edges) and (edges.min() < 0 or edges.max() >= len(nodes)):
+            raise ValueError(f"skeletons: edge node index outside 0..{len(nodes) - 1}")
+        if len(edges) and np.any(ids[edges[:, 0]] != ids[edges[:, 1]]):
+            raise ValueError("skeletons: an edge joins nodes of two different skeletons")
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "skeleton_ids", ids)
+
+    @property
+    def edge_skeleton_ids(self) -> np.ndarray:
+        return self.skeleton_ids[self.edges[:, 0]]
+
+    def edge_lengths(self, voxel_size: Sequence[float]) -> np.ndarray:
+        """Euclidean length of every edge in nm."""
+        delta = (self.nodes[self.edges[:, 0]] - self.nodes[self.edges[:, 1]]) * np.asarray(
+            voxel_size, dtype=np.float64
+        )
+        return np.sqrt(np.einsum("ij,ij->i", delta, delta))
+
+    def voxels(self) -> np.ndarray:
+        """The voxel (z, y, x) each node lies in (nearest voxel centre), int64."""
+        return np.rint(self.nodes).astype(np.int64)
+
+    @classmethod
+    def from_labels(
+        cls, labels: np.ndarray, voxel_size: Sequence[float], teasar_params: dict | None = None
+    ) -> "Skeletons":
+        """TEASAR skeletons (kimimaro) of every non-zero label of a whole in-memory volume."""
+        import kimimaro
+
+        voxel_size = tuple(float(v) for v in voxel_size)
+        kwargs = {} if teasar_params is None else {"teasar_params": teasar_params}
+        # kimimaro takes the array's axes positionally: anisotropy follows (z, y, x) here,
+        # and vertices come back in nm along the same axes
+        found = kimimaro.skeletonize(
+            np.ascontiguousarray(labels),
+            anisotropy=voxel_size,
+            dust_threshold=0,
+            progress=False,
+            parallel=1,
+            **kwargs,
+        )
+        nodes, edges, ids, start = [], [], [], 0
+        for label in sorted(found):
+            sk = found[label]
+            if len(sk.edges) == 0:
+                continue
+            nodes.append(np.asarray(sk.vertices, np.float64) / np.asarray(voxel_size))
+            edges.append(np.asarray(sk.edges, np.int64) + start)
+            ids.append(np.full(len(sk.vertices), label, np.uint64))
+            start += len(sk.vertices)
+        if not nodes:
+            return cls(np.zeros((0, 3)), np.zeros((0, 2), np.int64), np.zeros(0, np.uint64))
+        return cls(np.concatenate(nodes), np.concatenate(edges), np.concatenate(ids))
+
+    def save(self, path: str) -> None:
+        np.savez_compressed(path, nodes=self.nodes, edges=self.edges, skeleton_ids=self.skeleton_ids)
+
+    @classmethod
+    def load(cls, path: str) -> "Skeletons":
+        """Read the npz format of the module docstring; bad files raise UserError."""
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such skeleton file")
+        try:
+            with np.load(path) as f:
+                missing = {"nodes", "edges", "skeleton_ids"} - set(f.files)
+                if missing:
+                    raise UserError(
+                        f"{path}: skeleton file lacks {sorted(missing)}; expected nodes, edges, skeleton_ids"
+                    )
+                return cls(f["nodes"], f["edges"], f["skeleton_ids"])
+        except (ValueError, OSError) as e:
+            raise UserError(f"{path}: not a readable skeleton file ({e})") from None
+
+
+class NodeLookup:
+    """Reads label values at skeleton nodes block by block, so no volume is ever whole in memory."""
+
+    def __init__(self, skeletons: Skeletons, grid: BlockGrid):
+        voxels = skeletons.voxels()
+        box = grid.volume
+        outside = np.any((voxels < box.offset) | (voxels >= box.end), axis=1)
+        if outside.any():
+            raise UserError(
+                f"skeletons: {int(outside.sum())} of {len(voxels)} nodes lie outside the volume "
+                f"{list(box.shape)} (nodes are voxel coordinates z, y, x)"
+            )
+        gz, gy, gx = grid.grid_shape
+        position = (voxels - np.asarray(box.offset)) // np.asarray(grid.block_shape)
+        block_of_node = (position[:, 0] * gy + position[:, 1]) * gx + position[:, 2]
+        self._order = np.argsort(block_of_node, kind="stable")
+        self._starts = np.searchsorted(block_of_node[self._order], np.arange(len(grid) + 1))
+        self._voxels = voxels
+
+    def nodes_in(self, block_index: int) -> np.ndarray:
+        return self._order[self._starts[block_index] : self._starts[block_index + 1]]
+
+    def values(self, block: Block, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(node indices, values of `data` there); `data` holds the block's write box."""
+        nodes = self.nodes_in(block.index)
+        local = self._voxels[nodes] - np.asarray(block.write_box.offset)
+        return nodes, data[tuple(local.T)]

@@ -1,0 +1,157 @@
+"""Shipped and user-trained affinity models, loaded by name: `weights/{name}.pt` + `{name}.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from connectome.errors import UserError
+from connectome.models.unet import NEAREST_OFFSETS, UNet, UNetConfig, Vec3
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a stage needs to know to run a model: geometry, normalisation and where it came from."""
+
+    name: str
+    config: UNetConfig
+    voxel_size: tuple[float, float, float]  # nm (z, y, x) of the data it was trained on
+    context: Vec3  # margin (voxels, each side) that makes the centre output exact
+    divisor: Vec3  # input shape must be a multiple of this
+    offsets: tuple[Vec3, ...]  # offsets of the channels the network was trained on
+    mean: float  # input normalisation: (raw / 255 - mean) / std
+    std: float
+    z_affinity: str = "learned"  # "learned", or "from_xy" for models trained on 2-d labels only
+    threshold: float | None = None  # agglomeration threshold that scored best on validation
+    flops_per_voxel: float = 0.0
+    provenance: dict = field(default_factory=dict, compare=False, hash=False)
+    path: str = ""
+
+    @property
+    def nearest_offsets(self) -> tuple[Vec3, ...]:
+        return NEAREST_OFFSETS
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode on its device, with its ModelInfo."""
+
+    net: torch.nn.Module
+    info: ModelInfo
+    device: torch.device
+
+
+def model_context(config: UNetConfig, z_affinity: str) -> Vec3:
+    """Network context, plus one voxel when z affinities are derived from neighbouring xy affinities."""
+    extra = 1 if z_affinity == "from_xy" else 0
+    return tuple(
+        math.ceil((r + extra) / d) * d for r, d in zip(config.radius, config.divisor)
+    )  # type: ignore[return-value]
+
+
+def available_models() -> list[str]:
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def resolve_model_path(name: str) -> Path:
+    """Weights path for a shipped name or a path to a .pt file (with its .json beside it)."""
+    if name.endswith(".pt") or os.sep in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"model {name}: no such file")
+        if not path.with_suffix(".json").is_file():
+            raise UserError(f"model {name}: missing {path.with_suffix('.json').name} beside the weights")
+        return path
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        names = ", ".join(available_models()) or "none"
+        raise UserError(f"unknown model {name!r}; available models: {names} (or give a path to a .pt file)")
+    return path
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """ModelInfo from the .json beside a .pt file."""
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    config = UNetConfig.from_dict(meta["architecture"])
+    z_aff = meta.get("z_affinity", "learned")
+    agg = meta.get("agglomeration") or {}
+    return ModelInfo(
+        name=meta.get("name", path.stem),
+        config=config,
+        voxel_size=tuple(float(v) for v in meta["voxel_size"]),  # type: ignore[arg-type]
+        context=model_context(config, z_aff),
+        divisor=config.divisor,
+        offsets=config.offsets,
+        mean=float(meta["normalisation"]["mean"]),
+        std=float(meta["normalisation"]["std"]),
+        z_affinity=z_aff,
+        threshold=agg.get("threshold"),
+        flops_per_voxel=config.flops_per_voxel,
+        provenance=meta.get("provenance", {}),
+        path=str(path),
+    )
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but no CUDA device is available")
+    return device
+
+
+def load_model(name: str, device: str | torch.device | None = None) -> LoadedModel:
+    """Load a model by shipped name (see available_models()) or by path to a .pt file."""
+    path = resolve_model_path(name)
+    info = read_info(path)
+    dev = pick_device(device)
+    net = UNet(info.config)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net.keep_outputs(len(NEAREST_OFFSETS))
+    net = net.to(dev).to(memory_format=torch.channels_last_3d).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(net=net, info=info, device=dev)
+
+
+def save_model(path: str | os.PathLike, net: UNet, meta: dict) -> Path:
+    """Write `path`.pt (float32 state dict) and `path`.json (architecture, normalisation, provenance)."""
+    path = Path(path).with_suffix(".pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    config: UNetConfig = net.config
+    full = {
+        "format": FORMAT_VERSION,
+        "name": meta.get("name", path.stem),
+        "architecture": config.to_dict(),
+        "context": list(model_context(config, meta.get("z_affinity", "learned"))),
+        "divisor": list(config.divisor),
+        "flops_per_voxel": config.flops_per_voxel,
+        **meta,
+    }
+    path.with_suffix(".json").write_text(json.dumps(full, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

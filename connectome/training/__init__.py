@@ -1,0 +1,1 @@
+"""Training of the affinity U-Net: targets, augmentation, data, the training loop, loss curves."""

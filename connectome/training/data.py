@@ -1,0 +1,107 @@
+"""Training and validation volumes: addresses with an optional z range, loaded whole into memory."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import fastremap
+import numpy as np
+
+from connectome.errors import UserError
+
+_ZRANGE = re.compile(r"^(?P<addr>.+)\[(?P<z0>-?\d*):(?P<z1>-?\d*)\]$")
+
+
+def parse_address(text: str) -> tuple[str, slice]:
+    """`ADDR[z0:z1]` -> (ADDR, slice(z0, z1)); a plain ADDR takes all sections."""
+    m = _ZRANGE.match(text)
+    if not m:
+        return text, slice(None)
+    z0 = int(m["z0"]) if m["z0"] else None
+    z1 = int(m["z1"]) if m["z1"] else None
+    return m["addr"], slice(z0, z1)
+
+
+def load_array(text: str) -> np.ndarray:
+    """The whole (z-ranged) volume at address `text`."""
+    from connectome.volumes import open_volume
+
+    address, zs = parse_address(text)
+    vol = open_volume(address)
+    if vol.meta.channels is not None:
+        raise UserError(f"{address}: expected a single-channel volume, found {vol.meta.channels} channels")
+    start, stop, _ = zs.indices(vol.shape[0])
+    if stop <= start:
+        raise UserError(f"{text}: the z range selects no sections (volume has {vol.shape[0]})")
+    from connectome.geometry import Box
+
+    return vol.read(Box((start, 0, 0), (stop - start, *vol.shape[1:])))
+
+
+def z_range(text: str, depth: int) -> tuple[int, int]:
+    """The [start, stop) sections that `text` selects from a volume `depth` sections deep."""
+    start, stop, _ = parse_address(text)[1].indices(depth)
+    return start, stop
+
+
+@dataclass
+class Pair:
+    """Raw (uint8) and labels (uint32, 0 = boundary) of one training or validation volume."""
+
+    raw_address: str
+    labels_address: str
+    raw: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.raw.size)
+
+
+def load_pair(raw_address: str, labels_address: str) -> Pair:
+    raw = load_array(raw_address)
+    if raw.dtype != np.uint8:
+        raise UserError(f"{raw_address}: expected uint8 raw, found {raw.dtype}")
+    labels = load_array(labels_address)
+    if labels.shape != raw.shape:
+        raise UserError(f"{labels_address}: labels shape {labels.shape} differs from raw shape {raw.shape}")
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{labels_address}: expected integer object ids (0 = boundary), found {labels.dtype}")
+    values = fastremap.unique(labels)
+    if len(values) <= 2:
+        raise UserError(
+            f"{labels_address}: only {len(values)} distinct values; expected object ids, not a mask "
+            "(for 2-d masks use per-section cell ids, e.g. isbi2012 derived_train_cells2d)"
+        )
+    # consecutive small ids: exact through the float arithmetic of map_coordinates
+    labels, _ = fastremap.renumber(np.ascontiguousarray(labels), preserve_zero=True, in_place=False)
+    return Pair(raw_address, labels_address, np.ascontiguousarray(raw), labels.astype(np.uint32, copy=False))
+
+
+def overlapping_sections(train: list[str], val: list[str]) -> list[str]:
+    """Pairs of addresses naming the same file and key whose z ranges overlap (training on validation)."""
+    problems = []
+    for t in train:
+        ta, _ = parse_address(t)
+        for v in val:
+            va, _ = parse_address(v)
+            if ta != va:
+                continue
+            from connectome.volumes import open_volume
+
+            depth = open_volume(ta).shape[0]
+            t0, t1 = z_range(t, depth)
+            v0, v1 = z_range(v, depth)
+            if t0 < v1 and v0 < t1:
+                problems.append(f"{t} overlaps {v}")
+    return problems
+
+
+def relabel_per_section(labels: np.ndarray) -> np.ndarray:
+    """Ids unique across sections, for 2-d labels whose ids repeat from section to section."""
+    labels = labels.astype(np.uint64)
+    z = np.arange(labels.shape[0], dtype=np.uint64)[:, None, None]
+    out = np.where(labels > 0, labels + (z << np.uint64(32)), np.uint64(0))
+    out, _ = fastremap.renumber(out, preserve_zero=True, in_place=True)
+    return out
