@@ -20,3 +20,9 @@ class StageFailed(RuntimeError):
     def __str__(self) -> str:
         last = self.traceback_text.strip().splitlines()[-1] if self.traceback_text.strip() else ""
         return f"stage {self.stage!r} failed in block {self.block_index} (write box {self.write_box}): {last}"
+
+
+def unwritable(error: OSError, where: str) -> UserError:
+    """A one-line UserError for an output that cannot be written (read-only, full, no permission)."""
+    path = error.filename or where
+    return UserError(f"{path}: cannot write the output here ({error.strerror or error})")

@@ -11,7 +11,7 @@ import zarr
 from pydantic import ValidationError
 
 from connectome.config import RunConfig, format_validation_error
-from connectome.errors import UserError
+from connectome.errors import UserError, unwritable
 from connectome.geometry import Box, BlockGrid
 from connectome.runner import StageReport, check_resumable, run_stage, starts_afresh
 from connectome.stages import BlockStage, stage_class
@@ -133,21 +133,24 @@ def create_outputs(planned: PlannedStage, overwrite: bool) -> None:
 def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = True) -> list[StageReport]:
     """Create the output group and volumes, then run each stage (resuming finished blocks)."""
     out = plan.config.output
-    if "://" not in out:
-        try:
+    try:
+        if "://" not in out:
             os.makedirs(out, exist_ok=True)
             zarr.open_group(store=out, mode="a")
-        except PermissionError:
-            raise UserError(f"{out}: cannot write here (permission denied)") from None
-        with open(os.path.join(out, "run.json"), "w") as f:
-            json.dump(plan.config.model_dump(mode="json"), f, indent=1)
+            with open(os.path.join(out, "run.json"), "w") as f:
+                json.dump(plan.config.model_dump(mode="json"), f, indent=1)
+    except OSError as e:
+        raise unwritable(e, out) from None
     reports = []
     for planned in plan.stages:
-        # finished blocks that are kept keep their output volumes: only a fresh start recreates them
-        create_outputs(planned, overwrite and starts_afresh(planned.stage, planned.grid, plan.work_dir))
-        for name in planned.stage.tables:
-            os.makedirs(planned.stage.table_dirs[name], exist_ok=True)
-        planned.stage.prepare(plan.work_dir)
+        try:
+            # finished blocks that are kept keep their output volumes: only a fresh start recreates them
+            create_outputs(planned, overwrite and starts_afresh(planned.stage, planned.grid, plan.work_dir))
+            for name in planned.stage.tables:
+                os.makedirs(planned.stage.table_dirs[name], exist_ok=True)
+            planned.stage.prepare(plan.work_dir)
+        except OSError as e:
+            raise unwritable(e, out) from None
         reports.append(run_stage(planned.stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress))
     return reports

@@ -21,7 +21,7 @@ import numpy as np
 from distributed import Client, as_completed
 from distributed.scheduler import KilledWorker
 
-from connectome.errors import StageFailed
+from connectome.errors import StageFailed, unwritable
 from connectome.geometry import BlockGrid
 from connectome.markers import DoneMarkers
 from connectome.stages.base import BlockStage
@@ -105,10 +105,13 @@ def run_stage(
     from tqdm import tqdm
 
     markers = DoneMarkers(work_dir, stage.name)
-    if markers.claim(fingerprint(stage, grid), overwrite):
-        for name in stage.tables:  # tables of discarded blocks go with their markers
-            shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
-            os.makedirs(stage.table_dirs[name])
+    try:
+        if markers.claim(fingerprint(stage, grid), overwrite):
+            for name in stage.tables:  # tables of discarded blocks go with their markers
+                shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
+                os.makedirs(stage.table_dirs[name])
+    except OSError as e:
+        raise unwritable(e, work_dir) from None
     n = len(grid)
     is_done = np.zeros(n, dtype=bool)
     done_before = markers.done()

@@ -8,7 +8,7 @@ import os
 from connectome.cli import print_result
 from connectome.cluster import ClusterConfig, open_client, parse_cluster_option
 from connectome.commands.run_options import add_run_options
-from connectome.errors import UserError
+from connectome.errors import UserError, unwritable
 from connectome.geometry import BlockGrid, Box
 from connectome.pipeline import fit_blocks, input_voxel_size
 from connectome.runner import check_resumable, run_stage, starts_afresh
@@ -52,8 +52,11 @@ def run(args) -> int:
     grid = BlockGrid.for_chunks(Box.from_shape(src.shape), blocks, chunks)
     work_dir = work_dir_for(args.dst)
     check_resumable(stage, grid, work_dir, args.overwrite)
-    create_volume(args.dst, src.shape, spec.dtype, chunks, voxel_size, src.meta.offset, spec.channels,
-                  overwrite=args.overwrite and starts_afresh(stage, grid, work_dir))
+    try:
+        create_volume(args.dst, src.shape, spec.dtype, chunks, voxel_size, src.meta.offset, spec.channels,
+                      overwrite=args.overwrite and starts_afresh(stage, grid, work_dir))
+    except OSError as e:
+        raise unwritable(e, args.dst) from None
     cluster = parse_cluster_option(args.cluster, ClusterConfig(n_workers=args.workers or 2))
     with open_client(cluster, quiet=args.json) as client:
         report = run_stage(stage, grid, client, work_dir, overwrite=args.overwrite,
