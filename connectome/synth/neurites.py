@@ -79,6 +79,15 @@ class Obstacles:
         v = p - c
         return c, v, np.linalg.norm(v, axis=1)
 
+    def near(self, p: np.ndarray, reach: float) -> "Obstacles":
+        """The obstacles whose surface lies within `reach` of p (a walk's local neighbourhood)."""
+        sub = Obstacles()
+        if len(self.R):
+            _, _, d = self._closest(p)
+            keep = d - self.R <= reach
+            sub.a, sub.b, sub.R = self.a[keep], self.b[keep], self.R[keep]
+        return sub
+
     def clearance(self, p: np.ndarray, r: float) -> float:
         """Smallest (distance to an obstacle surface) - r; negative when a ball of radius r at p overlaps one."""
         if not len(self.R):
@@ -112,11 +121,15 @@ def walk(rng, start, direction, *, step, sigma, space: Space, margin, obstacles:
     """A persistent random walk from `start` until it leaves the box (grown by margin) or gets stuck."""
     pts = [np.asarray(start, float)]
     d = unit(np.asarray(direction, float))
+    anchor, local = None, None
     for _ in range(int(max_len / step)):
         d = unit(d + sigma * rng.standard_normal(3))
         p = pts[-1] + step * d
         if obstacles is not None:
-            p, overlap = obstacles.push(p, radius, rng)
+            if anchor is None or np.linalg.norm(pts[-1] - anchor) > 3 * step:
+                anchor = pts[-1]  # refresh the obstacles that the next few steps can reach
+                local = obstacles.near(anchor, radius + 5 * step)
+            p, overlap = local.push(p, radius, rng)
             if overlap > 0.5 * radius:
                 break  # wedged between obstacles: the neurite ends here
         move = p - pts[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import edt
@@ -239,8 +240,6 @@ def tissue_of(comps: np.ndarray) -> np.ndarray:
 
 def pack(rng, shape, voxel_size, opts: TissueOptions, timings: dict | None = None):
     """Build and paint the tissue: returns the scene and the painted label/compartment/tissue volumes."""
-    import time
-
     t = time.perf_counter()
     timings = {} if timings is None else timings
     scene, obstacles = layout(rng, shape, voxel_size, opts)
