@@ -1,8 +1,8 @@
 """One global merge of the region graph into a fragment -> segment lookup table.
 
-Hierarchical agglomeration with waterz's mean-affinity scoring (score = 1 - mean affinity over
-the contact between two regions): the lowest-scoring edge merges first and merged edges pool
-their affinity sums and counts, until no edge scores below the threshold. Memory and time grow
+Hierarchical agglomeration with waterz's scoring (score = 1 - mean affinity, or 1 - a quantile
+of the affinities, over the whole contact between two regions): the lowest-scoring edge merges
+first and merged edges pool their statistics, until no edge scores below the threshold. Memory and time grow
 with the number of fragments and edges, not voxels.
 """
 
@@ -17,48 +17,73 @@ import numpy as np
 
 def load_tables(directory: str) -> dict[str, np.ndarray]:
     """Concatenate every block's region-graph table in `directory`."""
-    parts: dict[str, list[np.ndarray]] = {"nodes": [], "u": [], "v": [], "sums": [], "counts": []}
+    parts: dict[str, list[np.ndarray]] = {"nodes": [], "u": [], "v": [], "sums": [], "counts": [], "hist": []}
     for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
         with np.load(path) as t:
             for key in parts:
                 parts[key].append(t[key])
     out = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+    if not parts["hist"]:
+        out["hist"] = np.zeros((0, HIST_BINS))
     out["nodes"] = np.unique(out["nodes"].astype(np.uint64))
     return out
 
 
-def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                  threshold: float) -> np.ndarray:
-    """Segment index (0..k-1) for each of the sorted `nodes`, merging while 1 - mean affinity < threshold."""
+HIST_BINS = 64  # affinity histogram bins per edge, for quantile scoring
+
+
+def affinity_bins(affinities: np.ndarray) -> np.ndarray:
+    """Histogram bin of each affinity in [0, 1]."""
+    return np.minimum((affinities * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+
+
+def mean_score(stats: np.ndarray) -> np.ndarray:
+    """waterz OneMinus<MeanAffinity>: stats rows are (affinity sum, voxel pairs)."""
+    return 1.0 - stats[..., 0] / stats[..., 1]
+
+
+def quantile_score(q: float):
+    """waterz OneMinus<HistogramQuantileAffinity>: stats rows are affinity histograms."""
+
+    def score(hist: np.ndarray) -> np.ndarray:
+        cumulative = np.cumsum(hist, axis=-1)
+        index = (cumulative < q * cumulative[..., -1:]).sum(axis=-1)
+        return 1.0 - (index + 0.5) / HIST_BINS
+
+    return score
+
+
+def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray, threshold: float,
+                  score=mean_score) -> np.ndarray:
+    """Segment index (0..k-1) for each of the sorted `nodes`, merging while score(edge) < threshold.
+
+    `stats` has one row per edge (u, v); merged edges add their rows, so `score` sees the pooled
+    statistics of the whole contact between two regions, as waterz does.
+    """
     n = len(nodes)
     parent = np.arange(n)
     if len(u) == 0 or n == 0:
         return parent
-    a = np.searchsorted(nodes, u)
-    b = np.searchsorted(nodes, v)
-    # duplicate (u, v) rows from different tables pool their statistics
-    key = a.astype(np.int64) * n + b
-    uniq, inv = np.unique(key, return_inverse=True)
-    s = np.bincount(inv, weights=sums)
-    c = np.bincount(inv, weights=counts)
-    a, b = (uniq // n).tolist(), (uniq % n).tolist()
-    adjacency: list[dict[int, list[float]]] = [dict() for _ in range(n)]
+    a = np.searchsorted(nodes, u).astype(np.int64)
+    b = np.searchsorted(nodes, v).astype(np.int64)
+    uniq, inv = np.unique(a * n + b, return_inverse=True)  # duplicate rows pool their statistics
+    pooled = np.zeros((len(uniq), stats.shape[1]), np.float64)
+    np.add.at(pooled, inv.ravel(), stats)
+    scores = score(pooled)
+    adjacency: list[dict[int, np.ndarray]] = [dict() for _ in range(n)]
     heap = []
-    for i, j, si, ci in zip(a, b, s.tolist(), c.tolist()):
-        stats = [si, ci]
-        adjacency[i][j] = stats
-        adjacency[j][i] = stats
-        score = 1.0 - si / ci
-        if score < threshold:
-            heap.append((score, i, j))
+    for row, (i, j, sc) in enumerate(zip((uniq // n).tolist(), (uniq % n).tolist(), scores.tolist())):
+        adjacency[i][j] = adjacency[j][i] = pooled[row]
+        if sc < threshold:
+            heap.append((sc, i, j))
     heapq.heapify(heap)
     alive = np.ones(n, dtype=bool)
     while heap:
-        score, i, j = heapq.heappop(heap)
+        sc, i, j = heapq.heappop(heap)
         if not (alive[i] and alive[j]):
             continue
-        stats = adjacency[i].get(j)
-        if stats is None or 1.0 - stats[0] / stats[1] != score:
+        st = adjacency[i].get(j)
+        if st is None or float(score(st)) != sc:
             continue  # a stale entry; the edge was updated by an earlier merge
         if len(adjacency[i]) < len(adjacency[j]):
             i, j = j, i  # merge the smaller neighbourhood into the larger
@@ -71,19 +96,16 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.ndar
             del adjacency[k][j]
             existing = adjacency[i].get(k)
             if existing is None:
-                adjacency[i][k] = st
-                adjacency[k][i] = st
+                adjacency[i][k] = adjacency[k][i] = st
                 merged = st
             else:
-                existing[0] += st[0]
-                existing[1] += st[1]
+                existing += st
                 merged = existing
-            new_score = 1.0 - merged[0] / merged[1]
+            new_score = float(score(merged))
             if new_score < threshold:
-                heapq.heappush(heap, (new_score, i, k) if i < k else (new_score, k, i))
+                heapq.heappush(heap, (new_score, min(i, k), max(i, k)))
         adjacency[j] = {}
-    # path compression: follow parents to the roots
-    while True:
+    while True:  # follow parents to the roots
         nxt = parent[parent]
         if np.array_equal(nxt, parent):
             break
@@ -91,10 +113,14 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.ndar
     return parent
 
 
-def lookup_table(tables: dict[str, np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def lookup_table(tables: dict[str, np.ndarray], threshold: float, scoring: str = "mean",
+                 quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """(fragment ids sorted, final segment ids 1..k) after the global merge."""
+    if scoring == "mean":
+        stats, score = np.stack([tables["sums"], tables["counts"]], axis=1), mean_score
+    else:
+        stats, score = tables["hist"], quantile_score(quantile)
     nodes = tables["nodes"]
-    roots = merge_regions(nodes, tables["u"].astype(np.uint64), tables["v"].astype(np.uint64),
-                          tables["sums"], tables["counts"], threshold)
+    roots = merge_regions(nodes, tables["u"].astype(np.uint64), tables["v"].astype(np.uint64), stats, threshold, score)
     _, final = np.unique(roots, return_inverse=True)
     return nodes, final.astype(np.uint64).ravel() + np.uint64(1)

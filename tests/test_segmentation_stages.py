@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from connectome.agglomeration import merge_regions
+from connectome.agglomeration import HIST_BINS, merge_regions, quantile_score
 from connectome.cli import main
 from connectome.geometry import BlockGrid, Box
 from connectome.metrics.voi import voi
@@ -30,8 +30,9 @@ def test_region_graph_by_hand():
     frag = np.array([[[1, 1, 2, 2]]], np.uint64)  # one row: 1 1 | 2 2
     affs = np.zeros((3, 1, 1, 4))
     affs[2, 0, 0, 2] = 0.25  # the pair (x=1, x=2)
-    u, v, sums, counts = region_graph(frag, affs, (False, False, False))
+    u, v, sums, counts, hist = region_graph(frag, affs, (False, False, False))
     assert u.tolist() == [1] and v.tolist() == [2] and sums.tolist() == [0.25] and counts.tolist() == [1]
+    assert hist.shape == (1, HIST_BINS) and hist[0, HIST_BINS // 4] == 1 and hist.sum() == 1
 
 
 def test_region_graph_summed_over_blocks_equals_whole_volume():
@@ -45,7 +46,7 @@ def test_region_graph_summed_over_blocks_equals_whole_volume():
         w = b.write_box
         has_lower = tuple(o > 0 for o in w.offset)
         grown = Box.from_corners(tuple(o - int(h) for o, h in zip(w.offset, has_lower)), w.end)
-        u, v, s, c = region_graph(frag[grown.to_slices()], affs[(slice(None), *w.to_slices())], has_lower)
+        u, v, s, c, _ = region_graph(frag[grown.to_slices()], affs[(slice(None), *w.to_slices())], has_lower)
         for key in zip(u.tolist(), v.tolist(), s.tolist(), c.tolist()):
             total = rows.setdefault(key[:2], [0.0, 0])
             total[0] += key[2]
@@ -63,10 +64,27 @@ def test_merge_pools_contact_statistics():
     v = np.array([20, 30, 30], np.uint64)
     sums = np.array([0.9, 0.9, 1.4])
     counts = np.array([1, 2, 2])
-    roots = merge_regions(nodes, u, v, sums, counts, threshold=0.4)
+    stats = np.stack([sums, counts], axis=1)
+    roots = merge_regions(nodes, u, v, stats, threshold=0.4)
     assert roots[0] == roots[1] and roots[2] != roots[0]  # pooled score 1 - 0.575 = 0.425 >= 0.4
-    roots = merge_regions(nodes, u, v, sums, counts, threshold=0.43)
+    roots = merge_regions(nodes, u, v, stats, threshold=0.43)
     assert len(set(roots.tolist())) == 1  # 0.425 < 0.43: all three merge
+
+
+def test_quantile_scoring_pools_histograms():
+    nodes = np.array([1, 2, 3], np.uint64)
+    u = np.array([1, 1, 2], np.uint64)
+    v = np.array([2, 3, 3], np.uint64)
+    hist = np.zeros((3, HIST_BINS))
+    hist[0, HIST_BINS - 1] = 5  # 1-2: all affinities ~1, merges first
+    hist[1, 0] = 3  # 1-3: three pairs near 0 ...
+    hist[2, HIST_BINS - 1] = 4  # 2-3: ... and four near 1: pooled median near 1
+    median = quantile_score(0.5)
+    assert median(hist[1]) > 0.9 and median(hist[2]) < 0.1
+    roots = merge_regions(nodes, u, v, hist, threshold=0.5, score=median)
+    assert len(set(roots.tolist())) == 1  # the pooled 1-3 contact has median ~1: merged
+    roots = merge_regions(nodes, u, v, hist, threshold=0.5, score=quantile_score(0.3))
+    assert roots[0] == roots[1] and roots[2] != roots[0]  # 30% quantile of the pooled contact is ~0
 
 
 def test_relabel_refuses_unknown_fragments():
@@ -106,7 +124,7 @@ def synthetic_affinities(tmp_path_factory):
     return root
 
 
-def _segment_from_affinities(root, name, block_shape):
+def _segment_from_affinities(root, name, block_shape, scoring="mean"):
     cfg = {
         "input": str(root / "in" / "gt"),
         "output": str(root / name),
@@ -115,7 +133,7 @@ def _segment_from_affinities(root, name, block_shape):
         "stages": [
             {"stage": "fragments", "inputs": {"affinities": str(root / "in" / "affs")}},
             {"stage": "agglomerate", "inputs": {"affinities": str(root / "in" / "affs")}},
-            {"stage": "relabel", "params": {"threshold": 0.5}},
+            {"stage": "relabel", "params": {"threshold": 0.5, "scoring": scoring}},
         ],
     }
     path = root / f"{name}.yaml"
@@ -125,10 +143,11 @@ def _segment_from_affinities(root, name, block_shape):
     return seg.read(seg.box)
 
 
-def test_eight_blocks_match_one_block(synthetic_affinities, capsys):
+@pytest.mark.parametrize("scoring", ["mean", "quantile"])
+def test_eight_blocks_match_one_block(synthetic_affinities, capsys, scoring):
     root = synthetic_affinities
-    one = _segment_from_affinities(root, "one", [32, 128, 128])
-    eight = _segment_from_affinities(root, "eight", [16, 64, 64])
+    one = _segment_from_affinities(root, f"one-{scoring}", [32, 128, 128], scoring)
+    eight = _segment_from_affinities(root, f"eight-{scoring}", [16, 64, 64], scoring)
     capsys.readouterr()
     gt = open_volume(str(root / "in" / "gt")).read(Box.from_shape((32, 128, 128)))
     split, merge = voi(eight, one)

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from connectome.agglomeration import HIST_BINS, affinity_bins
 from connectome.geometry import Block
 from connectome.stages.base import BlockStage
 from connectome.volumes import Volume
@@ -21,7 +22,7 @@ def region_graph(fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool,
 
     `fragments` covers the write box plus one voxel layer below each face where `has_lower`;
     `affs` (3, z, y, x) covers the write box. Returns sorted unique (u, v) with u < v, the sum of
-    their affinities and the number of voxel pairs.
+    their affinities, the number of voxel pairs and a histogram of the affinities per edge.
     """
     start = tuple(int(h) for h in has_lower)
     inner = tuple(slice(s, None) for s in start)
@@ -43,12 +44,13 @@ def region_graph(fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool,
     u, v, w = np.concatenate(us), np.concatenate(vs), np.concatenate(ws)
     if u.size == 0:
         empty = np.zeros(0, np.uint64)
-        return empty, empty, np.zeros(0), np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0), np.zeros(0, np.int64), np.zeros((0, HIST_BINS), np.uint32)
     pairs, inverse = np.unique(np.stack([u, v], axis=1), axis=0, return_inverse=True)
     inverse = inverse.ravel()
     sums = np.bincount(inverse, weights=w, minlength=len(pairs))
     counts = np.bincount(inverse, minlength=len(pairs)).astype(np.int64)
-    return pairs[:, 0].copy(), pairs[:, 1].copy(), sums, counts
+    hist = np.bincount(inverse * HIST_BINS + affinity_bins(w), minlength=len(pairs) * HIST_BINS)
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), sums, counts, hist.reshape(-1, HIST_BINS).astype(np.uint32)
 
 
 def save_table(directory: str, index: int, **arrays) -> None:
@@ -71,9 +73,10 @@ class AgglomerateStage(BlockStage):
         grown = type(w).from_corners(tuple(o - int(h) for o, h in zip(w.offset, has_lower)), w.end)
         fragments = volumes["fragments"].read(grown)
         affs = volumes["affinities"].read(w).astype(np.float64) / 255.0
-        u, v, sums, counts = region_graph(fragments, affs, has_lower)
+        u, v, sums, counts, hist = region_graph(fragments, affs, has_lower)
         start = tuple(int(h) for h in has_lower)
         nodes = np.unique(fragments[tuple(slice(s, None) for s in start)])
         nodes = nodes[nodes != 0]
-        save_table(self.table_dirs["edges"], block.index, nodes=nodes, u=u, v=v, sums=sums, counts=counts)
+        save_table(self.table_dirs["edges"], block.index, nodes=nodes, u=u, v=v, sums=sums, counts=counts,
+                   hist=hist)
         return {"nodes": int(nodes.size), "edges": int(u.size)}

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -18,7 +19,9 @@ from connectome.volumes import Volume, VolumeMeta
 
 
 class RelabelParams(StageParams):
-    threshold: float = Field(0.5, ge=0, le=1, description="merge while 1 - mean affinity is below this")
+    threshold: float = Field(0.5, ge=0, le=1, description="merge while the edge score is below this")
+    scoring: Literal["mean", "quantile"] = Field("mean", description="score = 1 - mean or 1 - quantile affinity")
+    quantile: float = Field(0.5, gt=0, lt=1, description="the quantile, for quantile scoring")
 
 
 @functools.lru_cache(maxsize=2)
@@ -64,7 +67,8 @@ class RelabelStage(BlockStage):
         newest = max((e.stat().st_mtime for e in os.scandir(edges)), default=0.0)
         if os.path.exists(path) and os.path.getmtime(path) >= newest:
             return
-        keys, values = lookup_table(load_tables(edges), self.params.threshold)
+        p = self.params
+        keys, values = lookup_table(load_tables(edges), p.threshold, p.scoring, p.quantile)
         tmp = path + f".tmp{os.getpid()}.npz"
         np.savez(tmp, fragments=keys, segments=values)
         os.replace(tmp, path)
