@@ -21,6 +21,7 @@ def segmentation_config(
     threshold: float | None = None,
     voxel_size=None,
     cluster: ClusterConfig | None = None,
+    scoring: str = "mean",
 ) -> RunConfig:
     """A RunConfig for the affinity chain; the threshold defaults to the model's validated one."""
     from connectome.models.registry import read_info, resolve_model_path
@@ -32,7 +33,7 @@ def segmentation_config(
         StageConfig(stage="affinities", params={"model": model}),
         StageConfig(stage="fragments"),
         StageConfig(stage="agglomerate"),
-        StageConfig(stage="relabel", params={"threshold": threshold}),
+        StageConfig(stage="relabel", params={"threshold": threshold, "scoring": scoring}),
     ]
     return RunConfig(
         input=raw if "://" in raw else os.path.abspath(raw.partition("#")[0]) + "".join(raw.partition("#")[1:]),

@@ -18,6 +18,8 @@ def add_arguments(parser) -> None:
                         help="output chunks (default: the block shape)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="merge threshold on 1 - mean affinity (default: the model's validated value)")
+    parser.add_argument("--scoring", choices=["mean", "quantile"], default="mean",
+                        help="agglomeration score: 1 - mean affinity, or 1 - median affinity (waterz's scores)")
     parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
                         help="nm; required for sources that carry none")
     add_run_options(parser)
@@ -27,7 +29,7 @@ def run(args) -> int:
     check_method(args.method)
     cluster = parse_cluster_option(args.cluster, ClusterConfig(n_workers=args.workers or 2))
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
-                                 args.threshold, args.voxel_size, cluster)
+                                 args.threshold, args.voxel_size, cluster, args.scoring)
     plan = plan_segmentation(config, args.overwrite)
     with open_client(cluster, quiet=args.json) as client:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
