@@ -100,6 +100,11 @@ def main() -> None:
         median = statistics.median(runs)
         lines.append(f"| {workers} | {median:.2f} | {', '.join(f'{t:.2f}' for t in runs)} | "
                      f"{voxels / median / 1e6:.1f} | {base / median:.2f}x |")
+    load = os.getloadavg()[0]
+    if load > psutil.cpu_count():
+        lines += ["", f"Note: the load average ({load:.1f}) exceeded the {psutil.cpu_count()} cores during these runs "
+                      "(other engineers' jobs), so a second worker had no idle core to use; these figures do not "
+                      "measure scaling on idle cores."]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(text)

@@ -10,11 +10,27 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
 
 from connectome.cluster import ClusterConfig
 from connectome.errors import UserError
 
 SUBMIT_COMMAND = {"slurm": "sbatch", "pbs": "qsub"}
+PROBE_COMMAND = {"slurm": ["sinfo", "-h", "-o", "%P %a"], "pbs": ["qstat", "-Q"]}
+
+
+def check_batch_system(kind: str, timeout: float = 30.0) -> None:
+    """Refuse to start when the batch system does not answer (else adaptive scaling would wait forever)."""
+    probe = PROBE_COMMAND[kind]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise UserError(f"--cluster {kind}: `{probe[0]}` not found on this machine") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"--cluster {kind}: `{' '.join(probe)}` did not answer within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise UserError(f"--cluster {kind}: the batch system does not answer (`{' '.join(probe)}`: {last})")
 
 
 def job_options(config: ClusterConfig) -> dict:
@@ -74,6 +90,7 @@ def make_jobqueue_cluster(config: ClusterConfig):
     if shutil.which(submit) is None:
         raise UserError(f"--cluster {config.kind}: `{submit}` not found on this machine; "
                         f"run where {config.kind.upper()} jobs can be submitted")
+    check_batch_system(config.kind)
     cls = SLURMCluster if config.kind == "slurm" else PBSCluster
     try:
         cluster = cls(**job_options(config))

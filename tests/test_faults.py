@@ -22,7 +22,7 @@ from connectome.pipeline import execute, plan_run
 from connectome.stages import REGISTRY, register
 from connectome.stages.normalize import NormalizeStage
 from connectome.volumes import open_volume
-from run_case import TESTS_DIR, assert_same_tree, last_json, write_config, write_raw
+from run_case import TESTS_DIR, assert_same_tree, last_json, tree_bytes, write_config, write_raw
 
 pytestmark = pytest.mark.timeout(240)
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_unwritable_output(tmp_path, tmpfs, capsys):
     cfg = write_config(tmp_path / "run.yaml", raw, mount_point / "out", block=(4, 64, 64))
     code, _, err = _run(cfg, capsys)
     assert code == 0, err
-    before = {p: b for p, b in _files(mount_point / "out").items()}
+    before = tree_bytes(mount_point / "out")
     remount("ro")  # root ignores permission bits; a read-only file system stops root too
     fresh = write_config(tmp_path / "fresh.yaml", raw, mount_point / "elsewhere", block=(4, 64, 64))
     for config in (cfg, fresh):
@@ -198,7 +198,7 @@ def test_unwritable_output(tmp_path, tmpfs, capsys):
         assert code == 2, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert "read-only" in err.lower() and str(mount_point) in err, err
-    assert _files(mount_point / "out") == before
+    assert tree_bytes(mount_point / "out") == before
 
 
 def test_full_output(tmp_path, tmpfs, capsys):
@@ -225,7 +225,3 @@ def test_full_output(tmp_path, tmpfs, capsys):
     assert code == 0, err
     assert report["stages"][0]["skipped"] == len(done)
     assert_same_tree(reference, mount_point / "out" / "normalized")
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -129,3 +129,30 @@ def test_gpu_stage_runs_on_gpu_jobs(local_slurm, worker_env):
     assert all(s["device"] == "cpu" for s in summaries)  # set by the preloaded plugin; no CUDA here
     gres = {b for job, name, state, b in watcher.seen if job in jobs}
     assert any("gpu:1" in g for g in gres), gres
+
+
+def test_segment_on_slurm_equals_local(local_slurm, worker_env, capsys):
+    """`connectome segment --cluster slurm` (settings from the defaults only) matches the LocalCluster."""
+    import torch
+
+    from connectome.models import UNet, UNetConfig, save_model
+
+    tmp_path = worker_env
+    raw = write_raw(tmp_path / "raw.npz", shape=(16, 128, 128), seed=5)
+    torch.manual_seed(0)
+    config = UNetConfig(base_channels=2, max_channels=4, downsample=((1, 2, 2),), kernels=((1, 3, 3), (3, 3, 3)),
+                        encoder_convs=(1, 1), decoder_convs=(1,))
+    model = save_model(tmp_path / "tiny", UNet(config),
+                       {"name": "tiny", "voxel_size": [40, 4, 4], "normalisation": {"mean": 128.0, "std": 40.0}})
+    common = ["--model", str(model), "--voxel-size", "40", "4", "4", "--block-shape", "8", "64", "64",
+              "--json", "--no-progress"]
+    assert main(["segment", raw, str(tmp_path / "seg-local"), "--cluster", "local", *common]) == 0
+    capsys.readouterr()
+    with JobWatcher() as watcher:
+        code = main(["segment", raw, str(tmp_path / "seg-slurm"), "--cluster", "slurm", *common])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert last_json(out.out)["segmentation"] == str(tmp_path / "seg-slurm" / "segmentation")
+    assert watcher.running_workers(), watcher.seen
+    for name in ("affinities", "segmentation"):
+        assert_same_tree(tmp_path / "seg-local" / name, tmp_path / "seg-slurm" / name)

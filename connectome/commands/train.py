@@ -44,8 +44,12 @@ def add_arguments(parser) -> None:
                         "is derived from the in-plane ones")
     p.add_argument("--no-aux", dest="aux", action="store_false",
                    help="train without the long-range affinity outputs")
+    p.add_argument("--norm", choices=("batch", "none"), default="batch",
+                   help="BatchNorm while training (folded into the convolutions for inference), or none")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-every", type=int, default=250, metavar="N")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
@@ -71,7 +75,7 @@ def run(args) -> int:
         iterations=args.iterations, batch_size=args.batch_size, patch=patch, seed=args.seed,
         device=args.device, arch=args.arch,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
-        labels_2d=args.labels_2d, aux=args.aux, lr=args.lr, val_every=args.val_every,
+        labels_2d=args.labels_2d, aux=args.aux, norm=args.norm, lr=args.lr, val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, install=args.install,
         command=_command_line(),
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from connectome.errors import UserError
-from connectome.models.unet import NEAREST_OFFSETS, UNet, UNetConfig, Vec3
+from connectome.models.unet import NEAREST_OFFSETS, UNet, UNetConfig, Vec3, aligned_reach, fold_batchnorm
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT_VERSION = 1
@@ -53,7 +53,7 @@ def model_context(config: UNetConfig, z_affinity: str) -> Vec3:
     """Network context, plus one voxel when z affinities are derived from neighbouring xy affinities."""
     extra = 1 if z_affinity == "from_xy" else 0
     return tuple(
-        math.ceil((r + extra) / d) * d for r, d in zip(config.radius, config.divisor)
+        math.ceil((r + extra) / d) * d for r, d in zip(aligned_reach(config), config.divisor)
     )  # type: ignore[return-value]
 
 
@@ -121,6 +121,7 @@ def load_model(name: str, device: str | torch.device | None = None) -> LoadedMod
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     net.keep_outputs(len(NEAREST_OFFSETS))
+    fold_batchnorm(net.eval())
     net = net.to(dev).to(memory_format=torch.channels_last_3d).eval()
     for p in net.parameters():
         p.requires_grad_(False)

@@ -1,12 +1,14 @@
-"""A small 3-d U-Net that predicts affinities, with 'same' padding and no normalisation layers.
+"""A small 3-d U-Net that predicts affinities, with 'same' padding and no input-dependent normalisation.
 
-Without normalisation layers and with zero-padded convolutions, an output voxel depends only on the
-input within the receptive-field radius around it, so blockwise prediction with `context` voxels of
-margin (and block offsets aligned to `divisor`) is exactly seam-free.
+At inference every layer is a zero-padded convolution (BatchNorm, when trained with it, is folded into
+the convolution before it), so an output voxel depends only on the input within the receptive-field
+radius around it, and blockwise prediction with `context` voxels of margin (block offsets aligned to
+`divisor`) is exactly seam-free. Group/instance normalisation would break this and is not offered.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -33,12 +35,13 @@ class UNetConfig:
     decoder_convs: tuple[int, ...] = (1, 1)  # convs per level on the way up (levels 0..L-2)
     offsets: tuple[Vec3, ...] = NEAREST_OFFSETS  # one output channel per affinity offset
     skip: str = "add"  # how the upsampled path joins the skip connection: "add" or "concat"
+    norm: str = "none"  # "batch": BatchNorm while training, folded into the convolutions for inference
 
     def __post_init__(self) -> None:
-        norm = lambda seq: tuple(tuple(int(v) for v in t) for t in seq)  # noqa: E731
-        object.__setattr__(self, "downsample", norm(self.downsample))
-        object.__setattr__(self, "kernels", norm(self.kernels))
-        object.__setattr__(self, "offsets", norm(self.offsets))
+        ints = lambda seq: tuple(tuple(int(v) for v in t) for t in seq)  # noqa: E731
+        object.__setattr__(self, "downsample", ints(self.downsample))
+        object.__setattr__(self, "kernels", ints(self.kernels))
+        object.__setattr__(self, "offsets", ints(self.offsets))
         object.__setattr__(self, "encoder_convs", tuple(int(v) for v in self.encoder_convs))
         object.__setattr__(self, "decoder_convs", tuple(int(v) for v in self.decoder_convs))
         L = self.levels
@@ -50,6 +53,8 @@ class UNetConfig:
             raise ValueError(f"UNetConfig: kernel sizes must be odd, got {self.kernels}")
         if self.skip not in ("add", "concat"):
             raise ValueError(f"UNetConfig: skip must be 'add' or 'concat', got {self.skip!r}")
+        if self.norm not in ("none", "batch"):
+            raise ValueError(f"UNetConfig: norm must be 'none' or 'batch', got {self.norm!r}")
         if tuple(self.offsets[:3]) != NEAREST_OFFSETS:
             raise ValueError(f"UNetConfig: the first three offsets must be {NEAREST_OFFSETS}")
 
@@ -91,8 +96,8 @@ class UNetConfig:
 
     @property
     def context(self) -> Vec3:
-        """The receptive-field radius rounded up to a multiple of the divisor."""
-        return tuple(math.ceil(r / d) * d for r, d in zip(self.radius, self.divisor))  # type: ignore[return-value]
+        """Margin (voxels, each side, a multiple of the divisor) that divisor-aligned tiles need."""
+        return tuple(math.ceil(r / d) * d for r, d in zip(aligned_reach(self), self.divisor))  # type: ignore[return-value]
 
     @property
     def flops_per_voxel(self) -> float:
@@ -109,6 +114,45 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
         return cls(**d)
+
+
+@functools.lru_cache(maxsize=None)
+def aligned_reach(config: UNetConfig) -> Vec3:
+    """Per axis, the least margin that makes the output of a divisor-aligned tile exact.
+
+    The reach of an input voxel depends on its phase p in the downsampling grid (divisor D). A tile
+    whose edges sit on the grid needs, over all p, margin >= p + right(p) - D + 1 (inputs beyond the
+    far side of its lower edge) and >= left(p) - p (beyond its upper edge); at most `radius`.
+    Measured on the impulse response of an all-positive copy of the network (exact support).
+    """
+    net = UNet(config).double().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv3d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                m.bias.zero_()
+    out = []
+    for a in range(3):
+        d, r = config.divisor[a], config.radius[a]
+        n = 2 * math.ceil((r + d) / d) * d + 2 * d
+        shape = list(config.divisor)
+        shape[a] = n
+        c0 = n // 2 // d * d
+        x = torch.zeros(d, config.in_channels, *shape, dtype=torch.float64)
+        for p in range(d):
+            idx = [p, slice(None), 0, 0, 0]
+            idx[2 + a] = c0 + p
+            x[tuple(idx)] = 1.0
+        with torch.no_grad():
+            y = net(x)[:, 0] > 0
+        need = 0
+        for p in range(d):
+            hit = torch.nonzero(y[p].any(dim=tuple(b for b in range(3) if b != a)))[:, 0]
+            right = int(hit.max()) - (c0 + p)
+            left = (c0 + p) - int(hit.min())
+            need = max(need, p + right - d + 1, left - p)
+        out.append(need)
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _conv_list(cfg: UNetConfig) -> list[tuple[int, int, int, Vec3]]:
@@ -133,11 +177,34 @@ def _conv_list(cfg: UNetConfig) -> list[tuple[int, int, int, Vec3]]:
     return out
 
 
-def _convs(cin: int, cout: int, kernel: Vec3, n: int) -> nn.Sequential:
+def _conv_block(cin: int, cout: int, kernel: Vec3, norm: str, stride: Vec3 | None = None) -> list[nn.Module]:
+    pad = (0, 0, 0) if stride else tuple(k // 2 for k in kernel)
+    layers: list[nn.Module] = [nn.Conv3d(cin, cout, kernel, stride=stride or 1, padding=pad)]
+    if norm == "batch":
+        layers.append(nn.BatchNorm3d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def _convs(cin: int, cout: int, kernel: Vec3, n: int, norm: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n):
-        layers += [nn.Conv3d(cin if i == 0 else cout, cout, kernel, padding=tuple(k // 2 for k in kernel)), nn.ReLU(inplace=True)]
+        layers += _conv_block(cin if i == 0 else cout, cout, kernel, norm)
     return nn.Sequential(*layers)
+
+
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it (inference: one affine conv)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in net.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv3d) and isinstance(seq[i + 1], nn.BatchNorm3d):
+                seq[i] = fuse_conv_bn_eval(seq[i].eval(), seq[i + 1].eval())
+                seq[i + 1] = nn.Identity()
+    return net
 
 
 class UNet(nn.Module):
@@ -148,18 +215,19 @@ class UNet(nn.Module):
         self.config = config
         ch = config.channels
         self.downs = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(ch[l], ch[l + 1], d, stride=d), nn.ReLU(inplace=True))
+            nn.Sequential(*_conv_block(ch[l], ch[l + 1], d, config.norm, stride=d))
             for l, d in enumerate(config.downsample)
         )
         self.encoders = nn.ModuleList()
         cin = 2 if config.in_channels == 1 else config.in_channels
         for l in range(config.levels):
-            self.encoders.append(_convs(cin, ch[l], config.kernels[l], config.encoder_convs[l]))
+            self.encoders.append(_convs(cin, ch[l], config.kernels[l], config.encoder_convs[l], config.norm))
             cin = ch[l + 1] if l + 1 < config.levels else 0
         self.reducers = nn.ModuleList(nn.Conv3d(ch[l + 1], ch[l], 1) for l in range(config.levels - 1))
         k = 2 if config.skip == "concat" else 1
         self.decoders = nn.ModuleList(
-            _convs(k * ch[l], ch[l], config.kernels[l], config.decoder_convs[l]) for l in range(config.levels - 1)
+            _convs(k * ch[l], ch[l], config.kernels[l], config.decoder_convs[l], config.norm)
+            for l in range(config.levels - 1)
         )
         self.head = nn.Conv3d(ch[0], len(config.offsets), 1)
         for m in self.modules():

@@ -29,6 +29,7 @@ class AffinitiesStage(BlockStage):
     inputs = ("raw",)
     outputs = ("affinities",)
     input_dtypes = {"raw": ("uint8",)}
+    resources = {"GPU": 1}  # asked for only where the cluster has GPU workers
 
     @cached_property
     def model_info(self):

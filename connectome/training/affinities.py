@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, mode
 from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
 from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import plot_curves
-from connectome.training.data import Pair, load_pair, overlapping_sections, relabel_per_section
+from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
 from connectome.training.targets import affinities_from_labels, balance_weights
 
 Vec3 = tuple[int, int, int]
@@ -58,8 +59,10 @@ class TrainSettings:
     voxel_size: tuple[float, float, float] | None = None
     labels_2d: bool = False
     aux: bool = True
+    norm: str = "batch"  # BatchNorm while training (folded away for inference) or "none"
     lr: float = 1e-3
     val_every: int = 250
+    max_minutes: float | None = None  # stop (and finish the learning-rate decay) by this wall time
     loss_margin: Vec3 | None = None  # voxels at each patch face left out of the loss
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     threads: int = 2
@@ -185,7 +188,7 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
     try:
-        config = preset(settings.arch, offsets)
+        config = dataclasses.replace(preset(settings.arch, offsets), norm=settings.norm)
     except ValueError as e:
         raise UserError(str(e)) from None
     if any(p % d for p, d in zip(settings.patch, config.divisor)):
@@ -206,13 +209,20 @@ def train(settings: TrainSettings, log=print) -> dict:
     else:
         from connectome.volumes import open_volume
 
-        voxel_size = open_volume(settings.raw[0].split("[")[0]).meta.voxel_size
+        voxel_size = open_volume(parse_address(settings.raw[0])[0]).meta.voxel_size
 
     net = UNet(config).to(device).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, settings.iterations) / settings.iterations))
-    )
+    limit_s = settings.max_minutes * 60 if settings.max_minutes else math.inf
+
+    def progress(it: int) -> float:
+        """Fraction of the run done: by iterations, or by the time limit when that comes first."""
+        return min(1.0, max(it / settings.iterations, (time.perf_counter() - t_start) / limit_s))
+
+    def set_lr(it: int) -> None:  # cosine from lr down to lr / 10
+        for g in opt.param_groups:
+            g["lr"] = settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(it))))
+
     augmenter = Augmenter(augment_config(settings.arch), settings.seed)
     info = _info(settings, net, voxel_size, mean, std)
     out = Path(settings.out)
@@ -257,8 +267,10 @@ def train(settings: TrainSettings, log=print) -> dict:
             f"[{time.perf_counter() - t0:.1f} s]")
 
     net.train()
+    done = 0
     for it in range(1, settings.iterations + 1):
         t0 = time.perf_counter()
+        set_lr(it - 1)
         raw, target, mask = _batch(pairs, weights, augmenter, settings, offsets, margin, rng)
         x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
         y = torch.from_numpy(target).to(device, torch.float32)
@@ -269,8 +281,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(loss.item())
+        done = it
         t2 = time.perf_counter()
         t_data += t1 - t0
         t_step += t2 - t1
@@ -278,8 +290,12 @@ def train(settings: TrainSettings, log=print) -> dict:
             log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f} "
                 f"({(time.perf_counter() - t_start) / 60:.1f} min; data {t_data / it * 1e3:.0f} ms, "
                 f"step {t_step / it * 1e3:.0f} ms per iteration)")
-        if val is not None and (it % settings.val_every == 0 or it == settings.iterations):
+        out_of_time = time.perf_counter() - t_start > limit_s
+        if val is not None and (it % settings.val_every == 0 or it == settings.iterations or out_of_time):
             validate(it)
+        if out_of_time:
+            log(f"time limit of {settings.max_minutes} min reached after {it} iterations")
+            break
 
     if val is None:  # no validation: the last weights are the result
         save_model(out / settings.name, net, meta({"provenance": {"status": "checkpoint"}}))
@@ -299,7 +315,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             f"threshold; best over thresholds {top['voi']:.3f} at {top['threshold']}")
 
     curve = plot_curves(out / f"{settings.name}-loss.png", losses, validation,
-                        f"{settings.name}: {settings.arch}, {settings.iterations} it, batch {settings.batch_size}, "
+                        f"{settings.name}: {settings.arch}, {done} it, batch {settings.batch_size}, "
                         f"patch {tuple(settings.patch)}")
     provenance = {
         "command": settings.command,
@@ -311,7 +327,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         "data": {"train": [{"raw": r, "labels": l} for r, l in zip(settings.raw, settings.labels)],
                  "validation": {"raw": settings.val_raw, "labels": settings.val_labels} if val else None},
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("command",)},
-        "iterations": settings.iterations,
+        "iterations": done,
+        "stopped_by_time_limit": done < settings.iterations,
         "final_loss": float(np.mean(losses[-50:])),
         "validation": {"best": best, "history": [{k: v for k, v in e.items() if k != "all"} for e in validation]},
         "evaluation": evaluations,
@@ -331,6 +348,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "json": str(path.with_suffix(".json")),
         "loss_curve": str(curve),
         "installed": installed,
+        "iterations": done,
         "wall_time_s": round(wall, 1),
         "first_loss": float(np.mean(losses[:10])),
         "final_loss": float(np.mean(losses[-10:])),

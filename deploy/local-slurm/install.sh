@@ -19,10 +19,11 @@ if dpkg-query -W -f='${Status}' gridengine-client 2>/dev/null | grep -q "install
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-# policy-rc.d stops Debian's maintainer scripts from trying to start daemons (no systemd here).
-$SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d.connectome'
-[ -e /usr/sbin/policy-rc.d ] || $SUDO sh -c 'cp /usr/sbin/policy-rc.d.connectome /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && touch /usr/sbin/policy-rc.d.remove'
+# Without systemd, Debian's maintainer scripts would try to start the daemons: a temporary
+# policy-rc.d (exit 101) stops them; start.sh starts them our way.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-if [ -e /usr/sbin/policy-rc.d.remove ]; then $SUDO rm -f /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.remove; fi
-$SUDO rm -f /usr/sbin/policy-rc.d.connectome
 echo "local-slurm: installed ${missing[*]}"
