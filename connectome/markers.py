@@ -91,7 +91,7 @@ class DoneMarkers:
         """Record block `index` as finished; the marker appears atomically, summary included."""
         path = self._path(index)
         if not summary:
-            open(path, "wb").close()
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))  # an empty marker: no file object
             return
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
