@@ -17,7 +17,8 @@ import numpy as np
 
 def load_tables(directory: str) -> dict[str, np.ndarray]:
     """Concatenate every block's region-graph table in `directory`."""
-    parts: dict[str, list[np.ndarray]] = {"nodes": [], "u": [], "v": [], "sums": [], "counts": [], "hist": []}
+    parts: dict[str, list[np.ndarray]] = {"nodes": [], "u": [], "v": [], "sums": [], "counts": [], "hist": [],
+                                          "link_u": [], "link_v": []}
     for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
         with np.load(path) as t:
             for key in parts:
@@ -113,14 +114,31 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
     return parent
 
 
+def join_links(nodes: np.ndarray, link_u: np.ndarray, link_v: np.ndarray) -> np.ndarray:
+    """Component index of each sorted node after joining the linked pairs (pieces of one basin)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(nodes)
+    a, b = np.searchsorted(nodes, link_u), np.searchsorted(nodes, link_v)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def lookup_table(tables: dict[str, np.ndarray], threshold: float, scoring: str = "mean",
                  quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(fragment ids sorted, final segment ids 1..k) after the global merge."""
+    """(fragment ids sorted, final segment ids 1..k) after joining linked pieces and the global merge."""
     if scoring == "mean":
         stats, score = np.stack([tables["sums"], tables["counts"]], axis=1), mean_score
     else:
         stats, score = tables["hist"], quantile_score(quantile)
     nodes = tables["nodes"]
-    roots = merge_regions(nodes, tables["u"].astype(np.uint64), tables["v"].astype(np.uint64), stats, threshold, score)
-    _, final = np.unique(roots, return_inverse=True)
+    basin = join_links(nodes, tables["link_u"].astype(np.uint64), tables["link_v"].astype(np.uint64))
+    bu = basin[np.searchsorted(nodes, tables["u"].astype(np.uint64))]
+    bv = basin[np.searchsorted(nodes, tables["v"].astype(np.uint64))]
+    keep = bu != bv  # pairs inside one basin are not edges, as in a single block
+    lo, hi = np.minimum(bu, bv)[keep], np.maximum(bu, bv)[keep]
+    basin_ids = np.arange(basin.max() + 1 if len(basin) else 0)
+    roots = merge_regions(basin_ids, lo, hi, stats[keep], threshold, score)
+    _, final = np.unique(roots[basin], return_inverse=True)
     return nodes, final.astype(np.uint64).ravel() + np.uint64(1)

@@ -1,50 +1,26 @@
-"""Supervoxels per block: waterz's watershed over the affinity graph, ids `(block << 32) | local`."""
+"""Supervoxels per block: the steepest-ascent watershed (connectome.watershed), ids `(block << 32) | local`.
+
+The basins of a block are the global basins cut at its faces; the agglomerate stage records the
+pointers that cross faces, and the global merge joins those pieces first, so the fragments do not
+depend on the block layout.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-
-import fastremap
 import numpy as np
 from pydantic import Field
 
 from connectome.geometry import Block
-from connectome.stages.base import BlockStage, OutputSpec, StageParams, crop
+from connectome.stages.base import BlockStage, OutputSpec, StageParams
 from connectome.volumes import Volume, VolumeMeta
+from connectome.watershed import affinity_box, basins, edge_values, pointers
 
 LOCAL_BITS = 32
 
 
 class FragmentsParams(StageParams):
-    context: tuple[int, int, int] = Field((8, 8, 8), description="voxels the watershed sees beyond the block")
-    aff_low: float = Field(0.0001, ge=0, lt=1, description="affinities below this never join voxels")
-    aff_high: float = Field(0.9999, gt=0, le=1, description="affinities above this always join voxels")
-
-
-@contextlib.contextmanager
-def silenced_stdout():
-    """waterz reports progress on the C++ stdout; keep worker logs and terminals clean."""
-    fd = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(fd, 1)
-        os.close(fd)
-
-
-def watershed_fragments(affs: np.ndarray, aff_low: float = 0.0001, aff_high: float = 0.9999) -> np.ndarray:
-    """Fragments 1..n (uint64, 0 = background) of float affinities (3, z, y, x) in [0, 1]."""
-    import waterz
-
-    affs = np.ascontiguousarray(affs, dtype=np.float32)
-    with silenced_stdout():
-        seg = next(iter(waterz.agglomerate(affs, [0.0], aff_threshold_low=aff_low, aff_threshold_high=aff_high)))
-    seg = np.ascontiguousarray(seg, dtype=np.uint64)
-    fastremap.renumber(seg, in_place=True, preserve_zero=True)
-    return seg
+    aff_low: float = Field(0.5 / 255, ge=0, lt=1, description="voxels whose best affinity is below this stay 0")
+    aff_high: float = Field(0.99, gt=0, le=1, description="edges at or above this always join their voxels")
 
 
 def globalise(local: np.ndarray, block_index: int) -> np.ndarray:
@@ -52,6 +28,12 @@ def globalise(local: np.ndarray, block_index: int) -> np.ndarray:
     out = local.astype(np.uint64, copy=True)
     out[out != 0] |= np.uint64(block_index) << np.uint64(LOCAL_BITS)
     return out
+
+
+def block_edges(affinities: Volume, region) -> np.ndarray:
+    """The six edge affinities of each voxel in `region`, from the stored uint8 affinities."""
+    box = affinity_box(region).intersect(affinities.box)
+    return edge_values(affinities.read(box).astype(np.float32) / 255.0, region, affinities.box)
 
 
 class FragmentsStage(BlockStage):
@@ -64,14 +46,8 @@ class FragmentsStage(BlockStage):
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         return {"fragments": OutputSpec(dtype="uint64")}
 
-    def context(self) -> tuple[int, int, int]:
-        return tuple(self.params.context)
-
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        """Watershed the read box (so basins near the faces match the whole volume's), keep the write box."""
-        affs = volumes["affinities"].read(block.read_box).astype(np.float32) / 255.0
-        seg = watershed_fragments(affs, self.params.aff_low, self.params.aff_high)
-        local = np.ascontiguousarray(crop(seg, block))
-        fastremap.renumber(local, in_place=True, preserve_zero=True)
+        edges = block_edges(volumes["affinities"], block.write_box)
+        local = basins(pointers(edges, self.params.aff_low), edges, self.params.aff_high)
         volumes["fragments"].write(block.write_box, globalise(local, block.index))
         return {"fragments": int(local.max(initial=0))}
