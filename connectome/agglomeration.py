@@ -71,10 +71,24 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
     pooled = np.zeros((len(uniq), stats.shape[1]), np.float64)
     np.add.at(pooled, inv.ravel(), stats)
     scores = score(pooled)
-    adjacency: list[dict[int, np.ndarray]] = [dict() for _ in range(n)]
+    if score is mean_score:  # plain floats: the same merge, without numpy overhead per edge
+        rows = [[s_, c_] for s_, c_ in pooled.tolist()]
+
+        def score(st) -> float:  # noqa: F811 - the scalar twin of mean_score
+            return 1.0 - st[0] / st[1]
+
+        def pool(into, st) -> None:
+            into[0] += st[0]
+            into[1] += st[1]
+    else:
+        rows = list(pooled)
+
+        def pool(into, st) -> None:
+            into += st
+    adjacency: list[dict[int, object]] = [dict() for _ in range(n)]
     heap = []
-    for row, (i, j, sc) in enumerate(zip((uniq // n).tolist(), (uniq % n).tolist(), scores.tolist())):
-        adjacency[i][j] = adjacency[j][i] = pooled[row]
+    for row, i, j, sc in zip(rows, (uniq // n).tolist(), (uniq % n).tolist(), scores.tolist()):
+        adjacency[i][j] = adjacency[j][i] = row
         if sc < threshold:
             heap.append((sc, i, j))
     heapq.heapify(heap)
@@ -100,7 +114,7 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
                 adjacency[i][k] = adjacency[k][i] = st
                 merged = st
             else:
-                existing += st
+                pool(existing, st)
                 merged = existing
             new_score = float(score(merged))
             if new_score < threshold:
