@@ -78,6 +78,7 @@ def bf16_peak(device_name: str) -> float | None:
 
 
 def bench_cuda(name: str, shape, runs: int, batch: int) -> dict:
+    torch.backends.cudnn.benchmark = True
     model = load_model(name, device="cuda")
     shape = fit_shape(shape, model.info.divisor)
     rng = np.random.default_rng(0)

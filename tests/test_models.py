@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,13 +25,19 @@ from connectome.models.unet import aligned_reach
 SHIPPED = ("fib-10nm", "sstem", "synthetic")
 
 
-def _random_model(tmp_path, arch: str, z_affinity: str = "learned", seed: int = 0):
-    """A model with random weights (and random biases, so every path matters) saved and loaded back."""
+def _random_model(tmp_path, arch: str, z_affinity: str = "learned", seed: int = 0, norm: str = "none"):
+    """A model with random weights (and random biases and BatchNorm statistics, so every path
+    matters) saved and loaded back (BatchNorm folded into the convolutions by load_model)."""
     torch.manual_seed(seed)
-    net = UNet(preset(arch, NEAREST_OFFSETS + ((0, 0, -3),)))
+    net = UNet(dataclasses.replace(preset(arch, NEAREST_OFFSETS + ((0, 0, -3),)), norm=norm))
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.Conv3d):
+                m.bias.normal_(0, 0.1)
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.1)
     path = save_model(tmp_path / f"{arch}-{z_affinity}", net,
                       {"voxel_size": [8, 8, 8], "normalisation": {"mean": 0.5, "std": 0.2},
@@ -100,10 +107,9 @@ def test_bad_inputs_raise_value_error(tmp_path):
         predict_affinities(model, np.zeros((8, 8, 8), np.float32))
 
 
-@pytest.mark.parametrize("arch,z_affinity", [("iso", "learned"), ("aniso", "from_xy")])
-def test_tiled_prediction_is_seam_free(tmp_path, arch, z_affinity):
-    """Two overlapping tiles with `context` margin give exactly the centre of the whole prediction."""
-    model = _random_model(tmp_path, arch, z_affinity)
+def _assert_seam_free(model) -> None:
+    """Two overlapping tiles with `context` margin give exactly the centre of the whole prediction,
+    and one divisor step less margin does not."""
     c, d = model.info.context, model.info.divisor
     core = tuple(2 * dd * (3 if dd > 1 else 2) for dd in d)
     shape = (core[0] + 2 * c[0], core[1] + 2 * c[1], 2 * core[2] + 2 * c[2])
@@ -118,13 +124,27 @@ def test_tiled_prediction_is_seam_free(tmp_path, arch, z_affinity):
         got = tile[centre + (slice(c[2], c[2] + x1 - x0),)]
         want = whole[centre + (slice(x0, x1),)]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    # and the margin is needed: one divisor step less on both sides changes the tile's edges
+    # the margin is needed: one divisor step less on both sides changes the tile's edges
     x0, x1 = tiles[0]
     short = predict_affinities(model, raw[:, :, x0 - c[2] + d[2]: x1 + c[2] - d[2]])
     inner = c[2] - d[2]
     got = short[centre + (np.r_[inner: inner + d[2], inner + x1 - x0 - d[2]: inner + x1 - x0],)]
     want = whole[centre + (np.r_[x0: x0 + d[2], x1 - d[2]: x1],)]
     assert not np.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,z_affinity,norm", [("iso", "learned", "batch"), ("aniso", "from_xy", "none")])
+def test_tiled_prediction_is_seam_free(tmp_path, arch, z_affinity, norm):
+    model = _random_model(tmp_path, arch, z_affinity, norm=norm)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.net.modules())
+    _assert_seam_free(model)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_are_seam_free(name):
+    if name not in available_models():
+        pytest.skip(f"{name} weights not shipped yet")
+    _assert_seam_free(load_model(name, device="cpu"))
 
 
 @pytest.mark.parametrize("arch", ["iso", "aniso"])
@@ -156,6 +176,19 @@ def test_receptive_field_radius_is_exact(arch):
     aligned = aligned_reach(cfg)
     assert all(a <= r for a, r in zip(aligned, cfg.radius))
     assert all(c >= a and c - a < dd and c % dd == 0 for c, a, dd in zip(cfg.context, aligned, d))
+
+
+def test_batchnorm_is_folded_exactly(tmp_path):
+    """load_model's folded network computes what the trained network computes in eval mode."""
+    model = _random_model(tmp_path, "iso", norm="batch")
+    net = UNet(model.info.config)
+    net.load_state_dict(torch.load(model.info.path, weights_only=True))
+    net.eval()
+    raw = np.random.default_rng(5).integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    x = (torch.from_numpy(raw)[None, None].float() / 255 - model.info.mean) / model.info.std
+    with torch.no_grad():
+        want = torch.sigmoid(net(x)[0, :3]).numpy()
+    np.testing.assert_allclose(predict_affinities(model, raw), want, atol=1e-5)
 
 
 def test_batched_prediction_matches_single(tmp_path):

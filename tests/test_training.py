@@ -192,6 +192,15 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
     affs = predict_affinities(model, vraw[:, :32, :32])
     assert affs.shape == (3, 16, 32, 32) and affs.dtype == np.float32
 
+    # fine-tuning from the result keeps its normalisation and records where it started
+    common = ["--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels", "--iterations", "2",
+              "--patch", "16", "24", "24", "--init", str(out / "tiny.pt")]
+    assert main(["train", "affinities", *common, "--name", "tuned", "--out", str(out)]) == 0
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert tuned["normalisation"]["mean"] == meta["normalisation"]["mean"]
+    assert tuned["provenance"]["init"]["iterations"] == 24
+    assert main(["train", "affinities", *common, "--name", "bad", "--out", str(out), "--arch", "aniso"]) == 2
+
 
 def test_training_refuses_validation_sections_in_the_training_set(tmp_path):
     from connectome.training.affinities import TrainSettings, train
@@ -231,7 +240,7 @@ def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
     np.savez(tmp_path / "t.npz", raw=raw, labels=labels)
     a = f"{tmp_path}/t.npz"
     rc = main(["train", "affinities", "--raw", f"{a}#raw", "--labels", f"{a}#nope", "--name", "x",
-               "--out", str(tmp_path / "o"), "--iterations", "1", "--patch", "8", "16", "16"])
+               "--out", str(tmp_path / "o"), "--iterations", "1", "--patch", "12", "16", "16"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err
     rc = main(["train", "affinities", "--raw", f"{a}#raw", "--labels", f"{a}#labels", "--name", "x",

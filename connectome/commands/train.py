@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
                    help="train without the long-range affinity outputs")
     p.add_argument("--norm", choices=("batch", "none"), default="batch",
                    help="BatchNorm while training (folded into the convolutions for inference), or none")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from this model's weights (a shipped name or a .pt path with the same "
+                        "architecture); its input normalisation is kept")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-every", type=int, default=250, metavar="N")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
@@ -75,7 +78,8 @@ def run(args) -> int:
         iterations=args.iterations, batch_size=args.batch_size, patch=patch, seed=args.seed,
         device=args.device, arch=args.arch,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
-        labels_2d=args.labels_2d, aux=args.aux, norm=args.norm, lr=args.lr, val_every=args.val_every, max_minutes=args.max_minutes,
+        labels_2d=args.labels_2d, aux=args.aux, norm=args.norm, lr=args.lr, init=args.init,
+        val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, install=args.install,
         command=_command_line(),
     )

@@ -63,6 +63,7 @@ class TrainSettings:
     lr: float = 1e-3
     val_every: int = 250
     max_minutes: float | None = None  # stop (and finish the learning-rate decay) by this wall time
+    init: str | None = None  # start from this model's weights (name or .pt path; same architecture)
     loss_margin: Vec3 | None = None  # voxels at each patch face left out of the loss
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     threads: int = 2
@@ -201,9 +202,20 @@ def train(settings: TrainSettings, log=print) -> dict:
     val = load_pair(settings.val_raw, settings.val_labels) if settings.val_raw else None
     sizes = np.array([p.size for p in pairs], np.float64)
     weights = np.sqrt(sizes) / np.sqrt(sizes).sum()  # small volumes get more than their voxel share
-    all_raw = np.concatenate([p.raw.ravel() for p in pairs]).astype(np.float64) / 255.0
-    mean, std = float(all_raw.mean()), float(all_raw.std()) or 1.0
-    del all_raw
+    init_info = None
+    if settings.init:
+        from connectome.models.registry import read_info, resolve_model_path
+
+        init_path = resolve_model_path(settings.init)
+        init_info = read_info(init_path)
+        if init_info.config != config:
+            raise UserError(f"--init {settings.init}: its architecture differs from --arch {settings.arch} "
+                            f"with these options (aux outputs, norm)")
+        mean, std = init_info.mean, init_info.std  # the network learned on this normalisation
+    else:
+        all_raw = np.concatenate([p.raw.ravel() for p in pairs]).astype(np.float64) / 255.0
+        mean, std = float(all_raw.mean()), float(all_raw.std()) or 1.0
+        del all_raw
     if settings.voxel_size is not None:
         voxel_size = tuple(float(v) for v in settings.voxel_size)
     else:
@@ -211,7 +223,10 @@ def train(settings: TrainSettings, log=print) -> dict:
 
         voxel_size = open_volume(parse_address(settings.raw[0])[0]).meta.voxel_size
 
-    net = UNet(config).to(device).to(memory_format=torch.channels_last_3d)
+    net = UNet(config)
+    if init_info is not None:
+        net.load_state_dict(torch.load(init_info.path, map_location="cpu", weights_only=True))
+    net = net.to(device).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     limit_s = settings.max_minutes * 60 if settings.max_minutes else math.inf
 
@@ -328,6 +343,10 @@ def train(settings: TrainSettings, log=print) -> dict:
                  "validation": {"raw": settings.val_raw, "labels": settings.val_labels} if val else None},
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("command",)},
         "iterations": done,
+        "init": None if init_info is None else {
+            "model": settings.init, "command": init_info.provenance.get("command"),
+            "iterations": init_info.provenance.get("iterations"),
+            "wall_time_s": init_info.provenance.get("wall_time_s")},
         "stopped_by_time_limit": done < settings.iterations,
         "final_loss": float(np.mean(losses[-50:])),
         "validation": {"best": best, "history": [{k: v for k, v in e.items() if k != "all"} for e in validation]},
