@@ -29,7 +29,7 @@ def voi_from_table(table: Contingency) -> tuple[float, float]:
     split = -np.sum(p * np.log2(count / _group_sums(t.gt, count)))
     merge = -np.sum(p * np.log2(count / _group_sums(t.seg, count)))
     # a perfect score can come out as -0.0 or -1e-17: report it as 0
-    return max(float(split), 0.0), max(float(merge), 0.0)
+    return max(float(split), 0.0) + 0.0, max(float(merge), 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def voi(seg: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
