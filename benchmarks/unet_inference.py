@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 import time
@@ -24,20 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from connectome.models import available_models, load_model, predict_affinities  # noqa: E402
+from connectome.machine import cpu_name
 
 # dense bf16 tensor-core peak, TFLOP/s, by device-name fragment (vendor data sheets)
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
                     "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "RTX 4090": 165.0}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fit_shape(shape, divisor):

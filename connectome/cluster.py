@@ -135,47 +135,43 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
 
     config = resolve_profile(config or ClusterConfig())
     kind = config.kind
+    cluster = None
     if kind.startswith(("tcp://", "tls://")):
         try:
             client = Client(kind, timeout="10s")
         except OSError as e:
             raise UserError(f"--cluster {kind}: no Dask scheduler answers there ({e})") from None
-        client._connectome_cluster_config = config
-        _announce(client, quiet)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    if kind == "local":
-        extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
-        cluster = LocalCluster(
-            n_workers=config.n_workers,
-            threads_per_worker=config.threads_per_worker,
-            processes=config.processes,
-            memory_limit=config.memory_limit,
-            dashboard_address=config.dashboard_address,
-            silence_logs=logging.ERROR,
-            **extra,
-        )
-    elif kind in JOBQUEUE_KINDS:
-        from connectome.jobqueue import make_jobqueue_cluster
-
-        cluster = make_jobqueue_cluster(config)
     else:
-        raise UserError(f"cluster kind: expected local, slurm, pbs or tcp://HOST:PORT, found {kind!r}")
-    try:
-        client = Client(cluster)
-    except BaseException:
-        cluster.close()
-        raise
+        if kind == "local":
+            extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
+            cluster = LocalCluster(
+                n_workers=config.n_workers,
+                threads_per_worker=config.threads_per_worker,
+                processes=config.processes,
+                memory_limit=config.memory_limit,
+                dashboard_address=config.dashboard_address,
+                silence_logs=logging.ERROR,
+                **extra,
+            )
+        elif kind in JOBQUEUE_KINDS:
+            from connectome.jobqueue import make_jobqueue_cluster
+
+            cluster = make_jobqueue_cluster(config)
+        else:
+            raise UserError(f"cluster kind: expected local, slurm, pbs or tcp://HOST:PORT, found {kind!r}")
+        try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
     client._connectome_cluster_config = config
     _announce(client, quiet)
     try:
         yield client
     finally:
         client.close()
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _announce(client, quiet: bool) -> None:

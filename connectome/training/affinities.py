@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import sys
 import shutil
 import time
@@ -26,6 +25,7 @@ from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import plot_curves
 from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
 from connectome.training.targets import affinities_from_labels, balance_weights
+from connectome.machine import cpu_name
 
 Vec3 = tuple[int, int, int]
 
@@ -157,16 +157,6 @@ def _device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     return dev
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train(settings: TrainSettings, log=print) -> dict:
@@ -336,7 +326,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "command": settings.command,
         "wall_time_s": round(wall, 1),
         "time_split_s": {"data": round(t_data, 1), "step": round(t_step, 1), "validation": round(t_val, 1)},
-        "device": str(device) if device.type != "cpu" else f"cpu ({_cpu_name()}, {settings.threads} threads)",
+        "device": str(device) if device.type != "cpu" else f"cpu ({cpu_name()}, {settings.threads} threads)",
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"train": [{"raw": r, "labels": l} for r, l in zip(settings.raw, settings.labels)],
