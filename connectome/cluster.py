@@ -3,6 +3,10 @@
 Settings come from the YAML config's `cluster:` section, on top of an optional profile
 (`profile: slurm` reads deploy/profiles/slurm.yaml; a path reads that file), on top of the
 defaults below. `--cluster` on the command line only changes `kind`.
+
+With a `gpu_jobs:` section there are two pools of workers under one scheduler (connectome.pools):
+the section's own settings describe CPU jobs, which run the CPU stages, and `gpu_jobs` describes
+GPU jobs, which run only the GPU stages.
 """
 
 from __future__ import annotations
@@ -20,6 +24,29 @@ from connectome.errors import UserError
 
 JOBQUEUE_KINDS = ("slurm", "pbs")
 PROFILE_DIRS = (Path("deploy/profiles"), Path(__file__).resolve().parents[1] / "deploy" / "profiles")
+
+
+JOB_FIELDS = ("queue", "account", "cores", "memory", "processes_per_job", "walltime", "job_extra_directives",
+              "job_script_prologue", "local_directory")
+
+
+class GpuJobsConfig(BaseModel):
+    """A second pool of worker jobs, for GPU stages only; unset job settings are the CPU jobs'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: str | None = Field(None, description="the GPU partition (SLURM) or queue (PBS)")
+    account: str | None = None
+    cores: int | None = Field(None, ge=1, description="cores per GPU job")
+    memory: str | None = Field(None, description="memory per GPU job")
+    processes_per_job: int | None = Field(None, ge=1, description="worker processes per GPU job (one per GPU)")
+    walltime: str | None = None
+    job_extra_directives: list[str] | None = Field(None, description="replace the CPU jobs' extra directives")
+    job_script_prologue: list[str] | None = Field(None, description="replace the CPU jobs' prologue")
+    local_directory: str | None = None
+    gpus: int = Field(1, ge=1, description="GPUs per job")
+    minimum_jobs: int = Field(0, ge=0)
+    maximum_jobs: int = Field(1, ge=1)
 
 
 class ClusterConfig(BaseModel):
@@ -52,6 +79,23 @@ class ClusterConfig(BaseModel):
     maximum_jobs: int = Field(4, ge=1)
     python: str | None = Field(None, description="worker interpreter (default: this one)")
     death_timeout: str = Field("60s", description="a worker exits when it cannot reach the scheduler this long")
+    gpu_jobs: GpuJobsConfig | None = Field(
+        None, description="a second pool of GPU worker jobs for GPU stages; the settings above are then the CPU jobs'")
+
+
+def gpu_pool_config(config: ClusterConfig) -> ClusterConfig:
+    """The settings of the GPU jobs of a two-pool cluster: `gpu_jobs` over the CPU jobs' settings."""
+    gpu = config.gpu_jobs
+    own = {k: v for k, v in gpu.model_dump(exclude_unset=True).items() if k in JOB_FIELDS and v is not None}
+    return config.model_copy(update={**own, "gpus": gpu.gpus, "minimum_jobs": gpu.minimum_jobs,
+                                     "maximum_jobs": gpu.maximum_jobs, "gpu_jobs": None})
+
+
+def check_pools(config: ClusterConfig) -> None:
+    """Refuse a two-pool cluster whose CPU section also asks for GPUs (every job would be a GPU job)."""
+    if config.gpu_jobs is not None and config.gpus:
+        raise UserError(f"cluster: gpus is {config.gpus} but gpu_jobs is set too; with gpu_jobs the main section "
+                        "describes CPU jobs: set gpus: 0 there and the GPUs per job under gpu_jobs")
 
 
 def load_profile(name_or_path: str) -> dict:
@@ -100,26 +144,42 @@ def parse_cluster_option(value: str | None, base: ClusterConfig | None = None) -
     raise UserError(f"--cluster: expected local, slurm, pbs or tcp://HOST:PORT, found {value!r}")
 
 
-def gpu_resources(client_or_config) -> dict[str, float]:
-    """{"GPU": 1} when GPU tasks can run on this cluster, else {} (a task asking for a resource
-    that no worker has would never run).
+def available_resources(client_or_config) -> dict[str, float]:
+    """The worker resources this cluster offers: {"GPU": 1} when GPU tasks can run, plus {"CPU": 1}
+    when CPU stages have workers of their own (two pools). A task asking for a resource that no
+    worker has would never run, so stages ask only for what this returns.
 
-    A ClusterConfig answers from its settings (`gpus` > 0), so it works before adaptive jobs have
-    started; a Client answers from its workers' advertised resources, and from the settings of the
-    cluster it started (an adaptive jobqueue cluster may have no workers yet).
+    A ClusterConfig answers from its settings, so it works before adaptive jobs have started; a
+    Client answers from the settings of the cluster it started, else from its workers' resources.
     """
     if isinstance(client_or_config, ClusterConfig):
         config = client_or_config
         if config.kind.startswith(("tcp://", "tls://")):
             return {}  # unknown until connected: ask the client
-        return {"GPU": 1} if resolve_profile(config).gpus > 0 else {}
+        config = resolve_profile(config)
+        if config.gpu_jobs is not None:
+            return {"GPU": 1, "CPU": 1}
+        return {"GPU": 1} if config.gpus > 0 else {}
     client = client_or_config
     config = getattr(client, "_connectome_cluster_config", None)
     if config is not None and not config.kind.startswith(("tcp://", "tls://")):
-        return gpu_resources(config)
+        return available_resources(config)
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
-    has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in info.get("workers", {}).values())
-    return {"GPU": 1} if has_gpu else {}
+    offered = [w.get("resources", {}) for w in info.get("workers", {}).values()]
+    return {name: 1 for name in ("GPU", "CPU") if any(r.get(name, 0) >= 1 for r in offered)}
+
+
+def gpu_resources(client_or_config) -> dict[str, float]:
+    """{"GPU": 1} when GPU tasks can run on this cluster, else {}."""
+    return {"GPU": 1} if available_resources(client_or_config).get("GPU") else {}
+
+
+def task_resources(wants: dict[str, float] | None, available: dict[str, float]) -> dict[str, float] | None:
+    """What a stage's tasks ask for: its own wants when the cluster offers them; CPU stages on a
+    two-pool cluster ask for a CPU slot (keeping them off GPU jobs); else nothing."""
+    if wants:
+        return dict(wants) if all(available.get(k, 0) >= v for k, v in wants.items()) else None
+    return {"CPU": 1} if available.get("CPU") else None
 
 
 def _takes_n_workers(client) -> bool:
@@ -131,7 +191,7 @@ def _takes_n_workers(client) -> bool:
 @contextlib.contextmanager
 def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Iterator["Client"]:
     """A connected distributed Client for `config`; the cluster it started is closed on exit."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     config = resolve_profile(config or ClusterConfig())
     kind = config.kind
@@ -142,17 +202,9 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
         except OSError as e:
             raise UserError(f"--cluster {kind}: no Dask scheduler answers there ({e})") from None
     else:
+        check_pools(config)
         if kind == "local":
-            extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
-            cluster = LocalCluster(
-                n_workers=config.n_workers,
-                threads_per_worker=config.threads_per_worker,
-                processes=config.processes,
-                memory_limit=config.memory_limit,
-                dashboard_address=config.dashboard_address,
-                silence_logs=logging.ERROR,
-                **extra,
-            )
+            cluster = make_local_cluster(config)
         elif kind in JOBQUEUE_KINDS:
             from connectome.jobqueue import make_jobqueue_cluster
 
@@ -172,6 +224,37 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def make_local_cluster(config: ClusterConfig):
+    """A LocalCluster of `n_workers` processes; with `gpu_jobs`, plus `gpu_jobs.maximum_jobs` GPU
+    worker processes (each with `gpu_jobs.gpus` GPUs) that only GPU stages use."""
+    from distributed import LocalCluster
+
+    pooled = config.gpu_jobs is not None
+    extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
+    cluster = LocalCluster(
+        n_workers=0 if pooled else config.n_workers,
+        threads_per_worker=config.threads_per_worker,
+        processes=config.processes,
+        memory_limit=config.memory_limit,
+        dashboard_address=config.dashboard_address,
+        silence_logs=logging.ERROR,
+        **extra,
+    )
+    if pooled:
+        from connectome.pools import Pool, PoolScaler
+
+        base = cluster.new_spec
+        cpu = {**base, "options": {**base["options"], "resources": {"CPU": config.threads_per_worker}}}
+        gpu = {**base, "options": {**base["options"], "resources": {"GPU": config.gpu_jobs.gpus},
+                                   "preload": ["workers.preload"]}}
+        n_gpu = config.gpu_jobs.maximum_jobs
+        cluster.connectome_scaler = PoolScaler(cluster, [
+            Pool("cpu", cpu, "CPU", config.threads_per_worker, config.n_workers, config.n_workers),
+            Pool("gpu", gpu, "GPU", config.gpu_jobs.gpus, n_gpu, n_gpu),
+        ])
+    return cluster
 
 
 def _announce(client, quiet: bool) -> None:

@@ -2,7 +2,9 @@
 
 Every worker starts with `--preload workers.preload` (model cache plugin, device choice). GPU jobs
 ask the batch system for their GPUs (`--gres=gpu:N` on SLURM, `ngpus=N` in the PBS select) and
-their workers advertise a `GPU` resource, which is what GPU stages' tasks ask for.
+their workers advertise a `GPU` resource, which is what GPU stages' tasks ask for. With a
+`gpu_jobs` section there are two pools (connectome.pools): CPU jobs, whose workers advertise
+`CPU` slots that CPU stages' tasks ask for, and GPU jobs in their own partition or queue.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import os
 import shutil
 import subprocess
 
-from connectome.cluster import ClusterConfig
+from connectome.cluster import ClusterConfig, gpu_pool_config
 from connectome.errors import UserError
+from connectome.pools import Pool, PoolScaler
 
 SUBMIT_COMMAND = {"slurm": "sbatch", "pbs": "qsub"}
 PROBE_COMMAND = {"slurm": ["sinfo", "-h", "-o", "%P %a"], "pbs": ["qstat", "-Q"]}
@@ -42,6 +45,8 @@ def job_options(config: ClusterConfig) -> dict:
     worker_args = ["--preload", "workers.preload"]
     if per_worker_gpus:
         worker_args += ["--resources", f"GPU={per_worker_gpus}"]
+    elif config.gpu_jobs is not None:  # the CPU pool of a two-pool cluster: one CPU slot per thread
+        worker_args += ["--resources", f"CPU={threads_per_worker(config)}"]
     directives = list(config.job_extra_directives)
     options: dict = {}
     if config.kind == "slurm":
@@ -68,11 +73,16 @@ def job_options(config: ClusterConfig) -> dict:
         python=config.python,
         worker_extra_args=worker_args,
         death_timeout=config.death_timeout,
-        job_name="connectome-worker",
+        job_name="connectome-gpu-worker" if config.gpus else "connectome-worker",
         scheduler_options={"dashboard_address": config.dashboard_address,
                            **({"interface": config.interface} if config.interface else {})},
     )
     return {k: v for k, v in options.items() if v is not None}
+
+
+def threads_per_worker(config: ClusterConfig) -> int:
+    """Threads of each worker process: the job's cores shared among its processes (as jobqueue does)."""
+    return max(1, config.cores // config.processes_per_job)
 
 
 def maximum_jobs(config: ClusterConfig) -> int:
@@ -92,13 +102,60 @@ def make_jobqueue_cluster(config: ClusterConfig):
                         f"run where {config.kind.upper()} jobs can be submitted")
     check_batch_system(config.kind)
     cls = SLURMCluster if config.kind == "slurm" else PBSCluster
+    gpu_config = gpu_pool_config(config) if config.gpu_jobs is not None else None
+    if config.kind == "slurm":
+        check_partitions([q for q in (config.queue, gpu_config and gpu_config.queue) if q])
     try:
         cluster = cls(**job_options(config))
+        gpu_spec = gpu_job_spec(cluster, gpu_config) if gpu_config else None
     except ValueError as e:
         raise UserError(f"--cluster {config.kind}: {e}") from None
     top = maximum_jobs(config)
-    cluster.adapt(minimum_jobs=min(config.minimum_jobs, top), maximum_jobs=top, interval="500ms", wait_count=6)
+    if gpu_config is None:
+        cluster.adapt(minimum_jobs=min(config.minimum_jobs, top), maximum_jobs=top, interval="500ms", wait_count=6)
+        return cluster
+    cpu_slots = threads_per_worker(config) * config.processes_per_job
+    cluster.connectome_scaler = PoolScaler(cluster, [
+        Pool("cpu", cluster.new_spec, "CPU", cpu_slots, min(config.minimum_jobs, top), top),
+        Pool("gpu", gpu_spec, "GPU", gpu_config.gpus, gpu_config.minimum_jobs, gpu_config.maximum_jobs),
+    ])
     return cluster
+
+
+def gpu_job_spec(cluster, gpu_config: ClusterConfig) -> dict:
+    """The worker spec of the GPU pool's jobs: the cluster's job settings with the GPU pool's on top."""
+    options = job_options(gpu_config)
+    options.pop("scheduler_options")
+    options = {**cluster._job_kwargs, **options}
+    spec = {"cls": cluster.job_cls, "options": options}
+    if gpu_config.processes_per_job > 1:
+        spec["group"] = [f"-{i}" for i in range(gpu_config.processes_per_job)]
+    try:  # a job object checks its options, as the cluster did for the CPU jobs
+        cluster.job_cls(cluster.scheduler_address, name="check", **options)
+    except TypeError as e:
+        raise ValueError(f"gpu_jobs: {e}") from None
+    return spec
+
+
+def gpu_job_script(cluster) -> str | None:
+    """The batch script a GPU job of this two-pool cluster is submitted with, or None."""
+    scaler = getattr(cluster, "connectome_scaler", None)
+    pool = next((p for p in scaler.pools if p.resource == "GPU"), None) if scaler else None
+    if pool is None:
+        return None
+    return pool.spec["cls"](cluster.scheduler_address, name="gpu-script", **pool.spec["options"]).job_script()
+
+
+def check_partitions(wanted: list[str], timeout: float = 30.0) -> None:
+    """Refuse SLURM partitions that `sinfo` does not list (jobs there would never start)."""
+    if not wanted:
+        return
+    done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    known = {line.strip().rstrip("*") for line in done.stdout.split()}
+    for queue in wanted:
+        if done.returncode == 0 and queue not in known:
+            raise UserError(f"cluster queue {queue!r}: SLURM has no such partition; partitions: "
+                            f"{', '.join(sorted(known)) or 'none'}")
 
 
 def _pbs_memory(memory: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 
-from connectome.cluster import gpu_resources
+from connectome.cluster import available_resources, task_resources
 from connectome.config import RunConfig, format_validation_error
 from connectome.errors import UserError, unwritable
 from connectome.geometry import Box, BlockGrid
@@ -152,8 +152,7 @@ def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = Tru
             planned.stage.prepare(plan.work_dir)
         except OSError as e:
             raise unwritable(e, out) from None
-        wants = planned.stage.resources
-        resources = wants if wants and all(gpu_resources(client).get(k, 0) >= v for k, v in wants.items()) else None
+        resources = task_resources(planned.stage.resources, available_resources(client))
         reports.append(run_stage(planned.stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress, resources=resources))
     return reports

@@ -49,3 +49,31 @@ class NoopStage(BlockStage):
 
     def process(self, block, volumes):
         return None
+
+
+class WhereStage(BlockStage):
+    """Records, per block, the worker, SLURM job and partition, GPUs and resources it ran with."""
+
+    name = "where"
+    inputs = ()
+    outputs = ()
+
+    def open_volumes(self):
+        return {}
+
+    def process(self, block, volumes):
+        from distributed import get_worker
+
+        from workers.model_cache import default_device
+
+        worker = get_worker()
+        return {"worker": str(worker.name), "job": os.environ.get("SLURM_JOB_ID"),
+                "partition": os.environ.get("SLURM_JOB_PARTITION"), "gres_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "resources": dict(worker.state.total_resources), "device": default_device()}
+
+
+class GpuWhereStage(WhereStage):
+    """WhereStage as a GPU stage: its tasks ask for the GPU resource."""
+
+    name = "where-gpu"
+    resources = {"GPU": 1}

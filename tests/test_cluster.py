@@ -51,8 +51,8 @@ def test_required_profiles_exist_and_validate():
 
 
 def test_explicit_settings_win_over_the_profile():
-    config = resolve_profile(ClusterConfig(profile="slurm-gpu", maximum_jobs=1, queue="a100"))
-    assert (config.maximum_jobs, config.queue, config.gpus) == (1, "a100", 2)
+    config = resolve_profile(ClusterConfig(profile="slurm", maximum_jobs=1, queue="a100"))
+    assert (config.maximum_jobs, config.queue, config.cores) == (1, "a100", 8)
     with pytest.raises(UserError, match="known profiles: .*slurm-gpu"):
         resolve_profile(ClusterConfig(profile="nonesuch"))
 
@@ -77,8 +77,8 @@ def test_slurm_cpu_job_script(tmp_path):
 
 
 def test_gpu_jobs_ask_for_gpus_and_advertise_them(tmp_path):
-    slurm = job_script(ClusterConfig(profile="slurm-gpu"), tmp_path)
-    assert "#SBATCH --gres=gpu:2" in slurm and "#SBATCH -p gpu" in slurm
+    slurm = job_script(ClusterConfig(kind="slurm", queue="gpu", gpus=2, processes_per_job=2), tmp_path)
+    assert "#SBATCH --gres=gpu:2" in slurm and "#SBATCH -p gpu" in slurm and "-J connectome-gpu-worker" in slurm
     assert "--resources GPU=1" in slurm and "--nworkers 2" in slurm  # one GPU per worker process
     pbs = job_script(ClusterConfig(kind="pbs", cores=8, memory="16GiB", gpus=4), tmp_path)
     assert re.search(r"#PBS -l select=1:ncpus=8:ngpus=4:mem=16GB", pbs), pbs
@@ -98,6 +98,7 @@ def test_gpu_resources_follow_the_cluster():
     assert gpu_resources(ClusterConfig()) == {}
     assert gpu_resources(ClusterConfig(kind="slurm")) == {}
     assert gpu_resources(ClusterConfig(profile="slurm-gpu")) == {"GPU": 1}
+    assert gpu_resources(ClusterConfig(kind="pbs", gpus=1)) == {"GPU": 1}
     with open_client(ClusterConfig(n_workers=1, dashboard_address=":0"), quiet=True) as client:
         assert gpu_resources(client) == {}
     with open_client(ClusterConfig(n_workers=1, gpus=1, dashboard_address=":0"), quiet=True) as client:

@@ -10,18 +10,20 @@ import time
 import pytest
 
 from connectome.cli import main
-from connectome.cluster import ClusterConfig, gpu_resources, open_client
+from connectome.cluster import ClusterConfig, GpuJobsConfig, available_resources, gpu_resources, open_client, task_resources
+from connectome.errors import UserError
 from connectome.geometry import BlockGrid, Box
 from connectome.runner import run_stage
-from connectome.stages.base import BlockStage, StageParams
+from connectome.stages.base import StageParams
 from run_case import TESTS_DIR, assert_same_tree, last_json, write_config, write_raw
+from stages_for_tests import GpuWhereStage, WhereStage
 from slurm_fixture import local_slurm  # noqa: F401  (session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 
 
 class JobWatcher:
-    """Polls squeue while a run is going: which jobs ran, with what name, state and GRES."""
+    """Polls squeue while a run is going: which jobs ran, with what name, state, GRES and partition."""
 
     def __init__(self):
         self.seen: set[tuple[str, str, str, str]] = set()
@@ -30,7 +32,7 @@ class JobWatcher:
 
     def _poll(self):
         while not self._stop.is_set():
-            out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%b"], capture_output=True, text=True).stdout
+            out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%b|%P"], capture_output=True, text=True).stdout
             self.seen.update(tuple(line.split("|")) for line in out.split())
             time.sleep(0.2)
 
@@ -42,8 +44,11 @@ class JobWatcher:
         self._stop.set()
         self._thread.join()
 
-    def running_workers(self) -> set[str]:
-        return {job for job, name, state, _ in self.seen if name == "connectome-worker" and state == "RUNNING"}
+    def running_workers(self, name: str = "connectome-worker") -> set[str]:
+        return {job for job, job_name, state, _, _ in self.seen if job_name == name and state == "RUNNING"}
+
+    def partitions(self, jobs: set[str]) -> set[str]:
+        return {partition for job, _, _, _, partition in self.seen if job in jobs}
 
 
 @pytest.fixture
@@ -88,31 +93,12 @@ def test_normalize_as_batch_jobs_equals_local(local_slurm, worker_env, capsys, k
         assert "Registered to" in text and "workers.preload" in text
 
 
-class WhereStage(BlockStage):
-    """Records, per block, the SLURM job, GPUs and worker resources it ran with (writes nothing)."""
-
-    name = "where"
-    Params = StageParams
-    inputs = ()
-    outputs = ()
-    resources = {"GPU": 1}
-
-    def process(self, block, volumes):
-        from distributed import get_worker
-
-        from workers.model_cache import default_device
-
-        worker = get_worker()
-        return {"job": os.environ.get("SLURM_JOB_ID"), "gres_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "resources": dict(worker.state.total_resources), "device": default_device()}
-
-
 def test_gpu_stage_runs_on_gpu_jobs(local_slurm, worker_env):
     config = ClusterConfig(kind="slurm", gpus=1, interface="lo", maximum_jobs=2, dashboard_address=":0",
                            log_directory=str(worker_env / "job-logs"))
     assert gpu_resources(config) == {"GPU": 1}
     assert gpu_resources(config.model_copy(update={"gpus": 0})) == {}
-    stage = WhereStage(StageParams(), {}, {})
+    stage = GpuWhereStage(StageParams(), {}, {})
     grid = BlockGrid.for_chunks(Box.from_shape((4, 64, 64)), (1, 64, 64), (1, 64, 64))
     with JobWatcher() as watcher, open_client(config, quiet=True) as client:
         resources = gpu_resources(client)
@@ -124,16 +110,51 @@ def test_gpu_stage_runs_on_gpu_jobs(local_slurm, worker_env):
     summaries = list(report.summaries.values())
     assert len(summaries) == 4
     jobs = {s["job"] for s in summaries}
-    assert None not in jobs and jobs <= watcher.running_workers()
+    assert None not in jobs and jobs <= watcher.running_workers("connectome-gpu-worker")
     assert all(s["resources"].get("GPU") == 1 and s["gres_gpus"] for s in summaries), summaries
     assert all(s["device"] == "cpu" for s in summaries)  # set by the preloaded plugin; no CUDA here
-    gres = {b for job, name, state, b in watcher.seen if job in jobs}
+    gres = {b for job, name, state, b, _ in watcher.seen if job in jobs}
     assert any("gpu:1" in g for g in gres), gres
 
 
-def test_segment_on_slurm_equals_local(local_slurm, worker_env, capsys):
-    """`connectome segment --cluster slurm` (settings from the defaults only) matches the LocalCluster."""
+def test_two_pools_cpu_stages_on_cpu_jobs_gpu_stages_on_gpu_jobs(local_slurm, worker_env):
+    """One scheduler, two pools: the GPU stage runs in GPU jobs of the gpu partition, the CPU stage
+    in CPU jobs of the default partition, and the GPU jobs are given back once their stage is done."""
+    config = ClusterConfig(kind="slurm", interface="lo", maximum_jobs=2, dashboard_address=":0",
+                           log_directory=str(worker_env / "job-logs"),
+                           gpu_jobs=GpuJobsConfig(queue="gpu", gpus=1, maximum_jobs=1))
+    grid = BlockGrid.for_chunks(Box.from_shape((6, 64, 64)), (1, 64, 64), (1, 64, 64))
+    summaries = {}
+    with JobWatcher() as watcher, open_client(config, quiet=True) as client:
+        available = available_resources(client)
+        assert available == {"GPU": 1, "CPU": 1}
+        for stage in (GpuWhereStage(StageParams(), {}, {}), WhereStage(StageParams(), {}, {})):
+            report = run_stage(stage, grid, client, str(worker_env / "work"), progress=False, collect_summaries=True,
+                               resources=task_resources(stage.resources, available))
+            summaries[stage.name] = list(report.summaries.values())
+        scaler = client.cluster.connectome_scaler
+        deadline = time.monotonic() + 30
+        while any(name.startswith("gpu-") for name in client.cluster.worker_spec) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gpu_left = [name for name in client.cluster.worker_spec if name.startswith("gpu-")]
+    gpu, cpu = summaries["where-gpu"], summaries["where"]
+    assert len(gpu) == len(cpu) == 6
+    assert all(s["partition"] == "gpu" and s["gres_gpus"] and s["resources"] == {"GPU": 1} for s in gpu), gpu
+    assert all(s["partition"] == "debug" and not s["gres_gpus"] and "GPU" not in s["resources"]
+               and s["resources"].get("CPU", 0) >= 1 for s in cpu), cpu
+    gpu_jobs, cpu_jobs = {s["job"] for s in gpu}, {s["job"] for s in cpu}
+    assert None not in gpu_jobs | cpu_jobs and not gpu_jobs & cpu_jobs
+    assert gpu_jobs <= watcher.running_workers("connectome-gpu-worker")
+    assert cpu_jobs <= watcher.running_workers("connectome-worker")
+    assert watcher.partitions(gpu_jobs) == {"gpu"} and watcher.partitions(cpu_jobs) == {"debug"}
+    assert not gpu_left, f"GPU jobs still held after their stage: {gpu_left}; {scaler.log}"
+    assert ("gpu", "down") in {(pool, how) for pool, how, _ in scaler.log}
+
+
+def test_segment_on_two_pools_equals_local(local_slurm, worker_env, capsys):
+    """`connectome segment --cluster slurm --profile FILE` with CPU and GPU pools matches the LocalCluster."""
     import torch
+    import yaml
 
     from connectome.models import UNet, UNetConfig, save_model
 
@@ -144,15 +165,29 @@ def test_segment_on_slurm_equals_local(local_slurm, worker_env, capsys):
                         encoder_convs=(1, 1), decoder_convs=(1,))
     model = save_model(tmp_path / "tiny", UNet(config),
                        {"name": "tiny", "voxel_size": [40, 4, 4], "normalisation": {"mean": 128.0, "std": 40.0}})
+    profile = tmp_path / "pools.yaml"
+    profile.write_text(yaml.safe_dump({"kind": "slurm", "interface": "lo", "maximum_jobs": 2,
+                                       "log_directory": str(tmp_path / "job-logs"),
+                                       "gpu_jobs": {"queue": "gpu", "gpus": 1, "maximum_jobs": 1}}))
     common = ["--model", str(model), "--voxel-size", "40", "4", "4", "--block-shape", "8", "64", "64",
               "--json", "--no-progress"]
     assert main(["segment", raw, str(tmp_path / "seg-local"), "--cluster", "local", *common]) == 0
     capsys.readouterr()
     with JobWatcher() as watcher:
-        code = main(["segment", raw, str(tmp_path / "seg-slurm"), "--cluster", "slurm", *common])
+        code = main(["segment", raw, str(tmp_path / "seg-slurm"), "--cluster", "slurm", "--profile", str(profile),
+                     *common])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert last_json(out.out)["segmentation"] == str(tmp_path / "seg-slurm" / "segmentation")
-    assert watcher.running_workers(), watcher.seen
+    gpu_jobs, cpu_jobs = watcher.running_workers("connectome-gpu-worker"), watcher.running_workers()
+    assert gpu_jobs and cpu_jobs, watcher.seen  # affinities on GPU jobs; fragments .. relabel on CPU jobs
+    assert watcher.partitions(gpu_jobs) == {"gpu"} and watcher.partitions(cpu_jobs) == {"debug"}
     for name in ("affinities", "segmentation"):
         assert_same_tree(tmp_path / "seg-local" / name, tmp_path / "seg-slurm" / name)
+
+
+def test_unknown_partition_is_refused_before_any_job(local_slurm, worker_env, capsys):
+    config = ClusterConfig(kind="slurm", gpu_jobs=GpuJobsConfig(queue="no-such-partition"))
+    with pytest.raises(UserError, match="no-such-partition.*partitions: debug, gpu"):
+        with open_client(config, quiet=True):
+            pass

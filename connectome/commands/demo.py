@@ -6,7 +6,8 @@ import os
 import time
 
 from connectome.cli import print_result
-from connectome.cluster import ClusterConfig, open_client, parse_cluster_option
+from connectome.cluster import open_client
+from connectome.commands.run_options import cluster_settings
 
 SHAPE = (64, 256, 256)
 VOXEL_SIZE = (8.0, 8.0, 8.0)
@@ -18,7 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic volume")
     parser.add_argument("--model", default="synthetic", help="affinity model")
     parser.add_argument("--cluster", default=None, metavar="local|slurm|pbs|tcp://HOST:PORT")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--profile", default=None, metavar="NAME|FILE.yaml", help="cluster profile (e.g. slurm-gpu)")
+    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -35,7 +37,7 @@ def run(args) -> int:
         generate(SHAPE, VOXEL_SIZE, seed=args.seed).save(synth_dir, chunk_shape=BLOCK_SHAPE)
     synth_seconds = time.perf_counter() - start
 
-    cluster = parse_cluster_option(args.cluster, ClusterConfig(n_workers=args.workers))
+    cluster = cluster_settings(args)
     config = segmentation_config(os.path.join(synth_dir, "raw"), out, args.model, BLOCK_SHAPE, cluster=cluster)
     plan = plan_segmentation(config)
     with open_client(cluster, quiet=args.json) as client:

@@ -6,8 +6,8 @@ import hashlib
 import os
 
 from connectome.cli import print_result
-from connectome.cluster import ClusterConfig, open_client, parse_cluster_option
-from connectome.commands.run_options import add_run_options
+from connectome.cluster import available_resources, open_client, task_resources
+from connectome.commands.run_options import add_run_options, cluster_settings
 from connectome.errors import UserError, unwritable
 from connectome.geometry import BlockGrid, Box
 from connectome.pipeline import fit_blocks, input_voxel_size
@@ -57,10 +57,10 @@ def run(args) -> int:
                       overwrite=args.overwrite and starts_afresh(stage, grid, work_dir))
     except OSError as e:
         raise unwritable(e, args.dst) from None
-    cluster = parse_cluster_option(args.cluster, ClusterConfig(n_workers=args.workers or 2))
+    cluster = cluster_settings(args)
     with open_client(cluster, quiet=args.json) as client:
-        report = run_stage(stage, grid, client, work_dir, overwrite=args.overwrite,
-                           progress=not args.no_progress)
+        report = run_stage(stage, grid, client, work_dir, overwrite=args.overwrite, progress=not args.no_progress,
+                           resources=task_resources(stage.resources, available_resources(client)))
     summary = {"volume": args.dst, "shape": list(src.shape), "dtype": spec.dtype, "voxel_size": list(voxel_size),
                **report.to_json()}
     print_result(args, summary, f"{args.dst}: {list(src.shape)} {spec.dtype} at {list(voxel_size)} nm "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from connectome.cli import print_result
-from connectome.cluster import open_client, parse_cluster_option
-from connectome.commands.run_options import add_run_options
+from connectome.cluster import open_client
+from connectome.commands.run_options import add_run_options, cluster_settings
 from connectome.config import load_config
 from connectome.pipeline import check_plan_resumable, execute, plan_run
 
@@ -16,9 +16,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     config = load_config(args.config)
-    cluster = parse_cluster_option(args.cluster, config.cluster)
-    if args.workers:
-        cluster = cluster.model_copy(update={"n_workers": args.workers})
+    cluster = cluster_settings(args, config.cluster)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     with open_client(cluster, quiet=args.json) as client:

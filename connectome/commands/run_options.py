@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import argparse
 
+from connectome.cluster import ClusterConfig, parse_cluster_option
+
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default=None, metavar="local|slurm|pbs|tcp://HOST:PORT",
                         help="where blocks run (default: the config's cluster, else a local cluster)")
-    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default 2)")
+    parser.add_argument("--profile", default=None, metavar="NAME|FILE.yaml",
+                        help="cluster settings from deploy/profiles/NAME.yaml or a YAML file (e.g. slurm-gpu)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local worker processes (default 2); on slurm/pbs, caps the CPU workers")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard finished blocks whose layout or parameters changed, and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cluster_settings(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
+    """The cluster a command runs on: the config's section (or defaults), then --profile, --cluster, --workers."""
+    base = base or ClusterConfig()
+    if args.profile:
+        base = ClusterConfig.model_validate({**base.model_dump(exclude_unset=True), "profile": args.profile})
+    cluster = parse_cluster_option(args.cluster, base)
+    if args.workers:
+        cluster = cluster.model_copy(update={"n_workers": args.workers})
+    return cluster

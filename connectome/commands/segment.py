@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from connectome.cli import print_result
-from connectome.cluster import ClusterConfig, open_client, parse_cluster_option
-from connectome.commands.run_options import add_run_options
+from connectome.cluster import open_client
+from connectome.commands.run_options import add_run_options, cluster_settings
 from connectome.segmentation import check_method, plan_segmentation, run_segmentation, segmentation_config
 
 
@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     check_method(args.method)
-    cluster = parse_cluster_option(args.cluster, ClusterConfig(n_workers=args.workers or 2))
+    cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring)
     plan = plan_segmentation(config, args.overwrite)
