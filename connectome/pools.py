@@ -165,5 +165,6 @@ class PoolScaler:
                 del self.cluster.worker_spec[job]
                 self.log.append((job.rsplit("-", 1)[0], "down", job))
             changed = True
-        if changed:
+        # submit new jobs, cancel removed ones, and replace jobs that ended (walltime, pre-emption)
+        if changed or set(self.cluster.worker_spec) != set(self.cluster.workers):
             await asyncio.ensure_future(self.cluster._correct_state())

@@ -51,10 +51,15 @@ class NoopStage(BlockStage):
         return None
 
 
+class WhereParams(StageParams):
+    sleep: float = 0.0
+
+
 class WhereStage(BlockStage):
     """Records, per block, the worker, SLURM job and partition, GPUs and resources it ran with."""
 
     name = "where"
+    Params = WhereParams
     inputs = ()
     outputs = ()
 
@@ -67,6 +72,7 @@ class WhereStage(BlockStage):
         from workers.model_cache import default_device
 
         worker = get_worker()
+        time.sleep(self.params.sleep)
         return {"worker": str(worker.name), "job": os.environ.get("SLURM_JOB_ID"),
                 "partition": os.environ.get("SLURM_JOB_PARTITION"), "gres_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "resources": dict(worker.state.total_resources), "device": default_device()}

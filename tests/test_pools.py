@@ -15,9 +15,8 @@ from connectome.geometry import BlockGrid, Box
 from connectome.jobqueue import gpu_job_spec, job_options
 from connectome.pools import Pool, PoolScaler, job_of, pool_demand, target_jobs
 from connectome.runner import run_stage
-from connectome.stages.base import StageParams
 from run_case import write_raw
-from stages_for_tests import GpuWhereStage, WhereStage
+from stages_for_tests import GpuWhereStage, WhereParams, WhereStage
 
 
 def test_gpu_jobs_inherit_unset_job_settings():
@@ -95,7 +94,7 @@ def test_local_pools_keep_each_stage_on_its_own_workers(tmp_path):
         available = available_resources(client)
         assert available == {"GPU": 1, "CPU": 1}
         ran = {}
-        for stage in (GpuWhereStage(StageParams(), {}, {}), WhereStage(StageParams(), {}, {})):
+        for stage in (GpuWhereStage(WhereParams(), {}, {}), WhereStage(WhereParams(), {}, {})):
             report = run_stage(stage, grid, client, str(tmp_path / "work"), progress=False, collect_summaries=True,
                                resources=task_resources(stage.resources, available))
             ran[stage.name] = {s["worker"] for s in report.summaries.values()}

@@ -13,10 +13,10 @@ from connectome.cli import main
 from connectome.cluster import ClusterConfig, GpuJobsConfig, available_resources, gpu_resources, open_client, task_resources
 from connectome.errors import UserError
 from connectome.geometry import BlockGrid, Box
+from connectome.markers import DoneMarkers
 from connectome.runner import run_stage
-from connectome.stages.base import StageParams
 from run_case import TESTS_DIR, assert_same_tree, last_json, write_config, write_raw
-from stages_for_tests import GpuWhereStage, WhereStage
+from stages_for_tests import GpuWhereStage, WhereParams, WhereStage
 from slurm_fixture import local_slurm  # noqa: F401  (session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
@@ -98,7 +98,7 @@ def test_gpu_stage_runs_on_gpu_jobs(local_slurm, worker_env):
                            log_directory=str(worker_env / "job-logs"))
     assert gpu_resources(config) == {"GPU": 1}
     assert gpu_resources(config.model_copy(update={"gpus": 0})) == {}
-    stage = GpuWhereStage(StageParams(), {}, {})
+    stage = GpuWhereStage(WhereParams(), {}, {})
     grid = BlockGrid.for_chunks(Box.from_shape((4, 64, 64)), (1, 64, 64), (1, 64, 64))
     with JobWatcher() as watcher, open_client(config, quiet=True) as client:
         resources = gpu_resources(client)
@@ -128,7 +128,7 @@ def test_two_pools_cpu_stages_on_cpu_jobs_gpu_stages_on_gpu_jobs(local_slurm, wo
     with JobWatcher() as watcher, open_client(config, quiet=True) as client:
         available = available_resources(client)
         assert available == {"GPU": 1, "CPU": 1}
-        for stage in (GpuWhereStage(StageParams(), {}, {}), WhereStage(StageParams(), {}, {})):
+        for stage in (GpuWhereStage(WhereParams(), {}, {}), WhereStage(WhereParams(), {}, {})):
             report = run_stage(stage, grid, client, str(worker_env / "work"), progress=False, collect_summaries=True,
                                resources=task_resources(stage.resources, available))
             summaries[stage.name] = list(report.summaries.values())
@@ -191,3 +191,37 @@ def test_unknown_partition_is_refused_before_any_job(local_slurm, worker_env, ca
     with pytest.raises(UserError, match="no-such-partition.*partitions: debug, gpu"):
         with open_client(config, quiet=True):
             pass
+
+
+def test_cpu_job_cancelled_mid_stage_is_replaced(local_slurm, worker_env):
+    """Pre-emption: a CPU worker job scancelled mid-stage; its blocks are retried, a new job replaces it."""
+
+    config = ClusterConfig(kind="slurm", interface="lo", maximum_jobs=1, dashboard_address=":0",
+                           log_directory=str(worker_env / "job-logs"), gpu_jobs=GpuJobsConfig(queue="gpu"))
+    grid = BlockGrid.for_chunks(Box.from_shape((12, 64, 64)), (1, 64, 64), (1, 64, 64))
+    stage = WhereStage(WhereParams(sleep=0.5), {}, {})
+    work = worker_env / "work"
+    cancelled = []
+
+    def cancel_first_job():
+        markers = DoneMarkers(str(work), stage.name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not cancelled:
+            if len(markers.done()) >= 3:  # some blocks done: the job is mid-stage
+                out = subprocess.run(["squeue", "-h", "-n", "connectome-worker", "-t", "RUNNING", "-o", "%i"],
+                                     capture_output=True, text=True).stdout.split()
+                if out:
+                    subprocess.run(["scancel", out[0]], check=True)
+                    cancelled.append(out[0])
+            time.sleep(0.1)
+
+    with open_client(config, quiet=True) as client:
+        killer = threading.Thread(target=cancel_first_job, daemon=True)
+        killer.start()
+        report = run_stage(stage, grid, client, str(work), progress=False, collect_summaries=True,
+                           resources=task_resources(stage.resources, available_resources(client)))
+        killer.join()
+    assert cancelled, "no running CPU job was seen to cancel"
+    jobs = {s["job"] for s in report.summaries.values()}
+    assert len(report.summaries) == 12 and cancelled[0] in jobs and len(jobs) >= 2, jobs
+    assert all(s["partition"] == "debug" for s in report.summaries.values())
