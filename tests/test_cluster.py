@@ -189,3 +189,19 @@ def test_dockerfile_installs_the_package_and_starts_real_modules(path):
     if shutil.which("hadolint"):
         lint = subprocess.run(["hadolint", str(path)], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_command_line_cluster_settings():
+    import argparse
+
+    from connectome.commands.run_options import add_run_options, cluster_settings
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    from_config = ClusterConfig(kind="slurm", queue="short")
+    args = parser.parse_args(["--profile", "slurm-gpu", "--cluster", "pbs", "--workers", "3"])
+    config = resolve_profile(cluster_settings(args, from_config))
+    assert (config.kind, config.queue, config.n_workers) == ("pbs", "short", 3)  # the config's queue wins
+    assert config.gpu_jobs is not None and config.gpu_jobs.queue == "gpu"  # the rest is the profile's
+    assert cluster_settings(parser.parse_args([]), from_config) == from_config
+    assert "n_workers" not in cluster_settings(parser.parse_args([])).model_fields_set
