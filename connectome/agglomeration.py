@@ -14,19 +14,30 @@ import os
 
 import numpy as np
 
+from connectome.merge_kernel import MEAN, QUANTILE, merge_edges, pool_rows
 
-def load_tables(directory: str) -> dict[str, np.ndarray]:
-    """Concatenate every block's region-graph table in `directory`."""
-    parts: dict[str, list[np.ndarray]] = {"nodes": [], "u": [], "v": [], "sums": [], "counts": [], "hist": [],
-                                          "link_u": [], "link_v": []}
+
+def load_tables(directory: str, histograms: bool = False) -> dict[str, np.ndarray]:
+    """Concatenate every block's region-graph table in `directory`; dense `hist` only if `histograms`."""
+    keys = ["nodes", "u", "v", "sums", "counts", "link_u", "link_v"]
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys + ["hist_edge", "hist_bin", "hist_count"]}
+    edges = 0
     for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
         with np.load(path) as t:
-            for key in parts:
+            for key in keys:
                 parts[key].append(t[key])
-    out = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
-    if not parts["hist"]:
-        out["hist"] = np.zeros((0, HIST_BINS))
+            if histograms:
+                parts["hist_edge"].append(t["hist_edge"].astype(np.int64) + edges)
+                parts["hist_bin"].append(t["hist_bin"])
+                parts["hist_count"].append(t["hist_count"])
+        edges += len(parts["u"][-1])
+    out = {k: (np.concatenate(parts[k]) if parts[k] else np.zeros(0)) for k in keys}
     out["nodes"] = np.unique(out["nodes"].astype(np.uint64))
+    if histograms:
+        out["hist"] = np.zeros((edges, HIST_BINS), np.uint32)
+        if parts["hist_edge"]:
+            out["hist"][np.concatenate(parts["hist_edge"]), np.concatenate(parts["hist_bin"])] = \
+                np.concatenate(parts["hist_count"])
     return out
 
 
@@ -51,7 +62,21 @@ def quantile_score(q: float):
         index = (cumulative < q * cumulative[..., -1:]).sum(axis=-1)
         return 1.0 - (index + 0.5) / HIST_BINS
 
+    score.quantile = q  # lets merge_regions run it compiled
     return score
+
+
+def pooled_edges(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray):
+    """(i, j, pooled stats) of the unique node-index pairs i < j; duplicate rows add their statistics."""
+    n = len(nodes)
+    a = np.searchsorted(nodes, u).astype(np.int64)
+    b = np.searchsorted(nodes, v).astype(np.int64)
+    if np.any(a == b):
+        raise ValueError("an edge joins a node to itself")
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    uniq, inv = np.unique(a * n + b, return_inverse=True)
+    pooled = pool_rows(inv.ravel(), np.ascontiguousarray(stats), len(uniq))
+    return uniq // n, uniq % n, pooled
 
 
 def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray, threshold: float,
@@ -59,17 +84,25 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
     """Segment index (0..k-1) for each of the sorted `nodes`, merging while score(edge) < threshold.
 
     `stats` has one row per edge (u, v); merged edges add their rows, so `score` sees the pooled
-    statistics of the whole contact between two regions, as waterz does.
+    statistics of the whole contact between two regions, as waterz does. Mean and quantile
+    scoring run compiled (`connectome.merge_kernel`); any other `score` runs the Python reference.
     """
+    mode = MEAN if score is mean_score else QUANTILE if hasattr(score, "quantile") else None
+    if mode is None or len(u) == 0 or len(nodes) == 0 or len(nodes) >= 2**31:
+        return merge_regions_reference(nodes, u, v, stats, threshold, score)
+    i, j, pooled = pooled_edges(nodes, u, v, stats)
+    q = float(getattr(score, "quantile", 0.0))
+    return merge_edges(len(nodes), i, j, pooled, float(threshold), mode, q, float(HIST_BINS))
+
+
+def merge_regions_reference(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray,
+                            threshold: float, score=mean_score) -> np.ndarray:
+    """`merge_regions` as a Python heap over dicts: the reference the compiled merge must equal."""
     n = len(nodes)
     parent = np.arange(n)
     if len(u) == 0 or n == 0:
         return parent
-    a = np.searchsorted(nodes, u).astype(np.int64)
-    b = np.searchsorted(nodes, v).astype(np.int64)
-    uniq, inv = np.unique(a * n + b, return_inverse=True)  # duplicate rows pool their statistics
-    pooled = np.zeros((len(uniq), stats.shape[1]), np.float64)
-    np.add.at(pooled, inv.ravel(), stats)
+    first, second, pooled = pooled_edges(nodes, u, v, stats)
     scores = score(pooled)
     if score is mean_score:  # plain floats: the same merge, without numpy overhead per edge
         rows = [[s_, c_] for s_, c_ in pooled.tolist()]
@@ -87,7 +120,7 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
             into += st
     adjacency: list[dict[int, object]] = [dict() for _ in range(n)]
     heap = []
-    for row, i, j, sc in zip(rows, (uniq // n).tolist(), (uniq % n).tolist(), scores.tolist()):
+    for row, i, j, sc in zip(rows, first.tolist(), second.tolist(), scores.tolist()):
         adjacency[i][j] = adjacency[j][i] = row
         if sc < threshold:
             heap.append((sc, i, j))
@@ -126,6 +159,8 @@ def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
             break
         parent = nxt
     return parent
+
+
 
 
 def join_links(nodes: np.ndarray, link_u: np.ndarray, link_v: np.ndarray) -> np.ndarray:

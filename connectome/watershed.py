@@ -11,14 +11,14 @@ pieces to join again (`face_links`).
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from numba import njit
 
 from connectome.geometry import Box
 
 # neighbour offsets in pointer order; pointer p and p +/- 3 point in opposite directions
 DIRECTIONS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
 NO_POINTER = -1
+STEPS = np.array(DIRECTIONS, np.int64)
 
 
 def affinity_box(region: Box) -> Box:
@@ -65,27 +65,56 @@ def joins(ptr: np.ndarray, edges: np.ndarray, aff_high: float, p: int) -> np.nda
 
 
 def basins(ptr: np.ndarray, edges: np.ndarray, aff_high: float) -> np.ndarray:
-    """Basins 1..n (uint64, 0 = no basin) of the joins that stay inside the array."""
-    shape = ptr.shape
-    n = ptr.size
-    index = np.arange(n).reshape(shape)
-    src, dst = [], []
-    for p, (dz, dy, dx) in enumerate(DIRECTIONS):
-        sel = joins(ptr, edges, aff_high, p) & (ptr != NO_POINTER)
-        zz, yy, xx = np.nonzero(sel)
-        tz, ty, tx = zz + dz, yy + dy, xx + dx
-        inside = (tz >= 0) & (ty >= 0) & (tx >= 0) & (tz < shape[0]) & (ty < shape[1]) & (tx < shape[2])
-        src.append(index[zz[inside], yy[inside], xx[inside]])
-        dst.append(index[tz[inside], ty[inside], tx[inside]])
-    s, t = np.concatenate(src), np.concatenate(dst)
-    graph = coo_matrix((np.ones(len(s), np.int8), (s, t)), shape=(n, n))
-    _, comp = connected_components(graph, directed=True, connection="weak")
-    comp = comp.reshape(shape).astype(np.uint64) + 1
-    comp[ptr == NO_POINTER] = 0
-    import fastremap
+    """Basins 1..n (uint64, 0 = no basin) of the joins that stay inside the array.
 
-    fastremap.renumber(comp, in_place=True, preserve_zero=True)
-    return comp
+    Numbered in order of first appearance (C order), so the ids depend only on the partition.
+    """
+    return _label_joins(np.ascontiguousarray(ptr), np.ascontiguousarray(edges), np.float32(aff_high))
+
+
+@njit(cache=True)
+def _root(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@njit(cache=True)
+def _label_joins(ptr, edges, aff_high):
+    """Union-find over every voxel's joins, then first-appearance numbering."""
+    nz, ny, nx = ptr.shape
+    parent = np.arange(nz * ny * nx)
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                p = ptr[z, y, x]
+                if p == NO_POINTER:
+                    continue
+                i = (z * ny + y) * nx + x
+                for d in range(6):
+                    if p != d and not edges[d, z, y, x] >= aff_high:
+                        continue
+                    tz, ty, tx = z + STEPS[d, 0], y + STEPS[d, 1], x + STEPS[d, 2]
+                    if tz < 0 or ty < 0 or tx < 0 or tz >= nz or ty >= ny or tx >= nx:
+                        continue
+                    a, b = _root(parent, i), _root(parent, (tz * ny + ty) * nx + tx)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+    out = np.zeros((nz, ny, nx), np.uint64)
+    label = np.zeros(nz * ny * nx, np.uint64)
+    count = 0
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if ptr[z, y, x] == NO_POINTER:
+                    continue
+                r = _root(parent, (z * ny + y) * nx + x)
+                if label[r] == 0:
+                    count += 1
+                    label[r] = count
+                out[z, y, x] = label[r]
+    return out
 
 
 def face_links(ptr: np.ndarray, edges: np.ndarray, fragments: np.ndarray, has_lower: tuple[bool, bool, bool],

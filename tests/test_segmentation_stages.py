@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from connectome.agglomeration import HIST_BINS, merge_regions, quantile_score
+from connectome.agglomeration import HIST_BINS, affinity_bins, merge_regions, merge_regions_reference, quantile_score
 from connectome.cli import main
 from connectome.geometry import BlockGrid, Box
 from connectome.metrics.voi import voi
@@ -155,3 +155,54 @@ def test_eight_blocks_match_one_block(synthetic_affinities, capsys, scoring):
     gs, gm = voi(one, gt)
     assert gs + gm < 0.5, (gs, gm)  # the chain recovers the cells from noisy affinities
     assert len(np.unique(eight)) > 20
+
+
+def _random_graph(rng, n, m, levels):
+    """A random region graph whose mean affinities repeat (ties), as uint8 affinities do."""
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n  # no self-loops; duplicate pairs pool
+    counts = rng.integers(1, 6, m).astype(np.float64)
+    sums = np.round(rng.random(m) * levels) / levels * counts
+    hist = rng.integers(0, 3, (m, HIST_BINS)).astype(np.uint32)
+    hist[hist.sum(axis=1) == 0, 0] = 1
+    return a.astype(np.uint64) * np.uint64(7), b.astype(np.uint64) * np.uint64(7), np.stack([sums, counts], 1), hist
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_merge_equals_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(50, 400)), int(rng.integers(100, 2000))
+    u, v, stats, hist = _random_graph(rng, n, m, levels=int(rng.choice([4, 16, 255])))
+    nodes = np.arange(n, dtype=np.uint64) * np.uint64(7)
+    for threshold in (0.2, 0.5, 0.8):
+        compiled = merge_regions(nodes, u, v, stats, threshold)
+        reference = merge_regions_reference(nodes, u, v, stats, threshold)
+        assert np.array_equal(compiled, reference)
+        assert len(np.unique(compiled)) < n or threshold < 0.5  # merges did happen
+        for q in (0.3, 0.5):
+            assert np.array_equal(merge_regions(nodes, u, v, hist, threshold, quantile_score(q)),
+                                  merge_regions_reference(nodes, u, v, hist, threshold, quantile_score(q)))
+
+
+def test_compiled_region_graph_equals_numpy_reference():
+    rng = np.random.default_rng(3)
+    frag = rng.integers(0, 7, (9, 11, 10)).astype(np.uint64) * np.uint64(2**33 + 1)
+    affs = rng.random((3, 8, 10, 10))
+    has_lower = (True, True, False)
+    u, v, sums, counts, hist = region_graph(frag, affs, has_lower)
+    pairs = {}
+    inner = frag[1:, 1:, :]
+    for d in range(3):
+        for z, y, x in np.ndindex(inner.shape):
+            lower = [z + 1, y + 1, x]
+            lower[d] -= 1
+            if min(lower) < 0:
+                continue
+            a, b = inner[z, y, x], frag[tuple(lower)]
+            if a != b and a and b:
+                pairs.setdefault((min(a, b), max(a, b)), []).append(affs[d, z, y, x])
+    assert list(zip(u.tolist(), v.tolist())) == sorted(pairs)
+    for i, key in enumerate(sorted(pairs)):
+        w = np.array(pairs[key])
+        assert counts[i] == len(w) and sums[i] == pytest.approx(w.sum())
+        assert np.array_equal(hist.toarray()[i], np.bincount(affinity_bins(w), minlength=HIST_BINS))

@@ -46,3 +46,32 @@ def test_blocks_plus_face_links_equal_whole_volume_basins():
     split, merge = voi(joined.astype(np.uint64), whole)
     assert split == 0 and merge == 0  # the same partition, exactly
     assert len(np.unique(fragments)) > len(np.unique(whole))  # blocks did cut basins
+
+
+def test_compiled_basins_equal_connected_components_of_the_joins():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from connectome.watershed import DIRECTIONS, NO_POINTER, joins
+
+    rng = np.random.default_rng(7)
+    affs = np.round(rng.random((3, 9, 13, 11)) ** 4, 1).astype(np.float32)  # ties, and voxels with no basin
+    volume = Box.from_shape(affs.shape[1:])
+    e = _edges(affs, volume, volume)
+    ptr = pointers(e, 0.5)
+    got = basins(ptr, e, 0.85)
+    index = np.arange(ptr.size).reshape(ptr.shape)
+    src, dst = [], []
+    for p, step in enumerate(DIRECTIONS):
+        for voxel in zip(*np.nonzero(joins(ptr, e, 0.85, p) & (ptr != NO_POINTER))):
+            target = tuple(int(c + s) for c, s in zip(voxel, step))
+            if all(0 <= t < n for t, n in zip(target, ptr.shape)):
+                src.append(index[voxel])
+                dst.append(index[target])
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(ptr.size, ptr.size))
+    comp = connected_components(graph, directed=False)[1].reshape(ptr.shape)
+    assert ((got == 0) == (ptr == NO_POINTER)).all() and (ptr == NO_POINTER).any()
+    first = {}  # ids numbered by first appearance in C order
+    expected = [first.setdefault(c, len(first) + 1) if p != NO_POINTER else 0 for c, p in zip(comp.ravel(), ptr.ravel())]
+    assert got.ravel().tolist() == expected
+    assert 10 < got.max() < ptr.size // 2

@@ -68,7 +68,8 @@ class RelabelStage(BlockStage):
         if os.path.exists(path) and os.path.getmtime(path) >= newest:
             return
         p = self.params
-        keys, values = lookup_table(load_tables(edges), p.threshold, p.scoring, p.quantile)
+        tables = load_tables(edges, histograms=p.scoring == "quantile")
+        keys, values = lookup_table(tables, p.threshold, p.scoring, p.quantile)
         tmp = path + f".tmp{os.getpid()}.npz"
         np.savez(tmp, fragments=keys, segments=values)
         os.replace(tmp, path)
