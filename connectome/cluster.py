@@ -39,7 +39,7 @@ class GpuJobsConfig(BaseModel):
     account: str | None = None
     cores: int | None = Field(None, ge=1, description="cores per GPU job")
     memory: str | None = Field(None, description="memory per GPU job")
-    processes_per_job: int | None = Field(None, ge=1, description="worker processes per GPU job (one per GPU)")
+    processes_per_job: int | None = Field(None, ge=1, description="worker processes per GPU job (default: one per GPU)")
     walltime: str | None = None
     job_extra_directives: list[str] | None = Field(None, description="replace the CPU jobs' extra directives")
     job_script_prologue: list[str] | None = Field(None, description="replace the CPU jobs' prologue")
@@ -79,6 +79,7 @@ class ClusterConfig(BaseModel):
     maximum_jobs: int = Field(4, ge=1)
     python: str | None = Field(None, description="worker interpreter (default: this one)")
     death_timeout: str = Field("60s", description="a worker exits when it cannot reach the scheduler this long")
+    idle_seconds: float = Field(60.0, gt=0, description="an idle worker job is given back after this long")
     gpu_jobs: GpuJobsConfig | None = Field(
         None, description="a second pool of GPU worker jobs for GPU stages; the settings above are then the CPU jobs'")
 
@@ -87,6 +88,7 @@ def gpu_pool_config(config: ClusterConfig) -> ClusterConfig:
     """The settings of the GPU jobs of a two-pool cluster: `gpu_jobs` over the CPU jobs' settings."""
     gpu = config.gpu_jobs
     own = {k: v for k, v in gpu.model_dump(exclude_unset=True).items() if k in JOB_FIELDS and v is not None}
+    own.setdefault("processes_per_job", gpu.gpus)  # one worker per GPU, not the CPU jobs' process count
     return config.model_copy(update={**own, "gpus": gpu.gpus, "minimum_jobs": gpu.minimum_jobs,
                                      "maximum_jobs": gpu.maximum_jobs, "gpu_jobs": None})
 
@@ -124,6 +126,8 @@ def resolve_profile(config: ClusterConfig) -> ClusterConfig:
         return config
     data = load_profile(config.profile)
     explicit = config.model_dump(exclude_unset=True)
+    if isinstance(data.get("gpu_jobs"), dict) and explicit.get("gpu_jobs"):  # merged key by key
+        explicit["gpu_jobs"] = {**data["gpu_jobs"], **explicit["gpu_jobs"]}
     try:
         merged = ClusterConfig.model_validate({**data, **explicit})
     except ValidationError as e:

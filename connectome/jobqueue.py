@@ -36,13 +36,13 @@ def check_batch_system(kind: str, timeout: float = 30.0) -> None:
         raise UserError(f"--cluster {kind}: the batch system does not answer (`{' '.join(probe)}`: {last})")
 
 
-def job_options(config: ClusterConfig) -> dict:
-    """Keyword arguments for SLURMCluster / PBSCluster from a resolved ClusterConfig."""
+def job_options(config: ClusterConfig, pool: str = "cpu") -> dict:
+    """Keyword arguments for SLURMCluster / PBSCluster from a resolved ClusterConfig (`pool`: for messages)."""
     per_worker_gpus = config.gpus // config.processes_per_job if config.gpus else 0
     if config.gpus and per_worker_gpus < 1:
-        raise UserError(f"cluster: gpus ({config.gpus}) must be at least processes_per_job "
-                        f"({config.processes_per_job}): each worker process needs its own GPU")
-    worker_args = ["--preload", "workers.preload"]
+        raise UserError(f"cluster{' gpu_jobs' if pool == 'gpu' else ''}: gpus ({config.gpus}) must be at least "
+                        f"processes_per_job ({config.processes_per_job}): each worker process needs its own GPU")
+    worker_args = ["--preload", "workers.preload", *lifetime_args(config.walltime)]
     if per_worker_gpus:
         worker_args += ["--resources", f"GPU={per_worker_gpus}"]
     elif config.gpu_jobs is not None:  # the CPU pool of a two-pool cluster: one CPU slot per thread
@@ -80,6 +80,20 @@ def job_options(config: ClusterConfig) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def lifetime_args(walltime: str | None) -> list[str]:
+    """Workers retire gracefully (finishing their blocks) 5 minutes before the job's walltime ends."""
+    if not walltime:
+        return []
+    try:
+        parts = [int(x) for x in walltime.replace("-", ":").split(":")]
+    except ValueError:
+        raise UserError(f"cluster walltime: expected HH:MM:SS, found {walltime!r}") from None
+    seconds = sum(v * m for v, m in zip(reversed(parts), (1, 60, 3600, 86400)))
+    if seconds <= 900:
+        return []
+    return ["--lifetime", f"{seconds - 300}s", "--lifetime-stagger", "60s"]
+
+
 def threads_per_worker(config: ClusterConfig) -> int:
     """Threads of each worker process: the job's cores shared among its processes (as jobqueue does)."""
     return max(1, config.cores // config.processes_per_job)
@@ -105,26 +119,48 @@ def make_jobqueue_cluster(config: ClusterConfig):
     gpu_config = gpu_pool_config(config) if config.gpu_jobs is not None else None
     if config.kind == "slurm":
         check_partitions([q for q in (config.queue, gpu_config and gpu_config.queue) if q])
+    gpu_options = job_options(gpu_config, pool="gpu") if gpu_config else None  # checked before anything starts
     try:
         cluster = cls(**job_options(config))
-        gpu_spec = gpu_job_spec(cluster, gpu_config) if gpu_config else None
     except ValueError as e:
         raise UserError(f"--cluster {config.kind}: {e}") from None
     top = maximum_jobs(config)
     if gpu_config is None:
-        cluster.adapt(minimum_jobs=min(config.minimum_jobs, top), maximum_jobs=top, interval="500ms", wait_count=6)
+        cluster.adapt(minimum_jobs=min(config.minimum_jobs, top), maximum_jobs=top, interval="500ms",
+                      wait_count=max(1, round(config.idle_seconds / 0.5)))
         return cluster
+    try:
+        gpu_spec = gpu_job_spec(cluster, gpu_config, gpu_options)
+    except ValueError as e:
+        cluster.close()
+        raise UserError(f"--cluster {config.kind}: {e}") from None
     cpu_slots = threads_per_worker(config) * config.processes_per_job
     cluster.connectome_scaler = PoolScaler(cluster, [
         Pool("cpu", cluster.new_spec, "CPU", cpu_slots, min(config.minimum_jobs, top), top),
         Pool("gpu", gpu_spec, "GPU", gpu_config.gpus, gpu_config.minimum_jobs, gpu_config.maximum_jobs),
-    ])
+    ], idle_seconds=config.idle_seconds, alive_jobs=lambda: alive_job_ids(config.kind))
     return cluster
 
 
-def gpu_job_spec(cluster, gpu_config: ClusterConfig) -> dict:
+def alive_job_ids(kind: str, timeout: float = 30.0) -> set[str]:
+    """Ids of this user's jobs that the batch system still lists (queued or running)."""
+    import getpass
+
+    user = getpass.getuser()
+    command = ["squeue", "-h", "-o", "%i", "-u", user] if kind == "slurm" else ["qstat", "-u", user]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
+    ids = set()
+    for line in done.stdout.splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first[:1].isdigit():
+            ids.add(first)
+            ids.add(first.split(".")[0])  # PBS prints 1234.server; the job id may be either form
+    return ids
+
+
+def gpu_job_spec(cluster, gpu_config: ClusterConfig, options: dict | None = None) -> dict:
     """The worker spec of the GPU pool's jobs: the cluster's job settings with the GPU pool's on top."""
-    options = job_options(gpu_config)
+    options = dict(options or job_options(gpu_config, pool="gpu"))
     options.pop("scheduler_options")
     options = {**cluster._job_kwargs, **options}
     spec = {"cls": cluster.job_cls, "options": options}
@@ -147,13 +183,19 @@ def gpu_job_script(cluster) -> str | None:
 
 
 def check_partitions(wanted: list[str], timeout: float = 30.0) -> None:
-    """Refuse SLURM partitions that `sinfo` does not list (jobs there would never start)."""
-    if not wanted:
+    """Refuse SLURM partitions that `sinfo --all` does not list (jobs there would never start)."""
+    names = [q.strip() for queue in wanted for q in queue.split(",") if q.strip()]
+    if not names:
         return
-    done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    try:
+        done = subprocess.run(["sinfo", "--all", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # check_batch_system already said whether SLURM answers; sbatch will judge the partition
+    if done.returncode != 0:
+        return
     known = {line.strip().rstrip("*") for line in done.stdout.split()}
-    for queue in wanted:
-        if done.returncode == 0 and queue not in known:
+    for queue in names:
+        if queue not in known:
             raise UserError(f"cluster queue {queue!r}: SLURM has no such partition; partitions: "
                             f"{', '.join(sorted(known)) or 'none'}")
 

@@ -24,6 +24,7 @@ from distributed.scheduler import KilledWorker
 from connectome.errors import StageFailed, unwritable
 from connectome.geometry import BlockGrid
 from connectome.markers import DoneMarkers
+from connectome.pools import raise_pool_failure
 from connectome.stages.base import BlockStage
 
 
@@ -152,6 +153,8 @@ def run_stage(
         pending.add(fut)
         tasks += 1
 
+    scaler = getattr(getattr(client, "cluster", None), "connectome_scaler", None)  # two-pool clusters
+    pool_resource = next(iter(resources or {}), None)
     bar = tqdm(total=len(todo), desc=stage.name, unit="block", disable=not progress, file=sys.stderr,
                leave=False, dynamic_ncols=True)
     try:
@@ -159,7 +162,11 @@ def run_stage(
         while pos < len(todo) and len(in_flight) < limit:
             submit_next()
         measured_blocks, measured_seconds = 0, 0.0
-        for fut in pending:
+        if scaler is not None:  # the pool that runs these blocks can ask for all its jobs at once
+            scaler.set_backlog(pool_resource, len(todo))
+        for fut in _finished(pending, lambda: raise_pool_failure(client)):
+            if scaler is not None:
+                scaler.set_backlog(pool_resource, len(todo) - pos + len(in_flight))
             batch = in_flight.pop(fut.key)
             futures.pop(fut.key, None)
             if fut.status == "error":
@@ -178,6 +185,8 @@ def run_stage(
         raise
     finally:
         bar.close()
+        if scaler is not None:
+            scaler.set_backlog(pool_resource, 0)
 
     missing = n - len(markers.done())
     if missing:
@@ -186,6 +195,26 @@ def run_stage(
     if collect_summaries:
         report.summaries = markers.summaries()
     return report
+
+
+def _finished(pending: as_completed, check, every: float = 1.0):
+    """The futures of `pending` as they finish; while none does, `check()` runs about every `every`
+    seconds and may raise (worker jobs that cannot start would otherwise leave the run waiting)."""
+    last = time.monotonic()
+    while pending.has_ready() or not pending.is_empty():
+        ready = pending.next_batch(block=False)
+        if ready:
+            yield from ready
+            continue
+        if time.monotonic() - last >= every:
+            check()
+            last = time.monotonic()
+        condition = getattr(pending, "thread_condition", None)
+        if condition is not None:
+            with condition:  # woken when a future finishes (what as_completed's own iterator waits on)
+                condition.wait(timeout=0.1)
+        else:
+            time.sleep(0.005)
 
 
 def _failure(stage: BlockStage, grid: BlockGrid, batch: list[int], fut) -> StageFailed:

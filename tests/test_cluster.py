@@ -202,6 +202,7 @@ def test_command_line_cluster_settings():
     args = parser.parse_args(["--profile", "slurm-gpu", "--cluster", "pbs", "--workers", "3"])
     config = resolve_profile(cluster_settings(args, from_config))
     assert (config.kind, config.queue, config.n_workers) == ("pbs", "short", 3)  # the config's queue wins
+    assert config.maximum_jobs == 1  # --workers 3 with 4 processes per job caps the CPU jobs at 1
     assert config.gpu_jobs is not None and config.gpu_jobs.queue == "gpu"  # the rest is the profile's
     assert cluster_settings(parser.parse_args([]), from_config) == from_config
     assert "n_workers" not in cluster_settings(parser.parse_args([])).model_fields_set

@@ -28,6 +28,11 @@ def test_gpu_jobs_inherit_unset_job_settings():
     own = gpu_pool_config(ClusterConfig(kind="slurm", job_extra_directives=["--qos=a"],
                                         gpu_jobs=GpuJobsConfig(job_extra_directives=["--qos=b"])))
     assert own.job_extra_directives == ["--qos=b"] and (own.gpus, own.maximum_jobs) == (1, 1)
+    assert gpu_pool_config(ClusterConfig(kind="slurm", processes_per_job=4,
+                                         gpu_jobs=GpuJobsConfig(gpus=2))).processes_per_job == 2  # one per GPU
+    # a config's gpu_jobs section refines the profile's key by key
+    merged = resolve_profile(ClusterConfig(profile="slurm-gpu", gpu_jobs=GpuJobsConfig(maximum_jobs=8)))
+    assert (merged.gpu_jobs.queue, merged.gpu_jobs.gpus, merged.gpu_jobs.maximum_jobs) == ("gpu", 2, 8)
 
 
 def test_gpus_in_the_cpu_section_of_two_pools_is_refused(tmp_path, capsys):
@@ -122,7 +127,7 @@ def test_scaler_grows_each_pool_with_its_own_tasks_and_gives_idle_jobs_back():
         base = cluster.new_spec
         spec = {res: {**base, "options": {**base["options"], "resources": {res: 1}}} for res in ("CPU", "GPU")}
         scaler = PoolScaler(cluster, [Pool("cpu", spec["CPU"], "CPU", 1, 0, 1),
-                                      Pool("gpu", spec["GPU"], "GPU", 1, 0, 2)], interval=0.1, wait_count=3)
+                                      Pool("gpu", spec["GPU"], "GPU", 1, 0, 2)], interval=0.1, idle_seconds=0.3)
         futures = client.map(slow, range(6), resources={"GPU": 1}, pure=False)
         assert client.gather(futures) == list(range(6))
         del futures  # like the runner, hold no results (their workers go; held ones would be recomputed)

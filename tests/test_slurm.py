@@ -122,7 +122,7 @@ def test_two_pools_cpu_stages_on_cpu_jobs_gpu_stages_on_gpu_jobs(local_slurm, wo
     """One scheduler, two pools: the GPU stage runs in GPU jobs of the gpu partition, the CPU stage
     in CPU jobs of the default partition, and the GPU jobs are given back once their stage is done."""
     config = ClusterConfig(kind=kind, interface="lo", maximum_jobs=2, dashboard_address=":0",
-                           log_directory=str(worker_env / "job-logs"),
+                           log_directory=str(worker_env / "job-logs"), idle_seconds=2,
                            gpu_jobs=GpuJobsConfig(queue="gpu", gpus=1, maximum_jobs=1))
     grid = BlockGrid.for_chunks(Box.from_shape((6, 64, 64)), (1, 64, 64), (1, 64, 64))
     summaries = {}
@@ -169,7 +169,7 @@ def test_segment_on_two_pools_equals_local(local_slurm, worker_env, capsys):
     model = save_model(tmp_path / "tiny", UNet(config),
                        {"name": "tiny", "voxel_size": [40, 4, 4], "normalisation": {"mean": 128.0, "std": 40.0}})
     profile = tmp_path / "pools.yaml"
-    profile.write_text(yaml.safe_dump({"kind": "slurm", "interface": "lo", "maximum_jobs": 2,
+    profile.write_text(yaml.safe_dump({"kind": "slurm", "interface": "lo", "maximum_jobs": 2, "idle_seconds": 2,
                                        "log_directory": str(tmp_path / "job-logs"),
                                        "gpu_jobs": {"queue": "gpu", "gpus": 1, "maximum_jobs": 1}}))
     common = ["--model", str(model), "--voxel-size", "40", "4", "4", "--block-shape", "8", "64", "64",
@@ -197,11 +197,12 @@ def test_unknown_partition_is_refused_before_any_job(local_slurm, worker_env, ca
 
 
 def test_cpu_job_cancelled_mid_stage_is_replaced(local_slurm, worker_env):
-    """Pre-emption: a CPU worker job scancelled mid-stage; its blocks are retried, a new job replaces it."""
-
-    config = ClusterConfig(kind="slurm", interface="lo", maximum_jobs=1, dashboard_address=":0",
-                           log_directory=str(worker_env / "job-logs"), gpu_jobs=GpuJobsConfig(queue="gpu"))
-    grid = BlockGrid.for_chunks(Box.from_shape((12, 64, 64)), (1, 64, 64), (1, 64, 64))
+    """Pre-emption: a CPU worker job of two worker processes is scancelled mid-stage; its blocks are
+    retried, and a new job replaces it."""
+    config = ClusterConfig(kind="slurm", interface="lo", maximum_jobs=1, cores=2, processes_per_job=2,
+                           dashboard_address=":0", log_directory=str(worker_env / "job-logs"),
+                           gpu_jobs=GpuJobsConfig(queue="gpu"))
+    grid = BlockGrid.for_chunks(Box.from_shape((16, 64, 64)), (1, 64, 64), (1, 64, 64))
     stage = WhereStage(WhereParams(sleep=0.5), {}, {})
     work = worker_env / "work"
     cancelled = []
@@ -224,7 +225,26 @@ def test_cpu_job_cancelled_mid_stage_is_replaced(local_slurm, worker_env):
         report = run_stage(stage, grid, client, str(work), progress=False, collect_summaries=True,
                            resources=task_resources(stage.resources, available_resources(client)))
         killer.join()
+        log = client.cluster.connectome_scaler.log
     assert cancelled, "no running CPU job was seen to cancel"
     jobs = {s["job"] for s in report.summaries.values()}
-    assert len(report.summaries) == 12 and cancelled[0] in jobs and len(jobs) >= 2, jobs
+    assert len(report.summaries) == 16 and cancelled[0] in jobs and len(jobs) >= 2, jobs
     assert all(s["partition"] == "debug" for s in report.summaries.values())
+    assert ("cpu", "lost", "cpu-0") in log, log
+
+
+def test_jobs_that_cannot_start_stop_the_run_with_one_line(local_slurm, worker_env):
+    """sbatch refusing the GPU jobs, or GPU jobs that die before their workers connect, end the run
+    with a clear error instead of waiting forever."""
+    grid = BlockGrid.for_chunks(Box.from_shape((2, 16, 16)), (1, 16, 16), (1, 16, 16))
+    stage = GpuWhereStage(WhereParams(), {}, {})
+    common = dict(kind="slurm", interface="lo", dashboard_address=":0", log_directory=str(worker_env / "job-logs"))
+    refused = ClusterConfig(**common, gpu_jobs=GpuJobsConfig(queue="gpu", memory="5000GiB"))
+    dying = ClusterConfig(**common, gpu_jobs=GpuJobsConfig(queue="gpu", job_script_prologue=["exit 1"]))
+    for config, why in ((refused, "sbatch"), (dying, "ended before its workers connected")):
+        with open_client(config, quiet=True) as client:
+            client.cluster.connectome_scaler.check_every = 1.0  # ask squeue every second, not every 15 s
+            with pytest.raises(UserError, match=f"gpu worker jobs failed 3 times in a row: .*{why}") as info:
+                run_stage(stage, grid, client, str(worker_env / f"work-{why[:3]}"), progress=False,
+                          resources=task_resources(stage.resources, available_resources(client)))
+        assert "\n" not in str(info.value)

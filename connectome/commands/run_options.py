@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-from connectome.cluster import ClusterConfig, parse_cluster_option
+from connectome.cluster import JOBQUEUE_KINDS, ClusterConfig, parse_cluster_option, resolve_profile
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -28,4 +29,7 @@ def cluster_settings(args: argparse.Namespace, base: ClusterConfig | None = None
     cluster = parse_cluster_option(args.cluster, base)
     if args.workers:
         cluster = cluster.model_copy(update={"n_workers": args.workers})
+        if cluster.kind in JOBQUEUE_KINDS:  # the command line wins over the config's and profile's maximum
+            resolved = resolve_profile(cluster)
+            cluster = resolved.model_copy(update={"maximum_jobs": math.ceil(args.workers / resolved.processes_per_job)})
     return cluster
