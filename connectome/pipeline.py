@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,6 +132,12 @@ def create_outputs(planned: PlannedStage, overwrite: bool) -> None:
                       meta.offset, meta.channels, overwrite=overwrite)
 
 
+def _remote(client) -> bool:
+    """A scheduler we did not start (tcp://): its workers, not our settings, say what it offers."""
+    config = getattr(client, "_connectome_cluster_config", None)
+    return config is None or config.kind.startswith(("tcp://", "tls://"))
+
+
 def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = True) -> list[StageReport]:
     """Create the output group and volumes, then run each stage (resuming finished blocks)."""
     out = plan.config.output
@@ -153,6 +160,9 @@ def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = Tru
         except OSError as e:
             raise unwritable(e, out) from None
         resources = task_resources(planned.stage.resources, available_resources(client))
+        if planned.stage.resources and resources is None and _remote(client):
+            print(f"connectome: {planned.stage.name}: no worker of this scheduler offers "
+                  f"{', '.join(planned.stage.resources)} now; its blocks run on any worker", file=sys.stderr)
         reports.append(run_stage(planned.stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress, resources=resources))
     return reports
