@@ -36,6 +36,7 @@ from stages_for_tests import GpuWhereStage, WhereParams, WhereStage  # noqa: E40
 RESULTS = Path(__file__).resolve().parent / "results" / "pools.md"
 BLOCKS = 16
 SLEEP = 0.2
+IDLE = 3.0  # idle_seconds (default 60): short, to time the give-back
 
 
 def first_block_after(work: str, stage: str, start: float, stop) -> float:
@@ -52,7 +53,7 @@ def one_run(tmp: str) -> dict[str, float]:
     import threading
 
     config = ClusterConfig(kind="slurm", interface="lo", maximum_jobs=2, dashboard_address=":0",
-                           log_directory=os.path.join(tmp, "logs"),
+                           log_directory=os.path.join(tmp, "logs"), idle_seconds=IDLE,
                            gpu_jobs=GpuJobsConfig(queue="gpu", gpus=1, maximum_jobs=2))
     grid = BlockGrid.for_chunks(Box.from_shape((BLOCKS, 8, 8)), (1, 8, 8), (1, 8, 8))
     work = os.path.join(tmp, "work")
@@ -133,7 +134,7 @@ def main() -> None:
         f"Scaler cost: one `pool_demand` check with {args.pending:,} tasks waiting for a GPU worker: "
         f"{cost:.2f} ms (checks run every 0.5 s on the scheduler's event loop).",
         "",
-        "A GPU job leaves after 6 consecutive checks (3 s) with all its workers idle, plus the time to retire",
+        f"A GPU job leaves after idle_seconds={IDLE:g} (default 60) with all its workers idle, plus the time to retire",
         "its workers and scancel it; the figure above counts from the runner's return, and a job that ran",
         "out of blocks before the stage's last one started counting earlier.",
     ]
