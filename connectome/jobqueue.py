@@ -173,15 +173,6 @@ def gpu_job_spec(cluster, gpu_config: ClusterConfig, options: dict | None = None
     return spec
 
 
-def gpu_job_script(cluster) -> str | None:
-    """The batch script a GPU job of this two-pool cluster is submitted with, or None."""
-    scaler = getattr(cluster, "connectome_scaler", None)
-    pool = next((p for p in scaler.pools if p.resource == "GPU"), None) if scaler else None
-    if pool is None:
-        return None
-    return pool.spec["cls"](cluster.scheduler_address, name="gpu-script", **pool.spec["options"]).job_script()
-
-
 def check_partitions(wanted: list[str], timeout: float = 30.0) -> None:
     """Refuse SLURM partitions that `sinfo --all` does not list (jobs there would never start)."""
     names = [q.strip() for queue in wanted for q in queue.split(",") if q.strip()]

@@ -16,17 +16,7 @@ for exe in munged slurmctld slurmd sinfo; do
     command -v "$exe" >/dev/null || { echo "local-slurm: $exe not found; run deploy/local-slurm/install.sh" >&2; exit 3; }
 done
 
-# alive PIDFILE NAME: the process in PIDFILE exists, is not a zombie, and is called NAME
-alive() {
-    local pid
-    [ -r "$1" ] || return 1
-    pid="$(tr -dc 0-9 < "$1")"
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]
-}
-
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # alive, port_open
 
 host="$(hostname -s)"
 real_mem="$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')"

@@ -2,15 +2,7 @@
 # Cancel every job, then stop slurmd, slurmctld and munged started by start.sh (leaves SLURM installed).
 set -uo pipefail
 
-alive() {
-    local pid
-    [ -r "$1" ] || return 1
-    pid="$(tr -dc 0-9 < "$1")"
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]
-}
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # alive, port_open
 
 # Jobs outlive slurmd: cancel them while the controller still answers, and wait for them to go.
 if port_open 6817 && command -v scancel >/dev/null; then
