@@ -47,6 +47,25 @@ def test_ome_zarr_metadata(tmp_path):
     assert transforms[1]["translation"] == [60.0, 0.0, 8.0]
 
 
+@pytest.mark.parametrize("channels", [None, 2])
+def test_rewriting_a_block_removes_partial_chunk_files_of_a_killed_write(tmp_path, channels):
+    """zarr writes `<chunk>.<uuid>.partial` then renames; a kill in between leaves the file behind."""
+    address = str(tmp_path / "out" / "seg")
+    vol = create_volume(address, (8, 16, 32), np.uint8, (8, 16, 16), (1, 1, 1), channels=channels)
+    lead = "0/" if channels else ""
+    left = tmp_path / "out" / "seg" / "0" / "c" / f"{lead}0/0/0.0123abcd.partial"
+    other = tmp_path / "out" / "seg" / "0" / "c" / f"{lead}0/0/1.4567ef01.partial"
+    for path in (left, other):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a chunk")
+    first = Box((0, 0, 0), (8, 16, 16))
+    data = np.full((8, 16, 16) if channels is None else (channels, 8, 16, 16), 5, np.uint8)
+    vol.write(first, data)
+    assert not left.exists()
+    assert other.exists(), "a partial file of a chunk outside the written box was removed"
+    np.testing.assert_array_equal(open_volume(address).read(first), data)
+
+
 def test_pickled_volume_reopens_by_address(tmp_path):
     import pickle
 

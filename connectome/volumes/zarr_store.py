@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Sequence
 
@@ -68,8 +69,10 @@ class ZarrVolume(Volume):
             if SCALE0 not in node:
                 raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{SCALE0}'")
             self._array = node[SCALE0]
+            self._array_dir = os.path.join(path, SCALE0)
         else:
             self._array = node
+            self._array_dir = path
         own = attrs.get("connectome", {})
         channels = own.get("channels")
         arr = self._array
@@ -100,7 +103,36 @@ class ZarrVolume(Volume):
         return np.asarray(self._array[self._index(box)])
 
     def _write(self, box: Box, data: np.ndarray) -> None:
+        self._remove_partial_chunks(box)
         self._array[self._index(box)] = data
+
+    def _remove_partial_chunks(self, box: Box) -> None:
+        """Delete the temporary files of chunk writes in `box` that a killed process left behind.
+
+        zarr writes each chunk to `<key>.<uuid>.partial` and renames it; a process killed between
+        the two leaves the temporary file. Blocks own their chunks, so only the block rewriting
+        them can meet these files.
+        """
+        chunks = self._meta.chunk_shape
+        ranges = [range(o // c, -(-e // c)) for o, e, c in zip(box.offset, box.end, chunks)]
+        lead = (0,) if self._meta.channels is not None else ()
+        encode = self._array.metadata.chunk_key_encoding.encode_chunk_key
+        wanted: dict[str, set[str]] = {}
+        for position in itertools.product(*ranges):
+            folder, _, name = encode((*lead, *position)).rpartition("/")
+            wanted.setdefault(folder, set()).add(name)
+        for folder, names in wanted.items():
+            try:
+                entries = os.scandir(os.path.join(self._array_dir, folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.name.endswith(".partial") and entry.name[:-8].rsplit(".", 1)[0] in names:
+                        try:
+                            os.unlink(entry.path)
+                        except FileNotFoundError:
+                            pass
 
 
 def create_zarr_volume(
