@@ -1,14 +1,16 @@
 """Voxels per second of each segmentation stage on a 2-worker LocalCluster (1 thread each).
 
-Segments the synthetic demo volume (64 x 256 x 256 at 8 nm) in 8 blocks with each shipped model
-architecture's stage chain, several times, and reports the median per stage and end to end.
-Usage: .venv/bin/python benchmarks/segment_throughput.py [--runs 3] [--model synthetic]
+Segments a synthetic volume (default 64 x 256 x 256 at 8 nm, in 8 blocks of 32 x 128 x 128) with a
+shipped model's stage chain, several times, and reports the median per stage and end to end.
+Writes benchmarks/results/segment_throughput_MODEL_BLOCK.md.
+Usage: .venv/bin/python benchmarks/segment_throughput.py [--runs 3] [--model synthetic] [--shape Z Y X] [--block Z Y X]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import shutil
@@ -28,9 +30,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", default="synthetic")
     parser.add_argument("--shape", nargs=3, type=int, default=(64, 256, 256))
+    parser.add_argument("--block", nargs=3, type=int, default=(32, 128, 128),
+                        help="block shape (`connectome segment` uses 64 256 256 unless told)")
     args = parser.parse_args()
+    block = tuple(args.block)
     tmp = tempfile.mkdtemp(prefix="segbench-")
-    generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=0).save(os.path.join(tmp, "synth"), chunk_shape=(32, 128, 128))
+    generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=0).save(os.path.join(tmp, "synth"), chunk_shape=block)
     raw = os.path.join(tmp, "synth", "raw")
     per_stage: dict[str, list[float]] = {}
     totals = []
@@ -39,7 +44,7 @@ def main() -> None:
     with open_client(cluster, quiet=True) as client:
         for i in range(args.runs):
             out = os.path.join(tmp, f"run{i}")
-            config = segmentation_config(raw, out, args.model, (32, 128, 128), cluster=cluster)
+            config = segmentation_config(raw, out, args.model, block, cluster=cluster)
             start = time.perf_counter()
             summary = run_segmentation(plan_segmentation(config), client, progress=False)
             totals.append(time.perf_counter() - start)
@@ -48,12 +53,15 @@ def main() -> None:
             shutil.rmtree(out)
     shutil.rmtree(tmp)
     voxels = args.shape[0] * args.shape[1] * args.shape[2]
+    blocks = math.prod(-(-s // b) for s, b in zip(args.shape, block))
     lines = [
         f"# Segmentation throughput, 2 CPU workers (model `{args.model}`)",
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores; "
-        f"command: `.venv/bin/python benchmarks/segment_throughput.py --runs {args.runs} --model {args.model}`",
-        f"- volume: synthetic {list(args.shape)} = {voxels / 1e6:.1f} Mvx, 8 blocks of 32 x 128 x 128, "
+        f"command: `.venv/bin/python benchmarks/segment_throughput.py --runs {args.runs} --model {args.model} "
+        f"--shape {' '.join(map(str, args.shape))} --block {' '.join(map(str, block))}`",
+        f"- volume: synthetic {list(args.shape)} = {voxels / 1e6:.1f} Mvx, {blocks} blocks of "
+        f"{' x '.join(map(str, block))}, "
         "LocalCluster of 2 worker processes x 1 thread; medians over runs",
         "",
         "| stage | median s | Mvx/s | Mvx/s per core |",
@@ -67,7 +75,8 @@ def main() -> None:
     lines += ["", "target: >= 0.5 Mvx/s end to end on 2 CPU cores with the shipped model"]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(__file__).with_name("results") / f"segment_throughput_{args.model}.md"
+    size = "x".join(map(str, block))
+    out = Path(__file__).with_name("results") / f"segment_throughput_{args.model}_{size}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
 

@@ -20,6 +20,7 @@ from typing import Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectome import worker_env
 from connectome.errors import UserError
 
 JOBQUEUE_KINDS = ("slurm", "pbs")
@@ -235,6 +236,7 @@ def make_local_cluster(config: ClusterConfig):
     worker processes (each with `gpu_jobs.gpus` GPUs) that only GPU stages use."""
     from distributed import LocalCluster
 
+    worker_env.use_for_local_workers()
     pooled = config.gpu_jobs is not None
     extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
     cluster = LocalCluster(

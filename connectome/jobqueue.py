@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 
+from connectome import worker_env
 from connectome.cluster import ClusterConfig, gpu_pool_config
 from connectome.errors import UserError
 from connectome.pools import Pool, PoolScaler
@@ -66,7 +67,7 @@ def job_options(config: ClusterConfig, pool: str = "cpu") -> dict:
         processes=config.processes_per_job,
         walltime=config.walltime,
         job_extra_directives=directives,
-        job_script_prologue=list(config.job_script_prologue),
+        job_script_prologue=[*worker_env.job_script_lines(), *config.job_script_prologue],
         interface=config.interface,
         local_directory=config.local_directory,
         log_directory=log_directory,

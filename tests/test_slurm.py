@@ -15,6 +15,7 @@ from connectome.errors import UserError
 from connectome.geometry import BlockGrid, Box
 from connectome.markers import DoneMarkers
 from connectome.runner import run_stage
+from connectome.worker_env import MALLOC_ENV
 from run_case import TESTS_DIR, assert_same_tree, last_json, write_config, write_raw
 from stages_for_tests import GpuWhereStage, WhereParams, WhereStage
 from slurm_fixture import local_slurm  # noqa: F401  (session fixture)
@@ -106,7 +107,9 @@ def test_gpu_stage_runs_on_gpu_jobs(local_slurm, worker_env):
         report = run_stage(stage, grid, client, str(worker_env / "work"), progress=False,
                            collect_summaries=True, resources=resources)
         script = client.cluster.job_script()
+        malloc = set(client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_")).values())
     assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=1" in script
+    assert malloc == {MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]}, malloc
     summaries = list(report.summaries.values())
     assert len(summaries) == 4
     jobs = {s["job"] for s in summaries}

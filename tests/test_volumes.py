@@ -66,6 +66,26 @@ def test_rewriting_a_block_removes_partial_chunk_files_of_a_killed_write(tmp_pat
     np.testing.assert_array_equal(open_volume(address).read(first), data)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_chunks_left_all_zero_have_no_file_and_partial_writes_keep_neighbours(tmp_path, dtype):
+    address = str(tmp_path / "seg")
+    vol = create_volume(address, (8, 16, 40), dtype, (8, 16, 16), (1, 1, 1))  # chunks: x 0-16, 16-32, 32-40
+    chunk_file = lambda x: tmp_path / "seg" / "0" / "c" / "0" / "0" / str(x)  # noqa: E731
+    data = np.zeros((8, 16, 40), dtype)
+    data[:, :, 20] = 3
+    data[:, :, 35] = -0.0 if dtype == np.float32 else 0
+    vol.write(vol.box, data)
+    assert [chunk_file(x).exists() for x in range(3)] == [False, True, dtype == np.float32]
+    vol.write(Box((0, 0, 16), (8, 16, 16)), np.zeros((8, 16, 16), dtype))  # emptied: its file goes
+    assert not chunk_file(1).exists()
+    vol.write(Box((0, 0, 4), (8, 16, 16)), np.full((8, 16, 16), 7, dtype))  # covers no chunk whole
+    expected = np.zeros((8, 16, 40), dtype)
+    expected[:, :, 4:20] = 7
+    expected[:, :, 35] = data[:, :, 35]
+    again = open_volume(address).read(vol.box)
+    np.testing.assert_array_equal(again.view(f"u{again.itemsize}"), expected.view(f"u{expected.itemsize}"))
+
+
 def test_pickled_volume_reopens_by_address(tmp_path):
     import pickle
 
