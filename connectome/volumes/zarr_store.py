@@ -108,15 +108,14 @@ class ZarrVolume(Volume):
         return np.asarray(self._array[self._index(box)])
 
     def _write(self, box: Box, data: np.ndarray) -> None:
-        """Write `box`; chunks it covers whole are rewritten without reading them, and those left all
-        fill value have no file (zarr's own emptiness test compares every chunk with a full copy,
-        which took over half of a copy's write time)."""
+        """Write `box`. zarr's own test for empty chunks compares each chunk with a filled copy (over
+        half the write time of a copy); instead chunks are written as they are, and those that `box`
+        covers whole and leaves all fill value are deleted after, as zarr would not have stored them."""
         covered = self._covered_chunks(box)
-        self._remove_files(covered, partial=True)
+        self._remove_partial_files(covered)
         self._unchecked[self._index(box)] = data
         fill = self._array.fill_value
-        empty = [(key, sl) for key, sl in covered if _all_equal(data[(..., *sl)], fill)]
-        self._remove_files(empty, partial=False)
+        self._remove_chunk_files([key for key, sl in covered if _all_fill(data[(..., *sl)], fill)])
 
     @functools.cached_property
     def _unchecked(self) -> zarr.Array:
@@ -136,18 +135,18 @@ class ZarrVolume(Volume):
             out.append((encode((*lead, *position)), sl))
         return out
 
-    def _remove_files(self, chunks: list[tuple[str, tuple[slice, ...]]], partial: bool) -> None:
-        """Delete the files of `chunks`, or (`partial`) the temporary files of their writes.
+    def _remove_chunk_files(self, keys: list[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._array_dir, key))
+
+    def _remove_partial_files(self, chunks: list[tuple[str, tuple[slice, ...]]]) -> None:
+        """Delete the temporary files that killed writes of `chunks` left behind.
 
         zarr writes a chunk to `<key>.<uuid>.partial`, then renames it; a process killed between
-        the two leaves the temporary file behind. Blocks own their chunks, so only the block that
+        the two leaves the temporary file. Blocks own their chunks, so only the block that
         rewrites a chunk can meet these files.
         """
-        if not partial:
-            for key, _ in chunks:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self._array_dir, key))
-            return
         wanted: dict[str, set[str]] = {}
         for key, _ in chunks:
             folder, _, name = key.rpartition("/")
@@ -164,7 +163,8 @@ class ZarrVolume(Volume):
                             os.unlink(entry.path)
 
 
-def _all_equal(values: np.ndarray, fill) -> bool:
+def _all_fill(values: np.ndarray, fill) -> bool:
+    """Every value of `values` equals the array's fill value (None: no fill value)."""
     if fill is None:
         return False
     fill = np.asarray(fill, values.dtype)
