@@ -1,19 +1,34 @@
 """The global merge compiled with numba: the same merges, in the same order, as the Python heap.
 
 `merge_edges` replays `agglomeration.merge_regions_reference` exactly: entries (score, i, j)
-taken in Python's tuple order (the first ones sorted once, later ones from a 4-ary heap), stale
-entries skipped when an endpoint died or the edge's score changed, the smaller neighbourhood
-merged into the larger (ties keep the popped `i`), statistics pooled by addition. Adjacency is an
-edge table, a (lo, hi) -> edge hash table and one linked list of edge ends per node, so a merge
-costs the smaller neighbourhood, not the larger. Node indices must be below 2**31.
+taken in Python's tuple order, stale entries skipped when an endpoint died or the edge's score
+changed, the smaller neighbourhood merged into the larger (ties keep the popped `i`), statistics
+pooled by addition. Adjacency is an edge table, a (lo, hi) -> edge hash table and a list of edge
+ends per node, so a merge costs the smaller neighbourhood, not the larger.
+
+On large inputs the time goes to cache misses, so the layout keeps what is read together in one
+cache line: a node's parent, degree and list; an edge's two nodes; a hash slot's pair and edge;
+an entry's score and key. The lists hold edge ends in chunks of seven, whose edges and hash slots
+are fetched together before they are used. Entries wait unsorted in buckets of equal score width
+until the merge reaches their bucket; only that bucket is a heap, small enough to stay in cache.
+Node indices must be below 2**31, edges fewer than 2**30.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 MEAN, QUANTILE = 0, 1
+PARENT, DEGREE, HEAD, FILL = range(4)  # a node's columns: its ends are in chunks from HEAD, the first holding FILL
+SLOTS = 7  # a chunk: 7 edge ends (end h is on edge h // 2), then the next chunk; 32 bytes
+EMPTY = -1  # a free slot of the (pair -> edge) table
+BUCKET_LOAD = 8  # initial entries per bucket, on average
+BLOCK = 4  # entries per block of a bucket: 4 x 16 bytes, one cache line
+NEWEST, COUNT = 0, 1  # a bucket's columns: its newest block (the only one not full), its entries in blocks
+CURRENT, SIZE, FREE_BLOCK, SPARE, FREE_CHUNK, USED = range(6)  # the merge's state, kept between calls of _merge
 
 
 @njit(cache=True)
@@ -26,7 +41,12 @@ def pool_rows(group, stats, groups):
     return out
 
 
-@njit(cache=True)
+# The appends to chunks and blocks in _merge are written out, not called: as calls, even inlined,
+# numba kept reference counting around them, which cost more than the appends. For the same reason
+# _merge never rebinds an array: growing one happens between its calls.
+
+
+@njit(cache=True, inline="always")
 def _score(stats, e, mode, q, bins):
     """waterz OneMinus<MeanAffinity> or OneMinus<HistogramQuantileAffinity> of edge `e`."""
     if mode == MEAN:
@@ -44,104 +64,246 @@ def _score(stats, e, mode, q, bins):
     return 1.0 - (index + 0.5) / bins
 
 
-EMPTY, GONE = -1, -2  # slots of the open-addressing table of (pair -> edge)
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Start loading the cache line of element `index` of the C-contiguous `array`, flattened: a
+    hint (LLVM's prefetch) that changes no result."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p],
+                                              ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        address = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+        builder.call(fn, [address, i32(0), i32(3), i32(1)])  # a read, kept in all caches, of data
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
 
 
-@njit(cache=True)
-def _slot(keys, pair):
-    """Slot holding `pair`, or the first free slot on its probe path (as -2 - slot)."""
-    mask = len(keys) - 1
-    pos = (np.uint64(pair) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - _bits(len(keys)))
-    pos = np.int64(pos)
-    free = -1
-    while True:
-        k = keys[pos]
-        if k == pair:
-            return pos
-        if k == EMPTY:
-            return -2 - (pos if free < 0 else free)
-        if k == GONE and free < 0:
-            free = pos
+@njit(cache=True, inline="always")
+def _home(pair, mask):
+    """The first slot probed for `pair` in a table of mask + 1 slots."""
+    return np.int64((np.uint64(pair) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+
+
+@njit(cache=True, inline="always")
+def _probe(table, pair):
+    """Slot of `pair` in `table` (pairs at even, edges at odd indices), else the free slot for it."""
+    mask = (len(table) >> 1) - 1
+    pos = _home(pair, mask)
+    while table[2 * pos] != pair and table[2 * pos] != EMPTY:
         pos = (pos + 1) & mask
+    return pos
 
 
 @njit(cache=True)
-def _bits(size):
-    b = 0
-    while (1 << b) < size:
-        b += 1
-    return b
+def _fill_table(table, ends, n):
+    """Empty `table`, then store the pair of each live edge (ends[e, 0] >= 0); returns their number."""
+    table[:] = EMPTY
+    live = 0
+    for e in range(len(ends)):
+        if ends[e, 0] >= 0:
+            pair = min(ends[e, 0], ends[e, 1]) * np.int64(n) + max(ends[e, 0], ends[e, 1])
+            pos = _probe(table, pair)
+            table[2 * pos], table[2 * pos + 1] = pair, e
+            live += 1
+    return live
 
 
-@njit(cache=True)
-def _find(keys, values, pair):
-    """The edge stored under `pair`, or -1."""
-    pos = _slot(keys, pair)
-    return values[pos] if pos >= 0 else -1
-
-
-@njit(cache=True)
-def _insert(keys, values, pair, edge):
-    """Store `pair` -> `edge`; the pair is absent and the table has room."""
-    pos = -2 - _slot(keys, pair)
-    keys[pos] = pair
-    values[pos] = edge
-
-
-@njit(cache=True)
-def _remove(keys, pair):
-    keys[_slot(keys, pair)] = GONE
-
-
-@njit(cache=True)
-def _rebuilt(keys, values, live):
-    """A fresh table with the live entries, at most a quarter full."""
-    size = 16
-    while size < 4 * live:
-        size *= 2
-    new_keys = np.full(size, EMPTY, np.int64)
-    new_values = np.empty(size, np.int64)
-    for p in range(len(keys)):
-        if keys[p] >= 0:
-            _insert(new_keys, new_values, keys[p], values[p])
-    return new_keys, new_values
-
-
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _before(s1, k1, s2, k2):
-    """Heap entry (s1, k1) before (s2, k2); k = i << 32 | j, so this is Python's (score, i, j) order."""
+    """Entry (s1, k1) before (s2, k2); k = i << 32 | j, so this is Python's (score, i, j) order."""
     return s1 < s2 or (s1 == s2 and k1 < k2)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _sift_down(hs, hk, pos, size):
-    """A 4-ary heap: the four children of `pos` are 4 pos + 1 ... 4 pos + 4, one cache line."""
-    s, k = hs[pos], hk[pos]
+    """A 4-ary heap of entries (hs[2 p], hk[2 p + 1]), where hk views the memory of hs as int64."""
+    s, k = hs[2 * pos], hk[2 * pos + 1]
     while True:
         first = 4 * pos + 1
         if first >= size:
             break
         c = first
         for other in range(first + 1, min(first + 4, size)):
-            if _before(hs[other], hk[other], hs[c], hk[c]):
+            if _before(hs[2 * other], hk[2 * other + 1], hs[2 * c], hk[2 * c + 1]):
                 c = other
-        if not _before(hs[c], hk[c], s, k):
+        if not _before(hs[2 * c], hk[2 * c + 1], s, k):
             break
-        hs[pos], hk[pos] = hs[c], hk[c]
+        hs[2 * pos], hk[2 * pos + 1] = hs[2 * c], hk[2 * c + 1]
         pos = c
-    hs[pos], hk[pos] = s, k
+    hs[2 * pos], hk[2 * pos + 1] = s, k
+
+
+@njit(cache=True, inline="always")
+def _sift_up(hs, hk, pos):
+    s, k = hs[2 * pos], hk[2 * pos + 1]
+    while pos > 0:
+        p = (pos - 1) // 4
+        if not _before(s, k, hs[2 * p], hk[2 * p + 1]):
+            break
+        hs[2 * pos], hk[2 * pos + 1] = hs[2 * p], hk[2 * p + 1]
+        pos = p
+    hs[2 * pos], hk[2 * pos + 1] = s, k
 
 
 @njit(cache=True)
-def _sift_up(hs, hk, pos):
-    s, k = hs[pos], hk[pos]
-    while pos > 0:
-        p = (pos - 1) // 4
-        if not _before(s, k, hs[p], hk[p]):
-            break
-        hs[pos], hk[pos] = hs[p], hk[p]
-        pos = p
-    hs[pos], hk[pos] = s, k
+def _entries(capacity, keys, used):
+    """Room for `capacity` entries (score, key), holding the first `used` of the int64 view `keys`:
+    the float64 view and the int64 view of one buffer."""
+    scores = np.empty(2 * capacity)
+    grown = scores.view(np.int64)
+    grown[:2 * used] = keys[:2 * used]
+    return scores, grown
+
+
+@njit(cache=True)
+def _blocks(capacity, block_k, offset, used):
+    """Room for `capacity` blocks, holding the first `used` blocks of `block_k` (from entry `offset`):
+    the float64 and int64 views, and the entry where blocks start, at a multiple of 64 bytes."""
+    scores = np.empty(2 * BLOCK * (capacity + 1))
+    start = (-scores.ctypes.data & 63) // 16
+    grown = scores.view(np.int64)
+    grown[2 * start:2 * (start + BLOCK * used)] = block_k[2 * offset:2 * (offset + BLOCK * used)]
+    return scores, grown, start
+
+
+@njit(cache=True, inline="always")
+def _bucket(score, low, scale, last):
+    """The bucket of `score`: floor((score - low) * scale) clipped to 0 ... last, never decreasing."""
+    x = (score - low) * scale
+    if not x > 0.0:
+        return 0
+    if x >= last:
+        return last
+    return int(x)
+
+
+@njit(cache=True)
+def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, low, scale, starts, initial,
+           buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state):
+    """Merge until no entry is left, then return (0, 0); or return early, before the heap or the
+    spare blocks run out, the (entries, blocks) of room needed to go on."""
+    n, mask, last = len(nodes), (len(table) >> 1) - 1, len(buckets) - 1
+    batch = np.empty(SLOTS, np.int32)
+    current, size = state[CURRENT], state[SIZE]
+    while True:
+        if size == 0:  # move the next bucket's entries to the heap, freeing its blocks
+            following = current + 1
+            while following <= last and starts[following + 1] == starts[following] and buckets[following, COUNT] == 0:
+                following += 1
+            if following > last:
+                state[CURRENT], state[SIZE] = following, 0
+                return np.int64(0), np.int64(0)
+            size = starts[following + 1] - starts[following] + buckets[following, COUNT]
+            if 2 * size > len(heap_s):
+                state[CURRENT], state[SIZE] = current, 0
+                return size, np.int64(0)
+            current = following
+            at = 2 * (starts[current + 1] - starts[current])
+            heap_k[:at] = initial[2 * starts[current]:2 * starts[current + 1]]
+            block, fill = buckets[current, NEWEST], (buckets[current, COUNT] - 1) % BLOCK + 1
+            while block >= 0:
+                start = 2 * (offset + BLOCK * block)
+                heap_k[at:at + 2 * fill] = block_k[start:start + 2 * fill]
+                at += 2 * fill
+                fill = BLOCK
+                block_next[block], state[FREE_BLOCK], block = state[FREE_BLOCK], block, block_next[block]
+                state[SPARE] += 1
+            buckets[current, NEWEST], buckets[current, COUNT] = -1, 0
+            for p in range((size - 2) // 4, -1, -1):
+                _sift_down(heap_s, heap_k, p, size)
+        sc, i, j = heap_s[0], heap_k[1] >> 32, heap_k[1] & 0xFFFFFFFF
+        valid = (alive[i >> 6] >> (i & 63)) & (alive[j >> 6] >> (j & 63)) & 1 == 1
+        if valid:
+            pair = min(i, j) * n + max(i, j)
+            pos = _probe(table, pair)
+            valid = table[2 * pos] == pair and _score(stats, table[2 * pos + 1], mode, q, bins) == sc
+        if valid:  # else a stale entry: an endpoint died, or an earlier merge updated the edge
+            if nodes[i, DEGREE] < nodes[j, DEGREE]:
+                i, j = j, i  # merge the smaller neighbourhood into the larger
+            need = np.int64(nodes[j, DEGREE])  # the most entries this merge can push
+            if 2 * (size + need) > len(heap_s) or need > state[SPARE]:
+                state[CURRENT], state[SIZE] = current, size
+                return need, need
+        size -= 1
+        if size > 0:
+            heap_s[0], heap_k[1] = heap_s[2 * size], heap_k[2 * size + 1]
+            _sift_down(heap_s, heap_k, 0, size)
+            top_i, top_j = heap_k[1] >> 32, heap_k[1] & 0xFFFFFFFF  # start fetching the next entry's slot
+            if (alive[top_i >> 6] >> (top_i & 63)) & (alive[top_j >> 6] >> (top_j & 63)) & 1 == 1:
+                _prefetch(table, 2 * _home(min(top_i, top_j) * n + max(top_i, top_j), mask))
+        if not valid:
+            continue
+        nodes[j, PARENT] = i
+        alive[j >> 6] &= ~(1 << (j & 63))
+        chunk, fill = nodes[j, HEAD], nodes[j, FILL]
+        while chunk >= 0:  # take each chunk of j's ends, freeing it, and fetch what they will need
+            batch[:fill] = chunks[chunk, :fill]
+            following = chunks[chunk, SLOTS]
+            chunks[chunk, SLOTS], state[FREE_CHUNK] = state[FREE_CHUNK], chunk
+            for t in range(fill):
+                _prefetch(ends, 2 * (batch[t] >> 1))
+            for t in range(fill):
+                f, side = batch[t] >> 1, batch[t] & 1
+                k = ends[f, 1 - side]
+                if ends[f, 0] >= 0 and k != i:
+                    _prefetch(table, 2 * _home(min(i, k) * n + max(i, k), mask))
+                    _prefetch(stats, f * stats.shape[1])
+                    _prefetch(nodes, k * nodes.shape[1])
+            for t in range(fill):
+                end = batch[t]
+                f, side = end >> 1, end & 1
+                k = ends[f, 1 - side]
+                if ends[f, 0] < 0:
+                    continue  # the edge died in a merge of its other node
+                if k == i:
+                    ends[f, 0] = -1
+                    nodes[i, DEGREE] -= 1
+                    continue
+                if 4 * (state[USED] + 1) > len(table):  # over half full: drop the stale pairs
+                    state[USED] = _fill_table(table, ends, n)
+                pair = min(i, k) * n + max(i, k)
+                pos = _probe(table, pair)
+                if table[2 * pos] == pair:  # i and k already meet: pool the statistics into that edge
+                    target = table[2 * pos + 1]
+                    for col in range(stats.shape[1]):
+                        stats[target, col] += stats[f, col]
+                    ends[f, 0] = -1
+                    nodes[k, DEGREE] -= 1
+                else:  # the edge now joins i and k; the stale pair (j, k) stays until a purge
+                    target = f
+                    ends[f, side] = i
+                    table[2 * pos], table[2 * pos + 1] = pair, f
+                    state[USED] += 1
+                    nodes[i, DEGREE] += 1
+                    if nodes[i, FILL] == SLOTS:  # i's first chunk is full: put a free one before it
+                        chunk = state[FREE_CHUNK]
+                        state[FREE_CHUNK] = chunks[chunk, SLOTS]
+                        chunks[chunk, SLOTS] = nodes[i, HEAD]
+                        nodes[i, HEAD], nodes[i, FILL] = chunk, 0
+                    chunks[nodes[i, HEAD], nodes[i, FILL]] = end
+                    nodes[i, FILL] += 1
+                new_score = _score(stats, target, mode, q, bins)
+                if new_score < threshold:
+                    key = (min(i, k) << 32) | max(i, k)
+                    b = _bucket(new_score, low, scale, last)
+                    if b <= current:
+                        heap_s[2 * size], heap_k[2 * size + 1] = new_score, key
+                        _sift_up(heap_s, heap_k, size)
+                        size += 1
+                        continue
+                    if buckets[b, COUNT] % BLOCK == 0:  # the bucket's newest block is full: put a free one before it
+                        block = state[FREE_BLOCK]
+                        state[FREE_BLOCK] = block_next[block]
+                        state[SPARE] -= 1
+                        block_next[block] = buckets[b, NEWEST]
+                        buckets[b, NEWEST] = block
+                    at = 2 * (offset + BLOCK * buckets[b, NEWEST] + buckets[b, COUNT] % BLOCK)
+                    block_s[at], block_k[at + 1] = new_score, key
+                    buckets[b, COUNT] += 1
+            chunk, fill = following, SLOTS
+        nodes[j, HEAD], nodes[j, FILL], nodes[j, DEGREE] = -1, SLOTS, 0
 
 
 @njit(cache=True)
@@ -151,111 +313,85 @@ def merge_edges(n, ea, eb, stats, threshold, mode, q, bins):
     `stats` (one row per edge, float64) is pooled in place.
     """
     m = len(ea)
-    parent = np.arange(n)
-    eu = ea.copy()
-    ev = eb.copy()
-    alive_edge = np.ones(m, np.bool_)
-    alive = np.ones(n, np.bool_)
-    degree = np.zeros(n, np.int64)
-    head = np.full(n, -1, np.int64)  # edge ends: end h belongs to edge h // 2
-    tail = np.full(n, -1, np.int64)
-    nxt = np.full(2 * m, -1, np.int64)
-    keys, values = _rebuilt(np.zeros(0, np.int64), np.zeros(0, np.int64), m)
-    used = 0  # occupied or GONE slots
-    init_s = np.empty(m)  # the first entries, sorted once; later ones go to the heap
-    init_k = np.empty(m, np.int64)
-    count = 0
+    if m >= 2**30:
+        raise ValueError("merge_edges takes fewer than 2**30 edges")
+    nodes = np.empty((n, 4), np.int32)
+    for v in range(n):
+        nodes[v, PARENT], nodes[v, DEGREE], nodes[v, HEAD], nodes[v, FILL] = v, 0, -1, SLOTS
+    alive = np.full((n + 63) // 64, -1, np.int64)  # a bit per node: small enough to stay in cache
+    ends = np.empty((m, 2), np.int32)  # an edge's two nodes; the first is -1 once it died
+    # All but a node's first chunk are full, so chunks in use never outnumber 2 m / SLOTS + n + 1.
+    chunks = np.empty((2 * m // SLOTS + n + 2, SLOTS + 1), np.int32)
+    chunks[:, SLOTS] = np.arange(1, len(chunks) + 1)  # all free, linked
+    chunks[-1, SLOTS] = -1
+    free_chunk = 0
+    first = np.empty(m)  # the initial scores
+    count, low = 0, np.inf
     for e in range(m):
-        a, b = ea[e], eb[e]
-        _insert(keys, values, min(a, b) * n + max(a, b), e)
-        used += 1
-        degree[a] += 1
-        degree[b] += 1
-        for h, node in ((2 * e, a), (2 * e + 1, b)):
-            if head[node] < 0:
-                head[node] = h
-            else:
-                nxt[tail[node]] = h
-            tail[node] = h
-        sc = _score(stats, e, mode, q, bins)
-        if sc < threshold:
-            init_s[count], init_k[count] = sc, (a << 32) | b
+        ends[e, 0], ends[e, 1] = ea[e], eb[e]
+        for side in range(2):
+            v = ends[e, side]
+            nodes[v, DEGREE] += 1
+            if nodes[v, FILL] == SLOTS:
+                chunk = free_chunk
+                free_chunk = chunks[chunk, SLOTS]
+                chunks[chunk, SLOTS] = nodes[v, HEAD]
+                nodes[v, HEAD], nodes[v, FILL] = chunk, 0
+            chunks[nodes[v, HEAD], nodes[v, FILL]] = 2 * e + side
+            nodes[v, FILL] += 1
+        first[e] = _score(stats, e, mode, q, bins)
+        if first[e] < threshold:
             count += 1
-    init_s, init_k = init_s[:count], init_k[:count]
-    order = np.argsort(init_k)
-    order = order[np.argsort(init_s[order], kind="mergesort")]  # by score, then by (i, j)
-    init_s, init_k = init_s[order], init_k[order]
-    first = 0
-    hs = np.empty(max(16, m // 4))
-    hk = np.empty(len(hs), np.int64)
-    size = 0
-    while first < count or size > 0:
-        if size == 0 or (first < count and _before(init_s[first], init_k[first], hs[0], hk[0])):
-            sc, i, j = init_s[first], init_k[first] >> 32, init_k[first] & 0xFFFFFFFF
-            first += 1
-        else:
-            sc, i, j = hs[0], hk[0] >> 32, hk[0] & 0xFFFFFFFF
-            size -= 1
-            if size > 0:
-                hs[0], hk[0] = hs[size], hk[size]
-                _sift_down(hs, hk, 0, size)
-        if not (alive[i] and alive[j]):
-            continue
-        e = _find(keys, values, min(i, j) * n + max(i, j))
-        if e < 0 or _score(stats, e, mode, q, bins) != sc:
-            continue  # a stale entry; the edge was updated by an earlier merge
-        if degree[i] < degree[j]:
-            i, j = j, i  # merge the smaller neighbourhood into the larger
-        alive[j] = False
-        parent[j] = i
-        h = head[j]
-        while h >= 0:
-            following = nxt[h]
-            f = h // 2
-            if alive_edge[f]:
-                k = ev[f] if eu[f] == j else eu[f]
-                _remove(keys, min(j, k) * n + max(j, k))
-                if k == i:
-                    alive_edge[f] = False
-                    degree[i] -= 1
-                else:
-                    target = _find(keys, values, min(i, k) * n + max(i, k))
-                    if target >= 0:
-                        for c in range(stats.shape[1]):
-                            stats[target, c] += stats[f, c]
-                        alive_edge[f] = False
-                        degree[k] -= 1
-                    else:
-                        target = f
-                        if eu[f] == j:
-                            eu[f] = i
-                        else:
-                            ev[f] = i
-                        if 2 * (used + 1) > len(keys):
-                            keys, values = _rebuilt(keys, values, m)
-                            used = 0
-                            for p in range(len(keys)):
-                                used += keys[p] >= 0
-                        _insert(keys, values, min(i, k) * n + max(i, k), f)
-                        used += 1
-                        degree[i] += 1
-                        nxt[h] = -1
-                        nxt[tail[i]] = h
-                        tail[i] = h
-                    new_score = _score(stats, target, mode, q, bins)
-                    if new_score < threshold:
-                        if size == len(hs):
-                            hs = np.concatenate((hs, np.empty(size)))
-                            hk = np.concatenate((hk, np.empty(size, np.int64)))
-                        hs[size], hk[size] = new_score, (min(i, k) << 32) | max(i, k)
-                        _sift_up(hs, hk, size)
-                        size += 1
-            h = following
-        head[j] = -1
-        degree[j] = 0
+            low = min(low, first[e])
+    slots = 16
+    while slots < 4 * m:  # at most a quarter full after each purge of stale pairs
+        slots *= 2
+    table = np.empty(2 * slots, np.int64)
+    used = _fill_table(table, ends, n)
+
+    # Entries wait in buckets of equal score width from `low`: the initial ones sorted by bucket
+    # (bucket b's from starts[b]), later ones in chains of blocks. The heap holds the current
+    # bucket's and any pushed since to a bucket no later, so its top is the least entry of all.
+    buckets = np.zeros((max(1, count // BUCKET_LOAD), 2), np.int32)
+    buckets[:, NEWEST] = -1
+    scale = len(buckets) / (threshold - low) if count > 0 else 0.0
+    starts = np.zeros(len(buckets) + 1, np.int64)
+    for e in range(m):
+        if first[e] < threshold:
+            starts[_bucket(first[e], low, scale, len(buckets) - 1) + 1] += 1
+    starts = np.cumsum(starts)
+    initial_s, initial = _entries(count, np.empty(0, np.int64), 0)
+    at = starts[:-1].copy()
+    for e in range(m):
+        if first[e] < threshold:
+            b = _bucket(first[e], low, scale, len(buckets) - 1)
+            initial_s[2 * at[b]], initial[2 * at[b] + 1] = first[e], (ea[e] << 32) | eb[e]
+            at[b] += 1
+    capacity = 16 + len(buckets) // 16
+    block_s, block_k, offset = _blocks(capacity, np.empty(0, np.int64), 0, 0)
+    block_next = np.arange(1, capacity + 1).astype(np.int32)  # all free, linked
+    block_next[-1] = -1
+    heap_s, heap_k = _entries(64, np.empty(0, np.int64), 0)
+    state = np.array([-1, 0, 0, capacity, free_chunk, used])
+    while True:
+        entries, blocks = _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, low, scale, starts,
+                                 initial, buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state)
+        if entries == 0 and blocks == 0:
+            break
+        if 2 * (state[SIZE] + entries) > len(heap_s):
+            heap_s, heap_k = _entries(2 * (state[SIZE] + entries), heap_k, state[SIZE])
+        if blocks > state[SPARE]:  # add free blocks
+            more = max(blocks, len(block_next))
+            block_s, block_k, offset = _blocks(len(block_next) + more, block_k, offset, len(block_next))
+            links = np.arange(len(block_next) + 1, len(block_next) + more + 1).astype(np.int32)
+            links[-1] = state[FREE_BLOCK]
+            state[FREE_BLOCK], state[SPARE] = len(block_next), state[SPARE] + more
+            block_next = np.concatenate((block_next, links))
+    roots = np.empty(n, np.int64)
     for v in range(n):  # follow parents to the roots
         r = v
-        while parent[r] != r:
-            r = parent[r]
-        parent[v] = r
-    return parent
+        while nodes[r, PARENT] != r:
+            r = nodes[r, PARENT]
+        nodes[v, PARENT] = r
+        roots[v] = r
+    return roots

@@ -184,6 +184,37 @@ def test_compiled_merge_equals_reference(seed):
                                   merge_regions_reference(nodes, u, v, hist, threshold, quantile_score(q)))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_compiled_merge_equals_reference_when_edges_move_often(seed):
+    """Cores merge pairwise up a binary tree, carrying their private leaves and weak links to other
+    cores (never merged, but pooled) along: edges are re-keyed more often than there are edges, so
+    the compiled merge purges stale pairs from its hash table. Scores tie within each level."""
+    rng = np.random.default_rng(seed)
+    cores, levels = 512, 9
+    tree = [(c, c + 2 ** (level - 1), 0.1 * level + rng.choice([0.0, 0.02]))
+            for level in range(1, levels + 1) for c in range(0, cores, 2**level)]
+    weak = {tuple(sorted(pair)) for pair in rng.integers(0, cores, (cores, 2)) if pair[0] != pair[1]}
+    weak -= {(a, b) for a, b, _ in tree}
+    leaves = rng.integers(2, 7, cores)
+    owner = np.repeat(np.arange(cores), leaves)
+    u = np.concatenate([[a for a, _, _ in tree], [a for a, _ in weak], owner])
+    v = np.concatenate([[b for _, b, _ in tree], [b for _, b in weak], cores + np.arange(len(owner))])
+    affinity = np.concatenate([[1.0 - sc for _, _, sc in tree], rng.choice([0.0, 0.1], len(weak)),
+                               np.zeros(len(owner))])
+    ids = rng.permutation(cores + len(owner)).astype(np.uint64)  # node indices in no telling order
+    u, v, nodes = ids[u], ids[v], np.sort(ids)
+    counts = rng.integers(1, 4, len(u)).astype(np.float64)
+    stats = np.stack([affinity * counts, counts], 1)
+    hist = np.zeros((len(u), HIST_BINS), np.uint32)
+    hist[np.arange(len(u)), np.minimum((affinity * HIST_BINS).astype(int), HIST_BINS - 1)] = counts.astype(np.uint32)
+    for threshold, levels_merged in ((0.35, 3), (0.8, levels)):
+        compiled = merge_regions(nodes, u, v, stats, threshold)
+        assert np.array_equal(compiled, merge_regions_reference(nodes, u, v, stats, threshold))
+        assert len(np.unique(compiled)) < len(nodes) - cores * (1 - 0.5**levels_merged) + cores // 8  # most tree merges
+        assert np.array_equal(merge_regions(nodes, u, v, hist, threshold, quantile_score(0.5)),
+                              merge_regions_reference(nodes, u, v, hist, threshold, quantile_score(0.5)))
+
+
 def test_compiled_region_graph_equals_numpy_reference():
     rng = np.random.default_rng(3)
     frag = rng.integers(0, 7, (9, 11, 10)).astype(np.uint64) * np.uint64(2**33 + 1)
