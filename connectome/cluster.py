@@ -24,6 +24,13 @@ from connectome import worker_env
 from connectome.errors import UserError
 
 JOBQUEUE_KINDS = ("slurm", "pbs")
+
+
+def is_remote(kind: str) -> bool:
+    """`kind` is the address of a scheduler someone else started (tcp:// or tls://)."""
+    return kind.startswith(("tcp://", "tls://"))
+
+
 PROFILE_DIRS = (Path("deploy/profiles"), Path(__file__).resolve().parents[1] / "deploy" / "profiles")
 
 
@@ -144,7 +151,7 @@ def parse_cluster_option(value: str | None, base: ClusterConfig | None = None) -
     base = base or ClusterConfig()
     if value is None:
         return base
-    if value in ("local", *JOBQUEUE_KINDS) or value.startswith(("tcp://", "tls://")):
+    if value in ("local", *JOBQUEUE_KINDS) or is_remote(value):
         return base.model_copy(update={"kind": value})
     raise UserError(f"--cluster: expected local, slurm, pbs or tcp://HOST:PORT, found {value!r}")
 
@@ -159,7 +166,7 @@ def available_resources(client_or_config) -> dict[str, float]:
     """
     if isinstance(client_or_config, ClusterConfig):
         config = client_or_config
-        if config.kind.startswith(("tcp://", "tls://")):
+        if is_remote(config.kind):
             return {}  # unknown until connected: ask the client
         config = resolve_profile(config)
         if config.gpu_jobs is not None:
@@ -167,7 +174,7 @@ def available_resources(client_or_config) -> dict[str, float]:
         return {"GPU": 1} if config.gpus > 0 else {}
     client = client_or_config
     config = getattr(client, "_connectome_cluster_config", None)
-    if config is not None and not config.kind.startswith(("tcp://", "tls://")):
+    if config is not None and not is_remote(config.kind):
         return available_resources(config)
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
     offered = [w.get("resources", {}) for w in info.get("workers", {}).values()]
@@ -201,7 +208,7 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
     config = resolve_profile(config or ClusterConfig())
     kind = config.kind
     cluster = None
-    if kind.startswith(("tcp://", "tls://")):
+    if is_remote(kind):
         try:
             client = Client(kind, timeout="10s")
         except OSError as e:

@@ -100,10 +100,15 @@ def threads_per_worker(config: ClusterConfig) -> int:
     return max(1, config.cores // config.processes_per_job)
 
 
+def jobs_for_workers(workers: int, config: ClusterConfig) -> int:
+    """Jobs that run `workers` worker processes, `processes_per_job` in each."""
+    return max(1, math.ceil(workers / config.processes_per_job))
+
+
 def maximum_jobs(config: ClusterConfig) -> int:
     """The config's maximum_jobs, or enough jobs for `--workers N` workers when that was given."""
     if "n_workers" in config.model_fields_set and "maximum_jobs" not in config.model_fields_set:
-        return max(1, math.ceil(config.n_workers / config.processes_per_job))
+        return jobs_for_workers(config.n_workers, config)
     return config.maximum_jobs
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 
-from connectome.cluster import available_resources, task_resources
+from connectome.cluster import available_resources, is_remote, task_resources
 from connectome.config import RunConfig, format_validation_error
 from connectome.errors import UserError, unwritable
 from connectome.geometry import Box, BlockGrid
@@ -135,7 +135,7 @@ def create_outputs(planned: PlannedStage, overwrite: bool) -> None:
 def _remote(client) -> bool:
     """A scheduler we did not start (tcp://): its workers, not our settings, say what it offers."""
     config = getattr(client, "_connectome_cluster_config", None)
-    return config is None or config.kind.startswith(("tcp://", "tls://"))
+    return config is None or is_remote(config.kind)
 
 
 def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = True) -> list[StageReport]:

@@ -111,8 +111,8 @@ class PoolScaler:
         """Blocks a stage still has to run on the pool with `resource` (None: the first pool)."""
         self.backlog[resource or self.pools[0].resource] = blocks
 
-    def pool_named(self, job: str) -> Pool:
-        return next(p for p in self.pools if p.owns(job))
+    def pool_named(self, job: str) -> Pool | None:
+        return next((p for p in self.pools if p.owns(job)), None)
 
     def jobs(self, pool: Pool) -> list[str]:
         return [name for name in list(self.cluster.worker_spec) if pool.owns(name)]
@@ -204,7 +204,7 @@ class PoolScaler:
             if workers:
                 self.arrived.add(job)
                 self.missing_counts.pop(job, None)
-                pool = self.pool_named(job) if any(p.owns(job) for p in self.pools) else None
+                pool = self.pool_named(job)
                 if pool is not None:
                     self.failures.pop(pool.name, None)
                 continue
@@ -224,7 +224,8 @@ class PoolScaler:
                 asyncio.ensure_future(handle.close())  # cancels the job if the batch system still has it
             self.arrived.discard(job)
             self.missing_counts.pop(job, None)
-            self.log.append((self.pool_named(job).name if any(p.owns(job) for p in self.pools) else "?", "lost", job))
+            pool = self.pool_named(job)
+            self.log.append((pool.name if pool else "?", "lost", job))
         return bool(lost)
 
     def _alive_job_ids(self) -> set[str] | None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from connectome.cluster import JOBQUEUE_KINDS, ClusterConfig, parse_cluster_option, resolve_profile
+from connectome.jobqueue import jobs_for_workers
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -31,5 +31,5 @@ def cluster_settings(args: argparse.Namespace, base: ClusterConfig | None = None
         cluster = cluster.model_copy(update={"n_workers": args.workers})
         if cluster.kind in JOBQUEUE_KINDS:  # the command line wins over the config's and profile's maximum
             resolved = resolve_profile(cluster)
-            cluster = resolved.model_copy(update={"maximum_jobs": math.ceil(args.workers / resolved.processes_per_job)})
+            cluster = resolved.model_copy(update={"maximum_jobs": jobs_for_workers(args.workers, resolved)})
     return cluster
