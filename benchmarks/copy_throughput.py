@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from connectome.geometry import BlockGrid, Box
-from connectome.runner import run_stage
-from connectome.stages.copy import CopyParams, CopyStage
-from connectome.volumes import create_volume, open_volume
+from connectome.core.geometry import BlockGrid, Box
+from connectome.engine.runner import run_stage
+from connectome.image.stages import CopyParams, CopyStage
+from connectome.io import create_volume, open_volume
 
 CHUNK = (64, 128, 128)
 BLOCK = (64, 256, 256)
@@ -67,7 +67,7 @@ def blockwise_copy(client, src: str, dst: str, work: str) -> float:
 def main() -> None:
     from distributed import Client
 
-    from connectome.cluster import ClusterConfig, make_local_cluster
+    from connectome.cluster.client import ClusterConfig, make_local_cluster
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=1000)

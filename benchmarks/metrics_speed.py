@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import resource
@@ -31,9 +32,9 @@ from scipy.spatial import cKDTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectome.geometry import BlockGrid  # noqa: E402
+from connectome.core.geometry import BlockGrid  # noqa: E402
+from connectome.io import create_volume, open_volume  # noqa: E402
 from connectome.metrics import Contingency, Skeletons, adapted_rand_stats, evaluate_volumes, voi_from_table  # noqa: E402
-from connectome.volumes import create_volume, open_volume  # noqa: E402
 
 VOXEL = (8.0, 8.0, 8.0)
 CHUNKS = (64, 64, 64)
@@ -141,7 +142,7 @@ def main() -> None:
     print(f"generated {args.size}^3 uint64 pair ({n / 1e6:.0f} Mvx, {args.seeds} gt cells) in {gen_s:.0f} s")
 
     rows = []
-    times, scores = timed(lambda: whole_array(seg, gt), args.runs)
+    times, scores = timed(functools.partial(whole_array, seg, gt), args.runs)
     rows.append(("whole-array (in memory)", times))
     print(f"scores: {scores}")
 

@@ -26,11 +26,12 @@ TESTS = str(Path(__file__).resolve().parents[1] / "tests")  # WhereStage lives w
 sys.path.insert(0, TESTS)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))  # and in jobs
 
-from connectome.cluster import ClusterConfig, GpuJobsConfig, available_resources, open_client, task_resources  # noqa: E402
-from connectome.geometry import BlockGrid, Box  # noqa: E402
-from connectome.markers import DoneMarkers  # noqa: E402
-from connectome.pools import pool_demand  # noqa: E402
-from connectome.runner import run_stage  # noqa: E402
+from connectome.cluster.client import ClusterConfig, GpuJobsConfig, available_resources, open_client, task_resources  # noqa: E402
+from connectome.cluster.pools import pool_demand  # noqa: E402
+from connectome.core.geometry import BlockGrid, Box  # noqa: E402
+from connectome.engine.markers import DoneMarkers  # noqa: E402
+from connectome.engine.runner import run_stage  # noqa: E402
+
 from stages_for_tests import GpuWhereStage, WhereParams, WhereStage  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pools.md"
@@ -66,8 +67,8 @@ def one_run(tmp: str) -> dict[str, float]:
             finished = threading.Event()
             start = time.perf_counter()
             first: list[float] = []
-            watcher = threading.Thread(target=lambda: first.append(first_block_after(work, stage.name, start,
-                                                                                     finished.is_set)))
+            watcher = threading.Thread(target=lambda first=first, name=stage.name, start=start, done=finished.is_set:
+                                       first.append(first_block_after(work, name, start, done)))
             watcher.start()
             run_stage(stage, grid, client, work, progress=False, resources=task_resources(stage.resources, available))
             out[f"{key}_stage_s"] = time.perf_counter() - start
@@ -86,7 +87,7 @@ def demand_cost(pending: int, repeats: int = 20) -> float:
     """Milliseconds per pool_demand call with `pending` GPU tasks that no worker can run yet."""
     from distributed import Client, LocalCluster
 
-    from connectome.pools import Pool
+    from connectome.cluster.pools import Pool
 
     with LocalCluster(n_workers=0, dashboard_address=":0", processes=False) as cluster, Client(cluster) as client:
         futures = client.map(lambda x: x, range(pending), resources={"GPU": 1}, pure=False)

@@ -22,10 +22,10 @@ import numpy as np
 import psutil
 import yaml
 
-from connectome.cluster import ClusterConfig, open_client
-from connectome.config import load_config
-from connectome.pipeline import execute, plan_run
-from connectome.volumes import create_volume, open_volume
+from connectome.cluster.client import ClusterConfig, open_client
+from connectome.engine.config import load_config
+from connectome.engine.plan import execute, plan_run
+from connectome.io import create_volume, open_volume
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling.md"
 BLOCK = (64, 128, 128)
@@ -39,7 +39,7 @@ def make_input(directory: str, size: int) -> str:
     data = 100 + 50 * np.sin(y / 9.0 + z / 5.0) * np.cos(x / 11.0) + rng.normal(0, 20, (size, size, size))
     create_volume(address, (size,) * 3, "uint8", BLOCK, (8.0, 8.0, 8.0))
     volume = open_volume(address, "r+")
-    from connectome.geometry import Box
+    from connectome.core.geometry import Box
 
     volume.write(Box.from_shape((size,) * 3), np.clip(data, 0, 255).astype(np.uint8))
     return address

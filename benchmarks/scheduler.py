@@ -23,9 +23,9 @@ from pathlib import Path
 import psutil
 from distributed import Client, LocalCluster, wait
 
-from connectome.geometry import BlockGrid, Box
-from connectome.runner import run_stage
-from connectome.stages.base import StageParams
+from connectome.core.geometry import BlockGrid, Box
+from connectome.engine.runner import run_stage
+from connectome.engine.stage import StageParams
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scheduler.md"
 TESTS = str(Path(__file__).resolve().parents[1] / "tests")  # NoopStage lives with the tests

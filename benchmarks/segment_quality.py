@@ -35,7 +35,7 @@ def cli(*args: str) -> dict:
 
 
 def save_zarr(path: str, array: np.ndarray, voxel_size) -> str:
-    from connectome.volumes import create_volume
+    from connectome.io import create_volume
 
     vol = create_volume(path, array.shape, array.dtype, (32, 128, 128), voxel_size, overwrite=True)
     vol.write(vol.box, array)

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from connectome.cluster import ClusterConfig, open_client
-from connectome.segmentation import plan_segmentation, run_segmentation, segmentation_config
+from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
+from connectome.cluster.client import ClusterConfig, open_client
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import math
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from connectome.core.machine import cpu_name  # noqa: E402
 from connectome.models import available_models, load_model, predict_affinities  # noqa: E402
-from connectome.machine import cpu_name
 
 # dense bf16 tensor-core peak, TFLOP/s, by device-name fragment (vendor data sheets)
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
@@ -129,7 +129,7 @@ def write_md(path: Path, rows: list[dict], args) -> None:
     lines = [
         "# U-Net inference throughput",
         "",
-        f"- date: {datetime.now(timezone.utc).date().isoformat()}",
+        f"- date: {datetime.now(UTC).date().isoformat()}",
         f"- machine: {cpu_name()}, {torch.get_num_threads()} torch threads used for CPU rows "
         f"(machine shared with other jobs), torch {torch.__version__}",
         f"- GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none available in this run'}",

@@ -16,12 +16,28 @@ DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
 
+from slurm_fixture import local_slurm  # noqa: E402, F401  (session fixture for the SLURM tests)
+
+_missing_data: list[str] = []
+
 
 def data_file(relative: str) -> Path:
+    """A file of the real EM data in ../shared/data; its absence fails under CI and is reported at the end."""
     path = DATA / relative
     if not path.exists():
-        pytest.skip(f"real EM data not found at {path} (expected ../shared/data beside the repository)")
+        message = f"real EM data not found at {path} (expected ../shared/data beside the repository)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        _missing_data.append(relative)
+        pytest.skip(message)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say loudly, at the end of the run, which real-data tests did not run."""
+    if _missing_data:
+        terminalreporter.write_sep("!", f"REAL EM DATA MISSING: {len(_missing_data)} real-data tests skipped", red=True)
+        terminalreporter.write_line(f"expected {DATA}; missing: {', '.join(sorted(set(_missing_data)))}", red=True)
 
 
 @pytest.fixture(scope="session")

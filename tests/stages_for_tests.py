@@ -7,8 +7,11 @@ import time
 
 import numpy as np
 
-from connectome.geometry import Block
-from connectome.stages.base import BlockStage, OutputSpec, StageParams
+from connectome.core.geometry import Block
+from connectome.engine.global_step import GlobalStep
+from connectome.engine.registry import register
+from connectome.engine.stage import BlockStage, OutputSpec, StageParams, Table
+from connectome.io.tables import save_table
 
 
 class MarkParams(StageParams):
@@ -69,7 +72,7 @@ class WhereStage(BlockStage):
     def process(self, block, volumes):
         from distributed import get_worker
 
-        from workers.model_cache import default_device
+        from connectome.cluster.model_cache import default_device
 
         worker = get_worker()
         time.sleep(self.params.sleep)
@@ -83,3 +86,114 @@ class GpuWhereStage(WhereStage):
 
     name = "where-gpu"
     resources = {"GPU": 1}
+
+
+class PrefixSumParams(StageParams):
+    wait_for_neighbours: bool = True
+
+
+class PrefixSumStage(BlockStage):
+    """The summed-volume table of raw, S(z, y, x) = sum of raw over [0..z] x [0..y] x [0..x]: each block
+    adds its own prefix sums to the sums its lower neighbours wrote on the faces just below it (a
+    stage whose output depends on its earlier neighbours' output)."""
+
+    name = "prefix-sum"
+    Params = PrefixSumParams
+    inputs = ("raw",)
+    outputs = ("sums",)
+
+    @property
+    def reads_neighbours(self):  # type: ignore[override]
+        return self.params.wait_for_neighbours
+
+    def context(self):
+        from connectome.core.geometry import Context
+
+        return Context(lower=(1, 1, 1))
+
+    def output_specs(self, inputs):
+        return {"sums": OutputSpec(dtype="uint64")}
+
+    def process(self, block: Block, volumes):
+        import itertools
+
+        w, r = block.write_box, block.read_box
+        known = np.zeros(tuple(s + 1 for s in w.shape), np.int64)  # sums one voxel below each lower face
+        inner = tuple(slice(1 - (wo - ro), None) for wo, ro in zip(w.offset, r.offset))
+        known[inner] = volumes["sums"].read(r).astype(np.int64)
+        raw = volumes["raw"].read(w).astype(np.int64)
+        sums = raw.cumsum(0).cumsum(1).cumsum(2)
+        for axes in itertools.chain.from_iterable(itertools.combinations(range(3), k) for k in (1, 2, 3)):
+            face = tuple(slice(0, 1) if a in axes else slice(1, None) for a in range(3))
+            sums += (-1) ** (len(axes) + 1) * known[face]
+        volumes["sums"].write(w, sums.astype(np.uint64))
+        return {}
+
+
+class BlockSumStage(BlockStage):
+    """Writes one table per block: the sum of raw over its write box."""
+
+    name = "block-sum"
+    inputs = ("raw",)
+    tables = (Table("sums", 1),)
+
+    def process(self, block: Block, volumes):
+        save_table(self.table_dirs["sums"], block.index, total=np.int64(volumes["raw"].read(block.write_box).sum()))
+        return {}
+
+
+class TotalParams(StageParams):
+    scale: int = 1
+
+
+class TotalStep(GlobalStep):
+    """Adds every block's table into one file, once."""
+
+    name = "total"
+
+    def __init__(self, sums_dir: str, scale: int):
+        self.sums_dir, self.scale = sums_dir, scale
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.sums_dir, os.pardir, "total.json")
+
+    def fingerprint(self) -> dict:
+        return {"step": self.name, "tables": self.sums_dir, "scale": self.scale}
+
+    def run(self) -> dict:
+        import glob
+        import json
+
+        total = sum(int(np.load(p)["total"]) for p in glob.glob(os.path.join(self.sums_dir, "*.npz")))
+        with open(self.path, "w") as f:
+            json.dump({"total": total * self.scale}, f)
+        return {"total": total * self.scale}
+
+
+class FillTotalStage(BlockStage):
+    """Fills every block with the total that its global step computed."""
+
+    name = "fill-total"
+    Params = TotalParams
+    inputs = ("raw",)
+    outputs = ("total",)
+    reads_tables = (Table("sums", 1),)
+
+    def output_specs(self, inputs):
+        return {"total": OutputSpec(dtype="uint64")}
+
+    def global_step(self) -> TotalStep:
+        return TotalStep(self.table_dirs["sums"], self.params.scale)
+
+    def process(self, block: Block, volumes):
+        import json
+
+        with open(self.global_step().path) as f:
+            total = json.load(f)["total"]
+        volumes["total"].write(block.write_box, np.full(block.write_box.shape, total, np.uint64))
+        return {}
+
+
+for _stage in (BlockSumStage, FillTotalStage, PrefixSumStage):
+    register(_stage)

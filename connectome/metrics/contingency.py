@@ -9,8 +9,8 @@ Memory grows with the number of distinct (seg, gt) pairs, not with the number of
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import fastremap
 import numpy as np
@@ -44,8 +44,8 @@ def _pairs_in_slab(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     n_gt = len(gt_ids)
     key_type = np.uint32 if len(seg_ids) * n_gt < 2**32 else np.uint64
     key = seg_new.astype(key_type)
-    key *= key_type(n_gt)
-    key += gt_new.astype(key_type, copy=False)
+    np.multiply(key, key_type(n_gt), out=key)
+    np.add(key, gt_new.astype(key_type, copy=False), out=key)
     present, counts = fastremap.unique(key, return_counts=True)
     present = present.astype(np.int64)
     seg_col, gt_col = seg_ids[present // n_gt], gt_ids[present % n_gt]
@@ -54,7 +54,7 @@ def _pairs_in_slab(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     return seg_col[order], gt_col[order], counts.astype(np.int64)[order]
 
 
-def _reduce(seg: np.ndarray, gt: np.ndarray, count: np.ndarray) -> "Contingency":
+def _reduce(seg: np.ndarray, gt: np.ndarray, count: np.ndarray) -> Contingency:
     """Sum the counts of repeated (seg, gt) pairs; the result is sorted by (seg, gt)."""
     if len(seg) == 0:
         return Contingency.empty()
@@ -76,11 +76,11 @@ class Contingency:
     count: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Contingency":
+    def empty(cls) -> Contingency:
         return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
     @classmethod
-    def from_arrays(cls, seg: np.ndarray, gt: np.ndarray) -> "Contingency":
+    def from_arrays(cls, seg: np.ndarray, gt: np.ndarray) -> Contingency:
         """Tabulate two integer label arrays of one shape (signed ids are read as uint64)."""
         seg, gt = np.asarray(seg), np.asarray(gt)
         if seg.shape != gt.shape:
@@ -99,7 +99,7 @@ class Contingency:
         return cls.merge(cls(*p) for p in parts)
 
     @classmethod
-    def merge(cls, tables: Iterable["Contingency"]) -> "Contingency":
+    def merge(cls, tables: Iterable[Contingency]) -> Contingency:
         """The table of the union of disjoint regions, from the regions' tables."""
         tables = list(tables)
         if not tables:
@@ -110,7 +110,7 @@ class Contingency:
             np.concatenate([t.count for t in tables]),
         )
 
-    def __add__(self, other: "Contingency") -> "Contingency":
+    def __add__(self, other: Contingency) -> Contingency:
         return Contingency.merge([self, other])
 
     def __len__(self) -> int:
@@ -121,12 +121,12 @@ class Contingency:
         """Number of voxels tabulated, gt == 0 included."""
         return int(self.count.sum())
 
-    def labelled(self) -> "Contingency":
+    def labelled(self) -> Contingency:
         """The rows with gt != 0 (the voxels that VOI and adapted Rand score)."""
         keep = self.gt != 0
         return Contingency(self.seg[keep], self.gt[keep], self.count[keep])
 
-    def equals(self, other: "Contingency") -> bool:
+    def equals(self, other: Contingency) -> bool:
         return (
             np.array_equal(self.seg, other.seg)
             and np.array_equal(self.gt, other.gt)

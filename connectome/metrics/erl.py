@@ -22,8 +22,8 @@ skeleton that leaves segment A and comes back into it has two runs in A (funlib.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix

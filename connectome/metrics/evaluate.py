@@ -5,46 +5,65 @@ table and reads the segment and gt ids at the skeleton nodes that fall inside it
 summaries are kept, so the volumes themselves never need to fit in memory. The one whole-volume
 step is skeletonising the ground truth with kimimaro when no skeleton file is given; pass
 precomputed skeletons (`Skeletons.save`) for volumes that do not fit.
+
+With `per_section`, for 2-D ground truth (ISBI, VNC): each block tabulates one table per z section,
+VOI and adapted Rand are scored per section (gt == 0 excluded, as for the whole volume) and
+averaged over the sections that hold labelled gt; the gt is skeletonised section by section, and
+segment and skeleton ids are taken per section, so a segment that touches two gt objects of one
+section is a merge while one segment spanning several sections is not.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from connectome.errors import UserError
-from connectome.geometry import Block, BlockGrid
+from connectome.core.address import parse_address
+from connectome.core.errors import UserError
+from connectome.core.geometry import Block, BlockGrid, Box, vec3
+from connectome.io import Volume, open_volume
+from connectome.io.sections import SectionRange
 from connectome.metrics.contingency import Contingency, ContingencyAccumulator, check_label_dtype
 from connectome.metrics.erl import expected_run_length
 from connectome.metrics.rand import adapted_rand_stats
 from connectome.metrics.skeletons import NodeLookup, Skeletons
 from connectome.metrics.voi import voi_from_table
-from connectome.volumes import Volume, open_volume
 
 DEFAULT_BLOCK_SHAPE = (128, 256, 256)
+RESOLUTION_KEY = "resolution_zyx_nm"  # npz array giving the voxel size of the other arrays in the file
 
 
 @dataclass(frozen=True)
 class BlockSummary:
-    """What one block contributes: its table and the ids at the skeleton nodes inside it."""
+    """What one block contributes: its table(s) and the ids at the skeleton nodes inside it.
+
+    `sections` holds one table per z section of the block (z in volume coordinates) when the
+    evaluation is per section, else it is empty and `table` holds the whole block.
+    """
 
     table: Contingency
     nodes: np.ndarray
     seg_at_nodes: np.ndarray
     gt_at_nodes: np.ndarray
+    sections: dict[int, Contingency]
 
 
-def evaluate_block(seg: Volume, gt: Volume, block: Block, lookup: NodeLookup) -> BlockSummary:
+def evaluate_block(seg: Volume, gt: Volume, block: Block, lookup: NodeLookup,
+                   per_section: bool = False) -> BlockSummary:
     """Read one block's write box from both volumes and summarise it."""
     box = block.write_box
     s, g = seg.read(box), gt.read(box)
-    table = Contingency.from_arrays(s, g)
+    if per_section:
+        sections = {box.offset[0] + i: Contingency.from_arrays(s[i], g[i]) for i in range(box.shape[0])}
+        table = Contingency.empty()
+    else:
+        sections, table = {}, Contingency.from_arrays(s, g)
     nodes, seg_values = lookup.values(block, s)
     _, gt_values = lookup.values(block, g)
-    return BlockSummary(table, nodes, seg_values.astype(np.uint64), gt_values.astype(np.uint64))
+    return BlockSummary(table, nodes, seg_values.astype(np.uint64), gt_values.astype(np.uint64), sections)
 
 
 def _open_pair(seg_address: str, gt_address: str) -> tuple[Volume, Volume]:
@@ -63,12 +82,95 @@ def _open_pair(seg_address: str, gt_address: str) -> tuple[Volume, Volume]:
     return seg, gt
 
 
-def _skeletons_for(skeletons, gt: Volume, voxel_size) -> Skeletons:
+def npz_resolution(address: str) -> tuple[float, float, float] | None:
+    """The `resolution_zyx_nm` array stored beside an npz address's key, if the file has one."""
+    parsed = parse_address(address)
+    if parsed.kind != "npz":
+        return None
+    with np.load(parsed.path) as f:
+        if RESOLUTION_KEY not in f.files:
+            return None
+        found = np.asarray(f[RESOLUTION_KEY])
+    if found.shape != (3,) or not np.issubdtype(found.dtype, np.number) or not np.all(np.isfinite(found)) \
+            or np.any(found <= 0):
+        raise UserError(f"{parsed.path}: key {RESOLUTION_KEY}: expected 3 positive numbers (z y x nm), "
+                        f"found {found.tolist()}")
+    z, y, x = (float(v) for v in found)
+    return z, y, x
+
+
+def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -> tuple[tuple[float, ...], str]:
+    """(voxel size in nm, where it came from): --voxel-size, else the seg's, else the gt's, else 1 1 1."""
+    if given is not None:
+        size = tuple(float(v) for v in given)
+        if len(size) != 3 or any(not np.isfinite(v) or v <= 0 for v in size):
+            raise UserError(f"voxel size: expected 3 positive values (z y x nm), found {list(size)}")
+        return size, "--voxel-size"
+    for name, vol in (("seg", seg), ("gt", gt)):
+        if vol.meta.voxel_size_known:
+            return tuple(float(v) for v in vol.meta.voxel_size), f"{name} metadata ({vol.address})"
+        found = npz_resolution(vol.address)
+        if found is not None:
+            return found, f"{name} file ({parse_address(vol.address).path}#{RESOLUTION_KEY})"
+    return (1.0, 1.0, 1.0), "none found: 1 1 1 assumed, ERL in voxels (give --voxel-size)"
+
+
+def _first_section(vol: Volume) -> int:
+    """Index, in the addressed file, of the volume's section 0 (non-zero for an `ADDR[z0:z1]` range)."""
+    return vol.start if isinstance(vol, SectionRange) else 0
+
+
+def _per_section_ids(ids: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Ids made distinct per z section ((z, id) pairs numbered from 1); id 0 stays 0."""
+    ids = np.asarray(ids, np.uint64)
+    out = np.zeros(len(ids), np.uint64)
+    on = ids != 0
+    if on.any():
+        pairs = np.stack([np.asarray(z, np.uint64)[on], ids[on]], axis=1)
+        _, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        out[on] = inverse.reshape(-1).astype(np.uint64) + np.uint64(1)
+    return out
+
+
+def _skeletons_per_section(gt: Volume, voxel_size) -> Skeletons:
+    """Kimimaro skeletons of each z section of the gt on its own, ids distinct per section."""
+    _, ny, nx = gt.shape
+    parts = []
+    for z in range(gt.shape[0]):
+        sk = Skeletons.from_labels(gt.read(Box((z, 0, 0), (1, ny, nx))), voxel_size)
+        parts.append(Skeletons(sk.nodes + np.array([z, 0, 0]), sk.edges, sk.skeleton_ids))
+    starts = np.cumsum([0] + [len(p.nodes) for p in parts])
+    nodes = np.concatenate([p.nodes for p in parts])
+    edges = np.concatenate([p.edges + start for p, start in zip(parts, starts)])
+    ids = np.concatenate([p.skeleton_ids for p in parts])
+    return Skeletons(nodes, edges, _per_section_ids(ids, np.rint(nodes[:, 0]).astype(np.int64)))
+
+
+def _skeletons_for(skeletons, gt: Volume, voxel_size, per_section: bool = False) -> Skeletons:
     if isinstance(skeletons, Skeletons):
         return skeletons
     if skeletons is not None:
         return Skeletons.load(str(skeletons))
+    if per_section:
+        return _skeletons_per_section(gt, voxel_size)
     return Skeletons.from_labels(gt.read(gt.box), voxel_size)  # whole-volume: see module docstring
+
+
+def _section_scores(tables: dict[int, ContingencyAccumulator], first: int) -> tuple[list[dict], list[int]]:
+    """(one score entry per section holding labelled gt, z of the sections without any)."""
+    scored, skipped = [], []
+    for z in sorted(tables):
+        table = tables[z].result()
+        labelled = int(table.count[table.gt != 0].sum())
+        if labelled == 0:
+            skipped.append(first + z)
+            continue
+        split, merge = voi_from_table(table)
+        rand = adapted_rand_stats(table)
+        scored.append({"z": first + z, "voi_split": split, "voi_merge": merge, "arand": rand.error,
+                       "arand_precision": rand.precision, "arand_recall": rand.recall,
+                       "labelled_voxels": labelled})
+    return scored, skipped
 
 
 def evaluate_volumes(
@@ -77,47 +179,69 @@ def evaluate_volumes(
     block_shape: Sequence[int] = DEFAULT_BLOCK_SHAPE,
     skeletons: Skeletons | str | None = None,
     voxel_size: Sequence[float] | None = None,
+    per_section: bool = False,
 ) -> dict:
     """VOI, adapted Rand, ERL and merge/split counts of `seg_address` against `gt_address`.
 
     `skeletons`: a Skeletons, a path to a skeleton .npz, or None to skeletonise the gt with
-    kimimaro. `voxel_size` (nm, z y x) defaults to the gt volume's own. Keys of the result:
+    kimimaro. `voxel_size` (nm, z y x) defaults to the segmentation's own (zarr/precomputed
+    metadata, or a `resolution_zyx_nm` array in its npz), then the gt's. Keys of the result:
     voi_split, voi_merge, voi, arand, arand_precision, arand_recall, erl_nm, max_erl_nm (ERL of the
     gt scored against itself), merges, splits, merged_edges, omitted_edges, skeletons,
-    skeleton_length_nm, voxels, labelled_voxels, blocks, block_shape, voxel_size, seconds.
+    skeleton_length_nm, voxels, labelled_voxels, blocks, block_shape, voxel_size, voxel_size_from,
+    per_section, seconds. With `per_section` (see the module docstring) the VOI and Rand keys are
+    means over the scored sections, and `sections` (z, voi_split, voi_merge, arand, ...) and
+    `skipped_sections` (z of sections without labelled gt) are added; z counts from the start of
+    the addressed file, also for an `ADDR[z0:z1]` range.
     """
     start = time.perf_counter()
     seg, gt = _open_pair(seg_address, gt_address)
-    voxel_size = tuple(float(v) for v in (voxel_size or gt.meta.voxel_size))
-    if len(voxel_size) != 3 or any(v <= 0 for v in voxel_size):
-        raise UserError(f"voxel size: expected 3 positive values (z y x nm), found {list(voxel_size)}")
-    grid = BlockGrid(gt.box, block_shape)
-    skel = _skeletons_for(skeletons, gt, voxel_size)
+    voxel_size, voxel_size_from = resolve_voxel_size(seg, gt, voxel_size)
+    grid = BlockGrid(gt.box, vec3(block_shape))
+    skel = _skeletons_for(skeletons, gt, voxel_size, per_section)
     lookup = NodeLookup(skel, grid)
 
     tables = ContingencyAccumulator()
+    section_tables = {z: ContingencyAccumulator() for z in range(gt.shape[0])} if per_section else {}
     seg_at_nodes = np.zeros(len(skel.nodes), np.uint64)
     gt_at_nodes = np.zeros(len(skel.nodes), np.uint64)
     for block in grid:
-        part = evaluate_block(seg, gt, block, lookup)
+        part = evaluate_block(seg, gt, block, lookup, per_section)
         tables.add(part.table)
+        for z, section in part.sections.items():
+            section_tables[z].add(section)
         seg_at_nodes[part.nodes] = part.seg_at_nodes
         gt_at_nodes[part.nodes] = part.gt_at_nodes
-    table = tables.result()
 
-    if not np.any(table.gt != 0):
-        raise UserError(f"{gt.address}: ground truth has no labelled voxels (gt == 0 everywhere)")
-    split, merge = voi_from_table(table)
-    rand = adapted_rand_stats(table)
+    if per_section:
+        scored, skipped = _section_scores(section_tables, _first_section(gt))
+        if not scored:
+            raise UserError(f"{gt.address}: ground truth has no labelled voxels (gt == 0 everywhere)")
+        node_z = skel.voxels()[:, 0]
+        seg_at_nodes = _per_section_ids(seg_at_nodes, node_z)
+        gt_at_nodes = _per_section_ids(gt_at_nodes, node_z)
+        means = {k: float(np.mean([s[k] for s in scored]))
+                 for k in ("voi_split", "voi_merge", "arand", "arand_precision", "arand_recall")}
+        split, merge = means["voi_split"], means["voi_merge"]
+        rand_keys = {"arand": means["arand"], "arand_precision": means["arand_precision"],
+                     "arand_recall": means["arand_recall"]}
+        voxels = int(np.prod(gt.shape))
+        labelled = sum(s["labelled_voxels"] for s in scored)
+    else:
+        table = tables.result()
+        if not np.any(table.gt != 0):
+            raise UserError(f"{gt.address}: ground truth has no labelled voxels (gt == 0 everywhere)")
+        split, merge = voi_from_table(table)
+        rand = adapted_rand_stats(table)
+        rand_keys = {"arand": rand.error, "arand_precision": rand.precision, "arand_recall": rand.recall}
+        voxels, labelled = table.total, int(table.count[table.gt != 0].sum())
     run = expected_run_length(skel, seg_at_nodes, voxel_size)
     best = expected_run_length(skel, gt_at_nodes, voxel_size)
-    return {
+    result = {
         "voi_split": split,
         "voi_merge": merge,
         "voi": split + merge,
-        "arand": rand.error,
-        "arand_precision": rand.precision,
-        "arand_recall": rand.recall,
+        **rand_keys,
         "erl_nm": run.erl_nm,
         "max_erl_nm": best.erl_nm,
         "merges": run.merges,
@@ -126,10 +250,16 @@ def evaluate_volumes(
         "omitted_edges": run.omitted_edges,
         "skeletons": int(len(np.unique(skel.skeleton_ids))),
         "skeleton_length_nm": run.total_length_nm,
-        "voxels": table.total,
-        "labelled_voxels": int(table.count[table.gt != 0].sum()),
+        "voxels": voxels,
+        "labelled_voxels": labelled,
         "blocks": len(grid),
         "block_shape": list(grid.block_shape),
         "voxel_size": list(voxel_size),
-        "seconds": time.perf_counter() - start,
+        "voxel_size_from": voxel_size_from,
+        "per_section": per_section,
     }
+    if per_section:
+        result["sections"] = scored
+        result["skipped_sections"] = skipped
+    result["seconds"] = time.perf_counter() - start
+    return result

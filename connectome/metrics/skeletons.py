@@ -9,13 +9,13 @@ ground-truth object each node belongs to (an edge joins two nodes of one skeleto
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from connectome.errors import UserError
-from connectome.geometry import Block, BlockGrid
+from connectome.core.errors import UserError
+from connectome.core.geometry import Block, BlockGrid
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Skeletons:
     @classmethod
     def from_labels(
         cls, labels: np.ndarray, voxel_size: Sequence[float], teasar_params: dict | None = None
-    ) -> "Skeletons":
+    ) -> Skeletons:
         """TEASAR skeletons (kimimaro) of every non-zero label of a whole in-memory volume."""
         import kimimaro
 
@@ -91,7 +91,7 @@ class Skeletons:
         np.savez_compressed(path, nodes=self.nodes, edges=self.edges, skeleton_ids=self.skeleton_ids)
 
     @classmethod
-    def load(cls, path: str) -> "Skeletons":
+    def load(cls, path: str) -> Skeletons:
         """Read the npz format of the module docstring; bad files raise UserError."""
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such skeleton file")

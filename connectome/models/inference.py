@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -55,7 +56,11 @@ def _forward(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
         return y.contiguous().cpu().numpy()
 
 
-def predict_affinities(model: LoadedModel, raw) -> np.ndarray:
+@overload
+def predict_affinities(model: LoadedModel, raw: np.ndarray) -> np.ndarray: ...
+@overload
+def predict_affinities(model: LoadedModel, raw: list | tuple) -> list[np.ndarray]: ...
+def predict_affinities(model: LoadedModel, raw) -> np.ndarray | list[np.ndarray]:
     """Nearest-neighbour affinities, float32 (3, z, y, x), for uint8 raw whose shape is a multiple of
     `model.info.divisor`; a list or an (n, z, y, x) array gives a list / (n, 3, z, y, x) array."""
     batched = isinstance(raw, (list, tuple)) or (isinstance(raw, np.ndarray) and raw.ndim == 4)
@@ -68,9 +73,9 @@ def predict_affinities(model: LoadedModel, raw) -> np.ndarray:
     if model.device.type == "cuda" and same and arrays:
         out = _forward(model, np.stack(arrays))
     else:  # on CPU a batch is no faster than one tile after another, and needs more memory
-        out = np.stack([_forward(model, a[None])[0] for a in arrays]) if same else None
-        if out is None:
+        if not same:
             return [_forward(model, a[None])[0] for a in arrays]
+        out = np.stack([_forward(model, a[None])[0] for a in arrays])
     return out if isinstance(raw, np.ndarray) else list(out)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from connectome.errors import UserError
+from connectome.core.errors import UserError
 from connectome.models.unet import NEAREST_OFFSETS, UNet, UNetConfig, Vec3, aligned_reach, fold_batchnorm
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -122,7 +122,8 @@ def load_model(name: str, device: str | torch.device | None = None) -> LoadedMod
     net.load_state_dict({k: v.float() for k, v in state.items()})
     net.keep_outputs(len(NEAREST_OFFSETS))
     fold_batchnorm(net.eval())
-    net = net.to(dev).to(memory_format=torch.channels_last_3d).eval()
+    # torch stubs: Module.to(memory_format=...) works and is documented but has no overload
+    net = net.to(dev).to(memory_format=torch.channels_last_3d).eval()  # type: ignore[call-overload]
     for p in net.parameters():
         p.requires_grad_(False)
     return LoadedModel(net=net, info=info, device=dev)

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from connectome.core.geometry import vec3
+
 Vec3 = tuple[int, int, int]
 
 NEAREST_OFFSETS: tuple[Vec3, ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
@@ -74,7 +76,7 @@ class UNetConfig:
         """Cumulative downsampling factor of each level relative to the input."""
         out = [(1, 1, 1)]
         for d in self.downsample:
-            out.append(tuple(a * b for a, b in zip(out[-1], d)))
+            out.append(vec3([a * b for a, b in zip(out[-1], d)]))
         return tuple(out)
 
     @property
@@ -112,11 +114,11 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         return cls(**d)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def aligned_reach(config: UNetConfig) -> Vec3:
     """Per axis, the least margin that makes the output of a divisor-aligned tile exact.
 
@@ -130,7 +132,8 @@ def aligned_reach(config: UNetConfig) -> Vec3:
         for m in net.modules():
             if isinstance(m, nn.Conv3d):
                 m.weight.fill_(1.0 / m.weight[0].numel())
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
     out = []
     for a in range(3):
         d, r = config.divisor[a], config.radius[a]
@@ -140,7 +143,7 @@ def aligned_reach(config: UNetConfig) -> Vec3:
         c0 = n // 2 // d * d
         x = torch.zeros(d, config.in_channels, *shape, dtype=torch.float64)
         for p in range(d):
-            idx = [p, slice(None), 0, 0, 0]
+            idx: list[int | slice] = [p, slice(None), 0, 0, 0]
             idx[2 + a] = c0 + p
             x[tuple(idx)] = 1.0
         with torch.no_grad():
@@ -178,7 +181,7 @@ def _conv_list(cfg: UNetConfig) -> list[tuple[int, int, int, Vec3]]:
 
 
 def _conv_block(cin: int, cout: int, kernel: Vec3, norm: str, stride: Vec3 | None = None) -> list[nn.Module]:
-    pad = (0, 0, 0) if stride else tuple(k // 2 for k in kernel)
+    pad = (0, 0, 0) if stride else vec3([k // 2 for k in kernel])
     layers: list[nn.Module] = [nn.Conv3d(cin, cout, kernel, stride=stride or 1, padding=pad)]
     if norm == "batch":
         layers.append(nn.BatchNorm3d(cout))
@@ -201,8 +204,9 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
         if not isinstance(seq, nn.Sequential):
             continue
         for i in range(len(seq) - 1):
-            if isinstance(seq[i], nn.Conv3d) and isinstance(seq[i + 1], nn.BatchNorm3d):
-                seq[i] = fuse_conv_bn_eval(seq[i].eval(), seq[i + 1].eval())
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d):
+                seq[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                 seq[i + 1] = nn.Identity()
     return net
 
@@ -233,13 +237,14 @@ class UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             # oneDNN has no fast path for 1-channel 3-d convolutions (4x slower on CPU); a doubled
             # input channel takes the fast one
-            x = x.expand(-1, 2, -1, -1, -1).contiguous(memory_format=_memory_format(self.encoders[0][0].weight))
+            x = x.expand(-1, 2, -1, -1, -1).contiguous(memory_format=_memory_format(self._first_conv().weight))
         skips = []
         for l, enc in enumerate(self.encoders):
             if l > 0:
@@ -253,13 +258,21 @@ class UNet(nn.Module):
             x = self.decoders[l](x)
         return self.head(x)
 
+    def _first_conv(self) -> nn.Conv3d:
+        first = self.encoders[0]
+        conv = first[0] if isinstance(first, nn.Sequential) else None
+        if not isinstance(conv, nn.Conv3d):
+            raise TypeError(f"UNet: expected a Conv3d to open the first encoder, found {type(conv).__name__}")
+        return conv
+
     def keep_outputs(self, n: int) -> None:
         """Drop all but the first `n` output channels (inference needs only the nearest neighbours)."""
         old = self.head
-        new = nn.Conv3d(old.in_channels, n, 1).to(old.weight.device, old.weight.dtype)
+        new = nn.Conv3d(old.in_channels, n, 1, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(old.weight[:n])
-            new.bias.copy_(old.bias[:n])
+            if new.bias is not None and old.bias is not None:
+                new.bias.copy_(old.bias[:n])
         self.head = new
 
 

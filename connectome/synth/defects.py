@@ -30,7 +30,7 @@ class Defects:
     drift_offset: float = 0.06  # peak change of brightness, fraction of full scale
 
     @classmethod
-    def from_names(cls, names: str | list[str], **kw) -> "Defects":
+    def from_names(cls, names: str | list[str], **kw) -> Defects:
         """'shifts,missing,drift' -> Defects with those switched on."""
         if isinstance(names, str):
             names = [n.strip() for n in names.split(",") if n.strip()]
@@ -92,6 +92,6 @@ def shift_sections(img: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 
 def apply_drift(img: np.ndarray, record: SectionRecord) -> np.ndarray:
-    if record.gain is None:
+    if record.gain is None or record.offset is None:  # draw() sets both or neither
         return img
     return img * record.gain[:, None, None].astype(np.float32) + record.offset[:, None, None].astype(np.float32)

@@ -36,7 +36,7 @@ class Space:
     hi: np.ndarray
 
     @classmethod
-    def of(cls, shape, voxel_size) -> "Space":
+    def of(cls, shape, voxel_size) -> Space:
         vs = np.asarray(voxel_size, float)
         return cls(-vs / 2, np.asarray(shape) * vs - vs / 2)
 
@@ -79,7 +79,7 @@ class Obstacles:
         v = p - c
         return c, v, np.linalg.norm(v, axis=1)
 
-    def near(self, p: np.ndarray, reach: float) -> "Obstacles":
+    def near(self, p: np.ndarray, reach: float) -> Obstacles:
         """The obstacles whose surface lies within `reach` of p (a walk's local neighbourhood)."""
         sub = Obstacles()
         if len(self.R):
@@ -126,7 +126,7 @@ def walk(rng, start, direction, *, step, sigma, space: Space, margin, obstacles:
         d = unit(d + sigma * rng.standard_normal(3))
         p = pts[-1] + step * d
         if obstacles is not None:
-            if anchor is None or np.linalg.norm(pts[-1] - anchor) > 3 * step:
+            if anchor is None or local is None or np.linalg.norm(pts[-1] - anchor) > 3 * step:
                 anchor = pts[-1]  # refresh the obstacles that the next few steps can reach
                 local = obstacles.near(anchor, radius + 5 * step)
             p, overlap = local.push(p, radius, rng)
@@ -153,8 +153,10 @@ def through_walk(rng, start, direction, **kw) -> np.ndarray:
 def free_start(rng, space: Space, obstacles: Obstacles | None, r: float, tries: int = 10) -> np.ndarray:
     """A random point in the box clear of obstacles (or the last try, pushed out of them)."""
     p = space.uniform(rng)
+    if obstacles is None:
+        return p
     for _ in range(tries):
-        if obstacles is None or obstacles.clearance(p, r) >= 0:
+        if obstacles.clearance(p, r) >= 0:
             return p
         p = space.uniform(rng)
     return obstacles.push(p, r, rng)[0]

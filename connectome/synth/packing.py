@@ -11,8 +11,15 @@ from scipy import ndimage as ndi
 
 from connectome.synth import codes as K
 from connectome.synth.neurites import (
-    Neuron, Obstacles, Space, make_axon, make_dendrite, make_myelinated_axon, make_soma_neuron,
-    random_unit, unit,
+    Neuron,
+    Obstacles,
+    Space,
+    make_axon,
+    make_dendrite,
+    make_myelinated_axon,
+    make_soma_neuron,
+    random_unit,
+    unit,
 )
 from connectome.synth.options import TissueOptions
 from connectome.synth.raster import Segments, capsule_window, rasterise

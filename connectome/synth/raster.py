@@ -23,7 +23,7 @@ class Segments:
     code: np.ndarray  # (S,) uint8 compartment or organelle code
 
     @classmethod
-    def from_rows(cls, rows: list[tuple]) -> "Segments":
+    def from_rows(cls, rows: list[tuple]) -> Segments:
         """Rows of (p0, p1, r0, r1, label, code)."""
         if not rows:
             z = np.zeros((0, 3))
@@ -94,6 +94,8 @@ def rasterise(segments: Segments, voxel_size, labels: np.ndarray | None, codes: 
         sl, m2 = win
         if force:
             take = m2 < 1.0
+        elif best is None:
+            raise TypeError("rasterise: competing mode (force=False) needs `best`")
         else:
             take = m2 < np.minimum(best[sl], 1.0)
         take &= ~locked[sl]
@@ -106,5 +108,5 @@ def rasterise(segments: Segments, voxel_size, labels: np.ndarray | None, codes: 
         codes[sl][take] = segments.code[i]
         if force:
             locked[sl] |= take
-        else:
+        elif best is not None:  # always so here: competing mode without `best` raised above
             best[sl][take] = m2[take]

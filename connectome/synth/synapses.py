@@ -7,12 +7,14 @@ import numpy as np
 from connectome.synth import codes as K
 from connectome.synth.raster import capsule_window
 
-SYNAPSE_DTYPE = np.dtype([
+_SYNAPSE_COLUMNS: list[tuple[str, type | str]] = [
     ("z", np.int64), ("y", np.int64), ("x", np.int64),  # a postsynaptic voxel at the cleft
     ("pre_id", np.uint64), ("post_id", np.uint64),
     ("post_compartment", "U8"),  # spine, dendrite or soma
     ("area_nm2", np.float64),  # contact area between the bouton and the partner
-])
+]
+SYNAPSE_DTYPE = np.dtype(_SYNAPSE_COLUMNS)
+SYNAPSE_FIELDS: tuple[str, ...] = tuple(name for name, _ in _SYNAPSE_COLUMNS)  # SYNAPSE_DTYPE.names
 
 COMPARTMENT_WORD = {K.C_SPINE: "spine", K.C_DENDRITE: "dendrite", K.C_SOMA: "soma"}
 
@@ -25,11 +27,11 @@ def _contacts(labels: np.ndarray, comps: np.ndarray, voxel_size):
     vs = np.asarray(voxel_size, float)
     for axis in range(3):
         n = labels.shape[axis]
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[axis] = slice(0, n - 1)
-        b[axis] = slice(1, n)
-        a, b = tuple(a), tuple(b)
+        low = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis] = slice(0, n - 1)
+        high[axis] = slice(1, n)
+        a, b = tuple(low), tuple(high)
         differ = labels[a] != labels[b]
         step = np.zeros(3, np.int64)
         step[axis] = 1

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from connectome.errors import UserError
+from connectome.core.errors import UserError
+from connectome.io import create_volume
 from connectome.synth import codes as K
 from connectome.synth.defects import Defects, SectionRecord
-from connectome.synth.synapses import SYNAPSE_DTYPE
-from connectome.volumes import create_volume
+from connectome.synth.synapses import SYNAPSE_DTYPE, SYNAPSE_FIELDS
 
 VOLUMES = ("raw", "labels", "tissue", "compartments", "organelles")
 SHIFT_CONVENTION = "raw[z, y, x] = aligned[z, y - dy, x - dx]; labels and tissue are aligned"
@@ -69,7 +69,7 @@ class SynthVolume:
         for i, (nodes, edges) in self.skeletons.items():
             arrays[f"nodes_{i}"] = nodes.astype(np.float32)
             arrays[f"edges_{i}"] = edges.astype(np.int32)
-        np.savez_compressed(sk, **arrays)
+        np.savez_compressed(sk, allow_pickle=True, **arrays)  # the default, named: no key of `arrays` can fill it
         paths["skeletons"] = sk
         paths["section_shifts"] = _write_json(os.path.join(gt, "section_shifts.json"), {
             "shifts_px": self.sections.shifts.tolist(), "convention": SHIFT_CONVENTION})
@@ -110,7 +110,7 @@ def load_ground_truth(out_dir: str) -> GroundTruth:
         rows = list(csv.DictReader(f))
     synapses = np.zeros(len(rows), SYNAPSE_DTYPE)
     for i, r in enumerate(rows):
-        synapses[i] = tuple(SYNAPSE_DTYPE[name].type(r[name]) for name in SYNAPSE_DTYPE.names)
+        synapses[i] = tuple(SYNAPSE_DTYPE[name].type(r[name]) for name in SYNAPSE_FIELDS)
     with np.load(os.path.join(gt, "skeletons.npz")) as z:
         skeletons = {int(i): (z[f"nodes_{int(i)}"], z[f"edges_{int(i)}"]) for i in z["ids"]}
     shifts = np.array(_read_json(os.path.join(gt, "section_shifts.json"))["shifts_px"], float).reshape(-1, 2)
@@ -132,7 +132,7 @@ def _read_json(path: str):
 def _write_synapses(path: str, synapses: np.ndarray) -> str:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(SYNAPSE_DTYPE.names)
+        w.writerow(SYNAPSE_FIELDS)
         for s in synapses:
-            w.writerow([s[n] for n in SYNAPSE_DTYPE.names])
+            w.writerow([s[n] for n in SYNAPSE_FIELDS])
     return path

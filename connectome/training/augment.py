@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from connectome.core.geometry import vec3
+
 Vec3 = tuple[int, int, int]
 
 
@@ -83,7 +85,7 @@ def augment_patch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented patch: raw float32 in [0, 1] and labels, both `patch`-shaped, cut from the
     (in-memory) volumes `raw` (uint8) and `labels` around a random centre (or `centre`)."""
-    patch = tuple(int(p) for p in patch)
+    patch = vec3(patch)
     a = _axis_map(config, rng)
     grid = np.indices(patch, dtype=np.float32)
     grid -= ((np.array(patch, np.float32) - 1) / 2)[:, None, None, None]

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import fastremap
 import numpy as np
 
-from connectome.errors import UserError
-
-_ZRANGE = re.compile(r"^(?P<addr>.+)\[(?P<z0>-?\d*):(?P<z1>-?\d*)\]$")
+from connectome.core.address import split_sections
+from connectome.core.errors import UserError
 
 
 def parse_address(text: str) -> tuple[str, slice]:
     """`ADDR[z0:z1]` -> (ADDR, slice(z0, z1)); a plain ADDR takes all sections."""
-    m = _ZRANGE.match(text)
-    if not m:
-        return text, slice(None)
-    z0 = int(m["z0"]) if m["z0"] else None
-    z1 = int(m["z1"]) if m["z1"] else None
-    return m["addr"], slice(z0, z1)
+    address, sections = split_sections(text)
+    return address, sections or slice(None)
 
 
 def load_array(text: str) -> np.ndarray:
     """The whole (z-ranged) volume at address `text`."""
-    from connectome.volumes import open_volume
+    from connectome.io import open_volume
 
     address, zs = parse_address(text)
     vol = open_volume(address)
@@ -34,7 +28,7 @@ def load_array(text: str) -> np.ndarray:
     start, stop, _ = zs.indices(vol.shape[0])
     if stop <= start:
         raise UserError(f"{text}: the z range selects no sections (volume has {vol.shape[0]})")
-    from connectome.geometry import Box
+    from connectome.core.geometry import Box
 
     return vol.read(Box((start, 0, 0), (stop - start, *vol.shape[1:])))
 
@@ -88,7 +82,7 @@ def overlapping_sections(train: list[str], val: list[str]) -> list[str]:
             va, _ = parse_address(v)
             if ta != va:
                 continue
-            from connectome.volumes import open_volume
+            from connectome.io import open_volume
 
             depth = open_volume(ta).shape[0]
             t0, t1 = z_range(t, depth)

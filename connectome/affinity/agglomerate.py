@@ -1,0 +1,39 @@
+"""One block's region-graph table: edges (also those across the block's lower faces) and the
+watershed pointers across those faces that join pieces of one basin (`link_u`, `link_v`).
+
+The edges come from `affinity.region_graph`; each block's table is an npz with `nodes`, `u`,
+`v`, `sums`, `counts`, the links, and the affinity histograms stored sparsely (`hist_edge`,
+`hist_bin`, `hist_count`: only non-zero bins), since most contacts are a few voxel pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from connectome.affinity.encoding import affinities_as_float
+from connectome.affinity.fragments import block_edges
+from connectome.affinity.region_graph import region_graph
+from connectome.affinity.watershed import face_links, pointers
+from connectome.core.geometry import Box
+from connectome.io import Volume
+
+EDGES_FORMAT = 2  # 2: sparse histograms
+
+
+def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, aff_low: float,
+                aff_high: float) -> dict[str, np.ndarray]:
+    """The region-graph table of the block writing `write`; `read` adds one voxel below each inner face."""
+    (rz, ry, rx), (wz, wy, wx) = read.offset, write.offset
+    has_lower = (rz < wz, ry < wy, rx < wx)
+    frag = fragments.read(read)
+    affs = affinities_as_float(affinities.read(write), np.float64)
+    u, v, sums, counts, hist = region_graph(frag, affs, has_lower)
+    edges = block_edges(affinities, read)
+    ptr = pointers(edges, aff_low)
+    link_u, link_v = face_links(ptr, edges, frag, has_lower, aff_high)
+    start = tuple(int(h) for h in has_lower)
+    nodes = np.unique(frag[tuple(slice(s, None) for s in start)])
+    nodes = nodes[nodes != 0]
+    hist_edge = np.repeat(np.arange(len(u), dtype=np.uint32), np.diff(hist.indptr))
+    return dict(nodes=nodes, u=u, v=v, sums=sums, counts=counts, hist_edge=hist_edge,
+                hist_bin=hist.indices.astype(np.uint8), hist_count=hist.data, link_u=link_u, link_v=link_v)

@@ -1,0 +1,174 @@
+"""The affinity chain's stages: affinities -> fragments -> agglomerate -> (merge) -> relabel.
+
+- `affinities`: a U-Net, resident on each worker, predicts nearest-neighbour affinities; each block
+  reads its write box padded to the model's downsampling factor and grown by its context, mirrored
+  past the volume's faces, so a block's output equals the whole-volume prediction (seam-free).
+- `fragments`: the steepest-ascent watershed per block, ids `(block << 32) | local`.
+- `agglomerate`: one region-graph table per block (edges across its lower faces included).
+- `relabel`: the global merge (a global step) into a lookup table, then fragments -> segments.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
+from connectome.affinity.encoding import affinities_as_uint8
+from connectome.affinity.fragments import block_edges, globalise
+from connectome.affinity.relabel import MergeStep, load_lut, relabel
+from connectome.affinity.watershed import basins, pointers
+from connectome.core.errors import UserError
+from connectome.core.geometry import Block, Context, Vec, vec3
+from connectome.engine.registry import register
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.io import Volume, VolumeMeta
+from connectome.io.reflected import read_reflected
+from connectome.io.tables import save_table
+
+VOXEL_TOLERANCE = 1.5  # a model runs on data whose voxel size is within this factor of its own, per axis
+
+
+class AffinitiesParams(StageParams):
+    model: str = Field("synthetic", description="shipped model name or path to a .pt file")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
+    allow_voxel_mismatch: bool = Field(False, description="run a model on data of another voxel size")
+
+
+@register
+class AffinitiesStage(BlockStage[AffinitiesParams]):
+    name = "affinities"
+    Params = AffinitiesParams
+    inputs = (Input("raw", dtypes=("uint8",)),)
+    outputs = (Output("affinities", OutputSpec(dtype="uint8", channels=3)),)
+    resources = {"GPU": 1}  # asked for only where the cluster has GPU workers
+
+    @cached_property
+    def model_info(self):
+        from connectome.models.registry import read_info, resolve_model_path
+
+        return read_info(resolve_model_path(self.params.model))
+
+    def context(self) -> Context:
+        c = vec3(self.model_info.context)
+        return Context(c, c, multiple=vec3(self.model_info.divisor), clip=False)
+
+    def block_multiple(self) -> Vec:
+        return vec3(self.model_info.divisor)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        data = inputs["raw"].voxel_size
+        model = self.model_info.voxel_size
+        ratios = [d / m for d, m in zip(data, model)]
+        if not self.params.allow_voxel_mismatch and any(not 1 / VOXEL_TOLERANCE <= r <= VOXEL_TOLERANCE
+                                                        for r in ratios):
+            raise UserError(
+                f"model {self.params.model}: trained on {list(model)} nm voxels, but "
+                f"{self.input_addresses['raw']} has {list(data)} nm; choose a model of that voxel size "
+                "or pass --allow-voxel-mismatch"
+            )
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        from connectome.cluster.model_cache import get_model
+        from connectome.models import predict_affinities
+
+        model = get_model(self.params.model, self.params.device)
+        raw = read_reflected(volumes["raw"], block.read_box)
+        affs = predict_affinities(model, raw)
+        inner = block.write_box.relative_to(block.read_box)
+        volumes["affinities"].write(block.write_box, affinities_as_uint8(affs[(slice(0, 3), *inner)]))
+        return {}
+
+
+class WatershedParams(StageParams):
+    aff_low: float = Field(0.5 / 255, ge=0, lt=1, description="voxels whose best affinity is below this stay 0")
+    aff_high: float = Field(0.99, gt=0, le=1, description="edges at or above this always join their voxels")
+
+
+@register
+class FragmentsStage(BlockStage[WatershedParams]):
+    name = "fragments"
+    Params = WatershedParams
+    inputs = (Input("affinities", dtypes=("uint8",)),)
+    outputs = (Output("fragments", OutputSpec(dtype="uint64")),)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        edges = block_edges(volumes["affinities"], block.write_box)
+        local = basins(pointers(edges, self.params.aff_low), edges, self.params.aff_high)
+        volumes["fragments"].write(block.write_box, globalise(local, block.index))
+        return {"fragments": int(local.max(initial=0))}
+
+
+class AgglomerateParams(StageParams):
+    aff_low: float | None = Field(None, ge=0, lt=1, description="the fragments stage's (default: taken from it)")
+    aff_high: float | None = Field(None, gt=0, le=1, description="the fragments stage's (default: taken from it)")
+
+
+@register
+class AgglomerateStage(BlockStage[AgglomerateParams]):
+    name = "agglomerate"
+    Params = AgglomerateParams
+    inputs = (Input("affinities", dtypes=("uint8",)), Input("fragments", dtypes=("uint64",)))
+    tables = (Table("edges", EDGES_FORMAT),)
+
+    def context(self) -> Context:
+        return Context(lower=(1, 1, 1))  # the fragments one voxel below each inner lower face
+
+    def check_upstream(self, upstream: dict[str, BlockStage | None]) -> AgglomerateParams:
+        """The watershed thresholds are the fragments stage's: taken from it, or refused when they differ."""
+        producer = upstream.get("fragments")
+        source = producer.params if isinstance(producer, FragmentsStage) else WatershedParams()
+        values = {}
+        for key in ("aff_low", "aff_high"):
+            given, wanted = getattr(self.params, key), getattr(source, key)
+            if given is not None and given != wanted:
+                raise UserError(f"stage 'agglomerate': {key} {given} differs from the fragments stage's {wanted}; "
+                                "set it on the fragments stage only")
+            values[key] = wanted
+        return self.params.model_copy(update=values)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        p = self.params
+        if p.aff_low is None or p.aff_high is None:
+            raise RuntimeError("stage 'agglomerate': aff_low and aff_high unset (the plan's check_upstream sets them)")
+        table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
+                            p.aff_low, p.aff_high)
+        save_table(self.table_dirs["edges"], block.index, **table)
+        return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}
+
+
+class RelabelParams(StageParams):
+    threshold: float = Field(0.5, ge=0, le=1, description="merge while the edge score is below this")
+    scoring: Literal["mean", "quantile"] = Field("mean", description="score = 1 - mean or 1 - quantile affinity")
+    quantile: float = Field(0.5, gt=0, lt=1, description="the quantile, for quantile scoring")
+
+
+@register
+class RelabelStage(BlockStage[RelabelParams]):
+    name = "relabel"
+    Params = RelabelParams
+    inputs = (Input("fragments", dtypes=("uint64",)),)
+    outputs = (Output("segmentation", OutputSpec(dtype="uint64")),)
+    reads_tables = (Table("edges", EDGES_FORMAT),)
+
+    @cached_property
+    def merge(self) -> MergeStep:
+        p = self.params
+        return MergeStep(self.table_dirs["edges"], p.threshold, p.scoring, p.quantile)
+
+    def global_step(self) -> MergeStep:
+        """The merge, run once before the blocks."""
+        return self.merge
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "lut": self.merge.fingerprint()["lut"]}
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        keys, values = load_lut(self.merge.path)
+        seg = relabel(volumes["fragments"].read(block.write_box), keys, values)
+        volumes["segmentation"].write(block.write_box, seg)
+        return {"segments": int(np.unique(seg[seg != 0]).size)}

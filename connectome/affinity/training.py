@@ -1,0 +1,374 @@
+"""Training loop for the affinity U-Net: augmented patches, class-balanced BCE, VOI-based validation."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from connectome.affinity.targets import affinities_from_labels, balance_weights
+from connectome.core.errors import UserError
+from connectome.core.machine import cpu_name
+from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, model_context, save_model
+from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
+from connectome.training.augment import AugmentConfig, Augmenter
+from connectome.training.curves import plot_curves
+from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
+
+Vec3 = tuple[int, int, int]
+
+# long-range affinities trained as auxiliary outputs (dropped at inference)
+AUX_OFFSETS = {
+    "iso": ((-3, 0, 0), (0, -3, 0), (0, 0, -3), (-9, 0, 0), (0, -9, 0), (0, 0, -9)),
+    "aniso": ((-2, 0, 0), (0, -3, 0), (0, 0, -3), (0, -9, 0), (0, 0, -9)),
+}
+DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SCORING = "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>"  # waterz default, as our agglomerate stage
+
+
+@dataclass
+class TrainSettings:
+    """Everything that determines a training run (recorded in the model's provenance)."""
+
+    raw: list[str]
+    labels: list[str]
+    name: str
+    out: str
+    val_raw: str | None = None
+    val_labels: str | None = None
+    eval_raw: list[str] = field(default_factory=list)  # scored with the best checkpoint only
+    eval_labels: list[str] = field(default_factory=list)
+    iterations: int = 1000
+    batch_size: int = 2
+    patch: Vec3 = (48, 48, 48)
+    seed: int = 0
+    device: str = "cpu"
+    arch: str = "iso"
+    voxel_size: tuple[float, float, float] | None = None
+    labels_2d: bool = False
+    aux: bool = True
+    norm: str = "batch"  # BatchNorm while training (folded away for inference) or "none"
+    lr: float = 1e-3
+    val_every: int = 250
+    max_minutes: float | None = None  # stop (and finish the learning-rate decay) by this wall time
+    init: str | None = None  # start from this model's weights (name or .pt path; same architecture)
+    loss_margin: Vec3 | None = None  # voxels at each patch face left out of the loss
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    threads: int = 2
+    install: bool = False  # copy the best weights + json into connectome/models/weights/
+    command: str = ""
+
+
+def augment_config(arch: str) -> AugmentConfig:
+    if arch == "aniso":
+        return AugmentConfig(anisotropic=True, elastic_sigma=3.0, elastic_spacing=(1, 24, 24),
+                             missing_sections=0.03, shifted_sections=0.05, max_section_shift=4)
+    return AugmentConfig(anisotropic=False, elastic_sigma=2.0, elastic_spacing=(12, 12, 12))
+
+
+def default_margin(arch: str) -> Vec3:
+    return (0, 8, 8) if arch == "aniso" else (4, 4, 4)
+
+
+@contextlib.contextmanager
+def _quiet_c_stdout():
+    """Silence what compiled code (waterz) prints on file descriptor 1."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def voi_over_thresholds(affs: np.ndarray, gt: np.ndarray, thresholds) -> list[dict]:
+    """waterz agglomeration of `affs` at each threshold, scored against `gt` (VOI in bits, gt==0 out)."""
+    import waterz
+
+    from connectome.metrics import voi
+
+    affs = np.ascontiguousarray(affs, dtype=np.float32)
+    gt = np.ascontiguousarray(gt)
+    out = []
+    with _quiet_c_stdout():
+        for t, seg in zip(thresholds, waterz.agglomerate(affs, list(thresholds), scoring_function=SCORING)):
+            if not isinstance(seg, np.ndarray):  # tuples come only with gt or a merge history asked for
+                raise TypeError(f"waterz.agglomerate gave a {type(seg).__name__}, expected a segmentation")
+            split, merge = voi(seg, gt)
+            split, merge = split + 0.0, merge + 0.0  # no -0.0 in reports
+            out.append({"threshold": float(t), "voi_split": split, "voi_merge": merge, "voi": split + merge})
+    return out
+
+
+def score_pair(model: LoadedModel, pair: Pair, thresholds, labels_2d: bool) -> list[dict]:
+    """Predict a whole volume and score its agglomerations; 2-d labels are scored section by section."""
+    from connectome.models.inference import predict_volume
+
+    affs = predict_volume(model, pair.raw)
+    gt = pair.labels
+    if labels_2d:
+        affs[0] = 0.0  # no merges across sections: each section is segmented on its own
+        gt = relabel_per_section(gt)
+    return voi_over_thresholds(affs, gt, thresholds)
+
+
+def _info(settings: TrainSettings, net: UNet, voxel_size, mean: float, std: float) -> ModelInfo:
+    z_aff = "from_xy" if settings.labels_2d else "learned"
+    cfg = net.config
+    return ModelInfo(name=settings.name, config=cfg, voxel_size=tuple(voxel_size),
+                     context=model_context(cfg, z_aff), divisor=cfg.divisor, offsets=cfg.offsets,
+                     mean=mean, std=std, z_affinity=z_aff, flops_per_voxel=cfg.flops_per_voxel)
+
+
+def _batch(pairs, weights, augmenter, settings, offsets, margin, rng):
+    raws, targets, masks = [], [], []
+    for _ in range(settings.batch_size):
+        pair = pairs[rng.choice(len(pairs), p=weights)]
+        raw, labels = augmenter(pair.raw, pair.labels, settings.patch)
+        affs, mask = affinities_from_labels(labels, offsets)
+        if settings.labels_2d:
+            mask[[c for c, o in enumerate(offsets) if o[0] != 0]] = False
+        for axis, m in enumerate(margin):
+            if m:
+                idx = [slice(None)] * 4
+                idx[axis + 1] = np.r_[0:m, mask.shape[axis + 1] - m: mask.shape[axis + 1]]
+                mask[tuple(idx)] = False
+        raws.append(raw)
+        targets.append(affs)
+        masks.append(mask)
+    return np.stack(raws)[:, None], np.stack(targets), np.stack(masks)
+
+
+def _device(name: str) -> torch.device:
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    return dev
+
+
+def train(settings: TrainSettings, log=print) -> dict:
+    """Train, validate every `val_every` iterations, keep the best checkpoint by validation VOI."""
+    t_start = time.perf_counter()
+    if len(settings.raw) != len(settings.labels) or not settings.raw:
+        raise UserError("give one --labels for each --raw (at least one pair)")
+    if (settings.val_raw is None) != (settings.val_labels is None):
+        raise UserError("give both --val-raw and --val-labels, or neither")
+    if len(settings.eval_raw) != len(settings.eval_labels):
+        raise UserError("give one --eval-labels for each --eval-raw")
+    held_out = [a for a in [settings.val_raw, settings.val_labels, *settings.eval_raw, *settings.eval_labels] if a]
+    clash = overlapping_sections(settings.raw + settings.labels, held_out)
+    if clash:
+        raise UserError(f"training data overlaps held-out data: {clash[0]}")
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    device = _device(settings.device)
+
+    offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
+    try:
+        config = dataclasses.replace(preset(settings.arch, offsets), norm=settings.norm)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if any(p % d for p, d in zip(settings.patch, config.divisor)):
+        raise UserError(f"--patch {settings.patch} must be a multiple of {config.divisor} for arch {settings.arch}")
+    margin = settings.loss_margin if settings.loss_margin is not None else default_margin(settings.arch)
+    if any(2 * m >= p for m, p in zip(margin, settings.patch)):
+        raise UserError(f"--patch {settings.patch} leaves nothing inside the loss margin {margin}")
+
+    pairs = [load_pair(r, l) for r, l in zip(settings.raw, settings.labels)]
+    val = (load_pair(settings.val_raw, settings.val_labels)
+           if settings.val_raw and settings.val_labels is not None else None)  # both or neither, checked above
+    sizes = np.array([p.size for p in pairs], np.float64)
+    weights = np.sqrt(sizes) / np.sqrt(sizes).sum()  # small volumes get more than their voxel share
+    init_info = None
+    if settings.init:
+        from connectome.models.registry import read_info, resolve_model_path
+
+        init_path = resolve_model_path(settings.init)
+        init_info = read_info(init_path)
+        if init_info.config != config:
+            raise UserError(f"--init {settings.init}: its architecture differs from --arch {settings.arch} "
+                            f"with these options (aux outputs, norm)")
+        mean, std = init_info.mean, init_info.std  # the network learned on this normalisation
+    else:
+        all_raw = np.concatenate([p.raw.ravel() for p in pairs]).astype(np.float64) / 255.0
+        mean, std = float(all_raw.mean()), float(all_raw.std()) or 1.0
+        del all_raw
+    if settings.voxel_size is not None:
+        voxel_size = tuple(float(v) for v in settings.voxel_size)
+    else:
+        from connectome.io import open_volume
+
+        voxel_size = open_volume(parse_address(settings.raw[0])[0]).meta.voxel_size
+
+    net = UNet(config)
+    if init_info is not None:
+        net.load_state_dict(torch.load(init_info.path, map_location="cpu", weights_only=True))
+    # torch stubs: Module.to(memory_format=...) works and is documented but has no overload
+    net = net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    limit_s = settings.max_minutes * 60 if settings.max_minutes else math.inf
+
+    def progress(it: int) -> float:
+        """Fraction of the run done: by iterations, or by the time limit when that comes first."""
+        return min(1.0, max(it / settings.iterations, (time.perf_counter() - t_start) / limit_s))
+
+    def set_lr(it: int) -> None:  # cosine from lr down to lr / 10
+        for g in opt.param_groups:
+            g["lr"] = settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(it))))
+
+    augmenter = Augmenter(augment_config(settings.arch), settings.seed)
+    info = _info(settings, net, voxel_size, mean, std)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"training {settings.name}: {config.channels} channels, {len(offsets)} offsets, "
+        f"{config.flops_per_voxel / 1e3:.1f} kFLOP/voxel, context {info.context}, "
+        f"{sum(p.numel() for p in net.parameters())} parameters, {len(pairs)} training volumes "
+        f"({int(sizes.sum())} voxels), device {device}")
+
+    losses: list[float] = []
+    validation: list[dict] = []
+    best: dict | None = None
+    t_data = t_step = t_val = 0.0
+
+    def meta(extra: dict) -> dict:
+        return {
+            "name": settings.name,
+            "voxel_size": list(voxel_size),
+            "normalisation": {"mean": mean, "std": std, "formula": "(raw / 255 - mean) / std"},
+            "z_affinity": info.z_affinity,
+            "agglomeration": {"scoring_function": SCORING, "threshold": best["threshold"] if best else None},
+            **extra,
+        }
+
+    def validate(iteration: int, val: Pair) -> None:
+        nonlocal best, t_val
+        t0 = time.perf_counter()
+        net.eval()
+        scores = score_pair(LoadedModel(net, info, device), val, settings.thresholds, settings.labels_2d)
+        net.train()
+        top = min(scores, key=lambda s: s["voi"])
+        entry = {"iteration": iteration, **top, "all": scores,
+                 "loss": float(np.mean(losses[-settings.val_every:])) if losses else None}
+        validation.append(entry)
+        improved = best is None or top["voi"] < best["voi"]
+        if improved:
+            best = {"iteration": iteration, **top}
+            save_model(out / settings.name, net, meta({"provenance": {"status": "checkpoint", "iteration": iteration}}))
+        t_val += time.perf_counter() - t0
+        log(f"  validation @ {iteration}: VOI {top['voi']:.3f} (split {top['voi_split']:.3f}, merge "
+            f"{top['voi_merge']:.3f}) at threshold {top['threshold']}{'  *best*' if improved else ''} "
+            f"[{time.perf_counter() - t0:.1f} s]")
+
+    net.train()
+    done = 0
+    for it in range(1, settings.iterations + 1):
+        t0 = time.perf_counter()
+        set_lr(it - 1)
+        raw, target, mask = _batch(pairs, weights, augmenter, settings, offsets, margin, rng)
+        x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
+        y = torch.from_numpy(target).to(device, torch.float32)
+        w = balance_weights(y, torch.from_numpy(mask).to(device))
+        t1 = time.perf_counter()
+        logits = net(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y, weight=w, reduction="sum") / w.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        done = it
+        t2 = time.perf_counter()
+        t_data += t1 - t0
+        t_step += t2 - t1
+        if it % 50 == 0 or it == 1:
+            log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f} "
+                f"({(time.perf_counter() - t_start) / 60:.1f} min; data {t_data / it * 1e3:.0f} ms, "
+                f"step {t_step / it * 1e3:.0f} ms per iteration)")
+        out_of_time = time.perf_counter() - t_start > limit_s
+        if val is not None and (it % settings.val_every == 0 or it == settings.iterations or out_of_time):
+            validate(it, val)
+        if out_of_time:
+            log(f"time limit of {settings.max_minutes} min reached after {it} iterations")
+            break
+
+    if val is None:  # no validation: the last weights are the result
+        save_model(out / settings.name, net, meta({"provenance": {"status": "checkpoint"}}))
+    else:
+        net.load_state_dict(torch.load(out / f"{settings.name}.pt", weights_only=True))
+    wall = time.perf_counter() - t_start
+
+    evaluations = []
+    for r, l in zip(settings.eval_raw, settings.eval_labels):
+        pair = load_pair(r, l)
+        net.eval()
+        scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d)
+        chosen = next((s for s in scores if best and s["threshold"] == best["threshold"]), None)
+        top = min(scores, key=lambda s: s["voi"])
+        evaluations.append({"raw": r, "labels": l, "at_validation_threshold": chosen, "best_threshold": top})
+        log(f"  evaluation on {r}: VOI {chosen['voi'] if chosen else float('nan'):.3f} at the validation "
+            f"threshold; best over thresholds {top['voi']:.3f} at {top['threshold']}")
+
+    curve = plot_curves(out / f"{settings.name}-loss.png", losses, validation,
+                        f"{settings.name}: {settings.arch}, {done} it, batch {settings.batch_size}, "
+                        f"patch {tuple(settings.patch)}")
+    provenance = {
+        "command": settings.command,
+        "wall_time_s": round(wall, 1),
+        "time_split_s": {"data": round(t_data, 1), "step": round(t_step, 1), "validation": round(t_val, 1)},
+        "device": str(device) if device.type != "cpu" else f"cpu ({cpu_name()}, {settings.threads} threads)",
+        "torch": torch.__version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": {"train": [{"raw": r, "labels": l} for r, l in zip(settings.raw, settings.labels)],
+                 "validation": {"raw": settings.val_raw, "labels": settings.val_labels} if val else None},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("command",)},
+        "iterations": done,
+        "init": None if init_info is None else {
+            "model": settings.init, "command": init_info.provenance.get("command"),
+            "iterations": init_info.provenance.get("iterations"),
+            "wall_time_s": init_info.provenance.get("wall_time_s")},
+        "stopped_by_time_limit": done < settings.iterations,
+        "final_loss": float(np.mean(losses[-50:])),
+        "validation": {"best": best, "history": [{k: v for k, v in e.items() if k != "all"} for e in validation]},
+        "evaluation": evaluations,
+        "loss_curve": curve.name,
+    }
+    path = save_model(out / settings.name, net, meta({"provenance": provenance}))
+    (out / f"{settings.name}-log.json").write_text(json.dumps({"losses": losses, "validation": validation}) + "\n")
+    installed = None
+    if settings.install:
+        WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+        for suffix in (".pt", ".json"):
+            shutil.copyfile(path.with_suffix(suffix), WEIGHTS_DIR / f"{settings.name}{suffix}")
+        installed = str(WEIGHTS_DIR / f"{settings.name}.pt")
+    summary = {
+        "name": settings.name,
+        "weights": str(path),
+        "json": str(path.with_suffix(".json")),
+        "loss_curve": str(curve),
+        "installed": installed,
+        "iterations": done,
+        "wall_time_s": round(wall, 1),
+        "first_loss": float(np.mean(losses[:10])),
+        "final_loss": float(np.mean(losses[-10:])),
+        "validation": best,
+        "evaluation": evaluations,
+    }
+    return summary
+
+
+__all__ = ["TrainSettings", "train", "voi_over_thresholds", "score_pair", "AUX_OFFSETS"]

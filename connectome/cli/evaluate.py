@@ -1,0 +1,77 @@
+"""Score a segmentation against ground truth: VOI split/merge, adapted Rand, ERL, merges and splits.
+
+Both volumes are read box by box (--block-shape). ERL uses ground-truth skeletons from
+--skeletons (an .npz with nodes, edges, skeleton_ids; nodes in voxels z y x) or, without it,
+skeletonises the whole ground truth with kimimaro (needs the gt in memory). --per-section scores
+each z section on its own (2-D ground truth such as ISBI 2012) and reports the means. The voxel
+size is --voxel-size, else the segmentation's (zarr/precomputed metadata, or a resolution_zyx_nm
+array in its npz), else the ground truth's. Either address may end in a section range [z0:z1].
+"""
+
+from __future__ import annotations
+
+from connectome.cli.main import print_result
+from connectome.metrics.evaluate import DEFAULT_BLOCK_SHAPE, evaluate_volumes
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--seg", required=True, metavar="ADDR", help="segmentation volume address (may end in [z0:z1])")
+    parser.add_argument("--gt", required=True, metavar="ADDR",
+                        help="ground-truth volume address (0 = unlabelled; may end in [z0:z1])")
+    parser.add_argument("--per-section", action="store_true",
+                        help="score each z section on its own (2-D ground truth) and report the means")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--block-shape", nargs=3, type=int, metavar=("Z", "Y", "X"), default=list(DEFAULT_BLOCK_SHAPE),
+        help=f"voxels read per step (default {' '.join(map(str, DEFAULT_BLOCK_SHAPE))})",
+    )
+    parser.add_argument("--skeletons", metavar="FILE", help="precomputed ground-truth skeletons (.npz)")
+    parser.add_argument(
+        "--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+        help="voxel size in nm (default: the segmentation's own, else the ground truth's)",
+    )
+
+
+def _fmt(value, unit: str = "", digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _section_table(r: dict) -> str:
+    """One row per scored section, then the means."""
+    header = f"{'z':>6}  {'VOI split':>9}  {'VOI merge':>9}  {'adapted Rand':>12}"
+    lines = [header]
+    for s in r["sections"]:
+        lines.append(f"{s['z']:>6}  {s['voi_split']:>9.4f}  {s['voi_merge']:>9.4f}  {s['arand']:>12.4f}")
+    lines.append(f"{'mean':>6}  {r['voi_split']:>9.4f}  {r['voi_merge']:>9.4f}  {r['arand']:>12.4f}")
+    skipped = r["skipped_sections"]
+    if skipped:
+        shown = ", ".join(map(str, skipped[:20])) + (", ..." if len(skipped) > 20 else "")
+        lines.append(f"skipped {len(skipped)} section(s) without labelled gt voxels: z = {shown}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    r = evaluate_volumes(
+        args.seg, args.gt, block_shape=args.block_shape, skeletons=args.skeletons, voxel_size=args.voxel_size,
+        per_section=args.per_section,
+    )
+    mean = f" (mean of {len(r['sections'])} sections)" if r["per_section"] else ""
+    rows = [
+        ("VOI split", _fmt(r["voi_split"]) + mean),
+        ("VOI merge", _fmt(r["voi_merge"]) + mean),
+        ("VOI", _fmt(r["voi"]) + mean),
+        ("adapted Rand", _fmt(r["arand"]) + mean),
+        ("ERL", f"{_fmt(r['erl_nm'], ' nm', 1)} (gt itself: {_fmt(r['max_erl_nm'], ' nm', 1)})"),
+        ("merges", f"{r['merges']} segments" + (" (counted per section)" if r["per_section"] else "")),
+        ("splits", f"{r['splits']} skeleton edges"),
+        ("voxel size", f"{' x '.join(f'{v:g}' for v in r['voxel_size'])} nm, from {r['voxel_size_from']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    human = _section_table(r) + "\n" if r["per_section"] else ""
+    human += "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    human += (
+        f"\n({r['voxels']} voxels in {r['blocks']} blocks, {r['skeletons']} skeletons, "
+        f"{r['seconds']:.1f} s)"
+    )
+    print_result(args, r, human)
+    return 0

@@ -1,0 +1,107 @@
+"""Convert any supported source to zarr or precomputed, block by block.
+
+--dtype converts values; a dtype that cannot hold every source value (uint16 or float32 to uint8)
+never wraps: the source range [LOW, HIGH] (--range, else the 0.1 and 99.9 percentiles of a strided
+sample of the whole source) is mapped linearly onto the target's full range and clipped outside,
+the same map in every block. A dtype that holds every source value copies values unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from connectome.cli.main import print_result
+from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cluster.client import open_client
+from connectome.core.address import absolute
+from connectome.core.errors import UserError
+from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+from connectome.engine.plan import check_plan_resumable, execute, plan_run
+from connectome.image.rescale import Mapping, check_range, describe, needs_rescale, percentile_mapping
+from connectome.io import address_kind, open_volume
+from connectome.io.precomputed import cloudpath
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("src",
+                        help="source address: zarr, precomputed://..., FILE.npz#KEY, FILE.h5#KEY, TIFF/PNG stack")
+    parser.add_argument("dst", help="destination: a zarr path (OME-Zarr) or precomputed://...")
+    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                        help="nm; required for sources that carry none")
+    parser.add_argument("--chunk-shape", nargs=3, type=int, default=(64, 128, 128), metavar=("Z", "Y", "X"))
+    parser.add_argument("--block-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                        help="write box per block, a multiple of the chunk shape (default: 1 x 2 x 2 chunks)")
+    parser.add_argument("--dtype", default=None,
+                        help="convert to this dtype (default: keep); to a narrower one, values are rescaled")
+    parser.add_argument("--range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"), dest="value_range",
+                        help="source values mapped to the bottom and top of a narrower --dtype "
+                             "(default: the 0.1 and 99.9 percentiles of a sample of the source)")
+    add_run_options(parser)
+
+
+def work_dir_for(dst: str) -> str:
+    """Where the done-markers of an ingest live: inside a local destination, else beside the cwd."""
+    if address_kind(dst) == "zarr":
+        return dst
+    path = cloudpath(dst)
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return os.path.join(".connectome-ingest", hashlib.sha256(dst.encode()).hexdigest()[:12])
+
+
+def target_dtype(name: str | None, src_dtype) -> np.dtype:
+    """The --dtype asked for (the source's when none), refused when numpy does not know it."""
+    if name is None:
+        return np.dtype(src_dtype)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise UserError(f"--dtype: unknown dtype {name!r}; expected e.g. uint8, uint16, float32") from None
+
+
+def value_mapping(src: str, dtype: str | None, value_range) -> tuple[np.dtype, np.dtype, Mapping | None]:
+    """(source dtype, target dtype, the rescale map or None when values are copied unchanged)."""
+    vol = open_volume(src)
+    dst = target_dtype(dtype, vol.dtype)
+    if not needs_rescale(vol.dtype, dst):
+        if value_range is not None:
+            raise UserError(f"--range: {vol.dtype.name} -> {dst.name} copies values unchanged; "
+                            f"--range applies only when converting to a narrower integer --dtype")
+        return vol.dtype, dst, None
+    if value_range is not None:
+        low, high = check_range(value_range[0], value_range[1], "--range")
+        return vol.dtype, dst, Mapping(low, high, "--range")
+    return vol.dtype, dst, percentile_mapping(vol)
+
+
+def run(args) -> int:
+    if address_kind(args.dst) not in ("zarr", "precomputed"):
+        raise UserError(f"{args.dst}: expected a zarr path or precomputed:// address as destination")
+    dst = absolute(args.dst)
+    src_dtype, dst_dtype, mapping = value_mapping(absolute(args.src), args.dtype, args.value_range)
+    params = {"dtype": args.dtype and dst_dtype.name}
+    if mapping is not None:
+        params["rescale"] = [mapping.low, mapping.high]
+    chunk = tuple(args.chunk_shape)
+    block_shape = tuple(args.block_shape) if args.block_shape else (chunk[0], chunk[1] * 2, chunk[2] * 2)
+    config = RunConfig(
+        input=absolute(args.src), output=os.path.dirname(dst) if address_kind(dst) == "zarr" else dst,
+        voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
+        blocks=BlocksConfig(shape=block_shape, chunk_shape=chunk),
+        stages=[StageConfig(stage="copy", params=params, outputs={"copy": dst})],
+    )
+    plan = plan_run(config, work_dir=work_dir_for(dst), record_config=False)
+    check_plan_resumable(plan, args.overwrite)
+    _, meta = plan.stages[0].creates["copy"]
+    with open_client(cluster_settings(args), quiet=args.json) as client:
+        report, = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    shape, dtype, voxel_size = list(meta.shape), meta.dtype.name, list(meta.voxel_size)
+    summary = {"volume": args.dst, "shape": shape, "dtype": dtype, "voxel_size": voxel_size,
+               "source_dtype": src_dtype.name, "rescale": mapping and mapping.to_json(), **report.to_json()}
+    print_result(args, summary, f"{args.dst}: {shape} {dtype} at {voxel_size} nm "
+                                f"({report.ran} blocks written, {report.skipped} already done); "
+                                f"{describe(mapping, src_dtype, dst_dtype)}")
+    return 0

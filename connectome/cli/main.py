@@ -1,0 +1,76 @@
+"""The `connectome` command line: one entry point, one module per command in connectome/cli."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from connectome.core.errors import StageFailed, UserError
+
+# command name -> module in connectome.cli exposing add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "demo": "demo",
+    "ingest": "ingest",
+    "run": "run",
+    "status": "status",
+    "segment": "segment",
+    "evaluate": "evaluate",
+    "synth": "synth",
+    "train": "train",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, as for any bad input
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="connectome", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"connectome.cli.{module_name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"connectome.cli.{module_name}":
+                continue  # command not built yet
+            raise
+        doc = (module.__doc__ or "").strip().splitlines()
+        p = sub.add_parser(name, help=doc[0] if doc else None, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def print_result(args, summary: dict, human: str) -> None:
+    """Print `summary` as one JSON object under --json, else the short human text."""
+    if getattr(args, "json", False):
+        print(json.dumps(summary, default=str))
+    else:
+        print(human)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return int(e.code or 0)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"connectome {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"connectome {args.command}: {e}", file=sys.stderr)
+        print(e.traceback_text, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"connectome {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

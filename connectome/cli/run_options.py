@@ -1,0 +1,35 @@
+"""Options shared by every command that runs stages on a cluster."""
+
+from __future__ import annotations
+
+import argparse
+
+from connectome.cluster.client import JOBQUEUE_KINDS, ClusterConfig, parse_cluster_option, resolve_profile
+from connectome.cluster.jobqueue import jobs_for_workers
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default=None, metavar="local|slurm|pbs|tcp://HOST:PORT",
+                        help="where blocks run (default: the config's cluster, else a local cluster)")
+    parser.add_argument("--profile", default=None, metavar="NAME|FILE.yaml",
+                        help="cluster settings from deploy/profiles/NAME.yaml or a YAML file (e.g. slurm-gpu)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local worker processes (default 2); on slurm/pbs, caps the CPU workers")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard finished blocks whose layout or parameters changed, and start again")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cluster_settings(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
+    """The cluster a command runs on: the config's section (or defaults), then --profile, --cluster, --workers."""
+    base = base or ClusterConfig()
+    if args.profile:
+        base = ClusterConfig.model_validate({**base.model_dump(exclude_unset=True), "profile": args.profile})
+    cluster = parse_cluster_option(args.cluster, base)
+    if args.workers:
+        cluster = cluster.model_copy(update={"n_workers": args.workers})
+        if cluster.kind in JOBQUEUE_KINDS:  # the command line wins over the config's and profile's maximum
+            resolved = resolve_profile(cluster)
+            cluster = resolved.model_copy(update={"maximum_jobs": jobs_for_workers(args.workers, resolved)})
+    return cluster

@@ -1,0 +1,45 @@
+"""Segment a raw EM volume: affinities, fragments, agglomeration, final segmentation (resumes)."""
+
+from __future__ import annotations
+
+from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
+from connectome.cli.main import print_result
+from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cluster.client import open_client
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
+    parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
+    parser.add_argument("--method", default="affinities", choices=["affinities", "ffn"])
+    parser.add_argument("--model", default="synthetic", help="shipped model name (synthetic, fib-10nm, sstem) or a .pt path")
+    parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
+    parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                        help="output chunks (default: the block shape)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="merge threshold on 1 - mean affinity (default: the model's validated value)")
+    parser.add_argument("--scoring", choices=["mean", "quantile"], default="mean",
+                        help="agglomeration score: 1 - mean affinity, or 1 - median affinity (waterz's scores)")
+    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+                        help="nm; required for sources that carry none")
+    parser.add_argument("--allow-voxel-mismatch", action="store_true",
+                        help="run a model on data whose voxel size differs from its own by more than 1.5x")
+    add_run_options(parser)
+
+
+def run(args) -> int:
+    check_method(args.method)
+    cluster = cluster_settings(args)
+    config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
+                                 args.threshold, args.voxel_size, cluster, args.scoring,
+                                 allow_voxel_mismatch=args.allow_voxel_mismatch)
+    plan = plan_segmentation(config, args.overwrite)
+    with open_client(cluster, quiet=args.json) as client:
+        summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    rate = summary["voxels"] / max(summary["seconds"], 1e-9)
+    ran = sum(s["ran"] for s in summary["stages"])
+    print_result(args, summary, f"segmentation: {summary['segmentation']}\n"
+                                f"{summary['voxels']:,} voxels, {ran} block runs, {summary['seconds']:.1f} s "
+                                f"({rate / 1e6:.2f} Mvx/s)")
+    return 0
+

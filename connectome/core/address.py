@@ -1,0 +1,103 @@
+"""The one parser of volume addresses (design section 4).
+
+`path.zarr/dataset`, `precomputed://file:///...` or `precomputed://gs://...`, and, read-only,
+`path.npz#key`, `path.h5#key` and TIFF/PNG stacks (a file, a directory or a glob). Any of them may
+end in a section range `[z0:z1]` (Python slice bounds, either may be left out), which selects those
+sections as a volume of its own. A bare name (no `/`, `://` or `#`) is a dataset of the run's
+output directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from connectome.core.errors import UserError
+
+PRECOMPUTED = "precomputed://"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+_SECTIONS = re.compile(r"^(?P<base>.+)\[(?P<z0>-?\d*):(?P<z1>-?\d*)\]$")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed address: `base` (without the section range), its storage `kind`, and `sections`."""
+
+    base: str
+    kind: str  # zarr, precomputed, npz, hdf5, images
+    sections: slice | None = None
+
+    @property
+    def path(self) -> str:
+        """The local file or directory (the part before `#`); the URL for precomputed."""
+        return self.base.partition("#")[0]
+
+    @property
+    def key(self) -> str:
+        return self.base.partition("#")[2]
+
+    @property
+    def remote(self) -> bool:
+        return "://" in self.base
+
+    def __str__(self) -> str:
+        if self.sections is None:
+            return self.base
+        z0 = "" if self.sections.start is None else self.sections.start
+        z1 = "" if self.sections.stop is None else self.sections.stop
+        return f"{self.base}[{z0}:{z1}]"
+
+
+def split_sections(text: str) -> tuple[str, slice | None]:
+    """`ADDR[z0:z1]` -> (ADDR, slice(z0, z1)); a plain ADDR -> (ADDR, None)."""
+    m = _SECTIONS.match(text)
+    if not m:
+        return text, None
+    z0 = int(m["z0"]) if m["z0"] else None
+    z1 = int(m["z1"]) if m["z1"] else None
+    return m["base"], slice(z0, z1)
+
+
+def _kind(base: str) -> str:
+    if base.startswith(PRECOMPUTED):
+        return "precomputed"
+    path, hash_, _ = base.partition("#")
+    lower = path.lower()
+    if hash_ and lower.endswith(".npz"):
+        return "npz"
+    if hash_ and lower.endswith((".h5", ".hdf5")):
+        return "hdf5"
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "images"
+    if os.path.isdir(base) and not os.path.exists(os.path.join(base, "zarr.json")):
+        return "images"
+    return "zarr"
+
+
+def parse_address(text: str) -> Address:
+    if not text:
+        raise UserError("volume address: expected a path or URL, found an empty string")
+    base, sections = split_sections(text)
+    return Address(base, _kind(base), sections)
+
+
+def is_dataset_name(text: str) -> bool:
+    """A bare name (a dataset of the run's output directory) rather than an address."""
+    return not any(mark in text for mark in ("/", "://", "#"))
+
+
+def rebased(text: str, base_dir: str) -> str:
+    """A local address made absolute against `base_dir` (remote addresses unchanged), range kept."""
+    if "://" in text or os.path.isabs(text):
+        return text
+    path, sep, key = text.partition("#")
+    if not sep:
+        path, sections = split_sections(text)
+        key = "" if sections is None else str(Address("", "", sections))
+    return os.path.normpath(os.path.join(base_dir, path)) + sep + key
+
+
+def absolute(text: str) -> str:
+    """A local address made absolute against the working directory (key and range kept)."""
+    return rebased(text, os.getcwd())

@@ -1,0 +1,294 @@
+"""Run a blockwise stage on a Dask cluster: bounded windows, adaptive batching, resume, retries.
+
+One Dask task runs a batch of consecutive blocks; each finished block gets its own done-marker,
+so a retried or re-run batch redoes only the blocks without one. Batch sizes adapt to the
+measured time per block (about `target_task_seconds` per task, but always several tasks per
+worker thread), which keeps the scheduler's overhead per block far below one task's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from distributed import Client, as_completed
+from distributed.scheduler import KilledWorker
+
+from connectome.cluster.pools import raise_pool_failure
+from connectome.cluster.session import scaler_of
+from connectome.core.errors import StageFailed, unwritable
+from connectome.core.geometry import BlockGrid
+from connectome.engine.global_step import GlobalStep
+from connectome.engine.markers import DoneMarkers
+from connectome.engine.order import BlockOrder
+from connectome.engine.stage import BlockStage
+from connectome.io.tables import write_format
+
+
+@dataclass
+class StageReport:
+    stage: str
+    blocks: int
+    skipped: int
+    ran: int
+    tasks: int
+    seconds: float
+    summaries: dict[int, dict] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("stage", "blocks", "skipped", "ran", "tasks", "seconds")}
+
+
+def fingerprint(stage: BlockStage, grid: BlockGrid) -> dict:
+    """What a stage's done-markers are valid for: its parameters, volumes and block layout."""
+    return {**stage.fingerprint(), "layout": grid.layout(), "blocks": len(grid)}
+
+
+def producer_record(stage: BlockStage, grid: BlockGrid) -> dict:
+    """Names the run of `stage` that writes a table: readers' fingerprints depend on it."""
+    text = json.dumps(DoneMarkers.normalised(fingerprint(stage, grid)), sort_keys=True)
+    return {"stage": stage.name, "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def check_resumable(stage: BlockStage, grid: BlockGrid, work_dir: str, overwrite: bool) -> None:
+    DoneMarkers(work_dir, stage.name).check(fingerprint(stage, grid), overwrite)
+
+
+def starts_afresh(stage: BlockStage, grid: BlockGrid, work_dir: str) -> bool:
+    """True when no finished block of this stage would be kept (so its outputs may be recreated)."""
+    markers = DoneMarkers(work_dir, stage.name)
+    existing = markers.fingerprint()
+    return existing is None or existing != DoneMarkers.normalised(fingerprint(stage, grid)) or not markers.done()
+
+
+def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str) -> dict:
+    """Worker side: process the blocks of one batch that have no done-marker yet."""
+    markers = DoneMarkers(work_dir, stage.name)
+    volumes = None
+    start = time.perf_counter()
+    ran = 0
+    for i in indices:
+        if markers.is_done(i):
+            continue
+        if volumes is None:
+            volumes = stage.open_volumes()
+        block = grid.block(i)
+        try:
+            summary = stage.process(block, volumes)
+        except Exception:
+            raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
+        markers.mark(i, summary)
+        ran += 1
+    return {"ran": ran, "seconds": time.perf_counter() - start}
+
+
+def _total_threads(client: Client) -> int:
+    return max(1, sum(client.nthreads().values()))
+
+
+def run_stage(
+    stage: BlockStage,
+    grid: BlockGrid,
+    client: Client,
+    work_dir: str,
+    *,
+    overwrite: bool = False,
+    retries: int = 2,
+    progress: bool = True,
+    target_task_seconds: float = 1.0,
+    max_batch: int | None = None,
+    window: int | None = None,
+    collect_summaries: bool = False,
+    resources: dict[str, float] | None = None,
+) -> StageReport:
+    """Run `stage` on every block of `grid` that is not done yet; raise StageFailed on failure.
+
+    `resources` (e.g. {"GPU": 1}) restricts the tasks to workers that advertise them; pass it only
+    for clusters that have such workers.
+    """
+    from tqdm import tqdm
+
+    markers = DoneMarkers(work_dir, stage.name)
+    try:
+        if markers.claim(fingerprint(stage, grid), overwrite):
+            for name in stage.table_names():  # tables of discarded blocks go with their markers
+                shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
+                os.makedirs(stage.table_dirs[name])
+        for name, version in stage.table_versions().items():
+            write_format(stage.table_dirs[name], name, version, producer_record(stage, grid))
+    except OSError as e:
+        raise unwritable(e, work_dir) from None
+    n = len(grid)
+    is_done = np.zeros(n, dtype=bool)
+    done_before = markers.done()
+    if done_before:
+        is_done[np.fromiter(done_before, dtype=np.int64)] = True
+    todo = np.flatnonzero(~is_done)
+    order = BlockOrder(grid, todo, stage.reads_neighbours)
+    start = time.perf_counter()
+    run_id = uuid.uuid4().hex[:8]
+
+    seconds_per_block: float | None = None
+    tasks = 0
+    in_flight: dict[str, list[int]] = {}
+    futures: dict[str, object] = {}
+    pending = as_completed()
+
+    def next_batch_size() -> int:
+        remaining = order.remaining()
+        if seconds_per_block is None:
+            return 1
+        spread = math.ceil(remaining / (2 * _total_threads(client)))
+        want = int(target_task_seconds / max(seconds_per_block, 1e-7))
+        size = max(1, min(want, spread))
+        return min(size, max_batch) if max_batch else size
+
+    def submit_ready(limit: int) -> None:
+        while order.remaining() and len(in_flight) < limit:
+            batch = order.take(next_batch_size())
+            if not batch:
+                return  # the rest wait for blocks in flight
+            submit(batch)
+
+    def submit(batch: list[int]) -> None:
+        nonlocal tasks
+        key = f"{stage.name}-{batch[0]}-{len(batch)}-{run_id}"
+        fut = client.submit(
+            run_batch, stage, grid, batch, work_dir,
+            key=key, retries=retries, pure=False, resources=resources or None,
+        )
+        in_flight[key] = batch  # fut.key is `key`
+        futures[key] = fut
+        pending.add(fut)
+        tasks += 1
+
+    scaler = scaler_of(client)  # two-pool clusters
+    pool_resource = next(iter(resources or {}), None)
+    bar = tqdm(total=len(todo), desc=stage.name, unit="block", disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True)
+    try:
+        submit_ready(window or 4 * _total_threads(client))
+        measured_blocks, measured_seconds = 0, 0.0
+        if scaler is not None:  # the pool that runs these blocks can ask for all its jobs at once
+            scaler.set_backlog(pool_resource, len(todo))
+        for fut in _finished(pending, lambda: raise_pool_failure(client)):
+            if scaler is not None:
+                scaler.set_backlog(pool_resource, order.remaining() + len(in_flight))
+            batch = in_flight.pop(fut.key)
+            futures.pop(fut.key, None)
+            if fut.status == "error":
+                raise _failure(stage, grid, batch, fut)
+            result = fut.result()
+            if result["ran"]:
+                measured_blocks += result["ran"]
+                measured_seconds += result["seconds"]
+                seconds_per_block = measured_seconds / measured_blocks
+            order.finished(batch)
+            bar.update(len(batch))
+            submit_ready(window or 4 * _total_threads(client))
+    except BaseException:
+        client.cancel(list(futures.values()))
+        raise
+    finally:
+        bar.close()
+        if scaler is not None:
+            scaler.set_backlog(pool_resource, 0)
+
+    missing = n - len(markers.done())
+    if missing:
+        raise RuntimeError(f"stage {stage.name!r}: {missing} of {n} blocks have no done-marker after the run")
+    report = StageReport(stage.name, n, n - len(todo), len(todo), tasks, time.perf_counter() - start)
+    if collect_summaries:
+        report.summaries = markers.summaries()
+    return report
+
+
+def check_step_resumable(name: str, step_fingerprint: dict, work_dir: str, overwrite: bool) -> None:
+    DoneMarkers(work_dir, name).check(step_fingerprint, overwrite)
+
+
+def _run_step(step: GlobalStep) -> dict:
+    """Worker side of a global step."""
+    try:
+        return step.run()
+    except Exception:
+        raise StageFailed(step.name, 0, "all blocks", traceback.format_exc()) from None
+
+
+def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, work_dir: str, *,
+                    overwrite: bool = False, rerun: bool = False, retries: int = 2,
+                    resources: dict[str, float] | None = None) -> StageReport:
+    """Run `step` as one task on a worker unless its done-marker says it ran with this fingerprint.
+
+    `rerun`: the tables it reads were rewritten in this run, so an earlier result is discarded.
+    """
+    markers = DoneMarkers(work_dir, step.name)
+    start = time.perf_counter()
+    try:
+        if rerun:
+            markers.clear()
+        markers.claim(step_fingerprint, overwrite)
+    except OSError as e:
+        raise unwritable(e, work_dir) from None
+    if markers.is_done(0):
+        return StageReport(step.name, 1, 1, 0, 0, time.perf_counter() - start)
+    fut = client.submit(_run_step, step, key=f"{step.name}-{uuid.uuid4().hex[:8]}", retries=retries,
+                        pure=False, resources=resources or None)
+    try:
+        for done in _finished(as_completed([fut]), lambda: raise_pool_failure(client)):
+            if done.status == "error":
+                exc = done.exception()
+                if isinstance(exc, StageFailed):
+                    raise exc
+                text = "".join(traceback.format_exception(type(exc), exc, done.traceback()))
+                raise StageFailed(step.name, 0, "all blocks", text)
+    except BaseException:
+        fut.cancel()
+        raise
+    summary = fut.result()
+    markers.mark(0, summary)
+    report = StageReport(step.name, 1, 0, 1, 1, time.perf_counter() - start)
+    report.summaries = {0: summary}
+    return report
+
+
+def _finished(pending: as_completed, check, every: float = 1.0):
+    """The futures of `pending` as they finish; while none does, `check()` runs about every `every`
+    seconds and may raise (worker jobs that cannot start would otherwise leave the run waiting)."""
+    last = time.monotonic()
+    while pending.has_ready() or not pending.is_empty():
+        ready = pending.next_batch(block=False)
+        if ready:
+            yield from ready
+            continue
+        if time.monotonic() - last >= every:
+            check()
+            last = time.monotonic()
+        condition = getattr(pending, "thread_condition", None)
+        if condition is not None:
+            with condition:  # woken when a future finishes (what as_completed's own iterator waits on)
+                condition.wait(timeout=0.1)
+        else:
+            time.sleep(0.005)
+
+
+def _failure(stage: BlockStage, grid: BlockGrid, batch: list[int], fut) -> StageFailed:
+    exc = fut.exception()
+    if isinstance(exc, StageFailed):
+        return exc
+    first = batch[0]
+    box = str(grid.block(first).write_box)
+    if isinstance(exc, KilledWorker):
+        text = f"workers died repeatedly while running blocks {batch[:8]}{'...' if len(batch) > 8 else ''}: {exc}"
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
+    return StageFailed(stage.name, first, box, text)

@@ -1,0 +1,188 @@
+"""The stage contract: what a blockwise stage declares, and the one function it implements.
+
+A stage author declares
+- `inputs` and `outputs` by logical name (`Input` / `Output`: accepted dtypes, channels, and for an
+  output its dtype, channels and, where they differ from the run's, shape, chunks and voxel size);
+- `context()`: what a block reads beyond its write box (`core.geometry.Context`: below and above,
+  padded to a multiple, clipped or mirrored at the volume's faces); the runner hands the stage
+  `block.read_box`, so a stage never derives its own padding;
+- `resources` (e.g. {"GPU": 1}), `block_multiple()`, `reads_neighbours` (blocks wait for the
+  earlier blocks whose outputs they read), `tables` it writes (`Table`: name and format version)
+  and `reads_tables`;
+- `Params`, a pydantic model of its parameters;
+and implements `process(block, volumes)`, which reads `block.read_box`, writes `block.write_box`
+and returns a small JSON-able summary (stored in the block's done-marker).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from connectome.core.errors import UserError
+from connectome.core.geometry import Block, Context, Vec
+from connectome.io import Volume, VolumeMeta, open_volume
+
+
+class StageParams(BaseModel):
+    """Base of every stage's parameters: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A volume a stage reads: `dtypes` it accepts (empty: any) and `channels` (None: any)."""
+
+    name: str
+    dtypes: tuple[str, ...] = ()
+    channels: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How to create one output volume; None fields follow the run (its shape, chunks, voxel size)."""
+
+    dtype: str
+    channels: int | None = None
+    shape: Vec | None = None
+    chunk_shape: Vec | None = None
+    voxel_size: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """A volume a stage writes; `spec` None means the stage decides it from its inputs (`output_specs`)."""
+
+    name: str
+    spec: OutputSpec | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A per-block table a stage writes (one npz per block), with the version of its format."""
+
+    name: str
+    version: int = 1
+
+
+P = TypeVar("P", bound=StageParams)
+
+
+def _names(items: Sequence[Input | Output | Table | str]) -> tuple[str, ...]:
+    return tuple(i if isinstance(i, str) else i.name for i in items)
+
+
+class BlockStage(ABC, Generic[P]):
+    """A stage computes its write box from its read box, one block at a time (see the module doc).
+
+    `BlockStage[MyParams]` types `self.params` as MyParams.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StageParams]] = StageParams
+    inputs: ClassVar[tuple[Input | str, ...]] = (Input("raw"),)
+    outputs: ClassVar[tuple[Output | str, ...]] = ()
+    tables: ClassVar[tuple[Table | str, ...]] = ()
+    reads_tables: ClassVar[tuple[Table | str, ...]] = ()  # a Table names the format version it expects
+    resources: ClassVar[dict[str, float]] = {}  # Dask worker resources, e.g. {"GPU": 1}
+    reads_neighbours: ClassVar[bool] = False  # a block reads outputs of earlier blocks within its context
+
+    def __init__(self, params: P, input_addresses: dict[str, str], output_addresses: dict[str, str],
+                 table_dirs: dict[str, str] | None = None):
+        self.params = params
+        self.input_addresses = dict(input_addresses)
+        self.output_addresses = dict(output_addresses)
+        self.table_dirs = dict(table_dirs or {})
+
+    @classmethod
+    def input_names(cls) -> tuple[str, ...]:
+        return _names(cls.inputs)
+
+    @classmethod
+    def output_names(cls) -> tuple[str, ...]:
+        return _names(cls.outputs)
+
+    @classmethod
+    def table_names(cls) -> tuple[str, ...]:
+        return _names(cls.tables)
+
+    @classmethod
+    def table_versions(cls) -> dict[str, int]:
+        return {t.name: t.version for t in cls.tables if isinstance(t, Table)}
+
+    def context(self) -> Context | Vec:
+        """What each block reads beyond its write box (a symmetric margin, or a Context)."""
+        return (0, 0, 0)
+
+    def block_multiple(self) -> Vec:
+        """Block shapes must be a multiple of this (e.g. a model's downsampling factor)."""
+        return (1, 1, 1)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        """Refuse inputs of a dtype or channel count this stage cannot read (one line each)."""
+        for spec in self.inputs:
+            if isinstance(spec, str):
+                continue
+            meta = inputs[spec.name]
+            found = meta.dtype.name
+            if spec.dtypes and found not in spec.dtypes:
+                hint = ""
+                if spec.dtypes == ("uint8",):
+                    hint = ("; `connectome ingest SRC DST --voxel-size Z Y X --dtype uint8` converts a volume to uint8 "
+                            "(rescaling by the 0.1/99.9 percentiles, or --range LOW HIGH)")
+                raise UserError(
+                    f"stage {self.name!r}: input {spec.name} ({self.input_addresses[spec.name]}) has dtype {found}, "
+                    f"expected {' or '.join(spec.dtypes)}{hint}"
+                )
+            if spec.channels is not None and (meta.channels or 1) != spec.channels:
+                raise UserError(
+                    f"stage {self.name!r}: input {spec.name} ({self.input_addresses[spec.name]}) has "
+                    f"{meta.channels or 1} channel(s), expected {spec.channels}"
+                )
+
+    def check_upstream(self, upstream: dict[str, BlockStage | None]) -> P:
+        """This stage's parameters made consistent with the stages of the run that write its inputs
+        (`upstream`: input name -> that stage, None for an input the run does not write)."""
+        return self.params
+
+    def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
+        """How each output is created; by default the specs the outputs declare."""
+        out = {}
+        for o in self.outputs:
+            if isinstance(o, Output) and o.spec is not None:
+                out[o.name] = o.spec
+        return out
+
+    def open_volumes(self) -> dict[str, Volume]:
+        vols = {k: open_volume(a) for k, a in self.input_addresses.items()}
+        vols.update({k: open_volume(a, "r+") for k, a in self.output_addresses.items()})
+        return vols
+
+    @abstractmethod
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict | None:
+        """Read `block.read_box`, write `block.write_box`; return a small JSON-able summary."""
+
+    def fingerprint(self) -> dict:
+        fp: dict[str, object] = {
+            "stage": self.name,
+            "params": self.params.model_dump(mode="json"),
+            "inputs": self.input_addresses,
+            "outputs": self.output_addresses,
+            "tables": self.table_dirs,
+        }
+        versions = self.table_versions()
+        if versions:
+            fp["table_format"] = versions if len(versions) > 1 else list(versions.values())[0]
+        return fp
+
+
+def crop(data: np.ndarray, block: Block) -> np.ndarray:
+    """Cut the write box out of an array that holds the read box (channels first if any)."""
+    s = block.write_box.relative_to(block.read_box)
+    return data[(Ellipsis, *s)]

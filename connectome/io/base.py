@@ -1,0 +1,85 @@
+"""The Volume interface every storage backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from connectome.core.errors import UserError
+from connectome.core.geometry import Box, Vec
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    """What a stage needs to know about a volume besides its voxels."""
+
+    shape: Vec  # spatial (z, y, x)
+    dtype: np.dtype
+    chunk_shape: Vec  # spatial chunk of the store
+    voxel_size: tuple[float, float, float]  # nm, (z, y, x)
+    offset: Vec = (0, 0, 0)  # voxels, where voxel (0,0,0) sits in world space
+    channels: int | None = None  # None for a scalar volume, else the length of a leading axis
+    voxel_size_known: bool = True  # False for sources that carry no voxel size (npz, TIFF)
+
+
+class Volume(ABC):
+    """A 3-d (or channels x 3-d) array on storage, read and written by boxes in voxel coordinates.
+
+    Coordinates are 0-based array coordinates; `meta.offset` only records where the array sits in
+    world space. Instances pickle as their address, so they travel to workers cheaply.
+    """
+
+    writable: bool = False
+
+    def __init__(self, address: str):
+        self.address = address
+
+    @property
+    @abstractmethod
+    def meta(self) -> VolumeMeta: ...
+
+    @property
+    def shape(self) -> Vec:
+        return self.meta.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.meta.dtype
+
+    @property
+    def box(self) -> Box:
+        return Box.from_shape(self.meta.shape)
+
+    def read(self, box: Box) -> np.ndarray:
+        """Voxels in `box`, shaped (z, y, x) or (c, z, y, x)."""
+        if not self.box.contains(box):
+            raise ValueError(f"{self.address}: box {box} lies outside the volume {self.box}")
+        return self._read(box)
+
+    def write(self, box: Box, data: np.ndarray) -> None:
+        if not self.writable:
+            raise UserError(f"{self.address}: this volume is read-only")
+        if not self.box.contains(box):
+            raise ValueError(f"{self.address}: box {box} lies outside the volume {self.box}")
+        expected = box.shape if self.meta.channels is None else (self.meta.channels, *box.shape)
+        if tuple(data.shape) != tuple(expected):
+            raise ValueError(f"{self.address}: data shape {data.shape} != box shape {expected}")
+        self._write(box, np.ascontiguousarray(data, dtype=self.meta.dtype))
+
+    @abstractmethod
+    def _read(self, box: Box) -> np.ndarray: ...
+
+    def _write(self, box: Box, data: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def __reduce__(self):
+        from connectome.io.open import open_volume
+
+        return (open_volume, (self.address, "r+" if self.writable else "r"))
+
+    def __repr__(self) -> str:
+        m = self.meta
+        ch = f"{m.channels}x" if m.channels else ""
+        return f"<{type(self).__name__} {self.address} {ch}{m.shape} {m.dtype}>"

@@ -1,0 +1,33 @@
+"""A section range of a volume (`ADDR[z0:z1]`) as a volume of its own, read-only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from connectome.core.errors import UserError
+from connectome.core.geometry import Box
+from connectome.io.base import Volume, VolumeMeta
+
+
+class SectionRange(Volume):
+    """Sections `start`..`stop`-1 of `inner`; coordinates start at 0 at section `start`."""
+
+    def __init__(self, address: str, inner: Volume, sections: slice):
+        super().__init__(address)
+        depth = inner.shape[0]
+        if sections.step not in (None, 1):
+            raise UserError(f"{address}: a section range takes no step")
+        self.start, self.stop, _ = sections.indices(depth)
+        if self.stop <= self.start:
+            raise UserError(f"{address}: the section range selects no sections (the volume has {depth})")
+        self.inner = inner
+        m = inner.meta
+        self._meta = VolumeMeta((self.stop - self.start, *m.shape[1:]), m.dtype, m.chunk_shape, m.voxel_size,
+                                (m.offset[0] + self.start, *m.offset[1:]), m.channels, m.voxel_size_known)
+
+    @property
+    def meta(self) -> VolumeMeta:
+        return self._meta
+
+    def _read(self, box: Box) -> np.ndarray:
+        return self.inner.read(box.shift((self.start, 0, 0)))

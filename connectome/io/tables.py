@@ -1,0 +1,52 @@
+"""Per-block tables: a directory of one npz file per block, written atomically, with a `format.json`
+that names the table, its format version and the stage run that writes it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from connectome.core.errors import UserError
+
+FORMAT_FILE = "format.json"
+
+
+def save_table(directory: str, index: int, **arrays) -> None:
+    """Write one block's table atomically (a reader never sees half a file)."""
+    path = os.path.join(directory, f"{index}.npz")
+    tmp = os.path.join(directory, f".{index}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def write_format(directory: str, name: str, version: int, producer: dict) -> None:
+    """Record which table this directory holds, in which format, and the producing run (`producer`)."""
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{FORMAT_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"table": name, "version": version, "producer": producer}, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(directory, FORMAT_FILE))
+
+
+def read_format(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, FORMAT_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def check_format(directory: str, name: str, version: int) -> dict:
+    """The directory's format record; one line naming the problem when it is missing or of another version."""
+    if not os.path.isdir(directory):
+        raise UserError(f"{directory}: no {name} tables; run the stage that writes them first")
+    found = read_format(directory)
+    if found is None:
+        raise UserError(f"{directory}: no {FORMAT_FILE}; re-run the stage that writes the {name} tables")
+    if found.get("table") != name or found.get("version") != version:
+        raise UserError(f"{directory}: holds {found.get('table')} tables of format {found.get('version')}, "
+                        f"expected {name} format {version}; re-run the stage that writes them")
+    return found
+

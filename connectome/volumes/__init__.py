@@ -1,6 +1,0 @@
-"""Volumes by address: zarr (OME-Zarr), Neuroglancer precomputed, and read-only npz, HDF5, TIFF/PNG."""
-
-from connectome.volumes.base import Volume, VolumeMeta
-from connectome.volumes.open import address_kind, create_volume, open_volume
-
-__all__ = ["Volume", "VolumeMeta", "open_volume", "create_volume", "address_kind"]

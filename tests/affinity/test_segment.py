@@ -1,0 +1,84 @@
+"""`connectome segment` end to end with the shipped models: contract, resume, seam-free blocks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from connectome.cli.main import main
+from connectome.io import create_volume, open_volume
+from connectome.metrics.voi import voi
+
+from conftest import data_file
+
+
+def _segment(capsys, raw, out, model, block, *extra):
+    argv = ["segment", raw, str(out), "--model", model, "--block-shape", *map(str, block),
+            "--workers", "2", "--no-progress", "--json", *extra]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1])
+
+
+def _read(address):
+    vol = open_volume(address)
+    return vol.read(vol.box)
+
+
+@pytest.fixture(scope="module")
+def synthetic_raw(tmp_path_factory):
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("synthseg")
+    generate((32, 128, 128), (8.0, 8.0, 8.0), seed=11).save(str(root), chunk_shape=(16, 64, 64))
+    return root
+
+
+def test_segment_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_path, capsys):
+    raw = str(synthetic_raw / "raw")
+    eight = _segment(capsys, raw, tmp_path / "eight", "synthetic", (16, 64, 64))
+    one = _segment(capsys, raw, tmp_path / "one", "synthetic", (32, 128, 128))
+    assert eight["segmentation"] == str(tmp_path / "eight" / "segmentation")
+    assert [(s["stage"], s["blocks"]) for s in eight["stages"]] == [
+        ("affinities", 8), ("fragments", 8), ("agglomerate", 8), ("merge", 1), ("relabel", 8)]
+    seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
+    # same context everywhere: only float summation order differs with the tile size (<= 1 grey level)
+    diff = np.abs(_read(eight["affinities"]).astype(np.int16) - _read(one["affinities"]))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    split, merge = voi(seg8, seg1)
+    assert split + merge <= 0.05, (split, merge)
+    gt = _read(str(synthetic_raw / "labels"))
+    s, m = voi(seg8, gt)
+    assert s + m < 1.5, (s, m)  # the synthetic model segments its own kind of data
+    again = _segment(capsys, raw, tmp_path / "eight", "synthetic", (16, 64, 64))
+    assert all(st["ran"] == 0 and st["skipped"] == st["blocks"] for st in again["stages"])
+    np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
+
+
+def test_segment_medulla_crop_eight_blocks_equal_one(tmp_path, capsys):
+    path = data_file("flyem_medulla_fib_train/medulla_train.npz")
+    raw = np.ascontiguousarray(np.load(path)["raw"][100:124, :128, :128])
+    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (12, 64, 64), (10, 10, 10))
+    vol.write(vol.box, raw)
+    eight = _segment(capsys, vol.address, tmp_path / "eight", "fib-10nm", (12, 64, 64))
+    one = _segment(capsys, vol.address, tmp_path / "one", "fib-10nm", (24, 128, 128))
+    assert eight["stages"][0]["blocks"] == 8
+    split, merge = voi(_read(eight["segmentation"]), _read(one["segmentation"]))
+    assert split + merge <= 0.05, (split, merge)
+
+
+def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
+    raw = str(synthetic_raw / "raw")
+    cases = [
+        (["segment", raw, str(tmp_path / "o"), "--model", "nonesuch"], "unknown model 'nonesuch'"),
+        (["segment", raw, str(tmp_path / "o"), "--method", "ffn"], "--method ffn"),
+        (["segment", str(tmp_path / "missing.zarr"), str(tmp_path / "o")], "no such file or directory"),
+        (["segment", str(synthetic_raw / "labels"), str(tmp_path / "o")], "has dtype uint64, expected uint8"),
+        (["segment", raw, str(tmp_path / "o"), "--block-shape", "16", "64", "62"], "needs a multiple of"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (argv, err)
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,248 @@
+"""Affinity targets, augmentation, data addresses and a short real training run of the affinity U-Net."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from connectome.affinity.targets import affinities_from_labels, balance_weights
+from connectome.core.errors import UserError
+from connectome.training.augment import AugmentConfig, Augmenter
+from connectome.training.data import load_pair, parse_address, relabel_per_section
+
+NN = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
+
+
+def test_affinities_of_a_hand_made_volume():
+    labels = np.array(
+        [
+            [[1, 1, 2],
+             [1, 0, 2]],
+            [[1, 1, 2],
+             [3, 3, 2]],
+        ]
+    )
+    affs, mask = affinities_from_labels(labels, NN)
+    assert affs.shape == (3, 2, 2, 3) and mask.shape == (3, 2, 2, 3)
+    # channel 0: (z, y, x) with (z - 1, y, x); nothing below z = 0
+    assert not mask[0, 0].any() and mask[0, 1].all()
+    np.testing.assert_array_equal(affs[0, 1], [[1, 1, 1], [0, 0, 1]])
+    # channel 1: with (z, y - 1, x)
+    assert not mask[1, :, 0].any() and mask[1, :, 1].all()
+    np.testing.assert_array_equal(affs[1, :, 1], [[1, 0, 1], [0, 0, 1]])
+    # channel 2: with (z, y, x - 1)
+    assert not mask[2, :, :, 0].any() and mask[2, :, :, 1:].all()
+    np.testing.assert_array_equal(affs[2, :, :, 1:], [[[1, 0], [0, 0]], [[1, 0], [1, 0]]])
+    assert (affs[~mask] == 0).all()
+
+
+def test_long_range_offsets_and_boundary_label():
+    labels = np.zeros((1, 1, 10), np.uint32)
+    labels[0, 0, :4] = 5
+    labels[0, 0, 6:] = 7
+    affs, mask = affinities_from_labels(labels, [(0, 0, -3)])
+    assert mask[0, 0, 0].tolist() == [False] * 3 + [True] * 7
+    # x=3 links to x=0 (both 5); x=6..9 link to 3..6: only x=9 -> 6 is within label 7
+    assert affs[0, 0, 0].tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+
+
+def test_balance_weights_equalise_classes():
+    rng = np.random.default_rng(0)
+    affs = (rng.random((2, 3, 4, 8, 8)) < 0.2).astype(np.float32)
+    mask = rng.random(affs.shape) < 0.9
+    w = balance_weights(affs, mask)
+    assert (w[~mask] == 0).all()
+    for c in range(3):
+        pos = w[:, c][(affs[:, c] > 0.5) & mask[:, c]].sum()
+        neg = w[:, c][(affs[:, c] < 0.5) & mask[:, c]].sum()
+        assert pos == pytest.approx(neg, rel=1e-5)
+
+
+def _blocks(shape=(24, 40, 40), size=7) -> np.ndarray:
+    """Labels in cubes of `size` voxels (ids 1..), with a 1-voxel boundary (0) between cubes."""
+    idx = np.indices(shape) // size
+    labels = (idx[0] * 36 + idx[1] * 6 + idx[2] + 1).astype(np.uint8)  # < 256 for the default shape
+    on_edge = (np.indices(shape) % size == 0).any(axis=0)
+    labels[on_edge] = 0
+    return labels
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_augmentation_keeps_raw_and_labels_aligned(anisotropic):
+    labels = _blocks()
+    raw = labels.copy()  # raw == labels: every geometric change must treat them alike
+    cfg = AugmentConfig(anisotropic=anisotropic, intensity=False, raw_order=0, elastic_sigma=2.0,
+                        elastic_spacing=(4, 8, 8), shifted_sections=0.3 if anisotropic else 0.0)
+    aug = Augmenter(cfg, seed=3)
+    changed = 0
+    for _ in range(4):
+        r, l = aug(raw, labels, (8, 16, 16))
+        assert r.shape == l.shape == (8, 16, 16)
+        np.testing.assert_array_equal(np.rint(r * 255).astype(np.uint8), l)
+        changed += not np.array_equal(l, labels[:8, :16, :16])
+    assert changed > 0  # the transform did move things
+
+
+def test_linear_raw_interpolation_stays_close_to_the_labels():
+    labels = _blocks((36, 60, 60), size=12)
+    cfg = AugmentConfig(intensity=False, raw_order=1)
+    r, l = Augmenter(cfg, seed=1)(labels, labels, (16, 32, 32))
+    agree = np.abs(r * 255 - l) < 0.5
+    # only voxels next to a label change blend their raw value
+    inside = ndimage.minimum_filter(l, 3) == ndimage.maximum_filter(l, 3)
+    assert inside.mean() > 0.3
+    assert agree[inside].mean() > 0.98
+
+
+def test_anisotropic_augmentation_keeps_sections():
+    z = np.broadcast_to(np.arange(20, dtype=np.uint8)[:, None, None] * 10, (20, 64, 64)).copy()
+    cfg = AugmentConfig(anisotropic=True, intensity=False, raw_order=0, elastic_sigma=3.0,
+                        shifted_sections=0.5)
+    for seed in range(3):
+        r, l = Augmenter(cfg, seed)(z, z, (6, 32, 32))
+        for section in l:
+            assert len(np.unique(section)) == 1  # a section comes from one source section
+        steps = np.abs(np.diff(l[:, 0, 0].astype(int)))
+        assert set(steps.tolist()) <= {10}  # consecutive sections stay neighbours (or flip together)
+
+
+def test_augmentation_is_deterministic_by_seed():
+    labels = _blocks()
+    raw = (labels * 2).astype(np.uint8)
+    cfg = AugmentConfig(anisotropic=True, missing_sections=0.2, shifted_sections=0.2)
+    a = [Augmenter(cfg, seed=7)(raw, labels, (8, 16, 16)) for _ in range(2)]
+    b = Augmenter(cfg, seed=8)(raw, labels, (8, 16, 16))
+    np.testing.assert_array_equal(a[0][0], a[1][0])
+    np.testing.assert_array_equal(a[0][1], a[1][1])
+    assert not np.array_equal(a[0][0], b[0])
+
+
+def test_z_range_addresses(tmp_path):
+    raw = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    labels = np.arange(10 * 4 * 4, dtype=np.uint32).reshape(10, 4, 4) % 7 + 1
+    np.savez(tmp_path / "v.npz", raw=raw, labels=labels)
+    assert parse_address("a.npz#raw[3:7]") == ("a.npz#raw", slice(3, 7))
+    assert parse_address("a.npz#raw[:-2]") == ("a.npz#raw", slice(None, -2))
+    assert parse_address("some/zarr") == ("some/zarr", slice(None))
+    pair = load_pair(f"{tmp_path}/v.npz#raw[2:5]", f"{tmp_path}/v.npz#labels[2:5]")
+    np.testing.assert_array_equal(pair.raw, raw[2:5])
+    with pytest.raises(UserError, match="no sections"):
+        load_pair(f"{tmp_path}/v.npz#raw[5:5]", f"{tmp_path}/v.npz#labels[5:5]")
+
+
+def test_relabel_per_section_separates_repeated_ids():
+    labels = np.array([[[1, 1, 0]], [[1, 2, 2]]], np.uint32)
+    out = relabel_per_section(labels)
+    assert out[0, 0, 0] == out[0, 0, 1] and out[0, 0, 2] == 0
+    assert out[1, 0, 0] != out[0, 0, 0] and out[1, 0, 1] == out[1, 0, 2] != out[1, 0, 0]
+
+
+def voronoi_volume(shape, n_cells, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny synthetic EM-like volume: Voronoi cells (ids), dark 1-voxel membranes, noise."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int32)
+    pts = [tuple(rng.integers(0, s) for s in shape) for _ in range(n_cells)]
+    for i, p in enumerate(pts, 1):
+        seeds[p] = i
+    _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    cells = seeds[tuple(nearest)].astype(np.uint32)
+    edge = np.zeros(shape, bool)
+    for axis in range(3):
+        d = np.diff(cells, axis=axis) != 0
+        sl = [slice(None)] * 3
+        sl[axis] = slice(1, None)
+        edge[tuple(sl)] |= d
+    labels = np.where(edge, 0, cells).astype(np.uint32)
+    raw = np.where(edge, 60, 190) + rng.normal(0, 12, shape)
+    return np.clip(raw, 0, 255).astype(np.uint8), labels
+
+
+def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
+    from connectome.cli.main import main
+    from connectome.models import load_model, predict_affinities
+
+    raw, labels = voronoi_volume((24, 48, 48), 40, seed=0)
+    vraw, vlabels = voronoi_volume((16, 32, 32), 12, seed=1)
+    np.savez(tmp_path / "t.npz", raw=raw, labels=labels, vraw=vraw, vlabels=vlabels)
+    out = tmp_path / "run"
+    rc = main([
+        "train", "affinities", "--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels",
+        "--val-raw", f"{tmp_path}/t.npz#vraw", "--val-labels", f"{tmp_path}/t.npz#vlabels",
+        "--name", "tiny", "--out", str(out), "--iterations", "24", "--batch-size", "2",
+        "--patch", "16", "24", "24", "--seed", "0", "--val-every", "12", "--voxel-size", "8", "8", "8",
+        "--lr", "0.003",
+    ])
+    assert rc == 0
+    for name in ("tiny.pt", "tiny.json", "tiny-loss.png", "tiny-log.json"):
+        assert (out / name).is_file(), name
+    log = json.loads((out / "tiny-log.json").read_text())
+    losses = log["losses"]
+    assert len(losses) == 24
+    assert np.mean(losses[-6:]) < np.mean(losses[:6])
+    meta = json.loads((out / "tiny.json").read_text())
+    prov = meta["provenance"]
+    assert prov["iterations"] == 24 and prov["wall_time_s"] > 0 and "cpu" in prov["device"]
+    assert prov["validation"]["best"]["iteration"] in (12, 24)
+    assert meta["voxel_size"] == [8.0, 8.0, 8.0]
+    assert (out / "tiny-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = load_model(str(out / "tiny.pt"), device="cpu")
+    affs = predict_affinities(model, vraw[:, :32, :32])
+    assert affs.shape == (3, 16, 32, 32) and affs.dtype == np.float32
+
+    # fine-tuning from the result keeps its normalisation and records where it started
+    common = ["--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels", "--iterations", "2",
+              "--patch", "16", "24", "24", "--init", str(out / "tiny.pt")]
+    assert main(["train", "affinities", *common, "--name", "tuned", "--out", str(out)]) == 0
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert tuned["normalisation"]["mean"] == meta["normalisation"]["mean"]
+    assert tuned["provenance"]["init"]["iterations"] == 24
+    assert main(["train", "affinities", *common, "--name", "bad", "--out", str(out), "--arch", "aniso"]) == 2
+
+
+def test_training_refuses_validation_sections_in_the_training_set(tmp_path):
+    from connectome.affinity.training import TrainSettings, train
+
+    raw, labels = voronoi_volume((16, 24, 24), 10, seed=0)
+    np.savez(tmp_path / "t.npz", raw=raw, labels=labels)
+    a = f"{tmp_path}/t.npz"
+    settings = TrainSettings(raw=[f"{a}#raw[0:10]"], labels=[f"{a}#labels[0:10]"],
+                             val_raw=f"{a}#raw[8:16]", val_labels=f"{a}#labels[8:16]",
+                             name="x", out=str(tmp_path / "o"), iterations=1, patch=(8, 16, 16))
+    with pytest.raises(UserError, match="overlaps"):
+        train(settings, log=lambda *a: None)
+
+
+def test_two_d_labels_mask_z_affinities():
+    from connectome.affinity.training import TrainSettings, _batch, augment_config
+    from connectome.training.data import Pair
+
+    raw, labels = voronoi_volume((12, 48, 48), 30, seed=2)
+    p = Pair("r", "l", raw, labels)
+    offsets = NN + ((-2, 0, 0), (0, -3, 0))
+    settings = TrainSettings(raw=[], labels=[], name="x", out="x", patch=(4, 32, 32), labels_2d=True,
+                             arch="aniso", batch_size=2)
+    r, t, m = _batch([p], np.array([1.0]), Augmenter(augment_config("aniso"), 0), settings, offsets,
+                     (0, 2, 2), np.random.default_rng(0))
+    assert r.shape == (2, 1, 4, 32, 32) and t.shape == m.shape == (2, 5, 4, 32, 32)
+    assert not m[:, 0].any() and not m[:, 3].any()  # every z offset is out of the loss
+    assert m[:, 1].any() and m[:, 4].any()
+    assert not m[:, 1, :, :2].any() and not m[:, 1, :, -2:].any()  # loss margin
+
+
+def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
+    from connectome.cli.main import main
+
+    raw, labels = voronoi_volume((8, 16, 16), 5, seed=0)
+    np.savez(tmp_path / "t.npz", raw=raw, labels=labels)
+    a = f"{tmp_path}/t.npz"
+    rc = main(["train", "affinities", "--raw", f"{a}#raw", "--labels", f"{a}#nope", "--name", "x",
+               "--out", str(tmp_path / "o"), "--iterations", "1", "--patch", "12", "16", "16"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err
+    rc = main(["train", "affinities", "--raw", f"{a}#raw", "--labels", f"{a}#labels", "--name", "x",
+               "--out", str(tmp_path / "o"), "--iterations", "1", "--patch", "8", "15", "16"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "multiple" in err

@@ -1,0 +1,51 @@
+"""The one address parser: kinds, keys, section ranges, dataset names, rebasing."""
+
+import os
+
+import numpy as np
+import pytest
+
+from connectome.core.address import absolute, is_dataset_name, parse_address, rebased
+from connectome.core.errors import UserError
+from connectome.core.geometry import Box
+from connectome.io import create_volume, open_volume
+
+
+@pytest.mark.parametrize("text, kind, base, sections", [
+    ("out.zarr/raw", "zarr", "out.zarr/raw", None),
+    ("precomputed://file:///tmp/x", "precomputed", "precomputed://file:///tmp/x", None),
+    ("a.npz#raw", "npz", "a.npz#raw", None),
+    ("a.h5#volumes/raw[10:20]", "hdf5", "a.h5#volumes/raw", slice(10, 20)),
+    ("stack/*.tif[:5]", "images", "stack/*.tif", slice(None, 5)),
+    ("out.zarr/raw[-4:]", "zarr", "out.zarr/raw", slice(-4, None)),
+])
+def test_parse(text, kind, base, sections):
+    a = parse_address(text)
+    assert (a.kind, a.base, a.sections) == (kind, base, sections)
+    assert str(a) == text
+
+
+def test_names_and_rebasing(tmp_path):
+    assert is_dataset_name("affinities") and not is_dataset_name("x/affinities") and not is_dataset_name("a.npz#k")
+    assert rebased("d/v.zarr/raw[1:3]", "/base") == "/base/d/v.zarr/raw[1:3]"
+    assert rebased("f.h5#a/b[2:]", "/base") == "/base/f.h5#a/b[2:]"
+    assert rebased("precomputed://gs://b/x", "/base") == "precomputed://gs://b/x"
+    assert absolute("/abs/v.zarr") == "/abs/v.zarr"
+    assert absolute("v.npz#raw") == os.path.join(os.getcwd(), "v.npz") + "#raw"
+
+
+def test_section_range_is_a_read_only_volume_of_its_own(tmp_path):
+    data = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    vol = create_volume(str(tmp_path / "v"), data.shape, np.uint8, (5, 4, 4), (40, 4, 4))
+    vol.write(vol.box, data)
+    part = open_volume(vol.address + "[3:7]")
+    assert part.shape == (4, 4, 4) and part.meta.offset == (3, 0, 0) and part.meta.voxel_size == (40, 4, 4)
+    np.testing.assert_array_equal(part.read(part.box), data[3:7])
+    np.testing.assert_array_equal(part.read(Box((1, 1, 0), (2, 2, 4))), data[4:6, 1:3])
+    np.testing.assert_array_equal(open_volume(vol.address + "[-2:]").read(Box.from_shape((2, 4, 4))), data[8:])
+    with pytest.raises(UserError, match="selects no sections"):
+        open_volume(vol.address + "[7:3]")
+    with pytest.raises(UserError, match="read-only"):
+        open_volume(vol.address + "[3:7]", "r+")
+    with pytest.raises(UserError, match="cannot create a section range"):
+        create_volume(str(tmp_path / "w") + "[0:2]", (2, 4, 4), np.uint8, (2, 4, 4), (1, 1, 1))

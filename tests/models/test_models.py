@@ -1,0 +1,230 @@
+"""The affinity U-Net: shipped weights load by name, predictions are sane, tiling is seam-free."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from connectome.core.errors import UserError
+from connectome.models import (
+    NEAREST_OFFSETS,
+    UNet,
+    available_models,
+    load_model,
+    predict_affinities,
+    predict_volume,
+    preset,
+    save_model,
+)
+from connectome.models.unet import aligned_reach
+
+SHIPPED = ("fib-10nm", "sstem", "synthetic")
+
+
+def _random_model(tmp_path, arch: str, z_affinity: str = "learned", seed: int = 0, norm: str = "none"):
+    """A model with random weights (and random biases and BatchNorm statistics, so every path
+    matters) saved and loaded back (BatchNorm folded into the convolutions by load_model)."""
+    torch.manual_seed(seed)
+    net = UNet(dataclasses.replace(preset(arch, NEAREST_OFFSETS + ((0, 0, -3),)), norm=norm))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv3d):
+                m.bias.normal_(0, 0.1)
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.1)
+    path = save_model(tmp_path / f"{arch}-{z_affinity}", net,
+                      {"voxel_size": [8, 8, 8], "normalisation": {"mean": 0.5, "std": 0.2},
+                       "z_affinity": z_affinity})
+    return load_model(str(path), device="cpu")
+
+
+def test_all_shipped_models_are_present():
+    assert set(SHIPPED) <= set(available_models())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_and_predicts(name):
+    if name not in available_models():
+        pytest.skip(f"{name} weights not shipped yet")
+    model = load_model(name, device="cpu")
+    info = model.info
+    assert info.name == name
+    assert not model.net.training
+    assert info.offsets[:3] == NEAREST_OFFSETS
+    assert all(c % d == 0 for c, d in zip(info.context, info.divisor))
+    assert all(c >= r for c, r in zip(info.context, aligned_reach(info.config)))
+    assert len(info.voxel_size) == 3 and min(info.voxel_size) > 0
+    prov = info.provenance
+    for key in ("command", "wall_time_s", "device", "data", "iterations", "validation"):
+        assert key in prov, key
+    assert prov["command"].startswith("connectome train affinities")
+    shape = tuple(2 * d for d in info.divisor)
+    shape = tuple(max(s, 8) for s in shape)
+    raw = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    affs = predict_affinities(model, raw)
+    assert affs.shape == (3, *shape) and affs.dtype == np.float32
+    assert affs.min() >= 0.0 and affs.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weight_files_are_small(name):
+    from connectome.models import WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.exists():
+        pytest.skip(f"{name} weights not shipped yet")
+    assert path.stat().st_size < 2_000_000
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["agglomeration"]["threshold"] is not None
+
+
+def test_unknown_model_is_a_user_error_naming_the_available_ones():
+    with pytest.raises(UserError) as e:
+        load_model("no-such-model")
+    msg = str(e.value)
+    assert "\n" not in msg and "no-such-model" in msg
+    for name in available_models():
+        assert name in msg
+
+
+def test_missing_weight_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError):
+        load_model(str(tmp_path / "absent.pt"))
+
+
+def test_bad_inputs_raise_value_error(tmp_path):
+    model = _random_model(tmp_path, "iso")
+    with pytest.raises(ValueError, match="multiple"):
+        predict_affinities(model, np.zeros((8, 8, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        predict_affinities(model, np.zeros((8, 8, 8), np.float32))
+
+
+def _assert_seam_free(model) -> None:
+    """Two overlapping tiles with `context` margin give exactly the centre of the whole prediction,
+    and one divisor step less margin does not."""
+    c, d = model.info.context, model.info.divisor
+    core = tuple(2 * dd * (3 if dd > 1 else 2) for dd in d)
+    shape = (core[0] + 2 * c[0], core[1] + 2 * c[1], 2 * core[2] + 2 * c[2])
+    raw = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    whole = predict_affinities(model, raw)
+    cut = c[2] + core[2]  # divisor-aligned boundary between the two write boxes
+    tiles = [(c[2], cut), (cut, cut + core[2])]
+    centre = (slice(None), slice(c[0], c[0] + core[0]), slice(c[1], c[1] + core[1]))
+    for x0, x1 in tiles:
+        assert x0 % d[2] == 0
+        tile = predict_affinities(model, raw[:, :, x0 - c[2]: x1 + c[2]])
+        got = tile[centre + (slice(c[2], c[2] + x1 - x0),)]
+        want = whole[centre + (slice(x0, x1),)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # the margin is needed: one divisor step less on both sides changes the tile's edges
+    x0, x1 = tiles[0]
+    short = predict_affinities(model, raw[:, :, x0 - c[2] + d[2]: x1 + c[2] - d[2]])
+    inner = c[2] - d[2]
+    got = short[centre + (np.r_[inner: inner + d[2], inner + x1 - x0 - d[2]: inner + x1 - x0],)]
+    want = whole[centre + (np.r_[x0: x0 + d[2], x1 - d[2]: x1],)]
+    assert not np.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,z_affinity,norm", [("iso", "learned", "batch"), ("aniso", "from_xy", "none")])
+def test_tiled_prediction_is_seam_free(tmp_path, arch, z_affinity, norm):
+    model = _random_model(tmp_path, arch, z_affinity, norm=norm)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.net.modules())
+    _assert_seam_free(model)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_are_seam_free(name):
+    if name not in available_models():
+        pytest.skip(f"{name} weights not shipped yet")
+    _assert_seam_free(load_model(name, device="cpu"))
+
+
+@pytest.mark.parametrize("arch", ["iso", "aniso"])
+def test_receptive_field_radius_is_exact(arch):
+    """The impulse response of an all-positive network reaches exactly `radius` voxels."""
+    cfg = preset(arch)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                m.bias.zero_()
+    d = cfg.divisor
+    shape = tuple(2 * c + 2 * dd for c, dd in zip(cfg.context, d))
+    reach = [0, 0, 0]
+    phases = max(d)  # the reach depends on where the impulse sits in the downsampling grid
+    x = torch.zeros(phases, 1, *shape)
+    centres = [tuple(s // 2 + p % dd for s, dd in zip(shape, d)) for p in range(phases)]
+    for p, centre in enumerate(centres):
+        x[(p, 0, *centre)] = 1.0
+    with torch.no_grad():
+        y = net(x)[:, 0]
+    for p, centre in enumerate(centres):
+        nz = torch.nonzero(y[p] > 0)
+        for a in range(3):
+            reach[a] = max(reach[a], int((nz[:, a] - centre[a]).abs().max()))
+    assert tuple(reach) == cfg.radius
+    # divisor-aligned tiles need no more than the radius (the seam test shows they need all of context)
+    aligned = aligned_reach(cfg)
+    assert all(a <= r for a, r in zip(aligned, cfg.radius))
+    assert all(c >= a and c - a < dd and c % dd == 0 for c, a, dd in zip(cfg.context, aligned, d))
+
+
+def test_batchnorm_is_folded_exactly(tmp_path):
+    """load_model's folded network computes what the trained network computes in eval mode."""
+    model = _random_model(tmp_path, "iso", norm="batch")
+    net = UNet(model.info.config)
+    net.load_state_dict(torch.load(model.info.path, weights_only=True))
+    net.eval()
+    raw = np.random.default_rng(5).integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    x = (torch.from_numpy(raw)[None, None].float() / 255 - model.info.mean) / model.info.std
+    with torch.no_grad():
+        want = torch.sigmoid(net(x)[0, :3]).numpy()
+    np.testing.assert_allclose(predict_affinities(model, raw), want, atol=1e-5)
+
+
+def test_batched_prediction_matches_single(tmp_path):
+    model = _random_model(tmp_path, "iso")
+    rng = np.random.default_rng(2)
+    raws = rng.integers(0, 256, (2, 8, 16, 16), dtype=np.uint8)
+    batch = predict_affinities(model, raws)
+    listed = predict_affinities(model, list(raws))
+    assert batch.shape == (2, 3, 8, 16, 16) and isinstance(listed, list)
+    for i in range(2):
+        single = predict_affinities(model, raws[i])
+        np.testing.assert_allclose(batch[i], single, atol=1e-6)
+        np.testing.assert_allclose(listed[i], single, atol=1e-6)
+
+
+def test_predict_volume_takes_any_shape_and_tiles_without_seams(tmp_path):
+    model = _random_model(tmp_path, "iso")
+    raw = np.random.default_rng(3).integers(0, 256, (9, 14, 27), dtype=np.uint8)
+    whole = predict_volume(model, raw)
+    assert whole.shape == (3, 9, 14, 27)
+    tiled = predict_volume(model, raw, tile=(8, 16, 16))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_z_affinity_from_xy_for_two_d_models(tmp_path):
+    model = _random_model(tmp_path, "aniso", "from_xy")
+    raw = np.random.default_rng(4).integers(0, 256, (4, 16, 16), dtype=np.uint8)
+    affs = predict_affinities(model, raw)
+    xy = affs[1:]
+    # z affinity never exceeds the in-plane "interior" evidence of either section
+    interior = (xy[0] + np.concatenate([xy[0][:, 1:], xy[0][:, -1:]], 1)
+                + xy[1] + np.concatenate([xy[1][:, :, 1:], xy[1][:, :, -1:]], 2)) / 4
+    np.testing.assert_allclose(affs[0][1:], np.minimum(interior[1:], interior[:-1]), atol=1e-6)
+
+
+def test_flops_per_voxel_is_in_the_cpu_budget():
+    for arch in ("iso", "aniso"):
+        flops = preset(arch).flops_per_voxel
+        assert 5e3 < flops < 3e4, (arch, flops)
