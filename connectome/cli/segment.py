@@ -12,7 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
     parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
     parser.add_argument("--method", default="affinities", choices=["affinities", "ffn"])
-    parser.add_argument("--model", default="synthetic", help="shipped model name (synthetic, fib-10nm, sstem) or a .pt path")
+    parser.add_argument("--model", default="synthetic",
+                        help="shipped model name (synthetic, fib-10nm, sstem) or a .pt path")
     parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                         help="output chunks (default: the block shape)")
