@@ -91,6 +91,7 @@ def run(args) -> int:
              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
              + (f"; best validation VOI {v['voi']:.3f} (split {v['voi_split']:.3f}, merge {v['voi_merge']:.3f}) "
                 f"at iteration {v['iteration']}, threshold {v['threshold']}" if v else "")
-             + f"\nweights: {summary['weights']}" + (f" (installed as {summary['installed']})" if summary["installed"] else ""))
+             + f"\nweights: {summary['weights']}"
+             + (f" (installed as {summary['installed']})" if summary["installed"] else ""))
     print_result(args, summary, human)
     return 0
