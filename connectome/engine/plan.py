@@ -52,8 +52,7 @@ class PlannedStage:
     table_producers: dict[str, dict] = field(default_factory=dict)  # read table -> its producer in this plan
 
     def step(self) -> GlobalStep | None:
-        make = getattr(self.stage, "global_step", None)
-        return make() if make is not None else None
+        return self.stage.global_step()
 
 
 @dataclass

@@ -7,8 +7,8 @@ A stage author declares
   padded to a multiple, clipped or mirrored at the volume's faces); the runner hands the stage
   `block.read_box`, so a stage never derives its own padding;
 - `resources` (e.g. {"GPU": 1}), `block_multiple()`, `reads_neighbours` (blocks wait for the
-  earlier blocks whose outputs they read), `tables` it writes (`Table`: name and format version)
-  and `reads_tables`;
+  earlier blocks whose outputs they read), `tables` it writes (`Table`: name and format version),
+  `reads_tables`, and `global_step()` (work that runs once before the blocks, e.g. a global merge);
 - `Params`, a pydantic model of its parameters;
 and implements `process(block, volumes)`, which reads `block.read_box`, writes `block.write_box`
 and returns a small JSON-able summary (stored in the block's done-marker).
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec
+from connectome.engine.global_step import GlobalStep
 from connectome.io import Volume, VolumeMeta, open_volume
 
 
@@ -150,6 +151,10 @@ class BlockStage(ABC, Generic[P]):
         """This stage's parameters made consistent with the stages of the run that write its inputs
         (`upstream`: input name -> that stage, None for an input the run does not write)."""
         return self.params
+
+    def global_step(self) -> GlobalStep | None:
+        """Work that runs once over all blocks' results before this stage's blocks (e.g. a global merge)."""
+        return None
 
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         """How each output is created; by default the specs the outputs declare."""
