@@ -1,9 +1,12 @@
 """Run a blockwise stage on a Dask cluster: bounded windows, adaptive batching, resume, retries.
 
-One Dask task runs a batch of consecutive blocks; each finished block gets its own done-marker,
+One Dask task runs a batch of blocks (consecutive ones, or, for a stage whose blocks read their
+earlier neighbours' output, blocks whose dependencies are done: `engine.order`); each finished
+block gets its own done-marker,
 so a retried or re-run batch redoes only the blocks without one. Batch sizes adapt to the
 measured time per block (about `target_task_seconds` per task, but always several tasks per
-worker thread), which keeps the scheduler's overhead per block far below one task's.
+worker thread), which keeps the scheduler's overhead per block far below one task's. A stage's
+global step (`run_global_step`) runs as one task before its blocks.
 """
 
 from __future__ import annotations
