@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from connectome.cluster.client import ClusterConfig
@@ -12,6 +13,20 @@ from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
 from connectome.engine.plan import Plan, check_plan_resumable, execute, plan_run
 
 DEFAULT_THRESHOLD = 0.5
+def two_d_model_warning(info) -> str | None:
+    """The warning for a model trained on 2-D labels only (z affinity derived from x/y), else None."""
+    if getattr(info, "z_affinity", "learned") != "from_xy":
+        return None
+    return (f"connectome: warning: model {info.name} was trained on 2-D labels only: its z affinities are "
+            "derived from x/y, so on a 3-D volume it merges objects through neighbouring sections")
+
+
+def warn_if_two_d_model(info, stream=None) -> str | None:
+    """Print `two_d_model_warning` as one line on stderr (or `stream`); return it."""
+    message = two_d_model_warning(info)
+    if message is not None:
+        print(message, file=stream if stream is not None else sys.stderr, flush=True)
+    return message
 
 
 def segmentation_config(
@@ -30,6 +45,7 @@ def segmentation_config(
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
+    warn_if_two_d_model(info)
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
     stages = [
@@ -76,5 +92,5 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
 
 
 def check_method(method: str) -> None:
-    if method != "affinities":
-        raise UserError(f"--method {method}: only 'affinities' is available in this version (ffn is not built yet)")
+    if method not in ("affinities", "ffn"):
+        raise UserError(f"--method {method}: expected 'affinities' or 'ffn'")

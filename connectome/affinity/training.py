@@ -1,14 +1,16 @@
-"""Training loop for the affinity U-Net: augmented patches, class-balanced BCE, VOI-based validation."""
+"""Training loop for the affinity U-Net: augmented patches, class-balanced BCE, VOI-based validation.
+
+Validation segments the validation volume exactly as `connectome segment` does in one block
+(`connectome.affinity.validation`: uint8 affinities, our watershed, region graph and mean-score
+global merge) at each threshold, and the model ships the threshold that scored best there.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from connectome.affinity.targets import affinities_from_labels, balance_weights
+from connectome.affinity.validation import AFF_HIGH, AFF_LOW, CHAIN, voi_over_thresholds
 from connectome.core.errors import UserError
 from connectome.core.machine import cpu_name
 from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, model_context, save_model
@@ -35,7 +38,7 @@ AUX_OFFSETS = {
     "aniso": ((-2, 0, 0), (0, -3, 0), (0, 0, -3), (0, -9, 0), (0, 0, -9)),
 }
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SCORING = "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>"  # waterz default, as our agglomerate stage
+SCORING = "mean"  # the relabel stage's default: score = 1 - mean affinity of the whole contact
 
 
 @dataclass
@@ -82,41 +85,9 @@ def default_margin(arch: str) -> Vec3:
     return (0, 8, 8) if arch == "aniso" else (4, 4, 4)
 
 
-@contextlib.contextmanager
-def _quiet_c_stdout():
-    """Silence what compiled code (waterz) prints on file descriptor 1."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def voi_over_thresholds(affs: np.ndarray, gt: np.ndarray, thresholds) -> list[dict]:
-    """waterz agglomeration of `affs` at each threshold, scored against `gt` (VOI in bits, gt==0 out)."""
-    import waterz
-
-    from connectome.metrics import voi
-
-    affs = np.ascontiguousarray(affs, dtype=np.float32)
-    gt = np.ascontiguousarray(gt)
-    out = []
-    with _quiet_c_stdout():
-        for t, seg in zip(thresholds, waterz.agglomerate(affs, list(thresholds), scoring_function=SCORING)):
-            if not isinstance(seg, np.ndarray):  # tuples come only with gt or a merge history asked for
-                raise TypeError(f"waterz.agglomerate gave a {type(seg).__name__}, expected a segmentation")
-            split, merge = voi(seg, gt)
-            split, merge = split + 0.0, merge + 0.0  # no -0.0 in reports
-            out.append({"threshold": float(t), "voi_split": split, "voi_merge": merge, "voi": split + merge})
-    return out
-
-
 def score_pair(model: LoadedModel, pair: Pair, thresholds, labels_2d: bool) -> list[dict]:
-    """Predict a whole volume and score its agglomerations; 2-d labels are scored section by section."""
+    """Predict a whole volume and score `connectome segment`'s chain on it at each threshold; 2-d labels
+    are scored section by section (z affinities 0: no merge across sections)."""
     from connectome.models.inference import predict_volume
 
     affs = predict_volume(model, pair.raw)
@@ -252,7 +223,8 @@ def train(settings: TrainSettings, log=print) -> dict:
             "voxel_size": list(voxel_size),
             "normalisation": {"mean": mean, "std": std, "formula": "(raw / 255 - mean) / std"},
             "z_affinity": info.z_affinity,
-            "agglomeration": {"scoring_function": SCORING, "threshold": best["threshold"] if best else None},
+            "agglomeration": {"chain": CHAIN, "scoring": SCORING, "aff_low": AFF_LOW, "aff_high": AFF_HIGH,
+                              "threshold": best["threshold"] if best else None},
             **extra,
         }
 

@@ -12,8 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
     parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
     parser.add_argument("--method", default="affinities", choices=["affinities", "ffn"])
-    parser.add_argument("--model", default="synthetic",
-                        help="shipped model name (synthetic, fib-10nm, sstem) or a .pt path")
+    parser.add_argument("--model", default=None,
+                        help="shipped model name or a .pt path (default: synthetic; with --method ffn: ffn-synthetic)")
     parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                         help="output chunks (default: the block shape)")
@@ -25,11 +25,18 @@ def add_arguments(parser) -> None:
                         help="nm; required for sources that carry none")
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run a model on data whose voxel size differs from its own by more than 1.5x")
+    parser.add_argument("--overlap", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                        help="ffn: context each block reads beyond its write box (default: the model's FOV)")
+    parser.add_argument("--ffn-batch", type=int, default=8, help="ffn: objects filled together in one batch")
     add_run_options(parser)
 
 
 def run(args) -> int:
     check_method(args.method)
+    if args.model is None:
+        args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
+    if args.method == "ffn":
+        return _run_ffn(args)
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,
@@ -44,3 +51,20 @@ def run(args) -> int:
                                 f"({rate / 1e6:.2f} Mvx/s)")
     return 0
 
+
+def _run_ffn(args) -> int:
+    from connectome.engine.plan import check_plan_resumable, plan_run
+    from connectome.ffn.segment import ffn_config, run_ffn
+
+    cluster = cluster_settings(args)
+    config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
+                        cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch)
+    plan = plan_run(config)
+    check_plan_resumable(plan, args.overwrite)
+    with open_client(cluster, quiet=args.json) as client:
+        summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    rate = summary["voxels"] / max(summary["seconds"], 1e-9)
+    print_result(args, summary, f"segmentation: {summary['segmentation']}\n"
+                                f"{summary['voxels']:,} voxels (ffn), {summary['seconds']:.1f} s "
+                                f"({rate / 1e3:.1f} kvx/s)")
+    return 0

@@ -1,4 +1,4 @@
-"""Train a model: `connectome train affinities --raw ADDR --labels ADDR ... --name NAME --out DIR`.
+"""Train a model: `connectome train affinities|ffn --raw ADDR --labels ADDR ... --name NAME --out DIR`.
 
 Addresses may end in a z range, `ADDR[z0:z1]`, to split one volume into training and validation
 sections; training data that overlaps the validation or evaluation data is refused.
@@ -11,7 +11,7 @@ import sys
 
 from connectome.cli.main import print_result
 
-MODELS = ("affinities",)
+MODELS = ("affinities", "ffn")
 
 
 def add_arguments(parser) -> None:
@@ -57,6 +57,37 @@ def add_arguments(parser) -> None:
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_ffn(sub)
+
+
+def _add_ffn(sub) -> None:
+    p = sub.add_parser("ffn", help="a flood-filling network used by `connectome segment --method ffn`",
+                       description=__doc__)
+    p.add_argument("--raw", action="append", required=True, metavar="ADDR", help="training raw (uint8); repeatable")
+    p.add_argument("--labels", action="append", required=True, metavar="ADDR", help="object ids of that --raw")
+    p.add_argument("--val-raw", metavar="ADDR", help="validation raw, segmented to score checkpoints")
+    p.add_argument("--val-labels", metavar="ADDR")
+    p.add_argument("--name", required=True, help="model name (ffn-...): writes OUT/NAME.pt and OUT/NAME.json")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--moves", type=int, default=1, help="FOV moves per example after the first step")
+    p.add_argument("--arch", choices=("cpu", "cpu-aniso", "reference", "reference-aniso"), default="cpu",
+                   help="cpu: FOV 17^3, step 5, 3 modules of 16 features; reference: the published 33^3, "
+                        "step 8, 12 modules of 32; -aniso: a FOV and step smaller in z for serial sections")
+    p.add_argument("--fov", type=int, nargs=3, metavar=("Z", "Y", "X"), help="override the FOV of --arch")
+    p.add_argument("--deltas", type=int, nargs=3, metavar=("Z", "Y", "X"), help="override the movement step")
+    p.add_argument("--depth", type=int, help="override the module count")
+    p.add_argument("--features", type=int, help="override the feature count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-every", type=int, default=250, metavar="N")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--install", action="store_true",
+                   help="copy the best weights, json and curve into the shipped models")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _command_line() -> str:
@@ -68,6 +99,8 @@ def _command_line() -> str:
 
 
 def run(args) -> int:
+    if args.model == "ffn":
+        return _run_ffn(args)
     from connectome.affinity.training import TrainSettings, train
 
     patch = tuple(args.patch) if args.patch else ((12, 160, 160) if args.arch == "aniso" else (48, 48, 48))
@@ -91,6 +124,45 @@ def run(args) -> int:
              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
              + (f"; best validation VOI {v['voi']:.3f} (split {v['voi_split']:.3f}, merge {v['voi_merge']:.3f}) "
                 f"at iteration {v['iteration']}, threshold {v['threshold']}" if v else "")
+             + f"\nweights: {summary['weights']}"
+             + (f" (installed as {summary['installed']})" if summary["installed"] else ""))
+    print_result(args, summary, human)
+    return 0
+
+
+def _run_ffn(args) -> int:
+    from dataclasses import replace
+    from typing import Any
+
+    from connectome.core.geometry import vec3
+    from connectome.ffn import model as M
+    from connectome.ffn.training import FFNTrainSettings, train
+
+    config = {"cpu": M.CPU, "cpu-aniso": M.CPU_ANISO, "reference": M.REFERENCE,
+              "reference-aniso": M.REFERENCE_ANISO}[args.arch]
+    overrides: dict[str, Any] = {k: (vec3(v) if isinstance(v, list) else v) for k, v in
+                 (("fov", args.fov), ("deltas", args.deltas), ("depth", args.depth), ("features", args.features))
+                 if v is not None}
+    try:
+        config = replace(config, **overrides)
+    except ValueError as e:
+        from connectome.core.errors import UserError
+
+        raise UserError(str(e)) from None
+    settings = FFNTrainSettings(
+        raw=args.raw, labels=args.labels, name=args.name, out=args.out, val_raw=args.val_raw,
+        val_labels=args.val_labels, iterations=args.iterations, batch_size=args.batch_size, moves=args.moves,
+        config=config, seed=args.seed, lr=args.lr, val_every=args.val_every, max_minutes=args.max_minutes,
+        threads=args.threads, voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
+        install=args.install, command=_command_line(),
+    )
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    summary = train(settings, log=log)
+    v = summary["validation"]
+    human = (f"trained {summary['name']} in {summary['wall_time_s'] / 60:.1f} min: loss "
+             f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
+             + (f"; best validation VOI {v['voi']:.3f} (split {v['voi_split']:.3f}, merge {v['voi_merge']:.3f}, "
+                f"merges {v['merges']}) at iteration {v['iteration']}" if v else "")
              + f"\nweights: {summary['weights']}"
              + (f" (installed as {summary['installed']})" if summary["installed"] else ""))
     print_result(args, summary, human)

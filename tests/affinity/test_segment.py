@@ -72,7 +72,7 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     raw = str(synthetic_raw / "raw")
     cases = [
         (["segment", raw, str(tmp_path / "o"), "--model", "nonesuch"], "unknown model 'nonesuch'"),
-        (["segment", raw, str(tmp_path / "o"), "--method", "ffn"], "--method ffn"),
+        (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--model", "synthetic"], "model 'synthetic' is not an FFN model"),
         (["segment", str(tmp_path / "missing.zarr"), str(tmp_path / "o")], "no such file or directory"),
         (["segment", str(synthetic_raw / "labels"), str(tmp_path / "o")], "has dtype uint64, expected uint8"),
         (["segment", raw, str(tmp_path / "o"), "--block-shape", "16", "64", "62"], "needs a multiple of"),

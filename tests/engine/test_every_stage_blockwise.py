@@ -24,6 +24,9 @@ CASES = {
     "fragments": (["affinities"], "fragments", "cut at faces"),  # whole-volume basins, cut at block faces
     "agglomerate": (["affinities", "fragments"], None, "tables"),  # checked through relabel
     "relabel": (["affinities", "fragments", "agglomerate"], "segmentation", "partition"),
+    # the FFN chain runs far slower; its blockwise == one-block check is tests/ffn/test_segment_ffn.py
+    "ffn": ([], None, "tests/ffn"),
+    "ffn_relabel": (["ffn"], None, "tests/ffn"),
 }
 
 

@@ -1,0 +1,86 @@
+"""Training examples for the FFN: patches centred on object voxels away from boundaries, augmented."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+Vec3 = tuple[int, int, int]
+
+
+def label_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Voxels whose label differs from a face neighbour's, or that are background (0)."""
+    edge = labels == 0
+    for axis in range(3):
+        d = np.diff(labels, axis=axis) != 0
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        edge[tuple(lo)] |= d
+        edge[tuple(hi)] |= d
+    return edge
+
+
+def candidate_centres(labels: np.ndarray, patch: Vec3, voxel_size, min_distance: float = 2.0) -> np.ndarray:
+    """Flat indices of object voxels at least `min_distance` (in the smallest voxel unit) from a boundary,
+    far enough from the faces for a whole `patch` around them."""
+    scale = np.asarray(voxel_size, np.float64) / min(voxel_size)
+    dist = ndimage.distance_transform_edt(~label_boundaries(labels), sampling=scale)
+    ok = dist >= min_distance
+    for axis, p in enumerate(patch):
+        r = p // 2
+        index = [slice(None)] * 3
+        index[axis] = np.r_[0:r, labels.shape[axis] - r:labels.shape[axis]]
+        ok[tuple(index)] = False
+    return np.flatnonzero(ok)
+
+
+def cut(raw: np.ndarray, labels: np.ndarray, centre, patch: Vec3) -> tuple[np.ndarray, np.ndarray]:
+    """The `patch` of raw and the object mask of the centre voxel's label, around `centre`."""
+    box = tuple(slice(c - p // 2, c - p // 2 + p) for c, p in zip(centre, patch))
+    lab = labels[box]
+    return raw[box], lab == labels[tuple(centre)]
+
+
+def augment(raw: np.ndarray, mask: np.ndarray, rng: np.random.Generator, anisotropic: bool):
+    """Random flips, axis transposes (y/x only on anisotropic data, all cube axes otherwise) and contrast."""
+    raw = raw.astype(np.float32) / 255.0
+    flips = tuple(a for a in range(3) if rng.random() < 0.5)
+    raw, mask = np.flip(raw, flips), np.flip(mask, flips)
+    if anisotropic or raw.shape[0] != raw.shape[1]:
+        perm = (0, 2, 1) if rng.random() < 0.5 and raw.shape[1] == raw.shape[2] else (0, 1, 2)
+    else:
+        perm = tuple(rng.permutation(3))
+    raw, mask = raw.transpose(perm), mask.transpose(perm)
+    mean = raw.mean()
+    raw = (raw - mean) * rng.uniform(0.8, 1.2) + mean + rng.uniform(-0.1, 0.1)
+    return np.ascontiguousarray(np.clip(raw, 0, 1)), np.ascontiguousarray(mask)
+
+
+class ExampleSource:
+    """Seeded batches of (raw in [0, 1], object mask) patches from one or more labelled volumes."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], patch: Vec3, voxel_size, seed: int,
+                 anisotropic: bool = False, min_distance: float = 2.0):
+        self.pairs = pairs
+        self.patch = patch
+        self.anisotropic = anisotropic
+        self.rng = np.random.default_rng(seed)
+        self.candidates = [candidate_centres(lab, patch, voxel_size, min_distance) for _, lab in pairs]
+        sizes = np.array([len(c) for c in self.candidates], np.float64)
+        if sizes.sum() == 0:
+            raise ValueError("no object voxel is far enough from boundaries and faces for a training patch")
+        self.weights = sizes / sizes.sum()
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(size, *patch) float32 raw and bool masks."""
+        raws, masks = [], []
+        for _ in range(size):
+            k = int(self.rng.choice(len(self.pairs), p=self.weights))
+            raw, labels = self.pairs[k]
+            flat = self.candidates[k][self.rng.integers(len(self.candidates[k]))]
+            centre = np.unravel_index(flat, labels.shape)
+            r, m = augment(*cut(raw, labels, centre, self.patch), self.rng, self.anisotropic)
+            raws.append(r)
+            masks.append(m)
+        return np.stack(raws), np.stack(masks)

@@ -1,0 +1,95 @@
+"""Shipped and user-trained FFN models by name: `models/weights/ffn-{name}.pt` + `.json` beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from connectome.core.errors import UserError
+from connectome.ffn.model import FFN, FFNConfig, FFNInfo
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+FORMAT_VERSION = 1
+KIND = "ffn"
+
+
+def available_models() -> list[str]:
+    """Names of the shipped FFN models."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("ffn-*.pt") if p.with_suffix(".json").is_file())
+
+
+def resolve_model_path(name: str) -> Path:
+    """Weights of a shipped FFN name or a .pt path (with its .json); one line naming the problem otherwise."""
+    if name.endswith(".pt") or os.sep in name:
+        path = Path(name).expanduser()
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise UserError(f"FFN model {name}: no such file (or no .json beside it)")
+    else:
+        path = WEIGHTS_DIR / f"{name}.pt"
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise UserError(f"unknown FFN model {name!r}; available: {', '.join(available_models()) or 'none'}")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.get("kind") != KIND:
+        raise UserError(f"model {name!r} is not an FFN model; FFN models: {', '.join(available_models()) or 'none'}")
+    return path
+
+
+def read_info(path: str | os.PathLike) -> FFNInfo:
+    """FFNInfo from the .json beside the weights."""
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    inf = meta.get("inference", {})
+    return FFNInfo(
+        name=meta.get("name", path.stem),
+        config=FFNConfig.from_dict(meta["architecture"]),
+        voxel_size=tuple(float(v) for v in meta["voxel_size"]),  # type: ignore[arg-type]
+        mean=float(meta["normalisation"]["mean"]),
+        std=float(meta["normalisation"]["std"]),
+        move_threshold=float(inf.get("move_threshold", 0.9)),
+        segment_threshold=float(inf.get("segment_threshold", 0.6)),
+        min_size=int(inf.get("min_size", 100)),
+        provenance=meta.get("provenance", {}),
+        path=str(path),
+    )
+
+
+def load_model(name: str, device: str | torch.device = "cpu") -> tuple[FFN, FFNInfo]:
+    """The network (eval mode, no gradients) and its info."""
+    path = resolve_model_path(name)
+    info = read_info(path)
+    net = FFN(info.config)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net = net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, info
+
+
+def save_model(path: str | os.PathLike, net: FFN, info: FFNInfo, extra: dict | None = None) -> Path:
+    """Write `path`.pt (float32 state dict) and `path`.json (architecture, geometry, provenance)."""
+    path = Path(path).with_suffix(".pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    meta = {
+        "format": FORMAT_VERSION,
+        "kind": KIND,
+        "name": info.name,
+        "architecture": info.config.to_dict(),
+        "fov": list(info.config.fov),
+        "deltas": list(info.config.deltas),
+        "voxel_size": list(info.voxel_size),
+        "normalisation": {"mean": info.mean, "std": info.std, "formula": "(raw / 255 - mean) / std"},
+        "inference": {"move_threshold": info.move_threshold, "segment_threshold": info.segment_threshold,
+                      "min_size": info.min_size},
+        "provenance": info.provenance,
+        **(extra or {}),
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path

@@ -1,0 +1,47 @@
+"""The FFN segmentation chain as a run: ffn (per overlapping block) -> reconcile -> ffn_relabel."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from connectome.cluster.client import ClusterConfig
+from connectome.core.address import absolute
+from connectome.core.errors import UserError
+from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+from connectome.engine.plan import Plan, execute
+
+
+def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
+               cluster: ClusterConfig | None = None, overlap=None, batch: int = 8, reverse: bool = False,
+               allow_voxel_mismatch: bool = False) -> RunConfig:
+    """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN)."""
+    from connectome.ffn.registry import resolve_model_path
+
+    try:
+        resolve_model_path(model)
+    except UserError as e:
+        raise UserError(f"--method ffn: {e}") from None
+    params = {"model": model, "batch": batch, "reverse": reverse}
+    if overlap is not None:
+        params["overlap"] = tuple(overlap)
+    if allow_voxel_mismatch:
+        params["allow_voxel_mismatch"] = True
+    return RunConfig(
+        input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
+        blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
+        cluster=cluster or ClusterConfig(),
+        stages=[StageConfig(stage="ffn", params=params), StageConfig(stage="ffn_relabel")],
+    )
+
+
+def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run the planned FFN chain and summarise it."""
+    start = time.perf_counter()
+    reports = execute(plan, client, overwrite=overwrite, progress=progress)
+    seconds = time.perf_counter() - start
+    shape = plan.input_meta.shape
+    out = plan.config.output
+    return {"segmentation": os.path.join(out, "segmentation"), "ffn_fragments": os.path.join(out, "ffn_fragments"),
+            "method": "ffn", "voxels": shape[0] * shape[1] * shape[2], "seconds": round(seconds, 3),
+            "stages": [r.to_json() for r in reports]}

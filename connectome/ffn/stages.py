@@ -1,0 +1,138 @@
+"""The FFN chain's stages: `ffn` (flood filling per overlapping subvolume) -> `ffn_relabel`
+(reconciliation as a global step, then block ids -> final ids).
+
+Blocks run independently (`reads_neighbours` False): each segments its whole read box, so the
+result does not depend on the order blocks finish, and every block runs in parallel; the overlap
+the blocks share is what reconciliation matches. A voxel's final label comes from the block whose
+write box holds it.
+"""
+
+from __future__ import annotations
+
+import functools
+from functools import cached_property
+
+import numpy as np
+from pydantic import Field
+
+from connectome.affinity.fragments import globalise
+from connectome.affinity.relabel import load_lut, relabel
+from connectome.core.errors import UserError
+from connectome.core.geometry import Block, Context
+from connectome.engine.registry import register
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.ffn.canvas import fill_unsegmented
+from connectome.ffn.reconcile import OVERLAPS_FORMAT, ReconcileStep
+from connectome.ffn.shells import shell_arrays
+from connectome.io import Volume, VolumeMeta
+from connectome.io.tables import save_table
+
+VOXEL_TOLERANCE = 1.5
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(name: str, device: str):
+    """The network and info of a model, loaded once per worker process."""
+    import torch
+
+    from connectome.ffn.registry import load_model
+
+    torch.set_num_threads(1)
+    return load_model(name, device)
+
+
+class FFNParams(StageParams):
+    model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
+    device: str = Field("cpu", description="cpu or cuda")
+    overlap: tuple[int, int, int] | None = Field(None, description="context each side (default: the model's FOV)")
+    batch: int = Field(8, ge=1, description="objects filled together in one forward batch")
+    move_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
+    segment_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
+    min_size: int | None = Field(None, ge=1, description="smallest object kept, voxels (default: the model's)")
+    reverse: bool = Field(False, description="seeds in reverse order")
+    fill: bool = Field(True, description="unsegmented voxels take the nearest object's label")
+    allow_voxel_mismatch: bool = Field(False)
+
+
+@register
+class FFNStage(BlockStage):
+    name = "ffn"
+    Params = FFNParams
+    inputs = (Input("raw", dtypes=("uint8",)),)
+    outputs = (Output("ffn_fragments", OutputSpec(dtype="uint64")),)
+    tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
+
+    @cached_property
+    def model_info(self):
+        from connectome.ffn.registry import read_info, resolve_model_path
+
+        return read_info(resolve_model_path(self.params.model))
+
+    def context(self) -> Context:
+        c = self.params.overlap or self.model_info.config.fov
+        return Context(tuple(c), tuple(c))
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        data, model = inputs["raw"].voxel_size, self.model_info.voxel_size
+        if not self.params.allow_voxel_mismatch and any(
+                not 1 / VOXEL_TOLERANCE <= d / m <= VOXEL_TOLERANCE for d, m in zip(data, model)):
+            raise UserError(f"FFN model {self.params.model}: trained on {list(model)} nm voxels, but "
+                            f"{self.input_addresses['raw']} has {list(data)} nm; choose a model of that voxel size")
+
+    def settings(self):
+        from connectome.ffn.canvas import CanvasSettings
+
+        p, i = self.params, self.model_info
+        return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
+                              p.min_size or i.min_size, batch=p.batch, reverse=p.reverse)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        from connectome.ffn.canvas import Canvas
+
+        net, info = cached_model(self.params.model, self.params.device)
+        canvas = Canvas(net, info, volumes["raw"].read(block.read_box), self.settings(), self.params.device)
+        labels = canvas.segment()
+        if self.params.fill:
+            labels = fill_unsegmented(labels)
+        inner = labels[block.write_box.relative_to(block.read_box)]
+        volumes["ffn_fragments"].write(block.write_box, globalise(inner, block.index))
+        ids = np.unique(inner)
+        save_table(self.table_dirs["ffn_overlaps"], block.index, ids=ids[ids != 0].astype(np.uint64),
+                   read_box=np.array([block.read_box.offset, block.read_box.shape]),
+                   write_box=np.array([block.write_box.offset, block.write_box.shape]),
+                   position=np.array(block.grid_position), **shell_arrays(labels.astype(np.uint32), block.read_box,
+                                                                          block.write_box))
+        return {"objects": canvas.stats["objects"], "steps": canvas.stats["steps"]}
+
+
+class FFNRelabelParams(StageParams):
+    threshold: float = Field(0.5, gt=0, le=1, description="match when the overlap holds this of the smaller object")
+    min_overlap: int = Field(20, ge=1, description="fewest shared voxels for a match")
+
+
+@register
+class FFNRelabelStage(BlockStage):
+    name = "ffn_relabel"
+    Params = FFNRelabelParams
+    inputs = (Input("ffn_fragments", dtypes=("uint64",)),)
+    outputs = (Output("segmentation", OutputSpec(dtype="uint64")),)
+    reads_tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
+
+    @cached_property
+    def step(self) -> ReconcileStep:
+        return ReconcileStep(self.table_dirs["ffn_overlaps"], self.input_addresses["ffn_fragments"],
+                             self.params.threshold, self.params.min_overlap)
+
+    def global_step(self) -> ReconcileStep:
+        """Reconciliation, run once before the blocks."""
+        return self.step
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "lut": self.step.fingerprint()["lut"]}
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        keys, values = load_lut(self.step.path)
+        seg = relabel(volumes["ffn_fragments"].read(block.write_box), keys, values)
+        volumes["segmentation"].write(block.write_box, seg)
+        return {"segments": int(np.unique(seg[seg != 0]).size)}

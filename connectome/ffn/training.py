@@ -1,0 +1,207 @@
+"""FFN training: examples centred on object voxels, the FOV moved inside the object (the paper's
+training-time movement: the POM of one step is the next step's input), BCE on logits against the
+object mask, validation by segmenting a held-out volume (VOI, merges), best checkpoint kept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from connectome.core.errors import UserError
+from connectome.core.geometry import vec3
+from connectome.ffn.canvas import CanvasSettings, segment_volume
+from connectome.ffn.examples import ExampleSource
+from connectome.ffn.model import CPU, FFN, LOGIT_INIT, LOGIT_SEED, FFNConfig, FFNInfo
+from connectome.ffn.registry import WEIGHTS_DIR, save_model
+from connectome.ffn.scores import validation_scores
+
+
+@dataclass
+class FFNTrainSettings:
+    """Everything a training run depends on (recorded in the model's json)."""
+
+    raw: list[str]
+    labels: list[str]
+    name: str
+    out: str
+    val_raw: str | None = None
+    val_labels: str | None = None
+    iterations: int = 1000
+    batch_size: int = 4
+    moves: int = 1  # FOV moves after the first step, per example
+    config: FFNConfig = field(default_factory=lambda: CPU)
+    seed: int = 0
+    lr: float = 1e-3
+    val_every: int = 250
+    max_minutes: float | None = None
+    threads: int = 2
+    voxel_size: tuple[float, float, float] | None = None
+    install: bool = False
+    command: str = ""
+
+
+def _fov_crop(t: torch.Tensor, starts: np.ndarray, fov) -> torch.Tensor:
+    """(B, 1, *fov) crops of (B, 1, *patch) at per-example start corners."""
+    return torch.stack([t[b, :, s[0]:s[0] + fov[0], s[1]:s[1] + fov[1], s[2]:s[2] + fov[2]]
+                        for b, s in enumerate(starts)])
+
+
+def _best_faces(prob: np.ndarray, config: FFNConfig) -> np.ndarray:
+    """(B, 3) offset to the FOV face with the highest object probability, per example."""
+    r = config.radius
+    scores = []
+    for axis, delta in enumerate(config.deltas):
+        for sign in (-1, 1):
+            index: list[slice | int] = [slice(None), slice(None), slice(None), slice(None)]
+            index[axis + 1] = r[axis] + sign * delta
+            scores.append(prob[tuple(index)].reshape(len(prob), -1).max(axis=1))
+    best = np.argmax(np.stack(scores, 1), axis=1)
+    offsets = np.zeros((len(prob), 3), np.int64)
+    offsets[np.arange(len(prob)), best // 2] = np.where(best % 2, 1, -1) * np.asarray(config.deltas)[best // 2]
+    return offsets
+
+
+def train_step(net: FFN, raw: np.ndarray, mask: np.ndarray, info: FFNInfo, moves: int) -> torch.Tensor:
+    """Loss of one batch: the first FOV at the patch centre, then `moves` moves to the best face."""
+    config = net.config
+    image = torch.from_numpy((raw - info.mean) / info.std)[:, None]
+    target = torch.from_numpy(mask.astype(np.float32))[:, None]
+    pom = torch.full(image.shape, LOGIT_INIT)
+    centre = np.array(raw.shape[1:]) // 2
+    pom[(slice(None), 0, *centre)] = LOGIT_SEED
+    starts = np.tile(centre - np.array(config.radius), (len(raw), 1))
+    total = torch.zeros(())
+    for step in range(moves + 1):
+        out = net(_fov_crop(image, starts, config.fov), _fov_crop(pom, starts, config.fov))
+        total = total + F.binary_cross_entropy_with_logits(out, _fov_crop(target, starts, config.fov))
+        with torch.no_grad():
+            for b, s in enumerate(starts):
+                pom[b, :, s[0]:s[0] + config.fov[0], s[1]:s[1] + config.fov[1], s[2]:s[2] + config.fov[2]] = out[b]
+            if step < moves:
+                starts = starts + _best_faces(torch.sigmoid(out[:, 0]).numpy(), config)
+    return total / (moves + 1)
+
+
+def _load(settings: FFNTrainSettings):
+    from connectome.training.data import load_pair
+
+    if len(settings.raw) != len(settings.labels):
+        raise UserError(f"{len(settings.raw)} --raw but {len(settings.labels)} --labels; give them in pairs")
+    pairs = [load_pair(r, lab) for r, lab in zip(settings.raw, settings.labels)]
+    val = load_pair(settings.val_raw, settings.val_labels) if settings.val_raw and settings.val_labels else None
+    return pairs, val
+
+
+def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
+    if settings.voxel_size:
+        return tuple(float(v) for v in settings.voxel_size)  # type: ignore[return-value]
+    from connectome.io import open_volume
+    from connectome.training.data import parse_address
+
+    meta = open_volume(parse_address(settings.raw[0])[0]).meta
+    if not meta.voxel_size_known:
+        raise UserError(f"{settings.raw[0]} carries no voxel size; give --voxel-size Z Y X")
+    return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
+
+
+def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray) -> dict:
+    """Segment `raw` with the current weights and score it against `gt`."""
+    net.eval()
+    seg, stats = segment_volume(net, info, raw, CanvasSettings(info.move_threshold, info.segment_threshold,
+                                                               info.min_size))
+    net.train()
+    return {**validation_scores(seg, gt), "steps": stats["steps"]}
+
+
+def train(settings: FFNTrainSettings, log=print) -> dict:
+    """Train, validate every `val_every` iterations, keep the best checkpoint; return a summary."""
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    pairs, val = _load(settings)
+    voxel_size = _voxel_size(settings)
+    config = settings.config
+    anisotropic = max(voxel_size) > 2 * min(voxel_size)
+    patch = vec3([f + 2 * settings.moves * d for f, d in zip(config.fov, config.deltas)])
+    source = ExampleSource([(p.raw, p.labels) for p in pairs], patch, voxel_size, settings.seed, anisotropic)
+    all_raw = np.concatenate([p.raw.reshape(-1) for p in pairs]).astype(np.float32) / 255.0
+    info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()))
+    del all_raw
+    net = FFN(config)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    losses: list[float] = []
+    history: list[dict] = []
+    best: dict | None = None
+    start = time.perf_counter()
+    deadline = start + settings.max_minutes * 60 if settings.max_minutes else None
+    it = 0
+    for it in range(1, settings.iterations + 1):
+        raw, mask = source.batch(settings.batch_size)
+        loss = train_step(net, raw, mask, info, settings.moves)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        last = it == settings.iterations or (deadline is not None and time.perf_counter() > deadline)
+        if it % 50 == 0:
+            log(f"iteration {it}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - start:.0f} s)")
+        if val is not None and (it % settings.val_every == 0 or last):
+            scores = {"iteration": it, **validate(net, info, val.raw, val.labels)}
+            history.append(scores)
+            log(f"validation at {it}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
+                f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}")
+            if best is None or scores["voi"] < best["voi"]:
+                best = scores
+                _save(out / settings.name, net, info, settings, losses, history, best, start)
+        elif val is None and last:
+            _save(out / settings.name, net, info, settings, losses, history, best, start)
+        if last:
+            break
+    _save_provenance(out / settings.name, settings, losses, history, best, start, it)
+    from connectome.training.curves import plot_curves
+
+    png = plot_curves(out / f"{settings.name}-loss.png", losses, history, f"FFN {settings.name}")
+    installed = None
+    if settings.install:
+        if not settings.name.startswith("ffn-"):
+            raise UserError(f"--install: FFN model names start with 'ffn-' (got {settings.name!r})")
+        for suffix in (".pt", ".json"):
+            shutil.copyfile(out / f"{settings.name}{suffix}", WEIGHTS_DIR / f"{settings.name}{suffix}")
+        shutil.copyfile(png, WEIGHTS_DIR / png.name)
+        installed = settings.name
+    return {"name": settings.name, "weights": str(out / f"{settings.name}.pt"), "iterations": it,
+            "first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-20:])),
+            "validation": best, "wall_time_s": time.perf_counter() - start, "installed": installed,
+            "loss_png": str(png)}
+
+
+def _provenance(settings, losses, history, best, start, iterations) -> dict:
+    s = asdict(settings)
+    s["config"] = settings.config.to_dict()
+    return {"command": settings.command, "settings": s, "iterations": iterations,
+            "first_loss": float(np.mean(losses[:20])) if losses else None,
+            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "validation": best, "validation_history": history,
+            "wall_time_s": round(time.perf_counter() - start, 1), "torch": torch.__version__}
+
+
+def _save(path, net, info, settings, losses, history, best, start) -> None:
+    info.provenance = _provenance(settings, losses, history, best, start, len(losses))
+    save_model(path, net, info)
+
+
+def _save_provenance(path, settings, losses, history, best, start, iterations) -> None:
+    """Rewrite the json of the kept checkpoint with the whole run's record (its weights unchanged)."""
+    meta_path = Path(path).with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta["provenance"] = {**_provenance(settings, losses, history, best, start, iterations),
+                          "kept_iteration": best["iteration"] if best else iterations}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")

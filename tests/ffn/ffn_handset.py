@@ -1,0 +1,33 @@
+"""A hand-set flood-filling network for tests: it spreads the object through bright voxels only."""
+
+from __future__ import annotations
+
+import torch
+
+from connectome.ffn.model import FFN, FFNConfig, FFNInfo
+
+BIG = 1e9
+
+
+def handset_model(fov=(9, 9, 9), deltas=(2, 2, 2)) -> tuple[FFN, FFNInfo]:
+    """Channels: 0 = min(relu(pom), 1) spread by each 3x3x3 conv, 1 = relu(pom - 1), 2 = boundary (dark voxels)."""
+    config = FFNConfig(fov=fov, deltas=deltas, depth=3, features=3)
+    net = FFN(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        c = (1, 1, 1)
+        net.stem1.weight[0, 1][c] = 1.0  # relu(pom)
+        net.stem1.weight[1, 1][c] = 1.0  # relu(pom - 1)
+        net.stem1.bias[1] = -1.0
+        net.stem1.weight[2, 0][c] = -1.0  # relu(-image): 1 on dark voxels
+        spread = [net.stem2, *[m.conv1 for m in net.modules_], *[m.conv2 for m in net.modules_]]
+        for conv in spread:
+            conv.weight[0, 0] = 1.0
+            conv.weight[2, 2][c] = 1.0
+            conv.weight[0, 2][c] = -BIG
+        net.stem2.weight[0, 1] = -1.0  # min(relu(pom), 1) = relu(pom) - relu(pom - 1)
+        net.head.weight[0, 0] = 10.0
+        net.head.weight[0, 2] = -1e3
+    info = FFNInfo("handset", config, (8.0, 8.0, 8.0), mean=0.5, std=0.5, min_size=5)
+    return net.eval(), info

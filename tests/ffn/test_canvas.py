@@ -1,0 +1,82 @@
+"""The inference canvas on hand-built volumes with a hand-set network: fill, stop, move, determinism."""
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from connectome.ffn.canvas import Canvas, CanvasSettings
+from connectome.ffn.model import CPU, FFN
+from connectome.ffn.seeds import distance_seeds, grid_seeds, seed_order
+from connectome.metrics.voi import voi
+
+from ffn_handset import handset_model
+
+
+def _settings(**kw):
+    return CanvasSettings(move_threshold=0.9, segment_threshold=0.6, min_size=5, **kw)
+
+
+def test_one_object_is_filled_and_stops_at_its_boundary():
+    net, info = handset_model()
+    raw = np.zeros((30, 40, 40), np.uint8)
+    obj = np.zeros(raw.shape, bool)
+    obj[5:25, 4:36, 10:30] = True  # larger than the FOV (9): filling must move the FOV
+    obj[5:25, 18:22, 10:20] = False  # a notch the object must flow around
+    raw[obj] = 255
+    canvas = Canvas(net, info, raw, _settings())
+    seg = canvas.segment(np.array([[15, 10, 20]]))
+    np.testing.assert_array_equal(seg != 0, obj)
+    assert np.unique(seg[obj]).tolist() == [1]
+    assert canvas.stats["steps"] > 10  # it moved
+
+
+def test_two_touching_objects_stay_apart():
+    net, info = handset_model()
+    raw = np.full((20, 30, 30), 255, np.uint8)
+    raw[:, 15, :] = 0  # one-voxel membrane between two objects
+    gt = np.where(np.arange(30)[None, :, None] < 15, 1, 2) * np.ones((20, 1, 30), np.int64)
+    gt[:, 15, :] = 0
+    seg = Canvas(net, info, raw, _settings()).segment()
+    inside = gt != 0
+    assert np.all(seg[~inside] == 0)
+    assert len(np.unique(seg[inside])) == 2
+    split, merge = voi(seg[inside], gt[inside])
+    assert split == 0 and merge == 0
+
+
+def test_batched_equals_one_object_at_a_time_on_separate_objects():
+    net, info = handset_model()
+    raw = np.zeros((24, 40, 40), np.uint8)
+    for k in range(4):
+        raw[4:20, 4 + 9 * k:11 + 9 * k, 5:35] = 255
+    one = Canvas(net, info, raw, _settings(batch=1)).segment()
+    many = Canvas(net, info, raw, _settings(batch=8)).segment()
+    assert len(np.unique(one)) == 5
+    assert voi(many, one) == (0.0, 0.0)
+
+
+def test_same_input_same_output_bit_for_bit():
+    torch.manual_seed(0)
+    net = FFN(CPU).eval()
+    from connectome.ffn.model import FFNInfo
+
+    info = FFNInfo("random", CPU, (8.0, 8.0, 8.0), min_size=1)
+    raw = np.random.default_rng(1).integers(0, 256, (20, 32, 32), dtype=np.uint8)
+    a = Canvas(net, info, raw, _settings(batch=4)).segment()
+    b = Canvas(net, info, raw, _settings(batch=4)).segment()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_seeds_prefer_object_centres_then_cover_the_grid():
+    raw = np.zeros((20, 40, 40), np.uint8)
+    raw[2:18, 5:35, 5:35] = 200
+    seeds = distance_seeds(raw, (8, 8, 8), (4, 4, 4))
+    assert len(seeds) >= 1
+    assert np.all(raw[tuple(seeds.T)] == 200)
+    depth = ndimage.distance_transform_edt(raw == 200)
+    assert depth[tuple(seeds[0])] >= depth.max() - 1.5  # the farthest from boundaries comes first (a plateau here)
+    assert depth[tuple(seeds[-1])] <= depth[tuple(seeds[0])]
+    grid = grid_seeds(raw.shape, (5, 5, 5))
+    assert len(grid) == 4 * 8 * 8
+    both = seed_order(raw, (8, 8, 8), (5, 5, 5))
+    assert len(both) == len(np.unique(np.ravel_multi_index(both.T, raw.shape)))

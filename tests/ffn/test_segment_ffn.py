@@ -1,0 +1,94 @@
+"""`connectome segment --method ffn`: blockwise equals one block, resume, bad input refused in one line."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from connectome.cli.main import main
+from connectome.ffn.registry import save_model
+from connectome.io import create_volume, open_volume
+from connectome.metrics.voi import voi
+
+from ffn_handset import handset_model
+
+
+def _segment(capsys, raw, out, model, block, *extra):
+    argv = ["segment", raw, str(out), "--method", "ffn", "--model", model, "--block-shape", *map(str, block),
+            "--workers", "2", "--no-progress", "--json", *extra]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1])
+
+
+def _read(address):
+    vol = open_volume(address)
+    return vol.read(vol.box)
+
+
+@pytest.fixture(scope="module")
+def synthetic_raw(tmp_path_factory):
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("ffnseg")
+    generate((16, 64, 64), (8.0, 8.0, 8.0), seed=11).save(str(root), chunk_shape=(8, 32, 32))
+    return root
+
+
+def test_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_path, capsys, client):
+    raw = str(synthetic_raw / "raw")
+    eight = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
+    one = _segment(capsys, raw, tmp_path / "one", "ffn-synthetic", (16, 64, 64))
+    assert eight["segmentation"] == str(tmp_path / "eight" / "segmentation")
+    assert [(s["stage"], s["blocks"]) for s in eight["stages"]] == [("ffn", 8), ("ffn_reconcile", 1),
+                                                                     ("ffn_relabel", 8)]
+    seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
+    assert len(np.unique(seg1)) >= 2  # (this small synthetic volume holds only a few large cells)
+    # a stopped run: forget three ffn blocks (their done-markers); the re-run redoes only them
+    markers = tmp_path / "eight" / ".connectome" / "done" / "ffn"
+    for name in ("1", "4", "6"):
+        os.remove(markers / name)
+    again = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
+    assert again["stages"][0]["ran"] == 3 and again["stages"][0]["skipped"] == 5
+    np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
+    split, merge = voi(seg8, seg1)
+    if split + merge > 0.05:  # known and open (issue 11): the trained model's blocks merge across overlaps
+        pytest.xfail(f"ffn-synthetic in 8 blocks vs 1: VOI split {split:.3f} + merge {merge:.3f} > 0.05")
+
+
+def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
+    net, info = handset_model()
+    info.name = "ffn-handset"
+    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    raw = np.full((16, 64, 64), 255, np.uint8)
+    raw[:, 20, :] = 0
+    raw[:, :, 41] = 0
+    raw[7, :, :] = 0
+    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
+    vol.write(vol.box, raw)
+    eight = _segment(capsys, vol.address, tmp_path / "eight", model, (8, 32, 32))
+    one = _segment(capsys, vol.address, tmp_path / "one", model, (16, 64, 64))
+    seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
+    assert len(np.unique(seg1)) == 8  # 2 x 2 x 2 compartments (walls filled from the nearest object)
+    assert voi(seg8, seg1) == (0.0, 0.0)
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
+    raw = str(synthetic_raw / "raw")
+    sstem = tmp_path / "aniso"
+    vol = create_volume(str(sstem), (8, 32, 32), np.uint8, (8, 32, 32), (40, 4, 4))
+    vol.write(vol.box, np.zeros((8, 32, 32), np.uint8))
+    cases = [
+        (["--model", "nonesuch"], raw, "unknown FFN model 'nonesuch'"),
+        (["--model", "synthetic"], raw, "is not an FFN model"),
+        (["--model", "ffn-synthetic"], str(sstem), "trained on [8.0, 8.0, 8.0] nm voxels"),
+        (["--model", "ffn-synthetic"], str(synthetic_raw / "labels"), "has dtype uint64, expected uint8"),
+    ]
+    for extra, src, expected in cases:
+        argv = ["segment", src, str(tmp_path / "o"), "--method", "ffn", *extra]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (argv, err)
+    assert not (tmp_path / "o").exists()
