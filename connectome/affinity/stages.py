@@ -28,8 +28,7 @@ from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, Stage
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
-
-VOXEL_TOLERANCE = 1.5  # a model runs on data whose voxel size is within this factor of its own, per axis
+from connectome.models.voxel_size import check_voxel_size
 
 
 class AffinitiesParams(StageParams):
@@ -61,16 +60,8 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
-        data = inputs["raw"].voxel_size
-        model = self.model_info.voxel_size
-        ratios = [d / m for d, m in zip(data, model)]
-        if not self.params.allow_voxel_mismatch and any(not 1 / VOXEL_TOLERANCE <= r <= VOXEL_TOLERANCE
-                                                        for r in ratios):
-            raise UserError(
-                f"model {self.params.model}: trained on {list(model)} nm voxels, but "
-                f"{self.input_addresses['raw']} has {list(data)} nm; choose a model of that voxel size "
-                "or pass --allow-voxel-mismatch"
-            )
+        check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
+                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         from connectome.cluster.model_cache import get_model

@@ -17,7 +17,6 @@ from pydantic import Field
 
 from connectome.affinity.fragments import globalise
 from connectome.affinity.relabel import load_lut, relabel
-from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
@@ -26,8 +25,7 @@ from connectome.ffn.reconcile import OVERLAPS_FORMAT, ReconcileStep
 from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
 from connectome.io.tables import save_table
-
-VOXEL_TOLERANCE = 1.5
+from connectome.models.voxel_size import check_voxel_size
 
 
 @functools.lru_cache(maxsize=2)
@@ -74,11 +72,8 @@ class FFNStage(BlockStage):
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
-        data, model = inputs["raw"].voxel_size, self.model_info.voxel_size
-        if not self.params.allow_voxel_mismatch and any(
-                not 1 / VOXEL_TOLERANCE <= d / m <= VOXEL_TOLERANCE for d, m in zip(data, model)):
-            raise UserError(f"FFN model {self.params.model}: trained on {list(model)} nm voxels, but "
-                            f"{self.input_addresses['raw']} has {list(data)} nm; choose a model of that voxel size")
+        check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
+                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
 
     def settings(self):
         from connectome.ffn.canvas import CanvasSettings

@@ -70,7 +70,11 @@ def test_segment_medulla_crop_eight_blocks_equal_one(tmp_path, capsys):
 
 def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     raw = str(synthetic_raw / "raw")
+    np.savez(tmp_path / "sections.npz", raw=np.zeros((8, 64, 64), np.uint8))
+    sections = f"{tmp_path}/sections.npz#raw"
     cases = [
+        (["segment", sections, str(tmp_path / "o"), "--voxel-size", "40", "4", "4"],
+         "model synthetic: trained on [8.0, 8.0, 8.0] nm voxels, but " + sections + " has [40.0, 4.0, 4.0] nm"),
         (["segment", raw, str(tmp_path / "o"), "--model", "nonesuch"], "unknown model 'nonesuch'"),
         (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--model", "synthetic"], "model 'synthetic' is not an FFN model"),
         (["segment", str(tmp_path / "missing.zarr"), str(tmp_path / "o")], "no such file or directory"),
