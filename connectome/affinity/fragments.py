@@ -13,15 +13,6 @@ from connectome.affinity.encoding import affinities_as_float
 from connectome.affinity.watershed import affinity_box, edge_values
 from connectome.io import Volume
 
-LOCAL_BITS = 32
-
-
-def globalise(local: np.ndarray, block_index: int) -> np.ndarray:
-    """Local ids 1..n of block `block_index` as unique uint64 ids; 0 stays 0."""
-    out = local.astype(np.uint64, copy=True)
-    out[out != 0] |= np.uint64(block_index) << np.uint64(LOCAL_BITS)
-    return out
-
 
 def block_edges(affinities: Volume, region) -> np.ndarray:
     """The six edge affinities of each voxel in `region`, from the stored uint8 affinities."""

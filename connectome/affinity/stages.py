@@ -18,14 +18,16 @@ from pydantic import Field
 
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
 from connectome.affinity.encoding import affinities_as_uint8
-from connectome.affinity.fragments import block_edges, globalise
-from connectome.affinity.relabel import MergeStep, load_lut, relabel
+from connectome.affinity.fragments import block_edges
+from connectome.affinity.relabel import MergeStep
 from connectome.affinity.watershed import basins, pointers
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec, vec3
+from connectome.core.ids import globalise
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.io import Volume, VolumeMeta
+from connectome.io.lookup import load_lut, relabel
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.voxel_size import check_voxel_size

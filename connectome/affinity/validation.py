@@ -17,12 +17,12 @@ import numpy as np
 
 from connectome.affinity.agglomeration import lookup_table
 from connectome.affinity.encoding import affinities_as_float, affinities_as_uint8
-from connectome.affinity.fragments import globalise
 from connectome.affinity.region_graph import region_graph
-from connectome.affinity.relabel import relabel
 from connectome.affinity.stages import RelabelParams, WatershedParams
 from connectome.affinity.watershed import basins, edge_values, pointers
 from connectome.core.geometry import Box
+from connectome.core.ids import globalise
+from connectome.io.lookup import relabel
 
 _WATERSHED = WatershedParams()
 AFF_LOW: float = _WATERSHED.aff_low  # the fragments stage's defaults

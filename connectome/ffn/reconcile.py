@@ -11,18 +11,17 @@ by ownership: a voxel takes the label of the block whose write box holds it.
 from __future__ import annotations
 
 import glob
-import hashlib
 import itertools
-import json
 import os
 
 import numpy as np
 
-from connectome.affinity.fragments import globalise
 from connectome.core.geometry import Box
+from connectome.core.ids import globalise
 from connectome.engine.global_step import GlobalStep
 from connectome.ffn.shells import read_shell
 from connectome.io import open_volume
+from connectome.io.lookup import lut_path, save_lut
 
 OVERLAPS_FORMAT = 1
 
@@ -160,8 +159,7 @@ class ReconcileStep(GlobalStep):
 
     @property
     def path(self) -> str:
-        tag = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
-        return os.path.normpath(os.path.join(self.tables_dir, os.pardir, f"ffn-lut-{tag}.npz"))
+        return lut_path(self.tables_dir, self.params, prefix="ffn-lut")
 
     def fingerprint(self) -> dict:
         return {"step": self.name, "params": self.params, "tables": self.tables_dir, "fragments": self.fragments,
@@ -169,7 +167,5 @@ class ReconcileStep(GlobalStep):
 
     def run(self) -> dict:
         keys, values, summary = reconcile(self.tables_dir, self.fragments, self.threshold, self.min_overlap)
-        tmp = self.path + f".tmp{os.getpid()}.npz"
-        np.savez(tmp, fragments=keys, segments=values)
-        os.replace(tmp, self.path)
+        save_lut(self.path, keys, values)
         return summary

@@ -15,15 +15,15 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
-from connectome.affinity.fragments import globalise
-from connectome.affinity.relabel import load_lut, relabel
 from connectome.core.geometry import Block, Context
+from connectome.core.ids import globalise
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.ffn.canvas import fill_unsegmented
 from connectome.ffn.reconcile import OVERLAPS_FORMAT, ReconcileStep
 from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
+from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
 from connectome.models.voxel_size import check_voxel_size
 

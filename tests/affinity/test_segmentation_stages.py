@@ -12,10 +12,10 @@ from connectome.affinity.agglomeration import (
     quantile_score,
 )
 from connectome.affinity.region_graph import region_graph
-from connectome.affinity.relabel import relabel
 from connectome.cli.main import main
 from connectome.core.geometry import BlockGrid, Box
 from connectome.io import create_volume, open_volume
+from connectome.io.lookup import relabel
 from connectome.io.reflected import mirror_indices, read_reflected
 from connectome.metrics.voi import voi
 

@@ -13,6 +13,8 @@ from connectome.engine.markers import DoneMarkers
 from connectome.engine.plan import check_plan_resumable, execute, plan_run
 from connectome.io import open_volume
 
+import stages_for_tests  # noqa: F401  (registers block-sum and fill-total)
+
 SHAPE = (8, 64, 64)
 
 

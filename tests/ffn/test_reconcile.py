@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from connectome.affinity.fragments import globalise
-from connectome.affinity.relabel import relabel
 from connectome.core.geometry import BlockGrid, Box
+from connectome.core.ids import globalise
 from connectome.ffn.reconcile import lookup_table, mutual_best, reconcile
 from connectome.ffn.shells import shell_arrays, shell_boxes
 from connectome.io import create_volume
+from connectome.io.lookup import relabel
 from connectome.io.tables import save_table
 
 
