@@ -19,6 +19,11 @@ COMMANDS = {
     "evaluate": "evaluate",
     "synth": "synth",
     "train": "train",
+    "align": "align",
+    "view": "view",
+    "synapses": "synapses",
+    "graph": "graph",
+    "reconstruct": "reconstruct",
 }
 
 
