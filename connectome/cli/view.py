@@ -1,0 +1,86 @@
+"""Serve an output directory to Neuroglancer and print its URL (the first line starting with http).
+
+Shows raw, the segmentation (every segment coloured in the 2-D panels) with its meshes, skeletons
+and segment properties, and the other volumes hidden. `--state FILE` writes the viewer state as JSON;
+with `--source-url gs://bucket/copy-of-OUT_DIR` it points at that copy (for a lab's own Neuroglancer)
+and nothing is served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="output directory of a run (e.g. demo-out)")
+    parser.add_argument("--port", type=int, default=0, help="port to serve on (default: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--no-browser", action="store_true", help="print the URL only; do not open a browser")
+    parser.add_argument("--state", metavar="FILE", default=None, help="also write the Neuroglancer state JSON here")
+    parser.add_argument("--source-url", metavar="URL", default=None,
+                        help="where a copy of OUT_DIR lives (gs://..., s3://..., https://...): the --state "
+                             "points there, and nothing is served")
+
+
+def _write_state(path: str, state: dict) -> None:
+    from connectome.core.errors import UserError
+
+    try:
+        with open(path, "w") as f:
+            json.dump(state, f, indent=1)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the state ({e.strerror or e})") from None
+
+
+def run(args) -> int:
+    from connectome.core.errors import UserError
+    from connectome.export.layers import find_layers, local_path
+    from connectome.export.server import FileTree, mount_url, serve_files
+    from connectome.export.state import url_mapper, viewer_state
+    from connectome.export.viewer import set_state, start_viewer, stop_viewer
+
+    layers = find_layers(args.out_dir)
+    out_dir = layers.out_dir
+    if args.source_url:
+        if args.state is None:
+            raise UserError("--source-url: give --state FILE too (the state is what points at the copy)")
+        if layers.raw is not None and not local_path(layers.raw.address).startswith(out_dir + os.sep):
+            print(f"connectome view: raw ({layers.raw.address}) lies outside {out_dir}; "
+                  "the state leaves it out", file=sys.stderr)
+            layers.raw = None
+        _write_state(args.state, viewer_state(layers, url_mapper(out_dir, args.source_url)))
+        print(f"state: {args.state} (sources under {args.source_url})")
+        return 0
+    mounts = {"out": out_dir}
+    raw_dir = None
+    if layers.raw is not None:
+        raw_dir = local_path(layers.raw.address)
+        if not raw_dir.startswith(out_dir + os.sep):
+            mounts["raw"] = raw_dir
+    try:
+        viewer = start_viewer({}, args.host, args.port)
+    except OSError as e:
+        raise UserError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    base = serve_files(FileTree(mounts))
+    extra = {raw_dir: mount_url(base, "raw")} if "raw" in mounts and raw_dir else {}
+    state = viewer_state(layers, url_mapper(out_dir, mount_url(base, "out"), extra))
+    set_state(viewer, state)
+    if args.state:
+        _write_state(args.state, state)
+    url = viewer.get_viewer_url()
+    print(url, flush=True)
+    print(f"serving {out_dir}; Ctrl-C stops", flush=True)
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_viewer()
+    return 0

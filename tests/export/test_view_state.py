@@ -1,0 +1,88 @@
+"""The viewer state of an output directory, `connectome view --state`, and the file server's answers
+(gzip-stored keys, byte ranges, unstored zarr chunks, failures logged)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from connectome.cli.main import main
+from connectome.export.layers import find_layers
+from connectome.export.server import FileTree, mount_url, serve_files
+from connectome.export.state import url_mapper, viewer_state
+
+
+def test_state_shows_raw_segmentation_meshes_skeletons(segmented_output):
+    layers = find_layers(str(segmented_output))
+    state = viewer_state(layers, url_mapper(str(segmented_output), "gs://lab/run1"), shown=5)
+    by_name = {layer["name"]: layer for layer in state["layers"]}
+    assert by_name["raw"]["source"] == "zarr3://gs://lab/run1/synth/raw/"
+    seg = by_name["segmentation"]
+    assert seg["source"] == ["zarr3://gs://lab/run1/segmentation/", "precomputed://gs://lab/run1/meshes",
+                             "precomputed://gs://lab/run1/skeletons", "precomputed://gs://lab/run1/segment_properties"]
+    sizes = layers.segment_sizes()
+    largest = sorted(sizes, key=lambda i: -sizes[i])[:5]
+    assert [int(s) for s in seg["segments"]] == largest  # the five largest drawn in 3-D
+    assert seg["notSelectedAlpha"] > 0  # ... and all others still coloured in the 2-D panels
+    assert by_name["fragments"]["visible"] is False and by_name["affinities"]["visible"] is False
+    assert state["dimensions"]["x"] == [8e-9, "m"] and state["position"] == [64.0, 64.0, 16.0]
+
+
+def test_state_file_for_a_copy(segmented_output, tmp_path, capsys):
+    path = tmp_path / "state.json"
+    assert main(["view", str(segmented_output), "--state", str(path), "--source-url", "s3://bucket/out"]) == 0
+    state = json.loads(path.read_text())
+    assert state["layers"][1]["source"][0] == "zarr3://s3://bucket/out/segmentation/"
+    assert capsys.readouterr().out.startswith("state: ")
+
+
+def test_bad_output_dir_is_one_line(tmp_path, capsys):
+    assert main(["view", str(tmp_path / "missing"), "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such directory" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(tmp_path / "empty"), "--no-browser"]) == 2
+    assert "found no raw image" in capsys.readouterr().err
+
+
+def _get(url, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def test_file_server(tmp_path, segmented_output):
+    from connectome.export.viewer import start_viewer, stop_viewer
+
+    (tmp_path / "layer").mkdir()
+    payload = bytes(range(256)) * 4
+    (tmp_path / "layer" / "0-64_0-64_0-32.gz").write_bytes(gzip.compress(payload))
+    (tmp_path / "layer" / "info").write_text('{"a": 1}')
+    log = io.StringIO()
+    tree = FileTree({"out": str(tmp_path), "seg": str(segmented_output)}, log=log)
+    viewer = start_viewer({})
+    try:
+        base = serve_files(tree)
+        assert viewer.get_viewer_url().startswith(base)  # one port: the client, the state and the files
+        out = mount_url(base, "out")
+        status, headers, body = _get(f"{out}/layer/0-64_0-64_0-32")
+        assert status == 200 and headers["Content-Encoding"] == "gzip" and gzip.decompress(body) == payload
+        assert headers["Access-Control-Allow-Origin"] == "*"
+        status, headers, body = _get(f"{out}/layer/info", {"Range": "bytes=1-3"})
+        assert status == 206 and body == b'"a"' and headers["Content-Range"] == "bytes 1-3/8"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(f"{out}/layer/%2e%2e/%2e%2e/%2e%2e/etc/passwd")
+        assert e.value.code == 404
+        # a zarr chunk that is not stored is all fill value: 404, which Neuroglancer reads as empty, not a failure
+        with pytest.raises(urllib.error.HTTPError):
+            _get(f"{mount_url(base, 'seg')}/segmentation/0/c/9/9/9")
+        assert len(tree.failures) == 1 and tree.failures[0][0] == 404
+        assert "request failed: 404 GET /files/out/layer/../../../etc/passwd" in log.getvalue()
+        assert "/c/9/9/9" not in log.getvalue()
+    finally:
+        stop_viewer()

@@ -1,0 +1,121 @@
+"""Meshes and skeletons made in blocks and joined per object, against the same made in one block."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from connectome.io import create_volume
+from connectome.morphology.mesh_format import read_mesh
+from connectome.morphology.properties import read_sizes
+from connectome.morphology.skeleton_format import read_skeleton
+
+SHAPE = (32, 64, 64)
+SMALL = (16, 32, 32)  # 8 blocks
+
+
+def _labels() -> np.ndarray:
+    """Three objects that cross block faces: a tube along x, a ball on a block corner, a slab along z."""
+    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    labels = np.zeros(SHAPE, np.uint64)
+    labels[((y - 20) ** 2 + (z - 10) ** 2) <= 16] = 7  # tube through both x blocks
+    labels[((z - 16) ** 2 + (y - 32) ** 2 + (x - 32) ** 2) <= 64] = 2**40 + 3  # ball on the centre corner
+    labels[(x >= 50) & (x < 56) & (y >= 40) & (y < 60)] = 9  # slab through every z block
+    return labels
+
+
+def _run(out, block, stages, client, simplify=0):
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+
+    params = {"meshes": {"simplify": simplify}}
+    config = RunConfig(input=str(out / "segmentation"), output=str(out), blocks=BlocksConfig(shape=block),
+                       cluster=ClusterConfig(), stages=[StageConfig(stage=s, params=params.get(s, {})) for s in stages])
+    return execute(plan_run(config), client, progress=False)
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, client):
+    labels = _labels()
+    made = {}
+    for name, block in (("blocks", SMALL), ("one", SHAPE)):
+        out = tmp_path_factory.mktemp(name)
+        vol = create_volume(str(out / "segmentation"), SHAPE, np.uint64, SMALL, (8.0, 8.0, 8.0))
+        vol.write(vol.box, labels)
+        _run(out, block, ["meshes", "mesh_manifests", "skeletons", "skeleton_merge"], client)
+        made[name] = out
+    return labels, made
+
+
+def _triangles(directory, label) -> set:
+    vertices, triangles = read_mesh(str(directory), label)
+    corners = np.round(vertices[triangles], 3)  # (m, 3 corners, xyz)
+    # a triangle as the set of its corners, whatever the winding's start
+    return {tuple(sorted(map(tuple, t))) for t in corners}
+
+
+def test_unsimplified_block_meshes_equal_the_whole_volume_mesh(outputs):
+    labels, made = outputs
+    for label in (7, 2**40 + 3, 9):
+        blocks, one = _triangles(made["blocks"] / "meshes", label), _triangles(made["one"] / "meshes", label)
+        assert len(one) > 100
+        assert blocks == one  # fragments of 2-8 blocks are, together, exactly the one-block surface
+    with open(made["blocks"] / "meshes" / f"{2**40 + 3}:0") as f:
+        assert len(json.load(f)["fragments"]) == 8  # the ball's fragments of all eight blocks, one manifest
+
+
+def test_mesh_is_closed_and_in_nanometres(outputs):
+    labels, made = outputs
+    vertices, triangles = read_mesh(str(made["blocks"] / "meshes"), 9)
+    # the slab spans x 50..56, y 40..60, z 0..32 voxels of 8 nm; surfaces lie between voxel centres
+    lo, hi = vertices.min(0), vertices.max(0)
+    np.testing.assert_allclose(lo, [50 * 8, 40 * 8, 0], atol=8.01)
+    np.testing.assert_allclose(hi, [56 * 8, 60 * 8, 32 * 8], atol=8.01)
+    # closed at the volume's faces: every edge belongs to exactly two triangles once shared vertices are merged
+    key = {tuple(v): i for i, v in enumerate(map(tuple, np.round(vertices, 3)))}
+    ids = np.array([key[tuple(v)] for v in map(tuple, np.round(vertices, 3))])
+    t = ids[triangles]
+    edges = np.sort(np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    assert (counts == 2).all()
+
+
+def test_skeletons_are_joined_across_blocks(outputs):
+    labels, made = outputs
+    for label in (7, 9):
+        v, e, r = read_skeleton(str(made["blocks"] / "skeletons"), label)
+        v1, e1, _ = read_skeleton(str(made["one"] / "skeletons"), label)
+        assert len(v) > 5 and len(r) == len(v) and (r > 0).all()
+        assert _components(len(v), e) == 1  # one skeleton, not one piece per block
+        length = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1).sum()
+        length1 = np.linalg.norm(v1[e1[:, 0]] - v1[e1[:, 1]], axis=1).sum()
+        assert abs(length - length1) < 0.15 * length1
+    v, e, _ = read_skeleton(str(made["blocks"] / "skeletons"), 7)
+    assert v[:, 0].max() - v[:, 0].min() > 0.8 * SHAPE[2] * 8  # the tube's skeleton runs along x
+
+
+def test_segment_sizes(outputs):
+    labels, made = outputs
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    expected = {int(i): int(c) for i, c in zip(ids, counts)}
+    assert read_sizes(str(made["blocks"] / "segment_properties")) == expected
+    assert read_sizes(str(made["one"] / "segment_properties")) == expected
+
+
+def test_resume_skips_finished_blocks(outputs, client):
+    _, made = outputs
+    reports = _run(made["blocks"], SMALL, ["meshes", "mesh_manifests"], client)
+    assert all(r.ran == 0 for r in reports)
+    assert os.path.exists(made["blocks"] / "meshes" / "info")
+
+
+def _components(n: int, edges: np.ndarray) -> int:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[0]
