@@ -1,0 +1,183 @@
+"""Synapse detection, partners, the graph and neurite types against ground truth, and detection speed.
+
+Synthetic: held-out synthetic volumes (seeds never used in training) run through `connectome
+reconstruct` (affinity segmentation, clefts, partners, types, graph; blockwise on a local cluster),
+then scored: detection precision / recall / F1 (one-to-one matching within the tolerance), partner
+accuracy (matched synapses whose predicted pre and post segments map, by largest overlap, to the true
+pre and post cells), graph edges precision / recall / F1 (pre -> post pairs of mapped ids), neurite
+type accuracy per class (truth: the majority compartment of each predicted segment). Also the same
+detection with the ground-truth cells as the segmentation (partners without segmentation errors).
+
+Real data (VNC / EPFL) is not scored yet: no cleft model for serial-section TEM is shipped (see
+benchmarks/results/synapses.md).
+
+Usage: .venv/bin/python benchmarks/synapses.py [--seeds 500 501] [--shape 64 256 256] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from connectome.metrics.contingency import Contingency
+from connectome.metrics.synapses import synapse_scores
+from connectome.synapses.table import read_synapses
+
+TOLERANCES_NM = (100.0, 200.0)
+DENSITY = 8.0  # synapses per um^3 asked of the generator (its contacts and spacing allow fewer)
+
+
+def _map(table: Contingency, ids: np.ndarray) -> np.ndarray:
+    seg_ids, gt_ids = table.majority_gt()
+    ids = np.asarray(ids, np.uint64)
+    if not len(seg_ids):
+        return np.zeros(ids.shape, np.uint64)
+    at = np.minimum(np.searchsorted(seg_ids, ids), len(seg_ids) - 1)
+    return np.where(seg_ids[at] == ids, gt_ids[at], np.uint64(0))
+
+
+def _prf(tp, n_pred, n_true):
+    p = tp / n_pred if n_pred else 1.0
+    r = tp / n_true if n_true else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def score_run(out: str, synth_dir: str) -> dict:
+    from connectome.io import open_volume
+    from connectome.neurites.classifier import CLASSES
+    from connectome.neurites.training import true_classes
+    from connectome.neurites.types import read_segments
+    from connectome.synth.volume import load_ground_truth
+
+    gt = load_ground_truth(synth_dir)
+    vs = gt.meta["voxel_size"]
+    labels_v = open_volume(os.path.join(synth_dir, "labels"))
+    labels = labels_v.read(labels_v.box)
+    seg_v = open_volume(os.path.join(out, "segmentation"))
+    seg = seg_v.read(seg_v.box)
+    comps_v = open_volume(os.path.join(synth_dir, "compartments"))
+    comps = comps_v.read(comps_v.box)
+    table = Contingency.from_arrays(seg, labels)
+    syn = read_synapses(os.path.join(out, "synapses.csv"))
+    pred = np.stack([syn["z"], syn["y"], syn["x"]], 1)
+    true = np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1)
+    true_pairs = np.stack([gt.synapses["pre_id"], gt.synapses["post_id"]], 1).astype(np.uint64)
+    res: dict = {"synapses_true": int(len(true)), "synapses_found": int(len(pred))}
+    for tol in TOLERANCES_NM:
+        s = synapse_scores(pred, true, tol, vs)
+        mapped = np.stack([_map(table, syn["pre"]), _map(table, syn["post"])], 1)
+        right = np.all(mapped[s.matched_pred] == true_pairs[s.matched_gt], axis=1)
+        res[f"detection@{int(tol)}nm"] = {"precision": s.precision, "recall": s.recall, "f1": s.f1,
+                                          "tp": s.true_positives, "fp": s.false_positives, "fn": s.false_negatives}
+        res[f"partner_accuracy@{int(tol)}nm"] = float(right.mean()) if len(right) else None
+    # graph edges, in ground-truth ids
+    ok = (syn["pre"] != 0) & (syn["post"] != 0)
+    pe = {tuple(p) for p in np.stack([_map(table, syn["pre"][ok]), _map(table, syn["post"][ok])], 1).tolist()}
+    te = {tuple(p) for p in true_pairs.tolist()}
+    p, r, f = _prf(len(pe & te), len(pe), len(te))
+    res["graph_edges"] = {"precision": p, "recall": r, "f1": f, "predicted": len(pe), "true": len(te)}
+    # neurite types of the predicted segments
+    segs = read_segments(os.path.join(out, "segments.csv"))
+    known = segs["class"] != "unknown"
+    truth = true_classes(seg, comps, segs["id"][known])
+    predicted = np.array([CLASSES.index(c) for c in segs["class"][known]])
+    keep = truth >= 0
+    m = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    np.add.at(m, (truth[keep], predicted[keep]), 1)
+    size = segs["size_voxels"][known][keep]
+    right = truth[keep] == predicted[keep]
+    big = size >= 1000  # segments of at least 1000 voxels (0.5 um^3)
+    res["types"] = {"accuracy": float(np.trace(m) / max(m.sum(), 1)),
+                    "accuracy_by_voxels": float(size[right].sum() / max(size.sum(), 1)),
+                    "accuracy_segments_over_1000_voxels": float(right[big].mean()) if big.any() else None,
+                    "segments_over_1000_voxels": int(big.sum()),
+                    "per_class_recall": {c: (float(m[i, i] / m[i].sum()) if m[i].sum() else None)
+                                         for i, c in enumerate(CLASSES)},
+                    "confusion_rows_truth_cols_predicted": m.tolist()}
+    return res
+
+
+def gt_segmentation_scores(synth_dir: str, model: str = "cleft-synthetic") -> dict:
+    """Detection and partners with the ground-truth cells as the segmentation (one block, in memory)."""
+    from connectome.io import open_volume
+    from connectome.synapses import model as M
+    from connectome.synapses.detect import predict_volume, synapses_in_memory
+    from connectome.synth.volume import load_ground_truth
+
+    gt = load_ground_truth(synth_dir)
+    raw_v = open_volume(os.path.join(synth_dir, "raw"))
+    lab_v = open_volume(os.path.join(synth_dir, "labels"))
+    m = M.load(model, "cpu")
+    prob, vec = predict_volume(m, raw_v.read(raw_v.box))
+    rows = synapses_in_memory(prob, vec, lab_v.read(lab_v.box), m.info, gt.meta["voxel_size"])
+    pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
+    true = np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1)
+    s = synapse_scores(pred, true, 200.0, gt.meta["voxel_size"])
+    pairs = np.stack([rows["pre"], rows["post"]], 1).astype(np.uint64)
+    tp = np.stack([gt.synapses["pre_id"], gt.synapses["post_id"]], 1).astype(np.uint64)
+    right = np.all(pairs[s.matched_pred] == tp[s.matched_gt], axis=1)
+    return {"detection@200nm_f1": s.f1, "tp": s.true_positives, "fp": s.false_positives, "fn": s.false_negatives,
+            "partner_accuracy": float(right.mean()) if len(right) else None}
+
+
+def run_synthetic(seed: int, shape, work: str, block) -> dict:
+    from connectome.cli.main import main
+    from connectome.synth import generate
+    from connectome.synth.options import TissueOptions
+
+    synth_dir = os.path.join(work, f"synth-{seed}")
+    if not os.path.exists(os.path.join(synth_dir, "ground_truth")):
+        generate(shape, (8.0, 8.0, 8.0), seed=seed, tissue=TissueOptions(synapses_per_um3=DENSITY)).save(
+            synth_dir, chunk_shape=block)
+    out = os.path.join(work, f"out-{seed}")
+    t = time.perf_counter()
+    args = ["reconstruct", os.path.join(synth_dir, "raw"), out, "--block-shape", *map(str, block), "--json",
+            "--no-progress"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(args)
+    if rc:
+        raise SystemExit(f"reconstruct failed ({rc})")
+    result = json.loads(buf.getvalue())
+    seconds = time.perf_counter() - t
+    stages = {s["stage"]: s["seconds"] for s in result["stages"]}
+    voxels = int(np.prod(shape))
+    res = {"seed": seed, "shape": list(shape), "seconds": round(seconds, 1),
+           "clefts_stage_s": stages.get("clefts"), "detection_voxels_per_s": round(voxels / stages["clefts"])
+           if stages.get("clefts") else None, "summary": result["summary"], **score_run(out, synth_dir),
+           "gt_segmentation": gt_segmentation_scores(synth_dir)}
+    return res
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seeds", nargs="+", type=int, default=[500, 501])
+    p.add_argument("--shape", nargs=3, type=int, default=[64, 256, 256])
+    p.add_argument("--block", nargs=3, type=int, default=[32, 128, 128])
+    p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
+    p.add_argument("--score-only", action="store_true", help="score the outputs already in --out")
+    a = p.parse_args(argv)
+    if a.score_only:
+        for seed in a.seeds:
+            r = score_run(os.path.join(a.out, f"out-{seed}"), os.path.join(a.out, f"synth-{seed}"))
+            print(json.dumps({"seed": seed, "types": r["types"]}), flush=True)
+        return
+    work = a.out or tempfile.mkdtemp(prefix="synapse-bench-")
+    results = {"machine": f"{platform.node()} {os.cpu_count()} cores", "runs": []}
+    for seed in a.seeds:
+        r = run_synthetic(seed, tuple(a.shape), work, tuple(a.block))
+        results["runs"].append(r)
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

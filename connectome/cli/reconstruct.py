@@ -1,0 +1,58 @@
+"""The whole job: segmentation, synapses, partners, neurite types and the connectivity graph, each
+stage resumable; prints the graph summary (--json: segmentation, synapses and graph tables)."""
+
+from __future__ import annotations
+
+from connectome.cli.main import print_result
+from connectome.cli.run_options import add_run_options, cluster_settings
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
+    parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
+    parser.add_argument("--model", default="synthetic", help="affinity model for the segmentation")
+    parser.add_argument("--cleft-model", default="cleft-synthetic", help="cleft model name or .pt path")
+    parser.add_argument("--classifier", default=None, help="neurite type classifier name or .json path")
+    parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
+    parser.add_argument("--threshold", type=float, default=None, help="segmentation merge threshold")
+    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"))
+    parser.add_argument("--allow-voxel-mismatch", action="store_true",
+                        help="run the models on data whose voxel size differs from theirs")
+    parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")
+    add_run_options(parser)
+
+
+def run(args) -> int:
+    import time
+
+    from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
+    from connectome.cluster.client import open_client
+    from connectome.cluster.worker_logs import worker_logs
+    from connectome.engine.plan import check_input_chunks
+    from connectome.graph.build import graph_from_dir
+    from connectome.graph.summary import describe, plot, summarise
+    from connectome.synapses.chain import synapse_outputs, synapse_stages
+
+    cluster = cluster_settings(args)
+    config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
+                                 args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch)
+    config = config.model_copy(update={"stages": config.stages + synapse_stages(
+        args.cleft_model, None, args.classifier, args.allow_voxel_mismatch)})
+    plan = plan_segmentation(config, args.overwrite)
+    check_input_chunks(config.input, args.strict_input)
+    start = time.perf_counter()
+    with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
+        seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    graph, paths, synapses = graph_from_dir(config.output)
+    summary = summarise(graph.nodes, graph.edges, synapses)
+    if not args.no_plots:
+        paths.update(plot(graph.nodes, graph.edges, config.output))
+    result = {"segmentation": seg["segmentation"], **synapse_outputs(config.output), "graph": paths["edges"],
+              "graph_nodes": paths["nodes"], "graphml": paths["graphml"],
+              **{k: v for k, v in paths.items() if k in ("degrees", "adjacency")},
+              "summary": summary, "voxels": seg["voxels"], "seconds": round(time.perf_counter() - start, 2),
+              "stages": seg["stages"]}
+    print_result(args, result, "\n".join([
+        f"segmentation: {seg['segmentation']}", f"synapses: {result['synapses']}", f"segments: {result['segments']}",
+        describe(summary), f"edges: {paths['edges']}  GraphML: {paths['graphml']}"]))
+    return 0

@@ -1,0 +1,56 @@
+"""Find synapses in a raw volume given its segmentation: clefts, partners (pre -> post), neurite types;
+writes OUT_DIR/synapses.csv and OUT_DIR/segments.csv (resumes)."""
+
+from __future__ import annotations
+
+from connectome.cli.main import print_result
+from connectome.cli.run_options import add_run_options, cluster_settings
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
+    parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
+    parser.add_argument("--segmentation", required=True, help="segmentation address (the raw volume's shape)")
+    parser.add_argument("--model", default="cleft-synthetic", help="cleft model name or .pt path")
+    parser.add_argument("--classifier", default=None, help="neurite type classifier name or .json path")
+    parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
+    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"))
+    parser.add_argument("--allow-voxel-mismatch", action="store_true",
+                        help="run the cleft model on data whose voxel size differs from its own")
+    add_run_options(parser)
+
+
+def run(args) -> int:
+    import os
+    import time
+
+    from connectome.cluster.client import open_client
+    from connectome.cluster.worker_logs import worker_logs
+    from connectome.core.address import absolute
+    from connectome.engine.config import BlocksConfig, RunConfig
+    from connectome.engine.plan import check_input_chunks, check_plan_resumable, execute, plan_run
+    from connectome.synapses.chain import synapse_outputs, synapse_stages
+    from connectome.synapses.table import read_synapses
+
+    cluster = cluster_settings(args)
+    out = os.path.abspath(args.out_dir)
+    config = RunConfig(input=absolute(args.raw), output=out, voxel_size=args.voxel_size,
+                       blocks=BlocksConfig(shape=tuple(args.block_shape)), cluster=cluster,
+                       stages=synapse_stages(args.model, absolute(args.segmentation), args.classifier,
+                                             args.allow_voxel_mismatch))
+    plan = plan_run(config)
+    check_plan_resumable(plan, args.overwrite)
+    check_input_chunks(config.input, args.strict_input)
+    start = time.perf_counter()
+    with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
+        reports = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    paths = synapse_outputs(out)
+    table = read_synapses(paths["synapses"])
+    n = len(table["score"])
+    summary = {**paths, "segmentation": absolute(args.segmentation), "count": n,
+               "autapses": int(table["autapse"].sum()) if "autapse" in table else 0,
+               "unassigned": int(((table["pre"] == 0) | (table["post"] == 0)).sum()),
+               "seconds": round(time.perf_counter() - start, 2), "stages": [r.to_json() for r in reports]}
+    print_result(args, summary, f"synapses: {paths['synapses']} ({n} synapses, {summary['autapses']} autapses, "
+                                f"{summary['unassigned']} without both partners)\nsegments: {paths['segments']}")
+    return 0

@@ -1,0 +1,91 @@
+"""The neurite type stages: segment_features (per-block feature sums) -> neurite_types (a global step
+classifies every segment into OUT/segments.csv; its blocks write the class of each voxel)."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import numpy as np
+from pydantic import Field
+
+from connectome.core.geometry import Block, Context
+from connectome.engine.registry import register
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.io import Volume, VolumeMeta, open_volume
+from connectome.io.lookup import load_lut, relabel
+from connectome.io.tables import save_table
+from connectome.neurites.features import FEATURES_FORMAT, block_sums, radius_reach
+from connectome.neurites.types import TypesStep
+
+DEFAULT_CLASSIFIER = "types-synthetic"
+
+
+class SegmentFeaturesParams(StageParams):
+    pass
+
+
+@register
+class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
+    name = "segment_features"
+    Params = SegmentFeaturesParams
+    inputs = (Input("raw", dtypes=("uint8",)), Input("segmentation", dtypes=("uint64", "uint32")))
+    tables = (Table("segment_features", FEATURES_FORMAT),)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        self._voxel_size = tuple(inputs["segmentation"].voxel_size)
+
+    def _vs(self):
+        vs = getattr(self, "_voxel_size", None)
+        return vs or open_volume(self.input_addresses["segmentation"]).meta.voxel_size
+
+    def context(self) -> Context:
+        reach = radius_reach(self._vs())
+        return Context(reach, reach)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        seg = volumes["segmentation"].read(block.read_box)
+        raw = volumes["raw"].read(block.read_box)
+        table = block_sums(seg, raw, block.read_box, block.write_box, volumes["segmentation"].box, self._vs())
+        save_table(self.table_dirs["segment_features"], block.index, **table)
+        return {"segments": int((table["voxels"] > 0).sum())}
+
+
+class NeuriteTypesParams(StageParams):
+    classifier: str = Field(DEFAULT_CLASSIFIER, description="shipped classifier name or path to a .json file")
+
+
+@register
+class NeuriteTypesStage(BlockStage[NeuriteTypesParams]):
+    name = "neurite_types"
+    Params = NeuriteTypesParams
+    inputs = (Input("segmentation", dtypes=("uint64", "uint32")),)
+    outputs = (Output("neurite_classes", OutputSpec(dtype="uint8")),)
+    reads_tables = (Table("segment_features", FEATURES_FORMAT),)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        from connectome.neurites.classifier import load
+
+        load(self.params.classifier)  # an unknown classifier is one line before anything runs
+        self._voxel_size = tuple(inputs["segmentation"].voxel_size)
+
+    @cached_property
+    def step(self) -> TypesStep:
+        tables = self.table_dirs["segment_features"]
+        out_dir = os.path.dirname(os.path.dirname(os.path.abspath(tables)))
+        vs = getattr(self, "_voxel_size", None) or open_volume(self.input_addresses["segmentation"]).meta.voxel_size
+        return TypesStep(tables, out_dir, self.params.classifier, vs)
+
+    def global_step(self) -> TypesStep:
+        return self.step
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "lut": os.path.basename(self.step.lut)}
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        keys, values = load_lut(self.step.lut)
+        seg = volumes["segmentation"].read(block.write_box).astype(np.uint64)
+        volumes["neurite_classes"].write(block.write_box, relabel(seg, keys, values).astype(np.uint8))
+        return {}

@@ -1,0 +1,140 @@
+"""Training the neurite type classifier on synthetic volumes, whose compartments give every segment a
+class (the majority compartment of its voxels); reported with a confusion matrix on held-out volumes.
+
+    python -m connectome.neurites.training --name types-synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from connectome.core.geometry import Box
+from connectome.neurites.classifier import CLASSES, WEIGHTS_DIR, TypeClassifier, save
+from connectome.neurites.features import FEATURE_NAMES, block_sums, combine, describe
+from connectome.synth import codes as K
+
+COMPARTMENT_CLASS = {K.C_AXON: K.AXON, K.C_BOUTON: K.AXON, K.C_MYELIN: K.AXON, K.C_DENDRITE: K.DENDRITE,
+                     K.C_SPINE: K.SPINE, K.C_SOMA: K.SOMA, K.C_NUCLEUS: K.SOMA, K.C_GLIA: K.GLIA}
+
+
+def true_classes(seg: np.ndarray, compartments: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Index into CLASSES of each segment's majority compartment class (-1: none, e.g. vessel)."""
+    lut = np.full(256, -1, np.int64)
+    for c, name in COMPARTMENT_CLASS.items():
+        lut[c] = CLASSES.index(name)
+    cls = lut[compartments]
+    fg = (seg != 0) & (cls >= 0)
+    keys, inv = np.unique(seg[fg], return_inverse=True)
+    counts = np.zeros((len(keys), len(CLASSES)))
+    np.add.at(counts, (inv.ravel(), cls[fg]), 1)
+    out = np.full(len(ids), -1, np.int64)
+    at = np.searchsorted(keys, ids)
+    ok = (at < len(keys)) & (keys[np.minimum(at, len(keys) - 1)] == ids)
+    out[ok] = counts[at[ok]].argmax(1)
+    return out
+
+
+def split_spines(labels: np.ndarray, compartments: np.ndarray) -> np.ndarray:
+    """Ground-truth cells with every spine cut off as its own segment (as a segmentation often does)."""
+    import cc3d
+
+    seg = labels.astype(np.uint64).copy()
+    spines = cc3d.connected_components(compartments == K.C_SPINE, connectivity=6).astype(np.uint64)
+    base = np.uint64(int(labels.max()) + 1)
+    seg[spines != 0] = spines[spines != 0] + base
+    return seg
+
+
+def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, post=None):
+    """(descriptors, class index) of each segment of one volume; synapse partners as segment ids."""
+    box = Box.from_shape(seg.shape)
+    sums = combine([block_sums(seg, raw, box, box, box, voxel_size)])
+    ids = sums["ids"]
+    pre = synapses["pre_id"].astype(np.uint64) if pre is None else pre
+    post = synapses["post_id"].astype(np.uint64) if post is None else post
+    out_syn = np.array([np.sum(pre == i) for i in ids], float)
+    in_syn = np.array([np.sum(post == i) for i in ids], float)
+    x = describe(sums, voxel_size, out_syn, in_syn)
+    y = true_classes(seg, compartments, ids)
+    keep = (y >= 0) & (sums["voxels"] > 0)
+    return x[keep], y[keep]
+
+
+def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0)):
+    from connectome.synth import generate
+    from connectome.synth.options import TissueOptions
+
+    xs, ys = [], []
+    for seed in seeds:
+        v = generate(shape, voxel_size, seed=int(seed), tissue=TissueOptions(synapses_per_um3=8.0))
+        for seg in (v.labels.astype(np.uint64), split_spines(v.labels, v.compartments)):
+            post = v.synapses["post_id"].astype(np.uint64)
+            if seg is not v.labels:  # a synapse on a spine lands on the spine's own segment
+                post = seg[v.synapses["z"], v.synapses["y"], v.synapses["x"]]
+            x, y = segment_examples(seg, v.raw, voxel_size, v.synapses, v.compartments, post=post)
+            xs.append(x)
+            ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    m = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    np.add.at(m, (truth, pred), 1)
+    return m
+
+
+def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed: int = 0) -> TypeClassifier:
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xt = torch.tensor((x - mean) / std, dtype=torch.float32)
+    yt = torch.tensor(y)
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
+    weight = torch.tensor(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0) * counts.sum() / len(CLASSES),
+                          dtype=torch.float32)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, len(CLASSES)))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(net(xt), yt, weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    layers = tuple((m.weight.detach().numpy().T.astype(float), m.bias.detach().numpy().astype(float))
+                   for m in net if isinstance(m, torch.nn.Linear))
+    return TypeClassifier("", FEATURE_NAMES, CLASSES, mean, std, layers, {})
+
+
+def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), log=print) -> dict:
+    t0 = time.perf_counter()
+    x, y = synthetic_set(train_seeds)
+    xv, yv = synthetic_set(test_seeds)
+    clf = fit(x, y)
+    pred, _ = clf.predict(xv)
+    m = confusion(yv, pred)
+    per_class = {c: (float(m[i, i] / m[i].sum()) if m[i].sum() else None) for i, c in enumerate(CLASSES)}
+    report = {"train_segments": int(len(y)), "test_segments": int(len(yv)),
+              "accuracy": float(np.trace(m) / max(m.sum(), 1)), "per_class_recall": per_class,
+              "confusion_rows_truth_cols_predicted": m.tolist(), "classes": list(CLASSES),
+              "data": "synthetic (64, 192, 192) at 8 nm: ground-truth cells, and the same with spines cut off",
+              "train_seeds": list(train_seeds), "test_seeds": list(test_seeds),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    clf = TypeClassifier(name, clf.features, clf.classes, clf.mean, clf.std, clf.layers, report)
+    path = save(WEIGHTS_DIR / f"{name}.json", clf)
+    log(f"saved {path}: {json.dumps(report)}")
+    return report
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--name", default="types-synthetic")
+    a = p.parse_args(argv)
+    train(a.name)
+
+
+if __name__ == "__main__":
+    main()

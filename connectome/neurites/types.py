@@ -1,0 +1,128 @@
+"""The global step of the neurite_types stage: every block's feature sums combined per segment,
+described, classified, and written as the segment table (`OUT/segments.csv`) with a class lookup."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+
+import numpy as np
+
+from connectome.engine.global_step import GlobalStep
+from connectome.io.lookup import lut_path, save_lut
+from connectome.neurites.classifier import CLASSES, load
+from connectome.neurites.features import SUMS, centroids, combine, describe
+
+SEGMENTS_FILE = "segments.csv"
+SEGMENT_COLUMNS = ("id", "size_voxels", "class", "class_score", "z", "y", "x", "out_synapses", "in_synapses")
+
+
+def class_code(name: str) -> int:
+    """uint8 code of a class in the neurite_classes volume: 1 + its index in CLASSES, 0 for none."""
+    return CLASSES.index(name) + 1 if name in CLASSES else 0
+
+
+def synapse_counts(ids: np.ndarray, synapses_csv: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Synapses per segment as presynaptic (out) and postsynaptic (in) partner."""
+    out = np.zeros(len(ids))
+    inn = np.zeros(len(ids))
+    if synapses_csv and os.path.isfile(synapses_csv):
+        from connectome.synapses.table import read_synapses
+
+        t = read_synapses(synapses_csv)
+        for col, acc in (("pre", out), ("post", inn)):
+            v = t[col][t[col] != 0]
+            u, c = np.unique(v, return_counts=True)
+            at = np.searchsorted(ids, u)
+            ok = (at < len(ids)) & (ids[np.minimum(at, len(ids) - 1)] == u)
+            acc[at[ok]] = c[ok]
+    return out, inn
+
+
+def load_sums(directory: str) -> dict:
+    tables = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
+        with np.load(path) as t:
+            tables.append({k: t[k] for k in ("ids", *SUMS)})
+    return combine(tables)
+
+
+def write_segments(path: str, rows: dict) -> str:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SEGMENT_COLUMNS)
+        for i in range(len(rows["id"])):
+            w.writerow([rows["id"][i], int(rows["size_voxels"][i]), rows["class"][i], f"{rows['class_score'][i]:.4f}",
+                        *(f"{rows[k][i]:.2f}" for k in ("z", "y", "x")), int(rows["out_synapses"][i]),
+                        int(rows["in_synapses"][i])])
+    os.replace(tmp, path)
+    return path
+
+
+def read_segments(path: str) -> dict[str, np.ndarray]:
+    from connectome.core.errors import UserError
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no segment table; run `connectome reconstruct` first")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, np.ndarray] = {"id": np.array([int(r["id"]) for r in rows], np.uint64),
+                                  "class": np.array([r["class"] for r in rows], dtype=object)}
+    for k in ("size_voxels", "class_score", "z", "y", "x", "out_synapses", "in_synapses"):
+        out[k] = np.array([float(r[k]) for r in rows])
+    return out
+
+
+def classify(sums: dict, voxel_size, classifier: str, synapses_csv: str | None) -> dict:
+    """The segment table's columns from combined sums."""
+    ids = sums["ids"].astype(np.uint64)
+    out_syn, in_syn = synapse_counts(ids, synapses_csv)
+    clf = load(classifier)
+    x = describe(sums, voxel_size, out_syn, in_syn)
+    k, p = clf.predict(x)
+    names = np.array([clf.classes[i] for i in k], dtype=object)
+    c = centroids(sums) if len(ids) else np.zeros((0, 3))
+    own = sums["voxels"] > 0  # ids seen only across a face of a block have no voxels: no class
+    names[~own] = "unknown"
+    return {"id": ids, "size_voxels": sums["voxels"], "class": names, "class_score": np.where(own, p, 0.0),
+            "z": c[:, 0], "y": c[:, 1], "x": c[:, 2], "out_synapses": out_syn, "in_synapses": in_syn}
+
+
+class TypesStep(GlobalStep):
+    """Feature tables -> the segment table (id, size, class, centroid) and a segment -> class lookup."""
+
+    name = "neurite_classify"
+
+    def __init__(self, tables_dir: str, out_dir: str, classifier: str, voxel_size):
+        self.tables_dir = tables_dir
+        self.out_dir = out_dir
+        self.classifier = classifier
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+
+    @property
+    def params(self) -> dict:
+        return {"classifier": self.classifier, "voxel_size": list(self.voxel_size)}
+
+    @property
+    def lut(self) -> str:
+        return lut_path(self.tables_dir, self.params, prefix="class-lut")
+
+    @property
+    def table(self) -> str:
+        return os.path.join(self.out_dir, SEGMENTS_FILE)
+
+    def fingerprint(self) -> dict:
+        return {"step": self.name, "params": self.params, "tables": self.tables_dir, "table": self.table}
+
+    def run(self) -> dict:
+        from connectome.synapses.table import SYNAPSES_FILE
+
+        rows = classify(load_sums(self.tables_dir), self.voxel_size, self.classifier,
+                        os.path.join(self.out_dir, SYNAPSES_FILE))
+        codes = np.array([class_code(c) for c in rows["class"]], np.uint64)
+        save_lut(self.lut, rows["id"], codes)
+        write_segments(self.table, rows)
+        names, counts = np.unique(rows["class"].astype(str), return_counts=True)
+        return {"segments": int(len(rows["id"])), "classes": {str(a): int(b) for a, b in zip(names, counts)}}

@@ -1,0 +1,115 @@
+"""One block's clefts: thresholded cleft probability cut into 6-connected pieces (fragments), their
+statistics, the fragment voxels on the block's faces (to join pieces across faces in the global
+step) and the partner votes of each fragment's voxels."""
+
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+
+from connectome.core.geometry import Box
+from connectome.core.ids import globalise
+
+FRAGMENTS_FORMAT = 2
+
+
+def vector_reach(vector_nm: float, voxel_size) -> tuple[int, int, int]:
+    """Voxels a partner direction of `vector_nm` can reach along each axis."""
+    return tuple(int(np.ceil(vector_nm / float(v))) for v in voxel_size)  # type: ignore[return-value]
+
+
+def label_block(prob: np.ndarray, threshold: float, block_index: int) -> np.ndarray:
+    """Global fragment ids (uint64) of the voxels whose probability (uint8) reaches `threshold`."""
+    mask = prob >= np.uint8(min(255, int(np.ceil(threshold * 255.0))))
+    local = cc3d.connected_components(mask, connectivity=6, out_dtype=np.uint32)
+    return globalise(local, block_index)
+
+
+def _faces(frag: np.ndarray, write: Box, volume: Box) -> dict[str, np.ndarray]:
+    """Fragment voxels on each inner face: `low_*` on the block's lower faces, `high_*` on its upper
+    faces, as global positions (the upper ones moved one voxel across the face) and ids."""
+    pos_low: list[np.ndarray] = []
+    id_low: list[np.ndarray] = []
+    pos_high: list[np.ndarray] = []
+    id_high: list[np.ndarray] = []
+    off = np.asarray(write.offset)
+    for axis in range(3):
+        for side in ("low", "high"):
+            if side == "low" and write.offset[axis] == volume.offset[axis]:
+                continue
+            if side == "high" and write.end[axis] == volume.end[axis]:
+                continue
+            index = 0 if side == "low" else frag.shape[axis] - 1
+            layer = np.take(frag, index, axis=axis)
+            where = np.argwhere(layer != 0)
+            ids = layer[layer != 0]
+            pos = np.insert(where, axis, index, axis=1) + off
+            if side == "high":
+                pos[:, axis] += 1
+            (pos_low if side == "low" else pos_high).append(np.c_[pos, np.full(len(pos), axis)])
+            (id_low if side == "low" else id_high).append(ids)
+    empty_pos, empty_id = np.zeros((0, 4), np.int64), np.zeros(0, np.uint64)
+    return {
+        "low_pos": np.concatenate(pos_low).astype(np.int64) if pos_low else empty_pos,
+        "low_id": np.concatenate(id_low).astype(np.uint64) if id_low else empty_id,
+        "high_pos": np.concatenate(pos_high).astype(np.int64) if pos_high else empty_pos,
+        "high_id": np.concatenate(id_high).astype(np.uint64) if id_high else empty_id,
+    }
+
+
+def fragment_table(frag: np.ndarray, prob: np.ndarray, vectors: np.ndarray | None, seg: np.ndarray,
+                   seg_box: Box, write: Box, volume: Box, vector_nm: float, voxel_size) -> dict[str, np.ndarray]:
+    """The block's table: per fragment (ids, voxels, probability sum and max, coordinate sums), face
+    voxels, and partner votes per (fragment, post = segment at the voxel, pre = segment where the
+    voxel's direction points): voxel count, coordinate sums and probability sum. `frag`, `prob` and
+    `vectors` cover the write box, `seg` covers `seg_box`."""
+    nz = np.nonzero(frag)
+    ids_all = frag[nz]
+    ids, inverse = np.unique(ids_all, return_inverse=True)
+    inverse = inverse.ravel()
+    n = len(ids)
+    pos = np.stack(nz, axis=1).astype(np.int64) + np.asarray(write.offset)
+    p = prob[nz].astype(np.float64) / 255.0
+    max_prob = np.zeros(n)
+    np.maximum.at(max_prob, inverse, p)
+    table = {
+        "ids": ids.astype(np.uint64),
+        "voxels": np.bincount(inverse, minlength=n).astype(np.int64),
+        "prob_sum": np.bincount(inverse, weights=p, minlength=n),
+        "prob_max": max_prob,
+        "coord_sum": np.stack([np.bincount(inverse, weights=pos[:, k], minlength=n) for k in range(3)], axis=1)
+        if n else np.zeros((0, 3)),
+        **_faces(frag, write, volume),
+    }
+    post, pre = partners_at(pos, nz, vectors, seg, seg_box, vector_nm, voxel_size)
+    vcoord: np.ndarray
+    vprob: np.ndarray
+    if n:
+        votes, vinv = np.unique(np.stack([ids_all, post, pre], axis=1), axis=0, return_inverse=True)
+        vinv = vinv.ravel()
+        m = len(votes)
+        counts = np.bincount(vinv, minlength=m)
+        vcoord = np.stack([np.bincount(vinv, weights=pos[:, k], minlength=m) for k in range(3)], axis=1)
+        vprob = np.bincount(vinv, weights=p, minlength=m)
+    else:
+        votes, counts = np.zeros((0, 3), np.uint64), np.zeros(0, np.int64)
+        vcoord, vprob = np.zeros((0, 3)), np.zeros(0)
+    table.update(vote_fragment=votes[:, 0], vote_post=votes[:, 1], vote_pre=votes[:, 2],
+                 vote_count=counts.astype(np.int64), vote_coord_sum=vcoord, vote_prob_sum=vprob)
+    return table
+
+
+def partners_at(pos: np.ndarray, nz, vectors: np.ndarray | None, seg: np.ndarray, seg_box: Box, vector_nm: float,
+                voxel_size) -> tuple[np.ndarray, np.ndarray]:
+    """Per cleft voxel (global positions `pos`, write-box indices `nz`): the segment under it (post)
+    and the segment `vector_nm` away along its predicted direction (pre; 0 without directions). The
+    direction is normalised: its length says how sure the network is, not how far the partner is."""
+    seg_off = np.asarray(seg_box.offset)
+    post = seg[tuple((pos - seg_off).T)].astype(np.uint64) if len(pos) else np.zeros(0, np.uint64)
+    if vectors is None or not len(pos):
+        return post, np.zeros_like(post)
+    v = vectors[:, nz[0], nz[1], nz[2]].T
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-3)
+    d = v * (vector_nm / np.asarray(voxel_size, float))
+    tip = np.clip(np.round(pos + d).astype(np.int64), seg_box.offset, np.asarray(seg_box.end) - 1)
+    return post, seg[tuple((tip - seg_off).T)].astype(np.uint64)

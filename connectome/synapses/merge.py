@@ -1,0 +1,226 @@
+"""The global step of the synapses stage: cleft fragments joined across block faces (a union-find
+over the face contacts) into cleft objects; each object split by the partner votes of its voxels into
+synapses, one per (postsynaptic, presynaptic) pair that holds at least `min_voxels` voxels; written as
+the synapse table and a lookup (fragment -> object, (object, post, pre) -> synapse).
+
+An object with no such pair of two assigned segments is one synapse with its majority pair (pre or
+post 0: reported as unassigned, not dropped); a pair with pre == post is an autapse (reported).
+Memory grows with the number of fragments, cleft face voxels and votes, not with the volume.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from connectome.engine.global_step import GlobalStep
+from connectome.io.lookup import lut_path
+from connectome.synapses.table import SYNAPSES_FILE, write_synapses
+
+_KEYS = ("ids", "voxels", "prob_sum", "prob_max", "coord_sum", "low_pos", "low_id", "high_pos", "high_id",
+         "vote_fragment", "vote_post", "vote_pre", "vote_count", "vote_coord_sum", "vote_prob_sum")
+
+
+def load_fragment_tables(directory: str) -> dict[str, np.ndarray]:
+    """Every block's table in `directory`, concatenated."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in _KEYS}
+    for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
+        with np.load(path) as t:
+            for k in _KEYS:
+                parts[k].append(t[k])
+    out = {}
+    for k, v in parts.items():
+        if v:
+            out[k] = np.concatenate(v)
+        else:
+            width = 3 if k.endswith("coord_sum") else 4 if k.endswith("_pos") else 0
+            out[k] = np.zeros((0, width)) if width else np.zeros(0)
+    return out
+
+
+def face_links(t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of fragment ids that touch across a block face (an upper-face voxel moved across the face
+    lands on a lower-face voxel of the next block)."""
+    low, high = t["low_pos"].astype(np.int64), t["high_pos"].astype(np.int64)
+    if not len(low) or not len(high):
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    span = np.maximum(low.max(0), high.max(0)) + 1
+    key_low = np.ravel_multi_index(tuple(low.T), tuple(span))
+    key_high = np.ravel_multi_index(tuple(high.T), tuple(span))
+    order = np.argsort(key_low)
+    at = np.minimum(np.searchsorted(key_low[order], key_high), len(order) - 1)
+    hit = key_low[order][at] == key_high
+    return t["high_id"][hit].astype(np.uint64), t["low_id"][order][at[hit]].astype(np.uint64)
+
+
+def group_fragments(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find over the links (a, b): the component index of each of `ids` (sorted, unique)."""
+    n = len(ids)
+    ia, ib = np.searchsorted(ids, a), np.searchsorted(ids, b)
+    graph = coo_matrix((np.ones(len(ia)), (ia, ib)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners: bool, split: bool = False):
+    """The synapse table's columns, and the lookup: (fragment ids, their object), and per synapse its
+    (object, post, pre). Without `split`, one synapse per cleft object of at least `min_voxels`, its
+    partners the majority of its voxels' votes; with it, one per well-supported (post, pre) pair."""
+    split = split and partners
+    ids = np.sort(t["ids"].astype(np.uint64))
+    a, b = face_links(t)
+    obj = group_fragments(ids, a, b) if len(ids) else np.zeros(0, np.int64)
+    n_obj = int(obj.max()) + 1 if len(obj) else 0
+    vo = obj[np.searchsorted(ids, t["vote_fragment"].astype(np.uint64))] if len(ids) else np.zeros(0, np.int64)
+    post_votes = t["vote_post"].astype(np.uint64)
+    pre_votes = t["vote_pre"].astype(np.uint64) if partners else np.zeros(len(post_votes), np.uint64)
+    post = post_votes if split else np.zeros(len(post_votes), np.uint64)  # else grouped by object alone
+    pre = pre_votes if split else np.zeros(len(post_votes), np.uint64)
+    keys, inv = np.unique(np.stack([vo.astype(np.uint64), post, pre], 1), axis=0, return_inverse=True) \
+        if len(vo) else (np.zeros((0, 3), np.uint64), np.zeros(0, np.int64))
+    inv = inv.ravel()
+    k = len(keys)
+    count = np.bincount(inv, weights=t["vote_count"], minlength=k)
+    coord = np.stack([np.bincount(inv, weights=t["vote_coord_sum"][:, j], minlength=k) for j in range(3)], 1) \
+        if k else np.zeros((0, 3))
+    prob = np.bincount(inv, weights=t["vote_prob_sum"], minlength=k)
+    kobj = keys[:, 0].astype(np.int64)
+    obj_total = np.bincount(kobj, weights=count, minlength=n_obj)
+    share = count / np.maximum(obj_total[kobj], 1)
+    if not split:  # the partners: the object's majority votes
+        maj_post, post_w, total = _majority(vo, post_votes, t["vote_count"], n_obj)
+        maj_pre, pre_w, _ = _majority(vo, pre_votes, t["vote_count"], n_obj)
+        keys[:, 1], keys[:, 2] = maj_post[kobj], maj_pre[kobj]
+        pre_share = pre_w[kobj] / np.maximum(total[kobj], 1) if partners else 1.0
+        share = post_w[kobj] / np.maximum(total[kobj], 1) * pre_share
+    assigned = (keys[:, 1] != 0) & (keys[:, 2] != 0) if split else np.zeros(k, bool)
+    chosen = (count >= min_voxels) & assigned
+    has = np.bincount(kobj[chosen], minlength=n_obj) > 0
+    # an object without a well-supported assigned pair: one synapse with its largest pair
+    order = np.lexsort((-count, kobj))
+    first = order[np.r_[True, kobj[order][1:] != kobj[order][:-1]]] if k else np.zeros(0, np.int64)
+    fallback = first[~has[kobj[first]] & (obj_total[kobj[first]] >= min_voxels)]
+    chosen[fallback] = True
+    sel = np.flatnonzero(chosen)
+    size = np.where(np.isin(sel, fallback), obj_total[kobj[sel]], count[sel])  # a fallback: the whole object
+    obj_coord = np.stack([np.bincount(kobj, weights=coord[:, j], minlength=n_obj) for j in range(3)], 1)
+    is_fb = np.isin(sel, fallback)
+    centre = np.where(is_fb[:, None], obj_coord[kobj[sel]] / np.maximum(obj_total[kobj[sel]], 1)[:, None],
+                      coord[sel] / np.maximum(count[sel], 1)[:, None])
+    loc = np.round(centre).astype(np.int64)
+    order = np.lexsort((keys[sel, 2], keys[sel, 1], loc[:, 2], loc[:, 1], loc[:, 0])) if len(sel) else sel
+    sel, size, loc = sel[order], size[order], loc[order]
+    rows = {
+        "id": np.arange(1, len(sel) + 1), "z": loc[:, 0], "y": loc[:, 1], "x": loc[:, 2],
+        "pre": keys[sel, 2], "post": keys[sel, 1], "score": prob[sel] / np.maximum(count[sel], 1),
+        "partner_score": share[sel],
+        "size_voxels": size.astype(np.int64), "size_nm3": size * float(np.prod(voxel_size)),
+        "autapse": (keys[sel, 2] == keys[sel, 1]) & (keys[sel, 1] != 0),
+    }
+    lookup = {"fragments": ids, "objects": obj.astype(np.int64), "syn_object": kobj[sel],
+              "syn_post": keys[sel, 1], "syn_pre": keys[sel, 2], "syn_fallback": np.isin(sel, fallback)}
+    return rows, lookup
+
+
+def _majority(group: np.ndarray, value: np.ndarray, weight: np.ndarray, n: int):
+    """Per group: the value of the largest total weight (ties: the smallest value), that weight, and
+    the group's total weight."""
+    best = np.zeros(n, np.uint64)
+    best_w = np.zeros(n)
+    if not len(group):
+        return best, best_w, best_w.copy()
+    keys, inv = np.unique(np.stack([group.astype(np.uint64), value], axis=1), axis=0, return_inverse=True)
+    total = np.bincount(inv.ravel(), weights=weight, minlength=len(keys))
+    order = np.lexsort((keys[:, 1], -total, keys[:, 0]))
+    first = order[np.r_[True, keys[order, 0][1:] != keys[order, 0][:-1]]]
+    best[keys[first, 0].astype(np.int64)] = keys[first, 1]
+    best_w[keys[first, 0].astype(np.int64)] = total[first]
+    return best, best_w, np.bincount(group, weights=weight, minlength=n)
+
+
+def label_voxels(lookup: dict[str, np.ndarray], frag: np.ndarray, post: np.ndarray, pre: np.ndarray,
+                 partners: bool) -> np.ndarray:
+    """Synapse id (0: none) of cleft voxels with fragment ids `frag` and their partner votes: the synapse
+    of their (object, post, pre), or the one synapse of an object reported by its majority pair."""
+    out = np.zeros(len(frag), np.uint64)
+    if not len(frag) or not len(lookup["fragments"]):
+        return out
+    keys = lookup["fragments"]
+    at = np.minimum(np.searchsorted(keys, frag), len(keys) - 1)
+    if not np.array_equal(keys[at], frag):
+        raise RuntimeError("cleft fragments missing from the synapse lookup; re-run the cleft_fragments stage")
+    obj = lookup["objects"][at]
+    syn_id = np.arange(1, len(lookup["syn_object"]) + 1, dtype=np.uint64)
+    single = np.zeros(int(lookup["objects"].max()) + 1, np.uint64)
+    fb = lookup["syn_fallback"].astype(bool)
+    single[lookup["syn_object"][fb]] = syn_id[fb]
+    out = single[obj]
+    exact = ~fb
+    if exact.any():
+        table = {(int(o), int(q), int(p)): int(s) for o, q, p, s in zip(
+            lookup["syn_object"][exact], lookup["syn_post"][exact], lookup["syn_pre"][exact], syn_id[exact])}
+        q = post if partners else np.zeros_like(post)
+        r = pre if partners else np.zeros_like(pre)
+        triples, inv = np.unique(np.stack([obj.astype(np.uint64), q, r], 1), axis=0, return_inverse=True)
+        found = np.array([table.get((int(o), int(a), int(b)), 0) for o, a, b in triples], np.uint64)
+        hit = found[inv.ravel()]
+        out = np.where(hit != 0, hit, out)
+    return out
+
+
+class SynapseStep(GlobalStep):
+    """Every block's cleft fragments -> the synapse table and the synapse lookup."""
+
+    name = "synapse_merge"
+
+    def __init__(self, tables_dir: str, out_dir: str, min_voxels: int, voxel_size, partners: bool,
+                 split: bool = False):
+        self.tables_dir = tables_dir
+        self.out_dir = out_dir
+        self.min_voxels = int(min_voxels)
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.partners = bool(partners)
+        self.split = bool(split)
+
+    @property
+    def params(self) -> dict:
+        return {"min_voxels": self.min_voxels, "voxel_size": list(self.voxel_size), "partners": self.partners,
+                "split": self.split}
+
+    @property
+    def lut(self) -> str:
+        return lut_path(self.tables_dir, self.params, prefix="synapse-lut")
+
+    @property
+    def table(self) -> str:
+        return os.path.join(self.out_dir, SYNAPSES_FILE)
+
+    def fingerprint(self) -> dict:
+        return {"step": self.name, "params": self.params, "tables": self.tables_dir,
+                "lut": os.path.basename(self.lut), "table": self.table}
+
+    def run(self) -> dict:
+        t = load_fragment_tables(self.tables_dir)
+        rows, lookup = synapse_rows(t, self.min_voxels, self.voxel_size, self.partners, self.split)
+        tmp = f"{self.lut}.tmp{os.getpid()}.npz"
+        np.savez(tmp, **lookup)
+        os.replace(tmp, self.lut)
+        write_synapses(self.table, rows)
+        return {"fragments": int(len(lookup["fragments"])), "synapses": int(len(rows["id"])),
+                "autapses": int(rows["autapse"].sum()),
+                "unassigned": int(((rows["pre"] == 0) | (rows["post"] == 0)).sum())}
+
+
+def load_lookup(path: str) -> dict[str, np.ndarray]:
+    """The synapse lookup, cached per worker while the file is unchanged."""
+    return _load_lookup(path, os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_lookup(path: str, mtime: float) -> dict[str, np.ndarray]:
+    with np.load(path) as t:
+        return {k: t[k] for k in t.files}

@@ -1,0 +1,187 @@
+"""The synapse chain's stages: clefts -> cleft_fragments -> synapses.
+
+- `clefts`: the cleft network, resident on each worker, predicts a cleft probability and a partner
+  direction per voxel; blocks read mirrored context padded to the network's divisor (seam-free).
+- `cleft_fragments`: per block, thresholded clefts cut into 6-connected fragments (global ids), with
+  their statistics, face voxels and partner votes (the segment under each cleft voxel is the
+  postsynaptic vote, the segment its direction points into the presynaptic vote).
+- `synapses`: a global step joins fragments across faces (union-find) into synapses and writes the
+  synapse table (`OUT/synapses.csv`); its blocks write the synapse ids (`synapse_labels`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import numpy as np
+from pydantic import Field
+
+from connectome.core.geometry import Block, Context, Vec, vec3
+from connectome.engine.registry import register
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.io import Volume, VolumeMeta, open_volume
+from connectome.io.reflected import read_reflected
+from connectome.io.tables import save_table
+from connectome.models.voxel_size import check_voxel_size
+from connectome.synapses import model as M
+from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
+from connectome.synapses.merge import SynapseStep, label_voxels, load_lookup
+
+DEFAULT_MODEL = "cleft-synthetic"
+
+
+class CleftsParams(StageParams):
+    model: str = Field(DEFAULT_MODEL, description="shipped cleft model name or path to a .pt file")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
+    allow_voxel_mismatch: bool = Field(False, description="run the model on data of another voxel size")
+
+
+@register
+class CleftsStage(BlockStage[CleftsParams]):
+    name = "clefts"
+    Params = CleftsParams
+    inputs = (Input("raw", dtypes=("uint8",)),)
+    outputs = (Output("cleft_probability", OutputSpec(dtype="uint8")),
+               Output("partner_vectors", OutputSpec(dtype="uint8", channels=3)))
+    resources = {"GPU": 1}
+
+    @cached_property
+    def info(self) -> M.CleftModelInfo:
+        return M.read_info(self.params.model)
+
+    def context(self) -> Context:
+        c = vec3(self.info.context)
+        return Context(c, c, multiple=vec3(self.info.divisor), clip=False)
+
+    def block_multiple(self) -> Vec:
+        return vec3(self.info.divisor)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        check_voxel_size(self.params.model, self.info.voxel_size, self.input_addresses["raw"],
+                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        model = M.get(self.params.model, self.params.device)
+        raw = read_reflected(volumes["raw"], block.read_box)
+        prob, vec = M.predict(model, raw)
+        inner = block.write_box.relative_to(block.read_box)
+        volumes["cleft_probability"].write(block.write_box, M.probability_as_uint8(prob[inner]))
+        volumes["partner_vectors"].write(block.write_box, M.vectors_as_uint8(vec[(slice(None), *inner)]))
+        return {}
+
+
+class CleftFragmentsParams(StageParams):
+    model: str = Field(DEFAULT_MODEL, description="the cleft model (its threshold and direction length)")
+    threshold: float | None = Field(None, gt=0, lt=1, description="cleft probability; default: the model's")
+
+
+@register
+class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
+    name = "cleft_fragments"
+    Params = CleftFragmentsParams
+    inputs = (Input("cleft_probability", dtypes=("uint8",)), Input("partner_vectors", dtypes=("uint8",), channels=3),
+              Input("segmentation", dtypes=("uint64", "uint32")))
+    outputs = (Output("cleft_fragments", OutputSpec(dtype="uint64")),)
+    tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)
+
+    @cached_property
+    def info(self) -> M.CleftModelInfo:
+        return M.read_info(self.params.model)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        self._voxel_size = tuple(inputs["segmentation"].voxel_size)
+
+    def check_upstream(self, upstream: dict[str, BlockStage | None]) -> CleftFragmentsParams:
+        producer = upstream.get("cleft_probability")
+        if isinstance(producer, CleftsStage):  # the model that made the probabilities
+            return self.params.model_copy(update={"model": producer.params.model})
+        return self.params
+
+    @property
+    def threshold(self) -> float:
+        return self.params.threshold if self.params.threshold is not None else self.info.threshold
+
+    def context(self) -> Context:
+        reach = vector_reach(self.info.vector_nm, getattr(self, "_voxel_size", self.info.voxel_size))
+        return Context(reach, reach)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        w = block.write_box
+        prob = volumes["cleft_probability"].read(w)
+        frag = label_block(prob, self.threshold, block.index)
+        volumes["cleft_fragments"].write(w, frag)
+        vectors = M.vectors_from_uint8(volumes["partner_vectors"].read(w)) if self.info.partners else None
+        seg = volumes["segmentation"].read(block.read_box)
+        table = fragment_table(frag, prob, vectors, seg, block.read_box, w, volumes["segmentation"].box,
+                               self.info.vector_nm, volumes["segmentation"].meta.voxel_size)
+        save_table(self.table_dirs["cleft_fragments"], block.index, **table)
+        return {"fragments": int(len(table["ids"]))}
+
+
+class SynapsesParams(StageParams):
+    model: str = Field(DEFAULT_MODEL, description="the cleft model (its minimum cleft size)")
+    min_voxels: int | None = Field(None, ge=1, description="smaller clefts are dropped; default: the model's")
+    split_by_partners: bool = Field(True, description="one synapse per (post, pre) pair of a cleft's votes "
+                                                       "(touching clefts of two synapses), not one per cleft")
+
+
+@register
+class SynapsesStage(BlockStage[SynapsesParams]):
+    name = "synapses"
+    Params = SynapsesParams
+    inputs = (Input("cleft_fragments", dtypes=("uint64",)), Input("partner_vectors", dtypes=("uint8",), channels=3),
+              Input("segmentation", dtypes=("uint64", "uint32")))
+    outputs = (Output("synapse_labels", OutputSpec(dtype="uint64")),)
+    reads_tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)
+
+    def check_upstream(self, upstream: dict[str, BlockStage | None]) -> SynapsesParams:
+        producer = upstream.get("cleft_fragments")
+        if isinstance(producer, CleftFragmentsStage):
+            return self.params.model_copy(update={"model": producer.params.model})
+        return self.params
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        self._voxel_size = tuple(inputs["cleft_fragments"].voxel_size)
+
+    @cached_property
+    def info(self) -> M.CleftModelInfo:
+        return M.read_info(self.params.model)
+
+    def context(self) -> Context:
+        reach = vector_reach(self.info.vector_nm, getattr(self, "_voxel_size", self.info.voxel_size))
+        return Context(reach, reach)
+
+    @cached_property
+    def merge(self) -> SynapseStep:
+        info = M.read_info(self.params.model)
+        tables = self.table_dirs["cleft_fragments"]
+        out_dir = os.path.dirname(os.path.dirname(os.path.abspath(tables)))
+        voxel_size = (getattr(self, "_voxel_size", None)
+                      or open_volume(self.input_addresses["cleft_fragments"]).meta.voxel_size)
+        min_voxels = self.params.min_voxels if self.params.min_voxels is not None else info.min_voxels
+        return SynapseStep(tables, out_dir, min_voxels, voxel_size, info.partners, self.params.split_by_partners)
+
+    def global_step(self) -> SynapseStep:
+        return self.merge
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "lut": os.path.basename(self.merge.lut)}
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        """Each cleft voxel's synapse, from its fragment's object and its partner votes (as voted)."""
+        w = block.write_box
+        frag = volumes["cleft_fragments"].read(w)
+        nz = np.nonzero(frag)
+        pos = np.stack(nz, axis=1).astype(np.int64) + np.asarray(w.offset)
+        vectors = M.vectors_from_uint8(volumes["partner_vectors"].read(w)) if self.info.partners else None
+        seg = volumes["segmentation"].read(block.read_box)
+        post, pre = partners_at(pos, nz, vectors, seg, block.read_box, self.info.vector_nm,
+                                volumes["segmentation"].meta.voxel_size)
+        out = np.zeros(frag.shape, np.uint64)
+        out[nz] = label_voxels(load_lookup(self.merge.lut), frag[nz], post, pre, self.info.partners)
+        volumes["synapse_labels"].write(w, out)
+        return {"synapses": int(np.unique(out[nz]).size)}

@@ -1,0 +1,199 @@
+"""Training the cleft network on synthetic volumes (cleft mask and partner directions from the ground
+truth), validated by synapse detection and partner F1 on a held-out synthetic volume.
+
+    python -m connectome.synapses.training --minutes 8 --name cleft-synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from connectome.metrics.synapses import synapse_scores
+from connectome.models.unet import preset
+from connectome.synapses import model as M
+from connectome.synapses.detect import predict_volume, synapses_in_memory
+from connectome.synapses.targets import cleft_targets
+from connectome.synth import generate
+from connectome.synth.options import TissueOptions
+
+VOXEL_SIZE = (8.0, 8.0, 8.0)
+SHAPE = (64, 160, 160)
+VECTOR_NM = 80.0
+TOLERANCE_NM = 200.0
+
+
+def synthetic_examples(seeds, shape=SHAPE, voxel_size=VOXEL_SIZE, density: float = 8.0):
+    """(raw, cleft, vectors, vector mask, labels, synapses) per seed; `density` synapses per um^3 (more
+    than the default tissue, so that every patch batch sees clefts)."""
+    out = []
+    for seed in seeds:
+        v = generate(shape, voxel_size, seed=int(seed), tissue=TissueOptions(synapses_per_um3=density))
+        cleft, vec, known = cleft_targets(v.labels, v.organelles, v.synapses, voxel_size)
+        out.append((v.raw, cleft, vec, known, v.labels, v.synapses))
+    return out
+
+
+def _patch(example, size, rng, near_cleft: bool):
+    raw, cleft, vec, known = example[:4]
+    shape = np.array(raw.shape)
+    size = np.array(size)
+    if near_cleft and cleft.any():
+        where = np.argwhere(cleft)
+        c = where[rng.integers(len(where))]
+        lo = np.clip(c - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, shape - size)
+    else:
+        lo = np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, size)])
+    sl = tuple(slice(a, a + p) for a, p in zip(lo, size))
+    r, c, v, k = raw[sl].astype(np.float32), cleft[sl], vec[(slice(None), *sl)].copy(), known[sl]
+    for axis in range(3):  # flips: the direction component along a flipped axis changes sign
+        if rng.random() < 0.5:
+            r, c, k = np.flip(r, axis), np.flip(c, axis), np.flip(k, axis)
+            v = np.flip(v, axis + 1)
+            v[axis] *= -1
+    perm = rng.permutation(3)  # isotropic voxels: axes may be exchanged
+    r, c, k = r.transpose(perm), c.transpose(perm), k.transpose(perm)
+    v = v[perm].transpose(0, *(perm + 1))
+    r = r * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15)
+    return np.clip(r, 0, 255), c, v, k
+
+
+def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=None, predictions=None) -> dict:
+    """Detection and partner precision / recall / F1 (ground-truth cells as the segmentation);
+    `predictions` (per example: probability, vectors) saves predicting again."""
+    tp = fp = fn = ptp = pfp = pfn = 0
+    for i, (raw, _, _, _, labels, syn) in enumerate(examples):
+        prob, vec = predictions[i] if predictions is not None else predict_volume(model, raw)
+        rows = synapses_in_memory(prob, vec, labels, model.info, VOXEL_SIZE, threshold, min_voxels)
+        pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
+        gt = np.stack([syn["z"], syn["y"], syn["x"]], 1)
+        s = synapse_scores(pred, gt, TOLERANCE_NM, VOXEL_SIZE)
+        tp, fp, fn = tp + s.true_positives, fp + s.false_positives, fn + s.false_negatives
+        p = synapse_scores(pred, gt, TOLERANCE_NM, VOXEL_SIZE, np.stack([rows["pre"], rows["post"]], 1),
+                           np.stack([syn["pre_id"], syn["post_id"]], 1))
+        ptp, pfp, pfn = ptp + p.true_positives, pfp + p.false_positives, pfn + p.false_negatives
+
+    def f1(t, a, b):
+        return 2 * t / max(2 * t + a + b, 1)
+
+    return {"detection_f1": f1(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
+            "partner_f1": f1(ptp, pfp, pfn), "partners_right": ptp, "matched": tp}
+
+
+def train(name: str, minutes: float, seed: int = 0, patch=(40, 40, 40), batch: int = 2, lr: float = 2e-3,
+          train_seeds=range(100, 110), val_seeds=(200, 201, 202, 203), threads: int = 2, init: str | None = None,
+          log=print) -> dict:
+    """Train for `minutes` (continuing from the weights of model `init` if given), pick the threshold and
+    minimum cleft size on the validation volumes, save `weights/{name}`."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    examples = synthetic_examples(train_seeds)
+    val = synthetic_examples(val_seeds)
+    all_raw = np.concatenate([e[0].ravel() for e in examples]).astype(np.float64) / 255.0
+    mean, std = float(all_raw.mean()), float(all_raw.std())
+    config = dataclasses.replace(preset("iso"), norm="none")
+    net = M.cleft_net(config)
+    trained_before = 0
+    if init:
+        info = M.read_info(init)
+        net.load_state_dict(torch.load(info.path, map_location="cpu", weights_only=True))
+        mean, std = info.mean, info.std
+        trained_before = int(info.provenance.get("iterations", 0))
+    net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # the fast CPU layout
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    margin = 6
+    log(f"data ready in {time.perf_counter() - t0:.1f} s; {sum(len(e[5]) for e in examples)} training synapses")
+    t_train = time.perf_counter()
+    it = 0
+    losses = []
+    while time.perf_counter() - t_train < minutes * 60:
+        items = [_patch(examples[rng.integers(len(examples))], patch, rng, near_cleft=rng.random() < 0.7)
+                 for _ in range(batch)]
+        x = torch.from_numpy(np.stack([i[0] for i in items])[:, None].copy())
+        x = ((x / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last_3d)
+        c = torch.from_numpy(np.stack([i[1] for i in items]).astype(np.float32))
+        v = torch.from_numpy(np.stack([i[2] for i in items]).astype(np.float32))
+        k = torch.from_numpy(np.stack([i[3] for i in items]).astype(np.float32))
+        frac = min(1.0, (time.perf_counter() - t_train) / (minutes * 60))
+        for g in opt.param_groups:
+            g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
+        y = net(x)
+        inner = (slice(None), slice(margin, -margin), slice(margin, -margin), slice(margin, -margin))
+        logits, c_in = y[:, 0][inner], c[inner]
+        pos = c_in.mean().clamp(min=1e-3)
+        weight = torch.where(c_in > 0, 0.5 / pos, 0.5 / (1 - pos))
+        loss_c = F.binary_cross_entropy_with_logits(logits, c_in, weight=weight)
+        kin = k[inner]
+        diff = ((torch.tanh(y[:, 1:]) - v) ** 2).sum(1)[inner]
+        loss_v = (diff * kin).sum() / kin.sum().clamp(min=1.0)
+        loss = loss_c + loss_v
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append((loss_c.item(), loss_v.item()))
+        it += 1
+        if it % 50 == 0:
+            lc, lv = np.mean(losses[-50:], axis=0)
+            log(f"it {it} {time.perf_counter() - t_train:.0f} s  cleft {lc:.4f}  direction {lv:.4f}")
+    train_s = time.perf_counter() - t_train
+    provenance = {"data": f"synthetic {list(SHAPE)} at {list(VOXEL_SIZE)} nm, seeds {list(train_seeds)}, "
+                          "8 synapses/um^3", "iterations": trained_before + it, "train_seconds": round(train_s, 1),
+                  "patch": list(patch), "batch": batch}
+    meta = {"voxel_size": list(VOXEL_SIZE), "normalisation": {"mean": mean, "std": std}, "vector_nm": VECTOR_NM,
+            "threshold": 0.5, "min_voxels": 50, "partners": True}
+    path = M.save(M.WEIGHTS_DIR / name, net, {**meta, "provenance": provenance})
+    return tune(str(path), val_seeds, val, log)
+
+
+def tune(name: str, val_seeds=(200, 201, 202, 203), val=None, log=print) -> dict:
+    """Pick the model's threshold and minimum cleft size by detection F1 on the validation volumes
+    (ground-truth cells as the segmentation) and record them, with the scores, in its .json."""
+    import torch as _torch
+
+    val = val if val is not None else synthetic_examples(val_seeds)
+    model = M.load(name, "cpu")
+    predictions = [predict_volume(model, e[0]) for e in val]
+    best = None
+    for threshold in (0.5, 0.6, 0.7, 0.75):
+        for min_voxels in (400, 800, 1500, 3000):
+            r = validate(model, val, threshold, min_voxels, predictions)
+            log(f"threshold {threshold} min_voxels {min_voxels}: {json.dumps(r)}")
+            if best is None or r["detection_f1"] > best[2]["detection_f1"]:
+                best = (threshold, min_voxels, r)
+    assert best is not None
+    info = model.info
+    meta = {"voxel_size": list(info.voxel_size), "normalisation": {"mean": info.mean, "std": info.std},
+            "vector_nm": info.vector_nm, "threshold": best[0], "min_voxels": best[1], "partners": info.partners,
+            "provenance": {**info.provenance, "validation_seeds": list(val_seeds), "validation": best[2],
+                           "tolerance_nm": TOLERANCE_NM}}
+    net = M.cleft_net(info.config)
+    net.load_state_dict(_torch.load(info.path, map_location="cpu", weights_only=True))
+    M.save(info.path, net, meta)
+    log(f"saved {info.path}: {json.dumps(meta)}")
+    return meta
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--name", default="cleft-synthetic")
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="continue from this cleft model's weights")
+    p.add_argument("--tune-only", action="store_true", help="only pick the threshold and minimum size of --name")
+    a = p.parse_args(argv)
+    if a.tune_only:
+        tune(a.name)
+    else:
+        train(a.name, a.minutes, a.seed, init=a.init)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The graph from a synapse table: edges grouped per (pre, post) with counts and cleft sizes, nodes
+with their segment data, GraphML readable by networkx, the summary and the `graph` command's plots."""
+
+import json
+import os
+
+import networkx as nx
+import numpy as np
+
+from connectome.cli.main import main
+from connectome.graph.build import build_graph, write_graph
+from connectome.graph.summary import summarise
+from connectome.neurites.types import write_segments
+from connectome.synapses.table import write_synapses
+
+
+def _synapses():
+    pre = np.array([5, 5, 5, 7, 9, 0, 7], np.uint64)
+    post = np.array([7, 7, 9, 9, 9, 7, 0], np.uint64)
+    n = len(pre)
+    return {"id": np.arange(1, n + 1), "z": np.arange(n), "y": np.zeros(n, int), "x": np.zeros(n, int), "pre": pre,
+            "post": post, "score": np.full(n, 0.9), "partner_score": np.ones(n), "size_voxels": np.arange(10, 10 + n),
+            "size_nm3": np.arange(10, 10 + n) * 512.0, "autapse": (pre == post) & (post != 0)}
+
+
+def _segments():
+    return {"id": np.array([5, 7, 9, 11], np.uint64), "size_voxels": np.array([100.0, 200.0, 300.0, 50.0]),
+            "class": np.array(["axon", "dendrite", "soma", "glia"], dtype=object), "class_score": np.ones(4),
+            "z": np.ones(4), "y": np.full(4, 2.0), "x": np.full(4, 3.0), "out_synapses": np.zeros(4),
+            "in_synapses": np.zeros(4)}
+
+
+def test_edges_nodes_and_summary():
+    syn = _synapses()
+    g = build_graph(syn, _segments())
+    edges = {(int(a), int(b)): (int(c), float(v)) for a, b, c, v in
+             zip(g.edges["pre"], g.edges["post"], g.edges["count"], g.edges["cleft_voxels"])}
+    assert edges == {(5, 7): (2, 21.0), (5, 9): (1, 12.0), (7, 9): (1, 13.0), (9, 9): (1, 14.0)}
+    assert g.edges["autapse"].tolist() == [False, False, False, True]
+    assert g.nodes["id"].tolist() == [5, 7, 9]  # segment 11 takes part in no synapse
+    assert g.nodes["class"].tolist() == ["axon", "dendrite", "soma"]
+    s = summarise(g.nodes, g.edges, syn)
+    assert (s["neurons"], s["synapses"], s["synapses_in_graph"], s["connections"], s["autapses"],
+            s["synapses_unassigned"]) == (3, 7, 5, 4, 1, 2)
+    assert s["out_degree"]["histogram"] == {"1": 2, "2": 1}  # 5 -> 7, 9; 7 -> 9; 9 -> 9
+    assert s["in_degree"]["max"] == 3  # 9 receives from 5, 7 and itself
+
+
+def test_graphml_and_command(tmp_path, capsys):
+    syn = _synapses()
+    write_synapses(str(tmp_path / "synapses.csv"), syn)
+    write_segments(str(tmp_path / "segments.csv"), _segments())
+    paths = write_graph(build_graph(syn, None), str(tmp_path / "direct"))
+    g = nx.read_graphml(paths["graphml"])
+    assert g.number_of_edges() == 4 and g["5"]["7"]["count"] == 2
+
+    assert main(["graph", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["summary"]["connections"] == 4
+    for key in ("degrees", "adjacency"):
+        with open(result[key], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    g = nx.read_graphml(result["graphml"])
+    assert g.nodes["9"]["class"] == "soma"
+    assert main(["graph", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "3 segments" in text and "4 connections" in text
+
+
+def test_graph_of_a_directory_without_synapses_is_one_line(tmp_path, capsys):
+    os.makedirs(tmp_path / "empty")
+    assert main(["graph", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "synapses.csv" in err

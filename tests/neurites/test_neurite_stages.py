@@ -1,0 +1,55 @@
+"""The neurite type stages through the engine: every segment of the segmentation gets a class, the
+class volume agrees with the segment table, and blockwise equals one block."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from connectome.cluster.client import ClusterConfig
+from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+from connectome.engine.plan import execute, plan_run
+from connectome.io import open_volume
+from connectome.neurites.classifier import CLASSES
+from connectome.neurites.types import class_code, read_segments
+
+SHAPE = (16, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("types")
+    generate(SHAPE, (8.0, 8.0, 8.0), seed=3).save(str(root), chunk_shape=(8, 32, 32))
+    return root
+
+
+def _run(root, out, block, client):
+    stages = [StageConfig(stage="segment_features", inputs={"segmentation": str(root / "labels")}),
+              StageConfig(stage="neurite_types", inputs={"segmentation": str(root / "labels")})]
+    config = RunConfig(input=str(root / "raw"), output=str(out), cluster=ClusterConfig(), stages=stages,
+                       blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)))
+    plan = plan_run(config)
+    execute(plan, client, progress=False)
+    return len(plan.stages[0].grid)
+
+
+def test_every_segment_classified_blockwise_as_one_block(synth, tmp_path, client):
+    assert _run(synth, tmp_path / "blocks", (8, 32, 32), client) == 18
+    assert _run(synth, tmp_path / "one", SHAPE, client) == 1
+    labels = open_volume(str(synth / "labels"))
+    lab = labels.read(labels.box)
+    results = {}
+    for name in ("blocks", "one"):
+        seg = read_segments(str(tmp_path / name / "segments.csv"))
+        assert sorted(seg["id"].tolist()) == sorted(int(i) for i in np.unique(lab) if i)
+        assert set(seg["class"]) <= set(CLASSES)
+        classes = open_volume(str(tmp_path / name / "neurite_classes"))
+        vol = classes.read(classes.box)
+        expected = np.zeros(int(lab.max()) + 1, np.uint8)
+        expected[seg["id"].astype(np.int64)] = [class_code(c) for c in seg["class"]]
+        np.testing.assert_array_equal(vol, expected[lab.astype(np.int64)])
+        with open(tmp_path / name / "segments.csv", newline="") as f:
+            results[name] = [(r["id"], r["class"], r["size_voxels"], r["z"], r["y"], r["x"]) for r in csv.DictReader(f)]
+    assert results["blocks"] == results["one"]

@@ -1,0 +1,74 @@
+"""`connectome reconstruct RAW OUT_DIR --json` end to end on a small synthetic volume: the contract's
+keys and columns, every segment id the tables name exists in the segmentation, plots, and a second
+run that resumes every stage; `connectome synapses` refuses a segmentation of another shape."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from connectome.cli.main import main
+from connectome.io import create_volume, open_volume
+
+SHAPE = (32, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from connectome.synth import generate
+    from connectome.synth.options import TissueOptions
+
+    root = tmp_path_factory.mktemp("recon")
+    generate(SHAPE, (8.0, 8.0, 8.0), seed=11, tissue=TissueOptions(synapses_per_um3=8.0)).save(
+        str(root / "synth"), chunk_shape=(16, 48, 48))
+    return root
+
+
+def _table(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, (rows[0].keys() if rows else next(csv.reader(open(path))))
+
+
+def test_reconstruct_json_tables_ids_and_resume(synth, capsys):
+    out = synth / "out"
+    args = ["reconstruct", str(synth / "synth" / "raw"), str(out), "--block-shape", "16", "48", "48", "--json",
+            "--no-progress", "--workers", "2"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("segmentation", "synapses", "graph"):
+        assert key in result
+    syn_rows, syn_cols = _table(result["synapses"])
+    assert {"z", "y", "x", "pre", "post", "score"} <= set(syn_cols)
+    edge_rows, edge_cols = _table(result["graph"])
+    assert {"pre", "post", "count"} <= set(edge_cols)
+    seg_v = open_volume(result["segmentation"])
+    seg = seg_v.read(seg_v.box)
+    present = set(int(i) for i in np.unique(seg)) - {0}
+    assert len(syn_rows) > 0 and len(edge_rows) > 0  # the synthetic volume holds several synapses
+    named = {int(r[k]) for r in syn_rows for k in ("pre", "post")} | {int(r[k]) for r in edge_rows for k in ("pre", "post")}
+    assert named - {0} <= present
+    for r in syn_rows:  # a synapse lies in the volume, on its postsynaptic segment's side of the cleft
+        z, y, x = (int(r[k]) for k in ("z", "y", "x"))
+        assert 0 <= z < SHAPE[0] and 0 <= y < SHAPE[1] and 0 <= x < SHAPE[2]
+    assert sum(int(r["count"]) for r in edge_rows) == sum(1 for r in syn_rows if r["pre"] != "0" and r["post"] != "0")
+    for key in ("degrees", "adjacency"):
+        with open(result[key], "rb") as f:
+            assert f.read(4) == b"\x89PNG"
+    nodes, _ = _table(result["graph_nodes"])
+    assert {int(n["id"]) for n in nodes} <= present
+
+    assert main(args) == 0  # again: every stage resumes, nothing runs
+    again = json.loads(capsys.readouterr().out)
+    assert all(s["ran"] == 0 for s in again["stages"]), again["stages"]
+    assert _table(again["synapses"])[0] == syn_rows
+
+
+def test_segmentation_of_another_shape_is_one_line(synth, tmp_path, capsys):
+    other = create_volume(str(tmp_path / "seg"), (32, 96, 48), np.uint64, (16, 48, 48), (8.0, 8.0, 8.0))
+    code = main(["synapses", str(synth / "synth" / "raw"), str(tmp_path / "out"), "--segmentation", other.address,
+                 "--block-shape", "16", "48", "48", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "[32, 96, 48]" in err and "[32, 96, 96]" in err
+    assert not (tmp_path / "out" / "synapses.csv").exists()
