@@ -1,7 +1,10 @@
 """Scheduler cost of the block runner: throughput and scheduler memory for 100,000 tiny blocks, and
 the runner's overhead per block for 10,000 empty blocks against plain `client.map` of no-op tasks.
 
-Run: .venv/bin/python benchmarks/scheduler.py [--runs 3] [--big 100000] [--small 10000]
+With --huge N (e.g. 1000000), also one pass over N empty blocks: the blocks are walked by tasks of
+consecutive blocks (super-blocks), and the scheduler's task count is sampled with its memory.
+
+Run: .venv/bin/python benchmarks/scheduler.py [--runs 3] [--big 100000] [--small 10000] [--huge 1000000]
 Records benchmarks/results/scheduler.md. The LocalCluster's scheduler lives in this process, so
 its memory is this process's RSS (sampled every 50 ms; the increase over the idle client is shown).
 """
@@ -41,15 +44,19 @@ def noop(i):
 class RssPeak:
     """Peak RSS of the scheduler's process while the block runs (sampled every 50 ms)."""
 
-    def __init__(self, client: Client):
+    def __init__(self, client: Client, scheduler=None):
         self.client = client
+        self.scheduler = scheduler  # the in-process Scheduler, whose task count is sampled too
         self.peak = 0
+        self.peak_tasks = 0
         self._stop = threading.Event()
 
     def _sample(self):
         process = psutil.Process(self.pid)
         while not self._stop.is_set():
             self.peak = max(self.peak, process.memory_info().rss)
+            if self.scheduler is not None:
+                self.peak_tasks = max(self.peak_tasks, len(self.scheduler.tasks))
             time.sleep(0.05)
 
     def __enter__(self):
@@ -64,11 +71,14 @@ class RssPeak:
         self._thread.join()
 
 
-def run_blocks(client: Client, n: int, work: str) -> tuple[float, int, int, int]:
+def run_blocks(client: Client, n: int, work: str, scheduler=None, rss_out: list | None = None
+               ) -> tuple[float, int, int, int]:
     """Seconds, tasks, start RSS and peak RSS of one runner pass over n fresh empty blocks."""
     shutil.rmtree(work, ignore_errors=True)
     grid = BlockGrid.for_chunks(Box.from_shape((n, 1, 1)), (1, 1, 1), (1, 1, 1))
-    with RssPeak(client) as rss:
+    with RssPeak(client, scheduler) as rss:
+        if rss_out is not None:
+            rss_out.append(rss)
         t = time.perf_counter()
         report = run_stage(NoopStage(StageParams(), {}, {}), grid, client, work, progress=False)
         seconds = time.perf_counter() - t
@@ -90,7 +100,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--big", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--huge", type=int, default=0, help="also one pass over this many blocks (e.g. 1000000)")
     args = parser.parse_args()
+    huge = None
     tmp = tempfile.mkdtemp(prefix="bench-scheduler-")
     rows = {"big": [], "small": [], "map": []}
     try:
@@ -107,6 +119,13 @@ def main() -> None:
                 s, tasks, start, peak = rows["big"][-1]
                 print(f"run {r + 1}: runner {args.big} blocks {s:.2f} s ({tasks} tasks), "
                       f"scheduler RSS {start / 2**20:.0f} -> peak {peak / 2**20:.0f} MiB", flush=True)
+            if args.huge:
+                sampled: list = []
+                huge = (*run_blocks(client, args.huge, os.path.join(tmp, "huge"), cluster.scheduler, sampled),
+                        sampled[0].peak_tasks)
+                print(f"runner {args.huge} blocks {huge[0]:.2f} s ({huge[1]} tasks, at most {huge[4]} held by "
+                      f"the scheduler at once), RSS {huge[2] / 2**20:.0f} -> peak {huge[3] / 2**20:.0f} MiB",
+                      flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -130,7 +149,8 @@ def main() -> None:
         f"Python {platform.python_version()}",
         f"- load average at the end (other engineers share the machine): "
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}",
-        f"- command: `.venv/bin/python benchmarks/scheduler.py --runs {args.runs} --big {args.big} --small {args.small}`",
+        f"- command: `.venv/bin/python benchmarks/scheduler.py --runs {args.runs} --big {args.big} --small {args.small}"
+        + (f" --huge {args.huge}" if args.huge else "") + "`",
         "",
         "| what | median s | runs (s) | tasks | per block | blocks/s |",
         "|---|---|---|---|---|---|",
@@ -147,6 +167,17 @@ def main() -> None:
         f"Target: runner overhead <= 0.17 ms per block for {args.small} empty blocks: "
         f"{'met' if small_s / args.small * 1e3 <= 0.17 else 'NOT met'} ({small_s / args.small * 1e3:.3f} ms).",
     ]
+    if huge is not None:
+        s, tasks, start, peak, held = huge
+        lines += [
+            "",
+            f"One pass over {args.huge:,} empty blocks (a layout of {args.huge:,} blocks): {s:.1f} s, "
+            f"{s / args.huge * 1e3:.3f} ms per block, {tasks} tasks (super-blocks of consecutive blocks that one "
+            f"task walks), at most {held} tasks held by the scheduler at once; client + scheduler RSS "
+            f"{start / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB (+{(peak - start) / 2**20:.0f} MiB). "
+            f"Command: `.venv/bin/python benchmarks/scheduler.py --runs {args.runs} --big {args.big} "
+            f"--small {args.small} --huge {args.huge}`.",
+        ]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(text)

@@ -7,7 +7,6 @@ import time
 
 from connectome.cli.main import print_result
 from connectome.cli.run_options import cluster_settings
-from connectome.cluster.client import open_client
 
 SHAPE = (64, 256, 256)
 VOXEL_SIZE = (8.0, 8.0, 8.0)
@@ -27,6 +26,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
+    from connectome.cluster.client import open_client
     from connectome.metrics.evaluate import evaluate_volumes
     from connectome.synth import generate
 

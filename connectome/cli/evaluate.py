@@ -11,7 +11,8 @@ array in its npz), else the ground truth's. Either address may end in a section 
 from __future__ import annotations
 
 from connectome.cli.main import print_result
-from connectome.metrics.evaluate import DEFAULT_BLOCK_SHAPE, evaluate_volumes
+
+DEFAULT_BLOCK_SHAPE = (128, 256, 256)  # connectome.metrics.evaluate's (not imported here: `--help` stays fast)
 
 
 def add_arguments(parser) -> None:
@@ -51,6 +52,8 @@ def _section_table(r: dict) -> str:
 
 
 def run(args) -> int:
+    from connectome.metrics.evaluate import evaluate_volumes
+
     r = evaluate_volumes(
         args.seg, args.gt, block_shape=args.block_shape, skeletons=args.skeletons, voxel_size=args.voxel_size,
         per_section=args.per_section,

@@ -4,25 +4,27 @@
 never wraps: the source range [LOW, HIGH] (--range, else the 0.1 and 99.9 percentiles of a strided
 sample of the whole source) is mapped linearly onto the target's full range and clipped outside,
 the same map in every block. A dtype that holds every source value copies values unchanged.
+
+A zarr source whose chunk shape, dtype and codecs are what the destination would get (the
+default zstd level 1, chunks equal to --chunk-shape, no --dtype change) is copied chunk file by
+chunk file, as stored: nothing is decoded or encoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
-from connectome.cluster.client import open_client
-from connectome.core.address import absolute
+from connectome.core.address import absolute, parse_address
 from connectome.core.errors import UserError
-from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
-from connectome.engine.plan import check_plan_resumable, execute, plan_run
-from connectome.image.rescale import Mapping, check_range, describe, needs_rescale, percentile_mapping
-from connectome.io import address_kind, open_volume
-from connectome.io.precomputed import cloudpath
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from connectome.image.rescale import Mapping
 
 
 def add_arguments(parser) -> None:
@@ -44,7 +46,9 @@ def add_arguments(parser) -> None:
 
 def work_dir_for(dst: str) -> str:
     """Where the done-markers of an ingest live: inside a local destination, else beside the cwd."""
-    if address_kind(dst) == "zarr":
+    from connectome.io.precomputed import cloudpath
+
+    if parse_address(dst).kind == "zarr":
         return dst
     path = cloudpath(dst)
     if path.startswith("file://"):
@@ -54,6 +58,8 @@ def work_dir_for(dst: str) -> str:
 
 def target_dtype(name: str | None, src_dtype) -> np.dtype:
     """The --dtype asked for (the source's when none), refused when numpy does not know it."""
+    import numpy as np
+
     if name is None:
         return np.dtype(src_dtype)
     try:
@@ -64,6 +70,9 @@ def target_dtype(name: str | None, src_dtype) -> np.dtype:
 
 def value_mapping(src: str, dtype: str | None, value_range) -> tuple[np.dtype, np.dtype, Mapping | None]:
     """(source dtype, target dtype, the rescale map or None when values are copied unchanged)."""
+    from connectome.image.rescale import Mapping, check_range, needs_rescale, percentile_mapping
+    from connectome.io import open_volume
+
     vol = open_volume(src)
     dst = target_dtype(dtype, vol.dtype)
     if not needs_rescale(vol.dtype, dst):
@@ -77,7 +86,39 @@ def value_mapping(src: str, dtype: str | None, value_range) -> tuple[np.dtype, n
     return vol.dtype, dst, percentile_mapping(vol)
 
 
+def copy_as_stored(src: str, dst: str, chunk, args) -> dict | None:
+    """Copy a zarr source's chunk files unchanged when the destination would store them alike;
+    None when it would not (then the copy stage decodes and encodes them)."""
+    import time
+
+    from connectome.engine.inputs import check_input_chunks, input_voxel_size
+    from connectome.engine.lock import output_lock
+    from connectome.io import address_kind, create_volume, open_volume
+    from connectome.io.zarr_store import ZarrVolume, copy_stored_chunks, same_encoding
+
+    if address_kind(dst) != "zarr" or parse_address(src).kind != "zarr" or parse_address(src).sections is not None:
+        return None
+    source = open_volume(src)
+    meta = source.meta
+    if not isinstance(source, ZarrVolume) or tuple(min(c, s) for c, s in zip(chunk, meta.shape)) != meta.chunk_shape:
+        return None
+    voxel_size = input_voxel_size(src, meta, args.voxel_size)
+    check_input_chunks(src, args.strict_input)
+    start = time.perf_counter()
+    with output_lock(work_dir_for(dst)):
+        target = create_volume(dst, meta.shape, meta.dtype, meta.chunk_shape, voxel_size, meta.offset,
+                               meta.channels, overwrite=args.overwrite)
+        if not isinstance(target, ZarrVolume) or not same_encoding(source, target):
+            return None
+        files, size = copy_stored_chunks(source, target)
+    return {"volume": args.dst, "shape": list(meta.shape), "dtype": meta.dtype.name, "voxel_size": list(voxel_size),
+            "source_dtype": meta.dtype.name, "rescale": None, "copied_as_stored": True, "files": files,
+            "bytes": size, "seconds": round(time.perf_counter() - start, 3)}
+
+
 def run(args) -> int:
+    from connectome.io import address_kind
+
     if address_kind(args.dst) not in ("zarr", "precomputed"):
         raise UserError(f"{args.dst}: expected a zarr path or precomputed:// address as destination")
     dst = absolute(args.dst)
@@ -86,6 +127,19 @@ def run(args) -> int:
     if mapping is not None:
         params["rescale"] = [mapping.low, mapping.high]
     chunk = tuple(args.chunk_shape)
+    if mapping is None and src_dtype == dst_dtype:
+        stored = copy_as_stored(absolute(args.src), dst, chunk, args)
+        if stored is not None:
+            print_result(args, stored, f"{args.dst}: {stored['shape']} {stored['dtype']} at {stored['voxel_size']} nm "
+                                       f"({stored['files']} chunk files copied as stored, {stored['bytes']:,} bytes, "
+                                       f"{stored['seconds']:.1f} s)")
+            return 0
+    from connectome.cluster.client import open_client  # (a copy as stored needs none of these)
+    from connectome.cluster.worker_logs import worker_logs
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import check_input_chunks, check_plan_resumable, execute, plan_run
+    from connectome.image.rescale import describe
+
     block_shape = tuple(args.block_shape) if args.block_shape else (chunk[0], chunk[1] * 2, chunk[2] * 2)
     config = RunConfig(
         input=absolute(args.src), output=os.path.dirname(dst) if address_kind(dst) == "zarr" else dst,
@@ -95,8 +149,9 @@ def run(args) -> int:
     )
     plan = plan_run(config, work_dir=work_dir_for(dst), record_config=False)
     check_plan_resumable(plan, args.overwrite)
+    check_input_chunks(config.input, args.strict_input)
     _, meta = plan.stages[0].creates["copy"]
-    with open_client(cluster_settings(args), quiet=args.json) as client:
+    with worker_logs(plan.work_dir), open_client(cluster_settings(args), quiet=args.json, lazy=True) as client:
         report, = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     shape, dtype, voxel_size = list(meta.shape), meta.dtype.name, list(meta.voxel_size)
     summary = {"volume": args.dst, "shape": shape, "dtype": dtype, "voxel_size": voxel_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from connectome.core.errors import StageFailed, UserError
@@ -68,13 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"connectome {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except StageFailed as e:
-        print(f"connectome {args.command}: {e}", file=sys.stderr)
-        print(e.traceback_text, file=sys.stderr)
+    except StageFailed as e:  # the one-line summary comes last and alone; the traceback is in a file
+        if e.log_file is None:
+            print(e.traceback_text, file=sys.stderr)
+        where = f" (traceback and worker logs in {os.path.dirname(e.log_file)})" if e.log_file else ""
+        print(f"connectome {args.command}: {e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _quiet_interrupt()
         print(f"connectome {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _quiet_interrupt() -> None:
+    """After Ctrl-C: a second one while the cluster shuts down ends the process without tracebacks,
+    and the logs of the shutdown (connections closing) are not printed."""
+    import logging
+    import signal
+
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from connectome.cluster.client import JOBQUEUE_KINDS, ClusterConfig, parse_cluster_option, resolve_profile
-from connectome.cluster.jobqueue import jobs_for_workers
+if TYPE_CHECKING:
+    from connectome.cluster.client import ClusterConfig
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -17,12 +18,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="local worker processes (default 2); on slurm/pbs, caps the CPU workers")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard finished blocks whose layout or parameters changed, and start again")
+    parser.add_argument("--strict-input", action="store_true",
+                        help="refuse a zarr input with missing chunk files (by default: a warning; they read as 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def cluster_settings(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
     """The cluster a command runs on: the config's section (or defaults), then --profile, --cluster, --workers."""
+    from connectome.cluster.client import JOBQUEUE_KINDS, ClusterConfig, parse_cluster_option, resolve_profile
+    from connectome.cluster.jobqueue import jobs_for_workers
+
     base = base or ClusterConfig()
     if args.profile:
         base = ClusterConfig.model_validate({**base.model_dump(exclude_unset=True), "profile": args.profile})

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
-from connectome.cluster.client import open_client
 
 
 def add_arguments(parser) -> None:
@@ -32,6 +30,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
+    from connectome.cluster.client import open_client
+    from connectome.cluster.worker_logs import worker_logs
+    from connectome.engine.plan import check_input_chunks
+
     check_method(args.method)
     if args.model is None:
         args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
@@ -42,7 +45,8 @@ def run(args) -> int:
                                  args.threshold, args.voxel_size, cluster, args.scoring,
                                  allow_voxel_mismatch=args.allow_voxel_mismatch)
     plan = plan_segmentation(config, args.overwrite)
-    with open_client(cluster, quiet=args.json) as client:
+    check_input_chunks(config.input, args.strict_input)
+    with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
     ran = sum(s["ran"] for s in summary["stages"])
@@ -53,7 +57,9 @@ def run(args) -> int:
 
 
 def _run_ffn(args) -> int:
-    from connectome.engine.plan import check_plan_resumable, plan_run
+    from connectome.cluster.client import open_client
+    from connectome.cluster.worker_logs import worker_logs
+    from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
     from connectome.ffn.segment import ffn_config, run_ffn
 
     cluster = cluster_settings(args)
@@ -61,7 +67,8 @@ def _run_ffn(args) -> int:
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
-    with open_client(cluster, quiet=args.json) as client:
+    check_input_chunks(config.input, args.strict_input)
+    with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
     print_result(args, summary, f"segmentation: {summary['segmentation']}\n"

@@ -1,4 +1,6 @@
-"""Per stage: blocks done / total, for a config or an output directory."""
+"""Per stage: blocks done / total, for a config or an output directory, and finished blocks whose
+output is gone (a chunk file deleted or changed since the block wrote it; --checksum reads every
+chunk instead of trusting unchanged sizes and times)."""
 
 from __future__ import annotations
 
@@ -7,16 +9,18 @@ import os
 
 from connectome.cli.main import print_result
 from connectome.core.errors import UserError
-from connectome.engine.config import load_config
-from connectome.engine.markers import DoneMarkers
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("target", help="CONFIG.yaml or OUT_DIR")
+    parser.add_argument("--checksum", action="store_true",
+                        help="compare every output chunk's crc32 with the one recorded when it was written")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def stage_status(work_dir: str) -> list[dict]:
+def stage_status(work_dir: str, checksum: bool = False) -> list[dict]:
+    from connectome.engine.markers import DoneMarkers
+
     rows = []
     for fp in sorted(glob.glob(os.path.join(work_dir, ".connectome", "done", "*", "fingerprint.json")),
                      key=os.path.getmtime):
@@ -26,11 +30,27 @@ def stage_status(work_dir: str) -> list[dict]:
         if fingerprint is None:  # removed since the glob (an overwriting run started)
             continue
         total = int(fingerprint.get("blocks", 0))
-        rows.append({"stage": name, "done": len(markers.done()), "total": total})
+        lost = markers.lost_blocks(checksum_all=checksum)
+        row = {"stage": name, "done": markers.count(), "total": total, "lost": len(lost)}
+        if lost:
+            row["first_lost"] = {"block": min(lost), "file": lost[min(lost)]}
+        rows.append(row)
     return rows
 
 
+def _line(r: dict) -> str:
+    text = f"{r['stage']:<16} {r['done']:>8} / {r['total'] if r['total'] is not None else '?'} blocks"
+    if r.get("lost"):
+        first = r["first_lost"]
+        return text + (f"  {r['lost']} finished block(s) lost their output (block {first['block']}: "
+                       f"{first['file']}); a re-run computes them again")
+    return text + ("  complete" if r["total"] and r["done"] == r["total"] else "")
+
+
 def run(args) -> int:
+    from connectome.engine.config import load_config
+    from connectome.engine.lock import running
+
     target = args.target
     if os.path.isfile(target):
         config = load_config(target)
@@ -39,14 +59,15 @@ def run(args) -> int:
         work_dir, names = target, None
     else:
         raise UserError(f"{target}: no such config file or output directory")
-    rows = stage_status(work_dir)
+    rows = stage_status(work_dir, args.checksum)
     if names is not None:
         seen = {r["stage"] for r in rows}
-        rows += [{"stage": n, "done": 0, "total": None} for n in names if n not in seen]
-    text = "\n".join(
-        f"{r['stage']:<16} {r['done']:>8} / {r['total'] if r['total'] is not None else '?'} blocks"
-        + ("  complete" if r["total"] and r["done"] == r["total"] else "")
-        for r in rows
-    ) or f"{work_dir}: no stage has started"
-    print_result(args, {"output": work_dir, "stages": rows}, text)
+        rows += [{"stage": n, "done": 0, "total": None, "lost": 0} for n in names if n not in seen]
+    text = "\n".join(_line(r) for r in rows) or f"{work_dir}: no stage has started"
+    holder = running(work_dir)
+    if holder:
+        text += f"\nrunning now: pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+    summary = {"output": work_dir, "stages": rows, "running": holder and {k: holder.get(k) for k in
+                                                                        ("host", "pid", "since")}}
+    print_result(args, summary, text)
     return 0

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectome.cluster import worker_env
 from connectome.cluster.session import attach_scaler, config_of, remember_config
 from connectome.cluster.worker_env import PRELOAD
+from connectome.cluster.worker_logs import PRELOAD as LOGS_PRELOAD
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -208,12 +209,63 @@ def _takes_n_workers(client) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
+class LazyClient:
+    """Stands for the Client of `open_client(..., lazy=True)`: the cluster starts on first use, so a
+    run whose blocks are all done finishes without starting one."""
+
+    def __init__(self, start):
+        self._start = start
+        self._client = None
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_start", "_client"):
+            raise AttributeError(name)
+        if self._client is None:
+            self._client = self._start()
+        return getattr(self._client, name)
+
+
 @contextlib.contextmanager
-def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Iterator[Client]:
-    """A connected distributed Client for `config`; the cluster it started is closed on exit."""
+def open_client(config: ClusterConfig | None = None, quiet: bool = False, lazy: bool = False) -> Iterator[Client]:
+    """A connected distributed Client for `config`; the cluster it started is closed on exit.
+
+    `lazy`: yield a LazyClient that starts the cluster only when something asks it for work.
+    """
+    config = resolve_profile(config or ClusterConfig())
+    opened: list = []
+
+    def start():
+        client, cluster = _connect(config)
+        opened.append((client, cluster))
+        remember_config(client, config)
+        _announce(client, quiet)
+        return client
+
+    if not is_remote(config.kind):
+        check_pools(config)  # refused before anything starts, lazy or not
+    if lazy:
+        proxy = LazyClient(start)
+        remember_config(proxy, config)
+        handle = proxy
+    else:
+        handle = start()
+    try:
+        yield handle  # type: ignore[misc]
+    finally:
+        for client, cluster in opened:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _connect(config: ClusterConfig):
+    """(client, the cluster it started or None) for resolved settings."""
     from distributed import Client
 
-    config = resolve_profile(config or ClusterConfig())
     kind = config.kind
     cluster = None
     if is_remote(kind):
@@ -236,14 +288,7 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
         except BaseException:
             cluster.close()
             raise
-    remember_config(client, config)
-    _announce(client, quiet)
-    try:
-        yield client
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    return client, cluster
 
 
 def make_local_cluster(config: ClusterConfig):
@@ -254,7 +299,9 @@ def make_local_cluster(config: ClusterConfig):
     worker_env.use_for_local_workers()
     gpu_jobs = config.gpu_jobs
     pooled = gpu_jobs is not None
-    extra = {"resources": {"GPU": config.gpus}} if config.gpus else {}
+    extra: dict = {"resources": {"GPU": config.gpus}} if config.gpus else {}
+    if config.processes:  # worker processes write to the run's log file (never a thread of this process)
+        extra["preload"] = [LOGS_PRELOAD]
     cluster = LocalCluster(
         n_workers=0 if pooled else config.n_workers,
         threads_per_worker=config.threads_per_worker,
@@ -270,7 +317,7 @@ def make_local_cluster(config: ClusterConfig):
         base = cluster.new_spec
         cpu = {**base, "options": {**base["options"], "resources": {"CPU": config.threads_per_worker}}}
         gpu = {**base, "options": {**base["options"], "resources": {"GPU": gpu_jobs.gpus},
-                                   "preload": [PRELOAD]}}
+                                   "preload": [PRELOAD, LOGS_PRELOAD]}}
         n_gpu = gpu_jobs.maximum_jobs
         attach_scaler(cluster, PoolScaler(cluster, [
             Pool("cpu", cpu, "CPU", config.threads_per_worker, config.n_workers, config.n_workers),

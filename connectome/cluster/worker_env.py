@@ -11,14 +11,14 @@ the environment (a user's own choice) win.
 
 from __future__ import annotations
 
-import dask
-
 PRELOAD = "connectome.cluster.preload"  # the module every worker starts with (`dask worker --preload`)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 
 
 def use_for_local_workers() -> None:
     """Make every nanny this process starts from now on give its worker these settings."""
+    import dask
+
     dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in MALLOC_ENV.items()})
 
 

@@ -70,9 +70,15 @@ def _kind(base: str) -> str:
         return "hdf5"
     if lower.endswith(IMAGE_SUFFIXES):
         return "images"
-    if os.path.isdir(base) and not os.path.exists(os.path.join(base, "zarr.json")):
+    if os.path.isdir(base) and not os.path.exists(os.path.join(base, "zarr.json")) and _holds_images(base):
         return "images"
     return "zarr"
+
+
+def _holds_images(directory: str) -> bool:
+    """A folder of TIFF/PNG sections (a folder of none, e.g. a zarr being created, is not a stack)."""
+    with os.scandir(directory) as entries:
+        return any(e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries)
 
 
 def parse_address(text: str) -> Address:

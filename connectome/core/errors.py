@@ -16,6 +16,7 @@ class StageFailed(RuntimeError):
         self.block_index = block_index
         self.write_box = write_box
         self.traceback_text = traceback_text
+        self.log_file: str | None = None  # where the traceback was written, when it was
 
     def __str__(self) -> str:
         last = self.traceback_text.strip().splitlines()[-1] if self.traceback_text.strip() else ""

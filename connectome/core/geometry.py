@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -39,6 +40,14 @@ class Box:
             raise ValueError(f"Box needs 3-d offset and shape, got {self.offset}, {self.shape}")
         if any(s < 0 for s in self.shape):
             raise ValueError(f"Box shape must be non-negative, got {self.shape}")
+
+    @classmethod
+    def _exact(cls, offset: Vec, shape: Vec) -> Box:
+        """A Box from tuples of 3 non-negative ints, unchecked (the block grid's hot path)."""
+        box = object.__new__(cls)
+        object.__setattr__(box, "offset", offset)
+        object.__setattr__(box, "shape", shape)
+        return box
 
     @classmethod
     def of(cls, offset: Iterable[int], shape: Iterable[int]) -> Box:
@@ -153,11 +162,15 @@ class Context:
 
     def read_box(self, write: Box, volume: Box) -> Box:
         """The box a block with write box `write` reads."""
-        shape = tuple(-(-s // m) * m for s, m in zip(write.shape, self.multiple))
-        lo = tuple(o - c for o, c in zip(write.offset, self.lower))
-        hi = tuple(o + s + c for o, s, c in zip(write.offset, shape, self.upper))
-        read = Box.from_corners(lo, hi)
-        return read.intersect(volume) if self.clip else read
+        (o0, o1, o2), (s0, s1, s2) = write.offset, write.shape
+        (m0, m1, m2), (l0, l1, l2), (u0, u1, u2) = self.multiple, self.lower, self.upper
+        lo = (o0 - l0, o1 - l1, o2 - l2)
+        hi = (o0 - (-s0 // m0) * m0 + u0, o1 - (-s1 // m1) * m1 + u1, o2 - (-s2 // m2) * m2 + u2)
+        if self.clip:
+            (v0, v1, v2), (e0, e1, e2) = volume.offset, volume.end
+            lo = (max(lo[0], v0), max(lo[1], v1), max(lo[2], v2))
+            hi = (min(hi[0], e0), min(hi[1], e1), min(hi[2], e2))
+        return Box._exact(lo, (max(0, hi[0] - lo[0]), max(0, hi[1] - lo[1]), max(0, hi[2] - lo[2])))
 
     def to_json(self):
         if self.symmetric:
@@ -207,7 +220,7 @@ class BlockGrid:
             )
         return cls(volume, block_shape, Context.of(context))
 
-    @property
+    @functools.cached_property
     def grid_shape(self) -> Vec:
         return tuple(-(-s // b) for s, b in zip(self.volume.shape, self.block_shape))  # type: ignore[return-value]
 
@@ -216,13 +229,17 @@ class BlockGrid:
         return g[0] * g[1] * g[2]
 
     def block(self, index: int) -> Block:
-        if not 0 <= index < len(self):
-            raise IndexError(f"block index {index} outside 0..{len(self) - 1}")
         gz, gy, gx = self.grid_shape
+        if not 0 <= index < gz * gy * gx:
+            raise IndexError(f"block index {index} outside 0..{gz * gy * gx - 1}")
+        index = int(index)
         position = (index // (gy * gx), (index // gx) % gy, index % gx)
-        begin = vec3([o + p * b for o, p, b in zip(self.volume.offset, position, self.block_shape)])
-        write = Box(begin, self.block_shape).intersect(self.volume)
-        return Block(index, position, self.context.read_box(write, self.volume), write)  # type: ignore[arg-type]
+        (v0, v1, v2), (e0, e1, e2) = self.volume.offset, self.volume.end
+        b0, b1, b2 = self.block_shape
+        begin = (v0 + position[0] * b0, v1 + position[1] * b1, v2 + position[2] * b2)
+        shape = (min(b0, e0 - begin[0]), min(b1, e1 - begin[1]), min(b2, e2 - begin[2]))
+        write = Box._exact(begin, shape)
+        return Block(index, position, self.context.read_box(write, self.volume), write)
 
     def __iter__(self) -> Iterator[Block]:
         for i in range(len(self)):

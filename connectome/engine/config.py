@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import rebased
@@ -16,8 +17,10 @@ from connectome.core.errors import UserError
 class BlocksConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    shape: tuple[int, int, int] = Field((64, 256, 256), description="write box of one block (z, y, x)")
-    chunk_shape: tuple[int, int, int] | None = Field(None, description="output chunks; default: the block shape")
+    shape: tuple[StrictInt, StrictInt, StrictInt] = Field(
+        (64, 256, 256), description="write box of one block (z, y, x)")
+    chunk_shape: tuple[StrictInt, StrictInt, StrictInt] | None = Field(
+        None, description="output chunks; default: the block shape")
 
     @field_validator("shape", "chunk_shape")
     @classmethod
@@ -41,11 +44,18 @@ class RunConfig(BaseModel):
 
     input: str = Field(description="address of the raw volume")
     output: str = Field(description="output directory (an OME-Zarr group holding every stage's volumes)")
-    voxel_size: tuple[float, float, float] | None = None
+    voxel_size: tuple[float, float, float] | None = Field(None, description="nm (z, y, x), each positive")
     blocks: BlocksConfig = Field(default_factory=BlocksConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retries: int = Field(2, ge=0, description="retries of a failing block before the run stops")
     stages: list[StageConfig] = Field(min_length=1)
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive_voxel_size(cls, v):
+        if v is not None and not all(math.isfinite(s) and s > 0 for s in v):
+            raise ValueError(f"expected positive sizes in nm, found {list(v)}")
+        return v
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:
@@ -57,13 +67,31 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: {where}: {first['msg']}{found_text}{more}"
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (not "last wins")."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str) -> RunConfig:
     """Read and validate CONFIG.yaml; relative paths in it are taken from the file's directory."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such config file")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected a YAML config") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

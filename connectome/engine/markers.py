@@ -1,21 +1,41 @@
-"""Done-markers: one file per finished block, holding that block's small summary (JSON).
+"""Done-markers: which blocks of a stage are finished, their small summaries, and what they wrote.
 
 A stage's markers live in `<work_dir>/.connectome/done/<stage>/`, next to a `fingerprint.json`
-that records the block layout and the stage parameters. A re-run skips blocks whose marker
-exists; a changed fingerprint is refused unless the caller asks to overwrite.
+that records the block layout and the stage parameters. A re-run skips blocks that are marked;
+a changed fingerprint is refused unless the caller asks to overwrite.
+
+Markers are a few files, not one per block:
+- a task (a batch of blocks walked by one worker) writes `p-<task>-<n>.json` every few seconds
+  and at its end, holding the blocks it finished since its last file;
+- the client folds these into one `s-<k>.json` per super-block (`SUPER` consecutive indices) at
+  the start and end of a stage (`compact`), so a finished stage of 10^7 blocks is 2,500 files.
+Every file appears atomically (written aside, then renamed) and only after the blocks it names
+were written, so a marker always means "this block's output is complete". A file holds
+`ranges` ([first, stop) runs of finished indices), `summaries` (index -> the non-empty summary a
+block returned) and `chunks` (index -> output -> [chunk key, size, mtime_ns, crc32] of each chunk
+the block wrote, size -1 for a chunk left unstored because it holds only the fill value), with
+`roots` (output -> its array directory). `lost_blocks` compares those records with the disk.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import json
 import os
 import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from connectome.core.errors import UserError
 
 FINGERPRINT = "fingerprint.json"
+SUPER = 4096  # block indices per consolidated marker file
+FLUSH_SECONDS = 2.0  # a task writes its finished blocks at least this often
 
 
 def _json_default(value):
@@ -30,33 +50,131 @@ def _normalised(fingerprint: dict) -> dict:
     return json.loads(json.dumps(fingerprint, default=_json_default, sort_keys=True))
 
 
+def ranges_of(indices: Iterable[int]) -> list[list[int]]:
+    """Sorted [first, stop) runs of consecutive indices."""
+    values = np.sort(indices if isinstance(indices, np.ndarray) else np.fromiter(indices, dtype=np.int64))
+    if values.size == 0:
+        return []
+    values = values[np.concatenate(([True], np.diff(values) != 0))]  # (np.unique hashes: slower)
+    breaks = np.flatnonzero(np.diff(values) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [values.size]))
+    return [[int(values[a]), int(values[b - 1]) + 1] for a, b in zip(starts, stops)]
+
+
+def merge_ranges(ranges: Iterable[Sequence[int]]) -> list[list[int]]:
+    """[first, stop) runs sorted, overlapping and touching ones joined."""
+    out: list[list[int]] = []
+    for a, b in sorted((int(a), int(b)) for a, b in ranges):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        elif a < b:
+            out.append([a, b])
+    return out
+
+
+def subtract(ranges: list[list[int]], points: Iterable[int]) -> list[list[int]]:
+    """Merged `ranges` without the indices in `points`."""
+    drop = sorted(set(int(p) for p in points))
+    if not drop:
+        return ranges
+    out = []
+    for a, b in ranges:
+        for p in drop[bisect.bisect_left(drop, a):bisect.bisect_left(drop, b)]:
+            if a < p:
+                out.append([a, p])
+            a = p + 1
+        if a < b:
+            out.append([a, b])
+    return out
+
+
+def _write_atomic(path: str, record: dict) -> None:
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f, default=_json_default, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class MarkerState:
+    """What the marker files of a stage say: finished ranges, summaries, chunk records."""
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []
+        self.summaries: dict[int, dict] = {}
+        self.chunks: dict[int, dict] = {}
+        self.roots: dict[str, str] = {}
+
+    def add(self, record: dict) -> None:
+        self.ranges.extend(record.get("ranges", ()))
+        self.summaries.update({int(k): v for k, v in record.get("summaries", {}).items()})
+        self.chunks.update({int(k): v for k, v in record.get("chunks", {}).items()})
+        self.roots.update(record.get("roots", {}))
+
+    def merged(self) -> list[list[int]]:
+        return merge_ranges(self.ranges)
+
+    def count(self) -> int:
+        return sum(b - a for a, b in self.merged())
+
+    def mask(self, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        for a, b in self.merged():
+            out[max(a, 0):min(b, n)] = True
+        return out
+
+    def indices(self) -> np.ndarray:
+        merged = self.merged()
+        if not merged:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in merged])
+
+
 class DoneMarkers:
     normalised = staticmethod(_normalised)
 
     def __init__(self, work_dir: str, stage: str):
         self.stage = stage
+        self.work_dir = work_dir
         self.directory = os.path.join(work_dir, ".connectome", "done", stage)
 
-    def _path(self, index: int) -> str:
-        return os.path.join(self.directory, str(index))
+    # -- fingerprint -------------------------------------------------------------------------
 
     def fingerprint(self) -> dict | None:
+        path = os.path.join(self.directory, FINGERPRINT)
         try:
-            with open(os.path.join(self.directory, FINGERPRINT)) as f:
-                return json.load(f)
+            with open(path) as f:
+                text = f.read()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            raise UserError(f"{path}: is a folder, expected the stage's fingerprint (a JSON file)") from None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            what = "empty" if not text.strip() else "not a JSON object"
+            raise UserError(f"{path}: {what}, expected the fingerprint of stage {self.stage!r}; "
+                            "pass --overwrite to start the stage again")
+        return value
 
     def check(self, fingerprint: dict, overwrite: bool = False) -> None:
         """Refuse to resume finished blocks that were computed with a different fingerprint."""
+        if overwrite:
+            return
         existing = self.fingerprint()
         fingerprint = _normalised(fingerprint)
-        if existing is None or existing == fingerprint or overwrite:
+        if existing is None or existing == fingerprint:
             return
         changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
-        work_dir = os.path.dirname(os.path.dirname(os.path.dirname(self.directory)))
         raise UserError(
-            f"stage {self.stage!r} in {work_dir} was started with a different {', '.join(changed)}; "
+            f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(changed)}; "
             "pass --overwrite to discard its finished blocks and start again"
         )
 
@@ -64,44 +182,226 @@ class DoneMarkers:
         """Bind this directory to `fingerprint`; True when old markers were discarded (`overwrite`)."""
         self.check(fingerprint, overwrite)
         fingerprint = _normalised(fingerprint)
-        discarded = self.fingerprint() not in (None, fingerprint)
+        try:
+            existing = self.fingerprint()
+        except UserError:  # unreadable: only reached with overwrite
+            existing = {"unreadable": True}
+        discarded = existing not in (None, fingerprint)
         if discarded:
             self.clear()
         os.makedirs(self.directory, exist_ok=True)
-        tmp = os.path.join(self.directory, FINGERPRINT + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(fingerprint, f, indent=1, sort_keys=True)
-        os.replace(tmp, os.path.join(self.directory, FINGERPRINT))
+        self._remove_litter()
+        _write_atomic(os.path.join(self.directory, FINGERPRINT), fingerprint)
         return discarded
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def done(self) -> set[int]:
+    def _remove_litter(self) -> None:
+        """Temporary files of writes that were killed (only the one run holding the output lock calls this)."""
+        for name in self._names():
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _names(self) -> list[str]:
         try:
-            names = os.listdir(self.directory)
+            return os.listdir(self.directory)
         except FileNotFoundError:
-            return set()
-        return {int(n) for n in names if n.isdigit()}
+            return []
+
+    def load(self) -> MarkerState:
+        """Everything the marker files say. Task files are read before the super-block files, so a
+        compaction running meanwhile cannot hide a block (it writes the super-block file first)."""
+        state = MarkerState()
+        names = self._names()
+        parts = [n for n in names if n.startswith("p-") and n.endswith(".json")]
+        supers = [n for n in names if n.startswith("s-") and n.endswith(".json")]
+        legacy = [int(n) for n in names if n.isdigit()]  # one file per block (runs before this format)
+        for name in parts + supers:
+            try:
+                with open(os.path.join(self.directory, name)) as f:
+                    state.add(json.load(f))
+            except FileNotFoundError:
+                continue  # folded into a super-block file meanwhile (read below)
+            except json.JSONDecodeError:
+                raise UserError(f"{os.path.join(self.directory, name)}: damaged done-marker file; "
+                                "delete it (its blocks run again)") from None
+        for i in legacy:
+            state.ranges.append([i, i + 1])
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                with open(os.path.join(self.directory, str(i))) as f:
+                    text = f.read()
+                if text:
+                    state.summaries[i] = json.loads(text)
+        return state
+
+    def done(self) -> set[int]:
+        return {int(i) for i in self.load().indices()}
+
+    def done_mask(self, n: int) -> np.ndarray:
+        """A boolean array over block indices 0..n-1: True where the block is finished."""
+        return self.load().mask(n)
+
+    def count(self) -> int:
+        return self.load().count()
 
     def is_done(self, index: int) -> bool:
-        return os.path.exists(self._path(index))
+        return any(a <= index < b for a, b in self.load().ranges)
 
-    def mark(self, index: int, summary: dict | None = None) -> None:
-        """Record block `index` as finished; the marker appears atomically, summary included."""
-        path = self._path(index)
-        if not summary:
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))  # an empty marker: no file object
-            return
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, default=_json_default)
-        os.replace(tmp, path)
 
     def summary(self, index: int) -> dict:
-        with open(self._path(index)) as f:
-            text = f.read()
-        return json.loads(text) if text else {}
+        state = self.load()
+        if not any(a <= index < b for a, b in state.ranges):
+            raise FileNotFoundError(f"{self.directory}: block {index} has no done-marker")
+        return state.summaries.get(index, {})
 
     def summaries(self) -> dict[int, dict]:
-        return {i: self.summary(i) for i in sorted(self.done())}
+        state = self.load()
+        return {int(i): state.summaries.get(int(i), {}) for i in state.indices()}
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def writer(self, task: str) -> MarkerWriter:
+        return MarkerWriter(self, task)
+
+    def mark(self, index: int, summary: dict | None = None, chunks: dict | None = None) -> None:
+        """Record block `index` as finished, at once (one file); a task's blocks use `writer` instead."""
+        w = self.writer(uuid.uuid4().hex[:12])
+        w.add(index, summary, chunks)
+        w.flush()
+
+    def task_done(self, task: str) -> set[int]:
+        """Blocks recorded by earlier attempts of task `task` (a retried task skips them)."""
+        state = MarkerState()
+        for name in self._names():
+            if name.startswith(f"p-{task}-") and name.endswith(".json"):
+                with contextlib.suppress(FileNotFoundError, json.JSONDecodeError), \
+                        open(os.path.join(self.directory, name)) as f:
+                    state.add(json.load(f))
+        return {int(i) for i in state.indices()}
+
+    # -- the client's upkeep (only while it holds the output lock) ---------------------------
+
+    def compact(self, forget: Iterable[int] = ()) -> None:
+        """Fold task files (and legacy per-block files) into one file per super-block; drop `forget`."""
+        names = self._names()
+        folded = [n for n in names if (n.startswith("p-") and n.endswith(".json")) or n.isdigit()]
+        forget = {int(i) for i in forget}
+        if not folded and not forget:
+            return
+        state = self.load()
+        groups: dict[int, list[list[int]]] = {}  # super-block -> its finished ranges
+        for a, b in subtract(state.merged(), forget):
+            while a < b:
+                k = a // SUPER
+                end = min(b, (k + 1) * SUPER)
+                groups.setdefault(k, []).append([a, end])
+                a = end
+        extras: dict[int, tuple[dict, dict]] = {}  # super-block -> (summaries, chunks) of its blocks
+        for which, source in ((0, state.summaries), (1, state.chunks)):
+            for i, value in source.items():
+                if value and i not in forget:
+                    extras.setdefault(i // SUPER, ({}, {}))[which][str(i)] = value
+        old_supers = {n for n in names if n.startswith("s-") and n.endswith(".json")}
+        written = set()
+        for k, ranges in sorted(groups.items()):
+            summaries, chunks = extras.get(k, ({}, {}))
+            record = {"ranges": ranges, "summaries": summaries, "chunks": chunks, "roots": state.roots}
+            name = f"s-{int(k)}.json"
+            _write_atomic(os.path.join(self.directory, name), record)
+            written.add(name)
+        for name in folded + sorted(old_supers - written):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, name))
+
+    def forget(self, indices: Iterable[int]) -> None:
+        """Unmark blocks (their output is gone): the next run computes them again."""
+        self.compact(forget=indices)
+
+    def lost_blocks(self, checksum_all: bool = False) -> dict[int, str]:
+        """Finished blocks whose recorded output chunks changed on disk: index -> the first such file.
+
+        A chunk's size and mtime are compared (one stat); a chunk whose mtime alone changed (copied,
+        touched) is read and its crc32 compared. `checksum_all` reads every chunk.
+        """
+        state = self.load()
+        lost: dict[int, str] = {}
+        for index, outputs in state.chunks.items():
+            for name, records in outputs.items():
+                root = state.roots.get(name)
+                if root is None:
+                    continue
+                for key, size, mtime, crc in records:
+                    path = os.path.join(root, key)
+                    if not _chunk_matches(path, size, mtime, crc, checksum_all):
+                        lost[index] = path
+                        break
+                if index in lost:
+                    break
+        return lost
+
+
+def _chunk_matches(path: str, size: int, mtime: int, crc: int, checksum: bool) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return size == -1
+    if size == -1 or st.st_size != size:
+        return False
+    if st.st_mtime_ns == mtime and not checksum:
+        return True
+    return _crc(path) == crc
+
+
+def _crc(path: str) -> int:
+    with open(path, "rb") as f:
+        return zlib.crc32(f.read())
+
+
+def chunk_record(path: str) -> list:
+    """[key placeholder filled by the caller] size, mtime_ns and crc32 of one stored chunk (-1: absent)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return [-1, 0, 0]
+    return [st.st_size, st.st_mtime_ns, _crc(path)]
+
+
+class MarkerWriter:
+    """A task's markers: blocks are added as they finish and written out every `FLUSH_SECONDS`."""
+
+    def __init__(self, markers: DoneMarkers, task: str):
+        self.markers = markers
+        self.task = task
+        self.sequence = 0
+        self.indices: list[int] = []
+        self.summaries: dict[str, dict] = {}
+        self.chunks: dict[str, dict] = {}
+        self.roots: dict[str, str] = {}
+        self.last_flush = time.monotonic()
+
+    def add(self, index: int, summary: dict | None = None, chunks: dict | None = None,
+            roots: dict[str, str] | None = None) -> None:
+        self.indices.append(int(index))
+        if summary:
+            self.summaries[str(index)] = summary
+        if chunks:
+            self.chunks[str(index)] = chunks
+        if roots:
+            self.roots.update(roots)
+        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.indices:
+            return
+        record = {"ranges": ranges_of(self.indices), "summaries": self.summaries, "chunks": self.chunks,
+                  "roots": self.roots}
+        name = f"p-{self.task}-{os.getpid()}-{self.sequence}.json"
+        _write_atomic(os.path.join(self.markers.directory, name), record)
+        self.sequence += 1
+        self.indices, self.summaries, self.chunks = [], {}, {}

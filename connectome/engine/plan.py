@@ -15,23 +15,27 @@ from pydantic import ValidationError
 from connectome.cluster.client import available_resources, is_remote, task_resources
 from connectome.cluster.session import config_of
 from connectome.core.address import is_dataset_name
-from connectome.core.errors import UserError, unwritable
+from connectome.core.errors import StageFailed, UserError, unwritable
 from connectome.core.geometry import BlockGrid, Box
 from connectome.engine.config import RunConfig, format_validation_error
 from connectome.engine.global_step import GlobalStep
+from connectome.engine.inputs import check_input_chunks as check_input_chunks  # (commands import it from here)
+from connectome.engine.inputs import input_voxel_size
+from connectome.engine.lock import output_lock
 from connectome.engine.markers import DoneMarkers
 from connectome.engine.registry import stage_class
 from connectome.engine.runner import (
     StageReport,
     check_resumable,
     check_step_resumable,
+    fingerprint,
     producer_record,
     run_global_step,
     run_stage,
     starts_afresh,
 )
 from connectome.engine.stage import BlockStage, Table
-from connectome.io import VolumeMeta, create_volume, open_volume
+from connectome.io import VolumeMeta, address_kind, create_volume, open_volume
 from connectome.io.tables import check_format, read_format
 
 
@@ -67,21 +71,6 @@ class Plan:
         self.work_dir = self.work_dir or self.config.output
 
 
-def input_voxel_size(address: str, meta: VolumeMeta, wanted) -> tuple[float, float, float]:
-    """The input's voxel size, checked against the one the user gave."""
-    if wanted is not None:
-        wanted = tuple(float(v) for v in wanted)
-        if meta.voxel_size_known and not np.allclose(meta.voxel_size, wanted):
-            raise UserError(
-                f"voxel_size: {address} has voxel size {list(meta.voxel_size)} nm, "
-                f"but {list(wanted)} was given"
-            )
-        return wanted
-    if not meta.voxel_size_known:
-        raise UserError(f"voxel_size: {address} carries no voxel size; give it (z y x, nm)")
-    return meta.voxel_size
-
-
 def fit_blocks(block_shape, chunk_shape, volume_shape):
     """Check that blocks are whole chunks, then shrink both to a volume smaller than them."""
     chunk_shape = tuple(chunk_shape or block_shape)
@@ -91,8 +80,23 @@ def fit_blocks(block_shape, chunk_shape, volume_shape):
     return blocks, chunks
 
 
+def check_output_path(out: str) -> None:
+    """Refuse an output directory that is a file or lies under one."""
+    if "://" in out:
+        return
+    path = os.path.abspath(out)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    if path and not os.path.isdir(path):
+        where = "is a file" if path == os.path.abspath(out) else f"lies under {path}, which is a file"
+        raise UserError(f"output: {out} {where}; expected a folder (or a path where one can be created)")
+
+
 def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) -> Plan:
     """Check every input, stage, parameter and shape; write nothing."""
+    check_output_path(config.output)
+    if work_dir:
+        check_output_path(work_dir)
     raw = open_volume(config.input)
     raw_meta = raw.meta
     voxel_size = input_voxel_size(config.input, raw_meta, config.voxel_size)
@@ -170,6 +174,35 @@ def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
         check_resumable(planned.stage, planned.grid, plan.work_dir, overwrite)
 
 
+def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:
+    """(planned stage, address, what differs) for each existing output volume that does not match
+    the plan (another shape, dtype, chunk shape or channel count): it must be recreated."""
+    out = []
+    for planned in plan.stages:
+        for address, meta in planned.creates.values():
+            if address_kind(address) != "zarr" or not os.path.exists(os.path.join(address, "zarr.json")):
+                continue
+            have = open_volume(address).meta
+            chunks = tuple(min(c, s) for c, s in zip(meta.chunk_shape, meta.shape))
+            want = (tuple(meta.shape), np.dtype(meta.dtype), chunks, meta.channels)
+            found = (have.shape, have.dtype, have.chunk_shape, have.channels)
+            names = ("shape", "dtype", "chunk shape", "channels")
+            diff = [f"{n} {list(f) if isinstance(f, tuple) else f} (now {list(w) if isinstance(w, tuple) else w})"
+                    for n, f, w in zip(names, found, want) if f != w]
+            if diff:
+                out.append((planned, address, ", ".join(diff)))
+    return out
+
+
+def check_outputs(plan: Plan, overwrite: bool) -> None:
+    """Refuse, before anything is written, outputs that exist with another layout (unless overwrite)."""
+    if overwrite:
+        return
+    for planned, address, diff in changed_outputs(plan)[:1]:
+        raise UserError(f"{address}: exists with {diff}; pass --overwrite to discard it and its finished "
+                        f"blocks of stage {planned.stage.name!r}")
+
+
 def create_outputs(planned: PlannedStage, overwrite: bool) -> None:
     for address, meta in planned.creates.values():
         create_volume(address, meta.shape, meta.dtype, meta.chunk_shape, meta.voxel_size,
@@ -182,26 +215,84 @@ def _record_config(plan: Plan) -> None:
         return
     os.makedirs(out, exist_ok=True)
     zarr.open_group(store=out, mode="a")
-    with open(os.path.join(out, "run.json"), "w") as f:
+    tmp = os.path.join(out, f".run.json.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
         json.dump(plan.config.model_dump(mode="json"), f, indent=1)
+    os.replace(tmp, os.path.join(out, "run.json"))
+
+
+def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
+    """Every block of the stage (and its global step) finished with this plan's fingerprints."""
+    markers = DoneMarkers(work_dir, planned.stage.name)
+    if markers.fingerprint() != DoneMarkers.normalised(fingerprint(planned.stage, planned.grid)):
+        return False
+    step = planned.step()
+    if step is not None:
+        step_markers = DoneMarkers(work_dir, step.name)
+        if step_markers.fingerprint() != DoneMarkers.normalised(step_fingerprint(planned, step)):
+            return False
+        if not step_markers.is_done(0):
+            return False
+    return markers.count() == len(planned.grid) and not markers.lost_blocks()
 
 
 def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = True) -> list[StageReport]:
-    """Create the output group and volumes, then run each stage (resuming finished blocks)."""
+    """Take the output's lock, create the output group and volumes, then run each stage (resuming
+    finished blocks). A stage with nothing left to do does not touch `client` (which may be lazy)."""
+    try:
+        lock = output_lock(plan.work_dir)
+        lock.__enter__()
+    except OSError as e:
+        raise unwritable(e, plan.work_dir) from None
+    try:
+        return _execute_locked(plan, client, overwrite, progress)
+    except StageFailed as e:
+        e.log_file = _failure_log(plan.work_dir, e)
+        raise
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _failure_log(work_dir: str, error: StageFailed) -> str | None:
+    """Write a failed block's traceback to `<work_dir>/.connectome/logs/failure.log`; its path, or
+    None where it cannot be written."""
+    path = os.path.join(work_dir, ".connectome", "logs", "failure.log")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"{error}\n\n{error.traceback_text}\n")
+    except OSError:
+        return None
+    return path
+
+
+def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list[StageReport]:
+    check_plan_resumable(plan, overwrite)  # again: another run may have finished meanwhile
+    check_outputs(plan, overwrite)
+    changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
     try:
         if plan.record_config:
             _record_config(plan)
     except OSError as e:
         raise unwritable(e, plan.config.output) from None
-    offered = available_resources(client)
-    cluster_config = config_of(client)
-    remote = cluster_config is None or is_remote(cluster_config.kind)  # its workers say what it offers
+    facts: dict = {}
+
+    def offered() -> dict:
+        if not facts:  # asked only when a stage has work: a re-run with nothing to do starts no cluster
+            cluster_config = config_of(client)
+            facts["offered"] = available_resources(client)
+            facts["remote"] = cluster_config is None or is_remote(cluster_config.kind)
+        return facts["offered"]
+
     reports: list[StageReport] = []
     for planned in plan.stages:
         stage = planned.stage
+        afresh = id(planned) in changed
+        if afresh:  # an output of another layout: its finished blocks go with it
+            DoneMarkers(plan.work_dir, stage.name).clear()
         try:
             # finished blocks that are kept keep their output volumes: only a fresh start recreates them
-            create_outputs(planned, overwrite and starts_afresh(stage, planned.grid, plan.work_dir))
+            create_outputs(planned, afresh or (overwrite and starts_afresh(stage, planned.grid, plan.work_dir)))
             for name in stage.table_names():
                 os.makedirs(stage.table_dirs[name], exist_ok=True)
         except OSError as e:
@@ -209,19 +300,21 @@ def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = Tru
         for t in stage.reads_tables:
             if isinstance(t, Table):
                 check_format(stage.table_dirs[t.name], t.name, t.version)
-        resources = task_resources(stage.resources, offered)
-        if stage.resources and resources is None and remote:
+        rerun = any(r.ran for r in reports)  # inputs of a global step were (partly) rewritten in this run
+        idle = not rerun and stage_complete(planned, plan.work_dir)
+        resources = None if idle else task_resources(stage.resources, offered())
+        if not idle and stage.resources and resources is None and facts["remote"]:
             print(f"connectome: {stage.name}: no worker of this scheduler offers "
                   f"{', '.join(stage.resources)} now; its blocks run on any worker", file=sys.stderr)
         step = planned.step()
         if step is not None:
-            rerun = any(r.ran for r in reports)  # its inputs were (partly) rewritten in this run
             step_report = run_global_step(step, step_fingerprint(planned, step), client, plan.work_dir,
                                           overwrite=overwrite, rerun=rerun, retries=plan.config.retries,
-                                          resources=task_resources({}, offered))
+                                          resources=None if idle else task_resources({}, offered()))
             reports.append(step_report)
             if step_report.ran:  # blocks finished before came from an older result of the step
                 DoneMarkers(plan.work_dir, stage.name).clear()
         reports.append(run_stage(stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress, resources=resources))
     return reports
+

@@ -1,9 +1,10 @@
 """Run a blockwise stage on a Dask cluster: bounded windows, adaptive batching, resume, retries.
 
 One Dask task runs a batch of blocks (consecutive ones, or, for a stage whose blocks read their
-earlier neighbours' output, blocks whose dependencies are done: `engine.order`); each finished
-block gets its own done-marker,
-so a retried or re-run batch redoes only the blocks without one. Batch sizes adapt to the
+earlier neighbours' output, blocks whose dependencies are done: `engine.order`): a super-block
+that the task walks itself, so the scheduler holds one task per super-block and at most a window
+of them at once. The task records its finished blocks in a few marker files (`engine.markers`),
+so a retried or re-run batch redoes only the blocks without a marker. Batch sizes adapt to the
 measured time per block (about `target_task_seconds` per task, but always several tasks per
 worker thread), which keeps the scheduler's overhead per block far below one task's. A stage's
 global step (`run_global_step`) runs as one task before its blocks.
@@ -31,10 +32,12 @@ from connectome.cluster.session import scaler_of
 from connectome.core.errors import StageFailed, unwritable
 from connectome.core.geometry import BlockGrid
 from connectome.engine.global_step import GlobalStep
-from connectome.engine.markers import DoneMarkers
+from connectome.engine.markers import DoneMarkers, chunk_record
 from connectome.engine.order import BlockOrder
 from connectome.engine.stage import BlockStage
-from connectome.io.tables import write_format
+from connectome.io.tables import remove_litter, write_format
+
+COMPACT_EVERY = 1024  # finished tasks between two compactions of the marker files
 
 
 @dataclass
@@ -70,27 +73,49 @@ def starts_afresh(stage: BlockStage, grid: BlockGrid, work_dir: str) -> bool:
     """True when no finished block of this stage would be kept (so its outputs may be recreated)."""
     markers = DoneMarkers(work_dir, stage.name)
     existing = markers.fingerprint()
-    return existing is None or existing != DoneMarkers.normalised(fingerprint(stage, grid)) or not markers.done()
+    return existing is None or existing != DoneMarkers.normalised(fingerprint(stage, grid)) or not markers.count()
 
 
-def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str) -> dict:
-    """Worker side: process the blocks of one batch that have no done-marker yet."""
+def _written_chunks(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:
+    """What a block wrote, per output: [key, size, mtime_ns, crc32] of each chunk, and the roots."""
+    chunks, roots = {}, {}
+    for name in stage.output_names():
+        volume = volumes.get(name)
+        stored = volume.stored_chunks(box) if volume is not None else None
+        if not stored:
+            continue
+        root, keys = stored
+        roots[name] = root
+        chunks[name] = [[key, *chunk_record(os.path.join(root, key))] for key in keys]
+    return chunks, roots
+
+
+def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str, task: str = "") -> dict:
+    """Worker side: process the blocks of one batch (a super-block of consecutive or ready blocks)
+    that an earlier attempt of this task did not finish; their markers are written as they go."""
     markers = DoneMarkers(work_dir, stage.name)
+    task = task or uuid.uuid4().hex[:12]
+    writer = markers.writer(task)
+    finished = markers.task_done(task)
     volumes = None
     start = time.perf_counter()
     ran = 0
-    for i in indices:
-        if markers.is_done(i):
-            continue
-        if volumes is None:
-            volumes = stage.open_volumes()
-        block = grid.block(i)
-        try:
-            summary = stage.process(block, volumes)
-        except Exception:
-            raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
-        markers.mark(i, summary)
-        ran += 1
+    try:
+        for i in indices:
+            if i in finished:
+                continue
+            if volumes is None:
+                volumes = stage.open_volumes()
+            block = grid.block(i)
+            try:
+                summary = stage.process(block, volumes)
+            except Exception:
+                raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
+            chunks, roots = _written_chunks(stage, volumes, block.write_box)
+            writer.add(i, summary, chunks, roots)
+            ran += 1
+    finally:
+        writer.flush()  # what finished before a failure stays finished
     return {"ran": ran, "seconds": time.perf_counter() - start}
 
 
@@ -128,14 +153,24 @@ def run_stage(
                 os.makedirs(stage.table_dirs[name])
         for name, version in stage.table_versions().items():
             write_format(stage.table_dirs[name], name, version, producer_record(stage, grid))
+        for name in stage.table_names():
+            remove_litter(stage.table_dirs[name])
+        markers.compact()  # the task files of an earlier, stopped run
+        lost = markers.lost_blocks()
+        if lost:
+            first = min(lost)
+            print(f"connectome: {stage.name}: {len(lost)} finished block(s) lost their output "
+                  f"(block {first}: {lost[first]} changed or is gone); running them again", file=sys.stderr)
+            markers.forget(lost)
     except OSError as e:
         raise unwritable(e, work_dir) from None
     n = len(grid)
-    is_done = np.zeros(n, dtype=bool)
-    done_before = markers.done()
-    if done_before:
-        is_done[np.fromiter(done_before, dtype=np.int64)] = True
-    todo = np.flatnonzero(~is_done)
+    todo = np.flatnonzero(~markers.done_mask(n))
+    if not len(todo):
+        report = StageReport(stage.name, n, n, 0, 0, 0.0)
+        if collect_summaries:
+            report.summaries = markers.summaries()
+        return report
     order = BlockOrder(grid, todo, stage.reads_neighbours)
     start = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
@@ -144,7 +179,7 @@ def run_stage(
     tasks = 0
     in_flight: dict[str, list[int]] = {}
     futures: dict[str, object] = {}
-    pending = as_completed()
+    pending = as_completed(loop=client.loop)  # (starts a lazy client: there is work)
 
     def next_batch_size() -> int:
         remaining = order.remaining()
@@ -164,9 +199,10 @@ def run_stage(
 
     def submit(batch: list[int]) -> None:
         nonlocal tasks
+        task = f"{batch[0]}.{len(batch)}.{run_id}"
         key = f"{stage.name}-{batch[0]}-{len(batch)}-{run_id}"
         fut = client.submit(
-            run_batch, stage, grid, batch, work_dir,
+            run_batch, stage, grid, batch, work_dir, task,
             key=key, retries=retries, pure=False, resources=resources or None,
         )
         in_flight[key] = batch  # fut.key is `key`
@@ -181,6 +217,7 @@ def run_stage(
     try:
         submit_ready(window or 4 * _total_threads(client))
         measured_blocks, measured_seconds = 0, 0.0
+        finished_tasks = 0
         if scaler is not None:  # the pool that runs these blocks can ask for all its jobs at once
             scaler.set_backlog(pool_resource, len(todo))
         for fut in _finished(pending, lambda: raise_pool_failure(client)):
@@ -197,6 +234,9 @@ def run_stage(
                 seconds_per_block = measured_seconds / measured_blocks
             order.finished(batch)
             bar.update(len(batch))
+            finished_tasks += 1
+            if finished_tasks % COMPACT_EVERY == 0:  # keep the marker files few while a long stage runs
+                markers.compact()
             submit_ready(window or 4 * _total_threads(client))
     except BaseException:
         client.cancel(list(futures.values()))
@@ -206,7 +246,11 @@ def run_stage(
         if scaler is not None:
             scaler.set_backlog(pool_resource, 0)
 
-    missing = n - len(markers.done())
+    try:
+        markers.compact()
+    except OSError as e:
+        raise unwritable(e, work_dir) from None
+    missing = n - markers.count()
     if missing:
         raise RuntimeError(f"stage {stage.name!r}: {missing} of {n} blocks have no done-marker after the run")
     report = StageReport(stage.name, n, n - len(todo), len(todo), tasks, time.perf_counter() - start)

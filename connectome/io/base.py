@@ -74,6 +74,11 @@ class Volume(ABC):
     def _write(self, box: Box, data: np.ndarray) -> None:
         raise NotImplementedError
 
+    def stored_chunks(self, box: Box) -> tuple[str, list[str]] | None:
+        """(the directory of the stored chunks, keys of the chunk files that hold `box`), for
+        backends on a local disk whose chunks are files; None where no such files exist."""
+        return None
+
     def __reduce__(self):
         from connectome.io.open import open_volume
 

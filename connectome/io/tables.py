@@ -3,6 +3,7 @@ that names the table, its format version and the stage run that writes it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -11,14 +12,37 @@ import numpy as np
 from connectome.core.errors import UserError
 
 FORMAT_FILE = "format.json"
+TMP_SUFFIX = ".tmp.npz"
 
 
 def save_table(directory: str, index: int, **arrays) -> None:
     """Write one block's table atomically (a reader never sees half a file)."""
     path = os.path.join(directory, f"{index}.npz")
-    tmp = os.path.join(directory, f".{index}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    tmp = os.path.join(directory, f".{index}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a killed write: leave no half file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_litter(directory: str) -> int:
+    """Delete the temporary files of table writes that never finished (killed workers); call it only
+    while no block of the stage runs (the run holds the output lock). Returns how many were removed."""
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    with entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith((TMP_SUFFIX, ".tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def write_format(directory: str, name: str, version: int, producer: dict) -> None:

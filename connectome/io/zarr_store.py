@@ -73,9 +73,13 @@ class ZarrVolume(Volume):
         attrs: dict[str, Any] = dict(node.attrs)  # JSON: what each key holds is checked where it is used
         self._array: zarr.Array
         if isinstance(node, zarr.Group):
-            if SCALE0 not in node:
-                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{SCALE0}'")
-            scale0 = node[SCALE0]
+            try:
+                scale0 = node[SCALE0]
+            except KeyError:
+                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{SCALE0}'") from None
+            except Exception as e:  # its zarr.json names an unknown dtype or codec, or is damaged
+                raise UserError(f"{os.path.join(path, SCALE0, 'zarr.json')}: not a readable zarr array "
+                                f"({type(e).__name__}: {e})") from None
             if not isinstance(scale0, zarr.Array):
                 raise UserError(f"{address}: the OME-Zarr scale-0 node '{SCALE0}' is a group, expected an array")
             self._array = scale0
@@ -115,7 +119,49 @@ class ZarrVolume(Volume):
         return s if self._meta.channels is None else (slice(None), *s)
 
     def _read(self, box: Box) -> np.ndarray:
-        return np.asarray(self._array[self._index(box)])
+        try:
+            return np.asarray(self._array[self._index(box)])
+        except Exception as e:
+            raise self._undecodable(box, e) from None
+
+    def _undecodable(self, box: Box, error: Exception) -> Exception:
+        """An error naming the chunk file of `box` that cannot be read (found by reading them one by one)."""
+        chunks = self._meta.chunk_shape
+        first = [o // c for o, c in zip(box.offset, chunks)]
+        last = [-(-e // c) for e, c in zip(box.end, chunks)]
+        for position in itertools.product(*(range(a, b) for a, b in zip(first, last))):
+            begin = [p * c for p, c in zip(position, chunks)]
+            chunk = Box.of(begin, chunks).intersect(self.box)
+            try:
+                self._array[self._index(chunk)]
+            except Exception as e:  # this chunk is the one
+                key = self._array.metadata.encode_chunk_key(((0,) if self._meta.channels else ()) + position)
+                return OSError(f"{os.path.join(self._array_dir, key)}: cannot decode this chunk of {self.address} "
+                               f"({type(e).__name__}: {e})")
+        return error
+
+    def missing_chunks(self, limit: int = 5) -> tuple[int, int, list[str]]:
+        """(chunk files missing, chunk files expected, the first `limit` missing keys): a missing
+        chunk reads as the fill value, which is right only for a chunk that held nothing else."""
+        metadata = self._array.metadata
+        grid = getattr(metadata.chunk_grid, "chunk_shape", self._array.chunks)  # stored objects (shards if sharded)
+        shape = self._array.shape
+        counts = [-(-s // c) for s, c in zip(shape, grid)]
+        expected = int(np.prod(counts))
+        present = set()
+        for folder, _, files in os.walk(self._array_dir):
+            rel = os.path.relpath(folder, self._array_dir)
+            for name in files:
+                if name != "zarr.json" and not name.endswith(".partial"):
+                    present.add(name if rel == "." else f"{rel}/{name}")
+        missing, first = 0, list[str]()
+        for position in itertools.product(*(range(n) for n in counts)):
+            key = metadata.encode_chunk_key(position)
+            if key not in present:
+                missing += 1
+                if len(first) < limit:
+                    first.append(key)
+        return missing, expected, first
 
     def _write(self, box: Box, data: np.ndarray) -> None:
         """Write `box`. zarr's own test for empty chunks compares each chunk with a filled copy (over
@@ -126,6 +172,9 @@ class ZarrVolume(Volume):
         self._unchecked[self._index(box)] = data
         fill = self._array.fill_value
         self._remove_chunk_files([key for key, sl in covered if _all_fill(data[(Ellipsis,) + sl], fill)])
+
+    def stored_chunks(self, box: Box) -> tuple[str, list[str]]:
+        return self._array_dir, [key for key, _ in self._covered_chunks(box)]
 
     @functools.cached_property
     def _unchecked(self) -> zarr.Array:
@@ -224,3 +273,61 @@ def create_zarr_volume(
         overwrite=overwrite,
     )
     return ZarrVolume(address, "r+")
+
+
+def same_encoding(src: ZarrVolume, dst: ZarrVolume) -> bool:
+    """Whether `dst` stores `src`'s chunks byte for byte: the same shape, chunk grid, dtype, fill
+    value, codecs (compressor and its settings included) and chunk key encoding."""
+    a, b = src._array.metadata, dst._array.metadata
+    if a.zarr_format != 3 or b.zarr_format != 3:  # (never so: a store with a zarr.json is v3)
+        return False
+    return (a.shape == b.shape and a.chunk_grid == b.chunk_grid and a.data_type == b.data_type
+            and a.fill_value == b.fill_value and a.codecs == b.codecs
+            and a.chunk_key_encoding == b.chunk_key_encoding)
+
+
+def copy_stored_chunks(src: ZarrVolume, dst: ZarrVolume, threads: int = 8) -> tuple[int, int]:
+    """Copy every stored chunk file of `src` into `dst` as it is (no decoding, no encoding); a
+    destination file of the same size is kept (a re-run resumes). Returns (files copied, bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not same_encoding(src, dst):
+        raise ValueError(f"{src.address} -> {dst.address}: the chunks are encoded differently")
+    pairs: list[tuple[str, str, int]] = []
+    made: set[str] = set()
+    for folder, _, files in os.walk(src._array_dir):
+        rel = os.path.relpath(folder, src._array_dir)
+        for name in files:
+            if name == "zarr.json" or name.endswith(".partial"):
+                continue
+            source = os.path.join(folder, name)
+            target = os.path.join(dst._array_dir, rel, name)
+            size = os.path.getsize(source)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.getsize(target) == size:
+                    continue
+            target_dir = os.path.dirname(target)
+            if target_dir not in made:
+                os.makedirs(target_dir, exist_ok=True)
+                made.add(target_dir)
+            pairs.append((source, target, size))
+
+    def copy(pair: tuple[str, str, int]) -> int:
+        source, target, size = pair
+        tmp = f"{target}.{os.getpid()}.partial"  # the name zarr's own killed writes leave (cleaned alike)
+        with open(source, "rb") as fin, open(tmp, "wb") as fout:
+            left = size
+            while left > 0:
+                sent = os.copy_file_range(fin.fileno(), fout.fileno(), left)
+                if sent == 0:
+                    break
+                left -= sent
+            if left:
+                fin.seek(size - left)
+                fout.write(fin.read())
+        os.replace(tmp, target)
+        return size
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        copied = sum(pool.map(copy, pairs))
+    return len(pairs), copied

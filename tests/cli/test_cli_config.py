@@ -76,7 +76,7 @@ def test_run_then_status_then_resume(tmp_path, capsys, raw_zarr):
     assert first["stages"][0]["ran"] == 4 and first["volumes"]["normalized"] == str(tmp_path / "out" / "normalized")
     assert main(["status", str(tmp_path / "out"), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["stages"] == [{"stage": "normalize", "done": 4, "total": 4}]
+    assert status["stages"] == [{"stage": "normalize", "done": 4, "total": 4, "lost": 0}]
     assert main(["run", cfg, "--json", "--no-progress"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["stages"][0]["ran"] == 0 and second["stages"][0]["skipped"] == 4

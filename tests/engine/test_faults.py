@@ -158,9 +158,12 @@ def test_block_that_always_fails(tmp_path, capsys):
                        stages=[{"stage": "explode", "params": {"sigma": 4.0}}])
     code, _, err = _run(cfg, capsys)
     assert code == 1
-    first = err.strip().splitlines()[0]
-    assert "'explode'" in first and "block 3" in first and "synthetic failure in block 3" in first, first
-    assert "Traceback" in err  # the first traceback follows the one-line summary
+    lines = err.strip().splitlines()
+    last = lines[-1]  # the one-line summary comes last, alone; the traceback is in a file it names
+    assert "'explode'" in last and "block 3" in last and "synthetic failure in block 3" in last, last
+    assert "Traceback" not in err and len(lines) == 1, err
+    log = tmp_path / "out" / ".connectome" / "logs" / "failure.log"
+    assert str(log.parent) in last and "synthetic failure in block 3" in log.read_text()
     attempts = list((tmp_path / "out" / "attempts").iterdir())
     assert len(attempts) == 2  # retries: 1 -> two attempts, then the run stops
     assert 3 not in DoneMarkers(str(tmp_path / "out"), "explode").done()
@@ -210,8 +213,8 @@ def test_full_output(tmp_path, tmpfs, capsys):
     cfg = write_config(tmp_path / "run.yaml", raw, mount_point / "out", block=block, retries=1)
     code, _, err = _run(cfg, capsys)
     assert code == 1, err
-    first = err.strip().splitlines()[0]
-    assert "'normalize'" in first and "No space left on device" in first, first
+    last = err.strip().splitlines()[-1]
+    assert "'normalize'" in last and "No space left on device" in last, last
     markers = DoneMarkers(str(mount_point / "out"), "normalize")
     done = markers.done()
     assert 0 < len(done) < 64, len(done)

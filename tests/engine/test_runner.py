@@ -57,6 +57,7 @@ def test_failure_names_block_then_resume_runs_only_missing_blocks(tmp_path, clie
     assert err.value.block_index == 13 and err.value.stage == "mark"
     assert "injected failure in block 13" in err.value.traceback_text
     assert "block 13" in str(err.value)
+    _wait_idle(client)  # tasks already running when the stage stopped finish (and keep their markers)
     done = DoneMarkers(work, "mark").done()
     assert 13 not in done and len(done) < 32
     flag.unlink()
@@ -66,6 +67,12 @@ def test_failure_names_block_then_resume_runs_only_missing_blocks(tmp_path, clie
     run_stage(clean_stage, grid, client, clean_work, progress=False)
     assert _chunk_bytes(Path(work) / "marked") == _chunk_bytes(Path(clean_work) / "marked")
     assert len(_chunk_bytes(Path(work) / "marked")) == 32
+
+
+def _wait_idle(client, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while any(client.processing().values()) and time.time() < deadline:
+        time.sleep(0.05)
 
 
 def test_changed_parameters_are_refused_unless_overwrite(tmp_path, client):

@@ -1,12 +1,12 @@
 """`connectome segment --method ffn`: blockwise equals one block, resume, bad input refused in one line."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from connectome.cli.main import main
+from connectome.engine.markers import DoneMarkers
 from connectome.ffn.registry import save_model
 from connectome.io import create_volume, open_volume
 from connectome.metrics.voi import voi
@@ -47,9 +47,7 @@ def test_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_path, ca
     seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
     assert len(np.unique(seg1)) >= 2  # (this small synthetic volume holds only a few large cells)
     # a stopped run: forget three ffn blocks (their done-markers); the re-run redoes only them
-    markers = tmp_path / "eight" / ".connectome" / "done" / "ffn"
-    for name in ("1", "4", "6"):
-        os.remove(markers / name)
+    DoneMarkers(str(tmp_path / "eight"), "ffn").forget([1, 4, 6])
     again = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
     assert again["stages"][0]["ran"] == 3 and again["stages"][0]["skipped"] == 5
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)

@@ -1,0 +1,92 @@
+"""Where Dask's own messages go during a run: a log file beside the done-markers, not the terminal.
+
+`worker_logs(work_dir)` sends the logs of the distributed library (client, scheduler) to
+`<work_dir>/.connectome/logs/dask.log` and names that file to local worker processes, which
+(started with `--preload connectome.cluster.worker_logs`) write their output there too and ignore
+Ctrl-C: the client stops them, and the terminal shows one line instead of every worker's traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+ENV = "CONNECTOME_WORKER_LOG"
+PRELOAD = "connectome.cluster.worker_logs"
+
+
+def log_file(work_dir: str) -> str:
+    return os.path.join(work_dir, ".connectome", "logs", "dask.log")
+
+
+@contextlib.contextmanager
+def worker_logs(work_dir: str) -> Iterator[str | None]:
+    """Send Dask's logs to the run's log file while the block runs (nothing changes when the
+    work directory is not a local folder that can be written)."""
+    path = log_file(work_dir)
+    if "://" in work_dir:
+        yield None
+        return
+    handler = _FolderMakingHandler(path)  # nothing is created before the first message
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("distributed")
+    saved_handlers, saved_propagate = list(logger.handlers), logger.propagate
+    for h in saved_handlers:
+        logger.removeHandler(h)
+    logger.addHandler(handler)
+    logger.propagate = False
+    before = os.environ.get(ENV)
+    os.environ[ENV] = path
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
+        logger.removeHandler(handler)
+        handler.close()
+        for h in saved_handlers:
+            logger.addHandler(h)
+        logger.propagate = saved_propagate
+
+
+class _FolderMakingHandler(logging.FileHandler):
+    """A FileHandler that opens its file (making its folder) at the first message; a file that
+    cannot be written drops the messages instead of raising."""
+
+    def __init__(self, path: str):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
+        return super()._open()
+
+    def emit(self, record) -> None:
+        try:
+            super().emit(record)
+        except OSError:
+            pass
+
+
+def redirect_this_process() -> None:
+    """In a local worker process: output to the run's log file, Ctrl-C ignored (the client stops it)."""
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def dask_setup(worker) -> None:
+    redirect_this_process()

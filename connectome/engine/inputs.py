@@ -1,0 +1,54 @@
+"""Checks of a run's input volume that need no cluster and no stage: its voxel size against the one
+given, and chunk files missing from a zarr input (they would read as zeros)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from connectome.core.errors import UserError
+from connectome.io import VolumeMeta, open_volume
+
+
+def input_voxel_size(address: str, meta: VolumeMeta, wanted) -> tuple[float, float, float]:
+    """The input's voxel size, checked against the one the user gave."""
+    if wanted is not None:
+        wanted = tuple(float(v) for v in wanted)
+        if meta.voxel_size_known and not np.allclose(meta.voxel_size, wanted):
+            raise UserError(
+                f"voxel_size: {address} has voxel size {list(meta.voxel_size)} nm, "
+                f"but {list(wanted)} was given"
+            )
+        return wanted
+    if not meta.voxel_size_known:
+        raise UserError(f"voxel_size: {address} carries no voxel size; give it (z y x, nm)")
+    return meta.voxel_size
+
+
+QUICK_INPUT_CHECK = 1_000_000  # chunks: above this the input is listed only with --strict-input
+
+
+def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
+    """Report chunk files missing from a zarr input (they read as zeros): one line on `stream`
+    (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked)."""
+    from connectome.io.sections import SectionRange
+    from connectome.io.zarr_store import ZarrVolume
+
+    volume = open_volume(address)
+    while isinstance(volume, SectionRange):
+        volume = volume.inner
+    if not isinstance(volume, ZarrVolume):
+        return 0
+    chunks = volume.meta.chunk_shape
+    if not strict and np.prod([-(-s // c) for s, c in zip(volume.meta.shape, chunks)]) > QUICK_INPUT_CHECK:
+        return 0
+    missing, expected, first = volume.missing_chunks()
+    if not missing:
+        return 0
+    text = (f"{address}: {missing} of {expected} input chunk files are missing and read as zeros "
+            f"(first: {', '.join(first)})")
+    if strict:
+        raise UserError(f"{text}; --strict-input refuses an input with missing chunks")
+    print(f"connectome: warning: {text}; pass --strict-input to refuse such an input", file=stream or sys.stderr)
+    return missing

@@ -1,0 +1,47 @@
+"""`connectome ingest` of a zarr already stored as the destination would be: chunk files copied as they are."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from connectome.cli.main import main
+from connectome.io import create_volume, open_volume
+
+from run_case import last_json
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("c/**/*")) if p.is_file()}
+
+
+def test_matching_zarr_is_copied_as_stored_and_resumes(tmp_path, capsys):
+    data = np.random.default_rng(0).integers(0, 255, (16, 64, 96), dtype=np.uint8)
+    data[:8, :32, :32] = 0  # a chunk of fill value only: not stored, and not copied
+    src = create_volume(str(tmp_path / "src"), data.shape, np.uint8, (8, 32, 32), (30.0, 4.0, 4.0))
+    src.write(src.box, data)
+    dst = tmp_path / "dst"
+    assert main(["ingest", src.address, str(dst), "--chunk-shape", "8", "32", "32", "--json"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["copied_as_stored"] and report["files"] == 11
+    assert _files(dst / "0") == _files(tmp_path / "src" / "0")
+    out = open_volume(str(dst))
+    np.testing.assert_array_equal(out.read(out.box), data)
+    assert out.meta.voxel_size == (30.0, 4.0, 4.0)
+    (dst / "0" / "c" / "1" / "1" / "2").unlink()  # a copy that stopped early: only what is missing is copied
+    assert main(["ingest", src.address, str(dst), "--chunk-shape", "8", "32", "32", "--json"]) == 0
+    assert last_json(capsys.readouterr().out)["files"] == 1
+    np.testing.assert_array_equal(out.read(out.box), data)
+
+
+def test_other_chunks_are_decoded_and_encoded(tmp_path, capsys):
+    data = np.random.default_rng(1).integers(0, 255, (16, 64, 64), dtype=np.uint8)
+    src = create_volume(str(tmp_path / "src"), data.shape, np.uint8, (8, 32, 32), (30.0, 4.0, 4.0))
+    src.write(src.box, data)
+    dst = tmp_path / "dst"
+    assert main(["ingest", src.address, str(dst), "--chunk-shape", "16", "32", "32", "--json", "--no-progress",
+                 "--workers", "1"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert "copied_as_stored" not in report and report["ran"] == report["blocks"]
+    out = open_volume(str(dst))
+    assert out.meta.chunk_shape == (16, 32, 32)
+    np.testing.assert_array_equal(out.read(out.box), data)

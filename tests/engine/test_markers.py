@@ -1,0 +1,84 @@
+"""Done-markers on disk: a few files per stage, atomic, compacted, verified against the output."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from connectome.core.errors import UserError
+from connectome.core.geometry import Box
+from connectome.engine.markers import SUPER, DoneMarkers, chunk_record, ranges_of
+from connectome.io import create_volume
+
+
+def test_ranges_of():
+    assert ranges_of([5, 1, 2, 3, 9, 8]) == [[1, 4], [5, 6], [8, 10]]
+    assert ranges_of([]) == []
+
+
+def test_writer_compaction_and_forget_keep_summaries(tmp_path):
+    markers = DoneMarkers(str(tmp_path), "s")
+    markers.claim({"blocks": 3 * SUPER})
+    for task, indices in (("a", range(0, 5000)), ("b", range(5000, 3 * SUPER))):
+        w = markers.writer(task)
+        for i in indices:
+            w.add(i, {"n": i} if i % 1000 == 0 else None)
+        w.flush()
+    assert markers.count() == 3 * SUPER
+    assert markers.task_done("a") == set(range(5000))
+    markers.compact()
+    names = sorted(n for n in os.listdir(markers.directory) if n != "fingerprint.json")
+    assert names == ["s-0.json", "s-1.json", "s-2.json"]  # one file per super-block
+    assert markers.summary(3000) == {"n": 3000} and markers.summary(3001) == {}
+    markers.forget([7, 8191])
+    mask = markers.done_mask(3 * SUPER)
+    assert not mask[7] and not mask[8191] and mask.sum() == 3 * SUPER - 2
+    assert markers.summaries()[2000] == {"n": 2000}
+
+
+def test_reads_legacy_per_block_markers(tmp_path):
+    markers = DoneMarkers(str(tmp_path), "old")
+    os.makedirs(markers.directory)
+    (tmp_path / ".connectome" / "done" / "old" / "4").write_text(json.dumps({"x": 1}))
+    (tmp_path / ".connectome" / "done" / "old" / "6").write_text("")
+    assert markers.done() == {4, 6} and markers.summary(4) == {"x": 1}
+    markers.compact()
+    assert sorted(os.listdir(markers.directory)) == ["s-0.json"] and markers.done() == {4, 6}
+
+
+def test_lost_blocks_deleted_and_rewritten_chunks(tmp_path):
+    vol = create_volume(str(tmp_path / "v"), (8, 32, 32), np.uint8, (8, 16, 16), (1, 1, 1))
+    data = np.random.default_rng(0).integers(1, 255, (8, 32, 32), dtype=np.uint8)
+    vol.write(vol.box, data)
+    markers = DoneMarkers(str(tmp_path), "w")
+    markers.claim({"blocks": 4})
+    w = markers.writer("t")
+    root = None
+    for i, (y, x) in enumerate(((0, 0), (0, 16), (16, 0), (16, 16))):
+        root, keys = vol.stored_chunks(Box((0, y, x), (8, 16, 16)))
+        w.add(i, None, {"v": [[k, *chunk_record(os.path.join(root, k))] for k in keys]}, {"v": root})
+    w.flush()
+    assert markers.lost_blocks() == {}
+    os.remove(os.path.join(root, "c", "0", "0", "1"))  # block 1's chunk
+    path2 = os.path.join(root, "c", "0", "1", "0")
+    size = os.path.getsize(path2)
+    with open(path2, "wb") as f:  # garbage of the same size: a new mtime, then a checksum mismatch
+        f.write(os.urandom(size))
+    lost = markers.lost_blocks()
+    assert sorted(lost) == [1, 2] and lost[1].endswith("c/0/0/1")
+    os.utime(os.path.join(root, "c", "0", "0", "0"), ns=(1, 1))  # touched only: same bytes, still fine
+    assert sorted(markers.lost_blocks()) == [1, 2]
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "{not json"])
+def test_unreadable_fingerprint_is_one_line(tmp_path, text):
+    markers = DoneMarkers(str(tmp_path), "f")
+    os.makedirs(markers.directory)
+    (tmp_path / ".connectome" / "done" / "f" / "fingerprint.json").write_text(text)
+    with pytest.raises(UserError, match="fingerprint.json: .*pass --overwrite"):
+        markers.check({"a": 1})
+    assert markers.claim({"a": 1}, overwrite=True)  # overwrite discards it
+    assert markers.fingerprint() == {"a": 1}
