@@ -1,0 +1,66 @@
+"""Per-section intensity normalisation: each section's percentiles mapped to the full grey range
+(removes brightness and contrast drift between sections), then CLAHE (local contrast).
+
+CLAHE's tiles are anchored at the section's origin and a pixel's value depends only on the tiles
+around it, so a block that reads two tiles beyond its write box, from an offset that is a multiple
+of the tile size, computes exactly what the whole section would: blockwise is seam-free.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from skimage.exposure._adapthist import NR_OF_GRAY, _clahe  # the kernel of equalize_adapthist, without its
+
+# per-image rescaling (which would depend on the block)
+from connectome.core.geometry import Box
+from connectome.engine.global_step import GlobalStep
+from connectome.io import open_volume
+
+SAMPLE_STEP = 4  # every 4th pixel along y and x of a section estimates its percentiles
+
+
+def section_levels(section_sample: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The `low` and `high` percentiles of a section (a sample of it); equal values are spread by one."""
+    lo, hi = np.percentile(section_sample.astype(np.float64), [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def stretch(section: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A section mapped linearly so that [lo, hi] spans [0, 1], clipped."""
+    return np.clip((section.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def equalize(unit: np.ndarray, tile: int, clip_limit: float, nbins: int = 256) -> np.ndarray:
+    """CLAHE of a [0, 1] image with square tiles of `tile` pixels; returns [0, 1]."""
+    grey = np.round(unit * (NR_OF_GRAY - 1)).astype(np.uint16)
+    out = _clahe(grey, [tile, tile], clip_limit, nbins)
+    return out.astype(np.float64) / (NR_OF_GRAY - 1)
+
+
+class LevelsStep(GlobalStep):
+    """Every section's percentiles, from every SAMPLE_STEP-th pixel, into one file."""
+
+    name = "section_levels"
+
+    def __init__(self, raw: str, path: str, low: float, high: float):
+        self.raw, self.path, self.low, self.high = raw, path, low, high
+
+    def fingerprint(self) -> dict:
+        return {"step": self.name, "raw": self.raw, "path": self.path, "low": self.low, "high": self.high}
+
+    def run(self) -> dict:
+        vol = open_volume(self.raw)
+        depth, height, width = vol.shape
+        levels = np.zeros((depth, 2))
+        for z in range(depth):
+            section = vol.read(Box((z, 0, 0), (1, height, width)))[0, ::SAMPLE_STEP, ::SAMPLE_STEP]
+            levels[z] = section_levels(section, self.low, self.high)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, levels=levels)
+        os.replace(tmp, self.path)
+        return {"sections": depth}

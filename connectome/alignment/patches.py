@@ -1,0 +1,181 @@
+"""Displacements between two sections on a grid of patches: normalized cross-correlation from a
+coarse resolution to the full one, then a sub-pixel Gauss-Newton refinement at full resolution.
+
+Every window is placed in section coordinates and clamped to the section (never to a block), so a
+node's displacement depends only on the two sections around it: blockwise equals one block.
+A displacement d at node c means section A at c shows what section B shows at c + d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import map_coordinates, spline_filter
+from skimage.feature import match_template
+
+REFINE_MARGIN = 4  # full-resolution pixels read beyond a template for the sub-pixel step
+SEARCH_FAILED = -2.0  # the correlation recorded where no match was found inside the search window
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """Template size and search range (full-resolution pixels), and the number of resolutions."""
+
+    patch: int = 64
+    search: int = 80
+    levels: int = 3
+
+    def factors(self, section: tuple[int, int]) -> list[int]:
+        """Downsampling factors, coarse to fine; a level whose template exceeds the section is dropped."""
+        out = [2 ** i for i in range(self.levels - 1, -1, -1)]
+        return [f for f in out if f == 1 or self.patch * f <= min(section)]
+
+    def template(self, f: int, section: tuple[int, int]) -> int:
+        """Template side (full resolution) at factor f: `patch` f, less where the section leaves too
+        little room to search around it, never below `patch`; a multiple of f."""
+        room = min(section) - 2 * self.search
+        return max(min(self.patch * f, room) // f * f, self.patch)
+
+    def reach(self) -> int:
+        """How far from a node any window reaches (the estimation stage's xy context)."""
+        f = 2 ** (self.levels - 1)
+        return self.patch * f // 2 + self.search + 2 * f + REFINE_MARGIN + 2
+
+
+def node_axis(size: int, patch: int, stride: int) -> np.ndarray:
+    """Node positions along one axis: every `stride` pixels, centred, a template's half from the faces."""
+    n = max(1, (size - patch) // stride + 1)
+    start = (size - (n - 1) * stride) // 2
+    return start + stride * np.arange(n)
+
+
+def _clamped(center: float, size: int, extent: int) -> int:
+    """Start of a window of `size` centred near `center`, moved inside [0, extent)."""
+    start = int(round(center - size / 2))
+    return int(min(max(start, 0), max(extent - size, 0)))
+
+
+def _downsample(a: np.ndarray, f: int) -> np.ndarray:
+    if f == 1:
+        return a.astype(np.float32)
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _parabola(c_minus: float, c0: float, c_plus: float) -> float:
+    denom = c_minus - 2 * c0 + c_plus
+    if not np.isfinite(denom) or denom >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (c_minus - c_plus) / denom, -0.5, 0.5))
+
+
+def _ncc_peak(search: np.ndarray, template: np.ndarray) -> tuple[np.ndarray, float]:
+    """Offset (sub-pixel, parabolic) of the template's best match in `search`, and its NCC
+    (SEARCH_FAILED when the best match lies on the window's edge)."""
+    if template.std() < 1e-3 or search.std() < 1e-3:
+        return np.zeros(2), 0.0
+    ncc = match_template(search, template)
+    i, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    peak = float(ncc[i, j])
+    if ncc.shape[0] > 2 and ncc.shape[1] > 2 and (i in (0, ncc.shape[0] - 1) or j in (0, ncc.shape[1] - 1)):
+        peak = SEARCH_FAILED  # the best match lies on the search window's edge: the true one may lie beyond it
+    oy = i + (_parabola(ncc[i - 1, j], peak, ncc[i + 1, j]) if 0 < i < ncc.shape[0] - 1 else 0.0)
+    ox = j + (_parabola(ncc[i, j - 1], peak, ncc[i, j + 1]) if 0 < j < ncc.shape[1] - 1 else 0.0)
+    return np.array([oy, ox]), peak
+
+
+class SectionPair:
+    """Two sections held as arrays cut from a read box at `origin` (y, x) of a section of `extent`."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, origin: tuple[int, int], extent: tuple[int, int]):
+        self.a, self.b = a, b
+        self.origin = np.asarray(origin)
+        self.extent = extent
+
+    def _cut(self, img: np.ndarray, start: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        y, x = start[0] - self.origin[0], start[1] - self.origin[1]
+        if y < 0 or x < 0 or y + size[0] > img.shape[0] or x + size[1] > img.shape[1]:
+            raise ValueError(f"window at {start} size {size} leaves the read box at {tuple(self.origin)} "
+                             f"{img.shape} (the stage's context is too small)")
+        return img[y:y + size[0], x:x + size[1]]
+
+    def _window(self, center: np.ndarray, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        sy, sx = min(size, self.extent[0]), min(size, self.extent[1])
+        return (_clamped(center[0], sy, self.extent[0]), _clamped(center[1], sx, self.extent[1])), (sy, sx)
+
+    def match(self, node: np.ndarray, settings: PatchSettings) -> tuple[np.ndarray, float]:
+        """Displacement at `node` (section coordinates) and the NCC at full resolution."""
+        d = np.zeros(2)
+        corr = 0.0
+        factors = settings.factors(self.extent)
+        for level, f in enumerate(factors):
+            radius = int(np.ceil(settings.search / f)) if level == 0 else 6
+            t_start, t_size = self._window(node.astype(float), settings.template(f, self.extent))
+            t_center = np.array(t_start) + np.array(t_size) / 2
+            s_start, s_size = self._window(t_center + d, t_size[0] + 2 * radius * f)
+            template = _downsample(self._cut(self.a, t_start, t_size), f)
+            search = _downsample(self._cut(self.b, s_start, s_size), f)
+            if search.shape[0] < template.shape[0] or search.shape[1] < template.shape[1]:
+                return d, SEARCH_FAILED
+            offset, corr = _ncc_peak(search, template)
+            if corr == SEARCH_FAILED:
+                return d, corr
+            d = np.array(s_start) - np.array(t_start) + offset * f
+        if corr > 0:
+            d = self._refine(node, settings.patch, d)
+        return d, corr
+
+    def _refine(self, node: np.ndarray, patch: int, d: np.ndarray) -> np.ndarray:
+        """Gauss-Newton on the windowed squared difference of standardised intensities, over an
+        affine warp of the template about its centre (a patch may be sheared or stretched); the
+        translation at the centre is the node's displacement."""
+        start, size = self._window(node.astype(float), patch)
+        tpl = self._cut(self.a, start, size).astype(np.float64)
+        tpl = (tpl - tpl.mean()) / max(tpl.std(), 1e-6)
+        lo = np.floor(np.array(start) + d).astype(int) - REFINE_MARGIN - patch // 8
+        hi = lo + np.array(size) + 2 * (REFINE_MARGIN + patch // 8)
+        lo_c = np.maximum(lo, 0)
+        hi_c = np.minimum(hi, self.extent)
+        if np.any(hi_c - lo_c < 4):
+            return d
+        region = spline_filter(self._cut(self.b, tuple(lo_c), tuple(hi_c - lo_c)).astype(np.float64), order=3)
+        half = np.array(size, float) / 2
+        yy, xx = np.mgrid[0:size[0], 0:size[1]].astype(np.float64)
+        ry, rx = (yy - (half[0] - 0.5)) / half[0], (xx - (half[1] - 0.5)) / half[1]
+        weight = np.outer(np.hanning(size[0] + 2)[1:-1], np.hanning(size[1] + 2)[1:-1]).ravel()
+        params = np.array([d[0], d[1], 0.0, 0.0, 0.0, 0.0])  # dy, dx, then the linear part (per half side)
+        start_d = d.copy()
+        for _ in range(20):
+            qy = yy + start[0] + params[0] + params[2] * ry + params[3] * rx - lo_c[0]
+            qx = xx + start[1] + params[1] + params[4] * ry + params[5] * rx - lo_c[1]
+            warped = map_coordinates(region, [qy, qx], order=3, mode="nearest", prefilter=False)
+            std = max(warped.std(), 1e-6)
+            gy, gx = np.gradient(warped / std)
+            r = (tpl - (warped - warped.mean()) / std).ravel()
+            jac = np.stack([gy, gx, gy * ry, gy * rx, gx * ry, gx * rx], axis=-1).reshape(-1, 6)
+            h = jac.T @ (jac * weight[:, None])
+            g = jac.T @ (weight * r)
+            try:
+                step = np.linalg.solve(h + np.eye(6) * 1e-6 * np.trace(h), g)
+            except np.linalg.LinAlgError:
+                return start_d
+            params = params + np.clip(step, -1.0, 1.0)
+            if np.abs(params[:2] - start_d).max() > 4 or np.abs(params[2:]).max() > patch / 8:
+                return start_d
+            if np.abs(step).max() < 1e-2:
+                break
+        # the affine warp's displacement at the node itself (the template's centre may lie half a pixel off)
+        ny_, nx_ = (node - (np.array(start) + half - 0.5)) / half
+        return np.array([params[0] + params[2] * ny_ + params[3] * nx_, params[1] + params[4] * ny_ + params[5] * nx_])
+
+
+def match_sections(pair: SectionPair, nodes_y: np.ndarray, nodes_x: np.ndarray,
+                   settings: PatchSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Displacements (len(nodes_y), len(nodes_x), 2) and correlations at the grid's nodes."""
+    d = np.zeros((len(nodes_y), len(nodes_x), 2))
+    corr = np.zeros((len(nodes_y), len(nodes_x)))
+    for i, y in enumerate(nodes_y):
+        for j, x in enumerate(nodes_x):
+            d[i, j], corr[i, j] = pair.match(np.array([y, x]), settings)
+    return d, corr

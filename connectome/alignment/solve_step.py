@@ -1,0 +1,166 @@
+"""The alignment's global step: every block's match table -> defect flags, outlier rejection, the
+global solve, and one file of per-section fields and transforms (OUT/alignment/transforms.npz)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from connectome.alignment.defects import OK, REASONS, region_flags, section_flags
+from connectome.alignment.fit import apply, fit_transform, local_outliers, robust_fit
+from connectome.alignment.mesh import Springs
+from connectome.alignment.patches import SEARCH_FAILED
+from connectome.alignment.solve import Measured, solve_fields
+from connectome.engine.global_step import GlobalStep
+
+MATCHES_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SolveSettings:
+    model: str = "affine"
+    min_corr: float = 0.15
+    max_residual: float = 8.0
+    max_deviation: float = 3.0
+    stretch: float = 0.001
+    fill_weight: float = 0.05
+    bend: float = 0.01
+    anchor: float = 0.01
+    z_smooth: float = 1e-6
+    rounds: int = 3
+    min_std: float = 1.0
+    max_zero_fraction: float = 0.5
+    min_good_fraction: float = 0.25
+
+
+@dataclass
+class Matches:
+    """Every block's table gathered into arrays over the whole stack."""
+
+    shape: tuple[int, int, int]
+    patch: int
+    nodes: tuple[np.ndarray, np.ndarray]
+    d: dict[int, np.ndarray]  # (sections - k, gy, gx, 2)
+    corr: dict[int, np.ndarray]  # (sections - k, gy, gx); NaN where no block measured it
+    stats: np.ndarray  # (sections, 4): count, sum, sum of squares, zero pixels
+
+
+def load_matches(directory: str) -> Matches:
+    paths = sorted(glob.glob(os.path.join(directory, "*.npz")))
+    if not paths:
+        raise RuntimeError(f"{directory}: no match tables (the align_match stage wrote none)")
+    tables = []
+    for path in paths:
+        with np.load(path) as f:
+            tables.append({key: f[key] for key in f.files})
+    first = tables[0]
+    depth, height, width = (int(v) for v in first["shape"])
+    shape = (depth, height, width)
+    nodes = (first["nodes_y"], first["nodes_x"])
+    n, gy, gx = shape[0], len(nodes[0]), len(nodes[1])
+    ks = sorted({int(k) for t in tables for k in np.unique(t["k"])})
+    d = {k: np.zeros((n - k, gy, gx, 2)) for k in ks}
+    corr = {k: np.full((n - k, gy, gx), np.nan) for k in ks}
+    stats = np.zeros((n, 4))
+    for t in tables:
+        for k in ks:
+            sel = t["k"] == k
+            z, iy, ix = t["z"][sel], t["iy"][sel], t["ix"][sel]
+            d[k][z, iy, ix] = t["d"][sel]
+            corr[k][z, iy, ix] = t["corr"][sel]
+        np.add.at(stats, t["stat_z"], np.stack([t["stat_count"], t["stat_sum"], t["stat_sum_sq"],
+                                                t["stat_zeros"]], axis=1))
+    for k in ks:
+        missing = int(np.isnan(corr[k]).sum())
+        if missing:
+            raise RuntimeError(f"{directory}: {missing} patch matches at offset {k} missing (an unfinished block?)")
+    return Matches(shape, int(first["patch"]), nodes, d, corr, stats)
+
+
+def _measurable(nodes, shape, patch: int, predicted: np.ndarray) -> np.ndarray:
+    """Nodes whose template, moved by the predicted displacement, lies inside the other section."""
+    gy, gx = np.meshgrid(*nodes, indexing="ij")
+    qy, qx = gy + predicted[..., 0], gx + predicted[..., 1]
+    half = patch / 2
+    return (qy - half >= -1) & (qy + half <= shape[1] + 1) & (qx - half >= -1) & (qx + half <= shape[2] + 1)
+
+
+def screen(m: Matches, s: SolveSettings):
+    """Pair fits, good patches, measurable patches and filled displacements for every pair."""
+    gy, gx = np.meshgrid(*m.nodes, indexing="ij")
+    points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+    fits, good, measurable, filled = {}, {}, {}, {}
+    for k, d in m.d.items():
+        count = len(d)
+        fits[k] = np.full((count, 2, 3), np.nan)
+        good[k] = np.zeros(d.shape[:3], bool)
+        measurable[k] = np.ones(d.shape[:3], bool)
+        filled[k] = d.copy()
+        for z in range(count):
+            flat = d[z].reshape(-1, 2)
+            valid = m.corr[k][z].ravel() >= s.min_corr
+            fit, inliers = robust_fit(s.model, points, flat, valid, s.max_residual)
+            if fit is None:
+                continue
+            inliers = inliers.reshape(d.shape[1:3])
+            inliers &= ~local_outliers(d[z], inliers, s.max_deviation)
+            predicted = (apply(fit, points) - points).reshape(d.shape[1:])
+            fits[k][z] = fit
+            good[k][z] = inliers
+            # a search that failed (no peak inside its window) is no evidence of a defect
+            measurable[k][z] = _measurable(m.nodes, m.shape, m.patch, predicted) & (m.corr[k][z] != SEARCH_FAILED)
+            filled[k][z][~inliers] = predicted[~inliers]
+    return fits, good, measurable, filled
+
+
+class SolveStep(GlobalStep):
+    """Flags, outlier rejection and the global solve, once over the whole stack."""
+
+    name = "align_solve"
+
+    def __init__(self, tables_dir: str, path: str, settings: SolveSettings):
+        self.tables_dir, self.path, self.settings = tables_dir, path, settings
+
+    def fingerprint(self) -> dict:
+        return {"step": self.name, "params": asdict(self.settings), "tables": self.tables_dir, "path": self.path}
+
+    def run(self) -> dict:
+        s = self.settings
+        m = load_matches(self.tables_dir)
+        fits, good, measurable, filled = screen(m, s)
+        count, total, total_sq, zeros = m.stats.T
+        flags = section_flags(count, total, total_sq, zeros, good, measurable, s.min_std, s.max_zero_fraction,
+                              s.min_good_fraction)
+        regions = region_flags(good, measurable, flags)
+        ok = flags == OK
+        # unmatched nodes follow the pair's robust fit, weakly: extrapolation where sections do not overlap
+        weights = {k: np.where(good[k], 1.0, s.fill_weight * np.isfinite(fits[k][:, :1, :1]))
+                   * (ok[:-k, None, None] & ok[k:, None, None]) for k in good}
+        measured = Measured(m.nodes, filled, weights, m.shape[0])
+        estimated = time.perf_counter()
+        fields, summary = solve_fields(measured, Springs(s.stretch, s.bend, s.z_smooth, s.anchor), rounds=s.rounds)
+        gy, gx = np.meshgrid(*m.nodes, indexing="ij")
+        points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+        transforms = np.stack([fit_transform(s.model, points, points + f.reshape(-1, 2)) for f in fields])
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, nodes_y=m.nodes[0], nodes_x=m.nodes[1], fields=fields.astype(np.float32),
+                 transforms=transforms, section_flags=flags, regions=regions,
+                 **{f"pair_fits_{k}": v for k, v in fits.items()}, **{f"good_{k}": v for k, v in good.items()})
+        os.replace(tmp, self.path)
+        flagged = {int(z): REASONS[int(flags[z])] for z in np.nonzero(flags)[0]}
+        summary.update({
+            "sections": int(m.shape[0]),
+            "flagged_sections": flagged,
+            "flagged_regions": int(regions.sum()),
+            "good_patch_fraction": float(np.mean([g.mean() for g in good.values()])),
+            "solve_seconds": round(time.perf_counter() - estimated, 3),
+        })
+        with open(os.path.join(os.path.dirname(self.path), "solve.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        return summary

@@ -1,0 +1,230 @@
+"""The alignment chain's stages: `align_match` -> (global solve) -> `align`.
+
+- `align_match`: per block (a tile of sections), the displacements from each section to the next
+  one and the one after on a grid of patches (`patches`), and each section's intensity statistics,
+  saved as a per-block table. A block handles the nodes inside its write box and reads two
+  sections above it and a patch's reach around it, so its table is the same in any block layout.
+- `section_normalize`: per-section percentile stretch and CLAHE (`contrast`), seam-free.
+- `align`: its global step (`solve.SolveStep`) flags defects, rejects outlier patches, and solves
+  one displacement field per section over the whole stack (stored in OUT/alignment/transforms.npz);
+  then each block renders its write box of the aligned volume and of the defect mask.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from connectome.alignment.contrast import LevelsStep, equalize, stretch
+from connectome.alignment.defects import REGION_FLAG, SECTION_FLAG
+from connectome.alignment.mesh import interpolate
+from connectome.alignment.patches import PatchSettings, SectionPair, match_sections, node_axis
+from connectome.alignment.solve_step import MATCHES_FORMAT, SolveSettings, SolveStep
+from connectome.alignment.warp import source_positions, warp_section
+from connectome.core.errors import UserError
+from connectome.core.geometry import Block, Context
+from connectome.engine.registry import register
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.io import Volume, VolumeMeta
+from connectome.io.tables import save_table
+
+OFFSETS = (1, 2)  # each section is matched to the next one and the one after (to skip a bad one)
+
+
+class AlignMatchParams(StageParams):
+    patch: int = Field(64, ge=16, le=1024, description="template side at full resolution, pixels")
+    stride: int = Field(64, ge=8, le=4096, description="spacing of the patch grid (mesh nodes), pixels")
+    search: int = Field(80, ge=2, le=2048, description="largest displacement searched between sections, pixels")
+    levels: int = Field(3, ge=1, le=5, description="resolutions searched, each half the one before")
+
+    def settings(self) -> PatchSettings:
+        return PatchSettings(self.patch, self.search, self.levels)
+
+
+@register
+class AlignMatchStage(BlockStage[AlignMatchParams]):
+    name = "align_match"
+    Params = AlignMatchParams
+    inputs = (Input("raw", dtypes=("uint8", "uint16", "float32")),)
+    tables = (Table("matches", MATCHES_FORMAT),)
+
+    def context(self) -> Context:
+        r = self.params.settings().reach()
+        return Context(lower=(0, r, r), upper=(max(OFFSETS), r, r))
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        meta = inputs["raw"]
+        if meta.channels:
+            raise UserError(f"stage 'align_match': {self.input_addresses['raw']} has {meta.channels} channels, "
+                            "expected a single-channel image volume")
+        _, height, width = meta.shape
+        if min(height, width) < self.params.patch:
+            raise UserError(f"stage 'align_match': sections of {self.input_addresses['raw']} are {height}x{width} "
+                            f"pixels, smaller than params.patch {self.params.patch}")
+        if meta.shape[0] < 2:
+            raise UserError(f"stage 'align_match': {self.input_addresses['raw']} has {meta.shape[0]} section, "
+                            "expected at least 2 to align")
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        raw = volumes["raw"]
+        depth, height, width = raw.shape
+        p = self.params
+        ys, xs = node_axis(height, p.patch, p.stride), node_axis(width, p.patch, p.stride)
+        w = block.write_box
+        iy = np.nonzero((ys >= w.offset[1]) & (ys < w.end[1]))[0]
+        ix = np.nonzero((xs >= w.offset[2]) & (xs < w.end[2]))[0]
+        data = raw.read(block.read_box).astype(np.float32)
+        origin = block.read_box.offset
+        inner = w.relative_to(block.read_box)
+        rows: dict[str, list] = {"z": [], "k": [], "iy": [], "ix": [], "d": [], "corr": []}
+        stats = []
+        for z in range(w.offset[0], w.end[0]):
+            section = data[z - origin[0]]
+            tile = section[inner[1], inner[2]].astype(np.float64)
+            stats.append((z, tile.size, tile.sum(), np.square(tile).sum(), np.count_nonzero(tile == 0)))
+            for k in OFFSETS:
+                if z + k >= depth or not (len(iy) and len(ix)):
+                    continue
+                pair = SectionPair(section, data[z + k - origin[0]], (origin[1], origin[2]), (height, width))
+                d, corr = match_sections(pair, ys[iy], xs[ix], p.settings())
+                gy, gx = np.meshgrid(iy, ix, indexing="ij")
+                rows["z"].append(np.full(gy.size, z))
+                rows["k"].append(np.full(gy.size, k))
+                rows["iy"].append(gy.ravel())
+                rows["ix"].append(gx.ravel())
+                rows["d"].append(d.reshape(-1, 2))
+                rows["corr"].append(corr.ravel())
+        empty = {"d": np.zeros((0, 2)), "corr": np.zeros(0)}
+        table = {key: np.concatenate(v) if v else empty.get(key, np.zeros(0, np.int64)) for key, v in rows.items()}
+        st = np.array(stats, dtype=np.float64).reshape(-1, 5)
+        save_table(self.table_dirs["matches"], block.index, **table, stat_z=st[:, 0].astype(np.int64),
+                   stat_count=st[:, 1], stat_sum=st[:, 2], stat_sum_sq=st[:, 3], stat_zeros=st[:, 4],
+                   nodes_y=ys, nodes_x=xs, shape=np.array(raw.shape), patch=np.array(p.patch))
+        return {"matches": int(table["z"].size)}
+
+
+class AlignParams(StageParams):
+    model: Literal["translation", "rigid", "affine"] = Field(
+        "affine", description="per-pair robust fit that rejects outlier patches, and the per-section transform stored")
+    min_corr: float = Field(0.15, ge=-1, le=1, description="patches correlating less are not used")
+    max_residual: float = Field(8.0, gt=0, description="patches farther from the pair's fit are outliers (px)")
+    max_deviation: float = Field(3.0, gt=0, description="patches farther from their neighbours' median are outliers")
+    stretch: float = Field(0.001, ge=0, description="in-plane spring weight (a measured displacement weighs 1)")
+    fill_weight: float = Field(0.05, ge=0, le=1,
+                               description="weight of the pair's robust fit at patches without a good match")
+    bend: float = Field(0.01, ge=0, description="in-plane bending weight")
+    anchor: float = Field(0.01, ge=0, description="weight pulling each section's field towards its affine part")
+    z_smooth: float = Field(1e-6, gt=0, description="weight carrying fields across sections (and flagged ones)")
+    rounds: int = Field(3, ge=1, le=10, description="re-linearisations of the global solve")
+    min_std: float = Field(1.0, ge=0, description="sections with a smaller grey-level deviation are blank")
+    max_zero_fraction: float = Field(0.5, gt=0, le=1, description="sections with more zero pixels are missing")
+    min_good_fraction: float = Field(
+        0.25, ge=0, le=1, description="sections matching no neighbour on this fraction of patches are flagged")
+
+    def settings(self) -> SolveSettings:
+        return SolveSettings(**self.model_dump())
+
+
+@register
+class AlignStage(BlockStage[AlignParams]):
+    name = "align"
+    Params = AlignParams
+    inputs = (Input("raw", dtypes=("uint8", "uint16", "float32")),)
+    outputs = (Output("aligned"), Output("defects", OutputSpec(dtype="uint8")))
+    reads_tables = (Table("matches", MATCHES_FORMAT),)
+
+    @property
+    def transforms_path(self) -> str:
+        tables = self.table_dirs["matches"]
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(tables))), "alignment", "transforms.npz")
+
+    def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
+        return {"aligned": OutputSpec(dtype=inputs["raw"].dtype.name), "defects": OutputSpec(dtype="uint8")}
+
+    def global_step(self) -> SolveStep:
+        return SolveStep(self.table_dirs["matches"], self.transforms_path, self.params.settings())
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        """Render the write box; each section reads the raw region its write box maps from (its
+        extent depends on the solved fields, so the stage declares no context)."""
+        t = _load(self.transforms_path, os.path.getmtime(self.transforms_path))
+        nodes = (t["nodes_y"], t["nodes_x"])
+        w = block.write_box
+        yx = (slice(w.offset[1], w.end[1]), slice(w.offset[2], w.end[2]))
+        aligned = np.zeros(w.shape, dtype=volumes["aligned"].dtype)
+        mask = np.zeros(w.shape, dtype=np.uint8)
+        for i, z in enumerate(range(w.offset[0], w.end[0])):
+            field = t["fields"][z].astype(np.float64)
+            aligned[i] = warp_section(volumes["raw"], z, field, nodes, yx)
+            if t["section_flags"][z]:
+                mask[i] = SECTION_FLAG
+            elif t["regions"][z].any():
+                qy, qx = source_positions(field, nodes, yx)
+                near = interpolate(t["regions"][z][..., None].astype(np.float64), nodes, qy, qx)[..., 0]
+                mask[i][near >= 0.5] = REGION_FLAG
+        volumes["aligned"].write(w, aligned)
+        volumes["defects"].write(w, mask)
+        return {"flagged_voxels": int(np.count_nonzero(mask))}
+
+
+@lru_cache(maxsize=2)
+def _load(path: str, mtime: float) -> dict:
+    with np.load(path) as f:
+        return {key: f[key] for key in f.files}
+
+
+
+class SectionNormalizeParams(StageParams):
+    low: float = Field(0.5, ge=0, lt=100, description="percentile of each section mapped to 0")
+    high: float = Field(99.5, gt=0, le=100, description="percentile of each section mapped to 255")
+    tile: int = Field(128, ge=8, le=4096, description="CLAHE tile side in pixels (blocks: a multiple of it)")
+    clip_limit: float = Field(0.01, ge=0, le=1, description="CLAHE clip limit (0: no local equalisation)")
+
+
+@register
+class SectionNormalizeStage(BlockStage[SectionNormalizeParams]):
+    """Per-section percentile stretch, then CLAHE (blockwise exact: see `contrast`)."""
+
+    name = "section_normalize"
+    Params = SectionNormalizeParams
+    inputs = (Input("raw", dtypes=("uint8", "uint16", "float32")),)
+    outputs = (Output("normalized_sections", OutputSpec(dtype="uint8")),)
+
+    @property
+    def levels_path(self) -> str:
+        out = os.path.abspath(self.output_addresses["normalized_sections"])
+        return os.path.join(os.path.dirname(out), "alignment", f"levels-{os.path.basename(out)}.npz")
+
+    def context(self) -> Context:
+        t = self.params.tile
+        return Context((0, 2 * t, 2 * t), (0, 2 * t, 2 * t))
+
+    def block_multiple(self) -> tuple[int, int, int]:
+        return (1, self.params.tile, self.params.tile)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        if self.params.low >= self.params.high:
+            raise UserError(f"stage 'section_normalize': params.low {self.params.low} must be below "
+                            f"params.high {self.params.high}")
+
+    def global_step(self) -> LevelsStep:
+        return LevelsStep(self.input_addresses["raw"], self.levels_path, self.params.low, self.params.high)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        levels = _load(self.levels_path, os.path.getmtime(self.levels_path))["levels"]
+        data = volumes["raw"].read(block.read_box)
+        inner = block.write_box.relative_to(block.read_box)
+        out = np.zeros(block.write_box.shape, np.uint8)
+        for i, z in enumerate(range(block.write_box.offset[0], block.write_box.end[0])):
+            unit = stretch(data[z - block.read_box.offset[0]], *levels[z])
+            if self.params.clip_limit > 0:
+                unit = equalize(unit, self.params.tile, self.params.clip_limit)
+            out[i] = np.rint(unit[inner[1], inner[2]] * 255)
+        volumes["normalized_sections"].write(block.write_box, out)
+        return {}

@@ -1,0 +1,42 @@
+"""Render aligned sections: each output pixel x of section z samples raw section z at x + u_z(x)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+from connectome.alignment.mesh import interpolate
+from connectome.core.geometry import Box
+from connectome.io import Volume
+
+
+def source_positions(field: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], box_yx: tuple[slice, slice]):
+    """Raw positions (qy, qx) of the output pixels in the (y, x) slices `box_yx` of one section."""
+    ys = np.arange(box_yx[0].start, box_yx[0].stop, dtype=np.float64)
+    xs = np.arange(box_yx[1].start, box_yx[1].stop, dtype=np.float64)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    u = interpolate(field, nodes, gy, gx)
+    return gy + u[..., 0], gx + u[..., 1]
+
+
+def warp_section(raw: Volume, z: int, field: np.ndarray, nodes: tuple[np.ndarray, np.ndarray],
+                 box_yx: tuple[slice, slice], order: int = 1) -> np.ndarray:
+    """One aligned section's (y, x) slices; pixels whose source lies outside the section are 0."""
+    qy, qx = source_positions(field, nodes, box_yx)
+    height, width = raw.shape[1], raw.shape[2]
+    inside = (qy > -0.5) & (qy < height - 0.5) & (qx > -0.5) & (qx < width - 0.5)
+    out = np.zeros(qy.shape, dtype=raw.dtype)
+    if not inside.any():
+        return out
+    pad = order + 1
+    y0 = int(max(np.floor(qy[inside].min()) - pad, 0))
+    y1 = int(min(np.ceil(qy[inside].max()) + pad + 1, height))
+    x0 = int(max(np.floor(qx[inside].min()) - pad, 0))
+    x1 = int(min(np.ceil(qx[inside].max()) + pad + 1, width))
+    src = raw.read(Box((z, y0, x0), (1, y1 - y0, x1 - x0)))[0].astype(np.float32)
+    values = map_coordinates(src, [qy - y0, qx - x0], order=order, mode="nearest")
+    if np.issubdtype(raw.dtype, np.integer):
+        info = np.iinfo(raw.dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    out[inside] = values[inside].astype(raw.dtype)
+    return out

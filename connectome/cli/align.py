@@ -1,0 +1,50 @@
+"""Align serial sections: patch matches, robust fits, elastic mesh, global solve, defect flags (resumes).
+
+Writes OUT_DIR/aligned (the aligned volume), OUT_DIR/defects (1: flagged section, 2: flagged region)
+and OUT_DIR/alignment/transforms.npz (per-section displacement fields on the mesh nodes and affine
+transforms). Run it again on the same OUT_DIR to resume.
+"""
+
+from __future__ import annotations
+
+from connectome.cli.main import print_result
+from connectome.cli.run_options import add_run_options, cluster_settings
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, TIFF stack, ...)")
+    parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
+    parser.add_argument("--block-shape", nargs=3, type=int, default=(16, 512, 512), metavar=("Z", "Y", "X"),
+                        help="sections and pixels per block (a block is a tile of sections)")
+    parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                        help="output chunks (default: the block shape)")
+    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+                        help="nm; required for sources that carry none")
+    parser.add_argument("--patch", type=int, default=64, help="template side in pixels (default 64)")
+    parser.add_argument("--stride", type=int, default=64, help="mesh node spacing in pixels (default 64)")
+    parser.add_argument("--search", type=int, default=80,
+                        help="largest shift between neighbouring sections searched, pixels (default 80)")
+    parser.add_argument("--model", choices=["translation", "rigid", "affine"], default="affine",
+                        help="per-pair robust fit that rejects outlier patches (default affine)")
+    add_run_options(parser)
+
+
+def run(args) -> int:
+    from connectome.alignment.chain import alignment_config, plan_alignment, run_alignment
+    from connectome.cluster.client import open_client
+    from connectome.engine.plan import check_input_chunks
+
+    cluster = cluster_settings(args)
+    config = alignment_config(args.raw, args.out_dir, args.block_shape, args.chunk_shape, args.voxel_size, cluster,
+                              match={"patch": args.patch, "stride": args.stride, "search": args.search},
+                              solve={"model": args.model})
+    plan = plan_alignment(config, args.overwrite)
+    check_input_chunks(config.input, args.strict_input)
+    with open_client(cluster, quiet=args.json) as client:
+        summary = run_alignment(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    flagged = summary["flagged_sections"]
+    listed = ", ".join(f"{z} ({why})" for z, why in list(flagged.items())[:10]) or "none"
+    print_result(args, summary, f"aligned: {summary['aligned']}\n"
+                                f"{summary['sections']} sections, flagged: {listed}; "
+                                f"{summary['flagged_regions']} flagged patches; {summary['seconds']:.1f} s")
+    return 0
