@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from connectome.affinity.encoding import SCALE
 from connectome.affinity.merge_kernel import MEAN, QUANTILE, merge_edges, pool_rows
 
 
@@ -90,24 +91,36 @@ def pooled_edges(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndar
 
 
 def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray, threshold: float,
-                  score=mean_score) -> np.ndarray:
-    """Segment index (0..k-1) for each of the sorted `nodes`, merging while score(edge) < threshold.
+                  score=mean_score, frozen: np.ndarray | None = None, together: bool | None = None) -> np.ndarray:
+    """Segment of each of the sorted `nodes`, named by its least node index, merging while score(edge) < threshold.
 
     `stats` has one row per edge (u, v); merged edges add their rows, so `score` sees the pooled
-    statistics of the whole contact between two regions, as waterz does. Mean and quantile
-    scoring run compiled (`connectome.merge_kernel`); any other `score` runs the Python reference.
+    statistics of the whole contact between two regions, as waterz does. `together` (default: for
+    mean scoring): equal scores are a tie whose edges merge together, so the result does not depend
+    on their order (what lets the merge tree equal this merge); else they merge one at a time in
+    waterz's heap order ((score, i, j): quantile scores take 64 values, and merging whole ties of
+    them at once over-merges). `frozen` (int8, one flag per node, updated in place) marks nodes
+    that must not merge: a tie that reaches one freezes instead (the merge tree's rule,
+    `merge_tree`). Mean and quantile scoring run compiled (`connectome.merge_kernel`); any other
+    `score` runs the Python reference.
     """
+    if together is None:
+        together = score is mean_score
     mode = MEAN if score is mean_score else QUANTILE if hasattr(score, "quantile") else None
     if mode is None or len(u) == 0 or len(nodes) == 0 or len(nodes) >= 2**31:
-        return merge_regions_reference(nodes, u, v, stats, threshold, score)
+        return merge_regions_reference(nodes, u, v, stats, threshold, score, frozen, together)
     i, j, pooled = pooled_edges(nodes, u, v, stats)
     q = float(getattr(score, "quantile", 0.0))
-    return merge_edges(len(nodes), i, j, pooled, float(threshold), mode, q, float(HIST_BINS))
+    flags = np.zeros(0, np.int8) if frozen is None else frozen
+    return merge_edges(len(nodes), i, j, pooled, float(threshold), mode, q, float(HIST_BINS), flags, together)
 
 
 def merge_regions_reference(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray,
-                            threshold: float, score=mean_score) -> np.ndarray:
+                            threshold: float, score=mean_score, frozen: np.ndarray | None = None,
+                            together: bool | None = None) -> np.ndarray:
     """`merge_regions` as a Python heap over dicts: the reference the compiled merge must equal."""
+    if together is None:
+        together = score is mean_score
     n = len(nodes)
     parent = np.arange(n)
     if len(u) == 0 or n == 0:
@@ -136,69 +149,124 @@ def merge_regions_reference(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, sta
             heap.append((sc, i, j))
     heapq.heapify(heap)
     alive = np.ones(n, dtype=bool)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
     while heap:
-        sc, i, j = heapq.heappop(heap)
-        if not (alive[i] and alive[j]):
-            continue
-        st = adjacency[i].get(j)
-        if st is None or float(score(st)) != sc:
-            continue  # a stale entry; the edge was updated by an earlier merge
-        if len(adjacency[i]) < len(adjacency[j]):
-            i, j = j, i  # merge the smaller neighbourhood into the larger
-        alive[j] = False
-        parent[j] = i
-        del adjacency[i][j]
-        for k, st in adjacency[j].items():
-            if k == i:
+        tie, least = [], heap[0][0]
+        while heap and heap[0][0] == least:  # every live entry of the least score
+            sc, i, j = heapq.heappop(heap)
+            st = adjacency[i].get(j) if alive[i] and alive[j] else None
+            if st is not None and float(score(st)) == sc:
+                tie.append((i, j))
+                if not together:
+                    break
+        if frozen is not None and tie:
+            tie = _unfrozen_ties(tie, frozen)
+        for a, b in tie:
+            i, j = root(a), root(b)
+            if i == j:
                 continue
-            del adjacency[k][j]
-            existing = adjacency[i].get(k)
-            if existing is None:
-                adjacency[i][k] = adjacency[k][i] = st
-                merged = st
-            else:
-                pool(existing, st)
-                merged = existing
-            new_score = float(score(merged))
-            if new_score < threshold:
-                heapq.heappush(heap, (new_score, min(i, k), max(i, k)))
-        adjacency[j] = {}
-    while True:  # follow parents to the roots
-        nxt = parent[parent]
-        if np.array_equal(nxt, parent):
-            break
-        parent = nxt
-    return parent
+            if len(adjacency[i]) < len(adjacency[j]):
+                i, j = j, i  # merge the smaller neighbourhood into the larger
+            alive[j] = False
+            parent[j] = i
+            del adjacency[i][j]
+            for k, st in adjacency[j].items():
+                if k == i:
+                    continue
+                del adjacency[k][j]
+                existing = adjacency[i].get(k)
+                if existing is None:
+                    adjacency[i][k] = adjacency[k][i] = st
+                    merged = st
+                else:
+                    pool(existing, st)
+                    merged = existing
+                new_score = float(score(merged))
+                if new_score < threshold:
+                    heapq.heappush(heap, (new_score, min(i, k), max(i, k)))
+            adjacency[j] = {}
+    roots = np.array([root(x) for x in range(n)])
+    least_node = np.full(n, n)
+    np.minimum.at(least_node, roots, np.arange(n))
+    if frozen is not None:
+        frozen[:] = frozen[roots]
+    return least_node[roots]
 
 
+def _unfrozen_ties(tie: list[tuple[int, int]], frozen: np.ndarray) -> list[tuple[int, int]]:
+    """The pairs of `tie` whose component (pairs sharing nodes) has no frozen node; the others' nodes freeze."""
+    forest: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while forest.get(x, x) != x:
+            x = forest[x]
+        return x
+
+    for a, b in tie:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            forest[max(ra, rb)] = min(ra, rb)
+    blocked = {find(a) for a, b in tie if frozen[a] or frozen[b]}
+    kept = []
+    for a, b in tie:
+        if find(a) in blocked:
+            frozen[a] = frozen[b] = 1
+        else:
+            kept.append((a, b))
+    return kept
 
 
 def join_links(nodes: np.ndarray, link_u: np.ndarray, link_v: np.ndarray) -> np.ndarray:
-    """Component index of each sorted node after joining the linked pairs (pieces of one basin)."""
+    """Component of each sorted node after joining the linked pairs (pieces of one basin), named by
+    its least node index."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(nodes)
     a, b = np.searchsorted(nodes, link_u), np.searchsorted(nodes, link_v)
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    label = connected_components(graph, directed=False)[1]
+    least = np.full(label.max() + 1 if n else 0, n, np.int64)
+    np.minimum.at(least, label, np.arange(n))
+    return least[label]
+
+
+def edge_stats(tables: dict[str, np.ndarray], scoring: str) -> np.ndarray:
+    """One row of additive statistics per edge, exact in float64 so that pooling in any order gives
+    the same sums (the merge tree pools in another order than the serial merge).
+
+    Mean: (sum of the stored uint8 affinities, 255 x voxel pairs), so the score 1 - row0 / row1 is
+    1 - mean affinity; quantile: the histogram counts.
+    """
+    if scoring == "mean":
+        sums = np.rint(np.asarray(tables["sums"], np.float64) * SCALE)  # stored affinities are k / 255
+        return np.stack([sums, np.asarray(tables["counts"], np.float64) * SCALE], axis=1)
+    return np.asarray(tables["hist"], np.float64)
+
+
+def score_function(scoring: str, quantile: float = 0.5) -> Callable[[np.ndarray], np.ndarray]:
+    return mean_score if scoring == "mean" else quantile_score(quantile)
 
 
 def lookup_table(tables: dict[str, np.ndarray], threshold: float, scoring: str = "mean",
-                 quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(fragment ids sorted, final segment ids 1..k) after joining linked pieces and the global merge."""
-    score: Callable[[np.ndarray], np.ndarray]
-    if scoring == "mean":
-        stats, score = np.stack([tables["sums"], tables["counts"]], axis=1), mean_score
-    else:
-        stats, score = tables["hist"], quantile_score(quantile)
+                 quantile: float = 0.5, together: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(fragment ids sorted, segment ids) after joining linked pieces and the global merge; a
+    segment's id is the id of its least fragment (the same in the merge tree, which has no global
+    numbering). `together`: how ties merge (`merge_regions`; default: together for mean scoring)."""
+    stats = edge_stats(tables, scoring)
     nodes = tables["nodes"]
     basin = join_links(nodes, tables["link_u"].astype(np.uint64), tables["link_v"].astype(np.uint64))
     bu = basin[np.searchsorted(nodes, tables["u"].astype(np.uint64))]
     bv = basin[np.searchsorted(nodes, tables["v"].astype(np.uint64))]
     keep = bu != bv  # pairs inside one basin are not edges, as in a single block
     lo, hi = np.minimum(bu, bv)[keep], np.maximum(bu, bv)[keep]
-    basin_ids = np.arange(basin.max() + 1 if len(basin) else 0)
-    roots = merge_regions(basin_ids, lo, hi, stats[keep], threshold, score)
-    _, final = np.unique(roots[basin], return_inverse=True)
-    return nodes, final.astype(np.uint64).ravel() + np.uint64(1)
+    basin_ids = np.unique(basin)
+    roots = merge_regions(basin_ids, lo, hi, stats[keep], threshold, score_function(scoring, quantile),
+                          together=together)
+    least = basin_ids[roots]  # the least node index of each basin's segment
+    return nodes, nodes[least[np.searchsorted(basin_ids, basin)]].astype(np.uint64)

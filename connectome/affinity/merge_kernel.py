@@ -1,9 +1,11 @@
 """The global merge compiled with numba: the same merges, in the same order, as the Python heap.
 
-`merge_edges` replays `agglomeration.merge_regions_reference` exactly: entries (score, i, j)
-taken in Python's tuple order, stale entries skipped when an endpoint died or the edge's score
-changed, the smaller neighbourhood merged into the larger (ties keep the popped `i`), statistics
-pooled by addition. Adjacency is an edge table, a (lo, hi) -> edge hash table and a list of edge
+`merge_edges` replays `agglomeration.merge_regions_reference` exactly: entries taken in Python's
+(score, i, j) tuple order, or a tie at a time (all live entries of the least score merged
+together, so the result does not depend on the order of equal scores), stale entries skipped
+when an endpoint died or the edge's score changed, the smaller neighbourhood merged into the
+larger, statistics pooled by addition.
+Adjacency is an edge table, a (lo, hi) -> edge hash table and a list of edge
 ends per node, so a merge costs the smaller neighbourhood, not the larger.
 
 On large inputs the time goes to cache misses, so the layout keeps what is read together in one
@@ -28,7 +30,8 @@ EMPTY = -1  # a free slot of the (pair -> edge) table
 BUCKET_LOAD = 8  # initial entries per bucket, on average
 BLOCK = 4  # entries per block of a bucket: 4 x 16 bytes, one cache line
 NEWEST, COUNT = 0, 1  # a bucket's columns: its newest block (the only one not full), its entries in blocks
-CURRENT, SIZE, FREE_BLOCK, SPARE, FREE_CHUNK, USED = range(6)  # the merge's state, kept between calls of _merge
+# the merge's state, kept between calls of _merge (PENDING, AT: the pairs of the current tie, the next to merge)
+CURRENT, SIZE, FREE_BLOCK, SPARE, FREE_CHUNK, USED, PENDING, AT = range(8)
 
 
 @njit(cache=True)
@@ -179,15 +182,150 @@ def _bucket(score, low, scale, last):
     return int(x)
 
 
+@njit(cache=True, inline="always")
+def _root(nodes, v):
+    """The live node that node `v` was merged into."""
+    while nodes[v, PARENT] != v:
+        v = nodes[v, PARENT]
+    return v
+
+
+@njit(cache=True, inline="always")
+def _find(forest, v):
+    """Root of `v` in a union-find forest (-1: a root), halving paths."""
+    while forest[v] >= 0:
+        if forest[forest[v]] >= 0:
+            forest[v] = forest[forest[v]]
+        v = forest[v]
+    return v
+
+
+@njit(cache=True)
+def _freeze_ties(pending, count, frozen, forest, flag):
+    """Of the `count` pairs in `pending` (one tie), keep those whose tie component (pairs joined by
+    shared nodes) holds no frozen node; freeze every node of the others. Returns the pairs kept."""
+    for p in range(count):
+        a, b = _find(forest, pending[2 * p]), _find(forest, pending[2 * p + 1])
+        if a != b:
+            forest[max(a, b)] = min(a, b)
+    for p in range(count):
+        a, b = pending[2 * p], pending[2 * p + 1]
+        if frozen[a] or frozen[b]:
+            flag[_find(forest, a)] = 1
+    blocked = np.empty(count, np.bool_)
+    for p in range(count):
+        blocked[p] = flag[_find(forest, pending[2 * p])] == 1
+    for p in range(count):
+        for v in (pending[2 * p], pending[2 * p + 1]):
+            forest[v], flag[v] = -1, 0
+    kept = 0
+    for p in range(count):
+        a, b = pending[2 * p], pending[2 * p + 1]
+        if blocked[p]:
+            frozen[a], frozen[b] = 1, 1
+        else:
+            pending[2 * kept], pending[2 * kept + 1] = a, b
+            kept += 1
+    return kept
+
+
 @njit(cache=True)
 def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, low, scale, starts, initial,
-           buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state):
+           buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state, pending, frozen, forest, flag,
+           together):
     """Merge until no entry is left, then return (0, 0); or return early, before the heap or the
-    spare blocks run out, the (entries, blocks) of room needed to go on."""
+    spare blocks run out, the (entries, blocks) of room needed to go on.
+
+    With `together`, entries are taken a tie at a time: every live entry of the least score is
+    gathered into `pending`, then its pairs are merged (a tie component at once, whatever the
+    order); else one at a time. With `frozen` (one flag per node, empty for none), a tie component
+    holding a frozen node is not merged: all its nodes are frozen instead."""
     n, mask, last = len(nodes), (len(table) >> 1) - 1, len(buckets) - 1
     batch = np.empty(SLOTS, np.int32)
     current, size = state[CURRENT], state[SIZE]
     while True:
+        while state[AT] < state[PENDING]:  # merge the pairs of the current tie
+            i, j = _root(nodes, pending[2 * state[AT]]), _root(nodes, pending[2 * state[AT] + 1])
+            if i == j:
+                state[AT] += 1
+                continue
+            if nodes[i, DEGREE] < nodes[j, DEGREE]:
+                i, j = j, i  # merge the smaller neighbourhood into the larger
+            need = np.int64(nodes[j, DEGREE])  # the most entries this merge can push
+            if 2 * (size + need) > len(heap_s) or need > state[SPARE]:
+                state[CURRENT], state[SIZE] = current, size
+                return need, need
+            state[AT] += 1
+            nodes[j, PARENT] = i
+            alive[j >> 6] &= ~(1 << (j & 63))
+            chunk, fill = nodes[j, HEAD], nodes[j, FILL]
+            while chunk >= 0:  # take each chunk of j's ends, freeing it, and fetch what they will need
+                batch[:fill] = chunks[chunk, :fill]
+                following = chunks[chunk, SLOTS]
+                chunks[chunk, SLOTS], state[FREE_CHUNK] = state[FREE_CHUNK], chunk
+                for t in range(fill):
+                    _prefetch(ends, 2 * (batch[t] >> 1))
+                for t in range(fill):
+                    f, side = batch[t] >> 1, batch[t] & 1
+                    k = ends[f, 1 - side]
+                    if ends[f, 0] >= 0 and k != i:
+                        _prefetch(table, 2 * _home(min(i, k) * n + max(i, k), mask))
+                        _prefetch(stats, f * stats.shape[1])
+                        _prefetch(nodes, k * nodes.shape[1])
+                for t in range(fill):
+                    end = batch[t]
+                    f, side = end >> 1, end & 1
+                    k = ends[f, 1 - side]
+                    if ends[f, 0] < 0:
+                        continue  # the edge died in a merge of its other node
+                    if k == i:
+                        ends[f, 0] = -1
+                        nodes[i, DEGREE] -= 1
+                        continue
+                    if 4 * (state[USED] + 1) > len(table):  # over half full: drop the stale pairs
+                        state[USED] = _fill_table(table, ends, n)
+                    pair = min(i, k) * n + max(i, k)
+                    pos = _probe(table, pair)
+                    if table[2 * pos] == pair:  # i and k already meet: pool the statistics into that edge
+                        target = table[2 * pos + 1]
+                        for col in range(stats.shape[1]):
+                            stats[target, col] += stats[f, col]
+                        ends[f, 0] = -1
+                        nodes[k, DEGREE] -= 1
+                    else:  # the edge now joins i and k; the stale pair (j, k) stays until a purge
+                        target = f
+                        ends[f, side] = i
+                        table[2 * pos], table[2 * pos + 1] = pair, f
+                        state[USED] += 1
+                        nodes[i, DEGREE] += 1
+                        if nodes[i, FILL] == SLOTS:  # i's first chunk is full: put a free one before it
+                            chunk = state[FREE_CHUNK]
+                            state[FREE_CHUNK] = chunks[chunk, SLOTS]
+                            chunks[chunk, SLOTS] = nodes[i, HEAD]
+                            nodes[i, HEAD], nodes[i, FILL] = chunk, 0
+                        chunks[nodes[i, HEAD], nodes[i, FILL]] = end
+                        nodes[i, FILL] += 1
+                    new_score = _score(stats, target, mode, q, bins)
+                    if new_score < threshold:
+                        key = (min(i, k) << 32) | max(i, k)
+                        b = _bucket(new_score, low, scale, last)
+                        if b <= current:
+                            heap_s[2 * size], heap_k[2 * size + 1] = new_score, key
+                            _sift_up(heap_s, heap_k, size)
+                            size += 1
+                            continue
+                        if buckets[b, COUNT] % BLOCK == 0:  # the bucket's newest block is full: a free one before it
+                            block = state[FREE_BLOCK]
+                            state[FREE_BLOCK] = block_next[block]
+                            state[SPARE] -= 1
+                            block_next[block] = buckets[b, NEWEST]
+                            buckets[b, NEWEST] = block
+                        at = 2 * (offset + BLOCK * buckets[b, NEWEST] + buckets[b, COUNT] % BLOCK)
+                        block_s[at], block_k[at + 1] = new_score, key
+                        buckets[b, COUNT] += 1
+                chunk, fill = following, SLOTS
+            nodes[j, HEAD], nodes[j, FILL], nodes[j, DEGREE] = -1, SLOTS, 0
+        state[PENDING], state[AT] = 0, 0
         if size == 0:  # move the next bucket's entries to the heap, freeing its blocks
             following = current + 1
             while following <= last and starts[following + 1] == starts[following] and buckets[following, COUNT] == 0:
@@ -213,104 +351,37 @@ def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, l
             buckets[current, NEWEST], buckets[current, COUNT] = -1, 0
             for p in range((size - 2) // 4, -1, -1):
                 _sift_down(heap_s, heap_k, p, size)
-        sc, i, j = heap_s[0], heap_k[1] >> 32, heap_k[1] & 0xFFFFFFFF
-        valid = (alive[i >> 6] >> (i & 63)) & (alive[j >> 6] >> (j & 63)) & 1 == 1
-        if valid:
-            pair = min(i, j) * n + max(i, j)
-            pos = _probe(table, pair)
-            valid = table[2 * pos] == pair and _score(stats, table[2 * pos + 1], mode, q, bins) == sc
-        if valid:  # else a stale entry: an endpoint died, or an earlier merge updated the edge
-            if nodes[i, DEGREE] < nodes[j, DEGREE]:
-                i, j = j, i  # merge the smaller neighbourhood into the larger
-            need = np.int64(nodes[j, DEGREE])  # the most entries this merge can push
-            if 2 * (size + need) > len(heap_s) or need > state[SPARE]:
-                state[CURRENT], state[SIZE] = current, size
-                return need, need
-        size -= 1
-        if size > 0:
-            heap_s[0], heap_k[1] = heap_s[2 * size], heap_k[2 * size + 1]
-            _sift_down(heap_s, heap_k, 0, size)
-            top_i, top_j = heap_k[1] >> 32, heap_k[1] & 0xFFFFFFFF  # start fetching the next entry's slot
-            if (alive[top_i >> 6] >> (top_i & 63)) & (alive[top_j >> 6] >> (top_j & 63)) & 1 == 1:
-                _prefetch(table, 2 * _home(min(top_i, top_j) * n + max(top_i, top_j), mask))
-        if not valid:
-            continue
-        nodes[j, PARENT] = i
-        alive[j >> 6] &= ~(1 << (j & 63))
-        chunk, fill = nodes[j, HEAD], nodes[j, FILL]
-        while chunk >= 0:  # take each chunk of j's ends, freeing it, and fetch what they will need
-            batch[:fill] = chunks[chunk, :fill]
-            following = chunks[chunk, SLOTS]
-            chunks[chunk, SLOTS], state[FREE_CHUNK] = state[FREE_CHUNK], chunk
-            for t in range(fill):
-                _prefetch(ends, 2 * (batch[t] >> 1))
-            for t in range(fill):
-                f, side = batch[t] >> 1, batch[t] & 1
-                k = ends[f, 1 - side]
-                if ends[f, 0] >= 0 and k != i:
-                    _prefetch(table, 2 * _home(min(i, k) * n + max(i, k), mask))
-                    _prefetch(stats, f * stats.shape[1])
-                    _prefetch(nodes, k * nodes.shape[1])
-            for t in range(fill):
-                end = batch[t]
-                f, side = end >> 1, end & 1
-                k = ends[f, 1 - side]
-                if ends[f, 0] < 0:
-                    continue  # the edge died in a merge of its other node
-                if k == i:
-                    ends[f, 0] = -1
-                    nodes[i, DEGREE] -= 1
-                    continue
-                if 4 * (state[USED] + 1) > len(table):  # over half full: drop the stale pairs
-                    state[USED] = _fill_table(table, ends, n)
-                pair = min(i, k) * n + max(i, k)
+        sc, count = heap_s[0], 0
+        while size > 0 and heap_s[0] == sc:  # gather the tie: every live entry of the least score
+            i, j = heap_k[1] >> 32, heap_k[1] & 0xFFFFFFFF
+            valid = (alive[i >> 6] >> (i & 63)) & (alive[j >> 6] >> (j & 63)) & 1 == 1
+            if valid:
+                pair = min(i, j) * n + max(i, j)
                 pos = _probe(table, pair)
-                if table[2 * pos] == pair:  # i and k already meet: pool the statistics into that edge
-                    target = table[2 * pos + 1]
-                    for col in range(stats.shape[1]):
-                        stats[target, col] += stats[f, col]
-                    ends[f, 0] = -1
-                    nodes[k, DEGREE] -= 1
-                else:  # the edge now joins i and k; the stale pair (j, k) stays until a purge
-                    target = f
-                    ends[f, side] = i
-                    table[2 * pos], table[2 * pos + 1] = pair, f
-                    state[USED] += 1
-                    nodes[i, DEGREE] += 1
-                    if nodes[i, FILL] == SLOTS:  # i's first chunk is full: put a free one before it
-                        chunk = state[FREE_CHUNK]
-                        state[FREE_CHUNK] = chunks[chunk, SLOTS]
-                        chunks[chunk, SLOTS] = nodes[i, HEAD]
-                        nodes[i, HEAD], nodes[i, FILL] = chunk, 0
-                    chunks[nodes[i, HEAD], nodes[i, FILL]] = end
-                    nodes[i, FILL] += 1
-                new_score = _score(stats, target, mode, q, bins)
-                if new_score < threshold:
-                    key = (min(i, k) << 32) | max(i, k)
-                    b = _bucket(new_score, low, scale, last)
-                    if b <= current:
-                        heap_s[2 * size], heap_k[2 * size + 1] = new_score, key
-                        _sift_up(heap_s, heap_k, size)
-                        size += 1
-                        continue
-                    if buckets[b, COUNT] % BLOCK == 0:  # the bucket's newest block is full: put a free one before it
-                        block = state[FREE_BLOCK]
-                        state[FREE_BLOCK] = block_next[block]
-                        state[SPARE] -= 1
-                        block_next[block] = buckets[b, NEWEST]
-                        buckets[b, NEWEST] = block
-                    at = 2 * (offset + BLOCK * buckets[b, NEWEST] + buckets[b, COUNT] % BLOCK)
-                    block_s[at], block_k[at + 1] = new_score, key
-                    buckets[b, COUNT] += 1
-            chunk, fill = following, SLOTS
-        nodes[j, HEAD], nodes[j, FILL], nodes[j, DEGREE] = -1, SLOTS, 0
+                valid = table[2 * pos] == pair and _score(stats, table[2 * pos + 1], mode, q, bins) == sc
+            size -= 1
+            if size > 0:
+                heap_s[0], heap_k[1] = heap_s[2 * size], heap_k[2 * size + 1]
+                _sift_down(heap_s, heap_k, 0, size)
+            if valid:  # else a stale entry: an endpoint died, or an earlier merge updated the edge
+                pending[2 * count], pending[2 * count + 1] = i, j
+                count += 1
+                if not together:
+                    break  # one entry at a time: equal scores in (score, i, j) order, as waterz's heap
+        if len(frozen) > 0 and count > 0:
+            count = _freeze_ties(pending, count, frozen, forest, flag)
+        state[PENDING] = count
 
 
 @njit(cache=True)
-def merge_edges(n, ea, eb, stats, threshold, mode, q, bins):
-    """Root index of each of `n` nodes after merging unique edges (ea, eb) while score < threshold.
+def merge_edges(n, ea, eb, stats, threshold, mode, q, bins, frozen, together=True):
+    """Root index of each of `n` nodes after merging unique edges (ea, eb) while score < threshold;
+    a root is the least node of its segment.
 
-    `stats` (one row per edge, float64) is pooled in place.
+    `stats` (one row per edge, float64) is pooled in place. `together`: equal scores merge as one
+    tie (see `_merge`), else one at a time in (score, i, j) order. `frozen`: empty, or one flag per node,
+    updated in place: a tie component that holds a frozen node freezes all its nodes instead of
+    merging (see `merge_tree`); on return, each node's flag says whether its segment is frozen.
     """
     m = len(ea)
     if m >= 2**30:
@@ -372,14 +443,21 @@ def merge_edges(n, ea, eb, stats, threshold, mode, q, bins):
     block_next = np.arange(1, capacity + 1).astype(np.int32)  # all free, linked
     block_next[-1] = -1
     heap_s, heap_k = _entries(64, np.empty(0, np.int64), 0)
-    state = np.array([-1, 0, 0, capacity, free_chunk, used])
+    state = np.array([-1, 0, 0, capacity, free_chunk, used, 0, 0])
+    pending = np.empty(len(heap_k), np.int64)  # the pairs of one tie: never more than the heap holds
+    forest = np.full(n if len(frozen) > 0 else 0, -1, np.int64)
+    flag = np.zeros(len(forest), np.int8)
     while True:
         entries, blocks = _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, low, scale, starts,
-                                 initial, buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state)
+                                 initial, buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state,
+                                 pending, frozen, forest, flag, together)
         if entries == 0 and blocks == 0:
             break
         if 2 * (state[SIZE] + entries) > len(heap_s):
             heap_s, heap_k = _entries(2 * (state[SIZE] + entries), heap_k, state[SIZE])
+            grown = np.empty(len(heap_k), np.int64)
+            grown[:2 * state[PENDING]] = pending[:2 * state[PENDING]]
+            pending = grown
         if blocks > state[SPARE]:  # add free blocks
             more = max(blocks, len(block_next))
             block_s, block_k, offset = _blocks(len(block_next) + more, block_k, offset, len(block_next))
@@ -394,4 +472,14 @@ def merge_edges(n, ea, eb, stats, threshold, mode, q, bins):
             r = nodes[r, PARENT]
         nodes[v, PARENT] = r
         roots[v] = r
+    least = np.full(n, n, np.int64)
+    for v in range(n):  # name each segment by its least node
+        least[roots[v]] = min(least[roots[v]], v)
+    if len(frozen) > 0:
+        segment_frozen = np.empty(n, np.int8)
+        for v in range(n):
+            segment_frozen[v] = frozen[roots[v]]
+        frozen[:] = segment_frozen
+    for v in range(n):
+        roots[v] = least[roots[v]]
     return roots

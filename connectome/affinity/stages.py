@@ -5,7 +5,8 @@
   past the volume's faces, so a block's output equals the whole-volume prediction (seam-free).
 - `fragments`: the steepest-ascent watershed per block, ids `(block << 32) | local`.
 - `agglomerate`: one region-graph table per block (edges across its lower faces included).
-- `relabel`: the global merge (a global step) into a lookup table, then fragments -> segments.
+- `relabel`: the global merge (a global step: a tree of partial merges on the cluster, `merge_tree`)
+  into a lookup table sharded by block, then fragments -> segments, each block reading its shard.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import Field
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
-from connectome.affinity.relabel import MergeStep
+from connectome.affinity.relabel import MergeStep, relabel_block
 from connectome.affinity.watershed import basins, pointers
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec, vec3
@@ -27,7 +28,6 @@ from connectome.core.ids import globalise
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.io import Volume, VolumeMeta
-from connectome.io.lookup import load_lut, relabel
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.voxel_size import check_voxel_size
@@ -130,14 +130,29 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
             raise RuntimeError("stage 'agglomerate': aff_low and aff_high unset (the plan's check_upstream sets them)")
         table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
                             p.aff_low, p.aff_high)
+        table["grid"] = np.array(grid_shape(block, volumes["fragments"].shape), np.int64)  # for the merge tree
         save_table(self.table_dirs["edges"], block.index, **table)
         return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}
+
+
+def grid_shape(block: Block, volume_shape) -> tuple[int, int, int]:
+    """Blocks per axis of the grid `block` belongs to (from its position, write box and the volume)."""
+    out = []
+    for p, begin, size, extent in zip(block.grid_position, block.write_box.offset, block.write_box.shape,
+                                      volume_shape):
+        side = begin // p if p > 0 else size  # a block's side, from the blocks before it (or itself, when first)
+        out.append(-(-extent // side))
+    return tuple(out)  # type: ignore[return-value]
 
 
 class RelabelParams(StageParams):
     threshold: float = Field(0.5, ge=0, le=1, description="merge while the edge score is below this")
     scoring: Literal["mean", "quantile"] = Field("mean", description="score = 1 - mean or 1 - quantile affinity")
     quantile: float = Field(0.5, gt=0, lt=1, description="the quantile, for quantile scoring")
+    merge: Literal["tree", "serial"] = Field("tree", description="the global merge as a tree of tasks on the "
+                                             "cluster, or as one task (the same table); quantile scoring "
+                                             "always runs as one task")
+    fanout: int = Field(4, ge=2, le=64, description="merge tree: blocks (then super-blocks) per axis of a super-block")
 
 
 @register
@@ -151,7 +166,7 @@ class RelabelStage(BlockStage[RelabelParams]):
     @cached_property
     def merge(self) -> MergeStep:
         p = self.params
-        return MergeStep(self.table_dirs["edges"], p.threshold, p.scoring, p.quantile)
+        return MergeStep(self.table_dirs["edges"], p.threshold, p.scoring, p.quantile, p.merge, p.fanout)
 
     def global_step(self) -> MergeStep:
         """The merge, run once before the blocks."""
@@ -161,7 +176,6 @@ class RelabelStage(BlockStage[RelabelParams]):
         return {**super().fingerprint(), "lut": self.merge.fingerprint()["lut"]}
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        keys, values = load_lut(self.merge.path)
-        seg = relabel(volumes["fragments"].read(block.write_box), keys, values)
+        seg = relabel_block(self.merge.path, volumes["fragments"].read(block.write_box))
         volumes["segmentation"].write(block.write_box, seg)
         return {"segments": int(np.unique(seg[seg != 0]).size)}
