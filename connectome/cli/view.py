@@ -1,7 +1,9 @@
 """Serve an output directory to Neuroglancer and print its URL (the first line starting with http).
 
 Shows raw, the segmentation (every segment coloured in the 2-D panels) with its meshes, skeletons
-and segment properties, and the other volumes hidden. `--state FILE` writes the viewer state as JSON;
+and segment properties (size; class and synapse counts where segments.csv / synapses.csv exist), the
+synapses as points (from synapses.csv, written to OUT_DIR/synapse_annotations when it is newer), and
+the other volumes hidden. `--state FILE` writes the viewer state as JSON;
 with `--source-url gs://bucket/copy-of-OUT_DIR` it points at that copy (for a lab's own Neuroglancer)
 and nothing is served.
 """
@@ -19,6 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to serve on (default: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--no-browser", action="store_true", help="print the URL only; do not open a browser")
+    parser.add_argument("--log-requests", action="store_true",
+                        help="log every request served on stderr (failed ones are always logged)")
     parser.add_argument("--state", metavar="FILE", default=None, help="also write the Neuroglancer state JSON here")
     parser.add_argument("--source-url", metavar="URL", default=None,
                         help="where a copy of OUT_DIR lives (gs://..., s3://..., https://...): the --state "
@@ -35,6 +39,20 @@ def _write_state(path: str, state: dict) -> None:
         raise UserError(f"{path}: cannot write the state ({e.strerror or e})") from None
 
 
+def _refresh(layers) -> bool:
+    """Bring the synapse annotations and the segment properties (class, synapse counts) up to date with
+    synapses.csv / segments.csv when those are newer (made after the meshes); True when any was written."""
+    from connectome.export.annotations import refresh_annotations
+    from connectome.morphology.properties import refresh
+
+    had = layers.synapses
+    written = refresh(layers.out_dir)
+    reference = layers.segmentation or layers.raw
+    if reference is not None:
+        written = (refresh_annotations(layers.out_dir, reference.voxel_size) != had) or written
+    return written
+
+
 def run(args) -> int:
     from connectome.core.errors import UserError
     from connectome.export.layers import find_layers, local_path
@@ -44,6 +62,8 @@ def run(args) -> int:
 
     layers = find_layers(args.out_dir)
     out_dir = layers.out_dir
+    if _refresh(layers):
+        layers = find_layers(out_dir)
     if args.source_url:
         if args.state is None:
             raise UserError("--source-url: give --state FILE too (the state is what points at the copy)")
@@ -64,7 +84,7 @@ def run(args) -> int:
         viewer = start_viewer({}, args.host, args.port)
     except OSError as e:
         raise UserError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
-    base = serve_files(FileTree(mounts))
+    base = serve_files(FileTree(mounts, log_all=args.log_requests))
     extra = {raw_dir: mount_url(base, "raw")} if "raw" in mounts and raw_dir else {}
     state = viewer_state(layers, url_mapper(out_dir, mount_url(base, "out"), extra))
     set_state(viewer, state)

@@ -1,5 +1,5 @@
 """What an output directory holds that a viewer can show: the raw image, the segmentation, its meshes,
-skeletons and segment properties, and other volumes (shown hidden)."""
+skeletons and segment properties, the synapses, and other volumes (shown hidden)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from connectome.core.address import PRECOMPUTED
 from connectome.core.errors import UserError
+from connectome.export.annotations import ANNOTATIONS_DIR
 
 RAW_CANDIDATES = ("aligned", "raw", os.path.join("synth", "raw"))
 LABEL_DTYPES = ("uint32", "uint64")
@@ -36,6 +37,7 @@ class OutputLayers:
     meshes: str | None = None
     skeletons: str | None = None
     segment_properties: str | None = None
+    synapses: str | None = None  # the synapse annotation layer (export.annotations)
 
     def segment_sizes(self) -> dict[int, int]:
         """id -> voxels, from the segment properties (empty without them)."""
@@ -101,6 +103,8 @@ def find_layers(out_dir: str) -> OutputLayers:
     for attr in ("meshes", "skeletons", "segment_properties"):
         if os.path.isfile(os.path.join(out_dir, attr, "info")):
             setattr(found, attr, os.path.join(out_dir, attr))
+    if os.path.isfile(os.path.join(out_dir, ANNOTATIONS_DIR, "info")):
+        found.synapses = os.path.join(out_dir, ANNOTATIONS_DIR)
     if found.raw is None and found.segmentation is None and not found.others:
         raise UserError(f"{out_dir}: found no raw image, segmentation or other zarr/precomputed volume to show")
     return found

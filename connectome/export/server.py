@@ -28,9 +28,10 @@ _ZARR_CHUNK = re.compile(r"/c(/\d+)+$")  # zarr v3 default chunk key encoding
 class FileTree:
     """Directories served under `/files/<name>/`, and the log of what was asked for."""
 
-    def __init__(self, mounts: dict[str, str], log: TextIO | None = None):
+    def __init__(self, mounts: dict[str, str], log: TextIO | None = None, log_all: bool = False):
         self.mounts = {name: os.path.abspath(d) for name, d in mounts.items()}
         self.log = log if log is not None else sys.stderr
+        self.log_all = log_all  # also log every request answered
         self.failures: list[tuple[int, str, str]] = []
         self.requests = 0
         self._lock = threading.Lock()
@@ -62,6 +63,8 @@ class FileTree:
             if status >= 400 and not (status == 404 and self.is_missing_chunk(path)):
                 self.failures.append((status, method, path))
                 print(f"connectome view: request failed: {status} {method} {path}", file=self.log, flush=True)
+            elif self.log_all:
+                print(f"connectome view: served: {status} {method} {path}", file=self.log, flush=True)
 
 
 class FilesHandler(tornado.web.RequestHandler):

@@ -1,6 +1,7 @@
 """The Neuroglancer state for an output directory: raw, the segmentation with its meshes, skeletons
-and segment properties (every segment coloured in the 2-D panels, the largest shown in 3-D), and the
-other volumes hidden. Sources are URLs under a base (the local server, or a gs:// / s3:// copy)."""
+and segment properties (every segment coloured in the 2-D panels, the largest shown in 3-D), the
+synapses as points related to their segments, and the other volumes hidden. Sources are URLs under a
+base (the local server, or a gs:// / s3:// copy)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.parse
 from collections.abc import Callable
 
 from connectome.core.address import PRECOMPUTED
+from connectome.export.annotations import RELATIONSHIPS
 from connectome.export.layers import OutputLayers, VolumeLayer, largest, local_path
 
 SHOWN_IN_3D = 300  # segments listed (meshes and skeletons drawn); the rest are coloured in 2-D only
@@ -49,11 +51,25 @@ def viewer_state(layers: OutputLayers, url_of: Callable[[str], str], shown: int 
         # segments not listed stay coloured in the cross-sections (Neuroglancer hides them at alpha 0)
         seg["notSelectedAlpha"] = 0.6 if len(listed) < len(sizes) or not listed else 0.0
         state_layers.append(seg)
+    if layers.synapses is not None:
+        state_layers.append(synapse_layer(layers.synapses, url_of, layers.segmentation is not None))
     for other in layers.others:
         state_layers.append(_volume_layer(other, url_of, False))
     state = {"layers": state_layers, "layout": "4panel", "showSlices": False,
              "selectedLayer": {"layer": "segmentation" if layers.segmentation else state_layers[0]["name"]}}
     return {**view_of(layers.segmentation or layers.raw or layers.others[0]), **state}
+
+
+def synapse_layer(path: str, url_of: Callable[[str], str], linked: bool) -> dict:
+    """The synapses as points; linked to the segmentation, they are filtered to the synapses of the
+    segments shown (select a segment to see its synapses; the layer's panel lists them)."""
+    layer: dict = {"type": "annotation", "source": "precomputed://" + url_of(path), "name": "synapses",
+                   "shader": "void main() { setColor(vec3(1.0, 0.9, 0.1)); setPointMarkerSize(6.0); }"}
+    if linked:
+        relationships = [name for name, _, _ in RELATIONSHIPS]
+        layer["linkedSegmentationLayer"] = {name: "segmentation" for name in relationships}
+        layer["filterBySegmentation"] = relationships
+    return layer
 
 
 def view_of(layer: VolumeLayer) -> dict:

@@ -1,2 +1,3 @@
 """Shapes of segmented objects: meshes (zmesh) and skeletons (kimimaro) made per block and joined per
-object, written in Neuroglancer's precomputed formats, and per-segment properties (size)."""
+object, written in Neuroglancer's precomputed formats (meshes sharded), and per-segment properties
+(size, class, synapse counts)."""

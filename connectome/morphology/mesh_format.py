@@ -1,37 +1,26 @@
-"""Neuroglancer's precomputed legacy mesh format: one fragment file per object and block, and a
-manifest per object (`<id>:0`) that lists its fragments, so the blocks of one object load as one mesh.
+"""Neuroglancer's multi-resolution mesh format (`neuroglancer_multilod_draco`), sharded: per object a
+manifest (its fragments: one per block that holds part of its surface) keyed by the object's id in a
+few shard files, its Draco-encoded fragments stored right before the manifest.
 
-A fragment is little-endian: uint32 vertex count, float32 (x, y, z) vertices in nm, uint32 triangles.
+Fragments lie on a grid of the meshing blocks: the fragment at grid position p (x, y, z) holds the
+surface between the voxel centres of its block's first voxel and its upper neighbour's first voxel,
+`grid_origin + p * chunk_shape` to `grid_origin + (p + 1) * chunk_shape` nm, and stores its vertices as
+integers q in [0, 2**bits - 1] of that box (`grid_origin + chunk_shape * (p + q / (2**bits - 1))`).
+One level of detail is stored (the blocks' meshes, simplified); Neuroglancer draws it at every scale.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 
 import numpy as np
 
-from connectome.core.geometry import Box
+from connectome.export import sharding
 
-INFO = {"@type": "neuroglancer_legacy_mesh"}
-
-
-def fragment_name(label: int, write_box: Box) -> str:
-    """`<id>:0:<z0>-<z1>_<y0>-<y1>_<x0>-<x1>` (the block's write box in voxels)."""
-    spans = "_".join(f"{o}-{e}" for o, e in zip(write_box.offset, write_box.end))
-    return f"{label}:0:{spans}"
-
-
-def encode_fragment(vertices: np.ndarray, triangles: np.ndarray) -> bytes:
-    head = np.array([len(vertices)], "<u4").tobytes()
-    return head + np.ascontiguousarray(vertices, "<f4").tobytes() + np.ascontiguousarray(triangles, "<u4").tobytes()
-
-
-def decode_fragment(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    n = int(np.frombuffer(data, "<u4", 1)[0])
-    vertices = np.frombuffer(data, "<f4", 3 * n, 4).reshape(n, 3)
-    triangles = np.frombuffer(data, "<u4", offset=4 + 12 * n).reshape(-1, 3)
-    return vertices, triangles
+MESH_TYPE = "neuroglancer_multilod_draco"
+IDENTITY = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -42,29 +31,94 @@ def write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_info(directory: str, segment_properties: str | None = None) -> None:
+def quantization_bits(chunk_nm: np.ndarray, voxel_size: np.ndarray) -> int:
+    """10 bits where they resolve an eighth of a voxel across a chunk, else 16 (the two Neuroglancer reads)."""
+    return 10 if float(np.max(chunk_nm)) / 1023 <= float(np.min(voxel_size)) / 8 else 16
+
+
+def encode_fragment(vertices: np.ndarray, triangles: np.ndarray, lower: np.ndarray, chunk: np.ndarray,
+                    bits: int) -> bytes:
+    """Draco bytes of one fragment: `vertices` (nm, x y z) quantized in the box `lower` + [0, `chunk`]
+    (vertices outside it, up to the simplification's error, are moved onto its faces)."""
+    import DracoPy
+
+    top = 2**bits - 1
+    q = np.clip(np.round((vertices - lower) / chunk * top), 0, top)
+    # identity quantization: Draco stores q itself, which Neuroglancer reads without dequantizing
+    return DracoPy.encode(q, np.asarray(triangles, np.uint32), quantization_bits=bits, quantization_range=top,
+                          quantization_origin=[0.0, 0.0, 0.0], compression_level=7)
+
+
+def zorder(positions: np.ndarray) -> np.ndarray:
+    """Order of grid positions (n, 3: x y z) along the Z curve, as the manifest lists them."""
+    if len(positions) < 2:
+        return np.arange(len(positions))
+    code = np.zeros(len(positions), np.uint64)
+    p = positions.astype(np.uint64)
+    for bit in range(int(positions.max()).bit_length()):
+        for axis in range(3):
+            code |= ((p[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(3 * bit + axis)
+    return np.argsort(code, kind="stable")
+
+
+def encode_manifest(chunk: np.ndarray, origin: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> bytes:
+    """The manifest of one level of detail: its fragments' grid positions (Z-curve order) and byte sizes."""
+    return (np.asarray(chunk, "<f4").tobytes() + np.asarray(origin, "<f4").tobytes() + struct.pack("<I", 1)
+            + np.array([1.0], "<f4").tobytes() + np.zeros(3, "<f4").tobytes() + struct.pack("<I", len(positions))
+            + np.asarray(positions, "<u4").T.tobytes() + np.asarray(sizes, "<u4").tobytes())
+
+
+def decode_manifest(data: bytes) -> dict:
+    chunk, origin = np.frombuffer(data, "<f4", 3, 0), np.frombuffer(data, "<f4", 3, 12)
+    lods = struct.unpack_from("<I", data, 24)[0]
+    counts = np.frombuffer(data, "<u4", lods, 28 + 16 * lods)
+    at, positions, sizes = 28 + 20 * lods, [], []
+    for n in counts:
+        positions.append(np.frombuffer(data, "<u4", 3 * int(n), at).reshape(3, -1).T)
+        sizes.append(np.frombuffer(data, "<u4", int(n), at + 12 * int(n)))
+        at += 16 * int(n)
+    if at != len(data):
+        raise ValueError(f"mesh manifest of {len(data)} bytes, expected {at}")
+    return {"chunk": chunk, "origin": origin, "positions": positions, "sizes": sizes}
+
+
+def write_info(directory: str, spec: dict, bits: int, segment_properties: str | None = None) -> None:
     os.makedirs(directory, exist_ok=True)
-    info = dict(INFO)
+    info = {"@type": MESH_TYPE, "vertex_quantization_bits": bits, "transform": IDENTITY,
+            "lod_scale_multiplier": 1.0, "sharding": spec}
     if segment_properties is not None:
         info["segment_properties"] = segment_properties
     write_atomic(os.path.join(directory, "info"), json.dumps(info).encode())
 
 
-def write_manifest(directory: str, label: int, fragments: list[str]) -> None:
-    write_atomic(os.path.join(directory, f"{label}:0"), json.dumps({"fragments": sorted(fragments)}).encode())
+def read_info(directory: str) -> dict:
+    with open(os.path.join(directory, "info")) as f:
+        return json.load(f)
 
 
 def read_mesh(directory: str, label: int) -> tuple[np.ndarray, np.ndarray]:
-    """All fragments of one object as one mesh (vertices, triangles), as Neuroglancer assembles it."""
-    with open(os.path.join(directory, f"{label}:0")) as f:
-        names = json.load(f)["fragments"]
-    vertices, triangles, base = [], [], 0
-    for name in names:
-        with open(os.path.join(directory, name), "rb") as f:
-            v, t = decode_fragment(f.read())
-        vertices.append(v)
-        triangles.append(t + base)
-        base += len(v)
+    """One object's mesh (vertices nm x y z, triangles) from its fragments, as Neuroglancer finds them."""
+    import DracoPy
+
+    info = read_info(directory)
+    found = sharding.read_value(directory, label, info["sharding"])
+    if found is None:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32)
+    data, path, offset = found
+    manifest = decode_manifest(data)
+    positions, sizes = manifest["positions"][0], manifest["sizes"][0]
+    with open(path, "rb") as f:
+        f.seek(offset - int(sizes.sum()))
+        blob = f.read(int(sizes.sum()))
+    top = 2 ** info["vertex_quantization_bits"] - 1
+    vertices, triangles, base, at = [], [], 0, 0
+    for position, size in zip(positions, sizes):
+        mesh = DracoPy.decode(blob[at:at + int(size)])
+        at += int(size)
+        points = np.asarray(mesh.points, np.float64).reshape(-1, 3)
+        vertices.append(manifest["origin"] + manifest["chunk"] * (position + points / top))
+        triangles.append(np.asarray(mesh.faces, np.uint32).reshape(-1, 3) + base)
+        base += len(points)
     if not vertices:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32)
-    return np.concatenate(vertices), np.concatenate(triangles)
+    return np.concatenate(vertices).astype(np.float32), np.concatenate(triangles)

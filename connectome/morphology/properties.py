@@ -1,7 +1,8 @@
 """Per-segment properties in Neuroglancer's `neuroglancer_segment_properties` format (inline).
 
-Size (voxels) always; a class per segment (axon, dendrite, ...) as tags and synapse counts as numbers
-when the stages that make them have run (pass them in; absent ones are left out).
+Size (voxels) always; a class per segment (axon, dendrite, ...) as tags and synapse counts (as pre- and
+postsynaptic partner) as numbers when the stages that make them have run (`segments.csv`, `synapses.csv`
+in the output directory); `refresh` brings the properties up to date when those tables are newer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from connectome.morphology.mesh_format import write_atomic
+
+PROPERTIES_DIR = "segment_properties"
+SEGMENTS_FILE = "segments.csv"  # the neurite_types stage's table: id, class, ...
+SYNAPSES_FILE = "synapses.csv"  # the synapse chain's table: z, y, x, pre, post, score, ...
 
 
 def _number(name: str, values: np.ndarray, description: str) -> dict:
@@ -43,6 +48,64 @@ def segment_properties(
         props.append(_number(name, counts, "synapses"))
     return {"@type": "neuroglancer_segment_properties",
             "inline": {"ids": [str(int(i)) for i in ids], "properties": props}}
+
+
+def from_tables(out_dir: str, ids: np.ndarray, voxels: np.ndarray) -> dict:
+    """The info JSON for segments `ids` of size `voxels`, with the class of each from
+    `<out_dir>/segments.csv` and its synapse counts from `<out_dir>/synapses.csv` where those exist."""
+    ids = np.asarray(ids, np.uint64)
+    classes = names = None
+    segments_csv = os.path.join(out_dir, SEGMENTS_FILE)
+    if os.path.isfile(segments_csv):
+        from connectome.neurites.types import read_segments
+
+        table = read_segments(segments_csv)
+        labelled = np.array([c not in ("", "unknown") for c in table["class"]], bool)
+        names = sorted({str(c) for c in table["class"][labelled]})
+        code = np.array([names.index(str(c)) if ok else -1 for c, ok in zip(table["class"], labelled)], np.int64)
+        classes = _lookup(ids, table["id"], code, -1)
+    counts = None
+    synapses_csv = os.path.join(out_dir, SYNAPSES_FILE)
+    if os.path.isfile(synapses_csv):
+        from connectome.synapses.table import read_synapses
+
+        synapses = read_synapses(synapses_csv)
+        counts = {"synapses_out": _count(ids, synapses["pre"]), "synapses_in": _count(ids, synapses["post"])}
+    return segment_properties(ids, voxels, classes, names, counts)
+
+
+def _lookup(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, missing: int) -> np.ndarray:
+    """values[keys == id] for each of `ids`, `missing` where an id is not among `keys`."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order].astype(np.uint64), values[order]
+    at = np.clip(np.searchsorted(keys, ids), 0, max(keys.size - 1, 0))
+    found = (keys[at] == ids) if keys.size else np.zeros(ids.size, bool)
+    out = np.full(ids.size, missing, values.dtype)
+    out[found] = values[at[found]]
+    return out
+
+
+def _count(ids: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """How often each of `ids` occurs in `partners`."""
+    unique, counts = np.unique(partners.astype(np.uint64), return_counts=True)
+    return _lookup(ids, unique, counts.astype(np.int64), 0)
+
+
+def refresh(out_dir: str) -> bool:
+    """Rewrite `<out_dir>/segment_properties` with class and synapse counts when segments.csv or
+    synapses.csv is newer than it (they were made after the meshes); True when it rewrote it."""
+    info = os.path.join(out_dir, PROPERTIES_DIR, "info")
+    if not os.path.isfile(info):
+        return False
+    tables = [os.path.join(out_dir, name) for name in (SEGMENTS_FILE, SYNAPSES_FILE)]
+    newest = max((os.path.getmtime(t) for t in tables if os.path.isfile(t)), default=None)
+    if newest is None or newest <= os.path.getmtime(info):
+        return False
+    sizes = read_sizes(os.path.dirname(info))
+    ids = np.fromiter(sizes.keys(), np.uint64, len(sizes))
+    voxels = np.fromiter(sizes.values(), np.int64, len(sizes))
+    write_segment_properties(os.path.dirname(info), from_tables(out_dir, ids, voxels))
+    return True
 
 
 def write_segment_properties(directory: str, info: dict) -> None:

@@ -1,28 +1,33 @@
 """Morphology stages: `meshes` and `skeletons` (fragments per block), `mesh_manifests` and
 `skeleton_merge` (one mesh / skeleton per object, joined across blocks, plus segment properties).
 
-Files go to the run's output directory: `meshes/` (precomputed legacy meshes), `skeletons/`
-(precomputed skeletons with radius) and `segment_properties/`; block tables and indexes to `tables/`.
+Files go to the run's output directory: `meshes/` (Neuroglancer's multi-resolution Draco meshes in a
+few shard files), `skeletons/` (precomputed skeletons with radius) and `segment_properties/` (size;
+class and synapse counts where segments.csv / synapses.csv exist); block tables (with the meshes'
+packed Draco fragments, `<block>.bin`) and indexes to `tables/`.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
+from typing import BinaryIO
 
 import numpy as np
 from pydantic import Field
 
+from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Box, Context
 from connectome.engine.global_step import GlobalStep
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, StageParams, Table
+from connectome.export import sharding
 from connectome.io import Volume
 from connectome.io.tables import save_table
 from connectome.morphology import mesh_format, skeleton_format
-from connectome.morphology.fragment_index import build_index, load_index, owned, save_index
+from connectome.morphology.fragment_index import block_tables, build_index, load_index, owned, save_index
 from connectome.morphology.meshing import mesh_block
-from connectome.morphology.properties import segment_properties, write_segment_properties
+from connectome.morphology.properties import from_tables, write_segment_properties
 from connectome.morphology.skeletonizing import join_fragments, skeletonize_block, unpack, with_empty
 
 LABELS = Input("segmentation", dtypes=("uint32", "uint64"))
@@ -54,9 +59,18 @@ class MeshParams(StageParams):
                                                         "(0: the voxel's smallest side)")
 
 
+def _grid_step(block: Block, volume: Box) -> np.ndarray:
+    """The block grid's step (z, y, x voxels) from a block's place in it; on axes where it is the first
+    block, its own shape (there it is a whole block, or the only one)."""
+    shift = np.array(block.write_box.offset) - np.array(volume.offset)
+    place = np.array(block.grid_position)
+    return np.where(place > 0, shift // np.maximum(place, 1), np.array(block.write_box.shape))
+
+
 @register
 class MeshStage(BlockStage[MeshParams]):
-    """Surface mesh fragments of every object in each block, one file per object and block."""
+    """Surface meshes of every object in each block, Draco-encoded in the block's chunk of the mesh grid,
+    packed into one file per block (`tables/mesh_fragments/<block>.bin`)."""
 
     name = "meshes"
     Params = MeshParams
@@ -69,27 +83,39 @@ class MeshStage(BlockStage[MeshParams]):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         seg = volumes["segmentation"]
         labels = seg.read(block.read_box)
-        directory = os.path.join(output_dir(self, MESH_TABLE.name), MESHES)
-        os.makedirs(directory, exist_ok=True)
-        ids, triangles = [], 0
+        res = np.array(seg.meta.voxel_size, np.float64)[::-1]  # x y z
+        shift = np.array(block.write_box.offset) - np.array(seg.box.offset)
+        stride = _grid_step(block, seg.box)
+        position = (shift // stride)[::-1]
+        chunk = stride[::-1] * res
+        origin = (np.array(seg.box.offset)[::-1] + 0.5) * res  # the voxel centre of the volume's first voxel
+        bits = mesh_format.quantization_bits(chunk, res)
+        lower = origin + position * chunk
+        ids, parts, triangles = [], [], 0
         for label, vertices, faces in mesh_block(labels, block.read_box, seg.box, seg.meta.voxel_size,
                                                  self.params.simplify, self.params.max_error_nm):
-            mesh_format.write_atomic(os.path.join(directory, mesh_format.fragment_name(label, block.write_box)),
-                                     mesh_format.encode_fragment(vertices, faces))
             ids.append(label)
+            parts.append(mesh_format.encode_fragment(vertices, faces, lower, chunk, bits))
             triangles += len(faces)
-        meshed = np.array(sorted(ids), np.uint64)
+        tables_dir = self.table_dirs[MESH_TABLE.name]
+        mesh_format.write_atomic(os.path.join(tables_dir, f"{block.index}.bin"), b"".join(parts))
         inside, voxels = _counts(labels[block.write_box.relative_to(block.read_box)])
+        meshed = np.array(ids, np.uint64)
         all_ids = np.union1d(meshed, inside)
-        sizes = np.zeros(all_ids.size, np.int64)
+        sizes, lengths, offsets = (np.zeros(all_ids.size, np.int64) for _ in range(3))
         sizes[np.searchsorted(all_ids, inside)] = voxels
-        save_table(self.table_dirs[MESH_TABLE.name], block.index, ids=all_ids, voxels=sizes,
-                   meshed=np.isin(all_ids, meshed), write_box=_box_row(block.write_box))
+        at = np.searchsorted(all_ids, meshed)
+        lengths[at] = [len(p) for p in parts]
+        offsets[at] = np.cumsum([0] + [len(p) for p in parts])[:-1]
+        save_table(tables_dir, block.index, ids=all_ids, voxels=sizes, meshed=lengths > 0, offsets=offsets,
+                   lengths=lengths, position=position.astype(np.int64), chunk_nm=chunk, origin_nm=origin,
+                   bits=np.int64(bits), write_box=_box_row(block.write_box))
         return {"objects": int(meshed.size), "triangles": triangles}
 
 
 class IndexStep(GlobalStep):
-    """Index the fragment tables (which blocks hold which object); for meshes also the segment sizes."""
+    """Index the fragment tables (which blocks hold which object); for meshes also the segment sizes,
+    the sharding of the meshes (written to their `info`) and which block writes which shard."""
 
     kind = MESHES
 
@@ -102,14 +128,37 @@ class IndexStep(GlobalStep):
     def run(self) -> dict:
         meshes = self.kind == MESHES
         index = build_index(self.tables_dir, sizes=meshes)
+        if meshes:
+            index.update(_shard_plan(self.tables_dir, index, os.path.join(self.out_dir, MESHES)))
         save_index(self.path, index)
         if meshes:
-            mesh_format.write_info(os.path.join(self.out_dir, MESHES))
             write_segment_properties(os.path.join(self.out_dir, PROPERTIES),
-                                     segment_properties(index["ids"], index["voxels"]))
+                                     from_tables(self.out_dir, index["ids"], index["voxels"]))
         else:
             skeleton_format.write_info(os.path.join(self.out_dir, SKELETONS))
         return {"objects": int(index["ids"].size), "fragments": int(index["blocks"].size)}
+
+
+def _shard_plan(tables_dir: str, index: dict[str, np.ndarray], mesh_dir: str) -> dict[str, np.ndarray]:
+    """Sharding sized to the fragments' bytes (written into the meshes' info), each object's shard, and
+    per shard the corner of the block that writes it (its first object's owner)."""
+    total, grid = 0, None
+    for _, path in block_tables(tables_dir):
+        with np.load(path) as t:
+            if "lengths" not in t.files:
+                raise UserError(f"{path}: a mesh table of an earlier version (no packed fragments); remove "
+                                "tables/mesh_fragments and .connectome/done/{meshes,mesh_index,mesh_manifests}, re-run")
+            total += int(t["lengths"].sum())
+            grid = grid or (int(t["bits"]),)
+    spec = sharding.sharding_spec(int(index["ids"].size), total)
+    mesh_format.write_info(mesh_dir, spec, grid[0] if grid else 10)
+    shard, _ = sharding.locate(index["ids"], spec)
+    n_shards = 2 ** spec["shard_bits"]
+    present = np.flatnonzero(index["boxes"][:, 0] >= 0)
+    owners = np.tile(index["boxes"][present[0], :3], (n_shards, 1))  # empty shards: the first block
+    first = np.unique(shard, return_index=True)
+    owners[first[0]] = index["owner"][first[1]]
+    return {"shard": shard, "shard_owner": owners}
 
 
 class MeshIndexStep(IndexStep):
@@ -127,8 +176,8 @@ class NoParams(StageParams):
 
 @register
 class MeshManifestStage(BlockStage[NoParams]):
-    """One manifest per object listing its fragments of every block (Neuroglancer loads them as one
-    mesh), and the segment properties (size); objects are split among blocks by where they start."""
+    """One mesh per object from its fragments of every block: its manifest and fragments written into
+    the shard files; shards are split among blocks by where their first object starts."""
 
     name = "mesh_manifests"
     Params = NoParams
@@ -147,27 +196,71 @@ class MeshManifestStage(BlockStage[NoParams]):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         index = load_index(self.index_path())
         directory = os.path.join(output_dir(self, MESH_TABLE.name), MESHES)
-        boxes = index["boxes"]
-        objects = owned(index, block.write_box)
-        wanted = np.array([label for label, _ in objects], np.uint64)
-        meshed = _meshed_blocks(self.table_dirs[MESH_TABLE.name], objects, wanted)
-        for label, blocks in objects:
-            names = [mesh_format.fragment_name(label, Box.from_corners(boxes[b, :3].tolist(), boxes[b, 3:].tolist()))
-                     for b in blocks if (label, int(b)) in meshed]
-            mesh_format.write_manifest(directory, label, names)
-        return {"objects": len(objects)}
+        spec = mesh_format.read_info(directory)["sharding"]
+        owners = index["shard_owner"]
+        mine = np.flatnonzero(np.all((owners >= np.array(block.write_box.offset))
+                                     & (owners < np.array(block.write_box.end)), axis=1))
+        fragments = _FragmentReader(self.table_dirs[MESH_TABLE.name])
+        try:
+            self._write_shards(mine, index, fragments, directory, spec)
+        finally:
+            fragments.close()
+        return {"shards": int(mine.size), "objects": int(np.isin(index["shard"], mine).sum())}
+
+    def _write_shards(self, mine: np.ndarray, index: dict[str, np.ndarray], fragments: _FragmentReader,
+                      directory: str, spec: dict) -> None:
+        by_shard = np.argsort(index["shard"], kind="stable")
+        bounds = np.searchsorted(index["shard"][by_shard], [mine, mine + 1])
+        for shard, lo, hi in zip(mine, *bounds):
+            entries = []
+            for row in by_shard[lo:hi]:
+                label = int(index["ids"][row])
+                found = fragments.of(label, index["blocks"][index["starts"][row]:index["starts"][row + 1]])
+                if found is not None:
+                    entries.append((label, *found))
+            mesh_format.write_atomic(os.path.join(directory, sharding.shard_name(int(shard), spec)),
+                                     sharding.encode_shard(entries, spec))
 
 
-def _meshed_blocks(tables_dir: str, objects: list[tuple[int, np.ndarray]], wanted: np.ndarray) -> set:
-    """(id, block) pairs among `objects` whose block wrote a mesh fragment (not only voxels) of the id."""
-    sources = sorted({int(b) for _, blocks in objects for b in blocks})
-    out = set()
-    for b in sources:
-        with np.load(os.path.join(tables_dir, f"{b}.npz")) as t:
-            ids, meshed = t["ids"], t["meshed"]
-        for label in ids[meshed & np.isin(ids, wanted)]:
-            out.add((int(label), b))
-    return out
+class _FragmentReader:
+    """An object's fragments from the blocks' packed files, as (manifest, fragment bytes in its order)."""
+
+    def __init__(self, tables_dir: str):
+        self.tables_dir = tables_dir
+        self.tables: dict[int, dict[str, np.ndarray]] = {}
+        self.files: dict[int, BinaryIO] = {}
+
+    def _table(self, b: int) -> dict[str, np.ndarray]:
+        if b not in self.tables:
+            with np.load(os.path.join(self.tables_dir, f"{b}.npz")) as t:
+                self.tables[b] = {k: t[k] for k in ("ids", "offsets", "lengths", "position", "chunk_nm", "origin_nm")}
+        return self.tables[b]
+
+    def of(self, label: int, blocks: np.ndarray) -> tuple[bytes, bytes] | None:
+        parts, positions, table = [], [], None
+        for b in blocks:
+            table = self._table(int(b))
+            at = int(np.searchsorted(table["ids"], np.uint64(label)))
+            length = int(table["lengths"][at])
+            if length == 0:
+                continue
+            if int(b) not in self.files:
+                self.files[int(b)] = open(os.path.join(self.tables_dir, f"{int(b)}.bin"), "rb")  # noqa: SIM115
+            f = self.files[int(b)]
+            f.seek(int(table["offsets"][at]))
+            parts.append(f.read(length))
+            positions.append(table["position"])
+        if not parts or table is None:
+            return None
+        order = mesh_format.zorder(np.array(positions))
+        data = [parts[i] for i in order]
+        manifest = mesh_format.encode_manifest(table["chunk_nm"], table["origin_nm"], np.array(positions)[order],
+                                               np.array([len(d) for d in data]))
+        return manifest, b"".join(data)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
 
 
 class SkeletonParams(StageParams):

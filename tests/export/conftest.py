@@ -24,4 +24,34 @@ def segmented_output(tmp_path_factory, client):
     raw = str(out / "synth" / "raw")
     run_stages(raw, str(out), ["affinities", "fragments", "agglomerate", "relabel"], client)
     run_stages(raw, str(out), MORPHOLOGY + ["label_pyramid"], client)
+    write_tables(out)
     return out
+
+
+def write_tables(out) -> None:
+    """A synapse table and a segment table in the formats of the synapse chain and the neurite_types
+    stage (made after the meshes, as a re-run of those stages would): synapses at voxels of the
+    largest segments, each segment's class by its id."""
+    import numpy as np
+
+    from connectome.io import open_volume
+    from connectome.neurites.types import SEGMENT_COLUMNS
+    from connectome.synapses.table import COLUMNS, write_synapses
+
+    labels = open_volume(str(out / "segmentation")).read(open_volume(str(out / "segmentation")).box)
+    ids, sizes = np.unique(labels[labels > 0], return_counts=True)
+    rng = np.random.default_rng(0)
+    largest = ids[np.argsort(-sizes)][:4]
+    points = np.concatenate([np.argwhere(labels == s)[rng.choice(int((labels == s).sum()), 3, replace=False)]
+                             for s in largest])
+    n = len(points)
+    pre = labels[tuple(points.T)]
+    rows = {"id": np.arange(1, n + 1), "z": points[:, 0], "y": points[:, 1], "x": points[:, 2], "pre": pre,
+            "post": np.roll(pre, 3), "score": rng.uniform(0.5, 1, n), "partner_score": rng.uniform(0, 1, n),
+            "size_voxels": np.full(n, 100), "size_nm3": np.full(n, 51200.0), "autapse": np.zeros(n, bool)}
+    write_synapses(str(out / "synapses.csv"), {c: rows[c] for c in COLUMNS})
+    classes = ("axon", "dendrite", "glia")
+    with open(out / "segments.csv", "w") as f:
+        f.write(",".join(SEGMENT_COLUMNS) + "\n")
+        for i, s in zip(ids, sizes):
+            f.write(f"{i},{s},{classes[int(i) % 3]},0.9,0,0,0,0,0\n")

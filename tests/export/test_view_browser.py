@@ -1,5 +1,6 @@
 """`connectome view` in a real browser: headless Chromium loads the printed URL, and the screenshot
-shows the segmentation's colours in the 2-D panel and meshes in the 3-D panel; no request failed."""
+shows the segmentation's colours in the 2-D panel and meshes (sharded, Draco) in the 3-D panel; the
+synapse annotation layer is loaded too; no request failed."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _shaded(pixels: np.ndarray, colour: np.ndarray) -> int:
 
 def _start_view(out: Path, log):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "connectome.cli", "view", str(out), "--no-browser", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "connectome.cli", "view", str(out), "--no-browser", "--port", "0",
+                             "--log-requests"],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
@@ -142,6 +144,15 @@ def test_view_in_chromium(segmented_output, tmp_path):
     # the neuroglancer package's own server has no favicon; every data request must have succeeded
     assert [f for f in failed if not f[1].endswith("/favicon.ico")] == []
     assert errors == []
+    # the synapse layer (made by `view` from synapses.csv) and the mesh shards were read
+    layers = find_layers(str(segmented_output))
+    assert layers.synapses is not None
+    assert any(layer["name"] == "synapses" for layer in viewer_state(layers, lambda p: p)["layers"])
+    fetched = [line.split()[-1] for line in served.splitlines() if line.startswith("connectome view: served: 20")]
+    # the layer is filtered to the shown segments' synapses: read through the relationship indices
+    assert any("/synapse_annotations/rel_pre/" in url for url in fetched), fetched
+    assert any("/synapse_annotations/rel_post/" in url for url in fetched), fetched
+    assert any(url.endswith(".shard") and "/meshes/" in url for url in fetched), fetched
 
 
 def _panel(shot: np.ndarray, rect) -> np.ndarray:

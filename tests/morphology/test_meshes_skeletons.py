@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from connectome.export.sharding import read_value
 from connectome.io import create_volume
-from connectome.morphology.mesh_format import read_mesh
+from connectome.morphology.mesh_format import decode_manifest, read_mesh
 from connectome.morphology.properties import read_sizes
 from connectome.morphology.skeleton_format import read_skeleton
 
@@ -53,7 +54,9 @@ def outputs(tmp_path_factory, client):
 
 def _triangles(directory, label) -> set:
     vertices, triangles = read_mesh(str(directory), label)
-    corners = np.round(vertices[triangles], 3)  # (m, 3 corners, xyz)
+    # unsimplified marching cubes puts vertices on a half-voxel grid (4 nm); the stored fragments are
+    # quantized finer than an eighth of a voxel, so snapping to that grid gives the exact surface back
+    corners = np.round(vertices[triangles] / 4).astype(np.int64)  # (m, 3 corners, xyz)
     # a triangle as the set of its corners, whatever the winding's start
     return {tuple(sorted(map(tuple, t))) for t in corners}
 
@@ -64,8 +67,13 @@ def test_unsimplified_block_meshes_equal_the_whole_volume_mesh(outputs):
         blocks, one = _triangles(made["blocks"] / "meshes", label), _triangles(made["one"] / "meshes", label)
         assert len(one) > 100
         assert blocks == one  # fragments of 2-8 blocks are, together, exactly the one-block surface
-    with open(made["blocks"] / "meshes" / f"{2**40 + 3}:0") as f:
-        assert len(json.load(f)["fragments"]) == 8  # the ball's fragments of all eight blocks, one manifest
+    info = json.loads((made["blocks"] / "meshes" / "info").read_text())
+    assert info["@type"] == "neuroglancer_multilod_draco" and "sharding" in info
+    manifest, _, _ = read_value(str(made["blocks"] / "meshes"), 2**40 + 3, info["sharding"])
+    positions = decode_manifest(manifest)["positions"][0]
+    # the ball's fragments of all eight blocks, one manifest, at the blocks' grid positions (x y z)
+    assert sorted(map(tuple, positions.tolist())) == [(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)]
+    assert len(os.listdir(made["blocks"] / "meshes")) < 8  # info and a few shard files, not a file per fragment
 
 
 def test_mesh_is_closed_and_in_nanometres(outputs):
@@ -73,7 +81,7 @@ def test_mesh_is_closed_and_in_nanometres(outputs):
     vertices, triangles = read_mesh(str(made["blocks"] / "meshes"), 9)
     # the slab spans x 50..56, y 40..60, z 0..32 voxels of 8 nm; surfaces lie between voxel centres
     lo, hi = vertices.min(0), vertices.max(0)
-    np.testing.assert_allclose(lo, [50 * 8, 40 * 8, 0], atol=8.01)
+    np.testing.assert_allclose(lo, [50 * 8, 40 * 8, 0], atol=8.01)  # (the volume's face: moved half a voxel in)
     np.testing.assert_allclose(hi, [56 * 8, 60 * 8, 32 * 8], atol=8.01)
     # closed at the volume's faces: every edge belongs to exactly two triangles once shared vertices are merged
     key = {tuple(v): i for i, v in enumerate(map(tuple, np.round(vertices, 3)))}

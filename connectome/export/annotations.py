@@ -1,0 +1,134 @@
+"""Synapses as a Neuroglancer precomputed annotation layer (`neuroglancer_annotations_v1`): points with
+their scores, related to their pre- and postsynaptic segments, so selecting a segment lists its synapses.
+
+Written to `<out>/synapse_annotations/` from `<out>/synapses.csv` (z, y, x in voxels, pre, post, score):
+- `by_id/`: per synapse id: x y z float32 (voxel centre), its properties, then per relationship
+  a uint32 count and the uint64 segment ids;
+- `spatial0/<i>_<j>_<k>`: the synapses in one cell of a grid over the volume, and `rel_pre/`,
+  `rel_post/`: per segment id the synapses it is partner of, each as uint64 count, the count
+  annotations (position and properties), then their uint64 ids.
+`by_id` and the relationship indices are sharded (`export.sharding`): a few files, and a segment
+without synapses is a key absent from its minishard (Neuroglancer reads that as none), not a 404.
+All little-endian; properties are float32, so an annotation is 4-byte aligned without padding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+
+from connectome.export import sharding
+from connectome.morphology.properties import SYNAPSES_FILE
+
+ANNOTATIONS_DIR = "synapse_annotations"
+PROPERTIES = ("score", "partner_score")  # float32 columns of the synapse table, when present
+RELATIONSHIPS = (("pre_synaptic_cell", "rel_pre", "pre"), ("post_synaptic_cell", "rel_post", "post"))
+GRID = 4  # spatial index cells per axis (at most)
+
+
+def _encoded(rows: dict[str, np.ndarray], properties: list[str]) -> np.ndarray:
+    """The fixed-size part of every annotation: position (x, y, z) then properties, one record per row."""
+    dtype = np.dtype([("position", "<f4", 3)] + [(p, "<f4") for p in properties])
+    out = np.zeros(len(rows["z"]), dtype)
+    out["position"] = np.stack([rows["x"], rows["y"], rows["z"]], 1).astype(np.float64) + 0.5
+    for p in properties:
+        out[p] = rows[p]
+    return out
+
+
+def _many(records: np.ndarray, ids: np.ndarray) -> bytes:
+    """The multiple-annotation encoding of the spatial and relationship indices."""
+    return (np.array([len(records)], "<u8").tobytes() + records.tobytes()
+            + np.ascontiguousarray(ids, "<u8").tobytes())
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _write_sharded(directory: str, values: list[tuple[int, bytes]]) -> dict:
+    """`values` (key, bytes) as shard files in `directory`, every shard written (empty ones too, so
+    that any key can be looked up); returns the sharding spec."""
+    spec = sharding.sharding_spec(len(values), sum(len(v) for _, v in values))
+    shard, _ = sharding.locate([k for k, _ in values], spec)
+    for s in range(2 ** spec["shard_bits"]):
+        entries = [(k, v, b"") for (k, v), where in zip(values, shard) if where == s]
+        _write(os.path.join(directory, sharding.shard_name(s, spec)), sharding.encode_shard(entries, spec))
+    return spec
+
+
+def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: Sequence[float]) -> int:
+    """Write the synapse table `rows` (columns of synapses.csv) as an annotation layer into `directory`
+    (replaced whole, so a reader sees the old layer or the new one); voxel_size in nm (z, y, x)."""
+    n = len(rows["z"])
+    ids = rows["id"].astype(np.uint64) if "id" in rows else np.arange(1, n + 1, dtype=np.uint64)
+    properties = [p for p in PROPERTIES if p in rows]
+    records = _encoded(rows, properties)
+    positions = records["position"]
+    lower = np.floor(positions.min(0)) if n else np.zeros(3)
+    upper = np.ceil(positions.max(0)) + 1 if n else np.ones(3)
+    chunk = np.maximum(np.ceil((upper - lower) / GRID), 1)
+    cells = np.floor((positions - lower) / chunk).astype(np.int64) if n else np.zeros((0, 3), np.int64)
+    grid = np.maximum(cells.max(0) + 1, 1) if n else np.ones(3, np.int64)
+    vz, vy, vx = (float(v) for v in voxel_size)
+    tmp = f"{directory}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for key in ("by_id", "spatial0", *(key for _, key, _ in RELATIONSHIPS)):
+        os.makedirs(os.path.join(tmp, key))
+    rel_columns = [rows[column].astype(np.uint64) for _, _, column in RELATIONSHIPS]
+    one = []
+    for i in range(n):  # the by_id index: each synapse with its partners
+        related = b"".join(np.array([1], "<u4").tobytes() + np.array([c[i]], "<u8").tobytes() for c in rel_columns)
+        one.append((int(ids[i]), records[i:i + 1].tobytes() + related))
+    shardings = {"by_id": _write_sharded(os.path.join(tmp, "by_id"), one)}
+    limit = 0
+    flat = np.ravel_multi_index(cells.T, grid) if n else np.zeros(0, np.int64)
+    for cell in np.unique(flat):
+        members = np.flatnonzero(flat == cell)
+        limit = max(limit, members.size)
+        name = "_".join(str(int(c)) for c in np.unravel_index(cell, grid))
+        _write(os.path.join(tmp, "spatial0", name), _many(records[members], ids[members]))
+    for (_, key, _), segments in zip(RELATIONSHIPS, rel_columns):
+        order = np.argsort(segments, kind="stable")
+        unique, starts = np.unique(segments[order], return_index=True)
+        values = [(int(segment), _many(records[members], ids[members]))
+                  for segment, members in zip(unique, np.split(order, starts[1:])) if segment != 0]
+        shardings[key] = _write_sharded(os.path.join(tmp, key), values)
+    info = {
+        "@type": "neuroglancer_annotations_v1",
+        "dimensions": {"x": [vx * 1e-9, "m"], "y": [vy * 1e-9, "m"], "z": [vz * 1e-9, "m"]},
+        "lower_bound": [float(v) for v in lower], "upper_bound": [float(v) for v in upper],
+        "annotation_type": "point",
+        "properties": [{"id": p, "type": "float32"} for p in properties],
+        "relationships": [{"id": name, "key": key, "sharding": shardings[key]} for name, key, _ in RELATIONSHIPS],
+        "by_id": {"key": "by_id", "sharding": shardings["by_id"]},
+        "spatial": [{"key": "spatial0", "grid_shape": [int(g) for g in grid],
+                     "chunk_size": [float(c) for c in chunk], "limit": max(limit, 1)}],
+    }
+    _write(os.path.join(tmp, "info"), json.dumps(info).encode())
+    old = f"{directory}.old{os.getpid()}"
+    if os.path.isdir(directory):
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return n
+
+
+def refresh_annotations(out_dir: str, voxel_size: Sequence[float]) -> str | None:
+    """`<out_dir>/synapse_annotations`, (re)written when synapses.csv is newer than it; None without a
+    synapse table."""
+    table = os.path.join(out_dir, SYNAPSES_FILE)
+    directory = os.path.join(out_dir, ANNOTATIONS_DIR)
+    if not os.path.isfile(table):
+        return None
+    info = os.path.join(directory, "info")
+    if not os.path.isfile(info) or os.path.getmtime(info) < os.path.getmtime(table):
+        from connectome.synapses.table import read_synapses
+
+        write_annotations(directory, read_synapses(table), voxel_size)
+    return directory

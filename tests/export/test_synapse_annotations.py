@@ -1,0 +1,151 @@
+"""Synapses as a precomputed annotation layer and class / synapse counts as segment properties, made by
+`connectome view` from synapses.csv and segments.csv; the files are read back with a decoder written
+from Neuroglancer's annotation spec (not the writer's code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from connectome.cli.main import main
+from connectome.neurites.types import read_segments
+from connectome.synapses.table import read_synapses
+
+
+def _decode_one(data: bytes, n_props: int, n_rels: int) -> tuple[tuple, tuple, list[list[int]]]:
+    """by_id: x y z float32, float32 properties, then per relationship uint32 count + uint64 ids."""
+    position = struct.unpack_from("<3f", data, 0)
+    props = struct.unpack_from(f"<{n_props}f", data, 12)
+    at, related = 12 + 4 * n_props, []
+    for _ in range(n_rels):
+        (count,) = struct.unpack_from("<I", data, at)
+        related.append(list(struct.unpack_from(f"<{count}Q", data, at + 4)))
+        at += 4 + 8 * count
+    assert at == len(data)
+    return position, props, related
+
+
+def _decode_many(data: bytes, n_props: int) -> dict[int, tuple]:
+    """Spatial / relationship index: uint64 count, count x (position, properties), count x uint64 id."""
+    (count,) = struct.unpack_from("<Q", data, 0)
+    size = 12 + 4 * n_props
+    ids = struct.unpack_from(f"<{count}Q", data, 8 + count * size)
+    assert 8 + count * (size + 8) == len(data)
+    return {ids[i]: struct.unpack_from(f"<{3 + n_props}f", data, 8 + i * size) for i in range(count)}
+
+
+def _decode_sharded(directory, spec: dict) -> dict[int, bytes]:
+    """Every key -> value of a sharded index (neuroglancer_uint64_sharded_v1, raw encodings), found by
+    reading each shard's index and all its minishard indices (no hashing needed)."""
+    assert spec["minishard_index_encoding"] == "raw" and spec["data_encoding"] == "raw"
+    n_mini = 2 ** spec["minishard_bits"]
+    base = 16 * n_mini  # the shard index: [start, end) of each minishard index, relative to its end
+    names = sorted(os.listdir(directory))
+    assert len(names) == 2 ** spec["shard_bits"] and all(n.endswith(".shard") for n in names)
+    values = {}
+    for name in names:
+        data = (directory / name).read_bytes()
+        for m in range(n_mini):
+            start, end = struct.unpack_from("<2Q", data, 16 * m)
+            n = (end - start) // 24
+            table = np.frombuffer(data, "<u8", 3 * n, base + start).reshape(3, n)
+            keys, at = np.cumsum(table[0]), 0
+            for key, gap, size in zip(keys, table[1], table[2]):
+                at += int(gap)  # starts: delta from the previous value's end
+                assert int(key) not in values
+                values[int(key)] = data[base + at:base + at + int(size)]
+                at += int(size)
+    return values
+
+
+@pytest.fixture(scope="module")
+def viewed(segmented_output, tmp_path_factory):
+    state = tmp_path_factory.mktemp("state") / "state.json"
+    assert main(["view", str(segmented_output), "--state", str(state), "--source-url", "gs://lab/run"]) == 0
+    return segmented_output, json.loads(state.read_text())
+
+
+def test_annotation_files_decode_to_the_synapse_table(viewed):
+    out, _ = viewed
+    table = read_synapses(str(out / "synapses.csv"))
+    root = out / "synapse_annotations"
+    info = json.loads((root / "info").read_text())
+    assert info["@type"] == "neuroglancer_annotations_v1" and info["annotation_type"] == "point"
+    assert [p["id"] for p in info["properties"]] == ["score", "partner_score"]
+    rels = {r["id"]: r["key"] for r in info["relationships"]}
+    specs = {r["id"]: r["sharding"] for r in info["relationships"]}
+    names = [r["id"] for r in info["relationships"]]
+    assert set(rels) == {"pre_synaptic_cell", "post_synaptic_cell"}
+    expected = {}
+    by_id = _decode_sharded(root / info["by_id"]["key"], info["by_id"]["sharding"])
+    assert sorted(by_id) == sorted(int(s) for s in table["id"])
+    for i, sid in enumerate(table["id"]):
+        position, props, related = _decode_one(by_id[int(sid)], 2, 2)
+        np.testing.assert_allclose(position, [table["x"][i] + 0.5, table["y"][i] + 0.5, table["z"][i] + 0.5])
+        np.testing.assert_allclose(props, [table["score"][i], table["partner_score"][i]], rtol=1e-5)
+        partners = dict(zip(names, related))
+        assert partners == {"pre_synaptic_cell": [int(table["pre"][i])], "post_synaptic_cell": [int(table["post"][i])]}
+        expected[int(sid)] = (*position, *props)
+    # the spatial index holds every synapse once, in the cell that contains it
+    level = info["spatial"][0]
+    seen: dict[int, tuple] = {}
+    for name in os.listdir(root / level["key"]):
+        cell = np.array([int(c) for c in name.split("_")])
+        assert (cell < level["grid_shape"]).all()
+        found = _decode_many((root / level["key"] / name).read_bytes(), 2)
+        assert len(found) <= level["limit"]
+        lo = np.array(info["lower_bound"]) + cell * np.array(level["chunk_size"])
+        for sid, values in found.items():
+            assert (np.array(values[:3]) >= lo).all() and (np.array(values[:3]) < lo + level["chunk_size"]).all()
+            assert sid not in seen
+            seen[sid] = values
+    assert seen.keys() == expected.keys()
+    for sid, values in seen.items():
+        np.testing.assert_allclose(values, expected[sid])
+    # the relationship indices: a segment's file lists exactly the synapses it is partner of
+    for name, column in (("pre_synaptic_cell", "pre"), ("post_synaptic_cell", "post")):
+        index = _decode_sharded(root / rels[name], specs[name])
+        assert sorted(index) == sorted(int(s) for s in np.unique(table[column]))
+        for segment in np.unique(table[column]):
+            found = _decode_many(index[int(segment)], 2)
+            assert sorted(found) == sorted(int(s) for s in table["id"][table[column] == segment])
+
+
+def test_segment_properties_gain_class_and_synapse_counts(viewed):
+    out, _ = viewed
+    inline = json.loads((out / "segment_properties" / "info").read_text())["inline"]
+    props = {p["id"]: p for p in inline["properties"]}
+    ids = [int(i) for i in inline["ids"]]
+    segments = read_segments(str(out / "segments.csv"))
+    truth = dict(zip(segments["id"].astype(int), segments["class"]))
+    tags = props["class"]["tags"]
+    assert [tags[v[0]] for v in props["class"]["values"]] == [truth[i] for i in ids]
+    table = read_synapses(str(out / "synapses.csv"))
+    for name, column in (("synapses_out", "pre"), ("synapses_in", "post")):
+        assert props[name]["values"] == [int((table[column] == i).sum()) for i in ids]
+    assert sum(props["synapses_out"]["values"]) == len(table["id"]) > 0
+    assert "size" in props  # still there
+
+
+def test_state_shows_the_synapse_layer(viewed):
+    _, state = viewed
+    layer = next(x for x in state["layers"] if x["name"] == "synapses")
+    assert layer["type"] == "annotation" and layer["source"] == "precomputed://gs://lab/run/synapse_annotations"
+    assert layer["linkedSegmentationLayer"] == {"pre_synaptic_cell": "segmentation",
+                                                "post_synaptic_cell": "segmentation"}
+
+
+def test_a_newer_table_is_written_again(viewed, tmp_path):
+    out, _ = viewed
+    info = out / "synapse_annotations" / "info"
+    before = info.stat().st_mtime
+    assert main(["view", str(out), "--state", str(tmp_path / "s.json"), "--source-url", "gs://x"]) == 0
+    assert info.stat().st_mtime == before  # unchanged table: nothing rewritten
+    table = (out / "synapses.csv").stat().st_mtime
+    os.utime(info, (table - 10, table - 10))  # as if synapses.csv had been made again after the layer
+    assert main(["view", str(out), "--state", str(tmp_path / "s.json"), "--source-url", "gs://x"]) == 0
+    assert info.stat().st_mtime >= table
