@@ -16,6 +16,7 @@ DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
 
+from export_runs import segmented_output  # noqa: E402, F401  (session fixture for tests/export)
 from slurm_fixture import local_slurm  # noqa: E402, F401  (session fixture for the SLURM tests)
 
 _missing_data: list[str] = []

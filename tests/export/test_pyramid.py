@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from export_runs import run_stages
 
 from connectome.core.errors import UserError
 from connectome.export.pyramid import level_factors
+
+from export_runs import run_stages
 
 SHAPE = (32, 128, 128)
 CHUNK = (32, 64, 64)

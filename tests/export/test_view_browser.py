@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import Chromium, find_chromium
 from scipy.ndimage import binary_dilation
 
 from connectome.export.layers import find_layers
 from connectome.export.state import url_mapper, viewer_state
 from connectome.io import open_volume
+
+from chromium import Chromium, find_chromium
 
 REPO = Path(__file__).resolve().parents[2]
 ALPHA = 0.6  # the state's selectedAlpha: a segment's colour over the raw image in the 2-D panels

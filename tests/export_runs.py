@@ -1,16 +1,25 @@
-"""The `browser` marker, and one small segmented output with meshes, skeletons and properties."""
+"""Small segmented outputs for the export tests: a chain of stages on a synthetic volume, with meshes,
+skeletons, segment properties and synapse/segment tables (the fixture is registered in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from export_runs import BLOCK, run_stages
+
+BLOCK = (32, 64, 64)  # 4 blocks: meshes and skeletons are joined across block faces
+
+
+def run_stages(raw: str, out: str, stages: list[str], client, block=BLOCK) -> None:
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+
+    config = RunConfig(input=raw, output=out, blocks=BlocksConfig(shape=block), cluster=ClusterConfig(),
+                       stages=[StageConfig(stage=s) for s in stages])
+    execute(plan_run(config), client, progress=False)
 
 SHAPE = (32, 128, 128)
 MORPHOLOGY = ["meshes", "mesh_manifests", "skeletons", "skeleton_merge"]
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "browser: loads `connectome view` in headless Chromium")
 
 
 @pytest.fixture(scope="session")
