@@ -4,9 +4,11 @@ Synthetic: held-out synthetic volumes (seeds never used in training) run through
 reconstruct` (affinity segmentation, clefts, partners, types, graph; blockwise on a local cluster),
 then scored: detection precision / recall / F1 (one-to-one matching within the tolerance), partner
 accuracy (matched synapses whose predicted pre and post segments map, by largest overlap, to the true
-pre and post cells), graph edges precision / recall / F1 (pre -> post pairs of mapped ids), neurite
+pre and post cells; and, judged locally, whose pre and post are the segments that cover most of the
+true pre and post cells within 100 nm of the synapse: segmentation merges elsewhere do not count), graph edges precision / recall / F1 (pre -> post pairs of mapped ids), neurite
 type accuracy per class (truth: the majority compartment of each predicted segment). Also the same
-detection with the ground-truth cells as the segmentation (partners without segmentation errors).
+detection with the ground-truth cells as the segmentation (partners without segmentation errors), with
+the partner classifier (the default) and with the direction votes alone.
 
 Real data (VNC / EPFL) is not scored yet: no cleft model for serial-section TEM is shipped (see
 benchmarks/results/synapses.md).
@@ -48,6 +50,20 @@ def _prf(tp, n_pred, n_true):
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
+def _local_segments(seg: np.ndarray, labels: np.ndarray, loc: np.ndarray, pairs: np.ndarray,
+                    radius: int = 12) -> np.ndarray:
+    """Per true synapse: the predicted segments that cover most of its true pre and post cells within
+    `radius` voxels (about 100 nm) of it - the right answer for partner assignment, whatever the
+    segmentation merged or split elsewhere."""
+    out = np.zeros(pairs.shape, np.uint64)
+    for i, (z, y, x) in enumerate(loc):
+        win = tuple(slice(max(c - radius, 0), c + radius + 1) for c in (z, y, x))
+        for k in range(2):
+            ids, n = np.unique(seg[win][labels[win] == pairs[i, k]], return_counts=True)
+            out[i, k] = ids[np.argmax(n)] if len(ids) else 0
+    return out
+
+
 def score_run(out: str, synth_dir: str) -> dict:
     from connectome.io import open_volume
     from connectome.neurites.classifier import CLASSES
@@ -76,6 +92,9 @@ def score_run(out: str, synth_dir: str) -> dict:
         res[f"detection@{int(tol)}nm"] = {"precision": s.precision, "recall": s.recall, "f1": s.f1,
                                           "tp": s.true_positives, "fp": s.false_positives, "fn": s.false_negatives}
         res[f"partner_accuracy@{int(tol)}nm"] = float(right.mean()) if len(right) else None
+        local = np.all(np.stack([syn["pre"], syn["post"]], 1)[s.matched_pred]
+                       == _local_segments(seg, labels, true[s.matched_gt], true_pairs[s.matched_gt]), axis=1)
+        res[f"partner_accuracy_local@{int(tol)}nm"] = float(local.mean()) if len(local) else None
     # graph edges, in ground-truth ids
     ok = (syn["pre"] != 0) & (syn["post"] != 0)
     pe = {tuple(p) for p in np.stack([_map(table, syn["pre"][ok]), _map(table, syn["post"][ok])], 1).tolist()}
@@ -108,22 +127,28 @@ def gt_segmentation_scores(synth_dir: str, model: str = "cleft-synthetic") -> di
     from connectome.io import open_volume
     from connectome.synapses import model as M
     from connectome.synapses.detect import predict_volume, synapses_in_memory
+    from connectome.synapses.interface import DEFAULT_CLASSIFIER
     from connectome.synth.volume import load_ground_truth
 
     gt = load_ground_truth(synth_dir)
     raw_v = open_volume(os.path.join(synth_dir, "raw"))
     lab_v = open_volume(os.path.join(synth_dir, "labels"))
     m = M.load(model, "cpu")
-    prob, vec = predict_volume(m, raw_v.read(raw_v.box))
-    rows = synapses_in_memory(prob, vec, lab_v.read(lab_v.box), m.info, gt.meta["voxel_size"])
-    pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
-    true = np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1)
-    s = synapse_scores(pred, true, 200.0, gt.meta["voxel_size"])
-    pairs = np.stack([rows["pre"], rows["post"]], 1).astype(np.uint64)
-    tp = np.stack([gt.synapses["pre_id"], gt.synapses["post_id"]], 1).astype(np.uint64)
-    right = np.all(pairs[s.matched_pred] == tp[s.matched_gt], axis=1)
-    return {"detection@200nm_f1": s.f1, "tp": s.true_positives, "fp": s.false_positives, "fn": s.false_negatives,
-            "partner_accuracy": float(right.mean()) if len(right) else None}
+    raw = raw_v.read(raw_v.box)
+    prob, vec = predict_volume(m, raw)
+    out = {}
+    for name, classifier in (("classifier", DEFAULT_CLASSIFIER), ("votes", None)):
+        rows = synapses_in_memory(prob, vec, lab_v.read(lab_v.box), m.info, gt.meta["voxel_size"], raw=raw,
+                                  classifier=classifier)
+        pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
+        true = np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1)
+        s = synapse_scores(pred, true, 200.0, gt.meta["voxel_size"])
+        pairs = np.stack([rows["pre"], rows["post"]], 1).astype(np.uint64)
+        tp = np.stack([gt.synapses["pre_id"], gt.synapses["post_id"]], 1).astype(np.uint64)
+        right = np.all(pairs[s.matched_pred] == tp[s.matched_gt], axis=1)
+        out[name] = {"detection@200nm_f1": s.f1, "tp": s.true_positives, "fp": s.false_positives,
+                     "fn": s.false_negatives, "partner_accuracy": float(right.mean()) if len(right) else None}
+    return out
 
 
 def run_synthetic(seed: int, shape, work: str, block) -> dict:
@@ -169,7 +194,7 @@ def main(argv=None) -> None:
     if a.score_only:
         for seed in a.seeds:
             r = score_run(os.path.join(a.out, f"out-{seed}"), os.path.join(a.out, f"synth-{seed}"))
-            print(json.dumps({"seed": seed, "types": r["types"]}), flush=True)
+            print(json.dumps({"seed": seed, **r}), flush=True)
         return
     work = a.out or tempfile.mkdtemp(prefix="synapse-bench-")
     results = {"machine": f"{platform.node()} {os.cpu_count()} cores", "runs": []}

@@ -9,8 +9,9 @@ import numpy as np
 
 from connectome.core.geometry import Box
 from connectome.core.ids import globalise
+from connectome.synapses.interface import interface_sums
 
-FRAGMENTS_FORMAT = 2
+FRAGMENTS_FORMAT = 3
 
 
 def vector_reach(vector_nm: float, voxel_size) -> tuple[int, int, int]:
@@ -58,11 +59,13 @@ def _faces(frag: np.ndarray, write: Box, volume: Box) -> dict[str, np.ndarray]:
 
 
 def fragment_table(frag: np.ndarray, prob: np.ndarray, vectors: np.ndarray | None, seg: np.ndarray,
-                   seg_box: Box, write: Box, volume: Box, vector_nm: float, voxel_size) -> dict[str, np.ndarray]:
+                   seg_box: Box, write: Box, volume: Box, vector_nm: float, voxel_size,
+                   raw: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The block's table: per fragment (ids, voxels, probability sum and max, coordinate sums), face
     voxels, and partner votes per (fragment, post = segment at the voxel, pre = segment where the
     voxel's direction points): voxel count, coordinate sums and probability sum. `frag`, `prob` and
-    `vectors` cover the write box, `seg` covers `seg_box`."""
+    `vectors` cover the write box, `seg` (and `raw`, when given: the partner classifier's interface
+    sums, connectome.synapses.interface) covers `seg_box`."""
     nz = np.nonzero(frag)
     ids_all = frag[nz]
     ids, inverse = np.unique(ids_all, return_inverse=True)
@@ -96,6 +99,8 @@ def fragment_table(frag: np.ndarray, prob: np.ndarray, vectors: np.ndarray | Non
         vcoord, vprob = np.zeros((0, 3)), np.zeros(0)
     table.update(vote_fragment=votes[:, 0], vote_post=votes[:, 1], vote_pre=votes[:, 2],
                  vote_count=counts.astype(np.int64), vote_coord_sum=vcoord, vote_prob_sum=vprob)
+    if raw is not None:
+        table.update(interface_sums(ids_all, post, pos, raw, seg, seg_box.offset, seg_box.end, voxel_size))
     return table
 
 

@@ -1,7 +1,9 @@
 """The global step of the synapses stage: cleft fragments joined across block faces (a union-find
-over the face contacts) into cleft objects; each object split by the partner votes of its voxels into
-synapses, one per (postsynaptic, presynaptic) pair that holds at least `min_voxels` voxels; written as
-the synapse table and a lookup (fragment -> object, (object, post, pre) -> synapse).
+over the face contacts) into cleft objects; each object split into synapses, one per postsynaptic
+segment under at least `min_voxels` of its voxels, the presynaptic one chosen by the partner
+classifier among the segments around it (interface.py) - or, without a classifier, one per
+(postsynaptic, presynaptic) pair of the direction votes with `min_voxels`; written as the synapse table
+and a lookup (fragment -> object, (object, post[, pre]) -> synapse).
 
 An object with no such pair of two assigned segments is one synapse with its majority pair (pre or
 post 0: reported as unassigned, not dropped); a pair with pre == post is an autapse (reported).
@@ -20,23 +22,35 @@ from scipy.sparse.csgraph import connected_components
 
 from connectome.engine.global_step import GlobalStep
 from connectome.io.lookup import lut_path
+from connectome.synapses.interface import (
+    DISTANCES_NM,
+    FEATURES,
+    STATS,
+    PartnerClassifier,
+    candidate_features,
+    group_softmax,
+    load_classifier,
+)
 from connectome.synapses.table import SYNAPSES_FILE, write_synapses
 
 _KEYS = ("ids", "voxels", "prob_sum", "prob_max", "coord_sum", "low_pos", "low_id", "high_pos", "high_id",
          "vote_fragment", "vote_post", "vote_pre", "vote_count", "vote_coord_sum", "vote_prob_sum")
+_IFACE_KEYS = ("iface_fragment", "iface_post", "iface_cand", "iface_stats")
 
 
 def load_fragment_tables(directory: str) -> dict[str, np.ndarray]:
     """Every block's table in `directory`, concatenated."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in _KEYS}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in _KEYS + _IFACE_KEYS}
     for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
         with np.load(path) as t:
-            for k in _KEYS:
+            for k in _KEYS + tuple(k for k in _IFACE_KEYS if k in t.files):
                 parts[k].append(t[k])
     out = {}
     for k, v in parts.items():
         if v:
             out[k] = np.concatenate(v)
+        elif k == "iface_stats":
+            out[k] = np.zeros((0, len(STATS) * len(DISTANCES_NM)))
         else:
             width = 3 if k.endswith("coord_sum") else 4 if k.endswith("_pos") else 0
             out[k] = np.zeros((0, width)) if width else np.zeros(0)
@@ -66,11 +80,14 @@ def group_fragments(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return connected_components(graph, directed=False)[1]
 
 
-def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners: bool, split: bool = False):
+def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners: bool, split: bool = False,
+                 classifier: PartnerClassifier | None = None):
     """The synapse table's columns, and the lookup: (fragment ids, their object), and per synapse its
     (object, post, pre). Without `split`, one synapse per cleft object of at least `min_voxels`, its
-    partners the majority of its voxels' votes; with it, one per well-supported (post, pre) pair."""
+    partners the majority of its voxels' votes; with it, one per well-supported (post, pre) pair; with
+    a `classifier` too, one per well-supported post, its pre the classifier's best candidate."""
     split = split and partners
+    by_post = split and classifier is not None
     ids = np.sort(t["ids"].astype(np.uint64))
     a, b = face_links(t)
     obj = group_fragments(ids, a, b) if len(ids) else np.zeros(0, np.int64)
@@ -79,7 +96,7 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
     post_votes = t["vote_post"].astype(np.uint64)
     pre_votes = t["vote_pre"].astype(np.uint64) if partners else np.zeros(len(post_votes), np.uint64)
     post = post_votes if split else np.zeros(len(post_votes), np.uint64)  # else grouped by object alone
-    pre = pre_votes if split else np.zeros(len(post_votes), np.uint64)
+    pre = pre_votes if split and not by_post else np.zeros(len(post_votes), np.uint64)
     keys, inv = np.unique(np.stack([vo.astype(np.uint64), post, pre], 1), axis=0, return_inverse=True) \
         if len(vo) else (np.zeros((0, 3), np.uint64), np.zeros(0, np.int64))
     inv = inv.ravel()
@@ -92,12 +109,12 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
     obj_total = np.bincount(kobj, weights=count, minlength=n_obj)
     share = count / np.maximum(obj_total[kobj], 1)
     if not split:  # the partners: the object's majority votes
-        maj_post, post_w, total = _majority(vo, post_votes, t["vote_count"], n_obj)
-        maj_pre, pre_w, _ = _majority(vo, pre_votes, t["vote_count"], n_obj)
+        maj_post, post_w, total = majority(vo, post_votes, t["vote_count"], n_obj)
+        maj_pre, pre_w, _ = majority(vo, pre_votes, t["vote_count"], n_obj)
         keys[:, 1], keys[:, 2] = maj_post[kobj], maj_pre[kobj]
         pre_share = pre_w[kobj] / np.maximum(total[kobj], 1) if partners else 1.0
         share = post_w[kobj] / np.maximum(total[kobj], 1) * pre_share
-    assigned = (keys[:, 1] != 0) & (keys[:, 2] != 0) if split else np.zeros(k, bool)
+    assigned = (keys[:, 1] != 0) & ((keys[:, 2] != 0) | by_post) if split else np.zeros(k, bool)
     chosen = (count >= min_voxels) & assigned
     has = np.bincount(kobj[chosen], minlength=n_obj) > 0
     # an object without a well-supported assigned pair: one synapse with its largest pair
@@ -112,8 +129,19 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
     centre = np.where(is_fb[:, None], obj_coord[kobj[sel]] / np.maximum(obj_total[kobj[sel]], 1)[:, None],
                       coord[sel] / np.maximum(count[sel], 1)[:, None])
     loc = np.round(centre).astype(np.int64)
+    alias = np.zeros((0, 3), np.int64)
+    if by_post:
+        assert classifier is not None
+        keys[sel, 2], share[sel] = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel],
+                                                      pre_votes, classifier)
+        keep, into = _mirrors(kobj[sel], keys[sel, 1], keys[sel, 2], size)
+        alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
+        sel, size, loc = sel[keep], size[keep], loc[keep]
+        alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1  # the kept synapse's index after the cut
     order = np.lexsort((keys[sel, 2], keys[sel, 1], loc[:, 2], loc[:, 1], loc[:, 0])) if len(sel) else sel
     sel, size, loc = sel[order], size[order], loc[order]
+    if len(alias):
+        alias[:, 2] = np.argsort(order)[alias[:, 2]] + 1  # synapse ids
     rows = {
         "id": np.arange(1, len(sel) + 1), "z": loc[:, 0], "y": loc[:, 1], "x": loc[:, 2],
         "pre": keys[sel, 2], "post": keys[sel, 1], "score": prob[sel] / np.maximum(count[sel], 1),
@@ -122,11 +150,99 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         "autapse": (keys[sel, 2] == keys[sel, 1]) & (keys[sel, 1] != 0),
     }
     lookup = {"fragments": ids, "objects": obj.astype(np.int64), "syn_object": kobj[sel],
-              "syn_post": keys[sel, 1], "syn_pre": keys[sel, 2], "syn_fallback": np.isin(sel, fallback)}
+              "syn_post": keys[sel, 1], "syn_pre": keys[sel, 2], "syn_fallback": np.isin(sel, fallback),
+              "by_post": np.array(by_post), "alias_object": alias[:, 0], "alias_post": alias[:, 1].astype(np.uint64),
+              "alias_synapse": alias[:, 2]}
     return rows, lookup
 
 
-def _majority(group: np.ndarray, value: np.ndarray, weight: np.ndarray, n: int):
+def _mirrors(obj: np.ndarray, post: np.ndarray, pre: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A cleft that spills across the membrane makes a second group in the presynaptic segment: a
+    group whose chosen pre is the post of a larger group of the same object is that group's other
+    side. Returns which groups to keep and, for the others, the index of the group they belong to."""
+    n = len(obj)
+    keep, into = np.ones(n, bool), np.arange(n)
+    if not n:
+        return keep, into
+    j = find_rows(np.stack([obj.astype(np.uint64), post.astype(np.uint64)], 1),
+                  np.stack([obj.astype(np.uint64), pre.astype(np.uint64)], 1))
+    rank = np.lexsort((np.arange(n), -size))  # larger first, then earlier
+    place = np.empty(n, np.int64)
+    place[rank] = np.arange(n)
+    mirror = (j >= 0) & (j != np.arange(n))
+    mirror[mirror] = place[j[mirror]] < place[mirror]
+    keep[mirror], into[mirror] = False, j[mirror]
+    # a group that mirrors a group which is itself a mirror joins that one's owner
+    for _ in range(3):
+        into = np.where(keep[into], into, into[into])
+    return keep, into
+
+
+def find_rows(table: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Row index in `table` (unique rows) of each row of `query`; -1 where absent."""
+    if not len(table) or not len(query):
+        return np.full(len(query), -1, np.int64)
+    both = np.concatenate([table, query]).astype(np.uint64)
+    _, inv = np.unique(both, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    at = np.full(int(inv.max()) + 1, -1, np.int64)
+    at[inv[:len(table)]] = np.arange(len(table))
+    return at[inv[len(table):]]
+
+
+def group_candidates(t: dict[str, np.ndarray], ids: np.ndarray, obj: np.ndarray, vo: np.ndarray,
+                     groups: np.ndarray, g_count: np.ndarray, pre_votes: np.ndarray):
+    """The presynaptic candidates of groups (rows (cleft object, postsynaptic segment)): their group
+    index, segment id and features (interface.FEATURES); and the direction votes as (object, post,
+    pre) rows with their voxel counts."""
+    vkeys, vinv = np.unique(np.stack([vo.astype(np.uint64), t["vote_post"].astype(np.uint64), pre_votes], 1),
+                            axis=0, return_inverse=True)
+    vcount = np.bincount(vinv.ravel(), weights=t["vote_count"], minlength=len(vkeys))
+    gi, cand, feats = np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros((0, len(FEATURES)))
+    if len(t["iface_fragment"]) and len(ids) and len(groups):
+        io = obj[np.searchsorted(ids, t["iface_fragment"].astype(np.uint64))].astype(np.uint64)
+        ikeys, iinv = np.unique(np.stack([io, t["iface_post"].astype(np.uint64), t["iface_cand"].astype(np.uint64)],
+                                         1), axis=0, return_inverse=True)
+        stats = np.zeros((len(ikeys), t["iface_stats"].shape[1]))
+        np.add.at(stats, iinv.ravel(), t["iface_stats"])
+        gi = find_rows(groups, ikeys[:, :2])
+        keep = gi >= 0
+        ikeys, stats, gi = ikeys[keep], stats[keep], gi[keep]
+        vi = find_rows(vkeys, ikeys)
+        votes = np.where(vi >= 0, vcount[np.maximum(vi, 0)], 0.0)
+        cand, feats = ikeys[:, 2], candidate_features(g_count[gi], stats, votes)
+    return gi, cand, feats, vkeys, vcount
+
+
+def interface_partners(t: dict[str, np.ndarray], ids: np.ndarray, obj: np.ndarray, vo: np.ndarray,
+                       g_obj: np.ndarray, g_post: np.ndarray, g_count: np.ndarray, pre_votes: np.ndarray,
+                       classifier: PartnerClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (cleft object, postsynaptic segment): the presynaptic segment the classifier ranks
+    first among the group's candidates and its probability; a group without candidates keeps its
+    majority direction vote (an autapse when that is its own segment) and the vote's share."""
+    n = len(g_obj)
+    pre, prob = np.zeros(n, np.uint64), np.zeros(n)
+    if not n:
+        return pre, prob
+    groups = np.stack([g_obj.astype(np.uint64), g_post.astype(np.uint64)], 1)
+    gi, cand, feats, vkeys, vcount = group_candidates(t, ids, obj, vo, groups, g_count, pre_votes)
+    if len(gi):
+        p = group_softmax(gi, classifier.scores(feats), n)
+        order = np.lexsort((cand, -p, gi))
+        first = order[np.r_[True, gi[order][1:] != gi[order][:-1]]]
+        pre[gi[first]], prob[gi[first]] = cand[first], p[first]
+    none = np.ones(n, bool)
+    none[gi] = False
+    if none.any():  # no candidate: the majority vote
+        vg = find_rows(groups, vkeys[:, :2])
+        hit = vg >= 0
+        best, best_w, total = majority(vg[hit], vkeys[hit, 2], vcount[hit], n)
+        pre[none] = best[none]
+        prob[none] = best_w[none] / np.maximum(total[none], 1)
+    return pre, prob
+
+
+def majority(group: np.ndarray, value: np.ndarray, weight: np.ndarray, n: int):
     """Per group: the value of the largest total weight (ties: the smallest value), that weight, and
     the group's total weight."""
     best = np.zeros(n, np.uint64)
@@ -161,10 +277,15 @@ def label_voxels(lookup: dict[str, np.ndarray], frag: np.ndarray, post: np.ndarr
     out = single[obj]
     exact = ~fb
     if exact.any():
+        by_post = bool(lookup.get("by_post", False))  # synapses are (object, post); pre from the classifier
+        syn_pre = np.zeros_like(lookup["syn_pre"]) if by_post else lookup["syn_pre"]
         table = {(int(o), int(q), int(p)): int(s) for o, q, p, s in zip(
-            lookup["syn_object"][exact], lookup["syn_post"][exact], lookup["syn_pre"][exact], syn_id[exact])}
+            lookup["syn_object"][exact], lookup["syn_post"][exact], syn_pre[exact], syn_id[exact])}
+        for o, q, s in zip(lookup.get("alias_object", ()), lookup.get("alias_post", ()),
+                           lookup.get("alias_synapse", ())):  # the other side of a cleft: its synapse
+            table[(int(o), int(q), 0)] = int(s)
         q = post if partners else np.zeros_like(post)
-        r = pre if partners else np.zeros_like(pre)
+        r = pre if partners and not by_post else np.zeros_like(pre)
         triples, inv = np.unique(np.stack([obj.astype(np.uint64), q, r], 1), axis=0, return_inverse=True)
         found = np.array([table.get((int(o), int(a), int(b)), 0) for o, a, b in triples], np.uint64)
         hit = found[inv.ravel()]
@@ -178,18 +299,23 @@ class SynapseStep(GlobalStep):
     name = "synapse_merge"
 
     def __init__(self, tables_dir: str, out_dir: str, min_voxels: int, voxel_size, partners: bool,
-                 split: bool = False):
+                 split: bool = False, classifier: str | None = None):
         self.tables_dir = tables_dir
         self.out_dir = out_dir
         self.min_voxels = int(min_voxels)
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.partners = bool(partners)
         self.split = bool(split)
+        self.classifier = classifier
 
     @property
     def params(self) -> dict:
-        return {"min_voxels": self.min_voxels, "voxel_size": list(self.voxel_size), "partners": self.partners,
-                "split": self.split}
+        params = {"min_voxels": self.min_voxels, "voxel_size": list(self.voxel_size), "partners": self.partners,
+                  "split": self.split}
+        if self.classifier:
+            c = load_classifier(self.classifier)
+            params["classifier"] = {"name": c.name, "weights": c.weights.round(8).tolist()}
+        return params
 
     @property
     def lut(self) -> str:
@@ -205,7 +331,8 @@ class SynapseStep(GlobalStep):
 
     def run(self) -> dict:
         t = load_fragment_tables(self.tables_dir)
-        rows, lookup = synapse_rows(t, self.min_voxels, self.voxel_size, self.partners, self.split)
+        classifier = load_classifier(self.classifier) if self.classifier else None
+        rows, lookup = synapse_rows(t, self.min_voxels, self.voxel_size, self.partners, self.split, classifier)
         tmp = f"{self.lut}.tmp{os.getpid()}.npz"
         np.savez(tmp, **lookup)
         os.replace(tmp, self.lut)

@@ -3,9 +3,12 @@
 - `clefts`: the cleft network, resident on each worker, predicts a cleft probability and a partner
   direction per voxel; blocks read mirrored context padded to the network's divisor (seam-free).
 - `cleft_fragments`: per block, thresholded clefts cut into 6-connected fragments (global ids), with
-  their statistics, face voxels and partner votes (the segment under each cleft voxel is the
-  postsynaptic vote, the segment its direction points into the presynaptic vote).
-- `synapses`: a global step joins fragments across faces (union-find) into synapses and writes the
+  their statistics, face voxels, partner votes (the segment under each cleft voxel is the
+  postsynaptic vote, the segment its direction points into the presynaptic vote) and the interface
+  sums of the partner classifier (image shells around the cleft per nearby segment; interface.py).
+- `synapses`: a global step joins fragments across faces (union-find) into cleft objects, one
+  synapse per (object, postsynaptic segment), its presynaptic segment chosen by the partner
+  classifier (or, without one, one per (post, pre) pair of the direction votes), and writes the
   synapse table (`OUT/synapses.csv`); its blocks write the synapse ids (`synapse_labels`).
 """
 
@@ -26,6 +29,7 @@ from connectome.io.tables import save_table
 from connectome.models.voxel_size import check_voxel_size
 from connectome.synapses import model as M
 from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
+from connectome.synapses.interface import DEFAULT_CLASSIFIER, sample_reach
 from connectome.synapses.merge import SynapseStep, label_voxels, load_lookup
 
 DEFAULT_MODEL = "cleft-synthetic"
@@ -82,7 +86,7 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     name = "cleft_fragments"
     Params = CleftFragmentsParams
     inputs = (Input("cleft_probability", dtypes=("uint8",)), Input("partner_vectors", dtypes=("uint8",), channels=3),
-              Input("segmentation", dtypes=("uint64", "uint32")))
+              Input("segmentation", dtypes=("uint64", "uint32")), Input("raw", dtypes=("uint8",)))
     outputs = (Output("cleft_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)
 
@@ -105,7 +109,9 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
         return self.params.threshold if self.params.threshold is not None else self.info.threshold
 
     def context(self) -> Context:
-        reach = vector_reach(self.info.vector_nm, getattr(self, "_voxel_size", self.info.voxel_size))
+        voxel_size = getattr(self, "_voxel_size", self.info.voxel_size)
+        reach = vec3([max(a, b) for a, b in zip(vector_reach(self.info.vector_nm, voxel_size),
+                                                  sample_reach(voxel_size))])
         return Context(reach, reach)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
@@ -115,8 +121,9 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
         volumes["cleft_fragments"].write(w, frag)
         vectors = M.vectors_from_uint8(volumes["partner_vectors"].read(w)) if self.info.partners else None
         seg = volumes["segmentation"].read(block.read_box)
+        raw = volumes["raw"].read(block.read_box)
         table = fragment_table(frag, prob, vectors, seg, block.read_box, w, volumes["segmentation"].box,
-                               self.info.vector_nm, volumes["segmentation"].meta.voxel_size)
+                               self.info.vector_nm, volumes["segmentation"].meta.voxel_size, raw)
         save_table(self.table_dirs["cleft_fragments"], block.index, **table)
         return {"fragments": int(len(table["ids"]))}
 
@@ -126,6 +133,9 @@ class SynapsesParams(StageParams):
     min_voxels: int | None = Field(None, ge=1, description="smaller clefts are dropped; default: the model's")
     split_by_partners: bool = Field(True, description="one synapse per (post, pre) pair of a cleft's votes "
                                                        "(touching clefts of two synapses), not one per cleft")
+    partner_classifier: str | None = Field(DEFAULT_CLASSIFIER, description="interface classifier choosing each "
+                                           "synapse's presynaptic segment (shipped name or .json path); "
+                                           "null: the majority of the direction votes")
 
 
 @register
@@ -163,7 +173,8 @@ class SynapsesStage(BlockStage[SynapsesParams]):
         voxel_size = (getattr(self, "_voxel_size", None)
                       or open_volume(self.input_addresses["cleft_fragments"]).meta.voxel_size)
         min_voxels = self.params.min_voxels if self.params.min_voxels is not None else info.min_voxels
-        return SynapseStep(tables, out_dir, min_voxels, voxel_size, info.partners, self.params.split_by_partners)
+        return SynapseStep(tables, out_dir, min_voxels, voxel_size, info.partners, self.params.split_by_partners,
+                           self.params.partner_classifier)
 
     def global_step(self) -> SynapseStep:
         return self.merge

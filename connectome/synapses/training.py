@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from connectome.metrics.synapses import synapse_scores
 from connectome.models.unet import preset
 from connectome.synapses import model as M
-from connectome.synapses.detect import predict_volume, synapses_in_memory
+from connectome.synapses.detect import cleft_table, predict_volume, synapses_in_memory
+from connectome.synapses.interface import DEFAULT_CLASSIFIER
 from connectome.synapses.targets import cleft_targets
 from connectome.synth import generate
 from connectome.synth.options import TissueOptions
@@ -64,13 +65,22 @@ def _patch(example, size, rng, near_cleft: bool):
     return np.clip(r, 0, 255), c, v, k
 
 
-def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=None, predictions=None) -> dict:
-    """Detection and partner precision / recall / F1 (ground-truth cells as the segmentation);
-    `predictions` (per example: probability, vectors) saves predicting again."""
+def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=None, predictions=None,
+             classifier: str | None = DEFAULT_CLASSIFIER, tables: dict | None = None) -> dict:
+    """Detection and partner precision / recall / F1 (ground-truth cells as the segmentation, partners
+    by `classifier`, None: the direction votes); `predictions` (per example: probability, vectors)
+    saves predicting again, `tables` (a dict) keeps the cleft tables per (example, threshold)."""
     tp = fp = fn = ptp = pfp = pfn = 0
     for i, (raw, _, _, _, labels, syn) in enumerate(examples):
         prob, vec = predictions[i] if predictions is not None else predict_volume(model, raw)
-        rows = synapses_in_memory(prob, vec, labels, model.info, VOXEL_SIZE, threshold, min_voxels)
+        table = None
+        if tables is not None:
+            key = (i, threshold)
+            if key not in tables:
+                tables[key] = cleft_table(prob, vec, labels, model.info, VOXEL_SIZE, threshold, raw)
+            table = tables[key]
+        rows = synapses_in_memory(prob, vec, labels, model.info, VOXEL_SIZE, threshold, min_voxels, raw=raw,
+                                  classifier=classifier, table=table)
         pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
         gt = np.stack([syn["z"], syn["y"], syn["x"]], 1)
         s = synapse_scores(pred, gt, TOLERANCE_NM, VOXEL_SIZE)
@@ -162,9 +172,10 @@ def tune(name: str, val_seeds=(200, 201, 202, 203), val=None, log=print) -> dict
     model = M.load(name, "cpu")
     predictions = [predict_volume(model, e[0]) for e in val]
     best = None
-    for threshold in (0.5, 0.6, 0.7, 0.75):
-        for min_voxels in (400, 800, 1500, 3000):
-            r = validate(model, val, threshold, min_voxels, predictions)
+    for threshold in (0.6, 0.7, 0.75, 0.8):
+        tables: dict = {}
+        for min_voxels in (400, 800, 1200, 1500, 2000, 3000):
+            r = validate(model, val, threshold, min_voxels, predictions, tables=tables)
             log(f"threshold {threshold} min_voxels {min_voxels}: {json.dumps(r)}")
             if best is None or r["detection_f1"] > best[2]["detection_f1"]:
                 best = (threshold, min_voxels, r)

@@ -27,6 +27,26 @@ CASES = {
     # the FFN chain runs far slower; its blockwise == one-block check is tests/ffn/test_segment_ffn.py
     "ffn": ([], None, "tests/ffn"),
     "ffn_relabel": (["ffn"], None, "tests/ffn"),
+    # meshes joined from blocks == the one-block mesh, skeletons joined into one: tests/morphology
+    "meshes": ([], None, "tests/morphology"),
+    "mesh_manifests": ([], None, "tests/morphology"),
+    "skeletons": ([], None, "tests/morphology"),
+    "skeleton_merge": ([], None, "tests/morphology"),
+    # they write into their input's group: blockwise == one block for every level in tests/export/test_pyramid.py
+    "image_pyramid": ([], None, "tests/export/test_pyramid.py"),
+    "label_pyramid": ([], None, "tests/export/test_pyramid.py"),
+    "clefts": ([], "cleft_probability", "one grey level"),
+    # these read a segmentation; their blockwise == one-block checks are in tests/synapses and tests/neurites
+    "cleft_fragments": ([], None, "tests/synapses/test_synapse_stages.py"),
+    "synapses": ([], None, "tests/synapses/test_synapse_stages.py"),
+    "segment_features": ([], None, "tests/neurites/test_neurite_stages.py"),
+    "neurite_types": ([], None, "tests/neurites/test_neurite_stages.py"),
+    # the alignment chain needs sections with matchable content; tests/alignment/test_align_blocks_resume.py
+    # compares its aligned volume and transforms computed in 27 blocks and in one
+    "align_match": ([], None, "tests/alignment"),
+    "align": (["align_match"], None, "tests/alignment"),
+    # its CLAHE tiles (128 px by default) exceed these blocks: tests/alignment/test_section_normalize.py
+    "section_normalize": ([], None, "tests/alignment/test_section_normalize.py"),
 }
 
 

@@ -53,7 +53,9 @@ def _config(root, out, block, segmentation=None):
         StageConfig(stage="cleft_fragments", params={"threshold": 0.5},
                     inputs={"cleft_probability": str(root / "cleft_probability"), "partner_vectors": vectors,
                             "segmentation": seg}),
-        StageConfig(stage="synapses", params={"min_voxels": 10}, inputs={"partner_vectors": vectors, "segmentation": seg}),
+        # the direction votes' partners (the hand-built vectors are the truth; the classifier: test_partner_classifier)
+        StageConfig(stage="synapses", params={"min_voxels": 10, "partner_classifier": None},
+                    inputs={"partner_vectors": vectors, "segmentation": seg}),
     ]
     return RunConfig(input=str(root / "raw"), output=str(out), blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)),
                      cluster=ClusterConfig(), stages=stages)
