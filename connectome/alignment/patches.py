@@ -105,26 +105,43 @@ class SectionPair:
         return (_clamped(center[0], sy, self.extent[0]), _clamped(center[1], sx, self.extent[1])), (sy, sx)
 
     def match(self, node: np.ndarray, settings: PatchSettings) -> tuple[np.ndarray, float]:
-        """Displacement at `node` (section coordinates) and the NCC at full resolution."""
+        """Displacement at `node` (section coordinates) and the NCC at full resolution.
+
+        A level whose best match lies on its search window's edge (a coarse template clamped at the
+        section's border can see only part of the search range) is skipped: the next level searches
+        the whole range again. Only a failure at full resolution fails the match."""
         d = np.zeros(2)
         corr = 0.0
+        known = False
         factors = settings.factors(self.extent)
-        for level, f in enumerate(factors):
-            radius = int(np.ceil(settings.search / f)) if level == 0 else 6
-            t_start, t_size = self._window(node.astype(float), settings.template(f, self.extent))
-            t_center = np.array(t_start) + np.array(t_size) / 2
-            s_start, s_size = self._window(t_center + d, t_size[0] + 2 * radius * f)
-            template = _downsample(self._cut(self.a, t_start, t_size), f)
-            search = _downsample(self._cut(self.b, s_start, s_size), f)
-            if search.shape[0] < template.shape[0] or search.shape[1] < template.shape[1]:
-                return d, SEARCH_FAILED
-            offset, corr = _ncc_peak(search, template)
-            if corr == SEARCH_FAILED:
-                return d, corr
-            d = np.array(s_start) - np.array(t_start) + offset * f
+        for f in factors:
+            for radius in ([6] if known else []) + [int(np.ceil(settings.search / f))]:
+                d_new, corr = self._level(node, settings, f, radius, d)
+                if corr != SEARCH_FAILED:
+                    break
+            known = corr != SEARCH_FAILED
+            if known:
+                d = d_new
+        if corr == SEARCH_FAILED:
+            return d, corr
         if corr > 0:
             d = self._refine(node, settings.patch, d)
         return d, corr
+
+    def _level(self, node: np.ndarray, settings: PatchSettings, f: int, radius: int,
+               d: np.ndarray) -> tuple[np.ndarray, float]:
+        """The best match at factor f within `radius` (pixels at that factor) around displacement d."""
+        t_start, t_size = self._window(node.astype(float), settings.template(f, self.extent))
+        t_center = np.array(t_start) + np.array(t_size) / 2
+        s_start, s_size = self._window(t_center + d, t_size[0] + 2 * radius * f)
+        template = _downsample(self._cut(self.a, t_start, t_size), f)
+        search = _downsample(self._cut(self.b, s_start, s_size), f)
+        if search.shape[0] < template.shape[0] or search.shape[1] < template.shape[1]:
+            return d, SEARCH_FAILED
+        offset, corr = _ncc_peak(search, template)
+        if corr == SEARCH_FAILED:
+            return d, corr
+        return np.array(s_start) - np.array(t_start) + offset * f, corr
 
     def _refine(self, node: np.ndarray, patch: int, d: np.ndarray) -> np.ndarray:
         """Gauss-Newton on the windowed squared difference of standardised intensities, over an

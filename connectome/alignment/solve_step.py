@@ -29,6 +29,7 @@ class SolveSettings:
     max_deviation: float = 3.0
     stretch: float = 0.001
     fill_weight: float = 0.05
+    skip_weight: float = 0.05
     bend: float = 0.01
     anchor: float = 0.01
     z_smooth: float = 1e-6
@@ -118,6 +119,16 @@ def screen(m: Matches, s: SolveSettings):
     return fits, good, measurable, filled
 
 
+def _skip_factor(good: dict[int, np.ndarray], k: int, skip_weight: float) -> np.ndarray | float:
+    """Weight factor of the matches from z to z + k: `skip_weight` where good matches z -> z + 1 -> z + 2
+    already chain the two sections (real sections change more over twice the distance: the chain is the
+    better measurement), 1 where the chain is broken (a flagged section or region between them)."""
+    if k != 2 or 1 not in good:
+        return 1.0
+    chained = good[1][:-1] & good[1][1:]
+    return np.where(chained, skip_weight, 1.0)
+
+
 class SolveStep(GlobalStep):
     """Flags, outlier rejection and the global solve, once over the whole stack."""
 
@@ -140,7 +151,7 @@ class SolveStep(GlobalStep):
         ok = flags == OK
         # unmatched nodes follow the pair's robust fit, weakly: extrapolation where sections do not overlap
         weights = {k: np.where(good[k], 1.0, s.fill_weight * np.isfinite(fits[k][:, :1, :1]))
-                   * (ok[:-k, None, None] & ok[k:, None, None]) for k in good}
+                   * (ok[:-k, None, None] & ok[k:, None, None]) * _skip_factor(good, k, s.skip_weight) for k in good}
         measured = Measured(m.nodes, filled, weights, m.shape[0])
         estimated = time.perf_counter()
         fields, summary = solve_fields(measured, Springs(s.stretch, s.bend, s.z_smooth, s.anchor), rounds=s.rounds)

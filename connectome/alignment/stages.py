@@ -117,6 +117,8 @@ class AlignParams(StageParams):
     stretch: float = Field(0.001, ge=0, description="in-plane spring weight (a measured displacement weighs 1)")
     fill_weight: float = Field(0.05, ge=0, le=1,
                                description="weight of the pair's robust fit at patches without a good match")
+    skip_weight: float = Field(0.05, gt=0, le=1, description="weight of a match to the section after next where "
+                               "good matches through the section between already chain the two")
     bend: float = Field(0.01, ge=0, description="in-plane bending weight")
     anchor: float = Field(0.01, ge=0, description="weight pulling each section's field towards its affine part")
     z_smooth: float = Field(1e-6, gt=0, description="weight carrying fields across sections (and flagged ones)")
