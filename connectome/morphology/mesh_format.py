@@ -1,12 +1,14 @@
 """Neuroglancer's multi-resolution mesh format (`neuroglancer_multilod_draco`), sharded: per object a
-manifest (its fragments: one per block that holds part of its surface) keyed by the object's id in a
-few shard files, its Draco-encoded fragments stored right before the manifest.
+manifest (its fragments at each level of detail) keyed by the object's id in a few shard files, its
+Draco-encoded fragments stored right before the manifest (level 0 first, each level in Z-curve order).
 
-Fragments lie on a grid of the meshing blocks: the fragment at grid position p (x, y, z) holds the
-surface between the voxel centres of its block's first voxel and its upper neighbour's first voxel,
+Level 0's fragments lie on a grid of the meshing blocks: the fragment at grid position p (x, y, z) holds
+the surface between the voxel centres of its block's first voxel and its upper neighbour's first voxel,
 `grid_origin + p * chunk_shape` to `grid_origin + (p + 1) * chunk_shape` nm, and stores its vertices as
 integers q in [0, 2**bits - 1] of that box (`grid_origin + chunk_shape * (p + q / (2**bits - 1))`).
-One level of detail is stored (the blocks' meshes, simplified); Neuroglancer draws it at every scale.
+Level k is the octree above it: cells of `chunk_shape * 2**k` at positions p >> k, each holding the
+blocks' coarser meshes (simplified more) of the level-0 fragments inside it, quantized in that cell;
+every level-0 fragment has its ancestor at every level (an empty one where simplification left nothing).
 """
 
 from __future__ import annotations
@@ -61,16 +63,42 @@ def zorder(positions: np.ndarray) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
-def encode_manifest(chunk: np.ndarray, origin: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> bytes:
-    """The manifest of one level of detail: its fragments' grid positions (Z-curve order) and byte sizes."""
-    return (np.asarray(chunk, "<f4").tobytes() + np.asarray(origin, "<f4").tobytes() + struct.pack("<I", 1)
-            + np.array([1.0], "<f4").tobytes() + np.zeros(3, "<f4").tobytes() + struct.pack("<I", len(positions))
-            + np.asarray(positions, "<u4").T.tobytes() + np.asarray(sizes, "<u4").tobytes())
+def merge_fragments(parts: list[bytes], bits: int) -> bytes:
+    """One Draco fragment holding the meshes of several, all quantized in the same cell (no bytes: empty)."""
+    import DracoPy
+
+    if len(parts) < 2:
+        return b"".join(parts)
+    points, faces, base = [], [], 0
+    for part in parts:
+        mesh = DracoPy.decode(part)
+        p = np.asarray(mesh.points, np.float64).reshape(-1, 3)
+        points.append(p)
+        faces.append(np.asarray(mesh.faces, np.uint32).reshape(-1, 3) + base)
+        base += len(p)
+    top = 2**bits - 1
+    return DracoPy.encode(np.concatenate(points), np.concatenate(faces), quantization_bits=bits,
+                          quantization_range=top, quantization_origin=[0.0, 0.0, 0.0], compression_level=7)
+
+
+def encode_manifest(chunk: np.ndarray, origin: np.ndarray, lod_scales: np.ndarray, positions: list[np.ndarray],
+                    sizes: list[np.ndarray]) -> bytes:
+    """The manifest: per level of detail (finest first) its scale (nm), fragments' grid positions (Z-curve
+    order) and byte sizes."""
+    lods = len(positions)
+    out = [np.asarray(chunk, "<f4").tobytes(), np.asarray(origin, "<f4").tobytes(), struct.pack("<I", lods),
+           np.asarray(lod_scales, "<f4").tobytes(), np.zeros(3 * lods, "<f4").tobytes(),
+           np.array([len(p) for p in positions], "<u4").tobytes()]
+    for p, n in zip(positions, sizes):
+        out += [np.asarray(p, "<u4").reshape(-1, 3).T.tobytes(), np.asarray(n, "<u4").tobytes()]
+    return b"".join(out)
 
 
 def decode_manifest(data: bytes) -> dict:
     chunk, origin = np.frombuffer(data, "<f4", 3, 0), np.frombuffer(data, "<f4", 3, 12)
     lods = struct.unpack_from("<I", data, 24)[0]
+    lod_scales = np.frombuffer(data, "<f4", lods, 28)
+    vertex_offsets = np.frombuffer(data, "<f4", 3 * lods, 28 + 4 * lods).reshape(lods, 3)
     counts = np.frombuffer(data, "<u4", lods, 28 + 16 * lods)
     at, positions, sizes = 28 + 20 * lods, [], []
     for n in counts:
@@ -79,7 +107,8 @@ def decode_manifest(data: bytes) -> dict:
         at += 16 * int(n)
     if at != len(data):
         raise ValueError(f"mesh manifest of {len(data)} bytes, expected {at}")
-    return {"chunk": chunk, "origin": origin, "positions": positions, "sizes": sizes}
+    return {"chunk": chunk, "origin": origin, "lod_scales": lod_scales, "vertex_offsets": vertex_offsets,
+            "positions": positions, "sizes": sizes}
 
 
 def write_info(directory: str, spec: dict, bits: int, segment_properties: str | None = None) -> None:
@@ -96,29 +125,45 @@ def read_info(directory: str) -> dict:
         return json.load(f)
 
 
-def read_mesh(directory: str, label: int) -> tuple[np.ndarray, np.ndarray]:
-    """One object's mesh (vertices nm x y z, triangles) from its fragments, as Neuroglancer finds them."""
+def read_fragments(directory: str, label: int, lod: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One object's fragments at level of detail `lod` (vertices nm x y z, triangles), each as Neuroglancer
+    finds it; [] when the object has no mesh."""
     import DracoPy
 
     info = read_info(directory)
     found = sharding.read_value(directory, label, info["sharding"])
     if found is None:
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32)
+        return []
     data, path, offset = found
     manifest = decode_manifest(data)
-    positions, sizes = manifest["positions"][0], manifest["sizes"][0]
+    positions, sizes = manifest["positions"][lod], manifest["sizes"][lod]
+    total = sum(int(s.sum()) for s in manifest["sizes"])
+    before = sum(int(s.sum()) for s in manifest["sizes"][:lod])
     with open(path, "rb") as f:
-        f.seek(offset - int(sizes.sum()))
+        f.seek(offset - total + before)
         blob = f.read(int(sizes.sum()))
     top = 2 ** info["vertex_quantization_bits"] - 1
-    vertices, triangles, base, at = [], [], 0, 0
+    cell = manifest["chunk"].astype(np.float64) * 2**lod
+    fragments, at = [], 0
     for position, size in zip(positions, sizes):
+        if size == 0:
+            fragments.append((np.zeros((0, 3)), np.zeros((0, 3), np.uint32)))
+            continue
         mesh = DracoPy.decode(blob[at:at + int(size)])
         at += int(size)
         points = np.asarray(mesh.points, np.float64).reshape(-1, 3)
-        vertices.append(manifest["origin"] + manifest["chunk"] * (position + points / top))
-        triangles.append(np.asarray(mesh.faces, np.uint32).reshape(-1, 3) + base)
-        base += len(points)
+        vertices = manifest["origin"] + manifest["vertex_offsets"][lod] + cell * (position + points / top)
+        fragments.append((vertices, np.asarray(mesh.faces, np.uint32).reshape(-1, 3)))
+    return fragments
+
+
+def read_mesh(directory: str, label: int, lod: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One object's mesh (vertices nm x y z, triangles) at level of detail `lod`, its fragments joined."""
+    vertices, triangles, base = [], [], 0
+    for v, t in read_fragments(directory, label, lod):
+        vertices.append(v)
+        triangles.append(t + base)
+        base += len(v)
     if not vertices:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32)
     return np.concatenate(vertices).astype(np.float32), np.concatenate(triangles)

@@ -1,4 +1,5 @@
-"""Surface meshes of every object in one block (zmesh marching cubes, then quadric simplification).
+"""Surface meshes of every object in one block (zmesh marching cubes, then quadric simplification),
+at several levels of detail: level k is the same surface simplified 4**k times more, with 2**k times the error.
 
 A block reads one voxel past its upper faces, so the surfaces of neighbouring blocks meet without a
 gap; at the volume's own faces the labels are padded with background so that objects come out closed.
@@ -15,6 +16,20 @@ import numpy as np
 from connectome.core.geometry import Box
 
 
+def lod_error(lod: int, max_error: float, voxel_size: Sequence[float]) -> float:
+    """The bound (nm) on how far level of detail `lod` moves the surface: level 0's `max_error` (0: one
+    voxel's smallest side) times 2**lod; the manifest's scale of that level."""
+    return (max_error or min(float(v) for v in voxel_size)) * 2**lod
+
+
+def lod_simplification(lod: int, simplify: int, max_error: float, voxel_size: Sequence[float]) -> tuple[int, float]:
+    """(triangle reduction factor, largest displacement nm) that make level `lod` from the marching-cubes
+    surface: level 0 as asked (`simplify` 0 or 1: none), each coarser level 4x fewer triangles."""
+    if lod == 0:
+        return (simplify if simplify > 1 else 0), lod_error(0, max_error, voxel_size)
+    return max(simplify, 1) * 4**lod, lod_error(lod, max_error, voxel_size)
+
+
 def mesh_block(
     labels: np.ndarray,
     read_box: Box,
@@ -23,10 +38,26 @@ def mesh_block(
     simplify: int = 10,
     max_error: float = 0.0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(id, vertices float32 (n, 3) x y z nm, triangles uint32 (m, 3)) for each object in `labels`.
+    """(id, vertices float32 (n, 3) x y z nm, triangles uint32 (m, 3)) for each object in `labels`, at
+    level of detail 0 only (see `mesh_block_levels`)."""
+    for label, levels in mesh_block_levels(labels, read_box, volume_box, voxel_size, simplify, max_error, 1):
+        yield label, *levels[0]
 
-    `labels` holds `read_box` (z, y, x); `simplify` is the triangle reduction factor (0: none);
-    `max_error` bounds the simplification's displacement in nm (0: one voxel's smallest side).
+
+def mesh_block_levels(
+    labels: np.ndarray,
+    read_box: Box,
+    volume_box: Box,
+    voxel_size: Sequence[float],
+    simplify: int = 10,
+    max_error: float = 0.0,
+    lods: int = 1,
+) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray]]]]:
+    """(id, per level of detail (vertices float32 (n, 3) x y z nm, triangles uint32 (m, 3))) for each
+    object in `labels` with a surface at level 0 (coarser levels may come out empty).
+
+    `labels` holds `read_box` (z, y, x); `simplify` is level 0's triangle reduction factor (0: none);
+    `max_error` bounds its displacement in nm (0: one voxel's smallest side); see `lod_simplification`.
     """
     import zmesh
 
@@ -39,11 +70,17 @@ def mesh_block(
     mesher.mesh(labels.T)  # x, y, z view of the same memory
     origin = np.array([(o - p + 0.5) * r for o, p, r in zip(reversed(read_box.offset), reversed(lower), res_xyz)],
                       np.float32)
-    error = max_error or min(res_xyz)
+    settings = [lod_simplification(k, simplify, max_error, res_xyz) for k in range(lods)]
     for label in mesher.ids():
-        mesh = mesher.get(label, normals=False, reduction_factor=simplify if simplify > 1 else 0, max_error=error)
+        levels = []
+        for factor, error in settings:  # each level simplifies the same marching-cubes surface afresh
+            mesh = mesher.get(label, normals=False, reduction_factor=factor, max_error=error)
+            levels.append(((mesh.vertices + origin).astype(np.float32), mesh.faces.astype(np.uint32)))
+            if len(mesh.faces) == 0:
+                break
         mesher.erase(label)
-        if len(mesh.faces) == 0:
+        if len(levels[0][1]) == 0:
             continue
-        yield int(label), (mesh.vertices + origin).astype(np.float32), mesh.faces.astype(np.uint32)
+        empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32))
+        yield int(label), levels + [empty] * (lods - len(levels))
     mesher.clear()

@@ -26,7 +26,7 @@ from connectome.io import Volume
 from connectome.io.tables import save_table
 from connectome.morphology import mesh_format, skeleton_format
 from connectome.morphology.fragment_index import block_tables, build_index, load_index, owned, save_index
-from connectome.morphology.meshing import mesh_block
+from connectome.morphology.meshing import lod_error, mesh_block_levels
 from connectome.morphology.properties import from_tables, write_segment_properties
 from connectome.morphology.skeletonizing import join_fragments, skeletonize_block, unpack, with_empty
 
@@ -57,6 +57,8 @@ class MeshParams(StageParams):
     simplify: int = Field(10, ge=0, description="triangle reduction factor of the simplification (0 or 1: none)")
     max_error_nm: float = Field(0.0, ge=0, description="largest vertex displacement of the simplification "
                                                         "(0: the voxel's smallest side)")
+    lods: int = Field(3, ge=1, le=8, description="levels of detail: the blocks' meshes, then each coarser level in "
+                                                 "octree cells twice as large, 4x fewer triangles, twice the error")
 
 
 def _grid_step(block: Block, volume: Box) -> np.ndarray:
@@ -69,7 +71,8 @@ def _grid_step(block: Block, volume: Box) -> np.ndarray:
 
 @register
 class MeshStage(BlockStage[MeshParams]):
-    """Surface meshes of every object in each block, Draco-encoded in the block's chunk of the mesh grid,
+    """Surface meshes of every object in each block, Draco-encoded in the block's chunk of the mesh grid
+    (level of detail 0) and, simplified more, in the coarser octree cells that contain it (levels 1..),
     packed into one file per block (`tables/mesh_fragments/<block>.bin`)."""
 
     name = "meshes"
@@ -90,26 +93,34 @@ class MeshStage(BlockStage[MeshParams]):
         chunk = stride[::-1] * res
         origin = (np.array(seg.box.offset)[::-1] + 0.5) * res  # the voxel centre of the volume's first voxel
         bits = mesh_format.quantization_bits(chunk, res)
-        lower = origin + position * chunk
+        p = self.params
+        cells = [(origin + (position >> k) * chunk * 2**k, chunk * 2**k) for k in range(p.lods)]
         ids, parts, triangles = [], [], 0
-        for label, vertices, faces in mesh_block(labels, block.read_box, seg.box, seg.meta.voxel_size,
-                                                 self.params.simplify, self.params.max_error_nm):
+        for label, levels in mesh_block_levels(labels, block.read_box, seg.box, seg.meta.voxel_size, p.simplify,
+                                               p.max_error_nm, p.lods):
             ids.append(label)
-            parts.append(mesh_format.encode_fragment(vertices, faces, lower, chunk, bits))
-            triangles += len(faces)
+            parts.append([mesh_format.encode_fragment(v, f, lower, cell, bits) if len(f) else b""
+                          for (v, f), (lower, cell) in zip(levels, cells)])
+            triangles += len(levels[0][1])
         tables_dir = self.table_dirs[MESH_TABLE.name]
-        mesh_format.write_atomic(os.path.join(tables_dir, f"{block.index}.bin"), b"".join(parts))
+        mesh_format.write_atomic(os.path.join(tables_dir, f"{block.index}.bin"),
+                                 b"".join(b"".join(levels) for levels in parts))
         inside, voxels = _counts(labels[block.write_box.relative_to(block.read_box)])
         meshed = np.array(ids, np.uint64)
         all_ids = np.union1d(meshed, inside)
-        sizes, lengths, offsets = (np.zeros(all_ids.size, np.int64) for _ in range(3))
+        sizes = np.zeros(all_ids.size, np.int64)
         sizes[np.searchsorted(all_ids, inside)] = voxels
+        # per object and level of detail: its fragment's byte length and offset in the block's .bin
+        lengths, offsets = (np.zeros((all_ids.size, p.lods), np.int64) for _ in range(2))
         at = np.searchsorted(all_ids, meshed)
-        lengths[at] = [len(p) for p in parts]
-        offsets[at] = np.cumsum([0] + [len(p) for p in parts])[:-1]
-        save_table(tables_dir, block.index, ids=all_ids, voxels=sizes, meshed=lengths > 0, offsets=offsets,
+        flat = np.array([[len(b) for b in levels] for levels in parts], np.int64).reshape(-1, p.lods)
+        lengths[at] = flat
+        offsets[at] = (np.cumsum(flat.ravel()) - flat.ravel()).reshape(flat.shape)
+        scales = [lod_error(k, p.max_error_nm, res.tolist()) for k in range(p.lods)]
+        save_table(tables_dir, block.index, ids=all_ids, voxels=sizes, meshed=lengths[:, 0] > 0, offsets=offsets,
                    lengths=lengths, position=position.astype(np.int64), chunk_nm=chunk, origin_nm=origin,
-                   bits=np.int64(bits), write_box=_box_row(block.write_box))
+                   bits=np.int64(bits), lod_scales=np.array(scales, np.float64),
+                   write_box=_box_row(block.write_box))
         return {"objects": int(meshed.size), "triangles": triangles}
 
 
@@ -145,8 +156,8 @@ def _shard_plan(tables_dir: str, index: dict[str, np.ndarray], mesh_dir: str) ->
     total, grid = 0, None
     for _, path in block_tables(tables_dir):
         with np.load(path) as t:
-            if "lengths" not in t.files:
-                raise UserError(f"{path}: a mesh table of an earlier version (no packed fragments); remove "
+            if "lengths" not in t.files or t["lengths"].ndim != 2:
+                raise UserError(f"{path}: a mesh table of an earlier version (no levels of detail); remove "
                                 "tables/mesh_fragments and .connectome/done/{meshes,mesh_index,mesh_manifests}, re-run")
             total += int(t["lengths"].sum())
             grid = grid or (int(t["bits"]),)
@@ -196,11 +207,12 @@ class MeshManifestStage(BlockStage[NoParams]):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         index = load_index(self.index_path())
         directory = os.path.join(output_dir(self, MESH_TABLE.name), MESHES)
-        spec = mesh_format.read_info(directory)["sharding"]
+        info = mesh_format.read_info(directory)
+        spec = info["sharding"]
         owners = index["shard_owner"]
         mine = np.flatnonzero(np.all((owners >= np.array(block.write_box.offset))
                                      & (owners < np.array(block.write_box.end)), axis=1))
-        fragments = _FragmentReader(self.table_dirs[MESH_TABLE.name])
+        fragments = _FragmentReader(self.table_dirs[MESH_TABLE.name], info["vertex_quantization_bits"])
         try:
             self._write_shards(mine, index, fragments, directory, spec)
         finally:
@@ -223,9 +235,12 @@ class MeshManifestStage(BlockStage[NoParams]):
 
 
 class _FragmentReader:
-    """An object's fragments from the blocks' packed files, as (manifest, fragment bytes in its order)."""
+    """An object's fragments from the blocks' packed files, as (manifest, fragment bytes in its order):
+    level 0 one fragment per block; level k one per octree cell of 2**k blocks a side that holds a level-0
+    fragment, the blocks' level-k meshes in it merged into one."""
 
-    def __init__(self, tables_dir: str):
+    def __init__(self, tables_dir: str, bits: int):
+        self.bits = bits
         self.tables_dir = tables_dir
         self.tables: dict[int, dict[str, np.ndarray]] = {}
         self.files: dict[int, BinaryIO] = {}
@@ -233,30 +248,42 @@ class _FragmentReader:
     def _table(self, b: int) -> dict[str, np.ndarray]:
         if b not in self.tables:
             with np.load(os.path.join(self.tables_dir, f"{b}.npz")) as t:
-                self.tables[b] = {k: t[k] for k in ("ids", "offsets", "lengths", "position", "chunk_nm", "origin_nm")}
+                keys = ("ids", "offsets", "lengths", "position", "chunk_nm", "origin_nm", "lod_scales")
+                self.tables[b] = {k: t[k] for k in keys}
         return self.tables[b]
 
     def of(self, label: int, blocks: np.ndarray) -> tuple[bytes, bytes] | None:
-        parts, positions, table = [], [], None
+        pieces, positions, table = [], [], None
         for b in blocks:
             table = self._table(int(b))
             at = int(np.searchsorted(table["ids"], np.uint64(label)))
-            length = int(table["lengths"][at])
-            if length == 0:
+            lengths = table["lengths"][at]
+            if lengths[0] == 0:
                 continue
             if int(b) not in self.files:
                 self.files[int(b)] = open(os.path.join(self.tables_dir, f"{int(b)}.bin"), "rb")  # noqa: SIM115
             f = self.files[int(b)]
-            f.seek(int(table["offsets"][at]))
-            parts.append(f.read(length))
+            f.seek(int(table["offsets"][at][0]))
+            data = f.read(int(lengths.sum()))
+            ends = np.cumsum(lengths)
+            pieces.append([data[int(e - n):int(e)] for e, n in zip(ends, lengths)])
             positions.append(table["position"])
-        if not parts or table is None:
+        if not pieces or table is None:
             return None
-        order = mesh_format.zorder(np.array(positions))
-        data = [parts[i] for i in order]
-        manifest = mesh_format.encode_manifest(table["chunk_nm"], table["origin_nm"], np.array(positions)[order],
-                                               np.array([len(d) for d in data]))
-        return manifest, b"".join(data)
+        lods = len(pieces[0])
+        level_positions, level_data = [], []
+        for k in range(lods):
+            cells, which = np.unique(np.array(positions) >> k, axis=0, return_inverse=True)
+            which = np.asarray(which).ravel()
+            merged = [mesh_format.merge_fragments([pieces[i][k] for i in np.flatnonzero(which == c) if pieces[i][k]],
+                                                  self.bits) for c in range(len(cells))]
+            order = mesh_format.zorder(cells)
+            level_positions.append(cells[order])
+            level_data.append([merged[i] for i in order])
+        manifest = mesh_format.encode_manifest(table["chunk_nm"], table["origin_nm"], table["lod_scales"],
+                                               level_positions, [np.array([len(d) for d in level], np.int64)
+                                                                 for level in level_data])
+        return manifest, b"".join(b"".join(level) for level in level_data)
 
     def close(self) -> None:
         for f in self.files.values():

@@ -10,7 +10,7 @@ import pytest
 
 from connectome.export.sharding import read_value
 from connectome.io import create_volume
-from connectome.morphology.mesh_format import decode_manifest, read_mesh
+from connectome.morphology.mesh_format import decode_manifest, read_fragments, read_mesh
 from connectome.morphology.properties import read_sizes
 from connectome.morphology.skeleton_format import read_skeleton
 
@@ -90,6 +90,41 @@ def test_mesh_is_closed_and_in_nanometres(outputs):
     edges = np.sort(np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]), axis=1)
     _, counts = np.unique(edges, axis=0, return_counts=True)
     assert (counts == 2).all()
+
+
+def test_coarser_levels_of_detail_form_the_octree_above_the_block_fragments(outputs):
+    from scipy.spatial import cKDTree
+
+    labels, made = outputs
+    directory = str(made["blocks"] / "meshes")
+    info = json.loads((made["blocks"] / "meshes" / "info").read_text())
+    for label in (7, 2**40 + 3, 9):
+        manifest = decode_manifest(read_value(directory, label, info["sharding"])[0])
+        scales, positions = manifest["lod_scales"], manifest["positions"]
+        assert len(positions) == len(scales) == 3  # the stage's default: two levels above the blocks'
+        assert (np.diff(scales) > 0).all() and scales[0] > 0  # Neuroglancer needs them non-decreasing
+        assert not manifest["vertex_offsets"].any()
+        finest, _ = read_mesh(directory, label)
+        tree = cKDTree(finest)
+        triangles = [len(read_mesh(directory, label, 0)[1])]
+        for k in range(1, len(scales)):
+            # every level-0 fragment has its ancestor at level k (Neuroglancer descends the octree from
+            # the top), and level k holds nothing else
+            cells = sorted(map(tuple, positions[k].tolist()))
+            assert cells == sorted(set(map(tuple, (positions[0] >> k).tolist())))
+            cell = manifest["chunk"] * 2**k
+            for position, (vertices, faces) in zip(positions[k], read_fragments(directory, label, k)):
+                if len(faces) == 0:
+                    continue
+                lower = manifest["origin"] + position * cell
+                assert (vertices >= lower - 1e-3).all() and (vertices <= lower + cell + 1e-3).all()
+                # a coarser surface stays within its error (plus a voxel) of the finest one
+                assert tree.query(vertices)[0].max() <= scales[k] + 8
+            triangles.append(sum(len(f) for _, f in read_fragments(directory, label, k)))
+        assert triangles[0] > triangles[1] > triangles[2] > 0, triangles
+    # the ball's eight block fragments share one cell at level 1: merged into one fragment there
+    manifest = decode_manifest(read_value(directory, 2**40 + 3, info["sharding"])[0])
+    assert len(manifest["positions"][0]) == 8 and manifest["positions"][1].tolist() == [[0, 0, 0]]
 
 
 def test_skeletons_are_joined_across_blocks(outputs):
