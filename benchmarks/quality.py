@@ -68,7 +68,7 @@ def cli(*args: str) -> tuple[dict, str]:
 
 
 def fitting_models(voxel_size) -> list[str]:
-    from connectome.affinity.stages import VOXEL_TOLERANCE
+    from connectome.models.voxel_size import VOXEL_TOLERANCE
     from connectome.models.registry import available_models, read_info, resolve_model_path
 
     names = []

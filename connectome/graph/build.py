@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from connectome.io.tables import write_csv
+
 NODES_FILE = "graph_nodes.csv"
 EDGES_FILE = "graph_edges.csv"
 GRAPHML_FILE = "graph.graphml"
@@ -52,15 +54,9 @@ def build_graph(synapses: dict[str, np.ndarray], segments: dict[str, np.ndarray]
 
 
 def _write_csv(path: str, columns: dict[str, np.ndarray]) -> str:
-    tmp = f"{path}.tmp{os.getpid()}"
     names = list(columns)
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for i in range(len(columns[names[0]]) if names else 0):
-            w.writerow([_cell(columns[k][i]) for k in names])
-    os.replace(tmp, path)
-    return path
+    n = len(columns[names[0]]) if names else 0
+    return write_csv(path, names, ([_cell(columns[k][i]) for k in names] for i in range(n)))
 
 
 def _cell(v) -> str:

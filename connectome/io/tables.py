@@ -74,3 +74,16 @@ def check_format(directory: str, name: str, version: int) -> dict:
                         f"expected {name} format {version}; re-run the stage that writes them")
     return found
 
+
+
+def write_csv(path: str, header, rows) -> str:
+    """Write a CSV table atomically: `header`, then each row of `rows` (an iterable of lists of cells)."""
+    import csv
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path

@@ -129,14 +129,20 @@ def load_model(name: str, device: str | torch.device | None = None) -> LoadedMod
     return LoadedModel(net=net, info=info, device=dev)
 
 
-def save_model(path: str | os.PathLike, net: UNet, meta: dict) -> Path:
-    """Write `path`.pt (float32 state dict) and `path`.json (architecture, normalisation, provenance)."""
+def write_weights(path: str | os.PathLike, net: torch.nn.Module) -> Path:
+    """Write `path`.pt atomically: the float32 state dict on the CPU; returns that path."""
     path = Path(path).with_suffix(".pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+    return path
+
+
+def save_model(path: str | os.PathLike, net: UNet, meta: dict) -> Path:
+    """Write `path`.pt (float32 state dict) and `path`.json (architecture, normalisation, provenance)."""
+    path = write_weights(path, net)
     config: UNetConfig = net.config
     full = {
         "format": FORMAT_VERSION,

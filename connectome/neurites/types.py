@@ -11,6 +11,7 @@ import numpy as np
 
 from connectome.engine.global_step import GlobalStep
 from connectome.io.lookup import lut_path, save_lut
+from connectome.io.tables import write_csv
 from connectome.neurites.classifier import CLASSES, load
 from connectome.neurites.features import SUMS, centroids, combine, describe
 
@@ -49,16 +50,10 @@ def load_sums(directory: str) -> dict:
 
 
 def write_segments(path: str, rows: dict) -> str:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(SEGMENT_COLUMNS)
-        for i in range(len(rows["id"])):
-            w.writerow([rows["id"][i], int(rows["size_voxels"][i]), rows["class"][i], f"{rows['class_score'][i]:.4f}",
-                        *(f"{rows[k][i]:.2f}" for k in ("z", "y", "x")), int(rows["out_synapses"][i]),
-                        int(rows["in_synapses"][i])])
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, SEGMENT_COLUMNS, (
+        [rows["id"][i], int(rows["size_voxels"][i]), rows["class"][i], f"{rows['class_score'][i]:.4f}",
+         *(f"{rows[k][i]:.2f}" for k in ("z", "y", "x")), int(rows["out_synapses"][i]), int(rows["in_synapses"][i])]
+        for i in range(len(rows["id"]))))
 
 
 def read_segments(path: str) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from connectome.core.errors import UserError
+from connectome.models.registry import write_weights
 from connectome.models.unet import UNet, UNetConfig, Vec3, aligned_reach, fold_batchnorm
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -93,12 +94,7 @@ def read_info(name: str) -> CleftModelInfo:
 
 def save(path: str | os.PathLike, net: UNet, meta: dict) -> Path:
     """Write `path`.pt (float32 state dict) and `path`.json (architecture and everything in `meta`)."""
-    path = Path(path).with_suffix(".pt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    path = write_weights(path, net)
     full = {"format": 1, "name": path.stem, "architecture": net.config.to_dict(), **meta}
     path.with_suffix(".json").write_text(json.dumps(full, indent=1) + "\n")
     read_info.cache_clear()

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from connectome.core.errors import UserError
+from connectome.io.tables import write_csv
 
 COLUMNS = ("id", "z", "y", "x", "pre", "post", "score", "partner_score", "size_voxels", "size_nm3", "autapse")
 _TYPES = {"id": np.int64, "z": np.int64, "y": np.int64, "x": np.int64, "pre": np.uint64, "post": np.uint64,
@@ -18,15 +19,7 @@ SYNAPSES_FILE = "synapses.csv"
 
 def write_synapses(path: str, rows: dict[str, np.ndarray]) -> str:
     """Write the table atomically (columns in COLUMNS order)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    n = len(rows["id"])
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for i in range(n):
-            w.writerow([_fmt(rows[c][i]) for c in COLUMNS])
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, COLUMNS, ([_fmt(rows[c][i]) for c in COLUMNS] for i in range(len(rows["id"]))))
 
 
 def _fmt(v) -> str:
