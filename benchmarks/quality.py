@@ -68,8 +68,8 @@ def cli(*args: str) -> tuple[dict, str]:
 
 
 def fitting_models(voxel_size) -> list[str]:
-    from connectome.models.voxel_size import VOXEL_TOLERANCE
     from connectome.models.registry import available_models, read_info, resolve_model_path
+    from connectome.models.voxel_size import VOXEL_TOLERANCE
 
     names = []
     for name in available_models():
