@@ -82,8 +82,9 @@ def main() -> None:
     d = np.load(args.input)
     raw, labels = d["raw"], d["neuron_ids"]
     order = recover_order(labels)
-    print("stored order : same id %.3f, raw correlation %.3f" % neighbour_stats(raw, labels))
-    print("recovered    : same id %.3f, raw correlation %.3f" % neighbour_stats(raw[order], labels[order]))
+    for name, r, lab in (("stored order", raw, labels), ("recovered", raw[order], labels[order])):
+        same, corr = neighbour_stats(r, lab)
+        print(f"{name:13s}: same id {same:.3f}, raw correlation {corr:.3f}")
     print("order (stored z indices):", order)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, raw=raw[order], neuron_ids=labels[order], resolution_zyx_nm=d["resolution_zyx_nm"],

@@ -49,6 +49,8 @@ class TrainSettings:
     labels: list[str]
     name: str
     out: str
+    section_raw: list[str] = field(default_factory=list)  # extra volumes whose labels are per section (2-D):
+    section_labels: list[str] = field(default_factory=list)  # their z affinities get no loss
     val_raw: str | None = None
     val_labels: str | None = None
     eval_raw: list[str] = field(default_factory=list)  # scored with the best checkpoint only
@@ -106,13 +108,24 @@ def _info(settings: TrainSettings, net: UNet, voxel_size, mean: float, std: floa
                      mean=mean, std=std, z_affinity=z_aff, flops_per_voxel=cfg.flops_per_voxel)
 
 
-def _batch(pairs, weights, augmenter, settings, offsets, margin, rng):
+def sampling_weights(sizes: np.ndarray, two_d: np.ndarray) -> np.ndarray:
+    """Chance of each training volume per patch: sqrt of its size (small volumes get more than their
+    voxel share); volumes with per-section labels together get at most half when volumes with 3-D labels
+    exist, since only those teach the z affinity."""
+    w = np.sqrt(sizes)
+    if two_d.any() and not two_d.all() and w[two_d].sum() > w[~two_d].sum():
+        w[two_d] *= w[~two_d].sum() / w[two_d].sum()
+    return w / w.sum()
+
+
+def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d):
     raws, targets, masks = [], [], []
     for _ in range(settings.batch_size):
-        pair = pairs[rng.choice(len(pairs), p=weights)]
+        index = rng.choice(len(pairs), p=weights)
+        pair = pairs[index]
         raw, labels = augmenter(pair.raw, pair.labels, settings.patch)
         affs, mask = affinities_from_labels(labels, offsets)
-        if settings.labels_2d:
+        if settings.labels_2d or two_d[index]:
             mask[[c for c, o in enumerate(offsets) if o[0] != 0]] = False
         for axis, m in enumerate(margin):
             if m:
@@ -141,8 +154,11 @@ def train(settings: TrainSettings, log=print) -> dict:
         raise UserError("give both --val-raw and --val-labels, or neither")
     if len(settings.eval_raw) != len(settings.eval_labels):
         raise UserError("give one --eval-labels for each --eval-raw")
+    if len(settings.section_raw) != len(settings.section_labels):
+        raise UserError("give one --section-labels for each --section-raw")
     held_out = [a for a in [settings.val_raw, settings.val_labels, *settings.eval_raw, *settings.eval_labels] if a]
-    clash = overlapping_sections(settings.raw + settings.labels, held_out)
+    clash = overlapping_sections(settings.raw + settings.labels + settings.section_raw + settings.section_labels,
+                                 held_out)
     if clash:
         raise UserError(f"training data overlaps held-out data: {clash[0]}")
     torch.set_num_threads(settings.threads)
@@ -161,11 +177,13 @@ def train(settings: TrainSettings, log=print) -> dict:
     if any(2 * m >= p for m, p in zip(margin, settings.patch)):
         raise UserError(f"--patch {settings.patch} leaves nothing inside the loss margin {margin}")
 
-    pairs = [load_pair(r, l) for r, l in zip(settings.raw, settings.labels)]
+    pairs = [load_pair(r, l) for r, l in zip(settings.raw + settings.section_raw,
+                                             settings.labels + settings.section_labels)]
+    two_d = np.arange(len(pairs)) >= len(settings.raw)
     val = (load_pair(settings.val_raw, settings.val_labels)
            if settings.val_raw and settings.val_labels is not None else None)  # both or neither, checked above
     sizes = np.array([p.size for p in pairs], np.float64)
-    weights = np.sqrt(sizes) / np.sqrt(sizes).sum()  # small volumes get more than their voxel share
+    weights = sampling_weights(sizes, two_d)
     init_info = None
     if settings.init:
         from connectome.models.registry import read_info, resolve_model_path
@@ -252,7 +270,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     for it in range(1, settings.iterations + 1):
         t0 = time.perf_counter()
         set_lr(it - 1)
-        raw, target, mask = _batch(pairs, weights, augmenter, settings, offsets, margin, rng)
+        raw, target, mask = _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d)
         x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
         y = torch.from_numpy(target).to(device, torch.float32)
         w = balance_weights(y, torch.from_numpy(mask).to(device))
@@ -305,7 +323,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         "device": str(device) if device.type != "cpu" else f"cpu ({cpu_name()}, {settings.threads} threads)",
         "torch": torch.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data": {"train": [{"raw": r, "labels": l} for r, l in zip(settings.raw, settings.labels)],
+        "data": {"train": [{"raw": r, "labels": l} for r, l in zip(settings.raw, settings.labels)]
+                 + [{"raw": r, "labels": l, "labels_per_section": True}
+                    for r, l in zip(settings.section_raw, settings.section_labels)],
                  "validation": {"raw": settings.val_raw, "labels": settings.val_labels} if val else None},
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("command",)},
         "iterations": done,

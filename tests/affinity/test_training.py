@@ -225,11 +225,35 @@ def test_two_d_labels_mask_z_affinities():
     settings = TrainSettings(raw=[], labels=[], name="x", out="x", patch=(4, 32, 32), labels_2d=True,
                              arch="aniso", batch_size=2)
     r, t, m = _batch([p], np.array([1.0]), Augmenter(augment_config("aniso"), 0), settings, offsets,
-                     (0, 2, 2), np.random.default_rng(0))
+                     (0, 2, 2), np.random.default_rng(0), np.array([False]))
     assert r.shape == (2, 1, 4, 32, 32) and t.shape == m.shape == (2, 5, 4, 32, 32)
     assert not m[:, 0].any() and not m[:, 3].any()  # every z offset is out of the loss
     assert m[:, 1].any() and m[:, 4].any()
     assert not m[:, 1, :, :2].any() and not m[:, 1, :, -2:].any()  # loss margin
+
+
+def test_section_labelled_volumes_mask_only_their_own_z_affinities():
+    """--section-raw/--section-labels: a 2-D labelled volume beside a 3-D one loses only its own z loss."""
+    from connectome.affinity.training import TrainSettings, _batch, augment_config, sampling_weights
+    from connectome.training.data import Pair
+
+    raw, labels = voronoi_volume((12, 48, 48), 30, seed=2)
+    pairs = [Pair("r3", "l3", raw, labels), Pair("r2", "l2", raw, labels)]
+    offsets = NN + ((-2, 0, 0), (0, -3, 0))
+    settings = TrainSettings(raw=["r3"], labels=["l3"], section_raw=["r2"], section_labels=["l2"], name="x",
+                             out="x", patch=(4, 32, 32), arch="aniso", batch_size=1)
+    two_d = np.array([False, True])
+    aug = Augmenter(augment_config("aniso"), 0)
+    for only, z_trained in ((0, True), (1, False)):
+        weights = np.eye(2)[only]
+        _, _, m = _batch(pairs, weights, aug, settings, offsets, (0, 2, 2), np.random.default_rng(0), two_d)
+        assert m[:, 0].any() == z_trained and m[:, 3].any() == z_trained
+        assert m[:, 1].any() and m[:, 4].any()
+    # the 2-D volumes together get at most half the patches when 3-D labels exist
+    w = sampling_weights(np.array([1e6, 4e6, 9e6]), np.array([False, True, True]))
+    assert w[0] == pytest.approx(0.5) and w[1] / w[2] == pytest.approx(2 / 3)
+    w = sampling_weights(np.array([9e6, 1e6]), np.array([False, True]))
+    assert w[0] == pytest.approx(0.75)  # already under half: sqrt-of-size shares kept
 
 
 def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
