@@ -7,6 +7,9 @@
     # merged by the tree on a local Dask cluster: time and peak memory per task, per level
     .venv/bin/python benchmarks/merge_tree.py simulate --edges 1e7 --dir /tmp/mt [--serial]
 
+    # the serial merge alone, in memory, in the strict and in waterz's order of equal scores
+    .venv/bin/python benchmarks/merge_tree.py kernel --edges 3e6 --dir /tmp/mt3
+
 The synthetic graph is a lattice of fragments, `--lattice`^3 per block, each joined to its lower
 neighbour along z, y and x (about 3 edges per fragment, across block faces too), with 1-8 voxel
 pairs per contact. Fragments belong to elongated objects (neurites along z, 2-5 blocks long,
@@ -106,7 +109,9 @@ def _serial_child(edges_dir: str, threshold: float, scoring: str, out: str) -> N
     from connectome.affinity.merge_tree import _peak_rss
 
     start = time.perf_counter()
-    keys, values = lookup_table(load_tables(edges_dir, histograms=scoring == "quantile"), threshold, scoring)
+    # the tree's order of equal scores (the default for mean scoring; quantile runs in waterz's order serially)
+    keys, values = lookup_table(load_tables(edges_dir, histograms=scoring == "quantile"), threshold, scoring,
+                                order="strict")
     seconds = time.perf_counter() - start
     np.savez(out, keys=keys, values=values)
     print(json.dumps({"seconds": seconds, "peak_rss": _peak_rss(), "fragments": int(len(keys)),
@@ -202,6 +207,34 @@ def simulate(args) -> None:
               f"tree == serial: {same}")
 
 
+def kernel(args) -> None:
+    """The serial merge alone (`merge_regions`, tables already in memory) on a synthetic graph, in
+    each order of equal scores, alternating, best of `--repeat`."""
+    from connectome.affinity.agglomeration import edge_stats, load_tables, merge_regions
+
+    grid = grid_for(float(args.edges), args.lattice)
+    edges_dir = os.path.join(args.dir, "edges")
+    os.makedirs(edges_dir, exist_ok=True)
+    for i in range(int(np.prod(grid))):
+        if not os.path.exists(os.path.join(edges_dir, f"{i}.npz")):
+            write_block((edges_dir, grid, args.lattice, i))
+    tables = load_tables(edges_dir)
+    stats, nodes = edge_stats(tables, "mean"), tables["nodes"]
+    u, v = tables["u"].astype(np.uint64), tables["v"].astype(np.uint64)
+    merge_regions(nodes, u[:1000], v[:1000], stats[:1000], args.threshold)  # compile
+    merge_regions(nodes, u[:1000], v[:1000], stats[:1000], args.threshold, order="waterz")
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        for order in ("strict", "waterz"):
+            start = time.perf_counter()
+            segments = len(np.unique(merge_regions(nodes, u, v, stats, args.threshold, order=order)))
+            best[order] = min(best.get(order, np.inf), time.perf_counter() - start)
+            print(f"{order}: {len(u):,} edges, {len(nodes):,} fragments -> {segments:,} segments, "
+                  f"{time.perf_counter() - start:.2f} s", flush=True)
+    for order, seconds in best.items():
+        print(f"{order}: best of {args.repeat}: {seconds:.2f} s")
+
+
 def compare(args) -> None:
     from connectome.affinity.relabel import table_grid
     from connectome.io import open_volume
@@ -247,8 +280,14 @@ def main() -> None:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--dir", required=True)
     s.add_argument("--serial", action="store_true", help="also the serial merge, in its own process")
+    k = sub.add_parser("kernel", help="the serial merge alone, in memory, in each order of equal scores")
+    k.add_argument("--edges", default="3e6")
+    k.add_argument("--lattice", type=int, default=32)
+    k.add_argument("--threshold", type=float, default=0.5)
+    k.add_argument("--repeat", type=int, default=3)
+    k.add_argument("--dir", required=True)
     args = p.parse_args()
-    compare(args) if args.command == "compare" else simulate(args)
+    {"compare": compare, "simulate": simulate, "kernel": kernel}[args.command](args)
 
 
 if __name__ == "__main__":

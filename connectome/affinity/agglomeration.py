@@ -90,37 +90,55 @@ def pooled_edges(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndar
     return uniq // n, uniq % n, pooled
 
 
+STRICT, WATERZ = "strict", "waterz"  # the orders of equal scores (`merge_regions`)
+
+
 def merge_regions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray, threshold: float,
-                  score=mean_score, frozen: np.ndarray | None = None, together: bool | None = None) -> np.ndarray:
+                  score=mean_score, frozen: np.ndarray | None = None, order: str | None = None) -> np.ndarray:
     """Segment of each of the sorted `nodes`, named by its least node index, merging while score(edge) < threshold.
 
     `stats` has one row per edge (u, v); merged edges add their rows, so `score` sees the pooled
-    statistics of the whole contact between two regions, as waterz does. `together` (default: for
-    mean scoring): equal scores are a tie whose edges merge together, so the result does not depend
-    on their order (what lets the merge tree equal this merge); else they merge one at a time in
-    waterz's heap order ((score, i, j): quantile scores take 64 values, and merging whole ties of
-    them at once over-merges). `frozen` (int8, one flag per node, updated in place) marks nodes
-    that must not merge: a tie that reaches one freezes instead (the merge tree's rule,
-    `merge_tree`). Mean and quantile scoring run compiled (`connectome.merge_kernel`); any other
-    `score` runs the Python reference.
+    statistics of the whole contact between two regions, as waterz does. Edges merge one at a time,
+    the least first in `order` (default: strict for mean scoring, waterz for any other):
+
+    - strict: by (score, contact count, -hi, -lo), where lo < hi are the least node indices of the
+      edge's two segments. A strict total order (two edges never share both segments) that no
+      merge can lower: a pooled edge scores at least the least of its parts (a weighted mean; a
+      quantile of the union lies between its parts'), with more voxel pairs than each, and a merge
+      only lowers a segment's least index. So an edge that is the least of all edges at its two
+      segments is merged whatever merges elsewhere come first, which lets the merge tree
+      (`merge_tree`) decide it inside a super-block and equal this merge;
+    - waterz: waterz's heap order (score, i, j) of the two segments' internal indices, which depend
+      on the order of earlier merges.
+
+    `frozen` (int8, one flag per node, updated in place) marks nodes that must not merge: the least
+    edge of a frozen segment freezes its other segment instead (the merge tree's rule). Mean and
+    quantile scoring run compiled (`connectome.merge_kernel`); any other `score` runs the Python
+    reference.
     """
-    if together is None:
-        together = score is mean_score
+    order = _order(order, score)
     mode = MEAN if score is mean_score else QUANTILE if hasattr(score, "quantile") else None
     if mode is None or len(u) == 0 or len(nodes) == 0 or len(nodes) >= 2**31:
-        return merge_regions_reference(nodes, u, v, stats, threshold, score, frozen, together)
+        return merge_regions_reference(nodes, u, v, stats, threshold, score, frozen, order)
     i, j, pooled = pooled_edges(nodes, u, v, stats)
     q = float(getattr(score, "quantile", 0.0))
     flags = np.zeros(0, np.int8) if frozen is None else frozen
-    return merge_edges(len(nodes), i, j, pooled, float(threshold), mode, q, float(HIST_BINS), flags, together)
+    return merge_edges(len(nodes), i, j, pooled, float(threshold), mode, q, float(HIST_BINS), flags, order == STRICT)
+
+
+def _order(order: str | None, score) -> str:
+    if order is None:
+        return STRICT if score is mean_score else WATERZ
+    if order not in (STRICT, WATERZ):
+        raise ValueError(f"order {order!r}: expected {STRICT!r} or {WATERZ!r}")
+    return order
 
 
 def merge_regions_reference(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.ndarray,
                             threshold: float, score=mean_score, frozen: np.ndarray | None = None,
-                            together: bool | None = None) -> np.ndarray:
+                            order: str | None = None) -> np.ndarray:
     """`merge_regions` as a Python heap over dicts: the reference the compiled merge must equal."""
-    if together is None:
-        together = score is mean_score
+    strict = _order(order, score) == STRICT
     n = len(nodes)
     parent = np.arange(n)
     if len(u) == 0 or n == 0:
@@ -133,22 +151,35 @@ def merge_regions_reference(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, sta
         def score(st) -> float:  # noqa: F811 - the scalar twin of mean_score
             return 1.0 - st[0] / st[1]
 
+        def contact(st) -> float:  # voxel pairs (x 255)
+            return st[1]
+
         def pool(into, st) -> None:
             into[0] += st[0]
             into[1] += st[1]
     else:
         rows = list(pooled)
 
+        def contact(st) -> float:  # noqa: F811 - voxel pairs of a histogram
+            return float(st.sum())
+
         def pool(into, st) -> None:
             into += st
     adjacency: list[dict[int, object]] = [dict() for _ in range(n)]
-    heap = []
+    least = list(range(n))  # of each segment (by its root): its least node index
+    heap = []  # strict: (score, count, -hi, -lo) of least indices; waterz: (score, 0, i, j) of roots
+
+    def entry(sc: float, i: int, j: int, st) -> tuple[float, float, int, int]:
+        if strict:
+            lo, hi = sorted((least[i], least[j]))
+            return sc, contact(st), -hi, -lo
+        return sc, 0.0, min(i, j), max(i, j)
+
     for row, i, j, sc in zip(rows, first.tolist(), second.tolist(), scores.tolist()):
         adjacency[i][j] = adjacency[j][i] = row
         if sc < threshold:
-            heap.append((sc, i, j))
+            heap.append(entry(sc, i, j, row))
     heapq.heapify(heap)
-    alive = np.ones(n, dtype=bool)
 
     def root(x: int) -> int:
         while parent[x] != x:
@@ -156,69 +187,50 @@ def merge_regions_reference(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, sta
         return x
 
     while heap:
-        tie, least = [], heap[0][0]
-        while heap and heap[0][0] == least:  # every live entry of the least score
-            sc, i, j = heapq.heappop(heap)
-            st = adjacency[i].get(j) if alive[i] and alive[j] else None
-            if st is not None and float(score(st)) == sc:
-                tie.append((i, j))
-                if not together:
-                    break
-        if frozen is not None and tie:
-            tie = _unfrozen_ties(tie, frozen)
-        for a, b in tie:
-            i, j = root(a), root(b)
-            if i == j:
+        top = heapq.heappop(heap)
+        i, j = (root(-top[3]), root(-top[2])) if strict else (top[2], top[3])
+        if i == j or parent[i] != i or parent[j] != j:
+            continue  # waterz: an endpoint died; strict: the two segments merged
+        st = adjacency[i].get(j)
+        if st is None or float(score(st)) != top[0]:
+            continue  # stale: a merge pooled the edge, and pushed its entry of now
+        now = entry(top[0], i, j, st)
+        if now[1] != top[1]:
+            continue  # the same, with a score that did not change
+        if now != top:
+            # a merge lowered a least index since (a pooling pushes anew), so the edge's key
+            # grew: it waits again with the key it has now
+            heapq.heappush(heap, now)
+            continue
+        if frozen is not None and (frozen[i] or frozen[j]):
+            frozen[i] = frozen[j] = 1  # the least edge of a frozen segment: the other cannot merge here
+            continue
+        if len(adjacency[i]) < len(adjacency[j]):
+            i, j = j, i  # merge the smaller neighbourhood into the larger
+        parent[j] = i
+        least[i] = min(least[i], least[j])
+        del adjacency[i][j]
+        for k, st in adjacency[j].items():
+            if k == i:
                 continue
-            if len(adjacency[i]) < len(adjacency[j]):
-                i, j = j, i  # merge the smaller neighbourhood into the larger
-            alive[j] = False
-            parent[j] = i
-            del adjacency[i][j]
-            for k, st in adjacency[j].items():
-                if k == i:
-                    continue
-                del adjacency[k][j]
-                existing = adjacency[i].get(k)
-                if existing is None:
-                    adjacency[i][k] = adjacency[k][i] = st
-                    merged = st
-                else:
-                    pool(existing, st)
-                    merged = existing
-                new_score = float(score(merged))
-                if new_score < threshold:
-                    heapq.heappush(heap, (new_score, min(i, k), max(i, k)))
-            adjacency[j] = {}
+            del adjacency[k][j]
+            existing = adjacency[i].get(k)
+            if existing is None:
+                adjacency[i][k] = adjacency[k][i] = st
+                merged = st
+                if strict:
+                    continue  # the same score: its entry waits, its key only grew (see above)
+            else:
+                pool(existing, st)
+                merged = existing
+            new_score = float(score(merged))
+            if new_score < threshold:
+                heapq.heappush(heap, entry(new_score, i, k, merged))
+        adjacency[j] = {}
     roots = np.array([root(x) for x in range(n)])
-    least_node = np.full(n, n)
-    np.minimum.at(least_node, roots, np.arange(n))
     if frozen is not None:
         frozen[:] = frozen[roots]
-    return least_node[roots]
-
-
-def _unfrozen_ties(tie: list[tuple[int, int]], frozen: np.ndarray) -> list[tuple[int, int]]:
-    """The pairs of `tie` whose component (pairs sharing nodes) has no frozen node; the others' nodes freeze."""
-    forest: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        while forest.get(x, x) != x:
-            x = forest[x]
-        return x
-
-    for a, b in tie:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            forest[max(ra, rb)] = min(ra, rb)
-    blocked = {find(a) for a, b in tie if frozen[a] or frozen[b]}
-    kept = []
-    for a, b in tie:
-        if find(a) in blocked:
-            frozen[a] = frozen[b] = 1
-        else:
-            kept.append((a, b))
-    return kept
+    return np.array(least)[roots]
 
 
 def join_links(nodes: np.ndarray, link_u: np.ndarray, link_v: np.ndarray) -> np.ndarray:
@@ -254,10 +266,10 @@ def score_function(scoring: str, quantile: float = 0.5) -> Callable[[np.ndarray]
 
 
 def lookup_table(tables: dict[str, np.ndarray], threshold: float, scoring: str = "mean",
-                 quantile: float = 0.5, together: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 quantile: float = 0.5, order: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(fragment ids sorted, segment ids) after joining linked pieces and the global merge; a
     segment's id is the id of its least fragment (the same in the merge tree, which has no global
-    numbering). `together`: how ties merge (`merge_regions`; default: together for mean scoring)."""
+    numbering). `order`: of equal scores (`merge_regions`; default: strict for mean scoring)."""
     stats = edge_stats(tables, scoring)
     nodes = tables["nodes"]
     basin = join_links(nodes, tables["link_u"].astype(np.uint64), tables["link_v"].astype(np.uint64))
@@ -267,6 +279,6 @@ def lookup_table(tables: dict[str, np.ndarray], threshold: float, scoring: str =
     lo, hi = np.minimum(bu, bv)[keep], np.maximum(bu, bv)[keep]
     basin_ids = np.unique(basin)
     roots = merge_regions(basin_ids, lo, hi, stats[keep], threshold, score_function(scoring, quantile),
-                          together=together)
+                          order=order)
     least = basin_ids[roots]  # the least node index of each basin's segment
     return nodes, nodes[least[np.searchsorted(basin_ids, basin)]].astype(np.uint64)

@@ -1,16 +1,16 @@
 """The global merge compiled with numba: the same merges, in the same order, as the Python heap.
 
-`merge_edges` replays `agglomeration.merge_regions_reference` exactly: entries taken in Python's
-(score, i, j) tuple order, or a tie at a time (all live entries of the least score merged
-together, so the result does not depend on the order of equal scores), stale entries skipped
-when an endpoint died or the edge's score changed, the smaller neighbourhood merged into the
-larger, statistics pooled by addition.
+`merge_edges` replays `agglomeration.merge_regions_reference` exactly: entries taken one at a
+time, the least first, in the strict order (score, contact count, -hi, -lo) of the segments'
+least nodes or in waterz's (score, i, j) order; stale entries skipped when the segments merged or the edge's score
+changed, and in the strict order an entry whose least nodes fell since re-queued with its key of
+now; the smaller neighbourhood merged into the larger, statistics pooled by addition.
 Adjacency is an edge table, a (lo, hi) -> edge hash table and a list of edge
 ends per node, so a merge costs the smaller neighbourhood, not the larger.
 
 On large inputs the time goes to cache misses, so the layout keeps what is read together in one
 cache line: a node's parent, degree and list; an edge's two nodes; a hash slot's pair and edge;
-an entry's score and key. The lists hold edge ends in chunks of seven, whose edges and hash slots
+an entry's score, count and key. The lists hold edge ends in chunks of seven, whose edges and hash slots
 are fetched together before they are used. Entries wait unsorted in buckets of equal score width
 until the merge reaches their bucket; only that bucket is a heap, small enough to stay in cache.
 Node indices must be below 2**31, edges fewer than 2**30.
@@ -24,14 +24,17 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 MEAN, QUANTILE = 0, 1
-PARENT, DEGREE, HEAD, FILL = range(4)  # a node's columns: its ends are in chunks from HEAD, the first holding FILL
+# a node's columns: its ends are in chunks from HEAD, the first holding FILL; PARENT: the node it was merged
+# into, or for a live node -1 - the least node of its segment
+PARENT, DEGREE, HEAD, FILL = range(4)
 SLOTS = 7  # a chunk: 7 edge ends (end h is on edge h // 2), then the next chunk; 32 bytes
 EMPTY = -1  # a free slot of the (pair -> edge) table
 BUCKET_LOAD = 8  # initial entries per bucket, on average
-BLOCK = 4  # entries per block of a bucket: 4 x 16 bytes, one cache line
+W = 3  # an entry's words: score, contact count (float64; 0 in waterz's order), key (int64)
+BLOCK = 8  # entries per block of a bucket: 8 x 24 bytes, three cache lines
 NEWEST, COUNT = 0, 1  # a bucket's columns: its newest block (the only one not full), its entries in blocks
-# the merge's state, kept between calls of _merge (PENDING, AT: the pairs of the current tie, the next to merge)
-CURRENT, SIZE, FREE_BLOCK, SPARE, FREE_CHUNK, USED, PENDING, AT = range(8)
+# the merge's state, kept between calls of _merge (PENDING, PARTNER: the pair to merge next, -1 for none)
+CURRENT, SIZE, FREE_BLOCK, SPARE, FREE_CHUNK, USED, PENDING, PARTNER = range(8)
 
 
 @njit(cache=True)
@@ -114,61 +117,80 @@ def _fill_table(table, ends, n):
 
 
 @njit(cache=True, inline="always")
-def _before(s1, k1, s2, k2):
-    """Entry (s1, k1) before (s2, k2); k = i << 32 | j, so this is Python's (score, i, j) order."""
-    return s1 < s2 or (s1 == s2 and k1 < k2)
+def _before(s1, c1, k1, s2, c2, k2):
+    """Entry (s1, c1, k1) before (s2, c2, k2): by score, contact count, then key (strict: a
+    `_strict_key`; waterz: counts 0 and keys i << 32 | j, Python's (score, i, j) order)."""
+    return s1 < s2 or (s1 == s2 and (c1 < c2 or (c1 == c2 and k1 < k2)))
 
 
 @njit(cache=True, inline="always")
 def _sift_down(hs, hk, pos, size):
-    """A 4-ary heap of entries (hs[2 p], hk[2 p + 1]), where hk views the memory of hs as int64."""
-    s, k = hs[2 * pos], hk[2 * pos + 1]
+    """A 4-ary heap of entries (hs[3 p], hs[3 p + 1], hk[3 p + 2]), where hk views the memory of hs as int64."""
+    s, c, k = hs[W * pos], hs[W * pos + 1], hk[W * pos + 2]
     while True:
         first = 4 * pos + 1
         if first >= size:
             break
-        c = first
+        m = first
         for other in range(first + 1, min(first + 4, size)):
-            if _before(hs[2 * other], hk[2 * other + 1], hs[2 * c], hk[2 * c + 1]):
-                c = other
-        if not _before(hs[2 * c], hk[2 * c + 1], s, k):
+            if _before(hs[W * other], hs[W * other + 1], hk[W * other + 2], hs[W * m], hs[W * m + 1], hk[W * m + 2]):
+                m = other
+        if not _before(hs[W * m], hs[W * m + 1], hk[W * m + 2], s, c, k):
             break
-        hs[2 * pos], hk[2 * pos + 1] = hs[2 * c], hk[2 * c + 1]
-        pos = c
-    hs[2 * pos], hk[2 * pos + 1] = s, k
+        hs[W * pos], hs[W * pos + 1], hk[W * pos + 2] = hs[W * m], hs[W * m + 1], hk[W * m + 2]
+        pos = m
+    hs[W * pos], hs[W * pos + 1], hk[W * pos + 2] = s, c, k
 
 
 @njit(cache=True, inline="always")
 def _sift_up(hs, hk, pos):
-    s, k = hs[2 * pos], hk[2 * pos + 1]
+    s, c, k = hs[W * pos], hs[W * pos + 1], hk[W * pos + 2]
     while pos > 0:
         p = (pos - 1) // 4
-        if not _before(s, k, hs[2 * p], hk[2 * p + 1]):
+        if not _before(s, c, k, hs[W * p], hs[W * p + 1], hk[W * p + 2]):
             break
-        hs[2 * pos], hk[2 * pos + 1] = hs[2 * p], hk[2 * p + 1]
+        hs[W * pos], hs[W * pos + 1], hk[W * pos + 2] = hs[W * p], hs[W * p + 1], hk[W * p + 2]
         pos = p
-    hs[2 * pos], hk[2 * pos + 1] = s, k
+    hs[W * pos], hs[W * pos + 1], hk[W * pos + 2] = s, c, k
+
+
+@njit(cache=True, inline="always")
+def _push(hs, hk, size, score, count, key):
+    """Add an entry to the heap of `size` entries (room checked by the caller)."""
+    hs[W * size], hs[W * size + 1], hk[W * size + 2] = score, count, key
+    _sift_up(hs, hk, size)
 
 
 @njit(cache=True)
 def _entries(capacity, keys, used):
-    """Room for `capacity` entries (score, key), holding the first `used` of the int64 view `keys`:
-    the float64 view and the int64 view of one buffer."""
-    scores = np.empty(2 * capacity)
+    """Room for `capacity` entries (score, count, key), holding the first `used` of the int64 view
+    `keys`: the float64 view and the int64 view of one buffer."""
+    scores = np.empty(W * capacity)
     grown = scores.view(np.int64)
-    grown[:2 * used] = keys[:2 * used]
+    grown[:W * used] = keys[:W * used]
     return scores, grown
 
 
 @njit(cache=True)
 def _blocks(capacity, block_k, offset, used):
-    """Room for `capacity` blocks, holding the first `used` blocks of `block_k` (from entry `offset`):
-    the float64 and int64 views, and the entry where blocks start, at a multiple of 64 bytes."""
-    scores = np.empty(2 * BLOCK * (capacity + 1))
-    start = (-scores.ctypes.data & 63) // 16
+    """Room for `capacity` blocks, holding the first `used` blocks of `block_k` (from word `offset`):
+    the float64 and int64 views, and the word where blocks start, at a multiple of 64 bytes."""
+    scores = np.empty(W * BLOCK * capacity + 8)
+    start = (-scores.ctypes.data & 63) // 8
     grown = scores.view(np.int64)
-    grown[2 * start:2 * (start + BLOCK * used)] = block_k[2 * offset:2 * (offset + BLOCK * used)]
+    grown[start:start + W * BLOCK * used] = block_k[offset:offset + W * BLOCK * used]
     return scores, grown, start
+
+
+@njit(cache=True, inline="always")
+def _count(stats, e, mode):
+    """The voxel pairs of edge `e`'s contact (in the units of its statistics)."""
+    if mode == MEAN:
+        return stats[e, 1]
+    total = 0.0
+    for b in range(stats.shape[1]):
+        total += stats[e, b]
+    return total
 
 
 @njit(cache=True, inline="always")
@@ -184,80 +206,57 @@ def _bucket(score, low, scale, last):
 
 @njit(cache=True, inline="always")
 def _root(nodes, v):
-    """The live node that node `v` was merged into."""
-    while nodes[v, PARENT] != v:
-        v = nodes[v, PARENT]
+    """The live node that node `v` was merged into (halving the path there)."""
+    while nodes[v, PARENT] >= 0:
+        up = nodes[v, PARENT]
+        if nodes[up, PARENT] >= 0:
+            nodes[v, PARENT] = nodes[up, PARENT]
+        v = up
     return v
 
 
 @njit(cache=True, inline="always")
-def _find(forest, v):
-    """Root of `v` in a union-find forest (-1: a root), halving paths."""
-    while forest[v] >= 0:
-        if forest[forest[v]] >= 0:
-            forest[v] = forest[forest[v]]
-        v = forest[v]
-    return v
+def _least(nodes, v):
+    """The least node of live node `v`'s segment (a live node's PARENT holds -1 - it)."""
+    return np.int64(-1 - nodes[v, PARENT])
 
 
-@njit(cache=True)
-def _freeze_ties(pending, count, frozen, forest, flag):
-    """Of the `count` pairs in `pending` (one tie), keep those whose tie component (pairs joined by
-    shared nodes) holds no frozen node; freeze every node of the others. Returns the pairs kept."""
-    for p in range(count):
-        a, b = _find(forest, pending[2 * p]), _find(forest, pending[2 * p + 1])
-        if a != b:
-            forest[max(a, b)] = min(a, b)
-    for p in range(count):
-        a, b = pending[2 * p], pending[2 * p + 1]
-        if frozen[a] or frozen[b]:
-            flag[_find(forest, a)] = 1
-    blocked = np.empty(count, np.bool_)
-    for p in range(count):
-        blocked[p] = flag[_find(forest, pending[2 * p])] == 1
-    for p in range(count):
-        for v in (pending[2 * p], pending[2 * p + 1]):
-            forest[v], flag[v] = -1, 0
-    kept = 0
-    for p in range(count):
-        a, b = pending[2 * p], pending[2 * p + 1]
-        if blocked[p]:
-            frozen[a], frozen[b] = 1, 1
-        else:
-            pending[2 * kept], pending[2 * kept + 1] = a, b
-            kept += 1
-    return kept
+@njit(cache=True, inline="always")
+def _strict_key(a, b):
+    """The entry key of an edge between segments of least nodes a and b: ~(hi << 32 | lo), so that
+    ascending keys are descending (hi, lo)."""
+    return ~((max(a, b) << 32) | min(a, b))
 
 
 @njit(cache=True)
 def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, low, scale, starts, initial,
-           buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state, pending, frozen, forest, flag,
-           together):
+           buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state, frozen, strict):
     """Merge until no entry is left, then return (0, 0); or return early, before the heap or the
     spare blocks run out, the (entries, blocks) of room needed to go on.
 
-    With `together`, entries are taken a tie at a time: every live entry of the least score is
-    gathered into `pending`, then its pairs are merged (a tie component at once, whatever the
-    order); else one at a time. With `frozen` (one flag per node, empty for none), a tie component
-    holding a frozen node is not merged: all its nodes are frozen instead."""
+    Entries are taken one at a time, the least first; a valid one's pair waits in state (PENDING,
+    PARTNER) until it is merged. `strict`: keys are `_strict_key`s of least nodes, and an entry
+    whose segments' least nodes fell since it was pushed waits again with its key of now (its score
+    unchanged: a pooled edge gets an entry of its own); else keys are (i << 32 | j) of the nodes.
+    With `frozen` (one flag per node, empty for none), the least edge of a frozen segment freezes
+    its other segment instead of merging."""
     n, mask, last = len(nodes), (len(table) >> 1) - 1, len(buckets) - 1
     batch = np.empty(SLOTS, np.int32)
     current, size = state[CURRENT], state[SIZE]
     while True:
-        while state[AT] < state[PENDING]:  # merge the pairs of the current tie
-            i, j = _root(nodes, pending[2 * state[AT]]), _root(nodes, pending[2 * state[AT] + 1])
-            if i == j:
-                state[AT] += 1
-                continue
+        if state[PENDING] >= 0:  # merge the pair taken last
+            i, j = state[PENDING], state[PARTNER]
             if nodes[i, DEGREE] < nodes[j, DEGREE]:
                 i, j = j, i  # merge the smaller neighbourhood into the larger
             need = np.int64(nodes[j, DEGREE])  # the most entries this merge can push
-            if 2 * (size + need) > len(heap_s) or need > state[SPARE]:
+            if W * (size + need) > len(heap_s) or need > state[SPARE]:
                 state[CURRENT], state[SIZE] = current, size
                 return need, need
-            state[AT] += 1
+            state[PENDING] = -1
+            nodes[i, PARENT] = max(nodes[i, PARENT], nodes[j, PARENT])  # -1 - the lesser least node
             nodes[j, PARENT] = i
             alive[j >> 6] &= ~(1 << (j & 63))
+            least_i = _least(nodes, i)
             chunk, fill = nodes[j, HEAD], nodes[j, FILL]
             while chunk >= 0:  # take each chunk of j's ends, freeing it, and fetch what they will need
                 batch[:fill] = chunks[chunk, :fill]
@@ -293,7 +292,7 @@ def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, l
                         ends[f, 0] = -1
                         nodes[k, DEGREE] -= 1
                     else:  # the edge now joins i and k; the stale pair (j, k) stays until a purge
-                        target = f
+                        target = -1  # its statistics and score are unchanged
                         ends[f, side] = i
                         table[2 * pos], table[2 * pos + 1] = pair, f
                         state[USED] += 1
@@ -305,13 +304,18 @@ def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, l
                             nodes[i, HEAD], nodes[i, FILL] = chunk, 0
                         chunks[nodes[i, HEAD], nodes[i, FILL]] = end
                         nodes[i, FILL] += 1
+                        if strict:
+                            continue  # its entry waits; its key only grew (see above)
+                        target = f
                     new_score = _score(stats, target, mode, q, bins)
                     if new_score < threshold:
-                        key = (min(i, k) << 32) | max(i, k)
+                        if strict:
+                            key, count = _strict_key(least_i, _least(nodes, k)), _count(stats, target, mode)
+                        else:
+                            key, count = (min(i, k) << 32) | max(i, k), 0.0
                         b = _bucket(new_score, low, scale, last)
                         if b <= current:
-                            heap_s[2 * size], heap_k[2 * size + 1] = new_score, key
-                            _sift_up(heap_s, heap_k, size)
+                            _push(heap_s, heap_k, size, new_score, count, key)
                             size += 1
                             continue
                         if buckets[b, COUNT] % BLOCK == 0:  # the bucket's newest block is full: a free one before it
@@ -320,12 +324,11 @@ def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, l
                             state[SPARE] -= 1
                             block_next[block] = buckets[b, NEWEST]
                             buckets[b, NEWEST] = block
-                        at = 2 * (offset + BLOCK * buckets[b, NEWEST] + buckets[b, COUNT] % BLOCK)
-                        block_s[at], block_k[at + 1] = new_score, key
+                        at = offset + W * (BLOCK * buckets[b, NEWEST] + buckets[b, COUNT] % BLOCK)
+                        block_s[at], block_s[at + 1], block_k[at + 2] = new_score, count, key
                         buckets[b, COUNT] += 1
                 chunk, fill = following, SLOTS
             nodes[j, HEAD], nodes[j, FILL], nodes[j, DEGREE] = -1, SLOTS, 0
-        state[PENDING], state[AT] = 0, 0
         if size == 0:  # move the next bucket's entries to the heap, freeing its blocks
             following = current + 1
             while following <= last and starts[following + 1] == starts[following] and buckets[following, COUNT] == 0:
@@ -334,53 +337,65 @@ def _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, l
                 state[CURRENT], state[SIZE] = following, 0
                 return np.int64(0), np.int64(0)
             size = starts[following + 1] - starts[following] + buckets[following, COUNT]
-            if 2 * size > len(heap_s):
+            if W * size > len(heap_s):
                 state[CURRENT], state[SIZE] = current, 0
                 return size, np.int64(0)
             current = following
-            at = 2 * (starts[current + 1] - starts[current])
-            heap_k[:at] = initial[2 * starts[current]:2 * starts[current + 1]]
+            at = W * (starts[current + 1] - starts[current])
+            heap_k[:at] = initial[W * starts[current]:W * starts[current + 1]]
             block, fill = buckets[current, NEWEST], (buckets[current, COUNT] - 1) % BLOCK + 1
             while block >= 0:
-                start = 2 * (offset + BLOCK * block)
-                heap_k[at:at + 2 * fill] = block_k[start:start + 2 * fill]
-                at += 2 * fill
+                start = offset + W * BLOCK * block
+                heap_k[at:at + W * fill] = block_k[start:start + W * fill]
+                at += W * fill
                 fill = BLOCK
                 block_next[block], state[FREE_BLOCK], block = state[FREE_BLOCK], block, block_next[block]
                 state[SPARE] += 1
             buckets[current, NEWEST], buckets[current, COUNT] = -1, 0
             for p in range((size - 2) // 4, -1, -1):
                 _sift_down(heap_s, heap_k, p, size)
-        sc, count = heap_s[0], 0
-        while size > 0 and heap_s[0] == sc:  # gather the tie: every live entry of the least score
-            i, j = heap_k[1] >> 32, heap_k[1] & 0xFFFFFFFF
-            valid = (alive[i >> 6] >> (i & 63)) & (alive[j >> 6] >> (j & 63)) & 1 == 1
-            if valid:
-                pair = min(i, j) * n + max(i, j)
-                pos = _probe(table, pair)
-                valid = table[2 * pos] == pair and _score(stats, table[2 * pos + 1], mode, q, bins) == sc
+        while size > 0:  # take the least entry, until a valid one
+            sc, count, key = heap_s[0], heap_s[1], heap_k[2]
             size -= 1
             if size > 0:
-                heap_s[0], heap_k[1] = heap_s[2 * size], heap_k[2 * size + 1]
+                heap_s[0], heap_s[1], heap_k[2] = heap_s[W * size], heap_s[W * size + 1], heap_k[W * size + 2]
                 _sift_down(heap_s, heap_k, 0, size)
-            if valid:  # else a stale entry: an endpoint died, or an earlier merge updated the edge
-                pending[2 * count], pending[2 * count + 1] = i, j
-                count += 1
-                if not together:
-                    break  # one entry at a time: equal scores in (score, i, j) order, as waterz's heap
-        if len(frozen) > 0 and count > 0:
-            count = _freeze_ties(pending, count, frozen, forest, flag)
-        state[PENDING] = count
+            if strict:
+                i, j = _root(nodes, (~key) & 0xFFFFFFFF), _root(nodes, (~key) >> 32)
+                if i == j:
+                    continue  # the two segments merged
+            else:
+                i, j = key >> 32, key & 0xFFFFFFFF
+                if (alive[i >> 6] >> (i & 63)) & (alive[j >> 6] >> (j & 63)) & 1 == 0:
+                    continue  # an endpoint died
+            pair = min(i, j) * n + max(i, j)
+            pos = _probe(table, pair)
+            if table[2 * pos] != pair:
+                continue
+            e = table[2 * pos + 1]
+            if _score(stats, e, mode, q, bins) != sc or (strict and _count(stats, e, mode) != count):
+                continue  # stale: a merge pooled the edge, and pushed its entry of now
+            if strict:
+                now = _strict_key(_least(nodes, i), _least(nodes, j))
+                if now != key:  # the least nodes fell since: the entry waits again with its key of now
+                    _push(heap_s, heap_k, size, sc, count, now)
+                    size += 1
+                    continue
+            if len(frozen) > 0 and (frozen[i] or frozen[j]):
+                frozen[i], frozen[j] = 1, 1  # the least edge of a frozen segment: the other cannot merge here
+                continue
+            state[PENDING], state[PARTNER] = i, j
+            break
 
 
 @njit(cache=True)
-def merge_edges(n, ea, eb, stats, threshold, mode, q, bins, frozen, together=True):
-    """Root index of each of `n` nodes after merging unique edges (ea, eb) while score < threshold;
-    a root is the least node of its segment.
+def merge_edges(n, ea, eb, stats, threshold, mode, q, bins, frozen, strict=True):
+    """Least node of the segment of each of `n` nodes after merging unique edges (ea < eb) while
+    score < threshold, one at a time, the least first: by (score, contact count, -hi, -lo) of the
+    segments' least nodes (`strict`) or by (score, i, j) of the nodes, waterz's order.
 
-    `stats` (one row per edge, float64) is pooled in place. `together`: equal scores merge as one
-    tie (see `_merge`), else one at a time in (score, i, j) order. `frozen`: empty, or one flag per node,
-    updated in place: a tie component that holds a frozen node freezes all its nodes instead of
+    `stats` (one row per edge, float64) is pooled in place. `frozen`: empty, or one flag per node,
+    updated in place: the least edge of a frozen segment freezes its other segment instead of
     merging (see `merge_tree`); on return, each node's flag says whether its segment is frozen.
     """
     m = len(ea)
@@ -388,7 +403,7 @@ def merge_edges(n, ea, eb, stats, threshold, mode, q, bins, frozen, together=Tru
         raise ValueError("merge_edges takes fewer than 2**30 edges")
     nodes = np.empty((n, 4), np.int32)
     for v in range(n):
-        nodes[v, PARENT], nodes[v, DEGREE], nodes[v, HEAD], nodes[v, FILL] = v, 0, -1, SLOTS
+        nodes[v, PARENT], nodes[v, DEGREE], nodes[v, HEAD], nodes[v, FILL] = -1 - v, 0, -1, SLOTS
     alive = np.full((n + 63) // 64, -1, np.int64)  # a bit per node: small enough to stay in cache
     ends = np.empty((m, 2), np.int32)  # an edge's two nodes; the first is -1 once it died
     # All but a node's first chunk are full, so chunks in use never outnumber 2 m / SLOTS + n + 1.
@@ -436,28 +451,25 @@ def merge_edges(n, ea, eb, stats, threshold, mode, q, bins, frozen, together=Tru
     for e in range(m):
         if first[e] < threshold:
             b = _bucket(first[e], low, scale, len(buckets) - 1)
-            initial_s[2 * at[b]], initial[2 * at[b] + 1] = first[e], (ea[e] << 32) | eb[e]
+            a, c = np.int64(ea[e]), np.int64(eb[e])
+            initial_s[W * at[b]] = first[e]
+            initial_s[W * at[b] + 1] = _count(stats, e, mode) if strict else 0.0
+            initial[W * at[b] + 2] = _strict_key(a, c) if strict else (a << 32) | c
             at[b] += 1
     capacity = 16 + len(buckets) // 16
     block_s, block_k, offset = _blocks(capacity, np.empty(0, np.int64), 0, 0)
     block_next = np.arange(1, capacity + 1).astype(np.int32)  # all free, linked
     block_next[-1] = -1
     heap_s, heap_k = _entries(64, np.empty(0, np.int64), 0)
-    state = np.array([-1, 0, 0, capacity, free_chunk, used, 0, 0])
-    pending = np.empty(len(heap_k), np.int64)  # the pairs of one tie: never more than the heap holds
-    forest = np.full(n if len(frozen) > 0 else 0, -1, np.int64)
-    flag = np.zeros(len(forest), np.int8)
+    state = np.array([-1, 0, 0, capacity, free_chunk, used, -1, -1])
     while True:
         entries, blocks = _merge(stats, threshold, mode, q, bins, nodes, alive, ends, chunks, table, low, scale, starts,
                                  initial, buckets, block_s, block_k, block_next, offset, heap_s, heap_k, state,
-                                 pending, frozen, forest, flag, together)
+                                 frozen, strict)
         if entries == 0 and blocks == 0:
             break
-        if 2 * (state[SIZE] + entries) > len(heap_s):
+        if W * (state[SIZE] + entries) > len(heap_s):
             heap_s, heap_k = _entries(2 * (state[SIZE] + entries), heap_k, state[SIZE])
-            grown = np.empty(len(heap_k), np.int64)
-            grown[:2 * state[PENDING]] = pending[:2 * state[PENDING]]
-            pending = grown
         if blocks > state[SPARE]:  # add free blocks
             more = max(blocks, len(block_next))
             block_s, block_k, offset = _blocks(len(block_next) + more, block_k, offset, len(block_next))
@@ -466,20 +478,11 @@ def merge_edges(n, ea, eb, stats, threshold, mode, q, bins, frozen, together=Tru
             state[FREE_BLOCK], state[SPARE] = len(block_next), state[SPARE] + more
             block_next = np.concatenate((block_next, links))
     roots = np.empty(n, np.int64)
-    for v in range(n):  # follow parents to the roots
-        r = v
-        while nodes[r, PARENT] != r:
-            r = nodes[r, PARENT]
-        nodes[v, PARENT] = r
-        roots[v] = r
-    least = np.full(n, n, np.int64)
-    for v in range(n):  # name each segment by its least node
-        least[roots[v]] = min(least[roots[v]], v)
+    for v in range(n):  # the least node of each node's segment
+        roots[v] = _least(nodes, _root(nodes, v))
     if len(frozen) > 0:
         segment_frozen = np.empty(n, np.int8)
         for v in range(n):
-            segment_frozen[v] = frozen[roots[v]]
+            segment_frozen[v] = frozen[_root(nodes, v)]
         frozen[:] = segment_frozen
-    for v in range(n):
-        roots[v] = least[roots[v]]
     return roots

@@ -9,33 +9,44 @@ merges what it can decide alone and passes up only the segments that touch its f
 edges between them (as ABISS does for mean-affinity agglomeration):
 
 - a node is *frozen* when an edge or a watershed link of it crosses the super-block's faces;
-- the merge takes edges a tie at a time (all live edges of the least score merge together,
-  `merge_regions`); a tie component that holds a frozen node does not merge: all its nodes
-  freeze instead;
+- the merge takes edges one at a time in the strict order (score, contact count, -hi, -lo) of
+  `merge_regions` (hi, lo: the least fragment ids of the edge's two segments, the same in every
+  task as in the serial merge); the least edge left merges, unless one of its segments is frozen:
+  then the other freezes too;
 - segments frozen at the end go up, with the pooled edges among them; the others are final.
 
-Why this is the serial merge's result, for mean scoring (where both take ties whole, so neither
-depends on an order of equal scores): a merged edge's pooled score lies between the scores of its
-parts (an average), so the scores the serial merge takes never decrease and an edge from a
-segment to anything beyond the faces never scores below the least of its parts seen here. A
-segment whose tie holds no frozen node only ever met edges towards frozen segments that score
-above the current tie (one at or below would have frozen it), so in the serial merge, whatever
-happens beyond the faces, the same tie component forms with the same pooled statistics and
-merges; equal scores taken one at a time would not do, as which of two equal edges goes first
-can depend on merges beyond the faces. A segment that ends unfrozen has every edge at or above
-the threshold, so it never merges again. Frozen segments are merged by the parent, which sees
-them with their pooled edges, as the serial merge does. Statistics are exact in float64
-(`agglomeration.edge_stats`: sums of the stored uint8 affinities), so pooling in another order
-gives the same sums.
+Why this is the serial merge's result (mean or quantile scoring, ordered strictly): no merge
+lowers an edge's key. A pooled edge scores at least the least of its parts (a weighted mean; a
+quantile of the union lies between its parts'), and when it scores the same it has more voxel
+pairs; a merge only lowers a segment's least id. So an edge e that is the least of all edges at
+its two segments stays so whatever merges elsewhere (their edges only grow), and the serial
+merge, which always takes the least edge of all, merges e with the same pooled statistics; and
+merging e first changes nothing else the serial merge does (the two merges commute: statistics
+add exactly, ids take minima). Inside a super-block, an unfrozen segment has all its edges in
+view with their true statistics and ids; an edge at a frozen segment is seen with only part of
+its statistics and maybe a larger id than the whole volume's (the segment may extend beyond the
+faces), which only underestimates its key. So the least edge left, when neither end is frozen,
+is the least at its two segments in the whole volume, and merging it is what the serial merge
+does; freezing only defers a decision to the parent, which sees the frozen segments with their
+pooled edges. A segment that ends unfrozen has every edge at or above the threshold (an edge
+below it would have merged it or frozen it), and pooled scores never fall below their parts', so
+it never merges again. Statistics are exact in float64 (`agglomeration.edge_stats`: sums of the
+stored uint8 affinities), so pooling in another order gives the same sums, and scores are
+computed from them the same way everywhere (1 - sum / count in float64). That float score need
+not order two edges as their exact means do, but the argument needs only that it is monotone:
+rounding never reverses an order, so a pooled edge's score never rounds below its least part's,
+and where the two round equal the voxel-pair count decides.
 
-Where it can differ: with a score that is not between its parts' (the tree then differs only
-where a segment touches a face). A learned, edge-local score fits the scheme as long as it is
-computed from additive per-edge statistics (the tables carry them; every task pools them), and
-equals the serial merge when pooled scores stay between their parts'. Quantile scores also lie
-between their parts', but take only 64 values: whole ties of them merged at once over-merge
-(medulla crop: VOI merge 0.55 -> 1.89), so the `relabel` stage keeps waterz's one-at-a-time
-order for quantile scoring and runs it serially; the tree with quantile scoring equals
-`lookup_table(..., together=True)`.
+Equal scores are not taken as one tie: the merge tree used to merge all edges of the least score
+at once (that made it order-free), which over-merges where uint8 mean affinities tie often
+(ISBI 2012 per section, VOI 2.835 with whole ties, 2.342 in the strict order; see
+`benchmarks/results/merge_tree.md`). The `relabel` stage runs quantile scoring serially in
+waterz's (score, i, j) order; the tree with quantile scoring equals `lookup_table(...,
+order="strict")` (exact for the median; for other quantiles the float product q x total can
+round differently for a pooled histogram than for its parts). Where the tree can differ: a score
+that can fall below its least part's when edges pool (a learned score not monotone in the
+pooled statistics); one computed from additive per-edge statistics fits the scheme (the tables
+carry them, every task pools them) and equals the serial merge when it never does.
 
 A task's result is one npz written atomically; it is the task's done-marker, so a killed level
 resumes with the tasks that have none. After the top, a downward pass hands each super-block
@@ -54,7 +65,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from connectome.affinity.agglomeration import HIST_BINS, edge_stats, join_links, merge_regions, score_function
+from connectome.affinity.agglomeration import HIST_BINS, STRICT, edge_stats, join_links, merge_regions, score_function
 from connectome.core.ids import LOCAL_BITS
 from connectome.io.lookup import save_shard
 
@@ -167,7 +178,7 @@ def partial_merge(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, stats: np.nda
     frozen = np.zeros(len(basin_ids), np.int8)
     frozen[np.searchsorted(basin_ids, basin[frozen_node == 1])] = 1
     roots = merge_regions(basin_ids, np.minimum(bu, bv)[keep], np.maximum(bu, bv)[keep], stats[keep], threshold,
-                          score, frozen, together=True)
+                          score, frozen, order=STRICT)
     segment = nodes[basin_ids[roots]]  # per basin: the least node of its segment
     position = np.searchsorted(basin_ids, basin)
     values = segment[position]

@@ -69,7 +69,7 @@ def test_tree_equals_serial_on_random_graphs(tmp_path, seed):
     for scoring in ("mean", "quantile"):
         tables = load_tables(str(tmp_path / "edges"), histograms=scoring == "quantile")
         for threshold in (0.3, 0.5, 0.7):
-            keys, values = lookup_table(tables, threshold, scoring, together=True)
+            keys, values = lookup_table(tables, threshold, scoring, order="strict")
             tree = MergeTree(str(tmp_path / "edges"), str(tmp_path / f"tree-{scoring}-{threshold}"),
                              str(tmp_path / f"shards-{scoring}-{threshold}"), layout, threshold, scoring)
             tree.run()
@@ -81,8 +81,8 @@ def test_tree_equals_serial_on_random_graphs(tmp_path, seed):
 
 
 def test_a_chain_through_every_super_block_merges_at_the_top(tmp_path):
-    """Eight blocks in a row, super-blocks of two: a chain of strong contacts (one tie) runs through
-    all of them, so only the top task can decide it. The last block's side piece touches the first
+    """Eight blocks in a row, super-blocks of two: a chain of strong contacts (all of one score)
+    runs through all of them, so only the top task can join it whole. The last block's side piece touches the first
     chain piece (mean 0.6: alone it would merge) and its own (mean 0.1): once the chain is one
     segment the two contacts pool to a mean of 0.225 and it stays apart, as in the serial merge."""
     grid, n = (1, 1, 8), 8
@@ -111,7 +111,37 @@ def test_a_chain_through_every_super_block_merges_at_the_top(tmp_path):
     assert not set(values[np.searchsorted(keys, np.array(side, np.uint64))].tolist()) & set(chain.tolist())
     assert len(np.unique(values)) == 1 + n  # the chain and each side piece alone
     top = tree._load("up", tree.layout.levels - 1, 0)
-    assert frag[0] in top["keys"] and frag[-1] in top["keys"]  # the chain went up to the top undecided
+    # the chain went up in pieces, joined at the top (its first piece stays frozen below the top by
+    # the last block's side piece)
+    assert frag[0] in top["keys"] and len(set(top["keys"].tolist()) & set(np.array(frag, np.uint64).tolist())) > 2
+
+
+def test_equal_scores_across_faces_merge_one_at_a_time(tmp_path):
+    """A chain of eight fragments of one score, two per block in four blocks in a row, and weak
+    contacts from each to the one after next (`test_segmentation_stages.strong_chain`): one edge at
+    a time, each merge makes the contacts around it weak, and the chain ends in four pairs (taken
+    whole, the tie joined all eight). The tree decides the last block's pair inside its
+    super-block and the rest at the top, with the serial merge's result."""
+    grid, n = (1, 1, 4), 8
+    (tmp_path / "edges").mkdir()
+    ids = [(np.uint64(a // 2) << np.uint64(32)) | np.uint64(a % 2 + 1) for a in range(n)]
+    rows = [(a, a + 1, 0.9, 1.0) for a in range(n - 1)] + [(a, a + 2, 0.0, 10.0) for a in range(n - 2)]
+    for b in range(grid[2]):
+        mine = [(ids[a], ids[c], s_, c_) for a, c, s_, c_ in rows if c // 2 == b]  # stored in the upper block
+        u, v, sums, counts = (np.array(c) for c in zip(*mine))
+        save_table(str(tmp_path / "edges"), b, nodes=np.array(ids[2 * b:2 * b + 2], np.uint64),
+                   u=u.astype(np.uint64), v=v.astype(np.uint64), sums=sums, counts=counts,
+                   hist_edge=np.zeros(0, np.uint32), hist_bin=np.zeros(0, np.uint8), hist_count=np.zeros(0, np.uint32),
+                   link_u=np.zeros(0, np.uint64), link_v=np.zeros(0, np.uint64), grid=np.array(grid))
+    keys, values = lookup_table(load_tables(str(tmp_path / "edges")), 0.5)
+    assert values.tolist() == [ids[a - a % 2] for a in range(n)]  # four pairs
+    tree = MergeTree(str(tmp_path / "edges"), str(tmp_path / "tree"), str(tmp_path / "shards"), TreeLayout(grid, 2), 0.5)
+    assert tree.layout.levels == 2
+    tree.run()
+    got_keys, got_values = tree_table(tree)
+    np.testing.assert_array_equal(got_keys, keys)
+    np.testing.assert_array_equal(got_values, values)
+    assert ids[6] not in tree._load("up", 1, 0)["nodes"].tolist() + tree._load("up", 1, 0)["keys"].tolist()
 
 
 def test_a_killed_level_resumes(tmp_path):

@@ -77,6 +77,35 @@ def test_merge_pools_contact_statistics():
     assert len(set(roots.tolist())) == 1  # 0.425 < 0.43: all three merge
 
 
+def strong_chain(n: int = 6):
+    """A chain 0-1-...-(n-1) of strong contacts, all of one score (mean 0.9 over one voxel pair),
+    and weak contacts (mean 0 over ten) from each node to the one after next: once two chain
+    neighbours merge, their contact to the next piece pools with a weak one and stops scoring
+    below 0.5."""
+    chain = [(a, a + 1, 0.9, 1.0) for a in range(n - 1)]
+    weak = [(a, a + 2, 0.0, 10.0) for a in range(n - 2)]
+    u, v, sums, counts = (np.array(c) for c in zip(*(chain + weak)))
+    stats = np.stack([np.rint(sums * 255), counts * 255], axis=1)  # as edge_stats makes them
+    return np.arange(n, dtype=np.uint64), u.astype(np.uint64), v.astype(np.uint64), stats
+
+
+def test_equal_scores_merge_one_at_a_time_and_are_scored_again():
+    """Merged whole, the tie of the chain's equal scores joins all six nodes, though each merge
+    makes the contacts around it weak; one at a time (the strict order: the edge of the highest
+    least ids first), each merge re-scores the pooled contacts and the chain ends in three pairs."""
+    nodes, u, v, stats = strong_chain(6)
+    for merge in (merge_regions, merge_regions_reference):
+        roots = merge(nodes, u, v, stats.copy(), threshold=0.5)
+        assert roots.tolist() == [0, 0, 2, 2, 4, 4]  # (4, 5) first; then (3, 45) pools to 0.9/11
+        assert merge(nodes, u, v, stats.copy(), 0.5, order="waterz").tolist() == [0, 0, 2, 2, 4, 4]
+    # node 3 frozen (the merge tree's rule): (4, 5) is the least edge at 4 and 5 and still merges;
+    # (2, 3), the least edge left, meets frozen 3 and freezes 2, then (1, 2) freezes 1, (0, 1) 0
+    for merge in (merge_regions, merge_regions_reference):
+        flags = np.array([0, 0, 0, 1, 0, 0], np.int8)
+        assert merge(nodes, u, v, stats.copy(), 0.5, frozen=flags).tolist() == [0, 1, 2, 3, 4, 4]
+        assert flags.tolist() == [1, 1, 1, 1, 0, 0]
+
+
 def test_quantile_scoring_pools_histograms():
     nodes = np.array([1, 2, 3], np.uint64)
     u = np.array([1, 1, 2], np.uint64)
@@ -181,13 +210,21 @@ def test_compiled_merge_equals_reference(seed):
     u, v, stats, hist = _random_graph(rng, n, m, levels=int(rng.choice([4, 16, 255])))
     nodes = np.arange(n, dtype=np.uint64) * np.uint64(7)
     for threshold in (0.2, 0.5, 0.8):
-        compiled = merge_regions(nodes, u, v, stats, threshold)
-        reference = merge_regions_reference(nodes, u, v, stats, threshold)
-        assert np.array_equal(compiled, reference)
-        assert len(np.unique(compiled)) < n or threshold < 0.5  # merges did happen
-        for q in (0.3, 0.5):
-            assert np.array_equal(merge_regions(nodes, u, v, hist, threshold, quantile_score(q)),
-                                  merge_regions_reference(nodes, u, v, hist, threshold, quantile_score(q)))
+        for order in ("strict", "waterz"):
+            compiled = merge_regions(nodes, u, v, stats.copy(), threshold, order=order)
+            reference = merge_regions_reference(nodes, u, v, stats.copy(), threshold, order=order)
+            assert np.array_equal(compiled, reference)
+            assert len(np.unique(compiled)) < n or threshold < 0.5  # merges did happen
+            frozen = (rng.random(n) < 0.1).astype(np.int8)  # as the merge tree freezes nodes at faces
+            flags = frozen.copy()
+            compiled = merge_regions(nodes, u, v, stats.copy(), threshold, frozen=flags, order=order)
+            assert np.array_equal(compiled, merge_regions_reference(nodes, u, v, stats.copy(), threshold,
+                                                                    frozen=frozen, order=order))
+            assert np.array_equal(flags, frozen)
+            for q in (0.3, 0.5):
+                assert np.array_equal(merge_regions(nodes, u, v, hist, threshold, quantile_score(q), order=order),
+                                      merge_regions_reference(nodes, u, v, hist, threshold, quantile_score(q),
+                                                              order=order))
 
 
 @pytest.mark.parametrize("seed", range(3))
