@@ -3,13 +3,17 @@ watershed pointers across those faces that join pieces of one basin (`link_u`, `
 
 The edges come from `affinity.region_graph`; each block's table is an npz with `nodes`, `u`,
 `v`, `sums`, `counts`, the links, and the affinity histograms stored sparsely (`hist_edge`,
-`hist_bin`, `hist_count`: only non-zero bins), since most contacts are a few voxel pairs.
+`hist_bin`, `hist_count`: only non-zero bins), since most contacts are a few voxel pairs. With an edge
+classifier (`edge_classifier`), `sums` hold p(merge) x contact count instead and the affinity sums
+move to `affinity_sums`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from connectome.affinity.edge_classifier import EdgeClassifier, learned_sums
+from connectome.affinity.edge_features import edge_features
 from connectome.affinity.encoding import affinities_as_float
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.region_graph import region_graph
@@ -21,8 +25,9 @@ EDGES_FORMAT = 2  # 2: sparse histograms
 
 
 def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, aff_low: float,
-                aff_high: float) -> dict[str, np.ndarray]:
-    """The region-graph table of the block writing `write`; `read` adds one voxel below each inner face."""
+                aff_high: float, classifier: EdgeClassifier | None = None) -> dict[str, np.ndarray]:
+    """The region-graph table of the block writing `write`; `read` adds one voxel below each inner face.
+    With `classifier`, `sums` are its p(merge) x contact count (learned scoring)."""
     (rz, ry, rx), (wz, wy, wx) = read.offset, write.offset
     has_lower = (rz < wz, ry < wy, rx < wx)
     frag = fragments.read(read)
@@ -34,6 +39,11 @@ def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, af
     start = tuple(int(h) for h in has_lower)
     nodes = np.unique(frag[tuple(slice(s, None) for s in start)])
     nodes = nodes[nodes != 0]
+    extra = {}
+    if classifier is not None:
+        p = classifier.merge_probability(edge_features(frag, u, v, sums, counts, hist))
+        extra = {"affinity_sums": sums}
+        sums = learned_sums(p, counts)
     hist_edge = np.repeat(np.arange(len(u), dtype=np.uint32), np.diff(hist.indptr))
     return dict(nodes=nodes, u=u, v=v, sums=sums, counts=counts, hist_edge=hist_edge,
-                hist_bin=hist.indices.astype(np.uint8), hist_count=hist.data, link_u=link_u, link_v=link_v)
+                hist_bin=hist.indices.astype(np.uint8), hist_count=hist.data, link_u=link_u, link_v=link_v, **extra)

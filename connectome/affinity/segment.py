@@ -38,22 +38,40 @@ def segmentation_config(
     threshold: float | None = None,
     voxel_size=None,
     cluster: ClusterConfig | None = None,
-    scoring: str = "mean",
+    scoring: str | None = None,
     allow_voxel_mismatch: bool = False,
+    edge_model: str | None = None,
 ) -> RunConfig:
-    """A RunConfig for the affinity chain; the threshold defaults to the model's validated one."""
+    """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
+    (learned scoring: its edge classifier's threshold)."""
     from connectome.models.registry import read_info, resolve_model_path
 
-    info = read_info(resolve_model_path(model))
+    path = resolve_model_path(model)
+    info = read_info(path)
     warn_if_two_d_model(info)
+    if scoring is None:
+        scoring = default_scoring(path)
+    agglomerate: dict = {}
+    if scoring == "learned":
+        from connectome.affinity.edge_classifier import edges_path_for, load_classifier, resolve_edge_model
+
+        edges = resolve_edge_model(edge_model) if edge_model else str(edges_path_for(model))
+        if not os.path.isfile(edges):
+            raise UserError(f"--scoring learned: model {model} has no edge classifier ({os.path.basename(edges)}); "
+                            "give --edge-model FILE.json or train one with `connectome train edges`")
+        agglomerate = {"scoring": "learned", "edge_model": edges}
+        if threshold is None:
+            threshold = load_classifier(edges).threshold
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
     stages = [
         StageConfig(stage="affinities", params={"model": model, **(
             {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}),
         StageConfig(stage="fragments"),
-        StageConfig(stage="agglomerate"),
-        StageConfig(stage="relabel", params={"threshold": threshold, "scoring": scoring}),
+        StageConfig(stage="agglomerate", params=agglomerate),
+        # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
+        StageConfig(stage="relabel", params={"threshold": threshold,
+                                              "scoring": "mean" if scoring == "learned" else scoring}),
     ]
     return RunConfig(
         input=absolute(raw),
@@ -63,6 +81,17 @@ def segmentation_config(
         cluster=cluster or ClusterConfig(),
         stages=stages,
     )
+
+
+def default_scoring(model_path) -> str:
+    """The scoring `segment` uses by default: the model json's `agglomeration.scoring` ('learned' uses its
+    edge classifier), else mean."""
+    import json
+    from pathlib import Path
+
+    meta = json.loads(Path(model_path).with_suffix(".json").read_text())
+    scoring = (meta.get("agglomeration") or {}).get("scoring", "mean")
+    return scoring if scoring in ("mean", "quantile", "learned") else "mean"
 
 
 def plan_segmentation(config: RunConfig, overwrite: bool = False) -> Plan:

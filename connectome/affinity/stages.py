@@ -99,6 +99,10 @@ class FragmentsStage(BlockStage[WatershedParams]):
 class AgglomerateParams(StageParams):
     aff_low: float | None = Field(None, ge=0, lt=1, description="the fragments stage's (default: taken from it)")
     aff_high: float | None = Field(None, gt=0, le=1, description="the fragments stage's (default: taken from it)")
+    scoring: Literal["mean", "learned"] = Field("mean", description="edge statistic the merge averages: the "
+                                                "affinity, or an edge classifier's p(merge) (learned)")
+    edge_model: str | None = Field(None, description="learned: the classifier (a shipped name or a .json path; "
+                                   "default: <affinity model>-edges)")
 
 
 @register
@@ -122,14 +126,57 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
                 raise UserError(f"stage 'agglomerate': {key} {given} differs from the fragments stage's {wanted}; "
                                 "set it on the fragments stage only")
             values[key] = wanted
+        if self.params.scoring == "learned":
+            values["edge_model"] = self._edge_model(upstream.get("affinities"))
         return self.params.model_copy(update=values)
+
+    def _edge_model(self, producer) -> str:
+        """The classifier's path: given, or the affinity model's `<model>-edges.json`; checked now."""
+        from connectome.affinity.edge_classifier import edges_path_for, load_classifier, resolve_edge_model
+
+        name = self.params.edge_model
+        if name is None:
+            if not isinstance(producer, AffinitiesStage):
+                raise UserError("stage 'agglomerate': scoring 'learned' needs edge_model when the affinities "
+                                "are not made in this run")
+            default = edges_path_for(producer.params.model)
+            if not default.is_file():
+                raise UserError(f"stage 'agglomerate': model {producer.params.model} has no edge classifier "
+                                f"({default.name}); train one with `connectome train edges` or use scoring 'mean'")
+            name = str(default)
+        path = resolve_edge_model(name)
+        load_classifier(path)
+        return path
+
+    def fingerprint(self) -> dict:
+        """With learned scoring, the classifier file's content too: retraining it in place re-runs the stage.
+        Mean scoring's is the one from before learned scoring existed, so earlier runs resume."""
+        fp = super().fingerprint()
+        if self.params.scoring == "mean":
+            fp["params"] = {k: v for k, v in fp["params"].items() if k not in ("scoring", "edge_model")}
+        elif self.params.edge_model is not None:
+            import hashlib
+            from pathlib import Path
+
+            fp["edge_model_sha1"] = hashlib.sha1(Path(self.params.edge_model).read_bytes()).hexdigest()
+        return fp
+
+    @cached_property
+    def classifier(self):
+        from connectome.affinity.edge_classifier import load_classifier
+
+        if self.params.scoring != "learned":
+            return None
+        if self.params.edge_model is None:
+            raise RuntimeError("stage 'agglomerate': edge_model unset (the plan's check_upstream sets it)")
+        return load_classifier(self.params.edge_model)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         p = self.params
         if p.aff_low is None or p.aff_high is None:
             raise RuntimeError("stage 'agglomerate': aff_low and aff_high unset (the plan's check_upstream sets them)")
         table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
-                            p.aff_low, p.aff_high)
+                            p.aff_low, p.aff_high, self.classifier)
         table["grid"] = np.array(grid_shape(block, volumes["fragments"].shape), np.int64)  # for the merge tree
         save_table(self.table_dirs["edges"], block.index, **table)
         return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}

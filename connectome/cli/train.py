@@ -1,4 +1,5 @@
-"""Train a model: `connectome train affinities|ffn --raw ADDR --labels ADDR ... --name NAME --out DIR`.
+"""Train a model: `connectome train affinities|ffn --raw ADDR --labels ADDR ... --name NAME --out DIR`
+(`connectome train edges --model M --raw ... --out FILE.json`: the learned agglomeration's edge classifier).
 
 Addresses may end in a z range, `ADDR[z0:z1]`, to split one volume into training and validation
 sections; training data that overlaps the validation or evaluation data is refused.
@@ -11,7 +12,7 @@ import sys
 
 from connectome.cli.main import print_result
 
-MODELS = ("affinities", "ffn")
+MODELS = ("affinities", "ffn", "edges")
 
 
 def add_arguments(parser) -> None:
@@ -39,6 +40,12 @@ def add_arguments(parser) -> None:
                    help="iso: 2x2x2 downsampling, 3x3x3 kernels; aniso: 1x2x2 downsampling for serial sections")
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="nm; recorded in the model (default: from the raw volume)")
+    p.add_argument("--section-raw", action="append", default=[], metavar="ADDR",
+                   help="an extra training raw volume whose labels are per section only (2-D), repeatable: "
+                        "its in-plane affinities are trained, its z affinities get no loss (e.g. ISBI or VNC "
+                        "beside a volume with 3-D labels)")
+    p.add_argument("--section-labels", action="append", default=[], metavar="ADDR",
+                   help="per-section object ids for the --section-raw of the same position")
     p.add_argument("--labels-2d", action="store_true",
                    help="labels are per section only: no loss on z affinities; at inference the z affinity "
                         "is derived from the in-plane ones")
@@ -58,6 +65,46 @@ def add_arguments(parser) -> None:
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_ffn(sub)
+    _add_edges(sub)
+
+
+def _add_edges(sub) -> None:
+    p = sub.add_parser("edges", help="the edge classifier of `connectome segment --scoring learned`",
+                       description="Fit a small MLP on region-graph edges (features of the affinity model's "
+                                   "fragments) and choose its merge threshold by VOI on --val-raw.")
+    p.add_argument("--model", dest="affinity_model", required=True,
+                   help="the affinity model whose fragments and affinities it scores")
+    p.add_argument("--raw", action="append", required=True, metavar="ADDR", help="training raw (uint8); repeatable")
+    p.add_argument("--labels", action="append", required=True, metavar="ADDR", help="object ids of that --raw")
+    p.add_argument("--val-raw", required=True, metavar="ADDR", help="validation raw: chooses the threshold")
+    p.add_argument("--val-labels", required=True, metavar="ADDR")
+    p.add_argument("--out", required=True, metavar="FILE.json",
+                   help="the classifier (name it <model>-edges.json beside the model to make it its default)")
+    p.add_argument("--hidden", type=int, nargs="*", default=[32, 16], metavar="N", help="hidden layer widths")
+    p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps")
+    p.add_argument("--weighting", choices=("contact", "log-contact", "edge"), default="contact",
+                   help="loss weight of an edge: its contact area, log(1 + area), or 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--cache", metavar="DIR", help="keep the predicted affinities here for re-runs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_edges(args) -> int:
+    from connectome.affinity.edge_training import train_edges
+
+    quiet = getattr(args, "json", False)
+    meta = train_edges(args.affinity_model, args.raw, args.labels, args.val_raw, args.val_labels, args.out,
+                       tuple(args.hidden), args.steps, args.seed, args.weighting, threads=args.threads,
+                       command=_command_line(), cache=args.cache,
+                       log=(lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else print)
+    best = meta["provenance"]["validation"]["best"]
+    summary = {"out": args.out, "threshold": meta["threshold"], "validation": best,
+               "validation_mean": meta["provenance"]["validation"]["best_mean"]}
+    print_result(args, summary, f"edge classifier: {args.out}; validation VOI {best['voi']:.3f} (split "
+                                f"{best['voi_split']:.3f}, merge {best['voi_merge']:.3f}) at threshold "
+                                f"{meta['threshold']}")
+    return 0
 
 
 def _add_ffn(sub) -> None:
@@ -101,11 +148,14 @@ def _command_line() -> str:
 def run(args) -> int:
     if args.model == "ffn":
         return _run_ffn(args)
+    if args.model == "edges":
+        return _run_edges(args)
     from connectome.affinity.training import TrainSettings, train
 
     patch = tuple(args.patch) if args.patch else ((12, 160, 160) if args.arch == "aniso" else (48, 48, 48))
     settings = TrainSettings(
         raw=args.raw, labels=args.labels, name=args.name, out=args.out,
+        section_raw=args.section_raw, section_labels=args.section_labels,
         val_raw=args.val_raw, val_labels=args.val_labels,
         eval_raw=args.eval_raw, eval_labels=args.eval_labels,
         iterations=args.iterations, batch_size=args.batch_size, patch=patch, seed=args.seed,

@@ -1,0 +1,104 @@
+"""The learned merge score: a small MLP on edge features (`edge_features`) giving p(merge) per edge.
+
+Stored as json beside the affinity model it was trained with (`<model>-edges.json`): the feature
+names, their standardisation, the layers, the merge threshold chosen on validation and provenance.
+The agglomerate stage writes p(merge), rounded to k / 255, in place of the edge's mean affinity:
+its table's `sums` become p x contact count (the affinity sums move to `affinity_sums`), so the
+global merge (serial or tree, `merge_tree`) pools area-weighted classifier scores exactly with the
+mean-affinity machinery and scores a region pair 1 - its pooled p(merge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from connectome.affinity.edge_features import FEATURES
+from connectome.affinity.encoding import SCALE
+from connectome.core.errors import UserError
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EdgeClassifier:
+    """An MLP (ReLU hidden layers, sigmoid output) over standardised FEATURES."""
+
+    path: str
+    mean: np.ndarray
+    std: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    threshold: float
+
+    def merge_probability(self, features: np.ndarray) -> np.ndarray:
+        """p(merge) per row of `features` (edges, len(FEATURES))."""
+        x = (np.asarray(features, np.float64) - self.mean) / self.std
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ w.T + b
+            if k < len(self.weights) - 1:
+                x = np.maximum(x, 0.0)
+        return 1.0 / (1.0 + np.exp(-np.clip(x[:, 0], -60, 60)))
+
+
+def learned_sums(p: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """p(merge) rounded to k / 255, times the contact count: exact in float64 once scaled by 255,
+    like the stored affinities' sums (`agglomeration.edge_stats`)."""
+    k = np.rint(np.clip(p, 0.0, 1.0) * SCALE)
+    return k * np.asarray(counts, np.float64) / SCALE
+
+
+def edges_path_for(model: str) -> Path:
+    """The classifier json of an affinity model: `<model>-edges.json` beside its weights."""
+    from connectome.models.registry import resolve_model_path
+
+    pt = resolve_model_path(model)
+    return pt.with_name(pt.stem + "-edges.json")
+
+
+def resolve_edge_model(name: str) -> str:
+    """Path of an edge classifier given as a json path or a shipped name (`fib-10nm-edges`)."""
+    from connectome.models.registry import WEIGHTS_DIR
+
+    path = Path(name).expanduser() if (name.endswith(".json") or os.sep in name) else WEIGHTS_DIR / f"{name}.json"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in WEIGHTS_DIR.glob("*-edges.json"))) or "none"
+        raise UserError(f"edge classifier {name}: no such file (shipped: {shipped}; or give a .json path)")
+    return str(path.resolve())
+
+
+@lru_cache(maxsize=8)
+def load_classifier(path: str) -> EdgeClassifier:
+    """The classifier stored at `path`; a file of another kind is refused with one line."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"edge classifier {path}: not readable as json ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != "edge_classifier" or meta.get("format") != FORMAT:
+        raise UserError(f"edge classifier {path}: expected kind 'edge_classifier', format {FORMAT}; found "
+                        f"kind {meta.get('kind') if isinstance(meta, dict) else None!r}")
+    if list(meta.get("features", [])) != list(FEATURES):
+        raise UserError(f"edge classifier {path}: features {meta.get('features')} differ from this version's "
+                        f"{list(FEATURES)}; retrain it (connectome train edges)")
+    try:
+        mean = np.asarray(meta["mean"], np.float64)
+        std = np.asarray(meta["std"], np.float64)
+        weights = tuple(np.asarray(layer["weight"], np.float64) for layer in meta["layers"])
+        biases = tuple(np.asarray(layer["bias"], np.float64) for layer in meta["layers"])
+        threshold = float(meta["threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"edge classifier {path}: missing or malformed key {e}") from None
+    width = len(FEATURES)
+    shapes_ok = mean.shape == std.shape == (width,) and np.all(std > 0) and len(weights) > 0
+    for w, b in zip(weights, biases):
+        shapes_ok = shapes_ok and w.ndim == 2 and w.shape[1] == width and b.shape == (w.shape[0],)
+        width = w.shape[0] if w.ndim == 2 else -1
+    if not shapes_ok or width != 1 or not 0 <= threshold <= 1:
+        raise UserError(f"edge classifier {path}: layers do not chain from {len(FEATURES)} features to 1 output "
+                        f"(or threshold {threshold} outside [0, 1])")
+    return EdgeClassifier(path, mean, std, weights, biases, threshold)

@@ -1,0 +1,243 @@
+"""Training of the edge classifier (`edge_classifier`) on labelled volumes, in memory, one block each.
+
+Each volume goes through the chain `connectome segment` runs (uint8 affinities of the given model,
+steepest-ascent watershed, region graph: `validation`), and every fragment edge becomes one example:
+its features (`edge_features`) and its label, merge when both fragments' majority ground-truth ids
+are equal and non-zero, split when they differ; edges with a fragment mostly in ground-truth 0
+(boundary or unlabelled) are left out, as VOI ignores those voxels. A small MLP is fitted with torch
+on the CPU; the merge threshold is chosen by VOI on a validation volume with the real global merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from connectome.affinity.agglomeration import lookup_table
+from connectome.affinity.edge_classifier import FORMAT, EdgeClassifier, learned_sums
+from connectome.affinity.edge_features import FEATURES, edge_features
+from connectome.affinity.encoding import affinities_as_float
+from connectome.affinity.region_graph import region_graph
+from connectome.affinity.validation import AFF_HIGH, AFF_LOW
+from connectome.affinity.watershed import basins, edge_values, pointers
+from connectome.core.geometry import Box
+from connectome.core.ids import globalise
+from connectome.io.lookup import relabel
+
+
+@dataclass
+class EdgeSet:
+    """One volume's fragments, region graph (with histograms) and edge features."""
+
+    fragments: np.ndarray
+    tables: dict[str, np.ndarray]
+    features: np.ndarray
+    hist: object  # the edges' affinity histograms (scipy CSR), for quantile scoring
+
+
+def edge_set(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH) -> EdgeSet:
+    """Fragments, region graph and features of uint8 affinities (3, z, y, x) in one block."""
+    z, y, x = (int(s) for s in affs_u8.shape[1:])
+    box = Box((0, 0, 0), (z, y, x))
+    edges = edge_values(affinities_as_float(affs_u8, np.float32), box, box)
+    fragments = globalise(basins(pointers(edges, aff_low), edges, aff_high), 0)
+    u, v, sums, counts, hist = region_graph(fragments, affinities_as_float(affs_u8, np.float64),
+                                            (False, False, False))
+    nodes = np.unique(fragments)
+    empty = np.zeros(0, np.uint64)
+    tables = {"nodes": nodes[nodes != 0], "u": u, "v": v, "sums": sums, "counts": counts,
+              "link_u": empty, "link_v": empty}
+    return EdgeSet(fragments, tables, edge_features(fragments, u, v, sums, counts, hist), hist)
+
+
+def majority_labels(fragments: np.ndarray, gt: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The most frequent ground-truth id inside each fragment of `ids` (ties: the least id)."""
+    f, g = fragments.ravel(), np.asarray(gt).ravel().astype(np.int64)
+    pairs, count = np.unique(np.stack([f.astype(np.int64), g]), axis=1, return_counts=True)
+    order = np.lexsort((pairs[1], -count, pairs[0]))  # per fragment, the largest count first
+    frag_sorted = pairs[0][order]
+    first = np.concatenate([[True], frag_sorted[1:] != frag_sorted[:-1]])
+    keys, values = frag_sorted[first], pairs[1][order][first]
+    return values[np.searchsorted(keys, np.asarray(ids, np.int64))]
+
+
+def edge_labels(edges: EdgeSet, gt: np.ndarray) -> np.ndarray:
+    """1 (merge), 0 (split) or -1 (a side mostly ground-truth 0: no label) per edge."""
+    t = edges.tables
+    lu = majority_labels(edges.fragments, gt, t["u"])
+    lv = majority_labels(edges.fragments, gt, t["v"])
+    out = (lu == lv).astype(np.int8)
+    out[(lu == 0) | (lv == 0)] = -1
+    return out
+
+
+def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, hidden: Sequence[int] = (32, 16),
+                   steps: int = 1500, seed: int = 0, lr: float = 3e-3) -> dict:
+    """Layers and standardisation of an MLP fitted by full-batch Adam on weighted cross-entropy (CPU)."""
+    import torch
+
+    torch.manual_seed(seed)
+    x = np.asarray(features, np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    xt = torch.tensor((x - mean) / std, dtype=torch.float32)
+    yt = torch.tensor(labels, dtype=torch.float32)
+    wt = torch.tensor(weights / weights.mean(), dtype=torch.float32)
+    sizes = [x.shape[1], *hidden, 1]
+    layers: list[torch.nn.Module] = []
+    for k in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[k], sizes[k + 1]))
+        if k < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
+    loss_fn = torch.nn.BCEWithLogitsLoss(weight=wt)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(net(xt)[:, 0], yt)
+        loss.backward()
+        opt.step()
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+    return {"kind": "edge_classifier", "format": FORMAT, "features": list(FEATURES), "mean": mean.tolist(),
+            "std": std.tolist(), "final_loss": float(loss.item()),
+            "layers": [{"weight": m.weight.detach().double().numpy().tolist(),
+                        "bias": m.bias.detach().double().numpy().tolist()} for m in linear]}
+
+
+def as_classifier(meta: dict, threshold: float = 0.5) -> EdgeClassifier:
+    """An EdgeClassifier from `fit_classifier`'s dict (before it is written)."""
+    return EdgeClassifier("(in memory)", np.asarray(meta["mean"]), np.asarray(meta["std"]),
+                          tuple(np.asarray(m["weight"]) for m in meta["layers"]),
+                          tuple(np.asarray(m["bias"]) for m in meta["layers"]), threshold)
+
+
+def segment_learned(edges: EdgeSet, classifier: EdgeClassifier | None, thresholds: Sequence[float],
+                    scoring: str = "mean"):
+    """Yield (threshold, segmentation) of the global merge on p(merge) (None: on the mean affinity, or
+    the median with `scoring` 'quantile'), as `connectome segment` merges one block."""
+    tables = dict(edges.tables)
+    if classifier is not None:
+        tables["sums"] = learned_sums(classifier.merge_probability(edges.features), tables["counts"])
+    if scoring == "quantile":
+        tables["hist"] = edges.hist.toarray()  # type: ignore[attr-defined]
+    for t in thresholds:
+        if len(tables["nodes"]) == 0:
+            yield float(t), np.zeros(edges.fragments.shape, np.uint64)
+            continue
+        keys, values = lookup_table(tables, float(t), scoring)
+        yield float(t), relabel(edges.fragments, keys, values)
+
+
+def voi_sweep(edges: EdgeSet, gt: np.ndarray, classifier: EdgeClassifier | None, thresholds,
+              scoring: str = "mean") -> list[dict]:
+    """VOI (gt == 0 excluded) of `segment_learned` at each threshold."""
+    from connectome.metrics import voi
+
+    rows = []
+    for t, seg in segment_learned(edges, classifier, thresholds, scoring):
+        split, merge = voi(seg, gt)
+        rows.append({"threshold": t, "voi_split": split + 0.0, "voi_merge": merge + 0.0, "voi": split + merge})
+    return rows
+
+
+WEIGHTINGS = ("contact", "log-contact", "edge")
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 20))
+
+
+def example_weights(counts: np.ndarray, weighting: str) -> np.ndarray:
+    """Per-edge loss weights: contact area, its log, or one per edge."""
+    counts = np.asarray(counts, np.float64)
+    if weighting == "contact":
+        return counts
+    return np.log1p(counts) if weighting == "log-contact" else np.ones_like(counts)
+
+
+def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None):
+    """(EdgeSet, labels, ground truth) of one labelled volume with `model`'s affinities."""
+    import hashlib
+    import os
+
+    from connectome.affinity.encoding import affinities_as_uint8
+    from connectome.models.inference import predict_volume
+    from connectome.training.data import load_pair
+
+    pair = load_pair(raw_address, labels_address)
+    path = None
+    if cache:
+        key = hashlib.sha1(f"{model.info.name}|{raw_address}".encode()).hexdigest()[:16]
+        path = os.path.join(cache, f"affs-{key}.npy")
+    if path and os.path.isfile(path):
+        affs = np.load(path)
+    else:
+        affs = affinities_as_uint8(predict_volume(model, pair.raw))
+        if path:
+            os.makedirs(cache, exist_ok=True)  # type: ignore[arg-type]
+            np.save(path, affs)
+    edges = edge_set(affs)
+    return edges, edge_labels(edges, pair.labels), pair.labels
+
+
+def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val_raw: str, val_labels: str,
+                out: str, hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0,
+                weighting: str = "contact", thresholds: Sequence[float] = THRESHOLDS, threads: int = 1,
+                command: str = "", cache: str | None = None, log=print) -> dict:
+    """Fit the edge classifier of `model_name` on (raws, labels), choose its threshold by VOI on the
+    validation volume, write `out` (json) and return its content."""
+    import json
+    import time
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import torch
+
+    from connectome.core.errors import UserError
+    from connectome.models.registry import load_model
+    from connectome.training.data import overlapping_sections
+
+    if len(raws) != len(labels) or not raws:
+        raise UserError("give one --labels for each --raw (at least one)")
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"--weighting {weighting}: expected one of {', '.join(WEIGHTINGS)}")
+    clash = overlapping_sections(list(raws) + list(labels), [val_raw, val_labels])
+    if clash:
+        raise UserError(f"training data overlaps held-out data: {clash[0]}")
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    model = load_model(model_name, "cpu")
+    xs, ys, ws, counts = [], [], [], []
+    for raw, lab in zip(raws, labels):
+        edges, y, _ = volume_edges(model, raw, lab, cache)
+        keep = y >= 0
+        xs.append(edges.features[keep])
+        ys.append(y[keep])
+        ws.append(example_weights(edges.tables["counts"][keep], weighting))
+        counts.append({"raw": raw, "labels": lab, "edges": int(keep.sum()), "merge": int(y[keep].sum()),
+                       "unlabelled": int((~keep).sum())})
+        log(f"{raw}: {counts[-1]['edges']} edges ({counts[-1]['merge']} merge), {counts[-1]['unlabelled']} unlabelled")
+    fit_start = time.perf_counter()
+    meta = fit_classifier(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), hidden, steps, seed)
+    fit_seconds = time.perf_counter() - fit_start
+    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache)
+    learned = voi_sweep(val_edges, val_gt, as_classifier(meta), thresholds)
+    mean = voi_sweep(val_edges, val_gt, None, thresholds)
+    best = min(learned, key=lambda r: r["voi"])
+    best_mean = min(mean, key=lambda r: r["voi"])
+    log(f"validation: learned VOI {best['voi']:.3f} at {best['threshold']}, mean VOI {best_mean['voi']:.3f} "
+        f"at {best_mean['threshold']}")
+    meta.update({
+        "name": Path(out).stem, "affinity_model": model_name, "threshold": best["threshold"],
+        "provenance": {
+            "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": threads, "wall_time_s": round(time.perf_counter() - start, 1),
+            "fit_seconds": round(fit_seconds, 1), "hidden": list(hidden), "steps": steps, "seed": seed,
+            "weighting": weighting, "labels": "merge: both fragments' majority ground-truth ids equal and non-zero; "
+            "edges with a side mostly ground-truth 0 left out",
+            "data": {"train": counts, "validation": {"raw": val_raw, "labels": val_labels}},
+            "validation": {"learned": learned, "mean": mean, "best": best, "best_mean": best_mean},
+        },
+    })
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta

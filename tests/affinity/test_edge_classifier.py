@@ -1,0 +1,188 @@
+"""Learned agglomeration: edge features across blocks, the classifier file, its training, and the
+segment run whose merge tree equals its serial merge with learned scores."""
+
+import glob
+import json
+
+import numpy as np
+import pytest
+
+from connectome.affinity.agglomeration import load_tables, lookup_table
+from connectome.affinity.edge_classifier import learned_sums, load_classifier
+from connectome.affinity.edge_features import FEATURES, edge_features
+from connectome.affinity.edge_training import as_classifier, edge_labels, edge_set, fit_classifier
+from connectome.affinity.encoding import affinities_as_uint8
+from connectome.affinity.region_graph import region_graph
+from connectome.cli.main import main
+from connectome.core.errors import UserError
+from connectome.core.geometry import BlockGrid, Box
+from connectome.io import open_volume
+from connectome.io.lookup import relabel
+
+
+def noisy_affinities(labels: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    """Affinities 1 inside an object, 0 across a boundary, plus Gaussian noise, clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    affs = np.zeros((3, *labels.shape))
+    for d in range(3):
+        hi, lo = [slice(None)] * 3, [slice(None)] * 3
+        hi[d], lo[d] = slice(1, None), slice(None, -1)
+        a, b = labels[tuple(hi)], labels[tuple(lo)]
+        affs[d][tuple(hi)] = (a == b) & (a != 0)
+    return np.clip(affs + rng.normal(0, sigma, affs.shape), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from connectome.synth import generate
+
+    return [generate((24, 64, 64), (8.0, 8.0, 8.0), seed=s).labels for s in (3, 4)]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    """A classifier fitted on one synthetic volume's fragment edges, written as a shipped-format json."""
+    labels = synthetic[0]
+    edges = edge_set(affinities_as_uint8(noisy_affinities(labels, 0.3, 1)))
+    y = edge_labels(edges, labels)
+    keep = y >= 0
+    meta = fit_classifier(edges.features[keep], y[keep], edges.tables["counts"][keep].astype(float), steps=300)
+    meta.update({"threshold": 0.5, "name": "test-edges"})
+    path = tmp_path_factory.mktemp("edges") / "test-edges.json"
+    path.write_text(json.dumps(meta))
+    return str(path), meta
+
+
+def test_features_of_uncut_fragments_are_the_same_in_any_block_layout():
+    rng = np.random.default_rng(0)
+    cubes = rng.permutation(8 * 12 * 12).reshape(8, 12, 12) + 1  # 2^3 cubes, one id each, and a few holes
+    frag = np.where(rng.random(cubes.shape) < 0.1, 0, cubes).repeat(2, 0).repeat(2, 1).repeat(2, 2).astype(np.uint64)
+    affs = rng.random((3, *frag.shape))
+    u, v, s, c, h = region_graph(frag, affs, (False, False, False))
+    whole = {(a, b): row for a, b, row in zip(u.tolist(), v.tolist(), edge_features(frag, u, v, s, c, h))}
+    grid = BlockGrid(Box.from_shape(frag.shape), (8, 12, 12))
+    compared = 0
+    for block in grid:
+        w = block.write_box
+        lower = tuple(o > 0 for o in w.offset)
+        read = Box.from_corners(tuple(o - int(h_) for o, h_ in zip(w.offset, lower)), w.end)
+        sub = frag[read.to_slices()]
+        bu, bv, bs, bc, bh = region_graph(sub, affs[(slice(None), *w.to_slices())], lower)
+        feats = edge_features(sub, bu, bv, bs, bc, bh)
+        # fragments no inner face of this block touches: every contact and voxel of theirs is here
+        inner = frag[w.to_slices()]
+        faces = np.zeros(frag.shape, bool)
+        for d in range(3):
+            for edge in (w.offset[d], w.end[d]):
+                if 0 < edge < frag.shape[d]:
+                    sl = [slice(None)] * 3
+                    sl[d] = slice(edge - 1, edge + 1)
+                    faces[tuple(sl)] = True
+        cut = set(np.unique(frag[faces]).tolist())
+        uncut = set(np.unique(inner).tolist()) - cut
+        for a, b, row in zip(bu.tolist(), bv.tolist(), feats):
+            if a in uncut and b in uncut:
+                np.testing.assert_allclose(row, whole[(a, b)], rtol=1e-6)
+                compared += 1
+    assert compared > 20  # the check covered many edges
+
+
+def test_classifier_loads_scores_and_rounds_like_affinities(trained):
+    path, meta = trained
+    clf = load_classifier(path)
+    assert clf.threshold == 0.5
+    x = np.random.default_rng(0).normal(size=(50, len(FEATURES)))
+    p = clf.merge_probability(x)
+    assert p.shape == (50,) and np.all((p >= 0) & (p <= 1))
+    np.testing.assert_allclose(p, as_classifier(meta).merge_probability(x))
+    sums = learned_sums(p, np.arange(1, 51))
+    scaled = sums * 255
+    np.testing.assert_array_equal(scaled, np.rint(scaled))  # exact k x count, pools in any order
+    assert np.all(np.abs(sums / np.arange(1, 51) - p) <= 0.5 / 255 + 1e-12)
+
+
+def test_training_separates_merge_from_split_edges_on_another_volume(synthetic, trained):
+    _, meta = trained
+    labels = synthetic[1]  # not trained on
+    edges = edge_set(affinities_as_uint8(noisy_affinities(labels, 0.3, 2)))
+    y = edge_labels(edges, labels)
+    keep = y >= 0
+    p = as_classifier(meta).merge_probability(edges.features[keep])
+    y = y[keep]
+    assert 0 < y.sum() < len(y)
+    # area under the ROC curve: chance is 0.5
+    pos, neg = p[y == 1], p[y == 0]
+    auc = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert auc > 0.9
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"kind": "unet"}),
+                                     json.dumps({"kind": "edge_classifier", "format": 1, "features": ["x"]})])
+def test_a_bad_classifier_file_is_refused_in_one_line(tmp_path, content):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(UserError) as e:
+        load_classifier(str(path))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_segment_with_a_bad_edge_model_exits_2_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad-edges.json"
+    bad.write_text(json.dumps({"kind": "edge_classifier", "format": 1, "features": list(FEATURES)}))
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, raw=np.zeros((8, 16, 16), np.uint8))
+    code = main(["segment", f"{raw}#raw", str(tmp_path / "out"), "--model", "synthetic", "--voxel-size", "8", "8",
+                 "8", "--scoring", "learned", "--edge-model", str(bad), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "bad-edges.json" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.npz"))
+
+
+@pytest.fixture(scope="module")
+def affinity_volume(tmp_path_factory, synthetic):
+    from connectome.io import create_volume
+
+    root = tmp_path_factory.mktemp("learned")
+    labels = synthetic[1]
+    a = create_volume(str(root / "affs"), labels.shape, np.uint8, (12, 16, 16), (8, 8, 8), channels=3)
+    a.write(a.box, affinities_as_uint8(noisy_affinities(labels, 0.3, 5)))
+    return root
+
+
+def _run(root, name, merge, agglomerate, client):
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+
+    affs = {"affinities": str(root / "affs")}
+    config = RunConfig(input=str(root / "affs"), output=str(root / name), cluster=ClusterConfig(),
+                       blocks=BlocksConfig(shape=(12, 16, 16), chunk_shape=(12, 16, 16)),
+                       stages=[StageConfig(stage="fragments", inputs=affs),
+                               StageConfig(stage="agglomerate", inputs=affs, params=agglomerate),
+                               StageConfig(stage="relabel", params={"threshold": 0.5, "merge": merge, "fanout": 2})])
+    reports = execute(plan_run(config), client, progress=False)
+    assert reports
+    seg = open_volume(str(root / name / "segmentation"))
+    return seg.read(seg.box)
+
+
+def test_learned_scoring_tree_equals_serial_merge(affinity_volume, trained, client):
+    """32 blocks (2 x 4 x 4), super-blocks of 2^3 (two levels): the learned merge's tree and serial runs
+    agree voxel for voxel, the tables carry p(merge) sums, and the result differs from mean scoring."""
+    path, _ = trained
+    learned = {"scoring": "learned", "edge_model": path}
+    tree = _run(affinity_volume, "tree", "tree", learned, client)
+    serial = _run(affinity_volume, "serial", "serial", learned, client)
+    assert tree.tobytes() == serial.tobytes()
+    assert list((affinity_volume / "tree").rglob("*.tree")) and not list((affinity_volume / "serial").rglob("*.tree"))
+    assert len(np.unique(tree)) > 5
+    # the same tables merged on their mean affinities give another segmentation
+    edges_dir = affinity_volume / "tree" / "tables" / "edges"
+    tables = load_tables(str(edges_dir))
+    affinity_sums = [np.load(p)["affinity_sums"] for p in sorted(glob.glob(str(edges_dir / "*.npz")))]
+    assert not np.allclose(tables["sums"], np.concatenate(affinity_sums))
+    tables["sums"] = np.concatenate(affinity_sums)
+    fragments = open_volume(str(affinity_volume / "tree" / "fragments"))
+    frag = fragments.read(fragments.box)
+    mean = relabel(frag, *lookup_table(tables, 0.5))
+    assert not np.array_equal(tree, mean)
