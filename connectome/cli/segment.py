@@ -17,15 +17,19 @@ def add_arguments(parser) -> None:
                         help="output chunks (default: the block shape)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="merge threshold on 1 - mean affinity (default: the model's validated value)")
-    parser.add_argument("--scoring", choices=["mean", "quantile"], default="mean",
-                        help="agglomeration score: 1 - mean affinity, or 1 - median affinity (waterz's scores)")
+    parser.add_argument("--scoring", choices=["mean", "quantile", "learned"], default=None,
+                        help="agglomeration score: 1 - mean affinity, 1 - median affinity (waterz's scores), or "
+                             "1 - an edge classifier's p(merge) (learned; default: the model's validated choice)")
+    parser.add_argument("--edge-model", default=None, metavar="NAME|FILE.json",
+                        help="learned scoring: the edge classifier (default: the model's <model>-edges.json)")
     parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
                         help="nm; required for sources that carry none")
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run a model on data whose voxel size differs from its own by more than 1.5x")
     parser.add_argument("--overlap", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: context each block reads beyond its write box (default: the model's FOV)")
-    parser.add_argument("--ffn-batch", type=int, default=8, help="ffn: objects filled together in one batch")
+    parser.add_argument("--ffn-batch", type=int, default=None,
+                        help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
     add_run_options(parser)
 
 
@@ -43,7 +47,7 @@ def run(args) -> int:
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,
-                                 allow_voxel_mismatch=args.allow_voxel_mismatch)
+                                 allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model)
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:

@@ -1,8 +1,15 @@
-"""Flood-filling inference: grow one object at a time from seeds, moving the FOV while the object's
-probability on a face of the FOV passes the move threshold; many objects share one forward batch.
+"""Flood-filling inference: grow objects from seeds, moving the FOV while the object's probability on
+a face of the FOV passes the move threshold; many independent objects share one forward batch.
 
-Determinism: seeds, moves (highest score first, ties by order queued) and acceptance (objects in the
-order they finish) depend only on the input and the settings, so one input gives one output.
+Independence rule (what makes batching safe): every active object claims the voxels where its
+probability is >= 0.5 (`claim`, by start ticket). When a step makes two active objects claim a common
+voxel, the later-started one is dropped (its POM cleared) and its seed waits until the earlier one
+has finished, then starts again if it is still unsegmented; a seed within one FOV of a claimed voxel
+waits the same way before it starts. So objects filled together never touch, and each object sees
+the accepted objects that were there before it, as one at a time would.
+
+Determinism: seeds, moves (highest score first, ties by order queued), collisions (by start ticket)
+and acceptance (objects in the order they finish) depend only on the input and the settings.
 """
 
 from __future__ import annotations
@@ -15,12 +22,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from connectome.core.geometry import vec3
 from connectome.ffn.model import FFN, LOGIT_INIT, LOGIT_SEED, FFNInfo
 from connectome.ffn.seeds import seed_order
 
 MASK_LOGIT = -8.0  # POM of voxels that belong to an accepted object
 LOGIT_LIMIT = 16.0  # stored POM logits are clipped to +-this (probabilities within 1e-7 of 0 and 1)
+MIN_FORWARD_BATCH = 2  # PyTorch's CPU conv3d takes a slow path for a batch of one: pad it to two
 
 
 def logit(p: float) -> float:
@@ -34,60 +41,95 @@ class CanvasSettings:
     move_threshold: float = 0.9
     segment_threshold: float = 0.6
     min_size: int = 100
-    batch: int = 8
+    batch: int = 1  # objects per forward batch: 1 on CPU (batching adds work there, see benchmarks/ffn_speed.py)
     max_steps: int = 2000  # FOV evaluations per object
     reverse: bool = False  # seeds in reverse order (for consensus)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Object:
-    """One object being filled: its POM (over the padded canvas), queued moves and touched box."""
+    """One object being filled: its start ticket, seed (index, padded position), POM, queued moves, box."""
 
+    ticket: int
+    index: int
     seed: tuple[int, int, int]
     pom: np.ndarray
     queue: list = field(default_factory=list)
     visited: set = field(default_factory=set)
-    lo: np.ndarray | None = None
-    hi: np.ndarray | None = None
+    lo: list[int] = field(default_factory=list)
+    hi: list[int] = field(default_factory=list)
     steps: int = 0
+
+    def box(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
 
 
 class Canvas:
     """Segment one volume (uint8) with a flood-filling network: `segment()` -> int32 labels 1..n."""
 
     def __init__(self, net: FFN, info: FFNInfo, raw: np.ndarray, settings: CanvasSettings | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", origin=(0, 0, 0)):
         self.net = net
+        self.origin = tuple(int(o) for o in origin)  # global position of raw[0, 0, 0] (anchors the seed grid)
         self.info = info
         self.settings = settings or CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size)
         self.device = torch.device(device)
         self.config = net.config
-        self.radius = np.array(self.config.radius)
+        self.radius = tuple(int(r) for r in self.config.radius)
         self.shape = raw.shape
         pad = [(r, r) for r in self.radius]
         self.image = np.pad(info.normalise(raw), pad, mode="reflect" if min(raw.shape) > max(self.radius) else "edge")
         self.seg = np.zeros(self.image.shape, np.int32)  # padded; the pad stays 0
+        self.claim = np.zeros(self.image.shape, np.int32)  # ticket of the active object with POM >= 0.5; 0 none
         self.inside = np.zeros(self.image.shape, bool)
-        self.inside[tuple(slice(r, r + s) for r, s in zip(self.radius, raw.shape))] = True
+        self.inside[self._interior()] = True
         self.raw = raw
-        self.stats = {"objects": 0, "rejected": 0, "steps": 0, "batches": 0}
+        self.stats = {"objects": 0, "rejected": 0, "restarts": 0, "steps": 0, "batches": 0, "fovs": 0}
         self._free: list[np.ndarray] = []
         self._counter = itertools.count()
+        self._tickets = itertools.count(1)
+        self._move_logit = logit(self.settings.move_threshold)
+        self._segment_logit = logit(self.settings.segment_threshold)
+        rows = max(self.settings.batch, MIN_FORWARD_BATCH)
+        self._input = torch.zeros((rows, 2, *self.config.fov), dtype=torch.float32)  # reused every step
+        self._faces = self._face_index()
+
+    def _interior(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(r, r + s) for r, s in zip(self.radius, self.shape))  # type: ignore[return-value]
+
+    def _face_index(self) -> list[tuple[int, int, tuple]]:
+        """(axis, signed step, index of the FOV face) for the six moves."""
+        out = []
+        for axis, delta in enumerate(self.config.deltas):
+            for sign in (-1, 1):
+                index: list = [slice(None)] * 3
+                index[axis] = self.radius[axis] + sign * delta
+                out.append((axis, sign * delta, tuple(index)))
+        return out
 
     def _fov(self, centre) -> tuple[slice, slice, slice]:
-        z, y, x = (slice(c - r, c + r + 1) for c, r in zip(centre, self.radius))
-        return z, y, x
+        return tuple(slice(c - r, c + r + 1) for c, r in zip(centre, self.radius))  # type: ignore[return-value]
 
     def _new_pom(self) -> np.ndarray:
         return self._free.pop() if self._free else np.full(self.image.shape, LOGIT_INIT, np.float32)
 
-    def _start(self, seed) -> _Object:
-        c = vec3([int(v) + int(r) for v, r in zip(seed, self.radius)])
-        obj = _Object(c, self._new_pom())
-        obj.pom[c] = LOGIT_SEED
-        heapq.heappush(obj.queue, (-1.0, next(self._counter), c))
-        obj.lo, obj.hi = np.array(c), np.array(c) + 1
+    def _start(self, index: int, centre: tuple[int, int, int]) -> _Object:
+        obj = _Object(next(self._tickets), index, centre, self._new_pom())
+        obj.pom[centre] = LOGIT_SEED
+        self.claim[centre] = obj.ticket
+        heapq.heappush(obj.queue, (-1.0, next(self._counter), centre))
+        obj.lo, obj.hi = list(centre), [c + 1 for c in centre]
         return obj
+
+    def _release(self, obj: _Object) -> None:
+        """Clear the object's POM and claims; seeds waiting for it become ready."""
+        box = obj.box()
+        obj.pom[box] = LOGIT_INIT
+        self._free.append(obj.pom)
+        claims = self.claim[box]
+        claims[claims == obj.ticket] = 0
+        for item in self._waiting.pop(obj.ticket, []):
+            heapq.heappush(self._ready, item)
 
     def _next_centre(self, obj: _Object):
         while obj.queue and obj.steps < self.settings.max_steps:
@@ -99,32 +141,37 @@ class Canvas:
         return None
 
     def _forward(self, images: list[np.ndarray], poms: list[np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(np.stack(images)[:, None]).to(self.device)
-            p = torch.from_numpy(np.stack(poms)[:, None]).to(self.device)
-            return self.net(x, p)[:, 0].cpu().numpy()
+        """New POM logits (n, *fov) for n (image, POM) FOVs, in one batch."""
+        n = len(images)
+        rows = max(n, MIN_FORWARD_BATCH)
+        if rows > self._input.shape[0]:
+            self._input = torch.zeros((rows, 2, *self.config.fov), dtype=torch.float32)
+        x = self._input[:rows]
+        buf = x.numpy()
+        for k, (image, pom) in enumerate(zip(images, poms)):
+            buf[k, 0] = image
+            buf[k, 1] = pom
+        if rows > n:
+            buf[n:] = buf[n - 1]
+        with torch.inference_mode():
+            out = self.net.forward_stacked(x.to(self.device))
+            return out[:n, 0].cpu().numpy()
 
-    def _moves(self, obj: _Object, centre, prob: np.ndarray) -> None:
+    def _queue_moves(self, obj: _Object, centre, logits: np.ndarray) -> None:
         """Queue the FOV moves whose face of the FOV has an object probability >= the move threshold."""
-        r = self.radius
-        for axis, delta in enumerate(self.config.deltas):
-            for sign in (-1, 1):
-                index = [slice(None)] * 3
-                index[axis] = r[axis] + sign * delta
-                score = float(prob[tuple(index)].max())
-                if score >= self.settings.move_threshold:
-                    c = list(centre)
-                    c[axis] += sign * delta
-                    heapq.heappush(obj.queue, (-score, next(self._counter), tuple(c)))
+        for axis, step, face in self._faces:
+            best = float(logits[face].max())
+            if best >= self._move_logit:
+                c = list(centre)
+                c[axis] += step
+                score = 1.0 / (1.0 + np.exp(-best))
+                heapq.heappush(obj.queue, (-score, next(self._counter), tuple(c)))
 
     def _finish(self, obj: _Object) -> None:
         """Accept the object's voxels above the segment threshold (connected to its seed, unclaimed, large enough)."""
-        lo, hi = obj.lo, obj.hi
-        if lo is None or hi is None:
-            raise RuntimeError("object finished before it was started")
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        mask = (obj.pom[box] >= logit(self.settings.segment_threshold)) & (self.seg[box] == 0) & self.inside[box]
-        seed = tuple(s - a for s, a in zip(obj.seed, lo))
+        box = obj.box()
+        mask = (obj.pom[box] >= self._segment_logit) & (self.seg[box] == 0) & self.inside[box]
+        seed = tuple(s - a for s, a in zip(obj.seed, obj.lo))
         accepted = False
         if mask[seed]:
             comps, _ = ndimage.label(mask)
@@ -135,29 +182,77 @@ class Canvas:
                 accepted = True
         if not accepted:
             self.stats["rejected"] += 1
-        obj.pom[box] = LOGIT_INIT
-        self._free.append(obj.pom)
+        self._release(obj)
+
+    def _drop(self, obj: _Object, blocker: int) -> None:
+        """Drop an object that touched an earlier one; its seed waits for `blocker` to finish."""
+        self.stats["restarts"] += 1
+        self._release(obj)
+        self._waiting.setdefault(blocker, []).append((obj.index, obj.seed))
+
+    def _next_seed(self):
+        """(index, padded seed): the readiest of the waiting seeds that were released and the fresh ones."""
+        if self._ready and (self._fresh_head is None or self._ready[0][0] < self._fresh_head[0]):
+            return heapq.heappop(self._ready)
+        item, self._fresh_head = self._fresh_head, next(self._fresh, None)
+        return item
+
+    def _fill_batch(self, active: list[_Object]) -> None:
+        while len(active) < self.settings.batch:
+            item = self._next_seed()
+            if item is None:
+                return
+            index, c = item
+            if self.seg[c] != 0:
+                continue
+            near = self.claim[self._fov(c)]
+            if near.any():  # within a FOV of an object being filled: try again once it has finished
+                self._waiting.setdefault(int(near[near != 0].min()), []).append(item)
+                continue
+            active.append(self._start(index, c))
+
+    def _update(self, obj: _Object, centre, logits: np.ndarray, active: list[_Object]) -> bool:
+        """Store one step's logits; False when the object was dropped for touching an earlier object."""
+        fov = self._fov(centre)
+        logits[self.seg[fov] != 0] = MASK_LOGIT
+        mine = (logits >= 0) & self.inside[fov]
+        claims = self.claim[fov]
+        others = claims[mine]
+        others = np.unique(others[(others != 0) & (others != obj.ticket)])
+        if len(others) and others[0] < obj.ticket:
+            self._drop(obj, int(others[0]))
+            return False
+        for other in [o for o in active if o.ticket in set(others.tolist())]:
+            active.remove(other)
+            self._drop(other, obj.ticket)
+        claims[claims == obj.ticket] = 0
+        claims[mine] = obj.ticket
+        obj.pom[fov] = logits
+        obj.steps += 1
+        self.stats["steps"] += 1
+        obj.lo = [min(a, s.start) for a, s in zip(obj.lo, fov)]
+        obj.hi = [max(b, s.stop) for b, s in zip(obj.hi, fov)]
+        if obj.steps == 1 and logits[self.radius] < 0:
+            obj.queue.clear()  # the network does not keep the seed: reject early
+        else:
+            self._queue_moves(obj, centre, logits)
+        return True
 
     def segment(self, seeds: np.ndarray | None = None) -> np.ndarray:
         """Fill objects from `seeds` (default: distance-transform maxima, then a grid); int32 labels."""
         if seeds is None:
-            seeds = seed_order(self.raw, self.info.voxel_size, self.config.deltas)
+            seeds = seed_order(self.image[self._interior()], self.info.voxel_size, self.config.deltas, self.origin,
+                               cap=float(min(self.radius)))
         if self.settings.reverse:
             seeds = seeds[::-1]
-        pending = iter(seeds.tolist())
+        padded = [tuple(int(v) + r for v, r in zip(s, self.radius)) for s in np.asarray(seeds).tolist()]
+        self._fresh = iter(enumerate(padded))
+        self._fresh_head = next(self._fresh, None)
+        self._ready: list = []
+        self._waiting: dict[int, list] = {}
         active: list[_Object] = []
-        exhausted = False
-        thr_seed = logit(0.5)
         while True:
-            while len(active) < self.settings.batch and not exhausted:
-                seed = next(pending, None)
-                if seed is None:
-                    exhausted = True
-                    break
-                c = tuple(int(v) + int(r) for v, r in zip(seed, self.radius))
-                if self.seg[c] != 0 or any(o.pom[c] >= thr_seed for o in active):
-                    continue
-                active.append(self._start(seed))
+            self._fill_batch(active)
             if not active:
                 break
             batch, centres = [], []
@@ -171,29 +266,15 @@ class Canvas:
                 centres.append(c)
             if not batch:
                 continue
-            images, poms = [], []
-            for obj, c in zip(batch, centres):
-                fov = self._fov(c)
-                images.append(self.image[fov])
-                poms.append(obj.pom[fov])
-            out = self._forward(images, poms)
+            out = self._forward([self.image[self._fov(c)] for c in centres],
+                                [obj.pom[self._fov(c)] for obj, c in zip(batch, centres)])
+            np.clip(out, -LOGIT_LIMIT, LOGIT_LIMIT, out=out)
             self.stats["batches"] += 1
+            self.stats["fovs"] += len(batch)
             for obj, c, logits in zip(batch, centres, out):
-                fov = self._fov(c)
-                np.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT, out=logits)
-                logits[self.seg[fov] != 0] = MASK_LOGIT
-                obj.pom[fov] = logits
-                obj.steps += 1
-                self.stats["steps"] += 1
-                if obj.lo is None or obj.hi is None:
-                    raise RuntimeError("object stepped before it was started")
-                obj.lo = np.minimum(obj.lo, [s.start for s in fov])
-                obj.hi = np.maximum(obj.hi, [s.stop for s in fov])
-                if obj.steps == 1 and logits[tuple(self.radius)] < thr_seed:
-                    obj.queue.clear()  # the network does not keep the seed: reject early
-                    continue
-                self._moves(obj, c, 1.0 / (1.0 + np.exp(-logits)))
-        return self.seg[tuple(slice(r, r + s) for r, s in zip(self.radius, self.shape))].copy()
+                if obj in active and not self._update(obj, c, logits, active):
+                    active.remove(obj)
+        return self.seg[self._interior()].copy()
 
 
 def fill_unsegmented(labels: np.ndarray) -> np.ndarray:

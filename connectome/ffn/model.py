@@ -87,7 +87,11 @@ class FFN(nn.Module):
         self.head = nn.Conv3d(config.features, 1, 1)
 
     def forward(self, image: torch.Tensor, pom: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([image, pom], dim=1)
+        return self.forward_stacked(torch.cat([image, pom], dim=1))
+
+    def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2, *fov) image and POM logits stacked as channels -> (B, 1, *fov) new POM logits."""
+        pom = x[:, 1:2]
         x = self.stem2(torch.relu(self.stem1(x)))
         x = self.modules_(x)
         return pom + self.head(torch.relu(x))

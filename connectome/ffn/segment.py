@@ -13,7 +13,7 @@ from connectome.engine.plan import Plan, execute
 
 
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
-               cluster: ClusterConfig | None = None, overlap=None, batch: int = 8, reverse: bool = False,
+               cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
                allow_voxel_mismatch: bool = False) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN)."""
     from connectome.ffn.registry import resolve_model_path
@@ -22,7 +22,9 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         resolve_model_path(model)
     except UserError as e:
         raise UserError(f"--method ffn: {e}") from None
-    params = {"model": model, "batch": batch, "reverse": reverse}
+    params: dict = {"model": model, "reverse": reverse}
+    if batch is not None:
+        params["batch"] = batch
     if overlap is not None:
         params["overlap"] = tuple(overlap)
     if allow_voxel_mismatch:

@@ -43,7 +43,8 @@ class FFNParams(StageParams):
     model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
     device: str = Field("cpu", description="cpu or cuda")
     overlap: tuple[int, int, int] | None = Field(None, description="context each side (default: the model's FOV)")
-    batch: int = Field(8, ge=1, description="objects filled together in one forward batch")
+    batch: int | None = Field(None, ge=1, description="objects filled together in one forward batch (default: 1 on "
+                                                      "CPU, where batching adds work and no throughput; 8 on a GPU)")
     move_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     segment_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     min_size: int | None = Field(None, ge=1, description="smallest object kept, voxels (default: the model's)")
@@ -80,13 +81,15 @@ class FFNStage(BlockStage):
 
         p, i = self.params, self.model_info
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
-                              p.min_size or i.min_size, batch=p.batch, reverse=p.reverse)
+                              p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
+                              reverse=p.reverse)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         from connectome.ffn.canvas import Canvas
 
         net, info = cached_model(self.params.model, self.params.device)
-        canvas = Canvas(net, info, volumes["raw"].read(block.read_box), self.settings(), self.params.device)
+        canvas = Canvas(net, info, volumes["raw"].read(block.read_box), self.settings(), self.params.device,
+                        origin=block.read_box.offset)
         labels = canvas.segment()
         if self.params.fill:
             labels = fill_unsegmented(labels)

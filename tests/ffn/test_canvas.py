@@ -55,6 +55,23 @@ def test_batched_equals_one_object_at_a_time_on_separate_objects():
     assert voi(many, one) == (0.0, 0.0)
 
 
+def test_seeds_of_one_object_are_not_filled_twice_in_a_batch():
+    """Many seeds in one object: batched filling drops the later copies (they touch the first) instead of
+    filling the object once per seed, and gives the one-at-a-time result."""
+    net, info = handset_model()
+    raw = np.zeros((14, 24, 24), np.uint8)
+    raw[2:12, 2:22, 2:22] = 255
+    seeds = np.argwhere(raw[::3, ::3, ::3] == 255) * 3
+    one = Canvas(net, info, raw, _settings(batch=1))
+    seg_one = one.segment(seeds)
+    many = Canvas(net, info, raw, _settings(batch=8))
+    seg_many = many.segment(seeds)
+    assert many.stats["objects"] == one.stats["objects"] == 1
+    np.testing.assert_array_equal(seg_many, seg_one)
+    assert many.stats["restarts"] > 0
+    assert many.stats["fovs"] <= 2 * one.stats["fovs"]  # not once per seed (up to 8 times without the rule)
+
+
 def test_same_input_same_output_bit_for_bit():
     torch.manual_seed(0)
     net = FFN(CPU).eval()
@@ -70,7 +87,8 @@ def test_same_input_same_output_bit_for_bit():
 def test_seeds_prefer_object_centres_then_cover_the_grid():
     raw = np.zeros((20, 40, 40), np.uint8)
     raw[2:18, 5:35, 5:35] = 200
-    seeds = distance_seeds(raw, (8, 8, 8), (4, 4, 4))
+    image = (raw / 255.0 - 0.5) / 0.25  # normalised, as the canvas gives it
+    seeds = distance_seeds(image, (8, 8, 8), (4, 4, 4))
     assert len(seeds) >= 1
     assert np.all(raw[tuple(seeds.T)] == 200)
     depth = ndimage.distance_transform_edt(raw == 200)
@@ -78,5 +96,22 @@ def test_seeds_prefer_object_centres_then_cover_the_grid():
     assert depth[tuple(seeds[-1])] <= depth[tuple(seeds[0])]
     grid = grid_seeds(raw.shape, (5, 5, 5))
     assert len(grid) == 4 * 8 * 8
-    both = seed_order(raw, (8, 8, 8), (5, 5, 5))
+    both = seed_order(image, (8, 8, 8), (5, 5, 5))
     assert len(both) == len(np.unique(np.ravel_multi_index(both.T, raw.shape)))
+
+
+def test_a_blocks_seeds_are_the_whole_volumes_seeds_there():
+    """Seeds are local and anchored globally: away from a block's faces it gets the seeds (and order) of one block."""
+    from connectome.synth import generate
+
+    image = (generate((16, 48, 48), (8.0, 8.0, 8.0), seed=3).raw / 255.0 - 0.55) / 0.15
+    whole = seed_order(image, (8, 8, 8), (5, 5, 5), cap=8.0)
+    lo, hi = np.array([0, 13, 7]), np.array([16, 48, 41])  # a block's read box (its origin off the grid)
+    part = seed_order(image[0:16, 13:48, 7:41], (8, 8, 8), (5, 5, 5), origin=tuple(lo), cap=8.0) + lo
+    inner_lo, inner_hi = lo + [0, 12, 12], hi - [0, 0, 12]  # beyond smoothing + depth cap from the cut faces
+
+    def inner(s):
+        return s[np.all((s >= inner_lo) & (s < inner_hi), axis=1)]
+
+    assert len(inner(whole)) > 20
+    np.testing.assert_array_equal(inner(part), inner(whole))

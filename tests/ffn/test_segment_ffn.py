@@ -52,7 +52,10 @@ def test_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_path, ca
     assert again["stages"][0]["ran"] == 3 and again["stages"][0]["skipped"] == 5
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
     split, merge = voi(seg8, seg1)
-    if split + merge > 0.05:  # known and open (issue 11): the trained model's blocks merge across overlaps
+    if split + merge > 0.05:
+        # known and open (issue 11): each block's own canvas already differs from the single run inside its
+        # write box (objects flooded from seeds beyond the read box; ffn-synthetic's fills depend on seed
+        # order), which reconciliation cannot repair; measured 0.80 split + 0.45 merge after the seed fix
         pytest.xfail(f"ffn-synthetic in 8 blocks vs 1: VOI split {split:.3f} + merge {merge:.3f} > 0.05")
 
 
