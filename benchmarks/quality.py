@@ -7,7 +7,9 @@ the model's validated threshold, mean scoring) and scored by `connectome evaluat
 models that were trained on them):
 - medulla z 100-124 (fib-10nm's validation split), 10 nm;
 - gala test crop (never trained on), 10 nm;
-- CREMI crop z 40-49 (cremi-sstem's validation split), 40 x 4 x 4 nm, dense 3-D labels;
+- CREMI crop z 40-49 in its recovered section order (`sstem`'s validation split; the stored file's
+  sections are shuffled, see benchmarks/cremi_section_order.py, which this script runs first), 40 x 4 x 4
+  nm, dense 3-D labels;
 - ISBI 2012 train z 25-29 (sstem's validation split), 50 x 4 x 4 nm, scored per section.
 Writes benchmarks/results/quality.md. Usage:
     .venv/bin/python benchmarks/quality.py [--models NAME ...] [--sets NAME ...]
@@ -35,8 +37,8 @@ SETS = [
      "flyem_medulla_fib_train/medulla_train.npz#neuron_ids[100:125]", (10.0, 10.0, 10.0), False, 0.8),
     ("gala test", "gala_fib_crops/gala_fib.npz#test_raw", "gala_fib_crops/gala_fib.npz#test_gt",
      (10.0, 10.0, 10.0), False, 0.45),
-    ("CREMI crop z40-49", "cremi_sstem_crop/cremi_train.npz#raw[40:50]",
-     "cremi_sstem_crop/cremi_train.npz#neuron_ids[40:50]", (40.0, 4.0, 4.0), False, 1.0),
+    ("CREMI crop reordered z40-49", "{cremi_reordered}#raw[40:50]",
+     "{cremi_reordered}#neuron_ids[40:50]", (40.0, 4.0, 4.0), False, 1.0),
     ("ISBI train z25-29 (per section)", "isbi2012/isbi2012.npz#train_raw[25:30]",
      "isbi2012/isbi2012.npz#derived_train_cells2d[25:30]", (50.0, 4.0, 4.0), True, 0.4),
 ]
@@ -45,18 +47,18 @@ SETS = [
 NOTES = [
     "",
     "Notes",
-    "- The CREMI crop's 50 sections are not in physical order (`shared/data/cremi_sstem_crop`): consecutive "
-    "sections share a neuron id on 19 % of their voxels (83 % once reordered by label overlap; raw correlation "
-    "0.09 vs 0.70), so z 40-49 are 10 scattered sections, their 6-connected ground-truth components alone "
-    "score split 1.486, and one single segment scores VOI 4.343 there. Every 3-D CREMI figure here is bounded "
-    "by that until the file is fixed.",
-    "- `cremi-sstem` was trained on that file (z 0-39) in this session and its validated threshold (0.9) nearly "
-    "merges everything: no better than one segment on CREMI, so it was NOT shipped (its rows above were run "
-    "with the weights installed; they are not in connectome/models/weights).",
-    "- `sstem` per section on ISBI with z affinities 0 (2-D, what its training validated) scores 0.532 at "
-    "0.8 with our chain (0.511 with waterz); run in 3-D by `connectome segment`, its derived z affinities "
-    "merge objects through neighbouring sections and the per-section score is 2.304.",
+    "- The CREMI crop's 50 sections are stored out of physical order (`shared/data/cremi_sstem_crop`): consecutive "
+    "sections share a neuron id on 19 % of their voxels (83 % in the order recovered from the labels by "
+    "`benchmarks/cremi_section_order.py`; raw correlation 0.09 vs 0.70). This table scores z 40-49 of the "
+    "recovered order (stored z 17, 31, 49, 33, 20, 28, 30, 32, 18, 24), the validation split of `sstem`, which "
+    "trained on z 0-39 of it. Its 6-connected ground-truth components alone score split 0.318; one single "
+    "segment scores VOI 4.344.",
+    "- `sstem` (3-D labels: the reordered CREMI crop z 0-39, with ISBI z 0-24 and VNC as per-section labels) chose "
+    "its threshold on that CREMI split; `sstem-2d` (ISBI + VNC, 2-D labels only; its z affinity is derived from "
+    "the in-plane ones) is the model shipped as `sstem` before, and `connectome segment` warns when it is used.",
     "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits.",
+    "- Mean scoring merges edges one at a time in a strict order (score, contact count, segment ids); learned "
+    "scoring (`--scoring learned`, not a default) is compared in benchmarks/results/learned_agglomeration.md.",
 ]
 
 
@@ -111,11 +113,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="quality-")
+    cremi = DATA / "cremi_sstem_crop" / "cremi_train.npz"
+    reordered = os.path.join(tmp, "cremi_reordered.npz")
+    if cremi.exists():
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cremi_section_order.py"), "--input", str(cremi),
+                        "--out", reordered], check=True, stdout=subprocess.DEVNULL)
     rows, skipped = [], []
     for set_name, raw, gt, voxel_size, per_section, target in SETS:
         if args.sets and not any(set_name.startswith(s) for s in args.sets):
             continue
-        path = DATA / raw.split("#")[0]
+        raw, gt = (str(DATA / a) if "{" not in a else a.format(cremi_reordered=reordered) for a in (raw, gt))
+        path = Path(raw.split("#")[0])
         if not path.exists():
             skipped.append(f"{set_name}: {path} absent")
             print(f"skip {set_name}: {path} absent", file=sys.stderr)
@@ -124,7 +132,7 @@ def main() -> None:
             if args.models and model not in args.models:
                 continue
             print(f"{set_name} with {model} ...", file=sys.stderr, flush=True)
-            row = run_case(set_name, str(DATA / raw), str(DATA / gt), voxel_size, per_section, model, tmp)
+            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp)
             row["target"] = target
             rows.append(row)
             print(f"  VOI {row['voi']:.3f} (split {row['voi_split']:.3f}, merge {row['voi_merge']:.3f}), "

@@ -103,19 +103,20 @@ def test_segment_affinities_of_perfect_affinities_recovers_the_labels():
 
 
 def test_two_d_model_warning_names_the_model():
-    sstem = read_info(resolve_model_path("sstem"))
+    sstem = read_info(resolve_model_path("sstem-2d"))
     assert sstem.z_affinity == "from_xy"
+    assert read_info(resolve_model_path("sstem")).z_affinity == "learned"
     message = two_d_model_warning(sstem)
     assert message is not None and "\n" not in message
-    assert "sstem was trained on 2-D labels only" in message and "neighbouring sections" in message
+    assert "sstem-2d was trained on 2-D labels only" in message and "neighbouring sections" in message
     assert two_d_model_warning(read_info(resolve_model_path("synthetic"))) is None
 
 
 def test_segmentation_config_warns_once_for_a_two_d_model(tmp_path, capsys):
     raw = create_volume(str(tmp_path / "raw"), (4, 64, 64), np.uint8, (4, 64, 64), (50, 4, 4))
-    segmentation_config(raw.address, str(tmp_path / "o"), "sstem")
+    segmentation_config(raw.address, str(tmp_path / "o"), "sstem-2d")
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model sstem was trained on 2-D labels only" in err[0]
+    assert len(err) == 1 and "model sstem-2d was trained on 2-D labels only" in err[0]
     segmentation_config(raw.address, str(tmp_path / "o2"), "synthetic")
     assert capsys.readouterr().err == ""
 
@@ -124,7 +125,7 @@ def test_warn_if_two_d_model_writes_to_the_stream(capsys):
     import io
 
     stream = io.StringIO()
-    assert warn_if_two_d_model(read_info(resolve_model_path("sstem")), stream) is not None
+    assert warn_if_two_d_model(read_info(resolve_model_path("sstem-2d")), stream) is not None
     assert stream.getvalue().count("\n") == 1
     assert warn_if_two_d_model(read_info(resolve_model_path("fib-10nm")), stream) is None
     assert stream.getvalue().count("\n") == 1
@@ -134,6 +135,8 @@ def test_segment_command_prints_the_warning_line(tmp_path, capsys):
     rng = np.random.default_rng(0)
     raw = create_volume(str(tmp_path / "raw"), (4, 64, 64), np.uint8, (4, 64, 64), (50, 4, 4))
     raw.write(raw.box, rng.integers(0, 256, (4, 64, 64), dtype=np.uint8))
-    _, err = _segment(capsys, raw.address, tmp_path / "seg", "sstem", (4, 64, 64))
+    _, err = _segment(capsys, raw.address, tmp_path / "seg", "sstem-2d", (4, 64, 64))
+    assert not [line for line in _segment(capsys, raw.address, tmp_path / "seg3d", "sstem", (4, 64, 64))[1].splitlines()
+                if "trained on 2-D labels only" in line]  # sstem learned its z affinity from 3-D labels
     lines = [line for line in err.splitlines() if "trained on 2-D labels only" in line]
     assert len(lines) == 1, err

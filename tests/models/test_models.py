@@ -22,7 +22,7 @@ from connectome.models import (
 )
 from connectome.models.unet import aligned_reach
 
-SHIPPED = ("fib-10nm", "sstem", "synthetic")
+SHIPPED = ("fib-10nm", "sstem", "sstem-2d", "synthetic")
 
 
 def _random_model(tmp_path, arch: str, z_affinity: str = "learned", seed: int = 0, norm: str = "none"):
