@@ -18,12 +18,7 @@ import numpy as np
 from connectome.affinity.agglomeration import lookup_table
 from connectome.affinity.edge_classifier import FORMAT, EdgeClassifier, learned_sums
 from connectome.affinity.edge_features import FEATURES, edge_features
-from connectome.affinity.encoding import affinities_as_float
-from connectome.affinity.region_graph import region_graph
-from connectome.affinity.validation import AFF_HIGH, AFF_LOW
-from connectome.affinity.watershed import basins, edge_values, pointers
-from connectome.core.geometry import Box
-from connectome.core.ids import globalise
+from connectome.affinity.validation import AFF_HIGH, AFF_LOW, one_block_graph
 from connectome.io.lookup import relabel
 
 
@@ -39,17 +34,9 @@ class EdgeSet:
 
 def edge_set(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH) -> EdgeSet:
     """Fragments, region graph and features of uint8 affinities (3, z, y, x) in one block."""
-    z, y, x = (int(s) for s in affs_u8.shape[1:])
-    box = Box((0, 0, 0), (z, y, x))
-    edges = edge_values(affinities_as_float(affs_u8, np.float32), box, box)
-    fragments = globalise(basins(pointers(edges, aff_low), edges, aff_high), 0)
-    u, v, sums, counts, hist = region_graph(fragments, affinities_as_float(affs_u8, np.float64),
-                                            (False, False, False))
-    nodes = np.unique(fragments)
-    empty = np.zeros(0, np.uint64)
-    tables = {"nodes": nodes[nodes != 0], "u": u, "v": v, "sums": sums, "counts": counts,
-              "link_u": empty, "link_v": empty}
-    return EdgeSet(fragments, tables, edge_features(fragments, u, v, sums, counts, hist), hist)
+    fragments, tables, hist = one_block_graph(affs_u8, aff_low, aff_high)
+    return EdgeSet(fragments, tables, edge_features(fragments, tables["u"], tables["v"], tables["sums"],
+                                                    tables["counts"], hist), hist)
 
 
 def majority_labels(fragments: np.ndarray, gt: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -31,18 +31,25 @@ SCORING: str = RelabelParams().scoring  # the relabel stage's default ("mean")
 CHAIN = "connectome: uint8 affinities, steepest-ascent watershed, region graph, global merge, relabel"
 
 
-def fragments_and_tables(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH):
-    """Fragments (uint64, ids of block 0) and the region-graph table of one block covering the volume."""
+def one_block_graph(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH):
+    """Fragments (uint64, ids of block 0), the region-graph table of one block covering the volume, and
+    the edges' affinity histograms (scipy CSR)."""
     z, y, x = (int(s) for s in affs_u8.shape[1:])
     box = Box((0, 0, 0), (z, y, x))
     edges = edge_values(affinities_as_float(affs_u8, np.float32), box, box)
     fragments = globalise(basins(pointers(edges, aff_low), edges, aff_high), 0)
-    u, v, sums, counts, _hist = region_graph(fragments, affinities_as_float(affs_u8, np.float64),
-                                             (False, False, False))
+    u, v, sums, counts, hist = region_graph(fragments, affinities_as_float(affs_u8, np.float64),
+                                            (False, False, False))
     nodes = np.unique(fragments)
     nodes = nodes[nodes != 0]
     empty = np.zeros(0, np.uint64)
     tables = {"nodes": nodes, "u": u, "v": v, "sums": sums, "counts": counts, "link_u": empty, "link_v": empty}
+    return fragments, tables, hist
+
+
+def fragments_and_tables(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH):
+    """Fragments (uint64, ids of block 0) and the region-graph table of one block covering the volume."""
+    fragments, tables, _hist = one_block_graph(affs_u8, aff_low, aff_high)
     return fragments, tables
 
 
