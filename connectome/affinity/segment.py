@@ -46,11 +46,10 @@ def segmentation_config(
     (learned scoring: its edge classifier's threshold)."""
     from connectome.models.registry import read_info, resolve_model_path
 
-    path = resolve_model_path(model)
-    info = read_info(path)
+    info = read_info(resolve_model_path(model))
     warn_if_two_d_model(info)
     if scoring is None:
-        scoring = default_scoring(path)
+        scoring = info.scoring
     agglomerate: dict = {}
     if scoring == "learned":
         from connectome.affinity.edge_classifier import edges_path_for, load_classifier, resolve_edge_model
@@ -81,17 +80,6 @@ def segmentation_config(
         cluster=cluster or ClusterConfig(),
         stages=stages,
     )
-
-
-def default_scoring(model_path) -> str:
-    """The scoring `segment` uses by default: the model json's `agglomeration.scoring` ('learned' uses its
-    edge classifier), else mean."""
-    import json
-    from pathlib import Path
-
-    meta = json.loads(Path(model_path).with_suffix(".json").read_text())
-    scoring = (meta.get("agglomeration") or {}).get("scoring", "mean")
-    return scoring if scoring in ("mean", "quantile", "learned") else "mean"
 
 
 def plan_segmentation(config: RunConfig, overwrite: bool = False) -> Plan:

@@ -31,6 +31,7 @@ class ModelInfo:
     std: float
     z_affinity: str = "learned"  # "learned", or "from_xy" for models trained on 2-d labels only
     threshold: float | None = None  # agglomeration threshold that scored best on validation
+    scoring: str = "mean"  # the agglomeration score `segment` uses by default ("learned": <name>-edges.json)
     flops_per_voxel: float = 0.0
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = ""
@@ -97,6 +98,7 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         std=float(meta["normalisation"]["std"]),
         z_affinity=z_aff,
         threshold=agg.get("threshold"),
+        scoring=str(agg["scoring"]) if agg.get("scoring") in ("mean", "quantile", "learned") else "mean",
         flops_per_voxel=config.flops_per_voxel,
         provenance=meta.get("provenance", {}),
         path=str(path),
