@@ -41,9 +41,11 @@ def segmentation_config(
     scoring: str | None = None,
     allow_voxel_mismatch: bool = False,
     edge_model: str | None = None,
+    mask: str | None = None,
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
-    (learned scoring: its edge classifier's threshold)."""
+    (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
+    nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
@@ -63,11 +65,13 @@ def segmentation_config(
             threshold = load_classifier(edges).threshold
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
+    masked = {"affinities": "masked_affinities"} if mask else {}
     stages = [
         StageConfig(stage="affinities", params={"model": model, **(
             {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}),
-        StageConfig(stage="fragments"),
-        StageConfig(stage="agglomerate", params=agglomerate),
+        *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
+        StageConfig(stage="fragments", inputs=masked),
+        StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
         StageConfig(stage="relabel", params={"threshold": threshold,
                                               "scoring": "mean" if scoring == "learned" else scoring}),

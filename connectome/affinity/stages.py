@@ -1,8 +1,9 @@
-"""The affinity chain's stages: affinities -> fragments -> agglomerate -> (merge) -> relabel.
+"""The affinity chain's stages: affinities -> [mask_affinities] -> fragments -> agglomerate -> (merge) -> relabel.
 
 - `affinities`: a U-Net, resident on each worker, predicts nearest-neighbour affinities; each block
   reads its write box padded to the model's downsampling factor and grown by its context, mirrored
   past the volume's faces, so a block's output equals the whole-volume prediction (seam-free).
+- `mask_affinities` (with a mask): edges touching masked voxels set to 0, read by the next two stages.
 - `fragments`: the steepest-ascent watershed per block, ids `(block << 32) | local`.
 - `agglomerate`: one region-graph table per block (edges across its lower faces included).
 - `relabel`: the global merge (a global step: a tree of partial merges on the cluster, `merge_tree`)
@@ -20,6 +21,7 @@ from pydantic import Field
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
+from connectome.affinity.masking import MASK_DTYPES, mask_affinities, mask_read_box
 from connectome.affinity.relabel import MergeStep, relabel_block
 from connectome.affinity.watershed import basins, pointers
 from connectome.core.errors import UserError
@@ -75,6 +77,28 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
         inner = block.write_box.relative_to(block.read_box)
         volumes["affinities"].write(block.write_box, affinities_as_uint8(affs[(slice(0, 3), *inner)]))
         return {}
+
+
+class MaskAffinitiesParams(StageParams):
+    pass
+
+
+@register
+class MaskAffinitiesStage(BlockStage[MaskAffinitiesParams]):
+    """Affinities with every edge that touches a masked voxel set to 0 (`affinity.masking`)."""
+
+    name = "mask_affinities"
+    Params = MaskAffinitiesParams
+    inputs = (Input("affinities", dtypes=("uint8",), channels=3), Input("mask", dtypes=MASK_DTYPES))
+    outputs = (Output("masked_affinities", OutputSpec(dtype="uint8", channels=3)),)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        read, has_lower = mask_read_box(block.write_box, volumes["mask"].box)
+        mask = volumes["mask"].read(read)
+        affs = volumes["affinities"].read(block.write_box)
+        volumes["masked_affinities"].write(block.write_box, mask_affinities(affs, mask, has_lower))
+        start = tuple(int(h) for h in has_lower)
+        return {"masked_voxels": int(np.count_nonzero(mask[tuple(slice(s, None) for s in start)]))}
 
 
 class WatershedParams(StageParams):

@@ -26,6 +26,10 @@ def add_arguments(parser) -> None:
                         help="nm; required for sources that carry none")
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run a model on data whose voxel size differs from its own by more than 1.5x")
+    parser.add_argument("--mask", default=None, metavar="ADDR",
+                        help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
+                             "segment and nothing merges across them (e.g. OUT/tissue_mask from `connectome tissue`, "
+                             "OUT/defects from `connectome align`)")
     parser.add_argument("--overlap", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: context each block reads beyond its write box (default: the model's FOV)")
     parser.add_argument("--ffn-batch", type=int, default=None,
@@ -47,7 +51,8 @@ def run(args) -> int:
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,
-                                 allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model)
+                                 allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
+                                 mask=args.mask)
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
@@ -68,7 +73,8 @@ def _run_ffn(args) -> int:
 
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
-                        cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch)
+                        cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
+                        mask=args.mask)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

@@ -120,7 +120,9 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
                 f"{where}: unknown input/output {sorted(unknown)}; "
                 f"expected inputs {list(cls.input_names())} and outputs {list(cls.output_names())}"
             )
-        inputs = {name: resolve(sc.inputs.get(name, name), config) for name in cls.input_names()}
+        optional = cls.optional_input_names()
+        inputs = {name: resolve(sc.inputs.get(name, name), config) for name in cls.input_names()
+                  if name in sc.inputs or name not in optional}
         outputs = {name: resolve(sc.outputs.get(name, name), config) for name in cls.output_names()}
         read_tables = [t if isinstance(t, str) else t.name for t in cls.reads_tables]
         tables = {name: os.path.join(config.output, "tables", name) for name in cls.table_names() + tuple(read_tables)}

@@ -38,11 +38,13 @@ class StageParams(BaseModel):
 
 @dataclass(frozen=True)
 class Input:
-    """A volume a stage reads: `dtypes` it accepts (empty: any) and `channels` (None: any)."""
+    """A volume a stage reads: `dtypes` it accepts (empty: any) and `channels` (None: any); an
+    `optional` input is read only where the run's stage config names it (`inputs: {name: address}`)."""
 
     name: str
     dtypes: tuple[str, ...] = ()
     channels: int | None = None
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ class BlockStage(ABC, Generic[P]):
         return _names(cls.inputs)
 
     @classmethod
+    def optional_input_names(cls) -> tuple[str, ...]:
+        return tuple(i.name for i in cls.inputs if isinstance(i, Input) and i.optional)
+
+    @classmethod
     def output_names(cls) -> tuple[str, ...]:
         return _names(cls.outputs)
 
@@ -128,7 +134,7 @@ class BlockStage(ABC, Generic[P]):
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         """Refuse inputs of a dtype or channel count this stage cannot read (one line each)."""
         for spec in self.inputs:
-            if isinstance(spec, str):
+            if isinstance(spec, str) or spec.name not in inputs:  # an optional input not given
                 continue
             meta = inputs[spec.name]
             found = meta.dtype.name

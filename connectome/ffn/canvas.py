@@ -68,7 +68,8 @@ class Canvas:
     """Segment one volume (uint8) with a flood-filling network: `segment()` -> int32 labels 1..n."""
 
     def __init__(self, net: FFN, info: FFNInfo, raw: np.ndarray, settings: CanvasSettings | None = None,
-                 device: str | torch.device = "cpu", origin=(0, 0, 0)):
+                 device: str | torch.device = "cpu", origin=(0, 0, 0), mask: np.ndarray | None = None):
+        """`mask` (raw's shape, True = excluded): no seed starts there, no object takes or moves through it."""
         self.net = net
         self.origin = tuple(int(o) for o in origin)  # global position of raw[0, 0, 0] (anchors the seed grid)
         self.info = info
@@ -83,6 +84,11 @@ class Canvas:
         self.claim = np.zeros(self.image.shape, np.int32)  # ticket of the active object with POM >= 0.5; 0 none
         self.inside = np.zeros(self.image.shape, bool)
         self.inside[self._interior()] = True
+        self.excluded: np.ndarray | None = None
+        if mask is not None and mask.any():
+            self.excluded = np.zeros(self.image.shape, bool)
+            self.excluded[self._interior()] = mask
+            self.inside &= ~self.excluded
         self.raw = raw
         self.stats = {"objects": 0, "rejected": 0, "restarts": 0, "steps": 0, "batches": 0, "fovs": 0}
         self._free: list[np.ndarray] = []
@@ -203,7 +209,7 @@ class Canvas:
             if item is None:
                 return
             index, c = item
-            if self.seg[c] != 0:
+            if self.seg[c] != 0 or not self.inside[c]:
                 continue
             near = self.claim[self._fov(c)]
             if near.any():  # within a FOV of an object being filled: try again once it has finished
@@ -215,6 +221,8 @@ class Canvas:
         """Store one step's logits; False when the object was dropped for touching an earlier object."""
         fov = self._fov(centre)
         logits[self.seg[fov] != 0] = MASK_LOGIT
+        if self.excluded is not None:
+            logits[self.excluded[fov]] = MASK_LOGIT  # so no move is queued through masked voxels either
         mine = (logits >= 0) & self.inside[fov]
         claims = self.claim[fov]
         others = claims[mine]
@@ -277,12 +285,15 @@ class Canvas:
         return self.seg[self._interior()].copy()
 
 
-def fill_unsegmented(labels: np.ndarray) -> np.ndarray:
-    """Give each unsegmented voxel (0) the label of its nearest segmented voxel."""
+def fill_unsegmented(labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Give each unsegmented voxel (0) the label of its nearest segmented voxel; masked voxels stay 0."""
     if labels.all() or not labels.any():
         return labels
     idx = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
-    return labels[tuple(idx)]
+    filled = labels[tuple(idx)]
+    if mask is not None:
+        filled[mask] = 0
+    return filled
 
 
 def segment_volume(net: FFN, info: FFNInfo, raw: np.ndarray, settings: CanvasSettings | None = None,

@@ -14,8 +14,9 @@ from connectome.engine.plan import Plan, execute
 
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
                cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
-               allow_voxel_mismatch: bool = False) -> RunConfig:
-    """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN)."""
+               allow_voxel_mismatch: bool = False, mask: str | None = None) -> RunConfig:
+    """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
+    With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels."""
     from connectome.ffn.registry import resolve_model_path
 
     try:
@@ -33,7 +34,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=[StageConfig(stage="ffn", params=params), StageConfig(stage="ffn_relabel")],
+        stages=[StageConfig(stage="ffn", params=params, inputs={"mask": absolute(mask)} if mask else {}),
+                StageConfig(stage="ffn_relabel")],
     )
 
 

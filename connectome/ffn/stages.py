@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
+from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.geometry import Block, Context
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
@@ -57,7 +58,7 @@ class FFNParams(StageParams):
 class FFNStage(BlockStage):
     name = "ffn"
     Params = FFNParams
-    inputs = (Input("raw", dtypes=("uint8",)),)
+    inputs = (Input("raw", dtypes=("uint8",)), Input("mask", dtypes=MASK_DTYPES, optional=True))
     outputs = (Output("ffn_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
 
@@ -88,11 +89,12 @@ class FFNStage(BlockStage):
         from connectome.ffn.canvas import Canvas
 
         net, info = cached_model(self.params.model, self.params.device)
+        mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
         canvas = Canvas(net, info, volumes["raw"].read(block.read_box), self.settings(), self.params.device,
-                        origin=block.read_box.offset)
+                        origin=block.read_box.offset, mask=mask)
         labels = canvas.segment()
         if self.params.fill:
-            labels = fill_unsegmented(labels)
+            labels = fill_unsegmented(labels, mask)
         inner = labels[block.write_box.relative_to(block.read_box)]
         volumes["ffn_fragments"].write(block.write_box, globalise(inner, block.index))
         ids = np.unique(inner)

@@ -115,3 +115,17 @@ def test_a_blocks_seeds_are_the_whole_volumes_seeds_there():
 
     assert len(inner(whole)) > 20
     np.testing.assert_array_equal(inner(part), inner(whole))
+
+
+def test_ffn_canvas_neither_fills_nor_moves_through_masked_voxels():
+    net, info = handset_model()
+    raw = np.zeros((30, 40, 40), np.uint8)
+    raw[5:25, 4:36, 10:30] = 255  # one bright object, larger than the FOV
+    mask = np.zeros(raw.shape, bool)
+    mask[5:25, 20, 10:30] = True  # a masked wall through the middle of it
+    settings = _settings()
+    whole = Canvas(net, info, raw, settings).segment(np.array([[15, 10, 20]]))
+    assert np.all(whole[5:25, 4:36, 10:30] == 1)  # unmasked, one seed fills it all
+    cut = Canvas(net, info, raw, settings, mask=mask).segment(np.array([[15, 10, 20], [15, 20, 15], [15, 30, 20]]))
+    assert np.all(cut[mask] == 0)  # the seed in the wall did not start
+    assert np.all(cut[5:25, 4:20, 10:30] == 1) and np.all(cut[5:25, 21:36, 10:30] == 2)

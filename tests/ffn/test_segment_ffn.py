@@ -76,6 +76,29 @@ def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
     assert voi(seg8, seg1) == (0.0, 0.0)
 
 
+def test_handset_model_with_a_mask(tmp_path, capsys, client):
+    """`--mask`: masked voxels stay 0 (not filled from the nearest object) and split the compartment they cross;
+    8 blocks == one block."""
+    net, info = handset_model()
+    info.name = "ffn-handset"
+    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    raw = np.full((16, 64, 64), 255, np.uint8)
+    raw[:, 20, :] = 0
+    raw[7, :, :] = 0
+    mask = np.zeros(raw.shape, np.uint8)
+    mask[:, :, 40:43] = 1  # a masked wall through bright voxels
+    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
+    vol.write(vol.box, raw)
+    masked = create_volume(str(tmp_path / "in" / "mask"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
+    masked.write(masked.box, mask)
+    eight = _segment(capsys, vol.address, tmp_path / "eight", model, (8, 32, 32), "--mask", masked.address)
+    one = _segment(capsys, vol.address, tmp_path / "one", model, (16, 64, 64), "--mask", masked.address)
+    seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
+    assert np.all(seg1[mask != 0] == 0) and np.all(seg1[mask == 0] != 0)
+    assert len(np.unique(seg1[mask == 0])) == 8  # 2 x 2 compartments, each cut in two by the wall
+    assert voi(seg8, seg1) == (0.0, 0.0)
+
+
 def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     raw = str(synthetic_raw / "raw")
     sstem = tmp_path / "aniso"
