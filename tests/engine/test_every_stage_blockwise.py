@@ -47,6 +47,8 @@ CASES = {
     "align": (["align_match"], None, "tests/alignment"),
     # its CLAHE tiles (128 px by default) exceed these blocks: tests/alignment/test_section_normalize.py
     "section_normalize": ([], None, "tests/alignment/test_section_normalize.py"),
+    # a mask volume is its input: tests/affinity/test_mask_affinities.py compares 18 blocks with one
+    "mask_affinities": ([], None, "tests/affinity/test_mask_affinities.py"),
 }
 
 
