@@ -32,6 +32,13 @@ def add_arguments(parser) -> None:
                              "OUT/defects from `connectome align`)")
     parser.add_argument("--overlap", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: context each block reads beyond its write box (default: the model's FOV)")
+    parser.add_argument("--reverse-seeds", action="store_true", help="ffn: fill from the seeds in reverse order")
+    parser.add_argument("--consensus", action="store_true",
+                        help="ffn: fill every block twice (seeds in forward and reverse order) and keep voxels "
+                             "together only where both runs agree (fewer merges, more splits)")
+    parser.add_argument("--ffn-agglomerate", action="store_true",
+                        help="ffn: then merge touching segments where the network, started on each side of their "
+                             "contact, fills into the other side from both")
     parser.add_argument("--ffn-batch", type=int, default=None,
                         help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
     add_run_options(parser)
@@ -74,7 +81,8 @@ def _run_ffn(args) -> int:
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
-                        mask=args.mask)
+                        mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
+                        agglomerate=args.ffn_agglomerate)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

@@ -14,7 +14,8 @@ from connectome.engine.plan import Plan, execute
 
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
                cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
-               allow_voxel_mismatch: bool = False, mask: str | None = None) -> RunConfig:
+               allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
+               agglomerate: bool = False) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels."""
     from connectome.ffn.registry import resolve_model_path
@@ -24,6 +25,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     except UserError as e:
         raise UserError(f"--method ffn: {e}") from None
     params: dict = {"model": model, "reverse": reverse}
+    if consensus:
+        params["consensus"] = True
     if batch is not None:
         params["batch"] = batch
     if overlap is not None:
@@ -35,8 +38,16 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
         stages=[StageConfig(stage="ffn", params=params, inputs={"mask": absolute(mask)} if mask else {}),
-                StageConfig(stage="ffn_relabel")],
+                *(agglomeration_stages(model, allow_voxel_mismatch) if agglomerate
+                  else [StageConfig(stage="ffn_relabel")])],
     )
+
+
+def agglomeration_stages(model: str, allow_voxel_mismatch: bool) -> list[StageConfig]:
+    """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts; ffn_merge writes `segmentation`."""
+    params: dict = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}
+    return [StageConfig(stage="ffn_relabel", outputs={"segmentation": "ffn_segments"}),
+            StageConfig(stage="ffn_agglomerate", params=params), StageConfig(stage="ffn_merge")]
 
 
 def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) -> dict:

@@ -9,6 +9,7 @@ write box holds it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from functools import cached_property
 
@@ -16,11 +17,13 @@ import numpy as np
 from pydantic import Field
 
 from connectome.affinity.masking import MASK_DTYPES
-from connectome.core.geometry import Block, Context
+from connectome.core.geometry import Block, Context, vec3
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.ffn.canvas import fill_unsegmented
+from connectome.ffn.consensus import consensus
+from connectome.ffn.merge_step import MERGES_FORMAT, FFNMergeStep
 from connectome.ffn.reconcile import OVERLAPS_FORMAT, ReconcileStep
 from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
@@ -50,6 +53,8 @@ class FFNParams(StageParams):
     segment_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     min_size: int | None = Field(None, ge=1, description="smallest object kept, voxels (default: the model's)")
     reverse: bool = Field(False, description="seeds in reverse order")
+    consensus: bool = Field(False, description="fill twice (seeds in forward and reverse order) and keep voxels "
+                                               "together only where both runs agree (ffn.consensus)")
     fill: bool = Field(True, description="unsegmented voxels take the nearest object's label")
     allow_voxel_mismatch: bool = Field(False)
 
@@ -77,6 +82,13 @@ class FFNStage(BlockStage):
         check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
                          inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
 
+    def fingerprint(self) -> dict:
+        """Without consensus, the one from before the option existed, so earlier runs resume."""
+        fp = super().fingerprint()
+        if not self.params.consensus:
+            fp["params"] = {k: v for k, v in fp["params"].items() if k != "consensus"}
+        return fp
+
     def settings(self):
         from connectome.ffn.canvas import CanvasSettings
 
@@ -90,9 +102,18 @@ class FFNStage(BlockStage):
 
         net, info = cached_model(self.params.model, self.params.device)
         mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
-        canvas = Canvas(net, info, volumes["raw"].read(block.read_box), self.settings(), self.params.device,
-                        origin=block.read_box.offset, mask=mask)
+        raw = volumes["raw"].read(block.read_box)
+        settings = self.settings()
+        canvas = Canvas(net, info, raw, settings, self.params.device, origin=block.read_box.offset, mask=mask)
         labels = canvas.segment()
+        summary = {"objects": canvas.stats["objects"], "steps": canvas.stats["steps"]}
+        if self.params.consensus:
+            other = Canvas(net, info, raw, dataclasses.replace(settings, reverse=not settings.reverse),
+                           self.params.device, origin=block.read_box.offset, mask=mask)
+            runs = [labels, other.segment()]
+            labels = consensus(runs, settings.min_size)
+            summary.update(objects_reverse=other.stats["objects"], steps=summary["steps"] + other.stats["steps"],
+                           pieces=int(labels.max()))
         if self.params.fill:
             labels = fill_unsegmented(labels, mask)
         inner = labels[block.write_box.relative_to(block.read_box)]
@@ -103,7 +124,7 @@ class FFNStage(BlockStage):
                    write_box=np.array([block.write_box.offset, block.write_box.shape]),
                    position=np.array(block.grid_position), **shell_arrays(labels.astype(np.uint32), block.read_box,
                                                                           block.write_box))
-        return {"objects": canvas.stats["objects"], "steps": canvas.stats["steps"]}
+        return summary
 
 
 class FFNRelabelParams(StageParams):
@@ -134,5 +155,83 @@ class FFNRelabelStage(BlockStage):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         keys, values = load_lut(self.step.path)
         seg = relabel(volumes["ffn_fragments"].read(block.write_box), keys, values)
+        volumes["segmentation"].write(block.write_box, seg)
+        return {"segments": int(np.unique(seg[seg != 0]).size)}
+
+
+class FFNAgglomerateParams(StageParams):
+    model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
+    device: str = Field("cpu", description="cpu or cuda")
+    radius: tuple[int, int, int] | None = Field(None, description="half-size of the subvolume around a contact "
+                                                                  "(default: the model's FOV)")
+    agree: float = Field(0.5, gt=0, le=1, description="share of the other segment the object from each side "
+                                                      "must cover")
+    min_contact: int = Field(10, ge=1, description="fewest contact voxel pairs (in one block) for a pair to be tested")
+    allow_voxel_mismatch: bool = Field(False)
+
+
+@register
+class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
+    """FFN agglomeration decisions per block (`ffn.agglomeration`): a table of tested pairs, no volume."""
+
+    name = "ffn_agglomerate"
+    Params = FFNAgglomerateParams
+    inputs = (Input("raw", dtypes=("uint8",)), Input("ffn_segments", dtypes=("uint64",)))
+    tables = (Table("ffn_merges", MERGES_FORMAT),)
+
+    @cached_property
+    def model_info(self):
+        from connectome.ffn.registry import read_info, resolve_model_path
+
+        return read_info(resolve_model_path(self.params.model))
+
+    @property
+    def radius(self) -> tuple[int, int, int]:
+        return tuple(self.params.radius or self.model_info.config.fov)  # type: ignore[return-value]
+
+    def context(self) -> Context:
+        return Context(vec3([r + 1 for r in self.radius]), self.radius)
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
+                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        from connectome.ffn.agglomeration import AgglomerationSettings, block_decisions, fill_from_seed
+        from connectome.ffn.canvas import CanvasSettings
+
+        net, info = cached_model(self.params.model, self.params.device)
+        canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size)
+        settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
+        table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
+                                volumes["raw"].read(block.read_box), volumes["ffn_segments"].read(block.read_box),
+                                block.read_box, block.write_box, settings)
+        save_table(self.table_dirs["ffn_merges"], block.index, **table)
+        return {"pairs": int(len(table["pairs"])), "agree": int(table["agree"].sum())}
+
+
+@register
+class FFNMergeStage(BlockStage):
+    """The agreed FFN merges joined by union-find (a global step), then segments -> merged segments."""
+
+    name = "ffn_merge"
+    inputs = (Input("ffn_segments", dtypes=("uint64",)),)
+    outputs = (Output("segmentation", OutputSpec(dtype="uint64")),)
+    reads_tables = (Table("ffn_merges", MERGES_FORMAT),)
+
+    @cached_property
+    def step(self) -> FFNMergeStep:
+        return FFNMergeStep(self.table_dirs["ffn_merges"], self.input_addresses["ffn_segments"])
+
+    def global_step(self) -> FFNMergeStep:
+        return self.step
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "lut": self.step.fingerprint()["lut"]}
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        keys, values = load_lut(self.step.path)
+        seg = relabel(volumes["ffn_segments"].read(block.write_box), keys, values)
         volumes["segmentation"].write(block.write_box, seg)
         return {"segments": int(np.unique(seg[seg != 0]).size)}

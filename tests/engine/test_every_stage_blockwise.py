@@ -49,6 +49,12 @@ CASES = {
     "section_normalize": ([], None, "tests/alignment/test_section_normalize.py"),
     # a mask volume is its input: tests/affinity/test_mask_affinities.py compares 18 blocks with one
     "mask_affinities": ([], None, "tests/affinity/test_mask_affinities.py"),
+    # FFN agglomeration: 8 blocks vs one in tests/ffn/test_ffn_agglomeration.py
+    "ffn_agglomerate": ([], None, "tests/ffn/test_ffn_agglomeration.py"),
+    "ffn_merge": ([], None, "tests/ffn/test_ffn_agglomeration.py"),
+    # its model is trained at 5 nm in-plane (this raw is 8 nm): tests/tissue/test_tissue_stage.py compares
+    # 24 blocks with one, exactly
+    "tissue": ([], None, "tests/tissue/test_tissue_stage.py"),
 }
 
 
