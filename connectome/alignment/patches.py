@@ -1,8 +1,11 @@
 """Displacements between two sections on a grid of patches: normalized cross-correlation from a
 coarse resolution to the full one, then a sub-pixel Gauss-Newton refinement at full resolution.
 
-Every window is placed in section coordinates and clamped to the section (never to a block), so a
-node's displacement depends only on the two sections around it: blockwise equals one block.
+Every window is placed in section coordinates (never clamped to a block), so a node's displacement
+depends only on the two sections around it: blockwise equals one block. Templates are clamped inside
+their section; a search window may reach past the other section, and the pixels beyond are masked
+out of the correlation and of the refinement (a template near the edge of the sections' overlap is
+matched on the part that overlaps).
 A displacement d at node c means section A at c shows what section B shows at c + d.
 """
 
@@ -12,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import map_coordinates, spline_filter
+from scipy.signal import fftconvolve
 from skimage.feature import match_template
 
 REFINE_MARGIN = 4  # full-resolution pixels read beyond a template for the sub-pixel step
 SEARCH_FAILED = -2.0  # the correlation recorded where no match was found inside the search window
+MIN_OVERLAP = 0.5  # the least fraction of a template that must fall inside the other section to match
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,39 @@ def _parabola(c_minus: float, c0: float, c_plus: float) -> float:
     return float(np.clip(0.5 * (c_minus - c_plus) / denom, -0.5, 0.5))
 
 
-def _ncc_peak(search: np.ndarray, template: np.ndarray) -> tuple[np.ndarray, float]:
+def _masked_ncc(search: np.ndarray, valid: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """NCC of the template at every offset inside `search`, over the pixels where `valid` (the search
+    window reaches past the section: those pixels are not image); -1 where less than MIN_OVERLAP of
+    the template overlaps valid pixels (Padfield's masked normalized cross-correlation)."""
+    m = valid.astype(np.float64)
+    s = np.where(valid, search - search[valid].mean(), 0.0)
+    t = template.astype(np.float64) - template.mean()
+
+    def corr(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        return fftconvolve(image, kernel[::-1, ::-1], mode="valid")
+
+    ones = np.ones_like(t)
+    n = np.maximum(np.rint(corr(m, ones)), 0.0)
+    safe = np.maximum(n, 1.0)
+    sum_s, sum_t = corr(s, ones), corr(m, t)
+    var_s = corr(s * s, ones) - sum_s ** 2 / safe
+    var_t = corr(m, t * t) - sum_t ** 2 / safe
+    num = corr(s, t) - sum_s * sum_t / safe
+    denom = np.sqrt(np.maximum(var_s, 0.0) * np.maximum(var_t, 0.0))
+    ok = (n >= MIN_OVERLAP * t.size) & (denom > 1e-6 * t.size)
+    return np.where(ok, num / np.where(ok, denom, 1.0), -1.0)
+
+
+def _ncc_peak(search: np.ndarray, template: np.ndarray,
+              valid: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Offset (sub-pixel, parabolic) of the template's best match in `search`, and its NCC
-    (SEARCH_FAILED when the best match lies on the window's edge)."""
-    if template.std() < 1e-3 or search.std() < 1e-3:
+    (SEARCH_FAILED when the best match lies on the window's edge). Where `valid` marks part of the
+    search window as outside the section, only the template's overlap with the section counts."""
+    partial = valid is not None and not valid.all()
+    inside = search[valid] if partial and valid is not None else search
+    if template.std() < 1e-3 or inside.size == 0 or inside.std() < 1e-3:
         return np.zeros(2), 0.0
-    ncc = match_template(search, template)
+    ncc = _masked_ncc(search, valid, template) if partial and valid is not None else match_template(search, template)
     i, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
     peak = float(ncc[i, j])
     if ncc.shape[0] > 2 and ncc.shape[1] > 2 and (i in (0, ncc.shape[0] - 1) or j in (0, ncc.shape[1] - 1)):
@@ -99,6 +131,18 @@ class SectionPair:
             raise ValueError(f"window at {start} size {size} leaves the read box at {tuple(self.origin)} "
                              f"{img.shape} (the stage's context is too small)")
         return img[y:y + size[0], x:x + size[1]]
+
+    def _padded(self, img: np.ndarray, start: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """A window that may reach past the section: its pixels (0 outside) and where they are image."""
+        lo = np.maximum(start, 0)
+        hi = np.minimum(np.array(start) + np.array(size), self.extent)
+        out = np.zeros(size, np.float32)
+        valid = np.zeros(size, bool)
+        if np.all(hi > lo):
+            inner = (slice(lo[0] - start[0], hi[0] - start[0]), slice(lo[1] - start[1], hi[1] - start[1]))
+            out[inner] = self._cut(img, (int(lo[0]), int(lo[1])), (int(hi[0] - lo[0]), int(hi[1] - lo[1])))
+            valid[inner] = True
+        return out, valid
 
     def _window(self, center: np.ndarray, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
         sy, sx = min(size, self.extent[0]), min(size, self.extent[1])
@@ -133,12 +177,16 @@ class SectionPair:
         """The best match at factor f within `radius` (pixels at that factor) around displacement d."""
         t_start, t_size = self._window(node.astype(float), settings.template(f, self.extent))
         t_center = np.array(t_start) + np.array(t_size) / 2
-        s_start, s_size = self._window(t_center + d, t_size[0] + 2 * radius * f)
+        # the search window is centred on the prediction even where it reaches past the section: the
+        # pixels beyond are masked out of the correlation, so a template that lies partly outside the
+        # other section is still matched on its overlap (a clamped window would cut the range short)
+        s_size = (t_size[0] + 2 * radius * f, t_size[1] + 2 * radius * f)
+        s_start = (int(round(t_center[0] + d[0] - s_size[0] / 2)), int(round(t_center[1] + d[1] - s_size[1] / 2)))
         template = _downsample(self._cut(self.a, t_start, t_size), f)
-        search = _downsample(self._cut(self.b, s_start, s_size), f)
-        if search.shape[0] < template.shape[0] or search.shape[1] < template.shape[1]:
-            return d, SEARCH_FAILED
-        offset, corr = _ncc_peak(search, template)
+        pixels, inside = self._padded(self.b, s_start, s_size)
+        search = _downsample(pixels, f)
+        valid = _downsample(inside.astype(np.float32), f) > 0.999
+        offset, corr = _ncc_peak(np.where(valid, search, 0.0).astype(np.float32), template, valid)
         if corr == SEARCH_FAILED:
             return d, corr
         return np.array(s_start) - np.array(t_start) + offset * f, corr
@@ -167,12 +215,19 @@ class SectionPair:
             qy = yy + start[0] + params[0] + params[2] * ry + params[3] * rx - lo_c[0]
             qx = xx + start[1] + params[1] + params[4] * ry + params[5] * rx - lo_c[1]
             warped = map_coordinates(region, [qy, qx], order=3, mode="nearest", prefilter=False)
-            std = max(warped.std(), 1e-6)
+            # template pixels whose match lies past the other section carry no information
+            inside = ((qy + lo_c[0] >= 0) & (qy + lo_c[0] <= self.extent[0] - 1)
+                      & (qx + lo_c[1] >= 0) & (qx + lo_c[1] <= self.extent[1] - 1))
+            if inside.mean() < MIN_OVERLAP:
+                return start_d
+            t_in = tpl if inside.all() else (tpl - tpl[inside].mean()) / max(tpl[inside].std(), 1e-6)
+            std = max(warped[inside].std(), 1e-6)
             gy, gx = np.gradient(warped / std)
-            r = (tpl - (warped - warped.mean()) / std).ravel()
+            r = (t_in - (warped - warped[inside].mean()) / std).ravel()
             jac = np.stack([gy, gx, gy * ry, gy * rx, gx * ry, gx * rx], axis=-1).reshape(-1, 6)
-            h = jac.T @ (jac * weight[:, None])
-            g = jac.T @ (weight * r)
+            w = weight * inside.ravel()
+            h = jac.T @ (jac * w[:, None])
+            g = jac.T @ (w * r)
             try:
                 step = np.linalg.solve(h + np.eye(6) * 1e-6 * np.trace(h), g)
             except np.linalg.LinAlgError:

@@ -81,16 +81,27 @@ def field_positions(fields: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], z:
     return y + u[..., 0], x + u[..., 1]
 
 
+def clean_positions(distorted: Distorted, fields: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], z: int,
+                    y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(..., 2): the clean positions C_z(x) = S_z(x + u_z(x)) an alignment shows at aligned pixels (y, x)."""
+    return np.stack(distorted.source(z, *field_positions(fields, nodes, z, y, x)), axis=-1)
+
+
 def residuals(distorted: Distorted, fields: np.ndarray, nodes: tuple[np.ndarray, np.ndarray],
               sections: np.ndarray | None = None, step: int = 4, border: int = 8,
-              reference: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+              reference: tuple[Distorted, np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """Misalignment in pixels of each evaluated (section, aligned pixel) of the distorted stack.
 
     The clean position shown at aligned pixel x of section z is C_z(x) = S_z(x + u_z(x)); a perfect
     alignment shows the same clean position in every section, so the residual is the distance of
-    C_z(x) from its mean over the sections. With `reference` (the fields and nodes an alignment of
-    the clean stack itself found, for real stacks that are not perfectly aligned), the expected
-    position in section z is that alignment's x' + u0_z(x') at x' = the mean position instead.
+    C_z(x) from its mean over the sections. With `reference` (the stack, fields and nodes of an
+    alignment of an undistorted crop of the same clean stack, for real stacks that are not perfectly
+    aligned), the expected position in section z is the clean position that alignment shows in
+    section z at its aligned pixel x', where x' is the pixel whose clean positions average to the same
+    mean: an alignment that agrees with the reference up to one common transform of the whole stack
+    scores 0. (x' is found in the reference's own coordinates, which differ from clean ones by its
+    crop margin: evaluating the reference's fields at clean coordinates would charge each section its
+    rotation times the margin.)
     Pixels are evaluated on a grid of `step` where every section's source lies `border` pixels or
     more inside its distorted section: the region all sections show, where an alignment has
     measurements (give half a patch; nearer the edges an alignment can only extrapolate).
@@ -109,9 +120,16 @@ def residuals(distorted: Distorted, fields: np.ndarray, nodes: tuple[np.ndarray,
     if reference is None:
         expected = np.broadcast_to(mean, c.shape)
     else:
-        ref_fields, ref_nodes = reference
-        expected = np.stack([np.stack(field_positions(ref_fields, ref_nodes, int(z), mean[..., 0], mean[..., 1]),
-                                      axis=-1) for z in zs])
-        # the reference frame is the mean of its own fields; the common offset is not an error
-        expected = expected + (c - expected).mean(axis=0, keepdims=True)
+        ref, ref_fields, ref_nodes = reference
+
+        def shown(p: np.ndarray) -> np.ndarray:
+            return np.stack([clean_positions(ref, ref_fields, ref_nodes, int(z), p[..., 0], p[..., 1]) for z in zs])
+
+        p = mean - (shown(mean).mean(axis=0) - mean)  # x' with mean clean position `mean`, by fixed-point steps
+        for _ in range(20):
+            miss = mean - shown(p).mean(axis=0)
+            p = p + miss
+            if np.abs(miss).max() < 1e-6:
+                break
+        expected = shown(p)
     return np.linalg.norm(c - expected, axis=-1)[:, inside]

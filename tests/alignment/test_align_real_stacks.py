@@ -3,9 +3,11 @@ the alignment of the transformed crop must agree with the alignment of the untra
 
 The real stacks are only roughly aligned and their sections (45-50 nm apart) differ in content, so
 the reference is not the raw crop but what the same chain finds on it: the residual at an aligned
-pixel is the distance between the raw positions the two alignments show there, with the common
-(whole-stack) transform removed (`residuals(..., reference=...)`). Both run the per-section affine
-model with a stiff mesh: the elastic deformation between real sections is not ground truth."""
+pixel is the distance between the clean positions the two alignments show there, up to one common
+transform of the whole stack (`residuals(..., reference=...)`, which looks the reference alignment up
+in its own crop's coordinates). Both run the per-section affine model with a stiff mesh: the elastic
+deformation between real sections is not ground truth. The patch grid is 6 x 6 nodes (stride 32): a
+3 x 3 grid leaves each section's affine fit to a handful of real, noisy patches."""
 
 from __future__ import annotations
 
@@ -20,8 +22,13 @@ from conftest import data_file
 pytestmark = pytest.mark.timeout(300)
 
 SECTIONS, SIDE, MARGIN = 4, 288, 40
-MATCH = {"patch": 128, "stride": 64, "search": 60, "levels": 3}
+MATCH = {"patch": 128, "stride": 32, "search": 60, "levels": 3}
 STIFF = {"model": "affine", "stretch": 0.001, "bend": 10.0, "anchor": 10.0}  # one affine per section
+ISBI_BAR_MISSED = (
+    "issue 14 asks for a median residual under 0.5 px and a worst one under 1.5 px on real stacks; VNC meets it "
+    "(median 0.18 px, worst 0.97 px), ISBI does not (median 0.74 px, worst 3.1 px): between ISBI sections 0 and 1 "
+    "neighbouring patches match one of two displacements about 10 px apart, and which one flips with the crop, so "
+    "the per-section affine fit differs by 3.5 px between the two crops")
 SOURCES = {"isbi": ("isbi2012/isbi2012.npz", "train_raw"), "vnc": ("drosophila_vnc_sstem/vnc_stack1.npz", "raw")}
 
 
@@ -47,7 +54,7 @@ def recovered(request, tmp_path_factory, client):
         _, _, t[label] = align(raw, str(root / label / "out"), client, match=MATCH, solve=STIFF)
         assert not t[label]["section_flags"].any()  # real sections are not defects
     nodes = (t["moved"]["nodes_y"], t["moved"]["nodes_x"])
-    reference = (t["untouched"]["fields"], (t["untouched"]["nodes_y"], t["untouched"]["nodes_x"]))
+    reference = (untouched, t["untouched"]["fields"], (t["untouched"]["nodes_y"], t["untouched"]["nodes_x"]))
     r = residuals(moved, t["moved"]["fields"], nodes, border=MATCH["patch"] // 2, step=4, reference=reference)
     unaligned = residuals(moved, np.zeros_like(t["moved"]["fields"]), nodes, border=MATCH["patch"] // 2, step=4,
                           reference=reference)
@@ -64,10 +71,9 @@ def test_real_stack_alignment_undoes_most_of_the_transform(recovered):
     assert np.median(r) < 0.5 * np.median(unaligned), (name, np.median(r), np.median(unaligned))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 asks for a median residual under 0.5 px and a worst one under "
-                   "1.5 px on real stacks; measured here (4 x 288 x 288 central crops, shifts to 20 px, rotations to 2 "
-                   "degrees): VNC median 1.3 px, worst 4.7 px; ISBI median 2.8 px, worst 8.1 px")
-def test_real_stack_alignment_meets_issue_bar(recovered):
+def test_real_stack_alignment_meets_issue_bar(recovered, request):
     name, r, _ = recovered
+    if name == "isbi":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ISBI_BAR_MISSED))
     assert np.median(r) < 0.5, (name, np.median(r), r.max())
     assert r.max() < 1.5, (name, np.median(r), r.max())
