@@ -25,6 +25,7 @@ COMMANDS = {
     "synapses": "synapses",
     "graph": "graph",
     "reconstruct": "reconstruct",
+    "tissue": "tissue",
 }
 
 

@@ -12,7 +12,7 @@ import sys
 
 from connectome.cli.main import print_result
 
-MODELS = ("affinities", "ffn", "edges")
+MODELS = ("affinities", "ffn", "edges", "tissue")
 
 
 def add_arguments(parser) -> None:
@@ -66,6 +66,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_ffn(sub)
     _add_edges(sub)
+    _add_tissue(sub)
 
 
 def _add_edges(sub) -> None:
@@ -150,6 +151,8 @@ def run(args) -> int:
         return _run_ffn(args)
     if args.model == "edges":
         return _run_edges(args)
+    if args.model == "tissue":
+        return _run_tissue(args)
     from connectome.affinity.training import TrainSettings, train
 
     patch = tuple(args.patch) if args.patch else ((12, 160, 160) if args.arch == "aniso" else (48, 48, 48))
@@ -216,4 +219,56 @@ def _run_ffn(args) -> int:
              + f"\nweights: {summary['weights']}"
              + (f" (installed as {summary['installed']})" if summary["installed"] else ""))
     print_result(args, summary, human)
+    return 0
+
+
+def _add_tissue(sub) -> None:
+    p = sub.add_parser("tissue", help="the tissue-class network of `connectome tissue`",
+                       description="Train the 2-d tissue-class U-Net on synthetic volumes and the real classes of "
+                                   "../shared/data (VNC glia and mitochondria, EPFL mitochondria), each source "
+                                   "supervising only the classes it labels; validates on held-out sections.")
+    p.add_argument("--data", default="../shared/data", metavar="DIR", help="the real data folder")
+    p.add_argument("--name", default="tissue", help="model name: writes OUT/NAME.pt and OUT/NAME.json")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (weights, json, history)")
+    p.add_argument("--iterations", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch", type=int, default=192, help="in-plane patch size (pixels)")
+    p.add_argument("--synthetic-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="seeds of the synthetic training volumes (default 101-108; 901 validates)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val-every", type=int, default=200, metavar="N")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--init", metavar="MODEL", help="start from this tissue model's weights (name or .pt path)")
+    p.add_argument("--install", action="store_true",
+                   help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_tissue(args) -> int:
+    from connectome.core.errors import UserError
+    from connectome.tissue import sources as S
+    from connectome.tissue.training import TissueTrainSettings, train_tissue
+
+    if not S.real_data_available(args.data):
+        raise UserError(f"--data {args.data}: expected {S.VNC_FILE} and {S.EPFL_FILE} there")
+    seeds = tuple(args.synthetic_seeds or S.TRAIN_SEEDS)
+    if S.VAL_SEED in seeds:
+        raise UserError(f"--synthetic-seeds: {S.VAL_SEED} is the validation volume's seed; choose others")
+    settings = TissueTrainSettings(
+        name=args.name, out=args.out, data_dir=args.data, iterations=args.iterations, batch_size=args.batch_size,
+        patch=args.patch, lr=args.lr, seed=args.seed, val_every=args.val_every, max_minutes=args.max_minutes,
+        threads=args.threads, init=args.init, install=args.install, synthetic_seeds=seeds,
+        command=_command_line())
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    summary = train_tissue(settings, S.training_sources(args.data, seeds), S.validation_sources(args.data), log=log)
+    v = summary["validation"]
+    human = (f"trained {summary['name']} in {summary['wall_time_s'] / 60:.1f} min: loss "
+             f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; best validation balanced accuracy "
+             f"{v['score']:.4f} at iteration {v['iteration']}\nweights: {summary['weights']}"
+             + (f" (installed as {summary['installed']})" if summary["installed"] else ""))
+    print_result(args, {k: summary[k] for k in ("name", "weights", "iterations", "first_loss", "final_loss",
+                                                "installed", "wall_time_s")} | {"best": v}, human)
     return 0

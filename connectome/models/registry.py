@@ -58,10 +58,22 @@ def model_context(config: UNetConfig, z_affinity: str) -> Vec3:
     )  # type: ignore[return-value]
 
 
+AFFINITY_KINDS = (None, "affinities")  # the json's `kind`: absent in affinity models; "ffn", "tissue" elsewhere
+
+
+def _kind(json_path: Path) -> str | None:
+    try:
+        return json.loads(json_path.read_text()).get("kind")
+    except (OSError, ValueError):
+        return None
+
+
 def available_models() -> list[str]:
+    """The shipped affinity models (other kinds of weights in the folder are not offered)."""
     if not WEIGHTS_DIR.is_dir():
         return []
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")
+                  if p.with_suffix(".json").is_file() and _kind(p.with_suffix(".json")) in AFFINITY_KINDS)
 
 
 def resolve_model_path(name: str) -> Path:
@@ -84,6 +96,9 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
     """ModelInfo from the .json beside a .pt file."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.get("kind") not in AFFINITY_KINDS:
+        raise UserError(f"model {meta.get('name', path.stem)!r} is a {meta['kind']} model, not an affinity model "
+                        f"({path.with_suffix('.json')})")
     config = UNetConfig.from_dict(meta["architecture"])
     z_aff = meta.get("z_affinity", "learned")
     agg = meta.get("agglomeration") or {}

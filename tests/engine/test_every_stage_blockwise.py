@@ -53,7 +53,7 @@ CASES = {
     "ffn_agglomerate": ([], None, "tests/ffn/test_ffn_agglomeration.py"),
     "ffn_merge": ([], None, "tests/ffn/test_ffn_agglomeration.py"),
     # its model is trained at 5 nm in-plane (this raw is 8 nm): tests/tissue/test_tissue_stage.py compares
-    # 24 blocks with one, exactly
+    # 12 blocks with one, exactly
     "tissue": ([], None, "tests/tissue/test_tissue_stage.py"),
 }
 

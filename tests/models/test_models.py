@@ -228,3 +228,11 @@ def test_flops_per_voxel_is_in_the_cpu_budget():
     for arch in ("iso", "aniso"):
         flops = preset(arch).flops_per_voxel
         assert 5e3 < flops < 3e4, (arch, flops)
+
+
+def test_other_kinds_of_weights_are_not_affinity_models():
+    """The weights folder also holds FFN and tissue models: not offered as affinity models, refused in one line."""
+    names = available_models()
+    assert "ffn-synthetic" not in names and "tissue" not in names
+    with pytest.raises(UserError, match="'tissue' is a tissue model, not an affinity model"):
+        load_model("tissue", device="cpu")
