@@ -10,10 +10,18 @@ type accuracy per class (truth: the majority compartment of each predicted segme
 detection with the ground-truth cells as the segmentation (partners without segmentation errors), with
 the partner classifier (the default) and with the direction votes alone.
 
-Real data (VNC / EPFL) is not scored yet: no cleft model for serial-section TEM is shipped (see
-benchmarks/results/synapses.md).
+Real data (`--real vnc` / `--real epfl`): the test sections of a real set with a cleft mask, never used
+to train or choose anything (connectome/synapses/real_training.py; VNC: sections 15-19, EPFL CA1: the 5
+test slices, each a volume of its own) written as zarr and run through `connectome synapses` with the
+set's cleft model (`cleft-sstem`, `cleft-fib`) blockwise on 1 and on 2 single-thread workers, with one
+segment covering the volume (no segmentation of the real data exists: every cleft object is one
+synapse); detection precision / recall / F1 against the ground-truth synapses (VNC: the 3-d objects of
+`derived_synapses3d` cut to the test sections; EPFL: the 2-d components of each slice's PSD mask) within
+100, 200 and 300 nm, and the clefts stage's voxels/s.
 
 Usage: .venv/bin/python benchmarks/synapses.py [--seeds 500 501] [--shape 64 256 256] [--out DIR]
+       .venv/bin/python benchmarks/synapses.py --real vnc|epfl [--real-block 5 512 512] [--out DIR]
+       .venv/bin/python benchmarks/synapses.py --real vnc|epfl --dark-baseline
 """
 
 from __future__ import annotations
@@ -183,6 +191,106 @@ def run_synthetic(seed: int, shape, work: str, block) -> dict:
     return res
 
 
+REAL_MODELS = {"vnc": "cleft-sstem", "epfl": "cleft-fib"}
+REAL_BLOCKS = {"vnc": (5, 512, 512), "epfl": (1, 384, 512)}
+
+
+def run_real(data: str, work: str, block=None, workers=(1, 2), model: str | None = None) -> dict:
+    """Detection on a real set's test sections through `connectome synapses` (each separate slice a
+    volume of its own), scored and timed."""
+    import contextlib
+    import io
+
+    from connectome.cli.main import main
+    from connectome.io import create_volume
+    from connectome.synapses.real_training import DATASETS, load, pieces, synapse_points
+
+    model = model or REAL_MODELS[data]
+    block = tuple(block or REAL_BLOCKS[data])
+    ds = DATASETS[data]
+    raw, _, objects = load(data, "test")
+    parts = pieces(data, raw, objects)
+    gts = [synapse_points(o) for _, o in parts]
+    res: dict = {"data": data, "model": model, "test": f"{ds.test.raw} sections {list(ds.test.sections)}",
+                 "volumes": len(parts), "shape": list(parts[0][0].shape), "voxel_size": list(ds.voxel_size),
+                 "block": list(block), "true_synapses": sum(len(g) for g in gts), "runs": []}
+    addrs = []
+    for i, (r, _) in enumerate(parts):
+        addr = {"raw": os.path.join(work, f"{data}-test", str(i), "raw"),
+                "seg": os.path.join(work, f"{data}-test", str(i), "one_segment")}
+        chunk = tuple(min(b, s) for b, s in zip(block, r.shape))
+        for key, arr in (("raw", r), ("seg", np.ones(r.shape, np.uint32))):
+            if not os.path.exists(addr[key]):
+                vol = create_volume(addr[key], r.shape, arr.dtype, chunk, ds.voxel_size)
+                vol.write(vol.box, arr)
+        addrs.append(addr)
+    preds: list[list[np.ndarray]] = []
+    for n in workers:
+        clefts_s = seconds = 0.0
+        found = []
+        for i, addr in enumerate(addrs):
+            out = os.path.join(work, f"{data}-out-w{n}", str(i))
+            args = ["synapses", addr["raw"], out, "--segmentation", addr["seg"], "--model", model,
+                    "--block-shape", *map(str, block), "--workers", str(n), "--json", "--no-progress"]
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = main(args)
+            if rc:
+                raise SystemExit(f"connectome synapses failed ({rc}): {' '.join(args)}")
+            result = json.loads(buf.getvalue())
+            clefts_s += {s["stage"]: s["seconds"] for s in result["stages"]}["clefts"]
+            seconds += result["seconds"]
+            t = read_synapses(result["synapses"])
+            found.append(np.stack([t["z"], t["y"], t["x"]], 1))
+        res["runs"].append({"workers": n, "threads_per_worker": 1, "clefts_stage_s": round(clefts_s, 1),
+                            "detection_voxels_per_s": round(raw.size / clefts_s), "seconds": round(seconds, 1),
+                            "command": "connectome " + " ".join(args)})
+        preds.append(found)
+    res["found"] = sum(len(p) for p in preds[0])
+    res["same_table_every_run"] = all(np.array_equal(a, b) for p in preds for a, b in zip(p, preds[0]))
+    for tol in (100.0, 200.0, 300.0):
+        tp = fp = fn = 0
+        for pred, gt in zip(preds[0], gts):
+            sc = synapse_scores(pred, gt, tol, ds.voxel_size)
+            tp, fp, fn = tp + sc.true_positives, fp + sc.false_positives, fn + sc.false_negatives
+        p, r, f1 = _prf(tp, tp + fp, tp + fn)
+        res[f"detection@{tol:.0f}nm"] = {"precision": round(p, 3), "recall": round(r, 3), "f1": round(f1, 3),
+                                         "tp": tp, "fp": fp, "fn": fn}
+    return res
+
+
+def dark_baseline(data: str, sigma: float = 4.0) -> dict:
+    """A detector that knows only that clefts are dark: cleft probability = darkness of the image smoothed
+    by `sigma` voxels in plane (0 at the median, 1 at the 0.5th percentile), threshold and minimum size
+    chosen on the tuning sections by the same grid and rule as the trained models, scored on the test
+    sections (in memory, detection as `connectome synapses` does it): what a trained model has to beat."""
+    from scipy.ndimage import gaussian_filter
+
+    from connectome.models.unet import UNetConfig
+    from connectome.synapses.model import CleftModelInfo
+    from connectome.synapses.real_training import DATASETS, detect, load, pieces, synapse_points, tune_detection
+
+    ds = DATASETS[data]
+    info = CleftModelInfo("dark", UNetConfig(), ds.voxel_size, 0.5, 0.2, 80.0, 0.5, 1, partners=False)
+
+    def dark(raw):
+        sm = np.stack([gaussian_filter(s.astype(np.float32), sigma) for s in raw])
+        lo, hi = np.percentile(sm, [0.5, 50])
+        return (np.clip((hi - sm) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+    raw, _, obj = load(data, "tune")
+    best = tune_detection([(dark(r), o) for r, o in pieces(data, raw, obj)], info, ds.voxel_size)
+    raw, _, obj = load(data, "test")
+    tp = fp = fn = 0
+    for r, o in pieces(data, raw, obj):
+        sc = synapse_scores(detect(dark(r), info, ds.voxel_size, best["threshold"], best["min_voxels"]),
+                            synapse_points(o), 200.0, ds.voxel_size)
+        tp, fp, fn = tp + sc.true_positives, fp + sc.false_positives, fn + sc.false_negatives
+    p, r, f1 = _prf(tp, tp + fp, tp + fn)
+    return {"data": data, "dark_baseline": {"tuning": best, "test@200nm": {
+        "precision": round(p, 3), "recall": round(r, 3), "f1": round(f1, 3), "tp": tp, "fp": fp, "fn": fn}}}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", nargs="+", type=int, default=[500, 501])
@@ -190,7 +298,20 @@ def main(argv=None) -> None:
     p.add_argument("--block", nargs=3, type=int, default=[32, 128, 128])
     p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     p.add_argument("--score-only", action="store_true", help="score the outputs already in --out")
+    p.add_argument("--real", choices=sorted(REAL_MODELS), default=None,
+                   help="score a real set's test sections instead (blocks: --real-block, default per set)")
+    p.add_argument("--real-block", nargs=3, type=int, default=None)
+    p.add_argument("--dark-baseline", action="store_true", help="with --real: score the darkness baseline only")
     a = p.parse_args(argv)
+    if a.real and a.dark_baseline:
+        print(json.dumps(dark_baseline(a.real)), flush=True)
+        return
+    if a.real:
+        os.environ["OMP_NUM_THREADS"] = "1"  # one thread per worker process
+        work = a.out or tempfile.mkdtemp(prefix="synapse-real-")
+        r = {"machine": f"{platform.node()} {os.cpu_count()} cores", **run_real(a.real, work, a.real_block)}
+        print(json.dumps(r), flush=True)
+        return
     if a.score_only:
         for seed in a.seeds:
             r = score_run(os.path.join(a.out, f"out-{seed}"), os.path.join(a.out, f"synth-{seed}"))

@@ -65,6 +65,23 @@ def _patch(example, size, rng, near_cleft: bool):
     return np.clip(r, 0, 255), c, v, k
 
 
+def cleft_loss(y: torch.Tensor, cleft: torch.Tensor, vectors: torch.Tensor, known: torch.Tensor,
+               margin) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class-balanced cleft cross-entropy, squared direction error averaged over the voxels whose
+    direction is `known` only: zero where none is), both inside `margin` voxels (an int or one per
+    axis) of the patch faces; `y` (batch, 4, z, y, x), `cleft` and `known` (batch, z, y, x)."""
+    m = (margin,) * 3 if isinstance(margin, int) else tuple(margin)
+    inner = (slice(None), *(slice(a, cleft.shape[i + 1] - a) for i, a in enumerate(m)))
+    logits, c_in = y[:, 0][inner], cleft[inner]
+    pos = c_in.mean().clamp(min=1e-3, max=1 - 1e-3)
+    weight = torch.where(c_in > 0, 0.5 / pos, 0.5 / (1 - pos))
+    loss_c = F.binary_cross_entropy_with_logits(logits, c_in, weight=weight)
+    kin = known[inner]
+    diff = ((torch.tanh(y[:, 1:]) - vectors) ** 2).sum(1)[inner]
+    loss_v = torch.where(kin > 0, diff, 0.0).sum() / kin.sum().clamp(min=1.0)
+    return loss_c, loss_v
+
+
 def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=None, predictions=None,
              classifier: str | None = DEFAULT_CLASSIFIER, tables: dict | None = None) -> dict:
     """Detection and partner precision / recall / F1 (ground-truth cells as the segmentation, partners
@@ -135,15 +152,7 @@ def train(name: str, minutes: float, seed: int = 0, patch=(40, 40, 40), batch: i
         frac = min(1.0, (time.perf_counter() - t_train) / (minutes * 60))
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
-        y = net(x)
-        inner = (slice(None), slice(margin, -margin), slice(margin, -margin), slice(margin, -margin))
-        logits, c_in = y[:, 0][inner], c[inner]
-        pos = c_in.mean().clamp(min=1e-3)
-        weight = torch.where(c_in > 0, 0.5 / pos, 0.5 / (1 - pos))
-        loss_c = F.binary_cross_entropy_with_logits(logits, c_in, weight=weight)
-        kin = k[inner]
-        diff = ((torch.tanh(y[:, 1:]) - v) ** 2).sum(1)[inner]
-        loss_v = (diff * kin).sum() / kin.sum().clamp(min=1.0)
+        loss_c, loss_v = cleft_loss(net(x), c, v, k, margin)
         loss = loss_c + loss_v
         opt.zero_grad()
         loss.backward()
