@@ -32,7 +32,7 @@ from connectome.metrics.synapses import synapse_scores
 from connectome.models.unet import UNetConfig
 from connectome.synapses import model as M
 from connectome.synapses.detect import cleft_table, predict_volume, synapses_in_memory
-from connectome.synapses.training import cleft_loss
+from connectome.synapses.training import cleft_loss, patch_window
 
 # 4 in-plane downsamplings: 79 voxels (360 nm at 4.6 nm) of in-plane context on each side; `CONFIG_2D`
 # never mixes sections (for sets of separate slices)
@@ -157,14 +157,7 @@ def tune_detection(parts: list[tuple[np.ndarray, np.ndarray]], info: M.CleftMode
 def real_patch(raw: np.ndarray, cleft: np.ndarray, size, rng, near_cleft: bool):
     """A training patch (raw float32, cleft bool) with in-plane flips and transposition, a z flip and
     per-section contrast changes (anisotropic voxels: z is never exchanged with y or x)."""
-    shape, size = np.array(raw.shape), np.array(size)
-    if near_cleft and cleft.any():
-        where = np.argwhere(cleft)
-        c = where[rng.integers(len(where))]
-        lo = np.clip(c - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, shape - size)
-    else:
-        lo = np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, size)])
-    sl = tuple(slice(a, a + p) for a, p in zip(lo, size))
+    sl = patch_window(cleft, size, rng, near_cleft)
     r, c = raw[sl].astype(np.float32), cleft[sl]
     for axis in range(3):
         if rng.random() < 0.5:

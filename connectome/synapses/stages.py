@@ -26,6 +26,7 @@ from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, Stage
 from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
+from connectome.models.context import unet_context
 from connectome.models.voxel_size import check_voxel_size
 from connectome.synapses import model as M
 from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
@@ -55,8 +56,7 @@ class CleftsStage(BlockStage[CleftsParams]):
         return M.read_info(self.params.model)
 
     def context(self) -> Context:
-        c = vec3(self.info.context)
-        return Context(c, c, multiple=vec3(self.info.divisor), clip=False)
+        return unet_context(self.info.context, self.info.divisor)
 
     def block_multiple(self) -> Vec:
         return vec3(self.info.divisor)

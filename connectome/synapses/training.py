@@ -41,17 +41,22 @@ def synthetic_examples(seeds, shape=SHAPE, voxel_size=VOXEL_SIZE, density: float
     return out
 
 
-def _patch(example, size, rng, near_cleft: bool):
-    raw, cleft, vec, known = example[:4]
-    shape = np.array(raw.shape)
-    size = np.array(size)
+def patch_window(cleft: np.ndarray, size, rng, near_cleft: bool) -> tuple[slice, ...]:
+    """Where a training patch of `size` lies: around a random cleft voxel (jittered by up to a quarter
+    patch) when `near_cleft`, else anywhere in the volume."""
+    shape, size = np.array(cleft.shape), np.array(size)
     if near_cleft and cleft.any():
         where = np.argwhere(cleft)
         c = where[rng.integers(len(where))]
         lo = np.clip(c - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, shape - size)
     else:
         lo = np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, size)])
-    sl = tuple(slice(a, a + p) for a, p in zip(lo, size))
+    return tuple(slice(a, a + p) for a, p in zip(lo, size))
+
+
+def _patch(example, size, rng, near_cleft: bool):
+    raw, cleft, vec, known = example[:4]
+    sl = patch_window(cleft, size, rng, near_cleft)
     r, c, v, k = raw[sl].astype(np.float32), cleft[sl], vec[(slice(None), *sl)].copy(), known[sl]
     for axis in range(3):  # flips: the direction component along a flipped axis changes sign
         if rng.random() < 0.5:

@@ -18,6 +18,7 @@ from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
+from connectome.models.context import unet_context
 from connectome.models.voxel_size import check_voxel_size
 from connectome.tissue.classes import DEFAULT_EXCLUDE, NAMES
 
@@ -56,8 +57,7 @@ class TissueStage(BlockStage[TissueParams]):
         return read_info(resolve_model_path(self.params.model))
 
     def context(self) -> Context:
-        c = vec3(self.model_info.context)
-        return Context(c, c, multiple=vec3(self.model_info.divisor), clip=False)
+        return unet_context(self.model_info.context, self.model_info.divisor)
 
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
