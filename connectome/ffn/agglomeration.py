@@ -4,8 +4,9 @@ started once on each side of their contact, fills into the other side from both.
 For each pair of segments that touch (face-adjacent voxels, at least `min_contact` of them in a
 block), a subvolume of `radius` voxels around their contact point is segmented twice with one seed
 each: the deepest voxel of either segment near the contact (largest distance to its boundary). The
-pair agrees when the object grown from A covers at least `agree` of B's voxels in the subvolume and
-the object grown from B at least `agree` of A's. A pair that touches in several blocks is decided
+pair agrees when the object grown from A covers at least `agree` of what the object grown from B
+covers of B in the subvolume, and the other way round (each side's own fill is the measure, so
+boundary voxels that a segment took in the final fill and no object ever covers do not count). A pair that touches in several blocks is decided
 by the block where it has the most contact (then the lowest block index): a stated rule that makes
 the decision one per pair, independent of the order blocks finish (it depends on the block layout
 through where the contact point lies).
@@ -25,7 +26,7 @@ from connectome.core.geometry import Box
 @dataclass(frozen=True)
 class AgglomerationSettings:
     radius: tuple[int, int, int]  # half-size of the subvolume around a contact point, voxels
-    agree: float = 0.5  # share of the other segment's voxels in the subvolume the object must cover
+    agree: float = 0.8  # share of the other segment's voxels in the subvolume the object must cover
     min_contact: int = 10  # fewest contact voxel pairs (in one block) for a pair to be tested
 
 
@@ -79,14 +80,16 @@ def decide(fill, raw: np.ndarray, seg: np.ndarray, pair, point, settings: Agglom
     s, r = seg[sub.to_slices()], raw[sub.to_slices()]
     local = tuple(p - o for p, o in zip(point, sub.offset))
     masks = [s == pair[0], s == pair[1]]
-    shares = []
+    objects = []
     for k in (0, 1):
         seed = seed_near(masks[k], local, float(min(settings.radius)) / 2)
-        other = masks[1 - k]
-        if seed is None or not other.any():
+        if seed is None:
             return False, 0.0, 0.0
-        obj = fill(r, seed)
-        shares.append(float(np.count_nonzero(obj & other)) / float(np.count_nonzero(other)))
+        objects.append(fill(r, seed))
+    shares = []
+    for k in (0, 1):  # the other segment's voxels the object from this side covers, per voxel its own fill covers
+        own = np.count_nonzero(objects[1 - k] & masks[1 - k])
+        shares.append(min(np.count_nonzero(objects[k] & masks[1 - k]) / own, 1.0) if own else 0.0)
     return shares[0] >= settings.agree and shares[1] >= settings.agree, shares[0], shares[1]
 
 

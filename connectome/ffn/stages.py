@@ -164,8 +164,8 @@ class FFNAgglomerateParams(StageParams):
     device: str = Field("cpu", description="cpu or cuda")
     radius: tuple[int, int, int] | None = Field(None, description="half-size of the subvolume around a contact "
                                                                   "(default: the model's FOV)")
-    agree: float = Field(0.5, gt=0, le=1, description="share of the other segment the object from each side "
-                                                      "must cover")
+    agree: float = Field(0.8, gt=0, le=1, description="share of the other segment the object from each side "
+                                                      "must cover (chosen on synthetic seed 310 with ffn-synthetic)")
     min_contact: int = Field(10, ge=1, description="fewest contact voxel pairs (in one block) for a pair to be tested")
     allow_voxel_mismatch: bool = Field(False)
 
