@@ -6,10 +6,10 @@ block), a subvolume of `radius` voxels around their contact point is segmented t
 each: the deepest voxel of either segment near the contact (largest distance to its boundary). The
 pair agrees when the object grown from A covers at least `agree` of what the object grown from B
 covers of B in the subvolume, and the other way round (each side's own fill is the measure, so
-boundary voxels that a segment took in the final fill and no object ever covers do not count). A pair that touches in several blocks is decided
-by the block where it has the most contact (then the lowest block index): a stated rule that makes
-the decision one per pair, independent of the order blocks finish (it depends on the block layout
-through where the contact point lies).
+boundary voxels that a segment took in the final fill and no object ever covers do not count). A
+pair that touches in several blocks is decided by the block where it has the most contact (then the
+lowest block index): a stated rule that makes the decision one per pair, independent of the order
+blocks finish (it depends on the block layout through where the contact point lies).
 """
 
 from __future__ import annotations
