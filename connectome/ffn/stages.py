@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -132,21 +133,15 @@ class FFNRelabelParams(StageParams):
     min_overlap: int = Field(20, ge=1, description="fewest shared voxels for a match")
 
 
-@register
-class FFNRelabelStage(BlockStage):
-    name = "ffn_relabel"
-    Params = FFNRelabelParams
-    inputs = (Input("ffn_fragments", dtypes=("uint64",)),)
-    outputs = (Output("segmentation", OutputSpec(dtype="uint64")),)
-    reads_tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
+class LookupRelabelStage(BlockStage):
+    """A stage whose global step writes a lookup table (`step.path`) that its blocks apply to the input
+    `source`, writing `segmentation`."""
 
-    @cached_property
-    def step(self) -> ReconcileStep:
-        return ReconcileStep(self.table_dirs["ffn_overlaps"], self.input_addresses["ffn_fragments"],
-                             self.params.threshold, self.params.min_overlap)
+    source: ClassVar[str]
+    step: ReconcileStep | FFNMergeStep  # a cached_property in each subclass
 
-    def global_step(self) -> ReconcileStep:
-        """Reconciliation, run once before the blocks."""
+    def global_step(self) -> ReconcileStep | FFNMergeStep:
+        """Run once before the blocks."""
         return self.step
 
     def fingerprint(self) -> dict:
@@ -154,9 +149,26 @@ class FFNRelabelStage(BlockStage):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         keys, values = load_lut(self.step.path)
-        seg = relabel(volumes["ffn_fragments"].read(block.write_box), keys, values)
+        seg = relabel(volumes[self.source].read(block.write_box), keys, values)
         volumes["segmentation"].write(block.write_box, seg)
         return {"segments": int(np.unique(seg[seg != 0]).size)}
+
+
+@register
+class FFNRelabelStage(LookupRelabelStage):
+    """Reconciliation of the blocks' objects (a global step), then block ids -> final ids."""
+
+    name = "ffn_relabel"
+    Params = FFNRelabelParams
+    source = "ffn_fragments"
+    inputs = (Input("ffn_fragments", dtypes=("uint64",)),)
+    outputs = (Output("segmentation", OutputSpec(dtype="uint64")),)
+    reads_tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
+
+    @cached_property
+    def step(self) -> ReconcileStep:  # type: ignore[override]
+        return ReconcileStep(self.table_dirs["ffn_overlaps"], self.input_addresses["ffn_fragments"],
+                             self.params.threshold, self.params.min_overlap)
 
 
 class FFNAgglomerateParams(StageParams):
@@ -212,26 +224,15 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
 
 
 @register
-class FFNMergeStage(BlockStage):
+class FFNMergeStage(LookupRelabelStage):
     """The agreed FFN merges joined by union-find (a global step), then segments -> merged segments."""
 
     name = "ffn_merge"
+    source = "ffn_segments"
     inputs = (Input("ffn_segments", dtypes=("uint64",)),)
     outputs = (Output("segmentation", OutputSpec(dtype="uint64")),)
     reads_tables = (Table("ffn_merges", MERGES_FORMAT),)
 
     @cached_property
-    def step(self) -> FFNMergeStep:
+    def step(self) -> FFNMergeStep:  # type: ignore[override]
         return FFNMergeStep(self.table_dirs["ffn_merges"], self.input_addresses["ffn_segments"])
-
-    def global_step(self) -> FFNMergeStep:
-        return self.step
-
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "lut": self.step.fingerprint()["lut"]}
-
-    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        keys, values = load_lut(self.step.path)
-        seg = relabel(volumes["ffn_segments"].read(block.write_box), keys, values)
-        volumes["segmentation"].write(block.write_box, seg)
-        return {"segments": int(np.unique(seg[seg != 0]).size)}

@@ -31,3 +31,12 @@ def handset_model(fov=(9, 9, 9), deltas=(2, 2, 2)) -> tuple[FFN, FFNInfo]:
         net.head.weight[0, 2] = -1e3
     info = FFNInfo("handset", config, (8.0, 8.0, 8.0), mean=0.5, std=0.5, min_size=5)
     return net.eval(), info
+
+
+def saved_handset_model(directory) -> str:
+    """The hand-set network saved as `ffn-handset` in `directory`: a path `--model` takes."""
+    from connectome.ffn.registry import save_model
+
+    net, info = handset_model()
+    info.name = "ffn-handset"
+    return str(save_model(directory / "ffn-handset", net, info))

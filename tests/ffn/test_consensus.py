@@ -9,11 +9,10 @@ from scipy import ndimage
 
 from connectome.cli.main import main
 from connectome.ffn.consensus import consensus
-from connectome.ffn.registry import save_model
 from connectome.io import create_volume, open_volume
 from connectome.metrics.voi import voi
 
-from ffn_handset import handset_model
+from ffn_handset import saved_handset_model
 
 
 def _maps_to_one(pieces, labels):
@@ -63,9 +62,7 @@ def test_small_pieces_are_dropped():
 def test_segment_ffn_consensus_command(tmp_path, capsys, client):
     """The handset network fills the same objects in either seed order, so the consensus run equals the plain
     one; the block summaries name the pieces."""
-    net, info = handset_model()
-    info.name = "ffn-handset"
-    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    model = saved_handset_model(tmp_path)
     raw = np.full((16, 64, 64), 255, np.uint8)
     raw[:, 20, :] = 0
     raw[:, :, 41] = 0

@@ -11,10 +11,9 @@ from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
 from connectome.engine.plan import execute, plan_run
 from connectome.ffn.agglomeration import AgglomerationSettings, chosen_decisions, contacts, decide, fill_from_seed
 from connectome.ffn.canvas import CanvasSettings
-from connectome.ffn.registry import save_model
 from connectome.io import create_volume, open_volume
 
-from ffn_handset import handset_model
+from ffn_handset import handset_model, saved_handset_model
 
 
 def _read(address):
@@ -80,9 +79,7 @@ def test_decide_merges_a_split_object_and_keeps_walls():
 
 
 def test_ffn_agglomeration_stages_eight_blocks_equal_one(tmp_path, client):
-    net, info = handset_model()
-    info.name = "ffn-handset"
-    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    model = saved_handset_model(tmp_path)
     raw, seg = _compartments()
     r = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
     r.write(r.box, raw)
@@ -106,9 +103,7 @@ def test_ffn_agglomeration_stages_eight_blocks_equal_one(tmp_path, client):
 
 
 def test_segment_ffn_agglomerate_command(tmp_path, capsys, client):
-    net, info = handset_model()
-    info.name = "ffn-handset"
-    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    model = saved_handset_model(tmp_path)
     raw, _ = _compartments()
     r = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (16, 64, 64), (8, 8, 8))
     r.write(r.box, raw)

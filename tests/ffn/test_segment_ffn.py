@@ -7,11 +7,10 @@ import pytest
 
 from connectome.cli.main import main
 from connectome.engine.markers import DoneMarkers
-from connectome.ffn.registry import save_model
 from connectome.io import create_volume, open_volume
 from connectome.metrics.voi import voi
 
-from ffn_handset import handset_model
+from ffn_handset import saved_handset_model
 
 
 def _segment(capsys, raw, out, model, block, *extra):
@@ -60,9 +59,7 @@ def test_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_path, ca
 
 
 def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
-    net, info = handset_model()
-    info.name = "ffn-handset"
-    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    model = saved_handset_model(tmp_path)
     raw = np.full((16, 64, 64), 255, np.uint8)
     raw[:, 20, :] = 0
     raw[:, :, 41] = 0
@@ -79,9 +76,7 @@ def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
 def test_handset_model_with_a_mask(tmp_path, capsys, client):
     """`--mask`: masked voxels stay 0 (not filled from the nearest object) and split the compartment they cross;
     8 blocks == one block."""
-    net, info = handset_model()
-    info.name = "ffn-handset"
-    model = str(save_model(tmp_path / "ffn-handset", net, info))
+    model = saved_handset_model(tmp_path)
     raw = np.full((16, 64, 64), 255, np.uint8)
     raw[:, 20, :] = 0
     raw[7, :, :] = 0
