@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from connectome.affinity.edge_classifier import EdgeClassifier, learned_sums
-from connectome.affinity.edge_features import edge_features
+from connectome.affinity.edge_classifier import EdgeClassifier
+from connectome.affinity.edge_context import context_sums
+from connectome.affinity.edge_features import extent_limit
 from connectome.affinity.encoding import affinities_as_float
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.region_graph import region_graph
@@ -27,7 +28,8 @@ EDGES_FORMAT = 2  # 2: sparse histograms
 def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, aff_low: float,
                 aff_high: float, classifier: EdgeClassifier | None = None) -> dict[str, np.ndarray]:
     """The region-graph table of the block writing `write`; `read` adds one voxel below each inner face.
-    With `classifier`, `sums` are its p(merge) x contact count (learned scoring)."""
+    With `classifier` (learned scoring), `sums` are its p(merge) x contact count on edges with a small
+    side and the affinity sums elsewhere (`edge_context`)."""
     (rz, ry, rx), (wz, wy, wx) = read.offset, write.offset
     has_lower = (rz < wz, ry < wy, rx < wx)
     frag = fragments.read(read)
@@ -41,9 +43,9 @@ def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, af
     nodes = nodes[nodes != 0]
     extra = {}
     if classifier is not None:
-        p = classifier.merge_probability(edge_features(frag, u, v, sums, counts, hist))
         extra = {"affinity_sums": sums}
-        sums = learned_sums(p, counts)
+        sums = context_sums(affinities, frag, read, u, v, sums, counts, classifier,
+                            extent_limit(affinities.meta.voxel_size, classifier.extent), aff_low, aff_high)
     hist_edge = np.repeat(np.arange(len(u), dtype=np.uint32), np.diff(hist.indptr))
     return dict(nodes=nodes, u=u, v=v, sums=sums, counts=counts, hist_edge=hist_edge,
                 hist_bin=hist.indices.astype(np.uint8), hist_count=hist.data, link_u=link_u, link_v=link_v, **extra)

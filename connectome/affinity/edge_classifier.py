@@ -2,7 +2,8 @@
 
 Stored as json beside the affinity model it was trained with (`<model>-edges.json`): the feature
 names, their standardisation, the layers, the merge threshold chosen on validation and provenance.
-The agglomerate stage writes p(merge), rounded to k / 255, in place of the edge's mean affinity:
+The agglomerate stage writes p(merge), rounded to k / 255, in place of the edge's mean affinity
+(on edges with a small side, `edge_context`):
 its table's `sums` become p x contact count (the affinity sums move to `affinity_sums`), so the
 global merge (serial or tree, `merge_tree`) pools area-weighted classifier scores exactly with the
 mean-affinity machinery and scores a region pair 1 - its pooled p(merge).
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from connectome.affinity.edge_features import FEATURES
+from connectome.affinity.edge_features import EXTENT, FEATURES
 from connectome.affinity.encoding import SCALE
 from connectome.core.errors import UserError
 
@@ -35,6 +36,7 @@ class EdgeClassifier:
     weights: tuple[np.ndarray, ...]
     biases: tuple[np.ndarray, ...]
     threshold: float
+    extent: int = EXTENT  # voxels (finest axis) up to which a fragment is "small" (`edge_features`)
 
     def merge_probability(self, features: np.ndarray) -> np.ndarray:
         """p(merge) per row of `features` (edges, len(FEATURES))."""
@@ -91,6 +93,7 @@ def load_classifier(path: str) -> EdgeClassifier:
         weights = tuple(np.asarray(layer["weight"], np.float64) for layer in meta["layers"])
         biases = tuple(np.asarray(layer["bias"], np.float64) for layer in meta["layers"])
         threshold = float(meta["threshold"])
+        extent = int(meta["extent"])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"edge classifier {path}: missing or malformed key {e}") from None
     width = len(FEATURES)
@@ -98,7 +101,7 @@ def load_classifier(path: str) -> EdgeClassifier:
     for w, b in zip(weights, biases):
         shapes_ok = shapes_ok and w.ndim == 2 and w.shape[1] == width and b.shape == (w.shape[0],)
         width = w.shape[0] if w.ndim == 2 else -1
-    if not shapes_ok or width != 1 or not 0 <= threshold <= 1:
+    if not shapes_ok or width != 1 or not 0 <= threshold <= 1 or extent < 1:
         raise UserError(f"edge classifier {path}: layers do not chain from {len(FEATURES)} features to 1 output "
-                        f"(or threshold {threshold} outside [0, 1])")
-    return EdgeClassifier(path, mean, std, weights, biases, threshold)
+                        f"(or threshold {threshold} outside [0, 1], or extent {extent} below 1)")
+    return EdgeClassifier(path, mean, std, weights, biases, threshold, extent)

@@ -2,16 +2,20 @@
 
 One row per edge of a block's region graph (`region_graph`, edges sorted by (u, v)): the contact's
 affinity mean, quantiles, spread and share of low affinities (from its 64-bin histogram), the
-contact area, the sizes of both fragments in the block (write box plus the layer below its inner
-faces, what the block reads), and how the edge compares with the best edge of either fragment. A
-fragment cut by a block face is seen as its piece in the block, so features near block faces
-depend on the block layout; edges between fragments that no face cuts have the same features in
-any layout.
+contact area and the sizes of both fragments, where a fragment spanning more than `limit` voxels on
+some axis counts as `prod(limit)` voxels (its exact size is not known to a block that sees part of
+it). Every feature depends only on the two fragments and their contact, not on their other
+neighbours, so `edge_context` can compute it from whole basins around a block and give every block
+layout the same score.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
+from scipy import ndimage
 from scipy.sparse import csr_array
 
 from connectome.affinity.agglomeration import HIST_BINS
@@ -19,9 +23,25 @@ from connectome.affinity.agglomeration import HIST_BINS
 FEATURES = (
     "mean_affinity", "q10", "q25", "q50", "q75", "q90", "affinity_std", "low_fraction",
     "log_contact", "log_size_small", "log_size_large", "contact_per_surface",
-    "gap_to_best_small", "gap_to_best_large", "log_degree_small", "log_degree_large",
 )
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+EXTENT = 16  # voxels on the finest axis: fragments up to this extent are "small"
+
+
+def extent_limit(voxel_size: Sequence[float], extent: int = EXTENT) -> tuple[int, int, int]:
+    """`extent` voxels on the finest axis, the same distance on coarser axes (at least 2 voxels)."""
+    finest = min(voxel_size)
+    z, y, x = (max(2, math.ceil(extent * finest / s)) for s in voxel_size)
+    return z, y, x
+
+
+def small_fragments(labels: np.ndarray, limit: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ids of `labels`, their voxel counts, and whether each spans at most `limit` on every axis."""
+    ids, dense, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    boxes = ndimage.find_objects(dense.reshape(labels.shape).astype(np.int32) + 1)
+    small = np.array([all(s.stop - s.start <= lim for s, lim in zip(box, limit)) if box is not None else True
+                      for box in boxes], bool)
+    return ids, sizes, small[: len(ids)]
 
 
 def histogram_features(hist: np.ndarray) -> np.ndarray:
@@ -38,8 +58,9 @@ def histogram_features(hist: np.ndarray) -> np.ndarray:
 
 
 def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                  hist) -> np.ndarray:
-    """(edges, len(FEATURES)) float32 for the edges (u, v) of `fragments` (the block's read array)."""
+                  hist, limit: Sequence[int], known: tuple | None = None) -> np.ndarray:
+    """(edges, len(FEATURES)) float32 for the edges (u, v) of `fragments`; `known`: its
+    `small_fragments` if already computed."""
     u, v = np.asarray(u, np.uint64), np.asarray(v, np.uint64)
     n = len(u)
     if n == 0:
@@ -47,23 +68,15 @@ def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.
     dense = hist.toarray() if isinstance(hist, csr_array) else np.asarray(hist)
     counts = np.asarray(counts, np.float64)
     mean = np.asarray(sums, np.float64) / counts
-    ids, sizes = np.unique(fragments, return_counts=True)
-    iu, iv = np.searchsorted(ids, u), np.searchsorted(ids, v)
-    su, sv = sizes[iu].astype(np.float64), sizes[iv].astype(np.float64)
+    ids, sizes, small_ = known if known is not None else small_fragments(fragments, limit)
+    counted = np.where(small_, sizes, math.prod(limit)).astype(np.float64)
+    su, sv = counted[np.searchsorted(ids, u)], counted[np.searchsorted(ids, v)]
     small_is_u = su <= sv
     small = np.where(small_is_u, su, sv)
     large = np.where(small_is_u, sv, su)
-    best = np.zeros(len(ids))  # the best mean affinity among each fragment's edges
-    np.maximum.at(best, iu, mean)
-    np.maximum.at(best, iv, mean)
-    degree = np.bincount(np.concatenate([iu, iv]), minlength=len(ids)).astype(np.float64)
-    gap_u, gap_v = best[iu] - mean, best[iv] - mean
-    deg_u, deg_v = degree[iu], degree[iv]
     log_contact = np.log1p(counts)
     out = np.column_stack([
         mean, histogram_features(dense), log_contact, np.log1p(small), np.log1p(large),
         log_contact - np.log1p(small) * (2.0 / 3.0),
-        np.where(small_is_u, gap_u, gap_v), np.where(small_is_u, gap_v, gap_u),
-        np.log1p(np.where(small_is_u, deg_u, deg_v)), np.log1p(np.where(small_is_u, deg_v, deg_u)),
     ])
     return out.astype(np.float32)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from connectome.affinity.agglomeration import lookup_table
-from connectome.affinity.edge_classifier import FORMAT, EdgeClassifier, learned_sums
-from connectome.affinity.edge_features import FEATURES, edge_features
+from connectome.affinity.edge_classifier import FORMAT, EdgeClassifier
+from connectome.affinity.edge_context import one_block_sums
+from connectome.affinity.edge_features import EXTENT, FEATURES, edge_features, extent_limit
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, one_block_graph
 from connectome.io.lookup import relabel
 
@@ -30,13 +31,16 @@ class EdgeSet:
     tables: dict[str, np.ndarray]
     features: np.ndarray
     hist: object  # the edges' affinity histograms (scipy CSR), for quantile scoring
+    limit: tuple[int, int, int]  # the extent (voxels per axis) up to which a fragment is small
 
 
-def edge_set(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH) -> EdgeSet:
+def edge_set(affs_u8: np.ndarray, limit: Sequence[int] = (EXTENT,) * 3, aff_low: float = AFF_LOW,
+             aff_high: float = AFF_HIGH) -> EdgeSet:
     """Fragments, region graph and features of uint8 affinities (3, z, y, x) in one block."""
     fragments, tables, hist = one_block_graph(affs_u8, aff_low, aff_high)
+    z, y, x = (int(v) for v in limit)
     return EdgeSet(fragments, tables, edge_features(fragments, tables["u"], tables["v"], tables["sums"],
-                                                    tables["counts"], hist), hist)
+                                                    tables["counts"], hist, (z, y, x)), hist, (z, y, x))
 
 
 def majority_labels(fragments: np.ndarray, gt: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -88,7 +92,7 @@ def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray
         opt.step()
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
     return {"kind": "edge_classifier", "format": FORMAT, "features": list(FEATURES), "mean": mean.tolist(),
-            "std": std.tolist(), "final_loss": float(loss.item()),
+            "std": std.tolist(), "final_loss": float(loss.item()), "extent": EXTENT,
             "layers": [{"weight": m.weight.detach().double().numpy().tolist(),
                         "bias": m.bias.detach().double().numpy().tolist()} for m in linear]}
 
@@ -97,16 +101,17 @@ def as_classifier(meta: dict, threshold: float = 0.5) -> EdgeClassifier:
     """An EdgeClassifier from `fit_classifier`'s dict (before it is written)."""
     return EdgeClassifier("(in memory)", np.asarray(meta["mean"]), np.asarray(meta["std"]),
                           tuple(np.asarray(m["weight"]) for m in meta["layers"]),
-                          tuple(np.asarray(m["bias"]) for m in meta["layers"]), threshold)
+                          tuple(np.asarray(m["bias"]) for m in meta["layers"]), threshold, int(meta["extent"]))
 
 
 def segment_learned(edges: EdgeSet, classifier: EdgeClassifier | None, thresholds: Sequence[float],
                     scoring: str = "mean"):
     """Yield (threshold, segmentation) of the global merge on p(merge) (None: on the mean affinity, or
-    the median with `scoring` 'quantile'), as `connectome segment` merges one block."""
+    the median with `scoring` 'quantile'), as `connectome segment` merges one block: p(merge) on edges
+    with a small side, the mean affinity elsewhere (`edge_context`)."""
     tables = dict(edges.tables)
     if classifier is not None:
-        tables["sums"] = learned_sums(classifier.merge_probability(edges.features), tables["counts"])
+        tables["sums"] = one_block_sums(edges.fragments, tables, edges.features, classifier, edges.limit)
     if scoring == "quantile":
         tables["hist"] = edges.hist.toarray()  # type: ignore[attr-defined]
     for t in thresholds:
@@ -162,7 +167,7 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         if path:
             os.makedirs(cache, exist_ok=True)  # type: ignore[arg-type]
             np.save(path, affs)
-    edges = edge_set(affs)
+    edges = edge_set(affs, extent_limit(model.info.voxel_size))
     return edges, edge_labels(edges, pair.labels), pair.labels
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from connectome.affinity.agglomeration import load_tables, lookup_table
 from connectome.affinity.edge_classifier import learned_sums, load_classifier
-from connectome.affinity.edge_features import FEATURES, edge_features
+from connectome.affinity.edge_features import EXTENT, FEATURES, edge_features, small_fragments
 from connectome.affinity.edge_training import as_classifier, edge_labels, edge_set, fit_classifier
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.region_graph import region_graph
@@ -39,18 +39,27 @@ def synthetic():
     return [generate((24, 64, 64), (8.0, 8.0, 8.0), seed=s).labels for s in (3, 4)]
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic, tmp_path_factory):
-    """A classifier fitted on one synthetic volume's fragment edges, written as a shipped-format json."""
-    labels = synthetic[0]
-    edges = edge_set(affinities_as_uint8(noisy_affinities(labels, 0.3, 1)))
+def fitted(labels: np.ndarray, extent: int, path) -> tuple[str, dict]:
+    """A classifier fitted on a synthetic volume's fragment edges, written as a shipped-format json;
+    fragments over `extent` voxels on some axis count as large."""
+    edges = edge_set(affinities_as_uint8(noisy_affinities(labels, 0.3, 1)), (extent,) * 3)
     y = edge_labels(edges, labels)
     keep = y >= 0
     meta = fit_classifier(edges.features[keep], y[keep], edges.tables["counts"][keep].astype(float), steps=300)
-    meta.update({"threshold": 0.5, "name": "test-edges"})
-    path = tmp_path_factory.mktemp("edges") / "test-edges.json"
+    meta.update({"threshold": 0.5, "name": "test-edges", "extent": extent})
     path.write_text(json.dumps(meta))
     return str(path), meta
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    return fitted(synthetic[0], EXTENT, tmp_path_factory.mktemp("edges") / "test-edges.json")
+
+
+@pytest.fixture(scope="module")
+def trained_small_extent(synthetic, tmp_path_factory):
+    """Extent 2: on these volumes both small and large fragments occur."""
+    return fitted(synthetic[0], 2, tmp_path_factory.mktemp("edges2") / "test-edges-2.json")
 
 
 def test_features_of_uncut_fragments_are_the_same_in_any_block_layout():
@@ -59,7 +68,8 @@ def test_features_of_uncut_fragments_are_the_same_in_any_block_layout():
     frag = np.where(rng.random(cubes.shape) < 0.1, 0, cubes).repeat(2, 0).repeat(2, 1).repeat(2, 2).astype(np.uint64)
     affs = rng.random((3, *frag.shape))
     u, v, s, c, h = region_graph(frag, affs, (False, False, False))
-    whole = {(a, b): row for a, b, row in zip(u.tolist(), v.tolist(), edge_features(frag, u, v, s, c, h))}
+    limit = (2, 2, 2)  # every 2^3 cube is a small fragment
+    whole = {(a, b): row for a, b, row in zip(u.tolist(), v.tolist(), edge_features(frag, u, v, s, c, h, limit))}
     grid = BlockGrid(Box.from_shape(frag.shape), (8, 12, 12))
     compared = 0
     for block in grid:
@@ -68,7 +78,7 @@ def test_features_of_uncut_fragments_are_the_same_in_any_block_layout():
         read = Box.from_corners(tuple(o - int(h_) for o, h_ in zip(w.offset, lower)), w.end)
         sub = frag[read.to_slices()]
         bu, bv, bs, bc, bh = region_graph(sub, affs[(slice(None), *w.to_slices())], lower)
-        feats = edge_features(sub, bu, bv, bs, bc, bh)
+        feats = edge_features(sub, bu, bv, bs, bc, bh, limit)
         # fragments no inner face of this block touches: every contact and voxel of theirs is here
         inner = frag[w.to_slices()]
         faces = np.zeros(frag.shape, bool)
@@ -149,14 +159,14 @@ def affinity_volume(tmp_path_factory, synthetic):
     return root
 
 
-def _run(root, name, merge, agglomerate, client):
+def _run(root, name, merge, agglomerate, client, block=(12, 16, 16)):
     from connectome.cluster.client import ClusterConfig
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import execute, plan_run
 
     affs = {"affinities": str(root / "affs")}
     config = RunConfig(input=str(root / "affs"), output=str(root / name), cluster=ClusterConfig(),
-                       blocks=BlocksConfig(shape=(12, 16, 16), chunk_shape=(12, 16, 16)),
+                       blocks=BlocksConfig(shape=block, chunk_shape=(12, 16, 16)),
                        stages=[StageConfig(stage="fragments", inputs=affs),
                                StageConfig(stage="agglomerate", inputs=affs, params=agglomerate),
                                StageConfig(stage="relabel", params={"threshold": 0.5, "merge": merge, "fanout": 2})])
@@ -186,3 +196,29 @@ def test_learned_scoring_tree_equals_serial_merge(affinity_volume, trained, clie
     frag = fragments.read(fragments.box)
     mean = relabel(frag, *lookup_table(tables, 0.5))
     assert not np.array_equal(tree, mean)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label arrays group the voxels alike (ids may differ)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@pytest.mark.parametrize("extent", [2, EXTENT])
+def test_learned_scoring_does_not_depend_on_the_block_layout(affinity_volume, trained, trained_small_extent,
+                                                              client, extent):
+    """32 blocks give the partition of one block, with edges that have a fragment of at most `extent`
+    voxels scored by the classifier, the others by their mean affinity (2: many fragments of both kinds;
+    16: nearly all small)."""
+    path, _ = trained if extent == EXTENT else trained_small_extent
+    learned = {"scoring": "learned", "edge_model": path}
+    many = _run(affinity_volume, f"many-{extent}", "serial", learned, client)
+    one = _run(affinity_volume, f"one-{extent}", "serial", learned, client, block=(24, 64, 64))
+    assert same_partition(many, one)
+    fragments = open_volume(str(affinity_volume / f"one-{extent}" / "fragments"))
+    _, _, small = small_fragments(fragments.read(fragments.box), (extent,) * 3)
+    small, large = int(small[1:].sum()), int((~small[1:]).sum())  # id 0 left out
+    assert (small > 100 and large > 20) if extent == 2 else large < 5, (small, large)
+    # the merge saw classifier scores: not the mean-affinity result
+    mean = _run(affinity_volume, f"mean-{extent}", "serial", {"scoring": "mean"}, client, block=(24, 64, 64))
+    assert not same_partition(one, mean)
