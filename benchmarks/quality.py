@@ -2,7 +2,7 @@
 
 Each (set, model) pair whose voxel sizes agree within the `affinities` stage's tolerance (a factor
 1.5 per axis) is segmented by the real `connectome segment` command at its defaults (block shape,
-the model's validated threshold, mean scoring) and scored by `connectome evaluate --json`
+the model's validated threshold and scoring) and scored by `connectome evaluate --json`
 (`--per-section` for ISBI 2012, whose labels are 2-D). Sets (held out from training of the
 models that were trained on them):
 - medulla z 100-124 (fib-10nm's validation split), 10 nm;
@@ -55,10 +55,14 @@ NOTES = [
     "segment scores VOI 4.344.",
     "- `sstem` (3-D labels: the reordered CREMI crop z 0-39, with ISBI z 0-24 and VNC as per-section labels) chose "
     "its threshold on that CREMI split; `sstem-2d` (ISBI + VNC, 2-D labels only; its z affinity is derived from "
-    "the in-plane ones) is the model shipped as `sstem` before, and `connectome segment` warns when it is used.",
+    "the in-plane ones) is the model shipped as `sstem` before, and `connectome segment` warns when it is used. "
+    "`sstem` cuts fragments within sections (`in_plane`, since 2026-12-01: CREMI 3.022 -> 2.919, ISBI 2.408 -> "
+    "1.820).",
     "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits.",
-    "- Mean scoring merges edges one at a time in a strict order (score, contact count, segment ids); learned "
-    "scoring (`--scoring learned`, not a default) is compared in benchmarks/results/learned_agglomeration.md.",
+    "- `fib-10nm` merges by its edge classifier's p(merge) (learned scoring, its default since 2026-12-01; "
+    "threshold 0.30 from `fib-10nm-edges.json`; mean scoring at 0.70 scored 1.560 and 0.607), compared in "
+    "benchmarks/results/learned_agglomeration.md; the others by mean affinity, one edge at a time in a strict "
+    "order (score, contact count, segment ids).",
 ]
 
 

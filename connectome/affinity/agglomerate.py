@@ -18,7 +18,7 @@ from connectome.affinity.edge_features import extent_limit
 from connectome.affinity.encoding import affinities_as_float
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.region_graph import region_graph
-from connectome.affinity.watershed import face_links, pointers
+from connectome.affinity.watershed import face_links, pointers, within_sections
 from connectome.core.geometry import Box
 from connectome.io import Volume
 
@@ -26,7 +26,8 @@ EDGES_FORMAT = 2  # 2: sparse histograms
 
 
 def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, aff_low: float,
-                aff_high: float, classifier: EdgeClassifier | None = None) -> dict[str, np.ndarray]:
+                aff_high: float, classifier: EdgeClassifier | None = None,
+                in_plane: bool = False) -> dict[str, np.ndarray]:
     """The region-graph table of the block writing `write`; `read` adds one voxel below each inner face.
     With `classifier` (learned scoring), `sums` are its p(merge) x contact count on edges with a small
     side and the affinity sums elsewhere (`edge_context`)."""
@@ -36,6 +37,8 @@ def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, af
     affs = affinities_as_float(affinities.read(write), np.float64)
     u, v, sums, counts, hist = region_graph(frag, affs, has_lower)
     edges = block_edges(affinities, read)
+    if in_plane:
+        within_sections(edges)
     ptr = pointers(edges, aff_low)
     link_u, link_v = face_links(ptr, edges, frag, has_lower, aff_high)
     start = tuple(int(h) for h in has_lower)
@@ -45,7 +48,8 @@ def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, af
     if classifier is not None:
         extra = {"affinity_sums": sums}
         sums = context_sums(affinities, frag, read, u, v, sums, counts, classifier,
-                            extent_limit(affinities.meta.voxel_size, classifier.extent), aff_low, aff_high)
+                            extent_limit(affinities.meta.voxel_size, classifier.extent), aff_low, aff_high,
+                            in_plane)
     hist_edge = np.repeat(np.arange(len(u), dtype=np.uint32), np.diff(hist.indptr))
     return dict(nodes=nodes, u=u, v=v, sums=sums, counts=counts, hist_edge=hist_edge,
                 hist_bin=hist.indices.astype(np.uint8), hist_count=hist.data, link_u=link_u, link_v=link_v, **extra)

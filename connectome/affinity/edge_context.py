@@ -28,7 +28,7 @@ from connectome.affinity.edge_features import edge_features, small_fragments
 from connectome.affinity.encoding import affinities_as_float
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.region_graph import region_graph
-from connectome.affinity.watershed import basins, pointers
+from connectome.affinity.watershed import basins, pointers, within_sections
 from connectome.core.geometry import Box
 from connectome.io import Volume
 
@@ -48,13 +48,15 @@ def one_block_sums(fragments: np.ndarray, tables: dict, features: np.ndarray, cl
 
 def context_sums(affinities: Volume, fragments: np.ndarray, read: Box, u: np.ndarray, v: np.ndarray,
                  sums: np.ndarray, counts: np.ndarray, classifier: EdgeClassifier, limit: Sequence[int],
-                 aff_low: float, aff_high: float) -> np.ndarray:
+                 aff_low: float, aff_high: float, in_plane: bool = False) -> np.ndarray:
     """`scored_sums` of a block's edges (u, v) with `sums` and `counts`; `fragments` is its read array
     (box `read`), scored with the basins of `read` grown by `limit` + 1."""
     if len(u) == 0:
         return np.zeros(0)
     region = read.grow([lim + 1 for lim in limit]).intersect(affinities.box)
     edges = block_edges(affinities, region)
+    if in_plane:
+        within_sections(edges)
     basin = basins(pointers(edges, aff_low), edges, aff_high)
     known = small_fragments(basin, limit)
     ids, _, small = known

@@ -35,9 +35,9 @@ class EdgeSet:
 
 
 def edge_set(affs_u8: np.ndarray, limit: Sequence[int] = (EXTENT,) * 3, aff_low: float = AFF_LOW,
-             aff_high: float = AFF_HIGH) -> EdgeSet:
+             aff_high: float = AFF_HIGH, in_plane: bool = False) -> EdgeSet:
     """Fragments, region graph and features of uint8 affinities (3, z, y, x) in one block."""
-    fragments, tables, hist = one_block_graph(affs_u8, aff_low, aff_high)
+    fragments, tables, hist = one_block_graph(affs_u8, aff_low, aff_high, in_plane)
     z, y, x = (int(v) for v in limit)
     return EdgeSet(fragments, tables, edge_features(fragments, tables["u"], tables["v"], tables["sums"],
                                                     tables["counts"], hist, (z, y, x)), hist, (z, y, x))
@@ -167,7 +167,7 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         if path:
             os.makedirs(cache, exist_ok=True)  # type: ignore[arg-type]
             np.save(path, affs)
-    edges = edge_set(affs, extent_limit(model.info.voxel_size))
+    edges = edge_set(affs, extent_limit(model.info.voxel_size), in_plane=model.info.in_plane)
     return edges, edge_labels(edges, pair.labels), pair.labels
 
 

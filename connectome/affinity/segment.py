@@ -70,7 +70,7 @@ def segmentation_config(
         StageConfig(stage="affinities", params={"model": model, **(
             {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}),
         *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
-        StageConfig(stage="fragments", inputs=masked),
+        StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
         StageConfig(stage="relabel", params={"threshold": threshold,

@@ -23,7 +23,7 @@ from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.masking import MASK_DTYPES, mask_affinities, mask_read_box
 from connectome.affinity.relabel import MergeStep, relabel_block
-from connectome.affinity.watershed import basins, pointers
+from connectome.affinity.watershed import basins, pointers, within_sections
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.core.ids import globalise
@@ -104,6 +104,8 @@ class MaskAffinitiesStage(BlockStage[MaskAffinitiesParams]):
 class WatershedParams(StageParams):
     aff_low: float = Field(0.5 / 255, ge=0, lt=1, description="voxels whose best affinity is below this stay 0")
     aff_high: float = Field(0.99, gt=0, le=1, description="edges at or above this always join their voxels")
+    in_plane: bool = Field(False, description="basins stay within one section (serial-section data; the merge "
+                           "joins them across sections)")
 
 
 @register
@@ -115,14 +117,28 @@ class FragmentsStage(BlockStage[WatershedParams]):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         edges = block_edges(volumes["affinities"], block.write_box)
+        if self.params.in_plane:
+            within_sections(edges)
         local = basins(pointers(edges, self.params.aff_low), edges, self.params.aff_high)
         volumes["fragments"].write(block.write_box, globalise(local, block.index))
         return {"fragments": int(local.max(initial=0))}
+
+    def fingerprint(self) -> dict:
+        """Without in_plane, the one from before the option existed, so earlier runs resume."""
+        return without_false(super().fingerprint(), "in_plane")
+
+
+def without_false(fp: dict, key: str) -> dict:
+    """`fp` with params[key] left out when it is False or None (an option added later, at its default)."""
+    if not fp["params"].get(key):
+        fp["params"] = {k: v for k, v in fp["params"].items() if k != key}
+    return fp
 
 
 class AgglomerateParams(StageParams):
     aff_low: float | None = Field(None, ge=0, lt=1, description="the fragments stage's (default: taken from it)")
     aff_high: float | None = Field(None, gt=0, le=1, description="the fragments stage's (default: taken from it)")
+    in_plane: bool | None = Field(None, description="the fragments stage's (default: taken from it)")
     scoring: Literal["mean", "learned"] = Field("mean", description="edge statistic the merge averages: the "
                                                 "affinity, or an edge classifier's p(merge) (learned)")
     edge_model: str | None = Field(None, description="learned: the classifier (a shipped name or a .json path; "
@@ -144,7 +160,7 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
         producer = upstream.get("fragments")
         source = producer.params if isinstance(producer, FragmentsStage) else WatershedParams()
         values = {}
-        for key in ("aff_low", "aff_high"):
+        for key in ("aff_low", "aff_high", "in_plane"):
             given, wanted = getattr(self.params, key), getattr(source, key)
             if given is not None and given != wanted:
                 raise UserError(f"stage 'agglomerate': {key} {given} differs from the fragments stage's {wanted}; "
@@ -175,7 +191,7 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
     def fingerprint(self) -> dict:
         """With learned scoring, the classifier file's content too: retraining it in place re-runs the stage.
         Mean scoring's is the one from before learned scoring existed, so earlier runs resume."""
-        fp = super().fingerprint()
+        fp = without_false(super().fingerprint(), "in_plane")
         if self.params.scoring == "mean":
             fp["params"] = {k: v for k, v in fp["params"].items() if k not in ("scoring", "edge_model")}
         elif self.params.edge_model is not None:
@@ -197,10 +213,10 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         p = self.params
-        if p.aff_low is None or p.aff_high is None:
-            raise RuntimeError("stage 'agglomerate': aff_low and aff_high unset (the plan's check_upstream sets them)")
+        if p.aff_low is None or p.aff_high is None or p.in_plane is None:
+            raise RuntimeError("stage 'agglomerate': aff_low, aff_high, in_plane unset (check_upstream sets them)")
         table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
-                            p.aff_low, p.aff_high, self.classifier)
+                            p.aff_low, p.aff_high, self.classifier, p.in_plane)
         table["grid"] = np.array(grid_shape(block, volumes["fragments"].shape), np.int64)  # for the merge tree
         save_table(self.table_dirs["edges"], block.index, **table)
         return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}

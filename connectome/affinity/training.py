@@ -87,9 +87,10 @@ def default_margin(arch: str) -> Vec3:
     return (0, 8, 8) if arch == "aniso" else (4, 4, 4)
 
 
-def score_pair(model: LoadedModel, pair: Pair, thresholds, labels_2d: bool) -> list[dict]:
-    """Predict a whole volume and score `connectome segment`'s chain on it at each threshold; 2-d labels
-    are scored section by section (z affinities 0: no merge across sections)."""
+def score_pair(model: LoadedModel, pair: Pair, thresholds, labels_2d: bool, in_plane: bool = False) -> list[dict]:
+    """Predict a whole volume and score `connectome segment`'s chain on it at each threshold (`in_plane`:
+    fragments within sections); 2-d labels are scored section by section (z affinities 0: no merge
+    across sections)."""
     from connectome.models.inference import predict_volume
 
     affs = predict_volume(model, pair.raw)
@@ -97,7 +98,7 @@ def score_pair(model: LoadedModel, pair: Pair, thresholds, labels_2d: bool) -> l
     if labels_2d:
         affs[0] = 0.0  # no merges across sections: each section is segmented on its own
         gt = relabel_per_section(gt)
-    return voi_over_thresholds(affs, gt, thresholds)
+    return voi_over_thresholds(affs, gt, thresholds, in_plane)
 
 
 def _info(settings: TrainSettings, net: UNet, voxel_size, mean: float, std: float) -> ModelInfo:
@@ -242,6 +243,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             "normalisation": {"mean": mean, "std": std, "formula": "(raw / 255 - mean) / std"},
             "z_affinity": info.z_affinity,
             "agglomeration": {"chain": CHAIN, "scoring": SCORING, "aff_low": AFF_LOW, "aff_high": AFF_HIGH,
+                              "in_plane": settings.arch == "aniso",
                               "threshold": best["threshold"] if best else None},
             **extra,
         }
@@ -250,7 +252,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         nonlocal best, t_val
         t0 = time.perf_counter()
         net.eval()
-        scores = score_pair(LoadedModel(net, info, device), val, settings.thresholds, settings.labels_2d)
+        scores = score_pair(LoadedModel(net, info, device), val, settings.thresholds, settings.labels_2d,
+                            settings.arch == "aniso")
         net.train()
         top = min(scores, key=lambda s: s["voi"])
         entry = {"iteration": iteration, **top, "all": scores,
@@ -306,7 +309,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     for r, l in zip(settings.eval_raw, settings.eval_labels):
         pair = load_pair(r, l)
         net.eval()
-        scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d)
+        scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d,
+                            settings.arch == "aniso")
         chosen = next((s for s in scores if best and s["threshold"] == best["threshold"]), None)
         top = min(scores, key=lambda s: s["voi"])
         evaluations.append({"raw": r, "labels": l, "at_validation_threshold": chosen, "best_threshold": top})

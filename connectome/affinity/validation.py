@@ -19,7 +19,7 @@ from connectome.affinity.agglomeration import lookup_table
 from connectome.affinity.encoding import affinities_as_float, affinities_as_uint8
 from connectome.affinity.region_graph import region_graph
 from connectome.affinity.stages import RelabelParams, WatershedParams
-from connectome.affinity.watershed import basins, edge_values, pointers
+from connectome.affinity.watershed import basins, edge_values, pointers, within_sections
 from connectome.core.geometry import Box
 from connectome.core.ids import globalise
 from connectome.io.lookup import relabel
@@ -31,12 +31,15 @@ SCORING: str = RelabelParams().scoring  # the relabel stage's default ("mean")
 CHAIN = "connectome: uint8 affinities, steepest-ascent watershed, region graph, global merge, relabel"
 
 
-def one_block_graph(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH):
+def one_block_graph(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH,
+                    in_plane: bool = False):
     """Fragments (uint64, ids of block 0), the region-graph table of one block covering the volume, and
     the edges' affinity histograms (scipy CSR)."""
     z, y, x = (int(s) for s in affs_u8.shape[1:])
     box = Box((0, 0, 0), (z, y, x))
     edges = edge_values(affinities_as_float(affs_u8, np.float32), box, box)
+    if in_plane:
+        within_sections(edges)
     fragments = globalise(basins(pointers(edges, aff_low), edges, aff_high), 0)
     u, v, sums, counts, hist = region_graph(fragments, affinities_as_float(affs_u8, np.float64),
                                             (False, False, False))
@@ -47,18 +50,19 @@ def one_block_graph(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: flo
     return fragments, tables, hist
 
 
-def fragments_and_tables(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH):
+def fragments_and_tables(affs_u8: np.ndarray, aff_low: float = AFF_LOW, aff_high: float = AFF_HIGH,
+                         in_plane: bool = False):
     """Fragments (uint64, ids of block 0) and the region-graph table of one block covering the volume."""
-    fragments, tables, _hist = one_block_graph(affs_u8, aff_low, aff_high)
+    fragments, tables, _hist = one_block_graph(affs_u8, aff_low, aff_high, in_plane)
     return fragments, tables
 
 
 def segment_affinities(affs: np.ndarray, thresholds: Sequence[float], aff_low: float = AFF_LOW,
-                       aff_high: float = AFF_HIGH, scoring: str = SCORING):
+                       aff_high: float = AFF_HIGH, scoring: str = SCORING, in_plane: bool = False):
     """Yield (threshold, segmentation) for float affinities (3, z, y, x) in [0, 1], as `connectome
     segment` would segment them in one block (uint8 storage included)."""
     affs_u8 = affs if affs.dtype == np.uint8 else affinities_as_uint8(np.asarray(affs))
-    fragments, tables = fragments_and_tables(affs_u8, aff_low, aff_high)
+    fragments, tables = fragments_and_tables(affs_u8, aff_low, aff_high, in_plane)
     for t in thresholds:
         if len(tables["nodes"]) == 0:
             yield float(t), np.zeros(fragments.shape, np.uint64)
@@ -67,12 +71,12 @@ def segment_affinities(affs: np.ndarray, thresholds: Sequence[float], aff_low: f
         yield float(t), relabel(fragments, keys, values)
 
 
-def voi_over_thresholds(affs: np.ndarray, gt: np.ndarray, thresholds) -> list[dict]:
+def voi_over_thresholds(affs: np.ndarray, gt: np.ndarray, thresholds, in_plane: bool = False) -> list[dict]:
     """Our chain at each threshold, scored against `gt` (VOI in bits, gt == 0 excluded)."""
     from connectome.metrics import voi
 
     out = []
-    for t, seg in segment_affinities(affs, thresholds):
+    for t, seg in segment_affinities(affs, thresholds, in_plane=in_plane):
         split, merge = voi(seg, gt)
         split, merge = split + 0.0, merge + 0.0  # no -0.0 in reports
         out.append({"threshold": t, "voi_split": split, "voi_merge": merge, "voi": split + merge})

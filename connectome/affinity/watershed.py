@@ -51,6 +51,14 @@ def edge_values(affs: np.ndarray, region: Box, volume: Box) -> np.ndarray:
     return edges
 
 
+def within_sections(edges: np.ndarray) -> np.ndarray:
+    """`edges` with the z edges set to -1 (in place), so no pointer or join crosses sections: basins of
+    serial-section data stay in one section (lsd's `fragments_in_xy`); the merge joins them in z."""
+    edges[0] = -1.0
+    edges[3] = -1.0
+    return edges
+
+
 def pointers(edges: np.ndarray, aff_low: float) -> np.ndarray:
     """Direction index (0..5) of each voxel's steepest edge, or NO_POINTER below `aff_low`."""
     best = np.argmax(edges, axis=0).astype(np.int8)

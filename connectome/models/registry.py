@@ -32,6 +32,7 @@ class ModelInfo:
     z_affinity: str = "learned"  # "learned", or "from_xy" for models trained on 2-d labels only
     threshold: float | None = None  # agglomeration threshold that scored best on validation
     scoring: str = "mean"  # the agglomeration score `segment` uses by default ("learned": <name>-edges.json)
+    in_plane: bool = False  # fragments within sections (the fragments stage's in_plane), as validated
     flops_per_voxel: float = 0.0
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = ""
@@ -114,6 +115,7 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         z_affinity=z_aff,
         threshold=agg.get("threshold"),
         scoring=str(agg["scoring"]) if agg.get("scoring") in ("mean", "quantile", "learned") else "mean",
+        in_plane=bool(agg.get("in_plane", False)),
         flops_per_voxel=config.flops_per_voxel,
         provenance=meta.get("provenance", {}),
         path=str(path),
