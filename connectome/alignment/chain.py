@@ -49,6 +49,7 @@ def run_alignment(plan: Plan, client, overwrite: bool = False, progress: bool = 
         "flagged_sections": solve["flagged_sections"],
         "flagged_regions": solve["flagged_regions"],
         "match_residual_median_px": solve["match_residual_median_px"],
+        "patches_searched_again": solve.get("patches_searched_again", 0),
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
     }

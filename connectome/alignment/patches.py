@@ -172,6 +172,17 @@ class SectionPair:
             d = self._refine(node, settings.patch, d)
         return d, corr
 
+    def rematch(self, node: np.ndarray, settings: PatchSettings, predicted: np.ndarray,
+                radius: int) -> tuple[np.ndarray, float]:
+        """Displacement and NCC at `node` searched at full resolution only within `radius` pixels of
+        a predicted displacement (SEARCH_FAILED where the best match lies on that window's edge)."""
+        d, corr = self._level(node, settings, 1, radius, np.asarray(predicted, float))
+        if corr == SEARCH_FAILED:
+            return np.asarray(predicted, float), corr
+        if corr > 0:
+            d = self._refine(node, settings.patch, d)
+        return d, corr
+
     def _level(self, node: np.ndarray, settings: PatchSettings, f: int, radius: int,
                d: np.ndarray) -> tuple[np.ndarray, float]:
         """The best match at factor f within `radius` (pixels at that factor) around displacement d."""

@@ -14,6 +14,7 @@ import numpy as np
 from connectome.alignment.defects import OK, REASONS, region_flags, section_flags
 from connectome.alignment.fit import apply, fit_transform, local_outliers, robust_fit
 from connectome.alignment.mesh import Springs
+from connectome.alignment.overlap import SectionImages, compose, refine_best, search_near
 from connectome.alignment.patches import SEARCH_FAILED
 from connectome.alignment.solve import Measured, solve_fields
 from connectome.engine.global_step import GlobalStep
@@ -37,6 +38,9 @@ class SolveSettings:
     min_std: float = 1.0
     max_zero_fraction: float = 0.5
     min_good_fraction: float = 0.25
+    refine: bool = False
+    max_disagreement: float = 4.0
+    ambiguity: float = 0.1
 
 
 @dataclass
@@ -91,32 +95,84 @@ def _measurable(nodes, shape, patch: int, predicted: np.ndarray) -> np.ndarray:
     return (qy - half >= -1) & (qy + half <= shape[1] + 1) & (qx - half >= -1) & (qx + half <= shape[2] + 1)
 
 
-def screen(m: Matches, s: SolveSettings):
-    """Pair fits, good patches, measurable patches and filled displacements for every pair."""
+def screen(m: Matches, s: SolveSettings, images: SectionImages | None = None):
+    """Pair fits, good patches, measurable patches and filled displacements for every pair. With the
+    sections' `images`, each pair's fit is refined on intensities over the pair's whole overlap and
+    the patches that disagree with it are searched again near it (`overlap.refine_best`,
+    `overlap.search_near`); a pair that skips sections and contradicts the chain through them, which
+    agrees better, is dropped (`_chain_better`)."""
     gy, gx = np.meshgrid(*m.nodes, indexing="ij")
     points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
     fits, good, measurable, filled = {}, {}, {}, {}
+    rechecked = 0
     for k, d in m.d.items():
-        count = len(d)
-        fits[k] = np.full((count, 2, 3), np.nan)
+        fits[k] = np.full((len(d), 2, 3), np.nan)
         good[k] = np.zeros(d.shape[:3], bool)
         measurable[k] = np.ones(d.shape[:3], bool)
         filled[k] = d.copy()
-        for z in range(count):
+    agreement = {k: np.full(len(d), np.nan) for k, d in m.d.items()}
+    ks = sorted(m.d)
+    for end in range(m.shape[0]):  # by the pair's last section: a few sections' images are read at a time
+        for k in ks:
+            z = end - k
+            d = m.d[k]
+            if z < 0 or z >= len(d):
+                continue
             flat = d[z].reshape(-1, 2)
-            valid = m.corr[k][z].ravel() >= s.min_corr
-            fit, inliers = robust_fit(s.model, points, flat, valid, s.max_residual)
+            corr = m.corr[k][z].ravel()
+            fit, inliers = robust_fit(s.model, points, flat, corr >= s.min_corr, s.max_residual)
+            if images is not None:
+                chain = _chain(fits, z, k)
+                starts = ([] if fit is None else [fit]) + ([] if chain is None else [chain])
+                best = refine_best(images, z, k, starts) if starts else None
+                if best is not None and chain is not None and _chain_better(agreement, z, k, best, chain, points,
+                                                                            s.max_disagreement):
+                    continue  # a pair that skips sections and contradicts the better chain through them
+                if best is not None:
+                    fit = best[0]
+                    agreement[k][z] = best[1]
+                    flat, corr, count = search_near(images, z, k, fit, points, flat, corr, m.patch, s.max_disagreement,
+                                                    s.min_corr, s.ambiguity)
+                    rechecked += count
+                    residual = np.linalg.norm(apply(fit, points) - (points + flat), axis=1)
+                    inliers = (corr >= s.min_corr) & (residual <= s.max_residual)
             if fit is None:
                 continue
+            grid = flat.reshape(d.shape[1:])
             inliers = inliers.reshape(d.shape[1:3])
-            inliers &= ~local_outliers(d[z], inliers, s.max_deviation)
+            inliers &= ~local_outliers(grid, inliers, s.max_deviation)
             predicted = (apply(fit, points) - points).reshape(d.shape[1:])
             fits[k][z] = fit
             good[k][z] = inliers
             # a search that failed (no peak inside its window) is no evidence of a defect
-            measurable[k][z] = _measurable(m.nodes, m.shape, m.patch, predicted) & (m.corr[k][z] != SEARCH_FAILED)
-            filled[k][z][~inliers] = predicted[~inliers]
-    return fits, good, measurable, filled
+            measurable[k][z] = (_measurable(m.nodes, m.shape, m.patch, predicted)
+                                & (corr.reshape(d.shape[1:3]) != SEARCH_FAILED))
+            filled[k][z] = np.where(inliers[..., None], grid, predicted)
+    return fits, good, measurable, filled, rechecked
+
+
+def _chain(fits: dict[int, np.ndarray], z: int, k: int) -> np.ndarray | None:
+    """The transform from z to z + k through the sections between (pairs one apart), if all are fitted."""
+    if k < 2 or 1 not in fits:
+        return None
+    out = np.hstack([np.eye(2), np.zeros((2, 1))])
+    for i in range(z, z + k):
+        if not np.isfinite(fits[1][i]).all():
+            return None
+        out = compose(out, fits[1][i])
+    return out
+
+
+def _chain_better(agreement: dict[int, np.ndarray], z: int, k: int, refined: tuple[np.ndarray, float],
+                  chain: np.ndarray, points: np.ndarray, max_disagreement: float) -> bool:
+    """Whether pair (z, z + k)'s refined transform contradicts the chain through the sections between
+    (by more than `max_disagreement` px at the median node) while every pair of that chain agrees
+    better on intensities: then the pair is a false match (real sections change more over a longer
+    distance, and a repetitive texture can fit a wrong stretch), not a defective section between."""
+    links = agreement[1][z:z + k]
+    if len(links) < k or not np.all(links > refined[1]):
+        return False
+    return float(np.median(np.linalg.norm(apply(refined[0], points) - apply(chain, points), axis=1))) > max_disagreement
 
 
 def _skip_factor(good: dict[int, np.ndarray], k: int, skip_weight: float) -> np.ndarray | float:
@@ -134,16 +190,22 @@ class SolveStep(GlobalStep):
 
     name = "align_solve"
 
-    def __init__(self, tables_dir: str, path: str, settings: SolveSettings):
-        self.tables_dir, self.path, self.settings = tables_dir, path, settings
+    def __init__(self, tables_dir: str, path: str, settings: SolveSettings, raw: str | None = None):
+        self.tables_dir, self.path, self.settings, self.raw = tables_dir, path, settings, raw
 
     def fingerprint(self) -> dict:
-        return {"step": self.name, "params": asdict(self.settings), "tables": self.tables_dir, "path": self.path}
+        """Without `refine`, the one from before the option existed, so earlier runs resume."""
+        params = asdict(self.settings)
+        if not self.settings.refine:
+            return {"step": self.name, "tables": self.tables_dir, "path": self.path,
+                    "params": {k: v for k, v in params.items() if k not in ("refine", "max_disagreement", "ambiguity")}}
+        return {"step": self.name, "params": params, "tables": self.tables_dir, "path": self.path, "raw": self.raw}
 
     def run(self) -> dict:
         s = self.settings
         m = load_matches(self.tables_dir)
-        fits, good, measurable, filled = screen(m, s)
+        images = SectionImages(self.raw) if s.refine and self.raw is not None else None
+        fits, good, measurable, filled, rechecked = screen(m, s, images)
         count, total, total_sq, zeros = m.stats.T
         flags = section_flags(count, total, total_sq, zeros, good, measurable, s.min_std, s.max_zero_fraction,
                               s.min_good_fraction)
@@ -170,6 +232,7 @@ class SolveStep(GlobalStep):
             "flagged_sections": flagged,
             "flagged_regions": int(regions.sum()),
             "good_patch_fraction": float(np.mean([g.mean() for g in good.values()])),
+            "patches_searched_again": rechecked,
             "solve_seconds": round(time.perf_counter() - estimated, 3),
         })
         with open(os.path.join(os.path.dirname(self.path), "solve.json"), "w") as f:

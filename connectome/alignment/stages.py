@@ -5,9 +5,12 @@
   saved as a per-block table. A block handles the nodes inside its write box and reads two
   sections above it and a patch's reach around it, so its table is the same in any block layout.
 - `section_normalize`: per-section percentile stretch and CLAHE (`contrast`), seam-free.
-- `align`: its global step (`solve.SolveStep`) flags defects, rejects outlier patches, and solves
-  one displacement field per section over the whole stack (stored in OUT/alignment/transforms.npz);
-  then each block renders its write box of the aligned volume and of the defect mask.
+- `align`: its global step (`solve_step.SolveStep`) flags defects, rejects outlier patches (opt-in,
+  `refine`: after refining each pair's affine on intensities over the pair's whole overlap, read
+  there section by section, and searching the patches that disagree with it again near it:
+  `overlap`), and solves one displacement field per section over the whole stack (stored in
+  OUT/alignment/transforms.npz); then each block renders its write box of the aligned volume and of
+  the defect mask.
 """
 
 from __future__ import annotations
@@ -127,6 +130,13 @@ class AlignParams(StageParams):
     max_zero_fraction: float = Field(0.5, gt=0, le=1, description="sections with more zero pixels are missing")
     min_good_fraction: float = Field(
         0.25, ge=0, le=1, description="sections matching no neighbour on this fraction of patches are flagged")
+    refine: bool = Field(False, description="refine each pair's fit on intensities over the pair's whole overlap "
+                         "(whole sections read at the global step) and search the patches that disagree with it "
+                         "again near it (opt-in: see benchmarks/results/alignment.md for what it does on real stacks)")
+    max_disagreement: float = Field(4.0, gt=0, description="patches farther than this from the refined pair "
+                                    "transform are searched again within a few pixels of it (px)")
+    ambiguity: float = Field(0.1, ge=0, le=2, description="a patch's match found again near the refined pair "
+                             "transform replaces its own unless its own correlates better by this much")
 
     def settings(self) -> SolveSettings:
         return SolveSettings(**self.model_dump())
@@ -149,7 +159,8 @@ class AlignStage(BlockStage[AlignParams]):
         return {"aligned": OutputSpec(dtype=inputs["raw"].dtype.name), "defects": OutputSpec(dtype="uint8")}
 
     def global_step(self) -> SolveStep:
-        return SolveStep(self.table_dirs["matches"], self.transforms_path, self.params.settings())
+        return SolveStep(self.table_dirs["matches"], self.transforms_path, self.params.settings(),
+                         self.input_addresses["raw"])
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         """Render the write box; each section reads the raw region its write box maps from (its
