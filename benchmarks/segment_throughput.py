@@ -4,6 +4,7 @@ Segments a synthetic volume (default 64 x 256 x 256 at 8 nm, in 8 blocks of 32 x
 shipped model's stage chain, several times, and reports the median per stage and end to end.
 Writes benchmarks/results/segment_throughput_MODEL_BLOCK.md.
 Usage: .venv/bin/python benchmarks/segment_throughput.py [--runs 3] [--model synthetic] [--shape Z Y X] [--block Z Y X]
+       [--scoring mean|learned] (default: the model's; the results file then names the scoring)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--shape", nargs=3, type=int, default=(64, 256, 256))
     parser.add_argument("--block", nargs=3, type=int, default=(32, 128, 128),
                         help="block shape (`connectome segment` uses 64 256 256 unless told)")
+    parser.add_argument("--scoring", choices=["mean", "learned"], default=None,
+                        help="agglomeration score (default: the model's)")
     args = parser.parse_args()
     block = tuple(args.block)
     tmp = tempfile.mkdtemp(prefix="segbench-")
@@ -44,7 +47,7 @@ def main() -> None:
     with open_client(cluster, quiet=True) as client:
         for i in range(args.runs):
             out = os.path.join(tmp, f"run{i}")
-            config = segmentation_config(raw, out, args.model, block, cluster=cluster)
+            config = segmentation_config(raw, out, args.model, block, cluster=cluster, scoring=args.scoring)
             start = time.perf_counter()
             summary = run_segmentation(plan_segmentation(config), client, progress=False)
             totals.append(time.perf_counter() - start)
@@ -55,11 +58,13 @@ def main() -> None:
     voxels = args.shape[0] * args.shape[1] * args.shape[2]
     blocks = math.prod(-(-s // b) for s, b in zip(args.shape, block))
     lines = [
-        f"# Segmentation throughput, 2 CPU workers (model `{args.model}`)",
+        f"# Segmentation throughput, 2 CPU workers (model `{args.model}`"
+        + (f", {args.scoring} scoring)" if args.scoring else ")"),
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores; "
         f"command: `.venv/bin/python benchmarks/segment_throughput.py --runs {args.runs} --model {args.model} "
-        f"--shape {' '.join(map(str, args.shape))} --block {' '.join(map(str, block))}`",
+        f"--shape {' '.join(map(str, args.shape))} --block {' '.join(map(str, block))}"
+        + (f" --scoring {args.scoring}`" if args.scoring else "`"),
         f"- volume: synthetic {list(args.shape)} = {voxels / 1e6:.1f} Mvx, {blocks} blocks of "
         f"{' x '.join(map(str, block))}, "
         "LocalCluster of 2 worker processes x 1 thread; medians over runs",
@@ -76,7 +81,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     size = "x".join(map(str, block))
-    out = Path(__file__).with_name("results") / f"segment_throughput_{args.model}_{size}.md"
+    suffix = f"_{args.scoring}" if args.scoring else ""
+    out = Path(__file__).with_name("results") / f"segment_throughput_{args.model}_{size}{suffix}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
 

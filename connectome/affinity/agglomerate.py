@@ -47,7 +47,7 @@ def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, af
     extra = {}
     if classifier is not None:
         extra = {"affinity_sums": sums}
-        sums = context_sums(affinities, frag, read, u, v, sums, counts, classifier,
+        sums = context_sums(affinities, frag, affs, has_lower, read, u, v, classifier,
                             extent_limit(affinities.meta.voxel_size, classifier.extent), aff_low, aff_high,
                             in_plane)
     hist_edge = np.repeat(np.arange(len(u), dtype=np.uint32), np.diff(hist.indptr))

@@ -46,11 +46,12 @@ def one_block_sums(fragments: np.ndarray, tables: dict, features: np.ndarray, cl
     return scored_sums(classifier.merge_probability(features), scored, tables["sums"], tables["counts"])
 
 
-def context_sums(affinities: Volume, fragments: np.ndarray, read: Box, u: np.ndarray, v: np.ndarray,
-                 sums: np.ndarray, counts: np.ndarray, classifier: EdgeClassifier, limit: Sequence[int],
+def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool, bool, bool],
+                 read: Box, u: np.ndarray, v: np.ndarray, classifier: EdgeClassifier, limit: Sequence[int],
                  aff_low: float, aff_high: float, in_plane: bool = False) -> np.ndarray:
-    """`scored_sums` of a block's edges (u, v) with `sums` and `counts`; `fragments` is its read array
-    (box `read`), scored with the basins of `read` grown by `limit` + 1."""
+    """`scored_sums` of a block's edges (u, v) (sorted, as `region_graph` gives them for `fragments`, the
+    block's read array of box `read`, and `affs`, its write box's affinities): every voxel pair of an
+    edge scored by the pair of basins of `read` grown by `limit` + 1 that holds its two voxels."""
     if len(u) == 0:
         return np.zeros(0)
     region = read.grow([lim + 1 for lim in limit]).intersect(affinities.box)
@@ -60,26 +61,43 @@ def context_sums(affinities: Volume, fragments: np.ndarray, read: Box, u: np.nda
     basin = basins(pointers(edges, aff_low), edges, aff_high)
     known = small_fragments(basin, limit)
     ids, _, small = known
-    # each fragment of the block lies in one basin of the region
-    frag_ids, first = np.unique(fragments, return_index=True)
-    basin_of = basin[read.relative_to(region)].ravel()[first]
-    iu = basin_of[np.searchsorted(frag_ids, np.asarray(u, fragments.dtype))]
-    iv = basin_of[np.searchsorted(frag_ids, np.asarray(v, fragments.dtype))]
-    lo, hi = np.minimum(iu, iv), np.maximum(iu, iv)
-    scored = (small[np.searchsorted(ids, lo)] | small[np.searchsorted(ids, hi)]) & (lo != hi)
-    p = np.zeros(len(u))
+    # split each fragment of the block by the region basins its voxels lie in (a fragment of a
+    # neighbouring block, in the layer below a face, can lie in several), then take the region graph
+    frag_ids, frag_dense = np.unique(fragments, return_inverse=True)
+    inside = basin[read.relative_to(region)].ravel()
+    n_basin = np.uint64(int(basin.max()) + 1)
+    key = frag_dense.ravel().astype(np.uint64) * n_basin + inside
+    keys, refined = np.unique(key, return_inverse=True)
+    refined = np.where(fragments.ravel() == 0, 0, refined.ravel() + 1).reshape(fragments.shape).astype(np.uint64)
+    ru, rv, r_sums, r_counts, _ = region_graph(refined, affs, has_lower)
+    piece_frag = frag_ids[(keys // n_basin).astype(np.int64)]
+    piece_basin = keys % n_basin
+    fu, fv = piece_frag[ru.astype(np.int64) - 1], piece_frag[rv.astype(np.int64) - 1]
+    bu, bv = piece_basin[ru.astype(np.int64) - 1], piece_basin[rv.astype(np.int64) - 1]
+    lo, hi = np.minimum(bu, bv), np.maximum(bu, bv)
+    scored = (small[np.searchsorted(ids, lo)] | small[np.searchsorted(ids, hi)]) & (lo != hi) & (fu != fv)
+    p = np.zeros(len(ru))
     if np.any(scored):
-        affs = affinities_as_float(affinities.read(region), np.float64)
-        bu, bv, b_sums, b_counts, hist = region_graph(basin, affs, (False, False, False))
-        n = np.uint64(int(basin.max()) + 1)
-        keys = bu.astype(np.uint64) * n + bv.astype(np.uint64)  # sorted, as the region graph's (u, v)
-        want = lo[scored].astype(np.uint64) * n + hi[scored].astype(np.uint64)
-        rows = np.flatnonzero(np.isin(keys, want))  # features only of the basin pairs this block needs
-        at = np.minimum(np.searchsorted(keys[rows], want), max(len(rows) - 1, 0))
-        if len(rows) == 0 or not np.array_equal(keys[rows][at], want):
-            raise RuntimeError(f"edge_context: block edges without their basin pair in the region {region}")
-        features = edge_features(basin, bu[rows], bv[rows], b_sums[rows], b_counts[rows], hist[rows, :], limit,
+        affs_region = affinities_as_float(affinities.read(region), np.float64)
+        gu, gv, g_sums, g_counts, hist = region_graph(basin, affs_region, (False, False, False))
+        gkeys = gu.astype(np.uint64) * n_basin + gv.astype(np.uint64)  # sorted, as the region graph's (u, v)
+        want = lo[scored] * n_basin + hi[scored]
+        rows = np.flatnonzero(np.isin(gkeys, want))  # features only of the basin pairs this block needs
+        at = np.minimum(np.searchsorted(gkeys[rows], want), max(len(rows) - 1, 0))
+        if len(rows) == 0 or not np.array_equal(gkeys[rows][at], want):
+            raise RuntimeError(f"edge_context: voxel pairs without their basin pair in the region {region}")
+        features = edge_features(basin, gu[rows], gv[rows], g_sums[rows], g_counts[rows], hist[rows, :], limit,
                                  known)
         p[scored] = classifier.merge_probability(features)[at]
-    # two pieces of one basin (lo == hi) keep their affinity sums: the watershed's face links join them anyway
-    return scored_sums(p, scored, sums, counts)
+    # each voxel pair's score, summed per edge of the block; pieces of one basin (lo == hi, joined by the
+    # watershed's face links anyway) and pairs of two large basins keep their affinity sums
+    piece_sums = scored_sums(p, scored, r_sums, r_counts)
+    keep = fu != fv
+    a, b = np.minimum(fu, fv)[keep], np.maximum(fu, fv)[keep]
+    order = np.lexsort((b, a))
+    a, b, piece_sums = a[order], b[order], piece_sums[keep][order]
+    first = np.concatenate([[True], (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+    totals = np.add.reduceat(piece_sums, np.flatnonzero(first)) if len(a) else np.zeros(0)
+    if not (np.array_equal(a[first], u) and np.array_equal(b[first], v)):
+        raise RuntimeError("edge_context: the block's edges differ from its voxel pairs' fragment pairs")
+    return totals

@@ -222,3 +222,62 @@ def test_learned_scoring_does_not_depend_on_the_block_layout(affinity_volume, tr
     # the merge saw classifier scores: not the mean-affinity result
     mean = _run(affinity_volume, f"mean-{extent}", "serial", {"scoring": "mean"}, client, block=(24, 64, 64))
     assert not same_partition(one, mean)
+
+
+def test_a_block_scores_each_voxel_pair_by_the_whole_basins_it_joins(tmp_path, synthetic, trained_small_extent):
+    """A block whose read array holds fragments larger than its grown region (here: the whole volume's
+    basins, cut by the region's faces and so split into several region basins) still gives every edge
+    with a small side the whole volume's p(merge)."""
+    from connectome.affinity.agglomerate import block_graph
+    from connectome.affinity.edge_context import one_block_sums
+    from connectome.affinity.edge_features import small_fragments
+    from connectome.io import create_volume
+
+    path, _ = trained_small_extent
+    clf = load_classifier(path)
+    labels = synthetic[1]
+    affs = affinities_as_uint8(noisy_affinities(labels, 0.3, 5))
+    whole = edge_set(affs, (2, 2, 2))
+    p_whole = one_block_sums(whole.fragments, whole.tables, whole.features, clf, (2, 2, 2)) / whole.tables["counts"]
+    a = create_volume(str(tmp_path / "affs"), labels.shape, np.uint8, (12, 16, 16), (8, 8, 8), channels=3)
+    a.write(a.box, affs)
+    f = create_volume(str(tmp_path / "frag"), labels.shape, np.uint64, (12, 16, 16), (8, 8, 8))
+    f.write(f.box, whole.fragments)
+    write = Box((6, 16, 16), (12, 32, 32))
+    read = Box((5, 15, 15), (13, 33, 33))
+    table = block_graph(f, a, read, write, 0.5 / 255, 0.99, clf)
+    ids, _, small = small_fragments(whole.fragments, (2, 2, 2))
+    small_side = small[np.searchsorted(ids, table["u"])] | small[np.searchsorted(ids, table["v"])]
+    assert small_side.sum() >= 10 and (~small_side).sum() >= 1
+    index = {(x, y): k for k, (x, y) in enumerate(zip(whole.tables["u"].tolist(), whole.tables["v"].tolist()))}
+    at = np.array([index[(x, y)] for x, y in zip(table["u"].tolist(), table["v"].tolist())])
+    np.testing.assert_allclose((table["sums"] / table["counts"])[small_side], p_whole[at][small_side], atol=1e-12)
+    # large-large edges keep the block's own affinity mean
+    np.testing.assert_allclose(table["sums"][~small_side], table["affinity_sums"][~small_side])
+
+
+def test_an_edge_to_a_basin_the_grown_region_cuts_in_two_is_scored(tmp_path, trained_small_extent):
+    """A fragment seen in the block's read array that the grown region cuts into two basins (a U whose
+    bend lies outside): the small fragment touching its far arm gets the whole volume's p(merge)."""
+    from connectome.affinity.agglomerate import block_graph
+    from connectome.affinity.edge_context import one_block_sums
+    from connectome.io import create_volume
+
+    path, _ = trained_small_extent
+    clf = load_classifier(path)
+    labels = np.zeros((4, 40, 40), np.uint64)
+    labels[:, :32, 10:14] = 1  # left arm of the U
+    labels[:, :32, 26:30] = 1  # right arm
+    labels[:, 30:36, 10:30] = 1  # the bend, far from the block
+    labels[1:3, 5:7, 24:26] = 2  # a small fragment touching the right arm
+    affs = affinities_as_uint8(noisy_affinities(labels, 0.0, 0))
+    whole = edge_set(affs, (2, 2, 2))
+    p_whole = one_block_sums(whole.fragments, whole.tables, whole.features, clf, (2, 2, 2)) / whole.tables["counts"]
+    assert len(whole.tables["u"]) == 1  # the U and the small fragment
+    a = create_volume(str(tmp_path / "affs"), labels.shape, np.uint8, (4, 20, 40), (8, 8, 8), channels=3)
+    a.write(a.box, affs)
+    f = create_volume(str(tmp_path / "frag"), labels.shape, np.uint64, (4, 20, 40), (8, 8, 8))
+    f.write(f.box, whole.fragments)
+    box = Box((0, 0, 0), (4, 16, 40))  # the region (grown by 3) ends at y 19, before the bend
+    table = block_graph(f, a, box, box, 0.5 / 255, 0.99, clf)
+    np.testing.assert_allclose(table["sums"] / table["counts"], p_whole, atol=1e-12)
