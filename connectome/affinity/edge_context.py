@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import fastremap
 import numpy as np
 
 from connectome.affinity.edge_classifier import EdgeClassifier, learned_sums
@@ -31,6 +32,13 @@ from connectome.affinity.region_graph import region_graph
 from connectome.affinity.watershed import basins, pointers, within_sections
 from connectome.core.geometry import Box
 from connectome.io import Volume
+
+
+def _inverse(mapping: dict, dtype) -> np.ndarray:
+    """The old id of each new label of a `fastremap.renumber` mapping {old: new} (new labels 0..n)."""
+    out = np.zeros(max(mapping.values(), default=0) + 1, dtype)
+    out[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(mapping.keys(), dtype, len(mapping))
+    return out
 
 
 def scored_sums(p: np.ndarray, scored: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -63,17 +71,17 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
     ids, _, small = known
     # split each fragment of the block by the region basins its voxels lie in (a fragment of a
     # neighbouring block, in the layer below a face, can lie in several), then take the region graph
-    frag_ids, frag_dense = np.unique(fragments, return_inverse=True)
-    inside = basin[read.relative_to(region)].ravel()
+    frag_dense, frag_map = fastremap.renumber(np.ascontiguousarray(fragments), start=1, preserve_zero=True)
+    frag_ids = _inverse(frag_map, fragments.dtype)
     n_basin = np.uint64(int(basin.max()) + 1)
-    key = frag_dense.ravel().astype(np.uint64) * n_basin + inside
-    keys, refined = np.unique(key, return_inverse=True)
-    refined = np.where(fragments.ravel() == 0, 0, refined.ravel() + 1).reshape(fragments.shape).astype(np.uint64)
-    ru, rv, r_sums, r_counts, _ = region_graph(refined, affs, has_lower)
+    key = frag_dense.astype(np.uint64) * n_basin + basin[read.relative_to(region)]  # 0 where no fragment
+    refined, key_map = fastremap.renumber(key, start=1, preserve_zero=True)
+    keys = _inverse(key_map, np.uint64)
+    ru, rv, r_sums, r_counts, _ = region_graph(refined.astype(np.uint64), affs, has_lower)
     piece_frag = frag_ids[(keys // n_basin).astype(np.int64)]
     piece_basin = keys % n_basin
-    fu, fv = piece_frag[ru.astype(np.int64) - 1], piece_frag[rv.astype(np.int64) - 1]
-    bu, bv = piece_basin[ru.astype(np.int64) - 1], piece_basin[rv.astype(np.int64) - 1]
+    fu, fv = piece_frag[ru.astype(np.int64)], piece_frag[rv.astype(np.int64)]
+    bu, bv = piece_basin[ru.astype(np.int64)], piece_basin[rv.astype(np.int64)]
     lo, hi = np.minimum(bu, bv), np.maximum(bu, bv)
     scored = (small[np.searchsorted(ids, lo)] | small[np.searchsorted(ids, hi)]) & (lo != hi) & (fu != fv)
     p = np.zeros(len(ru))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import fastremap
 import numpy as np
 from scipy import ndimage
 from scipy.sparse import csr_array
@@ -37,11 +38,15 @@ def extent_limit(voxel_size: Sequence[float], extent: int = EXTENT) -> tuple[int
 
 def small_fragments(labels: np.ndarray, limit: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted ids of `labels`, their voxel counts, and whether each spans at most `limit` on every axis."""
-    ids, dense, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-    boxes = ndimage.find_objects(dense.reshape(labels.shape).astype(np.int32) + 1)
-    small = np.array([all(s.stop - s.start <= lim for s, lim in zip(box, limit)) if box is not None else True
-                      for box in boxes], bool)
-    return ids, sizes, small[: len(ids)]
+    dense, remap = fastremap.renumber(np.ascontiguousarray(labels), start=1, preserve_zero=False)
+    old = np.zeros(len(remap) + 1, labels.dtype)  # the id of each dense label 1..n
+    old[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(remap.keys(), labels.dtype, len(remap))
+    sizes = np.bincount(dense.ravel(), minlength=len(old))[1:]
+    boxes = ndimage.find_objects(dense)
+    extents = np.array([[s.stop - s.start for s in box] for box in boxes], np.int64).reshape(-1, 3)
+    small = np.all(extents <= np.asarray(limit, np.int64), axis=1)
+    order = np.argsort(old[1:], kind="stable")
+    return old[1:][order], sizes[order], small[order]
 
 
 def histogram_features(hist: np.ndarray) -> np.ndarray:
