@@ -19,7 +19,7 @@ synapse); detection precision / recall / F1 against the ground-truth synapses (V
 `derived_synapses3d` cut to the test sections; EPFL: the 2-d components of each slice's PSD mask) within
 100, 200 and 300 nm, and the clefts stage's voxels/s.
 
-Usage: .venv/bin/python benchmarks/synapses.py [--seeds 500 501] [--shape 64 256 256] [--out DIR]
+Usage: .venv/bin/python benchmarks/synapses.py [--seeds 500 501 502] [--shape 64 256 256] [--out DIR]
        .venv/bin/python benchmarks/synapses.py --real vnc|epfl [--real-block 5 512 512] [--out DIR]
        .venv/bin/python benchmarks/synapses.py --real vnc|epfl --dark-baseline
 """
@@ -293,7 +293,7 @@ def dark_baseline(data: str, sigma: float = 4.0) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seeds", nargs="+", type=int, default=[500, 501])
+    p.add_argument("--seeds", nargs="+", type=int, default=[500, 501, 502])
     p.add_argument("--shape", nargs=3, type=int, default=[64, 256, 256])
     p.add_argument("--block", nargs=3, type=int, default=[32, 128, 128])
     p.add_argument("--out", default=None, help="work directory (default: a temporary one)")

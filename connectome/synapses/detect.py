@@ -27,24 +27,38 @@ def predict_volume(model: M.LoadedCleftModel, raw: np.ndarray) -> tuple[np.ndarr
 
 
 def cleft_table(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, info: M.CleftModelInfo, voxel_size,
-                threshold: float | None = None, raw: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The cleft_fragments stage's table for one array (one block)."""
+                threshold: float | None = None, raw: np.ndarray | None = None,
+                core_threshold: float | None = None) -> dict[str, np.ndarray]:
+    """The cleft_fragments stage's table for one array (one block); `threshold` and `core_threshold`
+    default to the model's."""
     box = Box.from_shape(seg.shape)
-    frag = label_block(prob, info.threshold if threshold is None else threshold, 0)
+    core = info.core_threshold if core_threshold is None and threshold is None else core_threshold
+    frag = label_block(prob, info.threshold if threshold is None else threshold, 0, core)
     vec = M.vectors_from_uint8(vectors) if info.partners else None
-    return fragment_table(frag, prob, vec, seg, box, box, box, info.vector_nm, voxel_size, raw)
+    return fragment_table(frag, prob, vec, seg, box, box, box, info.vector_nm, voxel_size, raw, core)
 
 
 def synapses_in_memory(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, info: M.CleftModelInfo,
                        voxel_size, threshold: float | None = None, min_voxels: int | None = None,
                        split: bool = True, raw: np.ndarray | None = None, classifier: str | None = None,
-                       table: dict[str, np.ndarray] | None = None) -> dict:
+                       table: dict[str, np.ndarray] | None = None, edge_min_voxels: int | None = None,
+                       core_min_voxels: int | None = None, satellite_nm: float | None = None,
+                       satellite_ratio: float | None = None) -> dict:
     """The synapse table's columns for one array, as the cleft_fragments and synapses stages make it
     (with `raw` and a partner `classifier` name: its pre partners, else the direction votes');
-    `table`: cleft_table's result, already computed for this threshold."""
+    `table`: cleft_table's result, already computed for this threshold; `edge_min_voxels` (default:
+    the model's when `min_voxels` is not given) for cleft objects cut by the array's faces;
+    `core_min_voxels` (default: the model's when `table` is not given) splits objects by their cores;
+    `satellite_nm` and `satellite_ratio` (default: the model's when `min_voxels` is not given) drop
+    pieces of a larger synapse's density (merge.satellites)."""
     if table is None:
         table = cleft_table(prob, vectors, seg, info, voxel_size, threshold, raw)
+        core_min_voxels = info.core_min_voxels if core_min_voxels is None and threshold is None else core_min_voxels
     clf = load_classifier(classifier) if classifier and raw is not None else None
+    if min_voxels is None:
+        edge_min_voxels = info.edge_min_voxels if edge_min_voxels is None else edge_min_voxels
+        satellite_nm = info.satellite_nm if satellite_nm is None else satellite_nm
+    ratio = satellite_ratio if satellite_ratio is not None else info.satellite_ratio
     rows, _ = synapse_rows(table, info.min_voxels if min_voxels is None else min_voxels, voxel_size,
-                           info.partners, split, clf)
+                           info.partners, split, clf, edge_min_voxels, core_min_voxels, satellite_nm, ratio)
     return rows

@@ -1,6 +1,7 @@
 """One block's clefts: thresholded cleft probability cut into 6-connected pieces (fragments), their
-statistics, the fragment voxels on the block's faces (to join pieces across faces in the global
-step) and the partner votes of each fragment's voxels."""
+statistics (with their voxels on the volume's outer faces: a cleft cut by the volume is smaller), the
+fragment voxels on the block's faces (to join pieces across faces in the global step) and the partner
+votes of each fragment's voxels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from connectome.core.geometry import Box
 from connectome.core.ids import globalise
 from connectome.synapses.interface import interface_sums
 
-FRAGMENTS_FORMAT = 3
+FRAGMENTS_FORMAT = 4
 
 
 def vector_reach(vector_nm: float, voxel_size) -> tuple[int, int, int]:
@@ -19,11 +20,41 @@ def vector_reach(vector_nm: float, voxel_size) -> tuple[int, int, int]:
     return tuple(int(np.ceil(vector_nm / float(v))) for v in voxel_size)  # type: ignore[return-value]
 
 
-def label_block(prob: np.ndarray, threshold: float, block_index: int) -> np.ndarray:
-    """Global fragment ids (uint64) of the voxels whose probability (uint8) reaches `threshold`."""
-    mask = prob >= np.uint8(min(255, int(np.ceil(threshold * 255.0))))
-    local = cc3d.connected_components(mask, connectivity=6, out_dtype=np.uint32)
-    return globalise(local, block_index)
+def _level(threshold: float) -> np.uint8:
+    return np.uint8(min(255, int(np.ceil(threshold * 255.0))))
+
+
+def label_block(prob: np.ndarray, threshold: float, block_index: int,
+                core_threshold: float | None = None) -> np.ndarray:
+    """Global fragment ids (uint64) of the voxels whose probability (uint8) reaches `threshold`. With
+    `core_threshold`, a fragment is cut into pieces: its 6-connected cores (probability at least
+    `core_threshold`, one piece each) and the rest (one piece: the fragment's own id)."""
+    low = cc3d.connected_components(prob >= _level(threshold), connectivity=6, out_dtype=np.uint32)
+    if core_threshold is None:
+        return globalise(low, block_index)
+    core = cc3d.connected_components((prob >= _level(core_threshold)) & (low > 0), connectivity=6,
+                                     out_dtype=np.uint32)
+    n = np.uint32(low.max())
+    return globalise(np.where(core > 0, core + n, low), block_index)
+
+
+def core_pieces(frag: np.ndarray, prob: np.ndarray, ids: np.ndarray, core_threshold: float | None):
+    """Per fragment id of `ids` (sorted): whether it is a core piece (label_block) and its parent: the
+    rest piece of the same 6-connected fragment (itself for a rest piece; 0 for a core piece of a
+    fragment that is all core)."""
+    if core_threshold is None or not len(ids):
+        return np.zeros(len(ids), bool), ids.copy()
+    whole = cc3d.connected_components(frag != 0, connectivity=6, out_dtype=np.uint32)
+    is_core = prob >= _level(core_threshold)
+    rest_of = np.zeros(int(whole.max()) + 1, np.uint64)
+    rest = (frag != 0) & ~is_core
+    rest_of[whole[rest]] = frag[rest]
+    core = np.isin(ids, frag[(frag != 0) & is_core])
+    parent = ids.copy()
+    cv = (frag != 0) & is_core
+    at = np.searchsorted(ids, frag[cv])
+    parent[at] = rest_of[whole[cv]]
+    return core, parent
 
 
 def _faces(frag: np.ndarray, write: Box, volume: Box) -> dict[str, np.ndarray]:
@@ -60,12 +91,13 @@ def _faces(frag: np.ndarray, write: Box, volume: Box) -> dict[str, np.ndarray]:
 
 def fragment_table(frag: np.ndarray, prob: np.ndarray, vectors: np.ndarray | None, seg: np.ndarray,
                    seg_box: Box, write: Box, volume: Box, vector_nm: float, voxel_size,
-                   raw: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The block's table: per fragment (ids, voxels, probability sum and max, coordinate sums), face
-    voxels, and partner votes per (fragment, post = segment at the voxel, pre = segment where the
+                   raw: np.ndarray | None = None, core_threshold: float | None = None) -> dict[str, np.ndarray]:
+    """The block's table: per fragment (ids, voxels, probability sum and max, coordinate sums, voxels
+    on the volume's outer faces, whether it is a core piece and its parent piece: core_pieces), block
+    face voxels, and partner votes per (fragment, post = segment at the voxel, pre = segment where the
     voxel's direction points): voxel count, coordinate sums and probability sum. `frag`, `prob` and
     `vectors` cover the write box, `seg` (and `raw`, when given: the partner classifier's interface
-    sums, connectome.synapses.interface) covers `seg_box`."""
+    sums, connectome.synapses.interface) covers `seg_box`; `core_threshold`: label_block's."""
     nz = np.nonzero(frag)
     ids_all = frag[nz]
     ids, inverse = np.unique(ids_all, return_inverse=True)
@@ -82,8 +114,10 @@ def fragment_table(frag: np.ndarray, prob: np.ndarray, vectors: np.ndarray | Non
         "prob_max": max_prob,
         "coord_sum": np.stack([np.bincount(inverse, weights=pos[:, k], minlength=n) for k in range(3)], axis=1)
         if n else np.zeros((0, 3)),
+        "edge_voxels": np.bincount(inverse, weights=on_volume_face(pos, volume), minlength=n).astype(np.int64),
         **_faces(frag, write, volume),
     }
+    table["core"], table["parent"] = core_pieces(frag, prob, table["ids"], core_threshold)
     post, pre = partners_at(pos, nz, vectors, seg, seg_box, vector_nm, voxel_size)
     vcoord: np.ndarray
     vprob: np.ndarray
@@ -102,6 +136,12 @@ def fragment_table(frag: np.ndarray, prob: np.ndarray, vectors: np.ndarray | Non
     if raw is not None:
         table.update(interface_sums(ids_all, post, pos, raw, seg, seg_box.offset, seg_box.end, voxel_size))
     return table
+
+
+def on_volume_face(pos: np.ndarray, volume: Box) -> np.ndarray:
+    """Whether each global position lies on one of the volume's outer faces."""
+    lo, hi = np.asarray(volume.offset), np.asarray(volume.end) - 1
+    return np.any((pos == lo) | (pos == hi), axis=1) if len(pos) else np.zeros(0, bool)
 
 
 def partners_at(pos: np.ndarray, nz, vectors: np.ndarray | None, seg: np.ndarray, seg_box: Box, vector_nm: float,

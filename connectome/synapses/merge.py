@@ -5,8 +5,11 @@ classifier among the segments around it (interface.py) - or, without a classifie
 (postsynaptic, presynaptic) pair of the direction votes with `min_voxels`; written as the synapse table
 and a lookup (fragment -> object, (object, post[, pre]) -> synapse).
 
-An object with no such pair of two assigned segments is one synapse with its majority pair (pre or
-post 0: reported as unassigned, not dropped); a pair with pre == post is an autapse (reported).
+An object with two or more large cores (one per density) is one object per core; an object cut by
+the volume's faces has a minimum size of its own; a small synapse beside a much larger one is a piece
+of its density (satellites). An object with no such pair of two assigned segments is one synapse with
+its majority pair (pre or post 0: reported as unassigned, not dropped); a pair with pre == post is an
+autapse (reported).
 Memory grows with the number of fragments, cleft face voxels and votes, not with the volume.
 """
 
@@ -33,8 +36,9 @@ from connectome.synapses.interface import (
 )
 from connectome.synapses.table import SYNAPSES_FILE, write_synapses
 
-_KEYS = ("ids", "voxels", "prob_sum", "prob_max", "coord_sum", "low_pos", "low_id", "high_pos", "high_id",
-         "vote_fragment", "vote_post", "vote_pre", "vote_count", "vote_coord_sum", "vote_prob_sum")
+_KEYS = ("ids", "voxels", "edge_voxels", "core", "parent", "prob_sum", "prob_max", "coord_sum", "low_pos", "low_id",
+         "high_pos", "high_id", "vote_fragment", "vote_post", "vote_pre", "vote_count", "vote_coord_sum",
+         "vote_prob_sum")
 _IFACE_KEYS = ("iface_fragment", "iface_post", "iface_cand", "iface_stats")
 
 
@@ -80,19 +84,63 @@ def group_fragments(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return connected_components(graph, directed=False)[1]
 
 
+def cleft_objects(t: dict[str, np.ndarray], ids: np.ndarray, core_min_voxels: int | None = None):
+    """Per fragment of `ids` (sorted): its cleft object (fragments joined across block faces and to
+    their parent pieces), or, in an object with two or more cores of at least `core_min_voxels`
+    voxels (core pieces joined across faces), its core: one object per density; the rest of such an
+    object belongs to no object (index n, one past the last). Returns (index per fragment, n, whether
+    each object is a core of a split object)."""
+    if not len(ids):
+        return np.zeros(0, np.int64), 0, np.zeros(0, bool)
+    a, b = face_links(t)
+    order = np.argsort(t["ids"].astype(np.uint64))
+    core, parent = t["core"].astype(bool)[order], t["parent"].astype(np.uint64)[order]
+    has_parent = (parent != 0) & (parent != ids)
+    obj = group_fragments(ids, np.r_[a, ids[has_parent]], np.r_[b, parent[has_parent]])
+    n = int(obj.max()) + 1
+    if core_min_voxels is None or not core.any():
+        return obj, n, np.zeros(n, bool)
+    ia, ib = np.searchsorted(ids, a), np.searchsorted(ids, b)
+    both = core[ia] & core[ib]
+    cgroup = group_fragments(ids, a[both], b[both])
+    csize = np.bincount(cgroup, weights=t["voxels"][order])
+    big = core & (csize[cgroup] >= core_min_voxels)
+    pairs = np.unique(np.stack([obj[big], cgroup[big]], 1), axis=0)
+    split = np.bincount(pairs[:, 0], minlength=n) >= 2
+    whole = ~split[obj]
+    keep_obj, obj_index = np.unique(obj[whole], return_inverse=True)
+    keep_core, core_index = np.unique(cgroup[~whole & big], return_inverse=True)
+    out = np.full(len(ids), len(keep_obj) + len(keep_core), np.int64)
+    out[whole] = obj_index.ravel()
+    out[~whole & big] = len(keep_obj) + core_index.ravel()
+    m = len(keep_obj) + len(keep_core)
+    return out, m, np.arange(m) >= len(keep_obj)
+
+
 def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners: bool, split: bool = False,
-                 classifier: PartnerClassifier | None = None):
+                 classifier: PartnerClassifier | None = None, edge_min_voxels: int | None = None,
+                 core_min_voxels: int | None = None, satellite_nm: float | None = None,
+                 satellite_ratio: float = 0.2):
     """The synapse table's columns, and the lookup: (fragment ids, their object), and per synapse its
     (object, post, pre). Without `split`, one synapse per cleft object of at least `min_voxels`, its
     partners the majority of its voxels' votes; with it, one per well-supported (post, pre) pair; with
-    a `classifier` too, one per well-supported post, its pre the classifier's best candidate."""
+    a `classifier` too, one per well-supported post, its pre the classifier's best candidate. An object
+    that touches the volume's outer faces (cut by them) needs `edge_min_voxels` (default: `min_voxels`).
+    With `core_min_voxels`, an object of several such cores (cleft_objects) is one object per core,
+    each needing `core_min_voxels` only. With `satellite_nm`, a synapse within that distance of one
+    over 1 / `satellite_ratio` times its size is a piece of that one's density (satellites)."""
     split = split and partners
     by_post = split and classifier is not None
     ids = np.sort(t["ids"].astype(np.uint64))
-    a, b = face_links(t)
-    obj = group_fragments(ids, a, b) if len(ids) else np.zeros(0, np.int64)
-    n_obj = int(obj.max()) + 1 if len(obj) else 0
+    obj, n_obj, is_core = cleft_objects(t, ids, core_min_voxels)
+    on_edge = np.zeros(n_obj + 1, bool)
+    if len(ids):
+        on_edge = np.bincount(obj[np.searchsorted(ids, t["ids"].astype(np.uint64))], weights=t["edge_voxels"],
+                              minlength=n_obj + 1) > 0
     vo = obj[np.searchsorted(ids, t["vote_fragment"].astype(np.uint64))] if len(ids) else np.zeros(0, np.int64)
+    if (vo == n_obj).any():  # the rest of a split object: in no synapse
+        t = {**t, **{k: t[k][vo < n_obj] for k in _KEYS if k.startswith("vote_")}}
+        vo = vo[vo < n_obj]
     post_votes = t["vote_post"].astype(np.uint64)
     pre_votes = t["vote_pre"].astype(np.uint64) if partners else np.zeros(len(post_votes), np.uint64)
     post = post_votes if split else np.zeros(len(post_votes), np.uint64)  # else grouped by object alone
@@ -115,12 +163,15 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         pre_share = pre_w[kobj] / np.maximum(total[kobj], 1) if partners else 1.0
         share = post_w[kobj] / np.maximum(total[kobj], 1) * pre_share
     assigned = (keys[:, 1] != 0) & ((keys[:, 2] != 0) | by_post) if split else np.zeros(k, bool)
-    chosen = (count >= min_voxels) & assigned
+    row_min = np.where(on_edge[kobj], min_voxels if edge_min_voxels is None else edge_min_voxels, min_voxels)
+    if core_min_voxels is not None:
+        row_min = np.where(is_core[kobj], np.minimum(row_min, core_min_voxels), row_min)
+    chosen = (count >= row_min) & assigned
     has = np.bincount(kobj[chosen], minlength=n_obj) > 0
     # an object without a well-supported assigned pair: one synapse with its largest pair
     order = np.lexsort((-count, kobj))
     first = order[np.r_[True, kobj[order][1:] != kobj[order][:-1]]] if k else np.zeros(0, np.int64)
-    fallback = first[~has[kobj[first]] & (obj_total[kobj[first]] >= min_voxels)]
+    fallback = first[~has[kobj[first]] & (obj_total[kobj[first]] >= row_min[first])]
     chosen[fallback] = True
     sel = np.flatnonzero(chosen)
     size = np.where(np.isin(sel, fallback), obj_total[kobj[sel]], count[sel])  # a fallback: the whole object
@@ -138,6 +189,14 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
         sel, size, loc = sel[keep], size[keep], loc[keep]
         alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1  # the kept synapse's index after the cut
+    if satellite_nm:
+        keep, into = satellites(loc, size, voxel_size, satellite_nm, satellite_ratio)
+        if by_post:  # a satellite's voxels, and those of its other side, join the larger synapse
+            alias[:, 2] = into[alias[:, 2]]
+            alias = np.concatenate([alias, np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64),
+                                                     into[~keep]], 1)])
+            alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1
+        sel, size, loc = sel[keep], size[keep], loc[keep]
     order = np.lexsort((keys[sel, 2], keys[sel, 1], loc[:, 2], loc[:, 1], loc[:, 0])) if len(sel) else sel
     sel, size, loc = sel[order], size[order], loc[order]
     if len(alias):
@@ -154,6 +213,31 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
               "by_post": np.array(by_post), "alias_object": alias[:, 0], "alias_post": alias[:, 1].astype(np.uint64),
               "alias_synapse": alias[:, 2]}
     return rows, lookup
+
+
+def satellites(loc: np.ndarray, size: np.ndarray, voxel_size, radius_nm: float,
+               ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Synapses (voxel positions `loc`, sizes) within `radius_nm` of a synapse over 1 / `ratio` times
+    their size: pieces of its density (a cleft object cut off the larger one, or the density's
+    other side). Returns which to keep and, for the others, the index of the largest such synapse."""
+    n = len(loc)
+    keep, into = np.ones(n, bool), np.arange(n)
+    if n < 2:
+        return keep, into
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(loc * np.asarray(voxel_size, float)).query_pairs(radius_nm, output_type="ndarray")
+    a, b = pairs[:, 0], pairs[:, 1]
+    small = np.where(size[a] < size[b], a, b)
+    big = a + b - small
+    hit = size[small] < ratio * size[big]
+    small, big = small[hit], big[hit]
+    order = np.lexsort((big, -size[big], small))  # per satellite: its largest neighbour first
+    first = order[np.r_[True, small[order][1:] != small[order][:-1]]] if len(order) else order
+    keep[small[first]], into[small[first]] = False, big[first]
+    while not np.array_equal(into[into], into):  # a neighbour that is itself a satellite: its owner
+        into = into[into]
+    return keep, into
 
 
 def _mirrors(obj: np.ndarray, post: np.ndarray, pre: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +383,9 @@ class SynapseStep(GlobalStep):
     name = "synapse_merge"
 
     def __init__(self, tables_dir: str, out_dir: str, min_voxels: int, voxel_size, partners: bool,
-                 split: bool = False, classifier: str | None = None):
+                 split: bool = False, classifier: str | None = None, edge_min_voxels: int | None = None,
+                 core_min_voxels: int | None = None, satellite_nm: float | None = None,
+                 satellite_ratio: float = 0.2):
         self.tables_dir = tables_dir
         self.out_dir = out_dir
         self.min_voxels = int(min_voxels)
@@ -307,11 +393,21 @@ class SynapseStep(GlobalStep):
         self.partners = bool(partners)
         self.split = bool(split)
         self.classifier = classifier
+        self.edge_min_voxels = None if edge_min_voxels is None else int(edge_min_voxels)
+        self.core_min_voxels = None if core_min_voxels is None else int(core_min_voxels)
+        self.satellite_nm = None if satellite_nm is None else float(satellite_nm)
+        self.satellite_ratio = float(satellite_ratio)
 
     @property
     def params(self) -> dict:
         params = {"min_voxels": self.min_voxels, "voxel_size": list(self.voxel_size), "partners": self.partners,
                   "split": self.split}
+        if self.edge_min_voxels is not None:
+            params["edge_min_voxels"] = self.edge_min_voxels
+        if self.core_min_voxels is not None:
+            params["core_min_voxels"] = self.core_min_voxels
+        if self.satellite_nm is not None:
+            params["satellites"] = [self.satellite_nm, self.satellite_ratio]
         if self.classifier:
             c = load_classifier(self.classifier)
             params["classifier"] = {"name": c.name, "weights": c.weights.round(8).tolist()}
@@ -332,7 +428,9 @@ class SynapseStep(GlobalStep):
     def run(self) -> dict:
         t = load_fragment_tables(self.tables_dir)
         classifier = load_classifier(self.classifier) if self.classifier else None
-        rows, lookup = synapse_rows(t, self.min_voxels, self.voxel_size, self.partners, self.split, classifier)
+        rows, lookup = synapse_rows(t, self.min_voxels, self.voxel_size, self.partners, self.split, classifier,
+                                    self.edge_min_voxels, self.core_min_voxels, self.satellite_nm,
+                                    self.satellite_ratio)
         tmp = f"{self.lut}.tmp{os.getpid()}.npz"
         np.savez(tmp, **lookup)
         os.replace(tmp, self.lut)

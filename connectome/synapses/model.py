@@ -37,6 +37,11 @@ class CleftModelInfo:
     partners: bool = True  # False: trained without partner directions (real data with cleft labels only)
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = ""
+    edge_min_voxels: int | None = None  # the minimum for cleft objects cut by the volume's faces (None: min_voxels)
+    core_threshold: float | None = None  # densities: probability of the cores that split a cleft object
+    core_min_voxels: int | None = None  # an object with two cores of this size or more: one synapse per core
+    satellite_nm: float | None = None  # a synapse this near one much larger is a piece of its density
+    satellite_ratio: float = 0.2  # "much larger": over 1 / satellite_ratio times the size
 
     @property
     def divisor(self) -> Vec3:
@@ -89,7 +94,12 @@ def read_info(name: str) -> CleftModelInfo:
         mean=float(meta["normalisation"]["mean"]), std=float(meta["normalisation"]["std"]),
         vector_nm=float(meta["vector_nm"]), threshold=float(meta["threshold"]),
         min_voxels=int(meta["min_voxels"]), partners=bool(meta.get("partners", True)),
-        provenance=meta.get("provenance", {}), path=str(path))
+        provenance=meta.get("provenance", {}), path=str(path),
+        edge_min_voxels=int(meta["edge_min_voxels"]) if meta.get("edge_min_voxels") is not None else None,
+        core_threshold=float(meta["core_threshold"]) if meta.get("core_threshold") is not None else None,
+        core_min_voxels=int(meta["core_min_voxels"]) if meta.get("core_min_voxels") is not None else None,
+        satellite_nm=float(meta["satellite_nm"]) if meta.get("satellite_nm") is not None else None,
+        satellite_ratio=float(meta.get("satellite_ratio") or 0.2))
 
 
 def save(path: str | os.PathLike, net: UNet, meta: dict) -> Path:

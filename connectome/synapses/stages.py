@@ -2,14 +2,16 @@
 
 - `clefts`: the cleft network, resident on each worker, predicts a cleft probability and a partner
   direction per voxel; blocks read mirrored context padded to the network's divisor (seam-free).
-- `cleft_fragments`: per block, thresholded clefts cut into 6-connected fragments (global ids), with
-  their statistics, face voxels, partner votes (the segment under each cleft voxel is the
+- `cleft_fragments`: per block, thresholded clefts cut into 6-connected fragments (global ids; with a
+  core threshold, each cut into its cores and the rest, so that a cleft of two densities can split),
+  with their statistics, face voxels, partner votes (the segment under each cleft voxel is the
   postsynaptic vote, the segment its direction points into the presynaptic vote) and the interface
   sums of the partner classifier (image shells around the cleft per nearby segment; interface.py).
-- `synapses`: a global step joins fragments across faces (union-find) into cleft objects, one
-  synapse per (object, postsynaptic segment), its presynaptic segment chosen by the partner
-  classifier (or, without one, one per (post, pre) pair of the direction votes), and writes the
-  synapse table (`OUT/synapses.csv`); its blocks write the synapse ids (`synapse_labels`).
+- `synapses`: a global step joins fragments across faces (union-find) into cleft objects (one per
+  core where an object holds several large cores), one synapse per (object, postsynaptic segment),
+  its presynaptic segment chosen by the partner classifier (or, without one, one per (post, pre)
+  pair of the direction votes), and writes the synapse table (`OUT/synapses.csv`); its blocks write
+  the synapse ids (`synapse_labels`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class CleftsStage(BlockStage[CleftsParams]):
 class CleftFragmentsParams(StageParams):
     model: str = Field(DEFAULT_MODEL, description="the cleft model (its threshold and direction length)")
     threshold: float | None = Field(None, gt=0, lt=1, description="cleft probability; default: the model's")
+    core_threshold: float | None = Field(None, gt=0, lt=1, description="probability of a density's core (cores "
+                                         "split a cleft object into synapses); default: the model's, if any")
 
 
 @register
@@ -108,6 +112,10 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     def threshold(self) -> float:
         return self.params.threshold if self.params.threshold is not None else self.info.threshold
 
+    @property
+    def core_threshold(self) -> float | None:
+        return self.params.core_threshold if self.params.core_threshold is not None else self.info.core_threshold
+
     def context(self) -> Context:
         voxel_size = getattr(self, "_voxel_size", self.info.voxel_size)
         reach = vec3([max(a, b) for a, b in zip(vector_reach(self.info.vector_nm, voxel_size),
@@ -117,13 +125,13 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         w = block.write_box
         prob = volumes["cleft_probability"].read(w)
-        frag = label_block(prob, self.threshold, block.index)
+        frag = label_block(prob, self.threshold, block.index, self.core_threshold)
         volumes["cleft_fragments"].write(w, frag)
         vectors = M.vectors_from_uint8(volumes["partner_vectors"].read(w)) if self.info.partners else None
         seg = volumes["segmentation"].read(block.read_box)
         raw = volumes["raw"].read(block.read_box)
         table = fragment_table(frag, prob, vectors, seg, block.read_box, w, volumes["segmentation"].box,
-                               self.info.vector_nm, volumes["segmentation"].meta.voxel_size, raw)
+                               self.info.vector_nm, volumes["segmentation"].meta.voxel_size, raw, self.core_threshold)
         save_table(self.table_dirs["cleft_fragments"], block.index, **table)
         return {"fragments": int(len(table["ids"]))}
 
@@ -131,6 +139,13 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
 class SynapsesParams(StageParams):
     model: str = Field(DEFAULT_MODEL, description="the cleft model (its minimum cleft size)")
     min_voxels: int | None = Field(None, ge=1, description="smaller clefts are dropped; default: the model's")
+    edge_min_voxels: int | None = Field(None, ge=1, description="the same for clefts cut by the volume's outer "
+                                        "faces; default: the model's (else min_voxels)")
+    core_min_voxels: int | None = Field(None, ge=1, description="a cleft with two or more cores (cleft_fragments' "
+                                        "core_threshold) of this size is one synapse per core; default: the model's")
+    satellite_nm: float | None = Field(None, gt=0, description="a synapse this near one over 1 / satellite_ratio "
+                                       "times its size is a piece of that one's density; default: the model's")
+    satellite_ratio: float | None = Field(None, gt=0, lt=1, description="see satellite_nm; default: the model's")
     split_by_partners: bool = Field(True, description="one synapse per (post, pre) pair of a cleft's votes "
                                                        "(touching clefts of two synapses), not one per cleft")
     partner_classifier: str | None = Field(DEFAULT_CLASSIFIER, description="interface classifier choosing each "
@@ -173,8 +188,13 @@ class SynapsesStage(BlockStage[SynapsesParams]):
         voxel_size = (getattr(self, "_voxel_size", None)
                       or open_volume(self.input_addresses["cleft_fragments"]).meta.voxel_size)
         min_voxels = self.params.min_voxels if self.params.min_voxels is not None else info.min_voxels
+        edge = self.params.edge_min_voxels if self.params.edge_min_voxels is not None else (
+            info.edge_min_voxels if self.params.min_voxels is None else None)
+        core = self.params.core_min_voxels if self.params.core_min_voxels is not None else info.core_min_voxels
+        satellite = self.params.satellite_nm if self.params.satellite_nm is not None else info.satellite_nm
+        ratio = self.params.satellite_ratio if self.params.satellite_ratio is not None else info.satellite_ratio
         return SynapseStep(tables, out_dir, min_voxels, voxel_size, info.partners, self.params.split_by_partners,
-                           self.params.partner_classifier)
+                           self.params.partner_classifier, edge, core, satellite, ratio)
 
     def global_step(self) -> SynapseStep:
         return self.merge

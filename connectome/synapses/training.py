@@ -28,6 +28,14 @@ VOXEL_SIZE = (8.0, 8.0, 8.0)
 SHAPE = (64, 160, 160)
 VECTOR_NM = 80.0
 TOLERANCE_NM = 200.0
+VAL_SEEDS = tuple(range(200, 210))  # validation volumes: choose the checkpoint, threshold and sizes
+THRESHOLDS = (0.75, 0.85, 0.9)
+MIN_VOXELS = (800, 1200, 1500, 2000, 3000)
+EDGE_MIN_VOXELS = (200, 400, 800)  # clefts cut by the volume's faces; also: the same as MIN_VOXELS
+CORE_THRESHOLDS = (0.9, 0.95)  # cores that split a cleft object into one synapse per density
+CORE_MIN_VOXELS = (300, 600)
+SATELLITE_NM = (300.0, 500.0)  # a small synapse this near a much larger one is a piece of its density
+SATELLITE_RATIOS = (0.1, 0.2, 0.3)
 
 
 def synthetic_examples(seeds, shape=SHAPE, voxel_size=VOXEL_SIZE, density: float = 8.0):
@@ -88,21 +96,29 @@ def cleft_loss(y: torch.Tensor, cleft: torch.Tensor, vectors: torch.Tensor, know
 
 
 def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=None, predictions=None,
-             classifier: str | None = DEFAULT_CLASSIFIER, tables: dict | None = None) -> dict:
+             classifier: str | None = DEFAULT_CLASSIFIER, tables: dict | None = None,
+             edge_min_voxels: int | None = None, core_threshold: float | None = None,
+             core_min_voxels: int | None = None, satellite_nm: float | None = None,
+             satellite_ratio: float = 0.2) -> dict:
     """Detection and partner precision / recall / F1 (ground-truth cells as the segmentation, partners
     by `classifier`, None: the direction votes); `predictions` (per example: probability, vectors)
-    saves predicting again, `tables` (a dict) keeps the cleft tables per (example, threshold)."""
+    saves predicting again, `tables` (a dict) keeps the cleft tables per (example, threshold, core
+    threshold); `edge_min_voxels`: the minimum size of cleft objects cut by the volume's faces;
+    `core_threshold` and `core_min_voxels`: the split of cleft objects by their cores (none if None);
+    `satellite_nm` and `satellite_ratio`: merge.satellites (none if None)."""
     tp = fp = fn = ptp = pfp = pfn = 0
     for i, (raw, _, _, _, labels, syn) in enumerate(examples):
         prob, vec = predictions[i] if predictions is not None else predict_volume(model, raw)
         table = None
         if tables is not None:
-            key = (i, threshold)
+            key = (i, threshold, core_threshold)
             if key not in tables:
-                tables[key] = cleft_table(prob, vec, labels, model.info, VOXEL_SIZE, threshold, raw)
+                tables[key] = cleft_table(prob, vec, labels, model.info, VOXEL_SIZE, threshold, raw, core_threshold)
             table = tables[key]
         rows = synapses_in_memory(prob, vec, labels, model.info, VOXEL_SIZE, threshold, min_voxels, raw=raw,
-                                  classifier=classifier, table=table)
+                                  classifier=classifier, table=table, edge_min_voxels=edge_min_voxels,
+                                  core_min_voxels=core_min_voxels if core_threshold is not None else None,
+                                  satellite_nm=satellite_nm, satellite_ratio=satellite_ratio)
         pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
         gt = np.stack([syn["z"], syn["y"], syn["x"]], 1)
         s = synapse_scores(pred, gt, TOLERANCE_NM, VOXEL_SIZE)
@@ -119,7 +135,7 @@ def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=Non
 
 
 def train(name: str, minutes: float, seed: int = 0, patch=(40, 40, 40), batch: int = 2, lr: float = 2e-3,
-          train_seeds=range(100, 110), val_seeds=(200, 201, 202, 203), threads: int = 2, init: str | None = None,
+          train_seeds=range(100, 110), val_seeds=VAL_SEEDS, threads: int = 2, init: str | None = None,
           log=print) -> dict:
     """Train for `minutes` (continuing from the weights of model `init` if given), pick the threshold and
     minimum cleft size on the validation volumes, save `weights/{name}`."""
@@ -177,27 +193,48 @@ def train(name: str, minutes: float, seed: int = 0, patch=(40, 40, 40), batch: i
     return tune(str(path), val_seeds, val, log)
 
 
-def tune(name: str, val_seeds=(200, 201, 202, 203), val=None, log=print) -> dict:
-    """Pick the model's threshold and minimum cleft size by detection F1 on the validation volumes
-    (ground-truth cells as the segmentation) and record them, with the scores, in its .json."""
+def tune(name: str, val_seeds=VAL_SEEDS, val=None, log=print) -> dict:
+    """Pick the model's rule by detection F1 on the validation volumes (ground-truth cells as the
+    segmentation; ties: the first of the grid) and record it, with the scores, in its .json: first
+    the threshold, minimum cleft size and minimum size of clefts cut by the volume's faces, then, at
+    that threshold, the cores that split a cleft object (core threshold, core size) with the sizes,
+    then, with those, the satellites' distance and size ratio with the sizes."""
     import torch as _torch
 
     val = val if val is not None else synthetic_examples(val_seeds)
     model = M.load(name, "cpu")
     predictions = [predict_volume(model, e[0]) for e in val]
-    best = None
-    for threshold in (0.6, 0.7, 0.75, 0.8):
-        tables: dict = {}
-        for min_voxels in (400, 800, 1200, 1500, 2000, 3000):
-            r = validate(model, val, threshold, min_voxels, predictions, tables=tables)
-            log(f"threshold {threshold} min_voxels {min_voxels}: {json.dumps(r)}")
-            if best is None or r["detection_f1"] > best[2]["detection_f1"]:
-                best = (threshold, min_voxels, r)
+    best: tuple[dict, dict] | None = None
+    tables: dict = {}
+
+    def sizes(rule: dict) -> None:
+        nonlocal best
+        for min_voxels in MIN_VOXELS:
+            for edge in (None, *(e for e in EDGE_MIN_VOXELS if e < min_voxels)):
+                r_rule = {**rule, "min_voxels": min_voxels, "edge_min_voxels": edge}
+                r = validate(model, val, predictions=predictions, tables=tables, **r_rule)
+                log(f"{json.dumps(r_rule)}: {json.dumps(r)}")
+                if best is None or r["detection_f1"] > best[1]["detection_f1"]:
+                    best = (r_rule, r)
+
+    plain = {"core_threshold": None, "core_min_voxels": None, "satellite_nm": None, "satellite_ratio": 0.2}
+    for threshold in THRESHOLDS:
+        sizes({**plain, "threshold": threshold})
     assert best is not None
+    chosen = best[0]
+    for core_threshold in (c for c in CORE_THRESHOLDS if c > chosen["threshold"]):
+        for core_min in CORE_MIN_VOXELS:
+            sizes({**plain, "threshold": chosen["threshold"], "core_threshold": core_threshold,
+                   "core_min_voxels": core_min})
+    chosen = best[0]
+    for satellite_nm in SATELLITE_NM:
+        for ratio in SATELLITE_RATIOS:
+            sizes({**chosen, "satellite_nm": satellite_nm, "satellite_ratio": ratio})
+    rule, scores = best
     info = model.info
     meta = {"voxel_size": list(info.voxel_size), "normalisation": {"mean": info.mean, "std": info.std},
-            "vector_nm": info.vector_nm, "threshold": best[0], "min_voxels": best[1], "partners": info.partners,
-            "provenance": {**info.provenance, "validation_seeds": list(val_seeds), "validation": best[2],
+            "vector_nm": info.vector_nm, **rule, "partners": info.partners,
+            "provenance": {**info.provenance, "validation_seeds": list(val_seeds), "validation": scores,
                            "tolerance_nm": TOLERANCE_NM}}
     net = M.cleft_net(info.config)
     net.load_state_dict(_torch.load(info.path, map_location="cpu", weights_only=True))
@@ -212,12 +249,13 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="continue from this cleft model's weights")
-    p.add_argument("--tune-only", action="store_true", help="only pick the threshold and minimum size of --name")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    p.add_argument("--tune-only", action="store_true", help="only pick the threshold, sizes and cores of --name")
     a = p.parse_args(argv)
     if a.tune_only:
         tune(a.name)
     else:
-        train(a.name, a.minutes, a.seed, init=a.init)
+        train(a.name, a.minutes, a.seed, init=a.init, threads=a.threads)
 
 
 if __name__ == "__main__":
