@@ -1,23 +1,13 @@
 """Fragments within sections (`in_plane`, serial-section models): no basin crosses a section, the merge
-still joins objects through sections, and 18 blocks give the segmentation of one block."""
+still joins objects through sections, and 27 blocks give the segmentation of one block."""
 
 import numpy as np
+from test_edge_classifier import noisy_affinities  # affinities of labels plus noise
 
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.segment import segmentation_config
 from connectome.affinity.validation import fragments_and_tables
 from connectome.io import create_volume, open_volume
-
-
-def noisy_affinities(labels: np.ndarray, sigma: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    affs = np.zeros((3, *labels.shape))
-    for d in range(3):
-        hi, lo = [slice(None)] * 3, [slice(None)] * 3
-        hi[d], lo[d] = slice(1, None), slice(None, -1)
-        a, b = labels[tuple(hi)], labels[tuple(lo)]
-        affs[d][tuple(hi)] = (a == b) & (a != 0)
-    return np.clip(affs + rng.normal(0, sigma, affs.shape), 0, 1)
 
 
 def sections_per_id(labels: np.ndarray) -> np.ndarray:
