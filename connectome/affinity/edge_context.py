@@ -9,12 +9,13 @@ depend only on the two basins and their contact, and count a large basin as `pro
 
 A block scores its edges in its read box grown by `limit` + 1: it runs the watershed again there
 (a voxel's pointer depends only on its six edges, so a basin that does not reach the region's faces
-is the global basin, whole), builds that region's graph and features, and gives each of its own
-edges (u, v) the p(merge) of the basin pair holding u and v. Both basins touch the read box, so a
-small one lies whole in the region, with its contacts; a large one is cut by the region or spans
+is the global basin, whole), builds that region's graph and features, and scores every voxel pair
+of its own edges by the basin pair holding its two voxels (a fragment of a neighbouring block, in the
+layer below a face, can lie in two basins of the region). Both voxels lie in the read box, so a
+small basin lies whole in the region, with its contacts; a large one is cut by the region or spans
 more than the limit, and is seen as large in every layout; and the contact of a pair with a small
-side lies next to that side. So every piece of a basin pair gets one score in every block, and the
-merge, which pools score x contact count, scores the pair alike in any layout.
+side lies next to that side. So every voxel pair of a basin pair gets one score in every block, and
+the merge, which pools score x contact count, scores the pair alike in any layout.
 """
 
 from __future__ import annotations
