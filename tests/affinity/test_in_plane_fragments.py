@@ -4,6 +4,7 @@ still joins objects through sections, and 27 blocks give the segmentation of one
 import numpy as np
 from test_edge_classifier import noisy_affinities  # affinities of labels plus noise
 
+from connectome.affinity.edge_classifier import load_classifier
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.segment import segmentation_config
 from connectome.affinity.validation import fragments_and_tables
@@ -60,8 +61,15 @@ def test_in_plane_fragments_stay_in_their_section_and_blocks_equal_one(tmp_path,
     assert sections_per_id(in_plane).max() == 1
 
 
-def test_serial_section_model_segments_with_in_plane_fragments(tmp_path):
+def test_shipped_models_segment_with_their_validated_fragments_and_scoring(tmp_path):
     sstem = segmentation_config("raw.zarr", str(tmp_path / "o"), "sstem", voxel_size=(40, 4, 4))
     fib = segmentation_config("raw.zarr", str(tmp_path / "o"), "fib-10nm", voxel_size=(10, 10, 10))
     assert next(s for s in sstem.stages if s.stage == "fragments").params == {"in_plane": True}
     assert next(s for s in fib.stages if s.stage == "fragments").params == {}
+    # fib-10nm merges by its edge classifier by default, at the classifier's threshold
+    agglomerate = next(s for s in fib.stages if s.stage == "agglomerate").params
+    assert agglomerate["scoring"] == "learned" and agglomerate["edge_model"].endswith("fib-10nm-edges.json")
+    relabel = next(s for s in fib.stages if s.stage == "relabel").params
+    assert relabel["threshold"] == load_classifier(agglomerate["edge_model"]).threshold
+    sstem_agglomerate = next(s for s in sstem.stages if s.stage == "agglomerate").params
+    assert sstem_agglomerate.get("scoring", "mean") == "mean"
