@@ -159,8 +159,22 @@ def gt_segmentation_scores(synth_dir: str, model: str = "cleft-synthetic") -> di
     return out
 
 
-def run_synthetic(seed: int, shape, work: str, block) -> dict:
+def cli_json(args: list[str]) -> dict:
+    """Run `connectome ARGS` in this process and return the JSON object it prints; stop on failure."""
+    import contextlib
+    import io
+
     from connectome.cli.main import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(args)
+    if rc:
+        raise SystemExit(f"connectome {' '.join(args)} failed ({rc})")
+    return json.loads(buf.getvalue())
+
+
+def run_synthetic(seed: int, shape, work: str, block) -> dict:
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
@@ -172,15 +186,7 @@ def run_synthetic(seed: int, shape, work: str, block) -> dict:
     t = time.perf_counter()
     args = ["reconstruct", os.path.join(synth_dir, "raw"), out, "--block-shape", *map(str, block), "--json",
             "--no-progress"]
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(args)
-    if rc:
-        raise SystemExit(f"reconstruct failed ({rc})")
-    result = json.loads(buf.getvalue())
+    result = cli_json(args)
     seconds = time.perf_counter() - t
     stages = {s["stage"]: s["seconds"] for s in result["stages"]}
     voxels = int(np.prod(shape))
@@ -198,10 +204,7 @@ REAL_BLOCKS = {"vnc": (5, 512, 512), "epfl": (1, 384, 512)}
 def run_real(data: str, work: str, block=None, workers=(1, 2), model: str | None = None) -> dict:
     """Detection on a real set's test sections through `connectome synapses` (each separate slice a
     volume of its own), scored and timed."""
-    import contextlib
-    import io
 
-    from connectome.cli.main import main
     from connectome.io import create_volume
     from connectome.synapses.real_training import DATASETS, load, pieces, synapse_points
 
@@ -232,12 +235,7 @@ def run_real(data: str, work: str, block=None, workers=(1, 2), model: str | None
             out = os.path.join(work, f"{data}-out-w{n}", str(i))
             args = ["synapses", addr["raw"], out, "--segmentation", addr["seg"], "--model", model,
                     "--block-shape", *map(str, block), "--workers", str(n), "--json", "--no-progress"]
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                rc = main(args)
-            if rc:
-                raise SystemExit(f"connectome synapses failed ({rc}): {' '.join(args)}")
-            result = json.loads(buf.getvalue())
+            result = cli_json(args)
             clefts_s += {s["stage"]: s["seconds"] for s in result["stages"]}["clefts"]
             seconds += result["seconds"]
             t = read_synapses(result["synapses"])
