@@ -126,7 +126,7 @@ def serial(edges_dir: str, threshold: float, scoring: str, out: str) -> dict:
 
 
 def run_tree(edges_dir: str, work: str, threshold: float, scoring: str, fanout: int, workers: int,
-             memory_limit: str = "4GiB") -> tuple[Any, list[dict], dict]:
+             memory_limit: str = "4GiB", tree_levels: int | None = None) -> tuple[Any, list[dict], dict]:
     """The tree on a local Dask cluster; returns the tree, its task summaries and wall time per level."""
     from distributed import Client, LocalCluster
 
@@ -137,13 +137,15 @@ def run_tree(edges_dir: str, work: str, threshold: float, scoring: str, fanout: 
     if grid is None:
         raise SystemExit(f"{edges_dir}: tables without their block grid (written before the merge tree); re-run agglomerate")
     tree = MergeTree(edges_dir, os.path.join(work, "tree"), os.path.join(work, "shards"),
-                     TreeLayout(grid, fanout), threshold, scoring)
+                     TreeLayout(grid, fanout), threshold, scoring,
+                     top_level=None if tree_levels is None else tree_levels - 1)
     walls: dict[str, float] = {}
 
     def timed(t, todo):
         start = time.perf_counter()
         out = submit_on_dask(t, todo)
-        walls[f"{todo[0][0]} {todo[0][1]}"] = time.perf_counter() - start
+        key = f"{todo[0][0]} {todo[0][1] if todo[0][0] in ('up', 'down') else 'all'}"
+        walls[key] = walls.get(key, 0.0) + time.perf_counter() - start
         return out
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
@@ -164,13 +166,27 @@ def tree_table(tree) -> tuple[np.ndarray, np.ndarray]:
 
 
 def level_rows(summaries: list[dict], walls: dict) -> list[str]:
-    rows = ["| pass | level | tasks | nodes in (max) | edges in (max) | passed up (sum) | wall s | task s (max) "
+    """One row per tree level and pass, and one per phase of the rounds (all rounds together)."""
+    rows = ["| pass | level | tasks | nodes in (max) | edges or rows in (max) | passed up (sum) | wall s | task s (max) "
             "| CPU s (sum) | peak RSS per task (max) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(s["kind"], s["level"]) for s in summaries}, key=lambda k: (k[0] != "up", k[1] * (1 if k[0] == "up" else -1)))
-    for kind, level in keys:
-        group = [s for s in summaries if (s["kind"], s["level"]) == (kind, level)]
+    from connectome.affinity.merge_rounds import PHASES as phases
+
+    def group_of(s: dict) -> tuple[str, object]:
+        return (s["kind"], s["level"] if s["kind"] in ("up", "down") else "all")
+
+    def order(k: tuple[str, object]) -> tuple:
+        kind, level = k
+        if kind == "up":
+            return (0, level)
+        if kind == "down":
+            return (2, -level)  # type: ignore[operator]
+        return (1, phases.index(kind))
+
+    for kind, level in sorted({group_of(s) for s in summaries}, key=order):
+        group = [s for s in summaries if group_of(s) == (kind, level)]
+        edges = max(s.get("edges", s.get("rows", 0)) for s in group)
         rows.append(f"| {kind} | {level} | {len(group)} | {max(s.get('nodes', 0) for s in group):,} | "
-                    f"{max(s.get('edges', 0) for s in group):,} | {sum(s.get('passed_up', 0) for s in group):,} | "
+                    f"{edges:,} | {sum(s.get('passed_up', 0) for s in group):,} | "
                     f"{walls.get(f'{kind} {level}', 0):.1f} | {max(s['seconds'] for s in group):.1f} | "
                     f"{sum(s.get('cpu_seconds', 0) for s in group):.1f} | "
                     f"{max(s['peak_rss'] for s in group) / 2**30:.2f} GiB |")
@@ -192,11 +208,15 @@ def simulate(args) -> None:
     total_edges = 3 * args.lattice**3 * n  # minus the faces of the volume
     print(f"graph: {n} blocks {grid}, {args.lattice}^3 fragments each, ~{total_edges:.3g} edges; "
           f"written in {generated:.0f} s", flush=True)
-    tree, summaries, walls = run_tree(edges_dir, args.dir, args.threshold, "mean", args.fanout, args.workers)
+    work = os.path.join(args.dir, f"levels-{args.tree_levels}" if args.tree_levels else "")
+    tree, summaries, walls = run_tree(edges_dir, work, args.threshold, "mean", args.fanout, args.workers,
+                                      tree_levels=args.tree_levels)
     rows = level_rows(summaries, walls)
     print("\n".join(rows))
     totals = tree.totals()
-    print(f"tree: {walls['total']:.1f} s, {totals}; levels {tree.layout.levels}, fanout {args.fanout}")
+    rounds = max([s["level"] for s in summaries if s["kind"] == "propose"], default=-1) + 1
+    print(f"tree: {walls['total']:.1f} s, {totals}; levels {tree.layout.levels}, fanout {args.fanout}, "
+          f"rounds {rounds}")
     if args.serial:
         s = serial(edges_dir, args.threshold, "mean", os.path.join(args.dir, "serial.npz"))
         with np.load(os.path.join(args.dir, "serial.npz")) as t:
@@ -280,6 +300,8 @@ def main() -> None:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--dir", required=True)
     s.add_argument("--serial", action="store_true", help="also the serial merge, in its own process")
+    s.add_argument("--tree-levels", type=int, default=None,
+                   help="levels run as tasks per super-block, rounds above them (default: the whole tree)")
     k = sub.add_parser("kernel", help="the serial merge alone, in memory, in each order of equal scores")
     k.add_argument("--edges", default="3e6")
     k.add_argument("--lattice", type=int, default=32)

@@ -53,6 +53,11 @@ resumes with the tasks that have none. After the top, a downward pass hands each
 the final segment of the segments it passed up, and level 0 writes the lookup table sharded by
 block (`io.lookup.save_shard`): no task holds a table that grows with the volume; a task holds
 its super-block's fragments (level 0) or the segments and fragments on its children's faces.
+
+A task of level k holds its children's faces, so the top task grows with the volume's middle
+planes. With `top_level` set, the tree stops there: the segments still frozen at that level's
+faces are merged by rounds of tasks per super-block of that level (`merge_rounds`, the same
+result), whose top task hands the tree's downward pass the final segments.
 """
 
 from __future__ import annotations
@@ -66,70 +71,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from connectome.affinity.agglomeration import HIST_BINS, STRICT, edge_stats, join_links, merge_regions, score_function
-from connectome.core.ids import LOCAL_BITS
+from connectome.affinity.merge_rounds import PHASES, MergeRounds
+from connectome.affinity.tree_layout import TreeLayout, owner
 from connectome.io.lookup import save_shard
 
 TREE_FORMAT = 1
 FINGERPRINT = "fingerprint.json"
-
-
-@dataclass(frozen=True)
-class TreeLayout:
-    """Super-blocks of a block grid: level k groups fanout^(k+1) blocks per axis."""
-
-    grid: tuple[int, int, int]
-    fanout: int = 4
-
-    @property
-    def levels(self) -> int:
-        """Levels up to the first whose one super-block covers the grid."""
-        level, side = 0, self.fanout
-        while side < max(self.grid):
-            level, side = level + 1, side * self.fanout
-        return level + 1
-
-    def shape(self, level: int) -> tuple[int, int, int]:
-        side = self.fanout ** (level + 1)
-        return tuple(-(-g // side) for g in self.grid)  # type: ignore[return-value]
-
-    def count(self, level: int) -> int:
-        return int(np.prod(self.shape(level)))
-
-    def positions(self, blocks: np.ndarray) -> np.ndarray:
-        """(n, 3) grid positions of block indices."""
-        _, gy, gx = self.grid
-        blocks = np.asarray(blocks, np.int64)
-        return np.stack([blocks // (gy * gx), (blocks // gx) % gy, blocks % gx], axis=-1)
-
-    def super_block(self, blocks: np.ndarray, level: int) -> np.ndarray:
-        """The level-`level` super-block of each block index."""
-        p = self.positions(blocks) // self.fanout ** (level + 1)
-        _, sy, sx = self.shape(level)
-        return (p[..., 0] * sy + p[..., 1]) * sx + p[..., 2]
-
-    def corner(self, level: int, index: int) -> np.ndarray:
-        _, sy, sx = self.shape(level)
-        return np.array([index // (sy * sx), (index // sx) % sy, index % sx]) * self.fanout ** (level + 1)
-
-    def blocks(self, level: int, index: int) -> np.ndarray:
-        """Block indices of a super-block, ascending."""
-        lo = self.corner(level, index)
-        hi = np.minimum(lo + self.fanout ** (level + 1), self.grid)
-        z, y, x = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
-        return np.sort(((z * self.grid[1] + y) * self.grid[2] + x).ravel())
-
-    def children(self, level: int, index: int) -> list[int]:
-        """Level-(level - 1) super-blocks inside super-block `index` of `level`."""
-        lo = self.corner(level, index) // self.fanout ** level
-        hi = np.minimum(lo + self.fanout, self.shape(level - 1))
-        _, cy, cx = self.shape(level - 1)
-        return [int((z * cy + y) * cx + x) for z in range(lo[0], hi[0]) for y in range(lo[1], hi[1])
-                for x in range(lo[2], hi[2])]
-
-
-def owner(fragments: np.ndarray) -> np.ndarray:
-    """Block index of each global fragment id (`core.ids`)."""
-    return (np.asarray(fragments, np.uint64) >> np.uint64(LOCAL_BITS)).astype(np.int64)
 
 
 class GridMismatch(ValueError):
@@ -202,6 +149,7 @@ class MergeTree:
     threshold: float
     scoring: str = "mean"
     quantile: float = 0.5
+    top_level: int | None = None  # the last level of tasks per super-block; rounds (`merge_rounds`) above it
 
     @property
     def score(self):
@@ -210,9 +158,24 @@ class MergeTree:
     def result(self, kind: str, level: int, index: int) -> str:
         return os.path.join(self.tree_dir, f"{kind}-{level}", f"{index}.npz")
 
+    @property
+    def tree_levels(self) -> int:
+        """Levels run as tasks per super-block (all, unless rounds decide the top)."""
+        if self.top_level is None:
+            return self.layout.levels
+        return min(self.layout.levels, self.top_level + 1)
+
+    def rounds(self) -> MergeRounds | None:
+        """The rounds above the tree's last level, or None when the tree reaches the top."""
+        if self.tree_levels == self.layout.levels:
+            return None
+        return MergeRounds(os.path.join(self.tree_dir, "rounds"), self.layout, self.tree_levels - 1, self.threshold,
+                           self.scoring, self.quantile)
+
     def fingerprint(self) -> dict:
         return {"format": TREE_FORMAT, "grid": list(self.layout.grid), "fanout": self.layout.fanout,
                 "threshold": self.threshold, "scoring": self.scoring, "quantile": self.quantile,
+                "tree_levels": self.tree_levels,
                 "edges": os.path.abspath(self.edges_dir),
                 "tables_written": os.stat(self.edges_dir).st_mtime_ns}  # rewritten tables: results of old ones go
 
@@ -352,8 +315,14 @@ class MergeTree:
         """Fragments and segments over the whole tree (from its results)."""
         fragments = sum(len(self._load("up", 0, i, keys=("keys",))["keys"]) for i in range(self.layout.count(0)))
         segments = sum(int(self._load("up", k, i, keys=("finals",))["finals"])
-                       for k in range(self.layout.levels) for i in range(self.layout.count(k)))
-        return {"fragments": fragments, "segments": segments, "levels": self.layout.levels}
+                       for k in range(self.tree_levels) for i in range(self.layout.count(k)))
+        rounds = self.rounds()
+        if rounds is not None:  # the segments the rounds left, each named by itself
+            for shard in range(rounds.shards):
+                given = self._load("down", rounds.level, shard)
+                segments += int((given["keys"] == given["values"]).sum())
+        return {"fragments": fragments, "segments": segments, "levels": self.layout.levels,
+                "tree_levels": self.tree_levels}
 
     # -- storage of task results
 
@@ -389,14 +358,21 @@ class MergeTree:
         os.replace(tmp, path)
 
     def tasks(self) -> list[tuple[str, int, list[int]]]:
-        """(kind, level, super-blocks) in the order they must run: up the levels, then down."""
-        levels = self.layout.levels
+        """(kind, level, super-blocks) of the tree's own levels in the order they must run: up, then
+        down (rounds, when there are any, run between the two, as many as they need)."""
+        levels = self.tree_levels
         ups = [("up", k, list(range(self.layout.count(k)))) for k in range(levels)]
         downs = [("down", k, list(range(self.layout.count(k)))) for k in reversed(range(levels))]
         return ups + downs
 
     def done(self, kind: str, level: int, index: int) -> bool:
         """A task is done when its result is there (level 0 down: its blocks' shards)."""
+        if kind in PHASES:
+            rounds = self.rounds()
+            assert rounds is not None
+            if kind == "collect":
+                return os.path.exists(self.result("down", rounds.level, index))
+            return rounds.done(kind, level, index)
         if kind == "down" and level == 0:
             return os.path.exists(os.path.join(self.shards_dir, f".done-{index}"))
         if kind == "down":
@@ -407,8 +383,12 @@ class MergeTree:
     def run_task(self, kind: str, level: int, index: int) -> dict:
         """One task, with its peak memory (resident set, reset before it starts where Linux allows)."""
         _reset_peak()
-        cpu = time.process_time()
-        summary = self.up(level, index) if kind == "up" else self.down(level, index)
+        cpu, start = time.process_time(), time.perf_counter()
+        if kind in PHASES:
+            summary = self._round_task(kind, level, index)
+            summary.update(level=level, index=index, seconds=time.perf_counter() - start)
+        else:
+            summary = self.up(level, index) if kind == "up" else self.down(level, index)
         summary["cpu_seconds"] = time.process_time() - cpu
         if kind == "down" and level == 0:
             open(os.path.join(self.shards_dir, f".done-{index}"), "w").close()
@@ -416,20 +396,63 @@ class MergeTree:
         summary["peak_rss"] = _peak_rss()
         return summary
 
+    def _round_task(self, phase: str, r: int, shard: int) -> dict:
+        """One shard's task of a phase of the rounds (`merge_rounds`); its marker written last."""
+        rounds = self.rounds()
+        assert rounds is not None
+        width = (2 if self.scoring == "mean" else HIST_BINS) + 1
+        if phase == "collect":
+            names, final = rounds.collect(shard)
+            self._save("down", rounds.level, shard, {"keys": names, "values": final})
+            return {"segments": int((names == final).sum())}
+        if phase in ("bridge1", "bridge2"):
+            up = self._load("up", rounds.level, shard, keys=("nodes", "eu", "ev", "es", "cu", "cv", "cs", "cown",
+                                                              "clu", "clv", "clown", "face_keys", "face_values"))
+            out = rounds.bridge1(up, shard) if phase == "bridge1" else rounds.bridge2(up, shard, width)
+        elif phase == "local":
+            out = rounds.local(r, shard, width)
+        else:
+            out = getattr(rounds, phase)(r, shard)
+        rounds.mark(phase, r, shard, out)
+        return out
+
     def run(self, submit=None) -> list[dict]:
-        """Every task not yet done, level by level; `submit(list of (kind, level, index))` runs one
-        level's tasks (on a cluster) and returns their summaries; default: here, one by one."""
+        """Every task not yet done, level by level (then round by round); `submit(tree, list of
+        (kind, level, index))` runs one level's tasks (on a cluster) and returns their summaries;
+        default: here, one by one."""
         self.claim()
         os.makedirs(self.shards_dir, exist_ok=True)
         summaries: list[dict] = []
-        for kind, level, indices in self.tasks():
+
+        def phase(kind: str, level: int, indices) -> None:
             todo = [(kind, level, i) for i in indices if not self.done(kind, level, i)]
-            if not todo:
-                continue
-            if submit is None:
+            if todo and submit is None:
                 summaries.extend(self.run_task(*t) for t in todo)
-            else:
+            elif todo:
                 summaries.extend(submit(self, todo))
+
+        tasks = self.tasks()
+        for kind, level, indices in tasks[: self.tree_levels]:
+            phase(kind, level, indices)
+        rounds = self.rounds()
+        if rounds is not None:
+            shards = range(rounds.shards)
+            phase("bridge1", 0, shards)
+            phase("bridge2", 0, shards)
+            r = 0
+            while True:
+                phase("local", r, shards)
+                phase("propose", r, shards)
+                if sum(rounds.summary("propose", r, s)["active"] for s in shards) == 0:
+                    break
+                phase("decide", r, shards)
+                phase("move", r, shards)
+                r += 1
+            for q in reversed(range(r)):
+                phase("resolve", q, shards)
+            phase("collect", r, shards)
+        for kind, level, indices in tasks[self.tree_levels:]:
+            phase(kind, level, indices)
         return summaries
 
 

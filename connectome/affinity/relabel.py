@@ -36,13 +36,14 @@ class MergeStep(GlobalStep):
     name = "merge"
 
     def __init__(self, edges_dir: str, threshold: float, scoring: str, quantile: float, method: str = "tree",
-                 fanout: int = 4):
+                 fanout: int = 4, tree_levels: int = 2):
         self.edges_dir = edges_dir
         self.threshold = threshold
         self.scoring = scoring
         self.quantile = quantile
         self.method = method
         self.fanout = fanout
+        self.tree_levels = tree_levels  # not in the fingerprint: the table is the same whatever it is
 
     @property
     def params(self) -> dict:
@@ -64,7 +65,7 @@ class MergeStep(GlobalStep):
             return None
         layout = TreeLayout(grid, self.fanout)
         return MergeTree(self.edges_dir, self.path[: -len(".shards")] + ".tree", self.path, layout, self.threshold,
-                         self.scoring, self.quantile)
+                         self.scoring, self.quantile, top_level=self.tree_levels - 1)
 
     def run(self) -> dict:
         tree = self.tree() if self.method == "tree" and self.scoring == "mean" else None

@@ -240,6 +240,9 @@ class RelabelParams(StageParams):
                                              "cluster, or as one task (the same table); quantile scoring "
                                              "always runs as one task")
     fanout: int = Field(4, ge=2, le=64, description="merge tree: blocks (then super-blocks) per axis of a super-block")
+    tree_levels: int = Field(2, ge=1, le=16, description="merge tree: levels run as one task per super-block; "
+                             "above them, rounds of tasks per super-block of the last level (merge_rounds), so "
+                             "no task grows with the volume (the same table)")
 
 
 @register
@@ -253,14 +256,17 @@ class RelabelStage(BlockStage[RelabelParams]):
     @cached_property
     def merge(self) -> MergeStep:
         p = self.params
-        return MergeStep(self.table_dirs["edges"], p.threshold, p.scoring, p.quantile, p.merge, p.fanout)
+        return MergeStep(self.table_dirs["edges"], p.threshold, p.scoring, p.quantile, p.merge, p.fanout,
+                         p.tree_levels)
 
     def global_step(self) -> MergeStep:
         """The merge, run once before the blocks."""
         return self.merge
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "lut": self.merge.fingerprint()["lut"]}
+        fp = super().fingerprint()  # tree_levels left out: the table is the same whatever it is
+        fp["params"] = {k: v for k, v in fp["params"].items() if k != "tree_levels"}
+        return {**fp, "lut": self.merge.fingerprint()["lut"]}
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         seg = relabel_block(self.merge.path, volumes["fragments"].read(block.write_box))

@@ -218,12 +218,12 @@ def affinities(tmp_path_factory):
     return root
 
 
-def _run(root, name, merge):
+def _run(root, name, merge, **relabel):
     cfg = {"input": str(root / "affs"), "output": str(root / name),
            "blocks": {"shape": [16, 32, 32], "chunk_shape": [16, 32, 32]}, "cluster": {"n_workers": 2},
            "stages": [{"stage": "fragments", "inputs": {"affinities": str(root / "affs")}},
                       {"stage": "agglomerate", "inputs": {"affinities": str(root / "affs")}},
-                      {"stage": "relabel", "params": {"threshold": 0.5, "merge": merge, "fanout": 2}}]}
+                      {"stage": "relabel", "params": {"threshold": 0.5, "merge": merge, "fanout": 2, **relabel}}]}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(root / f"{name}.yaml"), "--no-progress"]) == 0
     seg = open_volume(str(root / name / "segmentation"))
