@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,15 @@ class MergeRounds:
     def done(self, phase: str, r: int, shard: int) -> bool:
         return os.path.exists(self.marker(phase, r, shard))
 
+    TRANSIENT = ("bridge", "rows", "pooled", "local-rename", "propose", "offer", "adj", "rename")
+
+    def forget(self, r: int) -> None:
+        """Delete what round `r` passed between its phases (once its last phase is done everywhere):
+        what the final names need (`local`, `absorb`, markers) stays, so disk use does not grow
+        with the rounds."""
+        for kind in self.TRANSIENT:
+            shutil.rmtree(self._path(kind, r), ignore_errors=True)
+
     def mark(self, phase: str, r: int, shard: int, summary: dict) -> None:
         """The task's marker, with its summary: written after everything else it writes."""
         self._write(self.marker(phase, r, shard), **{k: np.array(int(v)) for k, v in summary.items()})
@@ -183,7 +193,8 @@ class MergeRounds:
             a, b = _renamed(a, old, new), _renamed(b, old, new)
             a, b, stats = _pool_rows(a[a != b], b[a != b], stats[a != b])
         self._send_renames(r, "local-rename", shard, a, b, new, old, new)
-        self._write(self._path("pooled", r, f"{shard}.npz"), a=a, b=b, stats=stats, local_old=old, local_new=new)
+        self._write(self._path("local", r, f"{shard}.npz"), old=old, new=new)  # kept for the final names
+        self._write(self._path("pooled", r, f"{shard}.npz"), a=a, b=b, stats=stats)
         return {"rows": len(a), "local_merges": len(old)}
 
     def propose(self, r: int, shard: int) -> dict:
@@ -202,10 +213,17 @@ class MergeRounds:
         active = score[first] < self.threshold
         keep = np.isin(a, nodes[active])
         nodes, partner = nodes[active], partner[active]
-        self._send("propose", r, "p", shard, self.shard_of(partner), a=nodes, b=partner)
-        self._write(self._path("adj", r, f"{shard}.npz"), a=a[keep], b=b[keep], stats=stats[keep], nodes=nodes,
-                    partner=partner, local_old=state["local_old"], local_new=state["local_new"])
-        return {"active": len(nodes), "final": int((~active).sum()), "rows": int(keep.sum())}
+        a, b, stats = a[keep], b[keep], stats[keep]
+        degree = np.diff(np.searchsorted(a, nodes), append=len(a)).astype(np.int64)
+        self._send("propose", r, "p", shard, self.shard_of(partner), a=nodes, b=partner, degree=degree)
+        # a segment whose least edge leaves the shard offers its rows to its partner's shard
+        away = self.shard_of(partner) != shard
+        offered = np.isin(a, nodes[away])
+        self._send("offer", r, "o", shard, self.shard_of(partner[np.searchsorted(nodes, a[offered])]),
+                   a=a[offered], b=b[offered], stats=stats[offered])
+        self._write(self._path("adj", r, f"{shard}.npz"), a=a, b=b, stats=stats, nodes=nodes, partner=partner,
+                    degree=degree)
+        return {"active": len(nodes), "final": int((~active).sum()), "rows": len(a), "offered": int(offered.sum())}
 
     def _merge_inside(self, a: np.ndarray, b: np.ndarray, stats: np.ndarray, shard: int):
         """(segments, their new names) of the merges this shard decides alone: the tree's partial
@@ -228,32 +246,75 @@ class MergeRounds:
         changed = merged["values"] != nodes
         return nodes[changed], merged["values"][changed]
 
-    def decide(self, r: int, shard: int) -> dict:
+    def decide(self, r: int, shard: int, width: int) -> dict:
+        """The merges of the segments this shard decides: its own whose least edge stays in the
+        shard or wins a mutual least edge, and those of other shards whose least edge comes here
+        (and does not win one), with the rows they offered; the tree's partial merge over them,
+        every other segment frozen. Each segment is decided by one shard."""
         adj = self._read(self._path("adj", r, f"{shard}.npz"))
-        got = self._received("propose", r, shard, ("a", "b"), {})
-        nodes, partner = adj["nodes"], adj["partner"]
-        at = np.minimum(np.searchsorted(nodes, got["b"]), max(len(nodes) - 1, 0))
-        mutual = (nodes[at] == got["b"]) & (partner[at] == got["a"]) if len(nodes) else np.zeros(0, bool)
-        mine, other = got["b"][mutual], got["a"][mutual]  # my segment, and the one it merges with
-        renamed = mine > other
-        old, new = mine[renamed], other[renamed]
-        order = np.argsort(old)
-        old, new = old[order], new[order]
-        self._send_renames(r, "rename", shard, adj["a"], adj["b"], old, old, new)
-        into, absorbed = mine[~renamed], other[~renamed]
-        self._write(self._path("merged", r, f"{shard}.npz"), old=old, new=new, into=into, absorbed=absorbed)
-        return {"merges": len(old)}
+        got = self._received("propose", r, shard, ("a", "b", "degree"), {})
+        offers = self._received("offer", r, shard, ("a", "b", "stats"), {"stats": width})
+        nodes, partner, degree = adj["nodes"], adj["partner"], adj["degree"]
+        # proposals to my segments: mutual when my segment's least edge is the proposer's
+        if len(nodes):
+            at = np.minimum(np.searchsorted(nodes, got["b"]), len(nodes) - 1)
+            mutual_in = (nodes[at] == got["b"]) & (partner[at] == got["a"])
+            wins_in = _wins(got["degree"], got["a"], degree[at], got["b"])
+        else:
+            mutual_in = wins_in = np.zeros(len(got["a"]), bool)
+        foreign = self.shard_of(got["a"]) != shard
+        delegates = got["a"][foreign & ~(mutual_in & wins_in)]
+        # my segments whose least edge leaves: they stay only when it is mutual and they win
+        home = self.shard_of(partner) == shard
+        by_proposer = np.argsort(got["a"])  # each segment proposes once
+        pa = got["a"][by_proposer]
+        at = np.minimum(np.searchsorted(pa, partner), max(len(pa) - 1, 0))
+        back = by_proposer[at] if len(pa) else np.zeros(len(partner), np.int64)
+        mutual_out = (pa[at] == partner) & (got["b"][back] == nodes) if len(pa) else np.zeros(len(nodes), bool)
+        their_degree = got["degree"][back] if len(pa) else np.zeros(len(nodes), np.int64)
+        stays = nodes[home | (mutual_out & _wins(degree, nodes, their_degree, partner))]
+        members = np.union1d(stays, delegates)
+        mine = np.isin(adj["a"], stays)
+        theirs = np.isin(offers["a"], delegates)
+        a = np.concatenate([adj["a"][mine], offers["a"][theirs]])
+        b = np.concatenate([adj["b"][mine], offers["b"][theirs]])
+        stats = np.concatenate([adj["stats"][mine], offers["stats"][theirs]])
+        old, new = self._merge_among(a, b, stats, members)
+        # renames: to the home of each merged segment, and to the shards of its group's neighbours
+        group = _renamed(a, old, new)
+        self._send_renames(r, "rename", shard, group, b, new, old, new)
+        self._send("rename", r, "h", shard, self.shard_of(old), old=old, new=new)
+        self._send("absorb", r, "a", shard, self.shard_of(new), absorbed=old, into=new)
+        return {"merges": len(old), "members": len(members), "delegates": len(delegates)}
+
+    def _merge_among(self, a: np.ndarray, b: np.ndarray, stats: np.ndarray, members: np.ndarray):
+        """(segments, new names) of the partial merge of `members`, whose rows a -> b are all
+        given, every other segment frozen."""
+        from connectome.affinity.merge_tree import partial_merge
+
+        if len(a) == 0:
+            return a, a
+        inside = np.isin(b, members)
+        linked = stats[:, -1] > 0
+        body = stats[:, :-1]
+        measured = (body[:, 1] if self.scoring == "mean" else body.sum(axis=1)) > 0
+        once = ~inside | (a < b)  # an edge between two members has a row from each
+        edge, link = once & measured, once & linked & inside
+        boundary = np.unique(np.concatenate([b[~inside], a[linked & ~inside]]))
+        nodes = np.unique(np.concatenate([a, b]))
+        merged = partial_merge(nodes, a[edge], b[edge], body[edge], a[link], b[link], boundary, self.threshold,
+                               score_function(self.scoring, self.quantile))
+        changed = merged["values"] != nodes
+        return nodes[changed], merged["values"][changed]
 
     def move(self, r: int, shard: int) -> dict:
+        """This shard's rows renamed by the round's decisions, sent to the shard of their new names."""
         adj = self._read(self._path("adj", r, f"{shard}.npz"))
-        merged = self._read(self._path("merged", r, f"{shard}.npz"))
         got = self._received("rename", r, shard, ("old", "new"), {})
         old, first = np.unique(got["old"], return_index=True)
         new = got["new"][first]
-        a, b, stats = adj["a"], adj["b"], adj["stats"]
-        b = _renamed(b, old, new)
-        a = _renamed(a, merged["old"], merged["new"])
-        keep = a != b  # the edge between the two segments that merged
+        a, b, stats = _renamed(adj["a"], old, new), _renamed(adj["b"], old, new), adj["stats"]
+        keep = a != b  # an edge inside a merged group
         a, b, stats = a[keep], b[keep], stats[keep]
         self._send("rows", r + 1, "m", shard, self.shard_of(a), a=a, b=b, stats=stats)
         return {"rows": len(a), "moved": int((self.shard_of(a) != shard).sum())}
@@ -279,7 +340,7 @@ class MergeRounds:
         """Final names of this shard's segments known after the rounds after `r`; for each segment
         that merged into one of them in round `r`, its final name sent to its shard."""
         names, final = self._finals(r + 1, shard)
-        merged = self._read(self._path("merged", r, f"{shard}.npz"))
+        merged = self._received("absorb", r, shard, ("absorbed", "into"), {})
         to = final[np.searchsorted(names, merged["into"])]
         self._send("final", r, "f", shard, self.shard_of(merged["absorbed"]), name=merged["absorbed"], final=to)
         self._write(self._path("finals", r, f"{shard}.npz"), names=names, final=final)
@@ -298,8 +359,8 @@ class MergeRounds:
             final = names.copy()
         got = self._received("final", r, shard, ("name", "final"), {})
         final[np.searchsorted(names, got["name"])] = got["final"]
-        adj = self._read(self._path("adj", r, f"{shard}.npz"))
-        final[np.searchsorted(names, adj["local_old"])] = final[np.searchsorted(names, adj["local_new"])]
+        local = self._read(self._path("local", r, f"{shard}.npz"))
+        final[np.searchsorted(names, local["old"])] = final[np.searchsorted(names, local["new"])]
         return names, final
 
     def collect(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +376,12 @@ def _pool_rows(a: np.ndarray, b: np.ndarray, stats: np.ndarray) -> tuple[np.ndar
         return a, b, stats
     starts = np.flatnonzero(np.concatenate([[True], (np.diff(a) != 0) | (np.diff(b) != 0)]))
     return a[starts], b[starts], np.add.reduceat(stats, starts, axis=0)
+
+
+def _wins(degree: np.ndarray, name: np.ndarray, other_degree: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Of a mutual least edge, whether the segment stays in its shard and decides it: the one with
+    more neighbours (a hub, so that what proposes to it is decided with it), then the lesser name."""
+    return (degree > other_degree) | ((degree == other_degree) & (name < other))
 
 
 def _renamed(ids: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -411,6 +411,8 @@ class MergeTree:
             out = rounds.bridge1(up, shard) if phase == "bridge1" else rounds.bridge2(up, shard, width)
         elif phase == "local":
             out = rounds.local(r, shard, width)
+        elif phase == "decide":
+            out = rounds.decide(r, shard, width)
         else:
             out = getattr(rounds, phase)(r, shard)
         rounds.mark(phase, r, shard, out)
@@ -444,9 +446,11 @@ class MergeTree:
                 phase("local", r, shards)
                 phase("propose", r, shards)
                 if sum(rounds.summary("propose", r, s)["active"] for s in shards) == 0:
+                    rounds.forget(r)
                     break
                 phase("decide", r, shards)
                 phase("move", r, shards)
+                rounds.forget(r)
                 r += 1
             for q in reversed(range(r)):
                 phase("resolve", q, shards)
