@@ -1,11 +1,11 @@
 """The merge tree against the serial merge, and at scale.
 
     # tree vs serial on the region-graph tables of a finished run (any `connectome run` output)
-    .venv/bin/python benchmarks/merge_tree.py compare OUTPUT_DIR --threshold 0.5 [--fanout 2 4]
+    .venv/bin/python benchmarks/merge_tree.py compare OUTPUT_DIR --threshold 0.5 [--fanout 2 4] [--tree-levels 1]
 
     # a synthetic region graph of about N edges, written blockwise to disk (never whole in memory),
     # merged by the tree on a local Dask cluster: time and peak memory per task, per level
-    .venv/bin/python benchmarks/merge_tree.py simulate --edges 1e7 --dir /tmp/mt [--serial]
+    .venv/bin/python benchmarks/merge_tree.py simulate --edges 1e7 --dir /tmp/mt [--serial] [--tree-levels 2]
 
     # the serial merge alone, in memory, in the strict and in waterz's order of equal scores
     .venv/bin/python benchmarks/merge_tree.py kernel --edges 3e6 --dir /tmp/mt3
@@ -272,12 +272,15 @@ def compare(args) -> None:
     print(f"{args.output}: {frag.size:,} voxels, grid {table_grid(edges_dir)}, {len(keys):,} fragments; "
           f"serial {s['seconds']:.1f} s, peak {s['peak_rss'] / 2**30:.2f} GiB, {s['segments']:,} segments")
     for fanout in args.fanout:
-        tree, summaries, walls = run_tree(edges_dir, f"{work}-{fanout}", args.threshold, args.scoring, fanout, args.workers)
+        tree, summaries, walls = run_tree(edges_dir, f"{work}-{fanout}-{args.tree_levels}", args.threshold, args.scoring,
+                                          fanout, args.workers, tree_levels=args.tree_levels)
         tkeys, tvalues = tree_table(tree)
         seg = relabel(frag, tkeys, tvalues)
         split, merge = voi(seg, serial_seg)
         peak = max(x["peak_rss"] for x in summaries) if summaries else 0
-        print(f"  tree fanout {fanout} ({tree.layout.levels} levels): {walls['total']:.1f} s, max task peak "
+        rounds = max([x["level"] for x in summaries if x["kind"] == "propose"], default=-1) + 1
+        print(f"  tree fanout {fanout} ({tree.layout.levels} levels, {tree.tree_levels} as tasks per super-block, "
+              f"{rounds} rounds above): {walls['total']:.1f} s, max task peak "
               f"{peak / 2**30:.2f} GiB; table identical: {np.array_equal(tkeys, keys) and np.array_equal(tvalues, values)}; "
               f"segmentation identical: {seg.tobytes() == serial_seg.tobytes()}; VOI split {split:.4f} merge {merge:.4f}")
 
@@ -292,6 +295,8 @@ def main() -> None:
     c.add_argument("--fanout", type=int, nargs="+", default=[2, 4])
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--work", default=None)
+    c.add_argument("--tree-levels", type=int, default=None,
+                   help="levels run as tasks per super-block, rounds above them (default: the whole tree)")
     s = sub.add_parser("simulate", help="a synthetic region graph merged by the tree")
     s.add_argument("--edges", default="1e7")
     s.add_argument("--lattice", type=int, default=32)
