@@ -188,7 +188,7 @@ class MergeRounds:
         """Pool the rows received; merge what this shard decides alone; the renames sent on."""
         got = self._received("rows", r, shard, ("a", "b", "stats"), {"stats": width})
         a, b, stats = _pool_rows(got["a"], got["b"], got["stats"])
-        old, new = self._merge_inside(a, b, stats, shard)
+        old, new = self._merge_among(a, b, stats, np.unique(a))  # its own segments, whose edges are all here
         if len(old):
             a, b = _renamed(a, old, new), _renamed(b, old, new)
             a, b, stats = _pool_rows(a[a != b], b[a != b], stats[a != b])
@@ -224,27 +224,6 @@ class MergeRounds:
         self._write(self._path("adj", r, f"{shard}.npz"), a=a, b=b, stats=stats, nodes=nodes, partner=partner,
                     degree=degree)
         return {"active": len(nodes), "final": int((~active).sum()), "rows": len(a), "offered": int(offered.sum())}
-
-    def _merge_inside(self, a: np.ndarray, b: np.ndarray, stats: np.ndarray, shard: int):
-        """(segments, their new names) of the merges this shard decides alone: the tree's partial
-        merge (`merge_tree.partial_merge`) of its own segments, whose edges it holds whole, with
-        every segment of another shard frozen (and each of its own linked to one)."""
-        from connectome.affinity.merge_tree import partial_merge
-
-        if len(a) == 0:
-            return a, a
-        own_b = self.shard_of(b) == shard
-        linked = stats[:, -1] > 0
-        body = stats[:, :-1]
-        measured = (body[:, 1] if self.scoring == "mean" else body.sum(axis=1)) > 0
-        once = ~own_b | (a < b)  # an edge between two own segments has a row at each end
-        edge, link = once & measured, once & linked & own_b
-        boundary = np.unique(np.concatenate([b[~own_b], a[linked & ~own_b]]))
-        nodes = np.unique(np.concatenate([a, b]))
-        merged = partial_merge(nodes, a[edge], b[edge], body[edge], a[link], b[link], boundary, self.threshold,
-                               score_function(self.scoring, self.quantile))
-        changed = merged["values"] != nodes
-        return nodes[changed], merged["values"][changed]
 
     def decide(self, r: int, shard: int, width: int) -> dict:
         """The merges of the segments this shard decides: its own whose least edge stays in the
