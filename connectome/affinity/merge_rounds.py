@@ -114,6 +114,16 @@ class MergeRounds:
                 out[k] = np.zeros((0, widths[k]) if k in widths else 0, np.float64 if k in widths else np.uint64)
         return out
 
+    def busy(self, r: int) -> list[int]:
+        """Shards that were sent edges for round `r`: only they can hold a segment that proposes, is
+        proposed to, or is renamed. Read from the round's rows, or, once the round is done and its
+        rows deleted, from its `propose` markers (a resumed run walks the finished rounds again)."""
+        shards: set[int] = set()
+        for path in (self._path("rows", r), self._path("done", r, "propose")):
+            if os.path.isdir(path):
+                shards.update(int(name.split(".")[0]) for name in os.listdir(path) if not name.endswith(".tmp"))
+        return sorted(shards)
+
     def marker(self, phase: str, r: int, shard: int) -> str:
         return self._path("done", r, phase, f"{shard}.npz")
 
@@ -338,8 +348,10 @@ class MergeRounds:
             final = names.copy()
         got = self._received("final", r, shard, ("name", "final"), {})
         final[np.searchsorted(names, got["name"])] = got["final"]
-        local = self._read(self._path("local", r, f"{shard}.npz"))
-        final[np.searchsorted(names, local["old"])] = final[np.searchsorted(names, local["new"])]
+        path = self._path("local", r, f"{shard}.npz")
+        if os.path.exists(path):  # none where the shard had nothing to do in round r
+            local = self._read(path)
+            final[np.searchsorted(names, local["old"])] = final[np.searchsorted(names, local["new"])]
         return names, final
 
     def collect(self, shard: int) -> tuple[np.ndarray, np.ndarray]:

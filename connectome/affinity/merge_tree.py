@@ -443,13 +443,14 @@ class MergeTree:
             phase("bridge2", 0, shards)
             r = 0
             while True:
-                phase("local", r, shards)
-                phase("propose", r, shards)
-                if sum(rounds.summary("propose", r, s)["active"] for s in shards) == 0:
+                busy = rounds.busy(r)  # shards that hold edges this round; the others have nothing to do
+                phase("local", r, busy)
+                phase("propose", r, busy)
+                if sum(rounds.summary("propose", r, s)["active"] for s in busy) == 0:
                     rounds.forget(r)
                     break
-                phase("decide", r, shards)
-                phase("move", r, shards)
+                phase("decide", r, busy)
+                phase("move", r, busy)
                 rounds.forget(r)
                 r += 1
             for q in reversed(range(r)):
