@@ -1,44 +1,50 @@
-"""The top of the merge tree as rounds of mutual-best merges, so that no task grows with the volume.
+"""The top of the merge tree as rounds of tasks per super-block, so that no task grows with the volume.
 
 The tree (`merge_tree`) decides inside each super-block what it can alone and passes up the
 segments frozen at its faces; a tree level's task holds its children's faces, so the top task
 grows with the volume's middle planes. Above level `top_level`, the segments still frozen there
 are merged instead in rounds of tasks, one per level-`top_level` super-block (a *shard*); a
 segment is owned by the shard of its name (its least fragment id), which never changes shard,
-since a merge names the pair by the lesser of its two names.
+since a merge names a group by the least of its names.
 
 Each shard keeps the edges of its segments, pooled per segment pair (both directions of an edge
-are kept, one by each end's shard). A round:
+are kept, one by each end's shard). A round, each phase one task per shard that was sent edges:
 
-- `propose`: pool the rows the shard received, take each segment's least edge in the strict order
-  (score, contact count, -hi, -lo) of `merge_regions` (a watershed link, a piece of one basin that
-  a face cut, comes before every edge); a segment whose least edge scores at or above the
-  threshold is final (a pooled edge never scores below its least part, so it will never merge) and
-  its rows are dropped; each other segment proposes its least edge to the shard of its partner;
-- `decide`: an edge proposed by both of its ends merges: the larger name is renamed to the lesser,
-  the rename sent to the shards of the renamed segment's neighbours;
-- `move`: each shard renames the neighbours in its rows, and the rows of its renamed segments go
-  to the shard of their new name, for the next round's pooling.
+- `local`: pool the rows received; the tree's partial merge (`merge_tree.partial_merge`) of the
+  shard's own segments, whose edges are all here, every other segment frozen; the renames sent to
+  the shards of the merged segments' neighbours;
+- `propose`: with every name now current, each segment's least edge in the strict order (score,
+  contact count, -hi, -lo) of `merge_regions` (a watershed link, a piece of one basin that a face
+  cut, comes before every edge); a segment whose least edge scores at or above the threshold is
+  final (a pooled edge never scores below its least part) and its rows are dropped; each other
+  segment proposes its least edge to its partner's shard (with its number of neighbours) and, when
+  the partner is in another shard, offers that shard its rows;
+- `decide`: every segment is decided by exactly one shard: its own when its least edge stays in
+  the shard or when it wins a mutual least edge (more neighbours, then the lesser name: a hub stays
+  home), else its partner's. A shard runs the partial merge over the segments it decides (its own
+  rows and the offered ones), every other segment frozen, and sends each rename to the renamed
+  segment's shard and to the shards of its group's neighbours;
+- `move`: each shard renames its rows, and sends them to the shard of their segment's new name.
 
-Why this is the serial merge's result: an edge that is the least at both its segments is merged
-by the serial merge, with the same pooled statistics, whatever it merges elsewhere (the argument in
-`merge_tree`'s docstring; here each shard sees every edge of its segments with exact statistics).
-Merging all such edges of a round at once is the same as one at a time: they are disjoint (each
-segment proposes one edge), and merging one only pools edges at its two segments into edges that
-score at least their least part, with more contact, and a lesser name, so another such edge stays
-least at its own two segments. A watershed link is an edge below everything, so its pieces join
-before anything merges with them; until then each piece's edges are parts of the basin's, which
-only underestimates their keys, as a frozen segment's do in the tree.
+Why this is the serial merge's result: the tree's argument (an edge that is the least at both its
+segments is merged by the serial merge, with the same pooled statistics, whatever merges
+elsewhere; an edge seen only in part underestimates its key, which can only freeze a segment)
+holds inside each partial merge, because the segments it decides have all their edges there with
+exact statistics; the shards decide disjoint sets of segments, and a merge elsewhere only pools
+the edges at its own segments into edges with larger keys. A watershed link is an edge below
+everything, so its pieces join before anything merges with them. Each segment's least edge is
+chosen only after the round's local renames reached every shard (choosing it on a neighbour's
+stale piece would see part of a contact as a whole edge).
 
-Rounds end when no segment proposes (every segment left is final). Then, backwards from the last
-round, each shard hands the final name of every segment that merged into one of its own back to
-the merged segment's shard, and writes the tree's `down` result of its super-block.
+Rounds end when no segment proposes. Then, backwards from the last round, each shard hands the
+final name of every segment that merged into one of its own back to the merged segment's shard,
+and writes the tree's `down` result of its super-block.
 
 Memory: a task holds one shard's segments and their edges (the segments of its super-block frozen at
-its faces, and what merged into them), and the messages addressed to it: it is bounded by its
-super-block, not by the volume (a segment's edges are always held whole, by the shard of its name).
-Every task writes its messages, then its marker; a killed round resumes with the tasks that have
-no marker, the messages written by a killed task are written again, the same.
+its faces, and what merged into them) and the messages addressed to it, whatever the volume (a
+segment's edges are held whole, by the shard of its name). Every task writes its messages, then its
+marker; a killed round resumes with the tasks that have no marker (messages of a killed task are
+written again, the same); what a round passes between its phases is deleted once it is done.
 """
 
 from __future__ import annotations
