@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from connectome.affinity import lsd as shape_descriptors
 from connectome.affinity.targets import affinities_from_labels, balance_weights
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, CHAIN, voi_over_thresholds
 from connectome.core.errors import UserError
@@ -37,6 +38,8 @@ AUX_OFFSETS = {
     "iso": ((-3, 0, 0), (0, -3, 0), (0, 0, -3), (-9, 0, 0), (0, -9, 0), (0, 0, -9)),
     "aniso": ((-2, 0, 0), (0, -3, 0), (0, 0, -3), (0, -9, 0), (0, 0, -9)),
 }
+# local shape descriptors (auxiliary, dropped at inference): computed on labels downsampled by this factor
+LSD_FACTOR = {"iso": (2, 2, 2), "aniso": (1, 2, 2)}
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SCORING = "mean"  # the relabel stage's default: score = 1 - mean affinity of the whole contact
 
@@ -64,6 +67,9 @@ class TrainSettings:
     voxel_size: tuple[float, float, float] | None = None
     labels_2d: bool = False
     aux: bool = True
+    lsd: bool = False  # also learn the 10 local shape descriptors (MtLSD), an auxiliary MSE loss
+    lsd_sigma_nm: float = 80.0
+    lsd_weight: float = 1.0
     norm: str = "batch"  # BatchNorm while training (folded away for inference) or "none"
     lr: float = 1e-3
     val_every: int = 250
@@ -119,24 +125,59 @@ def sampling_weights(sizes: np.ndarray, two_d: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d):
-    raws, targets, masks = [], [], []
+def _cut_margin(mask: np.ndarray, margin: Vec3) -> None:
+    """Leave `margin` voxels at each face of a (channels, z, y, x) mask out of the loss."""
+    for axis, m in enumerate(margin):
+        if m:
+            idx: list[slice | np.ndarray] = [slice(None)] * 4
+            idx[axis + 1] = np.r_[0:m, mask.shape[axis + 1] - m: mask.shape[axis + 1]]
+            mask[tuple(idx)] = False
+
+
+def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d, voxel_size):
+    """Raw (n, 1, z, y, x), affinity targets and masks, and (with `settings.lsd`) descriptors and their mask."""
+    raws, targets, masks, lsds, lsd_masks = [], [], [], [], []
     for _ in range(settings.batch_size):
         index = rng.choice(len(pairs), p=weights)
         pair = pairs[index]
         raw, labels = augmenter(pair.raw, pair.labels, settings.patch)
         affs, mask = affinities_from_labels(labels, offsets)
-        if settings.labels_2d or two_d[index]:
+        flat = settings.labels_2d or two_d[index]
+        if flat:
             mask[[c for c, o in enumerate(offsets) if o[0] != 0]] = False
-        for axis, m in enumerate(margin):
-            if m:
-                idx = [slice(None)] * 4
-                idx[axis + 1] = np.r_[0:m, mask.shape[axis + 1] - m: mask.shape[axis + 1]]
-                mask[tuple(idx)] = False
+        _cut_margin(mask, margin)
         raws.append(raw)
         targets.append(affs)
         masks.append(mask)
-    return np.stack(raws)[:, None], np.stack(targets), np.stack(masks)
+        if settings.lsd:
+            if flat:  # per-section labels: descriptors of each section alone, z channels unknown
+                descriptors = np.concatenate([shape_descriptors.local_shape_descriptors(
+                    labels[z:z + 1], voxel_size, settings.lsd_sigma_nm, (1, *LSD_FACTOR[settings.arch][1:]))
+                    for z in range(labels.shape[0])], axis=1)
+            else:
+                descriptors = shape_descriptors.local_shape_descriptors(
+                    labels, voxel_size, settings.lsd_sigma_nm, LSD_FACTOR[settings.arch])
+            known = np.repeat((labels != 0)[None], shape_descriptors.CHANNELS, axis=0)
+            if flat:
+                known[list(shape_descriptors.Z_CHANNELS)] = False
+            _cut_margin(known, margin)
+            lsds.append(descriptors)
+            lsd_masks.append(known)
+    batch = (np.stack(raws)[:, None], np.stack(targets), np.stack(masks))
+    return (*batch, np.stack(lsds), np.stack(lsd_masks)) if settings.lsd else (*batch, None, None)
+
+
+def load_init(net: UNet, state: dict) -> None:
+    """Load `state` into `net`; where only the head's extra outputs differ (descriptors added or dropped),
+    the head keeps its fresh rows beyond the ones both have."""
+    own = net.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in state and state[key].shape != own[key].shape:
+            n = min(state[key].shape[0], own[key].shape[0])
+            merged = own[key].clone()
+            merged[:n] = state[key][:n]
+            state = {**state, key: merged}
+    net.load_state_dict(state)
 
 
 def _device(name: str) -> torch.device:
@@ -169,7 +210,8 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
     try:
-        config = dataclasses.replace(preset(settings.arch, offsets), norm=settings.norm)
+        config = dataclasses.replace(preset(settings.arch, offsets), norm=settings.norm,
+                                     extra_outputs=shape_descriptors.CHANNELS if settings.lsd else 0)
     except ValueError as e:
         raise UserError(str(e)) from None
     if any(p % d for p, d in zip(settings.patch, config.divisor)):
@@ -191,7 +233,7 @@ def train(settings: TrainSettings, log=print) -> dict:
 
         init_path = resolve_model_path(settings.init)
         init_info = read_info(init_path)
-        if init_info.config != config:
+        if dataclasses.replace(init_info.config, extra_outputs=config.extra_outputs) != config:
             raise UserError(f"--init {settings.init}: its architecture differs from --arch {settings.arch} "
                             f"with these options (aux outputs, norm)")
         mean, std = init_info.mean, init_info.std  # the network learned on this normalisation
@@ -208,7 +250,7 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     net = UNet(config)
     if init_info is not None:
-        net.load_state_dict(torch.load(init_info.path, map_location="cpu", weights_only=True))
+        load_init(net, torch.load(init_info.path, map_location="cpu", weights_only=True))
     # torch stubs: Module.to(memory_format=...) works and is documented but has no overload
     net = net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
@@ -232,6 +274,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         f"({int(sizes.sum())} voxels), device {device}")
 
     losses: list[float] = []
+    lsd_losses: list[float] = []  # the descriptors' share of `losses` (with settings.lsd)
     validation: list[dict] = []
     best: dict | None = None
     t_data = t_step = t_val = 0.0
@@ -273,13 +316,22 @@ def train(settings: TrainSettings, log=print) -> dict:
     for it in range(1, settings.iterations + 1):
         t0 = time.perf_counter()
         set_lr(it - 1)
-        raw, target, mask = _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d)
+        raw, target, mask, lsd_target, lsd_mask = _batch(pairs, weights, augmenter, settings, offsets, margin,
+                                                         rng, two_d, voxel_size)
         x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
         y = torch.from_numpy(target).to(device, torch.float32)
         w = balance_weights(y, torch.from_numpy(mask).to(device))
         t1 = time.perf_counter()
         logits = net(x)
-        loss = F.binary_cross_entropy_with_logits(logits, y, weight=w, reduction="sum") / w.sum().clamp(min=1)
+        n_aff = len(offsets)
+        loss = (F.binary_cross_entropy_with_logits(logits[:, :n_aff], y, weight=w, reduction="sum")
+                / w.sum().clamp(min=1))
+        if lsd_target is not None:
+            known = torch.from_numpy(lsd_mask).to(device, torch.float32)
+            error = (torch.sigmoid(logits[:, n_aff:]) - torch.from_numpy(lsd_target).to(device)) ** 2
+            lsd_loss = (error * known).sum() / known.sum().clamp(min=1)
+            lsd_losses.append(lsd_loss.item())
+            loss = loss + settings.lsd_weight * lsd_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -289,7 +341,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         t_data += t1 - t0
         t_step += t2 - t1
         if it % 50 == 0 or it == 1:
-            log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f} "
+            lsd_part = f" (descriptors {np.mean(lsd_losses[-50:]):.4f})" if lsd_losses else ""
+            log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f}{lsd_part} "
                 f"({(time.perf_counter() - t_start) / 60:.1f} min; data {t_data / it * 1e3:.0f} ms, "
                 f"step {t_step / it * 1e3:.0f} ms per iteration)")
         out_of_time = time.perf_counter() - t_start > limit_s
@@ -339,6 +392,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             "wall_time_s": init_info.provenance.get("wall_time_s")},
         "stopped_by_time_limit": done < settings.iterations,
         "final_loss": float(np.mean(losses[-50:])),
+        "final_lsd_loss": float(np.mean(lsd_losses[-50:])) if lsd_losses else None,
         "validation": {"best": best, "history": [{k: v for k, v in e.items() if k != "all"} for e in validation]},
         "evaluation": evaluations,
         "loss_curve": curve.name,

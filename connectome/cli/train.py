@@ -51,6 +51,10 @@ def add_arguments(parser) -> None:
                         "is derived from the in-plane ones")
     p.add_argument("--no-aux", dest="aux", action="store_false",
                    help="train without the long-range affinity outputs")
+    p.add_argument("--lsd", action="store_true",
+                   help="also learn the 10 local shape descriptors as auxiliary outputs (MtLSD; dropped at inference)")
+    p.add_argument("--lsd-sigma", type=float, default=80.0, metavar="NM", help="descriptor window sigma in nm")
+    p.add_argument("--lsd-weight", type=float, default=1.0, help="weight of the descriptors' MSE in the loss")
     p.add_argument("--norm", choices=("batch", "none"), default="batch",
                    help="BatchNorm while training (folded into the convolutions for inference), or none")
     p.add_argument("--init", metavar="MODEL",
@@ -164,7 +168,8 @@ def run(args) -> int:
         iterations=args.iterations, batch_size=args.batch_size, patch=patch, seed=args.seed,
         device=args.device, arch=args.arch,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
-        labels_2d=args.labels_2d, aux=args.aux, norm=args.norm, lr=args.lr, init=args.init,
+        labels_2d=args.labels_2d, aux=args.aux, lsd=args.lsd, lsd_sigma_nm=args.lsd_sigma,
+        lsd_weight=args.lsd_weight, norm=args.norm, lr=args.lr, init=args.init,
         val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, install=args.install,
         command=_command_line(),

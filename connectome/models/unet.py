@@ -36,6 +36,7 @@ class UNetConfig:
     encoder_convs: tuple[int, ...] = (1, 2, 2)  # convs per level on the way down (last = bottom)
     decoder_convs: tuple[int, ...] = (1, 1)  # convs per level on the way up (levels 0..L-2)
     offsets: tuple[Vec3, ...] = NEAREST_OFFSETS  # one output channel per affinity offset
+    extra_outputs: int = 0  # training-only outputs after the affinities (local shape descriptors)
     skip: str = "add"  # how the upsampled path joins the skip connection: "add" or "concat"
     norm: str = "none"  # "batch": BatchNorm while training, folded into the convolutions for inference
 
@@ -63,6 +64,10 @@ class UNetConfig:
     @property
     def levels(self) -> int:
         return len(self.downsample) + 1
+
+    @property
+    def outputs(self) -> int:
+        return len(self.offsets) + self.extra_outputs
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -176,7 +181,7 @@ def _conv_list(cfg: UNetConfig) -> list[tuple[int, int, int, Vec3]]:
         for _ in range(cfg.decoder_convs[l]):
             out.append((l, cin, ch[l], cfg.kernels[l]))
             cin = ch[l]
-    out.append((0, ch[0], len(cfg.offsets), (1, 1, 1)))
+    out.append((0, ch[0], cfg.outputs, (1, 1, 1)))
     return out
 
 
@@ -233,7 +238,7 @@ class UNet(nn.Module):
             _convs(k * ch[l], ch[l], config.kernels[l], config.decoder_convs[l], config.norm)
             for l in range(config.levels - 1)
         )
-        self.head = nn.Conv3d(ch[0], len(config.offsets), 1)
+        self.head = nn.Conv3d(ch[0], config.outputs, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
