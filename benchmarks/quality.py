@@ -11,8 +11,8 @@ models that were trained on them):
   sections are shuffled, see benchmarks/cremi_section_order.py, which this script runs first), 40 x 4 x 4
   nm, dense 3-D labels;
 - ISBI 2012 train z 25-29 (sstem's validation split), 50 x 4 x 4 nm, scored per section.
-Writes benchmarks/results/quality.md. Usage:
-    .venv/bin/python benchmarks/quality.py [--models NAME ...] [--sets NAME ...]
+Writes benchmarks/results/quality.md (with `--tta N`: segment's test-time augmentation, quality_ttaN.md). Usage:
+    .venv/bin/python benchmarks/quality.py [--models NAME ...] [--sets NAME ...] [--tta N]
 """
 
 from __future__ import annotations
@@ -90,15 +90,15 @@ def fitting_models(voxel_size) -> list[str]:
     return names
 
 
-def run_case(set_name, raw, gt, voxel_size, per_section, model, tmp) -> dict:
+def run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, tta: int | None = None) -> dict:
     out = os.path.join(tmp, f"{set_name.split()[0]}-{model}")
     vs = ["--voxel-size", *map(str, voxel_size)]
     t0 = time.perf_counter()
-    seg, err = cli("segment", raw, out, "--model", model, "--no-progress", *vs)
+    seg, err = cli("segment", raw, out, "--model", model, "--no-progress", *vs, *(["--tta", str(tta)] if tta else []))
     seconds = time.perf_counter() - t0
     metrics, _ = cli("evaluate", "--seg", seg["segmentation"], "--gt", gt, *vs,
                      *(["--per-section"] if per_section else []))
-    return {"set": set_name, "model": model, "threshold": seg["threshold"],
+    return {"set": set_name, "model": model, "threshold": seg["threshold"], "tta": seg.get("tta", 1),
             "voi_split": metrics["voi_split"], "voi_merge": metrics["voi_merge"],
             "voi": metrics["voi_split"] + metrics["voi_merge"], "arand": metrics["arand"],
             "erl_nm": metrics["erl_nm"], "max_erl_nm": metrics["max_erl_nm"], "merges": metrics["merges"],
@@ -114,8 +114,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", help="only these models")
     ap.add_argument("--sets", nargs="*", help="only sets whose name starts with one of these words")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
+    ap.add_argument("--tta", type=int, default=None, help="segment with --tta N (default: each model's own)")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/quality.md (quality_ttaN.md with --tta)")
     args = ap.parse_args()
+    name = f"quality_tta{args.tta}.md" if args.tta else "quality.md"
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / name)
     tmp = tempfile.mkdtemp(prefix="quality-")
     cremi = DATA / "cremi_sstem_crop" / "cremi_train.npz"
     reordered = os.path.join(tmp, "cremi_reordered.npz")
@@ -136,7 +139,7 @@ def main() -> None:
             if args.models and model not in args.models:
                 continue
             print(f"{set_name} with {model} ...", file=sys.stderr, flush=True)
-            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp)
+            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, args.tta)
             row["target"] = target
             rows.append(row)
             print(f"  VOI {row['voi']:.3f} (split {row['voi_split']:.3f}, merge {row['voi_merge']:.3f}), "
@@ -145,22 +148,24 @@ def main() -> None:
         "# Segmentation quality of the shipped affinity models on the real validation splits",
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores (shared with "
-        "other jobs); command: `.venv/bin/python benchmarks/quality.py`",
+        "other jobs); command: `.venv/bin/python benchmarks/quality.py"
+        + (f" --tta {args.tta}" if args.tta else "") + (f" --models {' '.join(args.models)}" if args.models else "")
+        + (f" --sets {' '.join(args.sets)}" if args.sets else "") + "`",
         "- every (set, model) pair within the voxel-size tolerance (factor 1.5 per axis); `connectome segment "
-        "RAW OUT --model M --voxel-size ...` at its defaults (block shape 64x256x256, the model's validated "
-        "threshold, mean scoring), then `connectome evaluate --seg OUT/segmentation --gt GT --json` "
+        "RAW OUT --model M --voxel-size ..." + (f" --tta {args.tta}" if args.tta else "") + "` at its "
+        "defaults otherwise (block shape 64x256x256, the model's validated threshold and scoring), then `connectome evaluate --seg OUT/segmentation --gt GT --json` "
         "(`--per-section` for ISBI: the mean over its 5 sections)",
         "- VOI in bits (gt == 0 excluded); ERL in nm with kimimaro skeletons of the ground truth "
         "(gt ERL in brackets); seconds: the whole `connectome segment` command (start-up included)",
         "",
-        "| set | model | threshold | VOI split | VOI merge | VOI | target | adapted Rand | ERL nm (gt) | merges "
+        "| set | model | threshold | tta | VOI split | VOI merge | VOI | target | adapted Rand | ERL nm (gt) | merges "
         "| splits | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         met = "yes" if r["voi"] <= r["target"] else "no"
         lines.append(
-            f"| {r['set']} | {r['model']} | {r['threshold']:.2f} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | "
+            f"| {r['set']} | {r['model']} | {r['threshold']:.2f} | {r['tta']} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | "
             f"{r['voi']:.3f} | <= {r['target']} ({met}) | {_num(r['arand'], '.3f')} | "
             f"{_num(r['erl_nm'], '.0f')} ({_num(r['max_erl_nm'], '.0f')}) | {r['merges']} | {r['splits']} | "
             f"{r['seconds']:.1f} |")

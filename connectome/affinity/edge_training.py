@@ -147,7 +147,8 @@ def example_weights(counts: np.ndarray, weighting: str) -> np.ndarray:
 
 
 def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None):
-    """(EdgeSet, labels, ground truth) of one labelled volume with `model`'s affinities."""
+    """(EdgeSet, labels, ground truth) of one labelled volume with `model`'s affinities, predicted as `segment`
+    predicts them by default (the model's test-time augmentation, precision auto)."""
     import hashlib
     import os
 
@@ -158,12 +159,16 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
     pair = load_pair(raw_address, labels_address)
     path = None
     if cache:
-        key = hashlib.sha1(f"{model.info.name}|{raw_address}".encode()).hexdigest()[:16]
+        from connectome.models.inference import resolve_precision
+
+        precision = resolve_precision("auto", model.device)
+        tag = "" if model.info.tta == 1 and precision == "float32" else f"|tta{model.info.tta}|{precision}"
+        key = hashlib.sha1(f"{model.info.name}|{raw_address}{tag}".encode()).hexdigest()[:16]
         path = os.path.join(cache, f"affs-{key}.npy")
     if path and os.path.isfile(path):
         affs = np.load(path)
     else:
-        affs = affinities_as_uint8(predict_volume(model, pair.raw))
+        affs = affinities_as_uint8(predict_volume(model, pair.raw, flips=model.info.tta, precision="auto"))
         if path:
             os.makedirs(cache, exist_ok=True)  # type: ignore[arg-type]
             np.save(path, affs)

@@ -42,16 +42,21 @@ def segmentation_config(
     allow_voxel_mismatch: bool = False,
     edge_model: str | None = None,
     mask: str | None = None,
+    tta: int | None = None,
+    precision: str = "auto",
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
-    nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments."""
+    nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments. `tta` > 1 averages
+    the affinities of that many flipped copies of each block (test-time augmentation; default: the model's)."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
     warn_if_two_d_model(info)
     if scoring is None:
         scoring = info.scoring
+    if tta is None:
+        tta = info.tta
     agglomerate: dict = {}
     if scoring == "learned":
         from connectome.affinity.edge_classifier import edges_path_for, load_classifier, resolve_edge_model
@@ -68,7 +73,8 @@ def segmentation_config(
     masked = {"affinities": "masked_affinities"} if mask else {}
     stages = [
         StageConfig(stage="affinities", params={"model": model, **(
-            {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}),
+            {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}), **({"tta": tta} if tta != 1 else {}),
+            **({"precision": precision} if precision != "auto" else {})}),
         *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
         StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
@@ -106,6 +112,7 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
         "affinities": os.path.join(config.output, "affinities"),
         "fragments": os.path.join(config.output, "fragments"),
         "threshold": next(s.params["threshold"] for s in config.stages if s.stage == "relabel"),
+        "tta": next(s.params.get("tta", 1) for s in config.stages if s.stage == "affinities"),
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],

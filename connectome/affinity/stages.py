@@ -40,6 +40,11 @@ class AffinitiesParams(StageParams):
     model: str = Field("synthetic", description="shipped model name or path to a .pt file")
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run a model on data of another voxel size")
+    tta: int = Field(1, ge=1, le=8, description="test-time augmentation: average the predictions on this many "
+                     "flipped copies of each block (1: none; 4: x, y and z flips too; 8: every flip)")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the network's arithmetic: auto = bfloat16 on a GPU and on a CPU with native bfloat16 "
+        "(AMX, AVX512-BF16), else float32")
 
 
 @register
@@ -62,6 +67,14 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
 
+    def fingerprint(self) -> dict:
+        """At the defaults of tta and precision, the one from before those options existed, so earlier runs resume."""
+        fp = super().fingerprint()
+        defaults = {"tta": 1, "precision": "auto"}
+        fp["params"] = {k: v for k, v in fp["params"].items()  # type: ignore[union-attr]
+                        if k not in defaults or v != defaults[k]}
+        return fp
+
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
@@ -73,7 +86,7 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
 
         model = get_model(self.params.model, self.params.device)
         raw = read_reflected(volumes["raw"], block.read_box)
-        affs = predict_affinities(model, raw)
+        affs = predict_affinities(model, raw, self.params.tta, self.params.precision)
         inner = block.write_box.relative_to(block.read_box)
         volumes["affinities"].write(block.write_box, affinities_as_uint8(affs[(slice(0, 3), *inner)]))
         return {}

@@ -99,7 +99,7 @@ def score_pair(model: LoadedModel, pair: Pair, thresholds, labels_2d: bool, in_p
     across sections)."""
     from connectome.models.inference import predict_volume
 
-    affs = predict_volume(model, pair.raw)
+    affs = predict_volume(model, pair.raw, precision="auto")  # as `connectome segment` predicts by default
     gt = pair.labels
     if labels_2d:
         affs[0] = 0.0  # no merges across sections: each section is segmented on its own

@@ -26,6 +26,13 @@ def add_arguments(parser) -> None:
                         help="nm; required for sources that carry none")
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run a model on data whose voxel size differs from its own by more than 1.5x")
+    parser.add_argument("--tta", type=int, default=None, choices=range(1, 9), metavar="N",
+                        help="test-time augmentation: average the affinities predicted on N flipped copies of each "
+                             "block (1 = none; 4 = plain, x, y and z flips: N times the prediction time; default: "
+                             "the model's validated value)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="the affinity network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
+                             "bfloat16 - AMX or AVX512-BF16 - else float32)")
     parser.add_argument("--mask", default=None, metavar="ADDR",
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment and nothing merges across them (e.g. OUT/tissue_mask from `connectome tissue`, "
@@ -59,7 +66,7 @@ def run(args) -> int:
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,
                                  allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
-                                 mask=args.mask)
+                                 mask=args.mask, tta=args.tta, precision=args.precision)
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
@@ -75,9 +82,12 @@ def run(args) -> int:
 def _run_ffn(args) -> int:
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
+    from connectome.core.errors import UserError
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
     from connectome.ffn.segment import ffn_config, run_ffn
 
+    if args.tta is not None:
+        raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,

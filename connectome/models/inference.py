@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Sequence
 from typing import overload
@@ -25,9 +26,32 @@ def _check(model: LoadedModel, raw: np.ndarray) -> None:
         )
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16, from /proc/cpuinfo; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto': bfloat16 on a GPU and on a CPU with native bfloat16, else float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.type == "cuda" or native_bfloat16() else "float32"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -44,11 +68,11 @@ def z_from_xy(affs: torch.Tensor) -> torch.Tensor:
     return torch.minimum(interior, below)
 
 
-def _forward(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+def _forward(model: LoadedModel, batch: np.ndarray, precision: str = "float32") -> np.ndarray:
     info = model.info
     x = torch.from_numpy(batch).to(model.device)[:, None]
     x = x.contiguous(memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), _autocast(model.device):
+    with torch.inference_mode(), _autocast(model.device, precision):
         x = (x.float() * (1.0 / 255.0) - info.mean) * (1.0 / info.std)
         y = torch.sigmoid(model.net(x)[:, :3].float())
         if info.z_affinity == "from_xy":
@@ -56,30 +80,76 @@ def _forward(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
         return y.contiguous().cpu().numpy()
 
 
+# test-time augmentation: the flips (axes of z, y, x) whose predictions `flips=n` averages, first n
+FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,), (1, 2), (0, 1, 2), (0, 1), (0, 2))
+
+
+def _unflip(affs: np.ndarray, axes: tuple[int, ...], plain: np.ndarray) -> np.ndarray:
+    """Map (n, 3, z, y, x) affinities predicted on input flipped along `axes` back to the input's frame.
+
+    Flipped back, channel a (offset -1 along axis a) of a flipped axis holds each voxel's affinity to
+    its +1 neighbour, so it moves one voxel up; the first plane, which has no such value, keeps `plain`'s.
+    """
+    out = np.flip(affs, axis=tuple(a + 2 for a in axes)).copy()
+    for a in axes:
+        up = [slice(None)] * 4
+        below = [slice(None)] * 4
+        up[a + 1], below[a + 1] = slice(1, None), slice(0, -1)
+        channel = out[:, a].copy()
+        out[:, a][tuple(up)] = channel[tuple(below)]
+        first = [slice(None)] * 4
+        first[a + 1] = slice(0, 1)
+        out[:, a][tuple(first)] = plain[:, a][tuple(first)]
+    return out
+
+
+def _forward_flips(model: LoadedModel, batch: np.ndarray, flips: int, precision: str) -> np.ndarray:
+    """The mean of the predictions on the first `flips` of FLIPS (1: the plain prediction)."""
+    plain = _forward(model, batch, precision)
+    if flips <= 1:
+        return plain
+    total = plain.astype(np.float64)
+    for axes in FLIPS[1:flips]:
+        flipped = np.ascontiguousarray(np.flip(batch, axis=tuple(a + 1 for a in axes)))
+        total += _unflip(_forward(model, flipped, precision), axes, plain)
+    return (total / flips).astype(np.float32)
+
+
 @overload
-def predict_affinities(model: LoadedModel, raw: np.ndarray) -> np.ndarray: ...
+def predict_affinities(model: LoadedModel, raw: np.ndarray, flips: int = 1,
+                       precision: str | None = None) -> np.ndarray: ...
 @overload
-def predict_affinities(model: LoadedModel, raw: list | tuple) -> list[np.ndarray]: ...
-def predict_affinities(model: LoadedModel, raw) -> np.ndarray | list[np.ndarray]:
+def predict_affinities(model: LoadedModel, raw: list | tuple, flips: int = 1,
+                       precision: str | None = None) -> list[np.ndarray]: ...
+def predict_affinities(model: LoadedModel, raw, flips: int = 1,
+                       precision: str | None = None) -> np.ndarray | list[np.ndarray]:
     """Nearest-neighbour affinities, float32 (3, z, y, x), for uint8 raw whose shape is a multiple of
-    `model.info.divisor`; a list or an (n, z, y, x) array gives a list / (n, 3, z, y, x) array."""
+    `model.info.divisor`; a list or an (n, z, y, x) array gives a list / (n, 3, z, y, x) array.
+    `flips` > 1 averages the predictions on that many flipped copies (test-time augmentation, FLIPS).
+    `precision` of the network (PRECISIONS); default: bfloat16 on a GPU, float32 on a CPU."""
+    if not 1 <= flips <= len(FLIPS):
+        raise ValueError(f"predict_affinities: flips must be 1 ... {len(FLIPS)}, got {flips}")
+    if precision is None:
+        precision = "bfloat16" if model.device.type == "cuda" else "float32"
+    precision = resolve_precision(precision, model.device)
     batched = isinstance(raw, (list, tuple)) or (isinstance(raw, np.ndarray) and raw.ndim == 4)
     arrays = [np.asarray(a) for a in raw] if batched else [np.asarray(raw)]
     for a in arrays:
         _check(model, a)
     if not batched:
-        return _forward(model, arrays[0][None])[0]
+        return _forward_flips(model, arrays[0][None], flips, precision)[0]
     same = len({a.shape for a in arrays}) == 1
     if model.device.type == "cuda" and same and arrays:
-        out = _forward(model, np.stack(arrays))
+        out = _forward_flips(model, np.stack(arrays), flips, precision)
     else:  # on CPU a batch is no faster than one tile after another, and needs more memory
         if not same:
-            return [_forward(model, a[None])[0] for a in arrays]
-        out = np.stack([_forward(model, a[None])[0] for a in arrays])
+            return [_forward_flips(model, a[None], flips, precision)[0] for a in arrays]
+        out = np.stack([_forward_flips(model, a[None], flips, precision)[0] for a in arrays])
     return out if isinstance(raw, np.ndarray) else list(out)
 
 
-def predict_volume(model: LoadedModel, raw: np.ndarray, tile: Sequence[int] | None = None) -> np.ndarray:
+def predict_volume(model: LoadedModel, raw: np.ndarray, tile: Sequence[int] | None = None,
+                   flips: int = 1, precision: str | None = None) -> np.ndarray:
     """Affinities for a whole volume of any shape: reflection-pad by the context (and up to the divisor),
     predict in tiles of at most `tile` voxels of output (default: one tile), crop back."""
     info = model.info
@@ -97,7 +167,7 @@ def predict_volume(model: LoadedModel, raw: np.ndarray, tile: Sequence[int] | No
             for ix in range(grid[2]):
                 o = (iz * tile[0], iy * tile[1], ix * tile[2])
                 sl = tuple(slice(a, a + t + 2 * c) for a, t, c in zip(o, tile, info.context))
-                pred = predict_affinities(model, np.ascontiguousarray(src[sl]))
+                pred = predict_affinities(model, np.ascontiguousarray(src[sl]), flips, precision)
                 core = tuple(slice(c, c + t) for c, t in zip(info.context, tile))
                 out[(slice(None), *(slice(a, a + t) for a, t in zip(o, tile)))] = pred[(slice(None), *core)]
     return out[(slice(None), *(slice(0, s) for s in shape))]

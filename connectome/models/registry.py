@@ -33,6 +33,7 @@ class ModelInfo:
     threshold: float | None = None  # agglomeration threshold that scored best on validation
     scoring: str = "mean"  # the agglomeration score `segment` uses by default ("learned": <name>-edges.json)
     in_plane: bool = False  # fragments within sections (the fragments stage's in_plane), as validated
+    tta: int = 1  # flipped copies whose affinities `segment` averages by default (test-time augmentation)
     flops_per_voxel: float = 0.0
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = ""
@@ -116,6 +117,7 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         threshold=agg.get("threshold"),
         scoring=str(agg["scoring"]) if agg.get("scoring") in ("mean", "quantile", "learned") else "mean",
         in_plane=bool(agg.get("in_plane", False)),
+        tta=int((meta.get("inference") or {}).get("tta", 1)),
         flops_per_voxel=config.flops_per_voxel,
         provenance=meta.get("provenance", {}),
         path=str(path),

@@ -56,16 +56,39 @@ def test_segment_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
 
 
-def test_segment_medulla_crop_eight_blocks_equal_one(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def medulla_crop(tmp_path_factory):
     path = data_file("flyem_medulla_fib_train/medulla_train.npz")
     raw = np.ascontiguousarray(np.load(path)["raw"][100:124, :128, :128])
-    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (12, 64, 64), (10, 10, 10))
+    vol = create_volume(str(tmp_path_factory.mktemp("medulla") / "raw"), raw.shape, np.uint8, (12, 64, 64),
+                        (10, 10, 10))
     vol.write(vol.box, raw)
-    eight = _segment(capsys, vol.address, tmp_path / "eight", "fib-10nm", (12, 64, 64))
-    one = _segment(capsys, vol.address, tmp_path / "one", "fib-10nm", (24, 128, 128))
+    return vol.address
+
+
+def test_segment_medulla_crop_eight_blocks_equal_one(medulla_crop, tmp_path, capsys):
+    eight = _segment(capsys, medulla_crop, tmp_path / "eight", "fib-10nm", (12, 64, 64))
+    one = _segment(capsys, medulla_crop, tmp_path / "one", "fib-10nm", (24, 128, 128))
     assert eight["stages"][0]["blocks"] == 8
     split, merge = voi(_read(eight["segmentation"]), _read(one["segmentation"]))
     assert split + merge <= 0.05, (split, merge)
+
+
+def test_test_time_augmentation_is_seam_free_and_changes_the_affinities(medulla_crop, tmp_path, capsys):
+    """fib-10nm's default, 4 flipped copies of each block averaged: 8 blocks equal 1, and the result is not
+    the plain one (`--tta 1`)."""
+    eight = _segment(capsys, medulla_crop, tmp_path / "eight", "fib-10nm", (12, 64, 64))
+    one = _segment(capsys, medulla_crop, tmp_path / "one", "fib-10nm", (24, 128, 128), "--tta", "4")
+    plain = _segment(capsys, medulla_crop, tmp_path / "plain", "fib-10nm", (24, 128, 128), "--tta", "1")
+    assert (eight["tta"], one["tta"], plain["tta"]) == (4, 4, 1)
+    a8, a1, a0 = (_read(r["affinities"]).astype(np.int16) for r in (eight, one, plain))
+    diff = np.abs(a8 - a1)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float summation order only
+    split, merge = voi(_read(eight["segmentation"]), _read(one["segmentation"]))
+    assert split + merge <= 0.05, (split, merge)
+    changed = np.abs(a1 - a0)
+    assert (changed > 2).mean() > 0.05  # the flipped predictions differ from the plain one ...
+    assert np.corrcoef(a1.ravel(), a0.ravel())[0, 1] > 0.9  # ... but describe the same edges
 
 
 def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
@@ -80,6 +103,7 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["segment", str(tmp_path / "missing.zarr"), str(tmp_path / "o")], "no such file or directory"),
         (["segment", str(synthetic_raw / "labels"), str(tmp_path / "o")], "has dtype uint64, expected uint8"),
         (["segment", raw, str(tmp_path / "o"), "--block-shape", "16", "64", "62"], "needs a multiple of"),
+        (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--tta", "4"], "--tta 4: test-time augmentation"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv

@@ -72,7 +72,7 @@ def test_validation_segmentation_equals_connectome_segment(synthetic_small, tmp_
     written = _read(summary["segmentation"])
 
     raw = _read(raw_address)
-    affs = predict_volume(load_model("synthetic", "cpu"), raw)
+    affs = predict_volume(load_model("synthetic", "cpu"), raw, precision="auto")  # segment's default
     stored = _read(summary["affinities"])
     np.testing.assert_array_equal(np.rint(affs * 255).astype(np.uint8), stored)  # same prediction
     [(t_mem, seg)] = list(segment_affinities(affs, [t]))

@@ -107,26 +107,26 @@ def test_bad_inputs_raise_value_error(tmp_path):
         predict_affinities(model, np.zeros((8, 8, 8), np.float32))
 
 
-def _assert_seam_free(model) -> None:
+def _assert_seam_free(model, flips: int = 1) -> None:
     """Two overlapping tiles with `context` margin give exactly the centre of the whole prediction,
-    and one divisor step less margin does not."""
+    and one divisor step less margin does not (with `flips`: test-time augmentation)."""
     c, d = model.info.context, model.info.divisor
     core = tuple(2 * dd * (3 if dd > 1 else 2) for dd in d)
     shape = (core[0] + 2 * c[0], core[1] + 2 * c[1], 2 * core[2] + 2 * c[2])
     raw = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    whole = predict_affinities(model, raw)
+    whole = predict_affinities(model, raw, flips)
     cut = c[2] + core[2]  # divisor-aligned boundary between the two write boxes
     tiles = [(c[2], cut), (cut, cut + core[2])]
     centre = (slice(None), slice(c[0], c[0] + core[0]), slice(c[1], c[1] + core[1]))
     for x0, x1 in tiles:
         assert x0 % d[2] == 0
-        tile = predict_affinities(model, raw[:, :, x0 - c[2]: x1 + c[2]])
+        tile = predict_affinities(model, raw[:, :, x0 - c[2]: x1 + c[2]], flips)
         got = tile[centre + (slice(c[2], c[2] + x1 - x0),)]
         want = whole[centre + (slice(x0, x1),)]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     # the margin is needed: one divisor step less on both sides changes the tile's edges
     x0, x1 = tiles[0]
-    short = predict_affinities(model, raw[:, :, x0 - c[2] + d[2]: x1 + c[2] - d[2]])
+    short = predict_affinities(model, raw[:, :, x0 - c[2] + d[2]: x1 + c[2] - d[2]], flips)
     inner = c[2] - d[2]
     got = short[centre + (np.r_[inner: inner + d[2], inner + x1 - x0 - d[2]: inner + x1 - x0],)]
     want = whole[centre + (np.r_[x0: x0 + d[2], x1 - d[2]: x1],)]
@@ -138,6 +138,51 @@ def test_tiled_prediction_is_seam_free(tmp_path, arch, z_affinity, norm):
     model = _random_model(tmp_path, arch, z_affinity, norm=norm)
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.net.modules())
     _assert_seam_free(model)
+
+
+@pytest.mark.parametrize("arch,z_affinity", [("iso", "learned"), ("aniso", "from_xy")])
+def test_flip_averaged_prediction_is_seam_free(tmp_path, arch, z_affinity):
+    _assert_seam_free(_random_model(tmp_path, arch, z_affinity), flips=8)
+
+
+def test_flip_averaging_puts_each_prediction_on_its_own_edge(tmp_path):
+    """flips=2 is the mean of the plain prediction and the x-flipped one mapped back: flipped, the x
+    channel at x' is the edge (x', x' - 1), which is the edge (x, x + 1) of the unflipped volume."""
+    model = _random_model(tmp_path, "iso")
+    raw = np.random.default_rng(4).integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    plain = predict_affinities(model, raw)
+    flipped = predict_affinities(model, np.ascontiguousarray(raw[:, :, ::-1]))
+    n = raw.shape[2]
+    want = plain.copy()
+    for x in range(n):
+        want[:2, :, :, x] = (plain[:2, :, :, x] + flipped[:2, :, :, n - 1 - x]) / 2  # voxel-centred channels
+        if x > 0:  # edge (x, x - 1) is the flipped volume's edge (n - x, n - x - 1), stored at n - x
+            want[2, :, :, x] = (plain[2, :, :, x] + flipped[2, :, :, n - x]) / 2
+    np.testing.assert_allclose(predict_affinities(model, raw, 2), want, atol=1e-6)
+    with pytest.raises(ValueError, match="flips"):
+        predict_affinities(model, raw, 9)
+
+
+def test_flipped_predictions_of_a_trained_model_agree_on_real_data():
+    """With the shipped fib-10nm on a real crop, each flipped prediction mapped back (flipped, then the flipped
+    axis's channel moved one voxel up) matches the plain one better than with a move of 0 or 2 voxels."""
+    from connectome.models.inference import FLIPS, _unflip
+
+    from conftest import data_file
+
+    raw = np.ascontiguousarray(np.load(data_file("flyem_medulla_fib_train/medulla_train.npz"))["raw"][
+        100:116, :64, :64])
+    model = load_model("fib-10nm", device="cpu")
+    plain = predict_affinities(model, raw)[None]
+    inner = tuple(slice(4, -4) for _ in range(3))
+    for axes in FLIPS[1:4]:
+        flipped = predict_affinities(model, np.ascontiguousarray(np.flip(raw, axis=list(axes))))[None]
+        a = axes[0]
+        np.testing.assert_array_equal(_unflip(flipped, axes, plain)[0, a][inner],
+                                      np.roll(np.flip(flipped, axis=[b + 2 for b in axes])[0, a], 1, axis=a)[inner])
+        error = {move: np.abs(np.roll(np.flip(flipped, axis=[b + 2 for b in axes])[0, a], move, axis=a)[inner]
+                              - plain[0, a][inner]).mean() for move in (0, 1, 2)}
+        assert error[1] < min(error[0], error[2]), (axes, error)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -236,3 +281,27 @@ def test_other_kinds_of_weights_are_not_affinity_models():
     assert "ffn-synthetic" not in names and "tissue" not in names
     with pytest.raises(UserError, match="'tissue' is a tissue model, not an affinity model"):
         load_model("tissue", device="cpu")
+
+
+def test_precision_auto_follows_the_hardware():
+    from connectome.models.inference import native_bfloat16, resolve_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", gpu) == "bfloat16"
+    assert resolve_precision("auto", cpu) == ("bfloat16" if native_bfloat16() else "float32")
+    assert resolve_precision("float32", gpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float16", cpu)
+
+
+def test_bfloat16_prediction_stays_close_to_float32():
+    """On a real crop with the shipped fib-10nm, bfloat16 moves affinities by well under one uint8 level on average."""
+    from conftest import data_file
+
+    raw = np.ascontiguousarray(np.load(data_file("flyem_medulla_fib_train/medulla_train.npz"))["raw"][
+        100:116, :64, :64])
+    model = load_model("fib-10nm", device="cpu")
+    full = predict_affinities(model, raw, precision="float32")
+    half = predict_affinities(model, raw, precision="bfloat16")
+    assert not np.array_equal(full, half)  # it did run in bfloat16
+    assert np.abs(full - half).mean() < 1 / 255 and np.abs(full - half).max() < 0.1
