@@ -55,8 +55,6 @@ def segmentation_config(
     warn_if_two_d_model(info)
     if scoring is None:
         scoring = info.scoring
-    if tta is None:
-        tta = info.tta
     agglomerate: dict = {}
     if scoring == "learned":
         from connectome.affinity.edge_classifier import edges_path_for, load_classifier, resolve_edge_model
@@ -72,9 +70,9 @@ def segmentation_config(
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
     masked = {"affinities": "masked_affinities"} if mask else {}
     stages = [
-        StageConfig(stage="affinities", params={"model": model, **(
-            {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}), **({"tta": tta} if tta != 1 else {}),
-            **({"precision": precision} if precision != "auto" else {})}),
+        StageConfig(stage="affinities", params={
+            "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
+            **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {})}),
         *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
         StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
@@ -90,6 +88,14 @@ def segmentation_config(
         cluster=cluster or ClusterConfig(),
         stages=stages,
     )
+
+
+def _tta(config: RunConfig) -> int:
+    """The flipped copies the affinities stage averages: its `tta`, else its model's."""
+    from connectome.models.registry import read_info, resolve_model_path
+
+    params = next(s.params for s in config.stages if s.stage == "affinities")
+    return int(params.get("tta") or read_info(resolve_model_path(params["model"])).tta)
 
 
 def plan_segmentation(config: RunConfig, overwrite: bool = False) -> Plan:
@@ -112,7 +118,7 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
         "affinities": os.path.join(config.output, "affinities"),
         "fragments": os.path.join(config.output, "fragments"),
         "threshold": next(s.params["threshold"] for s in config.stages if s.stage == "relabel"),
-        "tta": next(s.params.get("tta", 1) for s in config.stages if s.stage == "affinities"),
+        "tta": _tta(config),
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],

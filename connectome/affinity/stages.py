@@ -40,8 +40,9 @@ class AffinitiesParams(StageParams):
     model: str = Field("synthetic", description="shipped model name or path to a .pt file")
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run a model on data of another voxel size")
-    tta: int = Field(1, ge=1, le=8, description="test-time augmentation: average the predictions on this many "
-                     "flipped copies of each block (1: none; 4: x, y and z flips too; 8: every flip)")
+    tta: int | None = Field(None, ge=1, le=8, description="test-time augmentation: average the predictions on this "
+                            "many flipped copies of each block (1: none; 4: x, y and z flips too; 8: every flip; "
+                            "default: the model's validated value, its json's inference.tta)")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the network's arithmetic: auto = bfloat16 on a GPU and on a CPU with native bfloat16 "
         "(AMX, AVX512-BF16), else float32")
@@ -67,12 +68,21 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
 
+    @property
+    def tta(self) -> int:
+        """Flipped copies averaged: the `tta` param, else the model's validated value."""
+        return self.params.tta if self.params.tta is not None else self.model_info.tta
+
     def fingerprint(self) -> dict:
-        """At the defaults of tta and precision, the one from before those options existed, so earlier runs resume."""
+        """With the tta actually used (the model's, unless given), and left out at 1 and at precision auto as
+        before those options existed, so earlier runs without test-time augmentation resume."""
         fp = super().fingerprint()
-        defaults = {"tta": 1, "precision": "auto"}
-        fp["params"] = {k: v for k, v in fp["params"].items()  # type: ignore[union-attr]
-                        if k not in defaults or v != defaults[k]}
+        params = {k: v for k, v in fp["params"].items() if k != "tta"}  # type: ignore[union-attr]
+        if self.tta != 1:
+            params["tta"] = self.tta
+        if params.get("precision") == "auto":
+            del params["precision"]
+        fp["params"] = params
         return fp
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
@@ -86,7 +96,7 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
 
         model = get_model(self.params.model, self.params.device)
         raw = read_reflected(volumes["raw"], block.read_box)
-        affs = predict_affinities(model, raw, self.params.tta, self.params.precision)
+        affs = predict_affinities(model, raw, self.tta, self.params.precision)
         inner = block.write_box.relative_to(block.read_box)
         volumes["affinities"].write(block.write_box, affinities_as_uint8(affs[(slice(0, 3), *inner)]))
         return {}

@@ -110,3 +110,23 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (argv, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_run_configs_use_the_models_tta_and_fingerprint_what_ran(medulla_crop, tmp_path):
+    """An affinities stage without `tta` averages its model's validated number of flips (fib-10nm: 4,
+    synthetic: 1); the fingerprint names the number used, and leaves it out at 1 as before the option."""
+    from connectome.affinity.segment import segmentation_config
+    from connectome.engine.plan import plan_run
+
+    def affinities(model, **kw):
+        config = segmentation_config(medulla_crop, str(tmp_path / model), model, (24, 128, 128),
+                                     allow_voxel_mismatch=True, **kw)
+        stage = next(p.stage for p in plan_run(config).stages if p.stage.name == "affinities")
+        return stage.tta, stage.fingerprint()["params"]
+
+    tta, params = affinities("fib-10nm")
+    assert tta == 4 and params["tta"] == 4 and "precision" not in params
+    tta, params = affinities("fib-10nm", tta=1, precision="float32")
+    assert tta == 1 and "tta" not in params and params["precision"] == "float32"
+    tta, params = affinities("synthetic")
+    assert tta == 1 and "tta" not in params
