@@ -57,12 +57,14 @@ NOTES = [
     "its threshold on that CREMI split; `sstem-2d` (ISBI + VNC, 2-D labels only; its z affinity is derived from "
     "the in-plane ones) is the model shipped as `sstem` before, and `connectome segment` warns when it is used. "
     "`sstem` cuts fragments within sections (`in_plane`, since 2026-12-01: CREMI 3.022 -> 2.919, ISBI 2.408 -> "
-    "1.820).",
+    "1.820). `fib-10nm` and `sstem` average four flipped predictions (`tta` 4 in their json, chosen on these "
+    "splits; benchmarks/results/tta.md) and every model predicts in bfloat16 on this CPU (`--precision auto`).",
     "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits.",
-    "- `fib-10nm` merges by its edge classifier's p(merge) (learned scoring, its default since 2026-12-01; "
-    "threshold 0.30 from `fib-10nm-edges.json`; mean scoring at 0.70 scored 1.560 and 0.607), compared in "
-    "benchmarks/results/learned_agglomeration.md; the others by mean affinity, one edge at a time in a strict "
-    "order (score, contact count, segment ids).",
+    "- `fib-10nm` (continued 100 CPU minutes on 2026-12-01, benchmarks/results/training.md) merges by its edge "
+    "classifier's p(merge) (learned scoring; threshold 0.45 from `fib-10nm-edges.json`, retrained on its four-flip "
+    "affinities and chosen on medulla z 75-99); the others by mean affinity, one edge at a time in a strict order "
+    "(score, contact count, segment ids). Learned against mean scoring: benchmarks/results/learned_agglomeration.md "
+    "(previous weights).",
 ]
 
 
@@ -90,11 +92,13 @@ def fitting_models(voxel_size) -> list[str]:
     return names
 
 
-def run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, tta: int | None = None) -> dict:
+def run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, tta: int | None = None,
+             precision: str | None = None) -> dict:
     out = os.path.join(tmp, f"{set_name.split()[0]}-{model}")
     vs = ["--voxel-size", *map(str, voxel_size)]
     t0 = time.perf_counter()
-    seg, err = cli("segment", raw, out, "--model", model, "--no-progress", *vs, *(["--tta", str(tta)] if tta else []))
+    seg, err = cli("segment", raw, out, "--model", model, "--no-progress", *vs, *(["--tta", str(tta)] if tta else []),
+                   *(["--precision", precision] if precision else []))
     seconds = time.perf_counter() - t0
     metrics, _ = cli("evaluate", "--seg", seg["segmentation"], "--gt", gt, *vs,
                      *(["--per-section"] if per_section else []))
@@ -115,6 +119,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="only these models")
     ap.add_argument("--sets", nargs="*", help="only sets whose name starts with one of these words")
     ap.add_argument("--tta", type=int, default=None, help="segment with --tta N (default: each model's own)")
+    ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
+                    help="segment with --precision (default: segment's, auto)")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/quality.md (quality_ttaN.md with --tta)")
     args = ap.parse_args()
     name = f"quality_tta{args.tta}.md" if args.tta else "quality.md"
@@ -139,7 +145,7 @@ def main() -> None:
             if args.models and model not in args.models:
                 continue
             print(f"{set_name} with {model} ...", file=sys.stderr, flush=True)
-            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, args.tta)
+            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, args.tta, args.precision)
             row["target"] = target
             rows.append(row)
             print(f"  VOI {row['voi']:.3f} (split {row['voi_split']:.3f}, merge {row['voi_merge']:.3f}), "
@@ -150,7 +156,8 @@ def main() -> None:
         f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores (shared with "
         "other jobs); command: `.venv/bin/python benchmarks/quality.py"
         + (f" --tta {args.tta}" if args.tta else "") + (f" --models {' '.join(args.models)}" if args.models else "")
-        + (f" --sets {' '.join(args.sets)}" if args.sets else "") + "`",
+        + (f" --sets {' '.join(args.sets)}" if args.sets else "")
+        + (f" --precision {args.precision}" if args.precision else "") + "`",
         "- every (set, model) pair within the voxel-size tolerance (factor 1.5 per axis); `connectome segment "
         "RAW OUT --model M --voxel-size ..." + (f" --tta {args.tta}" if args.tta else "") + "` at its "
         "defaults otherwise (block shape 64x256x256, the model's validated threshold and scoring), then `connectome evaluate --seg OUT/segmentation --gt GT --json` "
