@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--scoring", choices=["mean", "learned"], default=None,
                         help="agglomeration score (default: the model's)")
     parser.add_argument("--tta", type=int, default=None, help="test-time augmentation (default: the model's)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     args = parser.parse_args()
     block = tuple(args.block)
     tmp = tempfile.mkdtemp(prefix="segbench-")
@@ -49,7 +50,7 @@ def main() -> None:
         for i in range(args.runs):
             out = os.path.join(tmp, f"run{i}")
             config = segmentation_config(raw, out, args.model, block, cluster=cluster, scoring=args.scoring,
-                                         tta=args.tta)
+                                         tta=args.tta, precision=args.precision)
             start = time.perf_counter()
             summary = run_segmentation(plan_segmentation(config), client, progress=False)
             totals.append(time.perf_counter() - start)
@@ -62,13 +63,13 @@ def main() -> None:
     lines = [
         f"# Segmentation throughput, 2 CPU workers (model `{args.model}`"
         + (f", {args.scoring} scoring" if args.scoring else "") + (f", --tta {args.tta}" if args.tta else "")
-        + ")",
+        + (f", {args.precision}" if args.precision != "auto" else "") + ")",
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores; "
         f"command: `.venv/bin/python benchmarks/segment_throughput.py --runs {args.runs} --model {args.model} "
         f"--shape {' '.join(map(str, args.shape))} --block {' '.join(map(str, block))}"
         + (f" --scoring {args.scoring}" if args.scoring else "") + (f" --tta {args.tta}" if args.tta else "")
-        + "`",
+        + (f" --precision {args.precision}" if args.precision != "auto" else "") + "`",
         f"- volume: synthetic {list(args.shape)} = {voxels / 1e6:.1f} Mvx, {blocks} blocks of "
         f"{' x '.join(map(str, block))}, "
         "LocalCluster of 2 worker processes x 1 thread; medians over runs",
@@ -86,6 +87,7 @@ def main() -> None:
     print(text)
     size = "x".join(map(str, block))
     suffix = (f"_{args.scoring}" if args.scoring else "") + (f"_tta{args.tta}" if args.tta else "")
+    suffix += f"_{args.precision}" if args.precision != "auto" else ""
     out = Path(__file__).with_name("results") / f"segment_throughput_{args.model}_{size}{suffix}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
