@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
                         help="test-time augmentation: average the affinities predicted on N flipped copies of each "
                              "block (1 = none; 4 = plain, x, y and z flips: N times the prediction time; default: "
                              "the model's validated value)")
-    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the affinity network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
                              "bfloat16 - AMX or AVX512-BF16 - else float32)")
     parser.add_argument("--mask", default=None, metavar="ADDR",
@@ -66,7 +66,7 @@ def run(args) -> int:
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,
                                  allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
-                                 mask=args.mask, tta=args.tta, precision=args.precision)
+                                 mask=args.mask, tta=args.tta, precision=args.precision or "auto")
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
@@ -88,6 +88,8 @@ def _run_ffn(args) -> int:
 
     if args.tta is not None:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
+    if args.precision is not None:
+        raise UserError(f"--precision {args.precision}: is for --method affinities, not ffn")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
