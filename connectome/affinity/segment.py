@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from connectome.affinity.stages import AffinitiesStage
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
@@ -90,14 +91,6 @@ def segmentation_config(
     )
 
 
-def _tta(config: RunConfig) -> int:
-    """The flipped copies the affinities stage averages: its `tta`, else its model's."""
-    from connectome.models.registry import read_info, resolve_model_path
-
-    params = next(s.params for s in config.stages if s.stage == "affinities")
-    return int(params.get("tta") or read_info(resolve_model_path(params["model"])).tta)
-
-
 def plan_segmentation(config: RunConfig, overwrite: bool = False) -> Plan:
     """Validate inputs, model, blocks and resumability before any cluster starts."""
     plan = plan_run(config)
@@ -118,7 +111,7 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
         "affinities": os.path.join(config.output, "affinities"),
         "fragments": os.path.join(config.output, "fragments"),
         "threshold": next(s.params["threshold"] for s in config.stages if s.stage == "relabel"),
-        "tta": _tta(config),
+        "tta": next(p.stage.tta for p in plan.stages if isinstance(p.stage, AffinitiesStage)),  # model's unless given
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
