@@ -37,6 +37,7 @@ import numpy as np
 
 from connectome.metrics.contingency import Contingency
 from connectome.metrics.synapses import synapse_scores
+from connectome.metrics.voi import voi_from_table
 from connectome.synapses.table import read_synapses
 
 TOLERANCES_NM = (100.0, 200.0)
@@ -92,7 +93,9 @@ def score_run(out: str, synth_dir: str) -> dict:
     pred = np.stack([syn["z"], syn["y"], syn["x"]], 1)
     true = np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1)
     true_pairs = np.stack([gt.synapses["pre_id"], gt.synapses["post_id"]], 1).astype(np.uint64)
-    res: dict = {"synapses_true": int(len(true)), "synapses_found": int(len(pred))}
+    split, merge = voi_from_table(table)
+    res: dict = {"synapses_true": int(len(true)), "synapses_found": int(len(pred)),
+                 "segmentation_voi": {"split": split, "merge": merge}}
     for tol in TOLERANCES_NM:
         s = synapse_scores(pred, true, tol, vs)
         mapped = np.stack([_map(table, syn["pre"]), _map(table, syn["post"])], 1)
@@ -174,7 +177,7 @@ def cli_json(args: list[str]) -> dict:
     return json.loads(buf.getvalue())
 
 
-def run_synthetic(seed: int, shape, work: str, block) -> dict:
+def run_synthetic(seed: int, shape, work: str, block, model: str | None = None) -> dict:
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
@@ -185,7 +188,7 @@ def run_synthetic(seed: int, shape, work: str, block) -> dict:
     out = os.path.join(work, f"out-{seed}")
     t = time.perf_counter()
     args = ["reconstruct", os.path.join(synth_dir, "raw"), out, "--block-shape", *map(str, block), "--json",
-            "--no-progress"]
+            "--no-progress", *(["--model", model] if model else [])]
     result = cli_json(args)
     seconds = time.perf_counter() - t
     stages = {s["stage"]: s["seconds"] for s in result["stages"]}
@@ -300,6 +303,7 @@ def main(argv=None) -> None:
                    help="score a real set's test sections instead (blocks: --real-block, default per set)")
     p.add_argument("--real-block", nargs=3, type=int, default=None)
     p.add_argument("--dark-baseline", action="store_true", help="with --real: score the darkness baseline only")
+    p.add_argument("--model", default=None, help="affinity model of the synthetic runs (default: reconstruct's)")
     a = p.parse_args(argv)
     if a.real and a.dark_baseline:
         print(json.dumps(dark_baseline(a.real)), flush=True)
@@ -318,7 +322,7 @@ def main(argv=None) -> None:
     work = a.out or tempfile.mkdtemp(prefix="synapse-bench-")
     results = {"machine": f"{platform.node()} {os.cpu_count()} cores", "runs": []}
     for seed in a.seeds:
-        r = run_synthetic(seed, tuple(a.shape), work, tuple(a.block))
+        r = run_synthetic(seed, tuple(a.shape), work, tuple(a.block), a.model)
         results["runs"].append(r)
         print(json.dumps(r), flush=True)
 

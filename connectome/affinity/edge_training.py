@@ -179,7 +179,7 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
 def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val_raw: str, val_labels: str,
                 out: str, hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0,
                 weighting: str = "contact", thresholds: Sequence[float] = THRESHOLDS, threads: int = 1,
-                command: str = "", cache: str | None = None, log=print) -> dict:
+                command: str = "", cache: str | None = None, max_edges: int | None = None, log=print) -> dict:
     """Fit the edge classifier of `model_name` on (raws, labels), choose its threshold by VOI on the
     validation volume, write `out` (json) and return its content."""
     import json
@@ -197,6 +197,8 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
         raise UserError("give one --labels for each --raw (at least one)")
     if weighting not in WEIGHTINGS:
         raise UserError(f"--weighting {weighting}: expected one of {', '.join(WEIGHTINGS)}")
+    if max_edges is not None and max_edges < 1:
+        raise UserError(f"--max-edges {max_edges}: expected a positive number of edges")
     clash = overlapping_sections(list(raws) + list(labels), [val_raw, val_labels])
     if clash:
         raise UserError(f"training data overlaps held-out data: {clash[0]}")
@@ -213,8 +215,14 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
         counts.append({"raw": raw, "labels": lab, "edges": int(keep.sum()), "merge": int(y[keep].sum()),
                        "unlabelled": int((~keep).sum())})
         log(f"{raw}: {counts[-1]['edges']} edges ({counts[-1]['merge']} merge), {counts[-1]['unlabelled']} unlabelled")
+    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+    fitted = total = len(y)
+    if max_edges is not None and len(y) > max_edges:
+        pick = np.sort(np.random.default_rng(seed).choice(len(y), max_edges, replace=False))
+        x, y, w, fitted = x[pick], y[pick], w[pick], max_edges
+        log(f"fitting on {max_edges} of {total} labelled edges (drawn with seed {seed})")
     fit_start = time.perf_counter()
-    meta = fit_classifier(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), hidden, steps, seed)
+    meta = fit_classifier(x, y, w, hidden, steps, seed)
     fit_seconds = time.perf_counter() - fit_start
     val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache)
     learned = voi_sweep(val_edges, val_gt, as_classifier(meta), thresholds)
@@ -229,7 +237,8 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
             "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": threads, "wall_time_s": round(time.perf_counter() - start, 1),
             "fit_seconds": round(fit_seconds, 1), "hidden": list(hidden), "steps": steps, "seed": seed,
-            "weighting": weighting, "labels": "merge: both fragments' majority ground-truth ids equal and non-zero; "
+            "weighting": weighting, "fitted_edges": fitted,
+            "labels": "merge: both fragments' majority ground-truth ids equal and non-zero; "
             "edges with a side mostly ground-truth 0 left out",
             "data": {"train": counts, "validation": {"raw": val_raw, "labels": val_labels}},
             "validation": {"learned": learned, "mean": mean, "best": best, "best_mean": best_mean},

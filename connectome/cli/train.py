@@ -89,6 +89,8 @@ def _add_edges(sub) -> None:
     p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps")
     p.add_argument("--weighting", choices=("contact", "log-contact", "edge"), default="contact",
                    help="loss weight of an edge: its contact area, log(1 + area), or 1")
+    p.add_argument("--max-edges", type=int, default=None, metavar="N",
+                   help="fit on N labelled edges drawn at random (seeded) when the volumes hold more")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--cache", metavar="DIR", help="keep the predicted affinities here for re-runs")
@@ -101,7 +103,7 @@ def _run_edges(args) -> int:
     quiet = getattr(args, "json", False)
     meta = train_edges(args.affinity_model, args.raw, args.labels, args.val_raw, args.val_labels, args.out,
                        tuple(args.hidden), args.steps, args.seed, args.weighting, threads=args.threads,
-                       command=_command_line(), cache=args.cache,
+                       command=_command_line(), cache=args.cache, max_edges=args.max_edges,
                        log=(lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else print)
     best = meta["provenance"]["validation"]["best"]
     summary = {"out": args.out, "threshold": meta["threshold"], "validation": best,

@@ -149,7 +149,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         last = it == settings.iterations or (deadline is not None and time.perf_counter() > deadline)
         if it % 50 == 0:
             log(f"iteration {it}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - start:.0f} s)")

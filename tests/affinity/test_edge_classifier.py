@@ -281,3 +281,38 @@ def test_an_edge_to_a_basin_the_grown_region_cuts_in_two_is_scored(tmp_path, tra
     box = Box((0, 0, 0), (4, 16, 40))  # the region (grown by 3) ends at y 19, before the bend
     table = block_graph(f, a, box, box, 0.5 / 255, 0.99, clf)
     np.testing.assert_allclose(table["sums"] / table["counts"], p_whole, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def stored_synthetic(tmp_path_factory):
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("edge-volumes")
+    for seed in (3, 4):
+        generate((16, 64, 64), (8.0, 8.0, 8.0), seed=seed).save(str(root / f"s{seed}"))
+    return root
+
+
+def test_train_edges_fits_on_a_seeded_draw_of_max_edges(stored_synthetic, tmp_path, capsys):
+    out = tmp_path / "synthetic-edges.json"
+    args = ["train", "edges", "--model", "synthetic", "--raw", str(stored_synthetic / "s3" / "raw"),
+            "--labels", str(stored_synthetic / "s3" / "labels"), "--val-raw", str(stored_synthetic / "s4" / "raw"),
+            "--val-labels", str(stored_synthetic / "s4" / "labels"), "--steps", "30", "--max-edges", "150",
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    meta = json.loads(out.read_text())
+    available = sum(v["edges"] for v in meta["provenance"]["data"]["train"])
+    assert available > 150 and meta["provenance"]["fitted_edges"] == 150
+    assert summary["threshold"] == meta["threshold"] and load_classifier(str(out)).threshold == meta["threshold"]
+
+
+def test_train_edges_refuses_max_edges_below_one_in_one_line(stored_synthetic, tmp_path, capsys):
+    s3 = stored_synthetic / "s3"
+    args = ["train", "edges", "--model", "synthetic", "--raw", str(s3 / "raw"), "--labels", str(s3 / "labels"),
+            "--val-raw", str(stored_synthetic / "s4" / "raw"), "--val-labels", str(stored_synthetic / "s4" / "labels"),
+            "--max-edges", "0", "--out", str(tmp_path / "x.json")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max-edges 0" in err and "\n" not in err
+    assert not (tmp_path / "x.json").exists()

@@ -59,14 +59,15 @@ def synthetic_small(tmp_path_factory):
 
 @pytest.mark.parametrize("threshold", [None, 0.3])
 def test_validation_segmentation_equals_connectome_segment(synthetic_small, tmp_path, capsys, threshold):
-    """The in-memory validation chain and `connectome segment` (one block) give the same partition."""
+    """The in-memory validation chain (mean scoring, as training validates) and `connectome segment --scoring
+    mean` (one block) give the same partition."""
     from connectome.models.inference import predict_volume
 
     raw_address = str(synthetic_small / "raw")
     info = read_info(resolve_model_path("synthetic"))
     t = info.threshold if threshold is None else threshold
     assert t is not None
-    extra = [] if threshold is None else ["--threshold", str(threshold)]
+    extra = ["--scoring", "mean"] + ([] if threshold is None else ["--threshold", str(threshold)])
     summary, _ = _segment(capsys, raw_address, tmp_path / "seg", "synthetic", (24, 96, 96), *extra)
     assert summary["threshold"] == t
     written = _read(summary["segmentation"])
