@@ -80,7 +80,7 @@ def run(args) -> int:
         f"VOI split {m['voi_split']:.3f}  merge {m['voi_merge']:.3f}  adapted Rand {m['arand']:.3f}  "
         f"ERL {m['erl_nm']:.0f} nm of {m['max_erl_nm']:.0f} nm  merges {m['merges']}  splits {m['splits']}",
         f"synapses: {summary['synapses']}  detection F1 {found.f1:.2f} (200 nm; {len(truth)} true, "
-        f"{len(synapses['z'])} found; the shipped cleft model is under-trained)",
+        f"{len(synapses['z'])} found: too few to judge; held-out figures in benchmarks/results/synapses.md)",
         describe(graph_summary),
         f"graph: {graph_paths['edges']}  plots: {graph_paths['degrees']} {graph_paths['adjacency']}",
         f"view: connectome view {out}   (napari: pip install 'connectome[napari]'; napari --plugin napari-ome-zarr "
