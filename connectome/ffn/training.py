@@ -168,7 +168,8 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     _save_provenance(out / settings.name, settings, losses, history, best, start, it)
     from connectome.training.curves import plot_curves
 
-    png = plot_curves(out / f"{settings.name}-loss.png", losses, history, f"FFN {settings.name}")
+    png = plot_curves(out / f"{settings.name}-loss.png", losses, history, f"FFN {settings.name}",
+                      loss_label="BCE loss (object mask)")
     installed = None
     if settings.install:
         if not settings.name.startswith("ffn-"):

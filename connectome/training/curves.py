@@ -19,7 +19,8 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plot_curves(path: str | Path, losses: Sequence[float], validation: Sequence[dict], title: str) -> Path:
+def plot_curves(path: str | Path, losses: Sequence[float], validation: Sequence[dict], title: str,
+                loss_label: str = "weighted BCE loss") -> Path:
     """Write a PNG: per-iteration loss (faint), its running mean, and validation VOI split/merge/total."""
     import matplotlib
 
@@ -32,7 +33,7 @@ def plot_curves(path: str | Path, losses: Sequence[float], validation: Sequence[
     ax.plot(it, losses, color="tab:blue", alpha=0.25, lw=0.6, label="loss")
     ax.plot(it, smooth(losses, max(1, len(losses) // 50)), color="tab:blue", lw=1.5, label="loss (running mean)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("weighted BCE loss")
+    ax.set_ylabel(loss_label)
     ax.set_yscale("log")
     handles, labels = ax.get_legend_handles_labels()
     if validation:
