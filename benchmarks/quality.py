@@ -59,10 +59,12 @@ NOTES = [
     "`sstem` cuts fragments within sections (`in_plane`, since 2026-12-01: CREMI 3.022 -> 2.919, ISBI 2.408 -> "
     "1.820). `fib-10nm` and `sstem` average four flipped predictions (`tta` 4 in their json, chosen on these "
     "splits; benchmarks/results/tta.md) and every model predicts in bfloat16 on this CPU (`--precision auto`).",
-    "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits.",
+    "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits. Since "
+    "2026-12-01 it merges by its own edge classifier (`synthetic-edges.json`, threshold 0.3; before: medulla "
+    "4.273, gala 1.340).",
     "- `fib-10nm` (continued 100 CPU minutes on 2026-12-01, benchmarks/results/training.md) merges by its edge "
     "classifier's p(merge) (learned scoring; threshold 0.45 from `fib-10nm-edges.json`, retrained on its four-flip "
-    "affinities and chosen on medulla z 75-99); the others by mean affinity, one edge at a time in a strict order "
+    "affinities and chosen on medulla z 75-99); `synthetic` likewise by its own; the others by mean affinity, one edge at a time in a strict order "
     "(score, contact count, segment ids). Learned against mean scoring: benchmarks/results/learned_agglomeration.md "
     "(previous weights).",
 ]
