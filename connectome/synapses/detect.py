@@ -43,14 +43,15 @@ def synapses_in_memory(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, i
                        split: bool = True, raw: np.ndarray | None = None, classifier: str | None = None,
                        table: dict[str, np.ndarray] | None = None, edge_min_voxels: int | None = None,
                        core_min_voxels: int | None = None, satellite_nm: float | None = None,
-                       satellite_ratio: float | None = None) -> dict:
+                       satellite_ratio: float | None = None, vote_split_voxels: int | None = None) -> dict:
     """The synapse table's columns for one array, as the cleft_fragments and synapses stages make it
     (with `raw` and a partner `classifier` name: its pre partners, else the direction votes');
     `table`: cleft_table's result, already computed for this threshold; `edge_min_voxels` (default:
     the model's when `min_voxels` is not given) for cleft objects cut by the array's faces;
     `core_min_voxels` (default: the model's when `table` is not given) splits objects by their cores;
     `satellite_nm` and `satellite_ratio` (default: the model's when `min_voxels` is not given) drop
-    pieces of a larger synapse's density (merge.satellites)."""
+    pieces of a larger synapse's density (merge.satellites); `vote_split_voxels` (default: the model's when
+    `min_voxels` is not given) splits off other boutons' votes (merge.vote_splits)."""
     if table is None:
         table = cleft_table(prob, vectors, seg, info, voxel_size, threshold, raw)
         core_min_voxels = info.core_min_voxels if core_min_voxels is None and threshold is None else core_min_voxels
@@ -58,7 +59,9 @@ def synapses_in_memory(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, i
     if min_voxels is None:
         edge_min_voxels = info.edge_min_voxels if edge_min_voxels is None else edge_min_voxels
         satellite_nm = info.satellite_nm if satellite_nm is None else satellite_nm
+        vote_split_voxels = info.vote_split_voxels if vote_split_voxels is None else vote_split_voxels
     ratio = satellite_ratio if satellite_ratio is not None else info.satellite_ratio
     rows, _ = synapse_rows(table, info.min_voxels if min_voxels is None else min_voxels, voxel_size,
-                           info.partners, split, clf, edge_min_voxels, core_min_voxels, satellite_nm, ratio)
+                           info.partners, split, clf, edge_min_voxels, core_min_voxels, satellite_nm, ratio,
+                           vote_split_voxels)
     return rows

@@ -120,11 +120,13 @@ def cleft_objects(t: dict[str, np.ndarray], ids: np.ndarray, core_min_voxels: in
 def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners: bool, split: bool = False,
                  classifier: PartnerClassifier | None = None, edge_min_voxels: int | None = None,
                  core_min_voxels: int | None = None, satellite_nm: float | None = None,
-                 satellite_ratio: float = 0.2):
+                 satellite_ratio: float = 0.2, vote_split_voxels: int | None = None):
     """The synapse table's columns, and the lookup: (fragment ids, their object), and per synapse its
     (object, post, pre). Without `split`, one synapse per cleft object of at least `min_voxels`, its
     partners the majority of its voxels' votes; with it, one per well-supported (post, pre) pair; with
-    a `classifier` too, one per well-supported post, its pre the classifier's best candidate. An object
+    a `classifier` too, one per well-supported post, its pre the classifier's best candidate, and with
+    `vote_split_voxels` also one per other (post, pre) pair of the votes with at least that many voxels
+    (several boutons on one density of the post cell, as on a soma; `vote_splits`). An object
     that touches the volume's outer faces (cut by them) needs `edge_min_voxels` (default: `min_voxels`).
     With `core_min_voxels`, an object of several such cores (cleft_objects) is one object per core,
     each needing `core_min_voxels` only. With `satellite_nm`, a synapse within that distance of one
@@ -189,16 +191,22 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
         sel, size, loc = sel[keep], size[keep], loc[keep]
         alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1  # the kept synapse's index after the cut
+    extra = np.zeros(len(sel), bool)
+    if by_post and vote_split_voxels is not None and len(sel):
+        keys, count, prob, share, sel, size, loc, extra = vote_splits(
+            t, vo, pre_votes, keys, count, prob, share, sel, size, loc, kobj, vote_split_voxels)
+        kobj = keys[:, 0].astype(np.int64)
     if satellite_nm:
         keep, into = satellites(loc, size, voxel_size, satellite_nm, satellite_ratio)
+        keep[extra], into[extra] = True, np.flatnonzero(extra)  # a split-off bouton is no piece of its group
         if by_post:  # a satellite's voxels, and those of its other side, join the larger synapse
             alias[:, 2] = into[alias[:, 2]]
             alias = np.concatenate([alias, np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64),
                                                      into[~keep]], 1)])
             alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1
-        sel, size, loc = sel[keep], size[keep], loc[keep]
+        sel, size, loc, extra = sel[keep], size[keep], loc[keep], extra[keep]
     order = np.lexsort((keys[sel, 2], keys[sel, 1], loc[:, 2], loc[:, 1], loc[:, 0])) if len(sel) else sel
-    sel, size, loc = sel[order], size[order], loc[order]
+    sel, size, loc, extra = sel[order], size[order], loc[order], extra[order]
     if len(alias):
         alias[:, 2] = np.argsort(order)[alias[:, 2]] + 1  # synapse ids
     rows = {
@@ -210,9 +218,58 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
     }
     lookup = {"fragments": ids, "objects": obj.astype(np.int64), "syn_object": kobj[sel],
               "syn_post": keys[sel, 1], "syn_pre": keys[sel, 2], "syn_fallback": np.isin(sel, fallback),
+              "syn_vote_split": extra,
               "by_post": np.array(by_post), "alias_object": alias[:, 0], "alias_post": alias[:, 1].astype(np.uint64),
               "alias_synapse": alias[:, 2]}
     return rows, lookup
+
+
+def vote_splits(t: dict[str, np.ndarray], vo: np.ndarray, pre_votes: np.ndarray, keys: np.ndarray, count: np.ndarray,
+                prob: np.ndarray, share: np.ndarray, sel: np.ndarray, size: np.ndarray, loc: np.ndarray,
+                kobj: np.ndarray, min_voxels: int):
+    """Extra synapses of the chosen groups (rows `sel` of `keys`: (object, post, classifier's pre)): every
+    other (object, post, pre) of the direction votes with at least `min_voxels` voxels, pre neither 0
+    nor the post, becomes a synapse of its own at its voters' centroid; its voxels leave the group's
+    synapse, whose size and centroid become those of the rest. Returns the extended arrays and which
+    synapses are such splits."""
+    vkeys, vinv = np.unique(np.stack([vo.astype(np.uint64), t["vote_post"].astype(np.uint64), pre_votes], 1),
+                            axis=0, return_inverse=True)
+    vinv = vinv.ravel()
+    vcount = np.bincount(vinv, weights=t["vote_count"], minlength=len(vkeys))
+    vcoord = np.stack([np.bincount(vinv, weights=t["vote_coord_sum"][:, j], minlength=len(vkeys))
+                       for j in range(3)], 1)
+    vprob = np.bincount(vinv, weights=t["vote_prob_sum"], minlength=len(vkeys))
+    groups = np.stack([kobj[sel].astype(np.uint64), keys[sel, 1]], 1)
+    g = find_rows(groups, vkeys[:, :2])
+    top = np.where(g >= 0, keys[sel[np.maximum(g, 0)], 2], 0)
+    pick = np.flatnonzero((g >= 0) & (vcount >= min_voxels) & (vkeys[:, 2] != 0) & (vkeys[:, 2] != vkeys[:, 1])
+                          & (vkeys[:, 2] != top))
+    n_sel = len(sel)
+    if not len(pick):
+        return keys, count, prob, share, sel, size, loc, np.zeros(n_sel, bool)
+    gp = g[pick]
+    # the group keeps the rest: its centroid from the sums of all its votes less the split-off ones
+    gsum = np.zeros((n_sel, 3))
+    np.add.at(gsum, g[g >= 0], vcoord[g >= 0])
+    gcount = np.bincount(g[g >= 0], weights=vcount[g >= 0], minlength=n_sel)
+    np.subtract.at(gsum, gp, vcoord[pick])
+    gcount_rest = gcount - np.bincount(gp, weights=vcount[pick], minlength=n_sel)
+    moved = np.bincount(gp, minlength=n_sel) > 0
+    size = size.astype(np.float64).copy()
+    size[moved] = np.maximum(size[moved] - np.bincount(gp, weights=vcount[pick], minlength=n_sel)[moved], 0)
+    loc = loc.copy()
+    rest = moved & (gcount_rest > 0)
+    loc[rest] = np.round(gsum[rest] / gcount_rest[rest][:, None]).astype(np.int64)
+    first = len(keys)
+    keys = np.concatenate([keys, vkeys[pick]])
+    count = np.concatenate([count, vcount[pick]])
+    prob = np.concatenate([prob, vprob[pick]])
+    share = np.concatenate([share, vcount[pick] / np.maximum(gcount[gp], 1)])
+    sel = np.concatenate([sel, first + np.arange(len(pick))])
+    size = np.concatenate([size, vcount[pick]])
+    loc = np.concatenate([loc, np.round(vcoord[pick] / vcount[pick][:, None]).astype(np.int64)])
+    extra = np.r_[np.zeros(n_sel, bool), np.ones(len(pick), bool)]
+    return keys, count, prob, share, sel, size, loc, extra
 
 
 def satellites(loc: np.ndarray, size: np.ndarray, voxel_size, radius_nm: float,
@@ -362,9 +419,11 @@ def label_voxels(lookup: dict[str, np.ndarray], frag: np.ndarray, post: np.ndarr
     exact = ~fb
     if exact.any():
         by_post = bool(lookup.get("by_post", False))  # synapses are (object, post); pre from the classifier
+        split_off = lookup["syn_vote_split"].astype(bool) if "syn_vote_split" in lookup else np.zeros(len(fb), bool)
         syn_pre = np.zeros_like(lookup["syn_pre"]) if by_post else lookup["syn_pre"]
+        group = exact & ~split_off
         table = {(int(o), int(q), int(p)): int(s) for o, q, p, s in zip(
-            lookup["syn_object"][exact], lookup["syn_post"][exact], syn_pre[exact], syn_id[exact])}
+            lookup["syn_object"][group], lookup["syn_post"][group], syn_pre[group], syn_id[group])}
         for o, q, s in zip(lookup.get("alias_object", ()), lookup.get("alias_post", ()),
                            lookup.get("alias_synapse", ())):  # the other side of a cleft: its synapse
             table[(int(o), int(q), 0)] = int(s)
@@ -374,6 +433,14 @@ def label_voxels(lookup: dict[str, np.ndarray], frag: np.ndarray, post: np.ndarr
         found = np.array([table.get((int(o), int(a), int(b)), 0) for o, a, b in triples], np.uint64)
         hit = found[inv.ravel()]
         out = np.where(hit != 0, hit, out)
+        if split_off.any() and partners:  # voxels voting for a split-off bouton: its synapse
+            own = {(int(o), int(q), int(p)): int(s) for o, q, p, s in zip(
+                lookup["syn_object"][split_off], lookup["syn_post"][split_off], lookup["syn_pre"][split_off],
+                syn_id[split_off])}
+            triples, inv = np.unique(np.stack([obj.astype(np.uint64), post, pre], 1), axis=0, return_inverse=True)
+            found = np.array([own.get((int(o), int(a), int(b)), 0) for o, a, b in triples], np.uint64)
+            hit = found[inv.ravel()]
+            out = np.where(hit != 0, hit, out)
     return out
 
 
@@ -385,7 +452,7 @@ class SynapseStep(GlobalStep):
     def __init__(self, tables_dir: str, out_dir: str, min_voxels: int, voxel_size, partners: bool,
                  split: bool = False, classifier: str | None = None, edge_min_voxels: int | None = None,
                  core_min_voxels: int | None = None, satellite_nm: float | None = None,
-                 satellite_ratio: float = 0.2):
+                 satellite_ratio: float = 0.2, vote_split_voxels: int | None = None):
         self.tables_dir = tables_dir
         self.out_dir = out_dir
         self.min_voxels = int(min_voxels)
@@ -397,6 +464,7 @@ class SynapseStep(GlobalStep):
         self.core_min_voxels = None if core_min_voxels is None else int(core_min_voxels)
         self.satellite_nm = None if satellite_nm is None else float(satellite_nm)
         self.satellite_ratio = float(satellite_ratio)
+        self.vote_split_voxels = None if vote_split_voxels is None else int(vote_split_voxels)
 
     @property
     def params(self) -> dict:
@@ -408,6 +476,8 @@ class SynapseStep(GlobalStep):
             params["core_min_voxels"] = self.core_min_voxels
         if self.satellite_nm is not None:
             params["satellites"] = [self.satellite_nm, self.satellite_ratio]
+        if self.vote_split_voxels is not None and self.split and self.classifier:
+            params["vote_split_voxels"] = self.vote_split_voxels
         if self.classifier:
             c = load_classifier(self.classifier)
             params["classifier"] = {"name": c.name, "weights": c.weights.round(8).tolist()}
@@ -430,7 +500,7 @@ class SynapseStep(GlobalStep):
         classifier = load_classifier(self.classifier) if self.classifier else None
         rows, lookup = synapse_rows(t, self.min_voxels, self.voxel_size, self.partners, self.split, classifier,
                                     self.edge_min_voxels, self.core_min_voxels, self.satellite_nm,
-                                    self.satellite_ratio)
+                                    self.satellite_ratio, self.vote_split_voxels)
         tmp = f"{self.lut}.tmp{os.getpid()}.npz"
         np.savez(tmp, **lookup)
         os.replace(tmp, self.lut)

@@ -42,6 +42,7 @@ class CleftModelInfo:
     core_min_voxels: int | None = None  # an object with two cores of this size or more: one synapse per core
     satellite_nm: float | None = None  # a synapse this near one much larger is a piece of its density
     satellite_ratio: float = 0.2  # "much larger": over 1 / satellite_ratio times the size
+    vote_split_voxels: int | None = None  # another bouton's votes on a post this large: a synapse of its own
 
     @property
     def divisor(self) -> Vec3:
@@ -99,7 +100,8 @@ def read_info(name: str) -> CleftModelInfo:
         core_threshold=float(meta["core_threshold"]) if meta.get("core_threshold") is not None else None,
         core_min_voxels=int(meta["core_min_voxels"]) if meta.get("core_min_voxels") is not None else None,
         satellite_nm=float(meta["satellite_nm"]) if meta.get("satellite_nm") is not None else None,
-        satellite_ratio=float(meta.get("satellite_ratio") or 0.2))
+        satellite_ratio=float(meta.get("satellite_ratio") or 0.2),
+        vote_split_voxels=int(meta["vote_split_voxels"]) if meta.get("vote_split_voxels") is not None else None)
 
 
 def save(path: str | os.PathLike, net: UNet, meta: dict) -> Path:

@@ -146,6 +146,9 @@ class SynapsesParams(StageParams):
     satellite_nm: float | None = Field(None, gt=0, description="a synapse this near one over 1 / satellite_ratio "
                                        "times its size is a piece of that one's density; default: the model's")
     satellite_ratio: float | None = Field(None, gt=0, lt=1, description="see satellite_nm; default: the model's")
+    vote_split_voxels: int | None = Field(None, ge=1, description="with a partner classifier: another presynaptic "
+                                          "segment that this many of a synapse's voxels vote for is a synapse of "
+                                          "its own (several boutons on one density); default: the model's")
     split_by_partners: bool = Field(True, description="one synapse per (post, pre) pair of a cleft's votes "
                                                        "(touching clefts of two synapses), not one per cleft")
     partner_classifier: str | None = Field(DEFAULT_CLASSIFIER, description="interface classifier choosing each "
@@ -193,8 +196,9 @@ class SynapsesStage(BlockStage[SynapsesParams]):
         core = self.params.core_min_voxels if self.params.core_min_voxels is not None else info.core_min_voxels
         satellite = self.params.satellite_nm if self.params.satellite_nm is not None else info.satellite_nm
         ratio = self.params.satellite_ratio if self.params.satellite_ratio is not None else info.satellite_ratio
+        split = self.params.vote_split_voxels if self.params.vote_split_voxels is not None else info.vote_split_voxels
         return SynapseStep(tables, out_dir, min_voxels, voxel_size, info.partners, self.params.split_by_partners,
-                           self.params.partner_classifier, edge, core, satellite, ratio)
+                           self.params.partner_classifier, edge, core, satellite, ratio, split)
 
     def global_step(self) -> SynapseStep:
         return self.merge

@@ -34,6 +34,7 @@ MIN_VOXELS = (800, 1200, 1500, 2000, 3000)
 EDGE_MIN_VOXELS = (200, 400, 800)  # clefts cut by the volume's faces; also: the same as MIN_VOXELS
 CORE_THRESHOLDS = (0.9, 0.95)  # cores that split a cleft object into one synapse per density
 CORE_MIN_VOXELS = (300, 600)
+VOTE_SPLIT_VOXELS = (1500, 2000, 2500, 3000, 4000)  # another bouton's votes on one density: a synapse of its own
 SATELLITE_NM = (300.0, 500.0)  # a small synapse this near a much larger one is a piece of its density
 SATELLITE_RATIOS = (0.1, 0.2, 0.3)
 
@@ -99,13 +100,14 @@ def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=Non
              classifier: str | None = DEFAULT_CLASSIFIER, tables: dict | None = None,
              edge_min_voxels: int | None = None, core_threshold: float | None = None,
              core_min_voxels: int | None = None, satellite_nm: float | None = None,
-             satellite_ratio: float = 0.2) -> dict:
+             satellite_ratio: float = 0.2, vote_split_voxels: int | None = None) -> dict:
     """Detection and partner precision / recall / F1 (ground-truth cells as the segmentation, partners
     by `classifier`, None: the direction votes); `predictions` (per example: probability, vectors)
     saves predicting again, `tables` (a dict) keeps the cleft tables per (example, threshold, core
     threshold); `edge_min_voxels`: the minimum size of cleft objects cut by the volume's faces;
     `core_threshold` and `core_min_voxels`: the split of cleft objects by their cores (none if None);
-    `satellite_nm` and `satellite_ratio`: merge.satellites (none if None)."""
+    `satellite_nm` and `satellite_ratio`: merge.satellites (none if None); `vote_split_voxels`:
+    merge.vote_splits (none if None, where min_voxels is given)."""
     tp = fp = fn = ptp = pfp = pfn = 0
     for i, (raw, _, _, _, labels, syn) in enumerate(examples):
         prob, vec = predictions[i] if predictions is not None else predict_volume(model, raw)
@@ -118,7 +120,8 @@ def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=Non
         rows = synapses_in_memory(prob, vec, labels, model.info, VOXEL_SIZE, threshold, min_voxels, raw=raw,
                                   classifier=classifier, table=table, edge_min_voxels=edge_min_voxels,
                                   core_min_voxels=core_min_voxels if core_threshold is not None else None,
-                                  satellite_nm=satellite_nm, satellite_ratio=satellite_ratio)
+                                  satellite_nm=satellite_nm, satellite_ratio=satellite_ratio,
+                                  vote_split_voxels=vote_split_voxels)
         pred = np.stack([rows["z"], rows["y"], rows["x"]], 1)
         gt = np.stack([syn["z"], syn["y"], syn["x"]], 1)
         s = synapse_scores(pred, gt, TOLERANCE_NM, VOXEL_SIZE)
@@ -198,7 +201,8 @@ def tune(name: str, val_seeds=VAL_SEEDS, val=None, log=print) -> dict:
     segmentation; ties: the first of the grid) and record it, with the scores, in its .json: first
     the threshold, minimum cleft size and minimum size of clefts cut by the volume's faces, then, at
     that threshold, the cores that split a cleft object (core threshold, core size) with the sizes,
-    then, with those, the satellites' distance and size ratio with the sizes."""
+    then, with those, the satellites' distance and size ratio with the sizes, then the vote split
+    (merge.vote_splits) with the rule chosen so far."""
     import torch as _torch
 
     val = val if val is not None else synthetic_examples(val_seeds)
@@ -230,6 +234,13 @@ def tune(name: str, val_seeds=VAL_SEEDS, val=None, log=print) -> dict:
     for satellite_nm in SATELLITE_NM:
         for ratio in SATELLITE_RATIOS:
             sizes({**chosen, "satellite_nm": satellite_nm, "satellite_ratio": ratio})
+    chosen = {**best[0], "vote_split_voxels": None}
+    for split in VOTE_SPLIT_VOXELS:
+        r_rule = {**chosen, "vote_split_voxels": split}
+        r = validate(model, val, predictions=predictions, tables=tables, **r_rule)
+        log(f"{json.dumps(r_rule)}: {json.dumps(r)}")
+        if r["detection_f1"] > best[1]["detection_f1"]:
+            best = (r_rule, r)
     rule, scores = best
     info = model.info
     meta = {"voxel_size": list(info.voxel_size), "normalisation": {"mean": info.mean, "std": info.std},
