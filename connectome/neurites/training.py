@@ -1,13 +1,17 @@
 """Training the neurite type classifier on synthetic volumes, whose compartments give every segment a
 class (the majority compartment of its voxels); reported with a confusion matrix on held-out volumes.
+Besides the ground-truth cells, `--predicted OUT SYNTH` adds the segments of a `connectome reconstruct`
+run OUT on the synthetic volume SYNTH (`connectome.synth` saved): the fragments a predicted segmentation
+really holds, with that run's synapse counts, as the `neurite_types` stage sees them.
 
-    python -m connectome.neurites.training --name types-synthetic
+    python -m connectome.neurites.training --name types-synthetic [--predicted OUT SYNTH ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -51,7 +55,7 @@ def split_spines(labels: np.ndarray, compartments: np.ndarray) -> np.ndarray:
 
 
 def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, post=None):
-    """(descriptors, class index) of each segment of one volume; synapse partners as segment ids."""
+    """(descriptors, class index, voxels) of each segment of one volume; synapse partners as segment ids."""
     box = Box.from_shape(seg.shape)
     sums = combine([block_sums(seg, raw, box, box, box, voxel_size)])
     ids = sums["ids"]
@@ -62,24 +66,46 @@ def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, pos
     x = describe(sums, voxel_size, out_syn, in_syn)
     y = true_classes(seg, compartments, ids)
     keep = (y >= 0) & (sums["voxels"] > 0)
-    return x[keep], y[keep]
+    return x[keep], y[keep], sums["voxels"][keep]
+
+
+def predicted_examples(out_dir: str, synth_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(descriptors, class index, voxels) of each segment of a reconstruct run's segmentation `out_dir` of
+    the synthetic volume `synth_dir`, with the run's synapse counts (synapses.csv, if any)."""
+    from connectome.io import open_volume
+    from connectome.neurites.types import synapse_counts
+
+    seg_v = open_volume(os.path.join(out_dir, "segmentation"))
+    seg = seg_v.read(seg_v.box).astype(np.uint64)
+    raw_v, comp_v = open_volume(os.path.join(synth_dir, "raw")), open_volume(os.path.join(synth_dir, "compartments"))
+    voxel_size = tuple(float(v) for v in seg_v.meta.voxel_size)
+    box = Box.from_shape(seg.shape)
+    sums = combine([block_sums(seg, raw_v.read(raw_v.box), box, box, box, voxel_size)])
+    ids = sums["ids"]
+    table = os.path.join(out_dir, "synapses.csv")
+    out_syn, in_syn = synapse_counts(ids, table if os.path.exists(table) else None)
+    x = describe(sums, voxel_size, out_syn, in_syn)
+    y = true_classes(seg, comp_v.read(comp_v.box), ids)
+    keep = (y >= 0) & (sums["voxels"] > 0)
+    return x[keep], y[keep], sums["voxels"][keep]
 
 
 def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0)):
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
-    xs, ys = [], []
+    xs, ys, ns = [], [], []
     for seed in seeds:
         v = generate(shape, voxel_size, seed=int(seed), tissue=TissueOptions(synapses_per_um3=8.0))
         for seg in (v.labels.astype(np.uint64), split_spines(v.labels, v.compartments)):
             post = v.synapses["post_id"].astype(np.uint64)
             if seg is not v.labels:  # a synapse on a spine lands on the spine's own segment
                 post = seg[v.synapses["z"], v.synapses["y"], v.synapses["x"]]
-            x, y = segment_examples(seg, v.raw, voxel_size, v.synapses, v.compartments, post=post)
+            x, y, n = segment_examples(seg, v.raw, voxel_size, v.synapses, v.compartments, post=post)
             xs.append(x)
             ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
+            ns.append(n)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ns)
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -88,19 +114,24 @@ def confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return m
 
 
-def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed: int = 0) -> TypeClassifier:
+def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed: int = 0,
+        voxels: np.ndarray | None = None, balance: float = 1.0) -> TypeClassifier:
+    """An MLP with one hidden layer; with `voxels`, each segment weighs log(1 + its voxels) (a one-voxel
+    fragment of a predicted segmentation counts less than a cell); each class's total weight is then
+    evened out to the power `balance` (1: classes weigh the same, 0: as they come)."""
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0) + 1e-6
     xt = torch.tensor((x - mean) / std, dtype=torch.float32)
     yt = torch.tensor(y)
-    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
-    weight = torch.tensor(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0) * counts.sum() / len(CLASSES),
-                          dtype=torch.float32)
+    w = np.ones(len(y)) if voxels is None else np.log1p(np.asarray(voxels, float))
+    counts = np.bincount(y, weights=w, minlength=len(CLASSES))
+    per_class = (np.where(counts > 0, 1.0 / np.maximum(counts, 1e-12), 0.0) * counts.sum() / len(CLASSES)) ** balance
+    sample = torch.tensor(w * per_class[y], dtype=torch.float32)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
                               torch.nn.Linear(hidden, len(CLASSES)))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(net(xt), yt, weight=weight)
+        loss = (torch.nn.functional.cross_entropy(net(xt), yt, reduction="none") * sample).sum() / sample.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -109,15 +140,24 @@ def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed:
     return TypeClassifier("", FEATURE_NAMES, CLASSES, mean, std, layers, {})
 
 
-def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), log=print) -> dict:
+def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), predicted=(), log=print) -> dict:
+    """Fit on the ground-truth cells of `train_seeds` and the segments of the `predicted` (out_dir,
+    synth_dir) runs; report on the ground-truth cells of `test_seeds`."""
     t0 = time.perf_counter()
-    x, y = synthetic_set(train_seeds)
-    xv, yv = synthetic_set(test_seeds)
-    clf = fit(x, y)
+    x, y, n = synthetic_set(train_seeds)
+    n_cells = len(y)
+    for out_dir, synth_dir in predicted:
+        xp, yp, npv = predicted_examples(out_dir, synth_dir)
+        x, y, n = np.concatenate([x, xp]), np.concatenate([y, yp]), np.concatenate([n, npv])
+    xv, yv, _ = synthetic_set(test_seeds)
+    # with predicted fragments: weights by log size, classes evened out by the square root (chosen on
+    # held-apart predicted volumes; benchmarks/results/synapses.md, neurite types)
+    clf = fit(x, y, voxels=n if predicted else None, balance=0.5 if predicted else 1.0)
     pred, _ = clf.predict(xv)
     m = confusion(yv, pred)
     per_class = {c: (float(m[i, i] / m[i].sum()) if m[i].sum() else None) for i, c in enumerate(CLASSES)}
-    report = {"train_segments": int(len(y)), "test_segments": int(len(yv)),
+    report = {"train_segments": int(len(y)), "train_ground_truth_cells": int(n_cells),
+              "train_predicted_runs": [list(p) for p in predicted], "test_segments": int(len(yv)),
               "accuracy": float(np.trace(m) / max(m.sum(), 1)), "per_class_recall": per_class,
               "confusion_rows_truth_cols_predicted": m.tolist(), "classes": list(CLASSES),
               "data": "synthetic (64, 192, 192) at 8 nm: ground-truth cells, and the same with spines cut off",
@@ -132,8 +172,10 @@ def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), lo
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--name", default="types-synthetic")
+    p.add_argument("--predicted", nargs=2, action="append", default=[], metavar=("OUT", "SYNTH"),
+                   help="a reconstruct run's output directory and the synthetic volume it segmented")
     a = p.parse_args(argv)
-    train(a.name)
+    train(a.name, predicted=[tuple(x) for x in a.predicted])
 
 
 if __name__ == "__main__":
