@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -254,6 +256,72 @@ def tune(name: str, val_seeds=VAL_SEEDS, val=None, log=print) -> dict:
     return meta
 
 
+def run_scores(runs, rule: dict, info: M.CleftModelInfo) -> tuple[int, int, int]:
+    """Detection (true positives, false positives, misses) of stored `connectome reconstruct` runs
+    ((out_dir, synth_dir) pairs: their cleft tables and affinity segmentation) under a size rule."""
+    from connectome.synapses.interface import load_classifier
+    from connectome.synapses.merge import load_fragment_tables, synapse_rows
+    from connectome.synth.volume import load_ground_truth
+
+    clf = load_classifier(DEFAULT_CLASSIFIER)
+    tp = fp = fn = 0
+    for out_dir, synth_dir in runs:
+        gt = load_ground_truth(synth_dir)
+        vs = gt.meta["voxel_size"]
+        t = load_fragment_tables(os.path.join(out_dir, "tables", "cleft_fragments"))
+        rows, _ = synapse_rows(t, rule["min_voxels"], vs, info.partners, True, clf, rule["edge_min_voxels"],
+                               info.core_min_voxels, info.satellite_nm, info.satellite_ratio,
+                               rule["vote_split_voxels"])
+        s = synapse_scores(np.stack([rows["z"], rows["y"], rows["x"]], 1),
+                           np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1), TOLERANCE_NM, vs)
+        tp, fp, fn = tp + s.true_positives, fp + s.false_positives, fn + s.false_negatives
+    return tp, fp, fn
+
+
+def tune_runs(name: str, runs, val_seeds=VAL_SEEDS, log=print) -> dict:
+    """Re-choose a tuned model's size rules - the minimum of clefts cut by the volume's faces and the
+    vote split - by detection F1 pooled over the validation volumes (ground-truth cells, in memory) and
+    stored `connectome reconstruct` runs of other validation volumes made with this model (larger
+    volumes, in blocks, on the affinity segmentation: `runs`, (out_dir, synth_dir) pairs); threshold,
+    cores and satellites stay. Ties keep the model's own setting."""
+    import torch as _torch
+
+    model = M.load(name, "cpu")
+    info = model.info
+    val = synthetic_examples(val_seeds)
+    predictions = [predict_volume(model, e[0]) for e in val]
+    tables: dict = {}
+    fixed: dict = {"threshold": info.threshold, "min_voxels": info.min_voxels, "core_threshold": info.core_threshold,
+             "core_min_voxels": info.core_min_voxels, "satellite_nm": info.satellite_nm,
+             "satellite_ratio": info.satellite_ratio}
+    current = (info.edge_min_voxels, info.vote_split_voxels)
+    grid = [current] + [(e, v) for e in sorted({*EDGE_MIN_VOXELS, 600, 1000, 1200}) if e < info.min_voxels
+                        for v in (None, *VOTE_SPLIT_VOXELS) if (e, v) != current]
+    best = None
+    for edge, split in grid:
+        rule = {**fixed, "edge_min_voxels": edge, "vote_split_voxels": split}
+        r = validate(model, val, predictions=predictions, tables=tables, **rule)
+        tp, fp, fn = run_scores(runs, rule, info)
+        tp, fp, fn = tp + r["tp"], fp + r["fp"], fn + r["fn"]
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+        log(f"edge_min_voxels {edge}, vote_split_voxels {split}: validation volumes F1 {r['detection_f1']:.3f}, "
+            f"pooled with the runs {f1:.3f} ({tp} found, {fp} extra, {fn} missed)")
+        if best is None or f1 > best[0]:
+            best = (f1, rule, r, (tp, fp, fn))
+    assert best is not None
+    f1, rule, r, (tp, fp, fn) = best
+    meta = json.loads(Path(info.path).with_suffix(".json").read_text())
+    meta.update(edge_min_voxels=rule["edge_min_voxels"], vote_split_voxels=rule["vote_split_voxels"])
+    meta["provenance"] = {**meta.get("provenance", {}), "validation": r, "validation_runs": {
+        "runs": [list(x) for x in runs], "pooled_detection_f1": f1, "tp": tp, "fp": fp, "fn": fn,
+        "chosen": "edge_min_voxels and vote_split_voxels by pooled F1 (training.tune_runs)"}}
+    net = M.cleft_net(info.config)
+    net.load_state_dict(_torch.load(info.path, map_location="cpu", weights_only=True))
+    M.save(info.path, net, {k: v for k, v in meta.items() if k not in ("format", "name", "architecture")})
+    log(f"saved {info.path}: edge_min_voxels {rule['edge_min_voxels']}, vote_split_voxels {rule['vote_split_voxels']}")
+    return meta
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--name", default="cleft-synthetic")
@@ -262,8 +330,13 @@ def main(argv=None) -> None:
     p.add_argument("--init", default=None, help="continue from this cleft model's weights")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--tune-only", action="store_true", help="only pick the threshold, sizes and cores of --name")
+    p.add_argument("--tune-runs", nargs=2, action="append", default=[], metavar=("OUT", "SYNTH"),
+                   help="re-choose --name's face minimum and vote split, pooling the validation volumes with "
+                        "these reconstruct runs (output directory, synthetic volume)")
     a = p.parse_args(argv)
-    if a.tune_only:
+    if a.tune_runs:
+        tune_runs(a.name, [tuple(x) for x in a.tune_runs])
+    elif a.tune_only:
         tune(a.name)
     else:
         train(a.name, a.minutes, a.seed, init=a.init, threads=a.threads)

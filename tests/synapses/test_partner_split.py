@@ -157,3 +157,39 @@ def test_vote_split_through_the_stages_blockwise_equals_one_block(tmp_path, clie
     np.testing.assert_array_equal(labels, labels1)
     assert np.unique(labels[4:12, 16:48, 25:32]).tolist() == [int(t["id"][t["pre"] == 1][0])]
     assert np.unique(labels[4:12, 16:48, 32:40]).tolist() == [int(t["id"][t["pre"] == 5][0])]
+
+
+def test_a_stored_runs_tables_rescored_as_the_synapses_stage_made_them(tmp_path, capsys):
+    """training.run_scores (the size rules re-chosen on stored runs) finds what the run's own synapse
+    table holds under the model's rule, and nothing under an impossible minimum."""
+    import json
+
+    from connectome.cli.main import main
+    from connectome.metrics.synapses import synapse_scores
+    from connectome.synapses import model as M
+    from connectome.synapses.table import read_synapses
+    from connectome.synapses.training import run_scores
+    from connectome.synth import generate
+    from connectome.synth.options import TissueOptions
+    from connectome.synth.volume import load_ground_truth
+
+    synth = tmp_path / "synth"
+    generate((32, 128, 128), (8.0, 8.0, 8.0), seed=502, tissue=TissueOptions(synapses_per_um3=8.0)).save(
+        str(synth), chunk_shape=(32, 64, 64))
+    out = tmp_path / "run"
+    code = main(["synapses", str(synth / "raw"), str(out), "--segmentation", str(synth / "labels"),
+                 "--block-shape", "32", "64", "64", "--workers", "1", "--no-progress", "--json"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    info = M.read_info("cleft-synthetic")
+    gt = load_ground_truth(str(synth))
+    table = read_synapses(str(out / "synapses.csv"))
+    true = np.stack([gt.synapses[k] for k in ("z", "y", "x")], 1)
+    s = synapse_scores(np.stack([table[k] for k in ("z", "y", "x")], 1), true, 200.0, (8.0, 8.0, 8.0))
+    assert len(true) >= 2 and s.true_positives >= 1
+    rule = {"min_voxels": info.min_voxels, "edge_min_voxels": info.edge_min_voxels,
+            "vote_split_voxels": info.vote_split_voxels}
+    runs = [(str(out), str(synth))]
+    assert run_scores(runs, rule, info) == (s.true_positives, s.false_positives, s.false_negatives)
+    nothing = {"min_voxels": 10 ** 9, "edge_min_voxels": 10 ** 9, "vote_split_voxels": None}
+    assert run_scores(runs, nothing, info) == (0, 0, len(true)), json.dumps(rule)
