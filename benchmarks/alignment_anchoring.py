@@ -23,27 +23,16 @@ Prints a markdown table (recorded in benchmarks/results/alignment.md).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
+from alignment_draws import MARGIN, SECTIONS, SIDE, SOURCES, central_crop  # the test's stacks and crops
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from connectome.alignment.fit import apply, robust_fit
 from connectome.alignment.patches import PatchSettings, SectionPair
 from connectome.alignment.synthetic import Distorted, Distortion, distort
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SOURCES = {"isbi": ("isbi2012/isbi2012.npz", "train_raw"), "vnc": ("drosophila_vnc_sstem/vnc_stack1.npz", "raw")}
-SECTIONS, SIDE, MARGIN, PATCH, BORDER = 4, 288, 40, 128, 64
-
-
-def central_crop(name: str) -> np.ndarray:
-    relative, key = SOURCES[name]
-    with np.load(DATA / relative) as f:
-        raw = f[key]
-    half = SIDE // 2 + MARGIN
-    cy, cx = raw.shape[1] // 2, raw.shape[2] // 2
-    return np.ascontiguousarray(raw[:SECTIONS, cy - half:cy + half, cx - half:cx + half])
+PATCH, BORDER = 128, 64
 
 
 def lucas_kanade(a: np.ndarray, b: np.ndarray, sigma: float, levels: int = 3, iterations: int = 8) -> np.ndarray:
