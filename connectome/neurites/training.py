@@ -54,19 +54,27 @@ def split_spines(labels: np.ndarray, compartments: np.ndarray) -> np.ndarray:
     return seg
 
 
-def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, post=None):
-    """(descriptors, class index, voxels) of each segment of one volume; synapse partners as segment ids."""
+def _labelled(seg, raw, voxel_size, compartments, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(descriptors, class index, voxels) of each segment with a class; `counts(ids)` gives the
+    segments' synapses out and in."""
     box = Box.from_shape(seg.shape)
     sums = combine([block_sums(seg, raw, box, box, box, voxel_size)])
     ids = sums["ids"]
-    pre = synapses["pre_id"].astype(np.uint64) if pre is None else pre
-    post = synapses["post_id"].astype(np.uint64) if post is None else post
-    out_syn = np.array([np.sum(pre == i) for i in ids], float)
-    in_syn = np.array([np.sum(post == i) for i in ids], float)
-    x = describe(sums, voxel_size, out_syn, in_syn)
+    x = describe(sums, voxel_size, *counts(ids))
     y = true_classes(seg, compartments, ids)
     keep = (y >= 0) & (sums["voxels"] > 0)
     return x[keep], y[keep], sums["voxels"][keep]
+
+
+def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, post=None):
+    """(descriptors, class index, voxels) of each segment of one volume; synapse partners as segment ids."""
+    pre = synapses["pre_id"].astype(np.uint64) if pre is None else pre
+    post = synapses["post_id"].astype(np.uint64) if post is None else post
+
+    def counts(ids):
+        return (np.array([np.sum(pre == i) for i in ids], float), np.array([np.sum(post == i) for i in ids], float))
+
+    return _labelled(seg, raw, voxel_size, compartments, counts)
 
 
 def predicted_examples(out_dir: str, synth_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,15 +87,9 @@ def predicted_examples(out_dir: str, synth_dir: str) -> tuple[np.ndarray, np.nda
     seg = seg_v.read(seg_v.box).astype(np.uint64)
     raw_v, comp_v = open_volume(os.path.join(synth_dir, "raw")), open_volume(os.path.join(synth_dir, "compartments"))
     voxel_size = tuple(float(v) for v in seg_v.meta.voxel_size)
-    box = Box.from_shape(seg.shape)
-    sums = combine([block_sums(seg, raw_v.read(raw_v.box), box, box, box, voxel_size)])
-    ids = sums["ids"]
     table = os.path.join(out_dir, "synapses.csv")
-    out_syn, in_syn = synapse_counts(ids, table if os.path.exists(table) else None)
-    x = describe(sums, voxel_size, out_syn, in_syn)
-    y = true_classes(seg, comp_v.read(comp_v.box), ids)
-    keep = (y >= 0) & (sums["voxels"] > 0)
-    return x[keep], y[keep], sums["voxels"][keep]
+    return _labelled(seg, raw_v.read(raw_v.box), voxel_size, comp_v.read(comp_v.box),
+                     lambda ids: synapse_counts(ids, table if os.path.exists(table) else None))
 
 
 def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0)):

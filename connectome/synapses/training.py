@@ -256,19 +256,26 @@ def tune(name: str, val_seeds=VAL_SEEDS, val=None, log=print) -> dict:
     return meta
 
 
-def run_scores(runs, rule: dict, info: M.CleftModelInfo) -> tuple[int, int, int]:
-    """Detection (true positives, false positives, misses) of stored `connectome reconstruct` runs
-    ((out_dir, synth_dir) pairs: their cleft tables and affinity segmentation) under a size rule."""
-    from connectome.synapses.interface import load_classifier
-    from connectome.synapses.merge import load_fragment_tables, synapse_rows
+def load_runs(runs) -> list:
+    """The cleft tables and ground truth of stored `connectome reconstruct` runs ((out_dir, synth_dir)
+    pairs), read once for every rule `run_scores` tries."""
+    from connectome.synapses.merge import load_fragment_tables
     from connectome.synth.volume import load_ground_truth
+
+    return [(load_fragment_tables(os.path.join(out_dir, "tables", "cleft_fragments")), load_ground_truth(synth_dir))
+            for out_dir, synth_dir in runs]
+
+
+def run_scores(loaded: list, rule: dict, info: M.CleftModelInfo) -> tuple[int, int, int]:
+    """Detection (true positives, false positives, misses) of stored runs (`load_runs`: their cleft
+    tables on the affinity segmentation) under a size rule."""
+    from connectome.synapses.interface import load_classifier
+    from connectome.synapses.merge import synapse_rows
 
     clf = load_classifier(DEFAULT_CLASSIFIER)
     tp = fp = fn = 0
-    for out_dir, synth_dir in runs:
-        gt = load_ground_truth(synth_dir)
+    for t, gt in loaded:
         vs = gt.meta["voxel_size"]
-        t = load_fragment_tables(os.path.join(out_dir, "tables", "cleft_fragments"))
         rows, _ = synapse_rows(t, rule["min_voxels"], vs, info.partners, True, clf, rule["edge_min_voxels"],
                                info.core_min_voxels, info.satellite_nm, info.satellite_ratio,
                                rule["vote_split_voxels"])
@@ -291,9 +298,10 @@ def tune_runs(name: str, runs, val_seeds=VAL_SEEDS, log=print) -> dict:
     val = synthetic_examples(val_seeds)
     predictions = [predict_volume(model, e[0]) for e in val]
     tables: dict = {}
+    loaded = load_runs(runs)
     fixed: dict = {"threshold": info.threshold, "min_voxels": info.min_voxels, "core_threshold": info.core_threshold,
-             "core_min_voxels": info.core_min_voxels, "satellite_nm": info.satellite_nm,
-             "satellite_ratio": info.satellite_ratio}
+                   "core_min_voxels": info.core_min_voxels, "satellite_nm": info.satellite_nm,
+                   "satellite_ratio": info.satellite_ratio}
     current = (info.edge_min_voxels, info.vote_split_voxels)
     grid = [current] + [(e, v) for e in sorted({*EDGE_MIN_VOXELS, 600, 1000, 1200}) if e < info.min_voxels
                         for v in (None, *VOTE_SPLIT_VOXELS) if (e, v) != current]
@@ -301,7 +309,7 @@ def tune_runs(name: str, runs, val_seeds=VAL_SEEDS, log=print) -> dict:
     for edge, split in grid:
         rule = {**fixed, "edge_min_voxels": edge, "vote_split_voxels": split}
         r = validate(model, val, predictions=predictions, tables=tables, **rule)
-        tp, fp, fn = run_scores(runs, rule, info)
+        tp, fp, fn = run_scores(loaded, rule, info)
         tp, fp, fn = tp + r["tp"], fp + r["fp"], fn + r["fn"]
         f1 = 2 * tp / max(2 * tp + fp + fn, 1)
         log(f"edge_min_voxels {edge}, vote_split_voxels {split}: validation volumes F1 {r['detection_f1']:.3f}, "

@@ -168,7 +168,7 @@ def test_a_stored_runs_tables_rescored_as_the_synapses_stage_made_them(tmp_path,
     from connectome.metrics.synapses import synapse_scores
     from connectome.synapses import model as M
     from connectome.synapses.table import read_synapses
-    from connectome.synapses.training import run_scores
+    from connectome.synapses.training import load_runs, run_scores
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
     from connectome.synth.volume import load_ground_truth
@@ -189,7 +189,7 @@ def test_a_stored_runs_tables_rescored_as_the_synapses_stage_made_them(tmp_path,
     assert len(true) >= 2 and s.true_positives >= 1
     rule = {"min_voxels": info.min_voxels, "edge_min_voxels": info.edge_min_voxels,
             "vote_split_voxels": info.vote_split_voxels}
-    runs = [(str(out), str(synth))]
+    runs = load_runs([(str(out), str(synth))])
     assert run_scores(runs, rule, info) == (s.true_positives, s.false_positives, s.false_negatives)
     nothing = {"min_voxels": 10 ** 9, "edge_min_voxels": 10 ** 9, "vote_split_voxels": None}
     assert run_scores(runs, nothing, info) == (0, 0, len(true)), json.dumps(rule)
