@@ -64,9 +64,11 @@ NOTES = [
     "4.273, gala 1.340).",
     "- `fib-10nm` (continued 100 CPU minutes on 2026-12-01, benchmarks/results/training.md) merges by its edge "
     "classifier's p(merge) (learned scoring; threshold 0.45 from `fib-10nm-edges.json`, retrained on its four-flip "
-    "affinities and chosen on medulla z 75-99); `synthetic` likewise by its own; the others by mean affinity, one edge at a time in a strict order "
-    "(score, contact count, segment ids). Learned against mean scoring: benchmarks/results/learned_agglomeration.md "
-    "(previous weights).",
+    "affinities and chosen on medulla z 75-99); `synthetic` likewise by its own; `sstem` by its own since "
+    "2026-12-01 (session 13: `sstem-edges.json`, fragments up to 128 px scored, five fits averaged, trained on "
+    "CREMI z 0-39 and its threshold 0.35 chosen on z 40-49, this table's split; with mean scoring at 0.6: CREMI "
+    "2.803, ISBI 1.759); `sstem-2d` by mean affinity, one edge at a time in a strict order (score, contact count, "
+    "segment ids). Learned against mean scoring: benchmarks/results/learned_agglomeration.md.",
 ]
 
 

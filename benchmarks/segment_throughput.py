@@ -4,7 +4,7 @@ Segments a synthetic volume (default 64 x 256 x 256 at 8 nm, in 8 blocks of 32 x
 shipped model's stage chain, several times, and reports the median per stage and end to end.
 Writes benchmarks/results/segment_throughput_MODEL_BLOCK.md.
 Usage: .venv/bin/python benchmarks/segment_throughput.py [--runs 3] [--model synthetic] [--shape Z Y X] [--block Z Y X]
-       [--scoring mean|learned] (default: the model's; the results file then names the scoring)
+       [--scoring mean|learned] (default: the model's; the results file then names the scoring) [--voxel-size Z Y X]
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ def main() -> None:
                         help="agglomeration score (default: the model's)")
     parser.add_argument("--tta", type=int, default=None, help="test-time augmentation (default: the model's)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--voxel-size", nargs=3, type=float, default=(8.0, 8.0, 8.0),
+                        help="of the synthetic volume, nm (z y x): the model's, e.g. 40 4 4 for sstem")
     args = parser.parse_args()
     block = tuple(args.block)
     tmp = tempfile.mkdtemp(prefix="segbench-")
-    generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=0).save(os.path.join(tmp, "synth"), chunk_shape=block)
+    generate(tuple(args.shape), tuple(args.voxel_size), seed=0).save(os.path.join(tmp, "synth"), chunk_shape=block)
     raw = os.path.join(tmp, "synth", "raw")
     per_stage: dict[str, list[float]] = {}
     totals = []
@@ -69,8 +71,11 @@ def main() -> None:
         f"command: `.venv/bin/python benchmarks/segment_throughput.py --runs {args.runs} --model {args.model} "
         f"--shape {' '.join(map(str, args.shape))} --block {' '.join(map(str, block))}"
         + (f" --scoring {args.scoring}" if args.scoring else "") + (f" --tta {args.tta}" if args.tta else "")
-        + (f" --precision {args.precision}" if args.precision != "auto" else "") + "`",
-        f"- volume: synthetic {list(args.shape)} = {voxels / 1e6:.1f} Mvx, {blocks} blocks of "
+        + (f" --precision {args.precision}" if args.precision != "auto" else "")
+        + (f" --voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)}" if tuple(args.voxel_size) != (8, 8, 8) else "")
+        + "`",
+        f"- volume: synthetic {list(args.shape)} at {' x '.join(f'{v:g}' for v in args.voxel_size)} nm = "
+        f"{voxels / 1e6:.1f} Mvx, {blocks} blocks of "
         f"{' x '.join(map(str, block))}, "
         "LocalCluster of 2 worker processes x 1 thread; medians over runs",
         "",

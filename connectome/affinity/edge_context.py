@@ -7,7 +7,8 @@ a property of the basin, not of the blocks); an edge between two large basins ke
 affinity (exact in any layout, as the stored sums pool exactly). The features (`edge_features`)
 depend only on the two basins and their contact, and count a large basin as `prod(limit)` voxels.
 
-A block scores its edges in its read box grown by `limit` + 1: it runs the watershed again there
+A block scores its edges in its read box grown by `limit` + 1 (in y and x only for fragments within
+sections, which never span two): it runs the watershed again there
 (a voxel's pointer depends only on its six edges, so a basin that does not reach the region's faces
 is the global basin, whole), builds that region's graph and features, and scores every voxel pair
 of its own edges by the basin pair holding its two voxels (a fragment of a neighbouring block, in the
@@ -63,7 +64,9 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
     edge scored by the pair of basins of `read` grown by `limit` + 1 that holds its two voxels."""
     if len(u) == 0:
         return np.zeros(0)
-    region = read.grow([lim + 1 for lim in limit]).intersect(affinities.box)
+    # in-plane basins never leave their section, so the region need not grow in z
+    region = read.grow([0 if in_plane and d == 0 else lim + 1 for d, lim in enumerate(limit)]).intersect(
+        affinities.box)
     edges = block_edges(affinities, region)
     if in_plane:
         within_sections(edges)

@@ -65,7 +65,7 @@ def edge_labels(edges: EdgeSet, gt: np.ndarray) -> np.ndarray:
 
 
 def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, hidden: Sequence[int] = (32, 16),
-                   steps: int = 1500, seed: int = 0, lr: float = 3e-3) -> dict:
+                   steps: int = 1500, seed: int = 0, lr: float = 3e-3, extent: int = EXTENT) -> dict:
     """Layers and standardisation of an MLP fitted by full-batch Adam on weighted cross-entropy (CPU)."""
     import torch
 
@@ -92,9 +92,37 @@ def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray
         opt.step()
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
     return {"kind": "edge_classifier", "format": FORMAT, "features": list(FEATURES), "mean": mean.tolist(),
-            "std": std.tolist(), "final_loss": float(loss.item()), "extent": EXTENT,
+            "std": std.tolist(), "final_loss": float(loss.item()), "extent": int(extent),
             "layers": [{"weight": m.weight.detach().double().numpy().tolist(),
                         "bias": m.bias.detach().double().numpy().tolist()} for m in linear]}
+
+
+def fit_members(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, members: int = 1,
+                hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0, extent: int = EXTENT) -> dict:
+    """`fit_classifier` with seeds seed .. seed + members - 1, folded into one MLP whose logit is the
+    members' mean logit (hidden layers side by side, block-diagonal between them): one fit's
+    p(merge) moves a lot with its seed, their mean much less."""
+    fits = [fit_classifier(features, labels, weights, hidden, steps, seed + k, extent=extent) for k in range(members)]
+    if members == 1:
+        return fits[0]
+    depth = len(fits[0]["layers"])
+    layers = []
+    for d in range(depth):
+        ws = [np.asarray(f["layers"][d]["weight"]) for f in fits]
+        bs = [np.asarray(f["layers"][d]["bias"]) for f in fits]
+        if d == 0:
+            w, b = np.vstack(ws), np.concatenate(bs)
+        elif d < depth - 1:
+            w = np.zeros((sum(x.shape[0] for x in ws), sum(x.shape[1] for x in ws)))
+            r = c = 0
+            for x in ws:
+                w[r:r + x.shape[0], c:c + x.shape[1]] = x
+                r, c = r + x.shape[0], c + x.shape[1]
+            b = np.concatenate(bs)
+        else:
+            w, b = np.hstack(ws) / members, np.mean(bs, axis=0)
+        layers.append({"weight": w.tolist(), "bias": b.tolist()})
+    return dict(fits[0], layers=layers, members=members, final_loss=float(np.mean([f["final_loss"] for f in fits])))
 
 
 def as_classifier(meta: dict, threshold: float = 0.5) -> EdgeClassifier:
@@ -146,9 +174,10 @@ def example_weights(counts: np.ndarray, weighting: str) -> np.ndarray:
     return np.log1p(counts) if weighting == "log-contact" else np.ones_like(counts)
 
 
-def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None):
+def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None, extent: int = EXTENT):
     """(EdgeSet, labels, ground truth) of one labelled volume with `model`'s affinities, predicted as `segment`
-    predicts them by default (the model's test-time augmentation, precision auto)."""
+    predicts them by default (the model's test-time augmentation, precision auto); fragments spanning at most
+    `extent` voxels (finest axis) count as small."""
     import hashlib
     import os
 
@@ -172,16 +201,19 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         if path:
             os.makedirs(cache, exist_ok=True)  # type: ignore[arg-type]
             np.save(path, affs)
-    edges = edge_set(affs, extent_limit(model.info.voxel_size), in_plane=model.info.in_plane)
+    edges = edge_set(affs, extent_limit(model.info.voxel_size, extent), in_plane=model.info.in_plane)
     return edges, edge_labels(edges, pair.labels), pair.labels
 
 
 def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val_raw: str, val_labels: str,
                 out: str, hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0,
                 weighting: str = "contact", thresholds: Sequence[float] = THRESHOLDS, threads: int = 1,
-                command: str = "", cache: str | None = None, max_edges: int | None = None, log=print) -> dict:
+                command: str = "", cache: str | None = None, max_edges: int | None = None, extent: int = EXTENT,
+                members: int = 1, log=print) -> dict:
     """Fit the edge classifier of `model_name` on (raws, labels), choose its threshold by VOI on the
-    validation volume, write `out` (json) and return its content."""
+    validation volume, write `out` (json) and return its content. The classifier scores edges with a side
+    spanning at most `extent` voxels on the finest axis (`edge_context`); the others keep their mean affinity.
+    `members` > 1 fits that many seeds and averages their logits (`fit_members`)."""
     import json
     import time
     from datetime import UTC, datetime
@@ -197,6 +229,10 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
         raise UserError("give one --labels for each --raw (at least one)")
     if weighting not in WEIGHTINGS:
         raise UserError(f"--weighting {weighting}: expected one of {', '.join(WEIGHTINGS)}")
+    if extent < 1:
+        raise UserError(f"--extent {extent}: expected a positive number of voxels")
+    if members < 1:
+        raise UserError(f"--members {members}: expected a positive number of fits")
     if max_edges is not None and max_edges < 1:
         raise UserError(f"--max-edges {max_edges}: expected a positive number of edges")
     clash = overlapping_sections(list(raws) + list(labels), [val_raw, val_labels])
@@ -207,7 +243,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     model = load_model(model_name, "cpu")
     xs, ys, ws, counts = [], [], [], []
     for raw, lab in zip(raws, labels):
-        edges, y, _ = volume_edges(model, raw, lab, cache)
+        edges, y, _ = volume_edges(model, raw, lab, cache, extent)
         keep = y >= 0
         xs.append(edges.features[keep])
         ys.append(y[keep])
@@ -222,9 +258,9 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
         x, y, w, fitted = x[pick], y[pick], w[pick], max_edges
         log(f"fitting on {max_edges} of {total} labelled edges (drawn with seed {seed})")
     fit_start = time.perf_counter()
-    meta = fit_classifier(x, y, w, hidden, steps, seed)
+    meta = fit_members(x, y, w, members, hidden, steps, seed, extent=extent)
     fit_seconds = time.perf_counter() - fit_start
-    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache)
+    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent)
     learned = voi_sweep(val_edges, val_gt, as_classifier(meta), thresholds)
     mean = voi_sweep(val_edges, val_gt, None, thresholds)
     best = min(learned, key=lambda r: r["voi"])
@@ -237,6 +273,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
             "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": threads, "wall_time_s": round(time.perf_counter() - start, 1),
             "fit_seconds": round(fit_seconds, 1), "hidden": list(hidden), "steps": steps, "seed": seed,
+            "members": members,
             "weighting": weighting, "fitted_edges": fitted,
             "labels": "merge: both fragments' majority ground-truth ids equal and non-zero; "
             "edges with a side mostly ground-truth 0 left out",

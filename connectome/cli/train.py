@@ -91,6 +91,12 @@ def _add_edges(sub) -> None:
                    help="loss weight of an edge: its contact area, log(1 + area), or 1")
     p.add_argument("--max-edges", type=int, default=None, metavar="N",
                    help="fit on N labelled edges drawn at random (seeded) when the volumes hold more")
+    p.add_argument("--extent", type=int, default=None, metavar="VOXELS",
+                   help="edges with a fragment spanning at most this many voxels on the finest axis (the same "
+                        "distance on coarser ones) get the classifier's score; the rest keep their mean affinity "
+                        "(default: 16, edge_features.EXTENT; larger costs a wider halo in `segment`)")
+    p.add_argument("--members", type=int, default=1, metavar="K",
+                   help="fit K classifiers (seeds SEED .. SEED + K - 1) and store one MLP scoring their mean logit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--cache", metavar="DIR", help="keep the predicted affinities here for re-runs")
@@ -98,12 +104,14 @@ def _add_edges(sub) -> None:
 
 
 def _run_edges(args) -> int:
+    from connectome.affinity.edge_features import EXTENT
     from connectome.affinity.edge_training import train_edges
 
     quiet = getattr(args, "json", False)
     meta = train_edges(args.affinity_model, args.raw, args.labels, args.val_raw, args.val_labels, args.out,
                        tuple(args.hidden), args.steps, args.seed, args.weighting, threads=args.threads,
                        command=_command_line(), cache=args.cache, max_edges=args.max_edges,
+                       extent=EXTENT if args.extent is None else args.extent, members=args.members,
                        log=(lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else print)
     best = meta["provenance"]["validation"]["best"]
     summary = {"out": args.out, "threshold": meta["threshold"], "validation": best,

@@ -10,7 +10,7 @@ import pytest
 from connectome.affinity.agglomeration import load_tables, lookup_table
 from connectome.affinity.edge_classifier import learned_sums, load_classifier
 from connectome.affinity.edge_features import EXTENT, FEATURES, edge_features, small_fragments
-from connectome.affinity.edge_training import as_classifier, edge_labels, edge_set, fit_classifier
+from connectome.affinity.edge_training import as_classifier, edge_labels, edge_set, fit_classifier, fit_members
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.region_graph import region_graph
 from connectome.cli.main import main
@@ -126,6 +126,20 @@ def test_training_separates_merge_from_split_edges_on_another_volume(synthetic, 
     assert auc > 0.9
 
 
+def test_members_fold_into_one_mlp_scoring_their_mean_logit(synthetic, tmp_path):
+    edges = edge_set(affinities_as_uint8(noisy_affinities(synthetic[0], 0.3, 1)))
+    y = edge_labels(edges, synthetic[0])
+    x, y, w = edges.features[y >= 0], y[y >= 0], edges.tables["counts"][y >= 0].astype(float)
+    folded = dict(fit_members(x, y, w, members=3, steps=60, seed=5), threshold=0.5)
+    path = tmp_path / "members-edges.json"
+    path.write_text(json.dumps(folded))
+    members = [as_classifier(fit_classifier(x, y, w, steps=60, seed=5 + k)).merge_probability(x) for k in range(3)]
+    logits = np.log(np.stack(members)) - np.log1p(-np.stack(members))
+    assert np.ptp(logits, axis=0).max() > 0.1  # the members differ, so the mean is not trivially one of them
+    p = load_classifier(str(path)).merge_probability(x)  # the stored file, as the stage reads it
+    np.testing.assert_allclose(np.log(p) - np.log1p(-p), logits.mean(axis=0), atol=1e-8)
+
+
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"kind": "unet"}),
                                      json.dumps({"kind": "edge_classifier", "format": 1, "features": ["x"]})])
 def test_a_bad_classifier_file_is_refused_in_one_line(tmp_path, content):
@@ -159,7 +173,7 @@ def affinity_volume(tmp_path_factory, synthetic):
     return root
 
 
-def _run(root, name, merge, agglomerate, client, block=(12, 16, 16)):
+def _run(root, name, merge, agglomerate, client, block=(12, 16, 16), in_plane=False):
     from connectome.cluster.client import ClusterConfig
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import execute, plan_run
@@ -167,7 +181,7 @@ def _run(root, name, merge, agglomerate, client, block=(12, 16, 16)):
     affs = {"affinities": str(root / "affs")}
     config = RunConfig(input=str(root / "affs"), output=str(root / name), cluster=ClusterConfig(),
                        blocks=BlocksConfig(shape=block, chunk_shape=(12, 16, 16)),
-                       stages=[StageConfig(stage="fragments", inputs=affs),
+                       stages=[StageConfig(stage="fragments", inputs=affs, params={"in_plane": in_plane}),
                                StageConfig(stage="agglomerate", inputs=affs, params=agglomerate),
                                StageConfig(stage="relabel", params={"threshold": 0.5, "merge": merge, "fanout": 2})])
     reports = execute(plan_run(config), client, progress=False)
@@ -221,6 +235,26 @@ def test_learned_scoring_does_not_depend_on_the_block_layout(affinity_volume, tr
     assert (small > 100 and large > 20) if extent == 2 else large < 5, (small, large)
     # the merge saw classifier scores: not the mean-affinity result
     mean = _run(affinity_volume, f"mean-{extent}", "serial", {"scoring": "mean"}, client, block=(24, 64, 64))
+    assert not same_partition(one, mean)
+
+
+def test_learned_scoring_of_fragments_within_sections_does_not_depend_on_the_block_layout(
+        affinity_volume, trained_small_extent, client):
+    """Fragments within sections (serial-section models): the scoring region grows in y and x only, and
+    32 blocks still give the partition of one block, with small and large fragments both common."""
+    path, _ = trained_small_extent
+    learned = {"scoring": "learned", "edge_model": path}
+    many = _run(affinity_volume, "plane-many", "serial", learned, client, in_plane=True)
+    one = _run(affinity_volume, "plane-one", "serial", learned, client, block=(24, 64, 64), in_plane=True)
+    assert same_partition(many, one)
+    fragments = open_volume(str(affinity_volume / "plane-one" / "fragments"))
+    frag = fragments.read(fragments.box)
+    assert all(len(np.setdiff1d(np.unique(frag[z]), [0])) and not np.intersect1d(
+        np.unique(frag[z]), np.unique(frag[z + 1])).any() for z in range(frag.shape[0] - 1))  # one section each
+    _, _, small = small_fragments(frag, (2, 2, 2))
+    assert small[1:].sum() > 100 and (~small[1:]).sum() > 20
+    mean = _run(affinity_volume, "plane-mean", "serial", {"scoring": "mean"}, client, block=(24, 64, 64),
+                in_plane=True)
     assert not same_partition(one, mean)
 
 
@@ -298,21 +332,24 @@ def test_train_edges_fits_on_a_seeded_draw_of_max_edges(stored_synthetic, tmp_pa
     args = ["train", "edges", "--model", "synthetic", "--raw", str(stored_synthetic / "s3" / "raw"),
             "--labels", str(stored_synthetic / "s3" / "labels"), "--val-raw", str(stored_synthetic / "s4" / "raw"),
             "--val-labels", str(stored_synthetic / "s4" / "labels"), "--steps", "30", "--max-edges", "150",
-            "--out", str(out), "--json"]
+            "--extent", "6", "--out", str(out), "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     meta = json.loads(out.read_text())
     available = sum(v["edges"] for v in meta["provenance"]["data"]["train"])
     assert available > 150 and meta["provenance"]["fitted_edges"] == 150
-    assert summary["threshold"] == meta["threshold"] and load_classifier(str(out)).threshold == meta["threshold"]
+    clf = load_classifier(str(out))
+    assert summary["threshold"] == meta["threshold"] and clf.threshold == meta["threshold"]
+    assert meta["extent"] == clf.extent == 6  # the stage grows its halo and calls fragments small by it
 
 
-def test_train_edges_refuses_max_edges_below_one_in_one_line(stored_synthetic, tmp_path, capsys):
+@pytest.mark.parametrize("option", [["--max-edges", "0"], ["--extent", "0"], ["--members", "0"]])
+def test_train_edges_refuses_a_count_below_one_in_one_line(stored_synthetic, tmp_path, capsys, option):
     s3 = stored_synthetic / "s3"
     args = ["train", "edges", "--model", "synthetic", "--raw", str(s3 / "raw"), "--labels", str(s3 / "labels"),
             "--val-raw", str(stored_synthetic / "s4" / "raw"), "--val-labels", str(stored_synthetic / "s4" / "labels"),
-            "--max-edges", "0", "--out", str(tmp_path / "x.json")]
+            *option, "--out", str(tmp_path / "x.json")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "--max-edges 0" in err and "\n" not in err
+    assert " ".join(option) in err and "\n" not in err
     assert not (tmp_path / "x.json").exists()

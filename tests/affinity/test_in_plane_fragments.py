@@ -66,16 +66,12 @@ def test_shipped_models_segment_with_their_validated_fragments_and_scoring(tmp_p
     fib = segmentation_config("raw.zarr", str(tmp_path / "o"), "fib-10nm", voxel_size=(10, 10, 10))
     assert next(s for s in sstem.stages if s.stage == "fragments").params == {"in_plane": True}
     assert next(s for s in fib.stages if s.stage == "fragments").params == {}
-    # fib-10nm merges by its edge classifier by default, at the classifier's threshold
-    agglomerate = next(s for s in fib.stages if s.stage == "agglomerate").params
-    assert agglomerate["scoring"] == "learned" and agglomerate["edge_model"].endswith("fib-10nm-edges.json")
-    relabel = next(s for s in fib.stages if s.stage == "relabel").params
-    assert relabel["threshold"] == load_classifier(agglomerate["edge_model"]).threshold
-    # so does synthetic (since 2026-12-01)
-    synthetic = segmentation_config("raw.zarr", str(tmp_path / "o"), "synthetic", voxel_size=(8, 8, 8))
-    agglomerate = next(s for s in synthetic.stages if s.stage == "agglomerate").params
-    assert agglomerate["scoring"] == "learned" and agglomerate["edge_model"].endswith("synthetic-edges.json")
-    relabel = next(s for s in synthetic.stages if s.stage == "relabel").params
-    assert relabel["threshold"] == load_classifier(agglomerate["edge_model"]).threshold
-    sstem_agglomerate = next(s for s in sstem.stages if s.stage == "agglomerate").params
-    assert sstem_agglomerate.get("scoring", "mean") == "mean"
+    # fib-10nm, synthetic (since 2026-12-01) and sstem (since session 13) merge by their edge classifiers by
+    # default, at the classifier's threshold
+    for name, config in [("fib-10nm", fib), ("sstem", sstem),
+                         ("synthetic", segmentation_config("raw.zarr", str(tmp_path / "o"), "synthetic",
+                                                           voxel_size=(8, 8, 8)))]:
+        agglomerate = next(s for s in config.stages if s.stage == "agglomerate").params
+        assert agglomerate["scoring"] == "learned" and agglomerate["edge_model"].endswith(f"{name}-edges.json")
+        relabel = next(s for s in config.stages if s.stage == "relabel").params
+        assert relabel["threshold"] == load_classifier(agglomerate["edge_model"]).threshold
