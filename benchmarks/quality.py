@@ -58,7 +58,8 @@ NOTES = [
     "the in-plane ones) is the model shipped as `sstem` before, and `connectome segment` warns when it is used. "
     "`sstem` cuts fragments within sections (`in_plane`, since 2026-12-01: CREMI 3.022 -> 2.919, ISBI 2.408 -> "
     "1.820). `fib-10nm` and `sstem` average four flipped predictions (`tta` 4 in their json, chosen on these "
-    "splits; benchmarks/results/tta.md) and every model predicts in bfloat16 on this CPU (`--precision auto`).",
+    "splits; benchmarks/results/tta.md) and every model predicts with `--precision auto` (the first line says "
+    "what that was on this machine; bfloat16 and float32 differ by up to 0.3 on ISBI, benchmarks/results/tta.md).",
     "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits. Since "
     "2026-12-01 it merges by its own edge classifier (`synthetic-edges.json`, threshold 0.3; before: medulla "
     "4.273, gala 1.340).",
@@ -67,9 +68,18 @@ NOTES = [
     "affinities and chosen on medulla z 75-99); `synthetic` likewise by its own; `sstem` by its own since "
     "2026-12-01 (session 13: `sstem-edges.json`, fragments up to 128 px scored, five fits averaged, trained on "
     "CREMI z 0-39 and its threshold 0.35 chosen on z 40-49, this table's split; with mean scoring at 0.6: CREMI "
-    "2.803, ISBI 1.759); `sstem-2d` by mean affinity, one edge at a time in a strict order (score, contact count, "
+    "2.792, ISBI 1.943 in float32, 2.803 and 1.759 in bfloat16); `sstem-2d` by mean affinity, one edge at a time in a strict order (score, contact count, "
     "segment ids). Learned against mean scoring: benchmarks/results/learned_agglomeration.md.",
 ]
+
+
+def _auto_precision() -> str:
+    """What `--precision auto` means on this machine (bfloat16 needs native support on a CPU)."""
+    import torch
+
+    from connectome.models.inference import resolve_precision
+
+    return resolve_precision("auto", torch.device("cpu"))
 
 
 def cli(*args: str) -> tuple[dict, str]:
@@ -158,7 +168,7 @@ def main() -> None:
         "# Segmentation quality of the shipped affinity models on the real validation splits",
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores (shared with "
-        "other jobs); command: `.venv/bin/python benchmarks/quality.py"
+        f"other jobs); precision auto resolves to {_auto_precision()} here; command: `.venv/bin/python benchmarks/quality.py"
         + (f" --tta {args.tta}" if args.tta else "") + (f" --models {' '.join(args.models)}" if args.models else "")
         + (f" --sets {' '.join(args.sets)}" if args.sets else "")
         + (f" --precision {args.precision}" if args.precision else "") + "`",
