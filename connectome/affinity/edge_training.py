@@ -100,8 +100,8 @@ def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray
 def fit_members(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, members: int = 1,
                 hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0, extent: int = EXTENT) -> dict:
     """`fit_classifier` with seeds seed .. seed + members - 1, folded into one MLP whose logit is the
-    members' mean logit (hidden layers side by side, block-diagonal between them): one fit's
-    p(merge) moves a lot with its seed, their mean much less."""
+    members' mean logit (hidden layers side by side, block-diagonal between them), as one fit's
+    p(merge) moves with its seed."""
     fits = [fit_classifier(features, labels, weights, hidden, steps, seed + k, extent=extent) for k in range(members)]
     if members == 1:
         return fits[0]
