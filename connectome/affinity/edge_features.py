@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cc3d
 import fastremap
 import numpy as np
-from scipy import ndimage
 from scipy.sparse import csr_array
 
 from connectome.affinity.agglomeration import HIST_BINS
@@ -41,9 +41,10 @@ def small_fragments(labels: np.ndarray, limit: Sequence[int]) -> tuple[np.ndarra
     dense, remap = fastremap.renumber(np.ascontiguousarray(labels), start=1, preserve_zero=False)
     old = np.zeros(len(remap) + 1, labels.dtype)  # the id of each dense label 1..n
     old[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(remap.keys(), labels.dtype, len(remap))
-    sizes = np.bincount(dense.ravel(), minlength=len(old))[1:]
-    boxes = ndimage.find_objects(dense)
-    extents = np.array([[s.stop - s.start for s in box] for box in boxes], np.int64).reshape(-1, 3)
+    stats = cc3d.statistics(dense, no_slice_conversion=True)  # boxes as (min, max) per axis, inclusive
+    sizes = np.asarray(stats["voxel_counts"], np.int64)[1:len(old)]
+    box = np.asarray(stats["bounding_boxes"], np.int64).reshape(-1, 6)[1:len(old)]
+    extents = box[:, 1::2] - box[:, 0::2] + 1
     small = np.all(extents <= np.asarray(limit, np.int64), axis=1)
     order = np.argsort(old[1:], kind="stable")
     return old[1:][order], sizes[order], small[order]
