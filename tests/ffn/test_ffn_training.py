@@ -55,7 +55,7 @@ def test_train_command_writes_weights_provenance_and_curves(tmp_path, capsys):
     argv = ["train", "ffn", "--raw", raw + "[0:20]", "--labels", labels + "[0:20]",
             "--val-raw", raw + "[20:32]", "--val-labels", labels + "[20:32]",
             "--name", "ffn-tiny", "--out", str(tmp_path / "out"), "--iterations", "12", "--val-every", "6",
-            "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "2", "2", "2", "--depth", "2",
+            "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "4", "4", "4", "--depth", "2",
             "--features", "8", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
