@@ -147,6 +147,9 @@ def _add_ffn(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None, metavar="M")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--input", default="raw", metavar="raw|affinities:MODEL",
+                   help="the network's image: the raw EM (default), or the mean of the named affinity model's "
+                        "affinities (predicted here for every --raw; `segment --method ffn` runs that model first)")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights, json and curve into the shipped models")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -222,7 +225,7 @@ def _run_ffn(args) -> int:
         val_labels=args.val_labels, iterations=args.iterations, batch_size=args.batch_size, moves=args.moves,
         config=config, seed=args.seed, lr=args.lr, val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
-        install=args.install, command=_command_line(),
+        install=args.install, command=_command_line(), input=args.input,
     )
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     summary = train(settings, log=log)

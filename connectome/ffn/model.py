@@ -111,7 +111,8 @@ class FFNInfo:
     min_size: int = 100
     provenance: dict = field(default_factory=dict)
     path: str = ""
+    input: str = "raw"  # what the network reads as its image: `raw`, or `affinities:MODEL` (ffn.inputs)
 
     def normalise(self, raw):
-        """uint8 raw -> the float32 network input."""
+        """uint8 image (raw, or the mean affinity of an `affinities:MODEL` network) -> the float32 network input."""
         return ((raw.astype("float32") / 255.0) - self.mean) / self.std

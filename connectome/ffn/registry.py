@@ -55,6 +55,7 @@ def read_info(path: str | os.PathLike) -> FFNInfo:
         min_size=int(inf.get("min_size", 100)),
         provenance=meta.get("provenance", {}),
         path=str(path),
+        input=str(meta.get("input", "raw")),
     )
 
 
@@ -85,7 +86,8 @@ def save_model(path: str | os.PathLike, net: FFN, info: FFNInfo, extra: dict | N
         "fov": list(info.config.fov),
         "deltas": list(info.config.deltas),
         "voxel_size": list(info.voxel_size),
-        "normalisation": {"mean": info.mean, "std": info.std, "formula": "(raw / 255 - mean) / std"},
+        "input": info.input,
+        "normalisation": {"mean": info.mean, "std": info.std, "formula": "(image / 255 - mean) / std"},
         "inference": {"move_threshold": info.move_threshold, "segment_threshold": info.segment_threshold,
                       "min_size": info.min_size},
         "provenance": info.provenance,

@@ -17,11 +17,13 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
                agglomerate: bool = False) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
-    With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels."""
-    from connectome.ffn.registry import resolve_model_path
+    With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
+    A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first."""
+    from connectome.ffn.inputs import affinity_model
+    from connectome.ffn.registry import read_info, resolve_model_path
 
     try:
-        resolve_model_path(model)
+        reads = affinity_model(read_info(resolve_model_path(model)).input)
     except UserError as e:
         raise UserError(f"--method ffn: {e}") from None
     params: dict = {"model": model, "reverse": reverse}
@@ -33,21 +35,27 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["overlap"] = tuple(overlap)
     if allow_voxel_mismatch:
         params["allow_voxel_mismatch"] = True
+    image = {"affinities": "affinities"} if reads else {}
+    mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
+    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch})] if reads else []
     return RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=[StageConfig(stage="ffn", params=params, inputs={"mask": absolute(mask)} if mask else {}),
-                *(agglomeration_stages(model, allow_voxel_mismatch) if agglomerate
+        stages=[*first,
+                StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": absolute(mask)} if mask else {})}),
+                *(agglomeration_stages(model, allow_voxel_mismatch, image) if agglomerate
                   else [StageConfig(stage="ffn_relabel")])],
     )
 
 
-def agglomeration_stages(model: str, allow_voxel_mismatch: bool) -> list[StageConfig]:
-    """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts; ffn_merge writes `segmentation`."""
+def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | None = None) -> list[StageConfig]:
+    """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts (reading `image`'s inputs too);
+    ffn_merge writes `segmentation`."""
     params: dict = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}
     return [StageConfig(stage="ffn_relabel", outputs={"segmentation": "ffn_segments"}),
-            StageConfig(stage="ffn_agglomerate", params=params), StageConfig(stage="ffn_merge")]
+            StageConfig(stage="ffn_agglomerate", params=params, inputs=dict(image or {})),
+            StageConfig(stage="ffn_merge")]
 
 
 def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) -> dict:

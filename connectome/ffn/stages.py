@@ -44,6 +44,32 @@ def cached_model(name: str, device: str):
     return load_model(name, device)
 
 
+AFFINITY_INPUT = Input("affinities", dtypes=("uint8",), channels=3, optional=True)
+
+
+def check_image_input(stage: BlockStage, info, inputs: dict[str, VolumeMeta]) -> None:
+    """An `affinities:MODEL` network needs the `affinities` input, a raw-image network must not get it."""
+    from connectome.core.errors import UserError
+    from connectome.ffn.inputs import affinity_model
+
+    wants = affinity_model(info.input)
+    if wants and "affinities" not in inputs:
+        raise UserError(f"stage {stage.name!r}: FFN model {info.name!r} reads the affinities of {wants!r}; give "
+                        f"the stage the input `affinities` (`segment --method ffn` adds the `affinities` stage)")
+    if not wants and "affinities" in inputs:
+        raise UserError(f"stage {stage.name!r}: FFN model {info.name!r} reads the raw image, not the input "
+                        f"`affinities` ({stage.input_addresses['affinities']})")
+
+
+def read_image(info, volumes: dict[str, Volume], box) -> np.ndarray:
+    """What the network reads in `box`: the raw image, or the mean of the stored affinities (ffn.inputs)."""
+    from connectome.ffn.inputs import mean_affinity
+
+    if "affinities" in volumes:
+        return mean_affinity(volumes["affinities"].read(box))
+    return volumes["raw"].read(box)
+
+
 class FFNParams(StageParams):
     model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
     device: str = Field("cpu", description="cpu or cuda")
@@ -64,7 +90,7 @@ class FFNParams(StageParams):
 class FFNStage(BlockStage):
     name = "ffn"
     Params = FFNParams
-    inputs = (Input("raw", dtypes=("uint8",)), Input("mask", dtypes=MASK_DTYPES, optional=True))
+    inputs = (Input("raw", dtypes=("uint8",)), Input("mask", dtypes=MASK_DTYPES, optional=True), AFFINITY_INPUT)
     outputs = (Output("ffn_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
 
@@ -82,6 +108,7 @@ class FFNStage(BlockStage):
         super().check_inputs(inputs)
         check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
                          inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
+        check_image_input(self, self.model_info, inputs)
 
     def fingerprint(self) -> dict:
         """Without consensus, the one from before the option existed, so earlier runs resume."""
@@ -103,7 +130,7 @@ class FFNStage(BlockStage):
 
         net, info = cached_model(self.params.model, self.params.device)
         mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
-        raw = volumes["raw"].read(block.read_box)
+        raw = read_image(info, volumes, block.read_box)
         settings = self.settings()
         canvas = Canvas(net, info, raw, settings, self.params.device, origin=block.read_box.offset, mask=mask)
         labels = canvas.segment()
@@ -188,7 +215,7 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
 
     name = "ffn_agglomerate"
     Params = FFNAgglomerateParams
-    inputs = (Input("raw", dtypes=("uint8",)), Input("ffn_segments", dtypes=("uint64",)))
+    inputs = (Input("raw", dtypes=("uint8",)), Input("ffn_segments", dtypes=("uint64",)), AFFINITY_INPUT)
     tables = (Table("ffn_merges", MERGES_FORMAT),)
 
     @cached_property
@@ -208,6 +235,7 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
         super().check_inputs(inputs)
         check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
                          inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
+        check_image_input(self, self.model_info, inputs)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         from connectome.ffn.agglomeration import AgglomerationSettings, block_decisions, fill_from_seed
@@ -217,7 +245,7 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
         canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size)
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
-                                volumes["raw"].read(block.read_box), volumes["ffn_segments"].read(block.read_box),
+                                read_image(info, volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),
                                 block.read_box, block.write_box, settings)
         save_table(self.table_dirs["ffn_merges"], block.index, **table)
         return {"pairs": int(len(table["pairs"])), "agree": int(table["agree"].sum())}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from connectome.core.errors import UserError
 from connectome.core.geometry import vec3
 from connectome.ffn.canvas import CanvasSettings, segment_volume
 from connectome.ffn.examples import ExampleSource
+from connectome.ffn.inputs import affinity_image, affinity_model
 from connectome.ffn.model import CPU, FFN, LOGIT_INIT, LOGIT_SEED, FFNConfig, FFNInfo
 from connectome.ffn.registry import WEIGHTS_DIR, save_model
 from connectome.ffn.scores import validation_scores
@@ -45,6 +46,7 @@ class FFNTrainSettings:
     voxel_size: tuple[float, float, float] | None = None
     install: bool = False
     command: str = ""
+    input: str = "raw"  # or `affinities:MODEL`: train on that affinity model's mean affinity (ffn.inputs)
 
 
 def _fov_crop(t: torch.Tensor, starts: np.ndarray, fov) -> torch.Tensor:
@@ -96,7 +98,24 @@ def _load(settings: FFNTrainSettings):
         raise UserError(f"{len(settings.raw)} --raw but {len(settings.labels)} --labels; give them in pairs")
     pairs = [load_pair(r, lab) for r, lab in zip(settings.raw, settings.labels)]
     val = load_pair(settings.val_raw, settings.val_labels) if settings.val_raw and settings.val_labels else None
+    reads = affinity_model(settings.input)
+    if reads:  # the network's image: the affinity model's mean affinity, predicted once per volume here
+        pairs = [replace(p, raw=affinity_image(p.raw, reads)) for p in pairs]
+        val = replace(val, raw=affinity_image(val.raw, reads)) if val is not None else None
     return pairs, val
+
+
+def _check_affinity_model(settings: FFNTrainSettings, voxel_size) -> None:
+    """The affinity model an `affinities:MODEL` input names exists and was trained on this voxel size."""
+    reads = affinity_model(settings.input)
+    if not reads:
+        return
+    from connectome.models.registry import read_info, resolve_model_path
+
+    trained = tuple(float(v) for v in read_info(resolve_model_path(reads)).voxel_size)
+    if trained != tuple(voxel_size):
+        raise UserError(f"--input {settings.input}: {reads} was trained on {list(trained)} nm voxels, the training "
+                        f"volumes have {list(voxel_size)}")
 
 
 def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
@@ -124,14 +143,16 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint; return a summary."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    pairs, val = _load(settings)
     voxel_size = _voxel_size(settings)
+    _check_affinity_model(settings, voxel_size)
+    pairs, val = _load(settings)
     config = settings.config
     anisotropic = max(voxel_size) > 2 * min(voxel_size)
     patch = vec3([f + 2 * settings.moves * d for f, d in zip(config.fov, config.deltas)])
     source = ExampleSource([(p.raw, p.labels) for p in pairs], patch, voxel_size, settings.seed, anisotropic)
     all_raw = np.concatenate([p.raw.reshape(-1) for p in pairs]).astype(np.float32) / 255.0
-    info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()))
+    info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()),
+                   input=settings.input)
     del all_raw
     net = FFN(config)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)

@@ -62,7 +62,45 @@ def test_train_command_writes_weights_provenance_and_curves(tmp_path, capsys):
     assert summary["iterations"] == 12 and summary["validation"]["voi"] >= 0
     meta = json.loads((tmp_path / "out" / "ffn-tiny.json").read_text())
     assert meta["kind"] == "ffn" and meta["fov"] == [9, 9, 9] and meta["voxel_size"] == [8.0, 8.0, 8.0]
+    assert meta["input"] == "raw"
     assert len(meta["provenance"]["validation_history"]) == 2
     assert (tmp_path / "out" / "ffn-tiny-loss.png").stat().st_size > 1000
     net, info = load_model(str(tmp_path / "out" / "ffn-tiny.pt"))
     assert info.config == read_info(tmp_path / "out" / "ffn-tiny.pt").config and net.config.depth == 2
+
+
+def test_train_command_on_affinities_records_its_input_and_normalises_the_mean_affinity(tmp_path, capsys):
+    """(No validation volume here: an untrained network on a boundary map moves its FOV for minutes.)"""
+    from connectome.ffn.inputs import affinity_image
+    from connectome.synth import generate
+
+    v = generate((20, 64, 64), (8.0, 8.0, 8.0), seed=3)
+    v.save(str(tmp_path / "t"), chunk_shape=(20, 64, 64))
+    argv = ["train", "ffn", "--raw", str(tmp_path / "t" / "raw"), "--labels", str(tmp_path / "t" / "labels"),
+            "--name", "ffn-aff", "--out", str(tmp_path / "out"), "--iterations", "3", "--batch-size", "2",
+            "--fov", "9", "9", "9", "--deltas", "4", "4", "4", "--depth", "2", "--features", "8",
+            "--input", "affinities:synthetic", "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "out" / "ffn-aff.json").read_text())
+    assert meta["input"] == "affinities:synthetic"
+    mean_aff = affinity_image(v.raw, "synthetic")
+    assert mean_aff.mean() / 255 > v.raw.mean() / 255 + 0.1  # a different image: mostly high affinity inside cells
+    assert abs(meta["normalisation"]["mean"] - mean_aff.mean() / 255) < 1e-4
+    _, info = load_model(str(tmp_path / "out" / "ffn-aff.pt"))
+    assert info.input == "affinities:synthetic"
+
+
+def test_train_command_refuses_a_bad_affinity_input_in_one_line(tmp_path, capsys):
+    from connectome.synth import generate
+
+    generate((16, 32, 32), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(16, 32, 32))
+    base = ["train", "ffn", "--raw", str(tmp_path / "t" / "raw"), "--labels", str(tmp_path / "t" / "labels"),
+            "--name", "ffn-x", "--out", str(tmp_path / "out"), "--iterations", "1"]
+    cases = [("boundaries", "expected 'raw' or 'affinities:MODEL'"), ("affinities:nonesuch", "nonesuch"),
+             ("affinities:fib-10nm", "fib-10nm was trained on [10.0, 10.0, 10.0] nm voxels")]
+    for spec, expected in cases:
+        assert main([*base, "--input", spec]) == 2, spec
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (spec, err)
+    assert not (tmp_path / "out").exists()
