@@ -61,7 +61,7 @@ def check_image_input(stage: BlockStage, info, inputs: dict[str, VolumeMeta]) ->
                         f"`affinities` ({stage.input_addresses['affinities']})")
 
 
-def read_image(info, volumes: dict[str, Volume], box) -> np.ndarray:
+def read_image(volumes: dict[str, Volume], box) -> np.ndarray:
     """What the network reads in `box`: the raw image, or the mean of the stored affinities (ffn.inputs)."""
     from connectome.ffn.inputs import mean_affinity
 
@@ -130,7 +130,7 @@ class FFNStage(BlockStage):
 
         net, info = cached_model(self.params.model, self.params.device)
         mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
-        raw = read_image(info, volumes, block.read_box)
+        raw = read_image(volumes, block.read_box)
         settings = self.settings()
         canvas = Canvas(net, info, raw, settings, self.params.device, origin=block.read_box.offset, mask=mask)
         labels = canvas.segment()
@@ -245,7 +245,7 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
         canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size)
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
-                                read_image(info, volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),
+                                read_image(volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),
                                 block.read_box, block.write_box, settings)
         save_table(self.table_dirs["ffn_merges"], block.index, **table)
         return {"pairs": int(len(table["pairs"])), "agree": int(table["agree"].sum())}
