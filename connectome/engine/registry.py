@@ -47,7 +47,7 @@ def _domains() -> list[str]:
 
 def _declaring_domain(name: str) -> str | None:
     """The domain whose stages.py holds a class attribute `name = "<name>"` (a hint; the import decides)."""
-    declared = re.compile(rf"""^\s+name\s*(?::[^=\n]*)?=\s*["']{re.escape(name)}["']""", re.MULTILINE)
+    declared = re.compile(rf"""^[ \t]+name[ \t]*(?::[^=\n]*)?=[ \t]*["']{re.escape(name)}["']""", re.MULTILINE)
     for domain in _domains():
         if declared.search((_PACKAGE_DIR / domain / "stages.py").read_text()):
             return domain
