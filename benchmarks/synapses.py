@@ -19,7 +19,7 @@ synapse); detection precision / recall / F1 against the ground-truth synapses (V
 `derived_synapses3d` cut to the test sections; EPFL: the 2-d components of each slice's PSD mask) within
 100, 200 and 300 nm, and the clefts stage's voxels/s.
 
-Usage: .venv/bin/python benchmarks/synapses.py [--seeds 500 501 502] [--shape 64 256 256] [--out DIR]
+Usage: .venv/bin/python benchmarks/synapses.py [--seeds 500 501 502] [--shape 64 256 256] [--out DIR] [--threshold T]
        .venv/bin/python benchmarks/synapses.py --real vnc|epfl [--real-block 5 512 512] [--out DIR]
        .venv/bin/python benchmarks/synapses.py --real vnc|epfl --dark-baseline
 """
@@ -177,7 +177,8 @@ def cli_json(args: list[str]) -> dict:
     return json.loads(buf.getvalue())
 
 
-def run_synthetic(seed: int, shape, work: str, block, model: str | None = None) -> dict:
+def run_synthetic(seed: int, shape, work: str, block, model: str | None = None,
+                  threshold: float | None = None) -> dict:
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
@@ -188,7 +189,8 @@ def run_synthetic(seed: int, shape, work: str, block, model: str | None = None) 
     out = os.path.join(work, f"out-{seed}")
     t = time.perf_counter()
     args = ["reconstruct", os.path.join(synth_dir, "raw"), out, "--block-shape", *map(str, block), "--json",
-            "--no-progress", *(["--model", model] if model else [])]
+            "--no-progress", *(["--model", model] if model else []),
+            *(["--threshold", str(threshold)] if threshold is not None else [])]
     result = cli_json(args)
     seconds = time.perf_counter() - t
     stages = {s["stage"]: s["seconds"] for s in result["stages"]}
@@ -304,6 +306,8 @@ def main(argv=None) -> None:
     p.add_argument("--real-block", nargs=3, type=int, default=None)
     p.add_argument("--dark-baseline", action="store_true", help="with --real: score the darkness baseline only")
     p.add_argument("--model", default=None, help="affinity model of the synthetic runs (default: reconstruct's)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="segmentation merge threshold of the synthetic runs (default: reconstruct's)")
     a = p.parse_args(argv)
     if a.real and a.dark_baseline:
         print(json.dumps(dark_baseline(a.real)), flush=True)
@@ -322,7 +326,7 @@ def main(argv=None) -> None:
     work = a.out or tempfile.mkdtemp(prefix="synapse-bench-")
     results = {"machine": f"{platform.node()} {os.cpu_count()} cores", "runs": []}
     for seed in a.seeds:
-        r = run_synthetic(seed, tuple(a.shape), work, tuple(a.block), a.model)
+        r = run_synthetic(seed, tuple(a.shape), work, tuple(a.block), a.model, a.threshold)
         results["runs"].append(r)
         print(json.dumps(r), flush=True)
 

@@ -137,6 +137,7 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
         stage = cls(params, inputs, outputs, tables)
         stage.params = stage.check_upstream({name: writers.get(address) for name, address in inputs.items()})
         stage.check_inputs(metas)
+        stage.check_table_producers({t: table_writers[t].stage for t in read_tables if t in table_writers})
         multiple = stage.block_multiple()
         if any(b % m and b < s for b, m, s in zip(block_shape, multiple, raw_meta.shape)):
             raise UserError(f"block shape {list(block_shape)}: stage {sc.stage!r} needs a multiple of {list(multiple)}")

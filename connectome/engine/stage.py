@@ -158,6 +158,10 @@ class BlockStage(ABC, Generic[P]):
         (`upstream`: input name -> that stage, None for an input the run does not write)."""
         return self.params
 
+    def check_table_producers(self, producers: dict[str, BlockStage]) -> None:
+        """Refuse (UserError) a plan whose stages that write the tables this stage reads (`producers`:
+        table name -> that stage) do not fit this stage's parameters."""
+
     def global_step(self) -> GlobalStep | None:
         """Work that runs once over all blocks' results before this stage's blocks (e.g. a global merge)."""
         return None

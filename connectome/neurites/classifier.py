@@ -29,7 +29,24 @@ class TypeClassifier:
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]
     provenance: dict
 
+    def select(self, x: np.ndarray) -> np.ndarray:
+        """The classifier's columns of a full descriptor table (columns: features.FEATURE_NAMES)."""
+        from connectome.neurites.features import FEATURE_NAMES
+
+        missing = [f for f in self.features if f not in FEATURE_NAMES]
+        if missing:
+            raise UserError(f"neurite type classifier {self.name}: unknown features {missing}; "
+                            f"known: {', '.join(FEATURE_NAMES)}")
+        return np.asarray(x)[:, [FEATURE_NAMES.index(f) for f in self.features]]
+
+    @property
+    def uses_patches(self) -> bool:
+        from connectome.neurites.features import PATCH_FEATURES
+
+        return any(f in PATCH_FEATURES for f in self.features)
+
     def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of rows of this classifier's features (see `select`)."""
         h = (np.asarray(x, np.float64) - self.mean) / self.std
         for i, (w, b) in enumerate(self.layers):
             h = h @ w + b

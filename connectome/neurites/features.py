@@ -3,7 +3,9 @@ descriptors (`describe`).
 
 Sums per segment: voxels, voxel coordinates and their products (shape: extent and elongation), faces
 to other segments (surface), the distance to the segment's boundary capped at `RADIUS_NM` (radius),
-raw intensity and its square, and voxels darker than `DARK` (vesicles, mitochondria, membranes)."""
+raw intensity and its square, voxels darker than `DARK` (vesicles, mitochondria, membranes), and, with
+a patch network (`patch_net.py`), the number of lattice patches in the segment and the sum of their class
+probabilities."""
 
 from __future__ import annotations
 
@@ -14,17 +16,46 @@ from connectome.core.geometry import Box
 
 RADIUS_NM = 120.0  # the radius feature saturates here; blocks read this much context
 DARK = 0.35  # raw / 255 below this counts as dark
+PATCH_CLASSES = ("axon", "dendrite", "spine", "soma", "glia")  # the patch network's classes, in its order
+PATCH_SUMS = ("patches", *(f"patch_{c}" for c in PATCH_CLASSES))
 SUMS = ("voxels", "z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx", "faces", "radius", "radius_max",
-        "raw", "raw2", "dark")
-FEATURES_FORMAT = 1
+        "raw", "raw2", "dark", *PATCH_SUMS)
+FEATURES_FORMAT = 2
 
 
-def radius_reach(voxel_size) -> tuple[int, int, int]:
-    return tuple(int(np.ceil(RADIUS_NM / float(v))) + 1 for v in voxel_size)  # type: ignore[return-value]
+def radius_reach(voxel_size, patches: bool = False) -> tuple[int, int, int]:
+    """Context a block reads: the radius feature's reach, and with `patches` half a patch at least."""
+    from connectome.neurites.patch_net import HALF
+
+    r = [int(np.ceil(RADIUS_NM / float(v))) + 1 for v in voxel_size]
+    return tuple(max(v, HALF) if patches else v for v in r)  # type: ignore[return-value]
 
 
-def block_sums(seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: Box, voxel_size) -> dict:
-    """Sums of one block: `seg` and `raw` cover `read` (the write box grown by `radius_reach`, clipped)."""
+def patch_sums(model, seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: Box) -> tuple:
+    """(segment id, class probabilities) of every lattice patch whose centre lies in the write box and in a
+    segment; `seg` and `raw` cover `read`, mirrored at the volume's faces as a one-block run would be."""
+    from connectome.neurites import patch_net as PN
+
+    if tuple(model.classes) != PATCH_CLASSES:
+        raise ValueError(f"patch network {model.name}: classes {model.classes}, expected {PATCH_CLASSES}")
+    before = [max(0, PN.HALF - (w - r)) for w, r in zip(write.offset, read.offset)]
+    after = [max(0, PN.HALF - (r - w)) for w, r in zip(write.end, read.end)]
+    for axis in range(3):
+        inner = before[axis] and read.offset[axis] > volume.offset[axis] or \
+            after[axis] and read.end[axis] < volume.end[axis]
+        if inner:
+            raise ValueError(f"block {write}: read box {read} holds less than {PN.HALF} voxels of context")
+    seg_p, raw_p = PN.padded(seg, before, after), PN.padded(raw, before, after)
+    origin = [r - b for r, b in zip(read.offset, before)]
+    centres = PN.lattice_centres(seg_p, origin, write.offset, write.shape)
+    probs = PN.probabilities(model, raw_p, seg_p, centres)
+    return seg_p[centres[:, 0], centres[:, 1], centres[:, 2]], probs
+
+
+def block_sums(seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: Box, voxel_size,
+               patch_model=None) -> dict:
+    """Sums of one block: `seg` and `raw` cover `read` (the write box grown by `radius_reach`, clipped);
+    `patch_model` (a loaded patch network, or None for no patch sums)."""
     inner = write.relative_to(read)
     dist = edt.edt(np.ascontiguousarray(seg), anisotropy=tuple(float(v) for v in voxel_size), black_border=False)
     dist = np.minimum(dist, RADIUS_NM)[inner]
@@ -48,6 +79,14 @@ def block_sums(seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: 
     rmax = np.zeros(n)
     np.maximum.at(rmax, inv, dist[fg])
     out["radius_max"] = rmax
+    for k in PATCH_SUMS:
+        out[k] = np.zeros(n)
+    if patch_model is not None:
+        pid, probs = patch_sums(patch_model, seg, raw, read, write, volume)
+        at_p = np.searchsorted(ids, pid)
+        out["patches"] = np.bincount(at_p, minlength=n).astype(np.float64)
+        for j, c in enumerate(PATCH_CLASSES):
+            out[f"patch_{c}"] = np.bincount(at_p, weights=probs[:, j], minlength=n)
     # faces between two segments: each pair (v, v + e) with v in the write box counted once, for both sides
     face_ids = []
     for axis in range(3):
@@ -102,7 +141,9 @@ def combine(tables: list[dict]) -> dict:
 
 FEATURE_NAMES = ("log_volume_um3", "surface_per_volume", "mean_radius_nm", "max_radius_nm", "extent1_um",
                  "elong2", "elong3", "mean_raw", "std_raw", "dark_fraction", "log_out_synapses",
-                 "log_in_synapses", "out_per_um3", "in_per_um3")
+                 "log_in_synapses", "out_per_um3", "in_per_um3", "log_patches",
+                 *(f"patch_{c}" for c in PATCH_CLASSES))
+PATCH_FEATURES = ("log_patches", *(f"patch_{c}" for c in PATCH_CLASSES))
 
 
 def describe(sums: dict, voxel_size, out_syn: np.ndarray, in_syn: np.ndarray) -> np.ndarray:
@@ -128,7 +169,9 @@ def describe(sums: dict, voxel_size, out_syn: np.ndarray, in_syn: np.ndarray) ->
         np.log(vol_um3 + 1e-6), area_um2 / np.maximum(vol_um3, 1e-9) / 100.0, sums["radius"] / n,
         sums["radius_max"], np.sqrt(ev[:, 0]), np.sqrt(ev[:, 1] / ev[:, 0]), np.sqrt(ev[:, 2] / ev[:, 0]),
         raw_mean, raw_std, sums["dark"] / n, np.log1p(out_syn), np.log1p(in_syn),
-        out_syn / np.maximum(vol_um3, 1e-3), in_syn / np.maximum(vol_um3, 1e-3),
+        out_syn / np.maximum(vol_um3, 1e-3), in_syn / np.maximum(vol_um3, 1e-3), np.log1p(sums["patches"]),
+        # mean class probability of the segment's patches (a uniform prior where it has none)
+        *((sums[f"patch_{c}"] + 1.0 / len(PATCH_CLASSES)) / (sums["patches"] + 1.0) for c in PATCH_CLASSES),
     ], axis=1) if len(n) else np.zeros((0, len(FEATURE_NAMES)))
 
 

@@ -19,10 +19,13 @@ from connectome.neurites.features import FEATURES_FORMAT, block_sums, radius_rea
 from connectome.neurites.types import TypesStep
 
 DEFAULT_CLASSIFIER = "types-synthetic"
+DEFAULT_PATCH_NETWORK = "patches-synthetic"
 
 
 class SegmentFeaturesParams(StageParams):
-    pass
+    patch_network: str | None = Field(DEFAULT_PATCH_NETWORK, description="patch network (shipped name or .pt "
+                                      "path) whose class probabilities of lattice patches join the features; "
+                                      "null: none")
 
 
 @register
@@ -35,20 +38,31 @@ class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         self._voxel_size = tuple(inputs["segmentation"].voxel_size)
+        if self.params.patch_network:
+            from connectome.neurites.patch_net import load
+
+            load(self.params.patch_network)  # an unknown network is one line before anything runs
 
     def _vs(self):
         vs = getattr(self, "_voxel_size", None)
         return vs or open_volume(self.input_addresses["segmentation"]).meta.voxel_size
 
     def context(self) -> Context:
-        reach = radius_reach(self._vs())
+        reach = radius_reach(self._vs(), patches=bool(self.params.patch_network))
         return Context(reach, reach)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         seg = volumes["segmentation"].read(block.read_box)
         raw = volumes["raw"].read(block.read_box)
-        table = block_sums(seg, raw, block.read_box, block.write_box, volumes["segmentation"].box, self._vs())
-        save_table(self.table_dirs["segment_features"], block.index, **table)
+        model = None
+        if self.params.patch_network:
+            from connectome.neurites.patch_net import load
+
+            model = load(self.params.patch_network)
+        table = block_sums(seg, raw, block.read_box, block.write_box, volumes["segmentation"].box, self._vs(),
+                           patch_model=model)
+        save_table(self.table_dirs["segment_features"], block.index, **table,
+                   patch_network=np.array(model.name if model else ""))
         return {"segments": int((table["voxels"] > 0).sum())}
 
 
@@ -70,6 +84,15 @@ class NeuriteTypesStage(BlockStage[NeuriteTypesParams]):
 
         load(self.params.classifier)  # an unknown classifier is one line before anything runs
         self._voxel_size = tuple(inputs["segmentation"].voxel_size)
+
+    def check_table_producers(self, producers: dict[str, BlockStage]) -> None:
+        from connectome.core.errors import UserError
+        from connectome.neurites.classifier import load
+
+        features = producers.get("segment_features")
+        if features is not None and load(self.params.classifier).uses_patches and not features.params.patch_network:
+            raise UserError(f"stage neurite_types: classifier {self.params.classifier!r} reads the patch network's "
+                            "features, but segment_features has patch_network: null")
 
     @cached_property
     def step(self) -> TypesStep:

@@ -19,7 +19,7 @@ import torch
 
 from connectome.core.geometry import Box
 from connectome.neurites.classifier import CLASSES, WEIGHTS_DIR, TypeClassifier, save
-from connectome.neurites.features import FEATURE_NAMES, block_sums, combine, describe
+from connectome.neurites.features import FEATURE_NAMES, PATCH_FEATURES, block_sums, combine, describe
 from connectome.synth import codes as K
 
 COMPARTMENT_CLASS = {K.C_AXON: K.AXON, K.C_BOUTON: K.AXON, K.C_MYELIN: K.AXON, K.C_DENDRITE: K.DENDRITE,
@@ -54,11 +54,12 @@ def split_spines(labels: np.ndarray, compartments: np.ndarray) -> np.ndarray:
     return seg
 
 
-def _labelled(seg, raw, voxel_size, compartments, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _labelled(seg, raw, voxel_size, compartments, counts,
+              patch_model=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(descriptors, class index, voxels) of each segment with a class; `counts(ids)` gives the
-    segments' synapses out and in."""
+    segments' synapses out and in; `patch_model`: a loaded patch network (None: no patch features)."""
     box = Box.from_shape(seg.shape)
-    sums = combine([block_sums(seg, raw, box, box, box, voxel_size)])
+    sums = combine([block_sums(seg, raw, box, box, box, voxel_size, patch_model=patch_model)])
     ids = sums["ids"]
     x = describe(sums, voxel_size, *counts(ids))
     y = true_classes(seg, compartments, ids)
@@ -66,7 +67,7 @@ def _labelled(seg, raw, voxel_size, compartments, counts) -> tuple[np.ndarray, n
     return x[keep], y[keep], sums["voxels"][keep]
 
 
-def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, post=None):
+def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, post=None, patch_model=None):
     """(descriptors, class index, voxels) of each segment of one volume; synapse partners as segment ids."""
     pre = synapses["pre_id"].astype(np.uint64) if pre is None else pre
     post = synapses["post_id"].astype(np.uint64) if post is None else post
@@ -74,10 +75,10 @@ def segment_examples(seg, raw, voxel_size, synapses, compartments, pre=None, pos
     def counts(ids):
         return (np.array([np.sum(pre == i) for i in ids], float), np.array([np.sum(post == i) for i in ids], float))
 
-    return _labelled(seg, raw, voxel_size, compartments, counts)
+    return _labelled(seg, raw, voxel_size, compartments, counts, patch_model)
 
 
-def predicted_examples(out_dir: str, synth_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predicted_examples(out_dir: str, synth_dir: str, patch_model=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(descriptors, class index, voxels) of each segment of a reconstruct run's segmentation `out_dir` of
     the synthetic volume `synth_dir`, with the run's synapse counts (synapses.csv, if any)."""
     from connectome.io import open_volume
@@ -89,10 +90,10 @@ def predicted_examples(out_dir: str, synth_dir: str) -> tuple[np.ndarray, np.nda
     voxel_size = tuple(float(v) for v in seg_v.meta.voxel_size)
     table = os.path.join(out_dir, "synapses.csv")
     return _labelled(seg, raw_v.read(raw_v.box), voxel_size, comp_v.read(comp_v.box),
-                     lambda ids: synapse_counts(ids, table if os.path.exists(table) else None))
+                     lambda ids: synapse_counts(ids, table if os.path.exists(table) else None), patch_model)
 
 
-def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0)):
+def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0), patch_model=None):
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
@@ -103,7 +104,8 @@ def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0)):
             post = v.synapses["post_id"].astype(np.uint64)
             if seg is not v.labels:  # a synapse on a spine lands on the spine's own segment
                 post = seg[v.synapses["z"], v.synapses["y"], v.synapses["x"]]
-            x, y, n = segment_examples(seg, v.raw, voxel_size, v.synapses, v.compartments, post=post)
+            x, y, n = segment_examples(seg, v.raw, voxel_size, v.synapses, v.compartments, post=post,
+                                       patch_model=patch_model)
             xs.append(x)
             ys.append(y)
             ns.append(n)
@@ -117,10 +119,14 @@ def confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 
 def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed: int = 0,
-        voxels: np.ndarray | None = None, balance: float = 1.0) -> TypeClassifier:
-    """An MLP with one hidden layer; with `voxels`, each segment weighs log(1 + its voxels) (a one-voxel
-    fragment of a predicted segmentation counts less than a cell); each class's total weight is then
-    evened out to the power `balance` (1: classes weigh the same, 0: as they come)."""
+        voxels: np.ndarray | None = None, balance: float = 1.0, features=FEATURE_NAMES) -> TypeClassifier:
+    """An MLP with one hidden layer over the `features` columns of `x` (x's columns: all of FEATURE_NAMES,
+    or just `features` when it has that many); with `voxels`, each segment weighs log(1 + its voxels) (a
+    one-voxel fragment of a predicted segmentation counts less than a cell); each class's total weight is
+    then evened out to the power `balance` (1: classes weigh the same, 0: as they come)."""
+    features = tuple(features)
+    if x.shape[1] == len(FEATURE_NAMES) and len(features) != len(FEATURE_NAMES):
+        x = x[:, [FEATURE_NAMES.index(f) for f in features]]
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0) + 1e-6
     xt = torch.tensor((x - mean) / std, dtype=torch.float32)
@@ -139,23 +145,29 @@ def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed:
         opt.step()
     layers = tuple((m.weight.detach().numpy().T.astype(float), m.bias.detach().numpy().astype(float))
                    for m in net if isinstance(m, torch.nn.Linear))
-    return TypeClassifier("", FEATURE_NAMES, CLASSES, mean, std, layers, {})
+    return TypeClassifier("", features, CLASSES, mean, std, layers, {})
 
 
-def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), predicted=(), log=print) -> dict:
+def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), predicted=(),
+          patch_network: str | None = "patches-synthetic", log=print) -> dict:
     """Fit on the ground-truth cells of `train_seeds` and the segments of the `predicted` (out_dir,
-    synth_dir) runs; report on the ground-truth cells of `test_seeds`."""
+    synth_dir) runs; report on the ground-truth cells of `test_seeds`. With `patch_network` (a name or
+    path), the patch network's features are among the descriptors; without, they are left out."""
+    from connectome.neurites import patch_net
+
     t0 = time.perf_counter()
-    x, y, n = synthetic_set(train_seeds)
+    model = patch_net.load(patch_network) if patch_network else None
+    features = FEATURE_NAMES if model else tuple(f for f in FEATURE_NAMES if f not in PATCH_FEATURES)
+    x, y, n = synthetic_set(train_seeds, patch_model=model)
     n_cells = len(y)
     for out_dir, synth_dir in predicted:
-        xp, yp, npv = predicted_examples(out_dir, synth_dir)
+        xp, yp, npv = predicted_examples(out_dir, synth_dir, model)
         x, y, n = np.concatenate([x, xp]), np.concatenate([y, yp]), np.concatenate([n, npv])
-    xv, yv, _ = synthetic_set(test_seeds)
+    xv, yv, _ = synthetic_set(test_seeds, patch_model=model)
     # with predicted fragments: weights by log size, classes evened out by the square root (chosen on
     # held-apart predicted volumes; benchmarks/results/synapses.md, neurite types)
-    clf = fit(x, y, voxels=n if predicted else None, balance=0.5 if predicted else 1.0)
-    pred, _ = clf.predict(xv)
+    clf = fit(x, y, voxels=n if predicted else None, balance=0.5 if predicted else 1.0, features=features)
+    pred, _ = clf.predict(clf.select(xv))
     m = confusion(yv, pred)
     per_class = {c: (float(m[i, i] / m[i].sum()) if m[i].sum() else None) for i, c in enumerate(CLASSES)}
     report = {"train_segments": int(len(y)), "train_ground_truth_cells": int(n_cells),
@@ -163,7 +175,7 @@ def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), pr
               "accuracy": float(np.trace(m) / max(m.sum(), 1)), "per_class_recall": per_class,
               "confusion_rows_truth_cols_predicted": m.tolist(), "classes": list(CLASSES),
               "data": "synthetic (64, 192, 192) at 8 nm: ground-truth cells, and the same with spines cut off",
-              "train_seeds": list(train_seeds), "test_seeds": list(test_seeds),
+              "train_seeds": list(train_seeds), "test_seeds": list(test_seeds), "patch_network": patch_network,
               "seconds": round(time.perf_counter() - t0, 1)}
     clf = TypeClassifier(name, clf.features, clf.classes, clf.mean, clf.std, clf.layers, report)
     path = save(WEIGHTS_DIR / f"{name}.json", clf)
@@ -176,8 +188,11 @@ def main(argv=None) -> None:
     p.add_argument("--name", default="types-synthetic")
     p.add_argument("--predicted", nargs=2, action="append", default=[], metavar=("OUT", "SYNTH"),
                    help="a reconstruct run's output directory and the synthetic volume it segmented")
+    p.add_argument("--patch-network", default="patches-synthetic",
+                   help="patch network whose features join the descriptors ('none': without)")
     a = p.parse_args(argv)
-    train(a.name, predicted=[tuple(x) for x in a.predicted])
+    train(a.name, predicted=[tuple(x) for x in a.predicted],
+          patch_network=None if a.patch_network == "none" else a.patch_network)
 
 
 if __name__ == "__main__":

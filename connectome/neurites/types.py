@@ -42,11 +42,15 @@ def synapse_counts(ids: np.ndarray, synapses_csv: str | None) -> tuple[np.ndarra
 
 
 def load_sums(directory: str) -> dict:
-    tables = []
+    """The blocks' sums combined; "patch_network": the patch network every block used ("" for none)."""
+    tables, networks = [], set()
     for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
         with np.load(path) as t:
             tables.append({k: t[k] for k in ("ids", *SUMS)})
-    return combine(tables)
+            networks.add(str(t["patch_network"]))
+    if len(networks) > 1:
+        raise ValueError(f"{directory}: blocks used different patch networks {sorted(networks)}")
+    return {**combine(tables), "patch_network": networks.pop() if networks else ""}
 
 
 def write_segments(path: str, rows: dict) -> str:
@@ -75,8 +79,12 @@ def classify(sums: dict, voxel_size, classifier: str, synapses_csv: str | None) 
     ids = sums["ids"].astype(np.uint64)
     out_syn, in_syn = synapse_counts(ids, synapses_csv)
     clf = load(classifier)
-    x = describe(sums, voxel_size, out_syn, in_syn)
-    k, p = clf.predict(x)
+    if clf.uses_patches and not sums.get("patch_network"):
+        from connectome.core.errors import UserError
+
+        raise UserError(f"neurite type classifier {clf.name} needs the patch network's features, but the "
+                        "segment_features stage ran without one (its patch_network parameter is null)")
+    k, p = clf.predict(clf.select(describe(sums, voxel_size, out_syn, in_syn)))
     names = np.array([clf.classes[i] for i in k], dtype=object)
     c = centroids(sums) if len(ids) else np.zeros((0, 3))
     own = sums["voxels"] > 0  # ids seen only across a face of a block have no voxels: no class

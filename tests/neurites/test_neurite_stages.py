@@ -25,8 +25,9 @@ def synth(tmp_path_factory):
     return root
 
 
-def _run(root, out, block, client):
-    stages = [StageConfig(stage="segment_features", inputs={"segmentation": str(root / "labels")}),
+def _run(root, out, block, client, features_params=None):
+    stages = [StageConfig(stage="segment_features", inputs={"segmentation": str(root / "labels")},
+                          params=features_params or {}),
               StageConfig(stage="neurite_types", inputs={"segmentation": str(root / "labels")})]
     config = RunConfig(input=str(root / "raw"), output=str(out), cluster=ClusterConfig(), stages=stages,
                        blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)))
@@ -53,3 +54,13 @@ def test_every_segment_classified_blockwise_as_one_block(synth, tmp_path, client
         with open(tmp_path / name / "segments.csv", newline="") as f:
             results[name] = [(r["id"], r["class"], r["size_voxels"], r["z"], r["y"], r["x"]) for r in csv.DictReader(f)]
     assert results["blocks"] == results["one"]
+
+
+def test_a_classifier_of_patch_features_refuses_features_without_the_patch_network(synth, tmp_path, client):
+    from connectome.core.errors import UserError
+    from connectome.neurites.classifier import load
+
+    assert load("types-synthetic").uses_patches  # the shipped classifier reads the patch network's features
+    with pytest.raises(UserError, match="segment_features has patch_network: null"):
+        _run(synth, tmp_path / "none", SHAPE, client, {"patch_network": None})  # refused while planning
+    assert not (tmp_path / "none").exists()
