@@ -45,14 +45,14 @@ def volume_examples(raw, seg, compartments, rng, per_volume: int):
             cls.ravel()[pick])
 
 
-def synthetic_examples(seeds, per_volume: int, rng):
+def synthetic_examples(seeds, per_volume: int, rng, shape=SHAPE):
     from connectome.neurites.training import split_spines
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
     out = []
     for seed in seeds:
-        v = generate(SHAPE, VOXEL_SIZE, seed=int(seed), tissue=TissueOptions(synapses_per_um3=8.0))
+        v = generate(shape, VOXEL_SIZE, seed=int(seed), tissue=TissueOptions(synapses_per_um3=8.0))
         for seg in (v.labels.astype(np.uint64), split_spines(v.labels, v.compartments)):
             out.append(volume_examples(v.raw, seg, v.compartments, rng, per_volume))
     return out
@@ -92,13 +92,16 @@ def evaluate(net: P.PatchNet, examples, mean: float, std: float) -> dict:
 
 
 def train(name: str, minutes: float, train_seeds=range(300, 312), val_seeds=range(400, 404), threads: int = 2,
-          seed: int = 0, batch: int = 32, lr: float = 2e-3, per_volume: int = 4000, log=print) -> dict:
+          seed: int = 0, batch: int = 32, lr: float = 2e-3, per_volume: int = 4000, shape=SHAPE,
+          out: str | None = None, log=print) -> dict:
+    """Train for `minutes`, keep the step with the best mean class recall on the validation patches, save
+    as `out` (default: the shipped weights' folder, `name`.pt)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    train_ex = synthetic_examples(train_seeds, per_volume, rng)
-    val_ex = synthetic_examples(val_seeds, 1000, np.random.default_rng(seed + 1))
+    train_ex = synthetic_examples(train_seeds, per_volume, rng, shape)
+    val_ex = synthetic_examples(val_seeds, 1000, np.random.default_rng(seed + 1), shape)
     mean = float(np.mean([r.mean() for r, *_ in train_ex]) / 255.0)
     std = float(np.mean([r.std() for r, *_ in train_ex]) / 255.0)
     counts = np.bincount(np.concatenate([c for *_, c in train_ex]), minlength=len(CLASSES)).astype(float)
@@ -129,13 +132,13 @@ def train(name: str, minutes: float, train_seeds=range(300, 312), val_seeds=rang
     net.load_state_dict(best[1])
     report = {"validation": best[0], "best_step": best[2], "steps": step, "history": history,
               "train_seeds": list(train_seeds), "val_seeds": list(val_seeds), "batch": batch, "lr": lr,
-              "data": f"synthetic {SHAPE} at 8 nm: ground-truth cells, and the same with spines cut off; "
+              "data": f"synthetic {tuple(shape)} at 8 nm: ground-truth cells, and the same with spines cut off; "
                       f"{per_volume} patch centres per volume, classes evened out",
               "command": f"python -m connectome.neurites.patch_training --name {name} --minutes {minutes} "
                          f"--threads {threads} --seed {seed}",
               "torch": torch.__version__, "threads": threads, "date": datetime.now(UTC).isoformat(),
               "seconds": round(time.perf_counter() - t0, 1)}
-    P.save(P.WEIGHTS_DIR / f"{name}.pt", net, CLASSES, mean, std, VOXEL_SIZE, {"provenance": report})
+    P.save(out or P.WEIGHTS_DIR / f"{name}.pt", net, CLASSES, mean, std, VOXEL_SIZE, {"provenance": report})
     log(f"saved {name}: validation accuracy {best[0]['accuracy']:.3f}, mean class recall "
         f"{best[0]['mean_class_recall']:.3f} at step {best[2]}")
     return report
