@@ -24,7 +24,7 @@ PATCH = 24  # voxels on each axis (192 nm at 8 nm)
 HALF = PATCH // 2
 STRIDE = 8  # lattice spacing in voxels; lattice points are the voxels with every coordinate = STRIDE // 2 mod STRIDE
 QUANTUM = 1024.0  # probabilities are rounded to 1 / QUANTUM, so sums over patches are exact in any order
-BATCH = 256
+BATCH = 64  # patches per forward pass; the last pass of a block is padded to it (see `probabilities`)
 
 
 class PatchNet(nn.Module):
@@ -69,11 +69,16 @@ def resolve(name: str) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def load(name: str) -> LoadedPatchNet:
-    """The network on the CPU, once per process."""
+    """The network on the CPU, once per process; a file that is not a patch network is one line (UserError)."""
     path = resolve(name)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    net = PatchNet(len(meta["classes"]), tuple(meta["features"]))
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        net = PatchNet(len(meta["classes"]), tuple(meta["features"]))
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        float(meta["mean"]), float(meta["std"]), list(meta["voxel_size"])
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: not a neurite patch network ({type(e).__name__}: {reason})") from None
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -118,13 +123,18 @@ def patches(raw: np.ndarray, seg: np.ndarray, centres: np.ndarray, mean: float, 
 
 
 def probabilities(model: LoadedPatchNet, raw: np.ndarray, seg: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Class probabilities of the patch around each centre, rounded to 1 / QUANTUM (float64); patches are
-    cut and classified `BATCH` at a time."""
+    """Class probabilities of the patch around each centre, rounded to 1 / QUANTUM (float64). Patches are
+    cut and classified `BATCH` at a time, the last batch padded with zeros: the float32 result of a patch
+    depends on the size of the batch it is in (not on its place in it), so every patch goes through a batch
+    of the same size whatever the block layout."""
     out = [np.zeros((0, len(model.classes)))]
     with torch.inference_mode():
         for i in range(0, len(centres), BATCH):
-            x = torch.from_numpy(patches(raw, seg, centres[i:i + BATCH], model.mean, model.std))
-            out.append(torch.softmax(model.net(x), dim=1).double().numpy())
+            x = patches(raw, seg, centres[i:i + BATCH], model.mean, model.std)
+            n = len(x)
+            if n < BATCH:
+                x = np.concatenate([x, np.zeros((BATCH - n, *x.shape[1:]), np.float32)])
+            out.append(torch.softmax(model.net(torch.from_numpy(x)), dim=1).double().numpy()[:n])
     return np.round(np.concatenate(out) * QUANTUM) / QUANTUM
 
 

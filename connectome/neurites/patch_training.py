@@ -98,7 +98,16 @@ def train(name: str, minutes: float, train_seeds=range(300, 312), val_seeds=rang
     as `out` (default: the shipped weights' folder, `name`.pt)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _train(name, minutes, train_seeds, val_seeds, seed, batch, lr, per_volume, shape, out, log, t0)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(name, minutes, train_seeds, val_seeds, seed, batch, lr, per_volume, shape, out, log, t0) -> dict:
+    threads = torch.get_num_threads()
     rng = np.random.default_rng(seed)
     train_ex = synthetic_examples(train_seeds, per_volume, rng, shape)
     val_ex = synthetic_examples(val_seeds, 1000, np.random.default_rng(seed + 1), shape)

@@ -39,9 +39,14 @@ class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
         super().check_inputs(inputs)
         self._voxel_size = tuple(inputs["segmentation"].voxel_size)
         if self.params.patch_network:
+            from connectome.core.errors import UserError
+            from connectome.neurites.features import PATCH_CLASSES
             from connectome.neurites.patch_net import load
 
-            load(self.params.patch_network)  # an unknown network is one line before anything runs
+            model = load(self.params.patch_network)  # an unknown network is one line before anything runs
+            if model.classes != PATCH_CLASSES:
+                raise UserError(f"segment_features: patch network {self.params.patch_network!r} has classes "
+                                f"{list(model.classes)}, expected {list(PATCH_CLASSES)}")
 
     def _vs(self):
         vs = getattr(self, "_voxel_size", None)
@@ -88,11 +93,20 @@ class NeuriteTypesStage(BlockStage[NeuriteTypesParams]):
     def check_table_producers(self, producers: dict[str, BlockStage]) -> None:
         from connectome.core.errors import UserError
         from connectome.neurites.classifier import load
+        from connectome.neurites.patch_net import load as load_patch_network
 
         features = producers.get("segment_features")
-        if features is not None and load(self.params.classifier).uses_patches and not features.params.patch_network:
+        clf = load(self.params.classifier)
+        if features is None or not clf.uses_patches:
+            return
+        network = features.params.patch_network
+        if not network:
             raise UserError(f"stage neurite_types: classifier {self.params.classifier!r} reads the patch network's "
                             "features, but segment_features has patch_network: null")
+        wanted = clf.provenance.get("patch_network")
+        if wanted and load_patch_network(network).name != wanted:
+            raise UserError(f"stage neurite_types: classifier {self.params.classifier!r} was trained on the features "
+                            f"of patch network {wanted!r}, but segment_features uses {network!r}")
 
     @cached_property
     def step(self) -> TypesStep:

@@ -79,11 +79,16 @@ def classify(sums: dict, voxel_size, classifier: str, synapses_csv: str | None) 
     ids = sums["ids"].astype(np.uint64)
     out_syn, in_syn = synapse_counts(ids, synapses_csv)
     clf = load(classifier)
-    if clf.uses_patches and not sums.get("patch_network"):
+    if clf.uses_patches:
         from connectome.core.errors import UserError
 
-        raise UserError(f"neurite type classifier {clf.name} needs the patch network's features, but the "
-                        "segment_features stage ran without one (its patch_network parameter is null)")
+        if not sums.get("patch_network"):
+            raise UserError(f"neurite type classifier {clf.name} needs the patch network's features, but the "
+                            "segment_features stage ran without one (its patch_network parameter is null)")
+        wanted = clf.provenance.get("patch_network")
+        if wanted and sums["patch_network"] != wanted:
+            raise UserError(f"neurite type classifier {clf.name} was trained on the features of patch network "
+                            f"{wanted!r}, but segment_features used {sums['patch_network']!r}")
     k, p = clf.predict(clf.select(describe(sums, voxel_size, out_syn, in_syn)))
     names = np.array([clf.classes[i] for i in k], dtype=object)
     c = centroids(sums) if len(ids) else np.zeros((0, 3))

@@ -2,7 +2,9 @@
 their centre, and a short training run that saves a network the features stage can load."""
 
 import numpy as np
+import pytest
 
+from connectome.core.errors import UserError
 from connectome.neurites import patch_net as PN
 from connectome.neurites.classifier import CLASSES
 
@@ -42,3 +44,34 @@ def test_examples_are_labelled_by_the_compartment_at_their_centre_and_a_short_tr
     p = PN.probabilities(model, raw, seg, centres[:10])
     np.testing.assert_allclose(p.sum(1), 1.0, atol=5 / PN.QUANTUM)
     assert np.all(p * PN.QUANTUM == np.round(p * PN.QUANTUM))
+
+
+def test_a_patch_gets_the_same_probabilities_alone_and_among_others(monkeypatch):
+    """Each forward pass holds BATCH patches (the last one padded), so the float32 result of a patch does not
+    depend on how many others its block has - which would otherwise move a sum across a rounding step."""
+    monkeypatch.setattr(PN, "QUANTUM", 2.0 ** 40)  # (nearly) no rounding: float32 differences would show
+    model = PN.load("patches-synthetic")
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 255, (48, 48, 48)).astype(np.uint8)
+    seg = (rng.random((48, 48, 48)) < 0.5).astype(np.uint64) + 1
+    centres = np.stack(np.meshgrid(*[np.arange(PN.HALF, 48 - PN.HALF, 3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    assert len(centres) > PN.BATCH
+    together = PN.probabilities(model, raw, seg, centres)
+    alone = np.concatenate([PN.probabilities(model, raw, seg, centres[i:i + 1]) for i in range(0, len(centres), 37)])
+    np.testing.assert_array_equal(alone, together[::37])
+
+
+def test_a_file_that_is_not_a_patch_network_is_one_line(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import connectome.models.registry as models
+
+    src = Path(models.__file__).parent / "weights" / "synthetic.pt"  # an affinity network with its json
+    shutil.copy(src, tmp_path / "x.pt")
+    shutil.copy(src.with_suffix(".json"), tmp_path / "x.json")
+    with pytest.raises(UserError, match="not a neurite patch network") as e:
+        PN.load(str(tmp_path / "x.pt"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="unknown neurite patch network"):
+        PN.load("no-such-network")
