@@ -13,10 +13,11 @@ import edt
 import numpy as np
 
 from connectome.core.geometry import Box
+from connectome.synth import codes as K
 
 RADIUS_NM = 120.0  # the radius feature saturates here; blocks read this much context
 DARK = 0.35  # raw / 255 below this counts as dark
-PATCH_CLASSES = ("axon", "dendrite", "spine", "soma", "glia")  # the patch network's classes, in its order
+PATCH_CLASSES = K.CLASSES  # the neurite classes, in the order of the patch network's outputs
 PATCH_SUMS = ("patches", *(f"patch_{c}" for c in PATCH_CLASSES))
 SUMS = ("voxels", "z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx", "faces", "radius", "radius_max",
         "raw", "raw2", "dark", *PATCH_SUMS)

@@ -23,19 +23,11 @@ VOXEL_SIZE = (8.0, 8.0, 8.0)
 SHAPE = (64, 192, 192)
 
 
-def class_lut() -> np.ndarray:
-    """uint8 compartment code -> index into CLASSES (-1: no class)."""
-    from connectome.neurites.training import COMPARTMENT_CLASS
-
-    lut = np.full(256, -1, np.int64)
-    for c, name in COMPARTMENT_CLASS.items():
-        lut[c] = CLASSES.index(name)
-    return lut
-
-
 def volume_examples(raw, seg, compartments, rng, per_volume: int):
     """(padded raw, padded seg, centres in padded coordinates, class per centre) of one volume: centres
     drawn at random among the voxels that lie in a segment and have a class."""
+    from connectome.neurites.training import class_lut
+
     cls = class_lut()[compartments]
     ok = np.flatnonzero((seg != 0) & (cls >= 0))
     pick = rng.choice(ok, size=min(per_volume, len(ok)), replace=False)

@@ -26,12 +26,17 @@ COMPARTMENT_CLASS = {K.C_AXON: K.AXON, K.C_BOUTON: K.AXON, K.C_MYELIN: K.AXON, K
                      K.C_SPINE: K.SPINE, K.C_SOMA: K.SOMA, K.C_NUCLEUS: K.SOMA, K.C_GLIA: K.GLIA}
 
 
-def true_classes(seg: np.ndarray, compartments: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Index into CLASSES of each segment's majority compartment class (-1: none, e.g. vessel)."""
+def class_lut() -> np.ndarray:
+    """uint8 compartment code -> index into CLASSES (-1: no class, e.g. vessel)."""
     lut = np.full(256, -1, np.int64)
     for c, name in COMPARTMENT_CLASS.items():
         lut[c] = CLASSES.index(name)
-    cls = lut[compartments]
+    return lut
+
+
+def true_classes(seg: np.ndarray, compartments: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Index into CLASSES of each segment's majority compartment class (-1: none, e.g. vessel)."""
+    cls = class_lut()[compartments]
     fg = (seg != 0) & (cls >= 0)
     keys, inv = np.unique(seg[fg], return_inverse=True)
     counts = np.zeros((len(keys), len(CLASSES)))
