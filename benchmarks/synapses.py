@@ -239,7 +239,8 @@ def run_real(data: str, work: str, block=None, workers=(1, 2), model: str | None
         for i, addr in enumerate(addrs):
             out = os.path.join(work, f"{data}-out-w{n}", str(i))
             args = ["synapses", addr["raw"], out, "--segmentation", addr["seg"], "--model", model,
-                    "--block-shape", *map(str, block), "--workers", str(n), "--json", "--no-progress"]
+                    "--block-shape", *map(str, block), "--workers", str(n), "--json", "--no-progress",
+                    "--no-types"]  # the type classifier knows 8 nm synthetic tissue only
             result = cli_json(args)
             clefts_s += {s["stage"]: s["seconds"] for s in result["stages"]}["clefts"]
             seconds += result["seconds"]

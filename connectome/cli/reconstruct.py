@@ -18,6 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the models on data whose voxel size differs from theirs")
+    parser.add_argument("--no-types", action="store_true",
+                        help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")
     add_run_options(parser)
 
@@ -37,7 +39,7 @@ def run(args) -> int:
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                  args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch)
     config = config.model_copy(update={"stages": config.stages + synapse_stages(
-        args.cleft_model, None, args.classifier, args.allow_voxel_mismatch)})
+        args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types)})
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     start = time.perf_counter()
@@ -47,12 +49,14 @@ def run(args) -> int:
     summary = summarise(graph.nodes, graph.edges, synapses)
     if not args.no_plots:
         paths.update(plot(graph.nodes, graph.edges, config.output))
-    result = {"segmentation": seg["segmentation"], **synapse_outputs(config.output), "graph": paths["edges"],
+    outputs = synapse_outputs(config.output, types=not args.no_types)
+    result = {"segmentation": seg["segmentation"], **outputs, "graph": paths["edges"],
               "graph_nodes": paths["nodes"], "graphml": paths["graphml"],
               **{k: v for k, v in paths.items() if k in ("degrees", "adjacency")},
               "summary": summary, "voxels": seg["voxels"], "seconds": round(time.perf_counter() - start, 2),
               "stages": seg["stages"]}
     print_result(args, result, "\n".join([
-        f"segmentation: {seg['segmentation']}", f"synapses: {result['synapses']}", f"segments: {result['segments']}",
+        f"segmentation: {seg['segmentation']}", f"synapses: {result['synapses']}",
+        f"segments: {result.get('segments', 'none (--no-types)')}",
         describe(summary), f"edges: {paths['edges']}  GraphML: {paths['graphml']}"]))
     return 0

@@ -16,7 +16,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
-                        help="run the cleft model on data whose voxel size differs from its own")
+                        help="run the cleft model (and the neurite types) on data whose voxel size differs from theirs")
+    parser.add_argument("--no-types", action="store_true",
+                        help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     add_run_options(parser)
 
 
@@ -37,14 +39,14 @@ def run(args) -> int:
     config = RunConfig(input=absolute(args.raw), output=out, voxel_size=args.voxel_size,
                        blocks=BlocksConfig(shape=tuple(args.block_shape)), cluster=cluster,
                        stages=synapse_stages(args.model, absolute(args.segmentation), args.classifier,
-                                             args.allow_voxel_mismatch))
+                                             args.allow_voxel_mismatch, types=not args.no_types))
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         reports = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
-    paths = synapse_outputs(out)
+    paths = synapse_outputs(out, types=not args.no_types)
     table = read_synapses(paths["synapses"])
     n = len(table["score"])
     summary = {**paths, "segmentation": absolute(args.segmentation), "count": n,
@@ -52,5 +54,6 @@ def run(args) -> int:
                "unassigned": int(((table["pre"] == 0) | (table["post"] == 0)).sum()),
                "seconds": round(time.perf_counter() - start, 2), "stages": [r.to_json() for r in reports]}
     print_result(args, summary, f"synapses: {paths['synapses']} ({n} synapses, {summary['autapses']} autapses, "
-                                f"{summary['unassigned']} without both partners)\nsegments: {paths['segments']}")
+                                f"{summary['unassigned']} without both partners)"
+                                + (f"\nsegments: {paths['segments']}" if "segments" in paths else ""))
     return 0

@@ -40,6 +40,12 @@ class TypeClassifier:
         return np.asarray(x)[:, [FEATURE_NAMES.index(f) for f in self.features]]
 
     @property
+    def voxel_size(self) -> tuple[float, ...] | None:
+        """The voxel size (nm) of the data it was trained on, where its json records it."""
+        vs = self.provenance.get("voxel_size")
+        return tuple(float(v) for v in vs) if vs else None
+
+    @property
     def uses_patches(self) -> bool:
         from connectome.neurites.features import PATCH_FEATURES
 

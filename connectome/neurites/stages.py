@@ -15,17 +15,20 @@ from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, Stage
 from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
+from connectome.models.voxel_size import HINT, check_voxel_size
 from connectome.neurites.features import FEATURES_FORMAT, block_sums, radius_reach
 from connectome.neurites.types import TypesStep
 
 DEFAULT_CLASSIFIER = "types-synthetic"
 DEFAULT_PATCH_NETWORK = "patches-synthetic"
+TYPES_HINT = f"{HINT}, or leave the neurite types out (--no-types)"
 
 
 class SegmentFeaturesParams(StageParams):
     patch_network: str | None = Field(DEFAULT_PATCH_NETWORK, description="patch network (shipped name or .pt "
                                       "path) whose class probabilities of lattice patches join the features; "
                                       "null: none")
+    allow_voxel_mismatch: bool = Field(False, description="run the patch network on data of another voxel size")
 
 
 @register
@@ -47,6 +50,8 @@ class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
             if model.classes != PATCH_CLASSES:
                 raise UserError(f"segment_features: patch network {self.params.patch_network!r} has classes "
                                 f"{list(model.classes)}, expected {list(PATCH_CLASSES)}")
+            check_voxel_size(model.name, model.voxel_size, self.input_addresses["segmentation"],
+                             self._voxel_size, self.params.allow_voxel_mismatch, TYPES_HINT)
 
     def _vs(self):
         vs = getattr(self, "_voxel_size", None)
@@ -73,6 +78,7 @@ class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
 
 class NeuriteTypesParams(StageParams):
     classifier: str = Field(DEFAULT_CLASSIFIER, description="shipped classifier name or path to a .json file")
+    allow_voxel_mismatch: bool = Field(False, description="run the classifier on data of another voxel size")
 
 
 @register
@@ -87,8 +93,12 @@ class NeuriteTypesStage(BlockStage[NeuriteTypesParams]):
         super().check_inputs(inputs)
         from connectome.neurites.classifier import load
 
-        load(self.params.classifier)  # an unknown classifier is one line before anything runs
+        clf = load(self.params.classifier)  # an unknown classifier is one line before anything runs
         self._voxel_size = tuple(inputs["segmentation"].voxel_size)
+        if clf.voxel_size:
+            check_voxel_size(clf.name, clf.voxel_size,
+                             self.input_addresses["segmentation"], self._voxel_size, self.params.allow_voxel_mismatch,
+                             TYPES_HINT)
 
     def check_table_producers(self, producers: dict[str, BlockStage]) -> None:
         from connectome.core.errors import UserError

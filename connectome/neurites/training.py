@@ -22,6 +22,7 @@ from connectome.neurites.classifier import CLASSES, WEIGHTS_DIR, TypeClassifier,
 from connectome.neurites.features import FEATURE_NAMES, PATCH_FEATURES, block_sums, combine, describe
 from connectome.synth import codes as K
 
+VOXEL_NM = (8.0, 8.0, 8.0)  # the synthetic volumes' voxel size
 COMPARTMENT_CLASS = {K.C_AXON: K.AXON, K.C_BOUTON: K.AXON, K.C_MYELIN: K.AXON, K.C_DENDRITE: K.DENDRITE,
                      K.C_SPINE: K.SPINE, K.C_SOMA: K.SOMA, K.C_NUCLEUS: K.SOMA, K.C_GLIA: K.GLIA}
 
@@ -98,7 +99,7 @@ def predicted_examples(out_dir: str, synth_dir: str, patch_model=None) -> tuple[
                      lambda ids: synapse_counts(ids, table if os.path.exists(table) else None), patch_model)
 
 
-def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=(8.0, 8.0, 8.0), patch_model=None):
+def synthetic_set(seeds, shape=(64, 192, 192), voxel_size=VOXEL_NM, patch_model=None):
     from connectome.synth import generate
     from connectome.synth.options import TissueOptions
 
@@ -180,6 +181,7 @@ def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), pr
               "accuracy": float(np.trace(m) / max(m.sum(), 1)), "per_class_recall": per_class,
               "confusion_rows_truth_cols_predicted": m.tolist(), "classes": list(CLASSES),
               "data": "synthetic (64, 192, 192) at 8 nm: ground-truth cells, and the same with spines cut off",
+              "voxel_size": list(VOXEL_NM),
               "train_seeds": list(train_seeds), "test_seeds": list(test_seeds), "patch_network": patch_network,
               "seconds": round(time.perf_counter() - t0, 1)}
     clf = TypeClassifier(name, clf.features, clf.classes, clf.mean, clf.std, clf.layers, report)

@@ -11,23 +11,30 @@ from connectome.synapses.table import SYNAPSES_FILE
 
 
 def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, classifier: str | None = None,
-                   allow_voxel_mismatch: bool = False) -> list[StageConfig]:
-    """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset)."""
+                   allow_voxel_mismatch: bool = False, types: bool = True) -> list[StageConfig]:
+    """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset);
+    without `types`, the neurite type stages are left out."""
     seg = {"segmentation": segmentation} if segmentation else {}
-    clefts = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}
-    return [
+    mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
+    clefts = {"model": model, **mismatch}
+    stages = [
         StageConfig(stage="clefts", params=clefts),
         StageConfig(stage="cleft_fragments", params={"model": model}, inputs=seg),
         StageConfig(stage="synapses", params={"model": model}, inputs=seg),
-        StageConfig(stage="segment_features", inputs=seg),
-        StageConfig(stage="neurite_types", params={"classifier": classifier} if classifier else {}, inputs=seg),
     ]
+    if types:
+        stages += [StageConfig(stage="segment_features", params=mismatch, inputs=seg),
+                   StageConfig(stage="neurite_types", params={**({"classifier": classifier} if classifier else {}),
+                                                              **mismatch}, inputs=seg)]
+    return stages
 
 
-def synapse_outputs(out_dir: str) -> dict[str, str]:
+def synapse_outputs(out_dir: str, types: bool = True) -> dict[str, str]:
     from connectome.neurites.types import SEGMENTS_FILE
 
-    return {"synapses": os.path.join(out_dir, SYNAPSES_FILE), "segments": os.path.join(out_dir, SEGMENTS_FILE),
-            "clefts": os.path.join(out_dir, "synapse_labels"),
-            "cleft_probability": os.path.join(out_dir, "cleft_probability"),
-            "neurite_classes": os.path.join(out_dir, "neurite_classes")}
+    paths = {"synapses": os.path.join(out_dir, SYNAPSES_FILE), "clefts": os.path.join(out_dir, "synapse_labels"),
+             "cleft_probability": os.path.join(out_dir, "cleft_probability")}
+    if types:
+        paths.update(segments=os.path.join(out_dir, SEGMENTS_FILE),
+                     neurite_classes=os.path.join(out_dir, "neurite_classes"))
+    return paths

@@ -25,10 +25,11 @@ def synth(tmp_path_factory):
     return root
 
 
-def _run(root, out, block, client, features_params=None):
+def _run(root, out, block, client, features_params=None, types_params=None):
     stages = [StageConfig(stage="segment_features", inputs={"segmentation": str(root / "labels")},
                           params=features_params or {}),
-              StageConfig(stage="neurite_types", inputs={"segmentation": str(root / "labels")})]
+              StageConfig(stage="neurite_types", inputs={"segmentation": str(root / "labels")},
+                          params=types_params or {})]
     config = RunConfig(input=str(root / "raw"), output=str(out), cluster=ClusterConfig(), stages=stages,
                        blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)))
     plan = plan_run(config)
@@ -64,3 +65,22 @@ def test_a_classifier_of_patch_features_refuses_features_without_the_patch_netwo
     with pytest.raises(UserError, match="segment_features has patch_network: null"):
         _run(synth, tmp_path / "none", SHAPE, client, {"patch_network": None})  # refused while planning
     assert not (tmp_path / "none").exists()
+
+
+def test_data_of_another_voxel_size_is_refused_unless_allowed(tmp_path, client):
+    """The patch network and the classifier learned 8 nm tissue: a 40 x 4 x 4 nm volume is refused
+    in one line while planning, naming the network or classifier, unless the mismatch is allowed."""
+    from connectome.core.errors import UserError
+    from connectome.synth import generate
+
+    root = tmp_path / "sstem"
+    generate((8, 64, 64), (40.0, 4.0, 4.0), seed=3).save(str(root), chunk_shape=(8, 32, 32))
+    block = (8, 64, 64)
+    with pytest.raises(UserError, match=r"model patches-synthetic: trained on \[8.0, 8.0, 8.0\] nm voxels, but "
+                                        r".*labels has \[40.0, 4.0, 4.0\] nm"):
+        _run(root, tmp_path / "a", block, client)
+    with pytest.raises(UserError, match=r"model types-synthetic: trained on \[8.0, 8.0, 8.0\] nm voxels"):
+        _run(root, tmp_path / "b", block, client, {"allow_voxel_mismatch": True})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    _run(root, tmp_path / "c", block, client, {"allow_voxel_mismatch": True}, {"allow_voxel_mismatch": True})
+    assert read_segments(str(tmp_path / "c" / "segments.csv"))["id"].size > 0

@@ -72,3 +72,22 @@ def test_segmentation_of_another_shape_is_one_line(synth, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "[32, 96, 48]" in err and "[32, 96, 96]" in err
     assert not (tmp_path / "out" / "synapses.csv").exists()
+
+
+def test_serial_section_data_refuses_the_8nm_types_unless_left_out(tmp_path, capsys):
+    """The shipped serial-section cleft model on 50 x 4.6 x 4.6 nm data: the neurite types (patch network
+    and classifier of 8 nm tissue) refuse it in one line before anything is written; --no-types runs the
+    synapses alone."""
+    from connectome.synth import generate
+
+    generate((8, 96, 96), (50.0, 4.6, 4.6), seed=4).save(str(tmp_path / "ss"), chunk_shape=(8, 48, 48))
+    args = ["synapses", str(tmp_path / "ss" / "raw"), str(tmp_path / "out"), "--segmentation",
+            str(tmp_path / "ss" / "labels"), "--model", "cleft-sstem", "--no-progress", "--workers", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "patches-synthetic" in err and "[50.0, 4.6, 4.6]" in err and "--no-types" in err
+    assert not (tmp_path / "out" / "synapses.csv").exists()
+    assert main([*args, "--no-types", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "segments" not in result and (tmp_path / "out" / "synapses.csv").is_file()
+    assert not (tmp_path / "out" / "segments.csv").exists()
