@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from connectome.io import open_volume
 from connectome.metrics.contingency import Contingency
 from connectome.metrics.synapses import synapse_scores
 from connectome.metrics.voi import voi_from_table
@@ -73,8 +74,25 @@ def _local_segments(seg: np.ndarray, labels: np.ndarray, loc: np.ndarray, pairs:
     return out
 
 
-def score_run(out: str, synth_dir: str) -> dict:
-    from connectome.io import open_volume
+def rerun_synapses(out: str, classifier: str) -> dict[str, np.ndarray]:
+    """The synapse table of a stored run again from its cleft fragment tables (the `synapses` stage's
+    global step, in memory, with the cleft model's rule), choosing pre partners with `classifier`."""
+    from connectome.synapses import model as M
+    from connectome.synapses.interface import load_classifier
+    from connectome.synapses.merge import load_fragment_tables, synapse_rows
+
+    info = M.read_info("cleft-synthetic")
+    vs = tuple(open_volume(os.path.join(out, "segmentation")).meta.voxel_size)
+    t = load_fragment_tables(os.path.join(out, "tables", "cleft_fragments"))
+    rows, _ = synapse_rows(t, info.min_voxels, vs, info.partners, True, load_classifier(classifier),
+                           info.edge_min_voxels, info.core_min_voxels, info.satellite_nm, info.satellite_ratio,
+                           info.vote_split_voxels)
+    return rows
+
+
+def score_run(out: str, synth_dir: str, partner_classifier: str | None = None) -> dict:
+    """Scores of a stored run; with `partner_classifier`, of its synapse table chosen again with that
+    classifier (`rerun_synapses`; the neurite types stay the run's)."""
     from connectome.neurites.classifier import CLASSES
     from connectome.neurites.training import true_classes
     from connectome.neurites.types import read_segments
@@ -89,7 +107,8 @@ def score_run(out: str, synth_dir: str) -> dict:
     comps_v = open_volume(os.path.join(synth_dir, "compartments"))
     comps = comps_v.read(comps_v.box)
     table = Contingency.from_arrays(seg, labels)
-    syn = read_synapses(os.path.join(out, "synapses.csv"))
+    syn = read_synapses(os.path.join(out, "synapses.csv")) if partner_classifier is None else \
+        rerun_synapses(out, partner_classifier)
     pred = np.stack([syn["z"], syn["y"], syn["x"]], 1)
     true = np.stack([gt.synapses["z"], gt.synapses["y"], gt.synapses["x"]], 1)
     true_pairs = np.stack([gt.synapses["pre_id"], gt.synapses["post_id"]], 1).astype(np.uint64)
@@ -302,9 +321,13 @@ def main(argv=None) -> None:
     p.add_argument("--block", nargs=3, type=int, default=[32, 128, 128])
     p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     p.add_argument("--score-only", action="store_true", help="score the outputs already in --out")
+    p.add_argument("--partner-classifier", default=None,
+                   help="with --score-only: choose the stored runs' pre partners again with this classifier")
     p.add_argument("--real", choices=sorted(REAL_MODELS), default=None,
                    help="score a real set's test sections instead (blocks: --real-block, default per set)")
     p.add_argument("--real-block", nargs=3, type=int, default=None)
+    p.add_argument("--cleft-model", default=None, help="with --real: another cleft model (name or .pt path) than "
+                   "the shipped one of the set")
     p.add_argument("--dark-baseline", action="store_true", help="with --real: score the darkness baseline only")
     p.add_argument("--model", default=None, help="affinity model of the synthetic runs (default: reconstruct's)")
     p.add_argument("--threshold", type=float, default=None,
@@ -316,12 +339,14 @@ def main(argv=None) -> None:
     if a.real:
         os.environ["OMP_NUM_THREADS"] = "1"  # one thread per worker process
         work = a.out or tempfile.mkdtemp(prefix="synapse-real-")
-        r = {"machine": f"{platform.node()} {os.cpu_count()} cores", **run_real(a.real, work, a.real_block)}
+        r = {"machine": f"{platform.node()} {os.cpu_count()} cores", **run_real(a.real, work, a.real_block,
+                                                                                 model=a.cleft_model)}
         print(json.dumps(r), flush=True)
         return
     if a.score_only:
         for seed in a.seeds:
-            r = score_run(os.path.join(a.out, f"out-{seed}"), os.path.join(a.out, f"synth-{seed}"))
+            r = score_run(os.path.join(a.out, f"out-{seed}"), os.path.join(a.out, f"synth-{seed}"),
+                          a.partner_classifier)
             print(json.dumps({"seed": seed, **r}), flush=True)
         return
     work = a.out or tempfile.mkdtemp(prefix="synapse-bench-")

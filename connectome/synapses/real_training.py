@@ -28,6 +28,7 @@ import cc3d
 import numpy as np
 import torch
 
+from connectome.core.errors import UserError
 from connectome.metrics.synapses import synapse_scores
 from connectome.models.unet import UNetConfig
 from connectome.synapses import model as M
@@ -185,21 +186,37 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, raw: np.ndarray
     return float(loss_c.item())
 
 
+def initial_net(data: str, init: str | None, mean: float, std: float) -> tuple[torch.nn.Module, float, float]:
+    """A new network of the set's architecture and the given normalisation, or the weights and the
+    normalisation of the cleft model `init` (refused in one line if its architecture is another)."""
+    ds = DATASETS[data]
+    net = M.cleft_net(ds.config)
+    if not init:
+        return net, mean, std
+    start = M.read_info(init)
+    if start.config != ds.config:
+        raise UserError(f"--init {init}: its architecture is not the {data} set's cleft network")
+    net.load_state_dict({k: v.float() for k, v in torch.load(start.path, map_location="cpu",
+                                                               weights_only=True).items()})
+    return net, start.mean, start.std
+
+
 def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: int = 3, lr: float = 2e-3,
           threads: int = 1, validate_every_s: float = 150.0, validate_from: float = 0.4,
-          root: str | os.PathLike = DATA_ROOT, out_dir: str | os.PathLike = M.WEIGHTS_DIR, log=print) -> dict:
+          root: str | os.PathLike = DATA_ROOT, out_dir: str | os.PathLike = M.WEIGHTS_DIR, init: str | None = None,
+          log=print) -> dict:
     """Train for `minutes` on the set's training sections; from `validate_from` of the time on, after
     every `validate_every_s` seconds of training and at the end, score detection on the tuning sections
     and keep the best weights as `out_dir/name` (not earlier: a handful of tuning synapses would let a
-    lucky, barely trained checkpoint win)."""
+    lucky, barely trained checkpoint win). With `init` (a cleft model of this set's architecture), start
+    from its weights and normalisation."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     ds = DATASETS[data]
     raw_t, mask_t, _ = load(data, "train", root)
     raw_v, _, obj_v = load(data, "tune", root)
-    mean, std = float(raw_t.mean() / 255.0), float(raw_t.std() / 255.0)
-    net = M.cleft_net(ds.config)
+    net, mean, std = initial_net(data, init, float(raw_t.mean() / 255.0), float(raw_t.std() / 255.0))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     info = M.CleftModelInfo(name, ds.config, ds.voxel_size, mean, std, 80.0, 0.5, 1, partners=False)
     base = {"voxel_size": list(ds.voxel_size), "normalisation": {"mean": mean, "std": std}, "vector_nm": 80.0,
@@ -211,7 +228,9 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
                   "tolerance_nm": TOLERANCE_NM, "validated_from": f"{validate_from:.0%} of the training time",
                   "grid": {"thresholds": THRESHOLDS, "min_voxels": MIN_VOXELS},
                   "command": f"python -m connectome.synapses.real_training --data {data} --minutes {minutes:g} "
-                             f"--name {name} --seed {seed} --threads {threads}"}
+                             f"--name {name} --seed {seed} --threads {threads} --lr {lr:g}"
+                             + (f" --init {init}" if init else ""),
+                  **({"init": {"model": init, "provenance": M.read_info(init).provenance}} if init else {})}
     log(f"training {name} on {ds.path} sections {ds.train.sections}: {int(mask_t.sum())} cleft voxels; "
         f"tuning on {ds.tune.sections}: {len(synapse_points(obj_v))} synapses")
     train_parts = pieces(data, raw_t, mask_t)
@@ -283,12 +302,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--out-dir", default=str(M.WEIGHTS_DIR))
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to a tenth)")
+    p.add_argument("--init", default=None, help="start from this cleft model's weights (same set)")
     p.add_argument("--tune-only", action="store_true", help="only pick the threshold and minimum size of --name")
     a = p.parse_args(argv)
     if a.tune_only:
         retune(a.name, a.data, a.data_root)
         return
-    train(a.name, a.minutes, a.data, a.seed, threads=a.threads, root=a.data_root, out_dir=a.out_dir)
+    train(a.name, a.minutes, a.data, a.seed, lr=a.lr, threads=a.threads, root=a.data_root, out_dir=a.out_dir,
+          init=a.init)
 
 
 if __name__ == "__main__":

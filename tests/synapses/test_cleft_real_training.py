@@ -111,3 +111,19 @@ def test_shipped_fib_model_sees_each_slice_alone():
     stack, _ = M.predict(model, raw)
     alone, _ = M.predict(model, raw[1:2])
     assert np.allclose(stack[1], alone[0], atol=1e-5) and not np.allclose(stack[0], stack[1], atol=1e-3)
+
+
+def test_training_continues_from_a_shipped_model_of_the_same_set():
+    from connectome.core.errors import UserError
+    from connectome.synapses.real_training import initial_net
+
+    net, mean, std = initial_net("vnc", "cleft-sstem", 0.1, 0.2)
+    shipped = M.load("cleft-sstem", "cpu")
+    assert (mean, std) == (shipped.info.mean, shipped.info.std)
+    for (k, a), (_, b) in zip(net.state_dict().items(), shipped.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    fresh, mean, std = initial_net("vnc", None, 0.1, 0.2)
+    assert (mean, std) == (0.1, 0.2)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(UserError, match="cleft-fib: its architecture is not the vnc set's"):
+        initial_net("vnc", "cleft-fib", 0.1, 0.2)
