@@ -31,9 +31,12 @@ from connectome.io import Volume, VolumeMeta, open_volume
 
 
 class StageParams(BaseModel):
-    """Base of every stage's parameters: unknown keys are errors, values are immutable."""
+    """Base of every stage's parameters: unknown keys are errors, values are immutable. `guards` names
+    parameters that only decide whether a run may start (they change no output), kept out of the
+    stage's fingerprint, so setting one does not make a finished run start again."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    guards: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ class BlockStage(ABC, Generic[P]):
     def fingerprint(self) -> dict:
         fp: dict[str, object] = {
             "stage": self.name,
-            "params": self.params.model_dump(mode="json"),
+            "params": self.params.model_dump(mode="json", exclude=set(self.params.guards)),
             "inputs": self.input_addresses,
             "outputs": self.output_addresses,
             "tables": self.table_dirs,

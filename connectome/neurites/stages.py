@@ -29,6 +29,7 @@ class SegmentFeaturesParams(StageParams):
                                       "path) whose class probabilities of lattice patches join the features; "
                                       "null: none")
     allow_voxel_mismatch: bool = Field(False, description="run the patch network on data of another voxel size")
+    guards = ("allow_voxel_mismatch",)
 
 
 @register
@@ -79,6 +80,7 @@ class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
 class NeuriteTypesParams(StageParams):
     classifier: str = Field(DEFAULT_CLASSIFIER, description="shipped classifier name or path to a .json file")
     allow_voxel_mismatch: bool = Field(False, description="run the classifier on data of another voxel size")
+    guards = ("allow_voxel_mismatch",)
 
 
 @register

@@ -25,7 +25,8 @@ def synth(tmp_path_factory):
     return root
 
 
-def _run(root, out, block, client, features_params=None, types_params=None):
+def _execute(root, out, block, client, features_params=None, types_params=None):
+    """The plan's block count of segment_features, and the blocks each stage ran."""
     stages = [StageConfig(stage="segment_features", inputs={"segmentation": str(root / "labels")},
                           params=features_params or {}),
               StageConfig(stage="neurite_types", inputs={"segmentation": str(root / "labels")},
@@ -33,8 +34,12 @@ def _run(root, out, block, client, features_params=None, types_params=None):
     config = RunConfig(input=str(root / "raw"), output=str(out), cluster=ClusterConfig(), stages=stages,
                        blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)))
     plan = plan_run(config)
-    execute(plan, client, progress=False)
-    return len(plan.stages[0].grid)
+    reports = execute(plan, client, progress=False)
+    return len(plan.stages[0].grid), [r.ran for r in reports]
+
+
+def _run(root, out, block, client, features_params=None, types_params=None):
+    return _execute(root, out, block, client, features_params, types_params)[0]
 
 
 def test_every_segment_classified_blockwise_as_one_block(synth, tmp_path, client):
@@ -84,3 +89,12 @@ def test_data_of_another_voxel_size_is_refused_unless_allowed(tmp_path, client):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     _run(root, tmp_path / "c", block, client, {"allow_voxel_mismatch": True}, {"allow_voxel_mismatch": True})
     assert read_segments(str(tmp_path / "c" / "segments.csv"))["id"].size > 0
+
+
+def test_allowing_a_voxel_mismatch_does_not_start_a_finished_run_again(synth, tmp_path, client):
+    """`allow_voxel_mismatch` only decides whether a run may start: it is no part of the fingerprint."""
+    _, ran = _execute(synth, tmp_path / "run", SHAPE, client)
+    assert len(ran) >= 2 and all(ran)
+    allow = {"allow_voxel_mismatch": True}
+    _, ran = _execute(synth, tmp_path / "run", SHAPE, client, allow, allow)
+    assert not any(ran), ran
