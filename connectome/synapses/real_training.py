@@ -30,7 +30,7 @@ import torch
 
 from connectome.core.errors import UserError
 from connectome.metrics.synapses import synapse_scores
-from connectome.models.unet import UNetConfig
+from connectome.models.unet import UNet, UNetConfig
 from connectome.synapses import model as M
 from connectome.synapses.detect import cleft_table, predict_volume, synapses_in_memory
 from connectome.synapses.training import cleft_loss, patch_window
@@ -186,7 +186,7 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, raw: np.ndarray
     return float(loss_c.item())
 
 
-def initial_net(data: str, init: str | None, mean: float, std: float) -> tuple[torch.nn.Module, float, float]:
+def initial_net(data: str, init: str | None, mean: float, std: float) -> tuple[UNet, float, float]:
     """A new network of the set's architecture and the given normalisation, or the weights and the
     normalisation of the cleft model `init` (refused in one line if its architecture is another)."""
     ds = DATASETS[data]
