@@ -39,6 +39,7 @@ from connectome.io import open_volume
 from connectome.metrics.contingency import Contingency
 from connectome.metrics.synapses import synapse_scores
 from connectome.metrics.voi import voi_from_table
+from connectome.synapses.interface import load_classifier
 from connectome.synapses.table import read_synapses
 
 TOLERANCES_NM = (100.0, 200.0)
@@ -75,18 +76,22 @@ def _local_segments(seg: np.ndarray, labels: np.ndarray, loc: np.ndarray, pairs:
 
 
 def rerun_synapses(out: str, classifier: str) -> dict[str, np.ndarray]:
-    """The synapse table of a stored run again from its cleft fragment tables (the `synapses` stage's
-    global step, in memory, with the cleft model's rule), choosing pre partners with `classifier`."""
-    from connectome.synapses import model as M
-    from connectome.synapses.interface import load_classifier
+    """The synapse table of a stored run again from its cleft fragment tables, in memory, with its
+    `synapses` stage as the run planned it (OUT/run.json) but pre partners chosen by `classifier`."""
+    from connectome.engine.config import RunConfig
+    from connectome.engine.plan import plan_run
     from connectome.synapses.merge import load_fragment_tables, synapse_rows
 
-    info = M.read_info("cleft-synthetic")
-    vs = tuple(open_volume(os.path.join(out, "segmentation")).meta.voxel_size)
-    t = load_fragment_tables(os.path.join(out, "tables", "cleft_fragments"))
-    rows, _ = synapse_rows(t, info.min_voxels, vs, info.partners, True, load_classifier(classifier),
-                           info.edge_min_voxels, info.core_min_voxels, info.satellite_nm, info.satellite_ratio,
-                           info.vote_split_voxels)
+    with open(os.path.join(out, "run.json")) as f:
+        config = RunConfig.model_validate(json.load(f))
+    stages = [s.model_copy(update={"params": {**s.params, "partner_classifier": classifier}})
+              if s.stage == "synapses" else s for s in config.stages]
+    planned = [p.stage for p in plan_run(config.model_copy(update={"stages": stages})).stages]
+    step = next(p for p in planned if p.name == "synapses").global_step()
+    t = load_fragment_tables(step.tables_dir)
+    rows, _ = synapse_rows(t, step.min_voxels, step.voxel_size, step.partners, step.split,
+                           load_classifier(classifier), step.edge_min_voxels, step.core_min_voxels,
+                           step.satellite_nm, step.satellite_ratio, step.vote_split_voxels)
     return rows
 
 
@@ -256,7 +261,8 @@ def run_real(data: str, work: str, block=None, workers=(1, 2), model: str | None
         clefts_s = seconds = 0.0
         found = []
         for i, addr in enumerate(addrs):
-            out = os.path.join(work, f"{data}-out-w{n}", str(i))
+            tag = "" if model == REAL_MODELS[data] else "-" + os.path.basename(model).removesuffix(".pt")
+            out = os.path.join(work, f"{data}{tag}-out-w{n}", str(i))
             args = ["synapses", addr["raw"], out, "--segmentation", addr["seg"], "--model", model,
                     "--block-shape", *map(str, block), "--workers", str(n), "--json", "--no-progress",
                     "--no-types"]  # the type classifier knows 8 nm synthetic tissue only
@@ -333,6 +339,10 @@ def main(argv=None) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="segmentation merge threshold of the synthetic runs (default: reconstruct's)")
     a = p.parse_args(argv)
+    if a.partner_classifier and not a.score_only:
+        p.error("--partner-classifier re-scores stored runs: it needs --score-only")
+    if a.cleft_model and (not a.real or a.dark_baseline):
+        p.error("--cleft-model is for --real runs (not --dark-baseline)")
     if a.real and a.dark_baseline:
         print(json.dumps(dark_baseline(a.real)), flush=True)
         return

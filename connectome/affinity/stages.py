@@ -40,6 +40,7 @@ class AffinitiesParams(StageParams):
     model: str = Field("synthetic", description="shipped model name or path to a .pt file")
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run a model on data of another voxel size")
+    guards = ("allow_voxel_mismatch",)
     tta: int | None = Field(None, ge=1, le=8, description="test-time augmentation: average the predictions on this "
                             "many flipped copies of each block (1: none; 4: x, y and z flips too; 8: every flip; "
                             "default: the model's validated value, its json's inference.tta)")

@@ -35,6 +35,10 @@ def run(args) -> int:
     from connectome.graph.summary import describe, plot, summarise
     from connectome.synapses.chain import synapse_outputs, synapse_stages
 
+    if args.no_types and args.classifier:
+        from connectome.core.errors import UserError
+
+        raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                  args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch)
@@ -45,7 +49,7 @@ def run(args) -> int:
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
-    graph, paths, synapses = graph_from_dir(config.output)
+    graph, paths, synapses = graph_from_dir(config.output, types=not args.no_types)
     summary = summarise(graph.nodes, graph.edges, synapses)
     if not args.no_plots:
         paths.update(plot(graph.nodes, graph.edges, config.output))

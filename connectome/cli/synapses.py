@@ -1,5 +1,5 @@
 """Find synapses in a raw volume given its segmentation: clefts, partners (pre -> post), neurite types;
-writes OUT_DIR/synapses.csv and OUT_DIR/segments.csv (resumes)."""
+writes OUT_DIR/synapses.csv and (without --no-types) OUT_DIR/segments.csv (resumes)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def run(args) -> int:
     from connectome.synapses.chain import synapse_outputs, synapse_stages
     from connectome.synapses.table import read_synapses
 
+    if args.no_types and args.classifier:
+        from connectome.core.errors import UserError
+
+        raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     cluster = cluster_settings(args)
     out = os.path.abspath(args.out_dir)
     config = RunConfig(input=absolute(args.raw), output=out, voxel_size=args.voxel_size,

@@ -32,11 +32,19 @@ from connectome.io import Volume, VolumeMeta, open_volume
 
 class StageParams(BaseModel):
     """Base of every stage's parameters: unknown keys are errors, values are immutable. `guards` names
-    parameters that only decide whether a run may start (they change no output), kept out of the
-    stage's fingerprint, so setting one does not make a finished run start again."""
+    parameters that only decide whether a run may start (they change no output): the stage's
+    fingerprint records them at their default, so setting one does not make a finished run start again
+    (and runs from before a parameter became a guard resume)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     guards: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        unknown = sorted(set(cls.guards) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.guards names {unknown}, which are not its fields")
 
 
 @dataclass(frozen=True)
@@ -186,10 +194,17 @@ class BlockStage(ABC, Generic[P]):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict | None:
         """Read `block.read_box`, write `block.write_box`; return a small JSON-able summary."""
 
+    def fingerprint_params(self) -> dict:
+        """The parameters as the fingerprint records them: guards at their default."""
+        params = self.params.model_dump(mode="json")
+        fields = type(self.params).model_fields
+        params.update({name: fields[name].default for name in self.params.guards})
+        return params
+
     def fingerprint(self) -> dict:
         fp: dict[str, object] = {
             "stage": self.name,
-            "params": self.params.model_dump(mode="json", exclude=set(self.params.guards)),
+            "params": self.fingerprint_params(),
             "inputs": self.input_addresses,
             "outputs": self.output_addresses,
             "tables": self.table_dirs,

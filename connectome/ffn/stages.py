@@ -84,6 +84,7 @@ class FFNParams(StageParams):
                                                "together only where both runs agree (ffn.consensus)")
     fill: bool = Field(True, description="unsegmented voxels take the nearest object's label")
     allow_voxel_mismatch: bool = Field(False)
+    guards = ("allow_voxel_mismatch",)
 
 
 @register
@@ -207,6 +208,7 @@ class FFNAgglomerateParams(StageParams):
                                                       "must cover (chosen on synthetic seed 310 with ffn-synthetic)")
     min_contact: int = Field(10, ge=1, description="fewest contact voxel pairs (in one block) for a pair to be tested")
     allow_voxel_mismatch: bool = Field(False)
+    guards = ("allow_voxel_mismatch",)
 
 
 @register

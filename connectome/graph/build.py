@@ -110,13 +110,14 @@ def read_edges(path: str) -> dict[str, np.ndarray]:
             "autapse": np.array([r["autapse"] == "1" for r in rows], bool)}
 
 
-def graph_from_dir(out_dir: str) -> tuple[Graph, dict[str, str], dict[str, np.ndarray]]:
-    """Build the graph from OUT_DIR/synapses.csv (and segments.csv where present) and write it there."""
+def graph_from_dir(out_dir: str, types: bool = True) -> tuple[Graph, dict[str, str], dict[str, np.ndarray]]:
+    """Build the graph from OUT_DIR/synapses.csv (and segments.csv where present, unless not `types`: a run
+    without the neurite types leaves an earlier run's file unread) and write it there."""
     from connectome.neurites.types import SEGMENTS_FILE, read_segments
     from connectome.synapses.table import SYNAPSES_FILE, read_synapses
 
     synapses = read_synapses(os.path.join(out_dir, SYNAPSES_FILE))
     seg_path = os.path.join(out_dir, SEGMENTS_FILE)
-    segments = read_segments(seg_path) if os.path.isfile(seg_path) else None
+    segments = read_segments(seg_path) if types and os.path.isfile(seg_path) else None
     graph = build_graph(synapses, segments)
     return graph, write_graph(graph, out_dir), synapses

@@ -9,11 +9,9 @@ from connectome.core.errors import UserError
 VOXEL_TOLERANCE = 1.5
 
 
-HINT = "choose a model of that voxel size or pass --allow-voxel-mismatch"
-
-
 def check_voxel_size(model: str, model_nm: Sequence[float], address: str, data_nm: Sequence[float],
-                     allow_mismatch: bool = False, hint: str = HINT) -> None:
+                     allow_mismatch: bool = False,
+                     hint: str = "choose a model of that voxel size or pass --allow-voxel-mismatch") -> None:
     """Refuse, in one line, data whose voxel size is beyond the tolerance of the model's (unless allowed)."""
     if allow_mismatch:
         return

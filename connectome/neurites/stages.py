@@ -15,13 +15,23 @@ from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, Stage
 from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
-from connectome.models.voxel_size import HINT, check_voxel_size
+from connectome.models.voxel_size import check_voxel_size
 from connectome.neurites.features import FEATURES_FORMAT, block_sums, radius_reach
 from connectome.neurites.types import TypesStep
 
 DEFAULT_CLASSIFIER = "types-synthetic"
 DEFAULT_PATCH_NETWORK = "patches-synthetic"
-TYPES_HINT = f"{HINT}, or leave the neurite types out (--no-types)"
+TYPES_HINT = ("only 8 nm neurite models ship: pass --allow-voxel-mismatch (stage parameter allow_voxel_mismatch) "
+              "to run them anyway, or leave the neurite types out (--no-types)")
+
+
+class UnrecordedGuard:
+    """Leaves `allow_voxel_mismatch` out of a neurite stage's fingerprint altogether (the engine records
+    a guard at its default), as before the parameter existed, so earlier runs resume."""
+
+    def fingerprint_params(self) -> dict:
+        return {k: v for k, v in super().fingerprint_params().items()  # type: ignore[misc]
+                if k != "allow_voxel_mismatch"}
 
 
 class SegmentFeaturesParams(StageParams):
@@ -33,7 +43,7 @@ class SegmentFeaturesParams(StageParams):
 
 
 @register
-class SegmentFeaturesStage(BlockStage[SegmentFeaturesParams]):
+class SegmentFeaturesStage(UnrecordedGuard, BlockStage[SegmentFeaturesParams]):
     name = "segment_features"
     Params = SegmentFeaturesParams
     inputs = (Input("raw", dtypes=("uint8",)), Input("segmentation", dtypes=("uint64", "uint32")))
@@ -84,7 +94,7 @@ class NeuriteTypesParams(StageParams):
 
 
 @register
-class NeuriteTypesStage(BlockStage[NeuriteTypesParams]):
+class NeuriteTypesStage(UnrecordedGuard, BlockStage[NeuriteTypesParams]):
     name = "neurite_types"
     Params = NeuriteTypesParams
     inputs = (Input("segmentation", dtypes=("uint64", "uint32")),)

@@ -194,8 +194,9 @@ def initial_net(data: str, init: str | None, mean: float, std: float) -> tuple[U
     if not init:
         return net, mean, std
     start = M.read_info(init)
-    if start.config != ds.config:
-        raise UserError(f"--init {init}: its architecture is not the {data} set's cleft network")
+    if start.config != ds.config or tuple(start.voxel_size) != tuple(ds.voxel_size):
+        raise UserError(f"--init {init}: its architecture or voxel size {list(start.voxel_size)} is not the {data} "
+                        f"set's cleft network's ({list(ds.voxel_size)} nm)")
     net.load_state_dict({k: v.float() for k, v in torch.load(start.path, map_location="cpu",
                                                                weights_only=True).items()})
     return net, start.mean, start.std

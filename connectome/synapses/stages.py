@@ -42,6 +42,7 @@ class CleftsParams(StageParams):
     model: str = Field(DEFAULT_MODEL, description="shipped cleft model name or path to a .pt file")
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run the model on data of another voxel size")
+    guards = ("allow_voxel_mismatch",)
 
 
 @register

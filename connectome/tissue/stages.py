@@ -29,6 +29,7 @@ class TissueParams(StageParams):
         DEFAULT_EXCLUDE, description="classes marked 1 in tissue_mask (left out of segmentation); "
                                      "see classes.DEFAULT_EXCLUDE for why these by default")
     allow_voxel_mismatch: bool = Field(False, description="run the model on data of another in-plane voxel size")
+    guards = ("allow_voxel_mismatch",)
     precision: Literal["float64", "float32"] = Field(
         "float64", description="float64: blockwise == one block exactly; float32: about 7x faster on a CPU, a "
                                "few voxels at near-ties may differ between block layouts")

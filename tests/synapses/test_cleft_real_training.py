@@ -125,5 +125,5 @@ def test_training_continues_from_a_shipped_model_of_the_same_set():
     fresh, mean, std = initial_net("vnc", None, 0.1, 0.2)
     assert (mean, std) == (0.1, 0.2)
     assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
-    with pytest.raises(UserError, match="cleft-fib: its architecture is not the vnc set's"):
+    with pytest.raises(UserError, match="cleft-fib: its architecture or voxel size"):
         initial_net("vnc", "cleft-fib", 0.1, 0.2)

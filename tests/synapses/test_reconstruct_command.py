@@ -64,6 +64,16 @@ def test_reconstruct_json_tables_ids_and_resume(synth, capsys):
     assert all(s["ran"] == 0 for s in again["stages"]), again["stages"]
     assert _table(again["synapses"])[0] == syn_rows
 
+    # without the neurite types: the rest resumes, and the graph does not read the earlier segments.csv
+    assert any(n["class"] != "unknown" for n in nodes)
+    assert main([*args, "--no-types"]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert "segments" not in bare and all(s["ran"] == 0 for s in bare["stages"])
+    assert {s["stage"] for s in bare["stages"]}.isdisjoint({"segment_features", "neurite_types"})
+    assert {n["class"] for n in _table(bare["graph_nodes"])[0]} == {"unknown"}
+    assert main([*args, "--no-types", "--classifier", "types-synthetic"]) == 2
+    assert "--no-types" in capsys.readouterr().err
+
 
 def test_segmentation_of_another_shape_is_one_line(synth, tmp_path, capsys):
     other = create_volume(str(tmp_path / "seg"), (32, 96, 48), np.uint64, (16, 48, 48), (8.0, 8.0, 8.0))
@@ -91,3 +101,8 @@ def test_serial_section_data_refuses_the_8nm_types_unless_left_out(tmp_path, cap
     result = json.loads(capsys.readouterr().out)
     assert "segments" not in result and (tmp_path / "out" / "synapses.csv").is_file()
     assert not (tmp_path / "out" / "segments.csv").exists()
+    # forced: the synapse stages resume, the neurite types run on the 50 nm sections
+    assert main([*args, "--allow-voxel-mismatch", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ran = {s["stage"]: s["ran"] for s in result["stages"]}
+    assert ran["segment_features"] > 0 and (tmp_path / "out" / "segments.csv").is_file()
