@@ -1,6 +1,8 @@
 """`connectome reconstruct RAW OUT_DIR --json` end to end on a small synthetic volume: the contract's
-keys and columns, every segment id the tables name exists in the segmentation, plots, and a second
-run that resumes every stage; `connectome synapses` refuses a segmentation of another shape."""
+keys and columns, every segment id the tables name exists in the segmentation, plots, a second run
+that resumes every stage and a third without the neurite types (`--no-types`); `connectome synapses`
+refuses a segmentation of another shape, and the 8 nm neurite types on serial sections unless they
+are left out or forced."""
 
 import csv
 import json
