@@ -49,7 +49,7 @@ def run(args) -> int:
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
-    graph, paths, synapses = graph_from_dir(config.output, types=not args.no_types)
+    graph, paths, synapses = graph_from_dir(config.output)
     summary = summarise(graph.nodes, graph.edges, synapses)
     if not args.no_plots:
         paths.update(plot(graph.nodes, graph.edges, config.output))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 
@@ -110,13 +111,26 @@ def read_edges(path: str) -> dict[str, np.ndarray]:
             "autapse": np.array([r["autapse"] == "1" for r in rows], bool)}
 
 
-def graph_from_dir(out_dir: str, types: bool = True) -> tuple[Graph, dict[str, str], dict[str, np.ndarray]]:
-    """Build the graph from OUT_DIR/synapses.csv (and segments.csv where present, unless not `types`: a run
-    without the neurite types leaves an earlier run's file unread) and write it there."""
+def last_run_has_types(out_dir: str) -> bool:
+    """Whether the last run planned in OUT_DIR (its run.json) had the neurite_types stage (True without one)."""
+    path = os.path.join(out_dir, "run.json")
+    if not os.path.isfile(path):
+        return True
+    with open(path) as f:
+        stages = json.load(f).get("stages", [])
+    return any(s.get("stage") == "neurite_types" for s in stages)
+
+
+def graph_from_dir(out_dir: str, types: bool | None = None) -> tuple[Graph, dict[str, str], dict[str, np.ndarray]]:
+    """Build the graph from OUT_DIR/synapses.csv (and segments.csv where present and `types`) and write it
+    there. `types` None: whether the directory's last run (OUT_DIR/run.json) had the neurite types, so
+    a run without them leaves an earlier run's segments.csv unread."""
     from connectome.neurites.types import SEGMENTS_FILE, read_segments
     from connectome.synapses.table import SYNAPSES_FILE, read_synapses
 
     synapses = read_synapses(os.path.join(out_dir, SYNAPSES_FILE))
+    if types is None:
+        types = last_run_has_types(out_dir)
     seg_path = os.path.join(out_dir, SEGMENTS_FILE)
     segments = read_segments(seg_path) if types and os.path.isfile(seg_path) else None
     graph = build_graph(synapses, segments)

@@ -73,6 +73,8 @@ def test_reconstruct_json_tables_ids_and_resume(synth, capsys):
     assert "segments" not in bare and all(s["ran"] == 0 for s in bare["stages"])
     assert {s["stage"] for s in bare["stages"]}.isdisjoint({"segment_features", "neurite_types"})
     assert {n["class"] for n in _table(bare["graph_nodes"])[0]} == {"unknown"}
+    assert main(["graph", str(out), "--json", "--no-plots"]) == 0  # the graph alone follows the last run
+    assert {n["class"] for n in _table(json.loads(capsys.readouterr().out)["nodes"])[0]} == {"unknown"}
     assert main([*args, "--no-types", "--classifier", "types-synthetic"]) == 2
     assert "--no-types" in capsys.readouterr().err
 
