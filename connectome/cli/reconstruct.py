@@ -35,10 +35,6 @@ def run(args) -> int:
     from connectome.graph.summary import describe, plot, summarise
     from connectome.synapses.chain import synapse_outputs, synapse_stages
 
-    if args.no_types and args.classifier:
-        from connectome.core.errors import UserError
-
-        raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                  args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch)

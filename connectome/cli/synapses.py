@@ -34,10 +34,6 @@ def run(args) -> int:
     from connectome.synapses.chain import synapse_outputs, synapse_stages
     from connectome.synapses.table import read_synapses
 
-    if args.no_types and args.classifier:
-        from connectome.core.errors import UserError
-
-        raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     cluster = cluster_settings(args)
     out = os.path.abspath(args.out_dir)
     config = RunConfig(input=absolute(args.raw), output=out, voxel_size=args.voxel_size,

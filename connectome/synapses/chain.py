@@ -13,7 +13,11 @@ from connectome.synapses.table import SYNAPSES_FILE
 def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, classifier: str | None = None,
                    allow_voxel_mismatch: bool = False, types: bool = True) -> list[StageConfig]:
     """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset);
-    without `types`, the neurite type stages are left out."""
+    without `types`, the neurite type stages are left out (and a `classifier` is refused)."""
+    if classifier and not types:
+        from connectome.core.errors import UserError
+
+        raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     seg = {"segmentation": segmentation} if segmentation else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
     clefts = {"model": model, **mismatch}
