@@ -10,11 +10,11 @@ one-block objects joined). The column "merge in the block canvases" scores the b
 "per block" gives the range over the blocks of each block's canvas against the one-block result inside its
 write box (split, merge).
 
-Cases: `synthetic` - the 16 x 64 x 64 volume of tests/ffn/test_segment_ffn.py (`generate(..., seed=11)`,
+Cases: `synthetic` - the 16 x 64 x 64 volume of tests/ffn/test_segment_ffn.py (`generate(..., seed=15)`,
 8 nm), `ffn-synthetic`, blocks 8 x 32 x 32; `medulla` - medulla_train z 61-124, y and x 61-188 (10 nm),
 `ffn-fib-10nm`, blocks 32 x 64 x 64.
 
-Usage: nice -n 5 .venv/bin/python benchmarks/ffn_blockwise.py [--cases synthetic medulla] [--tmp DIR]
+Usage: nice -n 5 .venv/bin/python benchmarks/ffn_blockwise.py [--cases synthetic medulla] [--tmp DIR] [--model M]
 Writes benchmarks/results/ffn_blockwise.md. With `--tmp` (a folder of an earlier call) finished runs
 resume instead of running again (their seconds are then those of the resumed call).
 """
@@ -58,7 +58,7 @@ def write_raw(case: str, folder: str) -> str:
     if case == "synthetic":
         from connectome.synth import generate
 
-        generate(CASES[case][1], (8.0, 8.0, 8.0), seed=11).save(folder, chunk_shape=(8, 32, 32))
+        generate(CASES[case][1], (8.0, 8.0, 8.0), seed=15).save(folder, chunk_shape=(8, 32, 32))
         return path
     with np.load(MEDULLA) as f:
         raw = f["raw"][61:125, 61:189, 61:189]
@@ -84,8 +84,10 @@ def per_block(canvases: str, one: str, block: tuple[int, int, int]) -> list[tupl
     return out
 
 
-def run_case(case: str, tmp: str) -> dict:
-    model, shape, block, nm = CASES[case]
+def run_case(case: str, tmp: str, model: str | None = None) -> dict:
+    """Both runs of `case` (with `model` in place of the case's own, if given) and their scores."""
+    default, shape, block, nm = CASES[case]
+    model = model or default
     folder = os.path.join(tmp, case)
     raw = write_raw(case, folder)
     row: dict = {"case": case, "model": model, "shape": shape, "block": block}
@@ -115,12 +117,16 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ffn_blockwise.md"))
     ap.add_argument("--tmp", default=None, help="work folder (reused: finished runs resume)")
+    ap.add_argument("--model", default=None, help="an FFN name or .pt path in place of the case's model (one case)")
     args = ap.parse_args()
+    if args.model and len(args.cases) != 1:
+        ap.error("--model replaces the model of one case; name it with --cases")
     tmp = args.tmp or tempfile.mkdtemp(prefix="ffn-blockwise-")
     load = os.getloadavg()[0]
-    rows = [run_case(case, tmp) for case in args.cases]
+    rows = [run_case(case, tmp, args.model) for case in args.cases]
     lines = ["# FFN: 8 blocks vs one block", "",
-             f"`.venv/bin/python benchmarks/ffn_blockwise.py --cases {' '.join(args.cases)}` on {platform.machine()}, "
+             f"`.venv/bin/python benchmarks/ffn_blockwise.py --cases {' '.join(args.cases)}"
+             f"{' --model ' + args.model if args.model else ''}` on {platform.machine()}, "
              f"{os.cpu_count()} CPUs, load average at start {load:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
              "The 8-block segmentation scored against the one-block one (VOI in bits; target split + merge <= 0.05).",
              "", "| case | model | volume | blocks | VOI split | VOI merge | split + merge | adapted Rand | "

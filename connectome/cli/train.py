@@ -7,6 +7,7 @@ sections; training data that overlaps the validation or evaluation data is refus
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 
@@ -134,6 +135,9 @@ def _add_ffn(sub) -> None:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--moves", type=int, default=1, help="FOV moves per example after the first step")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw example centres evenly over the share of the FOV their object fills (default); "
+                        "--no-balance: every object voxel equally likely")
     p.add_argument("--arch", choices=("cpu", "cpu-aniso", "reference", "reference-aniso"), default="cpu",
                    help="cpu: FOV 17^3, step 5, 3 modules of 16 features; reference: the published 33^3, "
                         "step 8, 12 modules of 32; -aniso: a FOV and step smaller in z for serial sections")
@@ -223,8 +227,9 @@ def _run_ffn(args) -> int:
     settings = FFNTrainSettings(
         raw=args.raw, labels=args.labels, name=args.name, out=args.out, val_raw=args.val_raw,
         val_labels=args.val_labels, iterations=args.iterations, batch_size=args.batch_size, moves=args.moves,
-        config=config, seed=args.seed, lr=args.lr, val_every=args.val_every, max_minutes=args.max_minutes,
-        threads=args.threads, voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
+        balance=args.balance, config=config, seed=args.seed, lr=args.lr, val_every=args.val_every,
+        max_minutes=args.max_minutes, threads=args.threads,
+        voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
         install=args.install, command=_command_line(), input=args.input,
     )
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))

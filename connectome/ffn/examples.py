@@ -1,7 +1,9 @@
-"""Training examples for the FFN: patches centred on object voxels away from boundaries, augmented."""
+"""Training examples for the FFN: patches centred on object voxels away from boundaries, augmented, and
+optionally balanced by how much of the FOV the centre's object fills (the reference's partitions)."""
 
 from __future__ import annotations
 
+import fastremap
 import numpy as np
 from scipy import ndimage
 
@@ -35,6 +37,29 @@ def candidate_centres(labels: np.ndarray, patch: Vec3, voxel_size, min_distance:
     return np.flatnonzero(ok)
 
 
+def fov_fractions(labels: np.ndarray, fov: Vec3) -> np.ndarray:
+    """Per voxel, the fraction of the `fov` box around it that carries its label (0 on background)."""
+    out = np.zeros(labels.shape, np.float32)
+    radius = [f // 2 for f in fov]
+    labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=False)  # ids 1..n for find_objects
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(s.start - r, 0), min(s.stop + r, n)) for s, r, n in zip(box, radius, labels.shape))
+        mask = labels[grown] == index
+        share = ndimage.uniform_filter(mask.astype(np.float32), fov, mode="constant")
+        out[grown][mask] = share[mask]
+    return out
+
+
+def balanced_weights(fractions: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Sampling weights (summing to 1) that make every occupied fraction bin equally likely."""
+    which = np.minimum((fractions * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.float64)
+    weights = 1.0 / counts[which]
+    return weights / weights.sum()
+
+
 def cut(raw: np.ndarray, labels: np.ndarray, centre, patch: Vec3) -> tuple[np.ndarray, np.ndarray]:
     """The `patch` of raw and the object mask of the centre voxel's label, around `centre`."""
     box = tuple(slice(c - p // 2, c - p // 2 + p) for c, p in zip(centre, patch))
@@ -58,10 +83,15 @@ def augment(raw: np.ndarray, mask: np.ndarray, rng: np.random.Generator, anisotr
 
 
 class ExampleSource:
-    """Seeded batches of (raw in [0, 1], object mask) patches from one or more labelled volumes."""
+    """Seeded batches of (raw in [0, 1], object mask) patches from one or more labelled volumes.
+
+    With `balance_fov`, centres are drawn so that each tenth of "share of this FOV box filled by the centre's
+    object" is equally likely (within a volume); otherwise every candidate voxel is. Uniform draws favour FOVs
+    that one large object fills (on synthetic tissue, half of them are over 90 % object), where a network
+    learns little about where objects stop."""
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], patch: Vec3, voxel_size, seed: int,
-                 anisotropic: bool = False, min_distance: float = 2.0):
+                 anisotropic: bool = False, min_distance: float = 2.0, balance_fov: Vec3 | None = None):
         self.pairs = pairs
         self.patch = patch
         self.anisotropic = anisotropic
@@ -71,6 +101,10 @@ class ExampleSource:
         if sizes.sum() == 0:
             raise ValueError("no object voxel is far enough from boundaries and faces for a training patch")
         self.weights = sizes / sizes.sum()
+        self.within: list[np.ndarray | None] = [None] * len(pairs)  # cumulative weights of the candidates
+        if balance_fov is not None:
+            self.within = [np.cumsum(balanced_weights(fov_fractions(lab, balance_fov).reshape(-1)[c])) if len(c)
+                           else None for (_, lab), c in zip(pairs, self.candidates)]
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(size, *patch) float32 raw and bool masks."""
@@ -78,7 +112,12 @@ class ExampleSource:
         for _ in range(size):
             k = int(self.rng.choice(len(self.pairs), p=self.weights))
             raw, labels = self.pairs[k]
-            flat = self.candidates[k][self.rng.integers(len(self.candidates[k]))]
+            cdf = self.within[k]
+            if cdf is None:
+                pick = int(self.rng.integers(len(self.candidates[k])))
+            else:
+                pick = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
+            flat = self.candidates[k][pick]
             centre = np.unravel_index(flat, labels.shape)
             r, m = augment(*cut(raw, labels, centre, self.patch), self.rng, self.anisotropic)
             raws.append(r)

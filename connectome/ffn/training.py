@@ -37,6 +37,7 @@ class FFNTrainSettings:
     iterations: int = 1000
     batch_size: int = 4
     moves: int = 1  # FOV moves after the first step, per example
+    balance: bool = True  # draw centres evenly over the share of the FOV their object fills (examples.ExampleSource)
     config: FFNConfig = field(default_factory=lambda: CPU)
     seed: int = 0
     lr: float = 1e-3
@@ -149,7 +150,8 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     config = settings.config
     anisotropic = max(voxel_size) > 2 * min(voxel_size)
     patch = vec3([f + 2 * settings.moves * d for f, d in zip(config.fov, config.deltas)])
-    source = ExampleSource([(p.raw, p.labels) for p in pairs], patch, voxel_size, settings.seed, anisotropic)
+    source = ExampleSource([(p.raw, p.labels) for p in pairs], patch, voxel_size, settings.seed, anisotropic,
+                           balance_fov=config.fov if settings.balance else None)
     all_raw = np.concatenate([p.raw.reshape(-1) for p in pairs]).astype(np.float32) / 255.0
     info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()),
                    input=settings.input)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from connectome.cli.main import main
-from connectome.ffn.examples import ExampleSource, candidate_centres
+from connectome.ffn.examples import ExampleSource, candidate_centres, fov_fractions
 from connectome.ffn.model import FFN, FFNConfig, FFNInfo
 from connectome.ffn.registry import load_model, read_info
 from connectome.ffn.training import train_step
@@ -21,6 +21,32 @@ def test_examples_are_centred_on_object_voxels_away_from_boundaries():
     flat = candidate_centres(labels, (9, 9, 9), (8, 8, 8), min_distance=2)
     z, y, x = np.unravel_index(flat, labels.shape)
     assert len(flat) > 0 and np.all((x <= 7) | (x >= 12)) and z.min() >= 4 and z.max() <= 15
+
+
+def test_fov_fractions_give_the_share_of_the_box_the_voxels_object_fills():
+    labels = np.zeros((12, 12, 12), np.uint64)
+    labels[:, :, :6], labels[:, :, 6:] = 10**12, 7  # ids far apart: renumbered before find_objects
+    labels[6, 6, 1] = 0
+    f = fov_fractions(labels, (3, 3, 3))
+    assert f[6, 6, 3] == 1.0  # the box holds only its own object
+    assert np.isclose(f[6, 6, 5], 2 / 3) and np.isclose(f[6, 6, 6], 2 / 3)  # a face of the box on the other object
+    assert np.isclose(f[6, 6, 2], 26 / 27)  # one background voxel in the box
+    assert f[6, 6, 1] == 0.0  # background
+
+
+def test_balanced_examples_draw_boundary_fovs_that_uniform_draws_rarely_see():
+    labels = np.ones((40, 40, 40), np.uint32)
+    labels[:, 17:23, 17:23] = 2  # a thin process through one large object
+    patch, fov = (11, 11, 11), (11, 11, 11)
+
+    def low_share(balance):
+        source = ExampleSource([(np.zeros_like(labels, np.uint8), labels)], patch, (8, 8, 8), seed=0,
+                               balance_fov=fov if balance else None)
+        masks = np.concatenate([source.batch(50)[1] for _ in range(8)])
+        return np.mean(masks.mean(axis=(1, 2, 3)) < 0.5)  # FOVs that their object fills less than half
+
+    uniform, balanced = low_share(False), low_share(True)
+    assert uniform < 0.05 and balanced > 0.25, (uniform, balanced)  # about 0 and a third
 
 
 def test_loss_falls_on_a_small_synthetic_set():
