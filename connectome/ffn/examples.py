@@ -40,15 +40,13 @@ def candidate_centres(labels: np.ndarray, patch: Vec3, voxel_size, min_distance:
 def fov_fractions(labels: np.ndarray, fov: Vec3) -> np.ndarray:
     """Per voxel, the fraction of the `fov` box around it that carries its label (0 on background)."""
     out = np.zeros(labels.shape, np.float32)
-    radius = [f // 2 for f in fov]
     labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=False)  # ids 1..n for find_objects
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        grown = tuple(slice(max(s.start - r, 0), min(s.stop + r, n)) for s, r, n in zip(box, radius, labels.shape))
-        mask = labels[grown] == index
+        mask = labels[box] == index  # beyond its bounding box an object has no voxels: zero padding is exact
         share = ndimage.uniform_filter(mask.astype(np.float32), fov, mode="constant")
-        out[grown][mask] = share[mask]
+        out[box][mask] = share[mask]
     return out
 
 

@@ -90,6 +90,7 @@ def test_train_command_writes_weights_provenance_and_curves(tmp_path, capsys):
     assert meta["kind"] == "ffn" and meta["fov"] == [9, 9, 9] and meta["voxel_size"] == [8.0, 8.0, 8.0]
     assert meta["input"] == "raw"
     assert len(meta["provenance"]["validation_history"]) == 2
+    assert meta["provenance"]["settings"]["balance"] is True  # balanced examples unless --no-balance
     assert (tmp_path / "out" / "ffn-tiny-loss.png").stat().st_size > 1000
     net, info = load_model(str(tmp_path / "out" / "ffn-tiny.pt"))
     assert info.config == read_info(tmp_path / "out" / "ffn-tiny.pt").config and net.config.depth == 2

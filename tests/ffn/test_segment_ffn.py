@@ -46,7 +46,8 @@ def test_synthetic_eight_blocks_resume(synthetic_raw, tmp_path, capsys, client):
     assert [(s["stage"], s["blocks"]) for s in eight["stages"]] == [("ffn", 8), ("ffn_reconcile", 1),
                                                                      ("ffn_relabel", 8)]
     seg8 = _read(eight["segmentation"])
-    assert len(np.unique(seg8)) >= 2  # (seed 15: 10 cells here; seed 11 is one cell and 2 slivers)
+    assert len(np.unique(seg8)) >= 2  # seed 15 holds 10 cells (seed 11: one and 2 slivers); the network leaves
+    # one large object and a few small ones, so this checks little more than that the blocks were filled
     # a stopped run: forget one ffn block (its done-marker); the re-run redoes only it
     DoneMarkers(str(tmp_path / "eight"), "ffn").forget([5])
     again = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
