@@ -37,7 +37,7 @@ def first_step(model: str, raw: np.ndarray, labels: np.ndarray, fovs: int) -> di
         raw = affinity_image(raw, reads)
     fov = info.config.fov
     source = ExampleSource([(raw, labels)], fov, info.voxel_size, seed=0, balance_fov=fov)
-    picks = [source.candidates[0][i] for i in _draws(source, fovs)]
+    picks = [source.draw(0) for _ in range(fovs)]
     crops = [cut(raw, labels, np.unravel_index(f, labels.shape), fov) for f in picks]
     image = torch.from_numpy(info.normalise(np.stack([c[0] for c in crops])))[:, None]
     mask = np.stack([c[1] for c in crops])
@@ -55,13 +55,6 @@ def first_step(model: str, raw: np.ndarray, labels: np.ndarray, fovs: int) -> di
         bands[f"{lo}-{lo + 1}"] = float((pred & ~mask)[:, band].sum() / max((~mask[:, band]).sum(), 1))
     return {"model": model, "precision": float(tp / max(tp + fp, 1)), "recall": float(tp / max(tp + fn, 1)),
             "object_share": float(mask.mean()), "fp_by_distance": bands}
-
-
-def _draws(source, n: int) -> list[int]:
-    """`n` candidate indices drawn the way `ExampleSource.batch` draws them (balanced, seeded)."""
-    cdf = source.within[0]
-    return [min(int(np.searchsorted(cdf, source.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-            for _ in range(n)]
 
 
 def main() -> None:

@@ -104,18 +104,22 @@ class ExampleSource:
             self.within = [np.cumsum(balanced_weights(fov_fractions(lab, balance_fov).reshape(-1)[c])) if len(c)
                            else None for (_, lab), c in zip(pairs, self.candidates)]
 
+    def draw(self, k: int) -> int:
+        """Flat index of one example centre in volume `k` (balanced or uniform, as the source was made)."""
+        cdf = self.within[k]
+        if cdf is None:
+            pick = int(self.rng.integers(len(self.candidates[k])))
+        else:
+            pick = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
+        return int(self.candidates[k][pick])
+
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(size, *patch) float32 raw and bool masks."""
         raws, masks = [], []
         for _ in range(size):
             k = int(self.rng.choice(len(self.pairs), p=self.weights))
             raw, labels = self.pairs[k]
-            cdf = self.within[k]
-            if cdf is None:
-                pick = int(self.rng.integers(len(self.candidates[k])))
-            else:
-                pick = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-            flat = self.candidates[k][pick]
+            flat = self.draw(k)
             centre = np.unravel_index(flat, labels.shape)
             r, m = augment(*cut(raw, labels, centre, self.patch), self.rng, self.anisotropic)
             raws.append(r)
