@@ -17,7 +17,7 @@ from the untouched crop's at the same tissue, and the matcher's and the solves' 
 section repeated under the draw's transforms (aligned by construction: no tissue change).
 
 Run: .venv/bin/python benchmarks/alignment_draws.py [--stacks isbi vnc] [--seeds 1 2 3] [--refine]
-     [--checks] [--patches] [--extra '{"bend 0.1": {"bend": 0.1}}'] [--patch 128]
+     [--checks] [--patches] [--extra '{"bend 0.1": {"bend": 0.1}}'] [--patch 128] [--side 288] [--border 64]
 Prints a markdown table (recorded in benchmarks/results/alignment.md).
 """
 
@@ -177,7 +177,7 @@ def identical(clean: np.ndarray, seed: int, root: str, client) -> str:
 
 
 def main() -> None:
-    global BORDER
+    global BORDER, SIDE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", nargs="+", default=sorted(SOURCES), choices=sorted(SOURCES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -187,11 +187,15 @@ def main() -> None:
                         help="patch displacements of the moved vs the untouched crop; the matcher on identical sections")
     parser.add_argument("--extra", default="{}", help='more settings, JSON: {"bend 0.1": {"bend": 0.1}}')
     parser.add_argument("--patch", type=int, default=MATCH["patch"], help="align_match patch (the test's: 128)")
+    parser.add_argument("--side", type=int, default=SIDE, help="crop side without the margin (the test's: 288)")
+    parser.add_argument("--border", type=int, default=None,
+                        help="px left out of the residual at each side (default: half the patch, as the test)")
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
     MATCH["patch"] = args.patch
-    BORDER = args.patch // 2
+    SIDE = args.side
+    BORDER = args.patch // 2 if args.border is None else args.border
     settings = {**SETTINGS, **(REFINED if args.refine else {}), **json.loads(args.extra)}
     rows, check_rows, patch_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp, \
