@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from connectome.ffn import model as ffn_model
 from connectome.ffn.canvas import Canvas, CanvasSettings
 from connectome.ffn.registry import load_model
 from connectome.synth import generate
@@ -29,8 +30,9 @@ from connectome.synth import generate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def forward_ms(net, fov, batch: int, bf16: bool, repeats: int = 10) -> float:
-    """Best-of-`repeats` milliseconds per FOV of one forward batch."""
+def forward_ms(net, fov, batch: int, bf16: bool, channels_last: bool = True, repeats: int = 10) -> float:
+    """Best-of-`repeats` milliseconds per FOV of one forward batch, the CPU input channels-last or not."""
+    ffn_model.CPU_CHANNELS_LAST = channels_last
     x = torch.randn(batch, 2, *fov)
     best = float("inf")
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -39,6 +41,7 @@ def forward_ms(net, fov, batch: int, bf16: bool, repeats: int = 10) -> float:
             net.forward_stacked(x)
             if k >= 2:
                 best = min(best, time.perf_counter() - start)
+    ffn_model.CPU_CHANNELS_LAST = True
     return 1e3 * best / batch
 
 
@@ -83,11 +86,13 @@ def main() -> None:
              f"{' --bf16' if args.bf16 else ''}` on {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, {args.threads} torch thread(s); load average at start {load:.1f}.", "",
              f"## The network alone (FOV {info.config.fov}, depth {info.config.depth}, "
-             f"{info.config.features} features)", "", "| batch | precision | ms per FOV |", "|---|---|---|"]
+             f"{info.config.features} features; the input in the default layout, then channels-last as "
+             "`FFN.forward_stacked` lays it out on CPU, timed one after the other)", "",
+             "| batch | precision | ms per FOV, default layout | ms per FOV, channels-last (used) |", "|---|---|---|---|"]
     for bf16 in ([False, True] if args.bf16 else [False]):
         for batch in (1, 2, 4, 8):
-            ms = forward_ms(net, info.config.fov, batch, bf16)
-            lines.append(f"| {batch} | {'bfloat16' if bf16 else 'float32'} | {ms:.2f} |")
+            ms = [forward_ms(net, info.config.fov, batch, bf16, channels_last) for channels_last in (False, True)]
+            lines.append(f"| {batch} | {'bfloat16' if bf16 else 'float32'} | {ms[0]:.2f} | {ms[1]:.2f} |")
             print(lines[-1], flush=True)
     raw = generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=7).raw
     lines += ["", f"## One canvas pass over a synthetic {'x'.join(map(str, args.shape))} volume (seed 7)", "",
