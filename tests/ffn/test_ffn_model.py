@@ -1,0 +1,26 @@
+"""The FFN network: the CPU input layout changes speed, not results."""
+
+from __future__ import annotations
+
+import torch
+
+from connectome.ffn import model as ffn_model
+from connectome.ffn.model import FFN, FFNConfig
+
+
+def test_channels_last_input_gives_the_default_layouts_logits_and_gradients(monkeypatch):
+    torch.manual_seed(0)
+    net = FFN(FFNConfig(fov=(9, 9, 9), deltas=(3, 3, 3), depth=3, features=8))
+    x = torch.randn(3, 2, 9, 9, 9)
+    results = {}
+    for channels_last in (False, True):
+        monkeypatch.setattr(ffn_model, "CPU_CHANNELS_LAST", channels_last)
+        net.zero_grad()
+        out = net.forward_stacked(x)
+        out.square().mean().backward()
+        results[channels_last] = (out.detach().clone(), [p.grad.clone() for p in net.parameters()])
+    (out0, grads0), (out1, grads1) = results[False], results[True]
+    assert out0.abs().max() > 0.1  # the network does something
+    torch.testing.assert_close(out1, out0, rtol=1e-5, atol=1e-5)
+    for g0, g1 in zip(grads0, grads1):
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
