@@ -94,7 +94,7 @@ class FFN(nn.Module):
         """(B, 2, *fov) image and POM logits stacked as channels -> (B, 1, *fov) new POM logits.
 
         On CPU the input is laid out channels-last, which lets oneDNN run every convolution in that layout:
-        1.5-1.9x faster inference and 1.3-1.7x faster training steps than the default layout (5 modules of 16
+        1.25x faster per FOV in a canvas pass, 1.4x per training step than the default layout (5 modules of 16
         features, FOV 17^3, one thread; benchmarks/results/ffn_speed.md); the weights keep theirs."""
         if CPU_CHANNELS_LAST and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last_3d)
