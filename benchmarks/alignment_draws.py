@@ -54,6 +54,9 @@ def central_crop(name: str) -> np.ndarray:
     with np.load(DATA / relative) as f:
         raw = f[key]
     half = SIDE // 2 + MARGIN
+    if 2 * half > min(raw.shape[1:]):
+        sys.exit(f"--side {SIDE}: {name} sections are {raw.shape[1]} x {raw.shape[2]}, at most "
+                 f"{min(raw.shape[1:]) - 2 * MARGIN} fits with the {MARGIN} px margin")
     cy, cx = raw.shape[1] // 2, raw.shape[2] // 2
     return np.ascontiguousarray(raw[:SECTIONS, cy - half:cy + half, cx - half:cx + half])
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def forward_ms(net, fov, batch: int, bf16: bool, channels_last: bool = True, repeats: int = 10) -> float:
     """Best-of-`repeats` milliseconds per FOV of one forward batch, the CPU input channels-last or not."""
-    ffn_model.CPU_CHANNELS_LAST = channels_last
+    before, ffn_model.CPU_CHANNELS_LAST = ffn_model.CPU_CHANNELS_LAST, channels_last
     x = torch.randn(batch, 2, *fov)
     best = float("inf")
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -41,7 +41,7 @@ def forward_ms(net, fov, batch: int, bf16: bool, channels_last: bool = True, rep
             net.forward_stacked(x)
             if k >= 2:
                 best = min(best, time.perf_counter() - start)
-    ffn_model.CPU_CHANNELS_LAST = True
+    ffn_model.CPU_CHANNELS_LAST = before
     return 1e3 * best / batch
 
 

@@ -57,9 +57,11 @@ class FFNConfig:
 
 REFERENCE = FFNConfig()  # the published isotropic network
 REFERENCE_ANISO = FFNConfig(fov=(17, 33, 33), deltas=(4, 8, 8), kernel=(3, 3, 3))
-CPU_CHANNELS_LAST = True  # FFN.forward_stacked's CPU input layout; benchmarks/ffn_speed.py times both
 CPU = FFNConfig(fov=(17, 17, 17), deltas=(5, 5, 5), depth=3, features=16)
 CPU_ANISO = FFNConfig(fov=(9, 25, 25), deltas=(2, 6, 6), depth=3, features=16)
+
+
+CPU_CHANNELS_LAST = True  # FFN.forward_stacked's CPU input layout; benchmarks/ffn_speed.py times both
 
 
 class Module(nn.Module):
@@ -91,11 +93,8 @@ class FFN(nn.Module):
         return self.forward_stacked(torch.cat([image, pom], dim=1))
 
     def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, *fov) image and POM logits stacked as channels -> (B, 1, *fov) new POM logits.
-
-        On CPU the input is laid out channels-last, which lets oneDNN run every convolution in that layout:
-        `segment --method ffn` 1.23x faster end to end and training steps 1.4x faster than the default layout
-        (5 modules of 16 features, FOV 17^3, one thread; benchmarks/results/ffn_speed.md); the weights keep theirs."""
+        """(B, 2, *fov) image and POM logits stacked as channels -> (B, 1, *fov) new POM logits; on CPU the
+        input is laid out channels-last, which oneDNN runs faster (benchmarks/results/ffn_speed.md)."""
         if CPU_CHANNELS_LAST and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last_3d)
         pom = x[:, 1:2]

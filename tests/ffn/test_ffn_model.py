@@ -22,5 +22,6 @@ def test_channels_last_input_gives_the_default_layouts_logits_and_gradients(monk
     (out0, grads0), (out1, grads1) = results[False], results[True]
     assert out0.abs().max() > 0.1  # the network does something
     torch.testing.assert_close(out1, out0, rtol=1e-5, atol=1e-5)
+    assert out1.is_contiguous()  # callers read it with .numpy() and write it into POM tensors
     for g0, g1 in zip(grads0, grads1):
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
