@@ -25,14 +25,27 @@ import torch
 from connectome.ffn import model as ffn_model
 from connectome.ffn.canvas import Canvas, CanvasSettings
 from connectome.ffn.registry import load_model
+from connectome.models.inference import native_bfloat16
 from connectome.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def forward_ms(net, fov, batch: int, bf16: bool, channels_last: bool = True, repeats: int = 10) -> float:
-    """Best-of-`repeats` milliseconds per FOV of one forward batch, the CPU input channels-last or not."""
-    before, ffn_model.CPU_CHANNELS_LAST = ffn_model.CPU_CHANNELS_LAST, channels_last
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the machine differs between sessions), else the platform's."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def forward_ms(net, fov, batch: int, bf16: bool, channels_last: bool = True, onednn_single: bool = True,
+               repeats: int = 10) -> float:
+    """Best-of-`repeats` milliseconds per FOV of one forward batch, the CPU input channels-last or not, a batch
+    of one sent to oneDNN directly or by PyTorch's own dispatch."""
+    before = ffn_model.CPU_CHANNELS_LAST, ffn_model.CPU_ONEDNN_SINGLE
+    ffn_model.CPU_CHANNELS_LAST, ffn_model.CPU_ONEDNN_SINGLE = channels_last, onednn_single
     x = torch.randn(batch, 2, *fov)
     best = float("inf")
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -41,7 +54,7 @@ def forward_ms(net, fov, batch: int, bf16: bool, channels_last: bool = True, rep
             net.forward_stacked(x)
             if k >= 2:
                 best = min(best, time.perf_counter() - start)
-    ffn_model.CPU_CHANNELS_LAST = before
+    ffn_model.CPU_CHANNELS_LAST, ffn_model.CPU_ONEDNN_SINGLE = before
     return 1e3 * best / batch
 
 
@@ -54,13 +67,13 @@ def canvas_run(model: str, batch: int, raw: np.ndarray) -> tuple[float, dict]:
     return time.perf_counter() - start, canvas.stats
 
 
-def end_to_end(model: str, shape, workers: int, block) -> dict:
-    """`connectome segment --method ffn` on a fresh synthetic volume; its --json summary."""
+def end_to_end(model: str, shape, workers: int, block, precision: str = "float32") -> dict:
+    """`connectome segment --method ffn --precision P` on a fresh synthetic volume; its --json summary."""
     with tempfile.TemporaryDirectory() as tmp:
         generate(tuple(shape), (8.0, 8.0, 8.0), seed=7).save(tmp, chunk_shape=tuple(block))
         cmd = [sys.executable, "-m", "connectome.cli.main", "segment", f"{tmp}/raw", f"{tmp}/out", "--method", "ffn",
                "--model", model, "--block-shape", *map(str, block), "--workers", str(workers), "--no-progress",
-               "--json"]
+               "--json", "--precision", precision]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout
         return json.loads(out.strip().splitlines()[-1])
@@ -74,7 +87,8 @@ def main() -> None:
     parser.add_argument("--e2e-shape", type=int, nargs=3, default=(32, 128, 128))
     parser.add_argument("--e2e-block", type=int, nargs=3, default=(32, 64, 64))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="also time the network under bfloat16 autocast")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the network under bfloat16 autocast, and end to end with --precision bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net, info = load_model(args.model)
@@ -83,16 +97,21 @@ def main() -> None:
              f"`nice -n 10 .venv/bin/python benchmarks/ffn_speed.py --model {args.model} --threads {args.threads} "
              f"--shape {' '.join(map(str, args.shape))} --e2e-shape {' '.join(map(str, args.e2e_shape))} "
              f"--e2e-block {' '.join(map(str, args.e2e_block))} --workers {args.workers}"
-             f"{' --bf16' if args.bf16 else ''}` on {platform.processor() or platform.machine()}, "
+             f"{' --bf16' if args.bf16 else ''}` on {cpu_name()} (native bfloat16: "
+             f"{'yes' if native_bfloat16() else 'no'}), "
              f"torch {torch.__version__}, {args.threads} torch thread(s); load average at start {load:.1f}.", "",
              f"## The network alone (FOV {info.config.fov}, depth {info.config.depth}, "
-             f"{info.config.features} features; the input in the default layout, then channels-last as "
-             "`FFN.forward_stacked` lays it out on CPU, timed one after the other)", "",
-             "| batch | precision | ms per FOV, default layout | ms per FOV, channels-last (used) |", "|---|---|---|---|"]
+             f"{info.config.features} features; timed one after the other: the input in the default layout, "
+             "then channels-last as `FFN.forward_stacked` lays it out on CPU, each by PyTorch's own dispatch; "
+             "then channels-last with a batch of one sent to oneDNN directly, `model.conv`)", "",
+             "| batch | precision | ms per FOV, default layout | channels-last | channels-last, oneDNN for one "
+             "(used) |", "|---|---|---|---|---|"]
     for bf16 in ([False, True] if args.bf16 else [False]):
         for batch in (1, 2, 4, 8):
-            ms = [forward_ms(net, info.config.fov, batch, bf16, channels_last) for channels_last in (False, True)]
-            lines.append(f"| {batch} | {'bfloat16' if bf16 else 'float32'} | {ms[0]:.2f} | {ms[1]:.2f} |")
+            ms = [forward_ms(net, info.config.fov, batch, bf16, channels_last, onednn_single)
+                  for channels_last, onednn_single in ((False, False), (True, False), (True, True))]
+            lines.append(f"| {batch} | {'bfloat16' if bf16 else 'float32'} | {ms[0]:.2f} | {ms[1]:.2f} | "
+                         f"{ms[2]:.2f} |")
             print(lines[-1], flush=True)
     raw = generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=7).raw
     lines += ["", f"## One canvas pass over a synthetic {'x'.join(map(str, args.shape))} volume (seed 7)", "",
@@ -104,12 +123,14 @@ def main() -> None:
                      f"{stats['fovs'] - stats['steps']}) | {stats['restarts']} | {stats['batches']} | "
                      f"{stats['objects']} |")
         print(lines[-1], flush=True)
-    summary = end_to_end(args.model, args.e2e_shape, args.workers, args.e2e_block)
     lines += ["", f"## End to end: `connectome segment --method ffn` on a synthetic "
               f"{'x'.join(map(str, args.e2e_shape))} volume, blocks {'x'.join(map(str, args.e2e_block))}, "
-              f"{args.workers} workers of 1 thread", "", "| voxels | seconds | voxels/s |", "|---|---|---|",
-              f"| {summary['voxels']:,} | {summary['seconds']:.1f} | {summary['voxels'] / summary['seconds']:,.0f} |"]
-    print(lines[-1], flush=True)
+              f"{args.workers} workers of 1 thread", "", "| precision | voxels | seconds | voxels/s |", "|---|---|---|---|"]
+    for precision in (["float32", "bfloat16"] if args.bf16 else ["float32"]):
+        summary = end_to_end(args.model, args.e2e_shape, args.workers, args.e2e_block, precision)
+        lines.append(f"| {precision} | {summary['voxels']:,} | {summary['seconds']:.1f} | "
+                     f"{summary['voxels'] / summary['seconds']:,.0f} |")
+        print(lines[-1], flush=True)
     out = ROOT / "benchmarks" / "results" / "ffn_speed.md"
     out.write_text("\n".join(lines) + "\n")
     print(out)

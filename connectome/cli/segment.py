@@ -31,8 +31,8 @@ def add_arguments(parser) -> None:
                              "block (1 = none; 4 = plain, x, y and z flips: N times the prediction time; default: "
                              "the model's validated value)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
-                        help="the affinity network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
-                             "bfloat16 - AMX or AVX512-BF16 - else float32)")
+                        help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
+                             "AMX or AVX512-BF16 - else float32; default auto)")
     parser.add_argument("--mask", default=None, metavar="ADDR",
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment and nothing merges across them (e.g. OUT/tissue_mask from `connectome tissue`, "
@@ -88,13 +88,11 @@ def _run_ffn(args) -> int:
 
     if args.tta is not None:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
-    if args.precision is not None:
-        raise UserError(f"--precision {args.precision}: is for --method affinities, not ffn")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
                         mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
-                        agglomerate=args.ffn_agglomerate)
+                        agglomerate=args.ffn_agglomerate, precision=args.precision)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

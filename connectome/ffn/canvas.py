@@ -27,7 +27,6 @@ from connectome.ffn.seeds import seed_order
 
 MASK_LOGIT = -8.0  # POM of voxels that belong to an accepted object
 LOGIT_LIMIT = 16.0  # stored POM logits are clipped to +-this (probabilities within 1e-7 of 0 and 1)
-MIN_FORWARD_BATCH = 2  # PyTorch's CPU conv3d takes a slow path for a batch of one: pad it to two
 
 
 def logit(p: float) -> float:
@@ -44,6 +43,7 @@ class CanvasSettings:
     batch: int = 1  # objects per forward batch: 1 on CPU (batching adds work there, see benchmarks/ffn_speed.py)
     max_steps: int = 2000  # FOV evaluations per object
     reverse: bool = False  # seeds in reverse order (for consensus)
+    precision: str = "float32"  # the network's arithmetic: float32 or bfloat16 (the POM stays float32)
 
 
 @dataclass(eq=False)
@@ -96,8 +96,8 @@ class Canvas:
         self._tickets = itertools.count(1)
         self._move_logit = logit(self.settings.move_threshold)
         self._segment_logit = logit(self.settings.segment_threshold)
-        rows = max(self.settings.batch, MIN_FORWARD_BATCH)
-        self._input = torch.zeros((rows, 2, *self.config.fov), dtype=torch.float32)  # reused every step
+        self._input = torch.zeros((self.settings.batch, 2, *self.config.fov), dtype=torch.float32)  # reused
+        self._dtype = {"float32": None, "bfloat16": torch.bfloat16}[self.settings.precision]
         self._faces = self._face_index()
 
     def _interior(self) -> tuple[slice, slice, slice]:
@@ -149,19 +149,16 @@ class Canvas:
     def _forward(self, images: list[np.ndarray], poms: list[np.ndarray]) -> np.ndarray:
         """New POM logits (n, *fov) for n (image, POM) FOVs, in one batch."""
         n = len(images)
-        rows = max(n, MIN_FORWARD_BATCH)
-        if rows > self._input.shape[0]:
-            self._input = torch.zeros((rows, 2, *self.config.fov), dtype=torch.float32)
-        x = self._input[:rows]
+        if n > self._input.shape[0]:
+            self._input = torch.zeros((n, 2, *self.config.fov), dtype=torch.float32)
+        x = self._input[:n]
         buf = x.numpy()
         for k, (image, pom) in enumerate(zip(images, poms)):
             buf[k, 0] = image
             buf[k, 1] = pom
-        if rows > n:
-            buf[n:] = buf[n - 1]
         with torch.inference_mode():
-            out = self.net.forward_stacked(x.to(self.device))
-            return out[:n, 0].cpu().numpy()
+            out = self.net.forward_stacked(x.to(self.device), self._dtype)
+            return out[:, 0].cpu().numpy()
 
     def _queue_moves(self, obj: _Object, centre, logits: np.ndarray) -> None:
         """Queue the FOV moves whose face of the FOV has an object probability >= the move threshold."""

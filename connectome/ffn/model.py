@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from connectome.core.geometry import vec3
 
@@ -62,6 +63,21 @@ CPU_ANISO = FFNConfig(fov=(9, 25, 25), deltas=(2, 6, 6), depth=3, features=16)
 
 
 CPU_CHANNELS_LAST = True  # FFN.forward_stacked's CPU input layout; benchmarks/ffn_speed.py times both
+CPU_ONEDNN_SINGLE = True  # a CPU batch of one straight to oneDNN (`conv`); benchmarks/ffn_speed.py times both
+
+
+def conv(layer: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) in x's dtype (float32, or bfloat16 where `forward_stacked` is asked for it). PyTorch sends a CPU
+    batch of one with small 3x3x3 kernels to its native kernel, about 5x slower than oneDNN, which takes it here
+    directly (benchmarks/results/ffn_speed.md)."""
+    weight, bias = layer.weight, layer.bias
+    if weight.dtype != x.dtype:
+        weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
+    if (CPU_ONEDNN_SINGLE and x.shape[0] == 1 and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled("cpu")):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, layer.padding, layer.stride, layer.dilation,
+                                                 layer.groups)
+    return F.conv3d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 class Module(nn.Module):
@@ -74,7 +90,7 @@ class Module(nn.Module):
         self.conv2 = nn.Conv3d(features, features, kernel, padding=pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+        return x + conv(self.conv2, torch.relu(conv(self.conv1, torch.relu(x))))
 
 
 class FFN(nn.Module):
@@ -92,15 +108,18 @@ class FFN(nn.Module):
     def forward(self, image: torch.Tensor, pom: torch.Tensor) -> torch.Tensor:
         return self.forward_stacked(torch.cat([image, pom], dim=1))
 
-    def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, *fov) image and POM logits stacked as channels -> (B, 1, *fov) new POM logits; on CPU the
-        input is laid out channels-last, which oneDNN runs faster (benchmarks/results/ffn_speed.md)."""
+    def forward_stacked(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(B, 2, *fov) image and POM logits stacked as channels -> (B, 1, *fov) new POM logits in x's dtype; the
+        network computes in `dtype` when given (bfloat16), the POM is added in x's. On CPU the input is laid out
+        channels-last, which oneDNN runs faster (benchmarks/results/ffn_speed.md)."""
         if CPU_CHANNELS_LAST and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last_3d)
         pom = x[:, 1:2]
-        x = self.stem2(torch.relu(self.stem1(x)))
+        if dtype is not None:
+            x = x.to(dtype)
+        x = conv(self.stem2, torch.relu(conv(self.stem1, x)))
         x = self.modules_(x)
-        return pom + self.head(torch.relu(x))
+        return pom + conv(self.head, torch.relu(x)).to(pom.dtype)
 
 
 @dataclass

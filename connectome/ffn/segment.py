@@ -15,7 +15,7 @@ from connectome.engine.plan import Plan, execute
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
                cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
-               agglomerate: bool = False) -> RunConfig:
+               agglomerate: bool = False, precision: str | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first."""
@@ -31,6 +31,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["consensus"] = True
     if batch is not None:
         params["batch"] = batch
+    if precision is not None:
+        params["precision"] = precision
     if overlap is not None:
         params["overlap"] = tuple(overlap)
     if allow_voxel_mismatch:
@@ -44,15 +46,17 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         cluster=cluster or ClusterConfig(),
         stages=[*first,
                 StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": absolute(mask)} if mask else {})}),
-                *(agglomeration_stages(model, allow_voxel_mismatch, image) if agglomerate
+                *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
                   else [StageConfig(stage="ffn_relabel")])],
     )
 
 
-def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | None = None) -> list[StageConfig]:
+def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | None = None,
+                         precision: str | None = None) -> list[StageConfig]:
     """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts (reading `image`'s inputs too);
     ffn_merge writes `segmentation`."""
-    params: dict = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {})}
+    params: dict = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
+                    **({"precision": precision} if precision is not None else {})}
     return [StageConfig(stage="ffn_relabel", outputs={"segmentation": "ffn_segments"}),
             StageConfig(stage="ffn_agglomerate", params=params, inputs=dict(image or {})),
             StageConfig(stage="ffn_merge")]

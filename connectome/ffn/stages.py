@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from functools import cached_property
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -80,6 +80,9 @@ class FFNParams(StageParams):
     segment_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     min_size: int | None = Field(None, ge=1, description="smallest object kept, voxels (default: the model's)")
     reverse: bool = Field(False, description="seeds in reverse order")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
+                            "bfloat16, else float32); the object maps stay float32")
     consensus: bool = Field(False, description="fill twice (seeds in forward and reverse order) and keep voxels "
                                                "together only where both runs agree (ffn.consensus)")
     fill: bool = Field(True, description="unsegmented voxels take the nearest object's label")
@@ -112,19 +115,23 @@ class FFNStage(BlockStage):
         check_image_input(self, self.model_info, inputs)
 
     def fingerprint(self) -> dict:
-        """Without consensus, the one from before the option existed, so earlier runs resume."""
+        """Without consensus and at precision auto, the one from before those options existed, so earlier runs
+        resume (as the affinities stage's, the precision auto resolves to is not recorded)."""
         fp = super().fingerprint()
-        if not self.params.consensus:
-            fp["params"] = {k: v for k, v in fp["params"].items() if k != "consensus"}
+        defaults = {"consensus": False, "precision": "auto"}
+        fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
         return fp
 
     def settings(self):
+        import torch
+
         from connectome.ffn.canvas import CanvasSettings
+        from connectome.models.inference import resolve_precision
 
         p, i = self.params, self.model_info
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
                               p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
-                              reverse=p.reverse)
+                              reverse=p.reverse, precision=resolve_precision(p.precision, torch.device(p.device)))
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         from connectome.ffn.canvas import Canvas
@@ -207,6 +214,7 @@ class FFNAgglomerateParams(StageParams):
     agree: float = Field(0.8, gt=0, le=1, description="share of the other segment the object from each side "
                                                       "must cover (chosen on synthetic seed 310 with ffn-synthetic)")
     min_contact: int = Field(10, ge=1, description="fewest contact voxel pairs (in one block) for a pair to be tested")
+    precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="as the ffn stage's")
     allow_voxel_mismatch: bool = Field(False)
     guards = ("allow_voxel_mismatch",)
 
@@ -226,6 +234,13 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
 
         return read_info(resolve_model_path(self.params.model))
 
+    def fingerprint(self) -> dict:
+        """At precision auto, the one from before the option existed, so earlier runs resume."""
+        fp = super().fingerprint()
+        if self.params.precision == "auto":
+            fp["params"] = {k: v for k, v in fp["params"].items() if k != "precision"}
+        return fp
+
     @property
     def radius(self) -> tuple[int, int, int]:
         return tuple(self.params.radius or self.model_info.config.fov)  # type: ignore[return-value]
@@ -240,11 +255,15 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
         check_image_input(self, self.model_info, inputs)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        import torch
+
         from connectome.ffn.agglomeration import AgglomerationSettings, block_decisions, fill_from_seed
         from connectome.ffn.canvas import CanvasSettings
+        from connectome.models.inference import resolve_precision
 
         net, info = cached_model(self.params.model, self.params.device)
-        canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size)
+        canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size,
+                                precision=resolve_precision(self.params.precision, torch.device(self.params.device)))
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
                                 read_image(volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),

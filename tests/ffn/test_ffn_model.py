@@ -25,3 +25,26 @@ def test_channels_last_input_gives_the_default_layouts_logits_and_gradients(monk
     assert out1.is_contiguous()  # callers read it with .numpy() and write it into POM tensors
     for g0, g1 in zip(grads0, grads1):
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_of_one_sent_to_onednn_gives_pytorchs_logits_and_gradients(monkeypatch):
+    torch.manual_seed(1)
+    net = FFN(FFNConfig(fov=(9, 9, 9), deltas=(3, 3, 3), depth=3, features=8))
+    x = torch.randn(1, 2, 9, 9, 9)
+    results = {}
+    for direct in (False, True):
+        monkeypatch.setattr(ffn_model, "CPU_ONEDNN_SINGLE", direct)
+        net.zero_grad()
+        out = net.forward_stacked(x)
+        out.square().mean().backward()
+        results[direct] = (out.detach().clone(), [p.grad.clone() for p in net.parameters()])
+    (out0, grads0), (out1, grads1) = results[False], results[True]
+    assert out0.abs().max() > 0.1
+    torch.testing.assert_close(out1, out0, rtol=1e-5, atol=1e-5)
+    assert out1.is_contiguous()
+    for g0, g1 in zip(grads0, grads1):
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+    # and one row of a batch of two gives the same logits as that row alone
+    with torch.inference_mode():
+        pair = net.forward_stacked(torch.cat([x, torch.randn(1, 2, 9, 9, 9)]))
+    torch.testing.assert_close(pair[:1], out1, rtol=1e-5, atol=1e-5)

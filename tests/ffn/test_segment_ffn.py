@@ -53,6 +53,9 @@ def test_synthetic_eight_blocks_resume(synthetic_raw, tmp_path, capsys, client):
     again = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
     assert again["stages"][0]["ran"] == 1 and again["stages"][0]["skipped"] == 7
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
+    # auto named is the default: the run resumes with nothing to do (runs from before the option too)
+    named = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32), "--precision", "auto")
+    assert named["stages"][0]["ran"] == 0 and named["stages"][0]["skipped"] == 8
 
 
 def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
@@ -68,6 +71,9 @@ def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
     seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
     assert len(np.unique(seg1)) == 8  # 2 x 2 x 2 compartments (walls filled from the nearest object)
     assert voi(seg8, seg1) == (0.0, 0.0)
+    # the network in bfloat16, in 8 blocks, finds the same compartments
+    bf16 = _segment(capsys, vol.address, tmp_path / "bf16", model, (8, 32, 32), "--precision", "bfloat16")
+    assert voi(_read(bf16["segmentation"]), seg1) == (0.0, 0.0)
 
 
 def test_handset_model_with_a_mask(tmp_path, capsys, client):
