@@ -120,8 +120,6 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["segment", str(synthetic_raw / "labels"), str(tmp_path / "o")], "has dtype uint64, expected uint8"),
         (["segment", raw, str(tmp_path / "o"), "--block-shape", "16", "64", "62"], "needs a multiple of"),
         (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--tta", "4"], "--tta 4: test-time augmentation"),
-        (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--precision", "float32"],
-         "--precision float32: is for --method affinities"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
