@@ -97,6 +97,9 @@ class Canvas:
         self._move_logit = logit(self.settings.move_threshold)
         self._segment_logit = logit(self.settings.segment_threshold)
         self._input = torch.zeros((self.settings.batch, 2, *self.config.fov), dtype=torch.float32)  # reused
+        if self.settings.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"CanvasSettings.precision must be 'float32' or 'bfloat16' (resolve 'auto' with "
+                             f"connectome.models.inference.resolve_precision), got {self.settings.precision!r}")
         self._dtype = {"float32": None, "bfloat16": torch.bfloat16}[self.settings.precision]
         self._faces = self._face_index()
 

@@ -66,15 +66,24 @@ CPU_CHANNELS_LAST = True  # FFN.forward_stacked's CPU input layout; benchmarks/f
 CPU_ONEDNN_SINGLE = True  # a CPU batch of one straight to oneDNN (`conv`); benchmarks/ffn_speed.py times both
 
 
+def _onednn_takes(layer: nn.Conv3d, dtype: torch.dtype) -> bool:
+    """Whether oneDNN can run `layer` directly: enabled, zero padding given as numbers, and float32, or bfloat16 on
+    a CPU whose oneDNN computes it (elsewhere PyTorch's own kernel takes bfloat16)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled) or torch.is_autocast_enabled("cpu"):
+        return False
+    if layer.padding_mode != "zeros" or not isinstance(layer.padding, tuple):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def conv(layer: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """layer(x) in x's dtype (float32, or bfloat16 where `forward_stacked` is asked for it). PyTorch sends a CPU
-    batch of one with small 3x3x3 kernels to its native kernel, about 5x slower than oneDNN, which takes it here
+    batch of one with small 3x3x3 kernels to its native kernel, about 7x slower than oneDNN, which takes it here
     directly (benchmarks/results/ffn_speed.md)."""
     weight, bias = layer.weight, layer.bias
     if weight.dtype != x.dtype:
         weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
-    if (CPU_ONEDNN_SINGLE and x.shape[0] == 1 and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and not torch.is_autocast_enabled("cpu")):
+    if CPU_ONEDNN_SINGLE and x.shape[0] == 1 and x.device.type == "cpu" and _onednn_takes(layer, x.dtype):
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, layer.padding, layer.stride, layer.dilation,
                                                  layer.groups)
     return F.conv3d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)

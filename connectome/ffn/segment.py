@@ -39,7 +39,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["allow_voxel_mismatch"] = True
     image = {"affinities": "affinities"} if reads else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
-    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch})] if reads else []
+    prec = {"precision": precision} if precision is not None else {}
+    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec})] if reads else []
     return RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),

@@ -130,3 +130,9 @@ def test_ffn_canvas_neither_fills_nor_moves_through_masked_voxels():
     cut = Canvas(net, info, raw, settings, mask=mask).segment(np.array([[15, 10, 20], [15, 20, 15], [15, 30, 20]]))
     assert np.all(cut[mask] == 0)  # the seed in the wall did not start
     assert np.all(cut[5:25, 4:20, 10:30] == 1) and np.all(cut[5:25, 21:36, 10:30] == 2)
+
+
+def test_an_unresolved_precision_is_refused():
+    net, info = handset_model()
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'.*got 'auto'"):
+        Canvas(net, info, np.zeros((9, 9, 9), np.uint8), _settings(precision="auto"))

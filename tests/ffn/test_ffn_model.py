@@ -31,13 +31,17 @@ def test_a_batch_of_one_sent_to_onednn_gives_pytorchs_logits_and_gradients(monke
     torch.manual_seed(1)
     net = FFN(FFNConfig(fov=(9, 9, 9), deltas=(3, 3, 3), depth=3, features=8))
     x = torch.randn(1, 2, 9, 9, 9)
-    results = {}
+    results, calls = {}, []
+    onednn = torch.ops.aten.mkldnn_convolution
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *a: calls.append(1) or onednn(*a))
     for direct in (False, True):
         monkeypatch.setattr(ffn_model, "CPU_ONEDNN_SINGLE", direct)
         net.zero_grad()
         out = net.forward_stacked(x)
         out.square().mean().backward()
         results[direct] = (out.detach().clone(), [p.grad.clone() for p in net.parameters()])
+        convolutions = sum(isinstance(m, torch.nn.Conv3d) for m in net.modules())
+        assert len(calls) == (convolutions if direct else 0)  # every convolution of the direct pass went there
     (out0, grads0), (out1, grads1) = results[False], results[True]
     assert out0.abs().max() > 0.1
     torch.testing.assert_close(out1, out0, rtol=1e-5, atol=1e-5)
@@ -48,3 +52,28 @@ def test_a_batch_of_one_sent_to_onednn_gives_pytorchs_logits_and_gradients(monke
     with torch.inference_mode():
         pair = net.forward_stacked(torch.cat([x, torch.randn(1, 2, 9, 9, 9)]))
     torch.testing.assert_close(pair[:1], out1, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_logits_are_close_to_float32_on_either_path(monkeypatch):
+    """A batch of one in bfloat16 goes to oneDNN where this CPU's oneDNN computes bfloat16 and to PyTorch's own
+    kernel elsewhere; either way the logits stay near float32's."""
+    torch.manual_seed(2)
+    net = FFN(FFNConfig(fov=(9, 9, 9), deltas=(3, 3, 3), depth=3, features=8))
+    x = torch.randn(1, 2, 9, 9, 9)
+    with torch.inference_mode():
+        ref = net.forward_stacked(x)
+        for direct in (False, True):
+            monkeypatch.setattr(ffn_model, "CPU_ONEDNN_SINGLE", direct)
+            out = net.forward_stacked(x, torch.bfloat16)
+            assert out.dtype == torch.float32
+            torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
+        # a CPU whose oneDNN lacks bfloat16 (no AVX-512) never sends bfloat16 there
+        calls: list = []
+        onednn = torch.ops.aten.mkldnn_convolution
+        monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *a: calls.append(1) or onednn(*a))
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+        torch.testing.assert_close(net.forward_stacked(x, torch.bfloat16), ref, rtol=0.05,
+                                   atol=0.05 * float(ref.abs().max()))
+        assert calls == []
+        net.forward_stacked(x)
+        assert calls  # float32 still goes to oneDNN

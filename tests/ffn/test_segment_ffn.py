@@ -114,3 +114,25 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (argv, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_precision_reaches_every_network_stage_and_auto_is_left_out_of_fingerprints(synthetic_raw, tmp_path):
+    """`--precision` goes to ffn, ffn_agglomerate and (for a model reading affinities) affinities; at auto (the
+    default) no fingerprint names it, so runs from before the option resume; a named precision is recorded."""
+    from connectome.engine.plan import plan_run
+    from connectome.ffn.segment import ffn_config
+
+    model = saved_handset_model(tmp_path, input="affinities:synthetic")
+    networks = ("affinities", "ffn", "ffn_agglomerate")
+
+    def fingerprints(precision):
+        config = ffn_config(str(synthetic_raw / "raw"), str(tmp_path / "o"), model, (8, 32, 32), agglomerate=True,
+                            precision=precision)
+        stages = {p.stage.name: p.stage for p in plan_run(config).stages}
+        assert set(networks) <= set(stages)
+        return {name: (stages[name].params.precision, stages[name].fingerprint()["params"]) for name in networks}
+
+    for name, (precision, params) in fingerprints("auto").items():
+        assert precision == "auto" and "precision" not in params, name
+    for name, (precision, params) in fingerprints("bfloat16").items():
+        assert precision == "bfloat16" and params["precision"] == "bfloat16", name
