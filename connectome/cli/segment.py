@@ -43,9 +43,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--consensus", action="store_true",
                         help="ffn: fill every block twice (seeds in forward and reverse order) and keep voxels "
                              "together only where both runs agree (fewer merges, more splits)")
+    parser.add_argument("--consensus-model", metavar="MODEL", default=None,
+                        help="ffn: also fill every block with this second FFN model (e.g. one of twice the voxel "
+                             "size, run on the downsampled image) and keep voxels together only where it agrees")
     parser.add_argument("--ffn-agglomerate", action="store_true",
                         help="ffn: then merge touching segments where the network, started on each side of their "
                              "contact, fills into the other side from both")
+    parser.add_argument("--ffn-scale", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                        help="ffn: run the network on the image downsampled by these whole factors and upsample its "
+                             "objects (default: the model's voxel size over the data's, rounded)")
     parser.add_argument("--ffn-batch", type=int, default=None,
                         help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
     add_run_options(parser)
@@ -92,7 +98,8 @@ def _run_ffn(args) -> int:
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
                         mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
-                        agglomerate=args.ffn_agglomerate, precision=args.precision)
+                        agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
+                        consensus_model=args.consensus_model)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

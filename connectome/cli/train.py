@@ -135,6 +135,9 @@ def _add_ffn(sub) -> None:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--moves", type=int, default=1, help="FOV moves per example after the first step")
+    p.add_argument("--scale", nargs=3, type=int, default=(1, 1, 1), metavar=("Z", "Y", "X"),
+                   help="train at the data's voxel size times these whole factors (the image averaged and the labels "
+                        "sampled in boxes of that size); `segment --method ffn` then downsamples by them too")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="draw example centres evenly over the share of the FOV their object fills (default); "
                         "--no-balance: every object voxel equally likely")
@@ -230,8 +233,12 @@ def _run_ffn(args) -> int:
         balance=args.balance, config=config, seed=args.seed, lr=args.lr, val_every=args.val_every,
         max_minutes=args.max_minutes, threads=args.threads,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
-        install=args.install, command=_command_line(), input=args.input,
+        install=args.install, command=_command_line(), input=args.input, scale=vec3(args.scale),
     )
+    if min(settings.scale) < 1:
+        from connectome.core.errors import UserError
+
+        raise UserError(f"--scale {' '.join(map(str, args.scale))}: factors must be whole numbers of at least 1")
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     summary = train(settings, log=log)
     v = summary["validation"]

@@ -15,8 +15,11 @@ from connectome.engine.plan import Plan, execute
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
                cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
-               agglomerate: bool = False, precision: str | None = None) -> RunConfig:
+               agglomerate: bool = False, precision: str | None = None, scale=None,
+               consensus_model: str | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
+    With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
+    With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
     With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first."""
     from connectome.ffn.inputs import affinity_model
@@ -29,12 +32,16 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     params: dict = {"model": model, "reverse": reverse}
     if consensus:
         params["consensus"] = True
+    if consensus_model is not None:
+        params["consensus_model"] = consensus_model
     if batch is not None:
         params["batch"] = batch
     if precision is not None:
         params["precision"] = precision
     if overlap is not None:
         params["overlap"] = tuple(overlap)
+    if scale is not None:
+        params["scale"] = tuple(scale)
     if allow_voxel_mismatch:
         params["allow_voxel_mismatch"] = True
     image = {"affinities": "affinities"} if reads else {}

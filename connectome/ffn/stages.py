@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from functools import cached_property
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.geometry import Block, Context, vec3
@@ -26,11 +27,15 @@ from connectome.ffn.canvas import fill_unsegmented
 from connectome.ffn.consensus import consensus
 from connectome.ffn.merge_step import MERGES_FORMAT, FFNMergeStep
 from connectome.ffn.reconcile import OVERLAPS_FORMAT, ReconcileStep
+from connectome.ffn.scale import ONE, downsample_image, downsample_mask, scale_for, upsample_labels
 from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
 from connectome.models.voxel_size import check_voxel_size
+
+if TYPE_CHECKING:
+    from connectome.ffn.model import FFNInfo
 
 
 @functools.lru_cache(maxsize=2)
@@ -86,8 +91,23 @@ class FFNParams(StageParams):
     consensus: bool = Field(False, description="fill twice (seeds in forward and reverse order) and keep voxels "
                                                "together only where both runs agree (ffn.consensus)")
     fill: bool = Field(True, description="unsegmented voxels take the nearest object's label")
+    scale: tuple[int, int, int] | None = Field(
+        None, description="run the network on the image downsampled by these whole factors (z, y, x) and upsample "
+                          "its objects (ffn.scale); default: the model's voxel size over the data's, rounded, so a "
+                          "40 x 8 x 8 nm model runs on 40 x 4 x 4 nm data at 1 2 2")
+    consensus_model: str | None = Field(
+        None, description="a second FFN model (e.g. one of twice the voxel size, run on the downsampled image) whose "
+                          "objects join the consensus: voxels stay together only where its run agrees too")
+    consensus_scale: tuple[int, int, int] | None = Field(None, description="as `scale`, for the consensus model")
     allow_voxel_mismatch: bool = Field(False)
     guards = ("allow_voxel_mismatch",)
+
+    @field_validator("scale", "consensus_scale")
+    @classmethod
+    def _whole_factors(cls, v):
+        if v is not None and min(v) < 1:
+            raise ValueError(f"scale factors must be at least 1, got {list(v)}")
+        return v
 
 
 @register
@@ -104,52 +124,111 @@ class FFNStage(BlockStage):
 
         return read_info(resolve_model_path(self.params.model))
 
+    @cached_property
+    def consensus_info(self):
+        from connectome.ffn.registry import read_info, resolve_model_path
+
+        return read_info(resolve_model_path(self.params.consensus_model)) if self.params.consensus_model else None
+
+    @property
+    def scale(self) -> tuple[int, int, int]:
+        """The factors the image is downsampled by (resolved from the voxel sizes by `check_inputs`)."""
+        return tuple(self.params.scale or ONE)  # type: ignore[return-value]
+
+    def _models(self) -> list[tuple[str, FFNInfo, tuple[int, int, int]]]:
+        """(name, info, scale) of the model and of the consensus model, if any."""
+        models = [(self.params.model, self.model_info, self.scale)]
+        if self.consensus_info is not None:
+            models.append((self.params.consensus_model, self.consensus_info,
+                           tuple(self.params.consensus_scale or ONE)))
+        return models  # type: ignore[return-value]
+
+    def block_multiple(self) -> tuple[int, int, int]:
+        """Every model's factors divide it, so coarse voxels never straddle blocks."""
+        return tuple(math.lcm(*axis) for axis in zip(*(s for _, _, s in self._models())))  # type: ignore[return-value]
+
     def context(self) -> Context:
-        c = self.params.overlap or self.model_info.config.fov
-        return Context(tuple(c), tuple(c))
+        """The overlap (default: the largest FOV at its model's voxel size), rounded up to whole coarse voxels."""
+        m = self.block_multiple()
+        c = self.params.overlap or [max(f) for f in zip(*([v * k for v, k in zip(i.config.fov, s)]
+                                                            for _, i, s in self._models()))]
+        c = tuple(-(-v // k) * k for v, k in zip(c, m))
+        return Context(c, c)
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        """Also resolves `scale` (and `consensus_scale`) from the voxel sizes and checks each model's voxel size
+        against the data's times its factors."""
         super().check_inputs(inputs)
-        check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
-                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
-        check_image_input(self, self.model_info, inputs)
+        data_nm = inputs["raw"].voxel_size
+        update = {}
+        for key, model, info in (("scale", self.params.model, self.model_info),
+                                 ("consensus_scale", self.params.consensus_model, self.consensus_info)):
+            if info is None:
+                continue
+            scale = tuple(getattr(self.params, key) or scale_for(info.voxel_size, data_nm))
+            update[key] = scale
+            coarse = [d * k for d, k in zip(data_nm, scale)]
+            where = self.input_addresses["raw"] + (f" downsampled by {list(scale)}" if scale != ONE else "")
+            check_voxel_size(model, info.voxel_size, where, coarse, self.params.allow_voxel_mismatch)
+            check_image_input(self, info, inputs)
+        self.params = self.params.model_copy(update=update)
 
     def fingerprint(self) -> dict:
-        """Without consensus and at precision auto, the one from before those options existed, so earlier runs
-        resume (as the affinities stage's, the precision auto resolves to is not recorded)."""
+        """Without consensus, at precision auto and at scale 1 1 1, the one from before those options existed, so
+        earlier runs resume (as the affinities stage's, the precision auto resolves to is not recorded)."""
         fp = super().fingerprint()
-        defaults = {"consensus": False, "precision": "auto"}
+        defaults = {"consensus": False, "precision": "auto", "scale": [1, 1, 1], "consensus_model": None,
+                    "consensus_scale": None}
         fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
         return fp
 
-    def settings(self):
+    def settings(self, info=None):
+        """The canvas settings for the stage's model (or `info`'s): the stage's overrides, else the model's own."""
         import torch
 
         from connectome.ffn.canvas import CanvasSettings
         from connectome.models.inference import resolve_precision
 
-        p, i = self.params, self.model_info
+        p, i = self.params, info or self.model_info
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
                               p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
                               reverse=p.reverse, precision=resolve_precision(p.precision, torch.device(p.device)))
 
-    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+    def _fill(self, name: str, scale, settings, raw: np.ndarray, mask: np.ndarray | None, block: Block):
+        """One canvas pass of model `name` over the read box at `scale`: labels of the read box, and stats."""
         from connectome.ffn.canvas import Canvas
 
-        net, info = cached_model(self.params.model, self.params.device)
+        net, info = cached_model(name, self.params.device)
+        if any(o % k for o, k in zip(block.read_box.offset, scale)):
+            raise ValueError(f"block {block.index}: read box at {list(block.read_box.offset)} is not on the "
+                             f"{list(scale)} grid of the coarse voxels")
+        origin = tuple(o // k for o, k in zip(block.read_box.offset, scale))
+        canvas = Canvas(net, info, downsample_image(raw, scale), settings, self.params.device, origin=origin,
+                        mask=downsample_mask(mask, scale))
+        labels = upsample_labels(canvas.segment(), scale, raw.shape)  # a partly masked coarse voxel stays 0
+        return labels, canvas.stats
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
         raw = read_image(volumes, block.read_box)
-        settings = self.settings()
-        canvas = Canvas(net, info, raw, settings, self.params.device, origin=block.read_box.offset, mask=mask)
-        labels = canvas.segment()
-        summary = {"objects": canvas.stats["objects"], "steps": canvas.stats["steps"]}
+        settings, scale = self.settings(), self.scale
+        labels, stats = self._fill(self.params.model, scale, settings, raw, mask, block)
+        summary = {"objects": stats["objects"], "steps": stats["steps"]}
+        runs = [labels]
         if self.params.consensus:
-            other = Canvas(net, info, raw, dataclasses.replace(settings, reverse=not settings.reverse),
-                           self.params.device, origin=block.read_box.offset, mask=mask)
-            runs = [labels, other.segment()]
-            labels = consensus(runs, settings.min_size)
-            summary.update(objects_reverse=other.stats["objects"], steps=summary["steps"] + other.stats["steps"],
-                           pieces=int(labels.max()))
+            reverse, stats = self._fill(self.params.model, scale, dataclasses.replace(settings,
+                                        reverse=not settings.reverse), raw, mask, block)
+            runs.append(reverse)
+            summary.update(objects_reverse=stats["objects"], steps=summary["steps"] + stats["steps"])
+        if self.consensus_info is not None:
+            other_scale = tuple(self.params.consensus_scale or ONE)
+            other, stats = self._fill(self.params.consensus_model, other_scale, self.settings(self.consensus_info),
+                                      raw, mask, block)
+            runs.append(other)
+            summary.update(objects_consensus_model=stats["objects"], steps=summary["steps"] + stats["steps"])
+        if len(runs) > 1:
+            labels = consensus(runs, settings.min_size * math.prod(scale))  # min_size counts the model's voxels
+            summary["pieces"] = int(labels.max())
         if self.params.fill:
             labels = fill_unsegmented(labels, mask)
         inner = labels[block.write_box.relative_to(block.read_box)]
@@ -251,7 +330,9 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],
-                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
+                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch,
+                         hint="FFN agglomeration runs the model at the data's voxel size (a model of a coarser one "
+                              "runs in the `ffn` stage only): leave out --ffn-agglomerate")
         check_image_input(self, self.model_info, inputs)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:

@@ -21,6 +21,7 @@ from connectome.ffn.examples import ExampleSource
 from connectome.ffn.inputs import affinity_image, affinity_model
 from connectome.ffn.model import CPU, FFN, LOGIT_INIT, LOGIT_SEED, FFNConfig, FFNInfo
 from connectome.ffn.registry import WEIGHTS_DIR, save_model
+from connectome.ffn.scale import ONE, downsample_image, downsample_labels, upsample_labels
 from connectome.ffn.scores import validation_scores
 
 
@@ -48,6 +49,7 @@ class FFNTrainSettings:
     install: bool = False
     command: str = ""
     input: str = "raw"  # or `affinities:MODEL`: train on that affinity model's mean affinity (ffn.inputs)
+    scale: tuple[int, int, int] = (1, 1, 1)  # train at the data's voxel size times this (ffn.scale)
 
 
 def _fov_crop(t: torch.Tensor, starts: np.ndarray, fov) -> torch.Tensor:
@@ -103,6 +105,10 @@ def _load(settings: FFNTrainSettings):
     if reads:  # the network's image: the affinity model's mean affinity, predicted once per volume here
         pairs = [replace(p, raw=affinity_image(p.raw, reads)) for p in pairs]
         val = replace(val, raw=affinity_image(val.raw, reads)) if val is not None else None
+    scale = settings.scale
+    if tuple(scale) != ONE:  # the network learns at the coarse voxel size; validation is scored at the fine one
+        pairs = [replace(p, raw=downsample_image(p.raw, scale), labels=downsample_labels(p.labels, scale))
+                 for p in pairs]
     return pairs, val
 
 
@@ -131,11 +137,13 @@ def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
     return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
 
 
-def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray) -> dict:
-    """Segment `raw` with the current weights and score it against `gt`."""
+def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE) -> dict:
+    """Segment `raw` with the current weights (downsampled by `scale`, the labels upsampled back, as the `ffn`
+    stage runs it) and score it against `gt`."""
     net.eval()
-    seg, stats = segment_volume(net, info, raw, CanvasSettings(info.move_threshold, info.segment_threshold,
-                                                               info.min_size))
+    seg, stats = segment_volume(net, info, downsample_image(raw, scale),
+                                CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size))
+    seg = upsample_labels(seg, scale, raw.shape)
     net.train()
     return {**validation_scores(seg, gt), "steps": stats["steps"]}
 
@@ -144,8 +152,10 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint; return a summary."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    voxel_size = _voxel_size(settings)
-    _check_affinity_model(settings, voxel_size)
+    data_voxel_size = _voxel_size(settings)
+    _check_affinity_model(settings, data_voxel_size)
+    voxel_size = (data_voxel_size[0] * settings.scale[0], data_voxel_size[1] * settings.scale[1],
+                  data_voxel_size[2] * settings.scale[2])
     pairs, val = _load(settings)
     config = settings.config
     anisotropic = max(voxel_size) > 2 * min(voxel_size)
@@ -177,7 +187,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
         if it % 50 == 0:
             log(f"iteration {it}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - start:.0f} s)")
         if val is not None and (it % settings.val_every == 0 or last):
-            scores = {"iteration": it, **validate(net, info, val.raw, val.labels)}
+            scores = {"iteration": it, **validate(net, info, val.raw, val.labels, settings.scale)}
             history.append(scores)
             log(f"validation at {it}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
                 f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}")

@@ -33,12 +33,13 @@ def handset_model(fov=(9, 9, 9), deltas=(2, 2, 2)) -> tuple[FFN, FFNInfo]:
     return net.eval(), info
 
 
-def saved_handset_model(directory, deltas=(4, 4, 4), input="raw") -> str:
+def saved_handset_model(directory, deltas=(4, 4, 4), input="raw", voxel_size=(8.0, 8.0, 8.0),
+                        name="ffn-handset") -> str:
     """The hand-set network saved as `ffn-handset` in `directory`: a path `--model` takes. Its FOV moves 4 voxels
     at a time by default (the largest step a 9-voxel FOV allows), which needs 4x fewer FOVs than 2. With
     `input="affinities:MODEL"` it floods through voxels of mean affinity above one half instead."""
     from connectome.ffn.registry import save_model
 
     net, info = handset_model(deltas=deltas)
-    info.name, info.input = "ffn-handset", input
-    return str(save_model(directory / "ffn-handset", net, info))
+    info.name, info.input, info.voxel_size = name, input, tuple(voxel_size)
+    return str(save_model(directory / name, net, info))

@@ -131,3 +131,23 @@ def test_train_command_refuses_a_bad_affinity_input_in_one_line(tmp_path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (spec, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_train_command_at_a_coarser_scale_records_that_voxel_size(tmp_path, capsys):
+    """`--scale 1 2 2` trains on the image averaged in 1 x 2 x 2 boxes: the model's voxel size is twice the data's
+    in y and x, so `segment --method ffn` runs it downsampled (tests/ffn/test_scale.py)."""
+    from connectome.synth import generate
+
+    generate((24, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(24, 64, 64))
+    raw, labels = str(tmp_path / "t" / "raw"), str(tmp_path / "t" / "labels")
+    argv = ["train", "ffn", "--raw", raw, "--labels", labels, "--name", "ffn-coarse", "--out", str(tmp_path / "out"),
+            "--iterations", "3", "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "4", "4", "4", "--depth",
+            "2", "--features", "8", "--scale", "1", "2", "2", "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "out" / "ffn-coarse.json").read_text())
+    assert meta["voxel_size"] == [8.0, 16.0, 16.0]
+    assert meta["provenance"]["settings"]["scale"] == [1, 2, 2]
+    assert main([*argv[:-4], "0", "2", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scale 0 2 2" in err[0], err
