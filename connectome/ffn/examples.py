@@ -7,6 +7,8 @@ import fastremap
 import numpy as np
 from scipy import ndimage
 
+from connectome.core.errors import UserError
+
 Vec3 = tuple[int, int, int]
 
 
@@ -32,7 +34,7 @@ def candidate_centres(labels: np.ndarray, patch: Vec3, voxel_size, min_distance:
     for axis, p in enumerate(patch):
         r = p // 2
         index = [slice(None)] * 3
-        index[axis] = np.r_[0:r, labels.shape[axis] - r:labels.shape[axis]]
+        index[axis] = np.r_[0:min(r, labels.shape[axis]), max(labels.shape[axis] - r, 0):labels.shape[axis]]
         ok[tuple(index)] = False
     return np.flatnonzero(ok)
 
@@ -97,7 +99,10 @@ class ExampleSource:
         self.candidates = [candidate_centres(lab, patch, voxel_size, min_distance) for _, lab in pairs]
         sizes = np.array([len(c) for c in self.candidates], np.float64)
         if sizes.sum() == 0:
-            raise ValueError("no object voxel is far enough from boundaries and faces for a training patch")
+            shapes = ", ".join("x".join(map(str, lab.shape)) for _, lab in pairs)
+            raise UserError(f"training volumes ({shapes} voxels, after any --scale): no object voxel is far enough "
+                            f"from boundaries and faces for a training patch of {'x'.join(map(str, patch))} "
+                            "(FOV + 2 x moves x step); give larger volumes or a smaller --fov / --deltas / --moves")
         self.weights = sizes / sizes.sum()
         self.within: list[np.ndarray | None] = [None] * len(pairs)  # cumulative weights of the candidates
         if balance_fov is not None:

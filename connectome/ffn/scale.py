@@ -8,6 +8,7 @@ origin, so a block whose read box starts on a multiple of the factors sees the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,8 +19,8 @@ ONE: Vec3 = (1, 1, 1)
 
 
 def scale_for(model_nm: Sequence[float], data_nm: Sequence[float]) -> Vec3:
-    """Per axis, the model's voxel size over the data's, rounded to a whole factor (at least 1)."""
-    return tuple(max(1, int(round(m / d))) for m, d in zip(model_nm, data_nm))  # type: ignore[return-value]
+    """Per axis, the model's voxel size over the data's, rounded half up to a whole factor (at least 1)."""
+    return tuple(max(1, math.floor(m / d + 0.5)) for m, d in zip(model_nm, data_nm))  # type: ignore[return-value]
 
 
 def _padded(a: np.ndarray, scale: Vec3) -> np.ndarray:

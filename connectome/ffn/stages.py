@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from connectome.affinity.masking import MASK_DTYPES
+from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, vec3
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
@@ -159,6 +160,9 @@ class FFNStage(BlockStage):
         """Also resolves `scale` (and `consensus_scale`) from the voxel sizes and checks each model's voxel size
         against the data's times its factors."""
         super().check_inputs(inputs)
+        if self.consensus_info is not None and self.consensus_info.input != self.model_info.input:
+            raise UserError(f"--consensus-model {self.params.consensus_model}: it reads {self.consensus_info.input!r}, "
+                            f"but {self.params.model} reads {self.model_info.input!r}; both must read the same image")
         data_nm = inputs["raw"].voxel_size
         update = {}
         for key, model, info in (("scale", self.params.model, self.model_info),

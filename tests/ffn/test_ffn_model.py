@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from connectome.ffn import model as ffn_model
@@ -27,6 +28,7 @@ def test_channels_last_input_gives_the_default_layouts_logits_and_gradients(monk
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 def test_a_batch_of_one_sent_to_onednn_gives_pytorchs_logits_and_gradients(monkeypatch):
     torch.manual_seed(1)
     net = FFN(FFNConfig(fov=(9, 9, 9), deltas=(3, 3, 3), depth=3, features=8))
@@ -60,20 +62,24 @@ def test_bfloat16_logits_are_close_to_float32_on_either_path(monkeypatch):
     torch.manual_seed(2)
     net = FFN(FFNConfig(fov=(9, 9, 9), deltas=(3, 3, 3), depth=3, features=8))
     x = torch.randn(1, 2, 9, 9, 9)
+    calls: list = []
+    onednn = torch.ops.aten.mkldnn_convolution
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *a: calls.append(a[0].dtype) or onednn(*a))
+    supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     with torch.inference_mode():
         ref = net.forward_stacked(x)
         for direct in (False, True):
             monkeypatch.setattr(ffn_model, "CPU_ONEDNN_SINGLE", direct)
+            calls.clear()
             out = net.forward_stacked(x, torch.bfloat16)
             assert out.dtype == torch.float32
             torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
+            assert bool(calls) == (direct and supported) and set(calls) <= {torch.bfloat16}
         # a CPU whose oneDNN lacks bfloat16 (no AVX-512) never sends bfloat16 there
-        calls: list = []
-        onednn = torch.ops.aten.mkldnn_convolution
-        monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *a: calls.append(1) or onednn(*a))
+        calls.clear()
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
         torch.testing.assert_close(net.forward_stacked(x, torch.bfloat16), ref, rtol=0.05,
                                    atol=0.05 * float(ref.abs().max()))
         assert calls == []
         net.forward_stacked(x)
-        assert calls  # float32 still goes to oneDNN
+        assert bool(calls) == torch.backends.mkldnn.is_available()  # float32 still goes to oneDNN

@@ -133,21 +133,44 @@ def test_train_command_refuses_a_bad_affinity_input_in_one_line(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_train_command_at_a_coarser_scale_records_that_voxel_size(tmp_path, capsys):
+def test_train_command_at_a_coarser_scale_records_that_voxel_size(tmp_path, capsys, monkeypatch):
     """`--scale 1 2 2` trains on the image averaged in 1 x 2 x 2 boxes: the model's voxel size is twice the data's
-    in y and x, so `segment --method ffn` runs it downsampled (tests/ffn/test_scale.py)."""
+    in y and x, so `segment --method ffn` runs it downsampled (tests/ffn/test_scale.py); validation segments the
+    downsampled image and scores it, upsampled, against the labels at the data's voxel size."""
+    from connectome.ffn import training
     from connectome.synth import generate
 
-    generate((24, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(24, 64, 64))
+    generate((32, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(32, 64, 64))
     raw, labels = str(tmp_path / "t" / "raw"), str(tmp_path / "t" / "labels")
-    argv = ["train", "ffn", "--raw", raw, "--labels", labels, "--name", "ffn-coarse", "--out", str(tmp_path / "out"),
-            "--iterations", "3", "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "4", "4", "4", "--depth",
-            "2", "--features", "8", "--scale", "1", "2", "2", "--json"]
+    segmented, scored = [], []
+    segment_volume, validation_scores = training.segment_volume, training.validation_scores
+    monkeypatch.setattr(training, "segment_volume", lambda net, info, image, settings: segmented.append(
+        image.shape) or segment_volume(net, info, image, settings))
+    monkeypatch.setattr(training, "validation_scores", lambda seg, gt: scored.append((seg.shape, gt.shape)) or
+                        validation_scores(seg, gt))
+    argv = ["train", "ffn", "--raw", raw + "[0:24]", "--labels", labels + "[0:24]", "--val-raw", raw + "[24:32]",
+            "--val-labels", labels + "[24:32]", "--name", "ffn-coarse", "--out", str(tmp_path / "out"),
+            "--iterations", "3", "--val-every", "3", "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "4",
+            "4", "4", "--depth", "2", "--features", "8", "--scale", "1", "2", "2", "--json"]
     assert main(argv) == 0
     capsys.readouterr()
+    assert segmented == [(8, 32, 32)] and scored == [((8, 64, 64), (8, 64, 64))]
     meta = json.loads((tmp_path / "out" / "ffn-coarse.json").read_text())
     assert meta["voxel_size"] == [8.0, 16.0, 16.0]
     assert meta["provenance"]["settings"]["scale"] == [1, 2, 2]
     assert main([*argv[:-4], "0", "2", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scale 0 2 2" in err[0], err
+
+
+def test_train_command_refuses_volumes_too_small_for_a_patch_in_one_line(tmp_path, capsys):
+    from connectome.synth import generate
+
+    generate((24, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(24, 64, 64))
+    raw, labels = str(tmp_path / "t" / "raw"), str(tmp_path / "t" / "labels")
+    argv = ["train", "ffn", "--raw", raw, "--labels", labels, "--name", "ffn-x", "--out", str(tmp_path / "out"),
+            "--iterations", "1", "--scale", "2", "2", "2"]  # 12 x 32 x 32 after --scale, the patch is 27 x 27 x 27
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "12x32x32" in err[0] and "27x27x27" in err[0], err
+    assert not (tmp_path / "out" / "ffn-x.pt").exists()

@@ -13,6 +13,7 @@ def test_scale_from_voxel_sizes():
     assert scale_for((10, 10, 10), (10, 10, 10)) == (1, 1, 1)
     assert scale_for((10, 10, 10), (20, 20, 20)) == (1, 1, 1)  # never upsampled
     assert scale_for((20, 20, 20), (9, 10, 11)) == (2, 2, 2)
+    assert scale_for((6, 10, 14), (4, 4, 4)) == (2, 3, 4)  # halves round up (not to even)
 
 
 def test_image_is_the_rounded_box_mean_and_a_partial_box_repeats_its_edge():
@@ -57,7 +58,7 @@ def test_a_model_of_twice_the_voxel_size_runs_on_the_downsampled_image(tmp_path,
     from ffn_handset import saved_handset_model
 
     model = saved_handset_model(tmp_path)
-    raw = np.full((16, 64, 64), 255, np.uint8)
+    raw = np.full((16, 63, 62), 255, np.uint8)  # not a multiple of the factors: the last coarse row is one voxel
     raw[:, 20:22, :] = 0
     raw[:, :, 40:42] = 0
     raw[7, :, :] = 0
@@ -69,7 +70,8 @@ def test_a_model_of_twice_the_voxel_size_runs_on_the_downsampled_image(tmp_path,
         out = open_volume(summary["segmentation"])
         return out.read(out.box)
 
-    seg8 = read(_segment(capsys, vol.address, tmp_path / "eight", model, (8, 32, 32)))
+    # an odd overlap is rounded up to whole coarse voxels (9 10 10), so every block sees one block's coarse grid
+    seg8 = read(_segment(capsys, vol.address, tmp_path / "eight", model, (8, 32, 32), "--overlap", "9", "9", "9"))
     seg1 = read(_segment(capsys, vol.address, tmp_path / "one", model, (16, 64, 64)))
     assert len(np.unique(seg1)) == 8  # 2 x 2 x 2 compartments; the wall at y 50 split nothing
     assert voi(seg8, seg1) == (0.0, 0.0)
@@ -86,6 +88,9 @@ def test_a_model_of_twice_the_voxel_size_runs_on_the_downsampled_image(tmp_path,
     err = refused.err.strip().splitlines()
     assert len(err) == 1 and "leave out --ffn-agglomerate" in err[0], err
     assert not (tmp_path / "agg").exists()
+    refused = _segment(capsys, vol.address, tmp_path / "odd", model, (8, 31, 32), code=2)  # a coarse voxel split
+    err = refused.err.strip().splitlines()
+    assert len(err) == 1 and "needs a multiple of [1, 2, 2]" in err[0], err
 
 
 def test_a_coarse_consensus_model_splits_what_the_fine_model_merges(tmp_path, capsys, client):
@@ -131,3 +136,9 @@ def test_a_coarse_consensus_model_splits_what_the_fine_model_merges(tmp_path, ca
                        code=2)
     err = refused.err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0], err
+    reads_affinities = saved_handset_model(tmp_path, input="affinities:synthetic", name="ffn-aff")
+    refused = _segment(capsys, vol.address, tmp_path / "bad", fine_model, (8, 32, 32), "--consensus-model",
+                       reads_affinities, code=2)
+    err = refused.err.strip().splitlines()
+    assert len(err) == 1 and "both must read the same image" in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -134,5 +134,7 @@ def test_precision_reaches_every_network_stage_and_auto_is_left_out_of_fingerpri
 
     for name, (precision, params) in fingerprints("auto").items():
         assert precision == "auto" and "precision" not in params, name
+        # nor, at the data's voxel size, the options of a coarser model or a second one (ffn.scale)
+        assert not {"scale", "consensus_model", "consensus_scale"} & set(params), (name, params)
     for name, (precision, params) in fingerprints("bfloat16").items():
         assert precision == "bfloat16" and params["precision"] == "bfloat16", name
