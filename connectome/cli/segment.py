@@ -52,6 +52,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-scale", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: run the network on the image downsampled by these whole factors and upsample its "
                              "objects (default: the model's voxel size over the data's, rounded)")
+    parser.add_argument("--ffn-weak-seed", choices=["stop", "reject", "continue"], default=None,
+                        help="ffn: when an object's seed falls below the move threshold, stop moving (default), stop "
+                             "and discard the object, or keep moving (the behaviour before this option)")
+    parser.add_argument("--ffn-seed-margin", type=int, default=None, metavar="N",
+                        help="ffn: a seed with an accepted object's voxel within N voxels does not start (default 1; "
+                             "0 = the behaviour before this option)")
     parser.add_argument("--ffn-batch", type=int, default=None,
                         help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
     add_run_options(parser)
@@ -94,12 +100,15 @@ def _run_ffn(args) -> int:
 
     if args.tta is not None:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
+    if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
+        raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
                         mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
                         agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
-                        consensus_model=args.consensus_model)
+                        consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
+                        seed_margin=args.ffn_seed_margin)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

@@ -44,6 +44,10 @@ class CanvasSettings:
     max_steps: int = 2000  # FOV evaluations per object
     reverse: bool = False  # seeds in reverse order (for consensus)
     precision: str = "float32"  # the network's arithmetic: float32 or bfloat16 (the POM stays float32)
+    # once the seed's own probability falls below the move threshold: "stop" moving (what is filled is accepted as
+    # any object's), "reject" (stop and discard the object) or "continue" (the behaviour before the option)
+    weak_seed: str = "stop"
+    seed_margin: int = 1  # a seed with an accepted object's voxel within this many voxels (each axis) does not start
 
 
 @dataclass(eq=False)
@@ -59,6 +63,7 @@ class _Object:
     lo: list[int] = field(default_factory=list)
     hi: list[int] = field(default_factory=list)
     steps: int = 0
+    weak: bool = False  # its seed's probability fell below the move threshold
 
     def box(self) -> tuple[slice, slice, slice]:
         return tuple(slice(a, b) for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
@@ -179,7 +184,7 @@ class Canvas:
         mask = (obj.pom[box] >= self._segment_logit) & (self.seg[box] == 0) & self.inside[box]
         seed = tuple(s - a for s, a in zip(obj.seed, obj.lo))
         accepted = False
-        if mask[seed]:
+        if mask[seed] and not (obj.weak and self.settings.weak_seed == "reject"):
             comps, _ = ndimage.label(mask)
             mask = comps == comps[seed]
             if int(mask.sum()) >= self.settings.min_size:
@@ -210,6 +215,9 @@ class Canvas:
                 return
             index, c = item
             if self.seg[c] != 0 or not self.inside[c]:
+                continue
+            m = self.settings.seed_margin
+            if m and self.seg[tuple(slice(max(v - m, 0), v + m + 1) for v in c)].any():
                 continue
             near = self.claim[self._fov(c)]
             if near.any():  # within a FOV of an object being filled: try again once it has finished
@@ -242,6 +250,9 @@ class Canvas:
         obj.hi = [max(b, s.stop) for b, s in zip(obj.hi, fov)]
         if obj.steps == 1 and logits[self.radius] < 0:
             obj.queue.clear()  # the network does not keep the seed: reject early
+        elif self.settings.weak_seed != "continue" and obj.pom[obj.seed] < self._move_logit:
+            obj.queue.clear()  # the seed got weak: the object stops here
+            obj.weak = True
         else:
             self._queue_moves(obj, centre, logits)
         return True

@@ -16,10 +16,12 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
                agglomerate: bool = False, precision: str | None = None, scale=None,
-               consensus_model: str | None = None) -> RunConfig:
+               consensus_model: str | None = None, weak_seed: str | None = None,
+               seed_margin: int | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
+    `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams` (default: theirs).
     With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first."""
     from connectome.ffn.inputs import affinity_model
@@ -36,6 +38,10 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["consensus_model"] = consensus_model
     if batch is not None:
         params["batch"] = batch
+    if weak_seed is not None:
+        params["weak_seed"] = weak_seed
+    if seed_margin is not None:
+        params["seed_margin"] = seed_margin
     if precision is not None:
         params["precision"] = precision
     if overlap is not None:

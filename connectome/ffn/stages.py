@@ -86,6 +86,11 @@ class FFNParams(StageParams):
     segment_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     min_size: int | None = Field(None, ge=1, description="smallest object kept, voxels (default: the model's)")
     reverse: bool = Field(False, description="seeds in reverse order")
+    weak_seed: Literal["stop", "reject", "continue"] = Field(
+        "stop", description="when an object's seed falls below the move threshold: stop moving (stop), stop and "
+                            "discard the object (reject), or keep moving (continue, the behaviour before the option)")
+    seed_margin: int = Field(1, ge=0, description="a seed with an accepted object's voxel within this many voxels "
+                                                  "(each axis) does not start (0: only a seed on one)")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
                             "bfloat16, else float32); the object maps stay float32")
@@ -179,10 +184,12 @@ class FFNStage(BlockStage):
 
     def fingerprint(self) -> dict:
         """Without consensus, at precision auto and at scale 1 1 1, the one from before those options existed, so
-        earlier runs resume (as the affinities stage's, the precision auto resolves to is not recorded)."""
+        earlier runs resume (as the affinities stage's, the precision auto resolves to is not recorded). The seed
+        rules are left out only at the behaviour from before them (continue, margin 0): a run made before them
+        does not resume under the new defaults, which fill differently."""
         fp = super().fingerprint()
         defaults = {"consensus": False, "precision": "auto", "scale": [1, 1, 1], "consensus_model": None,
-                    "consensus_scale": None}
+                    "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0}
         fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
         return fp
 
@@ -196,7 +203,8 @@ class FFNStage(BlockStage):
         p, i = self.params, info or self.model_info
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
                               p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
-                              reverse=p.reverse, precision=resolve_precision(p.precision, torch.device(p.device)))
+                              reverse=p.reverse, precision=resolve_precision(p.precision, torch.device(p.device)),
+                              weak_seed=p.weak_seed, seed_margin=p.seed_margin)
 
     def _fill(self, name: str, scale, settings, raw: np.ndarray, mask: np.ndarray | None, block: Block):
         """One canvas pass of model `name` over the read box at `scale`: labels of the read box, and stats."""
@@ -347,8 +355,11 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
         from connectome.models.inference import resolve_precision
 
         net, info = cached_model(self.params.model, self.params.device)
+        # the pair fills keep moving while their seed weakens, as when the agreement threshold was chosen
+        # (benchmarks/results/ffn_agglomeration_threshold.md)
         canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size,
-                                precision=resolve_precision(self.params.precision, torch.device(self.params.device)))
+                                precision=resolve_precision(self.params.precision, torch.device(self.params.device)),
+                                weak_seed="continue")
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
                                 read_image(volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),

@@ -136,3 +136,58 @@ def test_an_unresolved_precision_is_refused():
     net, info = handset_model()
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'.*got 'auto'"):
         Canvas(net, info, np.zeros((9, 9, 9), np.uint8), _settings(precision="auto"))
+
+
+class _Weakening:
+    """The hand-set network, except that a FOV holding a grey voxel gets at most probability 0.8 everywhere:
+    between the segment (0.6) and move (0.9) thresholds, so a seed inside such a FOV gets weak."""
+
+    def __init__(self, net, grey: float):
+        self.net, self.config, self.grey = net, net.config, grey
+
+    def forward_stacked(self, x, dtype=None):
+        out = self.net.forward_stacked(x, dtype)
+        grey = ((x[:, 0] - self.grey).abs() < 1e-3).flatten(1).any(1)
+        out[grey] = out[grey].clamp(max=float(np.log(0.8 / 0.2)))
+        return out
+
+
+@pytest.mark.parametrize("weak_seed", ["continue", "stop", "reject"])
+def test_an_object_whose_seed_gets_weak_stops_and_is_kept_or_rejected(weak_seed):
+    """As the reference FFN's 'seed got too weak': once the seed's probability falls below the move threshold the
+    object stops moving; `stop` keeps what it filled (above the segment threshold), `reject` discards it,
+    `continue` (the behaviour before the rule) fills on."""
+    net, info = handset_model()
+    raw = np.zeros((30, 40, 40), np.uint8)
+    bar = np.zeros(raw.shape, bool)
+    bar[5:25, 4:36, 10:30] = True
+    raw[bar] = 255
+    raw[15, 16, 20] = 128  # 6 voxels from the seed: out of its first FOV (radius 4), in the FOV one move (2) on
+    weak = _Weakening(net, float(info.normalise(np.array([128], np.uint8))[0]))
+    canvas = Canvas(weak, info, raw, _settings(weak_seed=weak_seed))
+    seg = canvas.segment(np.array([[15, 10, 20]]))
+    if weak_seed == "continue":
+        assert canvas.stats["objects"] == 1 and (seg[bar] == 1).mean() > 0.95
+    elif weak_seed == "stop":
+        assert canvas.stats["objects"] == 1 and seg[15, 10, 20] == 1
+        assert 0 < (seg == 1).sum() < bar.sum() / 4  # what was filled before the seed weakened
+    else:
+        assert canvas.stats["objects"] == 0 and canvas.stats["rejected"] == 1 and not seg.any()
+    if weak_seed != "continue":
+        assert canvas.stats["steps"] < 30
+
+
+@pytest.mark.parametrize("margin", [0, 1, 2, 3])
+def test_a_seed_within_the_margin_of_an_accepted_object_does_not_start(margin):
+    """Two objects apart by a one-voxel membrane; the second seed is 2 voxels from the first object."""
+    net, info = handset_model()
+    raw = np.full((20, 30, 30), 255, np.uint8)
+    raw[:, 15, :] = 0
+    seeds = np.array([[10, 7, 15], [10, 16, 15]])  # the first fills y 0-14 first
+    canvas = Canvas(net, info, raw, _settings(seed_margin=margin))
+    seg = canvas.segment(seeds)
+    assert seg[10, 7, 15] == 1
+    if margin < 2:
+        assert canvas.stats["objects"] == 2 and np.all(seg[:, 16:, :] == 2)
+    else:
+        assert canvas.stats["objects"] == 1 and not seg[:, 16:, :].any()
