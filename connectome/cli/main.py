@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed as one line
         return int(e.code or 0)
+    _quiet_on_interrupt()
     try:
         return int(args._run(args) or 0)
     except UserError as e:
@@ -82,14 +83,36 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _quiet_on_interrupt() -> None:
+    """Silence the cluster's logs the moment Ctrl-C arrives, before the interrupt unwinds.
+
+    Quieting them only in the `except` is too late: the client's event-loop thread logs
+    the cancelled calls (a tornado traceback from distributed's `sync`) while the main
+    thread is still unwinding."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set signal handlers
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # somebody (a test, an embedding program) handles Ctrl-C itself
+
+    def interrupted(signum, frame):
+        _quiet_interrupt()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
 def _quiet_interrupt() -> None:
     """After Ctrl-C: a second one while the cluster shuts down ends the process without tracebacks,
-    and the logs of the shutdown (connections closing) are not printed."""
+    and the logs of the shutdown (connections closing, cancelled callbacks) are not printed."""
     import logging
     import signal
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":
