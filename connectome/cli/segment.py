@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 
@@ -58,6 +60,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-seed-margin", type=int, default=None, metavar="N",
                         help="ffn: a seed with an accepted object's voxel within N voxels does not start (default 1; "
                              "0 = the behaviour before this option)")
+    parser.add_argument("--ffn-step-budget", type=float, default=None, metavar="F",
+                        help="ffn: FOV steps a block may take, as F times the FOV positions that tile it (default 20; "
+                             "0 = no limit); once spent no new object starts and the block is reported")
     parser.add_argument("--ffn-batch", type=int, default=None,
                         help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
     add_run_options(parser)
@@ -96,24 +101,29 @@ def _run_ffn(args) -> int:
     from connectome.cluster.worker_logs import worker_logs
     from connectome.core.errors import UserError
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
-    from connectome.ffn.segment import ffn_config, run_ffn
+    from connectome.ffn.segment import budget_warning, ffn_config, run_ffn
 
     if args.tta is not None:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
     if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
         raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
+    if args.ffn_step_budget is not None and not args.ffn_step_budget >= 0:
+        raise UserError(f"--ffn-step-budget {args.ffn_step_budget:g}: expected a multiple >= 0 (0: no limit)")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
                         mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
                         agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
                         consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
-                        seed_margin=args.ffn_seed_margin)
+                        seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    warning = budget_warning(summary)
+    if warning:
+        print(f"connectome segment: {warning}", file=sys.stderr)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
     print_result(args, summary, f"segmentation: {summary['segmentation']}\n"
                                 f"{summary['voxels']:,} voxels (ffn), {summary['seconds']:.1f} s "

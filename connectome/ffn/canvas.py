@@ -8,6 +8,11 @@ has finished, then starts again if it is still unsegmented; a seed within one FO
 waits the same way before it starts. So objects filled together never touch, and each object sees
 the accepted objects that were there before it, as one at a time would.
 
+Step budget: a network that floods through boundaries, or objects rejected after covering the whole
+canvas, make the steps grow as seeds times volume; `step_budget` bounds a canvas's steps. Once it is
+spent no new object starts: `stats["over_budget"]` counts the seeds that would have started, and the
+voxels no object reached stay unsegmented.
+
 Determinism: seeds, moves (highest score first, ties by order queued), collisions (by start ticket)
 and acceptance (objects in the order they finish) depend only on the input and the settings.
 """
@@ -48,6 +53,9 @@ class CanvasSettings:
     # any object's), "reject" (stop and discard the object) or "continue" (the behaviour before the option)
     weak_seed: str = "stop"
     seed_margin: int = 1  # a seed with an accepted object's voxel within this many voxels (each axis) does not start
+    # FOV evaluations of the whole canvas, as a multiple of the FOV positions that tile it (its voxels over the
+    # movement step's box); once spent, no new object starts (those filling finish). 0: no limit
+    step_budget: float = 20.0
 
 
 @dataclass(eq=False)
@@ -95,7 +103,9 @@ class Canvas:
             self.excluded[self._interior()] = mask
             self.inside &= ~self.excluded
         self.raw = raw
-        self.stats = {"objects": 0, "rejected": 0, "restarts": 0, "steps": 0, "batches": 0, "fovs": 0}
+        self.stats = {"objects": 0, "rejected": 0, "restarts": 0, "steps": 0, "batches": 0, "fovs": 0,
+                      "over_budget": 0}
+        self.budget = budget_steps(self.settings.step_budget, raw.shape, self.config.deltas)
         self._free: list[np.ndarray] = []
         self._counter = itertools.count()
         self._tickets = itertools.count(1)
@@ -219,6 +229,9 @@ class Canvas:
             m = self.settings.seed_margin
             if m and self.seg[tuple(slice(max(v - m, 0), v + m + 1) for v in c)].any():
                 continue
+            if self.budget is not None and self.stats["steps"] >= self.budget:
+                self.stats["over_budget"] += 1  # a seed that would start: counted, not started
+                continue
             near = self.claim[self._fov(c)]
             if near.any():  # within a FOV of an object being filled: try again once it has finished
                 self._waiting.setdefault(int(near[near != 0].min()), []).append(item)
@@ -294,6 +307,15 @@ class Canvas:
                 if obj in active and not self._update(obj, c, logits, active):
                     active.remove(obj)
         return self.seg[self._interior()].copy()
+
+
+def budget_steps(factor: float, shape, deltas) -> int | None:
+    """The steps a canvas of `shape` may take: `factor` times the FOV positions, `deltas` apart, that tile it;
+    None for no limit (factor 0)."""
+    if not factor:
+        return None
+    positions = float(np.prod([-(-s // max(d, 1)) for s, d in zip(shape, deltas)]))
+    return int(np.ceil(factor * positions))
 
 
 def fill_unsegmented(labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

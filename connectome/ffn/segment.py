@@ -9,6 +9,7 @@ from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+from connectome.engine.markers import DoneMarkers
 from connectome.engine.plan import Plan, execute
 
 
@@ -17,11 +18,12 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
                agglomerate: bool = False, precision: str | None = None, scale=None,
                consensus_model: str | None = None, weak_seed: str | None = None,
-               seed_margin: int | None = None) -> RunConfig:
+               seed_margin: int | None = None, step_budget: float | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
-    `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams` (default: theirs).
+    `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams`, `step_budget` its bound on a block's
+    FOV steps (default: theirs).
     With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first."""
     from connectome.ffn.inputs import affinity_model
@@ -42,6 +44,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["weak_seed"] = weak_seed
     if seed_margin is not None:
         params["seed_margin"] = seed_margin
+    if step_budget is not None:
+        params["step_budget"] = step_budget
     if precision is not None:
         params["precision"] = precision
     if overlap is not None:
@@ -77,7 +81,8 @@ def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | N
 
 
 def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run the planned FFN chain and summarise it."""
+    """Run the planned FFN chain and summarise it (`over_budget`: block index -> seeds its spent step budget kept
+    from starting)."""
     start = time.perf_counter()
     reports = execute(plan, client, overwrite=overwrite, progress=progress)
     seconds = time.perf_counter() - start
@@ -85,4 +90,22 @@ def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) 
     out = plan.config.output
     return {"segmentation": os.path.join(out, "segmentation"), "ffn_fragments": os.path.join(out, "ffn_fragments"),
             "method": "ffn", "voxels": shape[0] * shape[1] * shape[2], "seconds": round(seconds, 3),
-            "stages": [r.to_json() for r in reports]}
+            "stages": [r.to_json() for r in reports], "blocks": len(DoneMarkers(plan.work_dir, "ffn").summaries()),
+            "over_budget": over_budget(plan.work_dir)}
+
+
+def over_budget(work_dir: str) -> dict[int, int]:
+    """The `ffn` blocks of a run that spent their step budget: index -> seeds not started."""
+    return {i: int(s["over_budget"]) for i, s in DoneMarkers(work_dir, "ffn").summaries().items()
+            if s.get("over_budget")}
+
+
+def budget_warning(summary: dict) -> str | None:
+    """The line that tells a user some blocks spent their step budget, or None."""
+    spent = summary.get("over_budget") or {}
+    if not spent:
+        return None
+    first = min(spent)
+    return (f"warning: ffn: {len(spent)} of {summary['blocks']} blocks spent their step budget (block {first}: "
+            f"{spent[first]} seeds not started); the voxels no object reached took the nearest object's label: "
+            f"raise --ffn-step-budget (0: no limit)")

@@ -91,6 +91,9 @@ class FFNParams(StageParams):
                             "discard the object (reject), or keep moving (continue, the behaviour before the option)")
     seed_margin: int = Field(1, ge=0, description="a seed with an accepted object's voxel within this many voxels "
                                                   "(each axis) does not start (0: only a seed on one)")
+    step_budget: float = Field(20.0, ge=0, description="FOV steps a block's canvas may take, as a multiple of the "
+                                                      "FOV positions that tile it; once spent no new object starts "
+                                                      "(blocks that reach it are reported). 0: no limit")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
                             "bfloat16, else float32); the object maps stay float32")
@@ -186,10 +189,12 @@ class FFNStage(BlockStage):
         """Without consensus, at precision auto and at scale 1 1 1, the one from before those options existed, so
         earlier runs resume (as the affinities stage's, the precision auto resolves to is not recorded). The seed
         rules are left out only at the behaviour from before them (continue, margin 0): a run made before them
-        does not resume under the new defaults, which fill differently."""
+        does not resume under the new defaults, which fill differently. The step budget is left out at its
+        default: it changes only the blocks that spend it, and those are reported."""
         fp = super().fingerprint()
         defaults = {"consensus": False, "precision": "auto", "scale": [1, 1, 1], "consensus_model": None,
-                    "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0}
+                    "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
+                    "step_budget": FFNParams.model_fields["step_budget"].default}
         fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
         return fp
 
@@ -204,7 +209,7 @@ class FFNStage(BlockStage):
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
                               p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
                               reverse=p.reverse, precision=resolve_precision(p.precision, torch.device(p.device)),
-                              weak_seed=p.weak_seed, seed_margin=p.seed_margin)
+                              weak_seed=p.weak_seed, seed_margin=p.seed_margin, step_budget=p.step_budget)
 
     def _fill(self, name: str, scale, settings, raw: np.ndarray, mask: np.ndarray | None, block: Block):
         """One canvas pass of model `name` over the read box at `scale`: labels of the read box, and stats."""
@@ -225,19 +230,21 @@ class FFNStage(BlockStage):
         raw = read_image(volumes, block.read_box)
         settings, scale = self.settings(), self.scale
         labels, stats = self._fill(self.params.model, scale, settings, raw, mask, block)
-        summary = {"objects": stats["objects"], "steps": stats["steps"]}
+        summary = {"objects": stats["objects"], "steps": stats["steps"], "over_budget": stats["over_budget"]}
         runs = [labels]
         if self.params.consensus:
             reverse, stats = self._fill(self.params.model, scale, dataclasses.replace(settings,
                                         reverse=not settings.reverse), raw, mask, block)
             runs.append(reverse)
-            summary.update(objects_reverse=stats["objects"], steps=summary["steps"] + stats["steps"])
+            summary.update(objects_reverse=stats["objects"], steps=summary["steps"] + stats["steps"],
+                           over_budget=summary["over_budget"] + stats["over_budget"])
         if self.consensus_info is not None:
             other_scale = tuple(self.params.consensus_scale or ONE)
             other, stats = self._fill(self.params.consensus_model, other_scale, self.settings(self.consensus_info),
                                       raw, mask, block)
             runs.append(other)
-            summary.update(objects_consensus_model=stats["objects"], steps=summary["steps"] + stats["steps"])
+            summary.update(objects_consensus_model=stats["objects"], steps=summary["steps"] + stats["steps"],
+                           over_budget=summary["over_budget"] + stats["over_budget"])
         if len(runs) > 1:
             labels = consensus(runs, settings.min_size * math.prod(scale))  # min_size counts the model's voxels
             summary["pieces"] = int(labels.max())

@@ -139,13 +139,14 @@ def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
 
 def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE) -> dict:
     """Segment `raw` with the current weights (downsampled by `scale`, the labels upsampled back, as the `ffn`
-    stage runs it) and score it against `gt`."""
+    stage runs it, with its default seed rules and step budget, which also bounds the time of a validation) and
+    score it against `gt`."""
     net.eval()
     seg, stats = segment_volume(net, info, downsample_image(raw, scale),
                                 CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size))
     seg = upsample_labels(seg, scale, raw.shape)
     net.train()
-    return {**validation_scores(seg, gt), "steps": stats["steps"]}
+    return {**validation_scores(seg, gt), "steps": stats["steps"], "over_budget": stats["over_budget"]}
 
 
 def train(settings: FFNTrainSettings, log=print) -> dict:
@@ -190,7 +191,8 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
             scores = {"iteration": it, **validate(net, info, val.raw, val.labels, settings.scale)}
             history.append(scores)
             log(f"validation at {it}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
-                f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}")
+                f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}"
+                + (f", step budget spent ({scores['over_budget']} seeds not started)" if scores["over_budget"] else ""))
             if best is None or scores["voi"] < best["voi"]:
                 best = scores
                 _save(out / settings.name, net, info, settings, losses, history, best, start)

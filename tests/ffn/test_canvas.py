@@ -191,3 +191,26 @@ def test_a_seed_within_the_margin_of_an_accepted_object_does_not_start(margin):
         assert canvas.stats["objects"] == 2 and np.all(seg[:, 16:, :] == 2)
     else:
         assert canvas.stats["objects"] == 1 and not seg[:, 16:, :].any()
+
+
+def test_a_spent_step_budget_starts_no_new_object_and_counts_the_seeds_left():
+    """Four separate bars: with a budget the first object spends, the other three seeds do not start."""
+    net, info = handset_model()
+    raw = np.zeros((24, 40, 40), np.uint8)
+    for k in range(4):
+        raw[4:20, 4 + 9 * k:11 + 9 * k, 5:35] = 255
+    seeds = np.array([[12, 7 + 9 * k, 20] for k in range(4)])
+    free = Canvas(net, info, raw, _settings(step_budget=0))
+    assert free.budget is None
+    everything = free.segment(seeds)
+    assert free.stats["objects"] == 4 and free.stats["over_budget"] == 0
+    roomy = Canvas(net, info, raw, _settings())  # the default budget: far more than four objects need
+    np.testing.assert_array_equal(roomy.segment(seeds), everything)
+    assert roomy.stats["over_budget"] == 0 and roomy.stats["steps"] == free.stats["steps"]
+
+    tight = Canvas(net, info, raw, _settings(step_budget=1e-3))
+    assert tight.budget == 5  # ceil(0.001 x 12 x 20 x 20 positions, 2 voxels apart)
+    seg = tight.segment(seeds)
+    assert tight.stats["objects"] == 1 and tight.stats["over_budget"] == 3
+    np.testing.assert_array_equal(seg != 0, everything == 1)  # the first object is whole: it finished
+    assert tight.budget < tight.stats["steps"] < free.stats["steps"]

@@ -77,6 +77,41 @@ def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
     assert voi(_read(bf16["segmentation"]), seg1) == (0.0, 0.0)
 
 
+def test_a_block_that_spends_its_step_budget_is_reported(tmp_path, capsys, client):
+    """The compartments of the test above in one block, with a budget the first object spends: the run says so
+    in one warning line and in `over_budget`; the default budget changes nothing there and is left out of the
+    fingerprint, a chosen one is recorded."""
+    model = saved_handset_model(tmp_path)
+    raw = np.full((16, 64, 64), 255, np.uint8)
+    raw[:, 20, :] = 0
+    raw[:, :, 41] = 0
+    raw[7, :, :] = 0
+    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
+    vol.write(vol.box, raw)
+    argv = ["segment", vol.address, "", "--method", "ffn", "--model", model, "--block-shape", "16", "64", "64",
+            "--workers", "1", "--no-progress", "--json"]
+    argv[2] = str(tmp_path / "tight")
+    assert main([*argv, "--ffn-step-budget", "0.001"]) == 0
+    captured = capsys.readouterr()
+    tight = json.loads(captured.out.strip().splitlines()[-1])
+    spent = tight["over_budget"]
+    assert list(spent) == ["0"] and spent["0"] > 0, tight
+    warning = [line for line in captured.err.splitlines() if "step budget" in line]
+    assert warning == [f"connectome segment: warning: ffn: 1 of 1 blocks spent their step budget (block 0: "
+                       f"{spent['0']} seeds not started); the voxels no object reached took the nearest object's "
+                       f"label: raise --ffn-step-budget (0: no limit)"], captured.err
+    assert len(np.unique(_read(tight["segmentation"]))) < 8
+    assert DoneMarkers(str(tmp_path / "tight"), "ffn").fingerprint()["params"]["step_budget"] == 0.001
+
+    argv[2] = str(tmp_path / "default")
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    default = json.loads(captured.out.strip().splitlines()[-1])
+    assert default["over_budget"] == {} and "step budget" not in captured.err
+    assert len(np.unique(_read(default["segmentation"]))) == 8
+    assert "step_budget" not in DoneMarkers(str(tmp_path / "default"), "ffn").fingerprint()["params"]
+
+
 def test_handset_model_with_a_mask(tmp_path, capsys, client):
     """`--mask`: masked voxels stay 0 (not filled from the nearest object) and split the compartment they cross;
     8 blocks == one block."""
@@ -109,6 +144,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["--model", "ffn-synthetic"], str(sstem), "trained on [8.0, 8.0, 8.0] nm voxels"),
         (["--model", "ffn-synthetic"], str(synthetic_raw / "labels"), "has dtype uint64, expected uint8"),
         (["--ffn-seed-margin", "-1"], raw, "--ffn-seed-margin -1: expected a number of voxels >= 0"),
+        (["--ffn-step-budget", "-1"], raw, "--ffn-step-budget -1: expected a multiple >= 0 (0: no limit)"),
     ]
     for extra, src, expected in cases:
         argv = ["segment", src, str(tmp_path / "o"), "--method", "ffn", *extra]
