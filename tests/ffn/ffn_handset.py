@@ -43,3 +43,19 @@ def saved_handset_model(directory, deltas=(4, 4, 4), input="raw", voxel_size=(8.
     net, info = handset_model(deltas=deltas)
     info.name, info.input, info.voxel_size = name, input, tuple(voxel_size)
     return str(save_model(directory / name, net, info))
+
+
+def compartments_volume(directory) -> str:
+    """A bright 16 x 64 x 64 uint8 volume cut by three dark walls (y 20, x 41, z 7) into 2 x 2 x 2 compartments,
+    stored as `directory/in/raw` in 8 x 32 x 32 chunks at 8 nm: its address."""
+    import numpy as np
+
+    from connectome.io import create_volume
+
+    raw = np.full((16, 64, 64), 255, np.uint8)
+    raw[:, 20, :] = 0
+    raw[:, :, 41] = 0
+    raw[7, :, :] = 0
+    vol = create_volume(str(directory / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
+    vol.write(vol.box, raw)
+    return vol.address

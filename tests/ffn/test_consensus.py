@@ -9,10 +9,10 @@ from scipy import ndimage
 
 from connectome.cli.main import main
 from connectome.ffn.consensus import consensus
-from connectome.io import create_volume, open_volume
+from connectome.io import open_volume
 from connectome.metrics.voi import voi
 
-from ffn_handset import saved_handset_model
+from ffn_handset import compartments_volume, saved_handset_model
 
 
 def _maps_to_one(pieces, labels):
@@ -63,15 +63,10 @@ def test_segment_ffn_consensus_command(tmp_path, capsys, client):
     """The handset network fills the same objects in either seed order, so the consensus run equals the plain
     one; the block summaries name the pieces."""
     model = saved_handset_model(tmp_path)
-    raw = np.full((16, 64, 64), 255, np.uint8)
-    raw[:, 20, :] = 0
-    raw[:, :, 41] = 0
-    raw[7, :, :] = 0
-    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
-    vol.write(vol.box, raw)
+    address = compartments_volume(tmp_path)
     results = {}
     for label, extra in (("plain", []), ("consensus", ["--consensus"])):
-        argv = ["segment", vol.address, str(tmp_path / label), "--method", "ffn", "--model", model,
+        argv = ["segment", address, str(tmp_path / label), "--method", "ffn", "--model", model,
                 "--block-shape", "8", "32", "32", "--workers", "2", "--no-progress", "--json", *extra]
         assert main(argv) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ from connectome.engine.markers import DoneMarkers
 from connectome.io import create_volume, open_volume
 from connectome.metrics.voi import voi
 
-from ffn_handset import saved_handset_model
+from ffn_handset import compartments_volume, saved_handset_model
 
 
 def _segment(capsys, raw, out, model, block, *extra):
@@ -61,19 +61,14 @@ def test_synthetic_eight_blocks_resume(synthetic_raw, tmp_path, capsys, client):
 
 def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
     model = saved_handset_model(tmp_path)
-    raw = np.full((16, 64, 64), 255, np.uint8)
-    raw[:, 20, :] = 0
-    raw[:, :, 41] = 0
-    raw[7, :, :] = 0
-    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
-    vol.write(vol.box, raw)
-    eight = _segment(capsys, vol.address, tmp_path / "eight", model, (8, 32, 32))
-    one = _segment(capsys, vol.address, tmp_path / "one", model, (16, 64, 64))
+    address = compartments_volume(tmp_path)
+    eight = _segment(capsys, address, tmp_path / "eight", model, (8, 32, 32))
+    one = _segment(capsys, address, tmp_path / "one", model, (16, 64, 64))
     seg8, seg1 = _read(eight["segmentation"]), _read(one["segmentation"])
     assert len(np.unique(seg1)) == 8  # 2 x 2 x 2 compartments (walls filled from the nearest object)
     assert voi(seg8, seg1) == (0.0, 0.0)
     # the network in bfloat16, in 8 blocks, finds the same compartments
-    bf16 = _segment(capsys, vol.address, tmp_path / "bf16", model, (8, 32, 32), "--precision", "bfloat16")
+    bf16 = _segment(capsys, address, tmp_path / "bf16", model, (8, 32, 32), "--precision", "bfloat16")
     assert voi(_read(bf16["segmentation"]), seg1) == (0.0, 0.0)
 
 
@@ -82,16 +77,10 @@ def test_a_block_that_spends_its_step_budget_is_reported(tmp_path, capsys, clien
     in one warning line and in `over_budget`; the default budget changes nothing there and is left out of the
     fingerprint, a chosen one is recorded."""
     model = saved_handset_model(tmp_path)
-    raw = np.full((16, 64, 64), 255, np.uint8)
-    raw[:, 20, :] = 0
-    raw[:, :, 41] = 0
-    raw[7, :, :] = 0
-    vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
-    vol.write(vol.box, raw)
-    argv = ["segment", vol.address, "", "--method", "ffn", "--model", model, "--block-shape", "16", "64", "64",
-            "--workers", "1", "--no-progress", "--json"]
-    argv[2] = str(tmp_path / "tight")
-    assert main([*argv, "--ffn-step-budget", "0.001"]) == 0
+    address = compartments_volume(tmp_path)
+    options = ["--method", "ffn", "--model", model, "--block-shape", "16", "64", "64", "--workers", "1",
+               "--no-progress", "--json"]
+    assert main(["segment", address, str(tmp_path / "tight"), *options, "--ffn-step-budget", "0.001"]) == 0
     captured = capsys.readouterr()
     tight = json.loads(captured.out.strip().splitlines()[-1])
     spent = tight["over_budget"]
@@ -103,8 +92,7 @@ def test_a_block_that_spends_its_step_budget_is_reported(tmp_path, capsys, clien
     assert len(np.unique(_read(tight["segmentation"]))) < 8
     assert DoneMarkers(str(tmp_path / "tight"), "ffn").fingerprint()["params"]["step_budget"] == 0.001
 
-    argv[2] = str(tmp_path / "default")
-    assert main(argv) == 0
+    assert main(["segment", address, str(tmp_path / "default"), *options]) == 0
     captured = capsys.readouterr()
     default = json.loads(captured.out.strip().splitlines()[-1])
     assert default["over_budget"] == {} and "step budget" not in captured.err
