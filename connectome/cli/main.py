@@ -111,8 +111,8 @@ def _quiet_interrupt() -> None:
     import signal
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-    for name in ("distributed", "tornado"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # every logger, not a few by name: distributed's logging config gives some (tornado.application) their own level
+    logging.disable(logging.CRITICAL)
 
 
 if __name__ == "__main__":
