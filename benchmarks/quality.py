@@ -107,12 +107,13 @@ def fitting_models(voxel_size) -> list[str]:
 
 
 def run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, tta: int | None = None,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, min_segment_voxels: int | None = None) -> dict:
     out = os.path.join(tmp, f"{set_name.split()[0]}-{model}")
     vs = ["--voxel-size", *map(str, voxel_size)]
     t0 = time.perf_counter()
     seg, err = cli("segment", raw, out, "--model", model, "--no-progress", *vs, *(["--tta", str(tta)] if tta else []),
-                   *(["--precision", precision] if precision else []))
+                   *(["--precision", precision] if precision else []),
+                   *(["--min-segment-voxels", str(min_segment_voxels)] if min_segment_voxels is not None else []))
     seconds = time.perf_counter() - t0
     metrics, _ = cli("evaluate", "--seg", seg["segmentation"], "--gt", gt, *vs,
                      *(["--per-section"] if per_section else []))
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--tta", type=int, default=None, help="segment with --tta N (default: each model's own)")
     ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                     help="segment with --precision (default: segment's, auto)")
+    ap.add_argument("--min-segment-voxels", type=int, default=None,
+                    help="segment with --min-segment-voxels N (default: each model's own; 0: no small segment absorbed)")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/quality.md (quality_ttaN.md with --tta)")
     args = ap.parse_args()
     name = f"quality_tta{args.tta}.md" if args.tta else "quality.md"
@@ -159,7 +162,8 @@ def main() -> None:
             if args.models and model not in args.models:
                 continue
             print(f"{set_name} with {model} ...", file=sys.stderr, flush=True)
-            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, args.tta, args.precision)
+            row = run_case(set_name, raw, gt, voxel_size, per_section, model, tmp, args.tta, args.precision,
+                           args.min_segment_voxels)
             row["target"] = target
             rows.append(row)
             print(f"  VOI {row['voi']:.3f} (split {row['voi_split']:.3f}, merge {row['voi_merge']:.3f}), "

@@ -45,11 +45,14 @@ def segmentation_config(
     mask: str | None = None,
     tta: int | None = None,
     precision: str = "auto",
+    min_segment_voxels: int | None = None,
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
     nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments. `tta` > 1 averages
-    the affinities of that many flipped copies of each block (test-time augmentation; default: the model's)."""
+    the affinities of that many flipped copies of each block (test-time augmentation; default: the model's).
+    `min_segment_voxels`: segments under this size whose bounding box fits the model's `max_extent` join the
+    neighbour they touch most after the merge (default: the model's; 0: none)."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
@@ -70,6 +73,11 @@ def segmentation_config(
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
     masked = {"affinities": "masked_affinities"} if mask else {}
+    absorb = dict(info.absorb)
+    if min_segment_voxels is not None:
+        absorb["min_voxels"] = min_segment_voxels
+    if not absorb.get("min_voxels"):
+        absorb = {}
     stages = [
         StageConfig(stage="affinities", params={
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
@@ -79,7 +87,7 @@ def segmentation_config(
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
         StageConfig(stage="relabel", params={"threshold": threshold,
-                                              "scoring": "mean" if scoring == "learned" else scoring}),
+                                              "scoring": "mean" if scoring == "learned" else scoring, **absorb}),
     ]
     return RunConfig(
         input=absolute(raw),

@@ -7,7 +7,8 @@
 - `fragments`: the steepest-ascent watershed per block, ids `(block << 32) | local`.
 - `agglomerate`: one region-graph table per block (edges across its lower faces included).
 - `relabel`: the global merge (a global step: a tree of partial merges on the cluster, `merge_tree`)
-  into a lookup table sharded by block, then fragments -> segments, each block reading its shard.
+  into a lookup table sharded by block, then fragments -> segments, each block reading its shard;
+  with `min_voxels`, small segments then join the neighbour they touch most (`absorb`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from connectome.affinity.absorb import absorb_small, context_for
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
@@ -267,6 +269,13 @@ class RelabelParams(StageParams):
     tree_levels: int = Field(2, ge=1, le=16, description="merge tree: levels run as one task per super-block; "
                              "above them, rounds of tasks per super-block of the last level (merge_rounds), so "
                              "no task grows with the volume (the same table)")
+    min_voxels: int = Field(0, ge=0, description="after the merge, segments under this many voxels whose bounding "
+                            "box fits max_extent join the neighbour they touch most (affinity.absorb; 0 = none)")
+    max_extent: tuple[int, int, int] = Field((16, 16, 16), description="voxels (z, y, x): the largest bounding "
+                                             "box of a segment min_voxels absorbs; blocks read twice this "
+                                             "beyond their write box")
+    min_share: float = Field(0.0, ge=0, le=1, description="a small segment joins its neighbour only when that "
+                             "one holds at least this share of its faces with other segments")
 
 
 @register
@@ -287,12 +296,31 @@ class RelabelStage(BlockStage[RelabelParams]):
         """The merge, run once before the blocks."""
         return self.merge
 
+    def context(self) -> Context:
+        """Absorbing small segments reads twice `max_extent` around the write box (affinity.absorb)."""
+        if not self.params.min_voxels:
+            return Context()
+        grow = context_for(self.params.max_extent)
+        return Context(lower=grow, upper=grow)
+
     def fingerprint(self) -> dict:
-        fp = super().fingerprint()  # tree_levels left out: the table is the same whatever it is
-        fp["params"] = {k: v for k, v in fp["params"].items() if k != "tree_levels"}
+        """Without tree_levels (the table is the same whatever it is), and without the absorb parameters when
+        nothing is absorbed, so runs from before the option resume."""
+        fp = super().fingerprint()
+        drop = {"tree_levels"} | ({"min_voxels", "max_extent", "min_share"} if not self.params.min_voxels else set())
+        fp["params"] = {k: v for k, v in fp["params"].items() if k not in drop}
         return {**fp, "lut": self.merge.fingerprint()["lut"]}
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        seg = relabel_block(self.merge.path, volumes["fragments"].read(block.write_box))
+        p = self.params
+        if not p.min_voxels:
+            seg = relabel_block(self.merge.path, volumes["fragments"].read(block.write_box))
+            volumes["segmentation"].write(block.write_box, seg)
+            return {"segments": int(np.unique(seg[seg != 0]).size)}
+        read, volume = block.read_box, volumes["fragments"].box
+        grown = relabel_block(self.merge.path, volumes["fragments"].read(read))
+        origin = [r - v for r, v in zip(read.offset, volume.offset)]
+        grown, absorbed = absorb_small(grown, p.min_voxels, p.max_extent, p.min_share, origin, volume.shape)
+        seg = np.ascontiguousarray(grown[block.write_box.relative_to(read)])
         volumes["segmentation"].write(block.write_box, seg)
-        return {"segments": int(np.unique(seg[seg != 0]).size)}
+        return {"segments": int(np.unique(seg[seg != 0]).size), "absorbed": absorbed}

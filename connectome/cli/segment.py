@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
                         help="test-time augmentation: average the affinities predicted on N flipped copies of each "
                              "block (1 = none; 4 = plain, x, y and z flips: N times the prediction time; default: "
                              "the model's validated value)")
+    parser.add_argument("--min-segment-voxels", type=int, default=None, metavar="N",
+                        help="after the merge, segments under N voxels that fit in the model's max_extent box join "
+                             "the neighbour they touch most (0 = none; default: the model's validated value)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -72,6 +75,7 @@ def run(args) -> int:
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
+    from connectome.core.errors import UserError
     from connectome.engine.plan import check_input_chunks
 
     check_method(args.method)
@@ -79,11 +83,14 @@ def run(args) -> int:
         args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
     if args.method == "ffn":
         return _run_ffn(args)
+    if args.min_segment_voxels is not None and args.min_segment_voxels < 0:
+        raise UserError(f"--min-segment-voxels {args.min_segment_voxels}: expected a number of voxels >= 0 (0: none)")
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,
                                  allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
-                                 mask=args.mask, tta=args.tta, precision=args.precision or "auto")
+                                 mask=args.mask, tta=args.tta, precision=args.precision or "auto",
+                                 min_segment_voxels=args.min_segment_voxels)
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
@@ -105,6 +112,8 @@ def _run_ffn(args) -> int:
 
     if args.tta is not None:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
+    if args.min_segment_voxels is not None:
+        raise UserError(f"--min-segment-voxels {args.min_segment_voxels}: for --method affinities, not ffn")
     if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
         raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
     if args.ffn_step_budget is not None and not args.ffn_step_budget >= 0:

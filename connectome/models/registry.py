@@ -34,6 +34,7 @@ class ModelInfo:
     scoring: str = "mean"  # the agglomeration score `segment` uses by default ("learned": <name>-edges.json)
     in_plane: bool = False  # fragments within sections (the fragments stage's in_plane), as validated
     tta: int = 1  # flipped copies whose affinities `segment` averages by default (test-time augmentation)
+    absorb: dict = field(default_factory=dict, hash=False)  # relabel's min_voxels, max_extent, min_share ({}: none)
     flops_per_voxel: float = 0.0
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = ""
@@ -118,6 +119,9 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         scoring=str(agg["scoring"]) if agg.get("scoring") in ("mean", "quantile", "learned") else "mean",
         in_plane=bool(agg.get("in_plane", False)),
         tta=int((meta.get("inference") or {}).get("tta", 1)),
+        absorb={k: agg["absorb"][k] for k in ("min_voxels", "max_extent", "min_share")
+                if k in agg["absorb"]}
+        if isinstance(agg.get("absorb"), dict) else {},
         flops_per_voxel=config.flops_per_voxel,
         provenance=meta.get("provenance", {}),
         path=str(path),

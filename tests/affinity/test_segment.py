@@ -120,6 +120,9 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["segment", str(synthetic_raw / "labels"), str(tmp_path / "o")], "has dtype uint64, expected uint8"),
         (["segment", raw, str(tmp_path / "o"), "--block-shape", "16", "64", "62"], "needs a multiple of"),
         (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--tta", "4"], "--tta 4: test-time augmentation"),
+        (["segment", raw, str(tmp_path / "o"), "--min-segment-voxels", "-1"], "--min-segment-voxels -1: expected"),
+        (["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--min-segment-voxels", "50"],
+         "--min-segment-voxels 50: for --method affinities"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
@@ -146,3 +149,26 @@ def test_run_configs_use_the_models_tta_and_fingerprint_what_ran(medulla_crop, t
     assert tta == 1 and "tta" not in params and params["precision"] == "float32"
     tta, params = affinities("synthetic")
     assert tta == 1 and "tta" not in params
+
+
+def test_run_configs_absorb_small_segments_as_the_model_says(medulla_crop, tmp_path):
+    """relabel gets the model's validated absorb settings (fib-10nm: 200 voxels, 16^3 box, half the faces);
+    `--min-segment-voxels 0` and models without them leave relabel's fingerprint as before the option."""
+    from connectome.affinity.segment import segmentation_config
+    from connectome.engine.plan import plan_run
+
+    def relabel(model, **kw):
+        config = segmentation_config(medulla_crop, str(tmp_path / model), model, (24, 128, 128),
+                                     allow_voxel_mismatch=True, **kw)
+        stage = next(p.stage for p in plan_run(config).stages if p.stage.name == "relabel")
+        return stage.params, stage.fingerprint()["params"], stage.context()
+
+    params, fp, context = relabel("fib-10nm")
+    assert (params.min_voxels, params.max_extent, params.min_share) == (200, (16, 16, 16), 0.5)
+    assert fp["min_voxels"] == 200 and context.lower == context.upper == (32, 32, 32)
+    params, fp, _ = relabel("fib-10nm", min_segment_voxels=50)
+    assert params.min_voxels == 50 and params.max_extent == (16, 16, 16)
+    for kw in ({"model": "fib-10nm", "min_segment_voxels": 0}, {"model": "synthetic"}):
+        params, fp, context = relabel(**kw)
+        assert params.min_voxels == 0 and context.lower == (0, 0, 0)
+        assert not {"min_voxels", "max_extent", "min_share"} & set(fp), fp

@@ -159,7 +159,7 @@ def synthetic_affinities(tmp_path_factory):
     return root
 
 
-def _segment_from_affinities(root, name, block_shape, scoring="mean"):
+def _segment_from_affinities(root, name, block_shape, scoring="mean", absorb=None):
     cfg = {
         "input": str(root / "in" / "gt"),
         "output": str(root / name),
@@ -168,7 +168,7 @@ def _segment_from_affinities(root, name, block_shape, scoring="mean"):
         "stages": [
             {"stage": "fragments", "inputs": {"affinities": str(root / "in" / "affs")}},
             {"stage": "agglomerate", "inputs": {"affinities": str(root / "in" / "affs")}},
-            {"stage": "relabel", "params": {"threshold": 0.5, "scoring": scoring}},
+            {"stage": "relabel", "params": {"threshold": 0.5, "scoring": scoring, **(absorb or {})}},
         ],
     }
     path = root / f"{name}.yaml"
@@ -190,6 +190,24 @@ def test_eight_blocks_match_one_block(synthetic_affinities, capsys, scoring):
     gs, gm = voi(one, gt)
     assert gs + gm < 0.5, (gs, gm)  # the chain recovers the cells from noisy affinities
     assert len(np.unique(eight)) > 20
+
+
+def test_absorbing_small_segments_is_the_same_in_eight_blocks(synthetic_affinities, capsys):
+    """relabel's min_voxels: blocks read their context, so 8 blocks give the one-block partition exactly."""
+    root = synthetic_affinities
+    absorb = {"min_voxels": 64, "max_extent": [4, 8, 8]}
+    plain = _segment_from_affinities(root, "plain-one", [32, 128, 128])
+    one = _segment_from_affinities(root, "absorb-one", [32, 128, 128], absorb=absorb)
+    eight = _segment_from_affinities(root, "absorb-eight", [16, 64, 64], absorb=absorb)
+    capsys.readouterr()
+    split, merge = voi(eight, one)
+    assert split == 0 and merge == 0, (split, merge)
+    ids, sizes = np.unique(plain, return_counts=True)
+    assert (sizes < 64).sum() > 10_000  # the noisy affinities leave many small segments ...
+    after = np.unique(one, return_counts=True)[1]
+    assert (after < 64).sum() < (sizes < 64).sum() - 2000  # ... those beside a large one are absorbed
+    gt = open_volume(str(root / "in" / "gt")).read(Box.from_shape((32, 128, 128)))
+    assert sum(voi(one, gt)) < sum(voi(plain, gt))
 
 
 def _random_graph(rng, n, m, levels):
