@@ -13,7 +13,10 @@ a speck at a junction of two neurites is as likely to belong to the one it touch
 Blockwise: a block relabels its write box grown by `context_for(max_extent)` (twice the extent
 each side). A small segment that meets the write box then lies inside the grown box with all its
 neighbours' faces, and any neighbour cut by the grown box's inner faces is at least `max_extent + 1`
-long, so not small: every decision is the one a single block over the whole volume makes.
+long, so not small: every decision is the one a single block over the whole volume makes. This
+needs every segment to be connected (6-connected voxels): the affinity chain's are (basins are
+connected, and the merge joins touching fragments only); a segment in two distant pieces could look
+small in a block that sees one of them.
 """
 
 from __future__ import annotations

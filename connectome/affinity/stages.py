@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from connectome.affinity.absorb import absorb_small, context_for
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
@@ -271,9 +271,9 @@ class RelabelParams(StageParams):
                              "no task grows with the volume (the same table)")
     min_voxels: int = Field(0, ge=0, description="after the merge, segments under this many voxels whose bounding "
                             "box fits max_extent join the neighbour they touch most (affinity.absorb; 0 = none)")
-    max_extent: tuple[int, int, int] = Field((16, 16, 16), description="voxels (z, y, x): the largest bounding "
-                                             "box of a segment min_voxels absorbs; blocks read twice this "
-                                             "beyond their write box")
+    max_extent: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (16, 16, 16), description="voxels (z, y, x): the largest bounding box of a segment min_voxels absorbs; "
+        "blocks read twice this beyond their write box")
     min_share: float = Field(0.0, ge=0, le=1, description="a small segment joins its neighbour only when that "
                              "one holds at least this share of its faces with other segments")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.segment import add_min_segment_option
 
 
 def add_arguments(parser) -> None:
@@ -18,6 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the models on data whose voxel size differs from theirs")
+    add_min_segment_option(parser)
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")
@@ -37,7 +39,8 @@ def run(args) -> int:
 
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
-                                 args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch)
+                                 args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
+                                 min_segment_voxels=args.min_segment_voxels)
     config = config.model_copy(update={"stages": config.stages + synapse_stages(
         args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types)})
     plan = plan_segmentation(config, args.overwrite)

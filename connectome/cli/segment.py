@@ -32,9 +32,7 @@ def add_arguments(parser) -> None:
                         help="test-time augmentation: average the affinities predicted on N flipped copies of each "
                              "block (1 = none; 4 = plain, x, y and z flips: N times the prediction time; default: "
                              "the model's validated value)")
-    parser.add_argument("--min-segment-voxels", type=int, default=None, metavar="N",
-                        help="after the merge, segments under N voxels that fit in the model's max_extent box join "
-                             "the neighbour they touch most (0 = none; default: the model's validated value)")
+    add_min_segment_option(parser)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -71,11 +69,17 @@ def add_arguments(parser) -> None:
     add_run_options(parser)
 
 
+def add_min_segment_option(parser) -> None:
+    """`--min-segment-voxels`, for the commands that run the affinity chain."""
+    parser.add_argument("--min-segment-voxels", type=int, default=None, metavar="N",
+                        help="after the merge, segments under N voxels that fit in the model's max_extent box join "
+                             "the neighbour they touch most (0 = none; default: the model's validated value)")
+
+
 def run(args) -> int:
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
-    from connectome.core.errors import UserError
     from connectome.engine.plan import check_input_chunks
 
     check_method(args.method)
@@ -83,8 +87,6 @@ def run(args) -> int:
         args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
     if args.method == "ffn":
         return _run_ffn(args)
-    if args.min_segment_voxels is not None and args.min_segment_voxels < 0:
-        raise UserError(f"--min-segment-voxels {args.min_segment_voxels}: expected a number of voxels >= 0 (0: none)")
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
                                  args.threshold, args.voxel_size, cluster, args.scoring,

@@ -21,7 +21,7 @@ def test_a_speck_joins_the_neighbour_it_touches_most():
 def test_large_long_isolated_and_cut_segments_stay():
     seg = np.ones((8, 12, 12), np.uint64)
     seg[2:4, 2:4, 2:4] = 5  # 8 voxels, but min_voxels is 8: not under it
-    seg[1, 1, 1:11] = 6  # 10 voxels, 10 long: over max_extent
+    seg[1, 1, 1:6] = 6  # 5 voxels (under min_voxels) but 5 long: over max_extent
     seg[3:7, 7:11, 7:11] = 0  # background around the pair 8, 9:
     seg[4, 8:10, 8:10] = 8  # 4 voxels touching segment 9 (small too) and the background only
     seg[5, 8:10, 8:10] = 9
@@ -55,7 +55,14 @@ def test_a_speck_between_two_segments_needs_the_share():
     assert n == 1 and (out[seg == 7] == 1).all()
 
 
-def test_nothing_to_absorb_returns_the_input():
+def test_the_extent_decides_for_a_long_thin_segment():
+    seg = np.ones((5, 5, 12), np.uint64)
+    seg[2, 2, 2:8] = 6  # 6 voxels in a line
+    assert absorb_small(seg, 8, (4, 4, 5))[1] == 0
+    assert absorb_small(seg, 8, (4, 4, 6))[1] == 1
+
+
+def test_min_voxels_0_returns_the_input():
     seg = np.arange(24, dtype=np.uint64).reshape(2, 3, 4)
     out, n = absorb_small(seg, 0, (4, 4, 4))
     assert n == 0 and out is seg
@@ -78,7 +85,7 @@ def _specked(seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5])
-@pytest.mark.parametrize("block", [(8, 16, 16), (5, 23, 17), (24, 64, 64)])
+@pytest.mark.parametrize("block", [(8, 16, 16), (5, 23, 17), (12, 32, 64)])
 def test_blocks_with_their_context_equal_the_whole_volume(block, share):
     seg = _specked(4)
     whole, n = absorb_small(seg, 30, (3, 4, 4), share)

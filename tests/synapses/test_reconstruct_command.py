@@ -110,3 +110,12 @@ def test_serial_section_data_refuses_the_8nm_types_unless_left_out(tmp_path, cap
     result = json.loads(capsys.readouterr().out)
     ran = {s["stage"]: s["ran"] for s in result["stages"]}
     assert ran["segment_features"] > 0 and (tmp_path / "out" / "segments.csv").is_file()
+
+
+def test_reconstruct_passes_min_segment_voxels_to_the_segmentation(synth, tmp_path, capsys):
+    """`--min-segment-voxels` reaches reconstruct's segmentation config: a bad value is refused there, in one
+    line, before anything is written."""
+    raw, out = str(synth / "synth" / "raw"), tmp_path / "out"
+    assert main(["reconstruct", raw, str(out), "--min-segment-voxels", "-3", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--min-segment-voxels -3: expected" in err and not out.exists()
