@@ -74,12 +74,12 @@ def segmentation_config(
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
     masked = {"affinities": "masked_affinities"} if mask else {}
     absorb = dict(info.absorb)
-    if min_segment_voxels is not None and min_segment_voxels < 0:
-        raise UserError(f"--min-segment-voxels {min_segment_voxels}: expected a number of voxels >= 0 (0: none)")
     if min_segment_voxels is not None:
+        if min_segment_voxels < 0:
+            raise UserError(f"--min-segment-voxels {min_segment_voxels}: expected a number of voxels >= 0 (0: none)")
         absorb["min_voxels"] = min_segment_voxels
     if not absorb.get("min_voxels"):
-        absorb = {}
+        absorb = {}  # relabel's defaults, and its fingerprint from before the option
     stages = [
         StageConfig(stage="affinities", params={
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),

@@ -312,15 +312,12 @@ class RelabelStage(BlockStage[RelabelParams]):
         return {**fp, "lut": self.merge.fingerprint()["lut"]}
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        """Relabel the read box (the write box unless small segments are absorbed), absorb, write the write box."""
         p = self.params
-        if not p.min_voxels:
-            seg = relabel_block(self.merge.path, volumes["fragments"].read(block.write_box))
-            volumes["segmentation"].write(block.write_box, seg)
-            return {"segments": int(np.unique(seg[seg != 0]).size)}
         read, volume = block.read_box, volumes["fragments"].box
         grown = relabel_block(self.merge.path, volumes["fragments"].read(read))
         origin = [r - v for r, v in zip(read.offset, volume.offset)]
         grown, absorbed = absorb_small(grown, p.min_voxels, p.max_extent, p.min_share, origin, volume.shape)
         seg = np.ascontiguousarray(grown[block.write_box.relative_to(read)])
         volumes["segmentation"].write(block.write_box, seg)
-        return {"segments": int(np.unique(seg[seg != 0]).size), "absorbed": absorbed}
+        return {"segments": int(np.unique(seg[seg != 0]).size), **({"absorbed": absorbed} if p.min_voxels else {})}
