@@ -18,6 +18,7 @@ of each slice's PSD mask.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 import cc3d
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from connectome.core.errors import UserError
 from connectome.metrics.synapses import synapse_scores
@@ -46,6 +49,7 @@ CONFIG_2D = UNetConfig(base_channels=8, channel_growth=2.0, max_channels=64, dow
 TOLERANCE_NM = 200.0
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_VOXELS = (25, 50, 100, 200, 400, 800, 1600, 3200)
+AUX_WEIGHT = 0.5  # the auxiliary masks' loss against the cleft loss (`--aux`)
 DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
@@ -73,19 +77,22 @@ class RealSet:
     separate_sections: bool = False  # the sections are not neighbours: every one is a volume of its own
     patch: tuple[int, int, int] = (5, 192, 192)
     margin: tuple[int, int, int] = (1, 24, 24)
+    aux: tuple[str, ...] = ()  # other masks of the training split, extra training outputs with `--aux`
 
 
 DATASETS = {
     "vnc": RealSet("drosophila_vnc_sstem/vnc_stack1.npz", (50.0, 4.6, 4.6),
                    Split("raw", "synapses", tuple(range(0, 12)), "derived_synapses3d"),
                    Split("raw", "synapses", (12, 13, 14), "derived_synapses3d"),
-                   Split("raw", "synapses", (15, 16, 17, 18, 19), "derived_synapses3d")),
+                   Split("raw", "synapses", (15, 16, 17, 18, 19), "derived_synapses3d"),
+                   aux=("membranes", "mitochondria")),
     # 27 + 5 separate slices; tuning on three slices at least 14 slices (70 nm) from every training slice
     "epfl": RealSet("epfl_ca1_markup/epfl_markup.npz", (5.0, 5.0, 5.0),
                     Split("train_raw", "train_PSD", (*range(0, 20), 23, 24, 25, 26)),
                     Split("train_raw", "train_PSD", (20, 21, 22)),
                     Split("test_raw", "test_PSD", (0, 1, 2, 3, 4)),
-                    CONFIG_2D, separate_sections=True, patch=(1, 256, 256), margin=(0, 24, 24)),
+                    CONFIG_2D, separate_sections=True, patch=(1, 256, 256), margin=(0, 24, 24),
+                    aux=("train_vesicles", "train_mitochondrion", "train_membranes")),
 }
 
 
@@ -103,6 +110,14 @@ def load(data: str, split: str, root: str | os.PathLike = DATA_ROOT) -> tuple[np
         lab = cc3d.connected_components(mask[z], connectivity=8, out_dtype=np.uint32)
         objects[z] = np.where(lab > 0, lab + objects.max(), 0)
     return raw, mask, objects
+
+
+def load_aux(data: str, root: str | os.PathLike = DATA_ROOT) -> np.ndarray:
+    """The set's auxiliary masks on its training sections, (len(aux), z, y, x) bool."""
+    ds = DATASETS[data]
+    idx = list(ds.train.sections)
+    with np.load(Path(root) / ds.path) as d:
+        return np.stack([d[k][idx].astype(bool) for k in ds.aux]) if ds.aux else np.zeros((0, len(idx), 1, 1), bool)
 
 
 def pieces(data: str, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
@@ -155,33 +170,79 @@ def tune_detection(parts: list[tuple[np.ndarray, np.ndarray]], info: M.CleftMode
     return best
 
 
-def real_patch(raw: np.ndarray, cleft: np.ndarray, size, rng, near_cleft: bool):
+def real_patch(raw: np.ndarray, cleft: np.ndarray, size, rng, near_cleft: bool, aux: np.ndarray | None = None):
     """A training patch (raw float32, cleft bool) with in-plane flips and transposition, a z flip and
-    per-section contrast changes (anisotropic voxels: z is never exchanged with y or x)."""
+    per-section contrast changes (anisotropic voxels: z is never exchanged with y or x); with `aux`
+    ((k, z, y, x) masks), also their patch (k, *size), moved with it."""
     sl = patch_window(cleft, size, rng, near_cleft)
     r, c = raw[sl].astype(np.float32), cleft[sl]
+    a = aux[(slice(None), *sl)] if aux is not None else np.zeros((0, *size), bool)
     for axis in range(3):
         if rng.random() < 0.5:
-            r, c = np.flip(r, axis), np.flip(c, axis)
+            r, c, a = np.flip(r, axis), np.flip(c, axis), np.flip(a, axis + 1)
     if rng.random() < 0.5 and size[1] == size[2]:
-        r, c = r.transpose(0, 2, 1), c.transpose(0, 2, 1)
+        r, c, a = r.transpose(0, 2, 1), c.transpose(0, 2, 1), a.transpose(0, 1, 3, 2)
     scale = rng.uniform(0.8, 1.2, (len(r), 1, 1)) * rng.uniform(0.9, 1.1)
     r = r * scale + rng.uniform(-20, 20, (len(r), 1, 1))
-    return np.clip(r, 0, 255).astype(np.float32), c
+    r = np.clip(r, 0, 255).astype(np.float32)
+    return (r, c) if aux is None else (r, c, a)
+
+
+def aux_loss(y: torch.Tensor, aux: torch.Tensor, margin) -> torch.Tensor:
+    """Class-balanced cross-entropy of the auxiliary outputs `y` (batch, k, z, y, x) against their masks,
+    inside `margin` voxels of the patch faces, averaged over the k masks (0 for none)."""
+    if aux.shape[1] == 0:
+        return y.sum() * 0.0
+    inner = (slice(None), slice(None), *(slice(m, s - m) for m, s in zip(margin, aux.shape[2:])))
+    logits, target = y[inner], aux[inner]
+    pos = target.mean(dim=(0, 2, 3, 4), keepdim=True).clamp(min=1e-3, max=1 - 1e-3)
+    weight = torch.where(target > 0, 0.5 / pos, 0.5 / (1 - pos))
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
+
+def with_aux_outputs(net: UNet, k: int) -> UNet:
+    """`net` with `k` more outputs after the cleft model's four (new, randomly initialised channels)."""
+    head = nn.Conv3d(net.head.in_channels, M.OUTPUTS + k, 1)
+    with torch.no_grad():
+        head.weight[:M.OUTPUTS].copy_(net.head.weight)
+        head.bias[:M.OUTPUTS].copy_(net.head.bias)  # type: ignore[index, union-attr, arg-type]
+    net.head = head
+    return net
+
+
+def cleft_head_only(net: UNet) -> UNet:
+    """A copy of a network trained with auxiliary outputs whose head keeps the cleft model's four."""
+    if net.head.out_channels == M.OUTPUTS:
+        return net
+    out = copy.deepcopy(net)
+    head = nn.Conv3d(net.head.in_channels, M.OUTPUTS, 1)
+    with torch.no_grad():
+        head.weight.copy_(net.head.weight[:M.OUTPUTS])
+        head.bias.copy_(net.head.bias[:M.OUTPUTS])  # type: ignore[index, union-attr]
+    out.head = head
+    return out
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, raw: np.ndarray, cleft: np.ndarray, patch,
-               margin, batch: int, rng, mean: float, std: float) -> float:
+               margin, batch: int, rng, mean: float, std: float, aux: np.ndarray | None = None,
+               aux_weight: float = AUX_WEIGHT) -> float:
     """One optimiser step on `batch` patches (70 % centred near a cleft); returns the cleft loss. No
-    partner directions are known: the direction loss is zero and its outputs get no gradient."""
+    partner directions are known: the direction loss is zero and its outputs get no gradient. With
+    `aux` ((k, z, y, x) masks), the network's outputs after the first four learn them too, weighted
+    by `aux_weight`."""
     net.train()
-    items = [real_patch(raw, cleft, patch, rng, near_cleft=rng.random() < 0.7) for _ in range(batch)]
+    items = [real_patch(raw, cleft, patch, rng, rng.random() < 0.7, aux) for _ in range(batch)]
     x = torch.from_numpy(np.stack([i[0] for i in items])[:, None].copy())
     x = (x / 255.0 - mean) / std
     c = torch.from_numpy(np.stack([i[1] for i in items]).astype(np.float32))
-    loss_c, loss_v = cleft_loss(net(x), c, torch.zeros((batch, 3, *patch)), torch.zeros_like(c), margin)
+    y = net(x)
+    loss_c, loss_v = cleft_loss(y[:, :M.OUTPUTS], c, torch.zeros((batch, 3, *patch)), torch.zeros_like(c), margin)
+    loss = loss_c + loss_v
+    if aux is not None:
+        a = torch.from_numpy(np.stack([i[2] for i in items]).astype(np.float32))
+        loss = loss + aux_weight * aux_loss(y[:, M.OUTPUTS:], a, tuple(margin))
     opt.zero_grad()
-    (loss_c + loss_v).backward()
+    loss.backward()
     opt.step()
     return float(loss_c.item())
 
@@ -205,12 +266,13 @@ def initial_net(data: str, init: str | None, mean: float, std: float) -> tuple[U
 def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: int = 3, lr: float = 2e-3,
           threads: int = 1, validate_every_s: float = 150.0, validate_from: float = 0.4,
           root: str | os.PathLike = DATA_ROOT, out_dir: str | os.PathLike = M.WEIGHTS_DIR, init: str | None = None,
-          log=print) -> dict:
+          aux: bool = False, log=print) -> dict:
     """Train for `minutes` on the set's training sections; from `validate_from` of the time on, after
     every `validate_every_s` seconds of training and at the end, score detection on the tuning sections
     and keep the best weights as `out_dir/name` (not earlier: a handful of tuning synapses would let a
     lucky, barely trained checkpoint win). With `init` (a cleft model of this set's architecture), start
-    from its weights and normalisation."""
+    from its weights and normalisation. With `aux`, the network also learns the set's other masks
+    (`RealSet.aux`: membranes, mitochondria, vesicles) as extra outputs, which the saved model drops."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -218,6 +280,9 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
     raw_t, mask_t, _ = load(data, "train", root)
     raw_v, _, obj_v = load(data, "tune", root)
     net, mean, std = initial_net(data, init, float(raw_t.mean() / 255.0), float(raw_t.std() / 255.0))
+    aux_t = load_aux(data, root) if aux else None
+    if aux_t is not None:
+        net = with_aux_outputs(net, len(aux_t))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     info = M.CleftModelInfo(name, ds.config, ds.voxel_size, mean, std, 80.0, 0.5, 1, partners=False)
     base = {"voxel_size": list(ds.voxel_size), "normalisation": {"mean": mean, "std": std}, "vector_nm": 80.0,
@@ -230,11 +295,12 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
                   "grid": {"thresholds": THRESHOLDS, "min_voxels": MIN_VOXELS},
                   "command": f"python -m connectome.synapses.real_training --data {data} --minutes {minutes:g} "
                              f"--name {name} --seed {seed} --threads {threads} --lr {lr:g}"
-                             + (f" --init {init}" if init else ""),
+                             + (f" --init {init}" if init else "") + (" --aux" if aux else ""),
+                  **({"aux": {"masks": list(ds.aux), "weight": AUX_WEIGHT}} if aux else {}),
                   **({"init": {"model": init, "provenance": M.read_info(init).provenance}} if init else {})}
     log(f"training {name} on {ds.path} sections {ds.train.sections}: {int(mask_t.sum())} cleft voxels; "
         f"tuning on {ds.tune.sections}: {len(synapse_points(obj_v))} synapses")
-    train_parts = pieces(data, raw_t, mask_t)
+    train_parts = pieces(data, raw_t, mask_t, *(aux_t if aux_t is not None else ()))
     best: dict | None = None
     t0 = time.perf_counter()
     spent = 0.0  # training seconds, without validation
@@ -245,8 +311,9 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
         t_it = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, spent / (minutes * 60)))))
-        r_p, m_p = train_parts[rng.integers(len(train_parts))] if len(train_parts) > 1 else train_parts[0]
-        losses.append(train_step(net, opt, r_p, m_p, ds.patch, ds.margin, batch, rng, mean, std))
+        r_p, m_p, *a_p = train_parts[rng.integers(len(train_parts))] if len(train_parts) > 1 else train_parts[0]
+        losses.append(train_step(net, opt, r_p, m_p, ds.patch, ds.margin, batch, rng, mean, std,
+                                 np.stack(a_p) if a_p else None))
         it += 1
         spent += time.perf_counter() - t_it
         if it % 100 == 0:
@@ -254,7 +321,7 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
         if spent >= next_val or spent >= minutes * 60:
             next_val += validate_every_s
             net.eval()
-            model = M.LoadedCleftModel(net, info, torch.device("cpu"))
+            model = M.LoadedCleftModel(cleft_head_only(net), info, torch.device("cpu"))
             parts = [(predict_volume(model, r)[0], o) for r, o in pieces(data, raw_v, obj_v)]
             r = tune_detection(parts, info, ds.voxel_size)
             r["voxel_f1"] = _voxel_f1(np.concatenate([p for p, _ in parts]) >= 128, obj_v > 0)
@@ -265,7 +332,7 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
                 meta = {**base, "threshold": r["threshold"], "min_voxels": r["min_voxels"],
                         "provenance": {**provenance, "iterations": it, "train_seconds": round(spent, 1),
                                        "tuning": r}}
-                M.save(Path(out_dir) / name, net, meta)
+                M.save(Path(out_dir) / name, cleft_head_only(net), meta)
                 log(f"saved {Path(out_dir) / name}.pt (best so far)")
     log(f"done: {it} iterations, {spent:.0f} s training, {time.perf_counter() - t0:.0f} s in all; best {best}")
     return best or {}
@@ -305,13 +372,15 @@ def main(argv=None) -> None:
     p.add_argument("--out-dir", default=str(M.WEIGHTS_DIR))
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to a tenth)")
     p.add_argument("--init", default=None, help="start from this cleft model's weights (same set)")
+    p.add_argument("--aux", action="store_true", help="also learn the set's other masks (membranes, mitochondria; "
+                   "vesicles for epfl) as extra outputs, dropped from the saved model")
     p.add_argument("--tune-only", action="store_true", help="only pick the threshold and minimum size of --name")
     a = p.parse_args(argv)
     if a.tune_only:
         retune(a.name, a.data, a.data_root)
         return
     train(a.name, a.minutes, a.data, a.seed, lr=a.lr, threads=a.threads, root=a.data_root, out_dir=a.out_dir,
-          init=a.init)
+          init=a.init, aux=a.aux)
 
 
 if __name__ == "__main__":

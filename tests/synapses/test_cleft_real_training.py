@@ -10,7 +10,15 @@ from connectome.cli.main import main
 from connectome.io import create_volume
 from connectome.models.unet import UNetConfig
 from connectome.synapses import model as M
-from connectome.synapses.real_training import DATASETS, load, real_patch, synapse_points, train_step
+from connectome.synapses.real_training import (
+    DATASETS,
+    cleft_head_only,
+    load,
+    real_patch,
+    synapse_points,
+    train_step,
+    with_aux_outputs,
+)
 from connectome.synapses.training import cleft_loss
 
 from conftest import data_file
@@ -127,3 +135,58 @@ def test_training_continues_from_a_shipped_model_of_the_same_set():
     assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
     with pytest.raises(UserError, match="cleft-fib: its architecture or voxel size"):
         initial_net("vnc", "cleft-fib", 0.1, 0.2)
+
+
+def test_auxiliary_masks_move_with_the_patch(vnc):
+    """Flips and transposes move the auxiliary masks with the image: a mask equal to the cleft mask
+    stays equal to it in every patch."""
+    _, raw, mask, _ = vnc
+    aux = np.stack([mask[:6], ~mask[:6]])
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        r, c, a = real_patch(raw[:6], mask[:6], (4, 96, 96), rng, True, aux)
+        assert a.shape == (2, 4, 96, 96) and np.array_equal(a[0], c) and np.array_equal(a[1], ~c)
+
+
+def _tiny_config():
+    return UNetConfig(base_channels=8, channel_growth=2.0, max_channels=16, downsample=((1, 2, 2),),
+                      kernels=((1, 3, 3), (1, 3, 3)), encoder_convs=(1, 1), decoder_convs=(1,), norm="none")
+
+
+def test_the_saved_network_keeps_the_cleft_outputs_of_an_auxiliary_one():
+    torch.manual_seed(0)
+    net = with_aux_outputs(M.cleft_net(_tiny_config()), 3)
+    assert net.head.out_channels == M.OUTPUTS + 3
+    x = torch.randn(1, 1, 2, 16, 16)
+    kept = cleft_head_only(net)
+    assert kept.head.out_channels == M.OUTPUTS and net.head.out_channels == M.OUTPUTS + 3
+    with torch.no_grad():
+        assert torch.allclose(net(x)[:, :M.OUTPUTS], kept(x), atol=1e-6)
+
+
+def test_auxiliary_masks_train_their_outputs_and_leave_the_cleft_loss_alone(vnc):
+    """With the auxiliary loss weighted 0 the cleft outputs learn exactly what they learn without it; with
+    a weight the extra outputs (and the shared layers) learn too."""
+    torch.set_num_threads(1)
+    _, raw, mask, _ = vnc
+    sl = np.s_[2:7, 330:458, 700:828]
+    crop, cleft = raw[sl], mask[sl].astype(bool)
+    aux = np.stack([crop < 100])
+    runs = {}
+    for name, a, w in (("none", None, 0.0), ("zero", aux, 0.0), ("weighted", aux, 0.5)):
+        torch.manual_seed(0)
+        net = M.cleft_net(_tiny_config())
+        if a is not None:
+            net = with_aux_outputs(net, 1)
+        start = net.head.weight.detach().clone()
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            train_step(net, opt, crop, cleft, (3, 32, 32), (1, 4, 4), 2, rng, 0.5, 0.2, a, w)
+        runs[name] = (cleft_head_only(net), net.head.weight.detach() - start)
+    x = torch.from_numpy(crop[:3, :32, :32].astype(np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        none, zero, weighted = (runs[k][0](x) for k in ("none", "zero", "weighted"))
+    assert torch.allclose(none, zero, atol=1e-6)
+    assert not torch.allclose(none, weighted, atol=1e-4)
+    assert runs["zero"][1][M.OUTPUTS:].abs().sum() == 0 and runs["weighted"][1][M.OUTPUTS:].abs().sum() > 0
