@@ -12,7 +12,10 @@ synapses are the 3-d objects of `derived_synapses3d`.
 neighbours: each slice is a volume of its own, the network never mixes sections): train on 24 of the
 27 training slices, tune on slices 20-22, test on the 5 test slices; synapses are the 2-d components
 of each slice's PSD mask.
-    python -m connectome.synapses.real_training --data epfl --minutes 15 --name cleft-fib
+    python -m connectome.synapses.real_training --data epfl --minutes 40 --name cleft-fib --seed 1 --aux
+
+`--aux`: the network also learns the set's other masks (`RealSet.aux`) as extra outputs, dropped from the
+saved model (the shipped `cleft-fib` was trained so).
 """
 
 from __future__ import annotations
