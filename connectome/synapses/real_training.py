@@ -119,8 +119,10 @@ def load_aux(data: str, root: str | os.PathLike = DATA_ROOT) -> np.ndarray:
     """The set's auxiliary masks on its training sections, (len(aux), z, y, x) bool."""
     ds = DATASETS[data]
     idx = list(ds.train.sections)
+    if not ds.aux:
+        raise UserError(f"--aux: the {data} set names no auxiliary masks")
     with np.load(Path(root) / ds.path) as d:
-        return np.stack([d[k][idx].astype(bool) for k in ds.aux]) if ds.aux else np.zeros((0, len(idx), 1, 1), bool)
+        return np.stack([d[k][idx].astype(bool) for k in ds.aux])
 
 
 def pieces(data: str, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
@@ -218,11 +220,7 @@ def cleft_head_only(net: UNet) -> UNet:
     if net.head.out_channels == M.OUTPUTS:
         return net
     out = copy.deepcopy(net)
-    head = nn.Conv3d(net.head.in_channels, M.OUTPUTS, 1)
-    with torch.no_grad():
-        head.weight.copy_(net.head.weight[:M.OUTPUTS])
-        head.bias.copy_(net.head.bias[:M.OUTPUTS])  # type: ignore[index, union-attr]
-    out.head = head
+    out.keep_outputs(M.OUTPUTS)
     return out
 
 
@@ -303,7 +301,9 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
                   **({"init": {"model": init, "provenance": M.read_info(init).provenance}} if init else {})}
     log(f"training {name} on {ds.path} sections {ds.train.sections}: {int(mask_t.sum())} cleft voxels; "
         f"tuning on {ds.tune.sections}: {len(synapse_points(obj_v))} synapses")
-    train_parts = pieces(data, raw_t, mask_t, *(aux_t if aux_t is not None else ()))
+    # (raw, mask, aux masks stacked or None) per training volume, stacked once here, not per step
+    train_parts = [(r, m, np.stack(a) if a else None)
+                   for r, m, *a in pieces(data, raw_t, mask_t, *(aux_t if aux_t is not None else ()))]
     best: dict | None = None
     t0 = time.perf_counter()
     spent = 0.0  # training seconds, without validation
@@ -314,9 +314,8 @@ def train(name: str, minutes: float, data: str = "vnc", seed: int = 0, batch: in
         t_it = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, spent / (minutes * 60)))))
-        r_p, m_p, *a_p = train_parts[rng.integers(len(train_parts))] if len(train_parts) > 1 else train_parts[0]
-        losses.append(train_step(net, opt, r_p, m_p, ds.patch, ds.margin, batch, rng, mean, std,
-                                 np.stack(a_p) if a_p else None))
+        r_p, m_p, a_p = train_parts[rng.integers(len(train_parts))] if len(train_parts) > 1 else train_parts[0]
+        losses.append(train_step(net, opt, r_p, m_p, ds.patch, ds.margin, batch, rng, mean, std, a_p))
         it += 1
         spent += time.perf_counter() - t_it
         if it % 100 == 0:
