@@ -3,9 +3,9 @@ descriptors (`describe`).
 
 Sums per segment: voxels, voxel coordinates and their products (shape: extent and elongation), faces
 to other segments (surface), the distance to the segment's boundary capped at `RADIUS_NM` (radius),
-raw intensity and its square, voxels darker than `DARK` (vesicles, mitochondria, membranes), and, with
-a patch network (`patch_net.py`), the number of lattice patches in the segment and the sum of their class
-probabilities."""
+raw intensity and its square, voxels darker than `DARK` (vesicles, mitochondria, membranes), the local Sholl
+analysis of its branching (`sholl.py`), and, with a patch network (`patch_net.py`), the number of lattice
+patches in the segment and the sum of their class probabilities."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import edt
 import numpy as np
 
 from connectome.core.geometry import Box
+from connectome.neurites import sholl
 from connectome.synth import codes as K
 
 RADIUS_NM = 120.0  # the radius feature saturates here; blocks read this much context
@@ -20,16 +21,37 @@ DARK = 0.35  # raw / 255 below this counts as dark
 PATCH_CLASSES = K.CLASSES  # the neurite classes, in the order of the patch network's outputs
 PATCH_SUMS = ("patches", *(f"patch_{c}" for c in PATCH_CLASSES))
 SUMS = ("voxels", "z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx", "faces", "radius", "radius_max",
-        "raw", "raw2", "dark", *PATCH_SUMS)
-FEATURES_FORMAT = 2
+        "raw", "raw2", "dark", *sholl.SUMS, *PATCH_SUMS)
+FEATURES_FORMAT = 3
 
 
-def radius_reach(voxel_size, patches: bool = False) -> tuple[int, int, int]:
-    """Context a block reads: the radius feature's reach, and with `patches` half a patch at least."""
+def _radius_reach(voxel_size) -> tuple[int, ...]:
+    return tuple(int(np.ceil(RADIUS_NM / float(v))) + 1 for v in voxel_size)
+
+
+def feature_reach(voxel_size, patches: bool = False) -> tuple[int, int, int]:
+    """Context a block reads: the radius feature's and the Sholl spheres' reach, and with `patches` half a
+    patch at least."""
     from connectome.neurites.patch_net import HALF
 
-    r = [int(np.ceil(RADIUS_NM / float(v))) + 1 for v in voxel_size]
+    r = [max(a, b) for a, b in zip(_radius_reach(voxel_size), sholl.reach(voxel_size))]
     return tuple(max(v, HALF) if patches else v for v in r)  # type: ignore[return-value]
+
+
+def _zero_padded(seg: np.ndarray, read: Box, write: Box, volume: Box, need) -> tuple[np.ndarray, list[int]]:
+    """`seg` (covering `read`) with zeros beyond the volume's faces, so that it holds `need` voxels around the
+    write box; and how many voxels were added before it per axis. Too little context inside the volume is
+    refused (ValueError)."""
+    before = [max(0, n - (w - r)) for n, w, r in zip(need, write.offset, read.offset)]
+    after = [max(0, n - (r - w)) for n, w, r in zip(need, write.end, read.end)]
+    for axis in range(3):
+        if before[axis] and read.offset[axis] > volume.offset[axis] or \
+                after[axis] and read.end[axis] < volume.end[axis]:
+            raise ValueError(f"block {write}: read box {read} holds less than {need[axis]} voxels of context "
+                             f"on axis {axis}")
+    if not any(before) and not any(after):
+        return seg, before
+    return np.pad(seg, list(zip(before, after))), before
 
 
 def patch_sums(model, seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: Box) -> tuple:
@@ -55,11 +77,13 @@ def patch_sums(model, seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, v
 
 def block_sums(seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: Box, voxel_size,
                patch_model=None) -> dict:
-    """Sums of one block: `seg` and `raw` cover `read` (the write box grown by `radius_reach`, clipped);
+    """Sums of one block: `seg` and `raw` cover `read` (the write box grown by `feature_reach`, clipped);
     `patch_model` (a loaded patch network, or None for no patch sums)."""
     inner = write.relative_to(read)
-    dist = edt.edt(np.ascontiguousarray(seg), anisotropy=tuple(float(v) for v in voxel_size), black_border=False)
-    dist = np.minimum(dist, RADIUS_NM)[inner]
+    near = write.grow(_radius_reach(voxel_size)).intersect(read)
+    dist = edt.edt(np.ascontiguousarray(seg[near.relative_to(read)]), anisotropy=tuple(float(v) for v in voxel_size),
+                   black_border=False)
+    dist = np.minimum(dist, RADIUS_NM)[write.relative_to(near)]
     s = seg[inner]
     fg = s != 0
     ids_all = s[fg]
@@ -80,6 +104,11 @@ def block_sums(seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: 
     rmax = np.zeros(n)
     np.maximum.at(rmax, inv, dist[fg])
     out["radius_max"] = rmax
+    seg_z, added = _zero_padded(seg, read, write, volume, sholl.reach(voxel_size))
+    points = sholl.centres(seg_z, [r - a for r, a in zip(read.offset, added)], write.offset, write.shape, voxel_size)
+    at_s = np.searchsorted(ids, seg_z[points[:, 0], points[:, 1], points[:, 2]])
+    for k, v in sholl.point_sums(seg_z, points, voxel_size).items():
+        out[k] = np.bincount(at_s, weights=v, minlength=n)
     for k in PATCH_SUMS:
         out[k] = np.zeros(n)
     if patch_model is not None:
@@ -143,7 +172,7 @@ def combine(tables: list[dict]) -> dict:
 FEATURE_NAMES = ("log_volume_um3", "surface_per_volume", "mean_radius_nm", "max_radius_nm", "extent1_um",
                  "elong2", "elong3", "mean_raw", "std_raw", "dark_fraction", "log_out_synapses",
                  "log_in_synapses", "out_per_um3", "in_per_um3", "log_patches",
-                 *(f"patch_{c}" for c in PATCH_CLASSES))
+                 *(f"patch_{c}" for c in PATCH_CLASSES), *sholl.FEATURES)
 PATCH_FEATURES = ("log_patches", *(f"patch_{c}" for c in PATCH_CLASSES))
 
 
@@ -173,6 +202,7 @@ def describe(sums: dict, voxel_size, out_syn: np.ndarray, in_syn: np.ndarray) ->
         out_syn / np.maximum(vol_um3, 1e-3), in_syn / np.maximum(vol_um3, 1e-3), np.log1p(sums["patches"]),
         # mean class probability of the segment's patches (a uniform prior where it has none)
         *((sums[f"patch_{c}"] + 1.0 / len(PATCH_CLASSES)) / (sums["patches"] + 1.0) for c in PATCH_CLASSES),
+        *sholl.describe(sums).T,
     ], axis=1) if len(n) else np.zeros((0, len(FEATURE_NAMES)))
 
 

@@ -16,7 +16,7 @@ from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
 from connectome.models.voxel_size import check_voxel_size
-from connectome.neurites.features import FEATURES_FORMAT, block_sums, radius_reach
+from connectome.neurites.features import FEATURES_FORMAT, block_sums, feature_reach
 from connectome.neurites.types import TypesStep
 
 DEFAULT_CLASSIFIER = "types-synthetic"
@@ -69,7 +69,7 @@ class SegmentFeaturesStage(UnrecordedGuard, BlockStage[SegmentFeaturesParams]):
         return vs or open_volume(self.input_addresses["segmentation"]).meta.voxel_size
 
     def context(self) -> Context:
-        reach = radius_reach(self._vs(), patches=bool(self.params.patch_network))
+        reach = feature_reach(self._vs(), patches=bool(self.params.patch_network))
         return Context(reach, reach)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:

@@ -4,7 +4,10 @@ Besides the ground-truth cells, `--predicted OUT SYNTH` adds the segments of a `
 run OUT on the synthetic volume SYNTH (`connectome.synth` saved): the fragments a predicted segmentation
 really holds, with that run's synapse counts, as the `neurite_types` stage sees them.
 
-    python -m connectome.neurites.training --name types-synthetic [--predicted OUT SYNTH ...]
+    python -m connectome.neurites.training --name types-synthetic [--predicted OUT SYNTH ...] [--sholl]
+
+The local Sholl descriptors of branching (`sholl.py`) are left out unless `--sholl`: on held-apart predicted
+fragments of synthetic volumes they made the classifier worse (benchmarks/results/synapses.md, neurite types).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 
 from connectome.core.geometry import Box
+from connectome.neurites import sholl
 from connectome.neurites.classifier import CLASSES, WEIGHTS_DIR, TypeClassifier, save
 from connectome.neurites.features import FEATURE_NAMES, PATCH_FEATURES, block_sums, combine, describe
 from connectome.synth import codes as K
@@ -154,16 +158,24 @@ def fit(x: np.ndarray, y: np.ndarray, hidden: int = 32, steps: int = 3000, seed:
     return TypeClassifier("", features, CLASSES, mean, std, layers, {})
 
 
+def descriptor_names(patches: bool, with_sholl: bool) -> tuple[str, ...]:
+    """The classifier's descriptors: all of FEATURE_NAMES but the patch network's unless `patches` and the
+    Sholl ones unless `with_sholl`."""
+    left_out = (() if patches else PATCH_FEATURES) + (() if with_sholl else sholl.FEATURES)
+    return tuple(f for f in FEATURE_NAMES if f not in left_out)
+
+
 def train(name: str, train_seeds=range(300, 312), test_seeds=range(400, 404), predicted=(),
-          patch_network: str | None = "patches-synthetic", log=print) -> dict:
+          patch_network: str | None = "patches-synthetic", with_sholl: bool = False, log=print) -> dict:
     """Fit on the ground-truth cells of `train_seeds` and the segments of the `predicted` (out_dir,
     synth_dir) runs; report on the ground-truth cells of `test_seeds`. With `patch_network` (a name or
-    path), the patch network's features are among the descriptors; without, they are left out."""
+    path), the patch network's features are among the descriptors; without, they are left out; the Sholl
+    descriptors only `with_sholl`."""
     from connectome.neurites import patch_net
 
     t0 = time.perf_counter()
     model = patch_net.load(patch_network) if patch_network else None
-    features = FEATURE_NAMES if model else tuple(f for f in FEATURE_NAMES if f not in PATCH_FEATURES)
+    features = descriptor_names(model is not None, with_sholl)
     x, y, n = synthetic_set(train_seeds, patch_model=model)
     n_cells = len(y)
     for out_dir, synth_dir in predicted:
@@ -197,9 +209,10 @@ def main(argv=None) -> None:
                    help="a reconstruct run's output directory and the synthetic volume it segmented")
     p.add_argument("--patch-network", default="patches-synthetic",
                    help="patch network whose features join the descriptors ('none': without)")
+    p.add_argument("--sholl", action="store_true", help="add the local Sholl descriptors of branching")
     a = p.parse_args(argv)
     train(a.name, predicted=[tuple(x) for x in a.predicted],
-          patch_network=None if a.patch_network == "none" else a.patch_network)
+          patch_network=None if a.patch_network == "none" else a.patch_network, with_sholl=a.sholl)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import numpy as np
 from connectome.engine.global_step import GlobalStep
 from connectome.io.lookup import lut_path, save_lut
 from connectome.io.tables import write_csv
+from connectome.neurites import sholl
 from connectome.neurites.classifier import CLASSES, load
 from connectome.neurites.features import SUMS, centroids, combine, describe
 
 SEGMENTS_FILE = "segments.csv"
-SEGMENT_COLUMNS = ("id", "size_voxels", "class", "class_score", "z", "y", "x", "out_synapses", "in_synapses")
+SEGMENT_COLUMNS = ("id", "size_voxels", "class", "class_score", "z", "y", "x", "out_synapses", "in_synapses",
+                   *sholl.MORPHOLOGY_COLUMNS)
 
 
 def class_code(name: str) -> int:
@@ -56,7 +58,9 @@ def load_sums(directory: str) -> dict:
 def write_segments(path: str, rows: dict) -> str:
     return write_csv(path, SEGMENT_COLUMNS, (
         [rows["id"][i], int(rows["size_voxels"][i]), rows["class"][i], f"{rows['class_score'][i]:.4f}",
-         *(f"{rows[k][i]:.2f}" for k in ("z", "y", "x")), int(rows["out_synapses"][i]), int(rows["in_synapses"][i])]
+         *(f"{rows[k][i]:.2f}" for k in ("z", "y", "x")), int(rows["out_synapses"][i]), int(rows["in_synapses"][i]),
+         f"{rows['radius_nm'][i]:.1f}", int(rows["sholl_points"][i]),
+         *(f"{rows[k][i]:.3f}" for k in ("crossings", "branch_share", "tip_share"))]
         for i in range(len(rows["id"]))))
 
 
@@ -71,6 +75,9 @@ def read_segments(path: str) -> dict[str, np.ndarray]:
                                   "class": np.array([r["class"] for r in rows], dtype=object)}
     for k in ("size_voxels", "class_score", "z", "y", "x", "out_synapses", "in_synapses"):
         out[k] = np.array([float(r[k]) for r in rows])
+    for k in sholl.MORPHOLOGY_COLUMNS:  # tables written before 2026-12-04 lack them
+        if rows and rows[0].get(k) not in (None, ""):
+            out[k] = np.array([float(r[k]) for r in rows])
     return out
 
 
@@ -95,7 +102,8 @@ def classify(sums: dict, voxel_size, classifier: str, synapses_csv: str | None) 
     own = sums["voxels"] > 0  # ids seen only across a face of a block have no voxels: no class
     names[~own] = "unknown"
     return {"id": ids, "size_voxels": sums["voxels"], "class": names, "class_score": np.where(own, p, 0.0),
-            "z": c[:, 0], "y": c[:, 1], "x": c[:, 2], "out_synapses": out_syn, "in_synapses": in_syn}
+            "z": c[:, 0], "y": c[:, 1], "x": c[:, 2], "out_synapses": out_syn, "in_synapses": in_syn,
+            "radius_nm": sums["radius"] / np.maximum(sums["voxels"], 1.0), **sholl.morphology(sums)}
 
 
 class TypesStep(GlobalStep):

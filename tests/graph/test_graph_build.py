@@ -27,7 +27,8 @@ def _segments():
     return {"id": np.array([5, 7, 9, 11], np.uint64), "size_voxels": np.array([100.0, 200.0, 300.0, 50.0]),
             "class": np.array(["axon", "dendrite", "soma", "glia"], dtype=object), "class_score": np.ones(4),
             "z": np.ones(4), "y": np.full(4, 2.0), "x": np.full(4, 3.0), "out_synapses": np.zeros(4),
-            "in_synapses": np.zeros(4)}
+            "in_synapses": np.zeros(4), "radius_nm": np.full(4, 40.0), "sholl_points": np.array([3.0, 5.0, 9.0, 0.0]),
+            "crossings": np.full(4, 2.0), "branch_share": np.zeros(4), "tip_share": np.zeros(4)}
 
 
 def test_edges_nodes_and_summary():

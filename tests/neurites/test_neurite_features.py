@@ -12,7 +12,7 @@ from connectome.neurites.features import (
     block_sums,
     combine,
     describe,
-    radius_reach,
+    feature_reach,
 )
 from connectome.neurites.training import true_classes
 from connectome.synth import codes as K
@@ -35,7 +35,7 @@ def test_blocks_add_up_to_the_whole_volume():
     seg, raw = _shapes()
     whole = Box.from_shape(seg.shape)
     one = combine([block_sums(seg, raw, whole, whole, whole, VS)])
-    reach = radius_reach(VS)
+    reach = feature_reach(VS)
     grid = BlockGrid.for_chunks(whole, (16, 32, 32), (16, 32, 32), Context(reach, reach))
     parts = []
     for block in grid:
@@ -54,7 +54,7 @@ def test_patch_sums_of_blocks_add_up_to_the_whole_volume():
     model = patch_net.load("patches-synthetic")
     whole = Box.from_shape(seg.shape)
     one = combine([block_sums(seg, raw, whole, whole, whole, VS, patch_model=model)])
-    reach = radius_reach(VS, patches=True)
+    reach = feature_reach(VS, patches=True)
     grid = BlockGrid.for_chunks(whole, (16, 32, 32), (16, 32, 32), Context(reach, reach))
     blocks = combine([block_sums(seg[b.read_box.to_slices()], raw[b.read_box.to_slices()], b.read_box, b.write_box,
                                  whole, VS, patch_model=model) for b in grid])

@@ -10,6 +10,7 @@ from connectome.cluster.client import ClusterConfig
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
 from connectome.engine.plan import execute, plan_run
 from connectome.io import open_volume
+from connectome.neurites import sholl
 from connectome.neurites.classifier import CLASSES
 from connectome.neurites.types import class_code, read_segments
 
@@ -58,7 +59,12 @@ def test_every_segment_classified_blockwise_as_one_block(synth, tmp_path, client
         expected[seg["id"].astype(np.int64)] = [class_code(c) for c in seg["class"]]
         np.testing.assert_array_equal(vol, expected[lab.astype(np.int64)])
         with open(tmp_path / name / "segments.csv", newline="") as f:
-            results[name] = [(r["id"], r["class"], r["size_voxels"], r["z"], r["y"], r["x"]) for r in csv.DictReader(f)]
+            results[name] = [(r["id"], r["class"], r["size_voxels"], r["z"], r["y"], r["x"],
+                              *(r[k] for k in sholl.MORPHOLOGY_COLUMNS)) for r in csv.DictReader(f)]
+        assert 0 < seg["radius_nm"].min() and seg["radius_nm"].max() <= 120
+        assert seg["sholl_points"].sum() > 0 and (seg["crossings"] > 0).any()
+        for k in ("branch_share", "tip_share"):
+            assert ((seg[k] >= 0) & (seg[k] <= 1)).all()
     assert results["blocks"] == results["one"]
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from connectome.io import create_volume
 from connectome.neurites.features import FEATURE_NAMES
-from connectome.neurites.training import fit, predicted_examples, split_spines, true_classes
+from connectome.neurites.training import descriptor_names, fit, predicted_examples, split_spines, true_classes
 from connectome.synapses.table import write_synapses
 
 
@@ -47,3 +47,15 @@ def test_log_size_weights_let_a_few_large_segments_outweigh_many_specks():
     assert by_size.predict(x[:1])[0][0] == 0  # 10 x log(1e5 + 1) against 15 x log(2)
     even = fit(x, y, steps=300, voxels=voxels, balance=1.0)  # classes evened out: a tie, both near 1/2
     assert abs(even.probabilities(x[:1])[0, 0] - 0.5) < 0.05
+
+
+def test_the_sholl_and_patch_descriptors_are_chosen_by_flag():
+    from connectome.neurites.classifier import load
+    from connectome.neurites.features import PATCH_FEATURES
+    from connectome.neurites.sholl import FEATURES as SHOLL
+
+    default = descriptor_names(patches=True, with_sholl=False)
+    assert not set(SHOLL) & set(default) and set(PATCH_FEATURES) <= set(default)
+    assert default == load("types-synthetic").features  # retraining by default gives the shipped descriptor set
+    assert set(SHOLL) <= set(descriptor_names(True, True))
+    assert not set(PATCH_FEATURES) & set(descriptor_names(False, True))
