@@ -13,19 +13,20 @@ import numpy as np
 from connectome.io.tables import write_csv
 
 NODES_FILE = "graph_nodes.csv"
+MORPHOLOGY = ("radius_nm", "branch_share")  # node columns from segments.csv (NaN where unknown)
 EDGES_FILE = "graph_edges.csv"
 GRAPHML_FILE = "graph.graphml"
 
 
 @dataclass
 class Graph:
-    nodes: dict[str, np.ndarray]  # id, size_voxels, class, z, y, x
+    nodes: dict[str, np.ndarray]  # id, size_voxels, class, z, y, x, radius_nm, branch_share
     edges: dict[str, np.ndarray]  # pre, post, count, cleft_voxels, cleft_nm3, autapse
 
 
 def build_graph(synapses: dict[str, np.ndarray], segments: dict[str, np.ndarray] | None) -> Graph:
     """Edges: synapses with both partners assigned, grouped by (pre, post); nodes: every segment that
-    takes part in an edge (with its size, class and centroid from `segments` where known)."""
+    takes part in an edge (with its size, class, centroid, radius and branching from `segments` where known)."""
     ok = (synapses["pre"] != 0) & (synapses["post"] != 0)
     pre, post = synapses["pre"][ok].astype(np.uint64), synapses["post"][ok].astype(np.uint64)
     vox = synapses.get("size_voxels", np.ones(len(ok)))[ok].astype(np.float64)
@@ -42,15 +43,17 @@ def build_graph(synapses: dict[str, np.ndarray], segments: dict[str, np.ndarray]
     nodes: dict[str, np.ndarray] = {"id": ids, "size_voxels": np.zeros(len(ids)),
                                     "class": np.array(["unknown"] * len(ids), dtype=object),
                                     "z": np.full(len(ids), np.nan), "y": np.full(len(ids), np.nan),
-                                    "x": np.full(len(ids), np.nan)}
+                                    "x": np.full(len(ids), np.nan),
+                                    **{k: np.full(len(ids), np.nan) for k in MORPHOLOGY}}
     if segments is not None and len(segments["id"]) and len(ids):
         sid = segments["id"].astype(np.uint64)
         order = np.argsort(sid)
         at = np.minimum(np.searchsorted(sid[order], ids), len(sid) - 1)
         found = sid[order][at] == ids
         src = order[at[found]]
-        for k in ("size_voxels", "class", "z", "y", "x"):
-            nodes[k][found] = segments[k][src]
+        for k in ("size_voxels", "class", "z", "y", "x", *MORPHOLOGY):
+            if k in segments:  # segment tables written before 2026-12-04 have no morphology columns
+                nodes[k][found] = segments[k][src]
     return Graph(nodes, edges)
 
 

@@ -28,7 +28,7 @@ def _segments():
             "class": np.array(["axon", "dendrite", "soma", "glia"], dtype=object), "class_score": np.ones(4),
             "z": np.ones(4), "y": np.full(4, 2.0), "x": np.full(4, 3.0), "out_synapses": np.zeros(4),
             "in_synapses": np.zeros(4), "radius_nm": np.full(4, 40.0), "sholl_points": np.array([3.0, 5.0, 9.0, 0.0]),
-            "crossings": np.full(4, 2.0), "branch_share": np.zeros(4), "tip_share": np.zeros(4)}
+            "crossings": np.full(4, 2.0), "branch_share": np.array([0.1, 0.2, 0.3, 0.0]), "tip_share": np.zeros(4)}
 
 
 def test_edges_nodes_and_summary():
@@ -40,6 +40,9 @@ def test_edges_nodes_and_summary():
     assert g.edges["autapse"].tolist() == [False, False, False, True]
     assert g.nodes["id"].tolist() == [5, 7, 9]  # segment 11 takes part in no synapse
     assert g.nodes["class"].tolist() == ["axon", "dendrite", "soma"]
+    assert g.nodes["radius_nm"].tolist() == [40.0, 40.0, 40.0]
+    assert g.nodes["branch_share"].tolist() == [0.1, 0.2, 0.3]
+    assert np.isnan(build_graph(syn, None).nodes["branch_share"]).all()  # no segment table: unknown
     s = summarise(g.nodes, g.edges, syn)
     assert (s["neurons"], s["synapses"], s["synapses_in_graph"], s["connections"], s["autapses"],
             s["synapses_unassigned"]) == (3, 7, 5, 4, 1, 2)
@@ -62,7 +65,7 @@ def test_graphml_and_command(tmp_path, capsys):
         with open(result[key], "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     g = nx.read_graphml(result["graphml"])
-    assert g.nodes["9"]["class"] == "soma"
+    assert g.nodes["9"]["class"] == "soma" and g.nodes["9"]["branch_share"] == 0.3
     assert main(["graph", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "3 segments" in text and "4 connections" in text
