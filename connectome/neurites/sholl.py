@@ -19,6 +19,7 @@ RADII_NM = (120.0, 240.0)
 SPACING_NM = 128.0  # lattice spacing; points sit at coordinate = step // 2 mod step on each axis
 SAMPLE_NM = 40.0  # spacing of the samples on a sphere
 TIP_FILL = 0.5
+BATCH = 1024  # points per sphere graph
 SUMS = ("sholl_points", *(f"sholl{int(r)}_{k}" for r in RADII_NM for k in ("cross", "branch", "tip", "fill")))
 FEATURES = ("log_sholl_points", *(f"sholl{int(r)}_{k}" for r in RADII_NM
                                   for k in ("mean_crossings", "branch_fraction", "tip_fraction", "fill")))
@@ -72,14 +73,20 @@ def centres(seg: np.ndarray, read_offset, write_offset, write_shape, voxel_size)
 
 def crossings(seg: np.ndarray, points: np.ndarray, radius_nm: float, voxel_size) -> tuple[np.ndarray, np.ndarray]:
     """(crossings, fill) per point: the pieces of the point's segment on the sphere around it, and the share
-    of the sphere's samples in it. `seg` holds every sphere (zeros stand for outside the volume)."""
+    of the sphere's samples in it. `seg` holds every sphere (zeros stand for outside the volume). Points go
+    `BATCH` at a time, which bounds the memory of a large block."""
+    offsets, pairs = sphere(float(radius_nm), tuple(float(v) for v in voxel_size))
+    parts = [_crossings(seg, points[i:i + BATCH], offsets, pairs) for i in range(0, len(points), BATCH)]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate([c for c, _ in parts]), np.concatenate([f for _, f in parts])
+
+
+def _crossings(seg: np.ndarray, points: np.ndarray, offsets: np.ndarray, pairs: np.ndarray):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    offsets, pairs = sphere(float(radius_nm), tuple(float(v) for v in voxel_size))
     n, u = len(points), len(offsets)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0)
     at = points[:, None, :] + offsets[None]
     own = seg[points[:, 0], points[:, 1], points[:, 2]]
     inside = seg[at[..., 0], at[..., 1], at[..., 2]] == own[:, None]  # (n, u)

@@ -91,3 +91,15 @@ def test_a_block_without_the_spheres_context_is_refused():
     b = next(iter(b for b in grid if b.read_box.offset[1] > 0))
     with pytest.raises(ValueError, match="context"):
         block_sums(seg[b.read_box.to_slices()], raw[b.read_box.to_slices()], b.read_box, b.write_box, whole, VS)
+
+
+def test_points_in_batches_give_the_same_counts(monkeypatch):
+    seg, _ = _branching()
+    seg_z = np.pad(seg, 31)  # zeros around the volume: every sphere fits
+    pts = np.argwhere(seg != 0)[::7] + 31
+    whole = sholl.crossings(seg_z, pts, 240.0, VS)
+    monkeypatch.setattr(sholl, "BATCH", 5)
+    batched = sholl.crossings(seg_z, pts, 240.0, VS)
+    assert len(pts) > 10 and (whole[0] >= 3).any()
+    for a, b in zip(whole, batched):
+        np.testing.assert_array_equal(a, b)
