@@ -63,4 +63,4 @@ def write_tables(out) -> None:
     with open(out / "segments.csv", "w") as f:
         f.write(",".join(SEGMENT_COLUMNS) + "\n")
         for i, s in zip(ids, sizes):
-            f.write(f"{i},{s},{classes[int(i) % 3]},0.9,0,0,0,0,0,40.0,1,2.000,0.000,0.000\n")
+            f.write(f"{i},{s},{classes[int(i) % 3]},0.9,0,0,0,0,0,{10 + int(i) % 7}.0,4,2.000,{int(i) % 4 / 4:.3f},0.000\n")

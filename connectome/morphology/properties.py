@@ -1,8 +1,9 @@
 """Per-segment properties in Neuroglancer's `neuroglancer_segment_properties` format (inline).
 
-Size (voxels) always; a class per segment (axon, dendrite, ...) as tags and synapse counts (as pre- and
-postsynaptic partner) as numbers when the stages that make them have run (`segments.csv`, `synapses.csv`
-in the output directory); `refresh` brings the properties up to date when those tables are newer.
+Size (voxels) always; a class per segment (axon, dendrite, ...) as tags, its radius and branching, and
+synapse counts (as pre- and postsynaptic partner) as numbers when the stages that make them have run
+(`segments.csv`, `synapses.csv` in the output directory); `refresh` brings the properties up to date when
+those tables are newer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from connectome.morphology.mesh_format import write_atomic
 PROPERTIES_DIR = "segment_properties"
 SEGMENTS_FILE = "segments.csv"  # the neurite_types stage's table: id, class, ...
 SYNAPSES_FILE = "synapses.csv"  # the synapse chain's table: z, y, x, pre, post, score, ...
+MORPHOLOGY = {"radius_nm": "mean distance to the boundary, nm (0: not in segments.csv)",
+              "branch_share": "share of Sholl lattice points at a branch (segments.csv)"}
 
 
 def _number(name: str, values: np.ndarray, description: str) -> dict:
@@ -34,9 +37,11 @@ def segment_properties(
     classes: np.ndarray | None = None,
     class_names: list[str] | None = None,
     synapse_counts: Mapping[str, np.ndarray] | None = None,
+    morphology: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """The info JSON for segments `ids` (uint64): size in voxels; `classes` (index into
-    `class_names` per id, -1 for none) as tags; `synapse_counts` (name -> count per id) as numbers."""
+    `class_names` per id, -1 for none) as tags; `synapse_counts` (name -> count per id) and `morphology`
+    (name in MORPHOLOGY -> value per id) as numbers."""
     props = [
         {"id": "label", "type": "label", "values": [f"{int(i)} ({int(v)} vx)" for i, v in zip(ids, voxels)]},
         _number("size", voxels, "voxels"),
@@ -46,6 +51,8 @@ def segment_properties(
                       "values": [[int(c)] if c >= 0 else [] for c in classes]})
     for name, counts in (synapse_counts or {}).items():
         props.append(_number(name, counts, "synapses"))
+    for name, values in (morphology or {}).items():
+        props.append(_number(name, values, MORPHOLOGY[name]))
     return {"@type": "neuroglancer_segment_properties",
             "inline": {"ids": [str(int(i)) for i in ids], "properties": props}}
 
@@ -54,7 +61,7 @@ def from_tables(out_dir: str, ids: np.ndarray, voxels: np.ndarray) -> dict:
     """The info JSON for segments `ids` of size `voxels`, with the class of each from
     `<out_dir>/segments.csv` and its synapse counts from `<out_dir>/synapses.csv` where those exist."""
     ids = np.asarray(ids, np.uint64)
-    classes = names = None
+    classes = names = morphology = None
     segments_csv = os.path.join(out_dir, SEGMENTS_FILE)
     if os.path.isfile(segments_csv):
         from connectome.neurites.types import read_segments
@@ -64,6 +71,7 @@ def from_tables(out_dir: str, ids: np.ndarray, voxels: np.ndarray) -> dict:
         names = sorted({str(c) for c in table["class"][labelled]})
         code = np.array([names.index(str(c)) if ok else -1 for c, ok in zip(table["class"], labelled)], np.int64)
         classes = _lookup(ids, table["id"], code, -1)
+        morphology = {k: _lookup(ids, table["id"], table[k], 0.0) for k in MORPHOLOGY if k in table}
     counts = None
     synapses_csv = os.path.join(out_dir, SYNAPSES_FILE)
     if os.path.isfile(synapses_csv):
@@ -71,10 +79,10 @@ def from_tables(out_dir: str, ids: np.ndarray, voxels: np.ndarray) -> dict:
 
         synapses = read_synapses(synapses_csv)
         counts = {"synapses_out": _count(ids, synapses["pre"]), "synapses_in": _count(ids, synapses["post"])}
-    return segment_properties(ids, voxels, classes, names, counts)
+    return segment_properties(ids, voxels, classes, names, counts, morphology)
 
 
-def _lookup(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, missing: int) -> np.ndarray:
+def _lookup(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, missing: float) -> np.ndarray:
     """values[keys == id] for each of `ids`, `missing` where an id is not among `keys`."""
     order = np.argsort(keys, kind="stable")
     keys, values = keys[order].astype(np.uint64), values[order]
