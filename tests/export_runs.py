@@ -63,4 +63,6 @@ def write_tables(out) -> None:
     with open(out / "segments.csv", "w") as f:
         f.write(",".join(SEGMENT_COLUMNS) + "\n")
         for i, s in zip(ids, sizes):
-            f.write(f"{i},{s},{classes[int(i) % 3]},0.9,0,0,0,0,0,{10 + int(i) % 7}.0,4,2.000,{int(i) % 4 / 4:.3f},0.000\n")
+            # every fifth holds no Sholl lattice point: its branching is not measured (empty cells)
+            sholl = f"4,2.000,{int(i) % 4 / 4:.3f},0.000" if i % 5 else "0,,,"
+            f.write(f"{i},{s},{classes[int(i) % 3]},0.9,0,0,0,0,0,{10 + int(i) % 7}.0,{sholl}\n")

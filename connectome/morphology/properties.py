@@ -19,8 +19,8 @@ from connectome.morphology.mesh_format import write_atomic
 PROPERTIES_DIR = "segment_properties"
 SEGMENTS_FILE = "segments.csv"  # the neurite_types stage's table: id, class, ...
 SYNAPSES_FILE = "synapses.csv"  # the synapse chain's table: z, y, x, pre, post, score, ...
-MORPHOLOGY = {"radius_nm": "mean distance to the boundary, nm (0: not in segments.csv)",
-              "branch_share": "share of Sholl lattice points at a branch (segments.csv)"}
+MORPHOLOGY = {"radius_nm": "mean distance to the boundary, nm (-1: not measured)",
+              "branch_share": "share of Sholl lattice points at a branch (-1: not measured)"}
 
 
 def _number(name: str, values: np.ndarray, description: str) -> dict:
@@ -71,7 +71,8 @@ def from_tables(out_dir: str, ids: np.ndarray, voxels: np.ndarray) -> dict:
         names = sorted({str(c) for c in table["class"][labelled]})
         code = np.array([names.index(str(c)) if ok else -1 for c, ok in zip(table["class"], labelled)], np.int64)
         classes = _lookup(ids, table["id"], code, -1)
-        morphology = {k: _lookup(ids, table["id"], table[k], 0.0) for k in MORPHOLOGY if k in table}
+        morphology = {k: _lookup(ids, table["id"], np.nan_to_num(table[k], nan=-1.0), -1.0)
+                      for k in MORPHOLOGY if k in table}
     counts = None
     synapses_csv = os.path.join(out_dir, SYNAPSES_FILE)
     if os.path.isfile(synapses_csv):

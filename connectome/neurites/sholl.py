@@ -1,13 +1,16 @@
 """Local Sholl analysis: branching of a segment, measured where it is, the same in any block layout.
 
 At every point of a coarse global lattice (about every `SPACING_NM`) that lies in a segment, a sphere of
-radius R (each of `RADII_NM`) is sampled at points about `SAMPLE_NM` apart; the samples in the centre's
-segment fall into connected pieces (neighbouring samples joined), and their number is how many times the
-segment crosses the sphere: 1 at a tip (or inside a body larger than the sphere), 2 along an unbranched
-process, 3 or more where it branches. Samples outside the volume count as outside the segment. Per
-segment the blocks add up the lattice points, the crossings, the points with 3 or more crossings
-(branches), the points with one crossing that covers under half the sphere (tips) and the covered share
-of the sphere (fill); `features.describe` turns them into means and fractions."""
+radius R (each of `RADII_NM`) is sampled at points about `SAMPLE_NM` apart (each snapped to a voxel; the
+distinct voxels are the sphere's samples); the samples in the centre's segment fall into connected pieces
+(neighbouring samples joined), and their number is how many times the segment crosses the sphere: 2 along an
+unbranched process, 3 or more where it branches, 1 at a tip, inside a body larger than the sphere, or beside
+the axis of a process about as thick as the sphere. A process thinner than about `SAMPLE_NM` can slip between
+the samples (0 or 1 crossing), and one thinner than about 1.4 lattice spacings can miss every lattice point. Samples
+outside the volume count as outside the segment. Per segment the blocks add up the lattice points, the
+crossings, the points with 3 or more crossings (branches), the points with one crossing that covers under half
+the sphere's samples (tips) and the covered share of the samples (fill); `features.describe` turns them into
+means and fractions."""
 
 from __future__ import annotations
 
@@ -73,8 +76,8 @@ def centres(seg: np.ndarray, read_offset, write_offset, write_shape, voxel_size)
 
 def crossings(seg: np.ndarray, points: np.ndarray, radius_nm: float, voxel_size) -> tuple[np.ndarray, np.ndarray]:
     """(crossings, fill) per point: the pieces of the point's segment on the sphere around it, and the share
-    of the sphere's samples in it. `seg` holds every sphere (zeros stand for outside the volume). Points go
-    `BATCH` at a time, which bounds the memory of a large block."""
+    of the sphere's samples (distinct voxels) in it. `seg` holds every sphere (zeros stand for outside the
+    volume). Points go `BATCH` at a time, which bounds the memory of a large block."""
     offsets, pairs = sphere(float(radius_nm), tuple(float(v) for v in voxel_size))
     parts = [_crossings(seg, points[i:i + BATCH], offsets, pairs) for i in range(0, len(points), BATCH)]
     if not parts:
@@ -98,7 +101,7 @@ def _crossings(seg: np.ndarray, points: np.ndarray, offsets: np.ndarray, pairs: 
     on = np.flatnonzero(inside.ravel())
     pieces = np.unique(labels[on])
     first = np.zeros(labels.max() + 1, np.int64)
-    first[labels[on][::-1]] = on[::-1]  # a node of each piece (every node of a piece is on one sphere)
+    first[labels[on]] = on  # a node of each piece (every node of a piece is on one sphere)
     count = np.bincount(first[pieces] // u, minlength=n)
     return count, inside.mean(1)
 
@@ -129,9 +132,9 @@ def describe(sums: dict) -> np.ndarray:
 
 def morphology(sums: dict) -> dict[str, np.ndarray]:
     """The segment table's branching columns, at the largest radius: lattice points, mean crossings, and the
-    shares of branch and tip points (0 for a segment without lattice points)."""
+    shares of branch and tip points (NaN for a segment without lattice points: not measured)."""
     points = sums["sholl_points"]
     key = f"sholl{int(max(RADII_NM))}"
-    per = np.maximum(points, 1.0)
+    per = np.where(points > 0, points, np.nan)
     return {"sholl_points": points, "crossings": sums[f"{key}_cross"] / per,
             "branch_share": sums[f"{key}_branch"] / per, "tip_share": sums[f"{key}_tip"] / per}

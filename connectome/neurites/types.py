@@ -55,12 +55,16 @@ def load_sums(directory: str) -> dict:
     return {**combine(tables), "patch_network": networks.pop() if networks else ""}
 
 
+def _share(v: float) -> str:
+    return "" if np.isnan(v) else f"{v:.3f}"  # empty: not measured (a segment without Sholl lattice points)
+
+
 def write_segments(path: str, rows: dict) -> str:
     return write_csv(path, SEGMENT_COLUMNS, (
         [rows["id"][i], int(rows["size_voxels"][i]), rows["class"][i], f"{rows['class_score'][i]:.4f}",
          *(f"{rows[k][i]:.2f}" for k in ("z", "y", "x")), int(rows["out_synapses"][i]), int(rows["in_synapses"][i]),
          f"{rows['radius_nm'][i]:.1f}", int(rows["sholl_points"][i]),
-         *(f"{rows[k][i]:.3f}" for k in ("crossings", "branch_share", "tip_share"))]
+         *(_share(rows[k][i]) for k in ("crossings", "branch_share", "tip_share"))]
         for i in range(len(rows["id"]))))
 
 
@@ -70,14 +74,16 @@ def read_segments(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise UserError(f"{path}: no segment table; run `connectome reconstruct` first")
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = reader.fieldnames or []
     out: dict[str, np.ndarray] = {"id": np.array([int(r["id"]) for r in rows], np.uint64),
                                   "class": np.array([r["class"] for r in rows], dtype=object)}
     for k in ("size_voxels", "class_score", "z", "y", "x", "out_synapses", "in_synapses"):
         out[k] = np.array([float(r[k]) for r in rows])
-    for k in sholl.MORPHOLOGY_COLUMNS:  # tables written before 2026-12-04 lack them
-        if rows and rows[0].get(k) not in (None, ""):
-            out[k] = np.array([float(r[k]) for r in rows])
+    for k in sholl.MORPHOLOGY_COLUMNS:  # tables written before 2026-12-04 lack them; empty: not measured (NaN)
+        if k in columns:
+            out[k] = np.array([float(r[k]) if r[k] else np.nan for r in rows])
     return out
 
 

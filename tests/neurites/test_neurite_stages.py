@@ -62,9 +62,13 @@ def test_every_segment_classified_blockwise_as_one_block(synth, tmp_path, client
             results[name] = [(r["id"], r["class"], r["size_voxels"], r["z"], r["y"], r["x"],
                               *(r[k] for k in sholl.MORPHOLOGY_COLUMNS)) for r in csv.DictReader(f)]
         assert 0 < seg["radius_nm"].min() and seg["radius_nm"].max() <= 120
-        assert seg["sholl_points"].sum() > 0 and (seg["crossings"] > 0).any()
+        measured = seg["sholl_points"] > 0
+        assert measured.any() and not measured.all()  # small segments hold no lattice point
+        for k in ("crossings", "branch_share", "tip_share"):
+            np.testing.assert_array_equal(np.isnan(seg[k]), ~measured)  # empty cells: not measured
+        assert (seg["crossings"][measured] > 0).any()
         for k in ("branch_share", "tip_share"):
-            assert ((seg[k] >= 0) & (seg[k] <= 1)).all()
+            assert ((seg[k][measured] >= 0) & (seg[k][measured] <= 1)).all()
     assert results["blocks"] == results["one"]
 
 
