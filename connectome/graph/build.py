@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from connectome.io.tables import write_csv
+from connectome.neurites.types import SUMMARY_COLUMNS
 
 NODES_FILE = "graph_nodes.csv"
-MORPHOLOGY = ("radius_nm", "branch_share")  # node columns from segments.csv (NaN where unknown)
 EDGES_FILE = "graph_edges.csv"
 GRAPHML_FILE = "graph.graphml"
 
@@ -44,14 +44,14 @@ def build_graph(synapses: dict[str, np.ndarray], segments: dict[str, np.ndarray]
                                     "class": np.array(["unknown"] * len(ids), dtype=object),
                                     "z": np.full(len(ids), np.nan), "y": np.full(len(ids), np.nan),
                                     "x": np.full(len(ids), np.nan),
-                                    **{k: np.full(len(ids), np.nan) for k in MORPHOLOGY}}
+                                    **{k: np.full(len(ids), np.nan) for k in SUMMARY_COLUMNS}}
     if segments is not None and len(segments["id"]) and len(ids):
         sid = segments["id"].astype(np.uint64)
         order = np.argsort(sid)
         at = np.minimum(np.searchsorted(sid[order], ids), len(sid) - 1)
         found = sid[order][at] == ids
         src = order[at[found]]
-        for k in ("size_voxels", "class", "z", "y", "x", *MORPHOLOGY):
+        for k in ("size_voxels", "class", "z", "y", "x", *SUMMARY_COLUMNS):
             if k in segments:  # segment tables written before 2026-12-04 have no morphology columns
                 nodes[k][found] = segments[k][src]
     return Graph(nodes, edges)

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from connectome.morphology.mesh_format import write_atomic
+from connectome.neurites.types import SUMMARY_COLUMNS
 
 PROPERTIES_DIR = "segment_properties"
 SEGMENTS_FILE = "segments.csv"  # the neurite_types stage's table: id, class, ...
 SYNAPSES_FILE = "synapses.csv"  # the synapse chain's table: z, y, x, pre, post, score, ...
-MORPHOLOGY = {"radius_nm": "mean distance to the boundary, nm (-1: not measured)",
-              "branch_share": "share of Sholl lattice points at a branch (-1: not measured)"}
+MORPHOLOGY = dict(zip(SUMMARY_COLUMNS, ("mean distance to the boundary, nm (-1: not measured)",
+                                         "share of Sholl lattice points at a branch (-1: not measured)")))
 
 
 def _number(name: str, values: np.ndarray, description: str) -> dict:

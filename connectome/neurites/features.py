@@ -13,7 +13,7 @@ import edt
 import numpy as np
 
 from connectome.core.geometry import Box
-from connectome.neurites import sholl
+from connectome.neurites import lattice, sholl
 from connectome.synth import codes as K
 
 RADIUS_NM = 120.0  # the radius feature saturates here; blocks read this much context
@@ -38,10 +38,9 @@ def feature_reach(voxel_size, patches: bool = False) -> tuple[int, int, int]:
     return tuple(max(v, HALF) if patches else v for v in r)  # type: ignore[return-value]
 
 
-def _zero_padded(seg: np.ndarray, read: Box, write: Box, volume: Box, need) -> tuple[np.ndarray, list[int]]:
-    """`seg` (covering `read`) with zeros beyond the volume's faces, so that it holds `need` voxels around the
-    write box; and how many voxels were added before it per axis. Too little context inside the volume is
-    refused (ValueError)."""
+def _margins(read: Box, write: Box, volume: Box, need) -> tuple[list[int], list[int]]:
+    """Voxels to add before / after `read` per axis so that it holds `need` voxels around the write box; only
+    where the read box meets the volume's face, else too little context is refused (ValueError)."""
     before = [max(0, n - (w - r)) for n, w, r in zip(need, write.offset, read.offset)]
     after = [max(0, n - (r - w)) for n, w, r in zip(need, write.end, read.end)]
     for axis in range(3):
@@ -49,9 +48,7 @@ def _zero_padded(seg: np.ndarray, read: Box, write: Box, volume: Box, need) -> t
                 after[axis] and read.end[axis] < volume.end[axis]:
             raise ValueError(f"block {write}: read box {read} holds less than {need[axis]} voxels of context "
                              f"on axis {axis}")
-    if not any(before) and not any(after):
-        return seg, before
-    return np.pad(seg, list(zip(before, after))), before
+    return before, after
 
 
 def patch_sums(model, seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: Box) -> tuple:
@@ -61,16 +58,10 @@ def patch_sums(model, seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, v
 
     if tuple(model.classes) != PATCH_CLASSES:
         raise ValueError(f"patch network {model.name}: classes {model.classes}, expected {PATCH_CLASSES}")
-    before = [max(0, PN.HALF - (w - r)) for w, r in zip(write.offset, read.offset)]
-    after = [max(0, PN.HALF - (r - w)) for w, r in zip(write.end, read.end)]
-    for axis in range(3):
-        inner = before[axis] and read.offset[axis] > volume.offset[axis] or \
-            after[axis] and read.end[axis] < volume.end[axis]
-        if inner:
-            raise ValueError(f"block {write}: read box {read} holds less than {PN.HALF} voxels of context")
+    before, after = _margins(read, write, volume, (PN.HALF,) * 3)
     seg_p, raw_p = PN.padded(seg, before, after), PN.padded(raw, before, after)
     origin = [r - b for r, b in zip(read.offset, before)]
-    centres = PN.lattice_centres(seg_p, origin, write.offset, write.shape)
+    centres = lattice.centres(seg_p, origin, write.offset, write.shape, (PN.STRIDE,) * 3)
     probs = PN.probabilities(model, raw_p, seg_p, centres)
     return seg_p[centres[:, 0], centres[:, 1], centres[:, 2]], probs
 
@@ -104,8 +95,10 @@ def block_sums(seg: np.ndarray, raw: np.ndarray, read: Box, write: Box, volume: 
     rmax = np.zeros(n)
     np.maximum.at(rmax, inv, dist[fg])
     out["radius_max"] = rmax
-    seg_z, added = _zero_padded(seg, read, write, volume, sholl.reach(voxel_size))
-    points = sholl.centres(seg_z, [r - a for r, a in zip(read.offset, added)], write.offset, write.shape, voxel_size)
+    before, after = _margins(read, write, volume, sholl.reach(voxel_size))  # zeros beyond the volume's faces
+    seg_z = np.pad(seg, list(zip(before, after))) if any(before) or any(after) else seg
+    points = lattice.centres(seg_z, [r - b for r, b in zip(read.offset, before)], write.offset, write.shape,
+                             sholl.steps(voxel_size))
     at_s = np.searchsorted(ids, seg_z[points[:, 0], points[:, 1], points[:, 2]])
     for k, v in sholl.point_sums(seg_z, points, voxel_size).items():
         out[k] = np.bincount(at_s, weights=v, minlength=n)

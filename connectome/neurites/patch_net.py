@@ -97,15 +97,6 @@ def save(path: str | os.PathLike, net: PatchNet, classes, mean: float, std: floa
     return path
 
 
-def lattice(offset, shape) -> tuple[np.ndarray, ...]:
-    """Per axis, the lattice coordinates (absolute voxels) inside [offset, offset + shape)."""
-    out = []
-    for o, s in zip(offset, shape):
-        first = o + (STRIDE // 2 - o) % STRIDE
-        out.append(np.arange(first, o + s, STRIDE))
-    return tuple(out)
-
-
 def patches(raw: np.ndarray, seg: np.ndarray, centres: np.ndarray, mean: float, std: float) -> np.ndarray:
     """(n, 2, PATCH, PATCH, PATCH) float32: the normalised image and the mask of the centre voxel's segment
     around each centre (array coordinates in `raw` and `seg`, which hold at least HALF voxels around each)."""
@@ -136,16 +127,6 @@ def probabilities(model: LoadedPatchNet, raw: np.ndarray, seg: np.ndarray, centr
                 x = np.concatenate([x, np.zeros((BATCH - n, *x.shape[1:]), np.float32)])
             out.append(torch.softmax(model.net(torch.from_numpy(x)), dim=1).double().numpy()[:n])
     return np.round(np.concatenate(out) * QUANTUM) / QUANTUM
-
-
-def lattice_centres(seg: np.ndarray, read_offset, write_offset, write_shape) -> np.ndarray:
-    """Array coordinates (in `seg`, which starts at `read_offset`) of the lattice voxels of the write box
-    that lie in a segment."""
-    axes = [a - r for a, r in zip(lattice(write_offset, write_shape), read_offset)]
-    if any(len(a) == 0 for a in axes):
-        return np.zeros((0, 3), np.int64)
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    return grid[seg[grid[:, 0], grid[:, 1], grid[:, 2]] != 0]
 
 
 def padded(a: np.ndarray, before, after) -> np.ndarray:

@@ -61,19 +61,6 @@ def sphere(radius_nm: float, voxel_size: tuple[float, ...]) -> tuple[np.ndarray,
     return offsets, pairs
 
 
-def centres(seg: np.ndarray, read_offset, write_offset, write_shape, voxel_size) -> np.ndarray:
-    """Array coordinates (in `seg`, which starts at `read_offset`) of the lattice points of the write box
-    that lie in a segment."""
-    axes = []
-    for o, s, r, st in zip(write_offset, write_shape, read_offset, steps(voxel_size)):
-        first = o + (st // 2 - o) % st
-        axes.append(np.arange(first, o + s, st) - r)
-    if any(len(a) == 0 for a in axes):
-        return np.zeros((0, 3), np.int64)
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    return grid[seg[grid[:, 0], grid[:, 1], grid[:, 2]] != 0]
-
-
 def crossings(seg: np.ndarray, points: np.ndarray, radius_nm: float, voxel_size) -> tuple[np.ndarray, np.ndarray]:
     """(crossings, fill) per point: the pieces of the point's segment on the sphere around it, and the share
     of the sphere's samples (distinct voxels) in it. `seg` holds every sphere (zeros stand for outside the

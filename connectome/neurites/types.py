@@ -17,6 +17,7 @@ from connectome.neurites.classifier import CLASSES, load
 from connectome.neurites.features import SUMS, centroids, combine, describe
 
 SEGMENTS_FILE = "segments.csv"
+SUMMARY_COLUMNS = ("radius_nm", "branch_share")  # the morphology graph nodes and segment properties carry
 SEGMENT_COLUMNS = ("id", "size_voxels", "class", "class_score", "z", "y", "x", "out_synapses", "in_synapses",
                    *sholl.MORPHOLOGY_COLUMNS)
 

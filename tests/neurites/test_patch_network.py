@@ -5,17 +5,18 @@ import numpy as np
 import pytest
 
 from connectome.core.errors import UserError
+from connectome.neurites import lattice
 from connectome.neurites import patch_net as PN
 from connectome.neurites.classifier import CLASSES
 
 
 def test_lattice_points_are_global_and_patches_hold_image_and_own_mask():
-    assert [a.tolist() for a in PN.lattice((0, 5, 13), (9, 12, 4))] == [[4], [12], []]
+    assert [a.tolist() for a in lattice.axes((0, 5, 13), (9, 12, 4), (PN.STRIDE,) * 3)] == [[4], [12], []]
     seg = np.zeros((40, 40, 40), np.uint64)
     seg[10:30, 10:30, 10:30] = 7
     seg[20, 20, 20:30] = 9
     raw = np.arange(40 ** 3, dtype=np.uint32).reshape(seg.shape).astype(np.uint8)
-    centres = PN.lattice_centres(seg, (0, 0, 0), (12, 12, 12), (16, 16, 16))
+    centres = lattice.centres(seg, (0, 0, 0), (12, 12, 12), (16, 16, 16), (PN.STRIDE,) * 3)
     assert sorted(map(tuple, centres.tolist())) == [(z, y, x) for z in (12, 20) for y in (12, 20) for x in (12, 20)]
     x = PN.patches(raw, seg, np.array([[20, 20, 20]]), 0.5, 0.25)
     assert x.shape == (1, 2, PN.PATCH, PN.PATCH, PN.PATCH)
