@@ -34,16 +34,16 @@ def addresses(volume: str) -> tuple[str, str]:
 def sweep(model_name: str, volumes, classifiers, thresholds=THRESHOLDS, cache: str | None = None) -> dict:
     """Per classifier: (its own threshold, rows of mean split / merge over the volumes per threshold)."""
     model = load_model(model_name, "cpu")
-    out = {}
-    for name in classifiers:
-        clf = load_classifier(resolve_edge_model(name))
-        total = np.zeros((len(thresholds), 2))
-        for volume in volumes:
-            raw, labels = addresses(volume)
-            edges, _, gt = volume_edges(model, raw, labels, cache, clf.extent)
-            total += [[r["voi_split"], r["voi_merge"]] for r in voi_sweep(edges, gt, clf, thresholds)]
-        out[name] = (clf.threshold, clf.extent, total / len(volumes))
-    return out
+    loaded = {name: load_classifier(resolve_edge_model(name)) for name in classifiers}
+    total = {name: np.zeros((len(thresholds), 2)) for name in classifiers}
+    for volume in volumes:
+        raw, labels = addresses(volume)
+        for extent in sorted({clf.extent for clf in loaded.values()}):  # one edge set per extent
+            edges, _, gt = volume_edges(model, raw, labels, cache, extent)
+            for name, clf in loaded.items():
+                if clf.extent == extent:
+                    total[name] += [[r["voi_split"], r["voi_merge"]] for r in voi_sweep(edges, gt, clf, thresholds)]
+    return {name: (clf.threshold, clf.extent, total[name] / len(volumes)) for name, clf in loaded.items()}
 
 
 def main(argv=None) -> None:

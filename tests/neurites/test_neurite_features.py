@@ -2,15 +2,13 @@
 ground-truth classes from compartments."""
 
 import numpy as np
+from neurite_blocks import blockwise_sums, interior_block_sums, whole_sums
 
-from connectome.core.geometry import BlockGrid, Box, Context
 from connectome.neurites import patch_net
 from connectome.neurites.features import (
     FEATURE_NAMES,
     PATCH_SUMS,
     RADIUS_NM,
-    block_sums,
-    combine,
     describe,
     feature_reach,
 )
@@ -33,15 +31,8 @@ def _shapes(shape=(32, 64, 64)):
 
 def test_blocks_add_up_to_the_whole_volume():
     seg, raw = _shapes()
-    whole = Box.from_shape(seg.shape)
-    one = combine([block_sums(seg, raw, whole, whole, whole, VS)])
-    reach = feature_reach(VS)
-    grid = BlockGrid.for_chunks(whole, (16, 32, 32), (16, 32, 32), Context(reach, reach))
-    parts = []
-    for block in grid:
-        sl = block.read_box.to_slices()
-        parts.append(block_sums(seg[sl], raw[sl], block.read_box, block.write_box, whole, VS))
-    blocks = combine(parts)
+    one = whole_sums(seg, raw, VS)
+    blocks = blockwise_sums(seg, raw, VS, (16, 32, 32), feature_reach(VS))
     np.testing.assert_array_equal(one["ids"], blocks["ids"])
     for k, v in one.items():
         np.testing.assert_allclose(blocks[k], v, rtol=1e-9, err_msg=k)
@@ -52,12 +43,8 @@ def test_patch_sums_of_blocks_add_up_to_the_whole_volume():
 
     seg, raw = _shapes()
     model = patch_net.load("patches-synthetic")
-    whole = Box.from_shape(seg.shape)
-    one = combine([block_sums(seg, raw, whole, whole, whole, VS, patch_model=model)])
-    reach = feature_reach(VS, patches=True)
-    grid = BlockGrid.for_chunks(whole, (16, 32, 32), (16, 32, 32), Context(reach, reach))
-    blocks = combine([block_sums(seg[b.read_box.to_slices()], raw[b.read_box.to_slices()], b.read_box, b.write_box,
-                                 whole, VS, patch_model=model) for b in grid])
+    one = whole_sums(seg, raw, VS, patch_model=model)
+    blocks = blockwise_sums(seg, raw, VS, (16, 32, 32), feature_reach(VS, patches=True), patch_model=model)
     lattice = seg[STRIDE // 2::STRIDE, STRIDE // 2::STRIDE, STRIDE // 2::STRIDE]
     np.testing.assert_array_equal(one["patches"], [np.sum(lattice == i) for i in one["ids"]])
     assert one["patches"].min() > 0  # every shape holds lattice points
@@ -72,18 +59,13 @@ def test_too_little_context_for_the_patches_is_refused():
     import pytest
 
     seg, raw = _shapes()
-    whole = Box.from_shape(seg.shape)
-    grid = BlockGrid.for_chunks(whole, (16, 32, 32), (16, 32, 32), Context((4, 4, 4), (4, 4, 4)))
-    b = next(iter(b for b in grid if b.read_box.offset[1] > 0))
     with pytest.raises(ValueError, match="context"):
-        block_sums(seg[b.read_box.to_slices()], raw[b.read_box.to_slices()], b.read_box, b.write_box, whole, VS,
-                   patch_model=patch_net.load("patches-synthetic"))
+        interior_block_sums(seg, raw, VS, (16, 32, 32), (4, 4, 4), patch_model=patch_net.load("patches-synthetic"))
 
 
 def test_descriptors_of_known_shapes():
     seg, raw = _shapes()
-    whole = Box.from_shape(seg.shape)
-    sums = combine([block_sums(seg, raw, whole, whole, whole, VS)])
+    sums = whole_sums(seg, raw, VS)
     d = describe(sums, VS, np.array([2.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
     f = {name: d[:, i] for i, name in enumerate(FEATURE_NAMES)}
     tube, ball = 0, 1

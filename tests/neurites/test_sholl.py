@@ -3,10 +3,10 @@ in any block layout; a block with too little context is refused."""
 
 import numpy as np
 import pytest
+from neurite_blocks import blockwise_sums, interior_block_sums, whole_sums
 
-from connectome.core.geometry import BlockGrid, Box, Context
 from connectome.neurites import sholl
-from connectome.neurites.features import block_sums, combine, feature_reach
+from connectome.neurites.features import feature_reach
 
 VS = (8.0, 8.0, 8.0)
 
@@ -72,25 +72,18 @@ def _branching():
 
 def test_sholl_sums_of_blocks_equal_the_whole_volume():
     seg, raw = _branching()
-    whole = Box.from_shape(seg.shape)
-    one = combine([block_sums(seg, raw, whole, whole, whole, VS)])
+    one = whole_sums(seg, raw, VS)
     assert one["sholl_points"].min() > 0 and one["sholl240_branch"][0] > 0
-    reach = feature_reach(VS)
     for shape in ((16, 32, 32), (24, 48, 32)):
-        grid = BlockGrid.for_chunks(whole, shape, shape, Context(reach, reach))
-        blocks = combine([block_sums(seg[b.read_box.to_slices()], raw[b.read_box.to_slices()], b.read_box,
-                                     b.write_box, whole, VS) for b in grid])
+        blocks = blockwise_sums(seg, raw, VS, shape, feature_reach(VS))
         for k in sholl.SUMS:
             np.testing.assert_array_equal(blocks[k], one[k], err_msg=k)
 
 
 def test_a_block_without_the_spheres_context_is_refused():
     seg, raw = _branching()
-    whole = Box.from_shape(seg.shape)
-    grid = BlockGrid.for_chunks(whole, (16, 32, 32), (16, 32, 32), Context((16, 16, 16), (16, 16, 16)))
-    b = next(iter(b for b in grid if b.read_box.offset[1] > 0))
     with pytest.raises(ValueError, match="context"):
-        block_sums(seg[b.read_box.to_slices()], raw[b.read_box.to_slices()], b.read_box, b.write_box, whole, VS)
+        interior_block_sums(seg, raw, VS, (16, 32, 32), (16, 16, 16))
 
 
 def test_points_in_batches_give_the_same_counts(monkeypatch):
