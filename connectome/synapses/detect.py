@@ -9,6 +9,7 @@ import numpy as np
 
 from connectome.core.geometry import Box
 from connectome.synapses import model as M
+from connectome.synapses import partner_network as PN
 from connectome.synapses.fragments import fragment_table, label_block
 from connectome.synapses.interface import load_classifier
 from connectome.synapses.merge import synapse_rows
@@ -28,14 +29,18 @@ def predict_volume(model: M.LoadedCleftModel, raw: np.ndarray) -> tuple[np.ndarr
 
 def cleft_table(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, info: M.CleftModelInfo, voxel_size,
                 threshold: float | None = None, raw: np.ndarray | None = None,
-                core_threshold: float | None = None) -> dict[str, np.ndarray]:
+                core_threshold: float | None = None, network: str | None = None) -> dict[str, np.ndarray]:
     """The cleft_fragments stage's table for one array (one block); `threshold` and `core_threshold`
-    default to the model's."""
+    default to the model's; with `raw` and a partner `network`, its scores (partner_network.py)."""
     box = Box.from_shape(seg.shape)
     core = info.core_threshold if core_threshold is None and threshold is None else core_threshold
     frag = label_block(prob, info.threshold if threshold is None else threshold, 0, core)
     vec = M.vectors_from_uint8(vectors) if info.partners else None
-    return fragment_table(frag, prob, vec, seg, box, box, box, info.vector_nm, voxel_size, raw, core)
+    table = fragment_table(frag, prob, vec, seg, box, box, box, info.vector_nm, voxel_size, raw, core)
+    if network and raw is not None:
+        scores = PN.network_sums(table, raw, seg, prob, box, network)
+        table["iface_stats"] = np.concatenate([table["iface_stats"], scores], 1)
+    return table
 
 
 def synapses_in_memory(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, info: M.CleftModelInfo,
@@ -52,10 +57,11 @@ def synapses_in_memory(prob: np.ndarray, vectors: np.ndarray, seg: np.ndarray, i
     `satellite_nm` and `satellite_ratio` (default: the model's when `min_voxels` is not given) drop
     pieces of a larger synapse's density (merge.satellites); `vote_split_voxels` (default: the model's when
     `min_voxels` is not given) splits off other boutons' votes (merge.vote_splits)."""
-    if table is None:
-        table = cleft_table(prob, vectors, seg, info, voxel_size, threshold, raw)
-        core_min_voxels = info.core_min_voxels if core_min_voxels is None and threshold is None else core_min_voxels
     clf = load_classifier(classifier) if classifier and raw is not None else None
+    if table is None:
+        network = clf.network if clf and clf.network and PN.read_info(clf.network).fits(voxel_size) else None
+        table = cleft_table(prob, vectors, seg, info, voxel_size, threshold, raw, network=network)
+        core_min_voxels = info.core_min_voxels if core_min_voxels is None and threshold is None else core_min_voxels
     if min_voxels is None:
         edge_min_voxels = info.edge_min_voxels if edge_min_voxels is None else edge_min_voxels
         satellite_nm = info.satellite_nm if satellite_nm is None else satellite_nm

@@ -12,7 +12,7 @@ from connectome.core.geometry import Box
 from connectome.core.ids import globalise
 from connectome.synapses.interface import interface_sums
 
-FRAGMENTS_FORMAT = 4
+FRAGMENTS_FORMAT = 5  # 5: the partner network's columns after the interface sums
 
 
 def vector_reach(vector_nm: float, voxel_size) -> tuple[int, int, int]:

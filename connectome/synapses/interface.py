@@ -85,34 +85,46 @@ def candidate_features(group_voxels: np.ndarray, stats: np.ndarray, votes: np.nd
     """Feature rows (FEATURES order) for candidates with summed `stats` (rows as interface_sums), the
     voxel count of their group and the group's direction votes that land in them."""
     nd = len(DISTANCES_NM)
-    s = stats.reshape(len(stats), len(STATS), nd)
+    s = stats[:, :len(STATS) * nd].reshape(len(stats), len(STATS), nd)
     n, total, sq, dark = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
     per_shell = np.maximum(group_voxels, 1)[:, None] * len(DIRECTIONS)
     has = n > 0
     mean = np.where(has, total / np.maximum(n, 1), 128.0) / 255.0
     std = np.where(has, np.sqrt(np.maximum(sq / np.maximum(n, 1) - (total / np.maximum(n, 1)) ** 2, 0)), 0) / 255.0
     frac_dark = np.where(has, dark / np.maximum(n, 1), 0.0)
-    return np.concatenate([n / per_shell, mean, std, frac_dark,
-                           (votes / np.maximum(group_voxels, 1))[:, None], np.log1p(group_voxels)[:, None]], 1)
+    columns = [n / per_shell, mean, std, frac_dark, (votes / np.maximum(group_voxels, 1))[:, None],
+               np.log1p(group_voxels)[:, None]]
+    if stats.shape[1] > len(STATS) * nd:  # the partner network's logit x voxels and voxels (partner_network)
+        logit, scored = stats[:, len(STATS) * nd], stats[:, len(STATS) * nd + 1]
+        columns.append(np.where(scored > 0, logit / np.maximum(scored, 1), 0.0)[:, None])
+    return np.concatenate(columns, 1)
 
 
 @dataclass(frozen=True)
 class PartnerClassifier:
-    """A linear score per candidate (standardised features); the softmax over a group's candidates is
-    each one's probability of being the presynaptic partner."""
+    """A linear score per candidate (standardised features), plus `network_weight` times the partner
+    network's mean logit where the features carry it (a column after FEATURES: data at the network's
+    voxel size); the softmax over a group's candidates is each one's probability of being the
+    presynaptic partner."""
 
     name: str
     mean: np.ndarray
     std: np.ndarray
     weights: np.ndarray
     provenance: dict
+    network: str | None = None
+    network_weight: float = 0.0
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        return ((features - self.mean) / self.std) @ self.weights
+        linear = ((features[:, :len(FEATURES)] - self.mean) / self.std) @ self.weights
+        if self.network and features.shape[1] > len(FEATURES):
+            return linear + self.network_weight * features[:, len(FEATURES)]
+        return linear
 
     def to_json(self) -> dict:
+        network = {"network": self.network, "network_weight": self.network_weight} if self.network else {}
         return {"format": 1, "name": self.name, "features": list(FEATURES), "mean": self.mean.tolist(),
-                "std": self.std.tolist(), "weights": self.weights.tolist(), "provenance": self.provenance}
+                "std": self.std.tolist(), "weights": self.weights.tolist(), **network, "provenance": self.provenance}
 
 
 def resolve_classifier(name: str) -> Path:
@@ -139,7 +151,7 @@ def _load(path: str, mtime: float) -> PartnerClassifier:
     if d.get("features") != list(FEATURES):
         raise UserError(f"{path}: features {d.get('features')}; expected {list(FEATURES)}")
     return PartnerClassifier(d["name"], np.asarray(d["mean"]), np.asarray(d["std"]), np.asarray(d["weights"]),
-                             d.get("provenance", {}))
+                             d.get("provenance", {}), d.get("network"), float(d.get("network_weight", 0.0)))
 
 
 def group_softmax(group: np.ndarray, score: np.ndarray, n_groups: int) -> np.ndarray:

@@ -480,7 +480,8 @@ class SynapseStep(GlobalStep):
             params["vote_split_voxels"] = self.vote_split_voxels
         if self.classifier:
             c = load_classifier(self.classifier)
-            params["classifier"] = {"name": c.name, "weights": c.weights.round(8).tolist()}
+            params["classifier"] = {"name": c.name, "weights": c.weights.round(8).tolist(),
+                                    **({"network": [c.network, c.network_weight]} if c.network else {})}
         return params
 
     @property

@@ -34,9 +34,11 @@ SHAPE = (64, 160, 160)
 TOLERANCE_NM = 200.0
 
 
-def examples(seed: int, model: M.LoadedCleftModel, shape=SHAPE, min_voxels: int = 200) -> dict:
+def examples(seed: int, model: M.LoadedCleftModel, shape=SHAPE, min_voxels: int = 200,
+             keep_volume: bool = False) -> dict:
     """One synthetic volume's candidates: group index, candidate id, features, whether it is the true
-    presynaptic cell, and per group the direction-vote majority and the true pre (0: no synapse)."""
+    presynaptic cell, and per group the direction-vote majority, the true pre (0: no synapse), its
+    (object, post) key and centre; with `keep_volume`, the volume and the cleft probability too."""
     v = generate(shape, VOXEL_SIZE, seed=seed, tissue=TissueOptions(synapses_per_um3=8.0))
     prob, vec = predict_volume(model, v.raw)
     box = Box.from_shape(shape)
@@ -69,8 +71,9 @@ def examples(seed: int, model: M.LoadedCleftModel, shape=SHAPE, min_voxels: int 
     vg = find_rows(keys.astype(np.uint64), vkeys[:, :2])
     hit = vg >= 0
     vote_pre, _, _ = majority(vg[hit], vkeys[hit, 2], vcount[hit], len(keys))
-    return {"group": gi, "cand": cand, "features": feats, "positive": cand == true_pre[gi],
-            "true_pre": true_pre, "vote_pre": vote_pre, "count": count}
+    out = {"group": gi, "cand": cand, "features": feats, "positive": cand == true_pre[gi], "true_pre": true_pre,
+           "vote_pre": vote_pre, "count": count, "keys": keys, "centre": centre}
+    return {**out, "volume": v, "prob": prob} if keep_volume else out
 
 
 def _pool(parts: list[dict]):

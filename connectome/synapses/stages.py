@@ -31,9 +31,11 @@ from connectome.io.tables import save_table
 from connectome.models.context import unet_context
 from connectome.models.voxel_size import check_voxel_size
 from connectome.synapses import model as M
+from connectome.synapses import partner_network as PN
 from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
 from connectome.synapses.interface import DEFAULT_CLASSIFIER, sample_reach
 from connectome.synapses.merge import SynapseStep, label_voxels, load_lookup
+from connectome.synapses.partner_network import DEFAULT_NETWORK
 
 DEFAULT_MODEL = "cleft-synthetic"
 
@@ -84,6 +86,9 @@ class CleftFragmentsParams(StageParams):
     threshold: float | None = Field(None, gt=0, lt=1, description="cleft probability; default: the model's")
     core_threshold: float | None = Field(None, gt=0, lt=1, description="probability of a density's core (cores "
                                          "split a cleft object into synapses); default: the model's, if any")
+    partner_network: str | None = Field("auto", description="partner network scoring each cleft's presynaptic "
+                                        "candidates (partner_network.py; shipped name or .json path); auto: the "
+                                        "shipped one where the data has its voxel size; null: none")
 
 
 @register
@@ -117,10 +122,31 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     def core_threshold(self) -> float | None:
         return self.params.core_threshold if self.params.core_threshold is not None else self.info.core_threshold
 
+    @property
+    def network(self) -> str | None:
+        """The partner network that scores candidates, if any (`partner_network` for this voxel size)."""
+        name = self.params.partner_network
+        if name is None:
+            return None
+        voxel_size = getattr(self, "_voxel_size", None)
+        if name == "auto":
+            return DEFAULT_NETWORK if voxel_size is None or PN.read_info(DEFAULT_NETWORK).fits(voxel_size) else None
+        info = PN.read_info(name)
+        if voxel_size is not None and not info.fits(voxel_size):
+            from connectome.core.errors import UserError
+
+            raise UserError(f"partner_network {name!r}: trained at voxel size {list(info.voxel_size)} nm; the "
+                            f"segmentation's is {list(voxel_size)} nm")
+        return name
+
+    def fingerprint_params(self) -> dict:
+        return {**super().fingerprint_params(), "partner_network": self.network}
+
     def context(self) -> Context:
         voxel_size = getattr(self, "_voxel_size", self.info.voxel_size)
-        reach = vec3([max(a, b) for a, b in zip(vector_reach(self.info.vector_nm, voxel_size),
-                                                  sample_reach(voxel_size))])
+        half = PN.read_info(self.network).half if self.network else 0
+        reach = vec3([max(a, b, half) for a, b in zip(vector_reach(self.info.vector_nm, voxel_size),
+                                                        sample_reach(voxel_size))])
         return Context(reach, reach)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
@@ -133,6 +159,10 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
         raw = volumes["raw"].read(block.read_box)
         table = fragment_table(frag, prob, vectors, seg, block.read_box, w, volumes["segmentation"].box,
                                self.info.vector_nm, volumes["segmentation"].meta.voxel_size, raw, self.core_threshold)
+        if self.network:
+            scores = PN.network_sums(table, raw, seg, volumes["cleft_probability"].read(block.read_box),
+                                     block.read_box, self.network)
+            table["iface_stats"] = np.concatenate([table["iface_stats"], scores], 1)
         save_table(self.table_dirs["cleft_fragments"], block.index, **table)
         return {"fragments": int(len(table["ids"]))}
 

@@ -94,10 +94,10 @@ def hand_built(tmp_path_factory):
     return root
 
 
-def _config(root, out, block):
+def _config(root, out, block, network="auto"):
     seg, vectors = str(root / "segmentation"), str(root / "partner_vectors")
     stages = [
-        StageConfig(stage="cleft_fragments", params={"threshold": 0.5},
+        StageConfig(stage="cleft_fragments", params={"threshold": 0.5, "partner_network": network},
                     inputs={"cleft_probability": str(root / "cleft_probability"), "partner_vectors": vectors,
                             "segmentation": seg}),
         StageConfig(stage="synapses", params={"min_voxels": 10}, inputs={"partner_vectors": vectors, "segmentation": seg}),
@@ -107,15 +107,18 @@ def _config(root, out, block):
 
 
 def test_hand_built_partners_by_the_shipped_classifier(hand_built, tmp_path, client):
-    out = tmp_path / "blocks"
-    execute(plan_run(_config(hand_built, out, (8, 32, 32))), client, progress=False)
-    t = read_synapses(str(out / "synapses.csv"))
-    got = sorted((int(p), int(q), bool(a)) for p, q, a in zip(t["pre"], t["post"], t["autapse"]))
-    # the vesicle side, not the other contact, not an autapse; A's spill into 1 and 5 is part of A
-    assert got == [(1, 2, False), (3, 4, False)]
-    assert np.all(t["partner_score"] > 0.5)
+    """With and without the partner network (whose score of a cleft cut by a block face depends on the
+    blocks: partner_network.py), the same partners; without it, blockwise equals one block exactly."""
+    expected = [(1, 2, False), (3, 4, False)]  # the vesicle side, not the other contact, not an autapse
+    for network in ("auto", None):
+        out = tmp_path / f"blocks-{network}"
+        execute(plan_run(_config(hand_built, out, (8, 32, 32), network)), client, progress=False)
+        t = read_synapses(str(out / "synapses.csv"))
+        got = sorted((int(p), int(q), bool(a)) for p, q, a in zip(t["pre"], t["post"], t["autapse"]))
+        assert got == expected, network  # A's spill into 1 and 5 is part of A
+        assert np.all(t["partner_score"] > 0.5)
     one = tmp_path / "one"
-    execute(plan_run(_config(hand_built, one, SHAPE)), client, progress=False)
+    execute(plan_run(_config(hand_built, one, SHAPE, None)), client, progress=False)
     t1 = read_synapses(str(one / "synapses.csv"))
     for k in ("z", "y", "x", "pre", "post", "size_voxels"):
         np.testing.assert_array_equal(t[k], t1[k])
