@@ -5,14 +5,13 @@ feature that decides."""
 
 import numpy as np
 import pytest
+from cleft_blocks import block_sums
 
 from connectome.cluster.client import ClusterConfig
 from connectome.core.errors import UserError
-from connectome.core.geometry import Box, Context
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
 from connectome.engine.plan import execute, plan_run
 from connectome.io import create_volume, open_volume
-from connectome.synapses.fragments import fragment_table, label_block
 from connectome.synapses.interface import (
     STATS,
     fit_conditional_logit,
@@ -51,24 +50,7 @@ def _volume(seed=0):
 
 def _block_sums(seg, raw, prob, block):
     """Interface sums per (post, candidate), summed over every block's table."""
-    volume = Box.from_shape(SHAPE)
-    reach = sample_reach(VS)
-    out: dict = {}
-    index = 0
-    for z in range(0, SHAPE[0], block[0]):
-        for y in range(0, SHAPE[1], block[1]):
-            for x in range(0, SHAPE[2], block[2]):
-                write = Box.of((z, y, x), block)
-                read = Context(reach, reach).read_box(write, volume)
-                sl = tuple(slice(o, e) for o, e in zip(read.offset, read.end))
-                wsl = tuple(slice(o, e) for o, e in zip(write.offset, write.end))
-                frag = label_block(prob[wsl], 0.5, index)
-                t = fragment_table(frag, prob[wsl], None, seg[sl], read, write, volume, 80.0, VS, raw[sl])
-                for post, cand, stats in zip(t["iface_post"], t["iface_cand"], t["iface_stats"]):
-                    key = (int(post), int(cand))
-                    out[key] = out.get(key, 0) + stats
-                index += 1
-    return out
+    return block_sums(seg, raw, prob, block, VS, sample_reach(VS), lambda t, *_: t["iface_stats"])
 
 
 def test_interface_sums_add_up_across_blocks():

@@ -6,12 +6,11 @@ the true presynaptic cell first in most groups; `cleft_fragments` uses it only a
 
 import numpy as np
 import pytest
+from cleft_blocks import block_sums
 
 from connectome.core.errors import UserError
-from connectome.core.geometry import Box, Context
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
-from connectome.synapses.fragments import fragment_table, label_block
 from connectome.synapses.interface import FEATURES, PartnerClassifier, load_classifier, sample_reach
 from connectome.synapses.partner_network_training import groups, ranked_right
 from connectome.synapses.stages import CleftFragmentsParams, CleftFragmentsStage
@@ -58,26 +57,10 @@ def _volume():
 
 def _network_sums(seg, raw, prob, block):
     """Network columns per (post, candidate), summed over the blocks of `block` shape."""
-    volume = Box.from_shape(seg.shape)
     half = PN.read_info(PN.DEFAULT_NETWORK).half
     reach = tuple(max(r, half) for r in sample_reach(VS))
-    out: dict = {}
-    index = 0
-    for z in range(0, seg.shape[0], block[0]):
-        for y in range(0, seg.shape[1], block[1]):
-            for x in range(0, seg.shape[2], block[2]):
-                write = Box.of((z, y, x), block)
-                read = Context(reach, reach).read_box(write, volume)
-                sl = tuple(slice(o, e) for o, e in zip(read.offset, read.end))
-                wsl = tuple(slice(o, e) for o, e in zip(write.offset, write.end))
-                frag = label_block(prob[wsl], 0.5, index)
-                t = fragment_table(frag, prob[wsl], None, seg[sl], read, write, volume, 80.0, VS, raw[sl])
-                scores = PN.network_sums(t, raw[sl], seg[sl], prob[sl], read, PN.DEFAULT_NETWORK)
-                for post, cand, s in zip(t["iface_post"], t["iface_cand"], scores):
-                    key = (int(post), int(cand))
-                    out[key] = out.get(key, 0) + s
-                index += 1
-    return out
+    return block_sums(seg, raw, prob, block, VS, reach,
+                      lambda t, raw, seg, prob, read: PN.network_sums(t, raw, seg, prob, read, PN.DEFAULT_NETWORK))
 
 
 def test_network_sums_add_up_across_blocks():
