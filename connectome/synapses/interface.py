@@ -10,6 +10,7 @@ Blockwise: every cleft voxel samples 26 directions x DISTANCES_NM; the per-block
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -120,6 +121,10 @@ class PartnerClassifier:
         if self.network and features.shape[1] > len(FEATURES):
             return linear + self.network_weight * features[:, len(FEATURES)]
         return linear
+
+    def linear(self) -> PartnerClassifier:
+        """This classifier without the partner network's term (itself when it has none)."""
+        return dataclasses.replace(self, network=None, network_weight=0.0) if self.network else self
 
     def to_json(self) -> dict:
         network = {"network": self.network, "network_weight": self.network_weight} if self.network else {}

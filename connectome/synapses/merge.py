@@ -185,10 +185,18 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
     alias = np.zeros((0, 3), np.int64)
     if by_post:
         assert classifier is not None
+        # which groups are synapses (spills across the membrane, vote splits) follows the linear ranking; the
+        # partner network, which learned to rank presynaptic boutons only, then names each synapse's pre
+        linear = classifier.linear()
         keys[sel, 2], share[sel] = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel],
-                                                      pre_votes, classifier)
+                                                      pre_votes, linear)
+        if linear is not classifier:
+            network_pre, network_share = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel],
+                                                            pre_votes, classifier)
         keep, into = _mirrors(kobj[sel], keys[sel, 1], keys[sel, 2], size)
         alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
+        if linear is not classifier:
+            network_pre, network_share = network_pre[keep], network_share[keep]
         sel, size, loc = sel[keep], size[keep], loc[keep]
         alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1  # the kept synapse's index after the cut
     extra = np.zeros(len(sel), bool)
@@ -196,6 +204,8 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         keys, count, prob, share, sel, size, loc, extra = vote_splits(
             t, vo, pre_votes, keys, count, prob, share, sel, size, loc, kobj, vote_split_voxels)
         kobj = keys[:, 0].astype(np.int64)
+    if by_post and classifier is not None and classifier.network and len(sel):
+        _network_partners(keys, share, sel, extra, network_pre, network_share)
     if satellite_nm:
         keep, into = satellites(loc, size, voxel_size, satellite_nm, satellite_ratio)
         keep[extra], into[extra] = True, np.flatnonzero(extra)  # a split-off bouton is no piece of its group
@@ -222,6 +232,18 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
               "by_post": np.array(by_post), "alias_object": alias[:, 0], "alias_post": alias[:, 1].astype(np.uint64),
               "alias_synapse": alias[:, 2]}
     return rows, lookup
+
+
+def _network_partners(keys: np.ndarray, share: np.ndarray, sel: np.ndarray, extra: np.ndarray,
+                      network_pre: np.ndarray, network_share: np.ndarray) -> None:
+    """Each group's pre (the first rows of `sel`, before the vote splits `extra`) becomes the one the
+    classifier with the partner network ranks first, unless that one is already a split-off synapse
+    of the same group (then the group keeps the linear ranking's pre)."""
+    base = sel[:len(network_pre)]
+    wanted = np.stack([keys[base, 0], keys[base, 1], network_pre.astype(np.uint64)], 1)
+    clash = find_rows(np.unique(keys[sel[extra]], axis=0), wanted) >= 0 if extra.any() else np.zeros(len(base), bool)
+    keys[base[~clash], 2] = network_pre[~clash]
+    share[base[~clash]] = network_share[~clash]
 
 
 def vote_splits(t: dict[str, np.ndarray], vo: np.ndarray, pre_votes: np.ndarray, keys: np.ndarray, count: np.ndarray,

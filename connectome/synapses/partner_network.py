@@ -6,8 +6,13 @@ cleft, not only the mean grey of the shells, decides which neighbour is presynap
 
 Blockwise: each (fragment, post) pair of a block with at least `min_voxels` voxels scores its
 candidates on a patch centred at the pair's voxels; the table holds logit x voxels and the voxels per
-(fragment, post, candidate), so blocks add up (a cleft cut by a block face is scored from each
-piece's centre).
+(fragment, post, candidate), so blocks add up. A fragment on a block face (a cleft cut by the blocks)
+is not scored: its pieces' centres are not the cleft's, and scoring them there made partners worse
+(benchmarks/results/synapses.md); such a cleft keeps the linear score alone.
+
+Opt-in (measured on held-out volumes, it does not yet help the whole chain): `cleft_fragments`
+`partner_network: partner-net-synthetic` (or `auto`) with the `synapses` classifier
+`partners-synthetic-net`.
 """
 
 from __future__ import annotations
@@ -142,7 +147,8 @@ def network_sums(table: dict[str, np.ndarray], raw: np.ndarray, seg: np.ndarray,
     centre = np.stack([np.bincount(inv, weights=table["vote_coord_sum"][:, k], minlength=len(pairs))
                        for k in range(3)], 1) / np.maximum(count, 1)[:, None]
     at = find_rows(pairs, np.stack([frag, post], 1).astype(np.uint64))
-    scored = (at >= 0) & (count[np.maximum(at, 0)] >= info.min_voxels)
+    on_face = np.isin(frag, np.concatenate([table["low_id"], table["high_id"]]))
+    scored = (at >= 0) & (count[np.maximum(at, 0)] >= info.min_voxels) & ~on_face
     if not scored.any():
         return out
     idx = np.flatnonzero(scored)

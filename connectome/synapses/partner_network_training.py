@@ -4,9 +4,10 @@ segmentation) whose true presynaptic cell is among the candidates; one patch per
 is the softmax over each group's candidates (the true pre is the answer), with the 48 flips and axis
 orders of an isotropic cube as augmentation. The checkpoint that ranks the most validation groups
 right is kept; the report also gives the shipped interface classifier alone and with the network's
-logit added (`--attach` writes the network and its weight into that classifier's json).
+logit added (`--attach NAME` writes that classifier with the network, weight 1, as NAME.json).
 
-    python -m connectome.synapses.partner_network_training --train-seeds 100 185 --steps 1500 --width 16
+    python -m connectome.synapses.partner_network_training --train-seeds 100 185 --steps 1500 --width 16 \
+        --attach partners-synthetic-net
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
-from connectome.synapses.interface import WEIGHTS_DIR, load_classifier
+from connectome.synapses.interface import DEFAULT_CLASSIFIER, WEIGHTS_DIR, load_classifier
 from connectome.synapses.partner_training import VOXEL_SIZE, examples
 
 PATCH = 32
@@ -123,7 +124,7 @@ def train(name: str, train_seeds, val_seeds, steps: int, width: int, cleft_model
     net.eval()
     result = {"network": best[0], "best_step": best[1]}
     if attach:
-        clf = load_classifier(attach)
+        clf = load_classifier(DEFAULT_CLASSIFIER)
         result.update(classifier=ranked_right(None, va, clf), classifier_plus_network=ranked_right(net, va, clf))
     provenance = {"cleft_model": cleft_model, "train_seeds": [min(train_seeds), max(train_seeds)],
                   "validation_seeds": [min(val_seeds), max(val_seeds)], "training_groups": len(tr),
@@ -143,13 +144,13 @@ def train(name: str, train_seeds, val_seeds, steps: int, width: int, cleft_model
     return result
 
 
-def attach_network(classifier: str, network: str, weight: float) -> None:
-    """Write `network` and its `weight` into a shipped classifier's json (its linear weights unchanged)."""
-    path = WEIGHTS_DIR / f"{classifier}.json"
-    with open(path) as f:
+def attach_network(name: str, network: str, weight: float, base: str = DEFAULT_CLASSIFIER) -> None:
+    """Write classifier `name`: the shipped `base` classifier's linear weights plus `network`'s mean logit
+    times `weight`."""
+    with open(WEIGHTS_DIR / f"{base}.json") as f:
         d = json.load(f)
-    d.update(network=network, network_weight=weight)
-    with open(path, "w") as f:
+    d.update(name=name, network=network, network_weight=weight)
+    with open(WEIGHTS_DIR / f"{name}.json", "w") as f:
         json.dump(d, f, indent=1)
 
 
@@ -162,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--stop-after", type=int, default=None, help="end training after this many steps")
-    p.add_argument("--attach", default=None, help="interface classifier whose json gets the network (weight 1)")
+    p.add_argument("--attach", default=None, help="write this classifier: the shipped one plus the network (weight 1)")
     a = p.parse_args(argv)
     train(a.name, range(*a.train_seeds), range(*a.val_seeds), a.steps, a.width, a.model, a.attach, a.stop_after)
 

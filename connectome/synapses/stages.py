@@ -86,8 +86,9 @@ class CleftFragmentsParams(StageParams):
     threshold: float | None = Field(None, gt=0, lt=1, description="cleft probability; default: the model's")
     core_threshold: float | None = Field(None, gt=0, lt=1, description="probability of a density's core (cores "
                                          "split a cleft object into synapses); default: the model's, if any")
-    partner_network: str | None = Field("auto", description="partner network scoring each cleft's presynaptic "
-                                        "candidates (partner_network.py; shipped name or .json path); auto: the "
+    partner_network: str | None = Field(None, description="partner network scoring each cleft's presynaptic "
+                                        "candidates (partner_network.py; shipped name or .json path; used by a "
+                                        "classifier with a network, e.g. partners-synthetic-net); auto: the "
                                         "shipped one where the data has its voxel size; null: none")
 
 

@@ -82,15 +82,17 @@ def _config(root, out, block, network="auto"):
         StageConfig(stage="cleft_fragments", params={"threshold": 0.5, "partner_network": network},
                     inputs={"cleft_probability": str(root / "cleft_probability"), "partner_vectors": vectors,
                             "segmentation": seg}),
-        StageConfig(stage="synapses", params={"min_voxels": 10}, inputs={"partner_vectors": vectors, "segmentation": seg}),
+        StageConfig(stage="synapses", params={"min_voxels": 10, **({"partner_classifier": "partners-synthetic-net"}
+                                                                   if network else {})},
+                    inputs={"partner_vectors": vectors, "segmentation": seg}),
     ]
     return RunConfig(input=str(root / "raw"), output=str(out), blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)),
                      cluster=ClusterConfig(), stages=stages)
 
 
 def test_hand_built_partners_by_the_shipped_classifier(hand_built, tmp_path, client):
-    """With and without the partner network (whose score of a cleft cut by a block face depends on the
-    blocks: partner_network.py), the same partners; without it, blockwise equals one block exactly."""
+    """With the opt-in partner network (it leaves clefts cut by block faces, as both are here, to the
+    linear score) and without it, the same partners; without it, blockwise equals one block exactly."""
     expected = [(1, 2, False), (3, 4, False)]  # the vesicle side, not the other contact, not an autapse
     for network in ("auto", None):
         out = tmp_path / f"blocks-{network}"

@@ -1,6 +1,6 @@
 """The partner network: patches mirror the image and zero the masks outside the data, as in training;
-its sums per (post, candidate) add up across blocks for clefts that no block face cuts (a cut cleft is
-scored from each piece's centre, so its score depends on the blocks a little); the classifier
+its sums per (post, candidate) add up across blocks for clefts that no block face cuts, and the
+pieces of a cut cleft are not scored; the opt-in classifier
 adds its logit where the features carry it; on held-out synthetic volumes the shipped network ranks
 the true presynaptic cell first in most groups; `cleft_fragments` uses it only at its voxel size."""
 
@@ -47,8 +47,8 @@ def _volume():
     seg[:16, :, :32], seg[:16, :, 32:], seg[16:, :, :32], seg[16:, :, 32:] = 1, 2, 3, 4
     raw = rng.normal(160, 8, shape)
     prob = np.zeros(shape, np.uint8)
-    prob[4:12, 20:44, 32:35] = 230
-    prob[20:28, 20:44, 32:35] = 230
+    prob[4:12, 20:44, 33:36] = 230
+    prob[20:28, 20:44, 33:36] = 230
     raw[prob > 0] = 70
     dots = rng.random(shape) < 0.3
     raw[:, 14:50, 16:32][dots[:, 14:50, 16:32]] = 80
@@ -66,12 +66,14 @@ def _network_sums(seg, raw, prob, block):
 def test_network_sums_add_up_across_blocks():
     seg, raw, prob = _volume()
     one = _network_sums(seg, raw, prob, seg.shape)
-    many = _network_sums(seg, raw, prob, (16, 64, 32))  # faces between the clefts' halves; z = 16 cuts none
+    many = _network_sums(seg, raw, prob, (16, 64, 32))  # faces between the cells' halves; none cuts a cleft
     assert set(one) == set(many) and {(2, 1), (4, 3)} <= set(one)
     for key in one:
         np.testing.assert_allclose(many[key], one[key], rtol=1e-5)
     assert one[(2, 1)][1] == 8 * 24 * 3  # the whole cleft scored: its voxels
     assert np.ptp([v[0] / v[1] for (post, _), v in one.items() if post == 2]) > 0  # candidates told apart
+    cut = _network_sums(seg, raw, prob, (16, 32, 32))  # y = 32 cuts both clefts: their pieces are not scored
+    assert set(cut) == set(one) and all(v[1] == 0 for v in cut.values())
 
 
 def test_classifier_adds_the_network_logit_where_the_features_carry_it():
@@ -81,8 +83,10 @@ def test_classifier_adds_the_network_logit_where_the_features_carry_it():
     f[0, 0], f[1, 0], f[1, n] = 1.0, 0.0, 1.0
     np.testing.assert_allclose(clf.scores(f), [1.0, 2.0])
     np.testing.assert_allclose(clf.scores(f[:, :n]), [1.0, 0.0])  # no network column: the linear part
-    shipped = load_classifier("partners-synthetic")
+    shipped = load_classifier("partners-synthetic-net")
     assert shipped.network == PN.DEFAULT_NETWORK and shipped.network_weight > 0
+    assert load_classifier("partners-synthetic").network is None  # the default: opt-in only
+    np.testing.assert_allclose(shipped.weights, load_classifier("partners-synthetic").weights)
 
 
 @pytest.mark.timeout(300)
@@ -99,12 +103,13 @@ def test_shipped_network_ranks_true_partners_on_held_out_volumes():
 def test_cleft_fragments_uses_the_network_only_at_its_voxel_size():
     stage = CleftFragmentsStage(CleftFragmentsParams(), {}, {})
     stage._voxel_size = VS  # as check_inputs sets it from the segmentation
+    assert stage.network is None  # off by default
+    stage.params = CleftFragmentsParams(partner_network="auto")
     assert stage.network == PN.DEFAULT_NETWORK
     stage._voxel_size = (40.0, 4.0, 4.0)
     assert stage.network is None  # auto: not at another voxel size
     stage.params = CleftFragmentsParams(partner_network=PN.DEFAULT_NETWORK)
     with pytest.raises(UserError, match="trained at voxel size"):
         _ = stage.network
-    stage.params = CleftFragmentsParams(partner_network=None)
     stage._voxel_size = VS
-    assert stage.network is None
+    assert stage.network == PN.DEFAULT_NETWORK
