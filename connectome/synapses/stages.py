@@ -33,7 +33,7 @@ from connectome.models.voxel_size import check_voxel_size
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
 from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
-from connectome.synapses.interface import DEFAULT_CLASSIFIER, sample_reach
+from connectome.synapses.interface import DEFAULT_CLASSIFIER, load_classifier, sample_reach
 from connectome.synapses.merge import SynapseStep, label_voxels, load_lookup
 from connectome.synapses.partner_network import DEFAULT_NETWORK
 
@@ -200,6 +200,12 @@ class SynapsesStage(BlockStage[SynapsesParams]):
     def check_upstream(self, upstream: dict[str, BlockStage | None]) -> SynapsesParams:
         producer = upstream.get("cleft_fragments")
         if isinstance(producer, CleftFragmentsStage):
+            name = self.params.partner_classifier
+            if name and producer.params.partner_network is None and load_classifier(name).network:
+                from connectome.core.errors import UserError
+
+                raise UserError(f"synapses: partner_classifier {name!r} adds the partner network's scores, but "
+                                "cleft_fragments computes none; set its partner_network to auto or a network name")
             return self.params.model_copy(update={"model": producer.params.model})
         return self.params
 

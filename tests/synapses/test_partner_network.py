@@ -113,3 +113,26 @@ def test_cleft_fragments_uses_the_network_only_at_its_voxel_size():
         _ = stage.network
     stage._voxel_size = VS
     assert stage.network == PN.DEFAULT_NETWORK
+
+
+def test_a_network_classifier_without_network_scores_is_refused(tmp_path):
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import plan_run
+    from connectome.io import create_volume
+
+    for name, channels in (("raw", None), ("segmentation", None), ("cleft_probability", None),
+                           ("partner_vectors", 3)):
+        create_volume(str(tmp_path / name), (16, 64, 64), "uint64" if name == "segmentation" else "uint8",
+                      (16, 64, 64), VS, channels=channels)
+    seg, vectors = str(tmp_path / "segmentation"), str(tmp_path / "partner_vectors")
+    stages = [StageConfig(stage="cleft_fragments", params={"partner_network": None},
+                          inputs={"cleft_probability": str(tmp_path / "cleft_probability"), "partner_vectors": vectors,
+                                  "segmentation": seg}),
+              StageConfig(stage="synapses", params={"partner_classifier": "partners-synthetic-net"},
+                          inputs={"partner_vectors": vectors, "segmentation": seg})]
+    config = RunConfig(input=str(tmp_path / "raw"), output=str(tmp_path / "out"),
+                       blocks=BlocksConfig(shape=(16, 64, 64), chunk_shape=(16, 64, 64)), cluster=ClusterConfig(),
+                       stages=stages)
+    with pytest.raises(UserError, match="partner_network to auto"):
+        plan_run(config)
