@@ -188,11 +188,11 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         # which groups are synapses (spills across the membrane, vote splits) follows the linear ranking; the
         # partner network, which learned to rank presynaptic boutons only, then names each synapse's pre
         linear = classifier.linear()
-        keys[sel, 2], share[sel] = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel],
-                                                      pre_votes, linear)
+        ranked = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel], pre_votes,
+                                    (linear,) if linear is classifier else (linear, classifier))
+        keys[sel, 2], share[sel] = ranked[0]
         if linear is not classifier:
-            network_pre, network_share = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel],
-                                                            pre_votes, classifier)
+            network_pre, network_share = ranked[1]
         keep, into = _mirrors(kobj[sel], keys[sel, 1], keys[sel, 2], size)
         alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
         if linear is not classifier:
@@ -379,30 +379,35 @@ def group_candidates(t: dict[str, np.ndarray], ids: np.ndarray, obj: np.ndarray,
 
 def interface_partners(t: dict[str, np.ndarray], ids: np.ndarray, obj: np.ndarray, vo: np.ndarray,
                        g_obj: np.ndarray, g_post: np.ndarray, g_count: np.ndarray, pre_votes: np.ndarray,
-                       classifier: PartnerClassifier) -> tuple[np.ndarray, np.ndarray]:
-    """Per group (cleft object, postsynaptic segment): the presynaptic segment the classifier ranks
-    first among the group's candidates and its probability; a group without candidates keeps its
-    majority direction vote (an autapse when that is its own segment) and the vote's share."""
+                       classifiers: tuple[PartnerClassifier, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per classifier, per group (cleft object, postsynaptic segment): the presynaptic segment the
+    classifier ranks first among the group's candidates (found once for all classifiers) and its
+    probability; a group without candidates keeps its majority direction vote (an autapse when that
+    is its own segment) and the vote's share."""
     n = len(g_obj)
-    pre, prob = np.zeros(n, np.uint64), np.zeros(n)
     if not n:
-        return pre, prob
+        return [(np.zeros(0, np.uint64), np.zeros(0)) for _ in classifiers]
     groups = np.stack([g_obj.astype(np.uint64), g_post.astype(np.uint64)], 1)
     gi, cand, feats, vkeys, vcount = group_candidates(t, ids, obj, vo, groups, g_count, pre_votes)
-    if len(gi):
-        p = group_softmax(gi, classifier.scores(feats), n)
-        order = np.lexsort((cand, -p, gi))
-        first = order[np.r_[True, gi[order][1:] != gi[order][:-1]]]
-        pre[gi[first]], prob[gi[first]] = cand[first], p[first]
     none = np.ones(n, bool)
     none[gi] = False
     if none.any():  # no candidate: the majority vote
         vg = find_rows(groups, vkeys[:, :2])
         hit = vg >= 0
         best, best_w, total = majority(vg[hit], vkeys[hit, 2], vcount[hit], n)
-        pre[none] = best[none]
-        prob[none] = best_w[none] / np.maximum(total[none], 1)
-    return pre, prob
+    out = []
+    for classifier in classifiers:
+        pre, prob = np.zeros(n, np.uint64), np.zeros(n)
+        if len(gi):
+            p = group_softmax(gi, classifier.scores(feats), n)
+            order = np.lexsort((cand, -p, gi))
+            first = order[np.r_[True, gi[order][1:] != gi[order][:-1]]]
+            pre[gi[first]], prob[gi[first]] = cand[first], p[first]
+        if none.any():
+            pre[none] = best[none]
+            prob[none] = best_w[none] / np.maximum(total[none], 1)
+        out.append((pre, prob))
+    return out
 
 
 def majority(group: np.ndarray, value: np.ndarray, weight: np.ndarray, n: int):
