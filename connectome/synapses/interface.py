@@ -23,7 +23,8 @@ DISTANCES_NM = (16.0, 48.0, 96.0, 160.0)
 DARK = 110  # raw grey level under which a sample counts as dark (vesicles, membranes)
 STATS = ("n", "sum", "sumsq", "dark")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_CLASSIFIER = "partners-synthetic"
+LINEAR_CLASSIFIER = "partners-synthetic"  # the linear model alone
+DEFAULT_CLASSIFIER = "partners-synthetic-net"  # the linear model plus the partner network's logit (partner_network.py)
 
 
 def _directions() -> np.ndarray:

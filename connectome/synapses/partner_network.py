@@ -10,9 +10,9 @@ candidates on a patch centred at the pair's voxels; the table holds logit x voxe
 is not scored: its pieces' centres are not the cleft's, and scoring them there made partners worse
 (benchmarks/results/synapses.md); such a cleft keeps the linear score alone.
 
-Opt-in (measured on held-out volumes, it does not yet help the whole chain): `cleft_fragments`
-`partner_network: partner-net-synthetic` (or `auto`) with the `synapses` classifier
-`partners-synthetic-net`.
+On by default (`cleft_fragments` `partner_network: auto`, the `synapses` classifier
+`partners-synthetic-net`): on 39 fresh held-out volumes it named 7 more partners right than the linear
+classifier alone and none fewer (benchmarks/results/synapses.md).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import numpy as np
 
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
-from connectome.synapses.interface import DEFAULT_CLASSIFIER, WEIGHTS_DIR, load_classifier
+from connectome.synapses.interface import LINEAR_CLASSIFIER, WEIGHTS_DIR, load_classifier
 from connectome.synapses.partner_training import VOXEL_SIZE, examples
 
 PATCH = 32
@@ -124,7 +124,7 @@ def train(name: str, train_seeds, val_seeds, steps: int, width: int, cleft_model
     net.eval()
     result = {"network": best[0], "best_step": best[1]}
     if attach:
-        clf = load_classifier(DEFAULT_CLASSIFIER)
+        clf = load_classifier(LINEAR_CLASSIFIER)
         result.update(classifier=ranked_right(None, va, clf), classifier_plus_network=ranked_right(net, va, clf))
     provenance = {"cleft_model": cleft_model, "train_seeds": [min(train_seeds), max(train_seeds)],
                   "validation_seeds": [min(val_seeds), max(val_seeds)], "training_groups": len(tr),
@@ -144,7 +144,7 @@ def train(name: str, train_seeds, val_seeds, steps: int, width: int, cleft_model
     return result
 
 
-def attach_network(name: str, network: str, weight: float, base: str = DEFAULT_CLASSIFIER) -> None:
+def attach_network(name: str, network: str, weight: float, base: str = LINEAR_CLASSIFIER) -> None:
     """Write classifier `name`: the shipped `base` classifier's linear weights plus `network`'s mean logit
     times `weight`."""
     with open(WEIGHTS_DIR / f"{base}.json") as f:

@@ -33,7 +33,7 @@ from connectome.models.voxel_size import check_voxel_size
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
 from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
-from connectome.synapses.interface import DEFAULT_CLASSIFIER, load_classifier, sample_reach
+from connectome.synapses.interface import DEFAULT_CLASSIFIER, LINEAR_CLASSIFIER, load_classifier, sample_reach
 from connectome.synapses.merge import SynapseStep, label_voxels, load_lookup
 from connectome.synapses.partner_network import DEFAULT_NETWORK
 
@@ -86,7 +86,7 @@ class CleftFragmentsParams(StageParams):
     threshold: float | None = Field(None, gt=0, lt=1, description="cleft probability; default: the model's")
     core_threshold: float | None = Field(None, gt=0, lt=1, description="probability of a density's core (cores "
                                          "split a cleft object into synapses); default: the model's, if any")
-    partner_network: str | None = Field(None, description="partner network scoring each cleft's presynaptic "
+    partner_network: str | None = Field("auto", description="partner network scoring each cleft's presynaptic "
                                         "candidates (partner_network.py; shipped name or .json path; used by a "
                                         "classifier with a network, e.g. partners-synthetic-net); auto: the "
                                         "shipped one where the data has its voxel size; null: none")
@@ -201,12 +201,17 @@ class SynapsesStage(BlockStage[SynapsesParams]):
         producer = upstream.get("cleft_fragments")
         if isinstance(producer, CleftFragmentsStage):
             name = self.params.partner_classifier
+            update: dict = {"model": producer.params.model}
             if name and producer.params.partner_network is None and load_classifier(name).network:
-                from connectome.core.errors import UserError
+                if "partner_classifier" not in self.params.model_fields_set:  # the default: its linear part
+                    update["partner_classifier"] = LINEAR_CLASSIFIER
+                else:
+                    from connectome.core.errors import UserError
 
-                raise UserError(f"synapses: partner_classifier {name!r} adds the partner network's scores, but "
-                                "cleft_fragments computes none; set its partner_network to auto or a network name")
-            return self.params.model_copy(update={"model": producer.params.model})
+                    raise UserError(f"synapses: partner_classifier {name!r} adds the partner network's scores, but "
+                                    "cleft_fragments computes none; set its partner_network to auto or a network "
+                                    f"name, or use {LINEAR_CLASSIFIER!r}")
+            return self.params.model_copy(update=update)
         return self.params
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:

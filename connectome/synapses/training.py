@@ -21,7 +21,7 @@ from connectome.metrics.synapses import synapse_scores
 from connectome.models.unet import preset
 from connectome.synapses import model as M
 from connectome.synapses.detect import cleft_table, predict_volume, synapses_in_memory
-from connectome.synapses.interface import DEFAULT_CLASSIFIER
+from connectome.synapses.interface import LINEAR_CLASSIFIER
 from connectome.synapses.targets import cleft_targets
 from connectome.synth import generate
 from connectome.synth.options import TissueOptions
@@ -99,7 +99,7 @@ def cleft_loss(y: torch.Tensor, cleft: torch.Tensor, vectors: torch.Tensor, know
 
 
 def validate(model: M.LoadedCleftModel, examples, threshold=None, min_voxels=None, predictions=None,
-             classifier: str | None = DEFAULT_CLASSIFIER, tables: dict | None = None,
+             classifier: str | None = LINEAR_CLASSIFIER, tables: dict | None = None,
              edge_min_voxels: int | None = None, core_threshold: float | None = None,
              core_min_voxels: int | None = None, satellite_nm: float | None = None,
              satellite_ratio: float = 0.2, vote_split_voxels: int | None = None) -> dict:
@@ -272,7 +272,7 @@ def run_scores(loaded: list, rule: dict, info: M.CleftModelInfo) -> tuple[int, i
     from connectome.synapses.interface import load_classifier
     from connectome.synapses.merge import synapse_rows
 
-    clf = load_classifier(DEFAULT_CLASSIFIER)
+    clf = load_classifier(LINEAR_CLASSIFIER)
     tp = fp = fn = 0
     for t, gt in loaded:
         vs = gt.meta["voxel_size"]

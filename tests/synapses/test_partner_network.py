@@ -11,7 +11,8 @@ from cleft_blocks import block_sums
 from connectome.core.errors import UserError
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
-from connectome.synapses.interface import FEATURES, PartnerClassifier, load_classifier, sample_reach
+from connectome.synapses.interface import (DEFAULT_CLASSIFIER, FEATURES, LINEAR_CLASSIFIER, PartnerClassifier,
+                                           load_classifier, sample_reach)
 from connectome.synapses.partner_network_training import groups, ranked_right
 from connectome.synapses.stages import CleftFragmentsParams, CleftFragmentsStage
 
@@ -85,7 +86,8 @@ def test_classifier_adds_the_network_logit_where_the_features_carry_it():
     np.testing.assert_allclose(clf.scores(f[:, :n]), [1.0, 0.0])  # no network column: the linear part
     shipped = load_classifier("partners-synthetic-net")
     assert shipped.network == PN.DEFAULT_NETWORK and shipped.network_weight > 0
-    assert load_classifier("partners-synthetic").network is None  # the default: opt-in only
+    assert load_classifier("partners-synthetic").network is None  # the linear part alone
+    assert DEFAULT_CLASSIFIER == "partners-synthetic-net" and LINEAR_CLASSIFIER == "partners-synthetic"
     np.testing.assert_allclose(shipped.weights, load_classifier("partners-synthetic").weights)
 
 
@@ -103,9 +105,10 @@ def test_shipped_network_ranks_true_partners_on_held_out_volumes():
 def test_cleft_fragments_uses_the_network_only_at_its_voxel_size():
     stage = CleftFragmentsStage(CleftFragmentsParams(), {}, {})
     stage._voxel_size = VS  # as check_inputs sets it from the segmentation
-    assert stage.network is None  # off by default
-    stage.params = CleftFragmentsParams(partner_network="auto")
-    assert stage.network == PN.DEFAULT_NETWORK
+    assert stage.network == PN.DEFAULT_NETWORK  # on by default (auto)
+    stage.params = CleftFragmentsParams(partner_network=None)
+    assert stage.network is None
+    stage.params = CleftFragmentsParams()
     stage._voxel_size = (40.0, 4.0, 4.0)
     assert stage.network is None  # auto: not at another voxel size
     stage.params = CleftFragmentsParams(partner_network=PN.DEFAULT_NETWORK)
@@ -136,3 +139,7 @@ def test_a_network_classifier_without_network_scores_is_refused(tmp_path):
                        stages=stages)
     with pytest.raises(UserError, match="partner_network to auto"):
         plan_run(config)
+    stages[1] = StageConfig(stage="synapses", inputs=stages[1].inputs)  # the default classifier: its linear part
+    plan = plan_run(config.model_copy(update={"stages": stages}))
+    synapses = [p.stage for p in plan.stages if p.stage.name == "synapses"][0]
+    assert synapses.params.partner_classifier == LINEAR_CLASSIFIER
