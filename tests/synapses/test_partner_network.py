@@ -9,10 +9,10 @@ import pytest
 from cleft_blocks import block_sums
 
 from connectome.core.errors import UserError
+from connectome.synapses import interface as I
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
-from connectome.synapses.interface import (DEFAULT_CLASSIFIER, FEATURES, LINEAR_CLASSIFIER, PartnerClassifier,
-                                           load_classifier, sample_reach)
+from connectome.synapses.interface import FEATURES, PartnerClassifier, load_classifier, sample_reach
 from connectome.synapses.partner_network_training import groups, ranked_right
 from connectome.synapses.stages import CleftFragmentsParams, CleftFragmentsStage
 
@@ -87,7 +87,7 @@ def test_classifier_adds_the_network_logit_where_the_features_carry_it():
     shipped = load_classifier("partners-synthetic-net")
     assert shipped.network == PN.DEFAULT_NETWORK and shipped.network_weight > 0
     assert load_classifier("partners-synthetic").network is None  # the linear part alone
-    assert DEFAULT_CLASSIFIER == "partners-synthetic-net" and LINEAR_CLASSIFIER == "partners-synthetic"
+    assert I.DEFAULT_CLASSIFIER == "partners-synthetic-net" and I.LINEAR_CLASSIFIER == "partners-synthetic"
     np.testing.assert_allclose(shipped.weights, load_classifier("partners-synthetic").weights)
 
 
@@ -142,4 +142,4 @@ def test_a_network_classifier_without_network_scores_is_refused(tmp_path):
     stages[1] = StageConfig(stage="synapses", inputs=stages[1].inputs)  # the default classifier: its linear part
     plan = plan_run(config.model_copy(update={"stages": stages}))
     synapses = [p.stage for p in plan.stages if p.stage.name == "synapses"][0]
-    assert synapses.params.partner_classifier == LINEAR_CLASSIFIER
+    assert synapses.params.partner_classifier == I.LINEAR_CLASSIFIER
