@@ -91,7 +91,7 @@ def _config(root, out, block, network="auto"):
 
 
 def test_hand_built_partners_by_the_shipped_classifier(hand_built, tmp_path, client):
-    """With the opt-in partner network (it leaves clefts cut by block faces, as both are here, to the
+    """With the partner network (the default; it leaves clefts cut by block faces, as both are here, to the
     linear score) and without it, the same partners; without it, blockwise equals one block exactly."""
     expected = [(1, 2, False), (3, 4, False)]  # the vesicle side, not the other contact, not an autapse
     for network in ("auto", None):
