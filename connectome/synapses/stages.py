@@ -202,15 +202,16 @@ class SynapsesStage(BlockStage[SynapsesParams]):
         if isinstance(producer, CleftFragmentsStage):
             name = self.params.partner_classifier
             update: dict = {"model": producer.params.model}
-            if name and producer.params.partner_network is None and load_classifier(name).network:
+            if name and producer.network is None and load_classifier(name).network:
                 if "partner_classifier" not in self.params.model_fields_set:  # the default: its linear part
                     update["partner_classifier"] = LINEAR_CLASSIFIER
                 else:
                     from connectome.core.errors import UserError
 
                     raise UserError(f"synapses: partner_classifier {name!r} adds the partner network's scores, but "
-                                    "cleft_fragments computes none; set its partner_network to auto or a network "
-                                    f"name, or use {LINEAR_CLASSIFIER!r}")
+                                    "cleft_fragments computes none (its partner_network is null, or auto at a voxel "
+                                    "size the network was not trained for); set its partner_network to auto or a "
+                                    f"network name, or use {LINEAR_CLASSIFIER!r}")
             return self.params.model_copy(update=update)
         return self.params
 

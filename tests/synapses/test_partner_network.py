@@ -118,7 +118,9 @@ def test_cleft_fragments_uses_the_network_only_at_its_voxel_size():
     assert stage.network == PN.DEFAULT_NETWORK
 
 
-def test_a_network_classifier_without_network_scores_is_refused(tmp_path):
+@pytest.mark.parametrize("voxel_size,network", [(VS, None), ((40.0, 4.0, 4.0), "auto")])
+def test_a_network_classifier_without_network_scores_is_refused(tmp_path, voxel_size, network):
+    """No network scores: `partner_network` null, or auto at another voxel size (serial-section data)."""
     from connectome.cluster.client import ClusterConfig
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import plan_run
@@ -127,9 +129,9 @@ def test_a_network_classifier_without_network_scores_is_refused(tmp_path):
     for name, channels in (("raw", None), ("segmentation", None), ("cleft_probability", None),
                            ("partner_vectors", 3)):
         create_volume(str(tmp_path / name), (16, 64, 64), "uint64" if name == "segmentation" else "uint8",
-                      (16, 64, 64), VS, channels=channels)
+                      (16, 64, 64), voxel_size, channels=channels)
     seg, vectors = str(tmp_path / "segmentation"), str(tmp_path / "partner_vectors")
-    stages = [StageConfig(stage="cleft_fragments", params={"partner_network": None},
+    stages = [StageConfig(stage="cleft_fragments", params={"partner_network": network},
                           inputs={"cleft_probability": str(tmp_path / "cleft_probability"), "partner_vectors": vectors,
                                   "segmentation": seg}),
               StageConfig(stage="synapses", params={"partner_classifier": "partners-synthetic-net"},
@@ -143,3 +145,8 @@ def test_a_network_classifier_without_network_scores_is_refused(tmp_path):
     plan = plan_run(config.model_copy(update={"stages": stages}))
     synapses = [p.stage for p in plan.stages if p.stage.name == "synapses"][0]
     assert synapses.params.partner_classifier == I.LINEAR_CLASSIFIER
+    stages[0] = StageConfig(stage="cleft_fragments", inputs=stages[0].inputs)  # the default: auto
+    plan = plan_run(config.model_copy(update={"stages": stages}))
+    synapses = [p.stage for p in plan.stages if p.stage.name == "synapses"][0]
+    expected = I.DEFAULT_CLASSIFIER if voxel_size == VS else I.LINEAR_CLASSIFIER
+    assert synapses.params.partner_classifier == expected
