@@ -187,17 +187,12 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
         assert classifier is not None
         # which groups are synapses (spills across the membrane, vote splits) follows the linear ranking; the
         # partner network, which learned to rank presynaptic boutons only, then names each synapse's pre
-        linear = classifier.linear()
-        ranked = interface_partners(t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel], pre_votes,
-                                    (linear,) if linear is classifier else (linear, classifier))
-        keys[sel, 2], share[sel] = ranked[0]
-        if linear is not classifier:
-            network_pre, network_share = ranked[1]
+        (keys[sel, 2], share[sel]), (network_pre, network_share) = interface_partners(
+            t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel], pre_votes, (classifier.linear(), classifier))
         keep, into = _mirrors(kobj[sel], keys[sel, 1], keys[sel, 2], size)
         alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
-        if linear is not classifier:
-            network_pre, network_share = network_pre[keep], network_share[keep]
-        sel, size, loc = sel[keep], size[keep], loc[keep]
+        sel, size, loc, network_pre, network_share = sel[keep], size[keep], loc[keep], network_pre[keep], \
+            network_share[keep]
         alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1  # the kept synapse's index after the cut
     extra = np.zeros(len(sel), bool)
     if by_post and vote_split_voxels is not None and len(sel):
