@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from connectome.affinity import lsd as shape_descriptors
+from connectome.affinity.malis import malis_loss
 from connectome.affinity.targets import affinities_from_labels, balance_weights
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, CHAIN, voi_over_thresholds
 from connectome.core.errors import UserError
@@ -70,6 +71,7 @@ class TrainSettings:
     lsd: bool = False  # also learn the 10 local shape descriptors (MtLSD), an auxiliary MSE loss
     lsd_sigma_nm: float = 80.0
     lsd_weight: float = 1.0
+    malis_weight: float = 0.0  # add the constrained MALIS loss (`malis`) on patches with 3-D labels, this weight
     norm: str = "batch"  # BatchNorm while training (folded away for inference) or "none"
     lr: float = 1e-3
     val_every: int = 250
@@ -135,8 +137,9 @@ def _cut_margin(mask: np.ndarray, margin: Vec3) -> None:
 
 
 def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d, voxel_size):
-    """Raw (n, 1, z, y, x), affinity targets and masks, and (with `settings.lsd`) descriptors and their mask."""
-    raws, targets, masks, lsds, lsd_masks = [], [], [], [], []
+    """Raw (n, 1, z, y, x), affinity targets and masks, (with `settings.lsd`) descriptors and their mask, and
+    the labels (n, z, y, x), None for a patch whose labels are per section."""
+    raws, targets, masks, lsds, lsd_masks, patch_labels = [], [], [], [], [], []
     for _ in range(settings.batch_size):
         index = rng.choice(len(pairs), p=weights)
         pair = pairs[index]
@@ -149,6 +152,7 @@ def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d, vox
         raws.append(raw)
         targets.append(affs)
         masks.append(mask)
+        patch_labels.append(None if flat else labels)
         if settings.lsd:
             if flat:  # per-section labels: descriptors of each section alone, z channels unknown
                 descriptors = np.concatenate([shape_descriptors.local_shape_descriptors(
@@ -164,7 +168,8 @@ def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d, vox
             lsds.append(descriptors)
             lsd_masks.append(known)
     batch = (np.stack(raws)[:, None], np.stack(targets), np.stack(masks))
-    return (*batch, np.stack(lsds), np.stack(lsd_masks)) if settings.lsd else (*batch, None, None)
+    descriptors = (np.stack(lsds), np.stack(lsd_masks)) if settings.lsd else (None, None)
+    return (*batch, *descriptors, patch_labels)
 
 
 def load_init(net: UNet, state: dict) -> None:
@@ -216,6 +221,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         raise UserError(str(e)) from None
     if any(p % d for p, d in zip(settings.patch, config.divisor)):
         raise UserError(f"--patch {settings.patch} must be a multiple of {config.divisor} for arch {settings.arch}")
+    if settings.malis_weight < 0:
+        raise UserError(f"--malis-weight {settings.malis_weight}: expected a weight >= 0")
     margin = settings.loss_margin if settings.loss_margin is not None else default_margin(settings.arch)
     if any(2 * m >= p for m, p in zip(margin, settings.patch)):
         raise UserError(f"--patch {settings.patch} leaves nothing inside the loss margin {margin}")
@@ -275,6 +282,7 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     losses: list[float] = []
     lsd_losses: list[float] = []  # the descriptors' share of `losses` (with settings.lsd)
+    malis_losses: list[float] = []  # the MALIS term before its weight (with settings.malis_weight)
     validation: list[dict] = []
     best: dict | None = None
     t_data = t_step = t_val = 0.0
@@ -316,8 +324,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     for it in range(1, settings.iterations + 1):
         t0 = time.perf_counter()
         set_lr(it - 1)
-        raw, target, mask, lsd_target, lsd_mask = _batch(pairs, weights, augmenter, settings, offsets, margin,
-                                                         rng, two_d, voxel_size)
+        raw, target, mask, lsd_target, lsd_mask, patch_labels = _batch(
+            pairs, weights, augmenter, settings, offsets, margin, rng, two_d, voxel_size)
         x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
         y = torch.from_numpy(target).to(device, torch.float32)
         w = balance_weights(y, torch.from_numpy(mask).to(device))
@@ -332,6 +340,13 @@ def train(settings: TrainSettings, log=print) -> dict:
             lsd_loss = (error * known).sum() / known.sum().clamp(min=1)
             lsd_losses.append(lsd_loss.item())
             loss = loss + settings.lsd_weight * lsd_loss
+        if settings.malis_weight > 0:
+            solid = [i for i, labels in enumerate(patch_labels) if labels is not None]
+            if solid:
+                part = malis_loss(torch.sigmoid(logits[solid, :3]), y[solid, :3],
+                                  np.stack([patch_labels[i] for i in solid]), margin)
+                malis_losses.append(part.item())
+                loss = loss + settings.malis_weight * part
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -342,6 +357,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         t_step += t2 - t1
         if it % 50 == 0 or it == 1:
             lsd_part = f" (descriptors {np.mean(lsd_losses[-50:]):.4f})" if lsd_losses else ""
+            lsd_part += f" (MALIS {np.mean(malis_losses[-50:]):.5f})" if malis_losses else ""
             log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f}{lsd_part} "
                 f"({(time.perf_counter() - t_start) / 60:.1f} min; data {t_data / it * 1e3:.0f} ms, "
                 f"step {t_step / it * 1e3:.0f} ms per iteration)")
@@ -393,6 +409,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "stopped_by_time_limit": done < settings.iterations,
         "final_loss": float(np.mean(losses[-50:])),
         "final_lsd_loss": float(np.mean(lsd_losses[-50:])) if lsd_losses else None,
+        "final_malis_loss": float(np.mean(malis_losses[-50:])) if malis_losses else None,
         "validation": {"best": best, "history": [{k: v for k, v in e.items() if k != "all"} for e in validation]},
         "evaluation": evaluations,
         "loss_curve": curve.name,

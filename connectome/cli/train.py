@@ -56,6 +56,9 @@ def add_arguments(parser) -> None:
                    help="also learn the 10 local shape descriptors as auxiliary outputs (MtLSD; dropped at inference)")
     p.add_argument("--lsd-sigma", type=float, default=80.0, metavar="NM", help="descriptor window sigma in nm")
     p.add_argument("--lsd-weight", type=float, default=1.0, help="weight of the descriptors' MSE in the loss")
+    p.add_argument("--malis-weight", type=float, default=0.0, metavar="W",
+                   help="add the constrained MALIS loss (squared error on the edges where pairs of voxels merge "
+                        "or split) with this weight, on patches with 3-D labels; 0: off")
     p.add_argument("--norm", choices=("batch", "none"), default="batch",
                    help="BatchNorm while training (folded into the convolutions for inference), or none")
     p.add_argument("--init", metavar="MODEL",
@@ -189,7 +192,7 @@ def run(args) -> int:
         device=args.device, arch=args.arch,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
         labels_2d=args.labels_2d, aux=args.aux, lsd=args.lsd, lsd_sigma_nm=args.lsd_sigma,
-        lsd_weight=args.lsd_weight, norm=args.norm, lr=args.lr, init=args.init,
+        lsd_weight=args.lsd_weight, malis_weight=args.malis_weight, norm=args.norm, lr=args.lr, init=args.init,
         val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, install=args.install,
         command=_command_line(),

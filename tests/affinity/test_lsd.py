@@ -101,7 +101,7 @@ def test_mtlsd_training_learns_descriptors_and_ships_affinities_only(tmp_path):
     # per-section labels: the descriptors that need neighbouring sections are out of the loss
     settings = TrainSettings(raw=[], labels=[], name="x", out="x", patch=(4, 32, 32), labels_2d=True,
                              arch="aniso", batch_size=1, lsd=True)
-    *_, target, known = _batch([Pair("r", "l", raw, labels)], np.array([1.0]), Augmenter(augment_config("aniso"), 0),
+    *_, target, known, _ = _batch([Pair("r", "l", raw, labels)], np.array([1.0]), Augmenter(augment_config("aniso"), 0),
                                settings, ((-1, 0, 0), (0, -1, 0), (0, 0, -1)), (0, 2, 2), np.random.default_rng(0),
                                np.array([False]), (40, 4, 4))
     assert target.shape == known.shape == (1, CHANNELS, 4, 32, 32)

@@ -224,9 +224,11 @@ def test_two_d_labels_mask_z_affinities():
     offsets = NN + ((-2, 0, 0), (0, -3, 0))
     settings = TrainSettings(raw=[], labels=[], name="x", out="x", patch=(4, 32, 32), labels_2d=True,
                              arch="aniso", batch_size=2)
-    r, t, m, lsd, _ = _batch([p], np.array([1.0]), Augmenter(augment_config("aniso"), 0), settings, offsets,
-                             (0, 2, 2), np.random.default_rng(0), np.array([False]), (40, 4, 4))
+    r, t, m, lsd, _, patch_labels = _batch([p], np.array([1.0]), Augmenter(augment_config("aniso"), 0), settings,
+                                           offsets, (0, 2, 2), np.random.default_rng(0), np.array([False]),
+                                           (40, 4, 4))
     assert lsd is None  # no descriptors unless asked
+    assert patch_labels == [None, None]  # per-section labels: no 3-D labels for the MALIS loss
     assert r.shape == (2, 1, 4, 32, 32) and t.shape == m.shape == (2, 5, 4, 32, 32)
     assert not m[:, 0].any() and not m[:, 3].any()  # every z offset is out of the loss
     assert m[:, 1].any() and m[:, 4].any()
@@ -247,9 +249,10 @@ def test_section_labelled_volumes_mask_only_their_own_z_affinities():
     aug = Augmenter(augment_config("aniso"), 0)
     for only, z_trained in ((0, True), (1, False)):
         weights = np.eye(2)[only]
-        _, _, m, _, _ = _batch(pairs, weights, aug, settings, offsets, (0, 2, 2), np.random.default_rng(0), two_d,
-                               (40, 4, 4))
+        _, _, m, _, _, patch_labels = _batch(pairs, weights, aug, settings, offsets, (0, 2, 2),
+                                             np.random.default_rng(0), two_d, (40, 4, 4))
         assert m[:, 0].any() == z_trained and m[:, 3].any() == z_trained
+        assert (patch_labels[0] is not None) == z_trained
         assert m[:, 1].any() and m[:, 4].any()
     # the 2-D volumes together get at most half the patches when 3-D labels exist
     w = sampling_weights(np.array([1e6, 4e6, 9e6]), np.array([False, True, True]))

@@ -1,0 +1,163 @@
+"""Constrained MALIS: loss weights that put the affinity loss on the edges that decide merges and splits.
+
+Turaga et al. (NIPS 2009) and Funke et al. (TPAMI 2018). Every pair of labelled voxels is joined, on
+the maximum spanning tree of the predicted nearest-neighbour affinities, at its *maximin* edge: the
+weakest edge of the strongest path between them. A threshold agglomeration gets the pair right
+exactly when that one edge is on the right side of the threshold. MALIS weights each edge by the
+number of voxel pairs whose maximin edge it is, in two passes (the constrained version):
+
+- positive pass: only edges inside one object (ground-truth affinity 1), so the pairs counted are
+  pairs of one object, and the weight lands on the weakest link of each object's strongest path
+  (the edge a split happens at);
+- negative pass: edges inside an object set to 1 first, so each object is one node; then the edges
+  between objects in descending predicted affinity, each counting the pairs of different objects
+  it joins (the edge a merge happens at).
+
+The loss is the squared error to the ground-truth affinity weighted by the sum of both counts,
+normalised by their total (`malis_loss`). Label 0 (boundary, unknown) voxels take part in the graph
+but in no pair. Counts are computed on the CPU by union-find (numba), on the nearest-neighbour
+channels only, which are the ones the fragments and the merge read.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import types
+from numba.typed import Dict, List
+
+
+@numba.njit(cache=True)
+def _find(parent: np.ndarray, x: int) -> int:
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:
+        parent[x], x = root, parent[x]
+    return root
+
+
+@numba.njit(cache=True)
+def _positive_counts(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Pairs joined at each edge of `order` (edges within objects, strongest first) by union-find."""
+    parent = np.arange(n)
+    size = np.ones(n, np.int64)
+    counts = np.zeros(len(a), np.float64)
+    for e in order:
+        ra, rb = _find(parent, a[e]), _find(parent, b[e])
+        if ra == rb:
+            continue
+        counts[e] = float(size[ra]) * float(size[rb])
+        if size[ra] < size[rb]:
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+    return counts
+
+
+@numba.njit(cache=True)
+def _negative_counts(node_label: np.ndarray, node_size: np.ndarray, a: np.ndarray, b: np.ndarray,
+                     order: np.ndarray) -> np.ndarray:
+    """Pairs of different labels joined at each edge of `order` (edges between the nodes, which are the
+    objects' connected pieces and the label-0 voxels, strongest first); label 0 counts in no pair."""
+    k = len(node_label)
+    parent = np.arange(k)
+    total = np.zeros(k, np.int64)
+    maps = List()
+    for i in range(k):
+        d = Dict.empty(key_type=types.int64, value_type=types.int64)
+        if node_label[i] != 0:
+            d[node_label[i]] = node_size[i]
+            total[i] = node_size[i]
+        maps.append(d)
+    counts = np.zeros(len(a), np.float64)
+    for e in order:
+        ra, rb = _find(parent, a[e]), _find(parent, b[e])
+        if ra == rb:
+            continue
+        if len(maps[ra]) < len(maps[rb]):
+            ra, rb = rb, ra
+        big, small = maps[ra], maps[rb]
+        same = 0.0
+        for label, count in small.items():
+            if label in big:
+                same += float(big[label]) * float(count)
+                big[label] += count
+            else:
+                big[label] = count
+        counts[e] = float(total[ra]) * float(total[rb]) - same
+        total[ra] += total[rb]
+        parent[rb] = ra
+        small.clear()
+    return counts
+
+
+def _edges(shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat voxel indices (v, v - e_c) and flat edge indices into a (3, z, y, x) array, for every
+    nearest-neighbour edge inside `shape`."""
+    index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    a, b, e = [], [], []
+    edge_index = np.arange(3 * int(np.prod(shape)), dtype=np.int64).reshape((3, *shape))
+    for c in range(3):
+        here = [slice(None)] * 3
+        there = [slice(None)] * 3
+        here[c] = slice(1, None)
+        there[c] = slice(0, -1)
+        a.append(index[tuple(here)].ravel())
+        b.append(index[tuple(there)].ravel())
+        e.append(edge_index[c][tuple(here)].ravel())
+    return np.concatenate(a), np.concatenate(b), np.concatenate(e)
+
+
+def malis_weights(affinities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Constrained MALIS pair counts, (3, z, y, x) float64, for predicted nearest-neighbour
+    `affinities` (3, z, y, x; channel c joins v and v - e_c) and `labels` (z, y, x; 0 = no label)."""
+    import cc3d
+
+    labels = np.asarray(labels)
+    if affinities.shape != (3, *labels.shape):
+        raise ValueError(f"affinities {affinities.shape} do not fit labels {labels.shape}")
+    a, b, e = _edges(labels.shape)
+    flat_labels = labels.ravel()
+    flat_affs = np.asarray(affinities, np.float64).ravel()[e]
+    inside = (flat_labels[a] == flat_labels[b]) & (flat_labels[a] != 0)
+    weights = np.zeros(affinities.size, np.float64)
+
+    pos = np.nonzero(inside)[0]
+    order = pos[np.argsort(-flat_affs[pos], kind="stable")]
+    weights[e] += _positive_counts(labels.size, a, b, order)
+
+    # nodes of the negative pass: each object's connected pieces, and every label-0 voxel on its own
+    pieces = cc3d.connected_components(labels, connectivity=6, out_dtype=np.uint64).astype(np.int64).ravel()
+    unlabelled = pieces == 0
+    pieces[unlabelled] = pieces.max() + 1 + np.arange(int(unlabelled.sum()))
+    pieces -= 1
+    node_size = np.bincount(pieces).astype(np.int64)
+    node_label = np.zeros(len(node_size), np.int64)
+    node_label[pieces] = flat_labels
+    cross = np.nonzero(pieces[a] != pieces[b])[0]
+    order = cross[np.argsort(-flat_affs[cross], kind="stable")]
+    weights[e] += _negative_counts(node_label, node_size, pieces[a], pieces[b], order)
+    return weights.reshape(affinities.shape)
+
+
+def malis_loss(probabilities: torch.Tensor, target: torch.Tensor, labels: np.ndarray,
+               margin: tuple[int, int, int]) -> torch.Tensor:
+    """Squared error to `target` weighted by the MALIS counts of each patch, normalised by their sum.
+
+    `probabilities` and `target` are (n, c, z, y, x) with the nearest-neighbour channels first (the
+    order of `NEAREST_OFFSETS`); `labels` is (n, z, y, x); the counts are taken inside the patch less `margin` voxels at
+    each face, where the network saw full context.
+    """
+    inner = tuple(slice(m, s - m) for m, s in zip(margin, labels.shape[1:]))
+    total = probabilities.new_zeros(())
+    for i in range(labels.shape[0]):
+        p = probabilities[i, :3][(slice(None), *inner)]
+        t = target[i, :3][(slice(None), *inner)]
+        w = malis_weights(p.detach().float().cpu().numpy(), labels[i][inner])
+        norm = w.sum()
+        if norm > 0:
+            weight = torch.from_numpy(w / norm).to(p.device, p.dtype)
+            total = total + (weight * (p - t) ** 2).sum()
+    return total / labels.shape[0]
