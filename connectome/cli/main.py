@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (traceback and worker logs in {os.path.dirname(e.log_file)})" if e.log_file else ""
         print(f"connectome {args.command}: {e}{where}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of our output left (`| head`): the work is done, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush of stdout does not fail again
+        return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:
         _quiet_interrupt()
         print(f"connectome {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
