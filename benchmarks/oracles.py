@@ -1,0 +1,97 @@
+"""How much of a segmentation's VOI two kinds of fix could remove at most, measured with the ground truth.
+
+- boundary oracle: every voxel whose ground-truth object is not the majority object of its segment moves
+  to a 6-neighbour's segment whose majority object is its own, where one exists (one pass). What is left
+  is not a question of where the boundary between two segments runs by one voxel.
+- pieces oracle: each segment cut into its 4-connected pieces in every section, each piece then given its
+  majority ground-truth id: a perfect agglomeration of those pieces, across sections (z linking) and
+  within them. What is left lies inside the pieces (in-plane merges, minority voxels).
+
+Prints one JSON object with VOI (split, merge) of the segmentation, of each oracle, and of the pieces
+alone. Usage:
+    .venv/bin/python benchmarks/oracles.py --seg RUN/segmentation --gt 'FILE.npz#neuron_ids[z0:z1]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import cc3d
+import fastremap
+import numpy as np
+
+from connectome.io import open_volume
+from connectome.metrics.voi import voi
+
+
+def majority(seg: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per voxel: the ground-truth id that most of its segment's labelled voxels carry (0 if none)."""
+    labelled = gt > 0
+    pairs, counts = np.unique(np.stack([seg[labelled], gt[labelled]], 1), axis=0, return_counts=True)
+    order = np.lexsort((-counts, pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    table = {int(s): int(g) for s, g in pairs[first]}
+    ids = np.unique(seg)
+    lut = np.array([table.get(int(i), 0) for i in ids], np.int64)
+    return lut[np.searchsorted(ids, seg)]
+
+
+def boundary_oracle(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, dict]:
+    owner = majority(seg, gt)
+    wrong = (owner != gt) & (gt > 0)
+    fixed = seg.copy()
+    moved = np.zeros_like(wrong)
+    per_axis = {}
+    for axis, name in enumerate("zyx"):
+        count = 0
+        for shift in (1, -1):
+            neighbour = np.roll(seg, shift, axis)
+            neighbour_owner = np.roll(owner, shift, axis)
+            edge = [slice(None)] * 3
+            edge[axis] = slice(0, 1) if shift == 1 else slice(-1, None)
+            ok = wrong & (neighbour_owner == gt) & ~moved
+            ok[tuple(edge)] = False  # np.roll wrapped these
+            fixed[ok] = neighbour[ok]
+            moved |= ok
+            count += int(ok.sum())
+        per_axis[name] = count
+    return fixed, {"wrong_voxels": int(wrong.sum()), "moved_voxels": int(moved.sum()), "moved_from": per_axis}
+
+
+def section_pieces(seg: np.ndarray) -> np.ndarray:
+    pieces = np.zeros(seg.shape, np.int64)
+    start = 0
+    for z in range(seg.shape[0]):
+        section, _ = fastremap.renumber(seg[z], in_place=False)  # 1.. (0 kept as 0 if present)
+        cut = cc3d.connected_components(section.astype(np.uint64) + 1, connectivity=4).astype(np.int64)
+        pieces[z] = cut + start
+        start = int(pieces[z].max())
+    return pieces
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seg", required=True)
+    ap.add_argument("--gt", required=True)
+    args = ap.parse_args()
+    seg_volume, gt_volume = open_volume(args.seg), open_volume(args.gt)
+    seg = seg_volume.read(seg_volume.box).astype(np.int64)
+    gt = gt_volume.read(gt_volume.box).astype(np.int64)
+
+    def score(labels):
+        split, merge = voi(labels, gt)
+        return {"voi_split": round(split, 3), "voi_merge": round(merge, 3), "voi": round(split + merge, 3)}
+
+    fixed, moved = boundary_oracle(seg, gt)
+    pieces = section_pieces(seg)
+    linked = majority(pieces, gt)
+    linked = np.where(linked > 0, linked, pieces + linked.max() + 1)  # pieces with no labelled voxel stay apart
+    print(json.dumps({"seg": args.seg, "gt": args.gt, "segmentation": score(seg),
+                      "boundary_oracle": {**score(fixed), **moved},
+                      "section_pieces": score(pieces), "pieces_oracle": score(linked)}))
+
+
+if __name__ == "__main__":
+    main()
