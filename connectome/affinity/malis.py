@@ -13,8 +13,8 @@ number of voxel pairs whose maximin edge it is, in two passes (the constrained v
   between objects in descending predicted affinity, each counting the pairs of different objects
   it joins (the edge a merge happens at).
 
-The loss is the squared error to the ground-truth affinity weighted by the sum of both counts,
-normalised by their total (`malis_loss`). Label 0 (boundary, unknown) voxels take part in the graph
+The loss is the squared error to the ground-truth affinity weighted by the counts, each pass
+normalised to half the weight (`malis_loss`). Label 0 (boundary, unknown) voxels take part in the graph
 but in no pair. Counts are computed on the CPU by union-find (numba), on the nearest-neighbour
 channels only, which are the ones the fragments and the merge read.
 """
@@ -113,6 +113,12 @@ def _edges(shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def malis_weights(affinities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Constrained MALIS pair counts, (3, z, y, x) float64, for predicted nearest-neighbour
     `affinities` (3, z, y, x; channel c joins v and v - e_c) and `labels` (z, y, x; 0 = no label)."""
+    positive, negative = malis_passes(affinities, labels)
+    return positive + negative
+
+
+def malis_passes(affinities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positive (pairs of one object) and negative (pairs of two objects) counts of `malis_weights`."""
     import cc3d
 
     labels = np.asarray(labels)
@@ -122,11 +128,12 @@ def malis_weights(affinities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     flat_labels = labels.ravel()
     flat_affs = np.asarray(affinities, np.float64).ravel()[e]
     inside = (flat_labels[a] == flat_labels[b]) & (flat_labels[a] != 0)
-    weights = np.zeros(affinities.size, np.float64)
+    positive = np.zeros(affinities.size, np.float64)
+    negative = np.zeros(affinities.size, np.float64)
 
     pos = np.nonzero(inside)[0]
     order = pos[np.argsort(-flat_affs[pos], kind="stable")]
-    weights[e] += _positive_counts(labels.size, a, b, order)
+    positive[e] = _positive_counts(labels.size, a, b, order)
 
     # nodes of the negative pass: each object's connected pieces, and every label-0 voxel on its own
     pieces = cc3d.connected_components(labels, connectivity=6, out_dtype=np.uint64).astype(np.int64).ravel()
@@ -138,13 +145,15 @@ def malis_weights(affinities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     node_label[pieces] = flat_labels
     cross = np.nonzero(pieces[a] != pieces[b])[0]
     order = cross[np.argsort(-flat_affs[cross], kind="stable")]
-    weights[e] += _negative_counts(node_label, node_size, pieces[a], pieces[b], order)
-    return weights.reshape(affinities.shape)
+    negative[e] = _negative_counts(node_label, node_size, pieces[a], pieces[b], order)
+    return positive.reshape(affinities.shape), negative.reshape(affinities.shape)
 
 
 def malis_loss(probabilities: torch.Tensor, target: torch.Tensor, labels: np.ndarray,
                margin: tuple[int, int, int]) -> torch.Tensor:
-    """Squared error to `target` weighted by the MALIS counts of each patch, normalised by their sum.
+    """Squared error to `target` weighted by the MALIS counts of each patch, each pass normalised to half
+    the weight (pairs of different objects far outnumber pairs of one object, and unbalanced counts push
+    every affinity down).
 
     `probabilities` and `target` are (n, c, z, y, x) with the nearest-neighbour channels first (the
     order of `NEAREST_OFFSETS`); `labels` is (n, z, y, x); the counts are taken inside the patch less `margin` voxels at
@@ -155,9 +164,9 @@ def malis_loss(probabilities: torch.Tensor, target: torch.Tensor, labels: np.nda
     for i in range(labels.shape[0]):
         p = probabilities[i, :3][(slice(None), *inner)]
         t = target[i, :3][(slice(None), *inner)]
-        w = malis_weights(p.detach().float().cpu().numpy(), labels[i][inner])
-        norm = w.sum()
-        if norm > 0:
-            weight = torch.from_numpy(w / norm).to(p.device, p.dtype)
+        passes = malis_passes(p.detach().float().cpu().numpy(), labels[i][inner])
+        w = sum(0.5 * counts / counts.sum() for counts in passes if counts.sum() > 0)
+        if isinstance(w, np.ndarray):
+            weight = torch.from_numpy(w).to(p.device, p.dtype)
             total = total + (weight * (p - t) ** 2).sum()
     return total / labels.shape[0]
