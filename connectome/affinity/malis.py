@@ -14,7 +14,8 @@ number of voxel pairs whose maximin edge it is, in two passes (the constrained v
   it joins (the edge a merge happens at).
 
 The loss is the squared error to the ground-truth affinity weighted by the counts, each pass
-normalised to half the weight (`malis_loss`). Label 0 (boundary, unknown) voxels take part in the graph
+normalised to half the weight (`malis_loss`), on labels whose objects are first cut back by one voxel
+where they touch (`grow_boundaries`), as Funke et al. train. Label 0 (boundary, unknown) voxels take part in the graph
 but in no pair. Counts are computed on the CPU by union-find (numba), on the nearest-neighbour
 channels only, which are the ones the fragments and the merge read.
 """
@@ -149,24 +150,45 @@ def malis_passes(affinities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return positive.reshape(affinities.shape), negative.reshape(affinities.shape)
 
 
-def malis_loss(probabilities: torch.Tensor, target: torch.Tensor, labels: np.ndarray,
-               margin: tuple[int, int, int]) -> torch.Tensor:
-    """Squared error to `target` weighted by the MALIS counts of each patch, each pass normalised to half
-    the weight (pairs of different objects far outnumber pairs of one object, and unbalanced counts push
-    every affinity down).
+def grow_boundaries(labels: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+    """`labels` with 0 on every voxel that touches another object along `axes`: a gap of two voxels where
+    two objects meet, so that membrane voxels the labels give to one side belong to no pair."""
+    grown = labels.copy()
+    for axis in axes:
+        here = [slice(None)] * labels.ndim
+        there = [slice(None)] * labels.ndim
+        here[axis] = slice(1, None)
+        there[axis] = slice(0, -1)
+        a, b = labels[tuple(here)], labels[tuple(there)]
+        contact = (a != b) & (a != 0) & (b != 0)
+        grown[tuple(here)][contact] = 0
+        grown[tuple(there)][contact] = 0
+    return grown
 
-    `probabilities` and `target` are (n, c, z, y, x) with the nearest-neighbour channels first (the
-    order of `NEAREST_OFFSETS`); `labels` is (n, z, y, x); the counts are taken inside the patch less `margin` voxels at
-    each face, where the network saw full context.
+
+def malis_loss(probabilities: torch.Tensor, labels: np.ndarray, margin: tuple[int, int, int],
+               gap_axes: tuple[int, ...] = (0, 1, 2)) -> torch.Tensor:
+    """Squared error to the affinities of the labels with their boundaries grown (`grow_boundaries` along
+    `gap_axes`), weighted by the MALIS counts of each patch, each pass normalised to half the weight.
+
+    `probabilities` is (n, c, z, y, x) with the nearest-neighbour channels first (the order of
+    `NEAREST_OFFSETS`); `labels` is (n, z, y, x); the counts are taken inside the patch less `margin`
+    voxels at each face, where the network saw full context. Without the gap, labels that give every
+    membrane voxel to one side (medulla, CREMI) make the positive pass pull the affinities across membranes
+    up; normalised together, the far more numerous pairs of different objects push every affinity down.
     """
+    from connectome.affinity.targets import affinities_from_labels
+    from connectome.models.unet import NEAREST_OFFSETS
+
     inner = tuple(slice(m, s - m) for m, s in zip(margin, labels.shape[1:]))
     total = probabilities.new_zeros(())
     for i in range(labels.shape[0]):
         p = probabilities[i, :3][(slice(None), *inner)]
-        t = target[i, :3][(slice(None), *inner)]
-        passes = malis_passes(p.detach().float().cpu().numpy(), labels[i][inner])
+        grown = grow_boundaries(labels[i][inner], gap_axes)
+        target = torch.from_numpy(affinities_from_labels(grown, NEAREST_OFFSETS)[0]).to(p.device, p.dtype)
+        passes = malis_passes(p.detach().float().cpu().numpy(), grown)
         w = sum(0.5 * counts / counts.sum() for counts in passes if counts.sum() > 0)
         if isinstance(w, np.ndarray):
             weight = torch.from_numpy(w).to(p.device, p.dtype)
-            total = total + (weight * (p - t) ** 2).sum()
+            total = total + (weight * (p - target) ** 2).sum()
     return total / labels.shape[0]

@@ -343,8 +343,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         if settings.malis_weight > 0:
             solid = [i for i, labels in enumerate(patch_labels) if labels is not None]
             if solid:
-                part = malis_loss(torch.sigmoid(logits[solid, :3]), y[solid, :3],
-                                  np.stack([patch_labels[i] for i in solid]), margin)
+                part = malis_loss(torch.sigmoid(logits[solid, :3]), np.stack([patch_labels[i] for i in solid]),
+                                  margin, gap_axes=(1, 2) if settings.arch == "aniso" else (0, 1, 2))
                 malis_losses.append(part.item())
                 loss = loss + settings.malis_weight * part
         opt.zero_grad(set_to_none=True)

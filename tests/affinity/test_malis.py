@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from connectome.affinity.malis import malis_loss, malis_weights
+from connectome.affinity.malis import grow_boundaries, malis_loss, malis_weights
+from connectome.affinity.targets import affinities_from_labels
 from connectome.core.errors import UserError
+from connectome.models.unet import NEAREST_OFFSETS
 
 
 def test_a_row_of_two_objects_counts_its_pairs_at_their_edges():
@@ -67,22 +69,29 @@ def test_weights_refuse_affinities_of_another_shape():
         malis_weights(np.zeros((3, 2, 2, 2)), np.ones((2, 2, 3), np.int64))
 
 
-def test_loss_is_zero_at_the_targets_and_pulls_the_leak_down():
+def test_grown_boundaries_cut_both_sides_of_a_contact_along_the_given_axes():
+    labels = np.zeros((2, 1, 6), np.int64)
+    labels[:, 0, :3] = 1
+    labels[:, 0, 3:5] = 2  # x 5 is label 0 already
+    labels[1, 0, :] = np.where(labels[1, 0] > 0, 3, 0)  # the upper section is one object: z contacts
+    grown = grow_boundaries(labels, axes=(1, 2))
+    assert grown[0, 0].tolist() == [1, 1, 0, 0, 2, 0]  # a two-voxel gap; a face on label 0 keeps its voxel
+    assert grown[1, 0].tolist() == [3, 3, 3, 3, 3, 0]  # no contact within the section
+    assert (grow_boundaries(labels)[0] == 0).sum() > (grown[0] == 0).sum()  # along z as well by default
+
+
+def test_loss_is_zero_at_the_grown_targets_and_pulls_the_leak_down():
     affs, labels = _two_objects(leak=0.7)
-    target = (labels[..., :, 1:] == labels[..., :, :-1]).astype(np.float32)
-    full_target = np.ones((3, 1, 6, 6), np.float32)
-    full_target[2, :, :, 1:] = target
-    full_target[2, :, :, 0] = 0  # no edge there; its weight is 0 anyway
-    full_target[1, :, 0, :] = 0
-    full_target[0] = 0
-    t = torch.from_numpy(full_target)[None]
-    assert malis_loss(t.clone(), t, labels[None], (0, 0, 0)).item() == 0.0
+    grown = grow_boundaries(labels)
+    target = torch.from_numpy(affinities_from_labels(grown, NEAREST_OFFSETS)[0].astype(np.float32))[None]
+    assert malis_loss(target, labels[None], (0, 0, 0)).item() == 0.0
     p = torch.from_numpy(affs.astype(np.float32))[None].requires_grad_(True)
-    loss = malis_loss(p, t, labels[None], (0, 0, 0))
+    loss = malis_loss(p, labels[None], (0, 0, 0))
     loss.backward()
-    grad = p.grad[0, 2, 0, :, 3].numpy()
+    grad = p.grad[0].numpy()
     assert loss.item() > 0
-    assert grad[4] > 0 and np.argmax(np.abs(grad)) == 4  # gradient descent lowers the leak first
+    # the objects merge at the leak, now between two gap voxels: it alone takes the merging pairs' gradient
+    assert grad[2, 0, 4, 3] > 0 and np.unravel_index(np.argmax(np.abs(grad)), grad.shape) == (2, 0, 4, 3)
 
 
 def test_training_with_malis_records_its_loss_and_refuses_a_negative_weight(tmp_path):
