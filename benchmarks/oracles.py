@@ -18,9 +18,9 @@ import argparse
 import json
 
 import cc3d
-import fastremap
 import numpy as np
 
+from connectome.affinity.edge_training import majority_labels
 from connectome.io import open_volume
 from connectome.metrics.voi import voi
 
@@ -28,14 +28,11 @@ from connectome.metrics.voi import voi
 def majority(seg: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Per voxel: the ground-truth id that most of its segment's labelled voxels carry (0 if none)."""
     labelled = gt > 0
-    pairs, counts = np.unique(np.stack([seg[labelled], gt[labelled]], 1), axis=0, return_counts=True)
-    order = np.lexsort((-counts, pairs[:, 0]))
-    pairs = pairs[order]
-    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
-    table = {int(s): int(g) for s, g in pairs[first]}
     ids = np.unique(seg)
-    lut = np.array([table.get(int(i), 0) for i in ids], np.int64)
-    return lut[np.searchsorted(ids, seg)]
+    covered = np.unique(seg[labelled])
+    owners = np.zeros(len(ids), np.int64)
+    owners[np.searchsorted(ids, covered)] = majority_labels(seg[labelled], gt[labelled], covered)
+    return owners[np.searchsorted(ids, seg)]
 
 
 def boundary_oracle(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -63,9 +60,8 @@ def boundary_oracle(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, dict]:
 def section_pieces(seg: np.ndarray) -> np.ndarray:
     pieces = np.zeros(seg.shape, np.int64)
     start = 0
-    for z in range(seg.shape[0]):
-        section, _ = fastremap.renumber(seg[z], in_place=False)  # 1.. (0 kept as 0 if present)
-        cut = cc3d.connected_components(section.astype(np.uint64) + 1, connectivity=4).astype(np.int64)
+    for z in range(seg.shape[0]):  # + 1: segment 0, if any, is a segment here, not background
+        cut = cc3d.connected_components(seg[z].astype(np.uint64) + 1, connectivity=4).astype(np.int64)
         pieces[z] = cut + start
         start = int(pieces[z].max())
     return pieces

@@ -28,6 +28,9 @@ import torch
 from numba import types
 from numba.typed import Dict, List
 
+from connectome.affinity.targets import _shifted, affinities_from_labels
+from connectome.models.unet import NEAREST_OFFSETS
+
 
 @numba.njit(cache=True)
 def _find(parent: np.ndarray, x: int) -> int:
@@ -98,16 +101,13 @@ def _edges(shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat voxel indices (v, v - e_c) and flat edge indices into a (3, z, y, x) array, for every
     nearest-neighbour edge inside `shape`."""
     index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    edge_index = index.size * np.arange(3)
     a, b, e = [], [], []
-    edge_index = np.arange(3 * int(np.prod(shape)), dtype=np.int64).reshape((3, *shape))
-    for c in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[c] = slice(1, None)
-        there[c] = slice(0, -1)
-        a.append(index[tuple(here)].ravel())
-        b.append(index[tuple(there)].ravel())
-        e.append(edge_index[c][tuple(here)].ravel())
+    for c, offset in enumerate(NEAREST_OFFSETS):
+        here, there = _shifted(shape, offset)
+        a.append(index[here].ravel())
+        b.append(index[there].ravel())
+        e.append(edge_index[c] + index[here].ravel())
     return np.concatenate(a), np.concatenate(b), np.concatenate(e)
 
 
@@ -155,14 +155,10 @@ def grow_boundaries(labels: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) -> np
     two objects meet, so that membrane voxels the labels give to one side belong to no pair."""
     grown = labels.copy()
     for axis in axes:
-        here = [slice(None)] * labels.ndim
-        there = [slice(None)] * labels.ndim
-        here[axis] = slice(1, None)
-        there[axis] = slice(0, -1)
-        a, b = labels[tuple(here)], labels[tuple(there)]
-        contact = (a != b) & (a != 0) & (b != 0)
-        grown[tuple(here)][contact] = 0
-        grown[tuple(there)][contact] = 0
+        here, there = _shifted(labels.shape, NEAREST_OFFSETS[axis])
+        contact = (labels[here] != labels[there]) & (labels[here] != 0) & (labels[there] != 0)
+        grown[here][contact] = 0
+        grown[there][contact] = 0
     return grown
 
 
@@ -177,9 +173,6 @@ def malis_loss(probabilities: torch.Tensor, labels: np.ndarray, margin: tuple[in
     membrane voxel to one side (medulla, CREMI) make the positive pass pull the affinities across membranes
     up; normalised together, the far more numerous pairs of different objects push every affinity down.
     """
-    from connectome.affinity.targets import affinities_from_labels
-    from connectome.models.unet import NEAREST_OFFSETS
-
     inner = tuple(slice(m, s - m) for m, s in zip(margin, labels.shape[1:]))
     total = probabilities.new_zeros(())
     for i in range(labels.shape[0]):

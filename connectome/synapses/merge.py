@@ -191,8 +191,8 @@ def synapse_rows(t: dict[str, np.ndarray], min_voxels: int, voxel_size, partners
             t, ids, obj, vo, kobj[sel], keys[sel, 1], count[sel], pre_votes, (classifier.linear(), classifier))
         keep, into = _mirrors(kobj[sel], keys[sel, 1], keys[sel, 2], size)
         alias = np.stack([kobj[sel][~keep], keys[sel, 1][~keep].astype(np.int64), into[~keep]], 1)
-        sel, size, loc, network_pre, network_share = sel[keep], size[keep], loc[keep], network_pre[keep], \
-            network_share[keep]
+        sel, size, loc = sel[keep], size[keep], loc[keep]
+        network_pre, network_share = network_pre[keep], network_share[keep]
         alias[:, 2] = np.cumsum(keep)[alias[:, 2]] - 1  # the kept synapse's index after the cut
     extra = np.zeros(len(sel), bool)
     if by_post and vote_split_voxels is not None and len(sel):
