@@ -6,10 +6,17 @@
 - pieces oracle: each segment cut into its 4-connected pieces in every section, each piece then given its
   majority ground-truth id: a perfect agglomeration of those pieces, across sections (z linking) and
   within them. What is left lies inside the pieces (in-plane merges, minority voxels).
+- with `--fragments` (the run's `fragments` volume), two bounds of any agglomeration of those fragments:
+  the fragments oracle gives each fragment its majority ground-truth id (pieces of one object are joined
+  even where they do not touch); the touching-fragments oracle then keeps only the joins of fragments that
+  touch (6-connected components of that labelling), which is the best a merge of the region graph can do.
+  `connected_floor` is the ground truth's own 6-connected components scored against it: the split that
+  every segmentation whose segments are connected pays where an object leaves the volume and comes back.
 
 Prints one JSON object with VOI (split, merge) of the segmentation, of each oracle, and of the pieces
 alone. Usage:
-    .venv/bin/python benchmarks/oracles.py --seg RUN/segmentation --gt 'FILE.npz#neuron_ids[z0:z1]'
+    .venv/bin/python benchmarks/oracles.py --seg RUN/segmentation --gt 'FILE.npz#neuron_ids[z0:z1]' \
+        [--fragments RUN/fragments]
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seg", required=True)
     ap.add_argument("--gt", required=True)
+    ap.add_argument("--fragments", help="the run's fragments: also the bounds of agglomerating them")
     args = ap.parse_args()
     seg_volume, gt_volume = open_volume(args.seg), open_volume(args.gt)
     seg = seg_volume.read(seg_volume.box).astype(np.int64)
@@ -84,9 +92,19 @@ def main() -> None:
     pieces = section_pieces(seg)
     linked = majority(pieces, gt)
     linked = np.where(linked > 0, linked, pieces + linked.max() + 1)  # pieces with no labelled voxel stay apart
-    print(json.dumps({"seg": args.seg, "gt": args.gt, "segmentation": score(seg),
-                      "boundary_oracle": {**score(fixed), **moved},
-                      "section_pieces": score(pieces), "pieces_oracle": score(linked)}))
+    result = {"seg": args.seg, "gt": args.gt, "segmentation": score(seg),
+              "boundary_oracle": {**score(fixed), **moved},
+              "section_pieces": score(pieces), "pieces_oracle": score(linked)}
+    if args.fragments:
+        fragments_volume = open_volume(args.fragments)
+        fragments = fragments_volume.read(fragments_volume.box).astype(np.int64)
+        owned = majority(fragments, gt)
+        owned = np.where(owned > 0, owned, fragments + owned.max() + 1)  # unlabelled fragments stay apart
+        touching = cc3d.connected_components(owned.astype(np.uint64), connectivity=6).astype(np.int64)
+        result.update({"fragments": {**score(fragments), "count": int(len(np.unique(fragments)))},
+                       "fragments_oracle": score(owned), "touching_fragments_oracle": score(touching)})
+    result["connected_floor"] = score(cc3d.connected_components(gt.astype(np.uint64), connectivity=6).astype(np.int64))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

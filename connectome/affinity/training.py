@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
 from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import plot_curves
 from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
+from connectome.training.device import training_device
+from connectome.training.loader import batch_stream
 
 Vec3 = tuple[int, int, int]
 
@@ -80,6 +83,7 @@ class TrainSettings:
     loss_margin: Vec3 | None = None  # voxels at each patch face left out of the loss
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     threads: int = 2
+    loader_workers: int = 0  # processes that make the batches (`training.loader`); 0: this one
     install: bool = False  # copy the best weights + json into connectome/models/weights/
     command: str = ""
 
@@ -185,13 +189,6 @@ def load_init(net: UNet, state: dict) -> None:
     net.load_state_dict(state)
 
 
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
-    return dev
-
-
 def train(settings: TrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint by validation VOI."""
     t_start = time.perf_counter()
@@ -211,7 +208,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    device = _device(settings.device)
+    device = training_device(settings.device)
 
     offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
     try:
@@ -223,6 +220,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         raise UserError(f"--patch {settings.patch} must be a multiple of {config.divisor} for arch {settings.arch}")
     if settings.malis_weight < 0:
         raise UserError(f"--malis-weight {settings.malis_weight}: expected a weight >= 0")
+    if settings.loader_workers < 0:
+        raise UserError(f"--loader-workers {settings.loader_workers}: expected 0 (batches made in the training "
+                        f"process) or more")
     margin = settings.loss_margin if settings.loss_margin is not None else default_margin(settings.arch)
     if any(2 * m >= p for m, p in zip(margin, settings.patch)):
         raise UserError(f"--patch {settings.patch} leaves nothing inside the loss margin {margin}")
@@ -321,11 +321,13 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     net.train()
     done = 0
+    batches = batch_stream(partial(_batch, pairs=pairs, weights=weights, settings=settings, offsets=offsets,
+                                   margin=margin, two_d=two_d, voxel_size=voxel_size),
+                           settings.loader_workers, rng, augmenter, settings.seed)
     for it in range(1, settings.iterations + 1):
         t0 = time.perf_counter()
         set_lr(it - 1)
-        raw, target, mask, lsd_target, lsd_mask, patch_labels = _batch(
-            pairs, weights, augmenter, settings, offsets, margin, rng, two_d, voxel_size)
+        raw, target, mask, lsd_target, lsd_mask, patch_labels = next(batches)
         x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
         y = torch.from_numpy(target).to(device, torch.float32)
         w = balance_weights(y, torch.from_numpy(mask).to(device))

@@ -69,6 +69,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
                    help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--loader-workers", type=int, default=0, metavar="N",
+                   help="make the training batches in N worker processes (keeps a GPU busy; 0: in the training "
+                        "process, the batch sequence of a run without the option)")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -156,6 +159,7 @@ def _add_ffn(sub) -> None:
     p.add_argument("--val-every", type=int, default=250, metavar="N")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains and validates")
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
     p.add_argument("--input", default="raw", metavar="raw|affinities:MODEL",
                    help="the network's image: the raw EM (default), or the mean of the named affinity model's "
@@ -194,7 +198,7 @@ def run(args) -> int:
         labels_2d=args.labels_2d, aux=args.aux, lsd=args.lsd, lsd_sigma_nm=args.lsd_sigma,
         lsd_weight=args.lsd_weight, malis_weight=args.malis_weight, norm=args.norm, lr=args.lr, init=args.init,
         val_every=args.val_every, max_minutes=args.max_minutes,
-        threads=args.threads, install=args.install,
+        threads=args.threads, loader_workers=args.loader_workers, install=args.install,
         command=_command_line(),
     )
     quiet = getattr(args, "json", False)
@@ -237,6 +241,7 @@ def _run_ffn(args) -> int:
         max_minutes=args.max_minutes, threads=args.threads,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
         install=args.install, command=_command_line(), input=args.input, scale=vec3(args.scale),
+        device=args.device,
     )
     if min(settings.scale) < 1:
         from connectome.core.errors import UserError

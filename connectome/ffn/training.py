@@ -23,6 +23,7 @@ from connectome.ffn.model import CPU, FFN, LOGIT_INIT, LOGIT_SEED, FFNConfig, FF
 from connectome.ffn.registry import WEIGHTS_DIR, save_model
 from connectome.ffn.scale import ONE, downsample_image, downsample_labels, upsample_labels
 from connectome.ffn.scores import validation_scores
+from connectome.training.device import CPU_DEVICE, training_device
 
 
 @dataclass
@@ -50,6 +51,7 @@ class FFNTrainSettings:
     command: str = ""
     input: str = "raw"  # or `affinities:MODEL`: train on that affinity model's mean affinity (ffn.inputs)
     scale: tuple[int, int, int] = (1, 1, 1)  # train at the data's voxel size times this (ffn.scale)
+    device: str = "cpu"  # where the network trains and validates: cpu, cuda or cuda:N
 
 
 def _fov_crop(t: torch.Tensor, starts: np.ndarray, fov) -> torch.Tensor:
@@ -73,16 +75,17 @@ def _best_faces(prob: np.ndarray, config: FFNConfig) -> np.ndarray:
     return offsets
 
 
-def train_step(net: FFN, raw: np.ndarray, mask: np.ndarray, info: FFNInfo, moves: int) -> torch.Tensor:
+def train_step(net: FFN, raw: np.ndarray, mask: np.ndarray, info: FFNInfo, moves: int,
+               device: torch.device = CPU_DEVICE) -> torch.Tensor:
     """Loss of one batch: the first FOV at the patch centre, then `moves` moves to the best face."""
     config = net.config
-    image = torch.from_numpy((raw - info.mean) / info.std)[:, None]
-    target = torch.from_numpy(mask.astype(np.float32))[:, None]
-    pom = torch.full(image.shape, LOGIT_INIT)
+    image = torch.from_numpy((raw - info.mean) / info.std)[:, None].to(device)
+    target = torch.from_numpy(mask.astype(np.float32))[:, None].to(device)
+    pom = torch.full(image.shape, LOGIT_INIT, device=device)
     centre = np.array(raw.shape[1:]) // 2
     pom[(slice(None), 0, *centre)] = LOGIT_SEED
     starts = np.tile(centre - np.array(config.radius), (len(raw), 1))
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
     for step in range(moves + 1):
         out = net(_fov_crop(image, starts, config.fov), _fov_crop(pom, starts, config.fov))
         total = total + F.binary_cross_entropy_with_logits(out, _fov_crop(target, starts, config.fov))
@@ -90,7 +93,7 @@ def train_step(net: FFN, raw: np.ndarray, mask: np.ndarray, info: FFNInfo, moves
             for b, s in enumerate(starts):
                 pom[b, :, s[0]:s[0] + config.fov[0], s[1]:s[1] + config.fov[1], s[2]:s[2] + config.fov[2]] = out[b]
             if step < moves:
-                starts = starts + _best_faces(torch.sigmoid(out[:, 0]).numpy(), config)
+                starts = starts + _best_faces(torch.sigmoid(out[:, 0]).float().cpu().numpy(), config)
     return total / (moves + 1)
 
 
@@ -137,13 +140,15 @@ def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
     return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
 
 
-def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE) -> dict:
+def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE,
+             device: torch.device = CPU_DEVICE) -> dict:
     """Segment `raw` with the current weights (downsampled by `scale`, the labels upsampled back, as the `ffn`
     stage runs it, with its default seed rules and step budget, which also bounds the time of a validation) and
     score it against `gt`."""
     net.eval()
     seg, stats = segment_volume(net, info, downsample_image(raw, scale),
-                                CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size))
+                                CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size),
+                                device=device)
     seg = upsample_labels(seg, scale, raw.shape)
     net.train()
     return {**validation_scores(seg, gt), "steps": stats["steps"], "over_budget": stats["over_budget"]}
@@ -153,6 +158,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint; return a summary."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
+    device = training_device(settings.device)
     data_voxel_size = _voxel_size(settings)
     _check_affinity_model(settings, data_voxel_size)
     voxel_size = (data_voxel_size[0] * settings.scale[0], data_voxel_size[1] * settings.scale[1],
@@ -167,7 +173,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()),
                    input=settings.input)
     del all_raw
-    net = FFN(config)
+    net = FFN(config).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +185,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     it = 0
     for it in range(1, settings.iterations + 1):
         raw, mask = source.batch(settings.batch_size)
-        loss = train_step(net, raw, mask, info, settings.moves)
+        loss = train_step(net, raw, mask, info, settings.moves, device)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -188,7 +194,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
         if it % 50 == 0:
             log(f"iteration {it}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - start:.0f} s)")
         if val is not None and (it % settings.val_every == 0 or last):
-            scores = {"iteration": it, **validate(net, info, val.raw, val.labels, settings.scale)}
+            scores = {"iteration": it, **validate(net, info, val.raw, val.labels, settings.scale, device)}
             history.append(scores)
             log(f"validation at {it}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
                 f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}"

@@ -144,8 +144,8 @@ def test_train_command_at_a_coarser_scale_records_that_voxel_size(tmp_path, caps
     raw, labels = str(tmp_path / "t" / "raw"), str(tmp_path / "t" / "labels")
     segmented, scored = [], []
     segment_volume, validation_scores = training.segment_volume, training.validation_scores
-    monkeypatch.setattr(training, "segment_volume", lambda net, info, image, settings: segmented.append(
-        image.shape) or segment_volume(net, info, image, settings))
+    monkeypatch.setattr(training, "segment_volume", lambda net, info, image, settings, **kw: segmented.append(
+        image.shape) or segment_volume(net, info, image, settings, **kw))
     monkeypatch.setattr(training, "validation_scores", lambda seg, gt: scored.append((seg.shape, gt.shape)) or
                         validation_scores(seg, gt))
     argv = ["train", "ffn", "--raw", raw + "[0:24]", "--labels", labels + "[0:24]", "--val-raw", raw + "[24:32]",
@@ -174,3 +174,20 @@ def test_train_command_refuses_volumes_too_small_for_a_patch_in_one_line(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "12x32x32" in err[0] and "27x27x27" in err[0], err
     assert not (tmp_path / "out" / "ffn-x.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["ffn", "affinities"])
+def test_train_commands_refuse_an_unusable_device_in_one_line(tmp_path, capsys, command):
+    from connectome.synth import generate
+
+    generate((16, 32, 32), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(16, 32, 32))
+    base = ["train", command, "--raw", str(tmp_path / "t" / "raw"), "--labels", str(tmp_path / "t" / "labels"),
+            "--name", "ffn-x", "--out", str(tmp_path / "out"), "--iterations", "1"]
+    cases = [("tpu", "--device tpu: expected cpu, cuda or cuda:N"), ("gpu:0", "--device gpu:0: expected cpu")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda", "--device cuda: no CUDA device is available here"))
+    for device, expected in cases:
+        assert main([*base, "--device", device]) == 2, device
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (device, err)
+    assert not (tmp_path / "out").exists()
