@@ -33,7 +33,7 @@ from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import plot_curves
 from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
 from connectome.training.device import training_device
-from connectome.training.loader import batch_stream
+from connectome.training.loader import batch_stream, default_workers
 
 Vec3 = tuple[int, int, int]
 
@@ -83,7 +83,7 @@ class TrainSettings:
     loss_margin: Vec3 | None = None  # voxels at each patch face left out of the loss
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     threads: int = 2
-    loader_workers: int = 0  # processes that make the batches (`training.loader`); 0: this one
+    loader_workers: int | None = None  # processes that make the batches (`training.loader`); None: by device
     install: bool = False  # copy the best weights + json into connectome/models/weights/
     command: str = ""
 
@@ -209,6 +209,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     device = training_device(settings.device)
+    workers = settings.loader_workers if settings.loader_workers is not None else default_workers(device)
 
     offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
     try:
@@ -220,7 +221,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         raise UserError(f"--patch {settings.patch} must be a multiple of {config.divisor} for arch {settings.arch}")
     if settings.malis_weight < 0:
         raise UserError(f"--malis-weight {settings.malis_weight}: expected a weight >= 0")
-    if settings.loader_workers < 0:
+    if settings.loader_workers is not None and settings.loader_workers < 0:
         raise UserError(f"--loader-workers {settings.loader_workers}: expected 0 (batches made in the training "
                         f"process) or more")
     margin = settings.loss_margin if settings.loss_margin is not None else default_margin(settings.arch)
@@ -323,7 +324,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     done = 0
     batches = batch_stream(partial(_batch, pairs=pairs, weights=weights, settings=settings, offsets=offsets,
                                    margin=margin, two_d=two_d, voxel_size=voxel_size),
-                           settings.loader_workers, rng, augmenter, settings.seed)
+                           workers, rng, augmenter, settings.seed)
     for it in range(1, settings.iterations + 1):
         t0 = time.perf_counter()
         set_lr(it - 1)
@@ -395,6 +396,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "command": settings.command,
         "wall_time_s": round(wall, 1),
         "time_split_s": {"data": round(t_data, 1), "step": round(t_step, 1), "validation": round(t_val, 1)},
+        "loader_workers": workers,
         "device": str(device) if device.type != "cpu" else f"cpu ({cpu_name()}, {settings.threads} threads)",
         "torch": torch.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

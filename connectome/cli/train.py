@@ -69,9 +69,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
                    help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--loader-workers", type=int, default=0, metavar="N",
-                   help="make the training batches in N worker processes (keeps a GPU busy; 0: in the training "
-                        "process, the batch sequence of a run without the option)")
+    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                   help="make the training batches in N worker processes, which keeps a GPU busy (0: in the "
+                        "training process; default: 0 on the CPU, on a GPU the CPU cores less two, at most 8)")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

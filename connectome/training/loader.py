@@ -10,6 +10,7 @@ itself for a given N; another N gives another (equally random) sequence.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -63,6 +64,14 @@ def _to_arrays(batch):
 
 def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # a worker runs numpy; torch threads would only compete with the training step
+
+
+def default_workers(device: torch.device) -> int:
+    """0 on the CPU (workers would take its cores from the training step); on a GPU, the CPU cores less two
+    (the training process and the GPU's feeding), at most 8."""
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
 def batch_stream(make: Make, workers: int, rng: np.random.Generator, augmenter: Augmenter, seed: int,

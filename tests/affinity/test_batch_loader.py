@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from connectome.training.augment import Augmenter
-from connectome.training.loader import batch_stream, worker_seeds
+from connectome.training.loader import batch_stream, default_workers, worker_seeds
 
 NN = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 
@@ -78,10 +78,19 @@ def test_training_with_loader_workers_records_them_and_refuses_a_negative_count(
               "--voxel-size", "8", "8", "8"]
     assert main([*common, "--loader-workers", "2"]) == 0
     meta = json.loads((tmp_path / "run" / "w.json").read_text())
-    assert meta["provenance"]["settings"]["loader_workers"] == 2
+    assert meta["provenance"]["settings"]["loader_workers"] == 2 and meta["provenance"]["loader_workers"] == 2
     assert meta["provenance"]["iterations"] == 6
     capsys.readouterr()
     assert main([*common, "--loader-workers", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["connectome train: error: --loader-workers -1: expected 0 (batches made in the training "
                    "process) or more"], err
+
+
+def test_default_workers_are_none_on_the_cpu_and_the_spare_cores_for_a_gpu(monkeypatch):
+    import torch
+
+    assert default_workers(torch.device("cpu")) == 0
+    for cores, expected in ((16, 8), (6, 4), (2, 0), (1, 0)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert default_workers(torch.device("cuda")) == expected, cores
