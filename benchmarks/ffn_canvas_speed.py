@@ -5,7 +5,8 @@ at several object batch sizes, voxels per second and FOV evaluations per second.
         [--model ffn-synthetic] [--shape 64 128 128] [--out FILE.md]
 
 Issue 11 asks for at least 2 Mvoxels/s batched on an H100/H200. The canvas itself (seeds, moves, POM
-updates) runs in numpy on the host; only the network's forward batch runs on the device.
+updates) runs in numpy on the host; only the network's forward batch runs on the device. In bfloat16 the
+network casts its weights at every forward (`ffn.model`, as `segment` runs it), which these figures include.
 """
 
 from __future__ import annotations

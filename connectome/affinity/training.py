@@ -325,51 +325,54 @@ def train(settings: TrainSettings, log=print) -> dict:
     batches = batch_stream(partial(_batch, pairs=pairs, weights=weights, settings=settings, offsets=offsets,
                                    margin=margin, two_d=two_d, voxel_size=voxel_size),
                            workers, rng, augmenter, settings.seed)
-    for it in range(1, settings.iterations + 1):
-        t0 = time.perf_counter()
-        set_lr(it - 1)
-        raw, target, mask, lsd_target, lsd_mask, patch_labels = next(batches)
-        x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
-        y = torch.from_numpy(target).to(device, torch.float32)
-        w = balance_weights(y, torch.from_numpy(mask).to(device))
-        t1 = time.perf_counter()
-        logits = net(x)
-        n_aff = len(offsets)
-        loss = (F.binary_cross_entropy_with_logits(logits[:, :n_aff], y, weight=w, reduction="sum")
-                / w.sum().clamp(min=1))
-        if lsd_target is not None:
-            known = torch.from_numpy(lsd_mask).to(device, torch.float32)
-            error = (torch.sigmoid(logits[:, n_aff:]) - torch.from_numpy(lsd_target).to(device)) ** 2
-            lsd_loss = (error * known).sum() / known.sum().clamp(min=1)
-            lsd_losses.append(lsd_loss.item())
-            loss = loss + settings.lsd_weight * lsd_loss
-        if settings.malis_weight > 0:
-            solid = [i for i, labels in enumerate(patch_labels) if labels is not None]
-            if solid:
-                part = malis_loss(torch.sigmoid(logits[solid, :3]), np.stack([patch_labels[i] for i in solid]),
-                                  margin, gap_axes=(1, 2) if settings.arch == "aniso" else (0, 1, 2))
-                malis_losses.append(part.item())
-                loss = loss + settings.malis_weight * part
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        done = it
-        t2 = time.perf_counter()
-        t_data += t1 - t0
-        t_step += t2 - t1
-        if it % 50 == 0 or it == 1:
-            lsd_part = f" (descriptors {np.mean(lsd_losses[-50:]):.4f})" if lsd_losses else ""
-            lsd_part += f" (MALIS {np.mean(malis_losses[-50:]):.5f})" if malis_losses else ""
-            log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f}{lsd_part} "
-                f"({(time.perf_counter() - t_start) / 60:.1f} min; data {t_data / it * 1e3:.0f} ms, "
-                f"step {t_step / it * 1e3:.0f} ms per iteration)")
-        out_of_time = time.perf_counter() - t_start > limit_s
-        if val is not None and (it % settings.val_every == 0 or it == settings.iterations or out_of_time):
-            validate(it, val)
-        if out_of_time:
-            log(f"time limit of {settings.max_minutes} min reached after {it} iterations")
-            break
+    try:
+        for it in range(1, settings.iterations + 1):
+            t0 = time.perf_counter()
+            set_lr(it - 1)
+            raw, target, mask, lsd_target, lsd_mask, patch_labels = next(batches)
+            x = torch.from_numpy((raw - mean) / std).to(device).contiguous(memory_format=torch.channels_last_3d)
+            y = torch.from_numpy(target).to(device, torch.float32)
+            w = balance_weights(y, torch.from_numpy(mask).to(device))
+            t1 = time.perf_counter()
+            logits = net(x)
+            n_aff = len(offsets)
+            loss = (F.binary_cross_entropy_with_logits(logits[:, :n_aff], y, weight=w, reduction="sum")
+                    / w.sum().clamp(min=1))
+            if lsd_target is not None:
+                known = torch.from_numpy(lsd_mask).to(device, torch.float32)
+                error = (torch.sigmoid(logits[:, n_aff:]) - torch.from_numpy(lsd_target).to(device)) ** 2
+                lsd_loss = (error * known).sum() / known.sum().clamp(min=1)
+                lsd_losses.append(lsd_loss.item())
+                loss = loss + settings.lsd_weight * lsd_loss
+            if settings.malis_weight > 0:
+                solid = [i for i, labels in enumerate(patch_labels) if labels is not None]
+                if solid:
+                    part = malis_loss(torch.sigmoid(logits[solid, :3]), np.stack([patch_labels[i] for i in solid]),
+                                      margin, gap_axes=(1, 2) if settings.arch == "aniso" else (0, 1, 2))
+                    malis_losses.append(part.item())
+                    loss = loss + settings.malis_weight * part
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            done = it
+            t2 = time.perf_counter()
+            t_data += t1 - t0
+            t_step += t2 - t1
+            if it % 50 == 0 or it == 1:
+                lsd_part = f" (descriptors {np.mean(lsd_losses[-50:]):.4f})" if lsd_losses else ""
+                lsd_part += f" (MALIS {np.mean(malis_losses[-50:]):.5f})" if malis_losses else ""
+                log(f"iteration {it}/{settings.iterations}: loss {np.mean(losses[-50:]):.4f}{lsd_part} "
+                    f"({(time.perf_counter() - t_start) / 60:.1f} min; data {t_data / it * 1e3:.0f} ms, "
+                    f"step {t_step / it * 1e3:.0f} ms per iteration)")
+            out_of_time = time.perf_counter() - t_start > limit_s
+            if val is not None and (it % settings.val_every == 0 or it == settings.iterations or out_of_time):
+                validate(it, val)
+            if out_of_time:
+                log(f"time limit of {settings.max_minutes} min reached after {it} iterations")
+                break
+    finally:
+        batches.close()  # stops the loader's workers, if any
 
     if val is None:  # no validation: the last weights are the result
         save_model(out / settings.name, net, meta({"provenance": {"status": "checkpoint"}}))

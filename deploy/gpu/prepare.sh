@@ -12,8 +12,10 @@ cd "$(dirname "$0")/../.."
 PYVER=${1:-3.12}
 SHARED=${SHARED:-../shared/data}
 PY=${PY:-.venv/bin/python}
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.gpu/' >> .git/info/exclude; }
+EXCLUDE=$(git rev-parse --git-path info/exclude)
+grep -qx '/.gpu/' "$EXCLUDE" 2>/dev/null || { mkdir -p "$(dirname "$EXCLUDE")"; echo '/.gpu/' >> "$EXCLUDE"; }
 rm -rf .gpu/whl && mkdir -p .gpu/whl .gpu/data
+echo "$PYVER" > .gpu/PYVER  # session.sh refuses wheels of another Python before installing them
 grep -v '^#' deploy/gpu/requirements-device.txt > .gpu/requirements.txt
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
@@ -33,4 +35,5 @@ pack("cremi", ".gpu/cremi_full.npz", ["raw", "neuron_ids"])
 EOF
 rm -f .gpu/cremi_full.npz
 du -sh .gpu/whl .gpu/data
-echo "working tree that travels: $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes + .gpu $(du -sb .gpu | cut -f1) bytes (limit 67108864)"
+tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | du -cb --files0-from=- | tail -n 1 | cut -f1)
+echo "working tree that travels: $tree bytes (tracked and untracked, not ignored) + .gpu $(du -sb .gpu | cut -f1) bytes (limit 67108864)"

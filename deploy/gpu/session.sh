@@ -5,13 +5,17 @@
 #   2. fine-tunes `fib-10nm` and `sstem` from their shipped weights on the GPU (their shipped recipes, with a
 #      larger batch and the batches made by --loader-workers processes), each for a fixed number of minutes;
 #   3. measures U-Net inference (bf16) and the FFN canvas at several object batch sizes on the GPU;
-#   4. packs the trained models, their logs and the measurements into $OUT/session.tgz.
-# Every step runs even when an earlier one failed; each prints its exit status. Back here, give each trained
-# model its edge classifier and score it (README, "Training on a lent GPU").
+#   4. packs the trained models, their logs and the measurements into $OUT/session.tgz, again after every step,
+#      so what was done comes back even when the call is cut off.
+# Every step runs even when an earlier one failed, each under `timeout` for what is left of DEADLINE seconds
+# (default 560: a device command may run 600), and each prints its exit status (124: it ran out of time).
+# Back here, give each trained model its edge classifier and score it (README, "Training on a GPU, and a
+# lent-GPU session").
 #
-# Settings (environment): FIB_MIN, SSTEM_MIN (training minutes each, default 3), BATCH (8), WORKERS (loader
-# processes, 12), FFN_MIN (train `ffn-fib-10nm`'s recipe with --arch reference for this many minutes; default 0:
-# skipped), DEVICE (cuda), PY (python3), SPEED (1: measure throughput; 0: skip), SPEED_SHAPE (the FFN canvas
+# Settings (environment): FIB_MIN, SSTEM_MIN (training minutes each, default 3 and 2.5), BATCH (8), WORKERS
+# (loader processes, 12; fewer when /dev/shm is small), FFN_MIN (train `ffn-fib-10nm`'s recipe with --arch
+# reference for this many minutes; default 0: skipped; its validation canvas takes minutes more, so lower
+# FIB_MIN / SSTEM_MIN to make room), DEADLINE (560), DEVICE (cuda), PY (python3), SPEED (1: measure throughput; 0: skip), SPEED_SHAPE (the FFN canvas
 # volume, "64 128 128"), DATA (.gpu/data).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +23,8 @@ OUT=${OUT:?set OUT to the folder whose files come back}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 FIB_MIN=${FIB_MIN:-3}
-SSTEM_MIN=${SSTEM_MIN:-3}
+SSTEM_MIN=${SSTEM_MIN:-2.5}
+DEADLINE=${DEADLINE:-560}
 FFN_MIN=${FFN_MIN:-0}
 BATCH=${BATCH:-8}
 WORKERS=${WORKERS:-12}
@@ -28,6 +33,13 @@ D=${DATA:-.gpu/data}
 W=$(mktemp -d /tmp/gpu-session.XXXXXX)
 export PYTHONUNBUFFERED=1
 
+if [ -f .gpu/PYVER ]; then  # wheels are built for one Python: refuse before installing the wrong ones
+    have=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    [ "$have" = "$(cat .gpu/PYVER)" ] || {
+        echo "session: .gpu/whl holds wheels for Python $(cat .gpu/PYVER), $PY is $have: run deploy/gpu/prepare.sh $have"
+        exit 3
+    }
+fi
 if [ -d .gpu/whl ] && ls .gpu/whl/*.whl > /dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$W/site" \
         .gpu/whl/*.whl || { echo "session: installing .gpu/whl failed"; exit 3; }
@@ -37,19 +49,39 @@ else
 fi
 [ -f "$D/medulla.npz" ] || { echo "session: $D/medulla.npz missing: run deploy/gpu/prepare.sh here and carry .gpu"; exit 3; }
 
-step() {  # step NAME COMMAND...: run it, its output to $W/NAME.log, and say how it ended
-    local name=$1 start=$SECONDS rc
+pack() {  # everything so far into $OUT/session.tgz (written aside, then moved: never half a file)
+    tar -czf "$OUT/.session.tgz" -C "$W" --exclude=./site . && mv "$OUT/.session.tgz" "$OUT/session.tgz"
+}
+
+step() {  # step NAME COMMAND...: run it under the time left, its output to $W/NAME.log; say how it ended
+    local name=$1 start=$SECONDS rc left=$((DEADLINE - SECONDS))
     shift
-    echo "== $name: start $(date -u +%H:%M:%S)"
-    "$@" > "$W/$name.log" 2>&1
+    if [ "$left" -lt 20 ]; then
+        echo "== $name: skipped, ${left} s left of the ${DEADLINE} s deadline"
+        return
+    fi
+    echo "== $name: start $(date -u +%H:%M:%S), ${left} s left"
+    timeout --kill-after=10 "$left" "$@" > "$W/$name.log" 2>&1
     rc=$?
     echo "== $name: rc $rc after $((SECONDS - start)) s"
     tail -n 4 "$W/$name.log"
+    pack
 }
 
 C=("$PY" -m connectome.cli.main)
 step machine bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; \
+    df -h /dev/shm; ulimit -n; \
     $PY -c 'import torch, numpy; print(torch.__version__, numpy.__version__, torch.cuda.is_available())'"
+# loader workers hand batches over in /dev/shm (about 23 MB a fib batch of 8, 59 MB an sstem one; 2 in flight
+# per worker): with little of it, fewer workers, and none without it
+shm_kb=$(df -k --output=avail /dev/shm 2>/dev/null | tail -n 1 | tr -d ' ')
+case "$shm_kb" in
+    ''|*[!0-9]*) WORKERS=0; echo "session: no /dev/shm: --loader-workers 0" ;;
+    *) if [ "$shm_kb" -lt $((WORKERS * 2 * 64 * 1024 + 1048576)) ]; then
+           WORKERS=$(( shm_kb > 1048576 ? (shm_kb - 1048576) / (2 * 64 * 1024) : 0 ))
+           echo "session: /dev/shm has ${shm_kb} kB free: --loader-workers $WORKERS"
+       fi ;;
+esac
 
 step fib "${C[@]}" train affinities \
     --raw "$D/medulla.npz#raw[0:100]" --labels "$D/medulla.npz#neuron_ids[0:100]" \
@@ -86,5 +118,4 @@ if [ "$SPEED" != 0 ]; then
         --shape ${SPEED_SHAPE:-64 128 128} --threads 4 --out "$W/ffn_canvas_speed_gpu.md"
 fi
 
-rm -rf "$W/site"
-tar -czf "$OUT/session.tgz" -C "$W" . && echo "session: wrote $OUT/session.tgz ($(du -h "$OUT/session.tgz" | cut -f1))"
+pack && echo "session: wrote $OUT/session.tgz ($(du -h "$OUT/session.tgz" | cut -f1)) after $SECONDS s"

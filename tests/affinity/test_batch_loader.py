@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from functools import partial
 
 import numpy as np
@@ -48,8 +49,8 @@ def test_without_workers_the_batches_are_the_runs_own_sequence():
 @pytest.mark.timeout(120)
 def test_worker_batches_repeat_for_a_seed_and_come_round_robin_from_independent_workers():
     make, augmenter = make_batches()
-    first = take(batch_stream(make, 2, np.random.default_rng(0), augmenter, seed=7), 4)
-    second = take(batch_stream(make, 2, np.random.default_rng(0), augmenter, seed=7), 4)
+    streams = [batch_stream(make, 2, np.random.default_rng(0), augmenter, seed=7) for _ in range(2)]
+    first, second = (take(stream, 4) for stream in streams)
     assert all(same(a, b) for a, b in zip(first, second))  # the same seed and workers: the same batches
     raw, target, mask, _, _, labels = first[0]
     assert raw.shape == (2, 1, 8, 16, 16) and target.shape == mask.shape == (2, 3, 8, 16, 16)
@@ -61,8 +62,13 @@ def test_worker_batches_repeat_for_a_seed_and_come_round_robin_from_independent_
         assert same(first[index], make(rng=rng, augmenter=own))
         assert same(first[index + 2], make(rng=rng, augmenter=own))
     assert not same(first[0], first[1])
-    other = take(batch_stream(make, 2, np.random.default_rng(0), augmenter, seed=8), 1)
+    streams.append(batch_stream(make, 2, np.random.default_rng(0), augmenter, seed=8))
+    other = take(streams[-1], 1)
     assert not same(first[0], other[0])
+    assert len(multiprocessing.active_children()) == 6
+    for stream in streams:
+        stream.close()
+    assert multiprocessing.active_children() == []  # closing a stream stops its workers
 
 
 @pytest.mark.timeout(300)
@@ -77,6 +83,7 @@ def test_training_with_loader_workers_records_them_and_refuses_a_negative_count(
               "--name", "w", "--out", str(tmp_path / "run"), "--iterations", "6", "--patch", "16", "24", "24",
               "--voxel-size", "8", "8", "8"]
     assert main([*common, "--loader-workers", "2"]) == 0
+    assert multiprocessing.active_children() == []  # the workers were stopped when training ended
     meta = json.loads((tmp_path / "run" / "w.json").read_text())
     assert meta["provenance"]["settings"]["loader_workers"] == 2 and meta["provenance"]["loader_workers"] == 2
     assert meta["provenance"]["iterations"] == 6
@@ -92,5 +99,5 @@ def test_default_workers_are_none_on_the_cpu_and_the_spare_cores_for_a_gpu(monke
 
     assert default_workers(torch.device("cpu")) == 0
     for cores, expected in ((16, 8), (6, 4), (2, 0), (1, 0)):
-        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr("connectome.training.loader.available_cores", lambda cores=cores: cores)
         assert default_workers(torch.device("cuda")) == expected, cores
