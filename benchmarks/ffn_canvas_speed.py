@@ -32,10 +32,8 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
-def canvas_pass(model: str, raw, batch: int, device: torch.device, precision: str) -> dict:
-    """One canvas pass: seconds, voxels/s, FOV evaluations and objects."""
-    net, info = load_model(model)
-    net = net.to(device).eval()
+def canvas_pass(net, info, raw, batch: int, device: torch.device, precision: str) -> dict:
+    """One canvas pass of `net` (on `device`): seconds, voxels/s, FOV evaluations and objects."""
     settings = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size, batch=batch,
                               precision=precision)
     if device.type == "cuda":
@@ -63,8 +61,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     raw = generate(tuple(args.shape), (8.0, 8.0, 8.0), seed=7).raw
-    canvas_pass(args.model, raw[:, :32, :32], 1, device, args.precision)  # warm-up (kernels, allocator)
-    rows = [canvas_pass(args.model, raw, b, device, args.precision) for b in args.batches]
+    net, info = load_model(args.model)
+    net = net.to(device).eval()
+    canvas_pass(net, info, raw[:, :32, :32], 1, device, args.precision)  # warm-up (kernels, allocator)
+    rows = [canvas_pass(net, info, raw, b, device, args.precision) for b in args.batches]
     lines = [f"# FFN canvas throughput: {device_name(device)}",
              "",
              f"`{' '.join(sys.argv)}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "

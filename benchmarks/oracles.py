@@ -42,6 +42,12 @@ def majority(seg: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return owners[np.searchsorted(ids, seg)]
 
 
+def majority_apart(labels: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """`majority`, with each piece that holds no labelled voxel kept apart under an id of its own."""
+    owned = majority(labels, gt)
+    return np.where(owned > 0, owned, labels + owned.max() + 1)
+
+
 def boundary_oracle(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, dict]:
     owner = majority(seg, gt)
     wrong = (owner != gt) & (gt > 0)
@@ -90,16 +96,14 @@ def main() -> None:
 
     fixed, moved = boundary_oracle(seg, gt)
     pieces = section_pieces(seg)
-    linked = majority(pieces, gt)
-    linked = np.where(linked > 0, linked, pieces + linked.max() + 1)  # pieces with no labelled voxel stay apart
+    linked = majority_apart(pieces, gt)
     result = {"seg": args.seg, "gt": args.gt, "segmentation": score(seg),
               "boundary_oracle": {**score(fixed), **moved},
               "section_pieces": score(pieces), "pieces_oracle": score(linked)}
     if args.fragments:
         fragments_volume = open_volume(args.fragments)
         fragments = fragments_volume.read(fragments_volume.box).astype(np.int64)
-        owned = majority(fragments, gt)
-        owned = np.where(owned > 0, owned, fragments + owned.max() + 1)  # unlabelled fragments stay apart
+        owned = majority_apart(fragments, gt)
         touching = cc3d.connected_components(owned.astype(np.uint64), connectivity=6).astype(np.int64)
         result.update({"fragments": {**score(fragments), "count": int(len(np.unique(fragments)))},
                        "fragments_oracle": score(owned), "touching_fragments_oracle": score(touching)})

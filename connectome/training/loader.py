@@ -44,27 +44,15 @@ class _Batches(IterableDataset):
             yield self.make(rng=rng, augmenter=augmenter)
 
 
-def _to_tensors(batch):
-    """numpy arrays (in tuples and lists) as tensors, which cross to the training process in shared memory
-    (pickled, a batch of two of `fib-10nm`'s, about 6 MB, cost 17 ms in the pipe on a 2-core CPU)."""
-    if isinstance(batch, np.ndarray):
-        return torch.from_numpy(batch)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_tensors(b) for b in batch)
-    return batch
-
-
 def _to_arrays(batch):
-    """`_to_tensors` undone: numpy views of the shared tensors (no copy)."""
+    """The batch's tensors as numpy views (no copy): the DataLoader turned each numpy array into a tensor
+    (`default_convert`), which crosses to the training process in shared memory (pickled, a batch of two of
+    `fib-10nm`'s, about 6 MB, cost 17 ms in the pipe on a 2-core CPU)."""
     if isinstance(batch, torch.Tensor):
         return batch.numpy()
     if isinstance(batch, (tuple, list)):
         return type(batch)(_to_arrays(b) for b in batch)
     return batch
-
-
-def _one_thread(_worker: int) -> None:
-    torch.set_num_threads(1)  # a worker runs numpy; torch threads would only compete with the training step
 
 
 def available_cores() -> int:
@@ -92,8 +80,7 @@ def batch_stream(make: Make, workers: int, rng: np.random.Generator, augmenter: 
     # fork where there is one: the workers share the training volumes instead of receiving pickled copies
     context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
     loader = DataLoader(_Batches(make, augmenter.config, seed), batch_size=None, num_workers=workers,
-                        collate_fn=_to_tensors, prefetch_factor=prefetch, worker_init_fn=_one_thread,
-                        multiprocessing_context=context)
+                        prefetch_factor=prefetch, multiprocessing_context=context)  # a worker runs one torch thread
     return _from_workers(loader)
 
 
