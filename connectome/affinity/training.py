@@ -29,6 +29,7 @@ from connectome.core.errors import UserError
 from connectome.core.machine import cpu_name
 from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, model_context, save_model
 from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
+from connectome.models.widening import widen_state
 from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import plot_curves
 from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
@@ -76,10 +77,12 @@ class TrainSettings:
     lsd_weight: float = 1.0
     malis_weight: float = 0.0  # add the constrained MALIS loss (`malis`) on patches with 3-D labels, this weight
     norm: str = "batch"  # BatchNorm while training (folded away for inference) or "none"
+    base_channels: int | None = None  # channels at full resolution (None: the arch preset's)
+    max_channels: int | None = None  # cap on the channels of any level (None: the preset's)
     lr: float = 1e-3
     val_every: int = 250
     max_minutes: float | None = None  # stop (and finish the learning-rate decay) by this wall time
-    init: str | None = None  # start from this model's weights (name or .pt path; same architecture)
+    init: str | None = None  # start from this model's weights (name or .pt path; same or narrower architecture)
     loss_margin: Vec3 | None = None  # voxels at each patch face left out of the loss
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     threads: int = 2
@@ -177,16 +180,16 @@ def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d, vox
 
 
 def load_init(net: UNet, state: dict) -> None:
-    """Load `state` into `net`; where only the head's extra outputs differ (descriptors added or dropped),
-    the head keeps its fresh rows beyond the ones both have."""
+    """Load `state` into `net`; where the head's extra outputs differ (descriptors added or dropped), the head
+    keeps its fresh rows beyond the ones both have; a narrower network is widened (`models.widening`)."""
     own = net.state_dict()
     for key in ("head.weight", "head.bias"):
-        if key in state and state[key].shape != own[key].shape:
+        if key in state and state[key].shape[0] != own[key].shape[0]:
             n = min(state[key].shape[0], own[key].shape[0])
-            merged = own[key].clone()
+            merged = own[key][:, :state[key].shape[1]].clone() if own[key].dim() > 1 else own[key].clone()
             merged[:n] = state[key][:n]
             state = {**state, key: merged}
-    net.load_state_dict(state)
+    net.load_state_dict(widen_state(state, own))
 
 
 def train(settings: TrainSettings, log=print) -> dict:
@@ -211,10 +214,16 @@ def train(settings: TrainSettings, log=print) -> dict:
     device = training_device(settings.device)
     workers = settings.loader_workers if settings.loader_workers is not None else default_workers(device)
 
+    for flag, n in (("--base-channels", settings.base_channels), ("--max-channels", settings.max_channels)):
+        if n is not None and n < 1:
+            raise UserError(f"{flag} {n}: expected a channel count of at least 1")
     offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
     try:
-        config = dataclasses.replace(preset(settings.arch, offsets), norm=settings.norm,
-                                     extra_outputs=shape_descriptors.CHANNELS if settings.lsd else 0)
+        config = preset(settings.arch, offsets)
+        config = dataclasses.replace(config, norm=settings.norm,
+                                     extra_outputs=shape_descriptors.CHANNELS if settings.lsd else 0,
+                                     base_channels=settings.base_channels or config.base_channels,
+                                     max_channels=settings.max_channels or config.max_channels)
     except ValueError as e:
         raise UserError(str(e)) from None
     if any(p % d for p, d in zip(settings.patch, config.divisor)):
@@ -241,9 +250,15 @@ def train(settings: TrainSettings, log=print) -> dict:
 
         init_path = resolve_model_path(settings.init)
         init_info = read_info(init_path)
-        if dataclasses.replace(init_info.config, extra_outputs=config.extra_outputs) != config:
+        init_config = dataclasses.replace(init_info.config, extra_outputs=config.extra_outputs)
+        same_shape = dataclasses.replace(init_config, base_channels=config.base_channels,
+                                         max_channels=config.max_channels) == config
+        if not same_shape:
             raise UserError(f"--init {settings.init}: its architecture differs from --arch {settings.arch} "
                             f"with these options (aux outputs, norm)")
+        if any(a > b for a, b in zip(init_config.channels, config.channels)):
+            raise UserError(f"--init {settings.init}: its channels {init_config.channels} are wider than "
+                            f"{config.channels} (--base-channels, --max-channels); expected the same or fewer")
         mean, std = init_info.mean, init_info.std  # the network learned on this normalisation
     else:
         all_raw = np.concatenate([p.raw.ravel() for p in pairs]).astype(np.float64) / 255.0
@@ -411,6 +426,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "iterations": done,
         "init": None if init_info is None else {
             "model": settings.init, "command": init_info.provenance.get("command"),
+            "channels": list(init_info.config.channels),
             "iterations": init_info.provenance.get("iterations"),
             "wall_time_s": init_info.provenance.get("wall_time_s")},
         "stopped_by_time_limit": done < settings.iterations,

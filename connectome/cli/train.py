@@ -61,9 +61,13 @@ def add_arguments(parser) -> None:
                         "or split) with this weight, on patches with 3-D labels; 0: off")
     p.add_argument("--norm", choices=("batch", "none"), default="batch",
                    help="BatchNorm while training (folded into the convolutions for inference), or none")
+    p.add_argument("--base-channels", type=int, metavar="N",
+                   help="channels at full resolution, growing by the arch's factor per level (iso 8, aniso 8)")
+    p.add_argument("--max-channels", type=int, metavar="N", help="cap on any level's channels (default 64)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (a shipped name or a .pt path with the same "
-                        "architecture); its input normalisation is kept")
+                        "architecture, or a narrower one: it is widened so that it starts computing the same "
+                        "affinities); its input normalisation is kept")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-every", type=int, default=250, metavar="N")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
@@ -197,6 +201,7 @@ def run(args) -> int:
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
         labels_2d=args.labels_2d, aux=args.aux, lsd=args.lsd, lsd_sigma_nm=args.lsd_sigma,
         lsd_weight=args.lsd_weight, malis_weight=args.malis_weight, norm=args.norm, lr=args.lr, init=args.init,
+        base_channels=args.base_channels, max_channels=args.max_channels,
         val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, loader_workers=args.loader_workers, install=args.install,
         command=_command_line(),

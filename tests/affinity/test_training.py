@@ -201,6 +201,18 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
     assert tuned["provenance"]["init"]["iterations"] == 24
     assert main(["train", "affinities", *common, "--name", "bad", "--out", str(out), "--arch", "aniso"]) == 2
 
+    # a wider network starts from the narrow one (widened) and says so; a narrower one is refused
+    wide = ["--base-channels", "12", "--max-channels", "96"]
+    assert main(["train", "affinities", *common, "--name", "wide", "--out", str(out), *wide]) == 0
+    widened = json.loads((out / "wide.json").read_text())
+    assert widened["architecture"]["base_channels"] == 12 and widened["provenance"]["init"]["channels"] == [8, 24, 64]
+    assert load_model(str(out / "wide.pt"), device="cpu").info.config.channels == (12, 36, 96)
+    narrow = ["--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels", "--iterations", "1",
+              "--patch", "16", "24", "24", "--init", str(out / "wide.pt"), "--name", "narrow", "--out", str(out)]
+    assert main(["train", "affinities", *narrow]) == 2
+    assert main(["train", "affinities", *narrow, *wide[:2], "--max-channels", "0"]) == 2
+    assert not (out / "narrow.pt").exists()
+
 
 def test_training_refuses_validation_sections_in_the_training_set(tmp_path):
     from connectome.affinity.training import TrainSettings, train
