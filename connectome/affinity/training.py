@@ -217,13 +217,19 @@ def train(settings: TrainSettings, log=print) -> dict:
     for flag, n in (("--base-channels", settings.base_channels), ("--max-channels", settings.max_channels)):
         if n is not None and n < 1:
             raise UserError(f"{flag} {n}: expected a channel count of at least 1")
+    init_info = None
+    if settings.init:
+        from connectome.models.registry import read_info, resolve_model_path
+
+        init_info = read_info(resolve_model_path(settings.init))
     offsets = NEAREST_OFFSETS + (AUX_OFFSETS[settings.arch] if settings.aux else ())
     try:
         config = preset(settings.arch, offsets)
+        width = init_info.config if init_info is not None else config  # unless given: the --init model's width
         config = dataclasses.replace(config, norm=settings.norm,
                                      extra_outputs=shape_descriptors.CHANNELS if settings.lsd else 0,
-                                     base_channels=settings.base_channels or config.base_channels,
-                                     max_channels=settings.max_channels or config.max_channels)
+                                     base_channels=settings.base_channels or width.base_channels,
+                                     max_channels=settings.max_channels or width.max_channels)
     except ValueError as e:
         raise UserError(str(e)) from None
     if any(p % d for p, d in zip(settings.patch, config.divisor)):
@@ -244,12 +250,7 @@ def train(settings: TrainSettings, log=print) -> dict:
            if settings.val_raw and settings.val_labels is not None else None)  # both or neither, checked above
     sizes = np.array([p.size for p in pairs], np.float64)
     weights = sampling_weights(sizes, two_d)
-    init_info = None
-    if settings.init:
-        from connectome.models.registry import read_info, resolve_model_path
-
-        init_path = resolve_model_path(settings.init)
-        init_info = read_info(init_path)
+    if init_info is not None:
         init_config = dataclasses.replace(init_info.config, extra_outputs=config.extra_outputs)
         same_shape = dataclasses.replace(init_config, base_channels=config.base_channels,
                                          max_channels=config.max_channels) == config

@@ -207,10 +207,12 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
     widened = json.loads((out / "wide.json").read_text())
     assert widened["architecture"]["base_channels"] == 12 and widened["provenance"]["init"]["channels"] == [8, 24, 64]
     assert load_model(str(out / "wide.pt"), device="cpu").info.config.channels == (12, 36, 96)
-    narrow = ["--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels", "--iterations", "1",
-              "--patch", "16", "24", "24", "--init", str(out / "wide.pt"), "--name", "narrow", "--out", str(out)]
-    assert main(["train", "affinities", *narrow]) == 2
-    assert main(["train", "affinities", *narrow, *wide[:2], "--max-channels", "0"]) == 2
+    again = ["--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels", "--iterations", "1",
+             "--patch", "16", "24", "24", "--init", str(out / "wide.pt"), "--out", str(out)]
+    assert main(["train", "affinities", *again, "--name", "again"]) == 0  # without options: the --init's width
+    assert load_model(str(out / "again.pt"), device="cpu").info.config.channels == (12, 36, 96)
+    assert main(["train", "affinities", *again, "--name", "narrow", "--base-channels", "8", "--max-channels", "64"]) == 2
+    assert main(["train", "affinities", *again, "--name", "narrow", "--max-channels", "0"]) == 2
     assert not (out / "narrow.pt").exists()
 
 
