@@ -28,7 +28,10 @@ def can_widen(narrow: dict[str, torch.Tensor], wide: dict[str, torch.Tensor]) ->
 
 def widen_state(narrow: dict[str, torch.Tensor], wide: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`wide` (a fresh network's state) with `narrow` in its leading slices and zero weights on the extra
-    input channels of every convolution; check `can_widen` first."""
+    input channels of every convolution."""
+    key = can_widen(narrow, wide)
+    if key is not None:
+        raise ValueError(f"widen_state: {key} does not fit the wider network (another architecture?)")
     out = {}
     for key, fresh in wide.items():
         old = narrow[key]

@@ -46,3 +46,5 @@ def test_a_wider_or_differently_shaped_state_does_not_fit():
     narrow, wide = UNet(preset("iso")), UNet(dataclasses.replace(preset("iso"), base_channels=12))
     assert can_widen(wide.state_dict(), narrow.state_dict()) is not None
     assert can_widen(UNet(preset("aniso")).state_dict(), wide.state_dict()) is not None
+    with pytest.raises(ValueError, match="does not fit"):
+        widen_state(wide.state_dict(), narrow.state_dict())
