@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--norm", choices=("batch", "none"), default="batch",
                    help="BatchNorm while training (folded into the convolutions for inference), or none")
     p.add_argument("--base-channels", type=int, metavar="N",
-                   help="channels at full resolution, growing by the arch's factor per level (iso 8, aniso 8)")
+                   help="channels at full resolution, growing by the arch's factor per level (default 8)")
     p.add_argument("--max-channels", type=int, metavar="N", help="cap on any level's channels (default 64)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (a shipped name or a .pt path with the same "
