@@ -7,6 +7,7 @@ import sys
 import time
 
 from connectome.affinity.stages import AffinitiesStage
+from connectome.alignment.section_order import checked_order, order_report, order_warning
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
@@ -46,13 +47,17 @@ def segmentation_config(
     tta: int | None = None,
     precision: str = "auto",
     min_segment_voxels: int | None = None,
+    section_order: str = "auto",
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
     nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments. `tta` > 1 averages
     the affinities of that many flipped copies of each block (test-time augmentation; default: the model's).
     `min_segment_voxels`: segments under this size whose bounding box fits the model's `max_extent` join the
-    neighbour they touch most after the merge (default: the model's; 0: none)."""
+    neighbour they touch most after the merge (default: the model's; 0: none). `section_order`
+    (`connectome.alignment.section_order`): serial sections stored out of order are segmented in the order
+    recovered from the images (auto: where most stored neighbours are not neighbours; recover: always; keep:
+    never), the segmentation written in the stored order."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
@@ -80,8 +85,19 @@ def segmentation_config(
         absorb["min_voxels"] = min_segment_voxels
     if not absorb.get("min_voxels"):
         absorb = {}  # relabel's defaults, and its fingerprint from before the option
+    order = checked_order(absolute(raw), voxel_size, section_order)
+    sections: dict = {}  # the reorder stages' params, where the run segments in the recovered order
+    if order is not None and order.recovered:
+        if mask:
+            raise UserError(f"--mask {mask}: the sections of {raw} look out of order, and a mask is not reordered "
+                            "with them; give --section-order keep, or reorder the raw volume and the mask first")
+        print(order_warning(raw, order, "segmenting in the recovered order, the segmentation is written in the "
+                                        "stored order"), file=sys.stderr, flush=True)
+        sections = {"order": list(order.order)}
+    reorder = bool(sections)
     stages = [
-        StageConfig(stage="affinities", params={
+        *([StageConfig(stage="reorder_sections", params=sections)] if reorder else []),
+        StageConfig(stage="affinities", inputs={"raw": "ordered_raw"} if reorder else {}, params={
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
             **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {})}),
         *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
@@ -89,7 +105,10 @@ def segmentation_config(
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
         StageConfig(stage="relabel", params={"threshold": threshold,
-                                              "scoring": "mean" if scoring == "learned" else scoring, **absorb}),
+                                              "scoring": "mean" if scoring == "learned" else scoring, **absorb},
+                    outputs={"segmentation": "ordered_segmentation"} if reorder else {}),
+        *([StageConfig(stage="restore_section_order", params=sections, inputs={"ordered": "ordered_segmentation"},
+                       outputs={"restored": "segmentation"})] if reorder else []),
     ]
     return RunConfig(
         input=absolute(raw),
@@ -125,6 +144,7 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
+        **order_report(config.stages),
     }
 
 

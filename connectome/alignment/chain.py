@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
+from connectome.alignment.section_order import checked_order, order_report, order_warning
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
@@ -14,15 +16,26 @@ from connectome.engine.plan import Plan, check_plan_resumable, execute, plan_run
 
 def alignment_config(raw: str, out_dir: str, block_shape=(16, 512, 512), chunk_shape=None, voxel_size=None,
                      cluster: ClusterConfig | None = None, match: dict | None = None,
-                     solve: dict | None = None) -> RunConfig:
-    """A RunConfig for the alignment chain; `match` and `solve` are the two stages' parameters."""
+                     solve: dict | None = None, section_order: str = "auto") -> RunConfig:
+    """A RunConfig for the alignment chain; `match` and `solve` are the two stages' parameters. Sections stored
+    out of order (`section_order`: see `connectome.alignment.section_order`) are aligned, and the aligned volume
+    written, in the order recovered from the images."""
+    order = checked_order(absolute(raw), voxel_size, section_order)
+    reorder: list[StageConfig] = []
+    if order is not None and order.recovered:
+        print(order_warning(raw, order, "aligning in the recovered order, the aligned volume is written in it"),
+              file=sys.stderr, flush=True)
+        reorder = [StageConfig(stage="reorder_sections", params={"order": list(order.order)})]
+    ordered = {"raw": "ordered_raw"} if reorder else {}
     return RunConfig(
         input=absolute(raw),
         output=os.path.abspath(out_dir),
         voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=[StageConfig(stage="align_match", params=match or {}), StageConfig(stage="align", params=solve or {})],
+        stages=[*reorder,
+                StageConfig(stage="align_match", params=match or {}, inputs=ordered),
+                StageConfig(stage="align", params=solve or {}, inputs=ordered)],
     )
 
 
@@ -52,4 +65,5 @@ def run_alignment(plan: Plan, client, overwrite: bool = False, progress: bool = 
         "patches_searched_again": solve.get("patches_searched_again", 0),
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
+        **order_report(plan.config.stages),
     }

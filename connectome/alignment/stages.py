@@ -26,10 +26,11 @@ from connectome.alignment.contrast import LevelsStep, equalize, stretch
 from connectome.alignment.defects import REGION_FLAG, SECTION_FLAG
 from connectome.alignment.mesh import interpolate
 from connectome.alignment.patches import PatchSettings, SectionPair, match_sections, node_axis
+from connectome.alignment.section_order import positions
 from connectome.alignment.solve_step import MATCHES_FORMAT, SolveSettings, SolveStep
 from connectome.alignment.warp import source_positions, warp_section
 from connectome.core.errors import UserError
-from connectome.core.geometry import Block, Context
+from connectome.core.geometry import Block, Box, Context
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.io import Volume, VolumeMeta
@@ -241,3 +242,68 @@ class SectionNormalizeStage(BlockStage[SectionNormalizeParams]):
             out[i] = np.rint(unit[inner[1], inner[2]] * 255)
         volumes["normalized_sections"].write(block.write_box, out)
         return {}
+
+
+class SectionPermutationParams(StageParams):
+    order: tuple[int, ...] = Field(description="stored index of each section, physical first to last "
+                                               "(`section_order`)")
+
+
+class _SectionPermutation(BlockStage[SectionPermutationParams]):
+    """Write each section of the write box from one section of the input (`sources`)."""
+
+    Params = SectionPermutationParams
+    source: str
+    target: str
+
+    def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
+        m = inputs[self.source]
+        return {self.target: OutputSpec(dtype=m.dtype.name, channels=m.channels)}
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        n = inputs[self.source].shape[0]
+        if sorted(self.params.order) != list(range(n)):
+            raise UserError(f"stage {self.name!r}: params.order must hold each of the {n} sections of "
+                            f"{self.input_addresses[self.source]} once; found {len(self.params.order)} entries")
+
+    def sources(self) -> np.ndarray:
+        """The input section of each output section."""
+        raise NotImplementedError
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        w = block.write_box
+        src = volumes[self.source]
+        lead = (src.meta.channels,) if src.meta.channels else ()
+        out = np.empty(lead + tuple(w.shape), src.meta.dtype)
+        for i, z in enumerate(self.sources()[w.offset[0]:w.end[0]].tolist()):
+            section = src.read(Box.from_corners((z, w.offset[1], w.offset[2]), (z + 1, *w.end[1:])))
+            out[..., i:i + 1, :, :] = section
+        volumes[self.target].write(w, out)
+        return {}
+
+
+@register
+class ReorderSectionsStage(_SectionPermutation):
+    """The raw volume with its sections in their physical order (`connectome.alignment.section_order`)."""
+
+    name = "reorder_sections"
+    inputs = (Input("raw"),)
+    outputs = (Output("ordered_raw"),)
+    source, target = "raw", "ordered_raw"
+
+    def sources(self) -> np.ndarray:
+        return np.asarray(self.params.order, np.int64)
+
+
+@register
+class RestoreSectionOrderStage(_SectionPermutation):
+    """A volume computed in the physical order (`reorder_sections`) put back in the stored order."""
+
+    name = "restore_section_order"
+    inputs = (Input("ordered"),)
+    outputs = (Output("restored"),)
+    source, target = "ordered", "restored"
+
+    def sources(self) -> np.ndarray:
+        return positions(self.params.order)

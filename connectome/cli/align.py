@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.segment import add_section_order_option
 
 
 def add_arguments(parser) -> None:
@@ -29,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--refine", action="store_true",
                         help="refine each pair's fit on intensities over the whole overlap and search again the "
                              "patches that disagree with it (slower: about 12 s per 1024^2 section on one core)")
+    add_section_order_option(parser, "align them in the order recovered from the images and write the aligned "
+                                     "volume in it", "auto")
     add_run_options(parser)
 
 
@@ -40,7 +43,8 @@ def run(args) -> int:
     cluster = cluster_settings(args)
     config = alignment_config(args.raw, args.out_dir, args.block_shape, args.chunk_shape, args.voxel_size, cluster,
                               match={"patch": args.patch, "stride": args.stride, "search": args.search},
-                              solve={"model": args.model, **({"refine": True} if args.refine else {})})
+                              solve={"model": args.model, **({"refine": True} if args.refine else {})},
+                              section_order=args.section_order)
     plan = plan_alignment(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with open_client(cluster, quiet=args.json) as client:

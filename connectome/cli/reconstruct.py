@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
-from connectome.cli.segment import add_min_segment_option
+from connectome.cli.segment import add_min_segment_option, add_section_order_option
 
 
 def add_arguments(parser) -> None:
@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the models on data whose voxel size differs from theirs")
     add_min_segment_option(parser)
+    add_section_order_option(parser)
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")
@@ -40,7 +41,7 @@ def run(args) -> int:
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                  args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
-                                 min_segment_voxels=args.min_segment_voxels)
+                                 min_segment_voxels=args.min_segment_voxels, section_order=args.section_order or "auto")
     config = config.model_copy(update={"stages": config.stages + synapse_stages(
         args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types)})
     plan = plan_segmentation(config, args.overwrite)

@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
                              "block (1 = none; 4 = plain, x, y and z flips: N times the prediction time; default: "
                              "the model's validated value)")
     add_min_segment_option(parser)
+    add_section_order_option(parser)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -76,6 +77,16 @@ def add_min_segment_option(parser) -> None:
                              "the neighbour they touch most (0 = none; default: the model's validated value)")
 
 
+def add_section_order_option(parser, effect: str = "segment in the order recovered from the images and write the "
+                             "segmentation in the stored order", default: str | None = None) -> None:
+    """`--section-order`, for the commands that take serial sections (`effect`: what they do when reordering)."""
+    parser.add_argument("--section-order", choices=["auto", "keep", "recover"], default=default,
+                        help=f"serial sections stored out of their physical order: {effect} (auto, the default: when "
+                             "fewer than half of the stored neighbours are neighbours in that order, checked for a z "
+                             "voxel at least twice the in-plane one and up to 2048 sections; recover: always; keep: "
+                             "never)")
+
+
 def run(args) -> int:
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
@@ -92,7 +103,8 @@ def run(args) -> int:
                                  args.threshold, args.voxel_size, cluster, args.scoring,
                                  allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
                                  mask=args.mask, tta=args.tta, precision=args.precision or "auto",
-                                 min_segment_voxels=args.min_segment_voxels)
+                                 min_segment_voxels=args.min_segment_voxels,
+                                 section_order=args.section_order or "auto")
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
@@ -116,6 +128,8 @@ def _run_ffn(args) -> int:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
     if args.min_segment_voxels is not None:
         raise UserError(f"--min-segment-voxels {args.min_segment_voxels}: for --method affinities, not ffn")
+    if args.section_order is not None:
+        raise UserError(f"--section-order {args.section_order}: for --method affinities, not ffn")
     if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
         raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
     if args.ffn_step_budget is not None and not args.ffn_step_budget >= 0:

@@ -1,0 +1,224 @@
+"""Serial sections stored out of their physical order: the order recovered from the images.
+
+Neighbouring sections of a stack look alike (at 40-50 nm the same neurites cross both); sections far apart
+do not. Each section is reduced to a small image (a central window, smoothed and subsampled, zero mean,
+tapered, unit norm), two sections' similarity is the greatest correlation of their images over shifts of up
+to a fifth of the window (sections not yet aligned compare too), and the recovered order is the path through
+all sections whose neighbours are most alike: greedy paths, each improved by 2-opt, the stored order among
+the starts. The stored order is kept unless fewer than half of
+its neighbouring pairs are neighbours in the recovered one (`RECOVER_BELOW`) and the recovered neighbours are
+clearly more alike (`CLEARLY_BETTER`), so a stack in order, one with a blank or damaged section the path would
+rather put at an end, or one misaligned beyond the search, is left as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.signal.windows import tukey
+
+from connectome.core.geometry import Box
+from connectome.io import Volume
+
+WINDOW = 512  # pixels (y and x) of each section's centre that are compared
+SIDE = 64  # the window is smoothed and subsampled to about this many pixels a side
+TAPER = 0.5  # Tukey taper of the subsampled window's edges (fraction tapered)
+RADIUS = 20  # shifts (subsampled pixels, y and x) searched: up to 160 pixels for a 512-pixel window
+RECOVER_BELOW = 0.5  # `auto` recovers the order when fewer of the stored neighbour pairs stay neighbours
+CLEARLY_BETTER = 0.6  # ... and the stored neighbours' median similarity is below this share of the recovered ones'
+MAX_SECTIONS = 2048  # `auto` checks stacks up to this many sections (the similarities are n x n)
+MODES = ("auto", "keep", "recover")
+
+
+@dataclass(frozen=True)
+class SectionOrder:
+    """The recovered order (stored indices, physical first to last), how well the stored order agrees with
+    it, and whether to segment in it (`recovered`)."""
+
+    order: tuple[int, ...]
+    kept_pairs: float  # fraction of the stored neighbour pairs that are neighbours in `order`
+    stored_similarity: float  # median similarity of stored neighbours
+    recovered_similarity: float  # median similarity of neighbours in `order`
+    recovered: bool
+
+    def to_json(self) -> dict:
+        return {"order": "recovered" if self.recovered else "stored", "kept_pairs": round(self.kept_pairs, 3),
+                "stored_similarity": round(self.stored_similarity, 3),
+                "recovered_similarity": round(self.recovered_similarity, 3),
+                **({"sections": list(self.order)} if self.recovered else {})}
+
+
+def positions(order) -> np.ndarray:
+    """The position in `order` of each stored section (the inverse permutation)."""
+    order = np.asarray(order, np.int64)
+    out = np.empty(len(order), np.int64)
+    out[order] = np.arange(len(order))
+    return out
+
+
+def section_images(volume: Volume, window: int = WINDOW, side: int = SIDE, batch: int = 16) -> np.ndarray:
+    """(sections, h, w): each section's central window, smoothed and subsampled to about `side` pixels,
+    zero mean, tapered at its edges (Tukey), unit norm (a blank section gives zeros)."""
+    z, y, x = volume.meta.shape
+    wy, wx = min(window, y), min(window, x)
+    f = max(1, round(min(wy, wx) / side))
+    y0, x0 = (y - wy) // 2, (x - wx) // 2
+    taper = None
+    out = []
+    for z0 in range(0, z, batch):
+        z1 = min(z, z0 + batch)
+        data = volume.read(Box.from_corners((z0, y0, x0), (z1, y0 + wy, x0 + wx))).astype(np.float32)
+        if f > 1:
+            data = ndimage.gaussian_filter(data, (0, f / 2, f / 2))[:, f // 2::f, f // 2::f]
+        if taper is None:
+            taper = np.outer(tukey(data.shape[1], TAPER), tukey(data.shape[2], TAPER)).astype(np.float32)
+        data = (data - data.mean(axis=(1, 2), keepdims=True)) * taper
+        norm = np.linalg.norm(data.reshape(z1 - z0, -1), axis=1)[:, None, None]
+        out.append(data / np.where(norm > 0, norm, 1.0))
+    return np.concatenate(out)
+
+
+def similarity(images: np.ndarray, radius: int = RADIUS) -> np.ndarray:
+    """(sections, sections): the greatest correlation of two sections' images over shifts of up to `radius`
+    pixels in y and x (FFT cross-correlation), so sections not yet aligned still compare."""
+    n, h, w = images.shape
+    shape = (h + radius, w + radius)  # padded: a shift within the radius does not wrap
+    spectra = np.fft.rfft2(images, s=shape)
+    near = np.r_[0:radius + 1, shape[0] - radius:shape[0]], np.r_[0:radius + 1, shape[1] - radius:shape[1]]
+    out = np.zeros((n, n))
+    for a in range(n):
+        corr = np.fft.irfft2(spectra[a][None] * np.conj(spectra[a:]), s=shape)
+        best = corr[:, near[0]][:, :, near[1]].reshape(n - a, -1).max(axis=1)
+        out[a, a:] = out[a:, a] = best
+    return out
+
+
+def path_cost(order: np.ndarray, dist: np.ndarray) -> float:
+    return float(dist[order[:-1], order[1:]].sum())
+
+
+def greedy_path(start: int, dist: np.ndarray) -> np.ndarray:
+    """From `start`, always on to the nearest section not yet on the path."""
+    n = dist.shape[0]
+    used = np.zeros(n, bool)
+    order = np.empty(n, np.int64)
+    order[0], used[start] = start, True
+    for k in range(1, n):
+        nxt = int(np.argmin(np.where(used, np.inf, dist[order[k - 1]])))
+        order[k], used[nxt] = nxt, True
+    return order
+
+
+def two_opt(order: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Reverse stretches of the open path while one shortens it (for each start, the best end at once)."""
+    p = np.array(order, np.int64)
+    n = len(p)
+    improved = n > 2
+    while improved:
+        improved = False
+        for i in range(n - 1):  # reverse p[i..j]: its outer edges (p[i-1], p[i]) and (p[j], p[j+1]) change
+            j = np.arange(i + 1, n)
+            after = p[np.minimum(j + 1, n - 1)]
+            last = j == n - 1
+            old = np.where(last, 0.0, dist[p[j], after])
+            new = np.where(last, 0.0, dist[p[i], after])
+            if i > 0:
+                old = old + dist[p[i - 1], p[i]]
+                new = new + dist[p[i - 1], p[j]]
+            gain = old - new
+            k = int(np.argmax(gain))
+            if gain[k] > 1e-9:
+                p[i:j[k] + 1] = p[i:j[k] + 1][::-1].copy()
+                improved = True
+    return p
+
+
+def plausible_neighbours(similarity: np.ndarray, rank: int = 3) -> float:
+    """Fraction of the stored neighbour pairs (z, z + 1) where z + 1 is among the `rank` sections most like z."""
+    n = similarity.shape[0]
+    if n < 2:
+        return 1.0
+    sim = np.where(np.eye(n, dtype=bool), -np.inf, similarity)
+    top = np.argsort(-sim, axis=1)[:, :rank]
+    return float(np.mean((top[:-1] == np.arange(1, n)[:, None]).any(axis=1)))
+
+
+def recover_order(similarity: np.ndarray, budget: int = 16384) -> np.ndarray:
+    """The path of greatest neighbour similarity: the stored order and, unless nine in ten of its
+    neighbours are plausible already (`plausible_neighbours`), greedy paths from up to 64 sections
+    (fewer for long stacks: `budget` / sections), each improved by 2-opt; the best, oriented to run with
+    the stored order."""
+    n = similarity.shape[0]
+    if n < 3:
+        return np.arange(n)
+    dist = 1.0 - similarity
+    candidates = [np.arange(n)]
+    if plausible_neighbours(similarity) < 0.9:
+        starts = max(4, min(64, budget // n))
+        candidates += [greedy_path(int(s), dist) for s in np.unique(np.linspace(0, n - 1, starts).round().astype(int))]
+    best = min((two_opt(c, dist) for c in candidates), key=lambda p: path_cost(p, dist))
+    return best if np.corrcoef(np.arange(n), best)[0, 1] >= 0 else best[::-1]
+
+
+def kept_pairs(order: np.ndarray) -> float:
+    """Fraction of the stored neighbour pairs (z, z + 1) that are neighbours in `order`."""
+    if len(order) < 2:
+        return 1.0
+    position = positions(order)
+    return float(np.mean(np.abs(position[1:] - position[:-1]) == 1))
+
+
+def section_order(volume: Volume, mode: str = "auto") -> SectionOrder:
+    """The recovered order of `volume`'s sections, recovered (worked in) where `mode` says: `recover` always,
+    `auto` where fewer than `RECOVER_BELOW` of the stored neighbour pairs are neighbours in it and its neighbours
+    are clearly more alike than the stored ones (`CLEARLY_BETTER`; sections misaligned by more than the search
+    radius look alike to none, and their stack is left as it is)."""
+    sim = similarity(section_images(volume))
+    order = recover_order(sim)
+    kept = kept_pairs(order)
+    n = len(order)
+    stored = float(np.median(np.diagonal(sim, 1))) if n > 1 else 1.0
+    found = float(np.median(sim[order[:-1], order[1:]])) if n > 1 else 1.0
+    changed = not np.array_equal(order, np.arange(n))
+    clear = kept < RECOVER_BELOW and stored < CLEARLY_BETTER * found
+    recovered = changed and (mode == "recover" or (mode == "auto" and clear))
+    return SectionOrder(tuple(int(v) for v in order), kept, stored, found, recovered)
+
+
+def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder | None:
+    """`section_order` of the raw volume at `address` for a run (segment, align), or None where it is not checked:
+    `mode` keep; under `auto`, a volume that is not serial sections (z voxel under twice the in-plane one, or
+    the voxel size unknown) or has more than MAX_SECTIONS sections."""
+    from connectome.core.errors import UserError
+    from connectome.io import open_volume
+
+    if mode not in MODES:
+        raise UserError(f"--section-order {mode}: expected one of {', '.join(MODES)}")
+    if mode == "keep":
+        return None
+    volume = open_volume(address)
+    meta = volume.meta
+    size = voxel_size if voxel_size is not None else (meta.voxel_size if meta.voxel_size_known else None)
+    if mode == "auto" and (size is None or float(size[0]) < 2 * min(float(size[1]), float(size[2]))
+                           or meta.shape[0] > MAX_SECTIONS):
+        return None
+    return section_order(volume, mode)
+
+
+def order_warning(address: str, order: SectionOrder, what: str) -> str:
+    """The one line that says a run works in the recovered order, and what it does with it (`what`)."""
+    return (f"connectome: warning: the sections of {address} look out of order (only {order.kept_pairs:.0%} of "
+            f"neighbouring sections are neighbours in the order recovered from the images; neighbour similarity "
+            f"{order.stored_similarity:.2f} as stored, {order.recovered_similarity:.2f} recovered): {what} "
+            "(--section-order keep: as stored)")
+
+
+def order_report(stages) -> dict:
+    """`{"section_order": {"order": "recovered", "sections": [...]}}` for a run whose stages (StageConfig) reorder
+    its sections, else {}."""
+    for stage in stages:
+        if stage.stage == "reorder_sections":
+            return {"section_order": {"order": "recovered", "sections": list(stage.params["order"])}}
+    return {}

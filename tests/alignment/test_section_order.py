@@ -1,0 +1,183 @@
+"""Sections stored out of their physical order: recovered from the images (real stacks), left alone when in
+order, and undone by `connectome segment` (segmented in the recovered order, written in the stored one)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from connectome.alignment.section_order import (
+    checked_order,
+    kept_pairs,
+    positions,
+    recover_order,
+    section_order,
+)
+from connectome.cli.main import main
+from connectome.core.errors import UserError
+from connectome.io import open_volume
+
+from conftest import data_file
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _npz(path, **arrays) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _neighbours(order) -> set[frozenset[int]]:
+    return {frozenset((int(a), int(b))) for a, b in zip(order[:-1], order[1:])}
+
+
+def test_a_shuffled_line_of_200_comes_back_in_order():
+    rng = np.random.default_rng(3)
+    n = 200
+    truth = rng.permutation(n)  # stored section s lies at physical position truth[s]
+    at = truth.astype(float)
+    similarity = np.exp(-np.abs(at[:, None] - at[None, :]) / 3.0) + rng.normal(0, 0.01, (n, n))
+    similarity = (similarity + similarity.T) / 2
+    order = recover_order(similarity)
+    assert _neighbours(order) == _neighbours(np.argsort(truth))
+    assert kept_pairs(order) < 0.1
+    assert np.array_equal(positions(order)[order], np.arange(n))
+
+
+def test_the_real_cremi_crop_stored_out_of_order_is_recovered():
+    with np.load(data_file("cremi_sstem_crop/cremi_train.npz")) as f:
+        ids = f["neuron_ids"]
+    order = section_order(open_volume(f"{data_file('cremi_sstem_crop/cremi_train.npz')}#raw"))
+    assert order.recovered and order.kept_pairs < 0.2
+    # the labels agree: neighbours in the recovered order share a neuron id on most voxels, as stored they do not
+    same = [np.mean((ids[a] == ids[b]) & (ids[a] != 0)) for a, b in zip(order.order[:-1], order.order[1:])]
+    stored = [np.mean((ids[z] == ids[z + 1]) & (ids[z] != 0)) for z in range(len(ids) - 1)]
+    assert np.mean(same) > 0.75 and np.mean(stored) < 0.3, (np.mean(same), np.mean(stored))
+
+
+@pytest.mark.parametrize("relative, key", [("isbi2012/isbi2012.npz", "train_raw"), ("isbi2012/isbi2012.npz", "test_raw"),
+                                           ("drosophila_vnc_sstem/vnc_stack1.npz", "raw")])
+def test_real_stacks_in_order_are_left_alone(relative, key):
+    order = section_order(open_volume(f"{data_file(relative)}#{key}"))
+    assert not order.recovered and order.kept_pairs == 1.0
+    assert order.order == tuple(range(len(order.order)))
+
+
+def test_a_blank_section_in_an_ordered_stack_does_not_reorder_it(tmp_path):
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        raw = f["train_raw"][:12].copy()
+    raw[5] = 0
+    order = section_order(open_volume(_npz(tmp_path / "blank.npz", raw=raw) + "#raw"))
+    assert not order.recovered and order.kept_pairs >= 0.8
+
+
+def test_which_volumes_are_checked(tmp_path):
+    address = _npz(tmp_path / "v.npz", raw=np.zeros((4, 64, 64), np.uint8)) + "#raw"
+    assert checked_order(address, (40, 4, 4), "keep") is None
+    assert checked_order(address, (10, 10, 10), "auto") is None  # not serial sections
+    assert checked_order(address, (10, 10, 10), "recover") is not None
+    assert checked_order(address, (40, 4, 4), "auto") is not None
+    with pytest.raises(UserError, match="--section-order sideways: expected one of auto, keep, recover"):
+        checked_order(address, (40, 4, 4), "sideways")
+
+
+def _segment(capsys, raw, out, *extra):
+    code = main(["segment", raw, str(out), "--model", "sstem", "--voxel-size", "50", "4", "4", "--tta", "1",
+                 "--block-shape", "8", "256", "256", "--workers", "2", "--no-progress", "--json", *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+def _read(address):
+    volume = open_volume(address)
+    return volume.read(volume.box)
+
+
+def test_segment_undoes_a_shuffle_exactly_and_resumes(tmp_path, capsys):
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        ordered = f["train_raw"][:8]
+    stored_at = np.array([0, 5, 2, 1, 6, 3, 7, 4])  # stored section s is physical section stored_at[s]
+    shuffled = np.empty_like(ordered)
+    shuffled[np.arange(8)] = ordered[stored_at]
+    a = _npz(tmp_path / "a.npz", ordered=ordered, shuffled=shuffled)
+
+    plain, err = _segment(capsys, a + "#ordered", tmp_path / "ordered")
+    assert "section_order" not in plain and "out of order" not in err
+    fixed, err = _segment(capsys, a + "#shuffled", tmp_path / "fixed")
+    assert "look out of order" in err and err.count("\n") == 1
+    assert fixed["section_order"] == {"order": "recovered", "sections": np.argsort(stored_at).tolist()}
+    assert [s["stage"] for s in fixed["stages"]][0] == "reorder_sections"
+    assert [s["stage"] for s in fixed["stages"]][-1] == "restore_section_order"
+    seg = _read(fixed["segmentation"])
+    # the same run as on the ordered sections, each written back where its section is stored
+    assert np.array_equal(seg, _read(plain["segmentation"])[stored_at])
+    assert seg.shape == shuffled.shape and (seg != 0).mean() > 0.5
+
+    again, _ = _segment(capsys, a + "#shuffled", tmp_path / "fixed")
+    assert all(s["ran"] == 0 for s in again["stages"]), again["stages"]
+
+    kept, err = _segment(capsys, a + "#shuffled", tmp_path / "kept", "--section-order", "keep")
+    assert "section_order" not in kept and "out of order" not in err
+    assert not np.array_equal(_read(kept["segmentation"]), seg)
+
+
+def test_a_mask_with_sections_out_of_order_is_refused(tmp_path, capsys):
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        shuffled = f["train_raw"][[0, 5, 2, 1, 6, 3, 7, 4]]
+    a = _npz(tmp_path / "a.npz", raw=shuffled, mask=np.zeros_like(shuffled))
+    code = main(["segment", a + "#raw", str(tmp_path / "out"), "--model", "sstem", "--voxel-size", "50", "4", "4",
+                 "--mask", a + "#mask", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "a mask is not reordered with them; give --section-order keep" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_align_works_in_the_recovered_order(tmp_path, capsys):
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        ordered = f["train_raw"][:8, 128:384, 128:384]
+    stored_at = np.array([0, 4, 1, 5, 2, 6, 3, 7])  # no stored neighbours are physical ones; runs with the stored order
+    a = _npz(tmp_path / "a.npz", ordered=ordered, shuffled=ordered[stored_at])
+    runs = {}
+    for key in ("ordered", "shuffled"):
+        code = main(["align", f"{a}#{key}", str(tmp_path / key), "--voxel-size", "50", "4", "4", "--block-shape", "8",
+                     "256", "256", "--patch", "64", "--stride", "64", "--search", "32", "--workers", "2",
+                     "--no-progress", "--json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        runs[key] = json.loads(captured.out.strip().splitlines()[-1]), captured.err
+    (plain, plain_err), (fixed, fixed_err) = runs["ordered"], runs["shuffled"]
+    assert "section_order" not in plain and "out of order" not in plain_err
+    assert "aligning in the recovered order" in fixed_err
+    assert fixed["section_order"]["sections"] == np.argsort(stored_at).tolist()
+    # the same alignment as of the ordered sections, and the flags of the same sections
+    assert np.array_equal(_read(fixed["aligned"]), _read(plain["aligned"]))
+    assert fixed["flagged_sections"] == plain["flagged_sections"]
+
+
+def test_ffn_refuses_the_option(tmp_path, capsys):
+    a = _npz(tmp_path / "a.npz", raw=np.zeros((4, 32, 32), np.uint8))
+    code = main(["segment", a + "#raw", str(tmp_path / "out"), "--method", "ffn", "--section-order", "keep",
+                 "--voxel-size", "10", "10", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--section-order keep: for --method affinities, not ffn" in err
+
+
+def test_an_ordered_stack_misaligned_beyond_the_search_is_kept(tmp_path):
+    from scipy import ndimage
+
+    with np.load(data_file("cremi_sstem_crop/cremi_train.npz")) as f:
+        raw = f["raw"]
+    physical = raw[list(section_order(open_volume(f"{data_file('cremi_sstem_crop/cremi_train.npz')}#raw")).order)]
+    rng = np.random.default_rng(0)
+    moved = np.stack([ndimage.shift(ndimage.rotate(s.astype(np.float32), rng.uniform(-2, 2), reshape=False, order=1,
+                                                   mode="reflect"), rng.uniform(-60, 60, 2), order=1, mode="reflect")
+                      for s in physical]).clip(0, 255).astype(np.uint8)
+    order = section_order(open_volume(_npz(tmp_path / "moved.npz", raw=moved) + "#raw"))
+    # 250-pixel sections moved by up to 60 px: beyond the 48-px search, no order is clearly better than the stored one
+    assert order.kept_pairs < 0.5 and not order.recovered
+    shuffled = section_order(open_volume(_npz(tmp_path / "mixed.npz", raw=moved[rng.permutation(len(moved))]) + "#raw"))
+    assert shuffled.recovered
