@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from connectome.affinity import lsd as shape_descriptors
 from connectome.affinity.malis import malis_loss
 from connectome.affinity.targets import affinities_from_labels, balance_weights
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, CHAIN, voi_over_thresholds
+from connectome.alignment.section_order import order_warning, section_order, serial_sections
 from connectome.core.errors import UserError
 from connectome.core.machine import cpu_name
 from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, model_context, save_model
@@ -88,7 +90,26 @@ class TrainSettings:
     threads: int = 2
     loader_workers: int | None = None  # processes that make the batches (`training.loader`); None: by device
     install: bool = False  # copy the best weights + json into connectome/models/weights/
+    section_order: str = "auto"  # volumes with 3-D labels stored out of order: train in the recovered order
     command: str = ""
+
+
+def in_section_order(pair: Pair, settings: TrainSettings, voxel_size, reordered: dict) -> Pair:
+    """`pair` (3-D labels) with its sections, and its labels', in the order recovered from its images where
+    `settings.section_order` says (`connectome.alignment.section_order`; auto: serial sections only); the
+    order goes into `reordered` (address -> stored index of each section)."""
+    mode = settings.section_order
+    if settings.labels_2d or mode == "keep" or (mode == "auto" and not serial_sections(voxel_size)):
+        return pair
+    order = section_order(pair.raw, mode)
+    if not order.recovered:
+        return pair
+    print(order_warning(pair.raw_address, order, "training on it in the recovered order, its labels with it"),
+          file=sys.stderr, flush=True)
+    reordered[pair.raw_address] = list(order.order)
+    sections = list(order.order)
+    return Pair(pair.raw_address, pair.labels_address, np.ascontiguousarray(pair.raw[sections]),
+                np.ascontiguousarray(pair.labels[sections]))
 
 
 def augment_config(arch: str) -> AugmentConfig:
@@ -271,6 +292,10 @@ def train(settings: TrainSettings, log=print) -> dict:
         from connectome.io import open_volume
 
         voxel_size = open_volume(parse_address(settings.raw[0])[0]).meta.voxel_size
+    reordered: dict[str, list[int]] = {}
+    pairs = [in_section_order(p, settings, voxel_size, reordered) if not flat else p
+             for p, flat in zip(pairs, two_d)]
+    val = in_section_order(val, settings, voxel_size, reordered) if val is not None else None
 
     net = UNet(config)
     if init_info is not None:
@@ -398,7 +423,7 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     evaluations = []
     for r, l in zip(settings.eval_raw, settings.eval_labels):
-        pair = load_pair(r, l)
+        pair = in_section_order(load_pair(r, l), settings, voxel_size, reordered)
         net.eval()
         scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d,
                             settings.arch == "aniso")
@@ -422,7 +447,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         "data": {"train": [{"raw": r, "labels": l} for r, l in zip(settings.raw, settings.labels)]
                  + [{"raw": r, "labels": l, "labels_per_section": True}
                     for r, l in zip(settings.section_raw, settings.section_labels)],
-                 "validation": {"raw": settings.val_raw, "labels": settings.val_labels} if val else None},
+                 "validation": {"raw": settings.val_raw, "labels": settings.val_labels} if val else None,
+                 **({"section_order": reordered} if reordered else {})},
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("command",)},
         "iterations": done,
         "init": None if init_info is None else {

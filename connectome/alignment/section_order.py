@@ -58,10 +58,11 @@ def positions(order) -> np.ndarray:
     return out
 
 
-def section_images(volume: Volume, window: int = WINDOW, side: int = SIDE, batch: int = 16) -> np.ndarray:
-    """(sections, h, w): each section's central window, smoothed and subsampled to about `side` pixels,
-    zero mean, tapered at its edges (Tukey), unit norm (a blank section gives zeros)."""
-    z, y, x = volume.meta.shape
+def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int = SIDE, batch: int = 16) -> np.ndarray:
+    """(sections, h, w): each section's central window (of a volume or an array in memory), smoothed and
+    subsampled to about `side` pixels, zero mean, tapered at its edges (Tukey), unit norm (a blank section
+    gives zeros)."""
+    z, y, x = volume.shape if isinstance(volume, np.ndarray) else volume.meta.shape
     wy, wx = min(window, y), min(window, x)
     f = max(1, round(min(wy, wx) / side))
     y0, x0 = (y - wy) // 2, (x - wx) // 2
@@ -69,7 +70,8 @@ def section_images(volume: Volume, window: int = WINDOW, side: int = SIDE, batch
     out = []
     for z0 in range(0, z, batch):
         z1 = min(z, z0 + batch)
-        data = volume.read(Box.from_corners((z0, y0, x0), (z1, y0 + wy, x0 + wx))).astype(np.float32)
+        box = Box.from_corners((z0, y0, x0), (z1, y0 + wy, x0 + wx))
+        data = (volume[box.to_slices()] if isinstance(volume, np.ndarray) else volume.read(box)).astype(np.float32)
         if f > 1:
             data = ndimage.gaussian_filter(data, (0, f / 2, f / 2))[:, f // 2::f, f // 2::f]
         if taper is None:
@@ -170,7 +172,12 @@ def kept_pairs(order: np.ndarray) -> float:
     return float(np.mean(np.abs(position[1:] - position[:-1]) == 1))
 
 
-def section_order(volume: Volume, mode: str = "auto") -> SectionOrder:
+def serial_sections(voxel_size) -> bool:
+    """Whether a voxel size (z, y, x) is that of serial sections: z at least twice the finer in-plane size."""
+    return float(voxel_size[0]) >= 2 * min(float(voxel_size[1]), float(voxel_size[2]))
+
+
+def section_order(volume: Volume | np.ndarray, mode: str = "auto") -> SectionOrder:
     """The recovered order of `volume`'s sections, recovered (worked in) where `mode` says: `recover` always,
     `auto` where fewer than `RECOVER_BELOW` of the stored neighbour pairs are neighbours in it and its neighbours
     are clearly more alike than the stored ones (`CLEARLY_BETTER`; sections misaligned by more than the search
@@ -201,8 +208,7 @@ def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder 
     volume = open_volume(address)
     meta = volume.meta
     size = voxel_size if voxel_size is not None else (meta.voxel_size if meta.voxel_size_known else None)
-    if mode == "auto" and (size is None or float(size[0]) < 2 * min(float(size[1]), float(size[2]))
-                           or meta.shape[0] > MAX_SECTIONS):
+    if mode == "auto" and (size is None or not serial_sections(size) or meta.shape[0] > MAX_SECTIONS):
         return None
     return section_order(volume, mode)
 

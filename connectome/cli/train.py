@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from connectome.cli.main import print_result
+from connectome.cli.segment import add_section_order_option
 
 MODELS = ("affinities", "ffn", "edges", "tissue")
 
@@ -47,6 +48,8 @@ def add_arguments(parser) -> None:
                         "beside a volume with 3-D labels)")
     p.add_argument("--section-labels", action="append", default=[], metavar="ADDR",
                    help="per-section object ids for the --section-raw of the same position")
+    add_section_order_option(p, "train on the volumes with 3-D labels (--raw, --val-raw, --eval-raw) in the "
+                                "order recovered from their images, their labels with them", "auto")
     p.add_argument("--labels-2d", action="store_true",
                    help="labels are per section only: no loss on z affinities; at inference the z affinity "
                         "is derived from the in-plane ones")
@@ -204,7 +207,7 @@ def run(args) -> int:
         base_channels=args.base_channels, max_channels=args.max_channels,
         val_every=args.val_every, max_minutes=args.max_minutes,
         threads=args.threads, loader_workers=args.loader_workers, install=args.install,
-        command=_command_line(),
+        section_order=args.section_order, command=_command_line(),
     )
     quiet = getattr(args, "json", False)
     summary = train(settings, log=(lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else

@@ -181,3 +181,24 @@ def test_an_ordered_stack_misaligned_beyond_the_search_is_kept(tmp_path):
     assert order.kept_pairs < 0.5 and not order.recovered
     shuffled = section_order(open_volume(_npz(tmp_path / "mixed.npz", raw=moved[rng.permutation(len(moved))]) + "#raw"))
     assert shuffled.recovered
+
+
+def test_training_on_a_shuffled_stack_uses_the_recovered_order(tmp_path, capsys):
+    crop = data_file("cremi_sstem_crop/cremi_train.npz")
+    runs = {}
+    for mode in ("auto", "keep"):
+        out = tmp_path / mode
+        code = main(["train", "affinities", "--raw", f"{crop}#raw", "--labels", f"{crop}#neuron_ids", "--arch",
+                     "aniso", "--voxel-size", "40", "4", "4", "--patch", "12", "96", "96", "--iterations", "2",
+                     "--name", "m", "--out", str(out), "--section-order", mode])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        runs[mode] = json.loads((out / "m.json").read_text())["provenance"]["data"], err
+    (auto, auto_err), (keep, keep_err) = runs["auto"], runs["keep"]
+    assert "training on it in the recovered order" in auto_err and "out of order" not in keep_err
+    order = auto["section_order"][f"{crop}#raw"]
+    assert sorted(order) == list(range(50)) and "section_order" not in keep
+    with np.load(crop) as f:
+        ids = f["neuron_ids"]
+    same = [np.mean((ids[a] == ids[b]) & (ids[a] != 0)) for a, b in zip(order[:-1], order[1:])]
+    assert np.mean(same) > 0.75
