@@ -3,12 +3,12 @@
 Neighbouring sections of a stack look alike (at 40-50 nm the same neurites cross both); sections far apart
 do not. Each section is reduced to a small image (a central window, smoothed and subsampled, zero mean,
 tapered, unit norm), two sections' similarity is the greatest correlation of their images over shifts of up
-to a fifth of the window (sections not yet aligned compare too), and the recovered order is the path through
-all sections whose neighbours are most alike: greedy paths, each improved by 2-opt, the stored order among
-the starts. The stored order is kept unless fewer than half of
-its neighbouring pairs are neighbours in the recovered one (`RECOVER_BELOW`) and the recovered neighbours are
-clearly more alike (`CLEARLY_BETTER`), so a stack in order, one with a blank or damaged section the path would
-rather put at an end, or one misaligned beyond the search, is left as it is.
+to about a third of the window (sections not yet aligned compare too), and the recovered order is the path
+through all sections whose neighbours are most alike: greedy paths, each improved by 2-opt, the stored order
+among the starts. The stored order is kept unless fewer than half of its neighbouring pairs are neighbours in
+the recovered one (`RECOVER_BELOW`) and the recovered neighbours are clearly more alike (`CLEARLY_BETTER`), so
+a stack in order, one with a blank or damaged section the path would rather put at an end, or one misaligned
+beyond the search, is left as it is.
 """
 
 from __future__ import annotations
@@ -35,19 +35,13 @@ MODES = ("auto", "keep", "recover")
 @dataclass(frozen=True)
 class SectionOrder:
     """The recovered order (stored indices, physical first to last), how well the stored order agrees with
-    it, and whether to segment in it (`recovered`)."""
+    it, and whether to work in it (`recovered`)."""
 
     order: tuple[int, ...]
     kept_pairs: float  # fraction of the stored neighbour pairs that are neighbours in `order`
     stored_similarity: float  # median similarity of stored neighbours
     recovered_similarity: float  # median similarity of neighbours in `order`
     recovered: bool
-
-    def to_json(self) -> dict:
-        return {"order": "recovered" if self.recovered else "stored", "kept_pairs": round(self.kept_pairs, 3),
-                "stored_similarity": round(self.stored_similarity, 3),
-                "recovered_similarity": round(self.recovered_similarity, 3),
-                **({"sections": list(self.order)} if self.recovered else {})}
 
 
 def positions(order) -> np.ndarray:

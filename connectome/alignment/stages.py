@@ -255,6 +255,7 @@ class _SectionPermutation(BlockStage[SectionPermutationParams]):
     Params = SectionPermutationParams
     source: str
     target: str
+    inverse: bool  # False: output section k is input section order[k]; True: the other way round
 
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         m = inputs[self.source]
@@ -264,12 +265,13 @@ class _SectionPermutation(BlockStage[SectionPermutationParams]):
         super().check_inputs(inputs)
         n = inputs[self.source].shape[0]
         if sorted(self.params.order) != list(range(n)):
-            raise UserError(f"stage {self.name!r}: params.order must hold each of the {n} sections of "
-                            f"{self.input_addresses[self.source]} once; found {len(self.params.order)} entries")
+            raise UserError(f"stage {self.name!r}: params.order must list each of the {n} sections of "
+                            f"{self.input_addresses[self.source]} once (a permutation of 0..{n - 1}); found "
+                            f"{len(self.params.order)} entries, {len(set(self.params.order))} distinct")
 
     def sources(self) -> np.ndarray:
         """The input section of each output section."""
-        raise NotImplementedError
+        return positions(self.params.order) if self.inverse else np.asarray(self.params.order, np.int64)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         w = block.write_box
@@ -290,10 +292,7 @@ class ReorderSectionsStage(_SectionPermutation):
     name = "reorder_sections"
     inputs = (Input("raw"),)
     outputs = (Output("ordered_raw"),)
-    source, target = "raw", "ordered_raw"
-
-    def sources(self) -> np.ndarray:
-        return np.asarray(self.params.order, np.int64)
+    source, target, inverse = "raw", "ordered_raw", False
 
 
 @register
@@ -303,7 +302,4 @@ class RestoreSectionOrderStage(_SectionPermutation):
     name = "restore_section_order"
     inputs = (Input("ordered"),)
     outputs = (Output("restored"),)
-    source, target = "ordered", "restored"
-
-    def sources(self) -> np.ndarray:
-        return positions(self.params.order)
+    source, target, inverse = "ordered", "restored", True

@@ -202,3 +202,15 @@ def test_training_on_a_shuffled_stack_uses_the_recovered_order(tmp_path, capsys)
         ids = f["neuron_ids"]
     same = [np.mean((ids[a] == ids[b]) & (ids[a] != 0)) for a, b in zip(order[:-1], order[1:])]
     assert np.mean(same) > 0.75
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [0, 1, 2, 2], [0, 1, 2, 4]])
+def test_a_run_config_with_a_wrong_order_is_refused(tmp_path, order):
+    from connectome.engine.config import RunConfig, StageConfig
+    from connectome.engine.plan import plan_run
+
+    a = _npz(tmp_path / "a.npz", raw=np.zeros((4, 32, 32), np.uint8))
+    config = RunConfig(input=a + "#raw", output=str(tmp_path / "out"), voxel_size=(40, 4, 4),
+                       stages=[StageConfig(stage="reorder_sections", params={"order": order})])
+    with pytest.raises(UserError, match=r"params.order must list each of the 4 sections .* \(a permutation of 0..3\)"):
+        plan_run(config)
