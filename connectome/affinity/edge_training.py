@@ -174,24 +174,28 @@ def example_weights(counts: np.ndarray, weighting: str) -> np.ndarray:
     return np.log1p(counts) if weighting == "log-contact" else np.ones_like(counts)
 
 
-def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None, extent: int = EXTENT):
+def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None, extent: int = EXTENT,
+                 section_order: str = "keep"):
     """(EdgeSet, labels, ground truth) of one labelled volume with `model`'s affinities, predicted as `segment`
     predicts them by default (the model's test-time augmentation, precision auto); fragments spanning at most
-    `extent` voxels (finest axis) count as small."""
+    `extent` voxels (finest axis) count as small. `section_order`: a volume stored out of order is taken in the
+    order recovered from its images (`training.data.in_section_order`), its labels with it."""
     import hashlib
     import os
 
     from connectome.affinity.encoding import affinities_as_uint8
     from connectome.models.inference import predict_volume
-    from connectome.training.data import load_pair
+    from connectome.training.data import in_section_order, load_pair
 
-    pair = load_pair(raw_address, labels_address)
+    pair, sections = in_section_order(load_pair(raw_address, labels_address), section_order,
+                                      model.info.voxel_size, "taking its edges in the recovered order")
     path = None
     if cache:
         from connectome.models.inference import resolve_precision
 
         precision = resolve_precision("auto", model.device)
         tag = "" if model.info.tta == 1 and precision == "float32" else f"|tta{model.info.tta}|{precision}"
+        tag += f"|order{sections}" if sections is not None else ""
         key = hashlib.sha1(f"{model.info.name}|{raw_address}{tag}".encode()).hexdigest()[:16]
         path = os.path.join(cache, f"affs-{key}.npy")
     if path and os.path.isfile(path):
@@ -209,11 +213,12 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
                 out: str, hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0,
                 weighting: str = "contact", thresholds: Sequence[float] = THRESHOLDS, threads: int = 1,
                 command: str = "", cache: str | None = None, max_edges: int | None = None, extent: int = EXTENT,
-                members: int = 1, log=print) -> dict:
+                members: int = 1, section_order: str = "auto", log=print) -> dict:
     """Fit the edge classifier of `model_name` on (raws, labels), choose its threshold by VOI on the
     validation volume, write `out` (json) and return its content. The classifier scores edges with a side
     spanning at most `extent` voxels on the finest axis (`edge_context`); the others keep their mean affinity.
-    `members` > 1 fits that many seeds and averages their logits (`fit_members`)."""
+    `members` > 1 fits that many seeds and averages their logits (`fit_members`). `section_order`: volumes
+    stored out of order are taken in the order recovered from their images (`volume_edges`)."""
     import json
     import time
     from datetime import UTC, datetime
@@ -243,7 +248,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     model = load_model(model_name, "cpu")
     xs, ys, ws, counts = [], [], [], []
     for raw, lab in zip(raws, labels):
-        edges, y, _ = volume_edges(model, raw, lab, cache, extent)
+        edges, y, _ = volume_edges(model, raw, lab, cache, extent, section_order)
         keep = y >= 0
         xs.append(edges.features[keep])
         ys.append(y[keep])
@@ -260,7 +265,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     fit_start = time.perf_counter()
     meta = fit_members(x, y, w, members, hidden, steps, seed, extent=extent)
     fit_seconds = time.perf_counter() - fit_start
-    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent)
+    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent, section_order)
     learned = voi_sweep(val_edges, val_gt, as_classifier(meta), thresholds)
     mean = voi_sweep(val_edges, val_gt, None, thresholds)
     best = min(learned, key=lambda r: r["voi"])
@@ -274,7 +279,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
             "torch": torch.__version__, "threads": threads, "wall_time_s": round(time.perf_counter() - start, 1),
             "fit_seconds": round(fit_seconds, 1), "hidden": list(hidden), "steps": steps, "seed": seed,
             "members": members,
-            "weighting": weighting, "fitted_edges": fitted,
+            "weighting": weighting, "fitted_edges": fitted, "section_order": section_order,
             "labels": "merge: both fragments' majority ground-truth ids equal and non-zero; "
             "edges with a side mostly ground-truth 0 left out",
             "data": {"train": counts, "validation": {"raw": val_raw, "labels": val_labels}},

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +25,6 @@ from connectome.affinity import lsd as shape_descriptors
 from connectome.affinity.malis import malis_loss
 from connectome.affinity.targets import affinities_from_labels, balance_weights
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, CHAIN, voi_over_thresholds
-from connectome.alignment.section_order import order_warning, section_order, serial_sections
 from connectome.core.errors import UserError
 from connectome.core.machine import cpu_name
 from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, model_context, save_model
@@ -34,7 +32,14 @@ from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
 from connectome.models.widening import widen_state
 from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import plot_curves
-from connectome.training.data import Pair, load_pair, overlapping_sections, parse_address, relabel_per_section
+from connectome.training.data import (
+    Pair,
+    in_section_order,
+    load_pair,
+    overlapping_sections,
+    parse_address,
+    relabel_per_section,
+)
 from connectome.training.device import training_device
 from connectome.training.loader import batch_stream, default_workers
 
@@ -94,22 +99,16 @@ class TrainSettings:
     command: str = ""
 
 
-def in_section_order(pair: Pair, settings: TrainSettings, voxel_size, reordered: dict) -> Pair:
-    """`pair` (3-D labels) with its sections, and its labels', in the order recovered from its images where
-    `settings.section_order` says (`connectome.alignment.section_order`; auto: serial sections only); the
-    order goes into `reordered` (address -> stored index of each section)."""
-    mode = settings.section_order
-    if settings.labels_2d or mode == "keep" or (mode == "auto" and not serial_sections(voxel_size)):
+def ordered_pair(pair: Pair, settings: TrainSettings, voxel_size, reordered: dict) -> Pair:
+    """`pair` (3-D labels) in the order recovered from its images where `settings.section_order` says
+    (`in_section_order`; never with --labels-2d); the order goes into `reordered` (address -> sections)."""
+    if settings.labels_2d:
         return pair
-    order = section_order(pair.raw, mode)
-    if not order.recovered:
-        return pair
-    print(order_warning(pair.raw_address, order, "training on it in the recovered order, its labels with it"),
-          file=sys.stderr, flush=True)
-    reordered[pair.raw_address] = list(order.order)
-    sections = list(order.order)
-    return Pair(pair.raw_address, pair.labels_address, np.ascontiguousarray(pair.raw[sections]),
-                np.ascontiguousarray(pair.labels[sections]))
+    pair, sections = in_section_order(pair, settings.section_order, voxel_size,
+                                      "training on it in the recovered order, its labels with it")
+    if sections is not None:
+        reordered[pair.raw_address] = sections
+    return pair
 
 
 def augment_config(arch: str) -> AugmentConfig:
@@ -293,9 +292,9 @@ def train(settings: TrainSettings, log=print) -> dict:
 
         voxel_size = open_volume(parse_address(settings.raw[0])[0]).meta.voxel_size
     reordered: dict[str, list[int]] = {}
-    pairs = [in_section_order(p, settings, voxel_size, reordered) if not flat else p
+    pairs = [ordered_pair(p, settings, voxel_size, reordered) if not flat else p
              for p, flat in zip(pairs, two_d)]
-    val = in_section_order(val, settings, voxel_size, reordered) if val is not None else None
+    val = ordered_pair(val, settings, voxel_size, reordered) if val is not None else None
 
     net = UNet(config)
     if init_info is not None:
@@ -423,7 +422,7 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     evaluations = []
     for r, l in zip(settings.eval_raw, settings.eval_labels):
-        pair = in_section_order(load_pair(r, l), settings, voxel_size, reordered)
+        pair = ordered_pair(load_pair(r, l), settings, voxel_size, reordered)
         net.eval()
         scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d,
                             settings.arch == "aniso")

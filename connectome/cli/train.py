@@ -114,6 +114,8 @@ def _add_edges(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--cache", metavar="DIR", help="keep the predicted affinities here for re-runs")
+    add_section_order_option(p, "take each volume's edges in the order recovered from its images, its labels "
+                                "with it", "auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -126,6 +128,7 @@ def _run_edges(args) -> int:
                        tuple(args.hidden), args.steps, args.seed, args.weighting, threads=args.threads,
                        command=_command_line(), cache=args.cache, max_edges=args.max_edges,
                        extent=EXTENT if args.extent is None else args.extent, members=args.members,
+                       section_order=args.section_order,
                        log=(lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else print)
     best = meta["provenance"]["validation"]["best"]
     summary = {"out": args.out, "threshold": meta["threshold"], "validation": best,

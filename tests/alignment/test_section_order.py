@@ -214,3 +214,15 @@ def test_a_run_config_with_a_wrong_order_is_refused(tmp_path, order):
                        stages=[StageConfig(stage="reorder_sections", params={"order": order})])
     with pytest.raises(UserError, match=r"params.order must list each of the 4 sections .* \(a permutation of 0..3\)"):
         plan_run(config)
+
+
+def test_edge_training_on_a_shuffled_stack_takes_the_recovered_order(tmp_path, capsys):
+    crop = data_file("cremi_sstem_crop/cremi_train.npz")
+    out = tmp_path / "edges.json"
+    code = main(["train", "edges", "--model", "sstem", "--raw", f"{crop}#raw[0:25]", "--labels",
+                 f"{crop}#neuron_ids[0:25]", "--val-raw", f"{crop}#raw[25:50]", "--val-labels",
+                 f"{crop}#neuron_ids[25:50]", "--steps", "5", "--out", str(out), "--json"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("taking its edges in the recovered order") == 2, err
+    assert json.loads(out.read_text())["provenance"]["section_order"] == "auto"
