@@ -190,8 +190,8 @@ def section_order(volume: Volume | np.ndarray, mode: str = "auto") -> SectionOrd
 
 def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder | None:
     """`section_order` of the raw volume at `address` for a run (segment, align), or None where it is not checked:
-    `mode` keep; under `auto`, a volume that is not serial sections (z voxel under twice the in-plane one, or
-    the voxel size unknown) or has more than MAX_SECTIONS sections."""
+    `mode` keep; a volume with channels; under `auto`, a volume that is not serial sections (z voxel under twice
+    the in-plane one, or the voxel size unknown) or has more than MAX_SECTIONS sections."""
     from connectome.core.errors import UserError
     from connectome.io import open_volume
 
@@ -202,6 +202,8 @@ def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder 
     volume = open_volume(address)
     meta = volume.meta
     size = voxel_size if voxel_size is not None else (meta.voxel_size if meta.voxel_size_known else None)
+    if meta.channels:  # not an EM image; the stage that reads it refuses it
+        return None
     if mode == "auto" and (size is None or not serial_sections(size) or meta.shape[0] > MAX_SECTIONS):
         return None
     return section_order(volume, mode)

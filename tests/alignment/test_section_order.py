@@ -79,6 +79,8 @@ def test_which_volumes_are_checked(tmp_path):
     assert checked_order(address, (10, 10, 10), "auto") is None  # not serial sections
     assert checked_order(address, (10, 10, 10), "recover") is not None
     assert checked_order(address, (40, 4, 4), "auto") is not None
+    channels = _npz(tmp_path / "c.npz", raw=np.zeros((3, 4, 64, 64), np.uint8)) + "#raw"
+    assert checked_order(channels, (40, 4, 4), "recover") is None  # not an EM image
     with pytest.raises(UserError, match="--section-order sideways: expected one of auto, keep, recover"):
         checked_order(address, (40, 4, 4), "sideways")
 
