@@ -2,8 +2,8 @@
 
 Neighbouring sections of a stack look alike (at 40-50 nm the same neurites cross both); sections far apart
 do not. Each section is reduced to a small image (a central window, smoothed and subsampled, zero mean,
-tapered, unit norm), two sections' similarity is the greatest correlation of their images over shifts of up
-to about a third of the window (sections not yet aligned compare too), and the recovered order is the path
+unit norm), two sections' similarity is the greatest correlation of their images over shifts of up to about
+a quarter of the window (sections not yet aligned compare too), and the recovered order is the path
 through all sections whose neighbours are most alike: greedy paths, each improved by 2-opt, the stored order
 among the starts. The stored order is kept unless fewer than half of its neighbouring pairs are neighbours in
 the recovered one (`RECOVER_BELOW`) and the recovered neighbours are clearly more alike (`CLEARLY_BETTER`), so
@@ -17,15 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.signal.windows import tukey
 
 from connectome.core.geometry import Box
 from connectome.io import Volume
 
 WINDOW = 512  # pixels (y and x) of each section's centre that are compared
-SIDE = 64  # the window is smoothed and subsampled to about this many pixels a side
-TAPER = 0.5  # Tukey taper of the subsampled window's edges (fraction tapered)
-RADIUS = 20  # shifts (subsampled pixels, y and x) searched: up to 160 pixels for a 512-pixel window
+SIDE = 96  # the window is smoothed and subsampled to about this many pixels a side
+RADIUS = 24  # shifts (subsampled pixels, y and x) searched: up to 120 pixels for a 512-pixel window
 RECOVER_BELOW = 0.5  # `auto` recovers the order when fewer of the stored neighbour pairs stay neighbours
 CLEARLY_BETTER = 0.6  # ... and the stored neighbours' median similarity is below this share of the recovered ones'
 MAX_SECTIONS = 2048  # `auto` checks stacks up to this many sections (the similarities are n x n)
@@ -54,13 +52,11 @@ def positions(order) -> np.ndarray:
 
 def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int = SIDE, batch: int = 16) -> np.ndarray:
     """(sections, h, w): each section's central window (of a volume or an array in memory), smoothed and
-    subsampled to about `side` pixels, zero mean, tapered at its edges (Tukey), unit norm (a blank section
-    gives zeros)."""
+    subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros)."""
     z, y, x = volume.shape if isinstance(volume, np.ndarray) else volume.meta.shape
     wy, wx = min(window, y), min(window, x)
     f = max(1, round(min(wy, wx) / side))
     y0, x0 = (y - wy) // 2, (x - wx) // 2
-    taper = None
     out = []
     for z0 in range(0, z, batch):
         z1 = min(z, z0 + batch)
@@ -68,9 +64,7 @@ def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int 
         data = (volume[box.to_slices()] if isinstance(volume, np.ndarray) else volume.read(box)).astype(np.float32)
         if f > 1:
             data = ndimage.gaussian_filter(data, (0, f / 2, f / 2))[:, f // 2::f, f // 2::f]
-        if taper is None:
-            taper = np.outer(tukey(data.shape[1], TAPER), tukey(data.shape[2], TAPER)).astype(np.float32)
-        data = (data - data.mean(axis=(1, 2), keepdims=True)) * taper
+        data = data - data.mean(axis=(1, 2), keepdims=True)
         norm = np.linalg.norm(data.reshape(z1 - z0, -1), axis=1)[:, None, None]
         out.append(data / np.where(norm > 0, norm, 1.0))
     return np.concatenate(out)
@@ -78,7 +72,8 @@ def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int 
 
 def similarity(images: np.ndarray, radius: int = RADIUS) -> np.ndarray:
     """(sections, sections): the greatest correlation of two sections' images over shifts of up to `radius`
-    pixels in y and x (FFT cross-correlation), so sections not yet aligned still compare."""
+    pixels in y and x (FFT cross-correlation of the zero-padded images), so sections not yet aligned still
+    compare. Only the overlap counts, so a shift is worth less the larger it is: sections in register win."""
     n, h, w = images.shape
     shape = (h + radius, w + radius)  # padded: a shift within the radius does not wrap
     spectra = np.fft.rfft2(images, s=shape)
@@ -199,7 +194,10 @@ def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder 
         raise UserError(f"--section-order {mode}: expected one of {', '.join(MODES)}")
     if mode == "keep":
         return None
-    volume = open_volume(address)
+    try:
+        volume = open_volume(address)
+    except UserError:
+        return None  # planning the run says what is wrong with the input
     meta = volume.meta
     size = voxel_size if voxel_size is not None else (meta.voxel_size if meta.voxel_size_known else None)
     if meta.channels:  # not an EM image; the stage that reads it refuses it

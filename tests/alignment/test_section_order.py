@@ -55,6 +55,10 @@ def test_the_real_cremi_crop_stored_out_of_order_is_recovered():
     same = [np.mean((ids[a] == ids[b]) & (ids[a] != 0)) for a, b in zip(order.order[:-1], order.order[1:])]
     stored = [np.mean((ids[z] == ids[z + 1]) & (ids[z] != 0)) for z in range(len(ids) - 1)]
     assert np.mean(same) > 0.75 and np.mean(stored) < 0.3, (np.mean(same), np.mean(stored))
+    # and the images give exactly the path the labels give (similarity: the share of voxels with one id)
+    flat = ids.reshape(len(ids), -1)
+    by_labels = np.array([[np.mean(flat[a] == flat[b]) for b in range(len(ids))] for a in range(len(ids))])
+    assert _neighbours(order.order) == _neighbours(recover_order(by_labels))
 
 
 @pytest.mark.parametrize("relative, key", [("isbi2012/isbi2012.npz", "train_raw"), ("isbi2012/isbi2012.npz", "test_raw"),
@@ -168,7 +172,7 @@ def test_ffn_refuses_the_option(tmp_path, capsys):
     assert code == 2 and "--section-order keep: for --method affinities, not ffn" in err
 
 
-def test_an_ordered_stack_misaligned_beyond_the_search_is_kept(tmp_path):
+def test_an_ordered_stack_misaligned_by_60_px_is_kept_and_found_when_shuffled(tmp_path):
     from scipy import ndimage
 
     with np.load(data_file("cremi_sstem_crop/cremi_train.npz")) as f:
@@ -179,8 +183,7 @@ def test_an_ordered_stack_misaligned_beyond_the_search_is_kept(tmp_path):
                                                    mode="reflect"), rng.uniform(-60, 60, 2), order=1, mode="reflect")
                       for s in physical]).clip(0, 255).astype(np.uint8)
     order = section_order(open_volume(_npz(tmp_path / "moved.npz", raw=moved) + "#raw"))
-    # 250-pixel sections moved by up to 60 px: beyond the 48-px search, no order is clearly better than the stored one
-    assert order.kept_pairs < 0.5 and not order.recovered
+    assert not order.recovered  # 250-pixel sections moved by up to 60 px of a 72-px search
     shuffled = section_order(open_volume(_npz(tmp_path / "mixed.npz", raw=moved[rng.permutation(len(moved))]) + "#raw"))
     assert shuffled.recovered
 
@@ -228,3 +231,39 @@ def test_edge_training_on_a_shuffled_stack_takes_the_recovered_order(tmp_path, c
     assert code == 0, err
     assert err.count("taking its edges in the recovered order") == 2, err
     assert json.loads(out.read_text())["provenance"]["section_order"] == "auto"
+
+
+def test_unrelated_sections_are_left_as_stored(tmp_path):
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(np.random.default_rng(5).integers(0, 255, (30, 256, 256)).astype(np.float32),
+                                    (0, 3, 3))
+    noise = ((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)
+    order = section_order(open_volume(_npz(tmp_path / "noise.npz", raw=noise) + "#raw"))
+    # any path beats the stored one a little, but its neighbours are not clearly more alike: no evidence, no change
+    assert order.kept_pairs < 0.5 and not order.recovered
+
+
+def test_the_permutation_stages_in_16_blocks_equal_one_block(tmp_path, client):
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+    from connectome.io import create_volume
+
+    raw = np.random.default_rng(7).integers(0, 255, (8, 64, 64), dtype=np.uint8)
+    source = str(tmp_path / "raw")
+    stored = create_volume(source, (8, 64, 64), np.uint8, (2, 32, 32), (40.0, 4.0, 4.0))
+    stored.write(stored.box, raw)
+    order = [3, 0, 6, 1, 7, 2, 5, 4]
+    sections = {"order": order}
+    results = {}
+    for name, block in (("many", (2, 32, 32)), ("one", (8, 64, 64))):
+        config = RunConfig(input=source, output=str(tmp_path / name),
+                           blocks=BlocksConfig(shape=block, chunk_shape=(2, 32, 32)),
+                           stages=[StageConfig(stage="reorder_sections", params=sections),
+                                   StageConfig(stage="restore_section_order", params=sections,
+                                               inputs={"ordered": "ordered_raw"})])
+        reports = execute(plan_run(config), client, progress=False)
+        assert [r.blocks for r in reports] == ([16, 16] if name == "many" else [1, 1])
+        results[name] = _read(str(tmp_path / name / "ordered_raw")), _read(str(tmp_path / name / "restored"))
+    assert np.array_equal(results["many"][0], raw[order]) and np.array_equal(results["one"][0], raw[order])
+    assert np.array_equal(results["many"][1], raw) and np.array_equal(results["one"][1], raw)

@@ -47,6 +47,9 @@ CASES = {
     "align": (["align_match"], None, "tests/alignment"),
     # its CLAHE tiles (128 px by default) exceed these blocks: tests/alignment/test_section_normalize.py
     "section_normalize": ([], None, "tests/alignment/test_section_normalize.py"),
+    # they need a section order (params.order): 16 blocks vs one in tests/alignment/test_section_order.py
+    "reorder_sections": ([], None, "tests/alignment/test_section_order.py"),
+    "restore_section_order": (["reorder_sections"], None, "tests/alignment/test_section_order.py"),
     # a mask volume is its input: tests/affinity/test_mask_affinities.py compares 18 blocks with one
     "mask_affinities": ([], None, "tests/affinity/test_mask_affinities.py"),
     # FFN agglomeration: 8 blocks vs one in tests/ffn/test_ffn_agglomeration.py
