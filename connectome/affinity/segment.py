@@ -7,7 +7,7 @@ import sys
 import time
 
 from connectome.affinity.stages import AffinitiesStage
-from connectome.alignment.section_order import checked_order, order_report, order_warning
+from connectome.alignment.section_order import order_report, ordered_stages
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
@@ -85,19 +85,8 @@ def segmentation_config(
         absorb["min_voxels"] = min_segment_voxels
     if not absorb.get("min_voxels"):
         absorb = {}  # relabel's defaults, and its fingerprint from before the option
-    order = checked_order(absolute(raw), voxel_size, section_order)
-    sections: dict = {}  # the reorder stages' params, where the run segments in the recovered order
-    if order is not None and order.recovered:
-        if mask:
-            raise UserError(f"--mask {mask}: the sections of {raw} look out of order, and a mask is not reordered "
-                            "with them; give --section-order keep, or reorder the raw volume and the mask first")
-        print(order_warning(raw, order, "segmenting in the recovered order, the segmentation is written in the "
-                                        "stored order"), file=sys.stderr, flush=True)
-        sections = {"order": list(order.order)}
-    reorder = bool(sections)
     stages = [
-        *([StageConfig(stage="reorder_sections", params=sections)] if reorder else []),
-        StageConfig(stage="affinities", inputs={"raw": "ordered_raw"} if reorder else {}, params={
+        StageConfig(stage="affinities", params={
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
             **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {})}),
         *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
@@ -105,10 +94,7 @@ def segmentation_config(
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
         StageConfig(stage="relabel", params={"threshold": threshold,
-                                              "scoring": "mean" if scoring == "learned" else scoring, **absorb},
-                    outputs={"segmentation": "ordered_segmentation"} if reorder else {}),
-        *([StageConfig(stage="restore_section_order", params=sections, inputs={"ordered": "ordered_segmentation"},
-                       outputs={"restored": "segmentation"})] if reorder else []),
+                                              "scoring": "mean" if scoring == "learned" else scoring, **absorb}),
     ]
     return RunConfig(
         input=absolute(raw),
@@ -116,7 +102,7 @@ def segmentation_config(
         voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=stages,
+        stages=ordered_stages(stages, raw, voxel_size, section_order, mask),
     )
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from connectome.alignment.section_order import checked_order, order_report, order_warning
+from connectome.alignment.section_order import checked_order, in_recovered_order, order_report, order_warning
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
@@ -20,22 +20,19 @@ def alignment_config(raw: str, out_dir: str, block_shape=(16, 512, 512), chunk_s
     """A RunConfig for the alignment chain; `match` and `solve` are the two stages' parameters. Sections stored
     out of order (`section_order`: see `connectome.alignment.section_order`) are aligned, and the aligned volume
     written, in the order recovered from the images."""
+    stages = [StageConfig(stage="align_match", params=match or {}), StageConfig(stage="align", params=solve or {})]
     order = checked_order(absolute(raw), voxel_size, section_order)
-    reorder: list[StageConfig] = []
     if order is not None and order.recovered:
         print(order_warning(raw, order, "aligning in the recovered order, the aligned volume is written in it"),
               file=sys.stderr, flush=True)
-        reorder = [StageConfig(stage="reorder_sections", params={"order": list(order.order)})]
-    ordered = {"raw": "ordered_raw"} if reorder else {}
+        stages = in_recovered_order(stages, order.order)
     return RunConfig(
         input=absolute(raw),
         output=os.path.abspath(out_dir),
         voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=[*reorder,
-                StageConfig(stage="align_match", params=match or {}, inputs=ordered),
-                StageConfig(stage="align", params=solve or {}, inputs=ordered)],
+        stages=stages,
     )
 
 

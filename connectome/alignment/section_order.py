@@ -222,3 +222,50 @@ def order_report(stages) -> dict:
         if stage.stage == "reorder_sections":
             return {"section_order": {"order": "recovered", "sections": list(stage.params["order"])}}
     return {}
+
+
+def in_recovered_order(stages: list, order) -> list:
+    """A chain's stages (StageConfig) run on the raw volume in `order` (stored index of each section): the
+    `reorder_sections` stage first, every stage that reads the run's raw volume reading its copy instead; where
+    the chain writes `segmentation`, it writes `ordered_segmentation`, and `restore_section_order` puts it back
+    in the stored order last."""
+    from connectome.engine.config import StageConfig
+    from connectome.engine.registry import stage_class
+
+    params = {"order": [int(v) for v in order]}
+    renamed = {"raw": "ordered_raw", "segmentation": "ordered_segmentation"}
+    out = [StageConfig(stage="reorder_sections", params=params)]
+    writes_segmentation = False
+    for stage in stages:
+        cls = stage_class(stage.stage)
+        inputs = {name: renamed.get(stage.inputs.get(name, name), stage.inputs.get(name, name))
+                  for name in cls.input_names() if name in stage.inputs or name in ("raw", "segmentation")}
+        outputs = dict(stage.outputs)
+        for name in cls.output_names():
+            if outputs.get(name, name) == "segmentation":
+                outputs[name], writes_segmentation = "ordered_segmentation", True
+        out.append(stage.model_copy(update={"inputs": inputs, "outputs": outputs}))
+    if writes_segmentation:
+        out.append(StageConfig(stage="restore_section_order", params=params, inputs={"ordered": "ordered_segmentation"},
+                               outputs={"restored": "segmentation"}))
+    return out
+
+
+def ordered_stages(stages: list, raw: str, voxel_size, mode: str, mask: str | None = None) -> list:
+    """A segmentation chain's stages as they run on `raw`: `in_recovered_order` where `checked_order` finds its
+    sections out of order (said in one line on stderr), else as they are. A `mask` is not reordered with the
+    raw volume: such a run is refused."""
+    import sys
+
+    from connectome.core.address import absolute
+    from connectome.core.errors import UserError
+
+    order = checked_order(absolute(raw), voxel_size, mode)
+    if order is None or not order.recovered:
+        return stages
+    if mask:
+        raise UserError(f"--mask {mask}: the sections of {raw} look out of order, and a mask is not reordered "
+                        "with them; give --section-order keep, or reorder the raw volume and the mask first")
+    print(order_warning(raw, order, "segmenting in the recovered order, the segmentation is written in the "
+                                    "stored order"), file=sys.stderr, flush=True)
+    return in_recovered_order(stages, order.order)

@@ -128,8 +128,6 @@ def _run_ffn(args) -> int:
         raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
     if args.min_segment_voxels is not None:
         raise UserError(f"--min-segment-voxels {args.min_segment_voxels}: for --method affinities, not ffn")
-    if args.section_order is not None:
-        raise UserError(f"--section-order {args.section_order}: for --method affinities, not ffn")
     if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
         raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
     if args.ffn_step_budget is not None and not args.ffn_step_budget >= 0:
@@ -140,7 +138,8 @@ def _run_ffn(args) -> int:
                         mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
                         agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
                         consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
-                        seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget)
+                        seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
+                        section_order=args.section_order or "auto")
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

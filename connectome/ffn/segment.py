@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from connectome.alignment.section_order import order_report, ordered_stages
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
@@ -18,14 +19,17 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
                agglomerate: bool = False, precision: str | None = None, scale=None,
                consensus_model: str | None = None, weak_seed: str | None = None,
-               seed_margin: int | None = None, step_budget: float | None = None) -> RunConfig:
+               seed_margin: int | None = None, step_budget: float | None = None,
+               section_order: str = "auto") -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
     `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams`, `step_budget` its bound on a block's
     FOV steps (default: theirs).
     With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
-    A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first."""
+    A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first.
+    Serial sections stored out of order are segmented in the order recovered from the images
+    (`alignment.section_order.ordered_stages`)."""
     from connectome.ffn.inputs import affinity_model
     from connectome.ffn.registry import read_info, resolve_model_path
 
@@ -62,10 +66,11 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=[*first,
-                StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": absolute(mask)} if mask else {})}),
-                *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
-                  else [StageConfig(stage="ffn_relabel")])],
+        stages=ordered_stages([
+            *first,
+            StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": absolute(mask)} if mask else {})}),
+            *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
+              else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask),
     )
 
 
@@ -91,7 +96,7 @@ def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) 
     return {"segmentation": os.path.join(out, "segmentation"), "ffn_fragments": os.path.join(out, "ffn_fragments"),
             "method": "ffn", "voxels": shape[0] * shape[1] * shape[2], "seconds": round(seconds, 3),
             "stages": [r.to_json() for r in reports], "blocks": len(DoneMarkers(plan.work_dir, "ffn").summaries()),
-            "over_budget": over_budget(plan.work_dir)}
+            "over_budget": over_budget(plan.work_dir), **order_report(plan.config.stages)}
 
 
 def over_budget(work_dir: str) -> dict[int, int]:

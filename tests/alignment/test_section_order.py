@@ -164,12 +164,22 @@ def test_align_works_in_the_recovered_order(tmp_path, capsys):
     assert fixed["flagged_sections"] == plain["flagged_sections"]
 
 
-def test_ffn_refuses_the_option(tmp_path, capsys):
-    a = _npz(tmp_path / "a.npz", raw=np.zeros((4, 32, 32), np.uint8))
-    code = main(["segment", a + "#raw", str(tmp_path / "out"), "--method", "ffn", "--section-order", "keep",
-                 "--voxel-size", "10", "10", "10"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--section-order keep: for --method affinities, not ffn" in err
+def test_ffn_segments_in_the_recovered_order(tmp_path, capsys):
+    from connectome.synth import generate
+
+    ordered = generate((16, 48, 48), (8.0, 8.0, 8.0), seed=21).raw
+    stored_at = np.array([0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15])
+    a = _npz(tmp_path / "a.npz", ordered=ordered, shuffled=ordered[stored_at])
+    runs = {}
+    for key, mode in (("ordered", "keep"), ("shuffled", "recover")):
+        code = main(["segment", f"{a}#{key}", str(tmp_path / key), "--method", "ffn", "--model", "ffn-synthetic",
+                     "--voxel-size", "8", "8", "8", "--section-order", mode, "--workers", "2", "--no-progress",
+                     "--json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        runs[key] = json.loads(captured.out.strip().splitlines()[-1])
+    assert runs["shuffled"]["section_order"]["sections"] == np.argsort(stored_at).tolist()
+    assert np.array_equal(_read(runs["shuffled"]["segmentation"]), _read(runs["ordered"]["segmentation"])[stored_at])
 
 
 def test_an_ordered_stack_misaligned_by_60_px_is_kept_and_found_when_shuffled(tmp_path):
