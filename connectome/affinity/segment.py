@@ -7,7 +7,7 @@ import sys
 import time
 
 from connectome.affinity.stages import AffinitiesStage
-from connectome.alignment.section_order import order_report, ordered_stages
+from connectome.alignment.reordering import order_report, ordered_stages
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from connectome.alignment.section_order import checked_order, in_recovered_order, order_report, order_warning
+from connectome.alignment.reordering import checked_order, in_recovered_order, order_report, order_warning
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig

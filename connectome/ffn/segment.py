@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from connectome.alignment.section_order import order_report, ordered_stages
+from connectome.alignment.reordering import order_report, ordered_stages
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError

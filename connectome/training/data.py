@@ -79,7 +79,8 @@ def in_section_order(pair: Pair, mode: str, voxel_size, what: str) -> tuple[Pair
     (`what`: what the caller does with it); the order (stored index of each section), or None where kept."""
     import sys
 
-    from connectome.alignment.section_order import order_warning, section_order, serial_sections
+    from connectome.alignment.reordering import order_warning
+    from connectome.alignment.section_order import section_order, serial_sections
 
     if mode == "keep" or (mode == "auto" and not serial_sections(voxel_size)):
         return pair, None

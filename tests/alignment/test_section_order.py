@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from connectome.alignment.reordering import checked_order
 from connectome.alignment.section_order import (
-    checked_order,
     kept_pairs,
     positions,
     recover_order,

@@ -1,0 +1,90 @@
+"""Runs on serial sections stored out of order: which runs check the order, and how a chain's stages are
+rewired to work in the recovered order (`section_order` finds it) and to put their segmentation back."""
+
+from __future__ import annotations
+
+import sys
+
+from connectome.alignment.section_order import MAX_SECTIONS, MODES, SectionOrder, section_order, serial_sections
+from connectome.core.address import absolute
+from connectome.core.errors import UserError
+from connectome.engine.config import StageConfig
+from connectome.engine.registry import stage_class
+from connectome.io import open_volume
+
+
+def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder | None:
+    """`section_order` of the raw volume at `address` for a run (segment, align), or None where it is not checked:
+    `mode` keep; a volume with channels; under `auto`, a volume that is not serial sections (z voxel under twice
+    the in-plane one, or the voxel size unknown) or has more than MAX_SECTIONS sections."""
+    if mode not in MODES:
+        raise UserError(f"--section-order {mode}: expected one of {', '.join(MODES)}")
+    if mode == "keep":
+        return None
+    try:
+        volume = open_volume(address)
+    except UserError:
+        return None  # planning the run says what is wrong with the input
+    meta = volume.meta
+    size = voxel_size if voxel_size is not None else (meta.voxel_size if meta.voxel_size_known else None)
+    if meta.channels:  # not an EM image; the stage that reads it refuses it
+        return None
+    if mode == "auto" and (size is None or not serial_sections(size) or meta.shape[0] > MAX_SECTIONS):
+        return None
+    return section_order(volume, mode)
+
+
+def order_warning(address: str, order: SectionOrder, what: str) -> str:
+    """The one line that says a run works in the recovered order, and what it does with it (`what`)."""
+    return (f"connectome: warning: the sections of {address} look out of order (only {order.kept_pairs:.0%} of "
+            f"neighbouring sections are neighbours in the order recovered from the images; neighbour similarity "
+            f"{order.stored_similarity:.2f} as stored, {order.recovered_similarity:.2f} recovered): {what} "
+            "(--section-order keep: as stored)")
+
+
+def order_report(stages) -> dict:
+    """`{"section_order": {"order": "recovered", "sections": [...]}}` for a run whose stages (StageConfig) reorder
+    its sections, else {}."""
+    for stage in stages:
+        if stage.stage == "reorder_sections":
+            return {"section_order": {"order": "recovered", "sections": list(stage.params["order"])}}
+    return {}
+
+
+def in_recovered_order(stages: list, order) -> list:
+    """A chain's stages (StageConfig) run on the raw volume in `order` (stored index of each section): the
+    `reorder_sections` stage first, every stage that reads the run's raw volume reading its copy instead; where
+    the chain writes `segmentation`, it writes `ordered_segmentation`, and `restore_section_order` puts it back
+    in the stored order last."""
+    params = {"order": [int(v) for v in order]}
+    renamed = {"raw": "ordered_raw", "segmentation": "ordered_segmentation"}
+    out = [StageConfig(stage="reorder_sections", params=params)]
+    writes_segmentation = False
+    for stage in stages:
+        cls = stage_class(stage.stage)
+        inputs = {name: renamed.get(stage.inputs.get(name, name), stage.inputs.get(name, name))
+                  for name in cls.input_names() if name in stage.inputs or name in ("raw", "segmentation")}
+        outputs = dict(stage.outputs)
+        for name in cls.output_names():
+            if outputs.get(name, name) == "segmentation":
+                outputs[name], writes_segmentation = "ordered_segmentation", True
+        out.append(stage.model_copy(update={"inputs": inputs, "outputs": outputs}))
+    if writes_segmentation:
+        out.append(StageConfig(stage="restore_section_order", params=params, inputs={"ordered": "ordered_segmentation"},
+                               outputs={"restored": "segmentation"}))
+    return out
+
+
+def ordered_stages(stages: list, raw: str, voxel_size, mode: str, mask: str | None = None) -> list:
+    """A segmentation chain's stages as they run on `raw`: `in_recovered_order` where `checked_order` finds its
+    sections out of order (said in one line on stderr), else as they are. A `mask` is not reordered with the
+    raw volume: such a run is refused."""
+    order = checked_order(absolute(raw), voxel_size, mode)
+    if order is None or not order.recovered:
+        return stages
+    if mask:
+        raise UserError(f"--mask {mask}: the sections of {raw} look out of order, and a mask is not reordered "
+                        "with them; give --section-order keep, or reorder the raw volume and the mask first")
+    print(order_warning(raw, order, "segmenting in the recovered order, the segmentation is written in the "
+                                    "stored order"), file=sys.stderr, flush=True)
+    return in_recovered_order(stages, order.order)
