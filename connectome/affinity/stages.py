@@ -30,7 +30,7 @@ from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table, file_record
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
@@ -215,16 +215,16 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
         return path
 
     def fingerprint(self) -> dict:
-        """With learned scoring, the classifier file's content too: retraining it in place re-runs the stage.
+        """With learned scoring, the classifier by its file name and content, not its folder: retraining it in
+        place re-runs the stage, while the same file from another checkout, venv or container resumes.
         Mean scoring's is the one from before learned scoring existed, so earlier runs resume."""
         fp = without_false(super().fingerprint(), "in_plane")
         if self.params.scoring == "mean":
             fp["params"] = {k: v for k, v in fp["params"].items() if k not in ("scoring", "edge_model")}
         elif self.params.edge_model is not None:
-            import hashlib
-            from pathlib import Path
-
-            fp["edge_model_sha1"] = hashlib.sha1(Path(self.params.edge_model).read_bytes()).hexdigest()
+            record = file_record(self.params.edge_model)
+            fp["params"] = {**fp["params"], "edge_model": record["name"]}
+            fp["edge_model_sha1"] = record["sha1"]
         return fp
 
     @cached_property

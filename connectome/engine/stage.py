@@ -215,6 +215,16 @@ class BlockStage(ABC, Generic[P]):
         return fp
 
 
+def file_record(path: str) -> dict:
+    """A file as a fingerprint records it: its name and content, not its folder, so a run resumes from another
+    checkout, venv or container holding the same file, and re-runs where the file was replaced in place."""
+    import hashlib
+    import os
+
+    with open(path, "rb") as f:
+        return {"name": os.path.basename(path), "sha1": hashlib.sha1(f.read()).hexdigest()}
+
+
 def crop(data: np.ndarray, block: Block) -> np.ndarray:
     """Cut the write box out of an array that holds the read box (channels first if any)."""
     s = block.write_box.relative_to(block.read_box)

@@ -8,6 +8,7 @@ output exactly (seam-free).
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import Literal
 
@@ -15,7 +16,7 @@ from pydantic import Field, field_validator
 
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, file_record
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.models.context import unet_context
@@ -70,7 +71,12 @@ class TissueStage(BlockStage[TissueParams]):
                          inputs["raw"].voxel_size[1:], self.params.allow_voxel_mismatch)
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "weights": self.model_info.path}
+        """With the weights file by name and content (`file_record`); a model given as a path by its file name."""
+        fp = super().fingerprint()
+        weights = file_record(self.model_info.path)
+        if self.params.model.endswith(".pt") or os.sep in self.params.model:
+            fp["params"] = {**fp["params"], "model": weights["name"]}
+        return {**fp, "weights": weights}
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         import numpy as np

@@ -173,7 +173,8 @@ def affinity_volume(tmp_path_factory, synthetic):
     return root
 
 
-def _run(root, name, merge, agglomerate, client, block=(12, 16, 16), in_plane=False):
+def _run(root, name, merge, agglomerate, client, block=(12, 16, 16), in_plane=False, reports=None):
+    """The segmentation of a fragments -> agglomerate -> relabel run; `reports` gets each stage's report."""
     from connectome.cluster.client import ClusterConfig
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import execute, plan_run
@@ -184,8 +185,10 @@ def _run(root, name, merge, agglomerate, client, block=(12, 16, 16), in_plane=Fa
                        stages=[StageConfig(stage="fragments", inputs=affs, params={"in_plane": in_plane}),
                                StageConfig(stage="agglomerate", inputs=affs, params=agglomerate),
                                StageConfig(stage="relabel", params={"threshold": 0.5, "merge": merge, "fanout": 2})])
-    reports = execute(plan_run(config), client, progress=False)
-    assert reports
+    ran = execute(plan_run(config), client, progress=False)
+    assert ran
+    if reports is not None:
+        reports.extend(ran)
     seg = open_volume(str(root / name / "segmentation"))
     return seg.read(seg.box)
 
@@ -353,3 +356,24 @@ def test_train_edges_refuses_a_count_below_one_in_one_line(stored_synthetic, tmp
     err = capsys.readouterr().err.strip()
     assert " ".join(option) in err and "\n" not in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_run_resumes_with_the_same_classifier_from_another_folder(affinity_volume, trained, client, tmp_path):
+    """The agglomerate stage knows its classifier by file name and content: the same file in another
+    folder (another checkout, venv or container) resumes every stage; other content is refused."""
+    path, meta = trained
+    moved = tmp_path / "elsewhere" / "test-edges.json"
+    moved.parent.mkdir()
+    moved.write_bytes(open(path, "rb").read())
+    first = _run(affinity_volume, "moved", "serial", {"scoring": "learned", "edge_model": path}, client)
+    reports: list = []
+    again = _run(affinity_volume, "moved", "serial", {"scoring": "learned", "edge_model": str(moved)}, client,
+                 reports=reports)
+    assert np.array_equal(first, again)
+    assert [r.ran for r in reports] == [0] * len(reports) and len(reports) >= 3, reports
+    done = affinity_volume / "moved" / ".connectome" / "done" / "agglomerate" / "fingerprint.json"
+    recorded = json.loads(done.read_text())
+    assert recorded["params"]["edge_model"] == "test-edges.json" and str(tmp_path) not in done.read_text()
+    moved.write_text(json.dumps({**meta, "threshold": 0.4}))  # retrained in place: the stage must run again
+    with pytest.raises(UserError, match="agglomerate.*different edge_model_sha1"):
+        _run(affinity_volume, "moved", "serial", {"scoring": "learned", "edge_model": str(moved)}, client)

@@ -132,3 +132,35 @@ def test_command_prints_the_addresses_and_resumes(synth_raw, tmp_path, client, _
     assert open_volume(summary["tissue"]).dtype == np.uint8
     again = json.loads(_cli(*args).stdout.strip().splitlines()[-1])
     assert again["stages"][0]["skipped"] == again["stages"][0]["blocks"] > 0
+
+
+def test_the_same_weights_from_another_folder_resume_and_replaced_weights_do_not(synth_raw, tmp_path, client):
+    """The stage records its weights by file name and content (another checkout or container resumes);
+    weights retrained in place make a re-run refuse to mix the two."""
+    import shutil
+
+    from connectome.core.errors import UserError
+    from connectome.engine.runner import fingerprint
+    from connectome.tissue.model import resolve_model_path
+
+    shipped = resolve_model_path("tissue")
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        for suffix in (".pt", ".json"):
+            shutil.copy(shipped.with_suffix(suffix), folder / f"lab{suffix}")
+    out = tmp_path / "out"
+    _run(synth_raw, out, (4, 64, 96), client, {"model": str(folders[0] / "lab.pt")})
+    config = RunConfig(input=synth_raw, output=str(out), blocks=BlocksConfig(shape=(4, 64, 96), chunk_shape=(2, 32, 32)),
+                       cluster=ClusterConfig(),
+                       stages=[StageConfig(stage="tissue", params={"model": str(folders[1] / "lab.pt")})])
+    plan = plan_run(config)
+    recorded = json.loads((out / ".connectome" / "done" / "tissue" / "fingerprint.json").read_text())
+    assert recorded["weights"]["name"] == "lab.pt" and str(tmp_path / "a") not in json.dumps(recorded["weights"])
+    assert fingerprint(plan.stages[-1].stage, plan.stages[-1].grid)["weights"] == recorded["weights"]
+    (reports,) = execute(plan, client, progress=False)
+    assert reports.skipped == reports.blocks == 1 and reports.ran == 0
+    with open(folders[1] / "lab.pt", "ab") as f:  # the weights file replaced by other content
+        f.write(b"\0")
+    with pytest.raises(UserError, match="tissue.*different weights"):
+        execute(plan_run(config), client, progress=False)
