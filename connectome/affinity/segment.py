@@ -13,6 +13,7 @@ from connectome.core.address import absolute
 from connectome.core.errors import UserError
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
 from connectome.engine.plan import Plan, check_plan_resumable, execute, plan_run
+from connectome.models.run_precision import recorded_precision
 
 DEFAULT_THRESHOLD = 0.5
 def two_d_model_warning(info) -> str | None:
@@ -127,6 +128,7 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
         "fragments": os.path.join(config.output, "fragments"),
         "threshold": next(s.params["threshold"] for s in config.stages if s.stage == "relabel"),
         "tta": next(p.stage.tta for p in plan.stages if isinstance(p.stage, AffinitiesStage)),  # model's unless given
+        "precision": recorded_precision(plan.work_dir, "affinities"),
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],

@@ -35,6 +35,7 @@ from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.context import unet_context
+from connectome.models.run_precision import OnePrecision
 from connectome.models.voxel_size import check_voxel_size
 
 
@@ -52,7 +53,7 @@ class AffinitiesParams(StageParams):
 
 
 @register
-class AffinitiesStage(BlockStage[AffinitiesParams]):
+class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
     name = "affinities"
     Params = AffinitiesParams
     inputs = (Input("raw", dtypes=("uint8",)),)
@@ -99,10 +100,11 @@ class AffinitiesStage(BlockStage[AffinitiesParams]):
 
         model = get_model(self.params.model, self.params.device)
         raw = read_reflected(volumes["raw"], block.read_box)
-        affs = predict_affinities(model, raw, self.tta, self.params.precision)
+        precision = self.block_precision()
+        affs = predict_affinities(model, raw, self.tta, precision)
         inner = block.write_box.relative_to(block.read_box)
         volumes["affinities"].write(block.write_box, affinities_as_uint8(affs[(slice(0, 3), *inner)]))
-        return {}
+        return {"precision": precision}
 
 
 class MaskAffinitiesParams(StageParams):

@@ -171,8 +171,10 @@ def run_stage(
         if collect_summaries:
             report.summaries = markers.summaries()
         return report
-    order = BlockOrder(grid, todo, stage.reads_neighbours)
     start = time.perf_counter()
+    stage.before_blocks(lambda fn: client.submit(fn, resources=resources or None, pure=False).result(),
+                        markers.summaries)
+    order = BlockOrder(grid, todo, stage.reads_neighbours)
     run_id = uuid.uuid4().hex[:8]
 
     seconds_per_block: float | None = None

@@ -17,9 +17,9 @@ and returns a small JSON-able summary (stored in the block's done-marker).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -176,6 +176,13 @@ class BlockStage(ABC, Generic[P]):
     def global_step(self) -> GlobalStep | None:
         """Work that runs once over all blocks' results before this stage's blocks (e.g. a global merge)."""
         return None
+
+    def before_blocks(self, on_worker: Callable[[Callable[[], Any]], Any],
+                      finished: Callable[[], dict[int, dict]]) -> None:
+        """Called by the runner on the client before it sends a run's blocks: settle what every block must share
+        but only a worker can tell (`on_worker(fn)` runs fn on a worker of the stage's pool and returns its result;
+        `finished()`: the summaries of the blocks finished before). The stage object, as changed here, is what
+        the workers get. Default: nothing."""
 
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         """How each output is created; by default the specs the outputs declare."""

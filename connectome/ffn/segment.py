@@ -12,6 +12,7 @@ from connectome.core.errors import UserError
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
 from connectome.engine.markers import DoneMarkers
 from connectome.engine.plan import Plan, execute
+from connectome.models.run_precision import recorded_precision
 
 
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
@@ -96,7 +97,8 @@ def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) 
     return {"segmentation": os.path.join(out, "segmentation"), "ffn_fragments": os.path.join(out, "ffn_fragments"),
             "method": "ffn", "voxels": shape[0] * shape[1] * shape[2], "seconds": round(seconds, 3),
             "stages": [r.to_json() for r in reports], "blocks": len(DoneMarkers(plan.work_dir, "ffn").summaries()),
-            "over_budget": over_budget(plan.work_dir), **order_report(plan.config.stages)}
+            "over_budget": over_budget(plan.work_dir), "precision": recorded_precision(plan.work_dir, "ffn"),
+            **order_report(plan.config.stages)}
 
 
 def over_budget(work_dir: str) -> dict[int, int]:

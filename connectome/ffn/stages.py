@@ -33,6 +33,7 @@ from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
+from connectome.models.run_precision import OnePrecision
 from connectome.models.voxel_size import check_voxel_size
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class FFNParams(StageParams):
 
 
 @register
-class FFNStage(BlockStage):
+class FFNStage(OnePrecision, BlockStage):
     name = "ffn"
     Params = FFNParams
     inputs = (Input("raw", dtypes=("uint8",)), Input("mask", dtypes=MASK_DTYPES, optional=True), AFFINITY_INPUT)
@@ -187,10 +188,11 @@ class FFNStage(BlockStage):
 
     def fingerprint(self) -> dict:
         """Without consensus, at precision auto and at scale 1 1 1, the one from before those options existed, so
-        earlier runs resume (as the affinities stage's, the precision auto resolves to is not recorded). The seed
-        rules are left out only at the behaviour from before them (continue, margin 0): a run made before them
-        does not resume under the new defaults, which fill differently. The step budget is left out at its
-        default: it changes only the blocks that spend it, and those are reported."""
+        earlier runs resume (as the affinities stage's; what auto resolves to is kept in the done-markers,
+        models.run_precision). The seed rules are left out only at the behaviour from before them (continue,
+        margin 0): a run made before them does not resume under the new defaults, which fill differently. The
+        step budget is left out at its default: it changes only the blocks that spend it, and those are
+        reported."""
         fp = super().fingerprint()
         defaults = {"consensus": False, "precision": "auto", "scale": [1, 1, 1], "consensus_model": None,
                     "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
@@ -200,15 +202,12 @@ class FFNStage(BlockStage):
 
     def settings(self, info=None):
         """The canvas settings for the stage's model (or `info`'s): the stage's overrides, else the model's own."""
-        import torch
-
         from connectome.ffn.canvas import CanvasSettings
-        from connectome.models.inference import resolve_precision
 
         p, i = self.params, info or self.model_info
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
                               p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
-                              reverse=p.reverse, precision=resolve_precision(p.precision, torch.device(p.device)),
+                              reverse=p.reverse, precision=self.block_precision(),
                               weak_seed=p.weak_seed, seed_margin=p.seed_margin, step_budget=p.step_budget)
 
     def _fill(self, name: str, scale, settings, raw: np.ndarray, mask: np.ndarray | None, block: Block):
@@ -230,7 +229,8 @@ class FFNStage(BlockStage):
         raw = read_image(volumes, block.read_box)
         settings, scale = self.settings(), self.scale
         labels, stats = self._fill(self.params.model, scale, settings, raw, mask, block)
-        summary = {"objects": stats["objects"], "steps": stats["steps"], "over_budget": stats["over_budget"]}
+        summary = {"objects": stats["objects"], "steps": stats["steps"], "over_budget": stats["over_budget"],
+                   "precision": settings.precision}
         runs = [labels]
         if self.params.consensus:
             reverse, stats = self._fill(self.params.model, scale, dataclasses.replace(settings,
@@ -318,7 +318,7 @@ class FFNAgglomerateParams(StageParams):
 
 
 @register
-class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
+class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
     """FFN agglomeration decisions per block (`ffn.agglomeration`): a table of tested pairs, no volume."""
 
     name = "ffn_agglomerate"
@@ -355,24 +355,20 @@ class FFNAgglomerateStage(BlockStage[FFNAgglomerateParams]):
         check_image_input(self, self.model_info, inputs)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        import torch
-
         from connectome.ffn.agglomeration import AgglomerationSettings, block_decisions, fill_from_seed
         from connectome.ffn.canvas import CanvasSettings
-        from connectome.models.inference import resolve_precision
 
         net, info = cached_model(self.params.model, self.params.device)
         # the pair fills keep moving while their seed weakens, as when the agreement threshold was chosen
         # (benchmarks/results/ffn_agglomeration_threshold.md)
         canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size,
-                                precision=resolve_precision(self.params.precision, torch.device(self.params.device)),
-                                weak_seed="continue")
+                                precision=self.block_precision(), weak_seed="continue")
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
                                 read_image(volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),
                                 block.read_box, block.write_box, settings)
         save_table(self.table_dirs["ffn_merges"], block.index, **table)
-        return {"pairs": int(len(table["pairs"])), "agree": int(table["agree"].sum())}
+        return {"pairs": int(len(table["pairs"])), "agree": int(table["agree"].sum()), "precision": canvas.precision}
 
 
 @register

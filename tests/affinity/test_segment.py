@@ -99,6 +99,10 @@ def test_test_time_augmentation_is_seam_free_and_changes_the_affinities(medulla_
     the plain one (`--tta 1`)."""
     eight, one, plain = medulla_runs["eight"], medulla_runs["one"], medulla_runs["plain"]
     assert (eight["tta"], one["tta"], plain["tta"]) == (4, 4, 1)
+    from connectome.models.inference import native_bfloat16
+
+    here = "bfloat16" if native_bfloat16() else "float32"  # the one precision every block of each run used
+    assert (eight["precision"], one["precision"], plain["precision"]) == (here, here, here)
     a8, a1, a0 = (_read(r["affinities"]).astype(np.int16) for r in (eight, one, plain))
     diff = np.abs(a8 - a1)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float summation order only

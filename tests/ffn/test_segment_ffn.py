@@ -54,6 +54,11 @@ def test_synthetic_eight_blocks_resume(synthetic_raw, tmp_path, capsys, client):
     again = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32))
     assert again["stages"][0]["ran"] == 1 and again["stages"][0]["skipped"] == 7
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
+    # every block, the redone one too, computed in the one precision auto resolved to (models.run_precision)
+    from connectome.models.inference import native_bfloat16
+
+    recorded = [s["precision"] for s in DoneMarkers(str(tmp_path / "eight"), "ffn").summaries().values()]
+    assert recorded == ["bfloat16" if native_bfloat16() else "float32"] * 8
     # auto named is the default: the run resumes with nothing to do (runs from before the option too)
     named = _segment(capsys, raw, tmp_path / "eight", "ffn-synthetic", (8, 32, 32), "--precision", "auto")
     assert named["stages"][0]["ran"] == 0 and named["stages"][0]["skipped"] == 8
