@@ -1,8 +1,10 @@
 """Checks of a run's input volume that need no cluster and no stage: its voxel size against the one
-given, and chunk files missing from a zarr input (they would read as zeros)."""
+given, and what of it reads as zeros: chunk files missing from a zarr input, the padding of the smaller
+sections of a TIFF/PNG stack."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -31,13 +33,21 @@ QUICK_INPUT_CHECK = 1_000_000  # chunks: above this the input is listed only wit
 
 def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
     """Report chunk files missing from a zarr input (they read as zeros): one line on `stream`
-    (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked)."""
+    (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked).
+    An image stack with sections of several sizes gets one line saying how they are padded."""
+    from connectome.io.image_stack import ImageStackVolume
     from connectome.io.sections import SectionRange
     from connectome.io.zarr_store import ZarrVolume
 
     volume = open_volume(address)
     while isinstance(volume, SectionRange):
         volume = volume.inner
+    if isinstance(volume, ImageStackVolume) and volume.padded:
+        smaller = volume.padded[0]
+        print(f"connectome: note: {address}: {len(volume.padded)} of {volume.shape[0]} sections are smaller than "
+              f"the largest ({volume.shape[1]} x {volume.shape[2]} px) and are read centred on it, padded with 0 "
+              f"(first: {os.path.basename(smaller.file)}, {smaller.shape[0]} x {smaller.shape[1]} px)",
+              file=stream or sys.stderr)
     if not isinstance(volume, ZarrVolume):
         return 0
     chunks = volume.meta.chunk_shape

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from connectome.core.address import parse_address
 from connectome.core.errors import UserError
 from connectome.io.base import Volume
+from connectome.io.image_stack import ImageStackVolume
 from connectome.io.precomputed import PrecomputedVolume, create_precomputed_volume
-from connectome.io.readonly import Hdf5Volume, ImageStackVolume, NpzVolume
+from connectome.io.readonly import Hdf5Volume, NpzVolume
 from connectome.io.sections import SectionRange
 from connectome.io.zarr_store import ZarrVolume, create_zarr_volume
 
