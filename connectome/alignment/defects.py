@@ -12,7 +12,9 @@ import numpy as np
 OK, BLANK, MISSING, UNMATCHED = 0, 1, 2, 3
 REASONS = {OK: "ok", BLANK: "blank", MISSING: "missing", UNMATCHED: "matches neither neighbour"}
 
-SECTION_FLAG, REGION_FLAG = 1, 2  # values of the defect mask volume
+# values of the defect mask volume; OUTSIDE: an aligned pixel whose source lies outside its section (no tissue
+# was imaged there: the margins the warp leaves)
+SECTION_FLAG, REGION_FLAG, OUTSIDE_FLAG = 1, 2, 3
 
 
 def section_flags(count: np.ndarray, total: np.ndarray, total_sq: np.ndarray, zeros: np.ndarray,

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from connectome.alignment.contrast import LevelsStep, equalize, stretch
-from connectome.alignment.defects import REGION_FLAG, SECTION_FLAG
+from connectome.alignment.defects import OUTSIDE_FLAG, REGION_FLAG, SECTION_FLAG
 from connectome.alignment.mesh import interpolate
 from connectome.alignment.patches import PatchSettings, SectionPair, match_sections, node_axis
 from connectome.alignment.section_order import positions
@@ -138,9 +138,12 @@ class AlignParams(StageParams):
                                     "transform are searched again within a few pixels of it (px)")
     ambiguity: float = Field(0.1, ge=0, le=2, description="a patch's match found again near the refined pair "
                              "transform replaces its own unless its own correlates better by this much")
+    outside: bool = Field(True, description="flag the aligned pixels whose source lies outside their section (the "
+                          "margins the warp leaves, no tissue imaged) as 3 in `defects`, so `segment --mask` leaves "
+                          "them out (false: unflagged, the behaviour before the option)")
 
     def settings(self) -> SolveSettings:
-        return SolveSettings(**self.model_dump())
+        return SolveSettings(**self.model_dump(exclude={"outside"}))
 
 
 @register
@@ -174,13 +177,16 @@ class AlignStage(BlockStage[AlignParams]):
         mask = np.zeros(w.shape, dtype=np.uint8)
         for i, z in enumerate(range(w.offset[0], w.end[0])):
             field = t["fields"][z].astype(np.float64)
-            aligned[i] = warp_section(volumes["raw"], z, field, nodes, yx)
+            aligned[i], inside = warp_section(volumes["raw"], z, field, nodes, yx)
             if t["section_flags"][z]:
                 mask[i] = SECTION_FLAG
-            elif t["regions"][z].any():
+                continue
+            if t["regions"][z].any():
                 qy, qx = source_positions(field, nodes, yx)
                 near = interpolate(t["regions"][z][..., None].astype(np.float64), nodes, qy, qx)[..., 0]
                 mask[i][near >= 0.5] = REGION_FLAG
+            if self.params.outside:
+                mask[i][~inside] = OUTSIDE_FLAG
         volumes["aligned"].write(w, aligned)
         volumes["defects"].write(w, mask)
         return {"flagged_voxels": int(np.count_nonzero(mask))}

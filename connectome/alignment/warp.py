@@ -20,14 +20,15 @@ def source_positions(field: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], bo
 
 
 def warp_section(raw: Volume, z: int, field: np.ndarray, nodes: tuple[np.ndarray, np.ndarray],
-                 box_yx: tuple[slice, slice], order: int = 1) -> np.ndarray:
-    """One aligned section's (y, x) slices; pixels whose source lies outside the section are 0."""
+                 box_yx: tuple[slice, slice], order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One aligned section's (y, x) slices, and where their source lies inside the section (elsewhere they are
+    0)."""
     qy, qx = source_positions(field, nodes, box_yx)
     height, width = raw.shape[1], raw.shape[2]
     inside = (qy > -0.5) & (qy < height - 0.5) & (qx > -0.5) & (qx < width - 0.5)
     out = np.zeros(qy.shape, dtype=raw.dtype)
     if not inside.any():
-        return out
+        return out, inside
     pad = order + 1
     y0 = int(max(np.floor(qy[inside].min()) - pad, 0))
     y1 = int(min(np.ceil(qy[inside].max()) + pad + 1, height))
@@ -39,4 +40,4 @@ def warp_section(raw: Volume, z: int, field: np.ndarray, nodes: tuple[np.ndarray
         info = np.iinfo(raw.dtype)
         values = np.clip(np.rint(values), info.min, info.max)
     out[inside] = values[inside].astype(raw.dtype)
-    return out
+    return out, inside

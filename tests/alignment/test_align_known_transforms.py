@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from stacks import align, clean_stack, write_stack
 
-from connectome.alignment.defects import BLANK, MISSING, REASONS, REGION_FLAG, SECTION_FLAG, UNMATCHED
+from connectome.alignment.defects import BLANK, MISSING, OUTSIDE_FLAG, REASONS, REGION_FLAG, SECTION_FLAG, UNMATCHED
 from connectome.alignment.synthetic import Distortion, distort, residuals
+from connectome.alignment.warp import source_positions
 from connectome.io import open_volume
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,6 +64,20 @@ def test_translations_and_rotations_recovered(rigid, tmp_path, client):
     before = np.abs(np.diff(rigid.raw.astype(float)[centre], axis=0)).mean()
     after = np.abs(np.diff(a[centre], axis=0)).mean()
     assert after < 0.5 * before
+    # the margins the warp leaves (source outside the section) are 0 and flagged OUTSIDE in `defects`, nothing else
+    mask = open_volume(str(tmp_path / "out" / "defects"))
+    m = mask.read(mask.box)
+    full = (slice(0, SIDE), slice(0, SIDE))
+    for z in range(SECTIONS):
+        qy, qx = source_positions(t["fields"][z], nodes_of(t), full)
+        outside = (qy <= -0.5) | (qy >= SIDE - 0.5) | (qx <= -0.5) | (qx >= SIDE - 0.5)
+        np.testing.assert_array_equal(m[z] == OUTSIDE_FLAG, outside, err_msg=f"section {z}")
+        assert not a[z][outside].any()
+    assert 0.01 < (m == OUTSIDE_FLAG).mean() < 0.3 and set(np.unique(m)) == {0, OUTSIDE_FLAG}
+    # `outside: false`, the behaviour before the option: the same alignment, no flag
+    align(raw, str(tmp_path / "kept"), client, solve={"outside": False})
+    kept = open_volume(str(tmp_path / "kept" / "defects"))
+    assert not kept.read(kept.box).any()
 
 
 def test_elastic_warp_recovered(elastic):
