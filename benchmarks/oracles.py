@@ -12,11 +12,15 @@
   touch (6-connected components of that labelling), which is the best a merge of the region graph can do.
   `connected_floor` is the ground truth's own 6-connected components scored against it: the split that
   every segmentation whose segments are connected pays where an object leaves the volume and comes back.
+- with `--per-section` (2-D ground truth, as `connectome evaluate --per-section`): every score is the mean of the
+  sections' own VOI. `section_pieces` is then the score the ISBI 2012 challenge's protocol gives (each section's
+  segmentation taken as its 2-D connected pieces): a 3-D segment that meets a section in two places is not
+  charged as a merge there, which 2-D labels cannot judge.
 
 Prints one JSON object with VOI (split, merge) of the segmentation, of each oracle, and of the pieces
 alone. Usage:
     .venv/bin/python benchmarks/oracles.py --seg RUN/segmentation --gt 'FILE.npz#neuron_ids[z0:z1]' \
-        [--fragments RUN/fragments]
+        [--fragments RUN/fragments] [--per-section]
 """
 
 from __future__ import annotations
@@ -85,13 +89,18 @@ def main() -> None:
     ap.add_argument("--seg", required=True)
     ap.add_argument("--gt", required=True)
     ap.add_argument("--fragments", help="the run's fragments: also the bounds of agglomerating them")
+    ap.add_argument("--per-section", action="store_true", help="each score the mean of the sections' own")
     args = ap.parse_args()
     seg_volume, gt_volume = open_volume(args.seg), open_volume(args.gt)
     seg = seg_volume.read(seg_volume.box).astype(np.int64)
     gt = gt_volume.read(gt_volume.box).astype(np.int64)
 
     def score(labels):
-        split, merge = voi(labels, gt)
+        if args.per_section:
+            labelled = [z for z in range(gt.shape[0]) if gt[z].any()]
+            split, merge = np.mean([voi(labels[z], gt[z]) for z in labelled], axis=0)
+        else:
+            split, merge = voi(labels, gt)
         return {"voi_split": round(split, 3), "voi_merge": round(merge, 3), "voi": round(split + merge, 3)}
 
     fixed, moved = boundary_oracle(seg, gt)
