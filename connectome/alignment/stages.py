@@ -139,8 +139,8 @@ class AlignParams(StageParams):
     ambiguity: float = Field(0.1, ge=0, le=2, description="a patch's match found again near the refined pair "
                              "transform replaces its own unless its own correlates better by this much")
     outside: bool = Field(True, description="flag the aligned pixels whose source lies outside their section (the "
-                          "margins the warp leaves, no tissue imaged) as 3 in `defects`, so `segment --mask` leaves "
-                          "them out (false: unflagged, the behaviour before the option)")
+                          "margins the warp leaves, and the padding of a smaller section: no tissue imaged) as 3 in "
+                          "`defects`, so `segment --mask` leaves them out (false: unflagged, as before the option)")
 
     def settings(self) -> SolveSettings:
         return SolveSettings(**self.model_dump(exclude={"outside"}))
@@ -175,9 +175,10 @@ class AlignStage(BlockStage[AlignParams]):
         yx = (slice(w.offset[1], w.end[1]), slice(w.offset[2], w.end[2]))
         aligned = np.zeros(w.shape, dtype=volumes["aligned"].dtype)
         mask = np.zeros(w.shape, dtype=np.uint8)
+        footprints = volumes["raw"].section_footprints()  # smaller sections padded to the stack's size
         for i, z in enumerate(range(w.offset[0], w.end[0])):
             field = t["fields"][z].astype(np.float64)
-            aligned[i], inside = warp_section(volumes["raw"], z, field, nodes, yx)
+            aligned[i], inside = warp_section(volumes["raw"], z, field, nodes, yx, footprint=footprints.get(z))
             if t["section_flags"][z]:
                 mask[i] = SECTION_FLAG
                 continue

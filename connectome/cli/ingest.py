@@ -111,9 +111,23 @@ def copy_as_stored(src: str, dst: str, chunk, args) -> dict | None:
         if not isinstance(target, ZarrVolume) or not same_encoding(source, target):
             return None
         files, size = copy_stored_chunks(source, target)
+        carry_footprints(source, dst)
     return {"volume": args.dst, "shape": list(meta.shape), "dtype": meta.dtype.name, "voxel_size": list(voxel_size),
             "source_dtype": meta.dtype.name, "rescale": None, "copied_as_stored": True, "files": files,
             "bytes": size, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def carry_footprints(source, dst: str) -> None:
+    """Record in a zarr destination which part of each section holds image data, where the source says (the
+    smaller sections of a TIFF stack): `align` then flags the padding as outside the section."""
+    from connectome.io import open_volume
+    from connectome.io.zarr_store import ZarrVolume
+
+    footprints = source.section_footprints()
+    if footprints:
+        target = open_volume(dst, "r+")
+        if isinstance(target, ZarrVolume):
+            target.record_footprints(footprints)
 
 
 def run(args) -> int:
@@ -139,6 +153,7 @@ def run(args) -> int:
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, execute, plan_run
     from connectome.image.rescale import describe
+    from connectome.io import open_volume
 
     block_shape = tuple(args.block_shape) if args.block_shape else (chunk[0], chunk[1] * 2, chunk[2] * 2)
     config = RunConfig(
@@ -153,6 +168,7 @@ def run(args) -> int:
     _, meta = plan.stages[0].creates["copy"]
     with worker_logs(plan.work_dir), open_client(cluster_settings(args), quiet=args.json, lazy=True) as client:
         report, = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    carry_footprints(open_volume(config.input), dst)
     shape, dtype, voxel_size = list(meta.shape), meta.dtype.name, list(meta.voxel_size)
     summary = {"volume": args.dst, "shape": shape, "dtype": dtype, "voxel_size": voxel_size,
                "source_dtype": src_dtype.name, "rescale": mapping and mapping.to_json(), **report.to_json()}

@@ -74,6 +74,11 @@ class Volume(ABC):
     def _write(self, box: Box, data: np.ndarray) -> None:
         raise NotImplementedError
 
+    def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
+        """Sections that hold image data in part of their plane only: z -> (y0, x0, height, width) of that part
+        (the rest is padding, e.g. a smaller section of a TIFF stack centred on the largest); {} for most volumes."""
+        return {}
+
     def stored_chunks(self, box: Box) -> tuple[str, list[str]] | None:
         """(the directory of the stored chunks, keys of the chunk files that hold `box`), for
         backends on a local disk whose chunks are files; None where no such files exist."""

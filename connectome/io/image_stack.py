@@ -2,9 +2,10 @@
 
 Sections of a directory may differ in size, as a lab's raw sections often do before alignment: the volume is
 as large as the largest section in y and in x, and each smaller section is read centred on it, padded with 0
-(`padded`; the commands say so in one line, `engine.inputs`). All sections must be 2-d and of one dtype; the
-headers of every file are read when the stack is opened (once per process), so a stack that breaks either
-rule is refused before anything is written.
+(`padded`, `section_footprints`). The commands say so in one line (`engine.inputs`), `ingest` records the
+footprints in the zarr it writes, and `align` flags the padding as outside the section. All sections must be
+2-d and of one dtype; the headers of every file are read when the stack is opened (once per process), so a
+stack that breaks either rule is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ class ImageStackVolume(Volume):
     @property
     def meta(self) -> VolumeMeta:
         return self._meta
+
+    def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
+        return {p.z: (*p.offset, *p.shape) for p in self.padded}
 
     def _plane(self, z: int) -> np.ndarray:
         if self._files is None:

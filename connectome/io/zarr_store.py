@@ -88,6 +88,7 @@ class ZarrVolume(Volume):
             self._array = node
             self._array_dir = path
         own = attrs.get("connectome", {})
+        self._footprints = _footprints(address, own.get("section_footprints", {}))
         channels = own.get("channels")
         arr = self._array
         if arr.ndim == 4 and channels is None:
@@ -176,6 +177,17 @@ class ZarrVolume(Volume):
     def stored_chunks(self, box: Box) -> tuple[str, list[str]]:
         return self._array_dir, [key for key, _ in self._covered_chunks(box)]
 
+    def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
+        return dict(self._footprints)
+
+    def record_footprints(self, footprints: dict[int, tuple[int, int, int, int]]) -> None:
+        """Store the sections' footprints (`Volume.section_footprints`) in the group's metadata."""
+        node = zarr.open(store=self.address, mode="r+")  # the group, or a bare array: where its metadata lives
+        own: dict[str, Any] = dict(node.attrs.get("connectome", {}))  # type: ignore[arg-type]
+        own["section_footprints"] = {str(z): [int(v) for v in f] for z, f in sorted(footprints.items())}
+        node.attrs["connectome"] = own
+        self._footprints = dict(footprints)
+
     @functools.cached_property
     def _unchecked(self) -> zarr.Array:
         return self._array.with_config({"write_empty_chunks": True})
@@ -233,6 +245,18 @@ def _all_fill(values: np.ndarray, fill) -> bool:
     if values.dtype.kind == "f":  # by bit pattern: a NaN fill matches, -0.0 is not 0.0
         values, fill = values.view(f"u{values.dtype.itemsize}"), fill.view(f"u{values.dtype.itemsize}")
     return not values.any() if fill == 0 else bool((values == fill).all())
+
+
+def _footprints(address: str, stored) -> dict[int, tuple[int, int, int, int]]:
+    """The `section_footprints` metadata as {z: (y0, x0, height, width)}; one line when it is malformed."""
+    try:
+        found = {int(z): tuple(int(v) for v in f) for z, f in dict(stored).items()}
+    except (TypeError, ValueError):
+        found = None
+    if found is None or any(len(f) != 4 for f in found.values()):
+        raise UserError(f"{address}: metadata connectome.section_footprints: expected {{z: [y0, x0, height, width]}}, "
+                        f"found {stored!r}")
+    return found  # type: ignore[return-value]
 
 
 def create_zarr_volume(

@@ -41,6 +41,8 @@ def test_sections_of_several_sizes_are_centred_on_the_largest(tmp_path, suffix):
         outside = np.ones(stack.shape[1:], bool)
         outside[y:y + h, x:x + w] = False
         assert not stack[z][outside].any()  # the padding is 0 (the sections hold no 0)
+    assert volume.section_footprints() == {1: (2, 0, 36, 50), 2: (0, 3, 40, 43), 3: (4, 11, 31, 27)}
+    assert open_volume(f"{tmp_path}[2:4]").section_footprints() == {0: (0, 3, 40, 43), 1: (4, 11, 31, 27)}
     # a box that cuts through the padding reads the same as the whole stack there
     from connectome.core.geometry import Box
 
@@ -65,6 +67,12 @@ def test_ingest_says_how_a_stack_of_several_sizes_is_padded(tmp_path, capsys):
     written = open_volume(json.loads(out.strip().splitlines()[-1])["volume"])
     stacked = open_volume(str(tmp_path / "tifs"))
     np.testing.assert_array_equal(written.read(written.box), stacked.read(stacked.box))
+    # the zarr records which part of each section holds image data (align flags the rest)
+    assert written.section_footprints() == stacked.section_footprints() == {1: (2, 0, 36, 50), 2: (0, 3, 40, 43)}
+    # a copy of that zarr keeps them
+    code, out, err = _ingest(capsys, written.address, tmp_path / "again")
+    assert code == 0, err
+    assert open_volume(str(tmp_path / "again")).section_footprints() == stacked.section_footprints()
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -112,3 +120,21 @@ def test_real_sections_cropped_unevenly_align_as_well_as_the_whole_sections(tmp_
     cropped = _consecutive_ncc(str(tmp_path / "cropped_out" / "aligned"))
     assert (cropped > whole - 0.05).all(), (cropped, whole)
     assert (cropped[1:] > as_read[1:] + 0.1).all(), (cropped, as_read)  # sections 1-3 were shifted by the crops
+    # the padding and the warp's margins are flagged outside (3) in `defects`, and only where `aligned` is 0
+    # (ISBI's raw holds no 0), so `segment --mask` leaves them out
+    from connectome.alignment.defects import OUTSIDE_FLAG
+
+    aligned, defects = (open_volume(str(tmp_path / "cropped_out" / n)) for n in ("aligned", "defects"))
+    a, d = aligned.read(aligned.box), defects.read(defects.box)
+    outside = d == OUTSIDE_FLAG
+    assert not a[outside].any() and (a == 0).sum() == outside.sum()
+    for z, (_, _, h, w) in open_volume(str(tmp_path / "cropped")).section_footprints().items():
+        assert outside[z].mean() >= 1 - h * w / (512 * 512) - 0.01, z  # at least the padding's share
+    # ingested to zarr first, as the README's TIFF flow does: the same alignment, the same flags
+    assert main(["ingest", str(tmp_path / "cropped"), str(tmp_path / "lab.zarr" / "raw"), "--voxel-size", "50", "4",
+                 "4", "--json", "--no-progress"]) == 0
+    assert main(["align", str(tmp_path / "lab.zarr" / "raw"), str(tmp_path / "lab_out"), "--json",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    via_zarr = open_volume(str(tmp_path / "lab_out" / "defects"))
+    np.testing.assert_array_equal(via_zarr.read(via_zarr.box), d)
