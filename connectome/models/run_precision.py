@@ -5,7 +5,8 @@
 another machine, would mix the two blockwise, and bfloat16 and float32 outputs differ. So a stage run resolves
 `auto` once, before its blocks: to the precision its finished blocks recorded (a resumed run stays one
 precision), else to what `auto` gives on a worker of the stage's pool; every block computes in that precision
-(bfloat16 also where it is not native: slower, the same output) and records it in its done-marker summary.
+(bfloat16 also where it is not native: emulated, slower, the same arithmetic up to the order of float sums) and
+records it in its done-marker summary.
 """
 
 from __future__ import annotations
