@@ -7,6 +7,7 @@ import sys
 import time
 
 from connectome.affinity.stages import AffinitiesStage
+from connectome.alignment.footprints import footprint_masking
 from connectome.alignment.reordering import order_report, ordered_stages
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
@@ -52,7 +53,8 @@ def segmentation_config(
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
-    nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments. `tta` > 1 averages
+    nonzero = excluded), edges touching masked voxels get affinity 0 before the fragments; the padding of sections
+    smaller than the stack's plane (`Volume.section_footprints`) is masked the same way. `tta` > 1 averages
     the affinities of that many flipped copies of each block (test-time augmentation; default: the model's).
     `min_segment_voxels`: segments under this size whose bounding box fits the model's `max_extent` join the
     neighbour they touch most after the merge (default: the model's; 0: none). `section_order`
@@ -78,7 +80,8 @@ def segmentation_config(
             threshold = load_classifier(edges).threshold
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
-    masked = {"affinities": "masked_affinities"} if mask else {}
+    mask_input, mask_stages = footprint_masking(raw, mask)
+    masked = {"affinities": "masked_affinities"} if mask_input else {}
     absorb = dict(info.absorb)
     if min_segment_voxels is not None:
         if min_segment_voxels < 0:
@@ -90,7 +93,8 @@ def segmentation_config(
         StageConfig(stage="affinities", params={
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
             **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {})}),
-        *([StageConfig(stage="mask_affinities", inputs={"mask": absolute(mask)})] if mask else []),
+        *mask_stages,
+        *([StageConfig(stage="mask_affinities", inputs={"mask": mask_input})] if mask_input else []),
         StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),
         StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities

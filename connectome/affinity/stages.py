@@ -89,6 +89,9 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         fp["params"] = params
         return fp
 
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        return {"weights": ("model", self.model_info.path)}
+
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         check_voxel_size(self.params.model, self.model_info.voxel_size, self.input_addresses["raw"],

@@ -5,6 +5,8 @@
   saved as a per-block table. A block handles the nodes inside its write box and reads two
   sections above it and a patch's reach around it, so its table is the same in any block layout.
 - `section_normalize`: per-section percentile stretch and CLAHE (`contrast`), seam-free.
+- `footprint_mask`: the padding of sections smaller than the stack's plane (`footprints`), for a segmentation.
+- `reorder_sections` / `restore_section_order`: the sections in their physical order and back (`section_order`).
 - `align`: its global step (`solve_step.SolveStep`) flags defects, rejects outlier patches (opt-in,
   `refine`: after refining each pair's affine on intensities over the pair's whole overlap, read
   there section by section, and searching the patches that disagree with it again near it:
@@ -24,6 +26,7 @@ from pydantic import Field
 
 from connectome.alignment.contrast import LevelsStep, equalize, stretch
 from connectome.alignment.defects import OUTSIDE_FLAG, REGION_FLAG, SECTION_FLAG
+from connectome.alignment.footprints import outside_footprints, permuted
 from connectome.alignment.mesh import interpolate
 from connectome.alignment.patches import PatchSettings, SectionPair, match_sections, node_axis
 from connectome.alignment.section_order import positions
@@ -300,6 +303,41 @@ class ReorderSectionsStage(_SectionPermutation):
     inputs = (Input("raw"),)
     outputs = (Output("ordered_raw"),)
     source, target, inverse = "raw", "ordered_raw", False
+
+    def before_blocks(self, on_worker, finished) -> None:
+        """The ordered copy records its sections' footprints (`Volume.section_footprints`), so the stages that read
+        it mask or flag the padding of smaller sections as they would on the stored stack."""
+        from connectome.io import open_volume
+        from connectome.io.zarr_store import ZarrVolume
+
+        footprints = open_volume(self.input_addresses["raw"]).section_footprints()
+        target = open_volume(self.output_addresses["ordered_raw"], "r+")
+        if footprints and isinstance(target, ZarrVolume):
+            target.record_footprints(permuted(footprints, self.params.order))
+
+
+class FootprintMaskParams(StageParams):
+    pass
+
+
+@register
+class FootprintMaskStage(BlockStage[FootprintMaskParams]):
+    """1 in the padding of sections smaller than the stack's plane (`footprints`) and where the optional `mask` is
+    nonzero, else 0: the mask a segmentation chain excludes (`segment` adds this stage where the raw volume has
+    footprints)."""
+
+    name = "footprint_mask"
+    Params = FootprintMaskParams
+    inputs = (Input("raw"), Input("mask", dtypes=("uint8", "bool"), optional=True))
+    outputs = (Output("footprint_mask", OutputSpec(dtype="uint8")),)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        out = outside_footprints(volumes["raw"].section_footprints(), block.write_box)
+        padding = int(np.count_nonzero(out))
+        if "mask" in volumes:
+            out |= volumes["mask"].read(block.write_box) != 0
+        volumes["footprint_mask"].write(block.write_box, out.astype(np.uint8))
+        return {"padding_voxels": padding, "masked_voxels": int(np.count_nonzero(out))}
 
 
 @register

@@ -50,6 +50,19 @@ def _normalised(fingerprint: dict) -> dict:
     return json.loads(json.dumps(fingerprint, default=_json_default, sort_keys=True))
 
 
+# fingerprint keys recorded only since runs were made without them (the stages' weight files, `weight_files`)
+RECORDED_SINCE = ("weights", "consensus_weights")
+
+
+def resumes(existing: dict | None, fingerprint: dict) -> bool:
+    """Whether blocks finished under the stored fingerprint `existing` belong to a run of `fingerprint`
+    (normalised): equal, or equal but for keys of `RECORDED_SINCE` that the older run did not record."""
+    if existing is None:
+        return False
+    missing = [k for k in RECORDED_SINCE if k in fingerprint and k not in existing]
+    return existing == {k: v for k, v in fingerprint.items() if k not in missing}
+
+
 def ranges_of(indices: Iterable[int]) -> list[list[int]]:
     """Sorted [first, stop) runs of consecutive indices."""
     values = np.sort(indices if isinstance(indices, np.ndarray) else np.fromiter(indices, dtype=np.int64))
@@ -138,6 +151,10 @@ class MarkerState:
 class DoneMarkers:
     normalised = staticmethod(_normalised)
 
+    def resumes(self, fingerprint: dict) -> bool:
+        """Whether this stage's finished blocks belong to a run of `fingerprint` (module function `resumes`)."""
+        return resumes(self.fingerprint(), _normalised(fingerprint))
+
     def __init__(self, work_dir: str, stage: str):
         self.stage = stage
         self.work_dir = work_dir
@@ -170,7 +187,7 @@ class DoneMarkers:
             return
         existing = self.fingerprint()
         fingerprint = _normalised(fingerprint)
-        if existing is None or existing == fingerprint:
+        if existing is None or resumes(existing, fingerprint):
             return
         changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
         raise UserError(
@@ -186,7 +203,7 @@ class DoneMarkers:
             existing = self.fingerprint()
         except UserError:  # unreadable: only reached with overwrite
             existing = {"unreadable": True}
-        discarded = existing not in (None, fingerprint)
+        discarded = existing is not None and not resumes(existing, fingerprint)
         if discarded:
             self.clear()
         os.makedirs(self.directory, exist_ok=True)

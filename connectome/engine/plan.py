@@ -227,7 +227,7 @@ def _record_config(plan: Plan) -> None:
 def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
     """Every block of the stage (and its global step) finished with this plan's fingerprints."""
     markers = DoneMarkers(work_dir, planned.stage.name)
-    if markers.fingerprint() != DoneMarkers.normalised(fingerprint(planned.stage, planned.grid)):
+    if not markers.resumes(fingerprint(planned.stage, planned.grid)):
         return False
     step = planned.step()
     if step is not None:

@@ -72,8 +72,7 @@ def check_resumable(stage: BlockStage, grid: BlockGrid, work_dir: str, overwrite
 def starts_afresh(stage: BlockStage, grid: BlockGrid, work_dir: str) -> bool:
     """True when no finished block of this stage would be kept (so its outputs may be recreated)."""
     markers = DoneMarkers(work_dir, stage.name)
-    existing = markers.fingerprint()
-    return existing is None or existing != DoneMarkers.normalised(fingerprint(stage, grid)) or not markers.count()
+    return not markers.resumes(fingerprint(stage, grid)) or not markers.count()
 
 
 def _written_chunks(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:

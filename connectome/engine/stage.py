@@ -16,6 +16,8 @@ and returns a small JSON-able summary (stored in the block's done-marker).
 
 from __future__ import annotations
 
+import functools
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -219,17 +221,35 @@ class BlockStage(ABC, Generic[P]):
         versions = self.table_versions()
         if versions:
             fp["table_format"] = versions if len(versions) > 1 else list(versions.values())[0]
+        params = fp["params"]
+        for key, (param, path) in self.weight_files().items():
+            fp[key] = file_record(path)
+            given = params[param]  # type: ignore[index]
+            if given.endswith(".pt") or os.sep in given:  # a path: by file name, so another checkout resumes
+                fp["params"] = params = {**params, param: os.path.basename(path)}  # type: ignore[dict-item]
         return fp
 
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        """Files the results depend on (a network's weights): fingerprint key -> (the parameter that names the
+        file, its path). Recorded by name and content (`file_record`), so weights retrained in place make a
+        resumed run refuse to mix the two, and the same file in another folder resumes."""
+        return {}
 
-def file_record(path: str) -> dict:
+
+def file_record(path: str | os.PathLike) -> dict:
     """A file as a fingerprint records it: its name and content, not its folder, so a run resumes from another
     checkout, venv or container holding the same file, and re-runs where the file was replaced in place."""
+    st = os.stat(path)
+    return {"name": os.path.basename(path), "sha1": _sha1(os.fspath(path), st.st_size, st.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=64)
+def _sha1(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha1, read once per (path, size, modification time): fingerprints are taken often."""
     import hashlib
-    import os
 
     with open(path, "rb") as f:
-        return {"name": os.path.basename(path), "sha1": hashlib.sha1(f.read()).hexdigest()}
+        return hashlib.sha1(f.read()).hexdigest()
 
 
 def crop(data: np.ndarray, block: Block) -> np.ndarray:

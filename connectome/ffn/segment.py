@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from connectome.alignment.footprints import footprint_masking
 from connectome.alignment.reordering import order_report, ordered_stages
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
@@ -27,7 +28,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
     `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams`, `step_budget` its bound on a block's
     FOV steps (default: theirs).
-    With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels.
+    With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels; the
+    padding of sections smaller than the stack's plane (`Volume.section_footprints`) is masked the same way.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first.
     Serial sections stored out of order are segmented in the order recovered from the images
     (`alignment.section_order.ordered_stages`)."""
@@ -63,13 +65,15 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
     prec = {"precision": precision} if precision is not None else {}
     first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec})] if reads else []
+    mask_input, mask_stages = footprint_masking(raw, mask)
     return RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
         stages=ordered_stages([
             *first,
-            StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": absolute(mask)} if mask else {})}),
+            *mask_stages,
+            StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": mask_input} if mask_input else {})}),
             *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
               else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask),
     )

@@ -153,6 +153,12 @@ class FFNStage(OnePrecision, BlockStage):
                            tuple(self.params.consensus_scale or ONE)))
         return models  # type: ignore[return-value]
 
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        files = {"weights": ("model", self.model_info.path)}
+        if self.consensus_info is not None:
+            files["consensus_weights"] = ("consensus_model", self.consensus_info.path)
+        return files
+
     def block_multiple(self) -> tuple[int, int, int]:
         """Every model's factors divide it, so coarse voxels never straddle blocks."""
         return tuple(math.lcm(*axis) for axis in zip(*(s for _, _, s in self._models())))  # type: ignore[return-value]
@@ -331,6 +337,9 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
         from connectome.ffn.registry import read_info, resolve_model_path
 
         return read_info(resolve_model_path(self.params.model))
+
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        return {"weights": ("model", self.model_info.path)}
 
     def fingerprint(self) -> dict:
         """At precision auto, the one from before the option existed, so earlier runs resume."""

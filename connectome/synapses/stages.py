@@ -66,6 +66,9 @@ class CleftsStage(BlockStage[CleftsParams]):
     def block_multiple(self) -> Vec:
         return vec3(self.info.divisor)
 
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        return {"weights": ("model", self.info.path)}
+
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         check_voxel_size(self.params.model, self.info.voxel_size, self.input_addresses["raw"],

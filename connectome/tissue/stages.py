@@ -8,7 +8,6 @@ output exactly (seam-free).
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from typing import Literal
 
@@ -16,7 +15,7 @@ from pydantic import Field, field_validator
 
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, file_record
+from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.models.context import unet_context
@@ -70,13 +69,8 @@ class TissueStage(BlockStage[TissueParams]):
         check_voxel_size(self.params.model, self.model_info.voxel_size[1:], self.input_addresses["raw"],
                          inputs["raw"].voxel_size[1:], self.params.allow_voxel_mismatch)
 
-    def fingerprint(self) -> dict:
-        """With the weights file by name and content (`file_record`); a model given as a path by its file name."""
-        fp = super().fingerprint()
-        weights = file_record(self.model_info.path)
-        if self.params.model.endswith(".pt") or os.sep in self.params.model:
-            fp["params"] = {**fp["params"], "model": weights["name"]}
-        return {**fp, "weights": weights}
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        return {"weights": ("model", self.model_info.path)}
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         import numpy as np

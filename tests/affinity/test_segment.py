@@ -111,6 +111,39 @@ def test_test_time_augmentation_is_seam_free_and_changes_the_affinities(medulla_
     assert np.corrcoef(a1.ravel(), a0.ravel())[0, 1] > 0.9  # ... but describe the same edges
 
 
+def test_weights_retrained_in_place_are_not_mixed_into_a_resumed_run(synthetic_raw, tmp_path, capsys):
+    """The affinities stage records its weights by name and content: the same file elsewhere resumes, a run from
+    before weights were recorded resumes (and records them), and other content under the same path is refused."""
+    import shutil
+
+    from connectome.models.registry import resolve_model_path
+
+    raw, out = str(synthetic_raw / "raw"), tmp_path / "out"
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        for suffix in (".pt", ".json"):
+            shutil.copy(resolve_model_path("synthetic").with_suffix(suffix), folder / f"lab{suffix}")
+        shutil.copy(resolve_model_path("synthetic").with_name("synthetic-edges.json"), folder / "lab-edges.json")
+    first = _segment(capsys, raw, out, str(folders[0] / "lab.pt"), (32, 128, 128))
+    done = out / ".connectome" / "done" / "affinities" / "fingerprint.json"
+    recorded = json.loads(done.read_text())
+    assert recorded["weights"]["name"] == "lab.pt" and str(folders[0]) not in json.dumps(recorded["weights"])
+    old = {k: v for k, v in recorded.items() if k != "weights"}  # as a run made before weights were recorded
+    done.write_text(json.dumps(old))
+    again = _segment(capsys, raw, out, str(folders[1] / "lab.pt"), (32, 128, 128))
+    assert all(s["ran"] == 0 for s in again["stages"]), again["stages"]
+    assert json.loads(done.read_text()) == recorded  # and now records them
+    assert np.array_equal(_read(first["segmentation"]), _read(again["segmentation"]))
+    with open(folders[0] / "lab.pt", "ab") as f:  # retrained in place
+        f.write(b"\0")
+    code = main(["segment", raw, str(out), "--model", str(folders[0] / "lab.pt"), "--block-shape", "32", "128",
+                 "128", "--workers", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'affinities'" in err[0] and "different weights" in err[0], err
+    assert json.loads(done.read_text()) == recorded  # nothing discarded
+
+
 def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     raw = str(synthetic_raw / "raw")
     np.savez(tmp_path / "sections.npz", raw=np.zeros((8, 64, 64), np.uint8))

@@ -50,6 +50,8 @@ CASES = {
     # they need a section order (params.order): 16 blocks vs one in tests/alignment/test_section_order.py
     "reorder_sections": ([], None, "tests/alignment/test_section_order.py"),
     "restore_section_order": (["reorder_sections"], None, "tests/alignment/test_section_order.py"),
+    # it needs a stack with smaller sections: 36 blocks give exactly the padding in tests/alignment/test_footprints.py
+    "footprint_mask": ([], None, "tests/alignment/test_footprints.py"),
     # a mask volume is its input: tests/affinity/test_mask_affinities.py compares 18 blocks with one
     "mask_affinities": ([], None, "tests/affinity/test_mask_affinities.py"),
     # FFN agglomeration: 8 blocks vs one in tests/ffn/test_ffn_agglomeration.py

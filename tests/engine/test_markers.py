@@ -82,3 +82,24 @@ def test_unreadable_fingerprint_is_one_line(tmp_path, text):
         markers.check({"a": 1})
     assert markers.claim({"a": 1}, overwrite=True)  # overwrite discards it
     assert markers.fingerprint() == {"a": 1}
+
+
+def test_a_run_from_before_weights_were_recorded_resumes_and_records_them(tmp_path):
+    """A fingerprint key recorded only since (`RECORDED_SINCE`) does not discard the older run's blocks; the
+    fingerprint then records it, and other weights after that are a change."""
+    markers = DoneMarkers(str(tmp_path), "affinities")
+    old = {"stage": "affinities", "params": {"model": "sstem"}, "blocks": 2}
+    markers.claim(old)
+    w = markers.writer("t")
+    w.add(0, None)
+    w.flush()
+    now = {**old, "weights": {"name": "sstem.pt", "sha1": "a" * 40}}
+    assert markers.resumes(now)
+    assert not markers.claim(now)  # not discarded
+    assert markers.fingerprint() == now and markers.count() == 1
+    other = {**old, "weights": {"name": "sstem.pt", "sha1": "b" * 40}}
+    assert not markers.resumes(other)
+    with pytest.raises(UserError, match="'affinities' .*different weights"):
+        markers.check(other)
+    # any other difference is still one
+    assert not markers.resumes({**now, "params": {"model": "fib-10nm"}})

@@ -190,3 +190,36 @@ def test_seed_rules_reach_the_canvas_and_only_the_old_behaviour_is_left_out_of_t
     assert not {"weak_seed", "seed_margin"} & set(old.fingerprint()["params"])
     other = stage(weak_seed="reject", seed_margin=3)
     assert (other.settings().weak_seed, other.settings().seed_margin) == ("reject", 3)
+
+
+def test_ffn_stages_record_their_weights_by_name_and_content(synthetic_raw, tmp_path):
+    """ffn (and its consensus model) and ffn_agglomerate record each network's weights by file name and sha1, and
+    a network given as a path by its file name: the same files in another folder give the same fingerprints,
+    weights retrained in place another one."""
+    from connectome.engine.plan import plan_run
+    from connectome.ffn.segment import ffn_config
+
+    def fingerprints(folder):
+        folder.mkdir(exist_ok=True)
+        model = saved_handset_model(folder)
+        other = saved_handset_model(folder, deltas=(2, 2, 2), name="second")
+        config = ffn_config(str(synthetic_raw / "raw"), str(tmp_path / "o"), model, (8, 32, 32), agglomerate=True,
+                            consensus=True, consensus_model=other)
+        stages = {p.stage.name: p.stage for p in plan_run(config).stages}
+        return {name: stages[name].fingerprint() for name in ("ffn", "ffn_agglomerate")}
+
+    a, b = fingerprints(tmp_path / "a"), fingerprints(tmp_path / "b")
+    assert a == b
+    assert a["ffn"]["params"]["model"] == "ffn-handset.pt" and a["ffn"]["weights"]["name"] == "ffn-handset.pt"
+    assert a["ffn"]["params"]["consensus_model"] == "second.pt"
+    assert a["ffn"]["consensus_weights"]["name"] == "second.pt"
+    assert a["ffn"]["weights"]["sha1"] != a["ffn"]["consensus_weights"]["sha1"]
+    assert a["ffn_agglomerate"]["weights"] == a["ffn"]["weights"]
+    assert str(tmp_path / "a") not in json.dumps(a)
+    with open(tmp_path / "b" / "second.pt", "ab") as f:  # the consensus network retrained in place
+        f.write(b"\0")
+    config = ffn_config(str(synthetic_raw / "raw"), str(tmp_path / "o"), str(tmp_path / "b" / "ffn-handset.pt"),
+                        (8, 32, 32), consensus=True, consensus_model=str(tmp_path / "b" / "second.pt"))
+    stage = next(p.stage for p in plan_run(config).stages if p.stage.name == "ffn")
+    assert stage.fingerprint()["consensus_weights"]["sha1"] != a["ffn"]["consensus_weights"]["sha1"]
+    assert stage.fingerprint()["weights"] == a["ffn"]["weights"]

@@ -115,3 +115,18 @@ def test_segmentation_of_another_shape_refused(hand_built, tmp_path):
         plan_run(_config(hand_built, tmp_path / "out", (8, 32, 32), segmentation=other.address))
     message = str(e.value)
     assert "\n" not in message and "small_seg" in message and "[16, 32, 64]" in message and "[16, 64, 64]" in message
+
+
+def test_the_cleft_network_is_recorded_by_name_and_content(hand_built, tmp_path):
+    """The clefts stage's fingerprint holds its weights' file name and sha1 (not their folder)."""
+    import hashlib
+
+    from connectome.synapses.model import resolve
+
+    config = RunConfig(input=str(hand_built / "raw"), output=str(tmp_path / "out"), cluster=ClusterConfig(),
+                       blocks=BlocksConfig(shape=(8, 32, 32), chunk_shape=(8, 32, 32)),
+                       stages=[StageConfig(stage="clefts", params={"allow_voxel_mismatch": True})])
+    stage = plan_run(config).stages[0].stage
+    weights = resolve(stage.params.model)
+    assert stage.fingerprint()["weights"] == {"name": weights.name,
+                                              "sha1": hashlib.sha1(weights.read_bytes()).hexdigest()}

@@ -1,0 +1,119 @@
+"""Sections smaller than the stack's plane: their padding is masked out of a segmentation (the affinity chain and
+the FFN), and the footprints follow the sections when a run reorders them."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from connectome.alignment.footprints import outside_footprints, permuted
+from connectome.cli.main import main
+from connectome.core.geometry import Box
+from connectome.io import open_volume
+
+SHAPE = (16, 96, 96)
+CROPS = {3: (64, 80), 9: (72, 56), 10: (90, 96)}  # z -> the (height, width) of a smaller section
+
+
+def test_outside_footprints_over_a_box():
+    footprints = {1: (2, 3, 4, 5), 3: (0, 0, 10, 10)}
+    box = Box((0, 1, 2), (3, 8, 8))  # sections 0-2, rows 1-8, columns 2-9
+    out = outside_footprints(footprints, box)
+    expected = np.zeros((3, 8, 8), bool)
+    expected[1] = True
+    expected[1, 1:5, 1:6] = False  # rows 2-5 and columns 3-7 of section 1
+    np.testing.assert_array_equal(out, expected)
+    assert permuted(footprints, [3, 0, 1, 2]) == {0: (0, 0, 10, 10), 2: (2, 3, 4, 5)}
+
+
+@pytest.fixture(scope="module")
+def uneven_stack(tmp_path_factory):
+    """A synthetic volume written as TIFF sections, three of them cropped about their centre (as a smaller
+    section of a lab's stack is read: centred on the largest); (folder, the whole volume, the padding)."""
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("uneven")
+    raw = generate(SHAPE, (8.0, 8.0, 8.0), seed=11).raw
+    padding = np.zeros(SHAPE, bool)
+    (root / "tifs").mkdir()
+    for z in range(SHAPE[0]):
+        section = raw[z]
+        if z in CROPS:
+            h, w = CROPS[z]
+            y, x = (SHAPE[1] - h) // 2, (SHAPE[2] - w) // 2
+            section = section[y:y + h, x:x + w]
+            padding[z] = True
+            padding[z, y:y + h, x:x + w] = False
+        tifffile.imwrite(root / "tifs" / f"s{z:02d}.tif", section)
+    return root / "tifs", raw, padding
+
+
+def _segment(capsys, raw, out, *extra):
+    code = main(["segment", str(raw), str(out), "--voxel-size", "8", "8", "8", "--block-shape", "16", "96", "96",
+                 "--workers", "2", "--no-progress", "--json", *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1])
+
+
+def _read(address):
+    volume = open_volume(address)
+    return volume.read(volume.box)
+
+
+@pytest.mark.parametrize("method", ["affinities", "ffn"])
+def test_the_padding_of_smaller_sections_is_left_out_of_the_segmentation(uneven_stack, tmp_path, capsys, method):
+    folder, _, padding = uneven_stack
+    extra = ["--method", "ffn", "--model", "ffn-synthetic"] if method == "ffn" else []
+    report = _segment(capsys, folder, tmp_path / "out", *extra)
+    stages = [s["stage"] for s in report["stages"]]
+    assert "footprint_mask" in stages
+    seg = _read(report["segmentation"])
+    assert not seg[padding].any()
+    assert (seg[~padding] != 0).mean() > 0.5  # the image itself is segmented
+    mask = _read(str(tmp_path / "out" / "footprint_mask"))
+    np.testing.assert_array_equal(mask != 0, padding)
+
+
+def test_the_same_volume_without_footprints_runs_no_mask_stage(uneven_stack, tmp_path, capsys):
+    """A volume whose sections fill the plane gets no extra stage (its runs keep their fingerprints)."""
+    _, raw, _ = uneven_stack
+    (tmp_path / "whole").mkdir()
+    for z in range(SHAPE[0]):
+        tifffile.imwrite(tmp_path / "whole" / f"s{z:02d}.tif", raw[z])
+    report = _segment(capsys, tmp_path / "whole", tmp_path / "out")
+    assert [s["stage"] for s in report["stages"]][:2] == ["affinities", "fragments"]
+
+
+def test_a_given_mask_is_joined_with_the_padding(uneven_stack, tmp_path, capsys):
+    folder, _, padding = uneven_stack
+    from connectome.io import create_volume
+
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[:, :, :20] = 1  # e.g. a vessel along one side
+    create_volume(str(tmp_path / "lab_mask"), SHAPE, np.uint8, (16, 96, 96), (8, 8, 8)).write(Box((0, 0, 0), SHAPE),
+                                                                                              lab)
+    report = _segment(capsys, folder, tmp_path / "out", "--mask", str(tmp_path / "lab_mask"))
+    seg = _read(report["segmentation"])
+    assert not seg[padding].any() and not seg[:, :, :20].any()
+    np.testing.assert_array_equal(_read(str(tmp_path / "out" / "footprint_mask")) != 0, padding | (lab != 0))
+
+
+def test_reordered_sections_carry_their_footprints(uneven_stack, tmp_path, client):
+    """`reorder_sections` records the footprints of its copy in the new order, so the stages after it mask (and
+    `align` flags) the padding of the section where it now lies; `footprint_mask` in 36 blocks is exactly it."""
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+
+    folder, _, padding = uneven_stack
+    order = list(range(SHAPE[0]))[::-1]
+    config = RunConfig(input=str(folder), output=str(tmp_path / "out"), voxel_size=(8, 8, 8), cluster=ClusterConfig(),
+                       blocks=BlocksConfig(shape=(4, 32, 32), chunk_shape=(4, 32, 32)),  # 36 blocks
+                       stages=[StageConfig(stage="reorder_sections", params={"order": order}),
+                               StageConfig(stage="footprint_mask", inputs={"raw": "ordered_raw"})])
+    execute(plan_run(config), client, progress=False)
+    ordered = open_volume(str(tmp_path / "out" / "ordered_raw"))
+    assert ordered.section_footprints() == permuted(open_volume(str(folder)).section_footprints(), order)
+    np.testing.assert_array_equal(_read(str(tmp_path / "out" / "footprint_mask")) != 0, padding[::-1])
