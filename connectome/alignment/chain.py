@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from connectome.alignment.reordering import checked_order, in_recovered_order, order_report, order_warning
+from connectome.alignment.reordering import checked_order, in_recovered_order, order_report, say_order
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
@@ -22,9 +21,8 @@ def alignment_config(raw: str, out_dir: str, block_shape=(16, 512, 512), chunk_s
     written, in the order recovered from the images."""
     stages = [StageConfig(stage="align_match", params=match or {}), StageConfig(stage="align", params=solve or {})]
     order = checked_order(absolute(raw), voxel_size, section_order)
-    if order is not None and order.recovered:
-        print(order_warning(raw, order, "aligning in the recovered order, the aligned volume is written in it"),
-              file=sys.stderr, flush=True)
+    if order is not None and say_order(raw, order, "aligning in the recovered order, the aligned volume is written "
+                                                   "in it"):
         stages = in_recovered_order(stages, order.order)
     return RunConfig(
         input=absolute(raw),

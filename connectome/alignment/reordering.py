@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from connectome.alignment.section_order import MAX_SECTIONS, MODES, SectionOrder, section_order, serial_sections
+from connectome.alignment.section_order import (
+    LOCAL_REACH,
+    MAX_SECTIONS,
+    MODES,
+    SectionOrder,
+    section_order,
+    serial_sections,
+)
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
 from connectome.engine.config import StageConfig
@@ -40,6 +47,27 @@ def order_warning(address: str, order: SectionOrder, what: str) -> str:
             f"neighbouring sections are neighbours in the order recovered from the images; neighbour similarity "
             f"{order.stored_similarity:.2f} as stored, {order.recovered_similarity:.2f} recovered): {what} "
             "(--section-order keep: as stored)")
+
+
+def misplaced_warning(address: str, order: SectionOrder) -> str | None:
+    """The one line naming the sections that look out of place in a stored order that is kept (`misplaced`)."""
+    if order.recovered or not order.misplaced:
+        return None
+    listed = ", ".join(str(z) for z in order.misplaced[:8]) + (", ..." if len(order.misplaced) > 8 else "")
+    return (f"connectome: warning: {address}: section{'s' if len(order.misplaced) > 1 else ''} {listed} (stored z) "
+            f"look{'' if len(order.misplaced) > 1 else 's'} out of place: moved by up to {LOCAL_REACH} places, "
+            "{} more alike to {} neighbours; the stored order is kept (--section-order recover: work in the order "
+            "recovered from the images)".format(*(("they are", "their") if len(order.misplaced) > 1 else
+                                                 ("it is", "its"))))
+
+
+def say_order(address: str, order: SectionOrder, what: str) -> bool:
+    """Print on stderr the one line about a checked order: that the run works in the recovered order (`what`: what
+    it does with it), or which sections look out of place in the stored order it keeps. True for the former."""
+    line = order_warning(address, order, what) if order.recovered else misplaced_warning(address, order)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    return order.recovered
 
 
 def order_report(stages) -> dict:
@@ -80,11 +108,10 @@ def ordered_stages(stages: list, raw: str, voxel_size, mode: str, mask: str | No
     sections out of order (said in one line on stderr), else as they are. A `mask` is not reordered with the
     raw volume: such a run is refused."""
     order = checked_order(absolute(raw), voxel_size, mode)
-    if order is None or not order.recovered:
-        return stages
-    if mask:
+    if order is not None and order.recovered and mask:
         raise UserError(f"--mask {mask}: the sections of {raw} look out of order, and a mask is not reordered "
                         "with them; give --section-order keep, or reorder the raw volume and the mask first")
-    print(order_warning(raw, order, "segmenting in the recovered order, the segmentation is written in the "
-                                    "stored order"), file=sys.stderr, flush=True)
+    if order is None or not say_order(raw, order, "segmenting in the recovered order, the segmentation is written "
+                                                  "in the stored order"):
+        return stages
     return in_recovered_order(stages, order.order)

@@ -27,6 +27,8 @@ RADIUS = 24  # shifts (subsampled pixels, y and x) searched: up to 120 pixels fo
 RECOVER_BELOW = 0.5  # `auto` recovers the order when fewer of the stored neighbour pairs stay neighbours
 CLEARLY_BETTER = 0.6  # ... and the stored neighbours' median similarity is below this share of the recovered ones'
 MAX_SECTIONS = 2048  # `auto` checks stacks up to this many sections (the similarities are n x n)
+LOCAL_REACH = 4  # a kept stack: single sections moved by up to this many places are tried (`misplaced_sections`) ...
+LOCAL_GAIN = 0.3  # ... and reported where the move adds this share of the median neighbour similarity to the path
 MODES = ("auto", "keep", "recover")
 
 
@@ -40,6 +42,7 @@ class SectionOrder:
     stored_similarity: float  # median similarity of stored neighbours
     recovered_similarity: float  # median similarity of neighbours in `order`
     recovered: bool
+    misplaced: tuple[int, ...] = ()  # where the stored order is kept: sections that look out of place in it
 
 
 def positions(order) -> np.ndarray:
@@ -180,4 +183,56 @@ def section_order(volume: Volume | np.ndarray, mode: str = "auto") -> SectionOrd
     changed = not np.array_equal(order, np.arange(n))
     clear = kept < RECOVER_BELOW and stored < CLEARLY_BETTER * found
     recovered = changed and (mode == "recover" or (mode == "auto" and clear))
-    return SectionOrder(tuple(int(v) for v in order), kept, stored, found, recovered)
+    misplaced = () if recovered else misplaced_sections(sim)
+    return SectionOrder(tuple(int(v) for v in order), kept, stored, found, recovered, misplaced)
+
+
+def move_gains(sim: np.ndarray, order: np.ndarray, shift: int) -> np.ndarray:
+    """For each position i, how much the path's neighbour similarity grows when the section at i moves `shift`
+    places (later if positive); -inf where that leaves the stack."""
+    n = len(order)
+    link = np.r_[sim[order[:-1], order[1:]], 0.0, 0.0]  # link[k]: positions k, k + 1 (0 past the end)
+    i = np.arange(n)
+    j = i + shift
+    ok = (j >= 0) & (j < n)
+    i, j = i[ok], j[ok]
+
+    def s(a, b):  # similarity of the sections at positions a and b; 0 where a position is off the stack
+        inside = (a >= 0) & (a < n) & (b >= 0) & (b < n)
+        return np.where(inside, sim[order[np.clip(a, 0, n - 1)], order[np.clip(b, 0, n - 1)]], 0.0)
+
+    before = np.where(i > 0, link[np.maximum(i - 1, 0)], 0.0) + link[i]
+    if shift > 0:  # ... i-1, i+1 ... j, i, j+1 ...
+        gain = s(i - 1, i + 1) + s(j, i) + s(i, j + 1) - before - link[j]
+    else:  # ... j-1, i, j ... i-1, i+1 ...
+        gain = s(j - 1, i) + s(i, j) + s(i - 1, i + 1) - before - np.where(j > 0, link[np.maximum(j - 1, 0)], 0.0)
+    out = np.full(n, -np.inf)
+    out[ok] = gain
+    return out
+
+
+def misplaced_sections(sim: np.ndarray, reach: int = LOCAL_REACH, share: float = LOCAL_GAIN) -> tuple[int, ...]:
+    """Stored indices of single sections that, moved by up to `reach` places, make the stored path's neighbours
+    more alike by at least `share` of its median neighbour similarity (a swapped pair, a section slipped a few
+    places): the best such move, then the next on the order it leaves, at most one per ten sections."""
+    n = sim.shape[0]
+    if n < 3:
+        return ()
+    least = share * float(np.median(np.diagonal(sim, 1)))
+    # a section like no other (blank, damaged) is a defect, not misplaced: left out, its neighbours meet
+    alike = np.flatnonzero(np.where(np.eye(n, dtype=bool), -np.inf, sim).max(axis=1) >= least)
+    if least <= 0 or len(alike) < 3:
+        return ()
+    sim = sim[np.ix_(alike, alike)]
+    order = np.arange(len(alike))
+    moved: list[int] = []
+    shifts = [d for d in range(-reach, reach + 1) if d]
+    for _ in range(max(1, n // 10)):
+        gains = np.stack([move_gains(sim, order, d) for d in shifts])
+        d, i = np.unravel_index(int(np.argmax(gains)), gains.shape)
+        if gains[d, i] < least:
+            break
+        section = int(order[i])
+        order = np.insert(np.delete(order, i), i + shifts[d], section)
+        moved.append(int(alike[section]))
+    return tuple(sorted(set(moved)))

@@ -77,17 +77,14 @@ def in_section_order(pair: Pair, mode: str, voxel_size, what: str) -> tuple[Pair
     """`pair` with its sections, and its labels', in the order recovered from its images where `mode` says
     (`connectome.alignment.section_order`; auto: serial sections only), the line that says so printed on stderr
     (`what`: what the caller does with it); the order (stored index of each section), or None where kept."""
-    import sys
-
-    from connectome.alignment.reordering import order_warning
+    from connectome.alignment.reordering import say_order
     from connectome.alignment.section_order import section_order, serial_sections
 
     if mode == "keep" or (mode == "auto" and not serial_sections(voxel_size)):
         return pair, None
     order = section_order(pair.raw, mode)
-    if not order.recovered:
+    if not say_order(pair.raw_address, order, what):
         return pair, None
-    print(order_warning(pair.raw_address, order, what), file=sys.stderr, flush=True)
     sections = list(order.order)
     return Pair(pair.raw_address, pair.labels_address, np.ascontiguousarray(pair.raw[sections]),
                 np.ascontiguousarray(pair.labels[sections])), sections

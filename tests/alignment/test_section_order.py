@@ -11,9 +11,13 @@ import pytest
 from connectome.alignment.reordering import checked_order
 from connectome.alignment.section_order import (
     kept_pairs,
+    misplaced_sections,
+    move_gains,
     positions,
     recover_order,
+    section_images,
     section_order,
+    similarity,
 )
 from connectome.cli.main import main
 from connectome.core.errors import UserError
@@ -67,6 +71,53 @@ def test_real_stacks_in_order_are_left_alone(relative, key):
     order = section_order(open_volume(f"{data_file(relative)}#{key}"))
     assert not order.recovered and order.kept_pairs == 1.0
     assert order.order == tuple(range(len(order.order)))
+    assert order.misplaced == ()  # and no section is reported out of place
+
+
+def test_move_gains_are_the_change_of_the_path_similarity():
+    rng = np.random.default_rng(0)
+    n = 9
+    a = rng.random((n, n))
+    sim = (a + a.T) / 2
+    order = rng.permutation(n)
+
+    def total(o):
+        return sum(sim[o[k], o[k + 1]] for k in range(n - 1))
+
+    for shift in (-4, -3, -1, 1, 2, 4):
+        gains = move_gains(sim, order, shift)
+        for i in range(n):
+            if not 0 <= i + shift < n:
+                assert gains[i] == -np.inf
+                continue
+            moved = list(order)
+            moved.insert(i + shift, moved.pop(i))
+            assert gains[i] == pytest.approx(total(moved) - total(order), abs=1e-12)
+
+
+@pytest.mark.parametrize("relative, key, disorder", [
+    ("isbi2012/isbi2012.npz", "train_raw", ("swap", 18)), ("isbi2012/isbi2012.npz", "train_raw", ("slip", 13, 3)),
+    ("drosophila_vnc_sstem/vnc_stack1.npz", "raw", ("swap", 11)),
+    ("drosophila_vnc_sstem/vnc_stack1.npz", "raw", ("slip", 8, -2))])
+def test_a_swapped_or_slipped_real_section_is_reported_and_the_order_kept(relative, key, disorder):
+    """A stack in order but for one pair of sections swapped, or one section a few places off: `auto` keeps the
+    stored order (most neighbours are neighbours) and names the section; `recover` puts it back exactly."""
+    with np.load(data_file(relative)) as f:
+        raw = f[key]
+    stored = list(range(len(raw)))
+    z = disorder[1]
+    if disorder[0] == "swap":
+        stored[z], stored[z + 1] = stored[z + 1], stored[z]
+        expected = {z, z + 1}  # moving either puts both back
+    else:
+        stored.insert(z + disorder[2], stored.pop(z))
+        expected = {z + disorder[2]}  # where the slipped section is stored now
+    sim = similarity(section_images(raw))[np.ix_(stored, stored)]
+    found = misplaced_sections(sim)
+    assert len(found) == 1 and set(found) <= expected, (found, expected)
+    assert misplaced_sections(similarity(section_images(raw))) == ()
+    order = recover_order(sim)
+    assert [stored[k] for k in order] == list(range(len(raw)))  # what `--section-order recover` works in
 
 
 def test_a_blank_section_in_an_ordered_stack_does_not_reorder_it(tmp_path):
@@ -75,6 +126,9 @@ def test_a_blank_section_in_an_ordered_stack_does_not_reorder_it(tmp_path):
     raw[5] = 0
     order = section_order(open_volume(_npz(tmp_path / "blank.npz", raw=raw) + "#raw"))
     assert not order.recovered and order.kept_pairs >= 0.8
+    assert order.misplaced == ()  # a blank section is a defect (flagged by align), not a misplaced one
+    raw[10] = 0  # near the end, where moving it to the end would join its neighbours
+    assert section_order(open_volume(_npz(tmp_path / "blank2.npz", raw=raw) + "#raw")).misplaced == ()
 
 
 def test_which_volumes_are_checked(tmp_path):
@@ -277,3 +331,23 @@ def test_the_permutation_stages_in_16_blocks_equal_one_block(tmp_path, client):
         results[name] = _read(str(tmp_path / name / "ordered_raw")), _read(str(tmp_path / name / "restored"))
     assert np.array_equal(results["many"][0], raw[order]) and np.array_equal(results["one"][0], raw[order])
     assert np.array_equal(results["many"][1], raw) and np.array_equal(results["one"][1], raw)
+
+
+def test_segment_and_align_name_a_swapped_section_and_keep_the_stored_order(tmp_path, capsys):
+    from connectome.affinity.segment import segmentation_config
+    from connectome.alignment.chain import alignment_config
+
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        raw = f["train_raw"][:20].copy()
+    ordered = _npz(tmp_path / "ordered.npz", raw=raw) + "#raw"
+    raw[[8, 9]] = raw[[9, 8]]
+    swapped = _npz(tmp_path / "swapped.npz", raw=raw) + "#raw"
+    for make in (lambda r: segmentation_config(r, str(tmp_path / "seg"), "sstem", voxel_size=(50, 4, 4)),
+                 lambda r: alignment_config(r, str(tmp_path / "aligned"), voxel_size=(50, 4, 4))):
+        config = make(swapped)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "out of place" in err[0] and "--section-order recover" in err[0], err
+        assert err[0].split("section ")[1].split(" ")[0] in ("8", "9"), err
+        assert "reorder_sections" not in [s.stage for s in config.stages]
+        make(ordered)
+        assert capsys.readouterr().err == ""
