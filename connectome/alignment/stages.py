@@ -284,13 +284,20 @@ class _SectionPermutation(BlockStage[SectionPermutationParams]):
         return positions(self.params.order) if self.inverse else np.asarray(self.params.order, np.int64)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        """Each input chunk of sections is read once, as one slab, and every output section it holds copied from it
+        (a section read alone would decompress its whole chunk)."""
         w = block.write_box
         src = volumes[self.source]
         lead = (src.meta.channels,) if src.meta.channels else ()
         out = np.empty(lead + tuple(w.shape), src.meta.dtype)
-        for i, z in enumerate(self.sources()[w.offset[0]:w.end[0]].tolist()):
-            section = src.read(Box.from_corners((z, w.offset[1], w.offset[2]), (z + 1, *w.end[1:])))
-            out[..., i:i + 1, :, :] = section
+        sources = self.sources()[w.offset[0]:w.end[0]]
+        depth, n = max(1, int(src.meta.chunk_shape[0])), src.meta.shape[0]
+        slabs = sources // depth
+        for slab in np.unique(slabs).tolist():
+            z0 = slab * depth
+            data = src.read(Box.from_corners((z0, w.offset[1], w.offset[2]), (min(z0 + depth, n), *w.end[1:])))
+            for i in np.flatnonzero(slabs == slab).tolist():
+                out[..., i, :, :] = data[..., int(sources[i]) - z0, :, :]
         volumes[self.target].write(w, out)
         return {}
 
