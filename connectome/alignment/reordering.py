@@ -6,9 +6,11 @@ from __future__ import annotations
 import sys
 
 from connectome.alignment.section_order import (
+    BAND,
     LOCAL_REACH,
     MAX_SECTIONS,
     MODES,
+    SHUFFLED_BELOW,
     SectionOrder,
     section_order,
     serial_sections,
@@ -23,7 +25,8 @@ from connectome.io import open_volume
 def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder | None:
     """`section_order` of the raw volume at `address` for a run (segment, align), or None where it is not checked:
     `mode` keep; a volume with channels; under `auto`, a volume that is not serial sections (z voxel under twice
-    the in-plane one, or the voxel size unknown) or has more than MAX_SECTIONS sections."""
+    the in-plane one, or the voxel size unknown). Under `auto` a stack of more than MAX_SECTIONS sections is
+    checked for local disorder only (`section_order`)."""
     if mode not in MODES:
         raise UserError(f"--section-order {mode}: expected one of {', '.join(MODES)}")
     if mode == "keep":
@@ -36,7 +39,7 @@ def checked_order(address: str, voxel_size, mode: str = "auto") -> SectionOrder 
     size = voxel_size if voxel_size is not None else (meta.voxel_size if meta.voxel_size_known else None)
     if meta.channels:  # not an EM image; the stage that reads it refuses it
         return None
-    if mode == "auto" and (size is None or not serial_sections(size) or meta.shape[0] > MAX_SECTIONS):
+    if mode == "auto" and (size is None or not serial_sections(size)):
         return None
     return section_order(volume, mode)
 
@@ -49,8 +52,14 @@ def order_warning(address: str, order: SectionOrder, what: str) -> str:
             "(--section-order keep: as stored)")
 
 
-def misplaced_warning(address: str, order: SectionOrder) -> str | None:
-    """The one line naming the sections that look out of place in a stored order that is kept (`misplaced`)."""
+def kept_order_warning(address: str, order: SectionOrder) -> str | None:
+    """Where the stored order is kept: the one line saying that a stack too long for `auto` looks out of order
+    (`unrecovered`), or naming the sections that look out of place (`misplaced`); None where neither."""
+    if order.unrecovered:
+        return (f"connectome: warning: {address}: its {len(order.order)} sections look out of order (stored "
+                f"neighbours are less than {SHUFFLED_BELOW:g} times as alike as sections {BAND} apart), but auto "
+                f"recovers the order of up to {MAX_SECTIONS} sections only; the stored order is kept "
+                "(--section-order recover: find the order, in a time that grows with the square of the sections)")
     if order.recovered or not order.misplaced:
         return None
     listed = ", ".join(str(z) for z in order.misplaced[:8]) + (", ..." if len(order.misplaced) > 8 else "")
@@ -64,7 +73,7 @@ def misplaced_warning(address: str, order: SectionOrder) -> str | None:
 def say_order(address: str, order: SectionOrder, what: str) -> bool:
     """Print on stderr the one line about a checked order: that the run works in the recovered order (`what`: what
     it does with it), or which sections look out of place in the stored order it keeps. True for the former."""
-    line = order_warning(address, order, what) if order.recovered else misplaced_warning(address, order)
+    line = order_warning(address, order, what) if order.recovered else kept_order_warning(address, order)
     if line:
         print(line, file=sys.stderr, flush=True)
     return order.recovered

@@ -13,6 +13,7 @@ beyond the search, is left as it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,10 @@ CLEARLY_BETTER = 0.6  # ... and the stored neighbours' median similarity is belo
 MAX_SECTIONS = 2048  # `auto` checks stacks up to this many sections (the similarities are n x n)
 LOCAL_REACH = 4  # a kept stack: single sections moved by up to this many places are tried (`misplaced_sections`) ...
 LOCAL_GAIN = 0.3  # ... and reported where the move adds this share of the median neighbour similarity to the path
+BAND = 2 * LOCAL_REACH + 2  # a kept order compares each section with this many after it (`banded_similarity`)
+SHUFFLED_BELOW = 2.0  # a stack too long to recover under auto looks out of order when its stored neighbours are
+# less than this many times as alike as sections BAND apart (real stacks in order 2.4-5.3, shuffled 0.9-1.5:
+# benchmarks/results/section_order.md)
 MODES = ("auto", "keep", "recover")
 
 
@@ -43,6 +48,7 @@ class SectionOrder:
     recovered_similarity: float  # median similarity of neighbours in `order`
     recovered: bool
     misplaced: tuple[int, ...] = ()  # where the stored order is kept: sections that look out of place in it
+    unrecovered: bool = False  # auto on more than MAX_SECTIONS: the stored order looks wrong, and is kept
 
 
 def positions(order) -> np.ndarray:
@@ -53,15 +59,17 @@ def positions(order) -> np.ndarray:
     return out
 
 
-def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int = SIDE, batch: int = 16) -> np.ndarray:
-    """(sections, h, w): each section's central window (of a volume or an array in memory), smoothed and
-    subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros)."""
+def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int = SIDE, batch: int = 16,
+                   start: int = 0, stop: int | None = None) -> np.ndarray:
+    """(sections, h, w): each section's (from `start` to `stop`) central window (of a volume or an array in
+    memory), smoothed and subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros)."""
     z, y, x = volume.shape if isinstance(volume, np.ndarray) else volume.meta.shape
+    z = z if stop is None else min(z, stop)
     wy, wx = min(window, y), min(window, x)
     f = max(1, round(min(wy, wx) / side))
     y0, x0 = (y - wy) // 2, (x - wx) // 2
     out = []
-    for z0 in range(0, z, batch):
+    for z0 in range(start, z, batch):
         z1 = min(z, z0 + batch)
         box = Box.from_corners((z0, y0, x0), (z1, y0 + wy, x0 + wx))
         data = (volume[box.to_slices()] if isinstance(volume, np.ndarray) else volume.read(box)).astype(np.float32)
@@ -77,16 +85,45 @@ def similarity(images: np.ndarray, radius: int = RADIUS) -> np.ndarray:
     """(sections, sections): the greatest correlation of two sections' images over shifts of up to `radius`
     pixels in y and x (FFT cross-correlation of the zero-padded images), so sections not yet aligned still
     compare. Only the overlap counts, so a shift is worth less the larger it is: sections in register win."""
-    n, h, w = images.shape
-    shape = (h + radius, w + radius)  # padded: a shift within the radius does not wrap
-    spectra = np.fft.rfft2(images, s=shape)
-    near = np.r_[0:radius + 1, shape[0] - radius:shape[0]], np.r_[0:radius + 1, shape[1] - radius:shape[1]]
+    n = images.shape[0]
+    spectra, shape = _spectra(images, radius)
     out = np.zeros((n, n))
     for a in range(n):
-        corr = np.fft.irfft2(spectra[a][None] * np.conj(spectra[a:]), s=shape)
-        best = corr[:, near[0]][:, :, near[1]].reshape(n - a, -1).max(axis=1)
-        out[a, a:] = out[a:, a] = best
+        out[a, a:] = out[a:, a] = _peaks(spectra[a][None], spectra[a:], shape, radius)
     return out
+
+
+def banded_similarity(volume: Volume | np.ndarray, width: int, radius: int = RADIUS, batch: int = 64) -> np.ndarray:
+    """(sections, width): `similarity` of each section with each of the `width` sections after it in the stored
+    order (0 past the end); read `batch` sections at a time, so memory does not grow with the stack."""
+    n = volume.shape[0] if isinstance(volume, np.ndarray) else volume.meta.shape[0]
+    out = np.zeros((n, width))
+    kept = None  # the spectra of the `width` sections before this batch
+    for z0 in range(0, n, batch):
+        z1 = min(n, z0 + batch)
+        spectra, shape = _spectra(section_images(volume, start=z0, stop=z1), radius)
+        if kept is not None:
+            spectra = np.concatenate([kept, spectra])
+        base = z1 - len(spectra)  # the section of spectra[0]
+        for d in range(1, width + 1):
+            later = np.arange(max(z0, d), z1)  # the pairs (b - d, b) whose later section is in this batch
+            if len(later):
+                out[later - d, d - 1] = _peaks(spectra[later - d - base], spectra[later - base], shape, radius)
+        kept = spectra[-width:]
+    return out
+
+
+def _spectra(images: np.ndarray, radius: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The images' spectra, zero-padded by `radius` so that a shift within it does not wrap; and that shape."""
+    shape = (images.shape[1] + radius, images.shape[2] + radius)
+    return np.fft.rfft2(images, s=shape), shape
+
+
+def _peaks(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:
+    """The greatest correlation of each pair of images (spectra `a`, `b`, broadcast) over shifts up to `radius`."""
+    corr = np.fft.irfft2(a * np.conj(b), s=shape)
+    near = np.r_[0:radius + 1, shape[0] - radius:shape[0]], np.r_[0:radius + 1, shape[1] - radius:shape[1]]
+    return corr[:, near[0]][:, :, near[1]].reshape(len(corr), -1).max(axis=1)
 
 
 def path_cost(order: np.ndarray, dist: np.ndarray) -> float:
@@ -173,7 +210,17 @@ def section_order(volume: Volume | np.ndarray, mode: str = "auto") -> SectionOrd
     """The recovered order of `volume`'s sections, recovered (worked in) where `mode` says: `recover` always,
     `auto` where fewer than `RECOVER_BELOW` of the stored neighbour pairs are neighbours in it and its neighbours
     are clearly more alike than the stored ones (`CLEARLY_BETTER`; sections misaligned by more than the search
-    radius look alike to none, and their stack is left as it is)."""
+    radius look alike to none, and their stack is left as it is). A stored order that is kept names its
+    `misplaced` sections. `auto` on more than MAX_SECTIONS sections (the whole check grows with their square)
+    compares each section with the BAND after it only: it keeps the stored order, and says whether it looks out of
+    order (`unrecovered`) or which sections look out of place."""
+    n = volume.shape[0] if isinstance(volume, np.ndarray) else volume.meta.shape[0]
+    if mode == "auto" and n > MAX_SECTIONS:
+        band = banded_similarity(volume, BAND)
+        stored = float(np.median(band[:-1, 0]))
+        shuffled = stored < SHUFFLED_BELOW * float(np.median(band[:n - BAND, BAND - 1]))
+        return SectionOrder(tuple(range(n)), 1.0, stored, stored, False,
+                            () if shuffled else misplaced_sections(band), shuffled)
     sim = similarity(section_images(volume))
     order = recover_order(sim)
     kept = kept_pairs(order)
@@ -183,15 +230,36 @@ def section_order(volume: Volume | np.ndarray, mode: str = "auto") -> SectionOrd
     changed = not np.array_equal(order, np.arange(n))
     clear = kept < RECOVER_BELOW and stored < CLEARLY_BETTER * found
     recovered = changed and (mode == "recover" or (mode == "auto" and clear))
-    misplaced = () if recovered else misplaced_sections(sim)
+    misplaced = () if recovered else misplaced_sections(band_of(sim))
     return SectionOrder(tuple(int(v) for v in order), kept, stored, found, recovered, misplaced)
 
 
-def move_gains(sim: np.ndarray, order: np.ndarray, shift: int) -> np.ndarray:
-    """For each position i, how much the path's neighbour similarity grows when the section at i moves `shift`
-    places (later if positive); -inf where that leaves the stack."""
+def band_of(sim: np.ndarray, width: int = BAND) -> np.ndarray:
+    """(sections, width): the `banded_similarity` held in a full similarity matrix."""
+    n = len(sim)
+    out = np.zeros((n, width))
+    for d in range(1, min(width, n - 1) + 1):
+        out[:n - d, d - 1] = np.diagonal(sim, d)
+    return out
+
+
+def band_pairs(band: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The similarity of stored sections a and b (arrays) from a band (`banded_similarity`): 0 beyond its width."""
+    width = band.shape[1]
+
+    def pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d = np.abs(a - b)
+        return np.where((d >= 1) & (d <= width), band[np.minimum(a, b), np.clip(d - 1, 0, width - 1)], 0.0)
+
+    return pair
+
+
+def move_gains(pair: Callable[[np.ndarray, np.ndarray], np.ndarray], order: np.ndarray, shift: int) -> np.ndarray:
+    """For each position i of `order` (stored indices), how much the path's neighbour similarity (`pair` of two
+    arrays of sections) grows when the section at i moves `shift` places (later if positive); -inf where that
+    leaves the stack."""
     n = len(order)
-    link = np.r_[sim[order[:-1], order[1:]], 0.0, 0.0]  # link[k]: positions k, k + 1 (0 past the end)
+    link = np.r_[pair(order[:-1], order[1:]), 0.0, 0.0]  # link[k]: positions k, k + 1 (0 past the end)
     i = np.arange(n)
     j = i + shift
     ok = (j >= 0) & (j < n)
@@ -199,7 +267,7 @@ def move_gains(sim: np.ndarray, order: np.ndarray, shift: int) -> np.ndarray:
 
     def s(a, b):  # similarity of the sections at positions a and b; 0 where a position is off the stack
         inside = (a >= 0) & (a < n) & (b >= 0) & (b < n)
-        return np.where(inside, sim[order[np.clip(a, 0, n - 1)], order[np.clip(b, 0, n - 1)]], 0.0)
+        return np.where(inside, pair(order[np.clip(a, 0, n - 1)], order[np.clip(b, 0, n - 1)]), 0.0)
 
     before = np.where(i > 0, link[np.maximum(i - 1, 0)], 0.0) + link[i]
     if shift > 0:  # ... i-1, i+1 ... j, i, j+1 ...
@@ -211,28 +279,31 @@ def move_gains(sim: np.ndarray, order: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
-def misplaced_sections(sim: np.ndarray, reach: int = LOCAL_REACH, share: float = LOCAL_GAIN) -> tuple[int, ...]:
+def misplaced_sections(band: np.ndarray, reach: int = LOCAL_REACH, share: float = LOCAL_GAIN) -> tuple[int, ...]:
     """Stored indices of single sections that, moved by up to `reach` places, make the stored path's neighbours
     more alike by at least `share` of its median neighbour similarity (a swapped pair, a section slipped a few
-    places): the best such move, then the next on the order it leaves, at most one per ten sections."""
-    n = sim.shape[0]
+    places): the best such move, then the next on the order it leaves, at most one per ten sections. `band`: each
+    section's similarity with the ones after it (`banded_similarity`, `band_of`)."""
+    n, width = band.shape
     if n < 3:
         return ()
-    least = share * float(np.median(np.diagonal(sim, 1)))
-    # a section like no other (blank, damaged) is a defect, not misplaced: left out, its neighbours meet
-    alike = np.flatnonzero(np.where(np.eye(n, dtype=bool), -np.inf, sim).max(axis=1) >= least)
-    if least <= 0 or len(alike) < 3:
+    least = share * float(np.median(band[:n - 1, 0]))
+    # a section like no other near it (blank, damaged) is a defect, not misplaced: left out, its neighbours meet
+    best = band.max(axis=1)
+    for d in range(1, min(width, n - 1) + 1):
+        best[d:] = np.maximum(best[d:], band[:n - d, d - 1])
+    order = np.flatnonzero(best >= least)
+    if least <= 0 or len(order) < 3:
         return ()
-    sim = sim[np.ix_(alike, alike)]
-    order = np.arange(len(alike))
+    pair = band_pairs(band)
     moved: list[int] = []
     shifts = [d for d in range(-reach, reach + 1) if d]
     for _ in range(max(1, n // 10)):
-        gains = np.stack([move_gains(sim, order, d) for d in shifts])
-        d, i = np.unravel_index(int(np.argmax(gains)), gains.shape)
-        if gains[d, i] < least:
+        gains = np.stack([move_gains(pair, order, d) for d in shifts])
+        k, i = np.unravel_index(int(np.argmax(gains)), gains.shape)
+        if gains[k, i] < least:
             break
         section = int(order[i])
-        order = np.insert(np.delete(order, i), i + shifts[d], section)
-        moved.append(int(alike[section]))
+        order = np.insert(np.delete(order, i), i + shifts[k], section)
+        moved.append(section)
     return tuple(sorted(set(moved)))

@@ -10,6 +10,8 @@ import pytest
 
 from connectome.alignment.reordering import checked_order
 from connectome.alignment.section_order import (
+    band_of,
+    banded_similarity,
     kept_pairs,
     misplaced_sections,
     move_gains,
@@ -85,7 +87,7 @@ def test_move_gains_are_the_change_of_the_path_similarity():
         return sum(sim[o[k], o[k + 1]] for k in range(n - 1))
 
     for shift in (-4, -3, -1, 1, 2, 4):
-        gains = move_gains(sim, order, shift)
+        gains = move_gains(lambda a, b: sim[a, b], order, shift)
         for i in range(n):
             if not 0 <= i + shift < n:
                 assert gains[i] == -np.inf
@@ -113,9 +115,9 @@ def test_a_swapped_or_slipped_real_section_is_reported_and_the_order_kept(relati
         stored.insert(z + disorder[2], stored.pop(z))
         expected = {z + disorder[2]}  # where the slipped section is stored now
     sim = similarity(section_images(raw))[np.ix_(stored, stored)]
-    found = misplaced_sections(sim)
+    found = misplaced_sections(band_of(sim))
     assert len(found) == 1 and set(found) <= expected, (found, expected)
-    assert misplaced_sections(similarity(section_images(raw))) == ()
+    assert misplaced_sections(band_of(similarity(section_images(raw)))) == ()
     order = recover_order(sim)
     assert [stored[k] for k in order] == list(range(len(raw)))  # what `--section-order recover` works in
 
@@ -129,6 +131,33 @@ def test_a_blank_section_in_an_ordered_stack_does_not_reorder_it(tmp_path):
     assert order.misplaced == ()  # a blank section is a defect (flagged by align), not a misplaced one
     raw[10] = 0  # near the end, where moving it to the end would join its neighbours
     assert section_order(open_volume(_npz(tmp_path / "blank2.npz", raw=raw) + "#raw")).misplaced == ()
+
+
+def test_stacks_longer_than_auto_recovers_are_checked_near_each_section(tmp_path, monkeypatch, capsys):
+    """Above MAX_SECTIONS (here lowered to 16 for ISBI's 30 sections) `auto` compares each section with the BAND
+    after it only (memory and time linear in the stack): it keeps the stored order, names a swapped section, and
+    says that a shuffled stack looks out of order."""
+    import connectome.alignment.section_order as so
+    from connectome.alignment.reordering import say_order
+
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        raw = f["train_raw"]
+    band = banded_similarity(raw, so.BAND, batch=7)  # read 7 sections at a time: the same as the whole matrix
+    np.testing.assert_allclose(band, band_of(similarity(section_images(raw))), atol=1e-6)
+    monkeypatch.setattr(so, "MAX_SECTIONS", 16)
+    swapped = raw.copy()
+    swapped[[12, 13]] = raw[[13, 12]]
+    cases = {"ordered": raw, "swapped": swapped, "shuffled": raw[np.random.default_rng(1).permutation(len(raw))]}
+    orders = {name: so.section_order(stack) for name, stack in cases.items()}
+    for name, order in orders.items():
+        assert not order.recovered and order.order == tuple(range(len(raw))), name
+    assert orders["ordered"].misplaced == () and not orders["ordered"].unrecovered
+    assert orders["swapped"].misplaced in ((12,), (13,)) and not orders["swapped"].unrecovered
+    assert orders["shuffled"].unrecovered and orders["shuffled"].misplaced == ()
+    assert not say_order("lab/", orders["shuffled"], "")  # the stored order is kept ...
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "30 sections look out of order" in err[0] and "--section-order recover" in err[0], err
+    assert so.section_order(cases["shuffled"], "recover").recovered  # ... and recover finds it
 
 
 def test_which_volumes_are_checked(tmp_path):
