@@ -117,3 +117,32 @@ def test_reordered_sections_carry_their_footprints(uneven_stack, tmp_path, clien
     ordered = open_volume(str(tmp_path / "out" / "ordered_raw"))
     assert ordered.section_footprints() == permuted(open_volume(str(folder)).section_footprints(), order)
     np.testing.assert_array_equal(_read(str(tmp_path / "out" / "footprint_mask")) != 0, padding[::-1])
+
+
+def test_a_shuffled_stack_of_uneven_real_sections_is_masked_where_each_section_is_stored(tmp_path, capsys):
+    """ISBI sections stored shuffled, two of them smaller: `segment` works in the recovered order (the footprints
+    follow the sections into it) and writes a segmentation in the stored order with every padding voxel 0."""
+    from conftest import data_file
+
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        raw = f["train_raw"][:12, :256, :256]
+    (tmp_path / "tifs").mkdir()
+    padding = np.zeros(raw.shape, bool)
+    for stored, z in enumerate(np.random.default_rng(1).permutation(12)):
+        section = raw[z]
+        if stored in (2, 7):
+            h, w = {2: (200, 230), 7: (180, 256)}[stored]
+            y, x = (256 - h) // 2, (256 - w) // 2
+            section = section[y:y + h, x:x + w]
+            padding[stored] = True
+            padding[stored, y:y + h, x:x + w] = False
+        tifffile.imwrite(tmp_path / "tifs" / f"s{stored:02d}.tif", section)
+    code = main(["segment", str(tmp_path / "tifs"), str(tmp_path / "out"), "--model", "sstem", "--voxel-size", "50",
+                 "4", "4", "--tta", "1", "--workers", "2", "--no-progress", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["section_order"]["order"] == "recovered"
+    assert [s["stage"] for s in report["stages"]][:3] == ["reorder_sections", "affinities", "footprint_mask"]
+    seg = _read(report["segmentation"])
+    assert not seg[padding].any() and (seg[~padding] != 0).mean() > 0.9
