@@ -63,11 +63,12 @@ def kept_order_warning(address: str, order: SectionOrder) -> str | None:
     if order.recovered or not order.misplaced:
         return None
     listed = ", ".join(str(z) for z in order.misplaced[:8]) + (", ..." if len(order.misplaced) > 8 else "")
-    return (f"connectome: warning: {address}: section{'s' if len(order.misplaced) > 1 else ''} {listed} (stored z) "
-            f"look{'' if len(order.misplaced) > 1 else 's'} out of place: moved by up to {LOCAL_REACH} places, "
-            "{} more alike to {} neighbours; the stored order is kept (--section-order recover: work in the order "
-            "recovered from the images)".format(*(("they are", "their") if len(order.misplaced) > 1 else
-                                                 ("it is", "its"))))
+    many = len(order.misplaced) > 1
+    they, their = ("they are", "their") if many else ("it is", "its")
+    return (f"connectome: warning: {address}: section{'s' if many else ''} {listed} (stored z) look"
+            f"{'' if many else 's'} out of place: moved by up to {LOCAL_REACH} places, {they} more alike to {their} "
+            "neighbours; the stored order is kept (--section-order recover: work in the order recovered from the "
+            "images)")
 
 
 def say_order(address: str, order: SectionOrder, what: str) -> bool:

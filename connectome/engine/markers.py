@@ -151,14 +151,14 @@ class MarkerState:
 class DoneMarkers:
     normalised = staticmethod(_normalised)
 
-    def resumes(self, fingerprint: dict) -> bool:
-        """Whether this stage's finished blocks belong to a run of `fingerprint` (module function `resumes`)."""
-        return resumes(self.fingerprint(), _normalised(fingerprint))
-
     def __init__(self, work_dir: str, stage: str):
         self.stage = stage
         self.work_dir = work_dir
         self.directory = os.path.join(work_dir, ".connectome", "done", stage)
+
+    def resumes(self, fingerprint: dict) -> bool:
+        """Whether this stage's finished blocks belong to a run of `fingerprint` (module function `resumes`)."""
+        return resumes(self.fingerprint(), _normalised(fingerprint))
 
     # -- fingerprint -------------------------------------------------------------------------
 
