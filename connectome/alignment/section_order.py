@@ -65,6 +65,8 @@ def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int 
     memory), smoothed and subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros)."""
     z, y, x = volume.shape if isinstance(volume, np.ndarray) else volume.meta.shape
     z = z if stop is None else min(z, stop)
+    if not isinstance(volume, np.ndarray):  # whole chunks of sections at a time (up to 64): each decompressed once
+        batch = max(batch, min(int(volume.meta.chunk_shape[0]), 64))
     wy, wx = min(window, y), min(window, x)
     f = max(1, round(min(wy, wx) / side))
     y0, x0 = (y - wy) // 2, (x - wx) // 2
