@@ -146,3 +146,15 @@ def test_a_shuffled_stack_of_uneven_real_sections_is_masked_where_each_section_i
     assert [s["stage"] for s in report["stages"]][:3] == ["reorder_sections", "affinities", "footprint_mask"]
     seg = _read(report["segmentation"])
     assert not seg[padding].any() and (seg[~padding] != 0).mean() > 0.9
+
+
+def test_a_bad_mask_with_an_uneven_stack_is_refused_in_one_line(uneven_stack, tmp_path, capsys):
+    folder, _, _ = uneven_stack
+    np.savez(tmp_path / "m.npz", shape=np.zeros((16, 90, 96), np.uint8), dtype=np.zeros(SHAPE, np.float32))
+    for key, words in (("shape", "has shape [16, 90, 96], expected the raw volume's [16, 96, 96]"),
+                       ("dtype", "has dtype float32, expected uint8 or bool")):
+        code = main(["segment", str(folder), str(tmp_path / "out"), "--voxel-size", "8", "8", "8", "--mask",
+                     f"{tmp_path}/m.npz#{key}", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and words in err[0] and f"m.npz#{key}" in err[0], err
+    assert not (tmp_path / "out").exists()
