@@ -232,7 +232,7 @@ def section_order(volume: Volume | np.ndarray, mode: str = "auto") -> SectionOrd
     changed = not np.array_equal(order, np.arange(n))
     clear = kept < RECOVER_BELOW and stored < CLEARLY_BETTER * found
     recovered = changed and (mode == "recover" or (mode == "auto" and clear))
-    misplaced = () if recovered else misplaced_sections(band_of(sim))
+    misplaced = misplaced_sections(band_of(sim)) if mode == "auto" and not recovered else ()
     return SectionOrder(tuple(int(v) for v in order), kept, stored, found, recovered, misplaced)
 
 

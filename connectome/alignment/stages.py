@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -254,6 +254,18 @@ class SectionNormalizeStage(BlockStage[SectionNormalizeParams]):
         return {}
 
 
+def sections_read_together(volume: Volume) -> int:
+    """How many sections a read should take at once: its chunks' depth; 1 for an image stack, whose sections are
+    files read one by one (its chunk shape is nominal)."""
+    from connectome.io.image_stack import ImageStackVolume
+    from connectome.io.sections import SectionRange
+
+    inner = volume
+    while isinstance(inner, SectionRange):
+        inner = inner.inner
+    return 1 if isinstance(inner, ImageStackVolume) else max(1, int(volume.meta.chunk_shape[0]))
+
+
 class SectionPermutationParams(StageParams):
     order: tuple[int, ...] = Field(description="stored index of each section, physical first to last "
                                                "(`section_order`)")
@@ -284,19 +296,19 @@ class _SectionPermutation(BlockStage[SectionPermutationParams]):
         return positions(self.params.order) if self.inverse else np.asarray(self.params.order, np.int64)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
-        """Each input chunk of sections is read once, as one slab, and every output section it holds copied from it
-        (a section read alone would decompress its whole chunk)."""
+        """The sections of each input chunk are read once, together (a section read alone would decompress its
+        whole chunk), from the first to the last one needed; the files of an image stack one at a time."""
         w = block.write_box
         src = volumes[self.source]
         lead = (src.meta.channels,) if src.meta.channels else ()
         out = np.empty(lead + tuple(w.shape), src.meta.dtype)
         sources = self.sources()[w.offset[0]:w.end[0]]
-        depth, n = max(1, int(src.meta.chunk_shape[0])), src.meta.shape[0]
-        slabs = sources // depth
+        slabs = sources // sections_read_together(src)
         for slab in np.unique(slabs).tolist():
-            z0 = slab * depth
-            data = src.read(Box.from_corners((z0, w.offset[1], w.offset[2]), (min(z0 + depth, n), *w.end[1:])))
-            for i in np.flatnonzero(slabs == slab).tolist():
+            wanted = np.flatnonzero(slabs == slab)
+            z0, z1 = int(sources[wanted].min()), int(sources[wanted].max()) + 1
+            data = src.read(Box.from_corners((z0, w.offset[1], w.offset[2]), (z1, *w.end[1:])))
+            for i in wanted.tolist():
                 out[..., i, :, :] = data[..., int(sources[i]) - z0, :, :]
         volumes[self.target].write(w, out)
         return {}
@@ -311,16 +323,30 @@ class ReorderSectionsStage(_SectionPermutation):
     outputs = (Output("ordered_raw"),)
     source, target, inverse = "raw", "ordered_raw", False
 
+    @cached_property
+    def footprints(self) -> dict:
+        """The footprints of the ordered copy (`Volume.section_footprints` of the raw volume, permuted)."""
+        from connectome.io import open_volume
+
+        return permuted(open_volume(self.input_addresses["raw"]).section_footprints(), self.params.order)
+
+    def fingerprint(self) -> dict:
+        """With the footprints the copy records, where there are any: a copy made before it recorded them (a run
+        before 2026-12-05) is reported as changed instead of leaving the padding unmasked."""
+        fp = super().fingerprint()
+        if self.footprints:
+            fp["footprints"] = {str(z): list(f) for z, f in sorted(self.footprints.items())}
+        return fp
+
     def before_blocks(self, on_worker, finished) -> None:
-        """The ordered copy records its sections' footprints (`Volume.section_footprints`), so the stages that read
-        it mask or flag the padding of smaller sections as they would on the stored stack."""
+        """The ordered copy records its sections' footprints, so the stages that read it mask or flag the padding
+        of smaller sections as they would on the stored stack."""
         from connectome.io import open_volume
         from connectome.io.zarr_store import ZarrVolume
 
-        footprints = open_volume(self.input_addresses["raw"]).section_footprints()
         target = open_volume(self.output_addresses["ordered_raw"], "r+")
-        if footprints and isinstance(target, ZarrVolume):
-            target.record_footprints(permuted(footprints, self.params.order))
+        if self.footprints and isinstance(target, ZarrVolume):
+            target.record_footprints(self.footprints)
 
 
 class FootprintMaskParams(StageParams):

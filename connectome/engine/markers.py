@@ -56,11 +56,20 @@ RECORDED_SINCE = ("weights", "consensus_weights")
 
 def resumes(existing: dict | None, fingerprint: dict) -> bool:
     """Whether blocks finished under the stored fingerprint `existing` belong to a run of `fingerprint`
-    (normalised): equal, or equal but for keys of `RECORDED_SINCE` that the older run did not record."""
+    (normalised): equal, or equal but for keys of `RECORDED_SINCE` that the older run did not record (and, in
+    such a run, a model given as a path, which it recorded by its path and is now recorded by its file name)."""
     if existing is None:
         return False
     missing = [k for k in RECORDED_SINCE if k in fingerprint and k not in existing]
-    return existing == {k: v for k, v in fingerprint.items() if k not in missing}
+    if not missing:
+        return existing == fingerprint
+    now = {k: v for k, v in fingerprint.items() if k not in missing}
+    old, new = existing.get("params"), now.get("params")
+    if isinstance(old, dict) and isinstance(new, dict):
+        by_name = {k: new[k] for k, v in old.items()
+                   if isinstance(v, str) and os.sep in v and os.path.basename(v) == new.get(k)}
+        existing = {**existing, "params": {**old, **by_name}}
+    return existing == now
 
 
 def ranges_of(indices: Iterable[int]) -> list[list[int]]:

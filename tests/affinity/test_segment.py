@@ -113,7 +113,8 @@ def test_test_time_augmentation_is_seam_free_and_changes_the_affinities(medulla_
 
 def test_weights_retrained_in_place_are_not_mixed_into_a_resumed_run(synthetic_raw, tmp_path, capsys):
     """The affinities stage records its weights by name and content: the same file elsewhere resumes, a run from
-    before weights were recorded resumes (and records them), and other content under the same path is refused."""
+    before weights were recorded (by its model's path) resumes and records them, and other content under the same
+    path is refused."""
     import shutil
 
     from connectome.models.registry import resolve_model_path
@@ -129,7 +130,8 @@ def test_weights_retrained_in_place_are_not_mixed_into_a_resumed_run(synthetic_r
     done = out / ".connectome" / "done" / "affinities" / "fingerprint.json"
     recorded = json.loads(done.read_text())
     assert recorded["weights"]["name"] == "lab.pt" and str(folders[0]) not in json.dumps(recorded["weights"])
-    old = {k: v for k, v in recorded.items() if k != "weights"}  # as a run made before weights were recorded
+    old = {k: v for k, v in recorded.items() if k != "weights"}  # as a run made before weights were recorded,
+    old["params"] = {**old["params"], "model": str(folders[0] / "lab.pt")}  # which recorded the model's path
     done.write_text(json.dumps(old))
     again = _segment(capsys, raw, out, str(folders[1] / "lab.pt"), (32, 128, 128))
     assert all(s["ran"] == 0 for s in again["stages"]), again["stages"]

@@ -117,6 +117,16 @@ def test_reordered_sections_carry_their_footprints(uneven_stack, tmp_path, clien
     ordered = open_volume(str(tmp_path / "out" / "ordered_raw"))
     assert ordered.section_footprints() == permuted(open_volume(str(folder)).section_footprints(), order)
     np.testing.assert_array_equal(_read(str(tmp_path / "out" / "footprint_mask")) != 0, padding[::-1])
+    # a copy made before copies recorded footprints (its fingerprint without them) is a change, not kept unmasked
+    from connectome.core.errors import UserError
+    from connectome.engine.plan import check_plan_resumable
+
+    done = tmp_path / "out" / ".connectome" / "done" / "reorder_sections" / "fingerprint.json"
+    recorded = json.loads(done.read_text())
+    assert recorded["footprints"] == {str(k): list(v) for k, v in sorted(ordered.section_footprints().items())}
+    done.write_text(json.dumps({k: v for k, v in recorded.items() if k != "footprints"}))
+    with pytest.raises(UserError, match="'reorder_sections'.*different footprints"):
+        check_plan_resumable(plan_run(config), overwrite=False)
 
 
 def test_a_shuffled_stack_of_uneven_real_sections_is_masked_where_each_section_is_stored(tmp_path, capsys):

@@ -103,3 +103,10 @@ def test_a_run_from_before_weights_were_recorded_resumes_and_records_them(tmp_pa
         markers.check(other)
     # any other difference is still one
     assert not markers.resumes({**now, "params": {"model": "fib-10nm"}})
+    # a model given as a path: recorded by its path before, by its file name since
+    pathed = DoneMarkers(str(tmp_path), "ffn")
+    pathed.claim({"stage": "ffn", "params": {"model": "/lab/models/lab.pt", "consensus_model": "/lab/b.pt"}})
+    named = {"stage": "ffn", "params": {"model": "lab.pt", "consensus_model": "b.pt"},
+             "weights": {"name": "lab.pt", "sha1": "c" * 40}}
+    assert pathed.resumes(named)
+    assert not pathed.resumes({**named, "params": {"model": "other.pt", "consensus_model": "b.pt"}})
