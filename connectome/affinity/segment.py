@@ -8,7 +8,7 @@ import time
 
 from connectome.affinity.stages import AffinitiesStage
 from connectome.alignment.footprints import footprint_masking
-from connectome.alignment.reordering import order_report, ordered_stages
+from connectome.alignment.reordering import order_report, ordered_stages, with_finding
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
@@ -101,14 +101,15 @@ def segmentation_config(
         StageConfig(stage="relabel", params={"threshold": threshold,
                                               "scoring": "mean" if scoring == "learned" else scoring, **absorb}),
     ]
-    return RunConfig(
+    stages, finding = ordered_stages(stages, raw, voxel_size, section_order, mask)
+    return with_finding(RunConfig(
         input=absolute(raw),
         output=os.path.abspath(out_dir),
         voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
-        stages=ordered_stages(stages, raw, voxel_size, section_order, mask),
-    )
+        stages=stages,
+    ), finding)
 
 
 def plan_segmentation(config: RunConfig, overwrite: bool = False) -> Plan:
@@ -136,7 +137,7 @@ def run_segmentation(plan: Plan, client, overwrite: bool = False, progress: bool
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
-        **order_report(config.stages),
+        **order_report(config),
     }
 
 

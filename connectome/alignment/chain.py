@@ -6,7 +6,14 @@ import json
 import os
 import time
 
-from connectome.alignment.reordering import checked_order, in_recovered_order, order_report, say_order
+from connectome.alignment.reordering import (
+    checked_order,
+    in_recovered_order,
+    order_finding,
+    order_report,
+    say_order,
+    with_finding,
+)
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
@@ -24,14 +31,14 @@ def alignment_config(raw: str, out_dir: str, block_shape=(16, 512, 512), chunk_s
     if order is not None and say_order(raw, order, "aligning in the recovered order, the aligned volume is written "
                                                    "in it"):
         stages = in_recovered_order(stages, order.order)
-    return RunConfig(
+    return with_finding(RunConfig(
         input=absolute(raw),
         output=os.path.abspath(out_dir),
         voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
         cluster=cluster or ClusterConfig(),
         stages=stages,
-    )
+    ), order_finding(order))
 
 
 def plan_alignment(config: RunConfig, overwrite: bool = False) -> Plan:
@@ -60,5 +67,5 @@ def run_alignment(plan: Plan, client, overwrite: bool = False, progress: bool = 
         "patches_searched_again": solve.get("patches_searched_again", 0),
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
-        **order_report(plan.config.stages),
+        **order_report(plan.config),
     }

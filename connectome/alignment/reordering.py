@@ -17,7 +17,7 @@ from connectome.alignment.section_order import (
 )
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
-from connectome.engine.config import StageConfig
+from connectome.engine.config import RunConfig, StageConfig
 from connectome.engine.registry import stage_class
 from connectome.io import open_volume
 
@@ -80,13 +80,37 @@ def say_order(address: str, order: SectionOrder, what: str) -> bool:
     return order.recovered
 
 
-def order_report(stages) -> dict:
-    """`{"section_order": {"order": "recovered", "sections": [...]}}` for a run whose stages (StageConfig) reorder
-    its sections, else {}."""
-    for stage in stages:
+def order_finding(order: SectionOrder | None) -> dict:
+    """What a checked order says, for a run's `--json`: `{"order": "recovered", "sections": [...]}` where the run
+    works in the recovered order; where it keeps the stored one, `{"order": "stored", "misplaced": [...]}` (the
+    sections that look out of place) or `{"order": "stored", "out_of_order": true}` (a stack too long for `auto`);
+    {} where there is nothing to say."""
+    if order is None:
+        return {}
+    if order.recovered:
+        return {"order": "recovered", "sections": list(order.order)}
+    if order.unrecovered:
+        return {"order": "stored", "out_of_order": True}
+    if order.misplaced:
+        return {"order": "stored", "misplaced": list(order.misplaced)}
+    return {}
+
+
+def with_finding(config: RunConfig, finding: dict) -> RunConfig:
+    """`config` (a RunConfig) carrying `finding` (`order_finding`) for its `--json` (`order_report`)."""
+    config._section_order = dict(finding)
+    return config
+
+
+def order_report(config: RunConfig) -> dict:
+    """`{"section_order": ...}` for a run's `--json`: the order its stages (StageConfig) work in where they reorder
+    its sections (`{"order": "recovered", "sections": [...]}`), else what the check found while the run was built
+    (`order_finding`: sections out of place in the stored order it keeps), else {}."""
+    for stage in config.stages:
         if stage.stage == "reorder_sections":
             return {"section_order": {"order": "recovered", "sections": list(stage.params["order"])}}
-    return {}
+    finding = config._section_order
+    return {"section_order": dict(finding)} if finding and finding.get("order") == "stored" else {}
 
 
 def in_recovered_order(stages: list, order) -> list:
@@ -113,15 +137,15 @@ def in_recovered_order(stages: list, order) -> list:
     return out
 
 
-def ordered_stages(stages: list, raw: str, voxel_size, mode: str, mask: str | None = None) -> list:
+def ordered_stages(stages: list, raw: str, voxel_size, mode: str, mask: str | None = None) -> tuple[list, dict]:
     """A segmentation chain's stages as they run on `raw`: `in_recovered_order` where `checked_order` finds its
-    sections out of order (said in one line on stderr), else as they are. A `mask` is not reordered with the
-    raw volume: such a run is refused."""
+    sections out of order (said in one line on stderr), else as they are; and what the check found
+    (`order_finding`). A `mask` is not reordered with the raw volume: such a run is refused."""
     order = checked_order(absolute(raw), voxel_size, mode)
     if order is not None and order.recovered and mask:
         raise UserError(f"--mask {mask}: the sections of {raw} look out of order, and a mask is not reordered "
                         "with them; give --section-order keep, or reorder the raw volume and the mask first")
     if order is None or not say_order(raw, order, "segmenting in the recovered order, the segmentation is written "
                                                   "in the stored order"):
-        return stages
-    return in_recovered_order(stages, order.order)
+        return stages, order_finding(order)
+    return in_recovered_order(stages, order.order), order_finding(order)

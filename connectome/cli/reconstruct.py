@@ -58,7 +58,7 @@ def run(args) -> int:
               "graph_nodes": paths["nodes"], "graphml": paths["graphml"],
               **{k: v for k, v in paths.items() if k in ("degrees", "adjacency")},
               "summary": summary, "voxels": seg["voxels"], "seconds": round(time.perf_counter() - start, 2),
-              "stages": seg["stages"]}
+              "stages": seg["stages"], **{k: seg[k] for k in ("section_order",) if k in seg}}
     print_result(args, result, "\n".join([
         f"segmentation: {seg['segmentation']}", f"synapses: {result['synapses']}",
         f"segments: {result.get('segments', 'none (--no-types)')}",

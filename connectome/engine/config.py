@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator
 
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import rebased
@@ -49,6 +49,9 @@ class RunConfig(BaseModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retries: int = Field(2, ge=0, description="retries of a failing block before the run stops")
     stages: list[StageConfig] = Field(min_length=1)
+    # what the section-order check found while the run was built (`alignment.reordering.order_finding`), for its
+    # `--json`; not a setting, not written to run.json, not read by any stage
+    _section_order: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("voxel_size")
     @classmethod

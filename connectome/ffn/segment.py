@@ -6,7 +6,7 @@ import os
 import time
 
 from connectome.alignment.footprints import footprint_masking
-from connectome.alignment.reordering import order_report, ordered_stages
+from connectome.alignment.reordering import order_report, ordered_stages, with_finding
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
 from connectome.core.errors import UserError
@@ -66,17 +66,16 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     prec = {"precision": precision} if precision is not None else {}
     first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec})] if reads else []
     mask_input, mask_stages = footprint_masking(raw, mask)
-    return RunConfig(
+    stages, finding = ordered_stages([
+        *first,
+        *mask_stages,
+        StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": mask_input} if mask_input else {})}),
+        *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
+          else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask)
+    return with_finding(RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
         blocks=BlocksConfig(shape=tuple(block_shape), chunk_shape=tuple(chunk_shape) if chunk_shape else None),
-        cluster=cluster or ClusterConfig(),
-        stages=ordered_stages([
-            *first,
-            *mask_stages,
-            StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": mask_input} if mask_input else {})}),
-            *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
-              else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask),
-    )
+        cluster=cluster or ClusterConfig(), stages=stages), finding)
 
 
 def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | None = None,
@@ -102,7 +101,7 @@ def run_ffn(plan: Plan, client, overwrite: bool = False, progress: bool = True) 
             "method": "ffn", "voxels": shape[0] * shape[1] * shape[2], "seconds": round(seconds, 3),
             "stages": [r.to_json() for r in reports], "blocks": len(DoneMarkers(plan.work_dir, "ffn").summaries()),
             "over_budget": over_budget(plan.work_dir), "precision": recorded_precision(plan.work_dir, "ffn"),
-            **order_report(plan.config.stages)}
+            **order_report(plan.config)}
 
 
 def over_budget(work_dir: str) -> dict[int, int]:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from connectome.alignment.reordering import checked_order
+from connectome.alignment.reordering import checked_order, order_finding, order_report
 from connectome.alignment.section_order import (
     band_of,
     banded_similarity,
@@ -158,6 +158,9 @@ def test_stacks_longer_than_auto_recovers_are_checked_near_each_section(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "30 sections look out of order" in err[0] and "--section-order recover" in err[0], err
     assert so.section_order(cases["shuffled"], "recover").recovered  # ... and recover finds it
+    assert order_finding(orders["shuffled"]) == {"order": "stored", "out_of_order": True}  # in --json
+    assert order_finding(orders["swapped"]) == {"order": "stored", "misplaced": list(orders["swapped"].misplaced)}
+    assert order_finding(orders["ordered"]) == {} and order_finding(None) == {}
 
 
 def test_which_volumes_are_checked(tmp_path):
@@ -376,7 +379,13 @@ def test_segment_and_align_name_a_swapped_section_and_keep_the_stored_order(tmp_
         config = make(swapped)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "out of place" in err[0] and "--section-order recover" in err[0], err
-        assert err[0].split("section ")[1].split(" ")[0] in ("8", "9"), err
+        named = int(err[0].split("section ")[1].split(" ")[0])
+        assert named in (8, 9), err
         assert "reorder_sections" not in [s.stage for s in config.stages]
-        make(ordered)
+        # the --json says so too, also of a config extended as `reconstruct` does; not written to run.json
+        expected = {"section_order": {"order": "stored", "misplaced": [named]}}
+        assert order_report(config) == expected
+        assert order_report(config.model_copy(update={"stages": config.stages[:1]})) == expected
+        assert "section_order" not in config.model_dump(mode="json")
+        assert order_report(make(ordered)) == {}
         assert capsys.readouterr().err == ""
