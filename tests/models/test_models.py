@@ -218,7 +218,10 @@ def test_receptive_field_radius_is_exact(arch):
             reach[a] = max(reach[a], int((nz[:, a] - centre[a]).abs().max()))
     assert tuple(reach) == cfg.radius
     # divisor-aligned tiles need no more than the radius (the seam test shows they need all of context)
-    aligned = aligned_reach(cfg)
+    threads = torch.get_num_threads()
+    aligned_reach.cache_clear()
+    aligned = aligned_reach(cfg)  # measured on one thread, the caller's threads restored
+    assert torch.get_num_threads() == threads
     assert all(a <= r for a, r in zip(aligned, cfg.radius))
     assert all(c >= a and c - a < dd and c % dd == 0 for c, a, dd in zip(cfg.context, aligned, d))
 
