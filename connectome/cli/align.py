@@ -7,6 +7,7 @@ transforms). Run it again on the same OUT_DIR to resume.
 
 from __future__ import annotations
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.cli.segment import add_section_order_option
@@ -15,11 +16,11 @@ from connectome.cli.segment import add_section_order_option
 def add_arguments(parser) -> None:
     parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, TIFF stack, ...)")
     parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
-    parser.add_argument("--block-shape", nargs=3, type=int, default=(16, 512, 512), metavar=("Z", "Y", "X"),
+    parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(16, 512, 512), metavar=("Z", "Y", "X"),
                         help="sections and pixels per block (a block is a tile of sections)")
-    parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="output chunks (default: the block shape)")
-    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--voxel-size", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"),
                         help="nm; required for sources that carry none")
     parser.add_argument("--patch", type=int, default=64, help="template side in pixels (default 64)")
     parser.add_argument("--stride", type=int, default=64, help="mesh node spacing in pixels (default 64)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from connectome.cli.arg_types import positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import cluster_settings
 
@@ -22,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default="synthetic", help="affinity model")
     parser.add_argument("--cluster", default=None, metavar="local|slurm|pbs|tcp://HOST:PORT")
     parser.add_argument("--profile", default=None, metavar="NAME|FILE.yaml", help="cluster profile (e.g. slurm-gpu)")
-    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default 2)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="local worker processes (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 

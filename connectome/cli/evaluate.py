@@ -10,6 +10,7 @@ array in its npz), else the ground truth's. Either address may end in a section 
 
 from __future__ import annotations
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 
 DEFAULT_BLOCK_SHAPE = (128, 256, 256)  # connectome.metrics.evaluate's (not imported here: `--help` stays fast)
@@ -23,12 +24,12 @@ def add_arguments(parser) -> None:
                         help="score each z section on its own (2-D ground truth) and report the means")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--block-shape", nargs=3, type=int, metavar=("Z", "Y", "X"), default=list(DEFAULT_BLOCK_SHAPE),
+        "--block-shape", nargs=3, type=positive_int, metavar=("Z", "Y", "X"), default=list(DEFAULT_BLOCK_SHAPE),
         help=f"voxels read per step (default {' '.join(map(str, DEFAULT_BLOCK_SHAPE))})",
     )
     parser.add_argument("--skeletons", metavar="FILE", help="precomputed ground-truth skeletons (.npz)")
     parser.add_argument(
-        "--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+        "--voxel-size", nargs=3, type=positive_float, metavar=("Z", "Y", "X"),
         help="voxel size in nm (default: the segmentation's own, else the ground truth's)",
     )
 

@@ -16,6 +16,7 @@ import hashlib
 import os
 from typing import TYPE_CHECKING
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.core.address import absolute, parse_address
@@ -31,10 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("src",
                         help="source address: zarr, precomputed://..., FILE.npz#KEY, FILE.h5#KEY, TIFF/PNG stack")
     parser.add_argument("dst", help="destination: a zarr path (OME-Zarr) or precomputed://...")
-    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+    parser.add_argument("--voxel-size", nargs=3, type=positive_float, metavar=("Z", "Y", "X"),
                         help="nm; required for sources that carry none")
-    parser.add_argument("--chunk-shape", nargs=3, type=int, default=(64, 128, 128), metavar=("Z", "Y", "X"))
-    parser.add_argument("--block-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, default=(64, 128, 128), metavar=("Z", "Y", "X"))
+    parser.add_argument("--block-shape", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="write box per block, a multiple of the chunk shape (default: 1 x 2 x 2 chunks)")
     parser.add_argument("--dtype", default=None,
                         help="convert to this dtype (default: keep); to a narrower one, values are rescaled")

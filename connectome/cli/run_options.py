@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from connectome.cli.arg_types import positive_int
+
 if TYPE_CHECKING:
     from connectome.cluster.client import ClusterConfig
 
@@ -14,7 +16,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="where blocks run (default: the config's cluster, else a local cluster)")
     parser.add_argument("--profile", default=None, metavar="NAME|FILE.yaml",
                         help="cluster settings from deploy/profiles/NAME.yaml or a YAML file (e.g. slurm-gpu)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="local worker processes (default 2); on slurm/pbs, caps the CPU workers")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard finished blocks whose layout or parameters changed, and start again")

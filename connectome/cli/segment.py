@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 
@@ -14,8 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", default="affinities", choices=["affinities", "ffn"])
     parser.add_argument("--model", default=None,
                         help="shipped model name or a .pt path (default: synthetic; with --method ffn: ffn-synthetic)")
-    parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
-    parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
+    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="output chunks (default: the block shape)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="merge threshold on 1 - mean affinity (default: the model's validated value)")
@@ -24,7 +25,7 @@ def add_arguments(parser) -> None:
                              "1 - an edge classifier's p(merge) (learned; default: the model's validated choice)")
     parser.add_argument("--edge-model", default=None, metavar="NAME|FILE.json",
                         help="learned scoring: the edge classifier (default: the model's <model>-edges.json)")
-    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--voxel-size", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"),
                         help="nm; required for sources that carry none")
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run a model on data whose voxel size differs from its own by more than 1.5x")

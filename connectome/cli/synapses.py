@@ -3,6 +3,7 @@ writes OUT_DIR/synapses.csv and (without --no-types) OUT_DIR/segments.csv (resum
 
 from __future__ import annotations
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 
@@ -13,8 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--segmentation", required=True, help="segmentation address (the raw volume's shape)")
     parser.add_argument("--model", default="cleft-synthetic", help="cleft model name or .pt path")
     parser.add_argument("--classifier", default=None, help="neurite type classifier name or .json path")
-    parser.add_argument("--block-shape", nargs=3, type=int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
-    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"))
+    parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
+    parser.add_argument("--voxel-size", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the cleft model (and the neurite types) on data whose voxel size differs from theirs")
     parser.add_argument("--no-types", action="store_true",

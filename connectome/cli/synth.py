@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import os
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.core.errors import UserError
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (zarr volumes + ground_truth/)")
-    parser.add_argument("--shape", nargs=3, type=int, metavar=("Z", "Y", "X"), default=(64, 256, 256),
+    parser.add_argument("--shape", nargs=3, type=positive_int, metavar=("Z", "Y", "X"), default=(64, 256, 256),
                         help="volume shape in voxels (default 64 256 256)")
-    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), default=(8.0, 8.0, 8.0),
+    parser.add_argument("--voxel-size", nargs=3, type=positive_float, metavar=("Z", "Y", "X"), default=(8.0, 8.0, 8.0),
                         help="voxel size in nm (default 8 8 8; serial sections e.g. 40 4 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same volume")
     parser.add_argument("--defects", default="", metavar="LIST",
                         help="comma-separated section defects to add: shifts, missing, drift (default none)")
-    parser.add_argument("--chunk-shape", nargs=3, type=int, metavar=("Z", "Y", "X"), default=(32, 128, 128),
+    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, metavar=("Z", "Y", "X"), default=(32, 128, 128),
                         help="zarr chunk shape (clipped to the volume)")
     parser.add_argument("--overwrite", action="store_true", help="replace volumes that already exist in OUT_DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -26,12 +27,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from connectome.synth import Defects, generate
 
-    if min(args.shape) < 1:
-        raise UserError(f"--shape must be positive, got {' '.join(map(str, args.shape))}")
-    if min(args.voxel_size) <= 0:
-        raise UserError(f"--voxel-size must be positive, got {' '.join(map(str, args.voxel_size))}")
-    if min(args.chunk_shape) < 1:
-        raise UserError(f"--chunk-shape must be positive, got {' '.join(map(str, args.chunk_shape))}")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"{args.out_dir}: exists and is not a folder")
     try:

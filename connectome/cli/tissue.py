@@ -7,6 +7,7 @@ soma/nucleus, myelin and defect). Runs blockwise on the cluster; run it again to
 
 from __future__ import annotations
 
+from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 
@@ -17,11 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default="tissue", help="shipped tissue model name or path to a .pt file")
     parser.add_argument("--exclude", nargs="+", default=None, metavar="CLASS",
                         help="classes marked in tissue_mask (default: vessel 'soma/nucleus' myelin defect)")
-    parser.add_argument("--block-shape", nargs=3, type=int, default=(16, 512, 512), metavar=("Z", "Y", "X"),
+    parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(16, 512, 512), metavar=("Z", "Y", "X"),
                         help="write box of one block; y and x a multiple of the model's divisor (16)")
-    parser.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="output chunks (default: the block shape)")
-    parser.add_argument("--voxel-size", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--voxel-size", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"),
                         help="nm; required for sources that carry none")
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the model on data whose in-plane voxel size differs from its own by over 1.5x")

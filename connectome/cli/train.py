@@ -11,6 +11,7 @@ import argparse
 import shlex
 import sys
 
+from connectome.cli.arg_types import positive_float
 from connectome.cli.main import print_result
 from connectome.cli.segment import add_section_order_option
 
@@ -40,7 +41,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--arch", choices=("iso", "aniso"), default="iso",
                    help="iso: 2x2x2 downsampling, 3x3x3 kernels; aniso: 1x2x2 downsampling for serial sections")
-    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("Z", "Y", "X"),
                    help="nm; recorded in the model (default: from the raw volume)")
     p.add_argument("--section-raw", action="append", default=[], metavar="ADDR",
                    help="an extra training raw volume whose labels are per section only (2-D), repeatable: "
@@ -170,7 +171,7 @@ def _add_ffn(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None, metavar="M")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains and validates")
-    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("Z", "Y", "X"))
     p.add_argument("--input", default="raw", metavar="raw|affinities:MODEL",
                    help="the network's image: the raw EM (default), or the mean of the named affinity model's "
                         "affinities (predicted here for every --raw; `segment --method ffn` runs that model first)")

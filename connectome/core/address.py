@@ -85,6 +85,9 @@ def parse_address(text: str) -> Address:
     if not text:
         raise UserError("volume address: expected a path or URL, found an empty string")
     base, sections = split_sections(text)
+    if sections is None and text.endswith("]") and "[" in text and not os.path.exists(text):
+        suffix = text[text.rindex("["):]
+        raise UserError(f"{text}: section range {suffix}: expected [z0:z1] (whole numbers, either may be left out)")
     return Address(base, _kind(base), sections)
 
 

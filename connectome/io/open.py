@@ -10,7 +10,7 @@ from connectome.core.errors import UserError
 from connectome.io.base import Volume
 from connectome.io.image_stack import ImageStackVolume
 from connectome.io.precomputed import PrecomputedVolume, create_precomputed_volume
-from connectome.io.readonly import Hdf5Volume, NpzVolume
+from connectome.io.readonly import Hdf5Volume, NpzVolume, file_keys
 from connectome.io.sections import SectionRange
 from connectome.io.zarr_store import ZarrVolume, create_zarr_volume
 
@@ -32,6 +32,8 @@ def open_volume(address: str, mode: str = "r", voxel_size: Sequence[float] | Non
     if kind == "zarr":
         if not os.path.exists(address):
             raise UserError(f"{address}: no such file or directory")
+        if os.path.isfile(address):
+            raise UserError(not_a_volume_file(address))
         return ZarrVolume(address, mode)
     if mode != "r":
         raise UserError(f"{address}: {kind} sources are read-only; write to zarr or precomputed")
@@ -40,6 +42,19 @@ def open_volume(address: str, mode: str = "r", voxel_size: Sequence[float] | Non
     }
     cls = readers[kind]
     return cls(address, mode, voxel_size)
+
+
+def not_a_volume_file(path: str) -> str:
+    """The one line for a file given where a volume's address is expected without `#KEY` (npz, HDF5) or of a
+    kind that is not read."""
+    if path.lower().endswith((".npz", ".h5", ".hdf5")):
+        try:
+            keys = f"; its arrays are {file_keys(path)}"
+        except Exception:  # noqa: BLE001 - a damaged file: the missing #KEY is still the thing to say
+            keys = ""
+        return f"{path}: expected {path}#KEY naming one array inside the file{keys}"
+    return (f"{path}: a file, expected a zarr array or group (a folder), FILE.npz#KEY, FILE.h5#KEY, TIFF/PNG "
+            "sections or precomputed://...")
 
 
 def create_volume(

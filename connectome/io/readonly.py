@@ -76,6 +76,26 @@ class NpzVolume(Volume):
         return np.array(a[s] if self._meta.channels is None else a[(slice(None), *s)])
 
 
+def hdf5_datasets(f) -> list[str]:
+    """The paths of every dataset in an open h5py File (the keys an address may name)."""
+    import h5py
+
+    found: list[str] = []
+    f.visititems(lambda name, node: found.append(name) if isinstance(node, h5py.Dataset) else None)
+    return sorted(found)
+
+
+def file_keys(path: str) -> list[str]:
+    """The arrays of an .npz file or the datasets of an HDF5 file (what may follow its `#`)."""
+    if path.lower().endswith(".npz"):
+        with np.load(path) as f:
+            return sorted(f.files)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return hdf5_datasets(f)
+
+
 class Hdf5Volume(Volume):
     """One dataset of an HDF5 file, read lazily box by box."""
 
@@ -85,8 +105,9 @@ class Hdf5Volume(Volume):
 
         self._path, self._key = split_key(address, (".h5", ".hdf5"))
         with h5py.File(self._path, "r") as f:
-            if self._key not in f:
-                raise UserError(f"{self._path}: no dataset {self._key!r}")
+            if self._key not in f or not isinstance(f[self._key], h5py.Dataset):
+                what = "no dataset" if self._key not in f else "a group, not a dataset:"
+                raise UserError(f"{self._path}: {what} {self._key!r}; datasets are {hdf5_datasets(f)}")
             d = f[self._key]
             res = d.attrs.get("resolution")
             vs = voxel_size or (tuple(float(v) for v in res) if res is not None and len(res) == 3 else None)

@@ -65,7 +65,9 @@ class ZarrVolume(Volume):
         self.writable = mode != "r"
         path = address
         if not os.path.exists(os.path.join(path, "zarr.json")):
-            raise UserError(f"{address}: expected a zarr v3 array or OME-Zarr group, found no zarr.json")
+            found = "an empty folder" if os.path.isdir(path) and not os.listdir(path) else "no zarr.json"
+            raise UserError(f"{address}: expected a zarr v3 array or OME-Zarr group, or a folder of TIFF/PNG "
+                            f"sections; found {found}")
         try:
             node = zarr.open(store=path, mode="r+" if self.writable else "r")
         except Exception as e:  # zarr raises several types for a damaged store

@@ -133,3 +133,29 @@ def test_bad_addresses_name_the_problem(tmp_path):
         create_volume(str(tmp_path / "a"), (4, 8, 9), np.uint8, (4, 8, 8), (1, 1, 1))
     with pytest.raises(ValueError, match="outside the volume"):
         vol.read(Box((0, 0, 0), (5, 1, 1)))
+
+
+def test_a_file_group_folder_or_range_that_is_not_a_volume_is_named(tmp_path):
+    import h5py
+
+    np.savez(tmp_path / "d.npz", raw=np.zeros((2, 2, 2), np.uint8), gt=np.zeros((2, 2, 2), np.uint32))
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("volumes/raw", data=np.zeros((2, 4, 4), np.uint8))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    cases = {
+        f"{tmp_path}/d.npz": r"d.npz#KEY naming one array inside the file; its arrays are \['gt', 'raw'\]",
+        f"{tmp_path}/d.h5": r"d.h5#KEY naming one array inside the file; its arrays are \['volumes/raw'\]",
+        f"{tmp_path}/d.h5#volumes": r"a group, not a dataset: 'volumes'; datasets are \['volumes/raw'\]",
+        f"{tmp_path}/d.h5#nope": r"no dataset 'nope'; datasets are \['volumes/raw'\]",
+        f"{tmp_path}/empty": "or a folder of TIFF/PNG sections; found an empty folder",
+        f"{tmp_path}/notes.txt": "a file, expected a zarr array or group",
+        f"{tmp_path}/d.npz#raw[a:b]": r"section range \[a:b\]: expected \[z0:z1\]",
+        f"{tmp_path}/d.npz#raw[3]": r"section range \[3\]: expected \[z0:z1\]",
+        f"{tmp_path}/d.npz#raw[0:4:2]": r"section range \[0:4:2\]: expected \[z0:z1\]",
+    }
+    for address, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            open_volume(address)
+    assert open_volume(f"{tmp_path}/d.h5#volumes/raw").shape == (2, 4, 4)
+    assert open_volume(f"{tmp_path}/d.npz#raw[1:]").shape == (1, 2, 2)
