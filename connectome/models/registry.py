@@ -95,13 +95,39 @@ def resolve_model_path(name: str) -> Path:
     return path
 
 
+AFFINITY_KEYS = ("architecture", "voxel_size", "normalisation")
+
+
+def read_model_json(path: Path, keys: tuple[str, ...], what: str) -> dict:
+    """The json beside a model's weights, refused in one line where it is not JSON or lacks one of `keys` (the
+    ones `what`, e.g. "an affinity model", needs)."""
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: expected the JSON of {what}, found a file that is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected the JSON of {what} (an object), found a {type(meta).__name__}")
+    require_keys(meta, path, keys, what)
+    return meta
+
+
+def require_keys(meta: dict, path: Path, keys: tuple[str, ...], what: str) -> None:
+    """One line naming the keys of `keys` that a model's json (`meta`, read from `path`) lacks."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        kind = f" (kind {meta['kind']!r})" if meta.get("kind") else ""
+        raise UserError(f"{path}: expected the JSON of {what}, found one without {', '.join(map(repr, missing))}"
+                        f"{kind}")
+
+
 def read_info(path: str | os.PathLike) -> ModelInfo:
     """ModelInfo from the .json beside a .pt file."""
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = read_model_json(path.with_suffix(".json"), (), "an affinity model")
     if meta.get("kind") not in AFFINITY_KINDS:
         raise UserError(f"model {meta.get('name', path.stem)!r} is a {meta['kind']} model, not an affinity model "
                         f"({path.with_suffix('.json')})")
+    require_keys(meta, path.with_suffix(".json"), AFFINITY_KEYS, "an affinity model")
     config = UNetConfig.from_dict(meta["architecture"])
     z_aff = meta.get("z_affinity", "learned")
     agg = meta.get("agglomeration") or {}

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from connectome.core.errors import UserError
-from connectome.models.registry import write_weights
+from connectome.models.registry import read_model_json, write_weights
 from connectome.models.unet import UNet, UNetConfig, Vec3, aligned_reach, fold_batchnorm
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -67,8 +67,20 @@ def cleft_net(config: UNetConfig) -> UNet:
     return net
 
 
+CLEFT_KEYS = ("architecture", "voxel_size", "normalisation", "vector_nm", "threshold", "min_voxels")
+
+
+def _is_cleft_json(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and all(k in meta for k in CLEFT_KEYS)
+
+
 def available() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+    """The shipped cleft models (the partner networks beside them in the folder are not cleft models)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if _is_cleft_json(p.with_suffix(".json")))
 
 
 def resolve(name: str) -> Path:
@@ -88,7 +100,7 @@ def resolve(name: str) -> Path:
 @functools.lru_cache(maxsize=8)
 def read_info(name: str) -> CleftModelInfo:
     path = resolve(name)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = read_model_json(path.with_suffix(".json"), CLEFT_KEYS, "a cleft model")
     return CleftModelInfo(
         name=meta.get("name", path.stem), config=UNetConfig.from_dict(meta["architecture"]),
         voxel_size=tuple(float(v) for v in meta["voxel_size"]),  # type: ignore[arg-type]

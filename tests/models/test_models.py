@@ -99,6 +99,31 @@ def test_missing_weight_path_is_a_user_error(tmp_path):
         load_model(str(tmp_path / "absent.pt"))
 
 
+def test_a_weights_json_that_is_not_an_affinity_models_is_refused_in_one_line(tmp_path, capsys):
+    from connectome.cli.main import main
+    from connectome.synapses.model import available as cleft_models
+
+    (tmp_path / "w.pt").write_bytes(b"")
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, raw=np.zeros((4, 32, 32), np.uint8))
+    for text, expected in (('{"name": "w", "voxel_size": [8, 8, 8]}', "found one without 'architecture', "
+                                                                      "'normalisation'"),
+                           ("{not json", "found a file that is not JSON"), ("[1, 2]", "(an object), found a list")):
+        (tmp_path / "w.json").write_text(text)
+        code = main(["segment", f"{raw}#raw", str(tmp_path / "out"), "--model", str(tmp_path / "w.pt"),
+                     "--voxel-size", "8", "8", "8", "--scoring", "mean"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+        assert "w.json: expected the JSON of an affinity model" in err and not (tmp_path / "out").exists()
+    # the partner networks beside the cleft models are not offered as cleft models, and are refused as one
+    assert "partner-net-synthetic" not in cleft_models() and "cleft-synthetic" in cleft_models()
+    code = main(["synapses", f"{raw}#raw", str(tmp_path / "syn"), "--segmentation", f"{raw}#raw",
+                 "--model", "partner-net-synthetic", "--voxel-size", "8", "8", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "expected the JSON of a cleft model, found one without 'architecture'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "syn").exists()
+
+
 def test_bad_inputs_raise_value_error(tmp_path):
     model = _random_model(tmp_path, "iso")
     with pytest.raises(ValueError, match="multiple"):
