@@ -91,6 +91,17 @@ def parse_address(text: str) -> Address:
     return Address(base, _kind(base), sections)
 
 
+def lies_within(address: str, directory: str) -> bool:
+    """Whether the volume at `address` is stored inside `directory` (both local or both the same remote scheme)."""
+    def location(text: str) -> str:
+        text = parse_address(text).path if not text.startswith(PRECOMPUTED) else text[len(PRECOMPUTED):]
+        text = text.removeprefix("file://")
+        return text if "://" in text else os.path.realpath(text)
+
+    inner, outer = location(address), location(directory).rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
 def is_dataset_name(text: str) -> bool:
     """A bare name (a dataset of the run's output directory) rather than an address."""
     return not any(mark in text for mark in ("/", "://", "#"))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from connectome.cluster.client import available_resources, is_remote, task_resources
 from connectome.cluster.session import config_of
-from connectome.core.address import is_dataset_name
+from connectome.core.address import is_dataset_name, lies_within
 from connectome.core.errors import StageFailed, UserError, unwritable
 from connectome.core.geometry import BlockGrid, Box
 from connectome.engine.config import RunConfig, format_validation_error
@@ -134,6 +134,11 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
             if metas[name].shape != raw_meta.shape:
                 raise UserError(f"{where}: input {address} has shape {list(metas[name].shape)}, "
                                 f"expected the raw volume's {list(raw_meta.shape)}")
+        for name in cls.writes_into:
+            if not lies_within(inputs[name], config.output) and not getattr(params, "in_place", False):
+                raise UserError(f"{where}: {inputs[name]} lies outside the output directory {config.output}, and "
+                                f"{sc.stage} would write into it; give params {{in_place: true}} to add to it there, "
+                                "or `connectome ingest` it into the output directory first")
         stage = cls(params, inputs, outputs, tables)
         stage.params = stage.check_upstream({name: writers.get(address) for name, address in inputs.items()})
         stage.check_inputs(metas)

@@ -108,6 +108,9 @@ class BlockStage(ABC, Generic[P]):
     reads_tables: ClassVar[tuple[Table | str, ...]] = ()  # a Table names the format version it expects
     resources: ClassVar[dict[str, float]] = {}  # Dask worker resources, e.g. {"GPU": 1}
     reads_neighbours: ClassVar[bool] = False  # a block reads outputs of earlier blocks within its context
+    # inputs the stage adds to (pyramid levels beside scale 0): the plan refuses one outside the run's output
+    # directory unless the stage's params say `in_place`, so a lab's source volume is not changed by surprise
+    writes_into: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: P, input_addresses: dict[str, str], output_addresses: dict[str, str],
                  table_dirs: dict[str, str] | None = None):

@@ -29,8 +29,12 @@ from connectome.io import Volume, VolumeMeta
 
 
 class PyramidParams(StageParams):
+    guards = ("in_place",)
+
     levels: int | None = Field(None, ge=1, le=12, description="levels below scale 0 (default: while chunks "
                                                               "stay at least 8 voxels and the volume 32 wide)")
+    in_place: bool = Field(False, description="add the levels to a volume outside the run's output directory "
+                                              "(a source volume; refused otherwise)")
 
 
 class ScalesStep(GlobalStep):
@@ -115,6 +119,7 @@ class ImagePyramidStage(_PyramidStage):
 
     name = "image_pyramid"
     volume = "raw"
+    writes_into = ("raw",)
     labels = False
     inputs = (Input("raw", dtypes=("uint8", "uint16", "float32")),)
 
@@ -129,6 +134,7 @@ class LabelPyramidStage(_PyramidStage):
 
     name = "label_pyramid"
     volume = "segmentation"
+    writes_into = ("segmentation",)
     labels = True
     inputs = (Input("segmentation", dtypes=("uint32", "uint64")), Input("raw"))
 

@@ -121,7 +121,8 @@ def test_precomputed_scales(pyramids, tmp_path, client):
 
     config = RunConfig(input=str(tmp_path / "raw"), output=str(tmp_path / "out"), blocks=BlocksConfig(shape=CHUNK),
                        cluster=ClusterConfig(), stages=[StageConfig(stage="label_pyramid",
-                                                                    inputs={"segmentation": address})])
+                                                                    inputs={"segmentation": address},
+                                                                    params={"in_place": True})])
     execute(plan_run(config), client, progress=False)
     info = json.loads((tmp_path / "seg" / "info").read_text())
     assert [s["resolution"] for s in info["scales"]] == [[8, 8, 8], [16, 16, 16], [32, 32, 32]]
@@ -140,3 +141,32 @@ def test_ome_zarr_reader_finds_image_and_labels(pyramids):
     assert [d.shape for d in nodes["segmentation"].data] == [(32, 128, 128), (16, 64, 64), (8, 32, 32)]
     assert [d.shape for d in nodes["raw"].data] == [(32, 128, 128), (16, 64, 64), (8, 32, 32)]
     assert "Label" in [type(s).__name__ for s in nodes["segmentation"].specs]
+
+
+def test_a_volume_outside_the_output_directory_gets_levels_only_when_asked(tmp_path, capsys):
+    """A pyramid stage adds arrays to the volume it reads: a lab's source volume outside the run's output
+    directory is refused in one line (nothing written to it), unless the stage is given `in_place: true`."""
+    import yaml
+
+    from connectome.cli.main import main
+    from connectome.synth import generate
+
+    generate((16, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "lab"), chunk_shape=(16, 32, 32))
+    before = sorted(os.listdir(tmp_path / "lab" / "raw"))
+    config = {"input": str(tmp_path / "lab" / "raw"), "output": str(tmp_path / "out"),
+              "blocks": {"shape": [16, 64, 64]}, "cluster": {"n_workers": 1}, "stages": [{"stage": "image_pyramid"}]}
+    (tmp_path / "see.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "see.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "lies outside the output directory" in err, err
+    assert "image_pyramid would write into it; give params {in_place: true}" in err
+    assert sorted(os.listdir(tmp_path / "lab" / "raw")) == before and not (tmp_path / "out").exists()
+
+    from connectome.engine.config import RunConfig
+    from connectome.engine.plan import plan_run
+
+    config["stages"] = [{"stage": "image_pyramid", "params": {"in_place": True}}]
+    assert [p.stage.name for p in plan_run(RunConfig.model_validate(config)).stages] == ["image_pyramid"]
+    inside = {**config, "input": str(tmp_path / "lab" / "raw"), "output": str(tmp_path / "lab"),
+              "stages": [{"stage": "image_pyramid"}]}  # the output directory holding the volume: allowed
+    assert plan_run(RunConfig.model_validate(inside)).stages
