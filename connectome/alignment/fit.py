@@ -10,6 +10,9 @@ import warnings
 import numpy as np
 
 MODELS = ("translation", "rigid", "affine")
+MIN_SUPPORT = 1 / 3  # a pair's fit must explain at least this share of its valid patches (`supported_fit`) ...
+AFFINE_INLIERS = 6  # ... an affine at least this many of them, ...
+MAX_SCALE = 1.25  # ... and stretch or shrink the section by at most this factor, else the rigid fit is used
 
 
 def fit_transform(model: str, p: np.ndarray, q: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -78,6 +81,22 @@ def robust_fit(model: str, p: np.ndarray, d: np.ndarray, valid: np.ndarray, max_
         if np.array_equal(keep, inliers):
             break
         inliers = keep
+    return fit, inliers
+
+
+def supported_fit(model: str, p: np.ndarray, d: np.ndarray, valid: np.ndarray, max_residual: float
+                  ) -> tuple[np.ndarray | None, np.ndarray]:
+    """`robust_fit`, kept only where the data support it: an affine fit with fewer than AFFINE_INLIERS inliers
+    or a stretch beyond MAX_SCALE (three or four wrong patches that happen to agree extrapolate to hundreds of
+    pixels across the section) falls back to the rigid fit; a fit that explains fewer than MIN_SUPPORT of the
+    valid patches is no fit (None), so the pair is left to the sections around it."""
+    fit, inliers = robust_fit(model, p, d, valid, max_residual)
+    if model == "affine" and fit is not None:
+        scale = np.linalg.svd(fit[:, :2], compute_uv=False)
+        if inliers.sum() < AFFINE_INLIERS or scale.max() > MAX_SCALE or scale.min() < 1 / MAX_SCALE:
+            fit, inliers = robust_fit("rigid", p, d, valid, max_residual)
+    if fit is None or inliers.sum() < MIN_SUPPORT * valid.sum():
+        return None, np.zeros_like(valid)
     return fit, inliers
 
 

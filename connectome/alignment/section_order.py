@@ -65,11 +65,16 @@ def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int 
     memory), smoothed and subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros)."""
     z, y, x = volume.shape if isinstance(volume, np.ndarray) else volume.meta.shape
     z = z if stop is None else min(z, stop)
+    (ay, ax), (by, bx) = (0, 0), (y, x)  # the part of the plane every section holds image data in
     if not isinstance(volume, np.ndarray):  # whole chunks of sections at a time (up to 64): each decompressed once
         batch = max(batch, min(int(volume.meta.chunk_shape[0]), 64))
-    wy, wx = min(window, y), min(window, x)
+        for fy, fx, fh, fw in volume.section_footprints().values():  # padding alike in two sections is no likeness
+            ay, ax, by, bx = max(ay, fy), max(ax, fx), min(by, fy + fh), min(bx, fx + fw)
+        if by - ay < 16 or bx - ax < 16:  # sections that hardly overlap: compare them as stored
+            (ay, ax), (by, bx) = (0, 0), (y, x)
+    wy, wx = min(window, by - ay), min(window, bx - ax)
     f = max(1, round(min(wy, wx) / side))
-    y0, x0 = (y - wy) // 2, (x - wx) // 2
+    y0, x0 = ay + (by - ay - wy) // 2, ax + (bx - ax - wx) // 2
     out = []
     for z0 in range(start, z, batch):
         z1 = min(z, z0 + batch)
@@ -288,6 +293,10 @@ def misplaced_sections(band: np.ndarray, reach: int = LOCAL_REACH, share: float 
     section's similarity with the ones after it (`banded_similarity`, `band_of`)."""
     n, width = band.shape
     if n < 3:
+        return ()
+    far = min(width, n - 1)  # a stack whose neighbours are not clearly more alike than sections this far apart
+    # holds no order to find sections out of (random images, a shuffled stack): real stacks in order 2.5-5.4
+    if np.median(band[:n - 1, 0]) < SHUFFLED_BELOW * np.median(band[:n - far, far - 1]):
         return ()
     least = share * float(np.median(band[:n - 1, 0]))
     # a section like no other near it (blank, damaged) is a defect, not misplaced: left out, its neighbours meet

@@ -3,7 +3,7 @@ stage resumable; prints the graph summary (--json: segmentation, synapses and gr
 
 from __future__ import annotations
 
-from connectome.cli.arg_types import positive_float, positive_int
+from connectome.cli.arg_types import fraction, positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.cli.segment import add_min_segment_option, add_section_order_option
@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cleft-model", default="cleft-synthetic", help="cleft model name or .pt path")
     parser.add_argument("--classifier", default=None, help="neurite type classifier name or .json path")
     parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
-    parser.add_argument("--threshold", type=float, default=None, help="segmentation merge threshold")
+    parser.add_argument("--threshold", type=fraction, default=None, help="segmentation merge threshold")
     parser.add_argument("--voxel-size", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the models on data whose voxel size differs from theirs")

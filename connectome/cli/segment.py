@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from connectome.cli.arg_types import positive_float, positive_int
+from connectome.cli.arg_types import fraction, positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 
@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--chunk-shape", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="output chunks (default: the block shape)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=fraction, default=None,
                         help="merge threshold on 1 - mean affinity (default: the model's validated value)")
     parser.add_argument("--scoring", choices=["mean", "quantile", "learned"], default=None,
                         help="agglomeration score: 1 - mean affinity, 1 - median affinity (waterz's scores), or "
@@ -112,9 +112,9 @@ def run(args) -> int:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
     ran = sum(s["ran"] for s in summary["stages"])
-    print_result(args, summary, f"segmentation: {summary['segmentation']}\n"
-                                f"{summary['voxels']:,} voxels, {ran} block runs, {summary['seconds']:.1f} s "
-                                f"({rate / 1e6:.2f} Mvx/s)")
+    work = (f"{ran} block runs, {summary['seconds']:.1f} s ({rate / 1e6:.2f} Mvx/s)" if ran else
+            f"no block ran (all were done before), {summary['seconds']:.1f} s")
+    print_result(args, summary, f"segmentation: {summary['segmentation']}\n{summary['voxels']:,} voxels, {work}")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -242,7 +243,7 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False, lazy: 
         client, cluster = _connect(config)
         opened.append((client, cluster))
         remember_config(client, config)
-        _announce(client, quiet)
+        _announce(client, quiet, config.dashboard_address if config.kind == "local" else "")
         return client
 
     if not is_remote(config.kind):
@@ -302,15 +303,17 @@ def make_local_cluster(config: ClusterConfig):
     extra: dict = {"resources": {"GPU": config.gpus}} if config.gpus else {}
     if config.processes:  # worker processes write to the run's log file (never a thread of this process)
         extra["preload"] = [LOGS_PRELOAD]
-    cluster = LocalCluster(
-        n_workers=0 if pooled else config.n_workers,
-        threads_per_worker=config.threads_per_worker,
-        processes=config.processes,
-        memory_limit=config.memory_limit,
-        dashboard_address=config.dashboard_address,
-        silence_logs=logging.ERROR,
-        **extra,
-    )
+    with warnings.catch_warnings():  # a dashboard port in use (another run): another port, said by `_announce`
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        cluster = LocalCluster(
+            n_workers=0 if pooled else config.n_workers,
+            threads_per_worker=config.threads_per_worker,
+            processes=config.processes,
+            memory_limit=config.memory_limit,
+            dashboard_address=config.dashboard_address,
+            silence_logs=logging.ERROR,
+            **extra,
+        )
     if gpu_jobs is not None:  # pooled
         from connectome.cluster.pools import Pool, PoolScaler
 
@@ -326,7 +329,10 @@ def make_local_cluster(config: ClusterConfig):
     return cluster
 
 
-def _announce(client, quiet: bool) -> None:
+def _announce(client, quiet: bool, wanted: str = "") -> None:
+    """The dashboard's link on stderr; `wanted` (`:PORT` of a local cluster) named where that port was taken."""
     if not quiet:
         link = client.dashboard_link
-        print(f"dask dashboard: {link}" if link else "dask dashboard: unavailable", file=sys.stderr)
+        moved = f" (port {wanted.lstrip(':')} was in use)" if link and wanted.startswith(":") and \
+            not link.split("/status")[0].endswith(wanted) else ""
+        print(f"dask dashboard: {link}{moved}" if link else "dask dashboard: unavailable", file=sys.stderr)

@@ -54,6 +54,10 @@ def test_segment_synthetic_eight_blocks_equal_one_and_resume(synthetic_raw, tmp_
     again = _segment(capsys, raw, tmp_path / "eight", "synthetic", (16, 64, 64))
     assert all(st["ran"] == 0 and st["skipped"] == st["blocks"] for st in again["stages"])
     np.testing.assert_array_equal(_read(again["segmentation"]), seg8)
+    assert main(["segment", raw, str(tmp_path / "eight"), "--model", "synthetic", "--block-shape", "16", "64", "64",
+                 "--workers", "2", "--no-progress"]) == 0
+    said = capsys.readouterr().out  # the human summary of a run with nothing left to do
+    assert "no block ran (all were done before)" in said and "Mvx/s" not in said, said
 
 
 @pytest.fixture(scope="module")

@@ -168,3 +168,23 @@ def test_a_bad_mask_with_an_uneven_stack_is_refused_in_one_line(uneven_stack, tm
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0] and f"m.npz#{key}" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_smaller_sections_in_order_are_not_taken_for_misplaced_ones(tmp_path):
+    """Real ISBI sections in order, every third one smaller (padded with 0 by the stack): the order check compares
+    the part every section holds, so the padding does not make the small sections alike (before, it found them
+    misplaced, and recovered an order with the three side by side)."""
+    from connectome.alignment.section_order import section_order
+
+    from conftest import data_file
+
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        raw = f["train_raw"][:9, 100:356, 100:356]
+    (tmp_path / "tifs").mkdir()
+    for z in range(9):
+        section = raw[z, 10:246, 6:250] if z % 3 == 1 else raw[z]
+        tifffile.imwrite(tmp_path / "tifs" / f"s{z:02d}.tif", section)
+    volume = open_volume(str(tmp_path / "tifs"))
+    assert sorted(volume.section_footprints()) == [1, 4, 7]
+    order = section_order(volume)
+    assert order.order == tuple(range(9)) and order.kept_pairs == 1.0 and order.misplaced == ()

@@ -389,3 +389,17 @@ def test_segment_and_align_name_a_swapped_section_and_keep_the_stored_order(tmp_
         assert "section_order" not in config.model_dump(mode="json")
         assert order_report(make(ordered)) == {}
         assert capsys.readouterr().err == ""
+
+
+def test_sections_of_noise_hold_no_order_and_none_is_named(tmp_path, capsys):
+    """Random images have no order to be out of: no section is named (before, one in four draws named one, and
+    `segment` said so before refusing the float volume), and the refusal is the one line."""
+    import connectome.alignment.section_order as so
+
+    rng = np.random.default_rng(0)
+    assert all(so.section_order(rng.random((n, 32, 32)).astype(np.float32)).misplaced == ()
+               for n in (4, 6, 12, 20) for _ in range(5))
+    a = _npz(tmp_path / "f.npz", f=rng.random((4, 32, 32)).astype(np.float32))
+    code = main(["segment", a + "#f", str(tmp_path / "out"), "--model", "sstem", "--voxel-size", "50", "4", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "out of place" not in err, err

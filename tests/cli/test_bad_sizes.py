@@ -35,3 +35,13 @@ def test_a_bad_size_is_refused_in_one_line(tmp_path, capsys, command, option, ba
     lines = err.strip().splitlines()
     assert len(lines) == 1 and option in lines[0] and repr(bad) in lines[0], err
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["segment", "reconstruct"])
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "x"])
+def test_a_threshold_outside_0_to_1_is_refused_in_one_line(tmp_path, capsys, command, bad):
+    code = main([command, str(tmp_path / "RAW"), str(tmp_path / "OUT"), "--threshold", bad])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--threshold" in err and f"expected a number from 0 to 1, found {bad!r}" in err
+    assert list(tmp_path.iterdir()) == []

@@ -217,3 +217,24 @@ def test_command_line_cluster_settings():
     assert config.gpu_jobs is not None and config.gpu_jobs.queue == "gpu"  # the rest is the profile's
     assert cluster_settings(parser.parse_args([]), from_config) == from_config
     assert "n_workers" not in cluster_settings(parser.parse_args([])).model_fields_set
+
+
+def test_a_dashboard_port_in_use_is_said_in_one_line(capfd):
+    """Another run holds the dashboard port: the cluster takes another one and says so in its one dashboard line,
+    without distributed's four-line warning."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with open_client(ClusterConfig(n_workers=1, processes=False, dashboard_address=f":{port}")) as client:
+            link = client.dashboard_link
+    finally:
+        taken.close()
+    err = capfd.readouterr().err
+    assert f"(port {port} was in use)" in err and "UserWarning" not in err and "already in use" not in err, err
+    assert link and f":{port}/" not in link
+    assert [line for line in err.splitlines() if "dashboard" in line] == [f"dask dashboard: {link} (port {port} was "
+                                                                          "in use)"]
