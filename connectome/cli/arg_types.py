@@ -4,36 +4,29 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+
+
+def _checked(text: str, convert: Callable[[str], float], ok: Callable[[float], bool], expected: str):
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
     """A whole number above 0 (block and chunk shapes, worker counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, found {text!r}")
-    return value
+    return int(_checked(text, int, lambda v: v > 0, "a whole number > 0"))
 
 
 def positive_float(text: str) -> float:
     """A finite number above 0 (voxel sizes in nm)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
-    return value
+    return float(_checked(text, float, lambda v: math.isfinite(v) and v > 0, "a number > 0"))
 
 
 def fraction(text: str) -> float:
     """A number from 0 to 1 (merge thresholds: affinities and merge probabilities)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, found {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, found {text!r}")
-    return value
+    return float(_checked(text, float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1"))
