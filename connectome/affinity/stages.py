@@ -72,6 +72,9 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
 
+    def block_multiple_reason(self) -> str:
+        return f"the downsampling factor of model {self.params.model}"
+
     @property
     def tta(self) -> int:
         """Flipped copies averaged: the `tta` param, else the model's validated value."""

@@ -145,7 +145,9 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
         stage.check_table_producers({t: table_writers[t].stage for t in read_tables if t in table_writers})
         multiple = stage.block_multiple()
         if any(b % m and b < s for b, m, s in zip(block_shape, multiple, raw_meta.shape)):
-            raise UserError(f"block shape {list(block_shape)}: stage {sc.stage!r} needs a multiple of {list(multiple)}")
+            why = stage.block_multiple_reason()
+            raise UserError(f"block shape {list(block_shape)}: stage {sc.stage!r} needs a multiple of {list(multiple)}"
+                            + (f" ({why})" if why else ""))
         grid = BlockGrid.for_chunks(Box.from_shape(raw_meta.shape), block_shape, chunk_shape, stage.context())
         creates = {}
         for name, spec in stage.output_specs(metas).items():

@@ -147,6 +147,10 @@ class BlockStage(ABC, Generic[P]):
         """Block shapes must be a multiple of this (e.g. a model's downsampling factor)."""
         return (1, 1, 1)
 
+    def block_multiple_reason(self) -> str:
+        """What `block_multiple` is, for the one line that refuses a block shape ("" where it says nothing)."""
+        return ""
+
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         """Refuse inputs of a dtype or channel count this stage cannot read (one line each)."""
         for spec in self.inputs:

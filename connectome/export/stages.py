@@ -90,6 +90,9 @@ class _PyramidStage(BlockStage[PyramidParams]):
         """Blocks of whole scale-0 chunks, so that each covers whole chunks at every level."""
         return getattr(self, "chunk_shape", (1, 1, 1))
 
+    def block_multiple_reason(self) -> str:
+        return f"the chunk shape of {self.input_addresses[self.volume]}: each block adds whole chunks to every level"
+
     def _factors(self) -> list[Vec]:
         if self.factors is None:
             raise RuntimeError(f"stage {self.name!r}: levels unset (the plan's check_inputs sets them)")

@@ -66,6 +66,9 @@ class CleftsStage(BlockStage[CleftsParams]):
     def block_multiple(self) -> Vec:
         return vec3(self.info.divisor)
 
+    def block_multiple_reason(self) -> str:
+        return f"the downsampling factor of cleft model {self.params.model}"
+
     def weight_files(self) -> dict[str, tuple[str, str]]:
         return {"weights": ("model", self.info.path)}
 

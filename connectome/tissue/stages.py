@@ -63,6 +63,9 @@ class TissueStage(BlockStage[TissueParams]):
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
 
+    def block_multiple_reason(self) -> str:
+        return f"the downsampling factor of model {self.params.model}"
+
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         # a 2-d model: only the in-plane voxel size matters (the z spacing of sections does not)

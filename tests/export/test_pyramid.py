@@ -170,3 +170,17 @@ def test_a_volume_outside_the_output_directory_gets_levels_only_when_asked(tmp_p
     inside = {**config, "input": str(tmp_path / "lab" / "raw"), "output": str(tmp_path / "lab"),
               "stages": [{"stage": "image_pyramid"}]}  # the output directory holding the volume: allowed
     assert plan_run(RunConfig.model_validate(inside)).stages
+
+
+def test_a_block_shape_off_the_chunks_is_refused_naming_them(tmp_path):
+    from connectome.engine.config import RunConfig
+    from connectome.engine.plan import plan_run
+    from connectome.synth import generate
+
+    generate((16, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "out" / "synth"), chunk_shape=(16, 32, 32))
+    raw = str(tmp_path / "out" / "synth" / "raw")
+    config = {"input": raw, "output": str(tmp_path / "out"), "blocks": {"shape": [16, 48, 48], "chunk_shape": [16, 16, 16]},
+              "stages": [{"stage": "image_pyramid"}]}
+    with pytest.raises(UserError, match=r"needs a multiple of \[16, 32, 32\] \(the chunk shape of .*synth/raw: each "
+                                        "block adds whole chunks to every level\\)"):
+        plan_run(RunConfig.model_validate(config))
