@@ -81,7 +81,8 @@ def resolve_model_path(name: str) -> Path:
             raise UserError(f"unknown tissue model {name!r}; available: {', '.join(available_models()) or 'none'}")
     meta = json.loads(path.with_suffix(".json").read_text())
     if meta.get("kind") != KIND:
-        raise UserError(f"model {name!r} is not a tissue model (kind {meta.get('kind')!r}); "
+        kind = f" (kind {meta['kind']})" if meta.get("kind") else ""
+        raise UserError(f"model {name!r} is not a tissue model{kind}; "
                         f"tissue models: {', '.join(available_models()) or 'none'}")
     return path
 

@@ -108,6 +108,9 @@ def test_unknown_model_and_wrong_dtype_are_refused_in_one_line(synth_raw, tmp_pa
     assert "unknown tissue model 'no-such-model'" in r.stderr and "tissue" in r.stderr
     r = _cli("tissue", synth_raw, str(tmp_path / "a"), "--model", "synthetic")  # an affinity model
     assert r.returncode == 2 and "not a tissue model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "kind None" not in r.stderr
+    r = _cli("tissue", synth_raw, str(tmp_path / "a"), "--model", "ffn-synthetic")
+    assert r.returncode == 2 and "'ffn-synthetic' is not a tissue model (kind ffn)" in r.stderr
     wrong = create_volume(str(tmp_path / "u16"), (2, 64, 64), "uint16", (2, 64, 64), VOXEL)
     wrong.write(wrong.box, np.ones((2, 64, 64), np.uint16))
     r = _cli("tissue", str(tmp_path / "u16"), str(tmp_path / "b"))
