@@ -38,8 +38,11 @@ def stage_status(work_dir: str, checksum: bool = False) -> list[dict]:
     return rows
 
 
-def _line(r: dict) -> str:
-    text = f"{r['stage']:<16} {r['done']:>8} / {r['total'] if r['total'] is not None else '?'} blocks"
+def _line(r: dict, width: int = 16) -> str:
+    """One stage's row, its name padded to `width` (the longest name of the table)."""
+    if r["total"] is None:  # a stage of the config that has not started
+        return f"{r['stage']:<{width}} {'':>8}   not started"
+    text = f"{r['stage']:<{width}} {r['done']:>8} / {r['total']} blocks"
     if r.get("lost"):
         first = r["first_lost"]
         return text + (f"  {r['lost']} finished block(s) lost their output (block {first['block']}: "
@@ -63,7 +66,8 @@ def run(args) -> int:
     if names is not None:
         seen = {r["stage"] for r in rows}
         rows += [{"stage": n, "done": 0, "total": None, "lost": 0} for n in names if n not in seen]
-    text = "\n".join(_line(r) for r in rows) or f"{work_dir}: no stage has started"
+    width = max([16, *(len(r["stage"]) for r in rows)])
+    text = "\n".join(_line(r, width) for r in rows) or f"{work_dir}: no stage has started"
     holder = running(work_dir)
     if holder:
         text += f"\nrunning now: pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"

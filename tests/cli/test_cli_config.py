@@ -71,6 +71,8 @@ def test_missing_and_broken_config_files(tmp_path, capsys):
 
 def test_run_then_status_then_resume(tmp_path, capsys, raw_zarr):
     cfg = _config(tmp_path)
+    assert main(["status", cfg]) == 0  # before the run: its stages, not started
+    assert capsys.readouterr().out.split() == ["normalize", "not", "started"]
     assert main(["run", cfg, "--json", "--no-progress"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["stages"][0]["ran"] == 4 and first["volumes"]["normalized"] == str(tmp_path / "out" / "normalized")
