@@ -157,6 +157,17 @@ class MarkerState:
         return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in merged])
 
 
+def changed_params(before: dict, now: dict, most: int = 3) -> str:
+    """`name before -> now` for the parameters that differ (at most `most`, values cut to 30 characters)."""
+    def short(value) -> str:
+        text = json.dumps(value) if value is not None else "unset"
+        return text if len(text) <= 30 else text[:27] + "..."
+
+    names = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    listed = [f"{k} {short(before.get(k))} -> {short(now.get(k))}" for k in names[:most]]
+    return ", ".join(listed) + (f", and {len(names) - most} more" if len(names) > most else "")
+
+
 class DoneMarkers:
     normalised = staticmethod(_normalised)
 
@@ -199,8 +210,10 @@ class DoneMarkers:
         if existing is None or resumes(existing, fingerprint):
             return
         changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
+        said = [f"params ({changed_params(existing.get('params'), fingerprint.get('params'))})" if k == "params"
+                and isinstance(existing.get(k), dict) and isinstance(fingerprint.get(k), dict) else k for k in changed]
         raise UserError(
-            f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(changed)}; "
+            f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(said)}; "
             "pass --overwrite to discard its finished blocks and start again"
         )
 

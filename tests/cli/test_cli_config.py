@@ -85,7 +85,8 @@ def test_run_then_status_then_resume(tmp_path, capsys, raw_zarr):
     out = open_volume(first["volumes"]["normalized"])
     assert out.dtype == np.uint8 and out.meta.voxel_size == (40.0, 4.0, 4.0)
     changed = _config(tmp_path, stages=[{"stage": "normalize", "params": {"sigma": 5}}])
-    _one_line_error(capsys, ["run", changed], "was started with a different layout, params; pass --overwrite")
+    _one_line_error(capsys, ["run", changed],
+                    "was started with a different layout, params (sigma 4.0 -> 5.0); pass --overwrite")
     assert main(["run", changed, "--overwrite", "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["stages"][0]["ran"] == 4
 
