@@ -210,8 +210,9 @@ class DoneMarkers:
         if existing is None or resumes(existing, fingerprint):
             return
         changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
-        said = [f"params ({changed_params(existing.get('params'), fingerprint.get('params'))})" if k == "params"
-                and isinstance(existing.get(k), dict) and isinstance(fingerprint.get(k), dict) else k for k in changed]
+        before, now = existing.get("params"), fingerprint.get("params")
+        said = [f"params ({changed_params(before, now)})" if k == "params" and isinstance(before, dict)
+                and isinstance(now, dict) else k for k in changed]
         raise UserError(
             f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(said)}; "
             "pass --overwrite to discard its finished blocks and start again"
