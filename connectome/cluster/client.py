@@ -243,7 +243,7 @@ def open_client(config: ClusterConfig | None = None, quiet: bool = False, lazy: 
         client, cluster = _connect(config)
         opened.append((client, cluster))
         remember_config(client, config)
-        _announce(client, quiet, config.dashboard_address if config.kind == "local" else "")
+        _announce(client, quiet, "" if is_remote(config.kind) else config.dashboard_address)
         return client
 
     if not is_remote(config.kind):
@@ -276,14 +276,16 @@ def _connect(config: ClusterConfig):
             raise UserError(f"--cluster {kind}: no Dask scheduler answers there ({e})") from None
     else:
         check_pools(config)
-        if kind == "local":
-            cluster = make_local_cluster(config)
-        elif kind in JOBQUEUE_KINDS:
-            from connectome.cluster.jobqueue import make_jobqueue_cluster
+        with warnings.catch_warnings():  # a dashboard port in use (another run): another port, said by `_announce`
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+            if kind == "local":
+                cluster = make_local_cluster(config)
+            elif kind in JOBQUEUE_KINDS:
+                from connectome.cluster.jobqueue import make_jobqueue_cluster
 
-            cluster = make_jobqueue_cluster(config)
-        else:
-            raise UserError(f"cluster kind: expected local, slurm, pbs or tcp://HOST:PORT, found {kind!r}")
+                cluster = make_jobqueue_cluster(config)
+            else:
+                raise UserError(f"cluster kind: expected local, slurm, pbs or tcp://HOST:PORT, found {kind!r}")
         try:
             client = Client(cluster)
         except BaseException:
@@ -303,17 +305,15 @@ def make_local_cluster(config: ClusterConfig):
     extra: dict = {"resources": {"GPU": config.gpus}} if config.gpus else {}
     if config.processes:  # worker processes write to the run's log file (never a thread of this process)
         extra["preload"] = [LOGS_PRELOAD]
-    with warnings.catch_warnings():  # a dashboard port in use (another run): another port, said by `_announce`
-        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-        cluster = LocalCluster(
-            n_workers=0 if pooled else config.n_workers,
-            threads_per_worker=config.threads_per_worker,
-            processes=config.processes,
-            memory_limit=config.memory_limit,
-            dashboard_address=config.dashboard_address,
-            silence_logs=logging.ERROR,
-            **extra,
-        )
+    cluster = LocalCluster(
+        n_workers=0 if pooled else config.n_workers,
+        threads_per_worker=config.threads_per_worker,
+        processes=config.processes,
+        memory_limit=config.memory_limit,
+        dashboard_address=config.dashboard_address,
+        silence_logs=logging.ERROR,
+        **extra,
+    )
     if gpu_jobs is not None:  # pooled
         from connectome.cluster.pools import Pool, PoolScaler
 
