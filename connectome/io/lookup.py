@@ -40,6 +40,8 @@ def relabel(fragments: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.n
     out = np.zeros(fragments.shape, np.uint64)
     nz = fragments != 0
     ids = fragments[nz]
+    if ids.size == 0:  # nothing segmented here (a masked block; a run that found no object has an empty table)
+        return out
     idx = np.searchsorted(keys, ids)
     idx_clipped = np.minimum(idx, len(keys) - 1)
     if len(keys) == 0 or not np.array_equal(keys[idx_clipped], ids):

@@ -124,6 +124,12 @@ def test_handset_model_with_a_mask(tmp_path, capsys, client):
     assert np.all(seg1[mask != 0] == 0) and np.all(seg1[mask == 0] != 0)
     assert len(np.unique(seg1[mask == 0])) == 8  # 2 x 2 compartments, each cut in two by the wall
     assert voi(seg8, seg1) == (0.0, 0.0)
+    # everything masked: no object anywhere, an all-zero segmentation (it failed in ffn_relabel, naming a stage
+    # that the FFN chain does not have)
+    masked.write(masked.box, np.ones(raw.shape, np.uint8))
+    for name, block in (("none8", (8, 32, 32)), ("none1", (16, 64, 64))):
+        empty = _segment(capsys, vol.address, tmp_path / name, model, block, "--mask", masked.address)
+        assert not _read(empty["segmentation"]).any()
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
