@@ -37,8 +37,8 @@ from connectome.training.data import (
     in_section_order,
     load_pair,
     overlapping_sections,
-    parse_address,
     relabel_per_section,
+    training_voxel_size,
 )
 from connectome.training.device import training_device
 from connectome.training.loader import batch_stream, default_workers
@@ -285,12 +285,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         all_raw = np.concatenate([p.raw.ravel() for p in pairs]).astype(np.float64) / 255.0
         mean, std = float(all_raw.mean()), float(all_raw.std()) or 1.0
         del all_raw
-    if settings.voxel_size is not None:
-        voxel_size = tuple(float(v) for v in settings.voxel_size)
-    else:
-        from connectome.io import open_volume
-
-        voxel_size = open_volume(parse_address(settings.raw[0])[0]).meta.voxel_size
+    # --voxel-size, else the --init model's (a fine-tuning run), else the data's own; never a made-up 1 nm
+    voxel_size = training_voxel_size(settings.voxel_size or (init_info.voxel_size if init_info else None),
+                                     settings.raw[0])
     reordered: dict[str, list[int]] = {}
     pairs = [ordered_pair(p, settings, voxel_size, reordered) if not flat else p
              for p, flat in zip(pairs, two_d)]

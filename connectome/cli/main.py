@@ -29,6 +29,15 @@ COMMANDS = {
 }
 
 
+RESUME = "re-run the same command to resume"
+INTERRUPTED = {  # what an interrupted command leaves, where it is not a run that resumes block by block
+    "train": "training does not resume: the best checkpoint validated so far stays in --out (`train affinities "
+             "--init` continues from one)",
+    "evaluate": "nothing was written", "synth": "re-run it to write the volume again",
+    "graph": "re-run it to write the graph again", "view": "the server stopped", "status": "nothing was changed",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2, as for any bad input
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:
         _quiet_interrupt()
-        print(f"connectome {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"connectome {args.command}: interrupted; {INTERRUPTED.get(args.command, RESUME)}", file=sys.stderr)
         return 130
 
 

@@ -7,6 +7,7 @@ import sys
 from connectome.cli.arg_types import fraction, positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.core.errors import UserError
 
 
 def add_arguments(parser) -> None:
@@ -78,6 +79,26 @@ def add_min_segment_option(parser) -> None:
                              "the neighbour they touch most (0 = none; default: the model's validated value)")
 
 
+ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
+    "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
+            "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_batch"),
+    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
+}
+
+
+def refuse_options_of_the_other_method(args) -> None:
+    """One line naming an option given to the method that would ignore it (`ONLY_FOR`)."""
+    for method, names in ONLY_FOR.items():
+        if method == args.method:
+            continue
+        for name in names:
+            value = getattr(args, name, None)
+            if value is not None and value is not False:
+                shown = "" if value is True else " " + " ".join(map(str, value if isinstance(value, list | tuple)
+                                                                    else [value]))
+                raise UserError(f"--{name.replace('_', '-')}{shown}: for --method {method}, not {args.method}")
+
+
 def add_section_order_option(parser, effect: str = "segment in the order recovered from the images and write the "
                              "segmentation in the stored order", default: str | None = None) -> None:
     """`--section-order`, for the commands that take serial sections (`effect`: what they do when reordering)."""
@@ -95,6 +116,7 @@ def run(args) -> int:
     from connectome.engine.plan import check_input_chunks
 
     check_method(args.method)
+    refuse_options_of_the_other_method(args)
     if args.model is None:
         args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
     if args.method == "ffn":
@@ -125,10 +147,6 @@ def _run_ffn(args) -> int:
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
     from connectome.ffn.segment import budget_warning, ffn_config, run_ffn
 
-    if args.tta is not None:
-        raise UserError(f"--tta {args.tta}: test-time augmentation is for --method affinities, not ffn")
-    if args.min_segment_voxels is not None:
-        raise UserError(f"--min-segment-voxels {args.min_segment_voxels}: for --method affinities, not ffn")
     if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
         raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
     if args.ffn_step_budget is not None and not args.ffn_step_budget >= 0:

@@ -129,15 +129,9 @@ def _check_affinity_model(settings: FFNTrainSettings, voxel_size) -> None:
 
 
 def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
-    if settings.voxel_size:
-        return tuple(float(v) for v in settings.voxel_size)  # type: ignore[return-value]
-    from connectome.io import open_volume
-    from connectome.training.data import parse_address
+    from connectome.training.data import training_voxel_size
 
-    meta = open_volume(parse_address(settings.raw[0])[0]).meta
-    if not meta.voxel_size_known:
-        raise UserError(f"{settings.raw[0]} carries no voxel size; give --voxel-size Z Y X")
-    return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
+    return training_voxel_size(settings.voxel_size, settings.raw[0])
 
 
 def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE,
@@ -156,6 +150,12 @@ def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE
 
 def train(settings: FFNTrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint; return a summary."""
+    from connectome.training.data import overlapping_sections
+
+    clash = overlapping_sections(settings.raw + settings.labels,
+                                 [a for a in (settings.val_raw, settings.val_labels) if a])
+    if clash:
+        raise UserError(f"training data overlaps held-out data: {clash[0]}")
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     device = training_device(settings.device)

@@ -278,7 +278,7 @@ def test_section_labelled_volumes_mask_only_their_own_z_affinities():
 def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
     from connectome.cli.main import main
 
-    raw, labels = voronoi_volume((8, 16, 16), 5, seed=0)
+    raw, labels = voronoi_volume((12, 16, 16), 5, seed=0)
     np.savez(tmp_path / "t.npz", raw=raw, labels=labels)
     a = f"{tmp_path}/t.npz"
     rc = main(["train", "affinities", "--raw", f"{a}#raw", "--labels", f"{a}#nope", "--name", "x",
@@ -289,3 +289,9 @@ def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
                "--out", str(tmp_path / "o"), "--iterations", "1", "--patch", "8", "15", "16"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "multiple" in err
+    # an npz carries no voxel size: the model would have recorded 1 nm voxels (and been refused by `segment`)
+    rc = main(["train", "affinities", "--raw", f"{a}#raw", "--labels", f"{a}#labels", "--name", "x",
+               "--out", str(tmp_path / "o"), "--iterations", "1", "--patch", "12", "16", "16"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "carries no voxel size; give --voxel-size Z Y X" in err, err
+    assert not (tmp_path / "o" / "x.pt").exists()

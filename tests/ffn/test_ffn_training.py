@@ -176,6 +176,21 @@ def test_train_command_refuses_volumes_too_small_for_a_patch_in_one_line(tmp_pat
     assert not (tmp_path / "out" / "ffn-x.pt").exists()
 
 
+def test_train_command_refuses_training_data_that_overlaps_the_validation_data(tmp_path, capsys):
+    """As `train affinities` and `train edges` do (the FFN accepted it and trained on its validation sections)."""
+    path = tmp_path / "v.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, raw=rng.integers(0, 255, (40, 64, 64), dtype=np.uint8),
+             labels=rng.integers(1, 4, (40, 64, 64)).astype(np.uint32))
+    argv = ["train", "ffn", "--raw", f"{path}#raw[0:32]", "--labels", f"{path}#labels[0:32]", "--val-raw",
+            f"{path}#raw[30:40]", "--val-labels", f"{path}#labels[30:40]", "--voxel-size", "8", "8", "8",
+            "--name", "ffn-x", "--out", str(tmp_path / "out"), "--iterations", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training data overlaps held-out data" in err[0] and "raw[0:32]" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command", ["ffn", "affinities"])
 def test_train_commands_refuse_an_unusable_device_in_one_line(tmp_path, capsys, command):
     from connectome.synth import generate
