@@ -16,6 +16,8 @@ from connectome.engine.global_step import GlobalStep
 from connectome.engine.registry import register
 from connectome.engine.stage import BlockStage, Input, StageParams
 from connectome.export.pyramid import (
+    MIN_CHUNK,
+    MIN_EXTENT,
     create_levels,
     create_precomputed_levels,
     cumulative,
@@ -84,6 +86,10 @@ class _PyramidStage(BlockStage[PyramidParams]):
         if meta.channels is not None:
             raise UserError(f"stage {self.name!r}: {address} has {meta.channels} channels, expected a 3-d volume")
         self.factors = level_factors(meta.voxel_size, meta.chunk_shape, meta.shape, self.params.levels)
+        if not self.factors and max(meta.shape[1:]) >= 2 * MIN_EXTENT:  # wide enough, but its chunks are too thin
+            raise UserError(f"stage {self.name!r}: {address}: its chunks {list(meta.chunk_shape)} allow no level of 2x "
+                            f"downsampling (chunks stay whole and at least {MIN_CHUNK} voxels an axis); write it with "
+                            "larger chunks (`--chunk-shape`)")
         self.chunk_shape = meta.chunk_shape
 
     def block_multiple(self) -> Vec:

@@ -184,3 +184,20 @@ def test_a_block_shape_off_the_chunks_is_refused_naming_them(tmp_path):
     with pytest.raises(UserError, match=r"needs a multiple of \[16, 32, 32\] \(the chunk shape of .*synth/raw: each "
                                         "block adds whole chunks to every level\\)"):
         plan_run(RunConfig.model_validate(config))
+
+
+def test_chunks_too_thin_for_any_level_are_refused_not_passed_over(tmp_path):
+    """A 24 x 128 x 128 volume in 8 x 64 x 64 chunks (8 nm): halving z would leave chunks of 4; the stage ran its
+    blocks and wrote no level without a word, now it says so before anything runs."""
+    from connectome.engine.config import RunConfig
+    from connectome.engine.plan import plan_run
+    from connectome.synth import generate
+
+    generate((24, 128, 128), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "out" / "synth"), chunk_shape=(8, 64, 64))
+    config = {"input": str(tmp_path / "out" / "synth" / "raw"), "output": str(tmp_path / "out"),
+              "blocks": {"shape": [8, 64, 64]}, "stages": [{"stage": "image_pyramid"}]}
+    with pytest.raises(UserError, match=r"its chunks \[8, 64, 64\] allow no level of 2x downsampling"):
+        plan_run(RunConfig.model_validate(config))
+    config["stages"] = [{"stage": "image_pyramid", "params": {"levels": 1}}]  # asked for: the same reason, as before
+    with pytest.raises(UserError, match="allow only 0 levels"):
+        plan_run(RunConfig.model_validate(config))
