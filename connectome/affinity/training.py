@@ -31,7 +31,7 @@ from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, mode
 from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
 from connectome.models.widening import widen_state
 from connectome.training.augment import AugmentConfig, Augmenter
-from connectome.training.curves import plot_curves
+from connectome.training.curves import loss_ends, plot_curves
 from connectome.training.data import (
     Pair,
     in_section_order,
@@ -476,8 +476,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "installed": installed,
         "iterations": done,
         "wall_time_s": round(wall, 1),
-        "first_loss": float(np.mean(losses[:10])),
-        "final_loss": float(np.mean(losses[-10:])),
+        **dict(zip(("first_loss", "final_loss"), loss_ends(losses, 10))),
         "validation": best,
         "evaluation": evaluations,
     }

@@ -23,6 +23,7 @@ from connectome.ffn.model import CPU, FFN, LOGIT_INIT, LOGIT_SEED, FFNConfig, FF
 from connectome.ffn.registry import WEIGHTS_DIR, save_model
 from connectome.ffn.scale import ONE, downsample_image, downsample_labels, upsample_labels
 from connectome.ffn.scores import validation_scores
+from connectome.training.curves import loss_ends
 from connectome.training.device import CPU_DEVICE, training_device
 
 
@@ -220,7 +221,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
         shutil.copyfile(png, WEIGHTS_DIR / png.name)
         installed = settings.name
     return {"name": settings.name, "weights": str(out / f"{settings.name}.pt"), "iterations": it,
-            "first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-20:])),
+            **dict(zip(("first_loss", "final_loss"), loss_ends(losses, 20))),
             "validation": best, "wall_time_s": time.perf_counter() - start, "installed": installed,
             "loss_png": str(png)}
 
@@ -229,8 +230,7 @@ def _provenance(settings, losses, history, best, start, iterations) -> dict:
     s = asdict(settings)
     s["config"] = settings.config.to_dict()
     return {"command": settings.command, "settings": s, "iterations": iterations,
-            "first_loss": float(np.mean(losses[:20])) if losses else None,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            **dict(zip(("first_loss", "final_loss"), loss_ends(losses, 20))),
             "validation": best, "validation_history": history,
             "wall_time_s": round(time.perf_counter() - start, 1), "torch": torch.__version__}
 

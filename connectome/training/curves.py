@@ -8,6 +8,15 @@ from pathlib import Path
 import numpy as np
 
 
+def loss_ends(losses: Sequence[float], window: int) -> tuple[float | None, float | None]:
+    """The mean of the first and of the last `window` losses, each at most half of them (so that a short run's
+    two figures are not the same mean); None without losses."""
+    if not len(losses):
+        return None, None
+    n = max(1, min(window, len(losses) // 2))
+    return float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+
+
 def smooth(values: Sequence[float], window: int) -> np.ndarray:
     """Running mean over `window` iterations (shorter at the start)."""
     v = np.asarray(values, np.float64)

@@ -295,3 +295,11 @@ def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "carries no voxel size; give --voxel-size Z Y X" in err, err
     assert not (tmp_path / "o" / "x.pt").exists()
+
+
+def test_the_first_and_final_loss_of_a_short_run_are_not_one_mean():
+    from connectome.training.curves import loss_ends
+
+    assert loss_ends([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 10) == pytest.approx((0.8, 0.5))  # halves, not all six twice
+    assert loss_ends(list(np.linspace(1, 0, 100)), 10) == pytest.approx((0.9545, 0.0455), abs=1e-3)
+    assert loss_ends([0.7], 10) == (0.7, 0.7) and loss_ends([], 10) == (None, None)
