@@ -74,6 +74,27 @@ def resolve_edge_model(name: str) -> str:
     return str(path.resolve())
 
 
+def check_fitted_to(path: str, model: str) -> None:
+    """Refuse, in one line, a classifier that records the affinity weights it was fitted to (since 2026-12-05:
+    `affinity_weights`, name and sha1) where `model`'s weights are others: a model retrained in place (`train
+    affinities --out` over its own folder) would otherwise be merged by its old weights' classifier."""
+    from connectome.engine.stage import file_record
+    from connectome.models.registry import resolve_model_path
+
+    try:
+        fitted = json.loads(Path(path).read_text()).get("affinity_weights")
+    except (OSError, ValueError, AttributeError):
+        return  # load_classifier says what is wrong with the file
+    if not isinstance(fitted, dict) or "sha1" not in fitted:
+        return  # fitted before the weights were recorded (the shipped ones)
+    now = file_record(resolve_model_path(model))
+    if now["sha1"] != fitted["sha1"]:
+        raise UserError(f"edge classifier {path}: fitted to the affinities of {fitted.get('name')} (sha1 "
+                        f"{fitted['sha1'][:12]}), but model {model}'s weights are others ({now['name']}, sha1 "
+                        f"{now['sha1'][:12]}: retrained since?); fit it again (`connectome train edges --model "
+                        f"{model} ...`) or give --scoring mean")
+
+
 @lru_cache(maxsize=8)
 def load_classifier(path: str) -> EdgeClassifier:
     """The classifier stored at `path`; a file of another kind is refused with one line."""

@@ -20,6 +20,7 @@ from connectome.affinity.edge_classifier import FORMAT, EdgeClassifier
 from connectome.affinity.edge_context import one_block_sums
 from connectome.affinity.edge_features import EXTENT, FEATURES, edge_features, extent_limit
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, one_block_graph
+from connectome.engine.stage import file_record
 from connectome.io.lookup import relabel
 
 
@@ -274,6 +275,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
         f"at {best_mean['threshold']}")
     meta.update({
         "name": Path(out).stem, "affinity_model": model_name, "threshold": best["threshold"],
+        "affinity_weights": file_record(model.info.path),  # `check_fitted_to`: the weights it was fitted to
         "provenance": {
             "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": threads, "wall_time_s": round(time.perf_counter() - start, 1),

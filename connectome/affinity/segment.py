@@ -69,12 +69,18 @@ def segmentation_config(
         scoring = info.scoring
     agglomerate: dict = {}
     if scoring == "learned":
-        from connectome.affinity.edge_classifier import edges_path_for, load_classifier, resolve_edge_model
+        from connectome.affinity.edge_classifier import (
+            check_fitted_to,
+            edges_path_for,
+            load_classifier,
+            resolve_edge_model,
+        )
 
         edges = resolve_edge_model(edge_model) if edge_model else str(edges_path_for(model))
         if not os.path.isfile(edges):
             raise UserError(f"--scoring learned: model {model} has no edge classifier ({os.path.basename(edges)}); "
                             "give --edge-model FILE.json or train one with `connectome train edges`")
+        check_fitted_to(edges, model)
         agglomerate = {"scoring": "learned", "edge_model": edges}
         if threshold is None:
             threshold = load_classifier(edges).threshold

@@ -377,3 +377,34 @@ def test_a_run_resumes_with_the_same_classifier_from_another_folder(affinity_vol
     moved.write_text(json.dumps({**meta, "threshold": 0.4}))  # retrained in place: the stage must run again
     with pytest.raises(UserError, match="agglomerate.*different edge_model_sha1"):
         _run(affinity_volume, "moved", "serial", {"scoring": "learned", "edge_model": str(moved)}, client)
+
+
+def test_a_classifier_fitted_to_other_weights_is_refused(tmp_path, trained):
+    """A classifier records the affinity weights it was fitted to; where the model's weights are no longer those
+    (retrained in place), `segment` refuses it in one line instead of merging by the old weights' classifier."""
+    import shutil
+
+    from connectome.affinity.segment import segmentation_config
+    from connectome.core.errors import UserError
+    from connectome.engine.stage import file_record
+    from connectome.models.registry import resolve_model_path
+
+    shipped = resolve_model_path("synthetic")
+    model = tmp_path / "mine.pt"
+    shutil.copyfile(shipped, model)
+    shutil.copyfile(shipped.with_suffix(".json"), model.with_suffix(".json"))
+    classifier = tmp_path / "mine-edges.json"
+    classifier.write_text(json.dumps({**trained[1], "affinity_weights": file_record(model)}))
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, raw=np.zeros((8, 16, 16), np.uint8))
+
+    def config():
+        return segmentation_config(f"{raw}#raw", str(tmp_path / "out"), str(model), voxel_size=(8, 8, 8),
+                                   scoring="learned")
+
+    assert config().stages[2].params["edge_model"] == str(classifier)  # fitted to these weights: used
+    model.write_bytes(model.read_bytes() + b"\0")  # retrained in place (other content under the same name)
+    with pytest.raises(UserError, match=r"mine-edges.json: fitted to the affinities of mine.pt .* retrained since"):
+        config()
+    classifier.write_text(json.dumps(trained[1]))  # a classifier from before the weights were recorded: used
+    assert config().stages[2].params["edge_model"] == str(classifier)

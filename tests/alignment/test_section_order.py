@@ -326,7 +326,9 @@ def test_edge_training_on_a_shuffled_stack_takes_the_recovered_order(tmp_path, c
     err = capsys.readouterr().err
     assert code == 0, err
     assert err.count("taking its edges in the recovered order") == 2, err
-    assert json.loads(out.read_text())["provenance"]["section_order"] == "auto"
+    meta = json.loads(out.read_text())
+    assert meta["provenance"]["section_order"] == "auto"
+    assert meta["affinity_weights"]["name"] == "sstem.pt" and len(meta["affinity_weights"]["sha1"]) == 40
 
 
 def test_unrelated_sections_are_left_as_stored(tmp_path):
