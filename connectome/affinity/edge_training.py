@@ -232,7 +232,8 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     from connectome.training.data import overlapping_sections
 
     if len(raws) != len(labels) or not raws:
-        raise UserError("give one --labels for each --raw (at least one)")
+        raise UserError(f"{len(raws)} --raw but {len(labels)} --labels: give one --labels for each --raw "
+                        "(at least one)")
     if weighting not in WEIGHTINGS:
         raise UserError(f"--weighting {weighting}: expected one of {', '.join(WEIGHTINGS)}")
     if extent < 1:

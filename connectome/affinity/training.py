@@ -216,7 +216,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint by validation VOI."""
     t_start = time.perf_counter()
     if len(settings.raw) != len(settings.labels) or not settings.raw:
-        raise UserError("give one --labels for each --raw (at least one pair)")
+        raise UserError(f"{len(settings.raw)} --raw but {len(settings.labels)} --labels: give one --labels for "
+                        "each --raw (at least one pair)")
     if (settings.val_raw is None) != (settings.val_labels is None):
         raise UserError("give both --val-raw and --val-labels, or neither")
     if len(settings.eval_raw) != len(settings.eval_labels):

@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-agglomerate", action="store_true",
                         help="ffn: then merge touching segments where the network, started on each side of their "
                              "contact, fills into the other side from both")
-    parser.add_argument("--ffn-scale", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--ffn-scale", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: run the network on the image downsampled by these whole factors and upsample its "
                              "objects (default: the model's voxel size over the data's, rounded)")
     parser.add_argument("--ffn-weak-seed", choices=["stop", "reject", "continue"], default=None,
@@ -67,7 +67,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-step-budget", type=float, default=None, metavar="F",
                         help="ffn: FOV steps a block may take, as F times the FOV positions that tile it (default 20; "
                              "0 = no limit); once spent no new object starts and the block is reported")
-    parser.add_argument("--ffn-batch", type=int, default=None,
+    parser.add_argument("--ffn-batch", type=positive_int, default=None,
                         help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
     add_run_options(parser)
 

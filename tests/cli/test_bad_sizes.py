@@ -7,7 +7,8 @@ from connectome.cli.main import main
 
 GOOD = {"--voxel-size": ["40", "4", "4"], "--block-shape": ["8", "64", "64"], "--chunk-shape": ["8", "64", "64"]}
 COMMANDS = {
-    "segment": (["RAW", "OUT"], ["--voxel-size", "--block-shape", "--chunk-shape", "--workers"]),
+    "segment": (["RAW", "OUT"], ["--voxel-size", "--block-shape", "--chunk-shape", "--workers", "--ffn-scale",
+                                 "--ffn-batch"]),
     "align": (["RAW", "OUT"], ["--voxel-size", "--block-shape", "--chunk-shape", "--workers"]),
     "ingest": (["RAW", "OUT/raw"], ["--voxel-size", "--block-shape", "--chunk-shape"]),
     "reconstruct": (["RAW", "OUT"], ["--voxel-size", "--block-shape", "--workers"]),
@@ -24,7 +25,7 @@ CASES = [(command, option, bad) for command, (_, options) in COMMANDS.items() fo
 def test_a_bad_size_is_refused_in_one_line(tmp_path, capsys, command, option, bad):
     positional, _ = COMMANDS[command]
     argv = [command, *[str(tmp_path / a) if a.isupper() or "/" in a else a for a in positional]]
-    if option == "--workers":
+    if option in ("--workers", "--ffn-batch"):
         value = [bad]
     else:
         value = list(GOOD.get(option, ["8", "64", "64"]))
