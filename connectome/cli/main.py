@@ -38,6 +38,11 @@ INTERRUPTED = {  # what an interrupted command leaves, where it is not a run tha
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, `kill`): unwound like Ctrl-C, so the run's lock is released and one
+    line says so."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2, as for any bad input
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -90,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush of stdout does not fail again
         return 141  # as a shell reports a process ended by SIGPIPE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _quiet_interrupt()
-        print(f"connectome {args.command}: interrupted; {INTERRUPTED.get(args.command, RESUME)}", file=sys.stderr)
-        return 130
+        how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+        print(f"connectome {args.command}: {how}; {INTERRUPTED.get(args.command, RESUME)}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 def _quiet_on_interrupt() -> None:
@@ -112,9 +118,11 @@ def _quiet_on_interrupt() -> None:
 
     def interrupted(signum, frame):
         _quiet_interrupt()
-        raise KeyboardInterrupt
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupted)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupted)
 
 
 def _quiet_interrupt() -> None:
@@ -124,6 +132,7 @@ def _quiet_interrupt() -> None:
     import signal
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     # every logger, not a few by name: distributed's logging config gives some (tornado.application) their own level
     logging.disable(logging.CRITICAL)
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+import connectome.cli.main
 import connectome.cli.segment
 import connectome.cli.train
 from connectome.cli.main import main
@@ -18,6 +19,8 @@ def test_an_interrupt_says_in_one_line_what_is_left(monkeypatch, capsys, module,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(module, "run", interrupted)
+    # in this process: not the exit-on-a-second-signal handlers and silenced logging an interrupted command sets
+    monkeypatch.setattr(connectome.cli.main, "_quiet_interrupt", lambda: None)
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(expected), err

@@ -214,7 +214,9 @@ def test_failing_block_summary_is_last_alone_and_names_the_file(tmp_path):
     assert str(logs) in last
 
 
-def test_ctrl_c_prints_one_line(tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),  # Ctrl-C in a terminal
+                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])  # a batch time limit
+def test_ctrl_c_prints_one_line(tmp_path, sig, code, said):
     _raw(tmp_path, (64, 256, 256))
     cfg = _config(tmp_path, sigma=12.0)
     proc = subprocess.Popen([sys.executable, "-m", "connectome.cli", "run", cfg, "--no-progress", "--workers", "2"],
@@ -225,11 +227,11 @@ def test_ctrl_c_prints_one_line(tmp_path):
     while proc.poll() is None and time.monotonic() < deadline and not any(markers.glob("p-*")):
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+    os.killpg(proc.pid, sig)  # what a terminal (or SLURM) sends to the whole group
     _, err = proc.communicate(timeout=60)
     lines = err.strip().splitlines()
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and lines[-1].endswith("interrupted; re-run the same command to resume"), err
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and lines[-1].endswith(f"{said}; re-run the same command to resume"), err
     assert len([line for line in lines if not line.startswith("dask dashboard")]) == 1, err
     assert not Path(lock_path(str(tmp_path / "out"))).exists()
 
