@@ -91,8 +91,8 @@ def check_fitted_to(path: str, model: str) -> None:
     if now["sha1"] != fitted["sha1"]:
         raise UserError(f"edge classifier {path}: fitted to the affinities of {fitted.get('name')} (sha1 "
                         f"{fitted['sha1'][:12]}), but model {model}'s weights are others ({now['name']}, sha1 "
-                        f"{now['sha1'][:12]}: retrained since?); fit it again (`connectome train edges --model "
-                        f"{model} ...`) or give --scoring mean")
+                        f"{now['sha1'][:12]}: retrained since, or another model); fit one to it (`connectome train "
+                        f"edges --model {model} ...`) or give --scoring mean")
 
 
 @lru_cache(maxsize=8)

@@ -84,18 +84,19 @@ def robust_fit(model: str, p: np.ndarray, d: np.ndarray, valid: np.ndarray, max_
     return fit, inliers
 
 
-def supported_fit(model: str, p: np.ndarray, d: np.ndarray, valid: np.ndarray, max_residual: float
-                  ) -> tuple[np.ndarray | None, np.ndarray]:
+def supported_fit(model: str, p: np.ndarray, d: np.ndarray, valid: np.ndarray, max_residual: float,
+                  min_support: float = MIN_SUPPORT) -> tuple[np.ndarray | None, np.ndarray]:
     """`robust_fit`, kept only where the data support it: an affine fit with fewer than AFFINE_INLIERS inliers
     or a stretch beyond MAX_SCALE (three or four wrong patches that happen to agree extrapolate to hundreds of
-    pixels across the section) falls back to the rigid fit; a fit that explains fewer than MIN_SUPPORT of the
-    valid patches is no fit (None), so the pair is left to the sections around it."""
+    pixels across the section) falls back to the rigid fit; a fit that explains fewer than `min_support` of the
+    valid patches is no fit (None), so the pair is left to the sections around it (`screen` asks it of pairs
+    that skip sections only: neighbouring sections have no other link)."""
     fit, inliers = robust_fit(model, p, d, valid, max_residual)
     if model == "affine" and fit is not None:
         scale = np.linalg.svd(fit[:, :2], compute_uv=False)
         if inliers.sum() < AFFINE_INLIERS or scale.max() > MAX_SCALE or scale.min() < 1 / MAX_SCALE:
             fit, inliers = robust_fit("rigid", p, d, valid, max_residual)
-    if fit is None or inliers.sum() < MIN_SUPPORT * valid.sum():
+    if fit is None or inliers.sum() < min_support * valid.sum():
         return None, np.zeros_like(valid)
     return fit, inliers
 

@@ -34,6 +34,8 @@ BAND = 2 * LOCAL_REACH + 2  # a kept order compares each section with this many 
 SHUFFLED_BELOW = 2.0  # a stack too long to recover under auto looks out of order when its stored neighbours are
 # less than this many times as alike as sections BAND apart (real stacks in order 2.4-5.3, shuffled 0.9-1.5:
 # benchmarks/results/section_order.md)
+SHORT_CONTRAST = 1.5  # ... the same for a stack of BAND sections or fewer, against its ends: random images at most
+# 1.24 from 5 sections on (1.4 at 4), real stacks with a pair swapped at least 1.99 (1.28 at 4)
 MODES = ("auto", "keep", "recover")
 
 
@@ -295,8 +297,10 @@ def misplaced_sections(band: np.ndarray, reach: int = LOCAL_REACH, share: float 
     if n < 3:
         return ()
     far = min(width, n - 1)  # a stack whose neighbours are not clearly more alike than sections this far apart
-    # holds no order to find sections out of (random images, a shuffled stack): real stacks in order 2.5-5.4
-    if np.median(band[:n - 1, 0]) < SHUFFLED_BELOW * np.median(band[:n - far, far - 1]):
+    # holds no order to find sections out of (random images, a shuffled stack): real stacks in order 2.5-5.4 at
+    # 10 apart; a shorter stack compares nearer sections, so less is asked (`SHORT_CONTRAST`)
+    contrast = SHUFFLED_BELOW if far == width else SHORT_CONTRAST
+    if np.median(band[:n - 1, 0]) < contrast * np.median(band[:n - far, far - 1]):
         return ()
     least = share * float(np.median(band[:n - 1, 0]))
     # a section like no other near it (blank, damaged) is a defect, not misplaced: left out, its neighbours meet

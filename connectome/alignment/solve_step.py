@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from connectome.alignment.defects import OK, REASONS, region_flags, section_flags
-from connectome.alignment.fit import apply, fit_transform, local_outliers, supported_fit
+from connectome.alignment.fit import MIN_SUPPORT, apply, fit_transform, local_outliers, supported_fit
 from connectome.alignment.mesh import Springs
 from connectome.alignment.overlap import SectionImages, compose, refine_best, search_near
 from connectome.alignment.patches import SEARCH_FAILED
@@ -120,7 +120,8 @@ def screen(m: Matches, s: SolveSettings, images: SectionImages | None = None):
                 continue
             flat = d[z].reshape(-1, 2)
             corr = m.corr[k][z].ravel()
-            fit, inliers = supported_fit(s.model, points, flat, corr >= s.min_corr, s.max_residual)
+            fit, inliers = supported_fit(s.model, points, flat, corr >= s.min_corr, s.max_residual,
+                                         MIN_SUPPORT if k > 1 else 0.0)
             if images is not None:
                 chain = _chain(fits, z, k)
                 starts = ([] if fit is None else [fit]) + ([] if chain is None else [chain])

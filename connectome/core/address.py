@@ -85,8 +85,8 @@ def parse_address(text: str) -> Address:
     if not text:
         raise UserError("volume address: expected a path or URL, found an empty string")
     base, sections = split_sections(text)
-    if sections is None and text.endswith("]") and "[" in text and not os.path.exists(text):
-        suffix = text[text.rindex("["):]
+    suffix = text[text.rindex("["):] if sections is None and text.endswith("]") and "[" in text else ""
+    if suffix and not os.path.exists(text) and (":" in suffix or "#" not in text):  # a key may hold "[1]" (HDF5)
         raise UserError(f"{text}: section range {suffix}: expected [z0:z1] (whole numbers, either may be left out)")
     return Address(base, _kind(base), sections)
 
@@ -94,11 +94,10 @@ def parse_address(text: str) -> Address:
 def lies_within(address: str, directory: str) -> bool:
     """Whether the volume at `address` is stored inside `directory` (both local or both the same remote scheme)."""
     def location(text: str) -> str:
-        text = parse_address(text).path if not text.startswith(PRECOMPUTED) else text[len(PRECOMPUTED):]
-        text = text.removeprefix("file://")
+        text = text.removeprefix(PRECOMPUTED).removeprefix("file://")
         return text if "://" in text else os.path.realpath(text)
 
-    inner, outer = location(address), location(directory).rstrip("/")
+    inner, outer = location(parse_address(address).path), location(directory).rstrip("/")
     return inner == outer or inner.startswith(outer + "/")
 
 

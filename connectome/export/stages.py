@@ -104,6 +104,12 @@ class _PyramidStage(BlockStage[PyramidParams]):
             raise RuntimeError(f"stage {self.name!r}: levels unset (the plan's check_inputs sets them)")
         return self.factors
 
+    def fingerprint_params(self) -> dict:
+        """Without `in_place` (added on 2026-12-05; a guard, it changes no output), so earlier runs resume."""
+        params = super().fingerprint_params()
+        params.pop("in_place", None)
+        return params
+
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "factors": [list(f) for f in self._factors()]}
 

@@ -107,7 +107,9 @@ class Hdf5Volume(Volume):
         with h5py.File(self._path, "r") as f:
             if self._key not in f or not isinstance(f[self._key], h5py.Dataset):
                 what = "no dataset" if self._key not in f else "a group, not a dataset:"
-                raise UserError(f"{self._path}: {what} {self._key!r}; datasets are {hdf5_datasets(f)}")
+                names = hdf5_datasets(f)
+                shown = f"{names[:20]} and {len(names) - 20} more" if len(names) > 20 else str(names)
+                raise UserError(f"{self._path}: {what} {self._key!r}; datasets are {shown}")
             d = f[self._key]
             res = d.attrs.get("resolution")
             vs = voxel_size or (tuple(float(v) for v in res) if res is not None and len(res) == 3 else None)

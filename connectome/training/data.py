@@ -90,17 +90,20 @@ def in_section_order(pair: Pair, mode: str, voxel_size, what: str) -> tuple[Pair
                 np.ascontiguousarray(pair.labels[sections])), sections
 
 
-def training_voxel_size(given, first_raw: str) -> tuple[float, float, float]:
-    """The voxel size a model is trained at: `given` (--voxel-size), else the first raw volume's own; refused in
-    one line where that carries none (npz, HDF5, TIFF), so no model records a made-up size."""
+def training_voxel_size(given, first_raw: str, fallback=None) -> tuple[float, float, float]:
+    """The voxel size a model is trained at: `given` (--voxel-size), else the first raw volume's own, else
+    `fallback` (the --init model's); refused in one line where none is known (an npz, HDF5 or TIFF source without
+    --voxel-size), so no model records a made-up size."""
     if given:
         return tuple(float(v) for v in given)  # type: ignore[return-value]
     from connectome.io import open_volume
 
     meta = open_volume(parse_address(first_raw)[0]).meta
-    if not meta.voxel_size_known:
-        raise UserError(f"{first_raw} carries no voxel size; give --voxel-size Z Y X")
-    return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
+    if meta.voxel_size_known:
+        return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
+    if fallback:
+        return tuple(float(v) for v in fallback)  # type: ignore[return-value]
+    raise UserError(f"{first_raw} carries no voxel size; give --voxel-size Z Y X")
 
 
 def overlapping_sections(train: list[str], val: list[str]) -> list[str]:

@@ -198,6 +198,7 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
     assert main(["train", "affinities", *common, "--name", "tuned", "--out", str(out)]) == 0
     tuned = json.loads((out / "tuned.json").read_text())
     assert tuned["normalisation"]["mean"] == meta["normalisation"]["mean"]
+    assert tuned["voxel_size"] == [8.0, 8.0, 8.0]  # an npz carries none: the --init model's (not a made-up 1 nm)
     assert tuned["provenance"]["init"]["iterations"] == 24
     assert main(["train", "affinities", *common, "--name", "bad", "--out", str(out), "--arch", "aniso"]) == 2
 

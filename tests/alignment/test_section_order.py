@@ -405,3 +405,15 @@ def test_sections_of_noise_hold_no_order_and_none_is_named(tmp_path, capsys):
     code = main(["segment", a + "#f", str(tmp_path / "out"), "--model", "sstem", "--voxel-size", "50", "4", "4"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "out of place" not in err, err
+
+
+def test_a_swap_in_a_short_real_stack_is_still_named():
+    """The no-order guard asks less of stacks of BAND sections or fewer (compared with their far end, not with
+    sections 10 apart): a swapped pair among five real sections is named (here neighbours are 1.64 times as alike
+    as the ends, under the 2.0 asked of longer stacks)."""
+    import connectome.alignment.section_order as so
+
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        raw = f["train_raw"][8:13].copy()
+    raw[[1, 2]] = raw[[2, 1]]
+    assert so.section_order(raw).misplaced in ((1,), (2,))

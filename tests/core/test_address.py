@@ -49,3 +49,17 @@ def test_section_range_is_a_read_only_volume_of_its_own(tmp_path):
         open_volume(vol.address + "[3:7]", "r+")
     with pytest.raises(UserError, match="cannot create a section range"):
         create_volume(str(tmp_path / "w") + "[0:2]", (2, 4, 4), np.uint8, (2, 4, 4), (1, 1, 1))
+
+
+def test_lies_within_the_output_directory(tmp_path, monkeypatch):
+    from connectome.core.address import lies_within
+
+    (tmp_path / "out" / "raw").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    assert lies_within("out/raw", str(tmp_path / "out")) and lies_within(str(tmp_path / "link" / "raw"), "out")
+    assert lies_within(f"precomputed://file://{tmp_path}/out/seg", "out/")
+    assert not lies_within("elsewhere/raw", "out") and not lies_within("out2/raw", "out")
+    assert not lies_within("precomputed://gs://bucket/raw", "out")
+    assert lies_within("out/raw[0:4]", "out") and not lies_within("out/raw", "run[2]")  # a folder named run[2]

@@ -201,3 +201,13 @@ def test_chunks_too_thin_for_any_level_are_refused_not_passed_over(tmp_path):
     config["stages"] = [{"stage": "image_pyramid", "params": {"levels": 1}}]  # asked for: the same reason, as before
     with pytest.raises(UserError, match="allow only 0 levels"):
         plan_run(RunConfig.model_validate(config))
+
+
+def test_a_pyramid_run_from_before_in_place_resumes(pyramids):
+    """`in_place` (a guard) is left out of the fingerprint: the blocks of a run made before it existed, whose
+    fingerprint holds `{"levels": null}` only, are the same stage (this test's runs were made now: the same)."""
+    from connectome.engine.markers import DoneMarkers
+
+    for stage in ("image_pyramid", "label_pyramid"):
+        params = DoneMarkers(str(pyramids["blocks"]), stage).fingerprint()["params"]
+        assert params == {"levels": None}, params

@@ -151,11 +151,15 @@ def test_a_file_group_folder_or_range_that_is_not_a_volume_is_named(tmp_path):
         f"{tmp_path}/empty": "or a folder of TIFF/PNG sections; found an empty folder",
         f"{tmp_path}/notes.txt": "a file, expected a zarr array or group",
         f"{tmp_path}/d.npz#raw[a:b]": r"section range \[a:b\]: expected \[z0:z1\]",
-        f"{tmp_path}/d.npz#raw[3]": r"section range \[3\]: expected \[z0:z1\]",
+        f"{tmp_path}/d.npz#raw[3]": r"no key 'raw\[3\]'",  # keys may hold brackets (HDF5 groups): a key
+        f"{tmp_path}/d.zarr/raw[3]": r"section range \[3\]: expected \[z0:z1\]",
         f"{tmp_path}/d.npz#raw[0:4:2]": r"section range \[0:4:2\]: expected \[z0:z1\]",
     }
     for address, message in cases.items():
         with pytest.raises(UserError, match=message):
             open_volume(address)
     assert open_volume(f"{tmp_path}/d.h5#volumes/raw").shape == (2, 4, 4)
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_dataset("grp[1]", data=np.zeros((2, 4, 4), np.uint8))
+    assert open_volume(f"{tmp_path}/g.h5#grp[1]").shape == (2, 4, 4)
     assert open_volume(f"{tmp_path}/d.npz#raw[1:]").shape == (1, 2, 2)
