@@ -37,6 +37,7 @@ class EdgeClassifier:
     biases: tuple[np.ndarray, ...]
     threshold: float
     extent: int = EXTENT  # voxels (finest axis) up to which a fragment is "small" (`edge_features`)
+    fitted_to: dict | None = None  # the affinity weights it was fitted to (name, sha1): `check_fitted_to`
 
     def merge_probability(self, features: np.ndarray) -> np.ndarray:
         """p(merge) per row of `features` (edges, len(FEATURES))."""
@@ -81,11 +82,8 @@ def check_fitted_to(path: str, model: str) -> None:
     from connectome.engine.stage import file_record
     from connectome.models.registry import resolve_model_path
 
-    try:
-        fitted = json.loads(Path(path).read_text()).get("affinity_weights")
-    except (OSError, ValueError, AttributeError):
-        return  # load_classifier says what is wrong with the file
-    if not isinstance(fitted, dict) or "sha1" not in fitted:
+    fitted = load_classifier(path).fitted_to
+    if fitted is None:
         return  # fitted before the weights were recorded (the shipped ones)
     now = file_record(resolve_model_path(model))
     if now["sha1"] != fitted["sha1"]:
@@ -95,9 +93,18 @@ def check_fitted_to(path: str, model: str) -> None:
                         f"edges --model {model} ...`) or give --scoring mean")
 
 
-@lru_cache(maxsize=8)
 def load_classifier(path: str) -> EdgeClassifier:
-    """The classifier stored at `path`; a file of another kind is refused with one line."""
+    """The classifier stored at `path` (read once while the file is unchanged); a file of another kind is refused
+    with one line."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError as e:
+        raise UserError(f"edge classifier {path}: not readable as json ({type(e).__name__})") from None
+    return _load_classifier(path, mtime)
+
+
+@lru_cache(maxsize=8)
+def _load_classifier(path: str, mtime_ns: int) -> EdgeClassifier:
     try:
         meta = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -125,4 +132,6 @@ def load_classifier(path: str) -> EdgeClassifier:
     if not shapes_ok or width != 1 or not 0 <= threshold <= 1 or extent < 1:
         raise UserError(f"edge classifier {path}: layers do not chain from {len(FEATURES)} features to 1 output "
                         f"(or threshold {threshold} outside [0, 1], or extent {extent} below 1)")
-    return EdgeClassifier(path, mean, std, weights, biases, threshold, extent)
+    fitted = meta.get("affinity_weights")
+    fitted_to = fitted if isinstance(fitted, dict) and "sha1" in fitted else None
+    return EdgeClassifier(path, mean, std, weights, biases, threshold, extent, fitted_to)

@@ -143,7 +143,6 @@ def run(args) -> int:
 def _run_ffn(args) -> int:
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
-    from connectome.core.errors import UserError
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
     from connectome.ffn.segment import budget_warning, ffn_config, run_ffn
 

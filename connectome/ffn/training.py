@@ -129,12 +129,6 @@ def _check_affinity_model(settings: FFNTrainSettings, voxel_size) -> None:
                         f"volumes have {list(voxel_size)}")
 
 
-def _voxel_size(settings: FFNTrainSettings) -> tuple[float, float, float]:
-    from connectome.training.data import training_voxel_size
-
-    return training_voxel_size(settings.voxel_size, settings.raw[0])
-
-
 def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE,
              device: torch.device = CPU_DEVICE) -> dict:
     """Segment `raw` with the current weights (downsampled by `scale`, the labels upsampled back, as the `ffn`
@@ -151,7 +145,7 @@ def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE
 
 def train(settings: FFNTrainSettings, log=print) -> dict:
     """Train, validate every `val_every` iterations, keep the best checkpoint; return a summary."""
-    from connectome.training.data import overlapping_sections
+    from connectome.training.data import overlapping_sections, training_voxel_size
 
     clash = overlapping_sections(settings.raw + settings.labels,
                                  [a for a in (settings.val_raw, settings.val_labels) if a])
@@ -160,7 +154,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     device = training_device(settings.device)
-    data_voxel_size = _voxel_size(settings)
+    data_voxel_size = training_voxel_size(settings.voxel_size, settings.raw[0])
     _check_affinity_model(settings, data_voxel_size)
     voxel_size = (data_voxel_size[0] * settings.scale[0], data_voxel_size[1] * settings.scale[1],
                   data_voxel_size[2] * settings.scale[2])
