@@ -73,14 +73,28 @@ NOTES = [
     "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits. Since "
     "2026-12-01 it merges by its own edge classifier (`synthetic-edges.json`, threshold 0.3; before: medulla "
     "4.273, gala 1.340).",
-    "- `fib-10nm` (continued 100 CPU minutes on 2026-12-01, benchmarks/results/training.md) merges by its edge "
-    "classifier's p(merge) (learned scoring; threshold 0.45 from `fib-10nm-edges.json`, retrained on its four-flip "
-    "affinities and chosen on medulla z 75-99); `synthetic` likewise by its own; `sstem` by its own since "
-    "2026-12-01 (session 13: `sstem-edges.json`, fragments up to 128 px scored, five fits averaged, trained on "
-    "CREMI z 0-39 and its threshold 0.35 chosen on z 40-49, this table's split; with mean scoring at 0.6: CREMI "
-    "2.792, ISBI 1.943 in float32, 2.803 and 1.759 in bfloat16); `sstem-2d` by mean affinity, one edge at a time in a strict order (score, contact count, "
-    "segment ids). Learned against mean scoring: benchmarks/results/learned_agglomeration.md.",
+    "- `fib-10nm` and `sstem` are, since 2026-12-05 (session 39), the previous weights fine-tuned 3 minutes each on "
+    "a lent NVIDIA H100 (benchmarks/results/gpu_session.md), each with its edge classifier refitted on its four-flip "
+    "affinities. `fib-10nm` merges by its classifier's p(merge) (learned scoring; threshold 0.40 from "
+    "`fib-10nm-edges.json`, chosen on medulla z 75-99); `synthetic` likewise by its own; `sstem` by its own "
+    "(`sstem-edges.json`, fragments up to 128 px scored, five fits averaged, trained on CREMI z 0-39 and its "
+    "threshold 0.35 chosen on z 40-49, this table's split); `sstem-2d` by mean affinity, one edge at a time in a "
+    "strict order (score, contact count, segment ids). Learned against mean scoring: "
+    "benchmarks/results/learned_agglomeration.md.",
+    "- The CREMI rows move by up to 0.3 with the arithmetic alone (the previous `sstem` scored CREMI recovered 2.586 "
+    "in bfloat16 on an AMD EPYC, 2.868 in bfloat16 on an Intel Xeon with AMX and 2.547 in float32 there): a few "
+    "large merges flip. Compare models on one machine and at one precision (benchmarks/results/gpu_session.md).",
 ]
+
+
+def _cpu_name() -> str:
+    """The processor's model name (bfloat16 results differ between CPU families: AMX and AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _auto_precision() -> str:
@@ -192,7 +206,7 @@ def main() -> None:
     lines = [
         "# Segmentation quality of the shipped affinity models on the real validation splits",
         "",
-        f"- date: {time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores (shared with "
+        f"- date: {time.strftime('%Y-%m-%d')}; {_cpu_name()}, {os.cpu_count()} cores (shared with "
         f"other jobs); precision auto resolves to {_auto_precision()} here; command: `.venv/bin/python benchmarks/quality.py"
         + (f" --tta {args.tta}" if args.tta else "") + (f" --models {' '.join(args.models)}" if args.models else "")
         + (f" --sets {' '.join(args.sets)}" if args.sets else "")

@@ -68,7 +68,7 @@ def add_arguments(parser) -> None:
                         help="ffn: FOV steps a block may take, as F times the FOV positions that tile it (default 20; "
                              "0 = no limit); once spent no new object starts and the block is reported")
     parser.add_argument("--ffn-batch", type=positive_int, default=None,
-                        help="ffn: objects filled together in one batch (default: 1 on CPU, 8 on a GPU)")
+                        help="ffn: objects filled together in one batch (default 1, the fastest on CPU and GPU)")
     add_run_options(parser)
 
 

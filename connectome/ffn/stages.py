@@ -81,8 +81,9 @@ class FFNParams(StageParams):
     model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
     device: str = Field("cpu", description="cpu or cuda")
     overlap: tuple[int, int, int] | None = Field(None, description="context each side (default: the model's FOV)")
-    batch: int | None = Field(None, ge=1, description="objects filled together in one forward batch (default: 1 on "
-                                                      "CPU, where batching adds work and no throughput; 8 on a GPU)")
+    batch: int | None = Field(None, ge=1, description="objects filled together in one forward batch (default 1: "
+                                                      "batching adds FOV evaluations, and on CPU and on an H100 "
+                                                      "lowers voxels/s; benchmarks/results/gpu_session.md)")
     move_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     segment_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's")
     min_size: int | None = Field(None, ge=1, description="smallest object kept, voxels (default: the model's)")
@@ -212,7 +213,7 @@ class FFNStage(OnePrecision, BlockStage):
 
         p, i = self.params, info or self.model_info
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
-                              p.min_size or i.min_size, batch=p.batch or (1 if p.device == "cpu" else 8),
+                              p.min_size or i.min_size, batch=p.batch or 1,
                               reverse=p.reverse, precision=self.block_precision(),
                               weak_seed=p.weak_seed, seed_margin=p.seed_margin, step_budget=p.step_budget)
 
