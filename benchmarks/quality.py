@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from connectome.core.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -85,16 +86,6 @@ NOTES = [
     "in bfloat16 on an AMD EPYC, 2.868 in bfloat16 on an Intel Xeon with AMX and 2.547 in float32 there): a few "
     "large merges flip. Compare models on one machine and at one precision (benchmarks/results/gpu_session.md).",
 ]
-
-
-def _cpu_name() -> str:
-    """The processor's model name (bfloat16 results differ between CPU families: AMX and AVX512-BF16)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _auto_precision() -> str:
@@ -206,7 +197,7 @@ def main() -> None:
     lines = [
         "# Segmentation quality of the shipped affinity models on the real validation splits",
         "",
-        f"- date: {time.strftime('%Y-%m-%d')}; {_cpu_name()}, {os.cpu_count()} cores (shared with "
+        f"- date: {time.strftime('%Y-%m-%d')}; {cpu_name()}, {os.cpu_count()} cores (shared with "
         f"other jobs); precision auto resolves to {_auto_precision()} here; command: `.venv/bin/python benchmarks/quality.py"
         + (f" --tta {args.tta}" if args.tta else "") + (f" --models {' '.join(args.models)}" if args.models else "")
         + (f" --sets {' '.join(args.sets)}" if args.sets else "")

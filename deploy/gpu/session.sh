@@ -12,12 +12,13 @@
 # Back here, give each trained model its edge classifier and score it (README, "Training on a GPU, and a
 # lent-GPU session").
 #
-# Settings (environment): FIB_MIN, SSTEM_MIN (training minutes each, default 3 and 2.5), BATCH (8), WORKERS
+# Settings (environment): FIB_MIN, SSTEM_MIN (training minutes each, default 3 and 2.5; 0 skips it), BATCH (8), WORKERS
 # (loader processes, 12; fewer when /dev/shm is small), FFN_MIN (train `ffn-fib-10nm`'s recipe with --arch
 # reference for this many minutes; default 0: skipped; its validation canvas takes minutes more, so lower
 # FIB_MIN / SSTEM_MIN to make room), FIB_BASE / SSTEM_BASE (train a wider network, widened from the shipped
-# one: --base-channels; default: the shipped width), DEADLINE (560), DEVICE (cuda), PY (python3), SPEED (1: measure throughput; 0: skip), SPEED_SHAPE (the FFN canvas
-# volume, "64 128 128"), DATA (.gpu/data).
+# one: --base-channels; default: the shipped width), FIB_INIT / SSTEM_INIT (the weights to start from: a shipped
+# name or a .pt path; default the shipped model), DEADLINE (560), DEVICE (cuda), PY (python3), SPEED (1: measure
+# throughput; 0: skip), SPEED_SHAPE (the FFN canvas volume, "64 128 128"), DATA (.gpu/data).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder whose files come back}
@@ -86,22 +87,23 @@ case "$shm_kb" in
        fi ;;
 esac
 
-step fib "${C[@]}" train affinities \
+# a training whose minutes are 0 is skipped (a second call that trains only the other, or measures only)
+[ "$FIB_MIN" = 0 ] || step fib "${C[@]}" train affinities \
     --raw "$D/medulla.npz#raw[0:100]" --labels "$D/medulla.npz#neuron_ids[0:100]" \
     --raw "$D/gala.npz#train_raw" --labels "$D/gala.npz#train_gt" \
     --val-raw "$D/medulla.npz#raw[100:125]" --val-labels "$D/medulla.npz#neuron_ids[100:125]" \
     --eval-raw "$D/gala.npz#test_raw" --eval-labels "$D/gala.npz#test_gt" \
     --name fib-10nm-gpu --out "$W/fib" --arch iso --voxel-size 10 10 10 --patch 48 48 48 \
     --batch-size "$BATCH" --iterations 1000000 --max-minutes "$FIB_MIN" --val-every "${FIB_VAL:-1000}" \
-    --seed 41 --threads 4 --device "$DEVICE" --loader-workers "$WORKERS" --init fib-10nm --lr 0.0005 "${FIB_WIDTH[@]}" --json
+    --seed 41 --threads 4 --device "$DEVICE" --loader-workers "$WORKERS" --init "${FIB_INIT:-fib-10nm}" --lr 0.0005 "${FIB_WIDTH[@]}" --json
 
-step sstem "${C[@]}" train affinities \
+[ "$SSTEM_MIN" = 0 ] || step sstem "${C[@]}" train affinities \
     --raw "$D/cremi.npz#raw[0:40]" --labels "$D/cremi.npz#neuron_ids[0:40]" \
     --section-raw "$D/isbi.npz#train_raw[0:25]" --section-labels "$D/isbi.npz#derived_train_cells2d[0:25]" \
     --val-raw "$D/cremi.npz#raw[40:50]" --val-labels "$D/cremi.npz#neuron_ids[40:50]" \
     --name sstem-gpu --out "$W/sstem" --arch aniso --voxel-size 40 4 4 --patch 12 160 160 \
     --batch-size "$BATCH" --iterations 1000000 --max-minutes "$SSTEM_MIN" --val-every "${SSTEM_VAL:-500}" \
-    --seed 42 --threads 4 --device "$DEVICE" --loader-workers "$WORKERS" --init sstem --lr 0.0005 "${SSTEM_WIDTH[@]}" --json
+    --seed 42 --threads 4 --device "$DEVICE" --loader-workers "$WORKERS" --init "${SSTEM_INIT:-sstem}" --lr 0.0005 "${SSTEM_WIDTH[@]}" --json
 
 if [ "$FFN_MIN" != 0 ]; then
     "$PY" -c "import numpy as np; d = np.load('$D/medulla.npz'); s = np.s_[75:100, 61:189, 61:189]; \
