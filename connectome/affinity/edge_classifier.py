@@ -84,7 +84,7 @@ def check_fitted_to(path: str, model: str) -> None:
 
     fitted = load_classifier(path).fitted_to
     if fitted is None:
-        return  # fitted before the weights were recorded (the shipped ones)
+        return  # fitted before the weights were recorded (the shipped synthetic-edges)
     now = file_record(resolve_model_path(model))
     if now["sha1"] != fitted["sha1"]:
         raise UserError(f"edge classifier {path}: fitted to the affinities of {fitted.get('name')} (sha1 "

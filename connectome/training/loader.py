@@ -65,10 +65,11 @@ def available_cores() -> int:
 
 def default_workers(device: torch.device) -> int:
     """0 on the CPU (workers would take its cores from the training step); on a GPU, the available cores less
-    two (the training process and the GPU's feeding), at most 8."""
+    two (the training process and the GPU's feeding), at most 16: on an H100 12 workers still left the GPU
+    waiting (benchmarks/results/gpu_session.md)."""
     if device.type == "cpu":
         return 0
-    return max(0, min(8, available_cores() - 2))
+    return max(0, min(16, available_cores() - 2))
 
 
 def batch_stream(make: Make, workers: int, rng: np.random.Generator, augmenter: Augmenter, seed: int,

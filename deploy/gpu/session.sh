@@ -2,7 +2,7 @@
 # One lent-GPU session, run on the device machine in the repository root (`bash deploy/gpu/prepare.sh` first,
 # here; then `run` with carry [".gpu"] and the command `bash deploy/gpu/session.sh`):
 #   1. installs the wheels of .gpu/whl (the device's Python lacks dask, zarr, ...);
-#   2. fine-tunes `fib-10nm` and `sstem` from their shipped weights on the GPU (their shipped recipes, with a
+#   2. fine-tunes `fib-10nm` and `sstem` from their shipped weights (or FIB_INIT / SSTEM_INIT) on the GPU (their shipped recipes, with a
 #      larger batch and the batches made by --loader-workers processes), each for a fixed number of minutes;
 #   3. measures U-Net inference (bf16) and the FFN canvas at several object batch sizes on the GPU;
 #   4. packs the trained models, their logs and the measurements into $OUT/session.tgz, again after every step,
@@ -35,6 +35,7 @@ D=${DATA:-.gpu/data}
 FIB_WIDTH=(${FIB_BASE:+--base-channels "$FIB_BASE"})
 SSTEM_WIDTH=(${SSTEM_BASE:+--base-channels "$SSTEM_BASE"})
 W=$(mktemp -d /tmp/gpu-session.XXXXXX)
+echo "session: working folder $W (a later call on the still-warm machine can start from $W/fib/fib-10nm-gpu.pt)"
 export PYTHONUNBUFFERED=1
 
 if [ -f .gpu/PYVER ]; then  # wheels are built for one Python: refuse before installing the wrong ones
@@ -88,7 +89,8 @@ case "$shm_kb" in
 esac
 
 # a training whose minutes are 0 is skipped (a second call that trains only the other, or measures only)
-[ "$FIB_MIN" = 0 ] || step fib "${C[@]}" train affinities \
+zero() { awk -v m="$1" 'BEGIN { exit !(m + 0 == 0) }'; }  # "0", "0.0": skip
+zero "$FIB_MIN" || step fib "${C[@]}" train affinities \
     --raw "$D/medulla.npz#raw[0:100]" --labels "$D/medulla.npz#neuron_ids[0:100]" \
     --raw "$D/gala.npz#train_raw" --labels "$D/gala.npz#train_gt" \
     --val-raw "$D/medulla.npz#raw[100:125]" --val-labels "$D/medulla.npz#neuron_ids[100:125]" \
@@ -97,7 +99,7 @@ esac
     --batch-size "$BATCH" --iterations 1000000 --max-minutes "$FIB_MIN" --val-every "${FIB_VAL:-1000}" \
     --seed 41 --threads 4 --device "$DEVICE" --loader-workers "$WORKERS" --init "${FIB_INIT:-fib-10nm}" --lr 0.0005 "${FIB_WIDTH[@]}" --json
 
-[ "$SSTEM_MIN" = 0 ] || step sstem "${C[@]}" train affinities \
+zero "$SSTEM_MIN" || step sstem "${C[@]}" train affinities \
     --raw "$D/cremi.npz#raw[0:40]" --labels "$D/cremi.npz#neuron_ids[0:40]" \
     --section-raw "$D/isbi.npz#train_raw[0:25]" --section-labels "$D/isbi.npz#derived_train_cells2d[0:25]" \
     --val-raw "$D/cremi.npz#raw[40:50]" --val-labels "$D/cremi.npz#neuron_ids[40:50]" \

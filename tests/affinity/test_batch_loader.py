@@ -100,6 +100,6 @@ def test_default_workers_are_none_on_the_cpu_and_the_spare_cores_for_a_gpu(monke
     import torch
 
     assert default_workers(torch.device("cpu")) == 0
-    for cores, expected in ((16, 8), (6, 4), (2, 0), (1, 0)):
+    for cores, expected in ((32, 16), (16, 14), (6, 4), (2, 0), (1, 0)):
         monkeypatch.setattr("connectome.training.loader.available_cores", lambda cores=cores: cores)
         assert default_workers(torch.device("cuda")) == expected, cores
