@@ -13,7 +13,6 @@ import argparse
 import cProfile
 import pstats
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +41,7 @@ RECIPES = {
                  [(f"{MEDULLA}#raw[0:100]", f"{MEDULLA}#neuron_ids[0:100]", False),
                   (f"{GALA}#train_raw", f"{GALA}#train_gt", False)]),
     "sstem": ("aniso", (12, 160, 160), (40.0, 4.0, 4.0),
-              [("{cremi}#raw[0:40]", "{cremi}#neuron_ids[0:40]", False),
+              [(f"{CREMI}#raw", f"{CREMI}#neuron_ids", False),
                (f"{ISBI}#train_raw[0:25]", f"{ISBI}#derived_train_cells2d[0:25]", True)]),
 }
 
@@ -55,13 +54,16 @@ def _name(key: tuple) -> str:
     return f"{Path(filename).name}:{function}"
 
 
-def profile(recipe: str, batch: int, runs: int, cremi: str) -> tuple[float, list[tuple[str, float]]]:
+def profile(recipe: str, batch: int, runs: int) -> tuple[float, list[tuple[str, float]]]:
     """Milliseconds per batch, and the functions that took most of it (name, share)."""
     arch, patch, voxel_size, sources = RECIPES[recipe]
-    pairs = [load_pair(r.format(cremi=cremi), labels.format(cremi=cremi)) for r, labels, _ in sources]
     two_d = np.array([flat for _, _, flat in sources])
     settings = training.TrainSettings(raw=[], labels=[], name=recipe, out="", batch_size=batch, patch=patch,
                                       arch=arch)
+    # 3-D labels in the section order recovered from the images, as `train affinities` does by default
+    pairs = [load_pair(raw, labels) if flat else
+             training.ordered_pair(load_pair(raw, labels), settings, voxel_size, {})
+             for raw, labels, flat in sources]
     weights = training.sampling_weights(np.array([p.size for p in pairs], np.float64), two_d)
     augmenter = Augmenter(training.augment_config(arch), 0)
     rng = np.random.default_rng(0)
@@ -95,20 +97,15 @@ def main() -> None:
     lines = ["# Training batches: time to make one, and where it goes", "",
              f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {cpu_name()}, one thread (a loader worker's share); "
              f"command: `.venv/bin/python benchmarks/training_batches.py --batch {args.batch} --runs {args.runs}`",
-             "- the shipped recipes' training volumes (`sstem`: the CREMI crop in its recovered order with ISBI z 0-24); "
+             "- the shipped recipes' training volumes (`sstem`: the whole CREMI crop in the section order training "
+             "recovers from its images, with ISBI z 0-24); "
              "cProfile of `connectome.affinity.training._batch`, share of the profiled time per function (own time)",
              "", "| recipe | batch | ms per batch | ms per patch | most of the time |", "|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory() as tmp:
-        cremi = f"{tmp}/cremi_reordered.npz"
-        if "sstem" in args.recipe:
-            import subprocess
-            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cremi_section_order.py"), "--input",
-                            str(CREMI), "--out", cremi], check=True, stdout=subprocess.DEVNULL)
-        for recipe in args.recipe:
-            ms, top = profile(recipe, args.batch, args.runs, cremi)
-            where = "; ".join(f"{name} {share:.0%}" for name, share in top)
-            lines.append(f"| {recipe} | {args.batch} | {ms:.0f} | {ms / args.batch:.1f} | {where} |")
-            print(lines[-1], flush=True)
+    for recipe in args.recipe:
+        ms, top = profile(recipe, args.batch, args.runs)
+        where = "; ".join(f"{name} {share:.0%}" for name, share in top)
+        lines.append(f"| {recipe} | {args.batch} | {ms:.0f} | {ms / args.batch:.1f} | {where} |")
+        print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
