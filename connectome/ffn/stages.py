@@ -199,8 +199,11 @@ class FFNStage(OnePrecision, BlockStage):
         models.run_precision). The seed rules are left out only at the behaviour from before them (continue,
         margin 0): a run made before them does not resume under the new defaults, which fill differently. The
         step budget is left out at its default: it changes only the blocks that spend it, and those are
-        reported."""
+        reported. On a GPU an unset batch is recorded as the 1 it resolves to: until 2026-12-05 it meant 8 there,
+        so a GPU run started then is reported as changed rather than finished at another batch."""
         fp = super().fingerprint()
+        if self.params.batch is None and self.params.device != "cpu":
+            fp["params"]["batch"] = 1
         defaults = {"consensus": False, "precision": "auto", "scale": [1, 1, 1], "consensus_model": None,
                     "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
                     "step_budget": FFNParams.model_fields["step_budget"].default}

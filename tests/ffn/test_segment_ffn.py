@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from connectome.cli.main import main
-from connectome.engine.markers import DoneMarkers
+from connectome.engine.markers import DoneMarkers, resumes
 from connectome.io import create_volume, open_volume
 from connectome.metrics.voi import voi
 
@@ -196,6 +196,29 @@ def test_seed_rules_reach_the_canvas_and_only_the_old_behaviour_is_left_out_of_t
     assert not {"weak_seed", "seed_margin"} & set(old.fingerprint()["params"])
     other = stage(weak_seed="reject", seed_margin=3)
     assert (other.settings().weak_seed, other.settings().seed_margin) == ("reject", 3)
+
+
+def test_an_unset_batch_on_a_gpu_is_recorded_as_the_one_it_resolves_to(synthetic_raw, tmp_path):
+    """Until 2026-12-05 an unset `batch` meant 8 on a GPU and means 1 now: a GPU stage records the 1, so a GPU run
+    started before is reported as changed instead of finishing its blocks at another batch; on CPU (always 1)
+    the fingerprint is the one from before."""
+    from connectome.engine.plan import plan_run
+    from connectome.ffn.segment import ffn_config
+
+    def stage(device, **kw):
+        config = ffn_config(str(synthetic_raw / "raw"), str(tmp_path / "o"), "ffn-synthetic", (8, 32, 32), **kw)
+        for entry in config.stages:
+            if entry.stage == "ffn":
+                entry.params["device"] = device
+        return next(p.stage for p in plan_run(config).stages if p.stage.name == "ffn")
+
+    cpu, gpu = stage("cpu"), stage("cuda")
+    assert cpu.settings().batch == 1  # (a GPU stage's settings need a GPU: `FFNStage.settings`, `p.batch or 1`)
+    assert cpu.fingerprint()["params"]["batch"] is None  # as before: CPU runs resume
+    assert gpu.fingerprint()["params"]["batch"] == 1
+    started_before = {**gpu.fingerprint(), "params": {**gpu.fingerprint()["params"], "batch": None}}
+    assert not resumes(started_before, gpu.fingerprint())
+    assert stage("cuda", batch=4).fingerprint()["params"]["batch"] == 4
 
 
 def test_ffn_stages_record_their_weights_by_name_and_content(synthetic_raw, tmp_path):
