@@ -49,7 +49,7 @@ def _refresh(layers) -> bool:
     written = refresh(layers.out_dir)
     reference = layers.segmentation or layers.raw
     if reference is not None:
-        written = (refresh_annotations(layers.out_dir, reference.voxel_size) != had) or written
+        written = (refresh_annotations(layers.out_dir, reference.voxel_size, reference.offset) != had) or written
     return written
 
 

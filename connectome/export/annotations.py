@@ -28,13 +28,16 @@ ANNOTATIONS_DIR = "synapse_annotations"
 PROPERTIES = ("score", "partner_score")  # float32 columns of the synapse table, when present
 RELATIONSHIPS = (("pre_synaptic_cell", "rel_pre", "pre"), ("post_synaptic_cell", "rel_post", "post"))
 GRID = 4  # spatial index cells per axis (at most)
+PLACED = "placed.json"  # beside the info: the world offset the positions were written with
 
 
-def _encoded(rows: dict[str, np.ndarray], properties: list[str]) -> np.ndarray:
-    """The fixed-size part of every annotation: position (x, y, z) then properties, one record per row."""
+def _encoded(rows: dict[str, np.ndarray], properties: list[str], offset: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """The fixed-size part of every annotation: position (x, y, z: the voxel's centre in the world, the volume's
+    first voxel at `offset`, z y x) then properties, one record per row."""
     dtype = np.dtype([("position", "<f4", 3)] + [(p, "<f4") for p in properties])
     out = np.zeros(len(rows["z"]), dtype)
-    out["position"] = np.stack([rows["x"], rows["y"], rows["z"]], 1).astype(np.float64) + 0.5
+    out["position"] = (np.stack([rows["x"], rows["y"], rows["z"]], 1).astype(np.float64) + 0.5
+                       + np.asarray(offset[::-1], np.float64))
     for p in properties:
         out[p] = rows[p]
     return out
@@ -62,13 +65,15 @@ def _write_sharded(directory: str, values: list[tuple[int, bytes]]) -> dict:
     return spec
 
 
-def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: Sequence[float]) -> int:
-    """Write the synapse table `rows` (columns of synapses.csv) as an annotation layer into `directory`
-    (replaced whole, so a reader sees the old layer or the new one); voxel_size in nm (z, y, x)."""
+def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: Sequence[float],
+                      offset: Sequence[int] = (0, 0, 0)) -> int:
+    """Write the synapse table `rows` (columns of synapses.csv: voxels of the array) as an annotation layer into
+    `directory` (replaced whole, so a reader sees the old layer or the new one); voxel_size in nm (z, y, x),
+    `offset` where the volume's first voxel sits in the world (voxels, z y x; `VolumeMeta.offset`)."""
     n = len(rows["z"])
     ids = rows["id"].astype(np.uint64) if "id" in rows else np.arange(1, n + 1, dtype=np.uint64)
     properties = [p for p in PROPERTIES if p in rows]
-    records = _encoded(rows, properties)
+    records = _encoded(rows, properties, offset)
     positions = records["position"]
     lower = np.floor(positions.min(0)) if n else np.zeros(3)
     upper = np.ceil(positions.max(0)) + 1 if n else np.ones(3)
@@ -111,6 +116,7 @@ def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: S
                      "chunk_size": [float(c) for c in chunk], "limit": max(limit, 1)}],
     }
     _write(os.path.join(tmp, "info"), json.dumps(info).encode())
+    _write(os.path.join(tmp, PLACED), json.dumps({"offset_zyx": [int(v) for v in offset]}).encode())
     old = f"{directory}.old{os.getpid()}"
     if os.path.isdir(directory):
         os.replace(directory, old)
@@ -119,16 +125,26 @@ def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: S
     return n
 
 
-def refresh_annotations(out_dir: str, voxel_size: Sequence[float]) -> str | None:
-    """`<out_dir>/synapse_annotations`, (re)written when synapses.csv is newer than it; None without a
-    synapse table."""
+def _placed_at(directory: str) -> list[int]:
+    """The world offset a layer's positions were written with ((0, 0, 0) for a layer from before it was kept)."""
+    try:
+        with open(os.path.join(directory, PLACED)) as f:
+            return [int(v) for v in json.load(f)["offset_zyx"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [0, 0, 0]
+
+
+def refresh_annotations(out_dir: str, voxel_size: Sequence[float], offset: Sequence[int] = (0, 0, 0)) -> str | None:
+    """`<out_dir>/synapse_annotations`, (re)written when synapses.csv is newer than it or it was placed at another
+    world offset than the volume's `offset` (z y x voxels); None without a synapse table."""
     table = os.path.join(out_dir, SYNAPSES_FILE)
     directory = os.path.join(out_dir, ANNOTATIONS_DIR)
     if not os.path.isfile(table):
         return None
     info = os.path.join(directory, "info")
-    if not os.path.isfile(info) or os.path.getmtime(info) < os.path.getmtime(table):
+    if (not os.path.isfile(info) or os.path.getmtime(info) < os.path.getmtime(table)
+            or _placed_at(directory) != [int(v) for v in offset]):
         from connectome.synapses.table import read_synapses
 
-        write_annotations(directory, read_synapses(table), voxel_size)
+        write_annotations(directory, read_synapses(table), voxel_size, offset)
     return directory

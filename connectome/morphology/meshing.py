@@ -52,12 +52,15 @@ def mesh_block_levels(
     simplify: int = 10,
     max_error: float = 0.0,
     lods: int = 1,
+    world_offset: Sequence[int] = (0, 0, 0),
 ) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray]]]]:
     """(id, per level of detail (vertices float32 (n, 3) x y z nm, triangles uint32 (m, 3))) for each
     object in `labels` with a surface at level 0 (coarser levels may come out empty).
 
     `labels` holds `read_box` (z, y, x); `simplify` is level 0's triangle reduction factor (0: none);
     `max_error` bounds its displacement in nm (0: one voxel's smallest side); see `lod_simplification`.
+    `world_offset` (voxels, z y x) is where the volume's first voxel sits (`VolumeMeta.offset`): vertices are in
+    the world's nm, as Neuroglancer draws the volume.
     """
     import zmesh
 
@@ -68,8 +71,8 @@ def mesh_block_levels(
     res_xyz = tuple(float(v) for v in reversed(voxel_size))
     mesher = zmesh.Mesher(res_xyz)
     mesher.mesh(labels.T)  # x, y, z view of the same memory
-    origin = np.array([(o - p + 0.5) * r for o, p, r in zip(reversed(read_box.offset), reversed(lower), res_xyz)],
-                      np.float32)
+    origin = np.array([(o + w - p + 0.5) * r for o, w, p, r in zip(reversed(read_box.offset), reversed(world_offset),
+                                                                  reversed(lower), res_xyz)], np.float32)
     settings = [lod_simplification(k, simplify, max_error, res_xyz) for k in range(lods)]
     for label in mesher.ids():
         levels = []

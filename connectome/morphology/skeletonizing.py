@@ -24,9 +24,11 @@ def skeletonize_block(
     dust_voxels: int = 100,
     scale: float = 1.5,
     const_nm: float = 300.0,
+    world_offset: Sequence[int] = (0, 0, 0),
 ) -> dict[str, np.ndarray]:
     """Every object's skeleton fragment in `labels` (which holds `read_box`), packed as flat arrays
-    (`FRAGMENT_ARRAYS`: per object its vertex and edge counts, then all vertices, edges, radii)."""
+    (`FRAGMENT_ARRAYS`: per object its vertex and edge counts, then all vertices, edges, radii); vertices in
+    the world's nm, the volume's first voxel at `world_offset` (voxels, z y x: `VolumeMeta.offset`)."""
     import kimimaro
 
     res_xyz = tuple(float(v) for v in reversed(voxel_size))
@@ -34,7 +36,8 @@ def skeletonize_block(
         labels.T, teasar_params={"scale": scale, "const": const_nm}, anisotropy=res_xyz,
         dust_threshold=dust_voxels, fix_branching=True, fix_borders=True, progress=False, parallel=1,
     )
-    origin = np.array([(o + 0.5) * r for o, r in zip(reversed(read_box.offset), res_xyz)], np.float32)
+    corner = [o + w for o, w in zip(read_box.offset, world_offset)]  # the read box's first voxel in the world
+    origin = np.array([(c + 0.5) * r for c, r in zip(reversed(corner), res_xyz)], np.float32)
     ids = np.array(sorted(skeletons), np.uint64)
     parts = [skeletons[int(i)] for i in ids]
     return {

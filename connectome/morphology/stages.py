@@ -41,6 +41,26 @@ def output_dir(stage: BlockStage, table: str) -> str:
     return os.path.dirname(os.path.dirname(os.path.normpath(stage.table_dirs[table])))
 
 
+class WorldPlaced:
+    """A stage whose output is in the world's nm: the segmentation's offset (`VolumeMeta.offset`, where its first
+    voxel sits) goes into its vertices, and into its fingerprint where it is not 0, so that a run made before
+    the offset was applied (its vertices placed as if the volume started at 0) is reported as changed."""
+
+    input_addresses: dict[str, str]
+
+    def world_offset(self) -> tuple[int, int, int]:
+        from connectome.io import open_volume
+
+        z, y, x = (int(v) for v in open_volume(self.input_addresses[LABELS.name]).meta.offset)
+        return z, y, x
+
+    def fingerprint(self) -> dict:
+        fp = super().fingerprint()  # type: ignore[misc]
+        if any(self.world_offset()):
+            fp["world_offset"] = list(self.world_offset())
+        return fp
+
+
 def _box_row(box: Box) -> np.ndarray:
     return np.array([*box.offset, *box.end], np.int64)
 
@@ -70,7 +90,7 @@ def _grid_step(block: Block, volume: Box) -> np.ndarray:
 
 
 @register
-class MeshStage(BlockStage[MeshParams]):
+class MeshStage(WorldPlaced, BlockStage[MeshParams]):
     """Surface meshes of every object in each block, Draco-encoded in the block's chunk of the mesh grid
     (level of detail 0) and, simplified more, in the coarser octree cells that contain it (levels 1..),
     packed into one file per block (`tables/mesh_fragments/<block>.bin`)."""
@@ -91,13 +111,14 @@ class MeshStage(BlockStage[MeshParams]):
         stride = _grid_step(block, seg.box)
         position = (shift // stride)[::-1]
         chunk = stride[::-1] * res
-        origin = (np.array(seg.box.offset)[::-1] + 0.5) * res  # the voxel centre of the volume's first voxel
+        world = seg.meta.offset
+        origin = (np.array(world)[::-1] + 0.5) * res  # the voxel centre of the volume's first voxel, world nm
         bits = mesh_format.quantization_bits(chunk, res)
         p = self.params
         cells = [(origin + (position >> k) * chunk * 2**k, chunk * 2**k) for k in range(p.lods)]
         ids, parts, triangles = [], [], 0
         for label, levels in mesh_block_levels(labels, block.read_box, seg.box, seg.meta.voxel_size, p.simplify,
-                                               p.max_error_nm, p.lods):
+                                               p.max_error_nm, p.lods, world):
             ids.append(label)
             parts.append([mesh_format.encode_fragment(v, f, lower, cell, bits) if len(f) else b""
                           for (v, f), (lower, cell) in zip(levels, cells)])
@@ -297,7 +318,7 @@ class SkeletonParams(StageParams):
 
 
 @register
-class SkeletonStage(BlockStage[SkeletonParams]):
+class SkeletonStage(WorldPlaced, BlockStage[SkeletonParams]):
     """Skeleton fragments (kimimaro) of every object in each block, with a vertex at the centre of
     each cross-section on the block's faces where the neighbouring block's fragment meets it."""
 
@@ -313,7 +334,8 @@ class SkeletonStage(BlockStage[SkeletonParams]):
         seg = volumes["segmentation"]
         p = self.params
         labels = seg.read(block.read_box)
-        packed = skeletonize_block(labels, block.read_box, seg.meta.voxel_size, p.dust_voxels, p.scale, p.const_nm)
+        packed = skeletonize_block(labels, block.read_box, seg.meta.voxel_size, p.dust_voxels, p.scale, p.const_nm,
+                                   seg.meta.offset)
         packed = with_empty(packed, _counts(labels[block.write_box.relative_to(block.read_box)])[0])
         save_table(self.table_dirs[SKELETON_TABLE.name], block.index, write_box=_box_row(block.write_box), **packed)
         return {"objects": int((packed["vertex_counts"] > 0).sum()), "vertices": int(packed["vertices"].shape[0])}

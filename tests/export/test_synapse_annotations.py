@@ -153,3 +153,27 @@ def test_a_newer_table_is_written_again(viewed, tmp_path):
     os.utime(info, (table - 10, table - 10))  # as if synapses.csv had been made again after the layer
     assert main(["view", str(out), "--state", str(tmp_path / "s.json"), "--source-url", "gs://x"]) == 0
     assert info.stat().st_mtime >= table
+
+
+def test_positions_are_placed_at_the_volumes_world_offset(viewed, tmp_path):
+    """A volume that does not start at the world's origin (a section range, a precomputed voxel_offset): the
+    points sit where Neuroglancer draws its voxels, and a layer placed at another offset is written again."""
+    import shutil
+
+    from connectome.export.annotations import refresh_annotations
+
+    out, _ = viewed
+    shutil.copy(out / "synapses.csv", tmp_path / "synapses.csv")
+    table = read_synapses(str(tmp_path / "synapses.csv"))
+
+    def positions() -> dict[int, np.ndarray]:
+        info = json.loads((tmp_path / "synapse_annotations" / "info").read_text())
+        by_id = _decode_sharded(tmp_path / "synapse_annotations" / "by_id", info["by_id"]["sharding"])
+        return {sid: np.array(_decode_one(data, 2, 2)[0]) for sid, data in by_id.items()}
+
+    for offset in ((20, 3, 0), (0, 0, 0)):
+        assert refresh_annotations(str(tmp_path), (40.0, 4.0, 4.0), offset) is not None
+        found = positions()
+        for i, sid in enumerate(table["id"]):
+            expected = [table["x"][i] + 0.5 + offset[2], table["y"][i] + 0.5 + offset[1], table["z"][i] + 0.5 + offset[0]]
+            np.testing.assert_allclose(found[int(sid)], expected)

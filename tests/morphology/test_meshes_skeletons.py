@@ -28,14 +28,16 @@ def _labels() -> np.ndarray:
     return labels
 
 
-def _run(out, block, stages, client, simplify=0):
+def _run(out, block, stages, client, simplify=0, segmentation=None):
     from connectome.cluster.client import ClusterConfig
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import execute, plan_run
 
     params = {"meshes": {"simplify": simplify}}
-    config = RunConfig(input=str(out / "segmentation"), output=str(out), blocks=BlocksConfig(shape=block),
-                       cluster=ClusterConfig(), stages=[StageConfig(stage=s, params=params.get(s, {})) for s in stages])
+    config = RunConfig(input=segmentation or str(out / "segmentation"), output=str(out), blocks=BlocksConfig(shape=block),
+                       cluster=ClusterConfig(), stages=[StageConfig(stage=s, params=params.get(s, {}),
+                                                        inputs={"segmentation": segmentation} if segmentation else {})
+                                            for s in stages])
     return execute(plan_run(config), client, progress=False)
 
 
@@ -147,6 +149,34 @@ def test_segment_sizes(outputs):
     expected = {int(i): int(c) for i, c in zip(ids, counts)}
     assert read_sizes(str(made["blocks"] / "segment_properties")) == expected
     assert read_sizes(str(made["one"] / "segment_properties")) == expected
+
+
+@pytest.mark.parametrize("kind", ["zarr", "precomputed"])
+def test_meshes_and_skeletons_sit_at_the_volumes_world_offset(outputs, client, tmp_path, kind):
+    """A segmentation that starts away from the world's origin (a section range's zarr, a precomputed voxel_offset):
+    meshes and skeletons are where Neuroglancer draws its voxels, i.e. the offset-0 ones moved by offset x voxel size,
+    and the offset is in the stages' fingerprints (a run placed before it was applied is reported as changed)."""
+    from connectome.engine.markers import DoneMarkers
+
+    labels, made = outputs
+    offset = (20, 3, 5)  # z y x voxels
+    shift = np.array(offset[::-1], float) * 8  # x y z nm
+    address = str(tmp_path / "segmentation") if kind == "zarr" else f"precomputed://file://{tmp_path / 'segmentation'}"
+    vol = create_volume(address, SHAPE, np.uint64, SMALL, (8.0, 8.0, 8.0), offset=offset)
+    vol.write(vol.box, labels)
+    _run(tmp_path, SMALL, ["meshes", "mesh_manifests", "skeletons", "skeleton_merge"], client, segmentation=address)
+    for label in (7, 2**40 + 3, 9):
+        moved, placed = read_mesh(str(tmp_path / "meshes"), label), read_mesh(str(made["blocks"] / "meshes"), label)
+        np.testing.assert_array_equal(moved[1], placed[1])
+        np.testing.assert_allclose(moved[0], placed[0] + shift, atol=0.05)
+    for label in (7, 9):
+        moved_v, moved_e, _ = read_skeleton(str(tmp_path / "skeletons"), label)
+        v, e, _ = read_skeleton(str(made["blocks"] / "skeletons"), label)
+        np.testing.assert_array_equal(moved_e, e)
+        np.testing.assert_allclose(moved_v, v + shift, atol=1e-3)
+    for stage in ("meshes", "skeletons"):
+        assert DoneMarkers(str(tmp_path), stage).fingerprint()["world_offset"] == list(offset)
+        assert "world_offset" not in DoneMarkers(str(made["blocks"]), stage).fingerprint()
 
 
 def test_resume_skips_finished_blocks(outputs, client):
