@@ -47,7 +47,7 @@ def _refresh(layers) -> bool:
 
     had = layers.synapses
     written = refresh(layers.out_dir)
-    reference = layers.segmentation or layers.raw
+    reference = layers.synapse_segmentation or layers.segmentation or layers.raw  # where the table's voxels are
     if reference is not None:
         written = (refresh_annotations(layers.out_dir, reference.voxel_size, reference.offset) != had) or written
     return written
@@ -64,28 +64,27 @@ def run(args) -> int:
     out_dir = layers.out_dir
     if _refresh(layers):
         layers = find_layers(out_dir)
+    # volumes outside the output directory (the run's raw input; a segmentation given to `synapses`)
+    outside = {name: local_path(layer.address) for name in ("raw", "segmentation", "synapse_segmentation")
+               if (layer := getattr(layers, name)) is not None
+               and not local_path(layer.address).startswith(out_dir + os.sep)}
     if args.source_url:
         if args.state is None:
             raise UserError("--source-url: give --state FILE too (the state is what points at the copy)")
-        if layers.raw is not None and not local_path(layers.raw.address).startswith(out_dir + os.sep):
-            print(f"connectome view: raw ({layers.raw.address}) lies outside {out_dir}; "
+        for name in outside:
+            print(f"connectome view: {name} ({getattr(layers, name).address}) lies outside {out_dir}; "
                   "the state leaves it out", file=sys.stderr)
-            layers.raw = None
+            setattr(layers, name, None)
         _write_state(args.state, viewer_state(layers, url_mapper(out_dir, args.source_url)))
         print(f"state: {args.state} (sources under {args.source_url})")
         return 0
-    mounts = {"out": out_dir}
-    raw_dir = None
-    if layers.raw is not None:
-        raw_dir = local_path(layers.raw.address)
-        if not raw_dir.startswith(out_dir + os.sep):
-            mounts["raw"] = raw_dir
+    mounts = {"out": out_dir, **outside}
     try:
         viewer = start_viewer({}, args.host, args.port)
     except OSError as e:
         raise UserError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
     base = serve_files(FileTree(mounts, log_all=args.log_requests))
-    extra = {raw_dir: mount_url(base, "raw")} if "raw" in mounts and raw_dir else {}
+    extra = {directory: mount_url(base, name) for name, directory in outside.items()}
     state = viewer_state(layers, url_mapper(out_dir, mount_url(base, "out"), extra))
     set_state(viewer, state)
     if args.state:

@@ -38,6 +38,9 @@ class OutputLayers:
     skeletons: str | None = None
     segment_properties: str | None = None
     synapses: str | None = None  # the synapse annotation layer (export.annotations)
+    # the segmentation whose ids synapses.csv's partners are, where that is not `segmentation` (synapses run with
+    # `--segmentation` on another volume than the output directory's): the synapse layer is linked to it
+    synapse_segmentation: VolumeLayer | None = None
 
     def segment_sizes(self) -> dict[int, int]:
         """id -> voxels, from the segment properties (empty without them)."""
@@ -103,11 +106,27 @@ def find_layers(out_dir: str) -> OutputLayers:
     for attr in ("meshes", "skeletons", "segment_properties"):
         if os.path.isfile(os.path.join(out_dir, attr, "info")):
             setattr(found, attr, os.path.join(out_dir, attr))
+    _place_synapse_segmentation(found)
     if os.path.isfile(os.path.join(out_dir, ANNOTATIONS_DIR, "info")):
         found.synapses = os.path.join(out_dir, ANNOTATIONS_DIR)
     if found.raw is None and found.segmentation is None and not found.others:
         raise UserError(f"{out_dir}: found no raw image, segmentation or other zarr/precomputed volume to show")
     return found
+
+
+def _place_synapse_segmentation(found: OutputLayers) -> None:
+    """Where synapses.csv records another segmentation than the output directory's (`synapses --segmentation`):
+    it is the segmentation layer when the directory has none, else the layer `synapse_segmentation`."""
+    from connectome.synapses.table import synapse_segmentation
+
+    address = synapse_segmentation(found.out_dir)
+    if address is None or not os.path.exists(local_path(address)):
+        return
+    if found.segmentation is None:
+        found.segmentation = _volume("segmentation", address)
+    elif not os.path.samefile(local_path(address), local_path(found.segmentation.address)):
+        found.synapse_segmentation = _volume("synapse_segmentation", address)
+        found.others = [o for o in found.others if not os.path.samefile(local_path(o.address), local_path(address))]
 
 
 def local_path(address: str) -> str:

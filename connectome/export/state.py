@@ -13,6 +13,7 @@ from collections.abc import Callable
 from connectome.core.address import PRECOMPUTED
 from connectome.export.annotations import RELATIONSHIPS
 from connectome.export.layers import OutputLayers, VolumeLayer, largest, local_path
+from connectome.synapses.table import partners_are_ids_of
 
 SHOWN_IN_3D = 300  # segments listed (meshes and skeletons drawn); the rest are coloured in 2-D only
 
@@ -51,8 +52,14 @@ def viewer_state(layers: OutputLayers, url_of: Callable[[str], str], shown: int 
         # segments not listed stay coloured in the cross-sections (Neuroglancer hides them at alpha 0)
         seg["notSelectedAlpha"] = 0.6 if len(listed) < len(sizes) or not listed else 0.0
         state_layers.append(seg)
+    linked = None  # the layer whose ids the synapses' partners are (none shown: the synapses are not linked)
+    if layers.synapse_segmentation is not None:
+        state_layers.append(_volume_layer(layers.synapse_segmentation, url_of, False))
+        linked = layers.synapse_segmentation.name
+    elif layers.segmentation is not None and partners_are_ids_of(layers.out_dir, layers.segmentation.address):
+        linked = "segmentation"
     if layers.synapses is not None:
-        state_layers.append(synapse_layer(layers.synapses, url_of, layers.segmentation is not None))
+        state_layers.append(synapse_layer(layers.synapses, url_of, linked))
     for other in layers.others:
         state_layers.append(_volume_layer(other, url_of, False))
     state = {"layers": state_layers, "layout": "4panel", "showSlices": False,
@@ -60,14 +67,15 @@ def viewer_state(layers: OutputLayers, url_of: Callable[[str], str], shown: int 
     return {**view_of(layers.segmentation or layers.raw or layers.others[0]), **state}
 
 
-def synapse_layer(path: str, url_of: Callable[[str], str], linked: bool) -> dict:
-    """The synapses as points; linked to the segmentation, they are filtered to the synapses of the
-    segments shown (select a segment to see its synapses; the layer's panel lists them)."""
+def synapse_layer(path: str, url_of: Callable[[str], str], linked: str | None) -> dict:
+    """The synapses as points; linked to the segmentation layer `linked` (the one their partners are ids of),
+    they are filtered to the synapses of the segments shown (select a segment to see its synapses; the layer's
+    panel lists them)."""
     layer: dict = {"type": "annotation", "source": "precomputed://" + url_of(path), "name": "synapses",
                    "shader": "void main() { setColor(vec3(1.0, 0.9, 0.1)); setPointMarkerSize(6.0); }"}
     if linked:
         relationships = [name for name, _, _ in RELATIONSHIPS]
-        layer["linkedSegmentationLayer"] = {name: "segmentation" for name in relationships}
+        layer["linkedSegmentationLayer"] = {name: linked for name in relationships}
         layer["filterBySegmentation"] = relationships
     return layer
 

@@ -76,9 +76,10 @@ def from_tables(out_dir: str, ids: np.ndarray, voxels: np.ndarray) -> dict:
                       for k in MORPHOLOGY if k in table}
     counts = None
     synapses_csv = os.path.join(out_dir, SYNAPSES_FILE)
-    if os.path.isfile(synapses_csv):
-        from connectome.synapses.table import read_synapses
+    from connectome.synapses.table import partners_are_ids_of, read_synapses
 
+    # (a table whose partners are ids of another segmentation, `synapses --segmentation`, is not counted here)
+    if os.path.isfile(synapses_csv) and partners_are_ids_of(out_dir, os.path.join(out_dir, "segmentation")):
         synapses = read_synapses(synapses_csv)
         counts = {"synapses_out": _count(ids, synapses["pre"]), "synapses_in": _count(ids, synapses["post"])}
     return segment_properties(ids, voxels, classes, names, counts, morphology)

@@ -34,7 +34,7 @@ from connectome.synapses.interface import (
     group_softmax,
     load_classifier,
 )
-from connectome.synapses.table import SYNAPSES_FILE, write_synapses
+from connectome.synapses.table import SYNAPSES_FILE, write_segmentation_record, write_synapses
 
 _KEYS = ("ids", "voxels", "edge_voxels", "core", "parent", "prob_sum", "prob_max", "coord_sum", "low_pos", "low_id",
          "high_pos", "high_id", "vote_fragment", "vote_post", "vote_pre", "vote_count", "vote_coord_sum",
@@ -474,8 +474,9 @@ class SynapseStep(GlobalStep):
     def __init__(self, tables_dir: str, out_dir: str, min_voxels: int, voxel_size, partners: bool,
                  split: bool = False, classifier: str | None = None, edge_min_voxels: int | None = None,
                  core_min_voxels: int | None = None, satellite_nm: float | None = None,
-                 satellite_ratio: float = 0.2, vote_split_voxels: int | None = None):
+                 satellite_ratio: float = 0.2, vote_split_voxels: int | None = None, segmentation: str | None = None):
         self.tables_dir = tables_dir
+        self.segmentation = segmentation  # recorded beside the table (not in the fingerprint)
         self.out_dir = out_dir
         self.min_voxels = int(min_voxels)
         self.voxel_size = tuple(float(v) for v in voxel_size)
@@ -528,6 +529,8 @@ class SynapseStep(GlobalStep):
         np.savez(tmp, **lookup)
         os.replace(tmp, self.lut)
         write_synapses(self.table, rows)
+        if self.segmentation is not None:
+            write_segmentation_record(self.out_dir, self.segmentation)
         return {"fragments": int(len(lookup["fragments"])), "synapses": int(len(rows["id"])),
                 "autapses": int(rows["autapse"].sum()),
                 "unassigned": int(((rows["pre"] == 0) | (rows["post"] == 0)).sum())}

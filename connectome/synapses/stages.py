@@ -248,7 +248,8 @@ class SynapsesStage(BlockStage[SynapsesParams]):
         ratio = self.params.satellite_ratio if self.params.satellite_ratio is not None else info.satellite_ratio
         split = self.params.vote_split_voxels if self.params.vote_split_voxels is not None else info.vote_split_voxels
         return SynapseStep(tables, out_dir, min_voxels, voxel_size, info.partners, self.params.split_by_partners,
-                           self.params.partner_classifier, edge, core, satellite, ratio, split)
+                           self.params.partner_classifier, edge, core, satellite, ratio, split,
+                           self.input_addresses.get("segmentation"))
 
     def global_step(self) -> SynapseStep:
         return self.merge

@@ -15,6 +15,7 @@ _TYPES = {"id": np.int64, "z": np.int64, "y": np.int64, "x": np.int64, "pre": np
           "score": np.float64, "partner_score": np.float64, "size_voxels": np.int64, "size_nm3": np.float64,
           "autapse": bool}
 SYNAPSES_FILE = "synapses.csv"
+SEGMENTATION_FILE = "synapses.json"  # beside the table: the segmentation whose ids its partners are
 
 
 def write_synapses(path: str, rows: dict[str, np.ndarray]) -> str:
@@ -54,3 +55,40 @@ def read_synapses(path: str) -> dict[str, np.ndarray]:
         else:
             out[name] = np.array(values, dtype=np.float64).astype(kind)
     return out
+
+
+def write_segmentation_record(out_dir: str, segmentation: str) -> None:
+    """Record beside the table the address of the segmentation whose ids its `pre` and `post` are."""
+    import json
+
+    path = os.path.join(out_dir, SEGMENTATION_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"segmentation": segmentation}, f)
+    os.replace(tmp, path)
+
+
+def synapse_segmentation(out_dir: str) -> str | None:
+    """The address of the segmentation the table's partners are ids of; None for a table from before it was
+    recorded (2026-12-05), whose partners are ids of `<out_dir>/segmentation` when the chain made that."""
+    import json
+
+    try:
+        with open(os.path.join(out_dir, SEGMENTATION_FILE)) as f:
+            value = json.load(f).get("segmentation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def partners_are_ids_of(out_dir: str, segmentation: str) -> bool:
+    """Whether the table's partners are ids of the volume at `segmentation` (also when nothing is recorded)."""
+    from connectome.export.layers import local_path
+
+    recorded = synapse_segmentation(out_dir)
+    if recorded is None:
+        return True
+    a, b = local_path(recorded), local_path(segmentation)
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.normpath(a) == os.path.normpath(b)

@@ -86,3 +86,54 @@ def test_file_server(tmp_path, segmented_output):
         assert "/c/9/9/9" not in log.getvalue()
     finally:
         stop_viewer()
+
+
+def test_synapses_are_linked_to_the_segmentation_they_were_found_with(tmp_path, capsys):
+    """`connectome synapses RAW OUT --segmentation SEG`: the table records SEG (synapses.json), and `view` shows SEG as
+    the segmentation when OUT has none, or beside OUT's own (another segmentation whose ids mean other cells) as
+    `synapse_segmentation`, linking the synapses to it; OUT's segment properties then count no synapses."""
+    import numpy as np
+
+    from connectome.export.annotations import refresh_annotations
+    from connectome.io import create_volume, open_volume
+    from connectome.morphology.properties import from_tables
+    from connectome.synapses.table import partners_are_ids_of, read_synapses, synapse_segmentation
+    from connectome.synth import generate
+    from connectome.synth.options import TissueOptions
+
+    generate((16, 96, 96), (8.0, 8.0, 8.0), seed=11, tissue=TissueOptions(synapses_per_um3=8.0)).save(
+        str(tmp_path / "synth"), chunk_shape=(16, 48, 48))
+    labels, out = tmp_path / "synth" / "labels", tmp_path / "out"
+    assert main(["synapses", str(tmp_path / "synth" / "raw"), str(out), "--segmentation", str(labels), "--no-types",
+                 "--no-progress", "--workers", "1"]) == 0
+    table = read_synapses(str(out / "synapses.csv"))
+    assert len(table["id"]) > 0 and synapse_segmentation(str(out)) == str(labels)
+
+    def state() -> dict:
+        refresh_annotations(str(out), (8.0, 8.0, 8.0))  # what `view` does first
+        layers = find_layers(str(out))
+        url_of = url_mapper(str(out), "gs://lab/run", {str(tmp_path / "synth"): "gs://lab/synth"})
+        return {layer["name"]: layer for layer in viewer_state(layers, url_of)["layers"]}
+
+    layers = state()  # no OUT/segmentation: the synapses' own is the segmentation layer
+    assert layers["segmentation"]["source"] == ["zarr3://gs://lab/synth/labels/"]
+    assert set(layers["synapses"]["linkedSegmentationLayer"].values()) == {"segmentation"}
+
+    # the output directory gets a segmentation of its own, whose ids are not the synapses' partners
+    source = open_volume(str(labels))
+    own = create_volume(str(out / "segmentation"), source.shape, np.uint64, (16, 48, 48), (8.0, 8.0, 8.0))
+    own.write(own.box, source.read(source.box).astype(np.uint64) + 1000)
+    layers = state()
+    assert layers["synapse_segmentation"]["source"] == "zarr3://gs://lab/synth/labels/"
+    assert set(layers["synapses"]["linkedSegmentationLayer"].values()) == {"synapse_segmentation"}
+    # a state for a copy of the output directory alone leaves the outside volume out, and links the synapses to
+    # nothing rather than to the output directory's segmentation
+    path = tmp_path / "state.json"
+    assert main(["view", str(out), "--state", str(path), "--source-url", "gs://lab/run"]) == 0
+    assert "synapse_segmentation lies outside" in capsys.readouterr().err.replace(f" ({labels})", "")
+    copied = {layer["name"]: layer for layer in json.loads(path.read_text())["layers"]}
+    assert "synapse_segmentation" not in copied and "linkedSegmentationLayer" not in copied["synapses"]
+    assert not partners_are_ids_of(str(out), str(out / "segmentation")) and partners_are_ids_of(str(out), str(labels))
+    ids = np.unique(table["post"]) + 1000
+    names = [p["id"] for p in from_tables(str(out), ids, np.ones(len(ids), np.int64))["inline"]["properties"]]
+    assert "synapses_in" not in names and "synapses_out" not in names
