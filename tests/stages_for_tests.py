@@ -88,6 +88,16 @@ class GpuWhereStage(WhereStage):
     resources = {"GPU": 1}
 
 
+class AskingWhereStage(WhereStage):
+    """WhereStage that first asks a worker of its pool something before its blocks (as precision `auto` does)."""
+
+    name = "where-asking"
+    answer = None
+
+    def before_blocks(self, on_worker, finished) -> None:
+        self.answer = on_worker(os.getpid)
+
+
 class PrefixSumParams(StageParams):
     wait_for_neighbours: bool = True
 

@@ -113,14 +113,15 @@ def _quiet_on_interrupt() -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set signal handlers
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return  # somebody (a test, an embedding program) handles Ctrl-C itself
 
     def interrupted(signum, frame):
         _quiet_interrupt()
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupted)
+    # each only where nobody else handles it: Ctrl-C may be handled by a test or an embedding program, or ignored
+    # (a background job of a script ignores it), and SIGTERM (a batch time limit, `kill`) must still unwind then
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupted)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, interrupted)
 

@@ -1,7 +1,7 @@
 """Where stages run: a LocalCluster, SLURM or PBS jobs (dask-jobqueue), or an existing scheduler.
 
 Settings come from the YAML config's `cluster:` section, on top of an optional profile
-(`profile: slurm` reads deploy/profiles/slurm.yaml; a path reads that file), on top of the
+(`profile: slurm` reads the shipped connectome/cluster/profiles/slurm.yaml; a path reads that file), on top of the
 defaults below. `--cluster` on the command line only changes `kind`.
 
 With a `gpu_jobs:` section there are two pools of workers under one scheduler (connectome.pools):
@@ -39,7 +39,9 @@ def is_remote(kind: str) -> bool:
     return kind.startswith(("tcp://", "tls://"))
 
 
-PROFILE_DIRS = (Path("deploy/profiles"), Path(__file__).resolve().parents[1] / "deploy" / "profiles")
+# a lab's own in the current directory's deploy/profiles/, then the shipped ones (package data; the repository's
+# deploy/profiles links to them), so a profile name works from any directory and in an installed wheel
+PROFILE_DIRS = (Path("deploy/profiles"), Path(__file__).resolve().parent / "profiles")
 
 
 JOB_FIELDS = ("queue", "account", "cores", "memory", "processes_per_job", "walltime", "job_extra_directives",
@@ -71,7 +73,8 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str = Field("local", description="local, slurm, pbs, or a scheduler address tcp://HOST:PORT")
-    profile: str | None = Field(None, description="a profile name in deploy/profiles/ or a path to a YAML file")
+    profile: str | None = Field(None, description="a shipped profile name (connectome/cluster/profiles/) or a path "
+                                                  "to a YAML file")
     # local
     n_workers: int = Field(2, ge=1, description="local worker processes (slurm/pbs: caps the workers when given)")
     threads_per_worker: int = Field(1, ge=1)

@@ -115,7 +115,7 @@ def maximum_jobs(config: ClusterConfig) -> int:
 
 
 def make_jobqueue_cluster(config: ClusterConfig):
-    """A started SLURMCluster or PBSCluster that adapts its job count to the pending tasks."""
+    """A started SLURMCluster or PBSCluster whose PoolScaler adapts its job count to the pending tasks."""
     from dask_jobqueue import PBSCluster, SLURMCluster
 
     submit = SUBMIT_COMMAND[config.kind]
@@ -133,20 +133,24 @@ def make_jobqueue_cluster(config: ClusterConfig):
     except ValueError as e:
         raise UserError(f"--cluster {config.kind}: {e}") from None
     top = maximum_jobs(config)
+    # one pool (its jobs run every stage) or two: the PoolScaler either way, so that a job that dies is replaced,
+    # jobs that cannot start end the run in one line, and a stage's backlog asks for all its jobs at once
     if gpu_config is None:
-        cluster.adapt(minimum_jobs=min(config.minimum_jobs, top), maximum_jobs=top, interval="500ms",
-                      wait_count=max(1, round(config.idle_seconds / 0.5)))
-        return cluster
-    try:
-        gpu_spec = gpu_job_spec(cluster, gpu_config, gpu_options)
-    except ValueError as e:
-        cluster.close()
-        raise UserError(f"--cluster {config.kind}: {e}") from None
-    cpu_slots = threads_per_worker(config) * config.processes_per_job
-    attach_scaler(cluster, PoolScaler(cluster, [
-        Pool("cpu", cluster.new_spec, "CPU", cpu_slots, min(config.minimum_jobs, top), top),
-        Pool("gpu", gpu_spec, "GPU", gpu_config.gpus, gpu_config.minimum_jobs, gpu_config.maximum_jobs),
-    ], idle_seconds=config.idle_seconds, alive_jobs=lambda: alive_job_ids(config.kind)))
+        slots = (config.gpus // config.processes_per_job if config.gpus else threads_per_worker(config)) \
+            * config.processes_per_job
+        pools = [Pool("cpu", cluster.new_spec, "GPU" if config.gpus else "CPU", slots,
+                      min(config.minimum_jobs, top), top)]
+    else:
+        try:
+            gpu_spec = gpu_job_spec(cluster, gpu_config, gpu_options)
+        except ValueError as e:
+            cluster.close()
+            raise UserError(f"--cluster {config.kind}: {e}") from None
+        cpu_slots = threads_per_worker(config) * config.processes_per_job
+        pools = [Pool("cpu", cluster.new_spec, "CPU", cpu_slots, min(config.minimum_jobs, top), top),
+                 Pool("gpu", gpu_spec, "GPU", gpu_config.gpus, gpu_config.minimum_jobs, gpu_config.maximum_jobs)]
+    attach_scaler(cluster, PoolScaler(cluster, pools, idle_seconds=config.idle_seconds,
+                                      alive_jobs=lambda: alive_job_ids(config.kind)))
     return cluster
 
 
@@ -200,7 +204,7 @@ def check_partitions(wanted: list[str], timeout: float = 30.0) -> None:
 
 
 def _pbs_memory(memory: str) -> str:
-    """PBS memory: whole units without a space, rounded up (2GiB -> 3GB)."""
+    """PBS memory (binary units, whole numbers, rounded up): 32GiB -> 32GB, 2GiB -> 2048MB."""
     from dask.utils import parse_bytes
     from dask_jobqueue.pbs import pbs_format_bytes_ceil
 

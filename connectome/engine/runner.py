@@ -171,7 +171,7 @@ def run_stage(
             report.summaries = markers.summaries()
         return report
     start = time.perf_counter()
-    stage.before_blocks(lambda fn: client.submit(fn, resources=resources or None, pure=False).result(),
+    stage.before_blocks(lambda fn: _result(client, client.submit(fn, resources=resources or None, pure=False)),
                         markers.summaries)
     order = BlockOrder(grid, todo, stage.reads_neighbours)
     run_id = uuid.uuid4().hex[:8]
@@ -307,6 +307,13 @@ def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, wo
     report = StageReport(step.name, 1, 0, 1, 1, time.perf_counter() - start)
     report.summaries = {0: summary}
     return report
+
+
+def _result(client, fut):
+    """`fut.result()`, raising meanwhile the failure of worker jobs that cannot start (else it would wait forever)."""
+    for done in _finished(as_completed([fut], loop=client.loop), lambda: raise_pool_failure(client)):
+        return done.result()
+    return fut.result()
 
 
 def _finished(pending: as_completed, check, every: float = 1.0):

@@ -51,6 +51,26 @@ def test_required_profiles_exist_and_validate():
         assert by_path.model_dump(exclude={"profile"}) == config.model_dump(exclude={"profile"})
 
 
+def test_profile_names_work_from_any_directory_and_ship_in_the_package(tmp_path, monkeypatch):
+    """A profile name read from another directory than the repository's (a lab's project folder, a batch job's,
+    an installed wheel's user): the shipped profiles are package data; a lab's own deploy/profiles/NAME.yaml in
+    the current directory comes first. (Until 2026-12-05 only the repository root found them.)"""
+    import importlib.resources
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_profile(ClusterConfig(profile="slurm")).model_dump() == \
+        resolve_profile(ClusterConfig(profile=str(REPO / "deploy" / "profiles" / "slurm.yaml"))).model_dump() | \
+        {"profile": "slurm"}
+    shipped = importlib.resources.files("connectome.cluster") / "profiles"
+    assert {p.name for p in PROFILES} <= {p.name for p in shipped.iterdir()}
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "profiles/*.yaml" in package_data["connectome.cluster"]
+    (tmp_path / "deploy" / "profiles").mkdir(parents=True)
+    (tmp_path / "deploy" / "profiles" / "slurm.yaml").write_text("kind: slurm\nqueue: ours\n")
+    assert resolve_profile(ClusterConfig(profile="slurm")).queue == "ours"
+
+
 def test_explicit_settings_win_over_the_profile():
     config = resolve_profile(ClusterConfig(profile="slurm", maximum_jobs=1, queue="a100"))
     assert (config.maximum_jobs, config.queue, config.cores) == (1, "a100", 8)
@@ -200,6 +220,19 @@ def test_dockerfile_installs_the_package_and_starts_real_modules(path):
     if shutil.which("hadolint"):
         lint = subprocess.run(["hadolint", str(path)], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_images_give_their_workers_connectomes_malloc_settings():
+    """docker/dask.yaml, copied into both images as Dask's /etc/dask config, makes a nanny start its workers with
+    the malloc settings of connectome's own workers (worker_env.MALLOC_ENV), with their names' case kept."""
+    import dask
+
+    from connectome.cluster.worker_env import MALLOC_ENV
+
+    config = dask.config.collect(paths=[str(REPO / "docker" / "dask.yaml")], env={})
+    assert config["distributed"]["nanny"]["pre-spawn-environ"] == MALLOC_ENV
+    for path in DOCKERFILES:
+        assert "COPY docker/dask.yaml /etc/dask/connectome.yaml" in path.read_text(), path.name
 
 
 def test_command_line_cluster_settings():

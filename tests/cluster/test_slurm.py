@@ -26,7 +26,7 @@ from connectome.engine.markers import DoneMarkers
 from connectome.engine.runner import run_stage
 
 from run_case import TESTS_DIR, assert_same_tree, last_json, write_config, write_raw
-from stages_for_tests import GpuWhereStage, WhereParams, WhereStage
+from stages_for_tests import AskingWhereStage, GpuWhereStage, WhereParams, WhereStage
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 
@@ -207,12 +207,14 @@ def test_unknown_partition_is_refused_before_any_job(local_slurm, worker_env, ca
             pass
 
 
-def test_cpu_job_cancelled_mid_stage_is_replaced(local_slurm, worker_env):
+@pytest.mark.parametrize("pools", ["one", "two"])
+def test_cpu_job_cancelled_mid_stage_is_replaced(local_slurm, worker_env, pools):
     """Pre-emption: a CPU worker job of two worker processes is scancelled mid-stage; its blocks are
-    retried, and a new job replaces it."""
+    retried, and a new job replaces it; on a cluster of one pool (no `gpu_jobs`: a plain `slurm` profile) as on
+    one of two (until 2026-12-05 the one-pool cluster never replaced it, and the run waited forever)."""
     config = ClusterConfig(kind="slurm", interface="lo", maximum_jobs=1, cores=2, processes_per_job=2,
                            dashboard_address=":0", log_directory=str(worker_env / "job-logs"),
-                           gpu_jobs=GpuJobsConfig(queue="gpu"))
+                           gpu_jobs=GpuJobsConfig(queue="gpu") if pools == "two" else None)
     grid = BlockGrid.for_chunks(Box.from_shape((16, 64, 64)), (1, 64, 64), (1, 64, 64))
     stage = WhereStage(WhereParams(sleep=0.5), {}, {})
     work = worker_env / "work"
@@ -246,7 +248,8 @@ def test_cpu_job_cancelled_mid_stage_is_replaced(local_slurm, worker_env):
 
 def test_jobs_that_cannot_start_stop_the_run_with_one_line(local_slurm, worker_env):
     """sbatch refusing the GPU jobs, or GPU jobs that die before their workers connect, end the run
-    with a clear error instead of waiting forever."""
+    with a clear error instead of waiting forever; also while the stage asks a worker something before its
+    blocks (precision `auto` does), and on a cluster of one pool."""
     grid = BlockGrid.for_chunks(Box.from_shape((2, 16, 16)), (1, 16, 16), (1, 16, 16))
     stage = GpuWhereStage(WhereParams(), {}, {})
     common = dict(kind="slurm", interface="lo", dashboard_address=":0", log_directory=str(worker_env / "job-logs"))
@@ -259,3 +262,11 @@ def test_jobs_that_cannot_start_stop_the_run_with_one_line(local_slurm, worker_e
                 run_stage(stage, grid, client, str(worker_env / f"work-{why[:3]}"), progress=False,
                           resources=task_resources(stage.resources, available_resources(client)))
         assert "\n" not in str(info.value)
+    # one pool (no gpu_jobs), its jobs dying at start, a stage that asks a worker before its blocks
+    one = ClusterConfig(**common, job_script_prologue=["exit 1"])
+    asking = AskingWhereStage(WhereParams(), {}, {})
+    with open_client(one, quiet=True) as client:
+        scaler_of(client).check_every = 1.0
+        with pytest.raises(UserError, match="cpu worker jobs failed 3 times in a row: .*ended before its workers"):
+            run_stage(asking, grid, client, str(worker_env / "work-one"), progress=False)
+    assert asking.answer is None

@@ -214,14 +214,21 @@ def test_failing_block_summary_is_last_alone_and_names_the_file(tmp_path):
     assert str(logs) in last
 
 
-@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),  # Ctrl-C in a terminal
-                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])  # a batch time limit
-def test_ctrl_c_prints_one_line(tmp_path, sig, code, said):
+@pytest.mark.parametrize("sig, code, said, background", [
+    (signal.SIGINT, 130, "interrupted", False),  # Ctrl-C in a terminal
+    (signal.SIGTERM, 143, "stopped by SIGTERM", False),  # a batch time limit
+    (signal.SIGTERM, 143, "stopped by SIGTERM", True),  # `connectome ... &` in a script: SIGINT ignored
+])
+def test_ctrl_c_prints_one_line(tmp_path, sig, code, said, background):
     _raw(tmp_path, (64, 256, 256))
     cfg = _config(tmp_path, sigma=12.0)
+
+    def as_background_job():  # what a non-interactive shell does to `command &`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen([sys.executable, "-m", "connectome.cli", "run", cfg, "--no-progress", "--workers", "2"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_background_job if background else None)
     markers = tmp_path / "out" / ".connectome" / "done" / "normalize"
     deadline = time.monotonic() + 90
     while proc.poll() is None and time.monotonic() < deadline and not any(markers.glob("p-*")):
