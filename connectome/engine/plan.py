@@ -134,6 +134,11 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
             if metas[name].shape != raw_meta.shape:
                 raise UserError(f"{where}: input {address} has shape {list(metas[name].shape)}, "
                                 f"expected the raw volume's {list(raw_meta.shape)}")
+            if metas[name].voxel_size_known and not np.allclose(metas[name].voxel_size, raw_meta.voxel_size,
+                                                                rtol=1e-3):
+                raise UserError(f"{where}: input {address} has voxel size {list(metas[name].voxel_size)} nm, "
+                                f"expected the raw volume's {list(raw_meta.voxel_size)} nm (a segmentation of other "
+                                f"data, or the wrong --voxel-size)")
         for name in cls.writes_into:
             if not lies_within(inputs[name], config.output) and not getattr(params, "in_place", False):
                 raise UserError(f"{where}: {inputs[name]} lies outside the output directory {config.output}, and "

@@ -43,6 +43,23 @@ def split_key(address: str, suffixes: tuple[str, ...]) -> tuple[str, str]:
     return path, key
 
 
+RESOLUTION_KEY = "resolution_zyx_nm"  # npz array giving the voxel size of the other arrays in the file
+
+
+def npz_resolution(path: str) -> tuple[float, float, float] | None:
+    """The `resolution_zyx_nm` array of an .npz file (z y x nm), if it has one; one line if it is not 3 sizes."""
+    with np.load(path) as f:
+        if RESOLUTION_KEY not in f.files:
+            return None
+        found = np.asarray(f[RESOLUTION_KEY])
+    if found.shape != (3,) or not np.issubdtype(found.dtype, np.number) or not np.all(np.isfinite(found)) \
+            or np.any(found <= 0):
+        raise UserError(f"{path}: key {RESOLUTION_KEY}: expected 3 positive numbers (z y x nm), "
+                        f"found {found.tolist()}")
+    z, y, x = (float(v) for v in found)
+    return z, y, x
+
+
 @functools.lru_cache(maxsize=4)
 def _load_npz_key(path: str, key: str, mtime: float) -> np.ndarray:
     with np.load(path) as f:
@@ -52,7 +69,8 @@ def _load_npz_key(path: str, key: str, mtime: float) -> np.ndarray:
 
 
 class NpzVolume(Volume):
-    """One array of an .npz file; loaded once per process (npz members cannot be sliced lazily)."""
+    """One array of an .npz file; loaded once per process (npz members cannot be sliced lazily). Its voxel size:
+    the one given, else the file's `resolution_zyx_nm` where it has one (else unknown)."""
 
     def __init__(self, address: str, mode: str = "r", voxel_size=None):
         super().__init__(address)
@@ -60,7 +78,7 @@ class NpzVolume(Volume):
         arr = self._array()
         if arr.ndim == 2:
             arr = arr[np.newaxis]
-        self._meta = array_meta(address, arr.shape, arr.dtype, voxel_size)
+        self._meta = array_meta(address, arr.shape, arr.dtype, voxel_size or npz_resolution(self._path))
 
     def _array(self) -> np.ndarray:
         arr = _load_npz_key(self._path, self._key, os.path.getmtime(self._path))

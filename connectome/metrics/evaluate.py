@@ -24,7 +24,8 @@ import numpy as np
 from connectome.core.address import parse_address
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, BlockGrid, Box, vec3
-from connectome.io import Volume, open_volume
+from connectome.io import Volume, open_volume, readonly
+from connectome.io.readonly import RESOLUTION_KEY
 from connectome.io.sections import SectionRange
 from connectome.metrics.contingency import Contingency, ContingencyAccumulator, check_label_dtype
 from connectome.metrics.erl import expected_run_length
@@ -33,7 +34,6 @@ from connectome.metrics.skeletons import NodeLookup, Skeletons
 from connectome.metrics.voi import voi_from_table
 
 DEFAULT_BLOCK_SHAPE = (128, 256, 256)
-RESOLUTION_KEY = "resolution_zyx_nm"  # npz array giving the voxel size of the other arrays in the file
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,7 @@ def _open_pair(seg_address: str, gt_address: str) -> tuple[Volume, Volume]:
 def npz_resolution(address: str) -> tuple[float, float, float] | None:
     """The `resolution_zyx_nm` array stored beside an npz address's key, if the file has one."""
     parsed = parse_address(address)
-    if parsed.kind != "npz":
-        return None
-    with np.load(parsed.path) as f:
-        if RESOLUTION_KEY not in f.files:
-            return None
-        found = np.asarray(f[RESOLUTION_KEY])
-    if found.shape != (3,) or not np.issubdtype(found.dtype, np.number) or not np.all(np.isfinite(found)) \
-            or np.any(found <= 0):
-        raise UserError(f"{parsed.path}: key {RESOLUTION_KEY}: expected 3 positive numbers (z y x nm), "
-                        f"found {found.tolist()}")
-    z, y, x = (float(v) for v in found)
-    return z, y, x
+    return readonly.npz_resolution(parsed.path) if parsed.kind == "npz" else None
 
 
 def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -> tuple[tuple[float, ...], str]:
@@ -107,11 +96,11 @@ def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -
             raise UserError(f"voxel size: expected 3 positive values (z y x nm), found {list(size)}")
         return size, "--voxel-size"
     for name, vol in (("seg", seg), ("gt", gt)):
-        if vol.meta.voxel_size_known:
-            return tuple(float(v) for v in vol.meta.voxel_size), f"{name} metadata ({vol.address})"
-        found = npz_resolution(vol.address)
+        found = npz_resolution(vol.address)  # (an npz volume's metadata holds it too: named as the file's here)
         if found is not None:
             return found, f"{name} file ({parse_address(vol.address).path}#{RESOLUTION_KEY})"
+        if vol.meta.voxel_size_known:
+            return tuple(float(v) for v in vol.meta.voxel_size), f"{name} metadata ({vol.address})"
     return (1.0, 1.0, 1.0), "none found: 1 1 1 assumed, ERL in voxels (give --voxel-size)"
 
 

@@ -163,3 +163,24 @@ def test_a_file_group_folder_or_range_that_is_not_a_volume_is_named(tmp_path):
         f.create_dataset("grp[1]", data=np.zeros((2, 4, 4), np.uint8))
     assert open_volume(f"{tmp_path}/g.h5#grp[1]").shape == (2, 4, 4)
     assert open_volume(f"{tmp_path}/d.npz#raw[1:]").shape == (1, 2, 2)
+
+
+def test_an_npz_files_resolution_is_its_arrays_voxel_size(tmp_path, capsys):
+    """`resolution_zyx_nm` in an .npz (the shared data's files carry it) is the voxel size of its arrays for every
+    command, as `evaluate` read it before: `segment` needs no --voxel-size, and a contradicting one is refused in one
+    line; a file without it still asks for one."""
+    from connectome.cli.main import main
+
+    raw = (np.random.default_rng(0).random((8, 32, 32)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "a.npz", raw=raw, resolution_zyx_nm=np.array([40, 4, 4]))
+    np.savez(tmp_path / "b.npz", raw=raw)
+    meta = open_volume(f"{tmp_path}/a.npz#raw[2:6]").meta
+    assert meta.voxel_size_known and tuple(meta.voxel_size) == (40.0, 4.0, 4.0)
+    assert not open_volume(f"{tmp_path}/b.npz#raw").meta.voxel_size_known
+    common = ["--model", "sstem", "--no-progress", "--workers", "1", "--block-shape", "8", "32", "32"]
+    assert main(["segment", f"{tmp_path}/a.npz#raw", str(tmp_path / "out-a"), *common, "--voxel-size", "40", "4", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "[40.0, 4.0, 4.0]" in err and "[40.0, 4.0, 5.0]" in err
+    assert main(["segment", f"{tmp_path}/b.npz#raw", str(tmp_path / "out-b"), *common]) == 2
+    assert "carries no voxel size" in capsys.readouterr().err
+    assert main(["segment", f"{tmp_path}/a.npz#raw", str(tmp_path / "out-a"), *common]) == 0

@@ -88,6 +88,19 @@ def test_segmentation_of_another_shape_is_one_line(synth, tmp_path, capsys):
     assert not (tmp_path / "out" / "synapses.csv").exists()
 
 
+def test_segmentation_of_another_voxel_size_is_one_line(synth, tmp_path, capsys):
+    """A segmentation of the raw's shape but another voxel size (of other data, or ingested with the wrong size) is
+    refused before anything is written, naming both sizes (until 2026-12-05 it was used without a word)."""
+    source = open_volume(str(synth / "synth" / "labels"))
+    other = create_volume(str(tmp_path / "seg"), source.shape, np.uint64, (16, 48, 48), (8.0, 8.0, 10.0))
+    other.write(other.box, source.read(source.box).astype(np.uint64))
+    code = main(["synapses", str(synth / "synth" / "raw"), str(tmp_path / "out"), "--segmentation", other.address,
+                 "--block-shape", "16", "48", "48", "--no-types", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "[8.0, 8.0, 10.0]" in err and "[8.0, 8.0, 8.0]" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_serial_section_data_refuses_the_8nm_types_unless_left_out(tmp_path, capsys):
     """The shipped serial-section cleft model on 50 x 4.6 x 4.6 nm data: the neurite types (patch network
     and classifier of 8 nm tissue) refuse it in one line before anything is written; --no-types runs the
