@@ -157,11 +157,11 @@ class MarkerState:
         return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in merged])
 
 
-def changed_params(before: dict, now: dict, most: int = 3) -> str:
-    """`name before -> now` for the parameters that differ (at most `most`, values cut to 30 characters)."""
+def changed_params(before: dict, now: dict, most: int = 3, cut: int | None = 30) -> str:
+    """`name before -> now` for the parameters that differ (at most `most`, values cut to `cut` characters)."""
     def short(value) -> str:
         text = json.dumps(value) if value is not None else "unset"
-        return text if len(text) <= 30 else text[:27] + "..."
+        return text if cut is None or len(text) <= cut else text[:cut - 3] + "..."
 
     names = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     listed = [f"{k} {short(before.get(k))} -> {short(now.get(k))}" for k in names[:most]]
@@ -210,9 +210,10 @@ class DoneMarkers:
         if existing is None or resumes(existing, fingerprint):
             return
         changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
-        before, now = existing.get("params"), fingerprint.get("params")
-        said = [f"params ({changed_params(before, now)})" if k == "params" and isinstance(before, dict)
-                and isinstance(now, dict) else k for k in changed]
+        # what changed within each part: parameter values (cut short), and the addresses in full (the same data
+        # under another path, e.g. a moved output directory or another mount, is a change too)
+        said = [f"{k} ({changed_params(existing[k], fingerprint[k], cut=30 if k == 'params' else None)})"
+                if isinstance(existing.get(k), dict) and isinstance(fingerprint.get(k), dict) else k for k in changed]
         raise UserError(
             f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(said)}; "
             "pass --overwrite to discard its finished blocks and start again"

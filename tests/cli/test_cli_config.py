@@ -85,10 +85,14 @@ def test_run_then_status_then_resume(tmp_path, capsys, raw_zarr):
     out = open_volume(first["volumes"]["normalized"])
     assert out.dtype == np.uint8 and out.meta.voxel_size == (40.0, 4.0, 4.0)
     changed = _config(tmp_path, stages=[{"stage": "normalize", "params": {"sigma": 5}}])
-    _one_line_error(capsys, ["run", changed],
-                    "was started with a different layout, params (sigma 4.0 -> 5.0); pass --overwrite")
+    _one_line_error(capsys, ["run", changed], "was started with a different layout (context [0, 12, 12] -> "
+                                              "[0, 15, 15]), params (sigma 4.0 -> 5.0); pass --overwrite")
     assert main(["run", changed, "--overwrite", "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["stages"][0]["ran"] == 4
+    # the same data under another path (another mount, a link): the refusal names both paths in full
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    moved = _config(tmp_path, input=str(tmp_path / "link" / "raw"), stages=[{"stage": "normalize", "params": {"sigma": 5}}])
+    _one_line_error(capsys, ["run", moved], f'inputs (raw "{tmp_path}/in/raw" -> "{tmp_path}/link/raw")')
 
 
 def test_ingest_npz_to_zarr_and_precomputed_blockwise(tmp_path, capsys):
