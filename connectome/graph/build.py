@@ -40,7 +40,7 @@ def build_graph(synapses: dict[str, np.ndarray], segments: dict[str, np.ndarray]
              "cleft_voxels": np.bincount(inv, weights=vox, minlength=len(pairs)),
              "cleft_nm3": np.bincount(inv, weights=nm3, minlength=len(pairs)), "autapse": pairs[:, 0] == pairs[:, 1]}
     ids = np.unique(pairs.ravel()).astype(np.uint64)
-    nodes: dict[str, np.ndarray] = {"id": ids, "size_voxels": np.zeros(len(ids)),
+    nodes: dict[str, np.ndarray] = {"id": ids, "size_voxels": np.full(len(ids), np.nan),
                                     "class": np.array(["unknown"] * len(ids), dtype=object),
                                     "z": np.full(len(ids), np.nan), "y": np.full(len(ids), np.nan),
                                     "x": np.full(len(ids), np.nan),

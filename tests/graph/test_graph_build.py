@@ -42,7 +42,9 @@ def test_edges_nodes_and_summary():
     assert g.nodes["class"].tolist() == ["axon", "dendrite", "soma"]
     assert g.nodes["radius_nm"].tolist() == [40.0, 40.0, 40.0]
     assert g.nodes["branch_share"].tolist() == [0.1, 0.2, 0.3]
-    assert np.isnan(build_graph(syn, None).nodes["branch_share"]).all()  # no segment table: unknown
+    bare = build_graph(syn, None).nodes  # no segment table: unknown (NaN, an empty CSV cell), not a size of 0
+    assert np.isnan(bare["branch_share"]).all() and np.isnan(bare["size_voxels"]).all()
+    assert set(bare["class"]) == {"unknown"}
     s = summarise(g.nodes, g.edges, syn)
     assert (s["neurons"], s["synapses"], s["synapses_in_graph"], s["connections"], s["autapses"],
             s["synapses_unassigned"]) == (3, 7, 5, 4, 1, 2)
