@@ -115,10 +115,15 @@ def gpu_pool_config(config: ClusterConfig) -> ClusterConfig:
 
 
 def check_pools(config: ClusterConfig) -> None:
-    """Refuse a two-pool cluster whose CPU section also asks for GPUs (every job would be a GPU job)."""
+    """Refuse a two-pool cluster whose CPU section also asks for GPUs (every job would be a GPU job), and SLURM/PBS
+    job settings no job could be submitted with (`jobqueue.check_job_settings`), before a run writes anything."""
     if config.gpu_jobs is not None and config.gpus:
         raise UserError(f"cluster: gpus is {config.gpus} but gpu_jobs is set too; with gpu_jobs the main section "
                         "describes CPU jobs: set gpus: 0 there and the GPUs per job under gpu_jobs")
+    if config.kind in ("slurm", "pbs"):
+        from connectome.cluster.jobqueue import check_job_settings
+
+        check_job_settings(config)
 
 
 def load_profile(name_or_path: str) -> dict:

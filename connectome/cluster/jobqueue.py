@@ -114,6 +114,24 @@ def maximum_jobs(config: ClusterConfig) -> int:
     return config.maximum_jobs
 
 
+def check_job_settings(config: ClusterConfig) -> None:
+    """Refuse, in one line and before a run writes anything, job settings no job could be submitted with: memory,
+    walltime, GPUs per worker process (`job_options`), and SLURM partitions that `sinfo` does not list."""
+    from dask.utils import parse_bytes
+
+    gpu_config = gpu_pool_config(config) if config.gpu_jobs is not None else None
+    for pool, c in (("", config), (" gpu_jobs", gpu_config)):
+        if c is None:
+            continue
+        try:
+            parse_bytes(c.memory)
+        except (ValueError, TypeError):
+            raise UserError(f"cluster{pool} memory: expected a size such as 32GiB, found {c.memory!r}") from None
+        job_options(c, pool="gpu" if pool else "cpu")
+    if config.kind == "slurm":
+        check_partitions([q for q in (config.queue, gpu_config and gpu_config.queue) if q])
+
+
 def make_jobqueue_cluster(config: ClusterConfig):
     """A started SLURMCluster or PBSCluster whose PoolScaler adapts its job count to the pending tasks."""
     from dask_jobqueue import PBSCluster, SLURMCluster

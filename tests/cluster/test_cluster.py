@@ -271,3 +271,26 @@ def test_a_dashboard_port_in_use_is_said_in_one_line(capfd):
     assert link and f":{port}/" not in link
     assert [line for line in err.splitlines() if "dashboard" in line] == [f"dask dashboard: {link} (port {port} was "
                                                                           "in use)"]
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+@pytest.mark.parametrize("bad, named", [("memory: lots", "'lots'"), ("walltime: 4h", "'4h'"),
+                                        ("gpu_jobs: {memory: 3 apples}", "'3 apples'"),
+                                        ("gpus: 1\nprocesses_per_job: 2", "gpus (1)")])
+def test_job_settings_no_job_could_have_are_refused_before_anything_is_written(tmp_path, capsys, kind, bad, named):
+    """Memory, walltime and GPUs per worker are checked before the run writes anything (until 2026-12-05 its
+    run.json and empty arrays were written first), in one line naming the value."""
+    import numpy as np
+
+    from connectome.cli.main import main
+    from connectome.io import create_volume
+
+    raw = create_volume(str(tmp_path / "raw"), (8, 32, 32), np.uint8, (8, 32, 32), (8.0, 8.0, 8.0))
+    raw.write(raw.box, np.full((8, 32, 32), 100, np.uint8))
+    profile = tmp_path / "lab.yaml"
+    profile.write_text(f"kind: {kind}\n{bad}\n")
+    code = main(["segment", raw.address, str(tmp_path / "out"), "--cluster", kind, "--profile", str(profile),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and named in err, err
+    assert not (tmp_path / "out").exists()
