@@ -47,8 +47,18 @@ class WorldPlaced:
     the offset was applied (its vertices placed as if the volume started at 0) is reported as changed."""
 
     input_addresses: dict[str, str]
+    _world_offset: tuple[int, int, int] | None = None
+
+    def check_inputs(self, inputs: dict) -> None:
+        """Keep the segmentation's offset from the plan's metadata (the volume may be an output of the same plan,
+        not written yet, when the fingerprint is first asked for)."""
+        super().check_inputs(inputs)  # type: ignore[misc]
+        z, y, x = (int(v) for v in inputs[LABELS.name].offset)
+        self._world_offset = (z, y, x)
 
     def world_offset(self) -> tuple[int, int, int]:
+        if self._world_offset is not None:
+            return self._world_offset
         from connectome.io import open_volume
 
         z, y, x = (int(v) for v in open_volume(self.input_addresses[LABELS.name]).meta.offset)

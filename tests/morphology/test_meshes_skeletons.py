@@ -179,6 +179,26 @@ def test_meshes_and_skeletons_sit_at_the_volumes_world_offset(outputs, client, t
         assert "world_offset" not in DoneMarkers(str(made["blocks"]), stage).fingerprint()
 
 
+def test_a_plan_that_makes_the_segmentation_and_its_meshes_plans_on_a_fresh_output(tmp_path):
+    """Meshes and skeletons in the same run config as the stage that writes the segmentation (the demo, the README's
+    viewer stages): the offset comes from the plan, not from a volume that does not exist yet."""
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import check_plan_resumable, plan_run
+
+    fragments = create_volume(str(tmp_path / "fragments"), SHAPE, np.uint64, SMALL, (8.0, 8.0, 8.0), offset=(7, 0, 3))
+    stages = [StageConfig(stage="relabel", inputs={"fragments": fragments.address}),
+              *(StageConfig(stage=s) for s in ("meshes", "mesh_manifests", "skeletons", "skeleton_merge"))]
+    config = RunConfig(input=fragments.address, output=str(tmp_path / "out"), blocks=BlocksConfig(shape=SMALL),
+                       cluster=ClusterConfig(), stages=stages)
+    plan = plan_run(config)
+    check_plan_resumable(plan, False)
+    assert not (tmp_path / "out" / "segmentation").exists()
+    by_name = {p.stage.name: p.stage for p in plan.stages}
+    assert by_name["meshes"].fingerprint()["world_offset"] == [7, 0, 3]
+    assert by_name["skeletons"].fingerprint()["world_offset"] == [7, 0, 3]
+
+
 def test_resume_skips_finished_blocks(outputs, client):
     _, made = outputs
     reports = _run(made["blocks"], SMALL, ["meshes", "mesh_manifests"], client)
