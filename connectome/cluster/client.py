@@ -127,7 +127,8 @@ def check_pools(config: ClusterConfig) -> None:
 
 
 def load_profile(name_or_path: str) -> dict:
-    """The settings of a profile: a name in deploy/profiles/ or a path to a YAML file."""
+    """The settings of a profile: a name (`PROFILE_DIRS`: the current directory's deploy/profiles/, then the
+    shipped ones) or a path to a YAML file."""
     candidates = [Path(name_or_path)] if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path else []
     candidates += [d / f"{name_or_path}.yaml" for d in PROFILE_DIRS]
     for path in candidates:

@@ -156,8 +156,8 @@ def make_jobqueue_cluster(config: ClusterConfig):
     if gpu_config is None:
         slots = (config.gpus // config.processes_per_job if config.gpus else threads_per_worker(config)) \
             * config.processes_per_job
-        pools = [Pool("cpu", cluster.new_spec, "GPU" if config.gpus else "CPU", slots,
-                      min(config.minimum_jobs, top), top)]
+        kind = "gpu" if config.gpus else "cpu"  # (its jobs, workers and messages say which)
+        pools = [Pool(kind, cluster.new_spec, kind.upper(), slots, min(config.minimum_jobs, top), top)]
     else:
         try:
             gpu_spec = gpu_job_spec(cluster, gpu_config, gpu_options)

@@ -29,7 +29,7 @@ def attach_scaler(cluster, scaler: PoolScaler) -> None:
 
 
 def scaler_of(client_or_cluster) -> PoolScaler | None:
-    """The two-pool scaler of a client's (or a cluster's) cluster; None for a cluster of one pool."""
+    """The PoolScaler of a client's (or a cluster's) SLURM/PBS or two-pool local cluster; None for others."""
     cluster = getattr(client_or_cluster, "cluster", None) or client_or_cluster
     try:
         return _scalers.get(cluster)

@@ -211,7 +211,7 @@ def run_stage(
         pending.add(fut)
         tasks += 1
 
-    scaler = scaler_of(client)  # two-pool clusters
+    scaler = scaler_of(client)  # SLURM/PBS clusters (one pool or two) and two-pool local ones
     pool_resource = next(iter(resources or {}), None)
     bar = tqdm(total=len(todo), desc=stage.name, unit="block", disable=not progress, file=sys.stderr,
                leave=False, dynamic_ncols=True)

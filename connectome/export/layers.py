@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from connectome.core.address import PRECOMPUTED
+from connectome.core.address import PRECOMPUTED, parse_address
 from connectome.core.errors import UserError
 from connectome.export.annotations import ANNOTATIONS_DIR
 
@@ -117,16 +117,16 @@ def find_layers(out_dir: str) -> OutputLayers:
 def _place_synapse_segmentation(found: OutputLayers) -> None:
     """Where synapses.csv records another segmentation than the output directory's (`synapses --segmentation`):
     it is the segmentation layer when the directory has none, else the layer `synapse_segmentation`."""
-    from connectome.synapses.table import synapse_segmentation
+    from connectome.synapses.table import same_volume, synapse_segmentation
 
     address = synapse_segmentation(found.out_dir)
-    if address is None or not os.path.exists(local_path(address)):
+    if address is None or not os.path.exists(local_path(parse_address(address).path)):
         return
     if found.segmentation is None:
         found.segmentation = _volume("segmentation", address)
-    elif not os.path.samefile(local_path(address), local_path(found.segmentation.address)):
+    elif not same_volume(address, found.segmentation.address):
         found.synapse_segmentation = _volume("synapse_segmentation", address)
-        found.others = [o for o in found.others if not os.path.samefile(local_path(o.address), local_path(address))]
+        found.others = [o for o in found.others if not same_volume(o.address, address)]
 
 
 def local_path(address: str) -> str:

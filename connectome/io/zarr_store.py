@@ -111,6 +111,7 @@ class ZarrVolume(Volume):
             voxel_size=voxel_size,
             offset=offset,
             channels=channels,
+            voxel_size_known="voxel_size" in own,  # a zarr another tool wrote carries none that we read
         )
 
     @property

@@ -58,9 +58,16 @@ def read_synapses(path: str) -> dict[str, np.ndarray]:
 
 
 def write_segmentation_record(out_dir: str, segmentation: str) -> None:
-    """Record beside the table the address of the segmentation whose ids its `pre` and `post` are."""
+    """Record beside the table the address of the segmentation whose ids its `pre` and `post` are: relative to
+    `out_dir` where it lies inside it (the chain's own `segmentation`), so a moved or copied output directory
+    still names its own."""
     import json
 
+    base = os.path.abspath(out_dir)
+    if "://" not in segmentation:
+        segmentation = os.path.abspath(segmentation)
+        if segmentation.startswith(base + os.sep):
+            segmentation = os.path.relpath(segmentation, base)
     path = os.path.join(out_dir, SEGMENTATION_FILE)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -69,8 +76,9 @@ def write_segmentation_record(out_dir: str, segmentation: str) -> None:
 
 
 def synapse_segmentation(out_dir: str) -> str | None:
-    """The address of the segmentation the table's partners are ids of; None for a table from before it was
-    recorded (2026-12-05), whose partners are ids of `<out_dir>/segmentation` when the chain made that."""
+    """The address of the segmentation the table's partners are ids of (a recorded relative one within `out_dir`);
+    None for a table from before it was recorded (2026-12-05), whose partners are ids of `<out_dir>/segmentation`
+    when the chain made that."""
     import json
 
     try:
@@ -78,17 +86,33 @@ def synapse_segmentation(out_dir: str) -> str | None:
             value = json.load(f).get("segmentation")
     except (OSError, ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    return value if "://" in value or os.path.isabs(value) else os.path.join(os.path.abspath(out_dir), value)
+
+
+def same_volume(a: str, b: str) -> bool:
+    """Whether two addresses name the same volume: the same file or folder (through links too), key and sections."""
+    from connectome.core.address import parse_address
+
+    pa, pb = parse_address(a), parse_address(b)
+    if (pa.kind, pa.key, pa.sections) != (pb.kind, pb.key, pb.sections):
+        return False
+    fa, fb = (_local(p.path) for p in (pa, pb))
+    if os.path.exists(fa) and os.path.exists(fb):
+        return os.path.samefile(fa, fb)
+    return os.path.normpath(fa) == os.path.normpath(fb)
 
 
 def partners_are_ids_of(out_dir: str, segmentation: str) -> bool:
     """Whether the table's partners are ids of the volume at `segmentation` (also when nothing is recorded)."""
-    from connectome.export.layers import local_path
-
     recorded = synapse_segmentation(out_dir)
-    if recorded is None:
-        return True
-    a, b = local_path(recorded), local_path(segmentation)
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.normpath(a) == os.path.normpath(b)
+    return recorded is None or same_volume(recorded, segmentation)
+
+
+def _local(path: str) -> str:
+    """A local path from an address's path part (`precomputed://file:///x` -> `/x`); a remote URL as it is."""
+    for prefix in ("precomputed://", "file://"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    return path

@@ -134,6 +134,17 @@ def test_synapses_are_linked_to_the_segmentation_they_were_found_with(tmp_path, 
     copied = {layer["name"]: layer for layer in json.loads(path.read_text())["layers"]}
     assert "synapse_segmentation" not in copied and "linkedSegmentationLayer" not in copied["synapses"]
     assert not partners_are_ids_of(str(out), str(out / "segmentation")) and partners_are_ids_of(str(out), str(labels))
+    # the output directory's own segmentation is recorded relative to it: a moved copy still names its own
+    import shutil
+
+    from connectome.synapses.table import write_segmentation_record
+
+    write_segmentation_record(str(out), str(out / "segmentation"))
+    assert json.loads((out / "synapses.json").read_text()) == {"segmentation": "segmentation"}
+    shutil.copytree(out, tmp_path / "moved")
+    assert partners_are_ids_of(str(tmp_path / "moved"), str(tmp_path / "moved" / "segmentation"))
+    assert synapse_segmentation(str(tmp_path / "moved")) == str(tmp_path / "moved" / "segmentation")
+    write_segmentation_record(str(out), str(labels))
     ids = np.unique(table["post"]) + 1000
     names = [p["id"] for p in from_tables(str(out), ids, np.ones(len(ids), np.int64))["inline"]["properties"]]
     assert "synapses_in" not in names and "synapses_out" not in names

@@ -184,3 +184,26 @@ def test_an_npz_files_resolution_is_its_arrays_voxel_size(tmp_path, capsys):
     assert main(["segment", f"{tmp_path}/b.npz#raw", str(tmp_path / "out-b"), *common]) == 2
     assert "carries no voxel size" in capsys.readouterr().err
     assert main(["segment", f"{tmp_path}/a.npz#raw", str(tmp_path / "out-a"), *common]) == 0
+
+
+def test_a_zarr_another_tool_wrote_has_no_voxel_size_of_ours_and_is_not_refused_for_it(tmp_path):
+    """A plain zarr v3 array (no `connectome` metadata) carries no voxel size we read: it is unknown, so it may be
+    given as a stage input beside an 8 nm raw (it was taken as 1 x 1 x 1 nm, and the plan's voxel-size check
+    refused it), and as the raw it asks for --voxel-size."""
+    import zarr
+
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import plan_run
+
+    raw = create_volume(str(tmp_path / "raw"), (16, 32, 32), np.uint8, (16, 32, 32), (8.0, 8.0, 8.0))
+    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(16, 32, 32), chunks=(16, 32, 32), dtype="uint64")
+    plain[:] = 1
+    assert not open_volume(str(tmp_path / "plain.zarr")).meta.voxel_size_known
+    assert open_volume(raw.address).meta.voxel_size_known
+    config = RunConfig(input=raw.address, output=str(tmp_path / "out"), blocks=BlocksConfig(shape=(16, 32, 32)),
+                       cluster=ClusterConfig(),
+                       stages=[StageConfig(stage="skeletons", inputs={"segmentation": str(tmp_path / "plain.zarr")})])
+    assert plan_run(config).stages[0].stage.name == "skeletons"
+    with pytest.raises(UserError, match="carries no voxel size"):
+        plan_run(config.model_copy(update={"input": str(tmp_path / "plain.zarr"), "stages": [StageConfig(stage="skeletons")]}))
