@@ -158,9 +158,9 @@ def resolve_profile(config: ClusterConfig) -> ClusterConfig:
     try:
         merged = ClusterConfig.model_validate({**data, **explicit})
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"cluster profile {config.profile}: {where}: {first['msg']}") from None
+        from connectome.engine.config import format_validation_error
+
+        raise UserError(format_validation_error(f"cluster profile {config.profile}", e)) from None
     # fields set by the profile count as given (e.g. n_workers caps the job count)
     return merged.model_copy(update={k: getattr(merged, k) for k in {*data, *explicit}})
 

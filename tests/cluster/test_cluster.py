@@ -294,3 +294,11 @@ def test_job_settings_no_job_could_have_are_refused_before_anything_is_written(t
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and named in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_profile_value_of_the_wrong_type_is_named(tmp_path):
+    """`cores: eight` in a profile: the one line names the key and the value found (it named the key only)."""
+    profile = tmp_path / "lab.yaml"
+    profile.write_text("kind: slurm\ncores: eight\n")
+    with pytest.raises(UserError, match=r"lab.yaml: cores: .*integer.*\(found 'eight'\)"):
+        resolve_profile(ClusterConfig(profile=str(profile)))
