@@ -91,12 +91,15 @@ def parse_address(text: str) -> Address:
     return Address(base, _kind(base), sections)
 
 
+def location(path: str) -> str:
+    """Where a path (an address's part before `#` and the section range) is stored: a local path with its links
+    resolved (`precomputed://file:///x` -> `/x`), or a remote URL as it is."""
+    path = path.removeprefix(PRECOMPUTED).removeprefix("file://")
+    return path if "://" in path else os.path.realpath(path)
+
+
 def lies_within(address: str, directory: str) -> bool:
     """Whether the volume at `address` is stored inside `directory` (both local or both the same remote scheme)."""
-    def location(text: str) -> str:
-        text = text.removeprefix(PRECOMPUTED).removeprefix("file://")
-        return text if "://" in text else os.path.realpath(text)
-
     inner, outer = location(parse_address(address).path), location(directory).rstrip("/")
     return inner == outer or inner.startswith(outer + "/")
 

@@ -48,6 +48,12 @@ RESOLUTION_KEY = "resolution_zyx_nm"  # npz array giving the voxel size of the o
 
 def npz_resolution(path: str) -> tuple[float, float, float] | None:
     """The `resolution_zyx_nm` array of an .npz file (z y x nm), if it has one; one line if it is not 3 sizes."""
+    return _npz_resolution(path, os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _npz_resolution(path: str, mtime: float) -> tuple[float, float, float] | None:
+    """(read once per process while the file is unchanged: every open of the file's volumes asks)"""
     with np.load(path) as f:
         if RESOLUTION_KEY not in f.files:
             return None

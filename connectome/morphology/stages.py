@@ -66,8 +66,9 @@ class WorldPlaced:
 
     def fingerprint(self) -> dict:
         fp = super().fingerprint()  # type: ignore[misc]
-        if any(self.world_offset()):
-            fp["world_offset"] = list(self.world_offset())
+        offset = self.world_offset()
+        if any(offset):
+            fp["world_offset"] = list(offset)
         return fp
 
 

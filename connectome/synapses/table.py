@@ -63,11 +63,12 @@ def write_segmentation_record(out_dir: str, segmentation: str) -> None:
     still names its own."""
     import json
 
-    base = os.path.abspath(out_dir)
+    from connectome.core.address import lies_within
+
     if "://" not in segmentation:
         segmentation = os.path.abspath(segmentation)
-        if segmentation.startswith(base + os.sep):
-            segmentation = os.path.relpath(segmentation, base)
+        if lies_within(segmentation, out_dir):
+            segmentation = os.path.relpath(segmentation, os.path.abspath(out_dir))
     path = os.path.join(out_dir, SEGMENTATION_FILE)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -93,15 +94,10 @@ def synapse_segmentation(out_dir: str) -> str | None:
 
 def same_volume(a: str, b: str) -> bool:
     """Whether two addresses name the same volume: the same file or folder (through links too), key and sections."""
-    from connectome.core.address import parse_address
+    from connectome.core.address import location, parse_address
 
     pa, pb = parse_address(a), parse_address(b)
-    if (pa.kind, pa.key, pa.sections) != (pb.kind, pb.key, pb.sections):
-        return False
-    fa, fb = (_local(p.path) for p in (pa, pb))
-    if os.path.exists(fa) and os.path.exists(fb):
-        return os.path.samefile(fa, fb)
-    return os.path.normpath(fa) == os.path.normpath(fb)
+    return (pa.kind, pa.key, pa.sections, location(pa.path)) == (pb.kind, pb.key, pb.sections, location(pb.path))
 
 
 def partners_are_ids_of(out_dir: str, segmentation: str) -> bool:
@@ -109,10 +105,3 @@ def partners_are_ids_of(out_dir: str, segmentation: str) -> bool:
     recorded = synapse_segmentation(out_dir)
     return recorded is None or same_volume(recorded, segmentation)
 
-
-def _local(path: str) -> str:
-    """A local path from an address's path part (`precomputed://file:///x` -> `/x`); a remote URL as it is."""
-    for prefix in ("precomputed://", "file://"):
-        if path.startswith(prefix):
-            path = path[len(prefix):]
-    return path
