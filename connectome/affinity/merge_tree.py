@@ -481,17 +481,35 @@ def _peak_rss() -> int:
     return 0
 
 
+def task_groups(todo: list[tuple[str, int, int]], threads: int) -> list[list[tuple[str, int, int]]]:
+    """One level's or phase's tasks cut into runs of neighbouring super-blocks (or shards), at most
+    four runs per worker thread: a phase over millions of shards is a few thousand tasks for the
+    scheduler, not one per shard, and every thread still has several to balance the uneven ones."""
+    count = min(len(todo), 4 * max(1, threads))
+    if not count:
+        return []
+    return [[todo[i] for i in part] for part in np.array_split(np.arange(len(todo)), count)]
+
+
+def run_tasks(tree: MergeTree, tasks: list[tuple[str, int, int]]) -> list[dict]:
+    """A run of tasks, one after another in one worker; a retried run skips those already done."""
+    return [tree.run_task(*t) for t in tasks if not tree.done(*t)]
+
+
 def submit_on_dask(tree: MergeTree, todo: list[tuple[str, int, int]]) -> list[dict]:
-    """Run one level's tasks on the Dask cluster this code runs in (from a worker: `worker_client`)."""
+    """Run one level's tasks on the Dask cluster this code runs in (from a worker: `worker_client`),
+    grouped by `task_groups`; the summaries of every task, in order."""
     from distributed import get_client, worker_client
     from distributed.worker import get_worker
+
+    def gather(client) -> list[dict]:
+        groups = task_groups(todo, sum(client.nthreads().values()))
+        futures = [client.submit(run_tasks, tree, g, pure=False, retries=2) for g in groups]
+        return [s for part in client.gather(futures) for s in part]
 
     try:
         get_worker()
     except ValueError:
-        client = get_client()
-        futures = [client.submit(tree.run_task, *t, pure=False, retries=2) for t in todo]
-        return client.gather(futures)
+        return gather(get_client())
     with worker_client() as client:
-        futures = [client.submit(tree.run_task, *t, pure=False, retries=2) for t in todo]
-        return client.gather(futures)
+        return gather(client)

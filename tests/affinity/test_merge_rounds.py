@@ -111,3 +111,35 @@ def test_rounds_give_the_pipeline_the_same_segmentation(affinities, capsys):  # 
     assert rounds.tobytes() == serial.tobytes()
     assert os.path.isdir(str(affinities / "rounds" / "tables"))
     assert glob.glob(str(affinities / "rounds" / "tables" / "*.tree" / "rounds" / "done"))
+
+
+def test_a_phase_over_many_shards_is_a_few_tasks_on_the_cluster(tmp_path, client):
+    """On the cluster each level and phase runs as at most four tasks per worker thread (runs of
+    neighbouring shards, one after another), not one task per shard; the table is still the serial
+    merge's."""
+    from distributed import get_task_stream
+
+    from connectome.affinity.merge_tree import submit_on_dask
+
+    rng = np.random.default_rng(21)
+    grid = (4, 4, 8)  # 16 level-0 super-blocks, the shards of the rounds
+    random_tables(tmp_path / "edges", grid, rng, link_rate=0.2)
+    keys, values = lookup_table(load_tables(str(tmp_path / "edges")), 0.6)
+    tree = MergeTree(str(tmp_path / "edges"), str(tmp_path / "tree"), str(tmp_path / "shards"), TreeLayout(grid, 2),
+                     0.6, top_level=0)
+    threads = sum(client.nthreads().values())
+    asked: list[int] = []
+
+    def submit(t, todo):
+        asked.append(len(todo))
+        return submit_on_dask(t, todo)
+
+    with get_task_stream(client) as stream:
+        summaries = tree.run(submit=submit)
+    tasks = [s for s in stream.data if s["key"].startswith(("run_tasks", "run_task-"))]
+    assert max(asked) > 4 * threads  # phases with more shards than tasks
+    assert len(tasks) == sum(min(n, 4 * threads) for n in asked)
+    assert len(summaries) == sum(asked)  # every shard's task ran, once
+    got_keys, got_values = tree_table(tree)
+    np.testing.assert_array_equal(got_keys, keys)
+    np.testing.assert_array_equal(got_values, values)
