@@ -53,8 +53,11 @@ def _section_table(r: dict) -> str:
 
 
 def run(args) -> int:
+    from connectome.engine.inputs import note_padding
     from connectome.metrics.evaluate import evaluate_volumes
 
+    for address in (args.seg, args.gt):  # (a label zarr's missing chunks are its all-zero ones: not said)
+        note_padding(address)
     r = evaluate_volumes(
         args.seg, args.gt, block_shape=args.block_shape, skeletons=args.skeletons, voxel_size=args.voxel_size,
         per_section=args.per_section,
@@ -68,6 +71,8 @@ def run(args) -> int:
         ("ERL", f"{_fmt(r['erl_nm'], ' nm', 1)} (gt itself: {_fmt(r['max_erl_nm'], ' nm', 1)})"),
         ("merges", f"{r['merges']} segments" + (" (counted per section)" if r["per_section"] else "")),
         ("splits", f"{r['splits']} skeleton edges"),
+        *([("left out", f"{r['cross_section_edges']} skeleton edges between sections (per section, a skeleton is "
+                        "its pieces within each section)")] if r.get("cross_section_edges") else []),
         ("voxel size", f"{' x '.join(f'{v:g}' for v in r['voxel_size'])} nm, from {r['voxel_size_from']}"),
     ]
     width = max(len(k) for k, _ in rows)

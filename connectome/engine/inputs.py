@@ -31,13 +31,11 @@ def input_voxel_size(address: str, meta: VolumeMeta, wanted) -> tuple[float, flo
 QUICK_INPUT_CHECK = 1_000_000  # chunks: above this the input is listed only with --strict-input
 
 
-def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
-    """Report chunk files missing from a zarr input (they read as zeros): one line on `stream`
-    (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked).
-    An image stack with sections of several sizes gets one line saying how they are padded."""
+def note_padding(address: str, stream=None):
+    """One line where `address` is an image stack with sections smaller than its largest (read centred,
+    padded with 0); the volume under any section range."""
     from connectome.io.image_stack import ImageStackVolume
     from connectome.io.sections import SectionRange
-    from connectome.io.zarr_store import ZarrVolume
 
     volume = open_volume(address)
     while isinstance(volume, SectionRange):
@@ -48,6 +46,16 @@ def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
               f"the largest ({volume.shape[1]} x {volume.shape[2]} px) and are read centred on it, padded with 0 "
               f"(first: {os.path.basename(smaller.file)}, {smaller.shape[0]} x {smaller.shape[1]} px)",
               file=stream or sys.stderr)
+    return volume
+
+
+def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
+    """Report chunk files missing from a zarr input (they read as zeros): one line on `stream`
+    (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked).
+    An image stack with sections of several sizes gets one line saying how they are padded."""
+    from connectome.io.zarr_store import ZarrVolume
+
+    volume = note_padding(address, stream)
     if not isinstance(volume, ZarrVolume):
         return 0
     chunks = volume.meta.chunk_shape

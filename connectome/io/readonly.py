@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import zipfile
+import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -43,6 +47,55 @@ def split_key(address: str, suffixes: tuple[str, ...]) -> tuple[str, str]:
     return path, key
 
 
+DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what numpy and h5py raise on a bad file
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    if "pickled" in text:  # numpy's word for a file that is neither a zip archive nor an .npy array
+        return "not a zip archive"
+    if "Object arrays" in text:
+        return "Python objects, not numbers"
+    lines = text.splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def open_npz(path: str) -> Iterator[np.lib.npyio.NpzFile]:
+    """An .npz archive, open; one line naming the file where it is not one numpy can read."""
+    try:
+        f = np.load(path)
+    except DAMAGED as e:
+        raise UserError(f"{path}: expected an .npz archive of arrays, found a file numpy cannot read "
+                        f"({_why(e)})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise UserError(f"{path}: expected an .npz archive of arrays (np.savez), found a single .npy array")
+    with f:
+        yield f
+
+
+def npz_member(path: str, f: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    """Array `key` of an open .npz; one line where it is damaged or holds Python objects."""
+    try:
+        return f[key]
+    except DAMAGED as e:
+        raise UserError(f"{path}: key {key!r}: expected a numeric array, found one numpy cannot read "
+                        f"({_why(e)})") from None
+
+
+@contextlib.contextmanager
+def open_hdf5(path: str):
+    """An HDF5 file, open for reading; one line naming the file where h5py cannot open it."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except DAMAGED as e:
+        raise UserError(f"{path}: expected an HDF5 file, found one h5py cannot open ({_why(e)})") from None
+    with f:
+        yield f
+
+
 RESOLUTION_KEY = "resolution_zyx_nm"  # npz array giving the voxel size of the other arrays in the file
 
 
@@ -54,10 +107,10 @@ def npz_resolution(path: str) -> tuple[float, float, float] | None:
 @functools.lru_cache(maxsize=16)
 def _npz_resolution(path: str, mtime: float) -> tuple[float, float, float] | None:
     """(read once per process while the file is unchanged: every open of the file's volumes asks)"""
-    with np.load(path) as f:
+    with open_npz(path) as f:
         if RESOLUTION_KEY not in f.files:
             return None
-        found = np.asarray(f[RESOLUTION_KEY])
+        found = np.asarray(npz_member(path, f, RESOLUTION_KEY))
     if found.shape != (3,) or not np.issubdtype(found.dtype, np.number) or not np.all(np.isfinite(found)) \
             or np.any(found <= 0):
         raise UserError(f"{path}: key {RESOLUTION_KEY}: expected 3 positive numbers (z y x nm), "
@@ -68,10 +121,10 @@ def _npz_resolution(path: str, mtime: float) -> tuple[float, float, float] | Non
 
 @functools.lru_cache(maxsize=4)
 def _load_npz_key(path: str, key: str, mtime: float) -> np.ndarray:
-    with np.load(path) as f:
+    with open_npz(path) as f:
         if key not in f.files:
             raise UserError(f"{path}: no key {key!r}; keys are {sorted(f.files)}")
-        return f[key]
+        return npz_member(path, f, key)
 
 
 class NpzVolume(Volume):
@@ -112,11 +165,9 @@ def hdf5_datasets(f) -> list[str]:
 def file_keys(path: str) -> list[str]:
     """The arrays of an .npz file or the datasets of an HDF5 file (what may follow its `#`)."""
     if path.lower().endswith(".npz"):
-        with np.load(path) as f:
+        with open_npz(path) as f:
             return sorted(f.files)
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         return hdf5_datasets(f)
 
 
@@ -128,7 +179,7 @@ class Hdf5Volume(Volume):
         import h5py
 
         self._path, self._key = split_key(address, (".h5", ".hdf5"))
-        with h5py.File(self._path, "r") as f:
+        with open_hdf5(self._path) as f:
             if self._key not in f or not isinstance(f[self._key], h5py.Dataset):
                 what = "no dataset" if self._key not in f else "a group, not a dataset:"
                 names = hdf5_datasets(f)

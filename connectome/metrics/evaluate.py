@@ -89,18 +89,26 @@ def npz_resolution(address: str) -> tuple[float, float, float] | None:
 
 
 def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -> tuple[tuple[float, ...], str]:
-    """(voxel size in nm, where it came from): --voxel-size, else the seg's, else the gt's, else 1 1 1."""
+    """(voxel size in nm, where it came from): --voxel-size, else the seg's, else the gt's, else 1 1 1.
+    Sizes the two volumes carry must agree with each other and with --voxel-size (one line otherwise)."""
+    carried = [(name, vol) for name, vol in (("seg", seg), ("gt", gt)) if vol.meta.voxel_size_known]
+    if len(carried) == 2 and not np.allclose(seg.meta.voxel_size, gt.meta.voxel_size):
+        raise UserError(f"voxel size: seg {seg.address} has {list(seg.meta.voxel_size)} nm, gt {gt.address} has "
+                        f"{list(gt.meta.voxel_size)} nm; expected the same (resample one of them)")
     if given is not None:
         size = tuple(float(v) for v in given)
         if len(size) != 3 or any(not np.isfinite(v) or v <= 0 for v in size):
             raise UserError(f"voxel size: expected 3 positive values (z y x nm), found {list(size)}")
+        for name, vol in carried:
+            if not np.allclose(vol.meta.voxel_size, size):
+                raise UserError(f"--voxel-size: {name} {vol.address} has voxel size {list(vol.meta.voxel_size)} nm, "
+                                f"but {list(size)} was given")
         return size, "--voxel-size"
-    for name, vol in (("seg", seg), ("gt", gt)):
+    for name, vol in carried:
         found = npz_resolution(vol.address)  # (an npz volume's metadata holds it too: named as the file's here)
         if found is not None:
             return found, f"{name} file ({parse_address(vol.address).path}#{RESOLUTION_KEY})"
-        if vol.meta.voxel_size_known:
-            return tuple(float(v) for v in vol.meta.voxel_size), f"{name} metadata ({vol.address})"
+        return tuple(float(v) for v in vol.meta.voxel_size), f"{name} metadata ({vol.address})"
     return (1.0, 1.0, 1.0), "none found: 1 1 1 assumed, ERL in voxels (give --voxel-size)"
 
 
@@ -135,14 +143,20 @@ def _skeletons_per_section(gt: Volume, voxel_size) -> Skeletons:
     return Skeletons(nodes, edges, _per_section_ids(ids, np.rint(nodes[:, 0]).astype(np.int64)))
 
 
-def _skeletons_for(skeletons, gt: Volume, voxel_size, per_section: bool = False) -> Skeletons:
-    if isinstance(skeletons, Skeletons):
-        return skeletons
-    if skeletons is not None:
-        return Skeletons.load(str(skeletons))
-    if per_section:
-        return _skeletons_per_section(gt, voxel_size)
-    return Skeletons.from_labels(gt.read(gt.box), voxel_size)  # whole-volume: see module docstring
+def _skeletons_for(skeletons, gt: Volume, voxel_size, per_section: bool = False) -> tuple[Skeletons, int]:
+    """(the skeletons ERL is measured on, how many of a given file's edges crossed sections and were
+    left out: per section, a skeleton is its pieces within each section, as the gt's own there)."""
+    if skeletons is None:
+        if per_section:
+            return _skeletons_per_section(gt, voxel_size), 0
+        return Skeletons.from_labels(gt.read(gt.box), voxel_size), 0  # whole-volume: see module docstring
+    skel = skeletons if isinstance(skeletons, Skeletons) else Skeletons.load(str(skeletons))
+    if not per_section:
+        return skel, 0
+    z = skel.voxels()[:, 0]
+    within = z[skel.edges[:, 0]] == z[skel.edges[:, 1]]
+    _, piece = np.unique(np.stack([z.astype(np.uint64), skel.skeleton_ids], axis=1), axis=0, return_inverse=True)
+    return Skeletons(skel.nodes, skel.edges[within], piece.reshape(-1) + 1), int((~within).sum())
 
 
 def _section_scores(tables: dict[int, ContingencyAccumulator], first: int) -> tuple[list[dict], list[int]]:
@@ -187,7 +201,7 @@ def evaluate_volumes(
     seg, gt = _open_pair(seg_address, gt_address)
     voxel_size, voxel_size_from = resolve_voxel_size(seg, gt, voxel_size)
     grid = BlockGrid(gt.box, vec3(block_shape))
-    skel = _skeletons_for(skeletons, gt, voxel_size, per_section)
+    skel, crossing = _skeletons_for(skeletons, gt, voxel_size, per_section)
     lookup = NodeLookup(skel, grid)
 
     tables = ContingencyAccumulator()
@@ -250,5 +264,6 @@ def evaluate_volumes(
     if per_section:
         result["sections"] = scored
         result["skipped_sections"] = skipped
+        result["cross_section_edges"] = crossing
     result["seconds"] = time.perf_counter() - start
     return result

@@ -16,6 +16,7 @@ import numpy as np
 
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, BlockGrid
+from connectome.io.readonly import npz_member, open_npz
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,21 @@ class Skeletons:
     skeleton_ids: np.ndarray  # (N,) uint64
 
     def __post_init__(self) -> None:
-        nodes = np.asarray(self.nodes, dtype=np.float64).reshape(-1, 3)
-        edges = np.asarray(self.edges, dtype=np.int64).reshape(-1, 2)
+        nodes, edges = np.asarray(self.nodes, dtype=np.float64), np.asarray(self.edges)
+        if nodes.size == 0:
+            nodes = nodes.reshape(0, 3)
+        if edges.size == 0:
+            edges = edges.reshape(0, 2)
+        if nodes.ndim != 2 or nodes.shape[1] != 3:
+            raise ValueError(f"skeletons: expected nodes of shape (N, 3), found {list(nodes.shape)}")
+        if edges.ndim != 2 or edges.shape[1] != 2:
+            raise ValueError(f"skeletons: expected edges of shape (E, 2), found {list(edges.shape)}")
+        if not np.all(np.isfinite(nodes)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(nodes), axis=1))[0])
+            raise ValueError(f"skeletons: expected finite node coordinates, found {nodes[bad].tolist()} at node {bad}")
+        if len(edges) and not np.issubdtype(edges.dtype, np.integer):
+            raise ValueError(f"skeletons: expected integer node indices in edges, found dtype {edges.dtype}")
+        edges = edges.astype(np.int64)
         ids = np.asarray(self.skeleton_ids).astype(np.uint64).reshape(-1)
         if len(ids) != len(nodes):
             raise ValueError(f"skeletons: {len(nodes)} nodes but {len(ids)} skeleton ids")
@@ -81,7 +95,7 @@ class Skeletons:
                 continue
             nodes.append(np.asarray(sk.vertices, np.float64) / np.asarray(voxel_size))
             edges.append(np.asarray(sk.edges, np.int64) + start)
-            ids.append(np.full(len(sk.vertices), label, np.uint64))
+            ids.append(np.full(len(sk.vertices), np.uint64(int(label) % 2**64)))  # a negative id wraps, as in VOI
             start += len(sk.vertices)
         if not nodes:
             return cls(np.zeros((0, 3)), np.zeros((0, 2), np.int64), np.zeros(0, np.uint64))
@@ -95,16 +109,15 @@ class Skeletons:
         """Read the npz format of the module docstring; bad files raise UserError."""
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such skeleton file")
+        with open_npz(path) as f:
+            missing = {"nodes", "edges", "skeleton_ids"} - set(f.files)
+            if missing:
+                raise UserError(f"{path}: skeleton file lacks {sorted(missing)}; expected nodes, edges, skeleton_ids")
+            arrays = [npz_member(path, f, k) for k in ("nodes", "edges", "skeleton_ids")]
         try:
-            with np.load(path) as f:
-                missing = {"nodes", "edges", "skeleton_ids"} - set(f.files)
-                if missing:
-                    raise UserError(
-                        f"{path}: skeleton file lacks {sorted(missing)}; expected nodes, edges, skeleton_ids"
-                    )
-                return cls(f["nodes"], f["edges"], f["skeleton_ids"])
-        except (ValueError, OSError) as e:
-            raise UserError(f"{path}: not a readable skeleton file ({e})") from None
+            return cls(*arrays)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{path}: {e}") from None
 
 
 class NodeLookup:

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -163,6 +165,35 @@ def test_a_file_group_folder_or_range_that_is_not_a_volume_is_named(tmp_path):
         f.create_dataset("grp[1]", data=np.zeros((2, 4, 4), np.uint8))
     assert open_volume(f"{tmp_path}/g.h5#grp[1]").shape == (2, 4, 4)
     assert open_volume(f"{tmp_path}/d.npz#raw[1:]").shape == (1, 2, 2)
+
+
+def test_damaged_npz_and_hdf5_files_are_one_line_in_every_command(tmp_path, capsys):
+    """A text file named .npz, a truncated .npz, an .npy under an .npz name, an object array and a
+    text file named .h5: one line naming the file (and key), exit 2, no traceback."""
+    from connectome.cli.main import main
+
+    good = tmp_path / "good.npz"
+    np.savez(good, gt=np.ones((2, 4, 4), np.uint32))
+    (tmp_path / "text.npz").write_text("not numbers")
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:60])
+    with open(tmp_path / "single.npz", "wb") as f:
+        np.save(f, np.zeros((2, 4, 4), np.uint8))
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}, None], dtype=object))
+    (tmp_path / "text.h5").write_text("not HDF5")
+    cases = {
+        "text.npz#a": r"text.npz: expected an .npz archive of arrays, found a file numpy cannot read \(not a zip",
+        "cut.npz#gt": r"cut.npz: expected an .npz archive of arrays, found a file numpy cannot read",
+        "single.npz#a": r"single.npz: expected an .npz archive of arrays \(np.savez\), found a single .npy array",
+        "objects.npz#a": r"objects.npz: key 'a': expected a numeric array, .*\(Python objects, not numbers\)",
+        "text.h5#a": r"text.h5: expected an HDF5 file, found one h5py cannot open",
+    }
+    for address, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            open_volume(f"{tmp_path}/{address}")
+        assert main(["evaluate", "--seg", f"{tmp_path}/{address}", "--gt", f"{good}#gt"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, (address, err)
+        assert re.search(message, err), (address, err)
 
 
 def test_an_npz_files_resolution_is_its_arrays_voxel_size(tmp_path, capsys):

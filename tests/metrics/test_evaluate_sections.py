@@ -112,6 +112,60 @@ def test_per_section_merges_are_counted_within_a_section(tmp_path):
     assert r["erl_nm"] == pytest.approx(2 * 9**2 / (4 * 9))  # only section 1's two rods keep their runs
 
 
+def test_given_skeletons_are_cut_into_their_pieces_within_each_section(tmp_path, capsys):
+    """A skeleton that runs along z through ten sections: per section its edges between sections mean
+    nothing; the gt against itself scores no split (each crossing edge counted as a split before)."""
+    gt = np.zeros((10, 4, 6), np.uint32)
+    gt[:, 1:3, 1:5] = 3
+    np.savez(tmp_path / "z.npz", gt=gt)
+    along_z = Skeletons(np.array([[z, 2, x] for z in range(10) for x in (1, 2, 3)], float),
+                        np.array([[i, i + 1] for i in range(29)]), np.ones(30, np.uint64))
+    along_z.save(str(tmp_path / "z_skel.npz"))
+    r = evaluate_volumes(f"{tmp_path}/z.npz#gt", f"{tmp_path}/z.npz#gt", skeletons=str(tmp_path / "z_skel.npz"),
+                         per_section=True, voxel_size=(40, 4, 4))
+    assert r["splits"] == 0 and r["merges"] == 0 and r["cross_section_edges"] == 9
+    assert r["skeletons"] == 10  # one piece per section
+    assert r["erl_nm"] == pytest.approx(r["max_erl_nm"]) == pytest.approx(8.0)  # 2 in-plane edges of 4 nm each
+    seg = gt.copy()
+    seg[:, :, 3:] = 4  # every section cut between x 2 and 3: one split per section
+    np.savez(tmp_path / "s.npz", seg=seg)
+    code, out, _ = _run(capsys, "--seg", f"{tmp_path}/s.npz#seg", "--gt", f"{tmp_path}/z.npz#gt", "--skeletons",
+                        str(tmp_path / "z_skel.npz"), "--per-section", "--voxel-size", "40", "4", "4")
+    assert code == 0 and "splits        10 skeleton edges" in out
+    assert "left out      9 skeleton edges between sections" in out
+
+
+def test_a_negative_int64_gt_id_is_skeletonised_as_voi_counts_it(tmp_path):
+    gt = np.zeros((3, 6, 12), np.int64)
+    gt[1, 2:4, 1:11] = -5
+    np.savez(tmp_path / "n.npz", gt=gt)
+    r = evaluate_volumes(f"{tmp_path}/n.npz#gt", f"{tmp_path}/n.npz#gt", voxel_size=(4, 4, 4))
+    assert r["voi"] == 0 and r["splits"] == 0 and r["skeletons"] == 1 and r["erl_nm"] > 0
+
+
+@pytest.mark.parametrize("case", ["edges 2x3", "nan node", "float edges", "text"])
+def test_a_malformed_skeleton_file_is_one_line(tmp_path, capsys, case):
+    np.savez(tmp_path / "v.npz", gt=np.ones((2, 4, 4), np.uint32))
+    path = tmp_path / "sk.npz"
+    nodes, edges = np.array([[0, 1, 1], [0, 1, 2], [0, 2, 2]], float), np.array([[0, 1, 2], [1, 2, 0]])
+    if case == "text":
+        path.write_text("nodes edges")
+    elif case == "nan node":
+        np.savez(path, nodes=np.array([[0, 1, 1], [np.nan] * 3, [0, 2, 2]]), edges=edges.T,
+                 skeleton_ids=np.ones(3, np.uint64))
+    else:
+        np.savez(path, nodes=nodes, edges=edges if case == "edges 2x3" else edges.T.astype(float),
+                 skeleton_ids=np.ones(3, np.uint64))
+    expected = {"edges 2x3": "expected edges of shape (E, 2), found [2, 3]",
+                "nan node": "expected finite node coordinates, found [nan, nan, nan] at node 1",
+                "float edges": "expected integer node indices in edges, found dtype float64",
+                "text": "expected an .npz archive of arrays"}[case]
+    code, out, err = _run(capsys, "--seg", f"{tmp_path}/v.npz#gt", "--gt", f"{tmp_path}/v.npz#gt", "--skeletons",
+                          str(path))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(path) in err and expected in err, err
+
+
 def test_shape_mismatch_is_one_line_exit_2(tmp_path, capsys):
     seg = _zarr(tmp_path / "seg", np.ones((4, 8, 8), np.uint32))
     gt = _zarr(tmp_path / "gt", np.ones((4, 8, 9), np.uint32))
@@ -141,10 +195,19 @@ def test_voxel_size_from_zarr_segmentation(tmp_path, capsys):
     assert code == 0 and r["voxel_size"] == [40.0, 8.0, 8.0] and "seg metadata" in r["voxel_size_from"]
     assert r["erl_nm"] == pytest.approx(9 * 8.0)  # one perfect straight run of 9 edges of 8 nm
     code, out, _ = _run(capsys, "--seg", seg, "--gt", f"{tmp_path}/gt.npz#gt", "--skeletons",
-                        str(tmp_path / "rod.npz"), "--voxel-size", "10", "10", "10", "--json")
+                        str(tmp_path / "rod.npz"), "--voxel-size", "40", "8", "8", "--json")
     r = json.loads(out)
-    assert r["voxel_size"] == [10.0, 10.0, 10.0] and r["voxel_size_from"] == "--voxel-size"
-    assert r["erl_nm"] == pytest.approx(9 * 10.0)
+    assert r["voxel_size"] == [40.0, 8.0, 8.0] and r["voxel_size_from"] == "--voxel-size"
+    # a --voxel-size that contradicts the segmentation's: one line, not an ERL in the wrong nanometres
+    code, out, err = _run(capsys, "--seg", seg, "--gt", f"{tmp_path}/gt.npz#gt", "--skeletons",
+                          str(tmp_path / "rod.npz"), "--voxel-size", "10", "10", "10", "--json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"seg {seg} has voxel size [40.0, 8.0, 8.0] nm, but [10.0, 10.0, 10.0] was given" in err
+    # nor do the seg's and the gt's own sizes disagree
+    np.savez(tmp_path / "gt30.npz", gt=gt, resolution_zyx_nm=np.array([30.0, 6.0, 6.0]))
+    code, out, err = _run(capsys, "--seg", seg, "--gt", f"{tmp_path}/gt30.npz#gt")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "[40.0, 8.0, 8.0] nm" in err and "gt30.npz#gt has [30.0, 6.0, 6.0] nm" in err
     code, out, _ = _run(capsys, "--seg", seg, "--gt", f"{tmp_path}/gt.npz#gt", "--skeletons",
                         str(tmp_path / "rod.npz"))
     assert "voxel size    40 x 8 x 8 nm, from seg metadata" in out

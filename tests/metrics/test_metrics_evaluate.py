@@ -117,7 +117,8 @@ def test_cli_json(volumes, capsys):
 
 
 def test_cli_human_table_and_voxel_size(volumes, capsys):
-    assert main(["evaluate", "--seg", volumes["seg"], "--gt", volumes["gt"], "--voxel-size", "4", "4", "4"]) == 0
+    given = [f"{v:g}" for v in VOXEL]  # the size both volumes carry (another one is refused)
+    assert main(["evaluate", "--seg", volumes["seg"], "--gt", volumes["gt"], "--voxel-size", *given]) == 0
     out = capsys.readouterr().out
     for label in ["VOI split", "VOI merge", "adapted Rand", "ERL", "merges", "splits"]:
         assert label in out
