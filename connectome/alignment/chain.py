@@ -65,6 +65,8 @@ def run_alignment(plan: Plan, client, overwrite: bool = False, progress: bool = 
         "flagged_regions": solve["flagged_regions"],
         "match_residual_median_px": solve["match_residual_median_px"],
         "patches_searched_again": solve.get("patches_searched_again", 0),
+        "links": solve.get("links", []),  # (a solve from before 2026-12-06 recorded none)
+        "breaks": solve.get("breaks", []),
         "seconds": round(seconds, 3),
         "stages": [r.to_json() for r in reports],
         **order_report(plan.config),

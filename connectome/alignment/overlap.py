@@ -38,7 +38,7 @@ class OverlapSettings:
     sigma: float = 2.0
 
 
-def _downsample(a: np.ndarray, f: int) -> np.ndarray:
+def downsample(a: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
         return a.astype(np.float64)
     h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
@@ -120,8 +120,8 @@ def refine_pair(a: np.ndarray, b: np.ndarray, transform: np.ndarray,
     for f in settings.factors:
         if min(a.shape) // f < 8:
             continue
-        la = gaussian_filter(_downsample(a, f), settings.sigma)
-        lb = gaussian_filter(_downsample(b, f), settings.sigma)
+        la = gaussian_filter(downsample(a, f), settings.sigma)
+        lb = gaussian_filter(downsample(b, f), settings.sigma)
         out = _refine_level(la, lb, _to_level(current, f), settings.iterations)
         if out is None:
             return None
@@ -151,8 +151,8 @@ class SectionImages:
 
             section = self.volume.read(Box((z, 0, 0), (1, *self.extent)))[0].astype(np.float32)
             self._cache[z] = section
-            while len(self._cache) > self.keep:
-                self._cache.pop(min(self._cache))
+            while len(self._cache) > self.keep:  # the longest kept (a section just read stays)
+                self._cache.pop(next(iter(self._cache)))
         return self._cache[z]
 
 

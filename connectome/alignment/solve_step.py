@@ -13,6 +13,7 @@ import numpy as np
 
 from connectome.alignment.defects import OK, REASONS, region_flags, section_flags
 from connectome.alignment.fit import MIN_SUPPORT, apply, fit_transform, local_outliers, supported_fit
+from connectome.alignment.links import Chain, breaks, link
 from connectome.alignment.mesh import Springs
 from connectome.alignment.overlap import SectionImages, compose, refine_best, search_near
 from connectome.alignment.patches import SEARCH_FAILED
@@ -215,11 +216,12 @@ class SolveStep(GlobalStep):
         # unmatched nodes follow the pair's robust fit, weakly: extrapolation where sections do not overlap
         weights = {k: np.where(good[k], 1.0, s.fill_weight * np.isfinite(fits[k][:, :1, :1]))
                    * (ok[:-k, None, None] & ok[k:, None, None]) * _skip_factor(good, k, s.skip_weight) for k in good}
+        gy, gx = np.meshgrid(*m.nodes, indexing="ij")
+        points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+        links, unlinked = self._bridge(m, ok, weights, filled, points, images)
         measured = Measured(m.nodes, filled, weights, m.shape[0])
         estimated = time.perf_counter()
         fields, summary = solve_fields(measured, Springs(s.stretch, s.bend, s.z_smooth, s.anchor), rounds=s.rounds)
-        gy, gx = np.meshgrid(*m.nodes, indexing="ij")
-        points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
         transforms = np.stack([fit_transform(s.model, points, points + f.reshape(-1, 2)) for f in fields])
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"
@@ -234,8 +236,36 @@ class SolveStep(GlobalStep):
             "flagged_regions": int(regions.sum()),
             "good_patch_fraction": float(np.mean([g.mean() for g in good.values()])),
             "patches_searched_again": rechecked,
+            "links": links,
+            "breaks": unlinked,
             "solve_seconds": round(time.perf_counter() - estimated, 3),
         })
         with open(os.path.join(os.path.dirname(self.path), "solve.json"), "w") as f:
             json.dump(summary, f, indent=1)
         return summary
+
+    def _bridge(self, m: Matches, ok: np.ndarray, weights: dict[int, np.ndarray], filled: dict[int, np.ndarray],
+                points: np.ndarray, images: SectionImages | None) -> tuple[list[dict], list[list[int]]]:
+        """Each break in the chain of weighted pairs between usable sections (`links`) bridged by a
+        whole-section link, added to `weights` and `filled` as a pair (a, b) of full weight where it
+        lies inside section b; (the links made, the breaks left)."""
+        chain = Chain(m.shape[0], weights)
+        made, left = [], []
+        for a, b in breaks(chain, ok):
+            if images is None and self.raw is not None:
+                images = SectionImages(self.raw)
+            found = link(images, a, b) if images is not None else None
+            if found is None:
+                left.append([a, b])
+                continue
+            k = b - a
+            if k not in weights:
+                weights[k] = np.zeros((m.shape[0] - k, *weights[1].shape[1:]))
+                filled[k] = np.zeros((m.shape[0] - k, *filled[1].shape[1:]))
+            predicted = (apply(found[0], points) - points).reshape(filled[k].shape[1:])
+            filled[k][a] = predicted
+            weights[k][a] = _measurable(m.nodes, m.shape, m.patch, predicted)
+            chain.join(a, b)
+            made.append({"from": a, "to": b, "agreement": round(found[1], 3),
+                         "shift_px": [round(float(v), 1) for v in found[0][:, 2]]})
+        return made, left

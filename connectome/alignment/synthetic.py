@@ -48,13 +48,17 @@ class Distorted:
         return sy, sx
 
 
-def distort(clean: np.ndarray, margin: int, distortion: Distortion, seed: int = 0) -> Distorted:
-    """The clean stack distorted section by section, cropped by `margin` on each side."""
+def distort(clean: np.ndarray, margin: int, distortion: Distortion, seed: int = 0,
+            extra_shifts: np.ndarray | None = None) -> Distorted:
+    """The clean stack distorted section by section, cropped by `margin` on each side; `extra_shifts`
+    (sections, 2) px are added to the drawn shifts (e.g. a jump between two parts of the stack)."""
     rng = np.random.default_rng(seed)
     n, h, w = clean.shape
     out_h, out_w = h - 2 * margin, w - 2 * margin
     rotations = np.deg2rad(rng.uniform(-distortion.max_rotation, distortion.max_rotation, n))
     shifts = rng.uniform(-distortion.max_shift, distortion.max_shift, (n, 2))
+    if extra_shifts is not None:
+        shifts = shifts + extra_shifts
     terms = 3
     waves = np.zeros((n, terms, 5))
     if distortion.elastic > 0:

@@ -7,6 +7,8 @@ transforms). Run it again on the same OUT_DIR to resume.
 
 from __future__ import annotations
 
+import sys
+
 from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
@@ -52,7 +54,14 @@ def run(args) -> int:
         summary = run_alignment(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     flagged = summary["flagged_sections"]
     listed = ", ".join(f"{z} ({why})" for z, why in list(flagged.items())[:10]) or "none"
+    linked = "".join(f"\nno matched pair joins sections {x['from']} and {x['to']}: linked by their whole sections "
+                     f"(correlation {x['agreement']:.2f})" for x in summary["links"])
+    if summary["breaks"]:
+        pieces = ", ".join(f"{a} | {b}" for a, b in summary["breaks"])
+        print(f"connectome: warning: the stack is aligned in {len(summary['breaks']) + 1} pieces that nothing joins "
+              f"(between sections {pieces}): sections on either side of a break may be far out of register; check "
+              f"them, or align with a larger --search or --patch", file=sys.stderr)
     print_result(args, summary, f"aligned: {summary['aligned']}\n"
                                 f"{summary['sections']} sections, flagged: {listed}; "
-                                f"{summary['flagged_regions']} flagged patches; {summary['seconds']:.1f} s")
+                                f"{summary['flagged_regions']} flagged patches; {summary['seconds']:.1f} s" + linked)
     return 0

@@ -140,6 +140,46 @@ def test_local_defect_flagged_as_region(rigid, tmp_path, client):
     assert np.median(r) < 0.3 and r.max() < 1.0, (np.median(r), r.max())
 
 
+def test_a_break_that_no_pair_matches_is_linked_by_whole_sections(tmp_path, client):
+    """Sections 0-2 and 3-5 lie 40 px apart, beyond the patches' search range (8 px): no matched pair
+    joins the two parts. A whole-section link bridges the break, so the stack is aligned as one; without
+    it each part was aligned on its own and they met with the 40 px jump."""
+    clean = clean_stack(SECTIONS, SIDE + 2 * MARGIN, seed=6)
+    jump = np.zeros((SECTIONS, 2))
+    jump[3:] = (-28.0, 28.0)  # 40 px
+    d = distort(clean, MARGIN, Distortion(max_shift=3, max_rotation=0.5), seed=3, extra_shifts=jump)
+    raw = write_stack(str(tmp_path / "raw"), d.raw)
+    match = {"patch": 64, "stride": 32, "search": 8, "levels": 1}
+    # (patches are kept above correlation 0.6, which the true matches of these sections reach: the noise's
+    # chance matches within the small search range would otherwise fit the pair across the jump wrongly)
+    plan, reports, t = align(raw, str(tmp_path / "out"), client, match=match, solve={"min_corr": 0.6})
+    assert not t["section_flags"].any()  # every section matches a neighbour
+    assert not np.isfinite(t["pair_fits_1"][2]).any()  # the pair across the jump matched nothing
+    r = residuals(d, t["fields"], nodes_of(t), border=BORDER, step=2)
+    assert np.median(r) < 0.3 and r.max() < 1.0, (np.median(r), r.max())
+    import json
+
+    with open(tmp_path / "out" / "alignment" / "solve.json") as f:
+        solve = json.load(f)
+    assert [(x["from"], x["to"]) for x in solve["links"]] == [(2, 3)] and solve["breaks"] == []
+    assert solve["links"][0]["agreement"] > 0.5
+
+
+def test_a_break_nothing_bridges_is_reported(tmp_path, client):
+    """Sections 3-5 show other tissue than 0-2 (no pair, nor the whole sections, match across): the
+    stack is aligned in two pieces, and the solve says where (`breaks` in solve.json, which `align`
+    prints as one warning line and in --json)."""
+    import json
+
+    raw = np.concatenate([clean_stack(3, SIDE, seed=6), clean_stack(3, SIDE, seed=9)])
+    match = {"patch": 64, "stride": 32, "search": 8, "levels": 1}
+    align(write_stack(str(tmp_path / "raw"), raw), str(tmp_path / "out"), client, match=match,
+          solve={"min_corr": 0.6})
+    with open(tmp_path / "out" / "alignment" / "solve.json") as f:
+        solve = json.load(f)
+    assert solve["breaks"] == [[2, 3]] and solve["links"] == []
+
+
 def test_reference_residual_is_zero_for_an_agreeing_alignment():
     """`residuals(..., reference=...)` scores 0 for an alignment that equals the reference up to one
     common transform, although the reference crop's coordinates differ from clean ones by its margin,
