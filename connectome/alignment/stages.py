@@ -90,9 +90,10 @@ class AlignMatchStage(BlockStage[AlignMatchParams]):
         inner = w.relative_to(block.read_box)
         rows: dict[str, list] = {"z": [], "k": [], "iy": [], "ix": [], "d": [], "corr": []}
         stats = []
+        padding = outside_footprints(raw.section_footprints(), w)  # not counted: a smaller section is not 'missing'
         for z in range(w.offset[0], w.end[0]):
             section = data[z - origin[0]]
-            tile = section[inner[1], inner[2]].astype(np.float64)
+            tile = section[inner[1], inner[2]].astype(np.float64)[~padding[z - w.offset[0]]]
             stats.append((z, tile.size, tile.sum(), np.square(tile).sum(), np.count_nonzero(tile == 0)))
             for k in OFFSETS:
                 if z + k >= depth or not (len(iy) and len(ix)):

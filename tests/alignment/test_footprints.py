@@ -188,3 +188,24 @@ def test_smaller_sections_in_order_are_not_taken_for_misplaced_ones(tmp_path):
     assert sorted(volume.section_footprints()) == [1, 4, 7]
     order = section_order(volume)
     assert order.order == tuple(range(9)) and order.kept_pairs == 1.0 and order.misplaced == ()
+
+
+def test_a_section_smaller_than_half_the_plane_is_aligned_not_flagged_missing(uneven_stack, tmp_path, capsys):
+    """Section 9 holds image data on 44 % of the plane: its padding is not counted as zeros of the section,
+    so it is not flagged 'missing' (and left out of the solve); the unshifted stack stays where it is."""
+    folder, raw, padding = uneven_stack
+    assert padding[9].mean() > 0.5
+    code = main(["align", str(folder), str(tmp_path / "out"), "--voxel-size", "8", "8", "8", "--patch", "32",
+                 "--stride", "16", "--search", "12", "--block-shape", "16", "96", "96", "--workers", "1",
+                 "--no-progress", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "9" not in summary["flagged_sections"], summary["flagged_sections"]
+    with np.load(tmp_path / "out" / "alignment" / "transforms.npz") as t:
+        fields, ys, xs = t["fields"], t["nodes_y"], t["nodes_x"]
+    inside = ~padding[9][np.ix_(ys, xs)]
+    moved = np.linalg.norm(fields, axis=-1)
+    # a stack in register (a synthetic 3-D volume's sections): section 9 moves no more than its neighbours
+    assert np.median(moved[9][inside]) < 1.0 + np.median(moved[[8, 10]]), (np.median(moved[9][inside]),
+                                                                           np.median(moved[[8, 10]]))
