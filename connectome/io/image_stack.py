@@ -66,8 +66,8 @@ def _header(path: str) -> tuple[tuple[int, ...], str]:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
-            page = tf.pages[0]
+        with tifffile.TiffFile(path) as tf:  # the whole first series: a multi-page file is no 2-d section
+            page = tf.series[0] if tf.series else tf.pages[0]
             return tuple(page.shape), np.dtype(page.dtype).name
     except (tifffile.TiffFileError, ValueError, IndexError) as e:
         raise UserError(f"{path}: not a readable TIFF section ({e})") from None

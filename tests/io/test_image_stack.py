@@ -78,6 +78,7 @@ def test_ingest_says_how_a_stack_of_several_sizes_is_padded(tmp_path, capsys):
 @pytest.mark.parametrize("bad, words", [
     (np.ones((40, 50), np.uint16), ["sec_2.tif", "dtype uint16", "expected uint8", "sec_0.tif"]),
     (np.ones((40, 50, 3), np.uint8), ["sec_2.tif", "2-d grayscale", "(40, 50, 3)"]),
+    (np.ones((2, 40, 50), np.uint8), ["sec_2.tif", "2-d grayscale", "(2, 40, 50)"]),  # a multi-page section file
 ])
 def test_a_stack_of_mixed_dtypes_or_colour_sections_is_refused_in_one_line(tmp_path, capsys, bad, words):
     (tmp_path / "tifs").mkdir()
