@@ -22,8 +22,12 @@ SAMPLE_STEP = 4  # every 4th pixel along y and x of a section estimates its perc
 
 
 def section_levels(section_sample: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """The `low` and `high` percentiles of a section (a sample of it); equal values are spread by one."""
-    lo, hi = np.percentile(section_sample.astype(np.float64), [low, high])
+    """The `low` and `high` percentiles of a section (a sample of it); equal values are spread by one.
+    Pixels exactly 0 (the padding of a smaller section, the margins an alignment leaves) are left out
+    where anything else remains: counted, they set the low level of an aligned section to 0."""
+    values = section_sample.astype(np.float64).ravel()
+    imaged = values[values != 0]
+    lo, hi = np.percentile(imaged if imaged.size else values, [low, high])
     if hi <= lo:
         hi = lo + 1.0
     return float(lo), float(hi)

@@ -44,3 +44,21 @@ def test_section_normalize_blockwise_and_drift(clip_limit, tmp_path, client):
     if clip_limit == 0:  # the stretch alone is linear: sections agree with each other pixel by pixel
         assert np.ptp(stds) < np.ptp(drifted.reshape(4, -1).std(axis=1)) / 4
         assert np.abs(blocks.astype(int) - blocks[0]).mean() < 3
+
+
+def test_zero_margins_do_not_set_a_sections_levels(tmp_path, client):
+    """Sections with the zero margins an alignment leaves (of different widths): each section's levels come from
+    its image, so the normalised sections agree inside as they do without margins (a margin set the low level
+    to 0, and a dark section stayed dark)."""
+    base = clean_stack(4, 160, noise=0.0).astype(np.float64)
+    gain = np.array([1.0, 0.5, 0.7, 0.2])[:, None, None]
+    offset = np.array([0.0, 60.0, 20.0, 40.0])[:, None, None]
+    drifted = np.clip(base * gain + offset, 1, 255).astype(np.uint8)  # no pixel of the image is 0
+    for z, width in enumerate([0, 6, 12, 9]):
+        drifted[z, :, :width] = 0
+        drifted[z, :width // 2, :] = 0
+    raw = write_stack(str(tmp_path / "raw"), drifted, chunks=(2, 32, 32))
+    params = {"tile": 32, "clip_limit": 0.0, "low": 1.0, "high": 99.0}
+    _, out = _run(raw, str(tmp_path / "out"), (4, 160, 160), client, params)
+    inside = out[:, 12:, 12:].astype(int)
+    assert np.abs(inside - inside[0]).mean() < 4, np.abs(inside - inside[0]).mean(axis=(1, 2))
