@@ -129,6 +129,13 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
         metas = {}
         for name, address in inputs.items():
             if address not in known:
+                if not os.path.exists(address) and "://" not in address and "#" not in address \
+                        and not address.endswith("]") and lies_within(address, config.output):
+                    made = sorted(os.path.relpath(a, config.output) for a in writers
+                                  if lies_within(a, config.output))
+                    raise UserError(f"{where}: input {name}: {sc.inputs.get(name, name)!r} is neither a volume on "
+                                    f"disk ({address}) nor written by an earlier stage; earlier stages write "
+                                    f"{made or 'nothing'}")
                 known[address] = open_volume(address).meta
             metas[name] = known[address]
             if metas[name].shape != raw_meta.shape:

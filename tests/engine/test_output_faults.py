@@ -318,6 +318,10 @@ def _bad(tmp_path: Path, case: str) -> str:
         path = Path(_config(tmp_path))
         path.write_text(path.read_text() + f"output: {tmp_path / 'other'}\n")
         return str(path)
+    if case == "misspelt dataset":  # a later stage reads a name no earlier stage writes
+        return _config(tmp_path, stages=[{"stage": "normalize", "params": {"sigma": 4.0}},
+                                         {"stage": "normalize", "inputs": {"raw": "normalised"},
+                                          "outputs": {"normalized": "twice"}}])
     raise AssertionError(case)
 
 
@@ -331,9 +335,12 @@ def _bad(tmp_path: Path, case: str) -> str:
     ("zero voxel size", "expected positive sizes in nm, found [0.0, 10.0, 10.0]"),
     ("boolean in block shape", "blocks.chunk_shape.0: Input should be a valid integer"),
     ("duplicated key", "duplicate key 'output'"),
+    ("misspelt dataset", "stages.1 (normalize): input raw: 'normalised' is neither a volume on disk"),
 ])
 def test_bad_config_is_one_line(tmp_path, capsys, case, expected):
     cfg = _bad(tmp_path, case)
     code, _, err = _run(capsys, cfg)
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
     assert expected in err[0], err[0]
+    if case == "misspelt dataset":
+        assert "earlier stages write ['normalized']" in err[0]
