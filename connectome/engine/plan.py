@@ -188,12 +188,36 @@ def step_fingerprint(planned: PlannedStage, step: GlobalStep) -> dict:
 
 
 def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
-    """Refuse (before any cluster starts) a re-run whose layout or parameters changed."""
+    """Refuse (before any cluster starts) a re-run whose layout or parameters changed, or whose stages would
+    write over what a stage this plan does not run wrote (another `--method` on a finished output)."""
+    if not overwrite:
+        check_other_writers(plan)
     for planned in plan.stages:
         step = planned.step()
         if step is not None:
             check_step_resumable(step.name, step_fingerprint(planned, step), plan.work_dir, overwrite)
         check_resumable(planned.stage, planned.grid, plan.work_dir, overwrite)
+
+
+def check_other_writers(plan: Plan) -> None:
+    """One line where a stage recorded in the work directory that this plan does not run wrote a volume one of
+    this plan's stages writes."""
+    ours = {p.stage.name for p in plan.stages}
+    writes = {address: p.stage.name for p in plan.stages for address in p.stage.output_addresses.values()}
+    done = os.path.join(plan.work_dir, ".connectome", "done")
+    for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
+        if name in ours:
+            continue
+        try:
+            with open(os.path.join(done, name, "fingerprint.json")) as f:
+                recorded = json.load(f).get("outputs") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for address in recorded.values() if isinstance(recorded, dict) else []:
+            if address in writes:
+                raise UserError(f"{address}: written by stage {name!r} of an earlier run, which this run does not "
+                                f"run; its stage {writes[address]!r} would write over it (another --method?). Pass "
+                                f"--overwrite to replace it, or choose another output directory")
 
 
 def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:

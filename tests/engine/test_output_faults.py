@@ -344,3 +344,24 @@ def test_bad_config_is_one_line(tmp_path, capsys, case, expected):
     assert expected in err[0], err[0]
     if case == "misspelt dataset":
         assert "earlier stages write ['normalized']" in err[0]
+
+
+def test_a_stage_that_would_write_over_another_stages_finished_output_is_refused(tmp_path, capsys):
+    """Another stage (here `section_normalize`) writing the dataset `normalize` finished in this output directory
+    (as `segment --method affinities` after `--method ffn` writes `segmentation`): one line, nothing changed,
+    unless --overwrite."""
+    _raw(tmp_path)
+    first = _config(tmp_path)
+    code, _, err = _run(capsys, first)
+    assert code == 0, err
+    before = _chunks(str(tmp_path / "out" / "normalized"))
+    other = _config(tmp_path, name="other.yaml", stages=[
+        {"stage": "section_normalize", "params": {"tile": 8}, "outputs": {"normalized_sections": "normalized"}}])
+    code, _, err = _run(capsys, other)
+    assert code == 2 and len(err) == 1, err
+    assert f"{tmp_path / 'out' / 'normalized'}: written by stage 'normalize' of an earlier run" in err[0]
+    assert "'section_normalize' would write over it" in err[0] and "--overwrite" in err[0]
+    assert _chunks(str(tmp_path / "out" / "normalized")) == before
+    code, _, err = _run(capsys, other, "--overwrite")
+    assert code == 0, err
+    assert _chunks(str(tmp_path / "out" / "normalized")) != before
