@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -334,8 +335,10 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
     for planned in plan.stages:
         stage = planned.stage
         afresh = id(planned) in changed
-        if afresh:  # an output of another layout: its finished blocks go with it
+        if afresh:  # an output of another layout: its finished blocks go with it, and so do their tables
             DoneMarkers(plan.work_dir, stage.name).clear()
+            for name in stage.table_names():
+                shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
         try:
             # finished blocks that are kept keep their output volumes: only a fresh start recreates them
             create_outputs(planned, afresh or (overwrite and starts_afresh(stage, planned.grid, plan.work_dir)))

@@ -77,6 +77,23 @@ def test_handset_model_blockwise_equals_one_block(tmp_path, capsys, client):
     assert voi(_read(bf16["segmentation"]), seg1) == (0.0, 0.0)
 
 
+def test_overwrite_in_another_block_layout_leaves_no_tables_of_the_old_blocks(tmp_path, capsys, client):
+    """New output chunks discard the finished `ffn` blocks, and their overlap tables go with them: the
+    reconciliation reads the new layout's only (8 old tables stayed beside the 1 new, and were read)."""
+    import os
+
+    model = saved_handset_model(tmp_path)
+    address = compartments_volume(tmp_path)
+    _segment(capsys, address, tmp_path / "out", model, (8, 32, 32))
+    tables = tmp_path / "out" / "tables" / "ffn_overlaps"
+    assert len([n for n in os.listdir(tables) if n.endswith(".npz")]) == 8
+    one = _segment(capsys, address, tmp_path / "out", model, (16, 64, 64), "--overwrite")
+    assert sorted(n for n in os.listdir(tables) if n.endswith(".npz")) == ["0.npz"]
+    reconcile = DoneMarkers(str(tmp_path / "out"), "ffn_reconcile").summaries()
+    assert [s.get("blocks") for s in reconcile.values()] in ([1], [])
+    assert len(np.unique(_read(one["segmentation"]))) == 8
+
+
 def test_a_block_that_spends_its_step_budget_is_reported(tmp_path, capsys, client):
     """The compartments of the test above in one block, with a budget the first object spends: the run says so
     in one warning line and in `over_budget`; the default budget changes nothing there and is left out of the
