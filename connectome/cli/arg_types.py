@@ -22,6 +22,16 @@ def positive_int(text: str) -> int:
     return int(_checked(text, int, lambda v: v > 0, "a whole number > 0"))
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number from 0 up (overlaps)."""
+    return int(_checked(text, int, lambda v: v >= 0, "a whole number >= 0"))
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number from 0 up (multiples, where 0 means no limit)."""
+    return float(_checked(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"))
+
+
 def positive_float(text: str) -> float:
     """A finite number above 0 (voxel sizes in nm)."""
     return float(_checked(text, float, lambda v: math.isfinite(v) and v > 0, "a number > 0"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from connectome.cli.arg_types import fraction, positive_float, positive_int
+from connectome.cli.arg_types import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.core.errors import UserError
@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment and nothing merges across them (e.g. OUT/tissue_mask from `connectome tissue`, "
                              "OUT/defects from `connectome align`)")
-    parser.add_argument("--overlap", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+    parser.add_argument("--overlap", nargs=3, type=non_negative_int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: context each block reads beyond its write box (default: the model's FOV)")
     parser.add_argument("--reverse-seeds", action="store_true", help="ffn: fill from the seeds in reverse order")
     parser.add_argument("--consensus", action="store_true",
@@ -64,7 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-seed-margin", type=int, default=None, metavar="N",
                         help="ffn: a seed with an accepted object's voxel within N voxels does not start (default 1; "
                              "0 = the behaviour before this option)")
-    parser.add_argument("--ffn-step-budget", type=float, default=None, metavar="F",
+    parser.add_argument("--ffn-step-budget", type=non_negative_float, default=None, metavar="F",
                         help="ffn: FOV steps a block may take, as F times the FOV positions that tile it (default 20; "
                              "0 = no limit); once spent no new object starts and the block is reported")
     parser.add_argument("--ffn-batch", type=positive_int, default=None,
@@ -148,8 +148,6 @@ def _run_ffn(args) -> int:
 
     if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
         raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
-    if args.ffn_step_budget is not None and not args.ffn_step_budget >= 0:
-        raise UserError(f"--ffn-step-budget {args.ffn_step_budget:g}: expected a multiple >= 0 (0: no limit)")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,

@@ -188,7 +188,25 @@ def _command_line() -> str:
     return "connectome " + " ".join(shlex.quote(a) for a in argv)
 
 
+def _check_paired_and_out(args) -> None:
+    """Options that go in pairs given together, and an output folder that can be one (one line each)."""
+    from connectome.core.errors import UserError
+    from connectome.engine.plan import check_output_path
+
+    for a, b in (("val_raw", "val_labels"), ("eval_raw", "eval_labels")):
+        if hasattr(args, a) and (getattr(args, a) is None) != (getattr(args, b) is None):
+            given, missing = (a, b) if getattr(args, a) is not None else (b, a)
+            raise UserError(f"--{given.replace('_', '-')} given without --{missing.replace('_', '-')}: "
+                            f"expected both (the validation is scored against them) or neither")
+    if args.model == "ffn" and not args.name.startswith("ffn-"):
+        raise UserError(f"--name {args.name}: expected a name starting with 'ffn-' (segment --method ffn finds FFN "
+                        f"models by it)")
+    if args.model in ("affinities", "ffn", "tissue"):
+        check_output_path(args.out)
+
+
 def run(args) -> int:
+    _check_paired_and_out(args)
     if args.model == "ffn":
         return _run_ffn(args)
     if args.model == "edges":

@@ -93,9 +93,10 @@ class FFNParams(StageParams):
                             "discard the object (reject), or keep moving (continue, the behaviour before the option)")
     seed_margin: int = Field(1, ge=0, description="a seed with an accepted object's voxel within this many voxels "
                                                   "(each axis) does not start (0: only a seed on one)")
-    step_budget: float = Field(20.0, ge=0, description="FOV steps a block's canvas may take, as a multiple of the "
-                                                      "FOV positions that tile it; once spent no new object starts "
-                                                      "(blocks that reach it are reported). 0: no limit")
+    step_budget: float = Field(20.0, ge=0, allow_inf_nan=False,
+                               description="FOV steps a block's canvas may take, as a multiple of the FOV positions "
+                                           "that tile it; once spent no new object starts (blocks that reach it are "
+                                           "reported). 0: no limit")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native "
                             "bfloat16, else float32); the object maps stay float32")

@@ -206,3 +206,29 @@ def test_train_commands_refuse_an_unusable_device_in_one_line(tmp_path, capsys, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (device, err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["ffn", "affinities"])
+def test_train_commands_refuse_half_a_validation_pair_a_file_as_out_and_a_bad_ffn_name(tmp_path, capsys, command):
+    """--val-raw without --val-labels trained without validation and said nothing; --out naming a file gave a
+    traceback; an FFN named without 'ffn-' could not be found by `segment --method ffn` once installed."""
+    from connectome.synth import generate
+
+    generate((16, 32, 32), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "t"), chunk_shape=(16, 32, 32))
+    raw, labels = str(tmp_path / "t" / "raw"), str(tmp_path / "t" / "labels")
+    (tmp_path / "afile").write_text("x")
+    base = ["train", command, "--raw", raw, "--labels", labels, "--iterations", "1"]
+    cases = [
+        (["--name", "ffn-x", "--out", str(tmp_path / "out"), "--val-raw", raw],
+         "--val-raw given without --val-labels: expected both"),
+        (["--name", "ffn-x", "--out", str(tmp_path / "out"), "--val-labels", labels],
+         "--val-labels given without --val-raw: expected both"),
+        (["--name", "ffn-x", "--out", str(tmp_path / "afile")], "afile is a file; expected a folder"),
+    ]
+    if command == "ffn":
+        cases.append((["--name", "tiny", "--out", str(tmp_path / "out")], "--name tiny: expected a name starting"))
+    for extra, expected in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], (extra, err)
+    assert not (tmp_path / "out").exists()

@@ -160,7 +160,9 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["--model", "ffn-synthetic"], str(sstem), "trained on [8.0, 8.0, 8.0] nm voxels"),
         (["--model", "ffn-synthetic"], str(synthetic_raw / "labels"), "has dtype uint64, expected uint8"),
         (["--ffn-seed-margin", "-1"], raw, "--ffn-seed-margin -1: expected a number of voxels >= 0"),
-        (["--ffn-step-budget", "-1"], raw, "--ffn-step-budget -1: expected a multiple >= 0 (0: no limit)"),
+        (["--ffn-step-budget", "-1"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found '-1'"),
+        (["--ffn-step-budget", "inf"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found 'inf'"),
+        (["--overlap", "-4", "0", "0"], raw, "argument --overlap: expected a whole number >= 0, found '-4'"),
     ]
     for extra, src, expected in cases:
         argv = ["segment", src, str(tmp_path / "o"), "--method", "ffn", *extra]
