@@ -287,7 +287,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         mean, std = float(all_raw.mean()), float(all_raw.std()) or 1.0
         del all_raw
     # --voxel-size, else the data's own, else the --init model's (fine-tuning on an npz); never a made-up 1 nm
-    voxel_size = training_voxel_size(settings.voxel_size, settings.raw[0],
+    voxel_size = training_voxel_size(settings.voxel_size, settings.raw,
                                      init_info.voxel_size if init_info else None)
     reordered: dict[str, list[int]] = {}
     pairs = [ordered_pair(p, settings, voxel_size, reordered) if not flat else p

@@ -154,7 +154,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     device = training_device(settings.device)
-    data_voxel_size = training_voxel_size(settings.voxel_size, settings.raw[0])
+    data_voxel_size = training_voxel_size(settings.voxel_size, settings.raw)
     _check_affinity_model(settings, data_voxel_size)
     voxel_size = (data_voxel_size[0] * settings.scale[0], data_voxel_size[1] * settings.scale[1],
                   data_voxel_size[2] * settings.scale[2])

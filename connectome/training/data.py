@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fastremap
@@ -90,20 +91,29 @@ def in_section_order(pair: Pair, mode: str, voxel_size, what: str) -> tuple[Pair
                 np.ascontiguousarray(pair.labels[sections])), sections
 
 
-def training_voxel_size(given, first_raw: str, fallback=None) -> tuple[float, float, float]:
-    """The voxel size a model is trained at: `given` (--voxel-size), else the first raw volume's own, else
+def training_voxel_size(given, raws: Sequence[str], fallback=None) -> tuple[float, float, float]:
+    """The voxel size a model is trained at: `given` (--voxel-size), else the training volumes' own, else
     `fallback` (the --init model's); refused in one line where none is known (an npz, HDF5 or TIFF source without
-    --voxel-size), so no model records a made-up size."""
-    if given:
-        return tuple(float(v) for v in given)  # type: ignore[return-value]
+    --voxel-size), so no model records a made-up size, and where a training volume carries another one than
+    `given` or than the other volumes (a model trained on mixed sizes would record one of them)."""
     from connectome.io import open_volume
 
-    meta = open_volume(parse_address(first_raw)[0]).meta
-    if meta.voxel_size_known:
-        return tuple(float(v) for v in meta.voxel_size)  # type: ignore[return-value]
+    carried = []
+    for raw in raws:
+        meta = open_volume(parse_address(raw)[0]).meta
+        if meta.voxel_size_known:
+            carried.append((raw, tuple(float(v) for v in meta.voxel_size)))
+    chosen = tuple(float(v) for v in given) if given else (carried[0][1] if carried else None)
+    for raw, size in carried:
+        if chosen is not None and not np.allclose(size, chosen, rtol=1e-3):
+            source = "--voxel-size" if given else f"{carried[0][0]}'s"
+            raise UserError(f"{raw} has voxel size {list(size)} nm, but {source} is {list(chosen)}: expected "
+                            f"training volumes of one voxel size")
+    if chosen is not None:
+        return chosen  # type: ignore[return-value]
     if fallback:
         return tuple(float(v) for v in fallback)  # type: ignore[return-value]
-    raise UserError(f"{first_raw} carries no voxel size; give --voxel-size Z Y X")
+    raise UserError(f"{raws[0]} carries no voxel size; give --voxel-size Z Y X")
 
 
 def overlapping_sections(train: list[str], val: list[str]) -> list[str]:
