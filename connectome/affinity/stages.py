@@ -35,13 +35,15 @@ from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.context import unet_context
+from connectome.models.registry import DEVICE_PATTERN
 from connectome.models.run_precision import OnePrecision
 from connectome.models.voxel_size import check_voxel_size
 
 
 class AffinitiesParams(StageParams):
     model: str = Field("synthetic", description="shipped model name or path to a .pt file")
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN,
+                                description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run a model on data of another voxel size")
     guards = ("allow_voxel_mismatch",)
     tta: int | None = Field(None, ge=1, le=8, description="test-time augmentation: average the predictions on this "

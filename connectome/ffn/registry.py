@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -24,39 +25,77 @@ def available_models() -> list[str]:
 
 
 def resolve_model_path(name: str) -> Path:
-    """Weights of a shipped FFN name or a .pt path (with its .json); one line naming the problem otherwise."""
-    if name.endswith(".pt") or os.sep in name:
+    """Weights of a shipped FFN name or a .pt path (with its .json); one line naming the problem otherwise: a
+    missing or unreadable file, a json of another kind or without a key it needs, weights that do not fit the
+    architecture the json describes (all before anything is written)."""
+    if name.endswith((".pt", ".json")) or os.sep in name:
         path = Path(name).expanduser()
+        if path.suffix != ".pt":
+            raise UserError(f"FFN model {name}: expected the weights file (.pt) with its .json beside it, "
+                            f"found a {path.suffix or 'name without suffix'}")
         if not path.is_file() or not path.with_suffix(".json").is_file():
             raise UserError(f"FFN model {name}: no such file (or no .json beside it)")
     else:
         path = WEIGHTS_DIR / f"{name}.pt"
         if not path.is_file() or not path.with_suffix(".json").is_file():
             raise UserError(f"unknown FFN model {name!r}; available: {', '.join(available_models()) or 'none'}")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = _meta(path)
     if meta.get("kind") != KIND:
         raise UserError(f"model {name!r} is not an FFN model; FFN models: {', '.join(available_models()) or 'none'}")
+    _check_weights(str(path), path.stat().st_mtime, path.with_suffix(".json").stat().st_mtime)
     return path
 
 
+def _meta(path: Path) -> dict:
+    """The .json beside the weights; one line where it is not a JSON object."""
+    where = path.with_suffix(".json")
+    try:
+        meta = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{where}: expected the model's JSON description, found text that is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: expected a JSON object, found {type(meta).__name__}")
+    return meta
+
+
+@functools.lru_cache(maxsize=8)
+def _check_weights(path: str, mtime: float, json_mtime: float) -> None:
+    """The weights load into the network the json describes (once per file version and process)."""
+    info = read_info(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        FFN(info.config).load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not these weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: expected the weights of the network its .json describes ({info.config.depth} "
+                        f"modules of {info.config.features} features), found {first[:200]}") from None
+
+
 def read_info(path: str | os.PathLike) -> FFNInfo:
-    """FFNInfo from the .json beside the weights."""
+    """FFNInfo from the .json beside the weights; one line naming a key it lacks or cannot read."""
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = _meta(path)
     inf = meta.get("inference", {})
-    return FFNInfo(
-        name=meta.get("name", path.stem),
-        config=FFNConfig.from_dict(meta["architecture"]),
-        voxel_size=tuple(float(v) for v in meta["voxel_size"]),  # type: ignore[arg-type]
-        mean=float(meta["normalisation"]["mean"]),
-        std=float(meta["normalisation"]["std"]),
-        move_threshold=float(inf.get("move_threshold", 0.9)),
-        segment_threshold=float(inf.get("segment_threshold", 0.6)),
-        min_size=int(inf.get("min_size", 100)),
-        provenance=meta.get("provenance", {}),
-        path=str(path),
-        input=str(meta.get("input", "raw")),
-    )
+    try:
+        return FFNInfo(
+            name=meta.get("name", path.stem),
+            config=FFNConfig.from_dict(meta["architecture"]),
+            voxel_size=tuple(float(v) for v in meta["voxel_size"]),  # type: ignore[arg-type]
+            mean=float(meta["normalisation"]["mean"]),
+            std=float(meta["normalisation"]["std"]),
+            move_threshold=float(inf.get("move_threshold", 0.9)),
+            segment_threshold=float(inf.get("segment_threshold", 0.6)),
+            min_size=int(inf.get("min_size", 100)),
+            provenance=meta.get("provenance", {}),
+            path=str(path),
+            input=str(meta.get("input", "raw")),
+        )
+    except KeyError as e:
+        raise UserError(f"{path.with_suffix('.json')}: expected key {e.args[0]!r} of an FFN model's description, "
+                        f"found none") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path.with_suffix('.json')}: a value of the FFN model's description is not what it "
+                        f"should be ({e})") from None
 
 
 def load_model(name: str, device: str | torch.device = "cpu") -> tuple[FFN, FFNInfo]:

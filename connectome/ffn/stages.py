@@ -33,6 +33,7 @@ from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
+from connectome.models.registry import DEVICE_PATTERN
 from connectome.models.run_precision import OnePrecision
 from connectome.models.voxel_size import check_voxel_size
 
@@ -79,7 +80,7 @@ def read_image(volumes: dict[str, Volume], box) -> np.ndarray:
 
 class FFNParams(StageParams):
     model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
-    device: str = Field("cpu", description="cpu or cuda")
+    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
     overlap: tuple[int, int, int] | None = Field(None, description="context each side (default: the model's FOV)")
     batch: int | None = Field(None, ge=1, description="objects filled together in one forward batch (default 1: "
                                                       "batching adds FOV evaluations, and on CPU and on an H100 "
@@ -317,7 +318,7 @@ class FFNRelabelStage(LookupRelabelStage):
 
 class FFNAgglomerateParams(StageParams):
     model: str = Field("ffn-synthetic", description="shipped FFN model name or path to a .pt file")
-    device: str = Field("cpu", description="cpu or cuda")
+    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
     radius: tuple[int, int, int] | None = Field(None, description="half-size of the subvolume around a contact "
                                                                   "(default: the model's FOV)")
     agree: float = Field(0.8, gt=0, le=1, description="share of the other segment the object from each side "

@@ -154,6 +154,9 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
     )
 
 
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?)$"  # a stage's `device` parameter (refused in one line otherwise)
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -29,6 +29,7 @@ from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.context import unet_context
+from connectome.models.registry import DEVICE_PATTERN
 from connectome.models.voxel_size import check_voxel_size
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
@@ -42,7 +43,8 @@ DEFAULT_MODEL = "cleft-synthetic"
 
 class CleftsParams(StageParams):
     model: str = Field(DEFAULT_MODEL, description="shipped cleft model name or path to a .pt file")
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: the worker's GPU if any")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN,
+                                description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run the model on data of another voxel size")
     guards = ("allow_voxel_mismatch",)
 

@@ -322,6 +322,8 @@ def _bad(tmp_path: Path, case: str) -> str:
         return _config(tmp_path, stages=[{"stage": "normalize", "params": {"sigma": 4.0}},
                                          {"stage": "normalize", "inputs": {"raw": "normalised"},
                                           "outputs": {"normalized": "twice"}}])
+    if case == "unknown device":  # refused with the parameters (it was resolved on a worker, after writing)
+        return _config(tmp_path, stages=[{"stage": "ffn", "params": {"model": "ffn-synthetic", "device": "gpu"}}])
     raise AssertionError(case)
 
 
@@ -336,6 +338,7 @@ def _bad(tmp_path: Path, case: str) -> str:
     ("boolean in block shape", "blocks.chunk_shape.0: Input should be a valid integer"),
     ("duplicated key", "duplicate key 'output'"),
     ("misspelt dataset", "stages.1 (normalize): input raw: 'normalised' is neither a volume on disk"),
+    ("unknown device", "stages.0.params (ffn): device"),
 ])
 def test_bad_config_is_one_line(tmp_path, capsys, case, expected):
     cfg = _bad(tmp_path, case)
@@ -344,6 +347,8 @@ def test_bad_config_is_one_line(tmp_path, capsys, case, expected):
     assert expected in err[0], err[0]
     if case == "misspelt dataset":
         assert "earlier stages write ['normalized']" in err[0]
+    if case in ("misspelt dataset", "unknown device"):
+        assert not (tmp_path / "out").exists()
 
 
 def test_a_stage_that_would_write_over_another_stages_finished_output_is_refused(tmp_path, capsys):

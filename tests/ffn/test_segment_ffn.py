@@ -172,6 +172,43 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_broken_ffn_model_is_one_line_before_anything_is_written(tmp_path, capsys, synthetic_raw):
+    """Its .json given as the model, weights that are not weights or of another depth, a json cut short or
+    without its voxel size: each one line, exit 2, no output (blocks failed one by one, or a traceback)."""
+    import shutil
+
+    from connectome.ffn.registry import WEIGHTS_DIR
+
+    raw = str(synthetic_raw / "raw")
+    good = WEIGHTS_DIR / "ffn-synthetic.pt"
+    meta = json.loads(good.with_suffix(".json").read_text())
+
+    def model(name, weights=None, description=None):
+        path = tmp_path / f"{name}.pt"
+        if weights is None:
+            shutil.copy(good, path)
+        else:
+            path.write_bytes(weights)
+        path.with_suffix(".json").write_text(description if description is not None else json.dumps(meta))
+        return str(path)
+
+    deeper = dict(meta, architecture=dict(meta["architecture"], depth=meta["architecture"]["depth"] + 2))
+    cases = [
+        (model("a").replace(".pt", ".json"), "expected the weights file (.pt) with its .json beside it"),
+        (model("b", weights=b"garbage"), "expected the weights of the network its .json describes"),
+        (model("c", description=json.dumps(deeper)), "expected the weights of the network its .json describes"),
+        (model("d", description=json.dumps(meta)[:40]), "found text that is not JSON"),
+        (model("e", description=json.dumps({k: v for k, v in meta.items() if k != "voxel_size"})),
+         "expected key 'voxel_size'"),
+    ]
+    for name, expected in cases:
+        argv = ["segment", raw, str(tmp_path / "o"), "--method", "ffn", "--model", name, "--no-progress"]
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], (name, err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_precision_reaches_every_network_stage_and_auto_is_left_out_of_fingerprints(synthetic_raw, tmp_path):
     """`--precision` goes to ffn, ffn_agglomerate and (for a model reading affinities) affinities; at auto (the
     default) no fingerprint names it, so runs from before the option resume; a named precision is recorded."""
