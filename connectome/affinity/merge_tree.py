@@ -481,11 +481,15 @@ def _peak_rss() -> int:
     return 0
 
 
+MAX_RUN = 256  # super-blocks (shards) one task does at most, whatever the threads present
+
+
 def task_groups(todo: list[tuple[str, int, int]], threads: int) -> list[list[tuple[str, int, int]]]:
-    """One level's or phase's tasks cut into runs of neighbouring super-blocks (or shards), at most
-    four runs per worker thread: a phase over millions of shards is a few thousand tasks for the
-    scheduler, not one per shard, and every thread still has several to balance the uneven ones."""
-    count = min(len(todo), 4 * max(1, threads))
+    """One level's or phase's tasks cut into runs of neighbouring super-blocks (or shards): four runs per
+    worker thread present, and runs of at most `MAX_RUN`, so a phase over millions of shards is thousands of
+    tasks for the scheduler, not one per shard, every thread has several to balance the uneven ones, and a
+    pool that is small when the phase starts (an adaptive SLURM pool) still gets work enough to grow into."""
+    count = min(len(todo), max(4 * max(1, threads), -(-len(todo) // MAX_RUN)))
     if not count:
         return []
     return [[todo[i] for i in part] for part in np.array_split(np.arange(len(todo)), count)]
@@ -498,7 +502,7 @@ def run_tasks(tree: MergeTree, tasks: list[tuple[str, int, int]]) -> list[dict]:
 
 def submit_on_dask(tree: MergeTree, todo: list[tuple[str, int, int]]) -> list[dict]:
     """Run one level's tasks on the Dask cluster this code runs in (from a worker: `worker_client`),
-    grouped by `task_groups`; the summaries of every task, in order."""
+    grouped by `task_groups`; the summaries of the tasks that ran, in order."""
     from distributed import get_client, worker_client
     from distributed.worker import get_worker
 

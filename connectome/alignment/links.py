@@ -24,6 +24,9 @@ GUESS_FACTOR = 4  # resolution of the cross-correlation guess (downsampling fact
 GUESSES = 5  # cross-correlation peaks refined from (with identity)
 # a link's linear part: singular values within 1 +- this (real neighbouring ISBI sections: up to 0.07)
 MAX_STRETCH = 0.1
+# sections larger than this (pixels) are not linked (the break is reported): a link reads both whole sections at
+# full resolution in the one global step
+MAX_LINK_PIXELS = 8192 * 8192
 
 
 class Chain:
@@ -78,7 +81,10 @@ def translation_guesses(a: np.ndarray, b: np.ndarray, count: int = GUESSES,
 def link(images: SectionImages, a: int, b: int) -> tuple[np.ndarray, float] | None:
     """The affine transform from section a to section b over their whole overlap and its agreement,
     refined from identity and from each guessed shift; None where none converges to a plausible
-    transform (singular values within 1 +- `MAX_STRETCH`) agreeing at least `MIN_LINK_AGREEMENT`."""
+    transform (singular values within 1 +- `MAX_STRETCH`) agreeing at least `MIN_LINK_AGREEMENT`, or where
+    the sections exceed `MAX_LINK_PIXELS`."""
+    if images.extent[0] * images.extent[1] > MAX_LINK_PIXELS:
+        return None
     identity = np.hstack([np.eye(2), np.zeros((2, 1))])
     found = []
     for shift in [np.zeros(2), *translation_guesses(images[a], images[b])]:

@@ -3,6 +3,7 @@ execute it: create the outputs, and run each stage's global step (if any) and it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -200,12 +201,13 @@ def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
         check_resumable(planned.stage, planned.grid, plan.work_dir, overwrite)
 
 
-def check_other_writers(plan: Plan) -> None:
-    """One line where a stage recorded in the work directory that this plan does not run wrote a volume one of
-    this plan's stages writes."""
+def other_writers(plan: Plan) -> list[tuple[str, str, str]]:
+    """(recorded stage, address, this plan's stage) for each volume this plan writes that a stage recorded in the
+    work directory, which this plan does not run, finished blocks of."""
     ours = {p.stage.name for p in plan.stages}
     writes = {address: p.stage.name for p in plan.stages for address in p.stage.output_addresses.values()}
     done = os.path.join(plan.work_dir, ".connectome", "done")
+    found: list[tuple[str, str, str]] = []
     for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
         if name in ours:
             continue
@@ -214,11 +216,18 @@ def check_other_writers(plan: Plan) -> None:
                 recorded = json.load(f).get("outputs") or {}
         except (OSError, ValueError, AttributeError):
             continue
-        for address in recorded.values() if isinstance(recorded, dict) else []:
-            if address in writes:
-                raise UserError(f"{address}: written by stage {name!r} of an earlier run, which this run does not "
-                                f"run; its stage {writes[address]!r} would write over it (another --method?). Pass "
-                                f"--overwrite to replace it, or choose another output directory")
+        clashes = [a for a in (recorded.values() if isinstance(recorded, dict) else []) if a in writes]
+        if clashes and DoneMarkers(plan.work_dir, name).count() > 0:
+            found.extend((name, a, writes[a]) for a in clashes)
+    return found
+
+
+def check_other_writers(plan: Plan) -> None:
+    """One line where this plan would write over a volume another stage finished blocks of (`other_writers`)."""
+    for name, address, ours in other_writers(plan)[:1]:
+        raise UserError(f"{address}: written by stage {name!r} of an earlier run, which this run does not run; its "
+                        f"stage {ours!r} would write over it. Pass --overwrite to replace it (the earlier stage's "
+                        f"finished blocks are then forgotten), or choose another output directory")
 
 
 def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:
@@ -331,6 +340,12 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
             facts["remote"] = cluster_config is None or is_remote(cluster_config.kind)
         return facts["offered"]
 
+    if overwrite:  # what another stage wrote is replaced: its finished blocks and tables no longer describe it
+        for name in {name for name, _, _ in other_writers(plan)}:
+            DoneMarkers(plan.work_dir, name).clear()
+            with contextlib.suppress(UserError):  # (a stage of another version of connectome: markers only)
+                for table in stage_class(name).table_names():
+                    shutil.rmtree(os.path.join(plan.config.output, "tables", table), ignore_errors=True)
     reports: list[StageReport] = []
     for planned in plan.stages:
         stage = planned.stage

@@ -63,6 +63,8 @@ def _why(e: BaseException) -> str:
 @contextlib.contextmanager
 def open_npz(path: str) -> Iterator[np.lib.npyio.NpzFile]:
     """An .npz archive, open; one line naming the file where it is not one numpy can read."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
     try:
         f = np.load(path)
     except DAMAGED as e:

@@ -143,3 +143,10 @@ def test_a_phase_over_many_shards_is_a_few_tasks_on_the_cluster(tmp_path, client
     got_keys, got_values = tree_table(tree)
     np.testing.assert_array_equal(got_keys, keys)
     np.testing.assert_array_equal(got_values, values)
+    # a phase over many shards on few threads: runs of at most MAX_RUN, in order, every shard once
+    from connectome.affinity.merge_tree import MAX_RUN, task_groups
+
+    many = [("local", 0, i) for i in range(100 * MAX_RUN + 7)]
+    groups = task_groups(many, threads=2)
+    assert len(groups) == 101 and max(len(g) for g in groups) <= MAX_RUN
+    assert [t for g in groups for t in g] == many

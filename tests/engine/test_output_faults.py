@@ -370,3 +370,7 @@ def test_a_stage_that_would_write_over_another_stages_finished_output_is_refused
     code, _, err = _run(capsys, other, "--overwrite")
     assert code == 0, err
     assert _chunks(str(tmp_path / "out" / "normalized")) != before
+    # the replaced stage's finished blocks are forgotten: the run resumes plainly, and `normalize` would start afresh
+    code, summary, err = _run(capsys, other)
+    assert code == 0 and summary["stages"][0]["ran"] == 0, err
+    assert not (tmp_path / "out" / ".connectome" / "done" / "normalize").exists()
