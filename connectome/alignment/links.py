@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter
 
-from connectome.alignment.overlap import SectionImages, downsample, refine_pair
+from connectome.alignment.overlap import SectionImages, refine_pair
+from connectome.alignment.patches import downsample
+from connectome.core.union_find import UnionFind
 
 # correlation over the overlap below which a link is not trusted (real neighbouring ISBI sections: 0.4-0.55)
 MIN_LINK_AGREEMENT = 0.3
@@ -29,29 +31,19 @@ MAX_STRETCH = 0.1
 MAX_LINK_PIXELS = 8192 * 8192
 
 
-class Chain:
-    """Union-find over sections: which sections the weighted pairs join."""
-
-    def __init__(self, sections: int, weights: dict[int, np.ndarray]):
-        self.parent = np.arange(sections)
-        for k, w in weights.items():
-            for z in np.flatnonzero(w.reshape(len(w), -1).sum(axis=1) > 0):
-                self.join(int(z), int(z) + k)
-
-    def find(self, z: int) -> int:
-        while self.parent[z] != z:
-            self.parent[z] = self.parent[self.parent[z]]
-            z = int(self.parent[z])
-        return z
-
-    def join(self, a: int, b: int) -> None:
-        self.parent[self.find(a)] = self.find(b)
+def joined_sections(weights: dict[int, np.ndarray]) -> UnionFind:
+    """Which sections the pairs that carry weight join."""
+    joined = UnionFind()
+    for k, w in weights.items():
+        for z in np.flatnonzero(w.reshape(len(w), -1).sum(axis=1) > 0):
+            joined.union(int(z), int(z) + k)
+    return joined
 
 
-def breaks(chain: Chain, usable: np.ndarray) -> list[tuple[int, int]]:
+def breaks(joined: UnionFind, usable: np.ndarray) -> list[tuple[int, int]]:
     """Consecutive usable sections (a, b) that the chain does not join."""
     zs = np.flatnonzero(usable)
-    return [(int(a), int(b)) for a, b in zip(zs[:-1], zs[1:]) if chain.find(int(a)) != chain.find(int(b))]
+    return [(int(a), int(b)) for a, b in zip(zs[:-1], zs[1:]) if joined.find(int(a)) != joined.find(int(b))]
 
 
 def translation_guesses(a: np.ndarray, b: np.ndarray, count: int = GUESSES,
@@ -60,8 +52,8 @@ def translation_guesses(a: np.ndarray, b: np.ndarray, count: int = GUESSES,
     4 coarse pixels apart) of the two whole sections' cross-correlation at 1 / `factor` resolution,
     smoothed (real neighbouring sections share their coarse structure, not their fine texture), each
     windowed against the edges' wrap-around."""
-    la = gaussian_filter(downsample(a, factor), 2.0)
-    lb = gaussian_filter(downsample(b, factor), 2.0)
+    la = gaussian_filter(downsample(a, factor, np.float64), 2.0)
+    lb = gaussian_filter(downsample(b, factor, np.float64), 2.0)
     h, w = min(la.shape[0], lb.shape[0]), min(la.shape[1], lb.shape[1])
     la, lb = la[:h, :w], lb[:h, :w]
     window = np.outer(np.hanning(h), np.hanning(w))

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from connectome.alignment.fit import apply
-from connectome.alignment.patches import SEARCH_FAILED, PatchSettings, SectionPair
+from connectome.alignment.patches import SEARCH_FAILED, PatchSettings, SectionPair, downsample
 
 HUBER = 1.345  # robust weight: residuals beyond this many (robust) deviations count linearly
 MIN_PIXELS = 64  # the least overlap (pixels at a level) a refinement works on
@@ -36,13 +36,6 @@ class OverlapSettings:
     factors: tuple[int, ...] = (4, 2, 1)
     iterations: int = 40
     sigma: float = 2.0
-
-
-def downsample(a: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
-        return a.astype(np.float64)
-    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
-    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float64)
 
 
 def _to_level(transform: np.ndarray, f: int) -> np.ndarray:
@@ -120,8 +113,8 @@ def refine_pair(a: np.ndarray, b: np.ndarray, transform: np.ndarray,
     for f in settings.factors:
         if min(a.shape) // f < 8:
             continue
-        la = gaussian_filter(downsample(a, f), settings.sigma)
-        lb = gaussian_filter(downsample(b, f), settings.sigma)
+        la = gaussian_filter(downsample(a, f, np.float64), settings.sigma)
+        lb = gaussian_filter(downsample(b, f, np.float64), settings.sigma)
         out = _refine_level(la, lb, _to_level(current, f), settings.iterations)
         if out is None:
             return None

@@ -61,11 +61,12 @@ def _clamped(center: float, size: int, extent: int) -> int:
     return int(min(max(start, 0), max(extent - size, 0)))
 
 
-def _downsample(a: np.ndarray, f: int) -> np.ndarray:
+def downsample(a: np.ndarray, f: int, dtype=np.float32) -> np.ndarray:
+    """Means of f x f pixels (the last rows and columns that do not fill a box dropped), as `dtype`."""
     if f == 1:
-        return a.astype(np.float32)
+        return a.astype(dtype)
     h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
-    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
+    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=dtype)
 
 
 def _parabola(c_minus: float, c0: float, c_plus: float) -> float:
@@ -193,10 +194,10 @@ class SectionPair:
         # other section is still matched on its overlap (a clamped window would cut the range short)
         s_size = (t_size[0] + 2 * radius * f, t_size[1] + 2 * radius * f)
         s_start = (int(round(t_center[0] + d[0] - s_size[0] / 2)), int(round(t_center[1] + d[1] - s_size[1] / 2)))
-        template = _downsample(self._cut(self.a, t_start, t_size), f)
+        template = downsample(self._cut(self.a, t_start, t_size), f)
         pixels, inside = self._padded(self.b, s_start, s_size)
-        search = _downsample(pixels, f)
-        valid = _downsample(inside.astype(np.float32), f) > 0.999
+        search = downsample(pixels, f)
+        valid = downsample(inside.astype(np.float32), f) > 0.999
         offset, corr = _ncc_peak(np.where(valid, search, 0.0).astype(np.float32), template, valid)
         if corr == SEARCH_FAILED:
             return d, corr

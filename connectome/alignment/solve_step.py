@@ -13,7 +13,7 @@ import numpy as np
 
 from connectome.alignment.defects import OK, REASONS, region_flags, section_flags
 from connectome.alignment.fit import MIN_SUPPORT, apply, fit_transform, local_outliers, supported_fit
-from connectome.alignment.links import Chain, breaks, link
+from connectome.alignment.links import breaks, joined_sections, link
 from connectome.alignment.mesh import Springs
 from connectome.alignment.overlap import SectionImages, compose, refine_best, search_near
 from connectome.alignment.patches import SEARCH_FAILED
@@ -249,9 +249,9 @@ class SolveStep(GlobalStep):
         """Each break in the chain of weighted pairs between usable sections (`links`) bridged by a
         whole-section link, added to `weights` and `filled` as a pair (a, b) of full weight where it
         lies inside section b; (the links made, the breaks left)."""
-        chain = Chain(m.shape[0], weights)
+        joined = joined_sections(weights)
         made, left = [], []
-        for a, b in breaks(chain, ok):
+        for a, b in breaks(joined, ok):
             if images is None and self.raw is not None:
                 images = SectionImages(self.raw)
             found = link(images, a, b) if images is not None else None
@@ -265,7 +265,7 @@ class SolveStep(GlobalStep):
             predicted = (apply(found[0], points) - points).reshape(filled[k].shape[1:])
             filled[k][a] = predicted
             weights[k][a] = _measurable(m.nodes, m.shape, m.patch, predicted)
-            chain.join(a, b)
+            joined.union(a, b)
             made.append({"from": a, "to": b, "agreement": round(found[1], 3),
                          "shift_px": [round(float(v), 1) for v in found[0][:, 2]]})
         return made, left

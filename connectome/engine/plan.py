@@ -211,13 +211,13 @@ def other_writers(plan: Plan) -> list[tuple[str, str, str]]:
     for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
         if name in ours:
             continue
+        markers = DoneMarkers(plan.work_dir, name)
         try:
-            with open(os.path.join(done, name, "fingerprint.json")) as f:
-                recorded = json.load(f).get("outputs") or {}
-        except (OSError, ValueError, AttributeError):
+            recorded = (markers.fingerprint() or {}).get("outputs") or {}
+        except UserError:  # an unreadable fingerprint of a stage this plan does not run: nothing to compare
             continue
         clashes = [a for a in (recorded.values() if isinstance(recorded, dict) else []) if a in writes]
-        if clashes and DoneMarkers(plan.work_dir, name).count() > 0:
+        if clashes and markers.count() > 0:
             found.extend((name, a, writes[a]) for a in clashes)
     return found
 

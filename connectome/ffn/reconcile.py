@@ -18,6 +18,7 @@ import numpy as np
 
 from connectome.core.geometry import Box
 from connectome.core.ids import globalise
+from connectome.core.union_find import UnionFind
 from connectome.engine.global_step import GlobalStep
 from connectome.ffn.shells import read_shell
 from connectome.io import open_volume
@@ -46,26 +47,6 @@ def mutual_best(a: np.ndarray, b: np.ndarray, threshold: float, min_overlap: int
         if c >= min_overlap and c >= threshold * min(size_a[x], size_b[y]):
             out.append((x, y))
     return np.array(out, np.uint64).reshape(-1, 2)
-
-
-class UnionFind:
-    """Union-find over uint64 ids (path halving; the smaller root wins, so results are order-free)."""
-
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        p.setdefault(x, x)
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def lookup_table(ids: np.ndarray, matches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -99,7 +99,7 @@ def training_voxel_size(given, raws: Sequence[str], fallback=None) -> tuple[floa
     `given` or than the other volumes beyond `VOXEL_TOLERANCE` per axis (said in one warning line within it: the
     shipped `sstem-2d` trained on ISBI 50 x 4 x 4 and VNC 50 x 4.6 x 4.6 nm as 50 x 4 x 4)."""
     from connectome.io import open_volume
-    from connectome.models.voxel_size import VOXEL_TOLERANCE
+    from connectome.models.voxel_size import VOXEL_TOLERANCE, within_tolerance
 
     carried = []
     for raw in raws:
@@ -111,8 +111,7 @@ def training_voxel_size(given, raws: Sequence[str], fallback=None) -> tuple[floa
         if chosen is None or np.allclose(size, chosen, rtol=1e-3):
             continue
         source = "--voxel-size" if given else f"{carried[0][0]}'s"
-        ratio = np.asarray(size) / np.asarray(chosen)
-        if np.any(ratio > VOXEL_TOLERANCE) or np.any(ratio < 1 / VOXEL_TOLERANCE):
+        if not within_tolerance(size, chosen):
             raise UserError(f"{raw} has voxel size {list(size)} nm, but {source} is {list(chosen)}: expected "
                             f"training volumes within {VOXEL_TOLERANCE}x of the model's voxel size per axis")
         print(f"connectome: warning: {raw} has voxel size {list(size)} nm; the model records {source} "
