@@ -36,6 +36,9 @@ SHUFFLED_BELOW = 2.0  # a stack too long to recover under auto looks out of orde
 # benchmarks/results/section_order.md)
 SHORT_CONTRAST = 1.5  # ... the same for a stack of BAND sections or fewer, against its ends: random images at most
 # 1.24 from 5 sections on (1.4 at 4), real stacks with a pair swapped at least 1.99 (1.28 at 4)
+UNLIKE = 0.15  # a section whose best similarity with any other is below this share of the median section's is a
+# defect (blank, missing), not out of order: it keeps its stored place (a blank section scores 0; the least alike
+# real section of the shuffled CREMI crop 0.26)
 MODES = ("auto", "keep", "recover")
 
 
@@ -64,7 +67,8 @@ def positions(order) -> np.ndarray:
 def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int = SIDE, batch: int = 16,
                    start: int = 0, stop: int | None = None) -> np.ndarray:
     """(sections, h, w): each section's (from `start` to `stop`) central window (of a volume or an array in
-    memory), smoothed and subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros)."""
+    memory), smoothed and subsampled to about `side` pixels, zero mean, unit norm (a blank section gives zeros);
+    pixels exactly 0 count as no data (`_margins_filled`)."""
     z, y, x = volume.shape if isinstance(volume, np.ndarray) else volume.meta.shape
     z = z if stop is None else min(z, stop)
     (ay, ax), (by, bx) = (0, 0), (y, x)  # the part of the plane every section holds image data in
@@ -82,12 +86,22 @@ def section_images(volume: Volume | np.ndarray, window: int = WINDOW, side: int 
         z1 = min(z, z0 + batch)
         box = Box.from_corners((z0, y0, x0), (z1, y0 + wy, x0 + wx))
         data = (volume[box.to_slices()] if isinstance(volume, np.ndarray) else volume.read(box)).astype(np.float32)
+        data = _margins_filled(data)
         if f > 1:
             data = ndimage.gaussian_filter(data, (0, f / 2, f / 2))[:, f // 2::f, f // 2::f]
         data = data - data.mean(axis=(1, 2), keepdims=True)
         norm = np.linalg.norm(data.reshape(z1 - z0, -1), axis=1)[:, None, None]
         out.append(data / np.where(norm > 0, norm, 1.0))
     return np.concatenate(out)
+
+
+def _margins_filled(data: np.ndarray) -> np.ndarray:
+    """Sections (z, y, x) whose pixels exactly 0 (no data: the margins an alignment's warp leaves, padding) hold
+    the mean of the section's other pixels, so that margins alike in two sections are no likeness."""
+    empty = data == 0
+    count = (~empty).sum(axis=(1, 2), keepdims=True)
+    mean = data.sum(axis=(1, 2), keepdims=True) / np.maximum(count, 1)
+    return np.where(empty, mean, data)
 
 
 def similarity(images: np.ndarray, radius: int = RADIUS) -> np.ndarray:
@@ -185,14 +199,29 @@ def plausible_neighbours(similarity: np.ndarray, rank: int = 3) -> float:
     return float(np.mean((top[:-1] == np.arange(1, n)[:, None]).any(axis=1)))
 
 
+def unlike_sections(similarity: np.ndarray, share: float = UNLIKE) -> np.ndarray:
+    """Sections (bool) like no other: their greatest similarity with any other section is below `share` of the
+    median section's (a blank, missing or damaged section)."""
+    best = np.where(np.eye(len(similarity), dtype=bool), -np.inf, similarity).max(axis=1)
+    return best < share * float(np.median(best))
+
+
 def recover_order(similarity: np.ndarray, budget: int = 16384) -> np.ndarray:
     """The path of greatest neighbour similarity: the stored order and, unless nine in ten of its
     neighbours are plausible already (`plausible_neighbours`), greedy paths from up to 64 sections
     (fewer for long stacks: `budget` / sections), each improved by 2-opt; the best, oriented to run with
-    the stored order."""
+    the stored order. A section like no other (`unlike_sections`) keeps its place after its stored predecessor
+    (a path would put it at an end, where it costs least)."""
     n = similarity.shape[0]
     if n < 3:
         return np.arange(n)
+    unlike = unlike_sections(similarity)
+    if unlike.any() and (~unlike).sum() >= 3:
+        alike = np.flatnonzero(~unlike)
+        path = list(alike[recover_order(similarity[np.ix_(alike, alike)], budget)])
+        for z in np.flatnonzero(unlike):  # ascending: a section's stored predecessor is placed before it
+            path.insert(_place(path, int(z)), int(z))
+        return np.asarray(path, np.int64)
     dist = 1.0 - similarity
     candidates = [np.arange(n)]
     if plausible_neighbours(similarity) < 0.9:
@@ -200,6 +229,16 @@ def recover_order(similarity: np.ndarray, budget: int = 16384) -> np.ndarray:
         candidates += [greedy_path(int(s), dist) for s in np.unique(np.linspace(0, n - 1, starts).round().astype(int))]
     best = min((two_opt(c, dist) for c in candidates), key=lambda p: path_cost(p, dist))
     return best if np.corrcoef(np.arange(n), best)[0, 1] >= 0 else best[::-1]
+
+
+def _place(path: list[int], z: int) -> int:
+    """Where in `path` section z goes: between its stored predecessor and the next stored section placed where
+    they meet in it (in either direction), else after its predecessor, else before that next section."""
+    at = {v: i for i, v in enumerate(path)}
+    before, after = at.get(z - 1), at.get(min((v for v in at if v > z), default=-1))
+    if before is not None and after is not None and abs(before - after) == 1:
+        return max(before, after)
+    return before + 1 if before is not None else after if after is not None else len(path)
 
 
 def kept_pairs(order: np.ndarray) -> float:

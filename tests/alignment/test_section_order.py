@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from connectome.alignment.reordering import checked_order, order_finding, order_report
 from connectome.alignment.section_order import (
@@ -65,6 +66,45 @@ def test_the_real_cremi_crop_stored_out_of_order_is_recovered():
     flat = ids.reshape(len(ids), -1)
     by_labels = np.array([[np.mean(flat[a] == flat[b]) for b in range(len(ids))] for a in range(len(ids))])
     assert _neighbours(order.order) == _neighbours(recover_order(by_labels))
+
+
+def _shifted(raw: np.ndarray, seed: int) -> np.ndarray:
+    """Real sections in order, each moved by up to 25 px with zeros where it has no data (as a warp leaves them)."""
+    rng = np.random.default_rng(seed)
+    out = [ndimage.shift(s.astype(float), rng.integers(-25, 26, 2), order=1, cval=0) for s in raw]
+    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 6])
+def test_zero_margins_of_sections_in_order_are_no_likeness(seed):
+    """Margins alike in two sections made them alike: a stack in order was reordered (seed 1) or a section named
+    out of place (3, 6)."""
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        stack = _shifted(f["train_raw"][:12, :400, :400], seed)
+    for mode in ("auto", "recover"):
+        order = section_order(stack, mode)
+        assert not order.recovered and order.order == tuple(range(12)) and order.misplaced == (), (mode, order)
+
+
+def test_a_blank_section_keeps_its_place_in_a_recovered_order():
+    """A blank section is like no other: a path would put it at an end, where it costs least."""
+    with np.load(data_file("isbi2012/isbi2012.npz")) as f:
+        stack = f["train_raw"][:12, :400, :400].copy()
+    stack[4] = 0
+    assert section_order(stack, "recover").order == tuple(range(12))
+    n = 10
+    line = np.exp(-np.abs(np.subtract.outer(np.arange(n), np.arange(n))) / 2.0)
+    for blank in (0, 1, 6, 9):  # blanks at an end, and two together
+        line[blank], line[:, blank] = 0.0, 0.0
+    assert recover_order(line).tolist() == list(range(n))
+    rng = np.random.default_rng(2)
+    truth = rng.permutation(n)  # shuffled: the blank sections follow their stored predecessors
+    at = np.where(np.isin(np.arange(n), (0, 1, 6, 9)), -100.0, truth.astype(float))
+    shuffled = np.exp(-np.abs(at[:, None] - at[None, :]) / 2.0) * (at[:, None] >= 0) * (at[None, :] >= 0)
+    order = recover_order(shuffled).tolist()
+    alike = [z for z in order if z not in (0, 1, 6, 9)]
+    assert _neighbours(alike) == _neighbours([z for z in np.argsort(truth) if z in alike])
+    assert order.index(1) == order.index(0) + 1 and order.index(6) in (order.index(5) + 1, order.index(5) - 1)
 
 
 @pytest.mark.parametrize("relative, key", [("isbi2012/isbi2012.npz", "train_raw"), ("isbi2012/isbi2012.npz", "test_raw"),
