@@ -34,11 +34,13 @@ class Mapping:
     source: str  # "percentiles" or "--range"
     percentiles: tuple[float, float] | None = None
     sampled_voxels: int | None = None
+    nan_sampled: int = 0  # NaN values among the sampled voxels (they become the target's minimum)
 
     def to_json(self) -> dict:
         out = {"low": self.low, "high": self.high, "from": self.source}
         if self.percentiles is not None:
-            out.update(percentiles=list(self.percentiles), sampled_voxels=self.sampled_voxels)
+            out.update(percentiles=list(self.percentiles), sampled_voxels=self.sampled_voxels,
+                       nan_sampled=self.nan_sampled)
         return out
 
 
@@ -94,7 +96,8 @@ def percentile_mapping(vol: Volume, percentiles: Sequence[float] = DEFAULT_PERCE
     low, high = (float(v) for v in np.percentile(finite, percentiles))
     if high <= low:  # a (nearly) constant source: map its one value to the bottom of the range
         high = low + 1.0
-    return Mapping(low, high, "percentiles", (float(percentiles[0]), float(percentiles[1])), int(values.size))
+    return Mapping(low, high, "percentiles", (float(percentiles[0]), float(percentiles[1])), int(values.size),
+                   int(values.size - finite.size))
 
 
 def rescale(data: np.ndarray, low: float, high: float, dtype) -> np.ndarray:
@@ -119,5 +122,9 @@ def describe(mapping: Mapping | None, src_dtype, dst_dtype) -> str:
     if mapping.percentiles is not None:
         how = (f"the {mapping.percentiles[0]:g} and {mapping.percentiles[1]:g} percentiles of "
                f"{mapping.sampled_voxels} sampled voxels")
+    nan = ""
+    if np.dtype(src_dtype).kind == "f":  # NaN has no place on the line: it becomes the bottom of the range
+        seen = f"in {mapping.nan_sampled} of the sampled voxels" if mapping.nan_sampled else "if any"
+        nan = f"; NaN ({seen}) becomes {info.min}"
     return (f"{src} -> {dst} rescaled linearly from [{mapping.low:g}, {mapping.high:g}] ({how}) "
-            f"to [{info.min}, {info.max}], clipped outside")
+            f"to [{info.min}, {info.max}], clipped outside{nan}")

@@ -94,6 +94,23 @@ def test_float_to_uint8_rescales_and_widening_copies(tmp_path, capsys, client):
     np.testing.assert_array_equal(vol.read(vol.box), (data * 100 + 100).astype(np.uint8))
 
 
+def test_nan_in_a_float_source_is_said(tmp_path, capsys, client):
+    """NaN becomes 0 in uint8: the summary says so, with how many the sample held (it said nothing)."""
+    data = np.linspace(0.0, 1.0, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
+    data[1, 3:7, 3:7] = np.nan
+    np.savez(tmp_path / "f.npz", raw=data)
+    code, out, _ = _ingest(capsys, client, f"{tmp_path}/f.npz#raw", str(tmp_path / "f.zarr" / "raw"), "--dtype", "uint8")
+    assert code == 0 and "NaN (in 16 of the sampled voxels) becomes 0" in out, out
+    got = open_volume(str(tmp_path / "f.zarr" / "raw"))
+    assert np.all(got.read(got.box)[1, 3:7, 3:7] == 0)
+    code, out, _ = _ingest(capsys, client, f"{tmp_path}/f.npz#raw", str(tmp_path / "g.zarr" / "raw"), "--dtype", "uint8",
+                           "--json")
+    assert code == 0 and json.loads(out)["rescale"]["nan_sampled"] == 16
+    code, out, _ = _ingest(capsys, client, f"{tmp_path}/f.npz#raw", str(tmp_path / "h.zarr" / "raw"), "--dtype", "uint8",
+                           "--range", "0", "1")
+    assert "NaN (if any) becomes 0" in out, out
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--dtype", "uint16", "--range", "0", "10"], ["--range", "uint16 -> uint16", "unchanged"]),
     (["--dtype", "uint8", "--range", "10", "10"], ["--range", "LOW < HIGH", "10 10"]),
