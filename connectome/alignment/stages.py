@@ -323,6 +323,7 @@ class ReorderSectionsStage(_SectionPermutation):
     inputs = (Input("raw"),)
     outputs = (Output("ordered_raw"),)
     source, target, inverse = "raw", "ordered_raw", False
+    shown_as = {"ordered_raw": ("raw", "its sections in the recovered order")}
 
     @cached_property
     def footprints(self) -> dict:

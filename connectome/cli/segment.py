@@ -61,7 +61,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-weak-seed", choices=["stop", "reject", "continue"], default=None,
                         help="ffn: when an object's seed falls below the move threshold, stop moving (default), stop "
                              "and discard the object, or keep moving (the behaviour before this option)")
-    parser.add_argument("--ffn-seed-margin", type=int, default=None, metavar="N",
+    parser.add_argument("--ffn-seed-margin", type=non_negative_int, default=None, metavar="N",
                         help="ffn: a seed with an accepted object's voxel within N voxels does not start (default 1; "
                              "0 = the behaviour before this option)")
     parser.add_argument("--ffn-step-budget", type=non_negative_float, default=None, metavar="F",
@@ -146,8 +146,6 @@ def _run_ffn(args) -> int:
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
     from connectome.ffn.segment import budget_warning, ffn_config, run_ffn
 
-    if args.ffn_seed_margin is not None and args.ffn_seed_margin < 0:
-        raise UserError(f"--ffn-seed-margin {args.ffn_seed_margin}: expected a number of voxels >= 0")
     cluster = cluster_settings(args)
     config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                         cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,

@@ -10,14 +10,14 @@ import sys
 import numpy as np
 
 from connectome.core.errors import UserError
-from connectome.io import VolumeMeta, open_volume
+from connectome.io import VolumeMeta, open_volume, same_voxel_size
 
 
 def input_voxel_size(address: str, meta: VolumeMeta, wanted) -> tuple[float, float, float]:
     """The input's voxel size, checked against the one the user gave."""
     if wanted is not None:
         wanted = tuple(float(v) for v in wanted)
-        if meta.voxel_size_known and not np.allclose(meta.voxel_size, wanted):
+        if meta.voxel_size_known and not same_voxel_size(meta.voxel_size, wanted):
             raise UserError(
                 f"voxel_size: {address} has voxel size {list(meta.voxel_size)} nm, "
                 f"but {list(wanted)} was given"

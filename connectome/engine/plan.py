@@ -37,7 +37,7 @@ from connectome.engine.runner import (
     starts_afresh,
 )
 from connectome.engine.stage import BlockStage, Table
-from connectome.io import VolumeMeta, address_kind, create_volume, open_volume
+from connectome.io import VolumeMeta, address_kind, create_volume, open_volume, same_voxel_size
 from connectome.io.tables import check_format, read_format
 
 
@@ -94,6 +94,13 @@ def check_output_path(out: str) -> None:
         raise UserError(f"output: {out} {where}; expected a folder (or a path where one can be created)")
 
 
+def shown(message: str, addresses: dict[str, str]) -> str:
+    """`message` with each address of `addresses` (longest first) replaced by how it is shown."""
+    for address in sorted(addresses, key=len, reverse=True):
+        message = message.replace(address, addresses[address])
+    return message
+
+
 def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) -> Plan:
     """Check every input, stage, parameter and shape; write nothing."""
     check_output_path(config.output)
@@ -109,6 +116,7 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
     writers: dict[str, BlockStage] = {}  # address -> the stage of this plan that writes it
     table_writers: dict[str, PlannedStage] = {}  # table name -> the planned stage that writes it
     planned: list[PlannedStage] = []
+    shown_addresses: dict[str, str] = {}  # an address a stage writes -> how messages name it (`BlockStage.shown_as`)
     for i, sc in enumerate(config.stages):
         cls = stage_class(sc.stage)
         where = f"stages.{i} ({sc.stage})"
@@ -143,8 +151,7 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
             if metas[name].shape != raw_meta.shape:
                 raise UserError(f"{where}: input {address} has shape {list(metas[name].shape)}, "
                                 f"expected the raw volume's {list(raw_meta.shape)}")
-            if metas[name].voxel_size_known and not np.allclose(metas[name].voxel_size, raw_meta.voxel_size,
-                                                                rtol=1e-3):
+            if metas[name].voxel_size_known and not same_voxel_size(metas[name].voxel_size, raw_meta.voxel_size):
                 raise UserError(f"{where}: input {address} has voxel size {list(metas[name].voxel_size)} nm, "
                                 f"expected the raw volume's {list(raw_meta.voxel_size)} nm (a segmentation of other "
                                 f"data, or the wrong --voxel-size)")
@@ -154,9 +161,14 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
                                 f"{sc.stage} would write into it; give params {{in_place: true}} to add to it there, "
                                 "or `connectome ingest` it into the output directory first")
         stage = cls(params, inputs, outputs, tables)
-        stage.params = stage.check_upstream({name: writers.get(address) for name, address in inputs.items()})
-        stage.check_inputs(metas)
+        try:
+            stage.params = stage.check_upstream({name: writers.get(address) for name, address in inputs.items()})
+            stage.check_inputs(metas)
+        except UserError as e:
+            raise UserError(shown(str(e), shown_addresses)) from None
         stage.check_table_producers({t: table_writers[t].stage for t in read_tables if t in table_writers})
+        for name, (source, how) in cls.shown_as.items():
+            shown_addresses[outputs[name]] = f"{shown_addresses.get(inputs[source], inputs[source])} ({how})"
         multiple = stage.block_multiple()
         if any(b % m and b < s for b, m, s in zip(block_shape, multiple, raw_meta.shape)):
             why = stage.block_multiple_reason()

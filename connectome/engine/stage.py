@@ -111,6 +111,9 @@ class BlockStage(ABC, Generic[P]):
     # inputs the stage adds to (pyramid levels beside scale 0): the plan refuses one outside the run's output
     # directory unless the stage's params say `in_place`, so a lab's source volume is not changed by surprise
     writes_into: ClassVar[tuple[str, ...]] = ()
+    # outputs that are an input's data rearranged (output -> (input, how)): a message about the output names the
+    # input the user gave, with `how` (the plan says "RAW (its sections in the recovered order)", not OUT/ordered_raw)
+    shown_as: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init__(self, params: P, input_addresses: dict[str, str], output_addresses: dict[str, str],
                  table_dirs: dict[str, str] | None = None):

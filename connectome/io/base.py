@@ -24,6 +24,14 @@ class VolumeMeta:
     voxel_size_known: bool = True  # False for sources that carry no voxel size (npz, TIFF)
 
 
+VOXEL_SIZE_RTOL = 1e-3  # voxel sizes this close are one (3.9999 nm in float metadata is 4 nm)
+
+
+def same_voxel_size(a, b) -> bool:
+    """Whether two voxel sizes (z, y, x nm) are one, within VOXEL_SIZE_RTOL: every command compares so."""
+    return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=VOXEL_SIZE_RTOL, atol=0.0))
+
+
 class Volume(ABC):
     """A 3-d (or channels x 3-d) array on storage, read and written by boxes in voxel coordinates.
 

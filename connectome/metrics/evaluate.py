@@ -24,7 +24,7 @@ import numpy as np
 from connectome.core.address import parse_address
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, BlockGrid, Box, vec3
-from connectome.io import Volume, open_volume, readonly
+from connectome.io import Volume, open_volume, readonly, same_voxel_size
 from connectome.io.readonly import RESOLUTION_KEY
 from connectome.io.sections import SectionRange
 from connectome.metrics.contingency import Contingency, ContingencyAccumulator, check_label_dtype
@@ -92,7 +92,7 @@ def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -
     """(voxel size in nm, where it came from): --voxel-size, else the seg's, else the gt's, else 1 1 1.
     Sizes the two volumes carry must agree with each other and with --voxel-size (one line otherwise)."""
     carried = [(name, vol) for name, vol in (("seg", seg), ("gt", gt)) if vol.meta.voxel_size_known]
-    if len(carried) == 2 and not np.allclose(seg.meta.voxel_size, gt.meta.voxel_size):
+    if len(carried) == 2 and not same_voxel_size(seg.meta.voxel_size, gt.meta.voxel_size):
         raise UserError(f"voxel size: seg {seg.address} has {list(seg.meta.voxel_size)} nm, gt {gt.address} has "
                         f"{list(gt.meta.voxel_size)} nm; expected the same (resample one of them)")
     if given is not None:
@@ -100,7 +100,7 @@ def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -
         if len(size) != 3 or any(not np.isfinite(v) or v <= 0 for v in size):
             raise UserError(f"voxel size: expected 3 positive values (z y x nm), found {list(size)}")
         for name, vol in carried:
-            if not np.allclose(vol.meta.voxel_size, size):
+            if not same_voxel_size(vol.meta.voxel_size, size):
                 raise UserError(f"--voxel-size: {name} {vol.address} has voxel size {list(vol.meta.voxel_size)} nm, "
                                 f"but {list(size)} was given")
         return size, "--voxel-size"

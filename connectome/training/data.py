@@ -98,7 +98,7 @@ def training_voxel_size(given, raws: Sequence[str], fallback=None) -> tuple[floa
     --voxel-size), so no model records a made-up size, and where a training volume carries another one than
     `given` or than the other volumes beyond `VOXEL_TOLERANCE` per axis (said in one warning line within it: the
     shipped `sstem-2d` trained on ISBI 50 x 4 x 4 and VNC 50 x 4.6 x 4.6 nm as 50 x 4 x 4)."""
-    from connectome.io import open_volume
+    from connectome.io import open_volume, same_voxel_size
     from connectome.models.voxel_size import VOXEL_TOLERANCE, within_tolerance
 
     carried = []
@@ -108,7 +108,7 @@ def training_voxel_size(given, raws: Sequence[str], fallback=None) -> tuple[floa
             carried.append((raw, tuple(float(v) for v in meta.voxel_size)))
     chosen = tuple(float(v) for v in given) if given else (carried[0][1] if carried else None)
     for raw, size in carried:
-        if chosen is None or np.allclose(size, chosen, rtol=1e-3):
+        if chosen is None or same_voxel_size(size, chosen):
             continue
         source = "--voxel-size" if given else f"{carried[0][0]}'s"
         if not within_tolerance(size, chosen):

@@ -290,6 +290,19 @@ def test_align_works_in_the_recovered_order(tmp_path, capsys):
     assert fixed["flagged_sections"] == plain["flagged_sections"]
 
 
+@pytest.mark.parametrize("method, model", [("affinities", "fib-10nm"), ("ffn", "ffn-fib-10nm")])
+def test_a_refusal_on_a_reordered_stack_names_the_given_raw(tmp_path, capsys, method, model):
+    """A model of another voxel size on a shuffled stack: the message named OUT/ordered_raw, which the user never
+    gave and which does not exist."""
+    raw = f"{data_file('cremi_sstem_crop/cremi_train.npz')}#raw[0:20]"
+    code = main(["segment", raw, str(tmp_path / "out"), "--method", method, "--model", model, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "look out of order" in err, err
+    last = err.strip().splitlines()[-1]
+    assert f"but {raw} (its sections in the recovered order)" in last and "ordered_raw" not in last, last
+    assert not (tmp_path / "out").exists()
+
+
 def test_ffn_segments_in_the_recovered_order(tmp_path, capsys):
     from connectome.synth import generate
 

@@ -159,7 +159,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["--model", "synthetic"], raw, "is not an FFN model"),
         (["--model", "ffn-synthetic"], str(sstem), "trained on [8.0, 8.0, 8.0] nm voxels"),
         (["--model", "ffn-synthetic"], str(synthetic_raw / "labels"), "has dtype uint64, expected uint8"),
-        (["--ffn-seed-margin", "-1"], raw, "--ffn-seed-margin -1: expected a number of voxels >= 0"),
+        (["--ffn-seed-margin", "-1"], raw, "argument --ffn-seed-margin: expected a whole number >= 0, found '-1'"),
         (["--ffn-step-budget", "-1"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found '-1'"),
         (["--ffn-step-budget", "inf"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found 'inf'"),
         (["--overlap", "-4", "0", "0"], raw, "argument --overlap: expected a whole number >= 0, found '-4'"),

@@ -211,6 +211,10 @@ def test_voxel_size_from_zarr_segmentation(tmp_path, capsys):
     code, out, _ = _run(capsys, "--seg", seg, "--gt", f"{tmp_path}/gt.npz#gt", "--skeletons",
                         str(tmp_path / "rod.npz"))
     assert "voxel size    40 x 8 x 8 nm, from seg metadata" in out
+    # sizes within 1e-3 of each other are one, as in segment and every stage (float metadata: 7.9999 nm is 8 nm)
+    np.savez(tmp_path / "gt8.npz", gt=gt, resolution_zyx_nm=np.array([40.0, 8.001, 7.9999]))
+    code, out, err = _run(capsys, "--seg", seg, "--gt", f"{tmp_path}/gt8.npz#gt", "--voxel-size", "40", "8", "8.002")
+    assert code == 0, err
 
 
 def test_voxel_size_from_npz_resolution(tmp_path, capsys):
