@@ -34,8 +34,8 @@ def run(args) -> int:
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.engine.config import StageConfig
-    from connectome.graph.build import graph_from_dir
-    from connectome.graph.summary import describe, plot, summarise
+    from connectome.graph.build import graph_outputs
+    from connectome.graph.summary import describe
     from connectome.metrics.evaluate import evaluate_volumes
     from connectome.metrics.synapses import synapse_scores
     from connectome.synapses.chain import synapse_outputs, synapse_stages
@@ -58,9 +58,7 @@ def run(args) -> int:
     with open_client(cluster, quiet=args.json) as client:
         seg = run_segmentation(plan, client, progress=not args.no_progress)
     metrics = evaluate_volumes(seg["segmentation"], os.path.join(synth_dir, "labels"))
-    graph, graph_paths, synapses = graph_from_dir(out)
-    graph_paths.update(plot(graph.nodes, graph.edges, out))
-    graph_summary = summarise(graph.nodes, graph.edges, synapses)
+    _, graph_paths, synapses, graph_summary = graph_outputs(out, types=True)
     truth = load_ground_truth(synth_dir).synapses
     found = synapse_scores(np.stack([synapses["z"], synapses["y"], synapses["x"]], 1),
                            np.stack([truth["z"], truth["y"], truth["x"]], 1), 200.0, VOXEL_SIZE)

@@ -16,15 +16,12 @@ def run(args) -> int:
     import os
 
     from connectome.core.errors import UserError
-    from connectome.graph.build import graph_from_dir
-    from connectome.graph.summary import describe, plot, summarise
+    from connectome.graph.build import graph_outputs
+    from connectome.graph.summary import describe
 
     if not os.path.isdir(args.out_dir):
         raise UserError(f"{args.out_dir}: no such output directory")
-    graph, paths, synapses = graph_from_dir(args.out_dir)
-    summary = summarise(graph.nodes, graph.edges, synapses)
-    if not args.no_plots:
-        paths.update(plot(graph.nodes, graph.edges, args.out_dir))
+    _, paths, _, summary = graph_outputs(args.out_dir, plots=not args.no_plots)
     result = {"graph": paths["edges"], "nodes": paths["nodes"], "graphml": paths["graphml"], "summary": summary,
               **{k: v for k, v in paths.items() if k in ("degrees", "adjacency")}}
     plots = f"\nplots: {paths['degrees']} {paths['adjacency']}" if not args.no_plots else ""

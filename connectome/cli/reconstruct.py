@@ -35,8 +35,8 @@ def run(args) -> int:
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
     from connectome.engine.plan import check_input_chunks
-    from connectome.graph.build import graph_from_dir
-    from connectome.graph.summary import describe, plot, summarise
+    from connectome.graph.build import graph_outputs
+    from connectome.graph.summary import describe
     from connectome.synapses.chain import synapse_outputs, synapse_stages
 
     cluster = cluster_settings(args)
@@ -50,10 +50,7 @@ def run(args) -> int:
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
-    graph, paths, synapses = graph_from_dir(config.output)
-    summary = summarise(graph.nodes, graph.edges, synapses)
-    if not args.no_plots:
-        paths.update(plot(graph.nodes, graph.edges, config.output))
+    _, paths, _, summary = graph_outputs(config.output, types=not args.no_types, plots=not args.no_plots)
     outputs = synapse_outputs(config.output, types=not args.no_types)
     result = {"segmentation": seg["segmentation"], **outputs, "graph": paths["edges"],
               "graph_nodes": paths["nodes"], "graphml": paths["graphml"],

@@ -105,8 +105,9 @@ def add_section_order_option(parser, effect: str = "segment in the order recover
     parser.add_argument("--section-order", choices=["auto", "keep", "recover"], default=default,
                         help=f"serial sections stored out of their physical order: {effect} (auto, the default: when "
                              "fewer than half of the stored neighbours are neighbours in that order, checked for a z "
-                             "voxel at least twice the in-plane one and up to 2048 sections; recover: always; keep: "
-                             "never)")
+                             "voxel at least twice the in-plane one; beyond 2048 sections each is compared with the 10 "
+                             "after it only, the stored order kept and a stack out of order said; recover: always; "
+                             "keep: never)")
 
 
 def run(args) -> int:

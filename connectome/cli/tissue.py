@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the model on data whose in-plane voxel size differs from its own by over 1.5x")
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
-                        help="float64 (default): blockwise == one block exactly; float32: about 7x faster on a CPU")
+                        help="float64 (default): blockwise == one block exactly; float32: about 5x faster on a CPU")
     add_run_options(parser)
 
 

@@ -114,27 +114,53 @@ def read_edges(path: str) -> dict[str, np.ndarray]:
             "autapse": np.array([r["autapse"] == "1" for r in rows], bool)}
 
 
-def last_run_has_types(out_dir: str) -> bool:
-    """Whether the last run planned in OUT_DIR (its run.json) had the neurite_types stage (True without one)."""
-    path = os.path.join(out_dir, "run.json")
-    if not os.path.isfile(path):
-        return True
-    with open(path) as f:
-        stages = json.load(f).get("stages", [])
-    return any(s.get("stage") == "neurite_types" for s in stages)
+def types_are_current(out_dir: str) -> bool:
+    """Whether OUT_DIR/segments.csv belongs to its synapses. The last run recorded in OUT_DIR/run.json decides where
+    it ran the synapses (with or without the neurite types); a later run of other stages only (meshes, pyramids)
+    does not hide them: then segments.csv counts where it was written no earlier than synapses.csv."""
+    from connectome.neurites.types import SEGMENTS_FILE
+    from connectome.synapses.table import SYNAPSES_FILE
+
+    segments, synapses = (os.path.join(out_dir, name) for name in (SEGMENTS_FILE, SYNAPSES_FILE))
+    if not os.path.isfile(segments):
+        return False
+    try:
+        with open(os.path.join(out_dir, "run.json")) as f:
+            stages = {s.get("stage") for s in json.load(f).get("stages", [])}
+    except (OSError, ValueError, AttributeError):
+        stages = set()
+    if "synapses" in stages:
+        return "neurite_types" in stages
+    return not os.path.isfile(synapses) or os.path.getmtime(segments) >= os.path.getmtime(synapses)
 
 
 def graph_from_dir(out_dir: str, types: bool | None = None) -> tuple[Graph, dict[str, str], dict[str, np.ndarray]]:
     """Build the graph from OUT_DIR/synapses.csv (and segments.csv where present and `types`) and write it
-    there. `types` None: whether the directory's last run (OUT_DIR/run.json) had the neurite types, so
-    a run without them leaves an earlier run's segments.csv unread."""
+    there. `types` None: whether segments.csv belongs to the synapses (`types_are_current`), so a run of the
+    synapses without the types leaves an earlier run's segments.csv unread, and a later run of other stages
+    (meshes, pyramids) into the directory does not hide it."""
     from connectome.neurites.types import SEGMENTS_FILE, read_segments
     from connectome.synapses.table import SYNAPSES_FILE, read_synapses
 
     synapses = read_synapses(os.path.join(out_dir, SYNAPSES_FILE))
     if types is None:
-        types = last_run_has_types(out_dir)
+        types = types_are_current(out_dir)
     seg_path = os.path.join(out_dir, SEGMENTS_FILE)
     segments = read_segments(seg_path) if types and os.path.isfile(seg_path) else None
     graph = build_graph(synapses, segments)
     return graph, write_graph(graph, out_dir), synapses
+
+
+def graph_outputs(out_dir: str, types: bool | None = None, plots: bool = True) \
+        -> tuple[Graph, dict[str, str], dict[str, np.ndarray], dict]:
+    """`graph_from_dir` and the summary (with its PNG plots where `plots`), written while holding OUT_DIR's lock:
+    a run writing the directory refuses them, and they it."""
+    from connectome.engine.lock import output_lock
+    from connectome.graph.summary import plot, summarise
+
+    with output_lock(out_dir):
+        graph, paths, synapses = graph_from_dir(out_dir, types)
+        summary = summarise(graph.nodes, graph.edges, synapses)
+        if plots:
+            paths.update(plot(graph.nodes, graph.edges, out_dir))
+    return graph, paths, synapses, summary

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from connectome.cli.main import main
 from connectome.io import create_volume, open_volume
@@ -77,6 +78,29 @@ def test_reconstruct_json_tables_ids_and_resume(synth, capsys):
     assert {n["class"] for n in _table(json.loads(capsys.readouterr().out)["nodes"])[0]} == {"unknown"}
     assert main([*args, "--no-types", "--classifier", "types-synthetic"]) == 2
     assert "--no-types" in capsys.readouterr().err
+
+    # with the types again (resumed), then a run of other stages into the directory (the README's see.yaml):
+    # the graph still reads the types (it read run.json's last run, which had none, and lost every class)
+    assert main(args) == 0
+    capsys.readouterr()
+    config = {"input": str(synth / "synth" / "raw"), "output": str(out), "blocks": {"shape": [16, 48, 48]},
+              "cluster": {"n_workers": 1}, "stages": [{"stage": "label_pyramid"}]}
+    (synth / "see.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(synth / "see.yaml"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["graph", str(out), "--json", "--no-plots"]) == 0
+    classes = {n["class"] for n in _table(json.loads(capsys.readouterr().out)["nodes"])[0]}
+    assert classes == {n["class"] for n in nodes} and classes != {"unknown"}
+
+    # a graph is not written while a run holds the directory (it rewrote the tables under a running reconstruct)
+    from connectome.engine.lock import output_lock
+
+    with output_lock(str(out), "reconstruct (another run)"):
+        before = (out / "graph_edges.csv").stat().st_mtime_ns
+        assert main(["graph", str(out), "--no-plots"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "another run" in err and "is writing this output" in err, err
+        assert (out / "graph_edges.csv").stat().st_mtime_ns == before
 
 
 def test_segmentation_of_another_shape_is_one_line(synth, tmp_path, capsys):
