@@ -52,9 +52,12 @@ class OutputLayers:
 
 
 def _volume(name: str, address: str) -> VolumeLayer | None:
-    """A layer for the volume at `address`, or None where there is none (or none a viewer can read)."""
+    """A layer for the volume at `address`, or None where there is none (or none a viewer can read). A section
+    range (`raw[8:40]`, as a run's input) shows the whole volume: the run's outputs lie at their place in it."""
+    from connectome.core.address import parse_address
     from connectome.io import open_volume
 
+    address = parse_address(address).base
     local = address[len(PRECOMPUTED):] if address.startswith(PRECOMPUTED) else address
     if local.startswith("file://"):
         local = local[len("file://"):]

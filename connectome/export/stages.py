@@ -154,6 +154,6 @@ class LabelPyramidStage(_PyramidStage):
     inputs = (Input("segmentation", dtypes=("uint32", "uint64")), Input("raw"))
 
     def global_step(self) -> GlobalStep:
-        raw = self.input_addresses["raw"]
-        image = raw if parse_address(raw).kind == "zarr" and "://" not in raw else None
+        raw = parse_address(self.input_addresses["raw"])  # a section range's image is the whole volume
+        image = raw.base if raw.kind == "zarr" and "://" not in raw.base else None
         return LabelScalesStep(self.input_addresses["segmentation"], self._factors(), image, True)

@@ -23,9 +23,13 @@ COMPRESSORS: tuple[dict[str, Any], ...] = ({"name": "zstd", "configuration": {"l
 
 
 def _ome_attrs(name: str, voxel_size, offset, channels) -> dict:
+    """OME-Zarr 0.5 multiscales (one level) and our own metadata. OME's translation places voxel 0's centre
+    (Neuroglancer and napari read it so): voxel i spans [(offset + i) v, (offset + i + 1) v] nm, as in a
+    precomputed volume of that voxel_offset and in our meshes, skeletons and annotations, so its centre is at
+    (offset + i + 1/2) v."""
     axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
     scale = [float(v) for v in voxel_size]
-    translation = [float(o * v) for o, v in zip(offset, voxel_size)]
+    translation = [float((o + 0.5) * v) for o, v in zip(offset, voxel_size)]
     if channels is not None:
         axes = [{"name": "c", "type": "channel"}] + axes
         scale = [1.0] + scale

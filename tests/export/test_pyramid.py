@@ -211,3 +211,31 @@ def test_a_pyramid_run_from_before_in_place_resumes(pyramids):
     for stage in ("image_pyramid", "label_pyramid"):
         params = DoneMarkers(str(pyramids["blocks"]), stage).fingerprint()["params"]
         assert params == {"levels": None}, params
+
+
+def test_a_section_range_input_links_and_shows_the_whole_volume(tmp_path, capsys):
+    """A run on `raw[8:24]`: the label's OME source image and the viewer's raw layer are the whole raw volume, on
+    which the segmentation lies at its offset (the source was `../../synth/raw[8:24]`, which no reader resolves, and
+    `view` showed no raw layer)."""
+    import yaml
+
+    from connectome.cli.main import main
+    from connectome.export.layers import find_layers
+    from connectome.io import create_volume, open_volume
+    from connectome.synth import generate
+
+    generate((32, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "synth"), chunk_shape=(16, 32, 32))
+    raw, labels = str(tmp_path / "synth" / "raw"), open_volume(str(tmp_path / "synth" / "labels"))
+    seg = create_volume(str(tmp_path / "out" / "segmentation"), (16, 64, 64), np.uint64, (16, 32, 32), (8.0, 8.0, 8.0),
+                        offset=(8, 0, 0))
+    seg.write(seg.box, labels.read(labels.box)[8:24].astype(np.uint64))
+    config = {"input": f"{raw}[8:24]", "output": str(tmp_path / "out"), "blocks": {"shape": [16, 64, 64]},
+              "cluster": {"n_workers": 1}, "stages": [{"stage": "label_pyramid"}]}
+    (tmp_path / "see.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "see.yaml"), "--no-progress"]) == 0, capsys.readouterr().err
+    ome = json.loads((tmp_path / "out" / "segmentation" / "zarr.json").read_text())["attributes"]["ome"]
+    source = os.path.normpath(os.path.join(tmp_path / "out" / "segmentation", ome["image-label"]["source"]["image"]))
+    assert source == raw and os.path.isfile(os.path.join(source, "zarr.json"))
+    layers = find_layers(str(tmp_path / "out"))
+    assert layers.raw is not None and layers.raw.address == raw and layers.raw.offset == (0, 0, 0)
+    assert layers.segmentation is not None and layers.segmentation.offset == (8, 0, 0)

@@ -46,7 +46,9 @@ def test_ome_zarr_metadata(tmp_path):
     assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
     transforms = ms["datasets"][0]["coordinateTransformations"]
     assert transforms[0]["scale"] == [30.0, 8.0, 8.0]
-    assert transforms[1]["translation"] == [60.0, 0.0, 8.0]
+    # voxel 0's centre (OME: Neuroglancer and napari draw voxel centres there): voxel i spans [(2 + i) 30, ...] nm in
+    # z, as a precomputed volume of voxel_offset 2 and our meshes place it (it was [60, 0, 8]: half a voxel off)
+    assert transforms[1]["translation"] == [75.0, 4.0, 12.0]
 
 
 @pytest.mark.parametrize("channels", [None, 2])
