@@ -69,6 +69,18 @@ class LabelScalesStep(ScalesStep):
     name = "label_pyramid_scales"
 
 
+def check_precomputed_offset(address: str, offset: Vec, total: Vec, stage: str) -> None:
+    """Refuse a precomputed volume whose voxel_offset is not a multiple of the pyramid's coarsest factor: there, a
+    coarse voxel k covers the fine voxels k * factor onwards counted from 0, not from the offset, so the levels the
+    blocks write would lie a fine voxel off (cloud-volume reads them so)."""
+    off = [a for a, (o, t) in zip("zyx", zip(offset, total)) if o % t]
+    if off:
+        raise UserError(f"stage {stage!r}: {address}: its voxel_offset (z y x) {list(offset)} is not a multiple of "
+                        f"the coarsest level's downsampling {list(total)} in {', '.join(off)}: precomputed counts a "
+                        "coarse voxel's fine voxels from 0, so its levels would lie a voxel off; write the volume at "
+                        "an offset that is such a multiple (a section range starting there), or to OME-Zarr")
+
+
 class _PyramidStage(BlockStage[PyramidParams]):
     Params = PyramidParams
     volume: ClassVar[str]
@@ -86,6 +98,8 @@ class _PyramidStage(BlockStage[PyramidParams]):
         if meta.channels is not None:
             raise UserError(f"stage {self.name!r}: {address} has {meta.channels} channels, expected a 3-d volume")
         self.factors = level_factors(meta.voxel_size, meta.chunk_shape, meta.shape, self.params.levels)
+        if parsed.kind == "precomputed" and self.factors:
+            check_precomputed_offset(address, meta.offset, cumulative(self.factors)[-1], self.name)
         if not self.factors and max(meta.shape[1:]) >= 2 * MIN_EXTENT:  # wide enough, but its chunks are too thin
             raise UserError(f"stage {self.name!r}: {address}: its chunks {list(meta.chunk_shape)} allow no level of 2x "
                             f"downsampling (chunks stay whole and at least {MIN_CHUNK} voxels an axis); write it with "

@@ -130,6 +130,27 @@ def test_precomputed_scales(pyramids, tmp_path, client):
         np.testing.assert_array_equal(read_level(address, level), zarr_levels[level])
 
 
+def test_a_precomputed_volume_at_an_odd_offset_is_refused(tmp_path):
+    """Precomputed counts a coarse voxel's fine voxels from 0: at voxel_offset 5 the levels were written a fine voxel
+    off (cloud-volume read mip 1 shifted by 8 nm); refused in one line before anything runs (even offsets work)."""
+    from connectome.engine.config import RunConfig
+    from connectome.engine.plan import plan_run
+    from connectome.io import create_volume
+
+    raw = create_volume(str(tmp_path / "raw"), (32, 64, 64), np.uint8, (16, 32, 32), (8.0, 8.0, 8.0))
+    for z0, refused in ((5, True), (8, False)):
+        address = f"precomputed://file://{tmp_path / f'at{z0}'}"
+        create_volume(address, (32, 64, 64), np.uint8, (16, 32, 32), (8.0, 8.0, 8.0), offset=(z0, 0, 0))
+        config = {"input": raw.address, "output": str(tmp_path / "out"), "blocks": {"shape": [16, 64, 64]},
+                  "stages": [{"stage": "image_pyramid", "inputs": {"raw": address}, "params": {"in_place": True}}]}
+        if refused:
+            with pytest.raises(UserError, match=r"voxel_offset \(z y x\) \[5, 0, 0\] is not a multiple of the "
+                                                r"coarsest level's downsampling \[2, 2, 2\] in z"):
+                plan_run(RunConfig.model_validate(config))
+        else:
+            assert plan_run(RunConfig.model_validate(config)).stages
+
+
 def test_ome_zarr_reader_finds_image_and_labels(pyramids):
     """ome-zarr-py's reader (what napari-ome-zarr runs; installed by the `napari` extra) on the output."""
     pytest.importorskip("ome_zarr", reason="ome-zarr is installed by `pip install connectome[napari]`")
