@@ -79,7 +79,9 @@ def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: S
     upper = np.ceil(positions.max(0)) + 1 if n else np.ones(3)
     chunk = np.maximum(np.ceil((upper - lower) / GRID), 1)
     cells = np.floor((positions - lower) / chunk).astype(np.int64) if n else np.zeros((0, 3), np.int64)
-    grid = np.maximum(cells.max(0) + 1, 1) if n else np.ones(3, np.int64)
+    # the grid tiles the bounds exactly (the spec: grid_shape x chunk_size = upper_bound - lower_bound)
+    grid = np.ceil((upper - lower) / chunk).astype(np.int64)
+    upper = lower + grid * chunk
     vz, vy, vx = (float(v) for v in voxel_size)
     tmp = f"{directory}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

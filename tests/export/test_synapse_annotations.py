@@ -92,6 +92,9 @@ def test_annotation_files_decode_to_the_synapse_table(viewed):
         expected[int(sid)] = (*position, *props)
     # the spatial index holds every synapse once, in the cell that contains it
     level = info["spatial"][0]
+    # the grid tiles the bounds exactly, as the spec asks (it was taken from the occupied cells)
+    np.testing.assert_allclose(np.array(level["grid_shape"]) * np.array(level["chunk_size"]),
+                               np.array(info["upper_bound"]) - np.array(info["lower_bound"]))
     seen: dict[int, tuple] = {}
     for name in os.listdir(root / level["key"]):
         cell = np.array([int(c) for c in name.split("_")])
