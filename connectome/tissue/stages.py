@@ -3,12 +3,15 @@
 Each block reads its write box padded in y and x to the model's divisor and grown by its receptive
 field (`context`), mirrored past the volume's faces; every layer is a zero-padded convolution and
 inference runs in float64 (unless `precision: float32`), so a block's output equals the whole-volume
-output exactly (seam-free).
+output exactly (seam-free). Each section's grey levels (predict.py: a dim section is read like a normal
+one) come from a global step over whole sections that runs before the blocks, and a block reads
+predict.HALO more pixels in y and x to find alignment margins (labelled defect) and fill them.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+import os
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -21,6 +24,7 @@ from connectome.io.reflected import read_reflected
 from connectome.models.context import unet_context
 from connectome.models.voxel_size import check_voxel_size
 from connectome.tissue.classes import DEFAULT_EXCLUDE, NAMES
+from connectome.tissue.levels import SectionStatsStep
 
 
 class TissueParams(StageParams):
@@ -33,6 +37,10 @@ class TissueParams(StageParams):
     precision: Literal["float64", "float32"] = Field(
         "float64", description="float64: blockwise == one block exactly; float32: about 7x faster on a CPU, a "
                                "few voxels at near-ties may differ between block layouts")
+    normalize_sections: bool = Field(
+        True, description="map each section's 0.5 and 99.5 percentiles (exact zeros left out) to the grey levels "
+                          "the model trained on (a blank frame is left as it is), so a dim or low-contrast section "
+                          "is not read as a blank one (defect); false: raw / 255 as is")
 
     @field_validator("exclude")
     @classmethod
@@ -72,6 +80,16 @@ class TissueStage(BlockStage[TissueParams]):
         check_voxel_size(self.params.model, self.model_info.voxel_size[1:], self.input_addresses["raw"],
                          inputs["raw"].voxel_size[1:], self.params.allow_voxel_mismatch)
 
+    @property
+    def levels_path(self) -> str:
+        out = os.path.abspath(self.output_addresses["tissue"])
+        return os.path.join(os.path.dirname(out), "tables", f"section-stats-{os.path.basename(out)}.npz")
+
+    def global_step(self) -> SectionStatsStep | None:
+        if not self.params.normalize_sections:
+            return None
+        return SectionStatsStep(self.input_addresses["raw"], self.levels_path)
+
     def weight_files(self) -> dict[str, tuple[str, str]]:
         return {"weights": ("model", self.model_info.path)}
 
@@ -79,10 +97,17 @@ class TissueStage(BlockStage[TissueParams]):
         import numpy as np
 
         from connectome.tissue.model import load_model
-        from connectome.tissue.predict import classify, exclusion_mask
+        from connectome.tissue.predict import HALO, classify, exclusion_mask
 
         net, info = load_model(self.params.model, self.params.precision)
-        codes = classify(net, info, read_reflected(volumes["raw"], block.read_box))
+        levels = None
+        if self.params.normalize_sections:
+            z = slice(block.read_box.offset[0], block.read_box.end[0])
+            levels = _levels(self.levels_path, os.path.getmtime(self.levels_path))[z]
+        box = block.read_box.grow((0, HALO, HALO))
+        shape = volumes["raw"].shape
+        faces = [(-box.offset[a], shape[a] - 1 - box.offset[a]) for a in (1, 2)]
+        codes = classify(net, info, read_reflected(volumes["raw"], box), levels, faces)
         inner = block.write_box.relative_to(block.read_box)
         codes = codes[inner]
         mask = exclusion_mask(codes, [info.classes.index(n) for n in self.params.exclude])
@@ -90,3 +115,11 @@ class TissueStage(BlockStage[TissueParams]):
         volumes["tissue_mask"].write(block.write_box, mask)
         counts = np.bincount(codes.ravel(), minlength=len(info.classes))
         return {"masked_voxels": int(mask.sum()), "class_voxels": counts.tolist()}
+
+
+@lru_cache(maxsize=2)
+def _levels(path: str, mtime: float):
+    import numpy as np
+
+    with np.load(path) as f:
+        return f["stats"]

@@ -134,7 +134,8 @@ def test_command_prints_the_addresses_and_resumes(synth_raw, tmp_path, client, _
     assert summary["tissue"] == str(out / "tissue") and summary["mask"] == str(out / "tissue_mask")
     assert open_volume(summary["tissue"]).dtype == np.uint8
     again = json.loads(_cli(*args).stdout.strip().splitlines()[-1])
-    assert again["stages"][0]["skipped"] == again["stages"][0]["blocks"] > 0
+    assert [st["stage"] for st in again["stages"]] == ["tissue_section_stats", "tissue"]  # the levels, then blocks
+    assert all(st["skipped"] == st["blocks"] > 0 for st in again["stages"])
 
 
 def test_the_same_weights_from_another_folder_resume_and_replaced_weights_do_not(synth_raw, tmp_path, client):
@@ -161,8 +162,9 @@ def test_the_same_weights_from_another_folder_resume_and_replaced_weights_do_not
     recorded = json.loads((out / ".connectome" / "done" / "tissue" / "fingerprint.json").read_text())
     assert recorded["weights"]["name"] == "lab.pt" and str(tmp_path / "a") not in json.dumps(recorded["weights"])
     assert fingerprint(plan.stages[-1].stage, plan.stages[-1].grid)["weights"] == recorded["weights"]
-    (reports,) = execute(plan, client, progress=False)
+    *steps, reports = execute(plan, client, progress=False)  # steps: the section levels (tissue.levels)
     assert reports.skipped == reports.blocks == 1 and reports.ran == 0
+    assert len(steps) == 1 and steps[0].ran == 0
     with open(folders[1] / "lab.pt", "ab") as f:  # the weights file replaced by other content
         f.write(b"\0")
     with pytest.raises(UserError, match="tissue.*different weights"):
