@@ -331,6 +331,15 @@ class MergeRounds:
 
     # -- the final names, backwards
 
+    def resolving(self, r: int) -> list[int]:
+        """Shards whose `resolve` of round `r` has anything to do: those that held edges in it (`busy`: a local
+        merge to record) and those sent absorbed segments in it (final names to send). The others' final names
+        are those of round r + 1 (`_finals` reads them there), so they write nothing: at a petabyte, most shards
+        are idle in most rounds."""
+        absorbed = self._path("absorb", r)
+        sent = {int(name) for name in os.listdir(absorbed)} if os.path.isdir(absorbed) else set()
+        return sorted(set(self.busy(r)) | sent)
+
     def resolve(self, r: int, shard: int) -> dict:
         """Final names of this shard's segments known after the rounds after `r`; for each segment
         that merged into one of them in round `r`, its final name sent to its shard."""
@@ -349,6 +358,8 @@ class MergeRounds:
         if os.path.exists(path):
             state = self._read(path)
             names, final = state["names"], state["final"].copy()
+        elif os.path.isdir(self._path("done", r + 1, "propose")):  # no resolve ran here (`resolving`): what it
+            names, final = self._finals(r + 1, shard)                  # would have written
         else:  # after the last round: each name is its own
             names = np.sort(self._read(self._path("names", 0, f"{shard}.npz"))["names"])
             final = names.copy()

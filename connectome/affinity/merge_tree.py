@@ -454,7 +454,7 @@ class MergeTree:
                 rounds.forget(r)
                 r += 1
             for q in reversed(range(r)):
-                phase("resolve", q, shards)
+                phase("resolve", q, rounds.resolving(q))
             phase("collect", r, shards)
         for kind, level, indices in tasks[self.tree_levels:]:
             phase(kind, level, indices)

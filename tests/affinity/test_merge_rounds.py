@@ -53,6 +53,14 @@ def test_a_chain_through_every_shard_merges(tmp_path):
     np.testing.assert_array_equal(tree_table(tree)[1], values)
     assert max(s["level"] for s in summaries if s["kind"] == "propose") >= 1  # it took rounds, not one task
     assert len(np.unique(values)) == 9
+    # a round's final names are resolved only where it did something; the other shards' are read from the next
+    # round (every shard wrote its whole name table in every round before)
+    resolved = {(s["level"], s["index"]) for s in summaries if s["kind"] == "resolve"}
+    rounds = tree.rounds()
+    assert rounds is not None
+    last = max(s["level"] for s in summaries if s["kind"] == "propose")
+    assert resolved == {(r, shard) for r in range(last) for shard in rounds.resolving(r)}
+    assert len(resolved) < last * rounds.shards, (len(resolved), last, rounds.shards)
 
 
 def test_a_killed_round_resumes(tmp_path):
