@@ -211,7 +211,9 @@ class SolveStep(GlobalStep):
         count, total, total_sq, zeros = m.stats.T
         flags = section_flags(count, total, total_sq, zeros, good, measurable, s.min_std, s.max_zero_fraction,
                               s.min_good_fraction)
-        regions = region_flags(good, measurable, flags)
+        sections = images if images is not None else (SectionImages(self.raw) if self.raw is not None else None)
+        regions = region_flags(good, measurable, flags, corr=m.corr, fits=fits, images=sections, nodes=m.nodes,
+                               patch=m.patch)
         ok = flags == OK
         # unmatched nodes follow the pair's robust fit, weakly: extrapolation where sections do not overlap
         weights = {k: np.where(good[k], 1.0, s.fill_weight * np.isfinite(fits[k][:, :1, :1]))
