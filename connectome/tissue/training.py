@@ -1,11 +1,13 @@
 """Training the tissue network: 2-d patches from every source, masked cross-entropy, best checkpoint kept.
 
-Patches are drawn from the sources with fixed probabilities (synthetic, VNC, EPFL), flipped and
-rotated, with random gain, offset, gamma and noise; now and then a patch is replaced by a blank
-section (a constant grey plus a little noise) labelled `defect`, as the synthetic generator's missing
-sections are. Every `val_every` iterations the network classifies the held-out sections of each
-source; the checkpoint with the best mean balanced set-accuracy (per source, the mean over its label
-sets of the fraction of pixels whose predicted class is in the set) is kept.
+The network reads what the tissue stage feeds it (`network_input`, computed once per whole section:
+predict.unit_intensity of levels.section_stats, the exact-zero margins filled as predict.classify fills
+them), in training and in validation alike. Patches are drawn from the sources with fixed probabilities
+(synthetic, VNC, EPFL), flipped and rotated, with random gain, offset, gamma and noise; now and then a
+patch is replaced by a blank section (a constant grey plus a little noise) labelled `defect`, as the
+synthetic generator's missing sections are. Every `val_every` iterations the network classifies the
+held-out sections of each source; the checkpoint with the best mean balanced set-accuracy (per source,
+the mean over its label sets of the fraction of pixels whose predicted class is in the set) is kept.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import numpy as np
 import torch
 
 from connectome.tissue import classes as T
+from connectome.tissue.levels import stats_of
 from connectome.tissue.loss import allowed_from_bits, balance_weights, masked_cross_entropy
 from connectome.tissue.model import WEIGHTS_DIR, build_net, load_state, preset, resolve_model_path, save_model
+from connectome.tissue.predict import fill_margins, no_data, unit_intensity
 from connectome.tissue.sources import Sections
 
-MEAN, STD = 0.5, 0.2  # input normalisation: (raw / 255 - MEAN) / STD
+MEAN, STD = 0.5, 0.2  # input normalisation: (network_input - MEAN) / STD
 
 
 @dataclass
@@ -51,16 +55,27 @@ class TissueTrainSettings:
     command: str = ""
 
 
-def sample_batch(rng: np.random.Generator, sources: list[Sections], weights, batch: int, patch: int,
-                 blank_probability: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 1, 1, P, P) float32 normalised raw and (B, 1, P, P) uint8 target bit sets."""
+def network_input(raw: np.ndarray) -> np.ndarray:
+    """float32 (Z, Y, X) in [0, 1]: whole sections as predict.classify shows them to the network (each mapped by
+    its own levels.section_stats, exact-zero margins filled; the faces are the array's own)."""
+    faces = [(0, raw.shape[1] - 1), (0, raw.shape[2] - 1)]
+    return np.concatenate([fill_margins(unit_intensity(raw[z:z + 1], stats_of(raw[z:z + 1])),
+                                        no_data(raw[z:z + 1], faces)).astype(np.float32)
+                           for z in range(raw.shape[0])]).reshape(raw.shape)
+
+
+def sample_batch(rng: np.random.Generator, sources: list[Sections], inputs: list[np.ndarray], weights, batch: int,
+                 patch: int, blank_probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, 1, P, P) float32 normalised input and (B, 1, P, P) uint8 target bit sets; `inputs`: network_input
+    of each source's raw."""
     xs, ts = [], []
     p = np.asarray(weights, float) / np.sum(weights)
     for _ in range(batch):
-        s = sources[rng.choice(len(sources), p=p)]
+        i = rng.choice(len(sources), p=p)
+        s, unit = sources[i], inputs[i]
         z = rng.integers(s.raw.shape[0])
         y0, x0 = rng.integers(s.raw.shape[1] - patch + 1), rng.integers(s.raw.shape[2] - patch + 1)
-        img = s.raw[z, y0:y0 + patch, x0:x0 + patch].astype(np.float32) / 255.0
+        img = unit[z, y0:y0 + patch, x0:x0 + patch]
         tgt = s.target[z, y0:y0 + patch, x0:x0 + patch]
         k = int(rng.integers(4))
         img, tgt = np.rot90(img, k), np.rot90(tgt, k)
@@ -78,20 +93,23 @@ def sample_batch(rng: np.random.Generator, sources: list[Sections], weights, bat
     return x, torch.from_numpy(np.stack(ts))[:, None]
 
 
-def evaluate_sections(net, sources: list[Sections], divisor: int, context: int) -> list[dict]:
-    """Per source: masked cross-entropy, balanced set-accuracy, and the recall of each label set."""
+def evaluate_sections(net, sources: list[Sections], divisor: int, context: int,
+                      inputs: list[np.ndarray] | None = None) -> list[dict]:
+    """Per source: masked cross-entropy, balanced set-accuracy, and the recall of each label set; the network
+    reads network_input of each source (`inputs`, computed here where None), mirrored past the faces."""
     net.eval()
     out = []
+    inputs = inputs if inputs is not None else [network_input(s.raw) for s in sources]
     with torch.no_grad():
-        for s in sources:
+        for s, unit in zip(sources, inputs):
             losses: list[float] = []
             hit: dict[int, int] = {}
             count: dict[int, int] = {}
             for z in range(s.raw.shape[0]):
                 h, w = s.raw.shape[1:]
                 pad = [(context, context + (-h) % divisor), (context, context + (-w) % divisor)]
-                img = np.pad(s.raw[z], pad, mode="symmetric").astype(np.float32)
-                x = torch.from_numpy((img / 255.0 - MEAN) / STD)[None, None, None]
+                img = np.pad(unit[z], pad, mode="reflect")  # as the stage mirrors (io.reflected.mirror_indices)
+                x = torch.from_numpy((img - MEAN) / STD)[None, None, None]
                 logits = net(x)[:, :, 0, context:context + h, context:context + w]
                 tgt = torch.from_numpy(s.target[z])[None]
                 losses.append(float(masked_cross_entropy(logits, tgt)))
@@ -131,6 +149,8 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
     divisor, context = config.divisor[1], config.context[1]
     voxel = tuple(float(v) for v in np.median([s.voxel_size for s in train_sources], axis=0))
     t0 = time.perf_counter()
+    train_inputs = [network_input(s.raw) for s in train_sources]
+    val_inputs = [network_input(s.raw) for s in val_sources]
     budget = settings.max_minutes * 60 if settings.max_minutes else None
     losses: list[float] = []
     history: list[dict] = []
@@ -140,8 +160,8 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
         progress = max(it / settings.iterations, (time.perf_counter() - t0) / budget if budget else 0.0)
         for g in opt.param_groups:
             g["lr"] = settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-        x, t = sample_batch(rng, train_sources, settings.source_weights, settings.batch_size, settings.patch,
-                            settings.blank_probability)
+        x, t = sample_batch(rng, train_sources, train_inputs, settings.source_weights, settings.batch_size,
+                            settings.patch, settings.blank_probability)
         logits = net(x)[:, :, 0]
         loss = masked_cross_entropy(logits, t[:, 0], balance_weights(t[:, 0]))
         opt.zero_grad()
@@ -150,7 +170,7 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
         losses.append(loss.item())
         stop = progress >= 1.0
         if it % settings.val_every == 0 or stop or it == settings.iterations:
-            val = evaluate_sections(net, val_sources, divisor, context)
+            val = evaluate_sections(net, val_sources, divisor, context, val_inputs)
             score = float(np.mean([v["balanced_accuracy"] for v in val]))
             history.append({"iteration": it, "score": score, "sources": val,
                             "minutes": (time.perf_counter() - t0) / 60})
@@ -178,7 +198,9 @@ def _meta(settings, train_sources, val_sources, voxel, best, it, losses, t0) -> 
     return {
         "name": settings.name,
         "voxel_size": list(voxel),
-        "normalisation": {"mean": MEAN, "std": STD, "formula": "(raw / 255 - mean) / std"},
+        "normalisation": {"mean": MEAN, "std": STD, "formula": "(unit - mean) / std",
+                          "unit": "predict.unit_intensity: each whole section's levels.section_stats mapped to "
+                                  "predict.TARGET (gain capped), / 255; exact-zero margins filled"},
         "provenance": {
             "command": settings.command,
             "settings": asdict(settings),
