@@ -57,9 +57,12 @@ MATCH_FRACTION = 0.7
 IMAGE_CONTRAST, NEIGHBOUR_RATIO, MIN_WIDTH, MIN_AREA, EXTREME = 1.0, 1.0, 10, 400, 0.5
 SMOOTH = 4.0  # px: the Gaussian that removes the texture of the tissue before the intensities are compared
 MIN_PATCH_FRACTION = 0.02  # of a patch's window in a defect area: the patch is flagged
-# the image cue reads every section whole, three at a time, in the global step (about 0.15 s per 1024 x 1024
-# section on one core): sections larger than this get the matching cue only, so the step's memory stays bounded
+# the image cue reads every section whole, three at a time, in the global step: sections larger than this get the
+# matching cue only, so the step's memory stays bounded; it compares every `step`-th pixel, `step` chosen so that
+# at most IMAGE_SIDE pixels a side are compared (about 0.15 s per section on one core)
 MAX_IMAGE_PIXELS = 8192 * 8192
+IMAGE_SIDE = 1024
+NO_DATA_SIDE = 3  # exact zeros filling a square of this many compared pixels are no data (margins, padding)
 
 
 def region_flags(good: dict[int, np.ndarray], measurable: dict[int, np.ndarray], flags: np.ndarray,
@@ -93,14 +96,16 @@ def region_flags(good: dict[int, np.ndarray], measurable: dict[int, np.ndarray],
         above = poor[1:]  # pair (z, z + 1)
         skip = g2  # pair (z - 1, z + 1) matched
         out[1:-1] = below & above & skip & usable[:, None, None]
-    small = images is not None and images.extent[0] * images.extent[1] <= MAX_IMAGE_PIXELS
-    if small and fits is not None and nodes is not None and 1 in fits:
+    extent = getattr(images, "extent", None)  # connectome.alignment.overlap.SectionImages
+    if extent is not None and extent[0] * extent[1] <= MAX_IMAGE_PIXELS and fits is not None and nodes is not None \
+            and 1 in fits:
+        step = max(2, -(-max(extent) // IMAGE_SIDE))
         for z in np.nonzero(usable)[0] + 1:
             f_below, f_above = fits[1][z - 1], fits[1][z]
             if not (np.isfinite(f_below).all() and np.isfinite(f_above).all()):
                 continue
-            mask = image_defects(images[z - 1], images[z], images[z + 1], _inverse(f_below), f_above)
-            out[z] |= _patches_touched(mask, nodes, patch)
+            found = image_defects(images[z - 1], images[z], images[z + 1], _inverse(f_below), f_above, step)
+            out[z] |= _patches_touched(found, nodes, patch, step)
     return out
 
 
@@ -109,34 +114,46 @@ def _inverse(transform: np.ndarray) -> np.ndarray:
     return np.hstack([a, (-a @ transform[:, 2])[:, None]])
 
 
+def _no_data(image: np.ndarray, step: int) -> np.ndarray:
+    """(every `step`-th pixel) bool: exact zeros filling a NO_DATA_SIDE square there (margins, padding; an isolated
+    black pixel of tissue is data)."""
+    from scipy.ndimage import binary_opening
+
+    return binary_opening(image[::step, ::step] == 0, np.ones((NO_DATA_SIDE, NO_DATA_SIDE), bool))
+
+
 def _warped(image: np.ndarray, transform: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray:
-    """`image` sampled at transform(p) for the pixels p of a section of `shape`, every `step` px; NaN outside."""
+    """`image` sampled at transform(p) for the pixels p of a section of `shape`, every `step` px; NaN outside it
+    and on its no data (`_no_data`)."""
     from scipy.ndimage import map_coordinates
 
     yy, xx = np.mgrid[0:shape[0]:step, 0:shape[1]:step].astype(np.float64)
     qy = transform[0, 0] * yy + transform[0, 1] * xx + transform[0, 2]
     qx = transform[1, 0] * yy + transform[1, 1] * xx + transform[1, 2]
     out = map_coordinates(image, [qy, qx], order=1, mode="nearest")
-    inside = (qy >= 0) & (qy <= image.shape[0] - 1) & (qx >= 0) & (qx <= image.shape[1] - 1)
+    empty = map_coordinates(_no_data(image, step).astype(np.uint8), [qy / step, qx / step], order=0, mode="nearest")
+    inside = (qy >= 0) & (qy <= image.shape[0] - 1) & (qx >= 0) & (qx <= image.shape[1] - 1) & (empty == 0)
     return np.where(inside, out, np.nan)
 
 
 def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarray, to_previous: np.ndarray,
                   to_following: np.ndarray, step: int = 2) -> np.ndarray:
-    """(height, width) bool: the defect areas of `section` (a fold, dirt: darker; a crack: brighter) between
-    its neighbours, which `to_previous` / `to_following` (2 x 3, on (y, x)) map it onto. Intensities are
-    smoothed (`SMOOTH`) and compared every `step` px; the thresholds are the module's `IMAGE_CONTRAST`,
-    `NEIGHBOUR_RATIO`, `EXTREME`, `MIN_WIDTH` and `MIN_AREA`."""
+    """bool, every `step`-th pixel of `section`: its defect areas (a fold, dirt: darker; a crack: brighter)
+    between its neighbours, which `to_previous` / `to_following` (2 x 3, on (y, x)) map it onto. Intensities are
+    smoothed (`SMOOTH`); no data (`_no_data`: margins, padding) in any of the three, and near it, is never a
+    defect; the thresholds are the module's `IMAGE_CONTRAST`, `NEIGHBOUR_RATIO`, `EXTREME`, `MIN_WIDTH` and
+    `MIN_AREA`."""
     from scipy.ndimage import binary_opening, gaussian_filter, label
 
     shape = section.shape
     sigma = SMOOTH / step
-    here = gaussian_filter(section[::step, ::step].astype(np.float32), sigma)
+    here = np.where(_no_data(section, step), np.nan, section[::step, ::step].astype(np.float32))
+    here = gaussian_filter(here, sigma)  # NaN spreads over the kernel: the edge of no data is no data too
     before = gaussian_filter(_warped(previous.astype(np.float32), to_previous, shape, step), sigma)
     after = gaussian_filter(_warped(following.astype(np.float32), to_following, shape, step), sigma)
-    if not (np.isfinite(before).any() and np.isfinite(after).any()):
-        return np.zeros(shape, bool)
-    q25, q75 = np.percentile(here, [25, 75])
+    if not (np.isfinite(here).any() and np.isfinite(before).any() and np.isfinite(after).any()):
+        return np.zeros(here.shape, bool)
+    q25, q75 = np.nanpercentile(here, [25, 75])
     spread = max(float(q75 - q25), 1.0)
     radius = MIN_WIDTH / (2 * step)
     r = int(np.ceil(radius))
@@ -160,18 +177,18 @@ def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarr
             keep = sizes * step * step >= MIN_AREA
             keep[0] = False
             found |= keep[labels]
-    full = np.repeat(np.repeat(found, step, axis=0), step, axis=1)
-    return full[:shape[0], :shape[1]]
+    return found
 
 
-def _patches_touched(mask: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], patch: int) -> np.ndarray:
-    """(gy, gx): the nodes whose patch window holds at least `MIN_PATCH_FRACTION` of `mask`."""
+def _patches_touched(mask: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], patch: int, step: int) -> np.ndarray:
+    """(gy, gx): the nodes whose patch window holds at least `MIN_PATCH_FRACTION` of `mask` (every `step`-th
+    pixel of the section)."""
     table = np.pad(np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1), ((1, 0), (1, 0)))
     half = patch // 2
-    y0 = np.clip(nodes[0] - half, 0, mask.shape[0])[:, None]
-    y1 = np.clip(nodes[0] + half, 0, mask.shape[0])[:, None]
-    x0 = np.clip(nodes[1] - half, 0, mask.shape[1])[None, :]
-    x1 = np.clip(nodes[1] + half, 0, mask.shape[1])[None, :]
+    y0 = np.clip(-(-(nodes[0] - half) // step), 0, mask.shape[0])[:, None]  # the compared pixels inside
+    y1 = np.clip(-(-(nodes[0] + half) // step), 0, mask.shape[0])[:, None]
+    x0 = np.clip(-(-(nodes[1] - half) // step), 0, mask.shape[1])[None, :]
+    x1 = np.clip(-(-(nodes[1] + half) // step), 0, mask.shape[1])[None, :]
     inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
     area = np.maximum((y1 - y0) * (x1 - x0), 1)
     return inside >= MIN_PATCH_FRACTION * area

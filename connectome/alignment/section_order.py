@@ -203,7 +203,8 @@ def unlike_sections(similarity: np.ndarray, share: float = UNLIKE) -> np.ndarray
     """Sections (bool) like no other: their greatest similarity with any other section is below `share` of the
     median section's (a blank, missing or damaged section)."""
     best = np.where(np.eye(len(similarity), dtype=bool), -np.inf, similarity).max(axis=1)
-    return best < share * float(np.median(best))
+    typical = float(np.median(best))
+    return best < share * typical if typical > 0 else np.zeros(len(best), bool)
 
 
 def recover_order(similarity: np.ndarray, budget: int = 16384) -> np.ndarray:
@@ -233,12 +234,16 @@ def recover_order(similarity: np.ndarray, budget: int = 16384) -> np.ndarray:
 
 def _place(path: list[int], z: int) -> int:
     """Where in `path` section z goes: between its stored predecessor and the next stored section placed where
-    they meet in it (in either direction), else after its predecessor, else before that next section."""
+    they meet in it (in either direction); next to the one of them that ends the path where z has no other
+    stored neighbour; else at the end (where a path puts a section like no other: it splits no pair)."""
     at = {v: i for i, v in enumerate(path)}
     before, after = at.get(z - 1), at.get(min((v for v in at if v > z), default=-1))
-    if before is not None and after is not None and abs(before - after) == 1:
-        return max(before, after)
-    return before + 1 if before is not None else after if after is not None else len(path)
+    if before is not None and after is not None:
+        return max(before, after) if abs(before - after) == 1 else len(path)
+    for end in (before, after):
+        if end is not None and end in (0, len(path) - 1):
+            return 0 if end == 0 else len(path)
+    return len(path)
 
 
 def kept_pairs(order: np.ndarray) -> float:

@@ -95,9 +95,13 @@ def check_output_path(out: str) -> None:
 
 
 def shown(message: str, addresses: dict[str, str]) -> str:
-    """`message` with each address of `addresses` (longest first) replaced by how it is shown."""
+    """`message` with each address of `addresses` (longest first) replaced by how it is shown, where it stands
+    whole (not the start of a longer path, such as a file inside it)."""
+    import re
+
     for address in sorted(addresses, key=len, reverse=True):
-        message = message.replace(address, addresses[address])
+        pattern = re.escape(address) + r"(?![\w/.\-\[])"
+        message = re.sub(pattern, addresses[address].replace("\\", "\\\\"), message)
     return message
 
 

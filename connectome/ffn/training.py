@@ -121,10 +121,11 @@ def _check_affinity_model(settings: FFNTrainSettings, voxel_size) -> None:
     reads = affinity_model(settings.input)
     if not reads:
         return
+    from connectome.io import same_voxel_size
     from connectome.models.registry import read_info, resolve_model_path
 
     trained = tuple(float(v) for v in read_info(resolve_model_path(reads)).voxel_size)
-    if trained != tuple(voxel_size):
+    if not same_voxel_size(trained, voxel_size):
         raise UserError(f"--input {settings.input}: {reads} was trained on {list(trained)} nm voxels, the training "
                         f"volumes have {list(voxel_size)}")
 

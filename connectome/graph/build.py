@@ -155,12 +155,16 @@ def graph_outputs(out_dir: str, types: bool | None = None, plots: bool = True) \
         -> tuple[Graph, dict[str, str], dict[str, np.ndarray], dict]:
     """`graph_from_dir` and the summary (with its PNG plots where `plots`), written while holding OUT_DIR's lock:
     a run writing the directory refuses them, and they it."""
+    from connectome.core.errors import unwritable
     from connectome.engine.lock import output_lock
     from connectome.graph.summary import plot, summarise
 
-    with output_lock(out_dir):
-        graph, paths, synapses = graph_from_dir(out_dir, types)
-        summary = summarise(graph.nodes, graph.edges, synapses)
-        if plots:
-            paths.update(plot(graph.nodes, graph.edges, out_dir))
+    try:
+        with output_lock(out_dir):
+            graph, paths, synapses = graph_from_dir(out_dir, types)
+            summary = summarise(graph.nodes, graph.edges, synapses)
+            if plots:
+                paths.update(plot(graph.nodes, graph.edges, out_dir))
+    except OSError as e:  # a read-only output directory: one line, as a run's
+        raise unwritable(e, out_dir) from None
     return graph, paths, synapses, summary

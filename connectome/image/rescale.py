@@ -97,7 +97,7 @@ def percentile_mapping(vol: Volume, percentiles: Sequence[float] = DEFAULT_PERCE
     if high <= low:  # a (nearly) constant source: map its one value to the bottom of the range
         high = low + 1.0
     return Mapping(low, high, "percentiles", (float(percentiles[0]), float(percentiles[1])), int(values.size),
-                   int(values.size - finite.size))
+                   int(np.isnan(values).sum()) if values.dtype.kind == "f" else 0)
 
 
 def rescale(data: np.ndarray, low: float, high: float, dtype) -> np.ndarray:

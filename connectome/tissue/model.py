@@ -56,10 +56,11 @@ class TissueInfo:
     context: Vec3  # margin (voxels, each side) that makes a divisor-aligned tile's output exact
     divisor: Vec3
     classes: tuple[str, ...]
-    mean: float  # input normalisation: (raw / 255 - mean) / std
-    std: float
+    mean: float  # input normalisation: (unit - mean) / std, unit = raw / 255 or, where `sections_mapped`,
+    std: float  # predict.unit_intensity (each section's levels mapped)
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = ""
+    sections_mapped: bool = False  # trained on sections mapped as predict.unit_intensity maps them (since 2026-12-06)
 
 
 def available_models() -> list[str]:
@@ -96,7 +97,7 @@ def read_info(path: str | os.PathLike) -> TissueInfo:
         voxel_size=tuple(float(v) for v in meta["voxel_size"]),  # type: ignore[arg-type]
         context=config.context, divisor=config.divisor, classes=tuple(meta["classes"]),
         mean=float(meta["normalisation"]["mean"]), std=float(meta["normalisation"]["std"]),
-        provenance=meta.get("provenance", {}), path=str(path),
+        provenance=meta.get("provenance", {}), path=str(path), sections_mapped="unit" in meta["normalisation"],
     )
 
 

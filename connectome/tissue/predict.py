@@ -124,7 +124,7 @@ def class_logits(net: UNet, info: TissueInfo, unit: np.ndarray) -> torch.Tensor:
 
     Computed in the network's dtype (model.load_model): in float64 the same voxel computed in tiles
     of different shapes differs by ~1e-12, so an argmax never flips between a blockwise and a
-    one-block run; float32 is about 7x faster on a CPU but flips a few near-ties (benchmarks/tissue.py).
+    one-block run; float32 is about 5x faster on a CPU but flips a few near-ties (benchmarks/tissue.py).
     """
     dtype = next(net.parameters()).dtype
     out = []

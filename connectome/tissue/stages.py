@@ -35,12 +35,14 @@ class TissueParams(StageParams):
     allow_voxel_mismatch: bool = Field(False, description="run the model on data of another in-plane voxel size")
     guards = ("allow_voxel_mismatch",)
     precision: Literal["float64", "float32"] = Field(
-        "float64", description="float64: blockwise == one block exactly; float32: about 7x faster on a CPU, a "
+        "float64", description="float64: blockwise == one block exactly; float32: about 5x faster on a CPU, a "
                                "few voxels at near-ties may differ between block layouts")
-    normalize_sections: bool = Field(
-        True, description="map each section's 0.5 and 99.5 percentiles (exact zeros left out) to the grey levels "
+    normalize_sections: bool | None = Field(
+        None, description="map each section's 0.5 and 99.5 percentiles (exact zeros left out) to the grey levels "
                           "the model trained on (a blank frame is left as it is), so a dim or low-contrast section "
-                          "is not read as a blank one (defect); false: raw / 255 as is")
+                          "is not read as a blank one (defect); false: raw / 255 as is; default: as the model was "
+                          "trained (its json's normalisation: the shipped `tissue` since 2026-12-06 maps them, a model "
+                          "trained before does not)")
 
     @field_validator("exclude")
     @classmethod
@@ -85,8 +87,14 @@ class TissueStage(BlockStage[TissueParams]):
         out = os.path.abspath(self.output_addresses["tissue"])
         return os.path.join(os.path.dirname(out), "tables", f"section-stats-{os.path.basename(out)}.npz")
 
+    @property
+    def normalize(self) -> bool:
+        """Whether sections are mapped: as the params say, else as the model was trained."""
+        given = self.params.normalize_sections
+        return self.model_info.sections_mapped if given is None else given
+
     def global_step(self) -> SectionStatsStep | None:
-        if not self.params.normalize_sections:
+        if not self.normalize:
             return None
         return SectionStatsStep(self.input_addresses["raw"], self.levels_path)
 
@@ -101,7 +109,7 @@ class TissueStage(BlockStage[TissueParams]):
 
         net, info = load_model(self.params.model, self.params.precision)
         levels = None
-        if self.params.normalize_sections:
+        if self.normalize:
             z = slice(block.read_box.offset[0], block.read_box.end[0])
             levels = _levels(self.levels_path, os.path.getmtime(self.levels_path))[z]
         box = block.read_box.grow((0, HALO, HALO))
