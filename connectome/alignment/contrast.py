@@ -45,6 +45,27 @@ def equalize(unit: np.ndarray, tile: int, clip_limit: float, nbins: int = 256) -
     return out.astype(np.float64) / (NR_OF_GRAY - 1)
 
 
+def sampled_rows(vol, step: int = SAMPLE_STEP):
+    """(z, every `step`-th row of section z, whole) for each section of volume `vol`, in order; read in bands
+    of its chunks (a chunk's sections and rows at once), so every chunk is decompressed once and memory holds a
+    band of chunks' depth of the sampled rows, not a whole section at a time per chunk."""
+    depth, height, width = vol.shape
+    cz, cy = (max(1, int(c)) for c in vol.meta.chunk_shape[:2])
+    rows = len(range(0, height, step))
+    for z0 in range(0, depth, cz):
+        z1 = min(depth, z0 + cz)
+        out = np.empty((z1 - z0, rows, width), vol.dtype)
+        for y0 in range(0, height, cy):
+            first = (-y0) % step  # the first sampled row of this band
+            if y0 + first >= min(height, y0 + cy):
+                continue
+            band = vol.read(Box((z0, y0 + first, 0), (z1 - z0, min(height, y0 + cy) - y0 - first, width)))
+            picked = band[:, ::step]
+            at = (y0 + first) // step
+            out[:, at:at + picked.shape[1]] = picked
+        yield from ((z0 + i, out[i]) for i in range(z1 - z0))
+
+
 class LevelsStep(GlobalStep):
     """Every section's percentiles, from every SAMPLE_STEP-th pixel, into one file."""
 
@@ -58,11 +79,10 @@ class LevelsStep(GlobalStep):
 
     def run(self) -> dict:
         vol = open_volume(self.raw)
-        depth, height, width = vol.shape
+        depth = vol.shape[0]
         levels = np.zeros((depth, 2))
-        for z in range(depth):
-            section = vol.read(Box((z, 0, 0), (1, height, width)))[0, ::SAMPLE_STEP, ::SAMPLE_STEP]
-            levels[z] = section_levels(section, self.low, self.high)
+        for z, rows in sampled_rows(vol):
+            levels[z] = section_levels(rows[:, ::SAMPLE_STEP], self.low, self.high)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, levels=levels)

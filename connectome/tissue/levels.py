@@ -15,8 +15,7 @@ import os
 
 import numpy as np
 
-from connectome.alignment.contrast import SAMPLE_STEP, section_levels
-from connectome.core.geometry import Box
+from connectome.alignment.contrast import SAMPLE_STEP, sampled_rows, section_levels
 from connectome.engine.global_step import GlobalStep
 from connectome.io import open_volume
 
@@ -25,8 +24,13 @@ LOW, HIGH = 0.5, 99.5
 
 def section_stats(section: np.ndarray) -> tuple[float, float, float]:
     """(low level, high level, noise) of one whole (Y, X) section."""
-    lo, hi = section_levels(section[::SAMPLE_STEP, ::SAMPLE_STEP], LOW, HIGH)
-    rows = section[::SAMPLE_STEP].astype(np.float64)
+    return rows_stats(section[::SAMPLE_STEP])
+
+
+def rows_stats(rows: np.ndarray) -> tuple[float, float, float]:
+    """`section_stats` from a section's every SAMPLE_STEP-th row (`contrast.sampled_rows`)."""
+    lo, hi = section_levels(rows[:, ::SAMPLE_STEP], LOW, HIGH)
+    rows = rows.astype(np.float64)
     a, b = rows[:, 1:], rows[:, :-1]
     diff = np.abs(a - b)[(a != 0) & (b != 0)]
     noise = 1.4826 * float(np.median(diff)) / np.sqrt(2) if diff.size else 0.0
@@ -52,9 +56,10 @@ class SectionStatsStep(GlobalStep):
 
     def run(self) -> dict:
         vol = open_volume(self.raw)
-        depth, height, width = vol.shape
-        stats = np.array([section_stats(vol.read(Box((z, 0, 0), (1, height, width)))[0]) for z in range(depth)],
-                         np.float64).reshape(-1, 3)
+        depth = vol.shape[0]
+        stats = np.zeros((depth, 3))
+        for z, rows in sampled_rows(vol):
+            stats[z] = rows_stats(rows)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, stats=stats)

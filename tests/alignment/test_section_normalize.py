@@ -62,3 +62,33 @@ def test_zero_margins_do_not_set_a_sections_levels(tmp_path, client):
     _, out = _run(raw, str(tmp_path / "out"), (4, 160, 160), client, params)
     inside = out[:, 12:, 12:].astype(int)
     assert np.abs(inside - inside[0]).mean() < 4, np.abs(inside - inside[0]).mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize("chunk", [(3, 37, 64), (1, 8, 8), (7, 301, 250)])
+def test_the_levels_passes_read_each_chunk_once_and_sample_as_before(tmp_path, chunk):
+    """`sampled_rows` (section_normalize's and the tissue stage's first passes) reads bands of whole chunks and
+    gives every SAMPLE_STEP-th row of each section: the same pixels as reading the sections whole one by one
+    (which decompressed every chunk once per section it holds), for chunk heights that are not multiples of it."""
+    from connectome.alignment.contrast import SAMPLE_STEP, sampled_rows
+    from connectome.io import create_volume
+    from connectome.tissue.levels import rows_stats, section_stats
+
+    from conftest import data_file
+
+    with np.load(data_file("drosophila_vnc_sstem/vnc_stack1.npz")) as f:
+        raw = f["raw"][:7, :301, :250].copy()
+    raw[2, :40] = 0  # a margin
+    vol = create_volume(str(tmp_path / "raw"), raw.shape, np.uint8, chunk, (50.0, 4.0, 4.0))
+    vol.write(vol.box, raw)
+    reads = []
+    read = vol.read
+    vol.read = lambda box: reads.append(box) or read(box)  # type: ignore[method-assign]
+    got = {z: rows.copy() for z, rows in sampled_rows(vol)}
+    assert sorted(got) == list(range(7))
+    for z in range(7):
+        np.testing.assert_array_equal(got[z], raw[z, ::SAMPLE_STEP])
+        assert rows_stats(got[z]) == section_stats(raw[z])
+    # whole chunks' sections at once, each part of the volume once (it read every section on its own)
+    assert all(b.offset[0] % chunk[0] == 0 and b.shape[0] == min(chunk[0], 7 - b.offset[0]) for b in reads)
+    assert len({(b.offset[0], b.offset[1]) for b in reads}) == len(reads)
+    assert sum(b.shape[0] * b.shape[1] for b in reads) <= raw.shape[0] * raw.shape[1]
