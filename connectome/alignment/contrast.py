@@ -67,9 +67,11 @@ def sampled_rows(vol, step: int = SAMPLE_STEP):
 
 
 class LevelsStep(GlobalStep):
-    """Every section's percentiles, from every SAMPLE_STEP-th pixel, into one file."""
+    """Every section's percentiles, from every SAMPLE_STEP-th pixel, into one file (array `key`, a row per
+    section: `of` its sampled rows; the tissue stage's levels.SectionStatsStep adds the noise)."""
 
     name = "section_levels"
+    key = "levels"
 
     def __init__(self, raw: str, path: str, low: float, high: float):
         self.raw, self.path, self.low, self.high = raw, path, low, high
@@ -77,14 +79,15 @@ class LevelsStep(GlobalStep):
     def fingerprint(self) -> dict:
         return {"step": self.name, "raw": self.raw, "path": self.path, "low": self.low, "high": self.high}
 
+    def of(self, rows: np.ndarray) -> tuple[float, ...]:
+        """A section's row of the table, from its every SAMPLE_STEP-th row (`sampled_rows`)."""
+        return section_levels(rows[:, ::SAMPLE_STEP], self.low, self.high)
+
     def run(self) -> dict:
         vol = open_volume(self.raw)
-        depth = vol.shape[0]
-        levels = np.zeros((depth, 2))
-        for z, rows in sampled_rows(vol):
-            levels[z] = section_levels(rows[:, ::SAMPLE_STEP], self.low, self.high)
+        table = np.array([self.of(rows) for _, rows in sampled_rows(vol)], np.float64).reshape(vol.shape[0], -1)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, levels=levels)
+        np.savez(tmp, **{self.key: table})  # type: ignore[arg-type]
         os.replace(tmp, self.path)
-        return {"sections": depth}
+        return {"sections": vol.shape[0]}

@@ -11,13 +11,9 @@ that of a blank frame with white noise about 5 times; predict.gain stretches onl
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from connectome.alignment.contrast import SAMPLE_STEP, sampled_rows, section_levels
-from connectome.engine.global_step import GlobalStep
-from connectome.io import open_volume
+from connectome.alignment.contrast import SAMPLE_STEP, LevelsStep, section_levels
 
 LOW, HIGH = 0.5, 99.5
 
@@ -42,26 +38,17 @@ def stats_of(raw: np.ndarray) -> np.ndarray:
     return np.array([section_stats(s) for s in raw], np.float64).reshape(-1, 3)
 
 
-class SectionStatsStep(GlobalStep):
+class SectionStatsStep(LevelsStep):
     """section_stats of every section of `raw` into one .npz (`stats`, Z x 3)."""
 
     name = "tissue_section_stats"
+    key = "stats"
 
     def __init__(self, raw: str, path: str):
-        self.raw, self.path = raw, path
+        super().__init__(raw, path, LOW, HIGH)
 
     def fingerprint(self) -> dict:
-        return {"step": self.name, "raw": self.raw, "path": self.path, "low": LOW, "high": HIGH,
-                "sample_step": SAMPLE_STEP}
+        return {**super().fingerprint(), "sample_step": SAMPLE_STEP}
 
-    def run(self) -> dict:
-        vol = open_volume(self.raw)
-        depth = vol.shape[0]
-        stats = np.zeros((depth, 3))
-        for z, rows in sampled_rows(vol):
-            stats[z] = rows_stats(rows)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, stats=stats)
-        os.replace(tmp, self.path)
-        return {"sections": depth}
+    def of(self, rows: np.ndarray) -> tuple[float, ...]:
+        return rows_stats(rows)
