@@ -18,6 +18,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).reso
 
 from export_runs import segmented_output  # noqa: E402, F401  (session fixture for tests/export)
 from slurm_fixture import local_slurm  # noqa: E402, F401  (session fixture for the SLURM tests)
+from tmpfs_fixture import tmpfs  # noqa: E402, F401  (a tmpfs to fill or remount read-only)
 
 _missing_data: list[str] = []
 

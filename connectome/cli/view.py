@@ -41,7 +41,33 @@ def _write_state(path: str, state: dict) -> None:
 
 def _refresh(layers) -> bool:
     """Bring the synapse annotations and the segment properties (class, synapse counts) up to date with
-    synapses.csv / segments.csv when those are newer (made after the meshes); True when any was written."""
+    synapses.csv / segments.csv when those are newer (made after the meshes); True when any was written.
+    Written under the output's lock: while a run holds it, or where the output cannot be written (a read-only
+    copy), they are shown as they are, and one line says so."""
+    import contextlib
+
+    from connectome.core.errors import UserError
+    from connectome.engine.lock import output_lock
+
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(output_lock(layers.out_dir, "connectome view (refreshing synapse annotations)"))
+        except UserError as e:  # a run is writing the output
+            print(f"connectome view: {e}; the synapse annotations and segment properties are shown as they are, "
+                  "not brought up to date", file=sys.stderr)
+            return False
+        except OSError:
+            pass  # no lock can be written here (a read-only output): nothing is written unless something is stale
+        try:
+            return _refreshed(layers)
+        except OSError as e:
+            print(f"connectome view: {layers.out_dir}: cannot bring the synapse annotations and segment properties "
+                  f"up to date with synapses.csv / segments.csv ({e.strerror or e}); they are shown as they are",
+                  file=sys.stderr)
+            return False
+
+
+def _refreshed(layers) -> bool:
     from connectome.export.annotations import refresh_annotations
     from connectome.morphology.properties import refresh
 

@@ -169,24 +169,6 @@ def test_block_that_always_fails(tmp_path, capsys):
     assert 3 not in DoneMarkers(str(tmp_path / "out"), "explode").done()
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a small tmpfs (root only); yields (path, remount)."""
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
-    if ok.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {ok.stderr.decode().strip()}")
-
-    def remount(options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(mount_point)], check=True)
-
-    try:
-        yield mount_point, remount
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
 def test_unwritable_output(tmp_path, tmpfs, capsys):
     mount_point, remount = tmpfs
     remount("size=8m")

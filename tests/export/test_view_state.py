@@ -148,3 +148,75 @@ def test_synapses_are_linked_to_the_segmentation_they_were_found_with(tmp_path, 
     ids = np.unique(table["post"]) + 1000
     names = [p["id"] for p in from_tables(str(out), ids, np.ones(len(ids), np.int64))["inline"]["properties"]]
     assert "synapses_in" not in names and "synapses_out" not in names
+
+
+def _stale_copy(segmented_output, where) -> tuple:
+    """A copy of the segmented output whose synapse annotations and segment properties are older than its
+    tables (synapses.csv and segments.csv rewritten after `view` last brought them up to date)."""
+    import os
+    import shutil
+    import time
+
+    out = where / "out"
+    shutil.copytree(segmented_output, out, ignore=shutil.ignore_patterns(".connectome"))
+    assert main(["view", str(out), "--state", str(where.parent / "first.json"), "--source-url", "gs://lab/o"]) == 0
+    annotations = out / "synapse_annotations" / "info"
+    properties = out / "segment_properties" / "info"
+    assert annotations.is_file() and properties.is_file()
+    later = time.time() + 5
+    for table in ("synapses.csv", "segments.csv"):
+        os.utime(out / table, (later, later))
+    return out, _written(annotations, properties)
+
+
+def _written(*paths) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
+
+
+def test_view_does_not_write_while_a_run_holds_the_output(segmented_output, tmp_path, capsys):
+    """`view` brings stale annotations up to date under the output's lock: while another run holds it, nothing is
+    written, one line says so, and the state is still written."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from connectome.engine.lock import lock_path
+
+    out, before = _stale_copy(segmented_output, tmp_path / "held")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = lock_path(str(out))
+        (out / ".connectome").mkdir(exist_ok=True)
+        with open(lock, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": holder.pid,
+                       "started": psutil.Process(holder.pid).create_time(), "since": "now", "command": "segment"}, f)
+        capsys.readouterr()
+        assert main(["view", str(out), "--state", str(tmp_path / "s.json"), "--source-url", "gs://lab/o"]) == 0
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "shown as they are" in err and err.count("\n") == 1, err
+        assert _written(*before) == before
+        assert (tmp_path / "s.json").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the run is gone: the next view brings them up to date and releases the lock
+    assert main(["view", str(out), "--state", str(tmp_path / "s.json"), "--source-url", "gs://lab/o"]) == 0
+    assert all(_written(p)[p][1] > before[p][1] for p in before)  # rewritten
+    assert not (out / ".connectome" / "lock").exists()
+
+
+def test_view_of_a_read_only_output(segmented_output, tmp_path, tmpfs, capsys):
+    """A read-only output (a lab's published copy) is shown as it is, with one line, not a traceback."""
+    mount_point, remount = tmpfs
+    remount("size=64m")
+    out, before = _stale_copy(segmented_output, mount_point)
+    remount("ro")
+    capsys.readouterr()
+    assert main(["view", str(out), "--state", str(tmp_path / "s.json"), "--source-url", "gs://lab/o"]) == 0
+    err = capsys.readouterr().err
+    assert "cannot bring the synapse annotations" in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert _written(*before) == before
+    state = json.loads((tmp_path / "s.json").read_text())
+    assert "synapses" in {layer["name"] for layer in state["layers"]}

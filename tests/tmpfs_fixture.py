@@ -1,0 +1,26 @@
+"""A small tmpfs that a test can fill or remount read-only (root only; the fixture is registered in
+tests/conftest.py): root ignores permission bits, a read-only or full file system stops root too."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (1 MiB; remount with `size=...` for more); yields (path, remount)."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
+    if ok.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {ok.stderr.decode().strip()}")
+
+    def remount(options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(mount_point)], check=True)
+
+    try:
+        yield mount_point, remount
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
