@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,8 +36,8 @@ def _encoded(rows: dict[str, np.ndarray], properties: list[str], offset: Sequenc
     first voxel at `offset`, z y x) then properties, one record per row."""
     dtype = np.dtype([("position", "<f4", 3)] + [(p, "<f4") for p in properties])
     out = np.zeros(len(rows["z"]), dtype)
-    out["position"] = (np.stack([rows["x"], rows["y"], rows["z"]], 1).astype(np.float64) + 0.5
-                       + np.asarray(offset[::-1], np.float64))
+    for axis, (name, at) in enumerate(zip("xyz", offset[::-1])):  # in float64, one axis at a time
+        out["position"][:, axis] = rows[name].astype(np.float64) + 0.5 + np.float64(at)
     for p in properties:
         out[p] = rows[p]
     return out
@@ -49,19 +49,44 @@ def _many(records: np.ndarray, ids: np.ndarray) -> bytes:
             + np.ascontiguousarray(ids, "<u8").tobytes())
 
 
-def _write(path: str, data: bytes) -> None:
+def _write(path: str, *parts: sharding.Data) -> None:
     with open(path, "wb") as f:
-        f.write(data)
+        for data in parts:
+            f.write(data)
 
 
-def _write_sharded(directory: str, values: list[tuple[int, bytes]]) -> dict:
-    """`values` (key, bytes) as shard files in `directory`, every shard written (empty ones too, so
-    that any key can be looked up); returns the sharding spec."""
-    spec = sharding.sharding_spec(len(values), sum(len(v) for _, v in values))
-    shard, _ = sharding.locate([k for k, _ in values], spec)
-    for s in range(2 ** spec["shard_bits"]):
-        entries = [(k, v, b"") for (k, v), where in zip(values, shard) if where == s]
-        _write(os.path.join(directory, sharding.shard_name(s, spec)), sharding.encode_shard(entries, spec))
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """starts[0] .. starts[0] + counts[0] - 1, then the same of the next, ..., as one array."""
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+
+
+def _many_concatenated(records: np.ndarray, ids: np.ndarray, members: np.ndarray, counts: np.ndarray) -> memoryview:
+    """`_many` of each group of `members` (the first counts[0] of them, then the next counts[1], ...), concatenated
+    (a view of its bytes), assembled at once in 4-byte words: a group is its count (2 words), its records
+    (records.itemsize / 4 words each) and its ids (2 words each), each part filled for all groups in one go."""
+    w = records.dtype.itemsize // 4
+    out = np.empty(int(2 * counts.size + counts.sum() * (w + 2)), "<u4")
+    kind = sharding.group_parts(counts, (2, counts * w, counts * 2))
+    out[kind == 0] = counts.astype("<u8").view("<u4")
+    out[kind == 1] = np.ascontiguousarray(records[members]).view("<u4")
+    out[kind == 2] = np.ascontiguousarray(ids[members], "<u8").view("<u4")
+    return out.view(np.uint8).data
+
+
+def _write_sharded(directory: str, keys: np.ndarray, sizes: np.ndarray,
+                   values_of: Callable[[np.ndarray], sharding.Data]) -> dict:
+    """Values keyed by `keys` (uint64), `sizes` bytes each, as shard files in `directory`, every shard written
+    (empty ones too, so that any key can be looked up); `values_of(rows)` is the values of the entries `rows`
+    (indices into `keys`) concatenated in that order. Returns the sharding spec."""
+    spec = sharding.sharding_spec(int(keys.size), int(sizes.sum()))
+    shard, minishard = sharding.locate(keys, spec)
+    order = np.lexsort((keys, minishard, shard))  # each shard's entries in stored order (stable for equal keys)
+    n_shards = 2 ** spec["shard_bits"]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
+    for s in range(n_shards):
+        rows = order[bounds[s]:bounds[s + 1]]
+        _write(os.path.join(directory, sharding.shard_name(s, spec)),
+               *sharding.shard_parts(keys[rows], minishard[rows], sizes[rows], values_of(rows), spec))
     return spec
 
 
@@ -69,7 +94,8 @@ def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: S
                       offset: Sequence[int] = (0, 0, 0)) -> int:
     """Write the synapse table `rows` (columns of synapses.csv: voxels of the array) as an annotation layer into
     `directory` (replaced whole, so a reader sees the old layer or the new one); voxel_size in nm (z, y, x),
-    `offset` where the volume's first voxel sits in the world (voxels, z y x; `VolumeMeta.offset`)."""
+    `offset` where the volume's first voxel sits in the world (voxels, z y x; `VolumeMeta.offset`).
+    Vectorised (sorts and numpy byte assembly, no Python work per synapse): O(n log n) for n synapses."""
     n = len(rows["z"])
     ids = rows["id"].astype(np.uint64) if "id" in rows else np.arange(1, n + 1, dtype=np.uint64)
     properties = [p for p in PROPERTIES if p in rows]
@@ -87,25 +113,40 @@ def write_annotations(directory: str, rows: dict[str, np.ndarray], voxel_size: S
     shutil.rmtree(tmp, ignore_errors=True)
     for key in ("by_id", "spatial0", *(key for _, key, _ in RELATIONSHIPS)):
         os.makedirs(os.path.join(tmp, key))
-    rel_columns = [rows[column].astype(np.uint64) for _, _, column in RELATIONSHIPS]
-    one = []
-    for i in range(n):  # the by_id index: each synapse with its partners
-        related = b"".join(np.array([1], "<u4").tobytes() + np.array([c[i]], "<u8").tobytes() for c in rel_columns)
-        one.append((int(ids[i]), records[i:i + 1].tobytes() + related))
-    shardings = {"by_id": _write_sharded(os.path.join(tmp, "by_id"), one)}
-    limit = 0
     flat = np.ravel_multi_index(cells.T, grid) if n else np.zeros(0, np.int64)
-    for cell in np.unique(flat):
-        members = np.flatnonzero(flat == cell)
-        limit = max(limit, members.size)
+    by_cell = np.argsort(flat, kind="stable")
+    occupied, starts, counts = np.unique(flat[by_cell], return_index=True, return_counts=True)
+    for cell, start, count in zip(occupied, starts, counts):  # at most GRID**3 cells
+        members = by_cell[start:start + count]
         name = "_".join(str(int(c)) for c in np.unravel_index(cell, grid))
         _write(os.path.join(tmp, "spatial0", name), _many(records[members], ids[members]))
+    limit = int(counts.max()) if counts.size else 0
+    del cells, flat, by_cell  # n-sized, not needed further
+    rel_columns = [rows[column].astype(np.uint64) for _, _, column in RELATIONSHIPS]
+    # the by_id index: each synapse with its partners, one fixed-size record (made shard by shard)
+    one = np.dtype([("record", records.dtype)]
+                   + [f for _, key, _ in RELATIONSHIPS for f in ((f"{key}_count", "<u4"), (key, "<u8"))])
+
+    def by_id(chosen: np.ndarray) -> memoryview:
+        out = np.empty(chosen.size, one)
+        out["record"] = records[chosen]
+        for (_, key, _), segments in zip(RELATIONSHIPS, rel_columns):
+            out[f"{key}_count"] = 1
+            out[key] = segments[chosen]
+        return out.view(np.uint8).data
+
+    shardings = {"by_id": _write_sharded(os.path.join(tmp, "by_id"), ids, np.full(n, one.itemsize, np.uint64), by_id)}
     for (_, key, _), segments in zip(RELATIONSHIPS, rel_columns):
-        order = np.argsort(segments, kind="stable")
-        unique, starts = np.unique(segments[order], return_index=True)
-        values = [(int(segment), _many(records[members], ids[members]))
-                  for segment, members in zip(unique, np.split(order, starts[1:])) if segment != 0]
-        shardings[key] = _write_sharded(os.path.join(tmp, key), values)
+        order = np.argsort(segments, kind="stable")  # each segment's synapses together, in table order
+        unique, starts, counts = np.unique(segments[order], return_index=True, return_counts=True)
+        related = unique != 0
+        unique, starts, counts = unique[related], starts[related], counts[related]
+
+        def values_of(chosen: np.ndarray, order=order, starts=starts, counts=counts) -> memoryview:
+            return _many_concatenated(records, ids, order[_ranges(starts[chosen], counts[chosen])], counts[chosen])
+
+        shardings[key] = _write_sharded(os.path.join(tmp, key), unique,
+                                        8 + counts.astype(np.uint64) * np.uint64(records.itemsize + 8), values_of)
     info = {
         "@type": "neuroglancer_annotations_v1",
         "dimensions": {"x": [vx * 1e-9, "m"], "y": [vy * 1e-9, "m"], "z": [vz * 1e-9, "m"]},

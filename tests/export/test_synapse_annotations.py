@@ -54,6 +54,7 @@ def _decode_sharded(directory, spec: dict) -> dict[int, bytes]:
             n = (end - start) // 24
             table = np.frombuffer(data, "<u8", 3 * n, base + start).reshape(3, n)
             keys, at = np.cumsum(table[0]), 0
+            assert (keys[1:] > keys[:-1]).all()  # each minishard's keys ascending (a wrapped delta would not be)
             for key, gap, size in zip(keys, table[1], table[2]):
                 at += int(gap)  # starts: delta from the previous value's end
                 assert int(key) not in values
@@ -180,3 +181,98 @@ def test_positions_are_placed_at_the_volumes_world_offset(viewed, tmp_path):
         for i, sid in enumerate(table["id"]):
             expected = [table["x"][i] + 0.5 + offset[2], table["y"][i] + 0.5 + offset[1], table["z"][i] + 0.5 + offset[0]]
             np.testing.assert_allclose(found[int(sid)], expected)
+
+
+def _random_table(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Synapses with shared positions, partners 0 (outside every segment), partner ids past 2**63 and large ids."""
+    rng = np.random.default_rng(seed)
+    rows = {"z": rng.integers(0, 30, n), "y": rng.integers(0, 500, n), "x": rng.integers(0, 400, n)}
+    same = rng.random(n) < 0.2
+    for axis in ("z", "y", "x"):
+        rows[axis][same] = rows[axis][0]
+    for column in ("pre", "post"):
+        segments = rng.integers(1, 300, n).astype(np.uint64)
+        big = rng.random(n) < 0.2
+        segments[big] = np.uint64(2**64 - 1) - rng.integers(0, 3, int(big.sum())).astype(np.uint64)
+        segments[rng.random(n) < 0.1] = 0
+        rows[column] = segments
+    rows["score"], rows["partner_score"] = rng.random(n), rng.random(n)
+    rows["id"] = np.uint64(2**64 - 1) - rng.permutation(n).astype(np.uint64) * np.uint64(7919)
+    return rows
+
+
+@pytest.mark.parametrize("shards", ["default", "many"])
+def test_every_sharded_entry_decodes_to_its_own_synapses(tmp_path, monkeypatch, shards):
+    """Each by_id and rel_pre / rel_post entry looked up key by key as a reader does (hash, shard, minishard index,
+    value: `sharding.read_value`) holds exactly its synapse, or its segment's synapses in table order, so an entry
+    shifted by a byte, cut short or filed under another key or minishard fails; 'many' forces several shards of
+    several minishards."""
+    from connectome.export import sharding
+    from connectome.export.annotations import write_annotations
+
+    if shards == "many":
+        original = sharding.sharding_spec
+        monkeypatch.setattr(sharding, "sharding_spec",
+                            lambda n, total: original(n, total, shard_bytes=4096, minishard_keys=4))
+    n, offset = 1500, (2, 0, 7)
+    table = _random_table(n, 3)
+    root = tmp_path / "layer"
+    assert write_annotations(str(root), table, (40.0, 4.0, 4.0), offset) == n
+    info = json.loads((root / "info").read_text())
+    specs = {"by_id": info["by_id"]["sharding"], **{r["key"]: r["sharding"] for r in info["relationships"]}}
+    if shards == "many":
+        assert all(s["shard_bits"] >= 3 and s["minishard_bits"] >= 2 for s in specs.values())
+    ids = table["id"]
+    expected = np.zeros(n, [("position", "<f4", 3), ("score", "<f4"), ("partner_score", "<f4")])
+    expected["position"] = np.stack([table["x"] + offset[2], table["y"] + offset[1], table["z"] + offset[0]], 1) + 0.5
+    expected["score"], expected["partner_score"] = table["score"], table["partner_score"]
+    stored = _decode_sharded(root / "by_id", specs["by_id"])
+    assert sorted(stored) == sorted(int(i) for i in ids)
+    for i in range(n):
+        found = sharding.read_value(str(root / "by_id"), int(ids[i]), specs["by_id"])
+        assert found is not None and found[0] == stored[int(ids[i])]
+        assert found[0] == (expected[i:i + 1].tobytes() + struct.pack("<IQ", 1, int(table["pre"][i]))
+                            + struct.pack("<IQ", 1, int(table["post"][i])))
+    for key, column in (("rel_pre", "pre"), ("rel_post", "post")):
+        segments = table[column]
+        related = [int(s) for s in np.unique(segments) if s != 0]
+        assert sorted(_decode_sharded(root / key, specs[key])) == related
+        assert sharding.read_value(str(root / key), 0, specs[key]) is None
+        for segment in related:
+            found = sharding.read_value(str(root / key), segment, specs[key])
+            assert found is not None
+            members = np.flatnonzero(segments == np.uint64(segment))
+            assert found[0] == (struct.pack("<Q", members.size) + expected[members].tobytes()
+                                + ids[members].astype("<u8").tobytes())
+
+
+def test_the_vectorised_hash_is_murmurhash3_x86_128():
+    """The shard hash of all keys at once against the reference implementation, key by key."""
+    from cloudvolume.datasource.precomputed import mmh3
+
+    from connectome.export import sharding
+
+    rng = np.random.default_rng(0)
+    keys = [0, 1, 255, 256, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+    keys += [int(k) for k in rng.integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)]
+    reference = [mmh3.hash64(np.uint64(k).tobytes(), x64arch=False)[0] & (2**64 - 1) for k in keys]
+    spec = sharding.sharding_spec(1, 1)
+    assert sharding.hashed(keys, spec).tolist() == reference
+    assert sharding.hashed(np.array(keys, np.uint64), spec).tolist() == reference
+
+
+def test_a_shard_keeps_each_prefix_just_before_its_value(tmp_path):
+    """encode_shard as the meshes use it: (key, value, prefix), a value found by key with its prefix in front."""
+    from connectome.export import sharding
+
+    rng = np.random.default_rng(1)
+    spec = {**sharding.sharding_spec(1, 1), "minishard_bits": 3}
+    keys = [int(k) for k in rng.integers(1, 2**64 - 1, 200, dtype=np.uint64)]
+    entries = [(k, rng.bytes(int(rng.integers(0, 40))), rng.bytes(int(rng.integers(0, 3)) * 7)) for k in keys]
+    (tmp_path / sharding.shard_name(0, spec)).write_bytes(sharding.encode_shard(entries, spec))
+    data = (tmp_path / sharding.shard_name(0, spec)).read_bytes()
+    for key, value, prefix in entries:
+        found = sharding.read_value(str(tmp_path), key, spec)
+        assert found is not None and found[0] == value
+        assert data[found[2] - len(prefix):found[2]] == prefix
+    assert sharding.read_value(str(tmp_path), 0, spec) is None
