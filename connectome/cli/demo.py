@@ -34,6 +34,7 @@ def run(args) -> int:
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.engine.config import StageConfig
+    from connectome.engine.plan import check_output_path
     from connectome.graph.build import graph_outputs
     from connectome.graph.summary import describe
     from connectome.metrics.evaluate import evaluate_volumes
@@ -42,6 +43,7 @@ def run(args) -> int:
     from connectome.synth import generate
     from connectome.synth.volume import load_ground_truth
 
+    check_output_path(args.out)  # before the synthetic volume is written into it
     out = os.path.abspath(args.out)
     synth_dir = os.path.join(out, "synth")
     start = time.perf_counter()

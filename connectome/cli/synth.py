@@ -26,9 +26,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from connectome.synth import Defects, generate
+    from connectome.synth.volume import VOLUMES
 
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"{args.out_dir}: exists and is not a folder")
+    held = [n for n in (*VOLUMES, "ground_truth") if os.path.exists(os.path.join(args.out_dir, n))]
+    if held and not args.overwrite:  # another seed (or options) would replace them without a word
+        raise UserError(f"{args.out_dir}: holds {', '.join(held)} already; expected an empty or new folder "
+                        f"(give --overwrite to replace them)")
     try:
         defects = Defects.from_names(args.defects)
     except ValueError as e:

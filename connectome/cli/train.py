@@ -11,7 +11,7 @@ import argparse
 import shlex
 import sys
 
-from connectome.cli.arg_types import positive_float
+from connectome.cli.arg_types import non_negative_float, non_negative_int, positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.segment import add_section_order_option
 
@@ -33,9 +33,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--eval-labels", action="append", default=[], metavar="ADDR")
     p.add_argument("--name", required=True, help="model name: writes OUT/NAME.pt and OUT/NAME.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (weights, json, loss curve, log)")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--patch", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+    p.add_argument("--iterations", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--patch", type=positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="input patch shape (default 48 48 48 for iso, 12 160 160 for aniso)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -58,26 +58,27 @@ def add_arguments(parser) -> None:
                    help="train without the long-range affinity outputs")
     p.add_argument("--lsd", action="store_true",
                    help="also learn the 10 local shape descriptors as auxiliary outputs (MtLSD; dropped at inference)")
-    p.add_argument("--lsd-sigma", type=float, default=80.0, metavar="NM", help="descriptor window sigma in nm")
-    p.add_argument("--lsd-weight", type=float, default=1.0, help="weight of the descriptors' MSE in the loss")
-    p.add_argument("--malis-weight", type=float, default=0.0, metavar="W",
+    p.add_argument("--lsd-sigma", type=positive_float, default=80.0, metavar="NM", help="descriptor window sigma in nm")
+    p.add_argument("--lsd-weight", type=non_negative_float, default=1.0,
+                   help="weight of the descriptors' MSE in the loss")
+    p.add_argument("--malis-weight", type=non_negative_float, default=0.0, metavar="W",
                    help="add the constrained MALIS loss (squared error on the edges where pairs of voxels merge "
                         "or split) with this weight, on patches with 3-D labels; 0: off")
     p.add_argument("--norm", choices=("batch", "none"), default="batch",
                    help="BatchNorm while training (folded into the convolutions for inference), or none")
-    p.add_argument("--base-channels", type=int, metavar="N",
+    p.add_argument("--base-channels", type=positive_int, metavar="N",
                    help="channels at full resolution, growing by the arch's factor per level (default 8)")
-    p.add_argument("--max-channels", type=int, metavar="N", help="cap on any level's channels (default 64)")
+    p.add_argument("--max-channels", type=positive_int, metavar="N", help="cap on any level's channels (default 64)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (a shipped name or a .pt path with the same "
                         "architecture, or a narrower one: it is widened so that it starts computing the same "
                         "affinities); its input normalisation is kept")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-every", type=int, default=250, metavar="N")
-    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--val-every", type=positive_int, default=250, metavar="N")
+    p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    p.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
                    help="make the training batches in N worker processes, which keeps a GPU busy (0: in the "
                         "training process; default: 0 on the CPU, on a GPU the CPU cores less two, at most 8)")
     p.add_argument("--install", action="store_true",
@@ -113,7 +114,7 @@ def _add_edges(sub) -> None:
     p.add_argument("--members", type=int, default=1, metavar="K",
                    help="fit K classifiers (seeds SEED .. SEED + K - 1) and store one MLP scoring their mean logit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--cache", metavar="DIR", help="keep the predicted affinities here for re-runs")
     add_section_order_option(p, "take each volume's edges in the order recovered from its images, its labels "
                                 "with it", "auto")
@@ -149,10 +150,10 @@ def _add_ffn(sub) -> None:
     p.add_argument("--val-labels", metavar="ADDR")
     p.add_argument("--name", required=True, help="model name (ffn-...): writes OUT/NAME.pt and OUT/NAME.json")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--iterations", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--moves", type=int, default=1, help="FOV moves per example after the first step")
-    p.add_argument("--scale", nargs=3, type=int, default=(1, 1, 1), metavar=("Z", "Y", "X"),
+    p.add_argument("--iterations", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--moves", type=non_negative_int, default=1, help="FOV moves per example after the first step")
+    p.add_argument("--scale", nargs=3, type=positive_int, default=(1, 1, 1), metavar=("Z", "Y", "X"),
                    help="train at the data's voxel size times these whole factors (the image averaged and the labels "
                         "sampled in boxes of that size); `segment --method ffn` then downsamples by them too")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
@@ -161,15 +162,15 @@ def _add_ffn(sub) -> None:
     p.add_argument("--arch", choices=("cpu", "cpu-aniso", "reference", "reference-aniso"), default="cpu",
                    help="cpu: FOV 17^3, step 5, 3 modules of 16 features; reference: the published 33^3, "
                         "step 8, 12 modules of 32; -aniso: a FOV and step smaller in z for serial sections")
-    p.add_argument("--fov", type=int, nargs=3, metavar=("Z", "Y", "X"), help="override the FOV of --arch")
-    p.add_argument("--deltas", type=int, nargs=3, metavar=("Z", "Y", "X"), help="override the movement step")
-    p.add_argument("--depth", type=int, help="override the module count")
-    p.add_argument("--features", type=int, help="override the feature count")
+    p.add_argument("--fov", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="override the FOV of --arch")
+    p.add_argument("--deltas", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="override the movement step")
+    p.add_argument("--depth", type=positive_int, help="override the module count")
+    p.add_argument("--features", type=positive_int, help="override the feature count")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-every", type=int, default=250, metavar="N")
-    p.add_argument("--max-minutes", type=float, default=None, metavar="M")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--val-every", type=positive_int, default=250, metavar="N")
+    p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains and validates")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("Z", "Y", "X"))
     p.add_argument("--input", default="raw", metavar="raw|affinities:MODEL",
@@ -198,6 +199,10 @@ def _check_paired_and_out(args) -> None:
             given, missing = (a, b) if getattr(args, a) is not None else (b, a)
             raise UserError(f"--{given.replace('_', '-')} given without --{missing.replace('_', '-')}: "
                             f"expected both (the validation is scored against them) or neither")
+    name = getattr(args, "name", None)
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        raise UserError(f"--name {name!r}: expected a file name (letters, digits, '-', '_', '.'), not a path: the "
+                        f"model is written as OUT/NAME.pt and OUT/NAME.json (give the folder as --out)")
     if args.model == "ffn" and not args.name.startswith("ffn-"):
         raise UserError(f"--name {args.name}: expected a name starting with 'ffn-' (segment --method ffn finds FFN "
                         f"models by it)")
@@ -298,17 +303,17 @@ def _add_tissue(sub) -> None:
     p.add_argument("--data", default="../shared/data", metavar="DIR", help="the real data folder")
     p.add_argument("--name", default="tissue", help="model name: writes OUT/NAME.pt and OUT/NAME.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (weights, json, history)")
-    p.add_argument("--iterations", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patch", type=int, default=192, help="in-plane patch size (pixels)")
+    p.add_argument("--iterations", type=positive_int, default=6000)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--patch", type=positive_int, default=192, help="in-plane patch size (pixels)")
     p.add_argument("--synthetic-seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="seeds of the synthetic training volumes (default 101-108; 901 validates)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--val-every", type=int, default=200, metavar="N")
-    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--val-every", type=positive_int, default=200, metavar="N")
+    p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--init", metavar="MODEL", help="start from this tissue model's weights (name or .pt path)")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")

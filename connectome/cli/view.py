@@ -18,15 +18,41 @@ import threading
 
 def add_arguments(parser) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="output directory of a run (e.g. demo-out)")
-    parser.add_argument("--port", type=int, default=0, help="port to serve on (default: any free port)")
+    parser.add_argument("--port", type=_port, default=0, help="port to serve on (default: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--no-browser", action="store_true", help="print the URL only; do not open a browser")
     parser.add_argument("--log-requests", action="store_true",
                         help="log every request served on stderr (failed ones are always logged)")
     parser.add_argument("--state", metavar="FILE", default=None, help="also write the Neuroglancer state JSON here")
-    parser.add_argument("--source-url", metavar="URL", default=None,
+    parser.add_argument("--source-url", metavar="URL", type=_source_url, default=None,
                         help="where a copy of OUT_DIR lives (gs://..., s3://..., https://...): the --state "
                              "points there, and nothing is served")
+
+
+SCHEMES = ("gs", "s3", "http", "https")  # where Neuroglancer reads a copy of the output from
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535 (0: any free port), found {text!r}")
+    return port
+
+
+def _source_url(text: str) -> str:
+    import argparse
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(text)
+    if url.scheme not in SCHEMES or not url.netloc:
+        forms = ", ".join(f"{s}://..." for s in SCHEMES)
+        raise argparse.ArgumentTypeError(f"expected the URL of a copy of OUT_DIR ({forms}), found {text!r}")
+    return text
 
 
 def _write_state(path: str, state: dict) -> None:

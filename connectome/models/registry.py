@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -87,12 +88,26 @@ def resolve_model_path(name: str) -> Path:
             raise UserError(f"model {name}: no such file")
         if not path.with_suffix(".json").is_file():
             raise UserError(f"model {name}: missing {path.with_suffix('.json').name} beside the weights")
+        _check_weights(str(path), path.stat().st_mtime, path.with_suffix(".json").stat().st_mtime)
         return path
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file() or not path.with_suffix(".json").is_file():
         names = ", ".join(available_models()) or "none"
         raise UserError(f"unknown model {name!r}; available models: {names} (or give a path to a .pt file)")
     return path
+
+
+@functools.lru_cache(maxsize=8)
+def _check_weights(path: str, mtime: float, json_mtime: float) -> None:
+    """A model given as a path: its weights load into the network its .json describes (once per file version and
+    process), so a damaged or foreign .pt is refused in one line before anything is written."""
+    info = read_info(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        UNet(info.config).load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not these weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: expected the weights of the U-Net its .json describes, found {first[:200]}") from None
 
 
 AFFINITY_KEYS = ("architecture", "voxel_size", "normalisation")

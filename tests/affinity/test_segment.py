@@ -154,7 +154,16 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     raw = str(synthetic_raw / "raw")
     np.savez(tmp_path / "sections.npz", raw=np.zeros((8, 64, 64), np.uint8))
     sections = f"{tmp_path}/sections.npz#raw"
+    from connectome.models.registry import WEIGHTS_DIR
+
+    for name, weights in (("junk", b"junk\n"), ("cut", (WEIGHTS_DIR / "synthetic.pt").read_bytes()[:5000])):
+        (tmp_path / f"{name}.pt").write_bytes(weights)  # a damaged or foreign .pt beside a good .json
+        (tmp_path / f"{name}.json").write_text((WEIGHTS_DIR / "synthetic.json").read_text())
     cases = [
+        (["segment", raw, str(tmp_path / "o"), "--model", str(tmp_path / "junk.pt"), "--scoring", "mean"],
+         f"{tmp_path / 'junk.pt'}: expected the weights of the U-Net its .json describes, found"),
+        (["segment", raw, str(tmp_path / "o"), "--model", str(tmp_path / "cut.pt"), "--scoring", "mean"],
+         f"{tmp_path / 'cut.pt'}: expected the weights of the U-Net its .json describes, found"),
         (["segment", sections, str(tmp_path / "o"), "--voxel-size", "40", "4", "4"],
          "model synthetic: trained on [8.0, 8.0, 8.0] nm voxels, but " + sections + " has [40.0, 4.0, 4.0] nm"),
         (["segment", raw, str(tmp_path / "o"), "--model", "nonesuch"], "unknown model 'nonesuch'"),

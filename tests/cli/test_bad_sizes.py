@@ -16,7 +16,10 @@ COMMANDS = {
     "tissue": (["RAW", "OUT"], ["--voxel-size", "--block-shape", "--chunk-shape"]),
     "evaluate": (["--seg", "SEG", "--gt", "GT"], ["--voxel-size", "--block-shape"]),
     "synth": (["OUT"], ["--voxel-size", "--chunk-shape", "--shape"]),
+    "train": (["affinities", "--raw", "RAW", "--labels", "LABELS", "--name", "x", "--out", "OUT"],
+              ["--iterations", "--batch-size", "--patch", "--val-every", "--threads"]),
 }
+ONE_VALUE = ("--workers", "--ffn-batch", "--iterations", "--batch-size", "--val-every", "--threads")
 CASES = [(command, option, bad) for command, (_, options) in COMMANDS.items() for option in options
          for bad in ("0", "-4", "nan" if option == "--voxel-size" else "2.5")]
 
@@ -25,7 +28,7 @@ CASES = [(command, option, bad) for command, (_, options) in COMMANDS.items() fo
 def test_a_bad_size_is_refused_in_one_line(tmp_path, capsys, command, option, bad):
     positional, _ = COMMANDS[command]
     argv = [command, *[str(tmp_path / a) if a.isupper() or "/" in a else a for a in positional]]
-    if option in ("--workers", "--ffn-batch"):
+    if option in ONE_VALUE:
         value = [bad]
     else:
         value = list(GOOD.get(option, ["8", "64", "64"]))

@@ -41,6 +41,20 @@ def test_state_file_for_a_copy(segmented_output, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("state: ")
 
 
+@pytest.mark.parametrize("option, value", [("--port", "99999"), ("--port", "-1"), ("--source-url", "not a url"),
+                                           ("--source-url", "ftp://host/out"), ("--source-url", "/local/copy")])
+def test_a_bad_port_or_source_url_is_one_line(tmp_path, capsys, option, value):
+    """A port beyond 65535 was replaced by a free one without a word; a --source-url that is no URL was written into
+    the state as its sources."""
+    argv = ["view", str(tmp_path), "--no-browser", option, value]
+    if option == "--source-url":
+        argv += ["--state", str(tmp_path / "s.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0] and repr(value) in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_output_dir_is_one_line(tmp_path, capsys):
     assert main(["view", str(tmp_path / "missing"), "--no-browser"]) == 2
     err = capsys.readouterr().err

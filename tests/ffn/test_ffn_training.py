@@ -227,11 +227,17 @@ def test_train_commands_refuse_half_a_validation_pair_a_file_as_out_and_a_bad_ff
     ]
     if command == "ffn":
         cases.append((["--name", "tiny", "--out", str(tmp_path / "out")], "--name tiny: expected a name starting"))
+    # a name with a path in it wrote the model outside --out (and `--install` outside the weights folder); no
+    # iterations wrote an untrained model, then failed with a traceback
+    cases += [(["--name", "../ffn-escaped", "--out", str(tmp_path / "out")],
+               "--name '../ffn-escaped': expected a file name"),
+              (["--name", "ffn-x", "--out", str(tmp_path / "out"), "--iterations", "0"],
+               "argument --iterations: expected a whole number > 0, found '0'")]
     for extra, expected in cases:
         assert main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], (extra, err)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ffn-escaped.pt").exists()
 
 
 @pytest.mark.parametrize("command", ["ffn", "affinities"])

@@ -250,3 +250,18 @@ def test_command_rejects_bad_defects(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "x"), "--defects", "shifts,bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bogus" in err[0]
+
+
+def test_command_keeps_an_existing_volume_unless_overwrite(tmp_path, capsys):
+    """Another seed into a folder holding a volume replaced it without a word; now refused in one line."""
+    out = tmp_path / "s"
+    assert main(["synth", str(out), "--shape", "8", "32", "32", "--seed", "1"]) == 0
+    raw = open_volume(str(out / "raw"))
+    before = raw.read(raw.box)
+    capsys.readouterr()
+    assert main(["synth", str(out), "--shape", "8", "32", "32", "--seed", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds raw, labels" in err[0] and "--overwrite" in err[0], err
+    assert np.array_equal(raw.read(raw.box), before)
+    assert main(["synth", str(out), "--shape", "8", "32", "32", "--seed", "2", "--overwrite"]) == 0
+    assert not np.array_equal(raw.read(raw.box), before)
