@@ -5,7 +5,9 @@ Both volumes are read box by box (--block-shape). ERL uses ground-truth skeleton
 skeletonises the whole ground truth with kimimaro (needs the gt in memory). --per-section scores
 each z section on its own (2-D ground truth such as ISBI 2012) and reports the means. The voxel
 size is --voxel-size, else the segmentation's (zarr/precomputed metadata, or a resolution_zyx_nm
-array in its npz), else the ground truth's. Either address may end in a section range [z0:z1].
+array in its npz), else the ground truth's. Either address may end in a section range [z0:z1]. Both volumes
+must cover the same voxels: where both carry a world offset (zarr/precomputed metadata, the start of a [z0:z1]
+range) and the offsets differ, the pair is refused in one line naming both (and the ranges that would match).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ DEFAULT_BLOCK_SHAPE = (128, 256, 256)  # connectome.metrics.evaluate's (not impo
 def add_arguments(parser) -> None:
     parser.add_argument("--seg", required=True, metavar="ADDR", help="segmentation volume address (may end in [z0:z1])")
     parser.add_argument("--gt", required=True, metavar="ADDR",
-                        help="ground-truth volume address (0 = unlabelled; may end in [z0:z1])")
+                        help="ground-truth volume address (ids >= 0, 0 = unlabelled; may end in [z0:z1])")
     parser.add_argument("--per-section", action="store_true",
                         help="score each z section on its own (2-D ground truth) and report the means")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

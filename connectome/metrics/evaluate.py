@@ -25,8 +25,10 @@ from connectome.core.address import parse_address
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, BlockGrid, Box, vec3
 from connectome.io import Volume, open_volume, readonly, same_voxel_size
+from connectome.io.precomputed import PrecomputedVolume
 from connectome.io.readonly import RESOLUTION_KEY
 from connectome.io.sections import SectionRange
+from connectome.io.zarr_store import ZarrVolume
 from connectome.metrics.contingency import Contingency, ContingencyAccumulator, check_label_dtype
 from connectome.metrics.erl import expected_run_length
 from connectome.metrics.rand import adapted_rand_stats
@@ -51,11 +53,28 @@ class BlockSummary:
     sections: dict[int, Contingency]
 
 
+def read_labels(vol: Volume, box: Box, role: str) -> np.ndarray:
+    """`vol`'s voxels in `box`, for the `role` ("seg" or "gt") it plays. A chunk that cannot be read (a damaged
+    or truncated file) and, in the gt, a negative id are one line naming the chunk or the voxel (UserError): the
+    gt's ids are objects >= 1 and 0 = unlabelled, and a negative one would be scored as an object of its own."""
+    try:
+        data = vol.read(box)
+    except OSError as e:  # the zarr reader names the chunk file it cannot decode
+        raise UserError(f"{e} (reading the {role}); expected a readable chunk: rewrite the volume, e.g. re-run the "
+                        "command that made it") from None
+    if role == "gt" and data.dtype.kind == "i" and data.size and data.min() < 0:
+        at = np.unravel_index(int(np.argmin(data)), data.shape)
+        voxel = [int(o) + int(i) for o, i in zip(box.offset, at)]
+        raise UserError(f"gt {vol.address}: expected ground-truth ids >= 0 (0 = unlabelled), found {int(data.min())} "
+                        f"at voxel [z y x] {voxel}")
+    return data
+
+
 def evaluate_block(seg: Volume, gt: Volume, block: Block, lookup: NodeLookup,
                    per_section: bool = False) -> BlockSummary:
     """Read one block's write box from both volumes and summarise it."""
     box = block.write_box
-    s, g = seg.read(box), gt.read(box)
+    s, g = read_labels(seg, box, "seg"), read_labels(gt, box, "gt")
     if per_section:
         sections = {box.offset[0] + i: Contingency.from_arrays(s[i], g[i]) for i in range(box.shape[0])}
         table = Contingency.empty()
@@ -78,8 +97,59 @@ def _open_pair(seg_address: str, gt_address: str) -> tuple[Volume, Volume]:
     if seg.shape != gt.shape:
         raise UserError(
             f"shape mismatch: seg {seg.address} is {list(seg.shape)}, gt {gt.address} is {list(gt.shape)}"
+            + (f" (to compare the same voxels, {hint})" if (hint := _same_voxels_hint(seg, gt)) else "")
+        )
+    s_off, g_off = carried_offset(seg), carried_offset(gt)
+    if any(a is not None and b is not None and a != b for a, b in zip(s_off, g_off)):
+        raise UserError(
+            f"offset mismatch: seg {seg.address} starts at world voxel [z y x] {_shown(s_off)}, gt {gt.address} at "
+            f"{_shown(g_off)}; expected the same offset, so that the same voxels are compared: "
+            + (_same_voxels_hint(seg, gt) or "address the same sections of both (ADDR[z0:z1])")
         )
     return seg, gt
+
+
+def carried_offset(vol: Volume) -> tuple[int | None, int | None, int | None]:
+    """Where `vol`'s voxel (0, 0, 0) lies in world voxels, per axis z y x, where the volume says so (None where it
+    does not): a precomputed volume's voxel_offset, a zarr's recorded offset (connectome metadata), plus the start
+    of an `ADDR[z0:z1]` section range (over an npz, h5 or TIFF stack, which carry none, the range gives z alone)."""
+    if isinstance(vol, SectionRange):
+        z, y, x = carried_offset(vol.inner)
+        return (z or 0) + vol.start, y, x
+    m = vol.meta
+    if isinstance(vol, PrecomputedVolume) or (isinstance(vol, ZarrVolume) and (m.voxel_size_known or any(m.offset))):
+        z, y, x = (int(v) for v in m.offset)
+        return z, y, x
+    return None, None, None
+
+
+def _shown(offset) -> str:
+    return "[" + ", ".join("?" if v is None else str(v) for v in offset) + "]"
+
+
+def _range_over(vol: Volume, other: Volume) -> str | None:
+    """The address of the sections of `vol`'s file that `other` covers (`ADDR[z0:z1]`), where `other` carries its z
+    offset, the file holds all those sections and the y x extent and offsets agree; else None."""
+    base = vol.inner if isinstance(vol, SectionRange) else vol
+    b_off, o_off = carried_offset(base), carried_offset(other)
+    bz = carried_offset(vol)[0] or 0  # a file that carries none (npz, h5, TIFF): its section 0 taken as z 0
+    if o_off[0] is None or base.shape[1:] != other.shape[1:]:
+        return None
+    if any(a is not None and b is not None and a != b for a, b in zip(b_off[1:], o_off[1:])):
+        return None
+    z0 = o_off[0] - (bz - (vol.start if isinstance(vol, SectionRange) else 0))
+    z1 = z0 + other.shape[0]
+    if z0 < 0 or z1 > base.shape[0]:
+        return None
+    return f"{parse_address(vol.address).base}[{z0}:{z1}]"
+
+
+def _same_voxels_hint(seg: Volume, gt: Volume) -> str:
+    """"give --seg X or --gt Y" with the section ranges that would compare the same voxels, or "" where none is
+    known."""
+    ways = [f"{flag} {address}" for flag, address in (("--seg", _range_over(seg, gt)), ("--gt", _range_over(gt, seg)))
+            if address is not None]
+    return f"give {' or '.join(ways)}" if ways else ""
 
 
 def npz_resolution(address: str) -> tuple[float, float, float] | None:
@@ -134,7 +204,7 @@ def _skeletons_per_section(gt: Volume, voxel_size) -> Skeletons:
     _, ny, nx = gt.shape
     parts = []
     for z in range(gt.shape[0]):
-        sk = Skeletons.from_labels(gt.read(Box((z, 0, 0), (1, ny, nx))), voxel_size)
+        sk = Skeletons.from_labels(read_labels(gt, Box((z, 0, 0), (1, ny, nx)), "gt"), voxel_size)
         parts.append(Skeletons(sk.nodes + np.array([z, 0, 0]), sk.edges, sk.skeleton_ids))
     starts = np.cumsum([0] + [len(p.nodes) for p in parts])
     nodes = np.concatenate([p.nodes for p in parts])
@@ -149,7 +219,7 @@ def _skeletons_for(skeletons, gt: Volume, voxel_size, per_section: bool = False)
     if skeletons is None:
         if per_section:
             return _skeletons_per_section(gt, voxel_size), 0
-        return Skeletons.from_labels(gt.read(gt.box), voxel_size), 0  # whole-volume: see module docstring
+        return Skeletons.from_labels(read_labels(gt, gt.box, "gt"), voxel_size), 0  # whole-volume: see module docstring
     skel = skeletons if isinstance(skeletons, Skeletons) else Skeletons.load(str(skeletons))
     if not per_section:
         return skel, 0
@@ -195,7 +265,8 @@ def evaluate_volumes(
     per_section, seconds. With `per_section` (see the module docstring) the VOI and Rand keys are
     means over the scored sections, and `sections` (z, voi_split, voi_merge, arand, ...) and
     `skipped_sections` (z of sections without labelled gt) are added; z counts from the start of
-    the addressed file, also for an `ADDR[z0:z1]` range.
+    the addressed file, also for an `ADDR[z0:z1]` range. Refused in one line (UserError): volumes of other shapes
+    or, where both carry one (`carried_offset`), other world offsets; a negative gt id; a chunk that cannot be read.
     """
     start = time.perf_counter()
     seg, gt = _open_pair(seg_address, gt_address)

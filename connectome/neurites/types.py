@@ -3,7 +3,6 @@ described, classified, and written as the segment table (`OUT/segments.csv`) wit
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 
@@ -69,22 +68,33 @@ def write_segments(path: str, rows: dict) -> str:
         for i in range(len(rows["id"]))))
 
 
+REQUIRED_SEGMENT_COLUMNS = SEGMENT_COLUMNS[:9]  # id .. in_synapses; tables before 2026-12-04 lack the morphology
+
+
 def read_segments(path: str) -> dict[str, np.ndarray]:
+    """The segment table as columns; one line naming the file when it is not one (its columns, and the line and
+    column of a value that is not one)."""
     from connectome.core.errors import UserError
+    from connectome.synapses.table import parse_cells, read_csv_table
 
     if not os.path.isfile(path):
         raise UserError(f"{path}: no segment table; run `connectome reconstruct` first")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = reader.fieldnames or []
-    out: dict[str, np.ndarray] = {"id": np.array([int(r["id"]) for r in rows], np.uint64),
-                                  "class": np.array([r["class"] for r in rows], dtype=object)}
+    header, rows = read_csv_table(path, "segment table")
+    missing = [c for c in REQUIRED_SEGMENT_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"{path}: expected a segment table with columns {', '.join(SEGMENT_COLUMNS)}, found "
+                        f"{', '.join(header) if header else 'none'} (missing {', '.join(missing)}); re-run "
+                        "`connectome synapses` (or `reconstruct`) to write it")
+    at = {name: j for j, name in enumerate(header)}
+    out: dict[str, np.ndarray] = {"id": parse_cells(path, rows, at["id"], "id", np.uint64),
+                                  "class": parse_cells(path, rows, at["class"], "class", object)}
     for k in ("size_voxels", "class_score", "z", "y", "x", "out_synapses", "in_synapses"):
-        out[k] = np.array([float(r[k]) for r in rows])
+        out[k] = parse_cells(path, rows, at[k], k, np.float64)
     for k in sholl.MORPHOLOGY_COLUMNS:  # tables written before 2026-12-04 lack them; empty: not measured (NaN)
-        if k in columns:
-            out[k] = np.array([float(r[k]) if r[k] else np.nan for r in rows])
+        if k in at:
+            j = at[k]
+            filled = [(line, row if row[j].strip() else [*row[:j], "nan", *row[j + 1:]]) for line, row in rows]
+            out[k] = parse_cells(path, filled, j, k, np.float64)
     return out
 
 

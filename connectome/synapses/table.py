@@ -31,30 +31,106 @@ def _fmt(v) -> str:
     return str(int(v))
 
 
+def read_csv_table(path: str, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, cells)]) of a CSV table; blank lines are skipped. One line naming the file and the
+    line where it is not a CSV table (UserError): text that is not UTF-8, a broken quote, rows of another length."""
+    rows: list[tuple[int, list[str]]] = []
+    line = 1  # where the record being read starts (a quoted cell may span lines)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            line = reader.line_num + 1
+            for row in reader:
+                if row:
+                    rows.append((line, row))
+                line = reader.line_num + 1
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: expected a {what} (UTF-8 CSV text), found bytes that are not text ({e.reason} "
+                        f"at byte {e.start})") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: line {line}: expected a {what} (CSV), found {e}") from None
+    header = header or []
+    for line, row in rows:
+        if len(row) != len(header):
+            shown = ",".join(row)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise UserError(f"{path}: line {line}: expected {len(header)} columns ({', '.join(header)}), found "
+                            f"{len(row)}: {shown!r}")
+    return header, rows
+
+
+def parse_cells(path: str, rows: list[tuple[int, list[str]]], j: int, name: str, kind) -> np.ndarray:
+    """Column `j` (`name`) of `rows` as `kind`: np.uint64 (a segment id: an integer >= 0), np.int64 (an integer;
+    an integral float such as 7.0 too), np.float64, bool (1/0, true/false, empty: false) or object (text as it
+    is). One line naming the file, the line, the column and the value that is not one (UserError)."""
+    if kind is object:
+        return np.array([row[j] for _, row in rows], dtype=object)
+    fast = _parse_fast([row[j] for _, row in rows], kind)  # a good column at numpy speed; else, cell by cell
+    if fast is not None:
+        return fast
+    out = np.zeros(len(rows), dtype=kind)
+    for i, (line, row) in enumerate(rows):
+        text = row[j].strip()
+        value: float  # (an int or a bool too)
+        try:
+            if kind is np.uint64:
+                value = int(text)
+                if not 0 <= value < 2**64:
+                    raise ValueError
+            elif kind is np.int64:
+                number = float(text)
+                if not number.is_integer():
+                    raise ValueError
+                value = int(number)
+            elif kind is bool:
+                lowered = text.lower()
+                if lowered not in ("", "0", "1", "true", "false"):
+                    raise ValueError
+                value = lowered in ("1", "true")
+            else:
+                value = float(text)
+            out[i] = value
+        except (ValueError, OverflowError):
+            expected = {np.uint64: "a segment id (an integer >= 0)", np.int64: "an integer",
+                        bool: "1 or 0"}.get(kind, "a number")
+            raise UserError(f"{path}: line {line}, column {name!r}: expected {expected}, found {row[j]!r}") from None
+    return out
+
+
+def _parse_fast(values: list[str], kind) -> np.ndarray | None:
+    """`values` as `kind` (as `parse_cells` reads them) where every one is good, else None."""
+    try:
+        if kind is np.uint64:
+            ints = [int(v) for v in values]
+            return np.array(ints, np.uint64) if all(0 <= v < 2**64 for v in ints) else None
+        if kind is bool:
+            lowered = np.char.lower(np.char.strip(np.array(values, dtype=str)))
+            if not np.isin(lowered, ["", "0", "1", "true", "false"]).all():
+                return None
+            return np.isin(lowered, ["1", "true"])
+        numbers = np.array(values, dtype=np.float64)
+        if kind is np.int64:
+            if not (np.isfinite(numbers).all() and (numbers == np.round(numbers)).all()
+                    and (np.abs(numbers) < 2.0**63).all()):
+                return None
+            return numbers.astype(np.int64)
+        return numbers.astype(kind)
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
 def read_synapses(path: str) -> dict[str, np.ndarray]:
-    """The table as columns (numpy arrays); one line naming the problem when it is not a synapse table."""
+    """The table as columns (numpy arrays); one line naming the problem when it is not a synapse table (the file,
+    and the line and column of a value that is not one)."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no synapse table; run `connectome synapses` or `connectome reconstruct` first")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        rows = list(reader)
-    missing = [c for c in ("z", "y", "x", "pre", "post", "score") if header is None or c not in header]
+    header, rows = read_csv_table(path, "synapse table")
+    missing = [c for c in ("z", "y", "x", "pre", "post", "score") if c not in header]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; "
                         f"expected a synapse table with {list(COLUMNS)}")
-    assert header is not None
-    out = {}
-    for j, name in enumerate(header):
-        kind = _TYPES.get(name, np.float64)
-        values = [r[j] for r in rows]
-        if kind is bool:
-            out[name] = np.array([v in ("1", "True", "true") for v in values], bool)
-        elif kind is np.uint64:
-            out[name] = np.array([int(v) for v in values], np.uint64)
-        else:
-            out[name] = np.array(values, dtype=np.float64).astype(kind)
-    return out
+    return {name: parse_cells(path, rows, j, name, _TYPES.get(name, np.float64)) for j, name in enumerate(header)}
 
 
 def write_segmentation_record(out_dir: str, segmentation: str) -> None:

@@ -135,12 +135,16 @@ def test_given_skeletons_are_cut_into_their_pieces_within_each_section(tmp_path,
     assert "left out      9 skeleton edges between sections" in out
 
 
-def test_a_negative_int64_gt_id_is_skeletonised_as_voi_counts_it(tmp_path):
+def test_a_negative_int64_gt_id_is_refused_in_one_line(tmp_path):
+    """(Before audit43 W01 it was scored as the uint64 it wraps to; the library's skeletons still wrap it:
+    tests/metrics/test_evaluate_offsets.py.)"""
+    from connectome.core.errors import UserError
+
     gt = np.zeros((3, 6, 12), np.int64)
     gt[1, 2:4, 1:11] = -5
     np.savez(tmp_path / "n.npz", gt=gt)
-    r = evaluate_volumes(f"{tmp_path}/n.npz#gt", f"{tmp_path}/n.npz#gt", voxel_size=(4, 4, 4))
-    assert r["voi"] == 0 and r["splits"] == 0 and r["skeletons"] == 1 and r["erl_nm"] > 0
+    with pytest.raises(UserError, match=r"expected ground-truth ids >= 0 \(0 = unlabelled\), found -5"):
+        evaluate_volumes(f"{tmp_path}/n.npz#gt", f"{tmp_path}/n.npz#gt", voxel_size=(4, 4, 4))
 
 
 @pytest.mark.parametrize("case", ["edges 2x3", "nan node", "float edges", "text"])
