@@ -30,7 +30,7 @@ from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table, file_record
+from connectome.engine.stage import AFFINITIES, BlockStage, Input, Output, OutputSpec, StageParams, Table, file_record
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
@@ -148,7 +148,7 @@ class WatershedParams(StageParams):
 class FragmentsStage(BlockStage[WatershedParams]):
     name = "fragments"
     Params = WatershedParams
-    inputs = (Input("affinities", dtypes=("uint8",)),)
+    inputs = (Input("affinities", dtypes=("uint8",), channels=3, description=AFFINITIES),)
     outputs = (Output("fragments", OutputSpec(dtype="uint64")),)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
@@ -185,7 +185,8 @@ class AgglomerateParams(StageParams):
 class AgglomerateStage(BlockStage[AgglomerateParams]):
     name = "agglomerate"
     Params = AgglomerateParams
-    inputs = (Input("affinities", dtypes=("uint8",)), Input("fragments", dtypes=("uint64",)))
+    inputs = (Input("affinities", dtypes=("uint8",), channels=3, description=AFFINITIES),
+              Input("fragments", dtypes=("uint64",)))
     tables = (Table("edges", EDGES_FORMAT),)
 
     def context(self) -> Context:

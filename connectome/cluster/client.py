@@ -231,12 +231,23 @@ class LazyClient:
     def started(self) -> bool:
         return self._client is not None
 
+    def connect(self) -> None:
+        """Start the cluster now (a run that has work reaches it before it writes anything)."""
+        if self._client is None:
+            self._client = self._start()
+
     def __getattr__(self, name: str):
         if name.startswith("__") or name in ("_start", "_client"):
             raise AttributeError(name)
         if self._client is None:
             self._client = self._start()
         return getattr(self._client, name)
+
+
+def connect(client) -> None:
+    """Start the cluster of a LazyClient now (refused in one line where none answers); a Client is connected."""
+    if isinstance(client, LazyClient):
+        client.connect()
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from connectome.core.errors import UserError
 
 PRECOMPUTED = "precomputed://"
+# where a precomputed volume may live (cloud-volume's protocols): anything else would be taken as a local path
+PRECOMPUTED_SCHEMES = ("file", "gs", "s3", "http", "https")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 _SECTIONS = re.compile(r"^(?P<base>.+)\[(?P<z0>-?\d*):(?P<z1>-?\d*)\]$")
 
@@ -88,7 +90,28 @@ def parse_address(text: str) -> Address:
     suffix = text[text.rindex("["):] if sections is None and text.endswith("]") and "[" in text else ""
     if suffix and not os.path.exists(text) and (":" in suffix or "#" not in text):  # a key may hold "[1]" (HDF5)
         raise UserError(f"{text}: section range {suffix}: expected [z0:z1] (whole numbers, either may be left out)")
-    return Address(base, _kind(base), sections)
+    kind = _kind(base)
+    if kind == "precomputed":
+        _check_scheme(text, base)
+    return Address(base, kind, sections)
+
+
+def _check_scheme(text: str, base: str) -> None:
+    """Refuse a precomputed address whose storage is not `SCHEME://...` of a supported scheme (cloud-volume
+    reads `precomputed://ftp://x` or `precomputed://x/y` as a folder under the working directory)."""
+    url = base[len(PRECOMPUTED):]
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in PRECOMPUTED_SCHEMES and rest:
+        return
+    supported = ", ".join(f"{s}://" for s in PRECOMPUTED_SCHEMES)
+    if sep and scheme in PRECOMPUTED_SCHEMES:
+        found = f"no path after {scheme}://"
+    elif sep and scheme:
+        found = f"scheme {scheme}:// after precomputed://"
+    else:
+        found = f"{url!r} after precomputed://" if url else "nothing after precomputed://"
+    raise UserError(f"{text}: expected precomputed://SCHEME://PATH with SCHEME one of {supported} "
+                    f"(e.g. precomputed://file:///abs/path), found {found}")
 
 
 def location(path: str) -> str:

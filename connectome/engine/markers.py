@@ -15,6 +15,8 @@ were written, so a marker always means "this block's output is complete". A file
 block returned) and `chunks` (index -> output -> [chunk key, size, mtime_ns, crc32] of each chunk
 the block wrote, size -1 for a chunk left unstored because it holds only the fill value), with
 `roots` (output -> its array directory). `lost_blocks` compares those records with the disk.
+A root inside the work directory is stored relative to it (the file says `"relative_roots": true`), so a
+copied or moved output checks its own chunks; files written before then hold absolute roots, read as they are.
 """
 
 from __future__ import annotations
@@ -132,11 +134,16 @@ class MarkerState:
         self.chunks: dict[int, dict] = {}
         self.roots: dict[str, str] = {}
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict, work_dir: str = "") -> None:
+        """Fold in one marker file; its relative roots are taken from `work_dir` (where the file is now)."""
         self.ranges.extend(record.get("ranges", ()))
         self.summaries.update({int(k): v for k, v in record.get("summaries", {}).items()})
         self.chunks.update({int(k): v for k, v in record.get("chunks", {}).items()})
-        self.roots.update(record.get("roots", {}))
+        roots = record.get("roots", {})
+        if record.get("relative_roots"):
+            base = os.path.abspath(work_dir)
+            roots = {name: os.path.join(base, root) for name, root in roots.items()}
+        self.roots.update(roots)
 
     def merged(self) -> list[list[int]]:
         return merge_ranges(self.ranges)
@@ -238,6 +245,17 @@ class DoneMarkers:
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def stored_roots(self, roots: dict[str, str]) -> dict:
+        """`roots` as a marker file stores them: relative to the work directory (all of them, else none)."""
+        base = os.path.abspath(self.work_dir)
+        relative = {}
+        for name, root in roots.items():
+            path = os.path.abspath(root)
+            if "://" in root or not path.startswith(base + os.sep):
+                return {"roots": roots}
+            relative[name] = os.path.relpath(path, base)
+        return {"roots": relative, "relative_roots": True} if relative else {"roots": roots}
+
     def _remove_litter(self) -> None:
         """Temporary files of writes that were killed (only the one run holding the output lock calls this)."""
         for name in self._names():
@@ -264,7 +282,7 @@ class DoneMarkers:
         for name in parts + supers:
             try:
                 with open(os.path.join(self.directory, name)) as f:
-                    state.add(json.load(f))
+                    state.add(json.load(f), self.work_dir)
             except FileNotFoundError:
                 continue  # folded into a super-block file meanwhile (read below)
             except json.JSONDecodeError:
@@ -321,7 +339,7 @@ class DoneMarkers:
             if name.startswith(f"p-{task}-") and name.endswith(".json"):
                 with contextlib.suppress(FileNotFoundError, json.JSONDecodeError), \
                         open(os.path.join(self.directory, name)) as f:
-                    state.add(json.load(f))
+                    state.add(json.load(f), self.work_dir)
         return {int(i) for i in state.indices()}
 
     # -- the client's upkeep (only while it holds the output lock) ---------------------------
@@ -350,7 +368,7 @@ class DoneMarkers:
         written = set()
         for k, ranges in sorted(groups.items()):
             summaries, chunks = extras.get(k, ({}, {}))
-            record = {"ranges": ranges, "summaries": summaries, "chunks": chunks, "roots": state.roots}
+            record = {"ranges": ranges, "summaries": summaries, "chunks": chunks, **self.stored_roots(state.roots)}
             name = f"s-{int(k)}.json"
             _write_atomic(os.path.join(self.directory, name), record)
             written.add(name)
@@ -441,7 +459,7 @@ class MarkerWriter:
         if not self.indices:
             return
         record = {"ranges": ranges_of(self.indices), "summaries": self.summaries, "chunks": self.chunks,
-                  "roots": self.roots}
+                  **self.markers.stored_roots(self.roots)}
         name = f"p-{self.task}-{os.getpid()}-{self.sequence}.json"
         _write_atomic(os.path.join(self.markers.directory, name), record)
         self.sequence += 1

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 
-from connectome.cluster.client import available_resources, is_remote, task_resources
+from connectome.cluster.client import available_resources, connect, is_remote, task_resources
 from connectome.cluster.session import config_of
 from connectome.core.address import is_dataset_name, lies_within
 from connectome.core.errors import StageFailed, UserError, unwritable
@@ -23,7 +23,7 @@ from connectome.engine.config import RunConfig, format_validation_error
 from connectome.engine.global_step import GlobalStep
 from connectome.engine.inputs import check_input_chunks as check_input_chunks  # (commands import it from here)
 from connectome.engine.inputs import input_voxel_size
-from connectome.engine.lock import output_lock
+from connectome.engine.lock import lock_path, output_lock
 from connectome.engine.markers import DoneMarkers
 from connectome.engine.registry import stage_class
 from connectome.engine.runner import (
@@ -206,8 +206,10 @@ def step_fingerprint(planned: PlannedStage, step: GlobalStep) -> dict:
 
 
 def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
-    """Refuse (before any cluster starts) a re-run whose layout or parameters changed, or whose stages would
-    write over what a stage this plan does not run wrote (another `--method` on a finished output)."""
+    """Refuse (before any cluster starts) a re-run whose layout or parameters changed, whose stages would
+    write over what a stage this plan does not run wrote (another `--method` on a finished output), or whose
+    stages read tables that no stage of the plan writes and that are not on disk (`check_read_tables`)."""
+    check_read_tables(plan)
     if not overwrite:
         check_other_writers(plan)
     for planned in plan.stages:
@@ -215,6 +217,19 @@ def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
         if step is not None:
             check_step_resumable(step.name, step_fingerprint(planned, step), plan.work_dir, overwrite)
         check_resumable(planned.stage, planned.grid, plan.work_dir, overwrite)
+
+
+def check_read_tables(plan: Plan) -> None:
+    """One line where a stage reads tables (of a format version) that no earlier stage of the plan writes and that
+    are missing or of another format on disk; checked before anything is written (it was checked only once the
+    output group, run.json and the stage's output volumes had been created)."""
+    for planned in plan.stages:
+        for t in planned.stage.reads_tables:
+            if isinstance(t, Table) and t.name not in planned.table_producers:
+                try:
+                    check_format(planned.stage.table_dirs[t.name], t.name, t.version)
+                except UserError as e:
+                    raise UserError(f"stage {planned.stage.name!r}: {e}") from None
 
 
 def other_writers(plan: Plan) -> list[tuple[str, str, str]]:
@@ -277,20 +292,39 @@ def check_outputs(plan: Plan, overwrite: bool) -> None:
 
 def create_outputs(planned: PlannedStage, overwrite: bool) -> None:
     for address, meta in planned.creates.values():
-        create_volume(address, meta.shape, meta.dtype, meta.chunk_shape, meta.voxel_size,
-                      meta.offset, meta.channels, overwrite=overwrite)
+        try:
+            create_volume(address, meta.shape, meta.dtype, meta.chunk_shape, meta.voxel_size,
+                          meta.offset, meta.channels, overwrite=overwrite)
+        except OSError as e:  # the store names a file by its key (`zarr.json`): the line names it in full
+            if isinstance(e.filename, str) and "://" not in address and not os.path.isabs(e.filename):
+                e.filename = os.path.join(address, e.filename)
+            raise unwritable(e, address) from None
 
 
-def _record_config(plan: Plan) -> None:
+def _create_group(plan: Plan) -> None:
+    """The output directory as an OME-Zarr group (before its volumes are created)."""
     out = plan.config.output
     if "://" in out:
         return
     os.makedirs(out, exist_ok=True)
     zarr.open_group(store=out, mode="a")
+
+
+def _record_config(plan: Plan) -> None:
+    """Write run.json, the record of the last run: only once every stage of the run has finished, so it never
+    names parameters whose outputs are not (all) written (a refused or failed run leaves the earlier record)."""
+    out = plan.config.output
+    if "://" in out:
+        return
     tmp = os.path.join(out, f".run.json.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(plan.config.model_dump(mode="json"), f, indent=1)
-    os.replace(tmp, os.path.join(out, "run.json"))
+    try:
+        with open(tmp, "w") as f:
+            json.dump(plan.config.model_dump(mode="json"), f, indent=1)
+        os.replace(tmp, os.path.join(out, "run.json"))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise unwritable(e, os.path.join(out, "run.json")) from None
 
 
 def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
@@ -309,8 +343,11 @@ def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
 
 
 def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = True) -> list[StageReport]:
-    """Take the output's lock, create the output group and volumes, then run each stage (resuming
-    finished blocks). A stage with nothing left to do does not touch `client` (which may be lazy)."""
+    """Take the output's lock, reach the cluster where a stage has work, create the output group and volumes,
+    run each stage (resuming finished blocks), and record the run in run.json once all of them are done. A run
+    with nothing left to do does not touch `client` (which may be lazy). A refused run (UserError) into an output
+    directory that did not exist before it, with no block finished, leaves no directory behind."""
+    made = [d for d in dict.fromkeys((plan.work_dir, plan.config.output)) if "://" not in d and not os.path.exists(d)]
     try:
         lock = output_lock(plan.work_dir)
         lock.__enter__()
@@ -321,8 +358,51 @@ def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = Tru
     except StageFailed as e:
         e.log_file = _failure_log(plan.work_dir, e)
         raise
+    except UserError:
+        if made and not _any_block_finished(plan):  # a refused run leaves no new output behind
+            _remove_new_output(made, lock_path(plan.work_dir))
+        raise
     finally:
         lock.__exit__(None, None, None)
+        for directory in (os.path.join(plan.work_dir, ".connectome"), *made) if made else ():
+            with contextlib.suppress(OSError):  # only where empty (another run may hold the lock by now)
+                os.rmdir(directory)
+
+
+def _any_block_finished(plan: Plan) -> bool:
+    """Whether a stage (or global step) of the plan has a finished block recorded in the work directory."""
+    done = os.path.join(plan.work_dir, ".connectome", "done")
+    try:
+        names = os.listdir(done)
+    except OSError:
+        return False
+    try:
+        return any(DoneMarkers(plan.work_dir, name).count() for name in names)
+    except (OSError, UserError):
+        return True
+
+
+def _remove_new_output(made: list[str], lock: str) -> None:
+    """Remove what a refused run created in output directories that did not exist before it, but the lock it
+    holds (its folder and the directories go once the lock is released, where empty)."""
+    for directory in made:
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            path = os.path.join(directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                if path == os.path.dirname(lock):
+                    for inner in os.listdir(path):
+                        if os.path.join(path, inner) != lock:
+                            _remove(os.path.join(path, inner))
+                    continue
+            _remove(path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _failure_log(work_dir: str, error: StageFailed) -> str | None:
@@ -342,9 +422,12 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
     check_plan_resumable(plan, overwrite)  # again: another run may have finished meanwhile
     check_outputs(plan, overwrite)
     changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
+    complete: dict[int, bool] = {}  # planned stage -> finished before this run (asked until one is not)
+    if changed or not all(complete.setdefault(id(p), _complete(p, plan.work_dir)) for p in plan.stages):
+        connect(client)  # there is work: the cluster is reached (or refused) before anything is written
     try:
         if plan.record_config:
-            _record_config(plan)
+            _create_group(plan)
     except OSError as e:
         raise unwritable(e, plan.config.output) from None
     facts: dict = {}
@@ -381,7 +464,8 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
             if isinstance(t, Table):
                 check_format(stage.table_dirs[t.name], t.name, t.version)
         rerun = any(r.ran for r in reports)  # inputs of a global step were (partly) rewritten in this run
-        idle = not rerun and stage_complete(planned, plan.work_dir)
+        idle = not rerun and not afresh and (complete[id(planned)] if id(planned) in complete
+                                             else stage_complete(planned, plan.work_dir))
         resources = None if idle else task_resources(stage.resources, offered())
         if not idle and stage.resources and resources is None and facts["remote"]:
             print(f"connectome: {stage.name}: no worker of this scheduler offers "
@@ -396,5 +480,15 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
                 DoneMarkers(plan.work_dir, stage.name).clear()
         reports.append(run_stage(stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress, resources=resources))
+    if plan.record_config:
+        _record_config(plan)
     return reports
+
+
+def _complete(planned: PlannedStage, work_dir: str) -> bool:
+    """`stage_complete`, False where the stage's fingerprint cannot be read (an --overwrite run starts it again)."""
+    try:
+        return stage_complete(planned, work_dir)
+    except UserError:
+        return False
 

@@ -58,6 +58,11 @@ class Input:
     dtypes: tuple[str, ...] = ()
     channels: int | None = None
     optional: bool = False
+    description: str = ""  # what the input holds, for the line that refuses another kind of volume
+
+
+# the description of an input of affinities (`Input(..., description=AFFINITIES)`)
+AFFINITIES = "affinities: one channel per axis z, y, x, as the affinities stage writes them"
 
 
 @dataclass(frozen=True)
@@ -166,14 +171,18 @@ class BlockStage(ABC, Generic[P]):
                 if spec.dtypes == ("uint8",):
                     hint = ("; `connectome ingest SRC DST --voxel-size Z Y X --dtype uint8` converts a volume to uint8 "
                             "(rescaling by the 0.1/99.9 percentiles, or --range LOW HIGH)")
+                what = f" ({spec.description})" if spec.description else ""
                 raise UserError(
                     f"stage {self.name!r}: input {spec.name} ({self.input_addresses[spec.name]}) has dtype {found}, "
-                    f"expected {' or '.join(spec.dtypes)}{hint}"
+                    f"expected {' or '.join(spec.dtypes)}{what}{hint}"
                 )
             if spec.channels is not None and (meta.channels or 1) != spec.channels:
+                found_channels = f"{meta.channels} channels" if meta.channels else "1 channel (no channel axis)"
+                wanted = f"{spec.channels} channels" + (f" of {' or '.join(spec.dtypes)}" if spec.dtypes else "")
+                what = f" ({spec.description})" if spec.description else ""
                 raise UserError(
                     f"stage {self.name!r}: input {spec.name} ({self.input_addresses[spec.name]}) has "
-                    f"{meta.channels or 1} channel(s), expected {spec.channels}"
+                    f"{found_channels}, dtype {found}, shape {list(meta.shape)}; expected {wanted}{what}"
                 )
 
     def check_upstream(self, upstream: dict[str, BlockStage | None]) -> P:

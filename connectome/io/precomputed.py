@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +20,91 @@ def cloudpath(address: str) -> str:
     return address[len(PREFIX):] if address.startswith(PREFIX) else address
 
 
+def local_path(address: str) -> str | None:
+    """The local folder of a `precomputed://file://` layer; None for a remote one."""
+    url = cloudpath(address)
+    return url[len("file://"):] if url.startswith("file://") else None
+
+
+def info_location(address: str) -> str:
+    """The `info` file of a layer as a user names it: a local path, or the URL of a remote one."""
+    return os.path.join(local_path(address) or cloudpath(address).rstrip("/"), "info")
+
+
+class NoInfo(UserError):
+    """There is no `info` file at the address (as opposed to one that cannot be read)."""
+
+
+def _fetch_info(address: str) -> tuple[bool, Any]:
+    """(whether it could be fetched again, the parsed `info` file)."""
+    from cloudfiles import CloudFiles
+
+    try:
+        return True, CloudFiles(cloudpath(address)).get_json("info")
+    except Exception:  # noqa: BLE001 - only to explain a failure already met; the caller has its own line
+        return False, None
+
+
+def info_problem(info: str, found: Any) -> str | None:
+    """One line naming what a precomputed `info` (parsed JSON, `found`) lacks for scale 0 to be read; None if
+    nothing. `info` is the file's name for the message."""
+    def whole(v: Any, least: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    def triple(v: Any, least: int) -> bool:
+        return isinstance(v, list) and len(v) == 3 and all(whole(x, least) for x in v)
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v)
+
+    def describe(v: Any) -> str:
+        text = json.dumps(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    if not isinstance(found, dict):
+        return f"{info}: expected a JSON object (the layer's metadata), found {describe(found)}"
+    wanted: list[tuple[str, Any, str, Any]] = [  # (key, its value, what it must be, test)
+        ("data_type", found.get("data_type", ...), "a numpy dtype name such as \"uint8\"", _is_dtype),
+        ("num_channels", found.get("num_channels", ...), "a whole number >= 1", lambda v: whole(v, 1)),
+        ("scales", found.get("scales", ...), "a list of scale objects, scale 0 first",
+         lambda v: isinstance(v, list) and len(v) > 0 and isinstance(v[0], dict)),
+    ]
+    for key, value, expected, ok in wanted:
+        if value is ...:
+            return f"{info}: key {key!r} is missing; expected {expected}"
+        if not ok(value):
+            return f"{info}: key {key!r}: expected {expected}, found {describe(value)}"
+    scale = found["scales"][0]
+    per_scale: list[tuple[str, str, Any, bool]] = [  # (key, what it must be, test, required)
+        ("key", "the name of the scale's folder (a string)", lambda v: isinstance(v, str) and v != "", True),
+        ("size", "3 whole numbers >= 1 (x, y, z voxels)", lambda v: triple(v, 1), True),
+        ("resolution", "3 positive numbers (x, y, z nm)", numbers, True),
+        ("chunk_sizes", "a list holding 3 whole numbers >= 1 (x, y, z voxels)",
+         lambda v: isinstance(v, list) and len(v) > 0 and triple(v[0], 1), True),
+        ("encoding", "a string such as \"raw\"", lambda v: isinstance(v, str), True),
+        ("voxel_offset", "3 whole numbers (x, y, z voxels)", lambda v: triple(v, -(2**62)), False),
+    ]
+    for key, expected, ok, required in per_scale:
+        if key not in scale:
+            if required:
+                return f"{info}: key 'scales[0].{key}' is missing; expected {expected}"
+            continue
+        if not ok(scale[key]):
+            return f"{info}: key 'scales[0].{key}': expected {expected}, found {describe(scale[key])}"
+    return None
+
+
+def _is_dtype(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        np.dtype(value)
+    except TypeError:
+        return False
+    return True
+
+
 class PrecomputedVolume(Volume):
     """Scale 0 of a precomputed layer; cloud-volume's (x, y, z, c) order is turned into (c, z, y, x)."""
 
@@ -25,14 +114,25 @@ class PrecomputedVolume(Volume):
         from cloudvolume.exceptions import InfoUnavailableError
 
         self.writable = mode != "r"
+        info = info_location(address)
         try:
             self._cv = CloudVolume(
                 cloudpath(address), mip=0, fill_missing=True, bounded=True, progress=False,
                 non_aligned_writes=False, parallel=1, cache=False,
             )
         except InfoUnavailableError:
-            raise UserError(f"{address}: no precomputed 'info' file there") from None
+            raise NoInfo(f"{address}: no precomputed 'info' file there") from None
+        except json.JSONDecodeError as e:  # orjson's error is one
+            raise UserError(f"{info}: not valid JSON ({e})") from None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:  # a JSON value of the wrong form
+            fetched, parsed = _fetch_info(address)
+            raise UserError((info_problem(info, parsed) if fetched else None) or
+                            f"{info}: not a precomputed info file cloud-volume can read ({type(e).__name__}: {e})"
+                            ) from None
         cv = self._cv
+        problem = info_problem(info, cv.info)
+        if problem:
+            raise UserError(problem)
         channels = int(cv.num_channels)
         size = [int(v) for v in cv.volume_size]
         chunk = [int(v) for v in cv.chunk_size]
@@ -58,9 +158,58 @@ class PrecomputedVolume(Volume):
         return slice(x0 + ox, x1 + ox), slice(y0 + oy, y1 + oy), slice(z0 + oz, z1 + oz)
 
     def _read(self, box: Box) -> np.ndarray:
-        cut = np.asarray(self._cv[self._bbox(box)])  # x, y, z, c
+        try:
+            cut = np.asarray(self._cv[self._bbox(box)])  # x, y, z, c
+        except Exception as e:
+            raise self._undecodable(box, e) from None
         out = np.transpose(cut, (3, 2, 1, 0))
         return np.ascontiguousarray(out[0] if self._meta.channels is None else out)
+
+    def _undecodable(self, box: Box, error: Exception) -> Exception:
+        """An error naming the chunk files of `box` that cannot be read (found by reading them one by one), as
+        ZarrVolume names its chunk; `error` itself where each chunk reads alone (e.g. a network error that passed)."""
+        if self._cv.meta.sharding(0):  # chunks live inside shard files, which hold many boxes
+            where = self._chunk_path("")
+            return OSError(f"{where}: cannot decode the shards of {self.address} holding box {box} "
+                           f"({type(error).__name__}: {error})")
+        chunks = self._meta.chunk_shape
+        first = [o // c for o, c in zip(box.offset, chunks)]
+        last = [-(-e // c) for e, c in zip(box.end, chunks)]
+        bad: list[tuple[str, Exception]] = []
+        for position in itertools.product(*(range(a, b) for a, b in zip(first, last))):
+            chunk = Box.of([p * c for p, c in zip(position, chunks)], chunks).intersect(self.box)
+            try:
+                self._cv[self._bbox(chunk)]
+            except Exception as e:  # this chunk is one
+                bad.append((self._chunk_path(self._chunk_name(chunk)), e))
+        if not bad:
+            return error
+        path, why = bad[0]
+        more = ""
+        if len(bad) > 1:
+            more = (f"; {len(bad) - 1} more chunk file(s) of this box cannot be decoded either: "
+                    f"{', '.join(p for p, _ in bad[1:4])}{' ...' if len(bad) > 4 else ''}")
+        return OSError(f"{path}: cannot decode this chunk of {self.address} ({type(why).__name__}: {why}){more}")
+
+    def _chunk_name(self, chunk: Box) -> str:
+        """cloud-volume's file name of the chunk at `chunk` (x0-x1_y0-y1_z0-z1, in the layer's voxel coordinates)."""
+        (z0, y0, x0), (z1, y1, x1) = chunk.offset, chunk.end
+        ox, oy, oz = self._origin
+        return f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
+
+    def _chunk_path(self, name: str) -> str:
+        """Where chunk file `name` of scale 0 is stored: a local file (with the suffix of its compression, e.g.
+        .gz, where it has one) or the URL of a remote one."""
+        key = str(self._cv.meta.key(0))
+        base = local_path(self.address)
+        if base is None:
+            return "/".join(part.strip("/") for part in (cloudpath(self.address), key, name) if part)
+        path = os.path.join(base, key, name)
+        if name:
+            for suffix in ("", ".gz", ".br", ".zstd", ".xz", ".bz2"):
+                if os.path.exists(path + suffix):
+                    return path + suffix
+        return path
 
     def _write(self, box: Box, data: np.ndarray) -> None:
         if self._meta.channels is None:
@@ -96,7 +245,11 @@ def create_precomputed_volume(
     )
     try:
         existing = PrecomputedVolume(address, "r+")
-    except UserError:
+    except NoInfo:
+        existing = None
+    except UserError as e:  # an info file that cannot be read: replaced only when asked to
+        if not overwrite:
+            raise UserError(f"{e} (pass --overwrite to replace the volume)") from None
         existing = None
     if existing is not None and not overwrite:
         m = existing.meta

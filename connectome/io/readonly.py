@@ -19,11 +19,16 @@ DEFAULT_VOXEL = (1.0, 1.0, 1.0)
 
 
 def array_meta(address: str, shape, dtype, voxel_size, chunk=None) -> VolumeMeta:
-    """The metadata of an array source of `shape` ((y, x), (z, y, x) or (c, z, y, x)); one line otherwise."""
+    """The metadata of an array source of `shape` ((y, x), (z, y, x) or (c, z, y, x) with c > 1); one line
+    otherwise."""
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) == 3:
         channels, spatial = None, vec3(shape)
+    elif len(shape) == 4 and shape[0] == 1:  # (1, z, y, x): one channel, or a stray leading axis; read as neither
+        raise UserError(f"{address}: expected a 3-d (z, y, x) array, or 4-d (c, z, y, x) with 2 or more channels, "
+                        f"found shape {tuple(int(n) for n in shape)}; store it as 3-d without the leading axis of 1 "
+                        "(array[0])")
     elif len(shape) == 4:
         channels, spatial = int(shape[0]), vec3(shape[1:])
     else:

@@ -1,6 +1,7 @@
 """The one address parser: kinds, keys, section ranges, dataset names, rebasing."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -63,3 +64,33 @@ def test_lies_within_the_output_directory(tmp_path, monkeypatch):
     assert not lies_within("elsewhere/raw", "out") and not lies_within("out2/raw", "out")
     assert not lies_within("precomputed://gs://bucket/raw", "out")
     assert lies_within("out/raw[0:4]", "out") and not lies_within("out/raw", "run[2]")  # a folder named run[2]
+
+
+@pytest.mark.parametrize("text, found", [
+    ("precomputed://ftp://x/y", "found scheme ftp:// after precomputed://"),
+    ("precomputed://x/y", "found 'x/y' after precomputed://"),
+    ("precomputed:///abs/layer", "found '/abs/layer' after precomputed://"),
+    ("precomputed://", "found nothing after precomputed://"),
+    ("precomputed://gs://", "found no path after gs://"),
+    ("precomputed://ftp://x/y[0:4]", "found scheme ftp:// after precomputed://"),
+])
+def test_a_precomputed_address_of_an_unsupported_scheme_is_refused(text, found):
+    """(audit43 V10) `precomputed://ftp://x/y` was read by cloud-volume as the local folder `./ftp:/x/y`."""
+    with pytest.raises(UserError, match=re.escape(
+            f"{text}: expected precomputed://SCHEME://PATH with SCHEME one of file://, gs://, s3://, http://, "
+            f"https:// (e.g. precomputed://file:///abs/path), {found}")):
+        parse_address(text)
+    for ok in ("precomputed://file:///x/y", "precomputed://gs://b/x", "precomputed://s3://b/x[2:]",
+               "precomputed://https://h/x"):
+        assert parse_address(ok).kind == "precomputed"
+
+
+def test_ingest_to_an_unsupported_scheme_writes_nothing(tmp_path, monkeypatch, capsys):
+    from connectome.cli.main import main
+
+    src = create_volume(str(tmp_path / "raw"), (4, 8, 8), np.uint8, (4, 8, 8), (8.0, 8.0, 8.0))
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", src.address, "precomputed://ftp://x/y", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "found scheme ftp:// after precomputed://" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["raw"]

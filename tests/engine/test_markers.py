@@ -110,3 +110,62 @@ def test_a_run_from_before_weights_were_recorded_resumes_and_records_them(tmp_pa
              "weights": {"name": "lab.pt", "sha1": "c" * 40}}
     assert pathed.resumes(named)
     assert not pathed.resumes({**named, "params": {"model": "other.pt", "consensus_model": "b.pt"}})
+
+
+def _marked_output(work) -> tuple[DoneMarkers, str]:
+    """An output `v` in `work` whose 4 blocks are marked finished, with their chunks; (markers, array dir)."""
+    vol = create_volume(str(work / "v"), (8, 32, 32), np.uint8, (8, 16, 16), (1, 1, 1))
+    vol.write(vol.box, np.random.default_rng(0).integers(1, 255, (8, 32, 32), dtype=np.uint8))
+    markers = DoneMarkers(str(work), "w")
+    markers.claim({"blocks": 4})
+    w = markers.writer("t")
+    root = ""
+    for i, (y, x) in enumerate(((0, 0), (0, 16), (16, 0), (16, 16))):
+        root, keys = vol.stored_chunks(Box((0, y, x), (8, 16, 16)))
+        w.add(i, None, {"v": [[k, *chunk_record(os.path.join(root, k))] for k in keys]}, {"v": root})
+    w.flush()
+    return markers, root
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_a_copied_or_moved_output_checks_its_own_chunks(tmp_path, monkeypatch, compacted):
+    """Chunk roots inside the work directory are recorded relative to it: a copy whose chunk was truncated
+    reports that block lost (its markers checked the original's chunks and said complete), and a moved output
+    reports nothing lost (every block had lost its output, under the old path)."""
+    import shutil
+
+    markers, root = _marked_output(tmp_path / "seg1")
+    if compacted:
+        markers.compact()
+    shutil.copytree(tmp_path / "seg1", tmp_path / "segcopy")
+    chunk = tmp_path / "segcopy" / os.path.relpath(root, tmp_path / "seg1") / "c" / "0" / "0" / "0"
+    os.truncate(chunk, 7)
+    lost = DoneMarkers(str(tmp_path / "segcopy"), "w").lost_blocks(checksum_all=True)
+    assert lost == {0: str(chunk)}, lost
+    monkeypatch.chdir(tmp_path)  # a work directory given relative to the current one: the file is still named in full
+    assert DoneMarkers("segcopy", "w").lost_blocks(checksum_all=True) == {0: str(chunk)}
+    assert DoneMarkers(str(tmp_path / "seg1"), "w").lost_blocks(checksum_all=True) == {}
+    shutil.move(tmp_path / "seg1", tmp_path / "sm2")
+    moved = DoneMarkers(str(tmp_path / "sm2"), "w")
+    assert moved.lost_blocks() == {} and moved.count() == 4
+    moved.compact(forget=[3])  # compaction keeps them relative
+    shutil.move(tmp_path / "sm2", tmp_path / "sm3")
+    assert DoneMarkers(str(tmp_path / "sm3"), "w").lost_blocks(checksum_all=True) == {}
+
+
+def test_absolute_chunk_roots_of_older_markers_are_still_read(tmp_path):
+    """Marker files from before roots were relative hold absolute roots: read as they are."""
+    markers, root = _marked_output(tmp_path / "out")
+    for name in os.listdir(markers.directory):
+        if name.startswith("p-"):
+            path = os.path.join(markers.directory, name)
+            with open(path) as f:
+                record = json.load(f)
+            assert record["relative_roots"] is True and record["roots"] == {"v": os.path.join("v", "0")}, record
+            record["roots"] = {"v": root}
+            del record["relative_roots"]
+            with open(path, "w") as f:
+                json.dump(record, f)
+    assert markers.lost_blocks() == {}
+    os.remove(os.path.join(root, "c", "0", "0", "1"))
+    assert markers.lost_blocks() == {1: os.path.join(root, "c", "0", "0", "1")}

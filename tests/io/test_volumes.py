@@ -240,3 +240,108 @@ def test_a_zarr_another_tool_wrote_has_no_voxel_size_of_ours_and_is_not_refused_
     assert plan_run(config).stages[0].stage.name == "skeletons"
     with pytest.raises(UserError, match="carries no voxel size"):
         plan_run(config.model_copy(update={"input": str(tmp_path / "plain.zarr"), "stages": [StageConfig(stage="skeletons")]}))
+
+
+def _precomputed(tmp_path, name="pc", shape=(8, 16, 16), chunks=(4, 8, 8), offset=(0, 0, 0)):
+    address = f"precomputed://file://{tmp_path}/{name}"
+    vol = create_volume(address, shape, np.uint8, chunks, (8.0, 8.0, 8.0), offset=offset)
+    data = _random(shape, np.uint8)
+    vol.write(vol.box, data)
+    return address, tmp_path / name, data
+
+
+def test_a_precomputed_info_that_is_not_json_is_one_line_naming_it(tmp_path, capsys):
+    """(audit43 C01/C06) A damaged `info` gave a 52-line orjson traceback naming no file."""
+    from connectome.cli.main import main
+
+    address, folder, _ = _precomputed(tmp_path)
+    (folder / "info").write_text('{"type": "image", \n')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder / 'info'))}: not valid JSON \(unexpected end"):
+        open_volume(address)
+    np.savez(tmp_path / "gt.npz", gt=np.ones((8, 16, 16), np.uint32))
+    assert main(["evaluate", "--seg", f"{tmp_path}/gt.npz#gt", "--gt", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{folder / 'info'}: not valid JSON" in err, err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d["scales"][0].pop("size"), r"key 'scales\[0\].size' is missing; expected 3 whole numbers >= 1"),
+    (lambda d: d.pop("data_type"), r"key 'data_type' is missing; expected a numpy dtype name"),
+    (lambda d: d.pop("scales"), r"key 'scales' is missing; expected a list of scale objects"),
+    (lambda d: d.update(scales=[]), r"key 'scales': expected a list of scale objects, scale 0 first, found \[\]"),
+    (lambda d: d["scales"][0].update(chunk_sizes=[[8, 8]]), r"key 'scales\[0\].chunk_sizes': expected a list holding 3"),
+    (lambda d: d["scales"][0].update(resolution="8nm"), r"key 'scales\[0\].resolution': expected 3 positive numbers.*"
+                                                         r"found \"8nm\""),
+    (lambda d: d.update(num_channels=0), r"key 'num_channels': expected a whole number >= 1, found 0"),
+    (lambda d: d["scales"][0].pop("key"), r"key 'scales\[0\].key' is missing"),
+])
+def test_a_precomputed_info_lacking_a_key_is_one_line_naming_file_and_key(tmp_path, damage, message):
+    """(audit43 C02/C07) An info without `scales[0].size` gave a traceback `KeyError: 'size'`; a damaged info is
+    not taken for a missing one (it was replaced) by create_volume unless asked to overwrite."""
+    import json
+
+    address, folder, _ = _precomputed(tmp_path)
+    info = json.loads((folder / "info").read_text())
+    damage(info)
+    (folder / "info").write_text(json.dumps(info))
+    before = (folder / "info").read_bytes()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder / 'info'))}: {message}"):
+        open_volume(address)
+    with pytest.raises(UserError, match=rf"{message}.*\(pass --overwrite to replace the volume\)$"):
+        create_volume(address, (8, 16, 16), np.uint8, (4, 8, 8), (8.0, 8.0, 8.0))
+    assert (folder / "info").read_bytes() == before
+    assert create_volume(address, (8, 16, 16), np.uint8, (4, 8, 8), (8.0, 8.0, 8.0), overwrite=True).shape == (8, 16, 16)
+
+
+def test_a_precomputed_info_that_is_no_object_is_named(tmp_path):
+    address, folder, _ = _precomputed(tmp_path)
+    (folder / "info").write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"pc/info: expected a JSON object \(the layer's metadata\), found \[1, 2\]"):
+        open_volume(address)
+
+
+def test_a_damaged_precomputed_chunk_names_its_files(tmp_path):
+    """(audit43 C05) A truncated chunk failed a run with `deflate.DeflateError: Decompression failed`, naming no file;
+    as a zarr chunk is, the chunk files of the read box that cannot be decoded are named (in the layer's voxel
+    coordinates, with their compression suffix), and the rest of the volume still reads."""
+    address, folder, data = _precomputed(tmp_path, offset=(2, 0, 16))
+    scale = next(p for p in folder.iterdir() if p.is_dir())
+    files = sorted(scale.iterdir())
+    assert len(files) == 8, files
+    bad = [scale / f for f in ("16-24_0-8_2-6", "16-24_8-16_6-10")]
+    bad = [next(p for p in files if p.name.startswith(b.name)) for b in bad]
+    for p in bad:  # (cut to its gzip header, a chunk decodes to no bytes, which cloud-volume reads as missing: 0)
+        p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+    vol = open_volume(address)
+    with pytest.raises(OSError, match=rf"^{re.escape(str(bad[0]))}: cannot decode this chunk of {re.escape(address)} "
+                                      rf"\(.*\); 1 more chunk file\(s\) of this box cannot be decoded either: "
+                                      rf"{re.escape(str(bad[1]))}$"):
+        vol.read(vol.box)
+    with pytest.raises(OSError, match=rf"^{re.escape(str(bad[1]))}: cannot decode this chunk .*\)$"):
+        vol.read(Box((4, 8, 0), (4, 8, 8)))
+    np.testing.assert_array_equal(vol.read(Box((0, 0, 8), (8, 16, 8))), data[:, :, 8:])
+
+
+def test_a_4d_array_with_a_leading_axis_of_1_is_refused_as_an_image(tmp_path, capsys):
+    """(audit43 E04) An npz holding `raw[None]` was taken for a 1-channel volume and crashed inside a block
+    (`data shape (1, 0, 36, 64, 104) != box shape (3, 16, 64, 64)`); it is refused where it is opened, naming the
+    address and the shape, in every command. A 4-d array of 2 or more channels is still a (c, z, y, x) volume."""
+    import h5py
+
+    from connectome.cli.main import main
+
+    raw = _random((4, 8, 8), np.uint8)
+    np.savez(tmp_path / "v.npz", one=raw[None], two=np.stack([raw, raw]))
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.create_dataset("one", data=raw[None])
+    message = (r"expected a 3-d \(z, y, x\) array, or 4-d \(c, z, y, x\) with 2 or more channels, found shape "
+               r"\(1, 4, 8, 8\); store it as 3-d without the leading axis of 1 \(array\[0\]\)$")
+    for address in (f"{tmp_path}/v.npz#one", f"{tmp_path}/v.h5#one", f"{tmp_path}/v.npz#one[1:3]"):
+        with pytest.raises(UserError, match=rf"^{re.escape(address.removesuffix('[1:3]'))}: {message}"):
+            open_volume(address)
+    assert open_volume(f"{tmp_path}/v.npz#two").meta.channels == 2
+    out = tmp_path / "out"
+    assert main(["segment", f"{tmp_path}/v.npz#one", str(out), "--voxel-size", "8", "8", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert not out.exists()
