@@ -30,7 +30,17 @@ from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
-from connectome.engine.stage import AFFINITIES, BlockStage, Input, Output, OutputSpec, StageParams, Table, file_record
+from connectome.engine.stage import (
+    AFFINITIES,
+    IMAGE,
+    BlockStage,
+    Input,
+    Output,
+    OutputSpec,
+    StageParams,
+    Table,
+    file_record,
+)
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
@@ -58,7 +68,7 @@ class AffinitiesParams(StageParams):
 class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
     name = "affinities"
     Params = AffinitiesParams
-    inputs = (Input("raw", dtypes=("uint8",)),)
+    inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),)
     outputs = (Output("affinities", OutputSpec(dtype="uint8", channels=3)),)
     resources = {"GPU": 1}  # asked for only where the cluster has GPU workers
 

@@ -86,6 +86,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def load_config(path: str) -> RunConfig:
     """Read and validate CONFIG.yaml; relative paths in it are taken from the file's directory."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; expected a YAML config file (`status` takes an output folder)")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such config file")
     try:

@@ -63,6 +63,8 @@ class Input:
 
 # the description of an input of affinities (`Input(..., description=AFFINITIES)`)
 AFFINITIES = "affinities: one channel per axis z, y, x, as the affinities stage writes them"
+# the description of a grey-level image input (`Input("raw", ..., channels=1, description=IMAGE)`)
+IMAGE = "a grey-level EM image (z, y, x): store one channel of a multi-channel volume as its own volume"
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ class BlockStage(ABC, Generic[P]):
                 )
             if spec.channels is not None and (meta.channels or 1) != spec.channels:
                 found_channels = f"{meta.channels} channels" if meta.channels else "1 channel (no channel axis)"
-                wanted = f"{spec.channels} channels" + (f" of {' or '.join(spec.dtypes)}" if spec.dtypes else "")
+                wanted = (f"{spec.channels} channel{'s' if spec.channels != 1 else ''}"
+                          + (f" of {' or '.join(spec.dtypes)}" if spec.dtypes else ""))
                 what = f" ({spec.description})" if spec.description else ""
                 raise UserError(
                     f"stage {self.name!r}: input {spec.name} ({self.input_addresses[spec.name]}) has "

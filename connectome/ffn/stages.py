@@ -23,7 +23,7 @@ from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, vec3
 from connectome.core.ids import globalise
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.ffn.canvas import fill_unsegmented
 from connectome.ffn.consensus import consensus
 from connectome.ffn.merge_step import MERGES_FORMAT, FFNMergeStep
@@ -127,7 +127,8 @@ class FFNParams(StageParams):
 class FFNStage(OnePrecision, BlockStage):
     name = "ffn"
     Params = FFNParams
-    inputs = (Input("raw", dtypes=("uint8",)), Input("mask", dtypes=MASK_DTYPES, optional=True), AFFINITY_INPUT)
+    inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),
+              Input("mask", dtypes=MASK_DTYPES, optional=True), AFFINITY_INPUT)
     outputs = (Output("ffn_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("ffn_overlaps", OVERLAPS_FORMAT),)
 
@@ -335,7 +336,8 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
 
     name = "ffn_agglomerate"
     Params = FFNAgglomerateParams
-    inputs = (Input("raw", dtypes=("uint8",)), Input("ffn_segments", dtypes=("uint64",)), AFFINITY_INPUT)
+    inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),
+              Input("ffn_segments", dtypes=("uint64",)), AFFINITY_INPUT)
     tables = (Table("ffn_merges", MERGES_FORMAT),)
 
     @cached_property

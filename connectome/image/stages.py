@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, crop
+from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, crop
 from connectome.image.normalize import TRUNCATE, normalize_sections
 from connectome.image.rescale import needs_rescale, rescale
 from connectome.io import Volume, VolumeMeta
@@ -80,7 +80,7 @@ class NormalizeParams(StageParams):
 class NormalizeStage(BlockStage):
     name = "normalize"
     Params = NormalizeParams
-    inputs = (Input("raw", dtypes=("uint8", "uint16", "float32")),)
+    inputs = (Input("raw", dtypes=("uint8", "uint16", "float32"), channels=1, description=IMAGE),)
     outputs = (Output("normalized", OutputSpec(dtype="uint8")),)
 
     def context(self) -> Context:

@@ -17,6 +17,10 @@ class SectionRange(Volume):
         depth = inner.shape[0]
         if sections.step not in (None, 1):
             raise UserError(f"{address}: a section range takes no step")
+        beyond = [v for v in (sections.start, sections.stop) if v is not None and not -depth <= v <= depth]
+        if beyond:  # Python would clip it: a split of fewer sections than asked, without a word
+            raise UserError(f"{address}: section {beyond[0]} lies beyond the volume's {depth} sections; expected "
+                            f"bounds from {-depth} to {depth} (an open end, [z0:], runs to the last)")
         self.start, self.stop, _ = sections.indices(depth)
         if self.stop <= self.start:
             raise UserError(f"{address}: the section range selects no sections (the volume has {depth})")

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from connectome.core.geometry import Block, Context
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
@@ -46,7 +46,8 @@ class SegmentFeaturesParams(StageParams):
 class SegmentFeaturesStage(UnrecordedGuard, BlockStage[SegmentFeaturesParams]):
     name = "segment_features"
     Params = SegmentFeaturesParams
-    inputs = (Input("raw", dtypes=("uint8",)), Input("segmentation", dtypes=("uint64", "uint32")))
+    inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),
+              Input("segmentation", dtypes=("uint64", "uint32")))
     tables = (Table("segment_features", FEATURES_FORMAT),)
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams, Table
+from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.io import Volume, VolumeMeta, open_volume
 from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
@@ -53,7 +53,7 @@ class CleftsParams(StageParams):
 class CleftsStage(BlockStage[CleftsParams]):
     name = "clefts"
     Params = CleftsParams
-    inputs = (Input("raw", dtypes=("uint8",)),)
+    inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),)
     outputs = (Output("cleft_probability", OutputSpec(dtype="uint8")),
                Output("partner_vectors", OutputSpec(dtype="uint8", channels=3)))
     resources = {"GPU": 1}
@@ -105,7 +105,8 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     name = "cleft_fragments"
     Params = CleftFragmentsParams
     inputs = (Input("cleft_probability", dtypes=("uint8",)), Input("partner_vectors", dtypes=("uint8",), channels=3),
-              Input("segmentation", dtypes=("uint64", "uint32")), Input("raw", dtypes=("uint8",)))
+              Input("segmentation", dtypes=("uint64", "uint32")),
+              Input("raw", dtypes=("uint8",), channels=1, description=IMAGE))
     outputs = (Output("cleft_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)
 

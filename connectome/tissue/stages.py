@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
-from connectome.engine.stage import BlockStage, Input, Output, OutputSpec, StageParams
+from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams
 from connectome.io import Volume, VolumeMeta
 from connectome.io.reflected import read_reflected
 from connectome.models.context import unet_context
@@ -58,7 +58,7 @@ class TissueParams(StageParams):
 class TissueStage(BlockStage[TissueParams]):
     name = "tissue"
     Params = TissueParams
-    inputs = (Input("raw", dtypes=("uint8",)),)
+    inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),)
     outputs = (Output("tissue", OutputSpec(dtype="uint8")), Output("tissue_mask", OutputSpec(dtype="uint8")))
 
     @cached_property

@@ -159,7 +159,10 @@ def test_segment_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
     for name, weights in (("junk", b"junk\n"), ("cut", (WEIGHTS_DIR / "synthetic.pt").read_bytes()[:5000])):
         (tmp_path / f"{name}.pt").write_bytes(weights)  # a damaged or foreign .pt beside a good .json
         (tmp_path / f"{name}.json").write_text((WEIGHTS_DIR / "synthetic.json").read_text())
+    np.savez(tmp_path / "channels.npz", raw=np.zeros((3, 8, 64, 64), np.uint8))  # (c, z, y, x): not one image
     cases = [
+        (["segment", f"{tmp_path}/channels.npz#raw", str(tmp_path / "o"), "--voxel-size", "8", "8", "8"],
+         "has 3 channels, dtype uint8, shape [8, 64, 64]; expected 1 channel of uint8 (a grey-level EM image"),
         (["segment", raw, str(tmp_path / "o"), "--model", str(tmp_path / "junk.pt"), "--scoring", "mean"],
          f"{tmp_path / 'junk.pt'}: expected the weights of the U-Net its .json describes, found"),
         (["segment", raw, str(tmp_path / "o"), "--model", str(tmp_path / "cut.pt"), "--scoring", "mean"],

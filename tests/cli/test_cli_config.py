@@ -63,6 +63,7 @@ def test_wrong_dtype_is_refused(tmp_path, capsys):
 
 def test_missing_and_broken_config_files(tmp_path, capsys):
     _one_line_error(capsys, ["run", str(tmp_path / "nope.yaml")], "nope.yaml: no such config file")
+    _one_line_error(capsys, ["run", str(tmp_path)], f"{tmp_path}: is a folder; expected a YAML config file")
     bad = tmp_path / "bad.yaml"
     bad.write_text("input: [unclosed\n")
     _one_line_error(capsys, ["run", str(bad)], "is not valid YAML")

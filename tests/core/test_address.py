@@ -46,6 +46,10 @@ def test_section_range_is_a_read_only_volume_of_its_own(tmp_path):
     np.testing.assert_array_equal(open_volume(vol.address + "[-2:]").read(Box.from_shape((2, 4, 4))), data[8:])
     with pytest.raises(UserError, match="selects no sections"):
         open_volume(vol.address + "[7:3]")
+    np.testing.assert_array_equal(open_volume(vol.address + "[0:10]").read(Box.from_shape((10, 4, 4))), data)
+    for beyond, bound in (("[5:40]", 40), ("[12:]", 12), ("[-11:3]", -11)):  # Python would clip these silently
+        with pytest.raises(UserError, match=rf"section {bound} lies beyond the volume's 10 sections"):
+            open_volume(vol.address + beyond)
     with pytest.raises(UserError, match="read-only"):
         open_volume(vol.address + "[3:7]", "r+")
     with pytest.raises(UserError, match="cannot create a section range"):
