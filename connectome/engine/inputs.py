@@ -53,15 +53,19 @@ def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
     """Report chunk files missing from a zarr input (they read as zeros): one line on `stream`
     (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked).
     An image stack with sections of several sizes gets one line saying how they are padded."""
+    from connectome.io.precomputed import PrecomputedVolume
     from connectome.io.zarr_store import ZarrVolume
 
     volume = note_padding(address, stream)
-    if not isinstance(volume, ZarrVolume):
+    if not isinstance(volume, (ZarrVolume, PrecomputedVolume)):
         return 0
     chunks = volume.meta.chunk_shape
     if not strict and np.prod([-(-s // c) for s, c in zip(volume.meta.shape, chunks)]) > QUICK_INPUT_CHECK:
         return 0
-    missing, expected, first = volume.missing_chunks()
+    found = volume.missing_chunks()
+    if found is None:  # not known here (a remote or sharded precomputed layer)
+        return 0
+    missing, expected, first = found
     if not missing:
         return 0
     text = (f"{address}: {missing} of {expected} input chunk files are missing and read as zeros "

@@ -31,6 +31,9 @@ def info_location(address: str) -> str:
     return os.path.join(local_path(address) or cloudpath(address).rstrip("/"), "info")
 
 
+COMPRESSED = (".gz", ".br", ".zstd", ".xz", ".bz2")  # suffixes of a chunk file stored compressed
+
+
 class NoInfo(UserError):
     """There is no `info` file at the address (as opposed to one that cannot be read)."""
 
@@ -191,6 +194,30 @@ class PrecomputedVolume(Volume):
                     f"{', '.join(p for p, _ in bad[1:4])}{' ...' if len(bad) > 4 else ''}")
         return OSError(f"{path}: cannot decode this chunk of {self.address} ({type(why).__name__}: {why}){more}")
 
+    def missing_chunks(self, limit: int = 5) -> tuple[int, int, list[str]] | None:
+        """(chunk files missing, chunk files expected, the first `limit` missing names) of a local unsharded layer
+        (cloud-volume reads a missing chunk as zeros and writes every chunk, all-zero ones too); None where that
+        is not known here (a remote or sharded layer)."""
+        base = local_path(self.address)
+        if base is None or self._cv.meta.sharding(0):
+            return None
+        folder = os.path.join(base, str(self._cv.meta.key(0)))
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            names = []
+        present = {n.rsplit(".", 1)[0] if n.endswith(COMPRESSED) else n for n in names}
+        chunks = self._meta.chunk_shape
+        counts = [-(-s // c) for s, c in zip(self._meta.shape, chunks)]
+        missing, first = 0, list[str]()
+        for position in itertools.product(*(range(n) for n in counts)):
+            name = self._chunk_name(Box.of([p * c for p, c in zip(position, chunks)], chunks).intersect(self.box))
+            if name not in present:
+                missing += 1
+                if len(first) < limit:
+                    first.append(name)
+        return missing, int(np.prod(counts)), first
+
     def _chunk_name(self, chunk: Box) -> str:
         """cloud-volume's file name of the chunk at `chunk` (x0-x1_y0-y1_z0-z1, in the layer's voxel coordinates)."""
         (z0, y0, x0), (z1, y1, x1) = chunk.offset, chunk.end
@@ -206,7 +233,7 @@ class PrecomputedVolume(Volume):
             return "/".join(part.strip("/") for part in (cloudpath(self.address), key, name) if part)
         path = os.path.join(base, key, name)
         if name:
-            for suffix in ("", ".gz", ".br", ".zstd", ".xz", ".bz2"):
+            for suffix in ("", *COMPRESSED):
                 if os.path.exists(path + suffix):
                     return path + suffix
         return path

@@ -322,6 +322,23 @@ def test_a_damaged_precomputed_chunk_names_its_files(tmp_path):
     np.testing.assert_array_equal(vol.read(Box((0, 0, 8), (8, 16, 8))), data[:, :, 8:])
 
 
+def test_a_missing_precomputed_chunk_is_said_as_a_zarr_one(tmp_path, capsys):
+    """A precomputed input with a chunk file gone read as zeros without a word (only zarr inputs were checked):
+    the same warning, and `--strict-input` refuses it."""
+    from connectome.engine.inputs import check_input_chunks
+
+    address, folder, _ = _precomputed(tmp_path, offset=(2, 0, 16))
+    assert check_input_chunks(address) == 0 and capsys.readouterr().err == ""
+    scale = next(p for p in folder.iterdir() if p.is_dir())
+    gone = next(p for p in scale.iterdir() if p.name.startswith("16-24_8-16_6-10"))
+    gone.unlink()
+    assert check_input_chunks(address) == 1
+    err = capsys.readouterr().err
+    assert "1 of 8 input chunk files are missing and read as zeros (first: 16-24_8-16_6-10)" in err, err
+    with pytest.raises(UserError, match="--strict-input refuses an input with missing chunks"):
+        check_input_chunks(address, strict=True)
+
+
 def test_a_4d_array_with_a_leading_axis_of_1_is_refused_as_an_image(tmp_path, capsys):
     """(audit43 E04) An npz holding `raw[None]` was taken for a 1-channel volume and crashed inside a block
     (`data shape (1, 0, 36, 64, 104) != box shape (3, 16, 64, 64)`); it is refused where it is opened, naming the
