@@ -17,6 +17,12 @@ the block wrote, size -1 for a chunk left unstored because it holds only the fil
 `roots` (output -> its array directory). `lost_blocks` compares those records with the disk.
 A root inside the work directory is stored relative to it (the file says `"relative_roots": true`), so a
 copied or moved output checks its own chunks; files written before then hold absolute roots, read as they are.
+
+Fingerprints likewise: every absolute path inside the work directory (outputs, tables, inputs written by an
+earlier stage) is compared and stored relative to it (`relative_paths`), so a moved output directory resumes;
+a path outside it (the raw input) stays absolute, and moving that is a change. A fingerprint stored with
+absolute paths (before 2026-12) is compared in the same relative form, so it resumes in place, and is
+stored relative from then on.
 """
 
 from __future__ import annotations
@@ -72,6 +78,34 @@ def resumes(existing: dict | None, fingerprint: dict) -> bool:
                    if isinstance(v, str) and os.sep in v and os.path.basename(v) == new.get(k)}
         existing = {**existing, "params": {**old, **by_name}}
     return existing == now
+
+
+def relative_paths(value, base: str):
+    """`value` (a normalised fingerprint, or a part of it) with every absolute path that is `base` or lies inside
+    it written relative to `base` (`.` for `base` itself); other strings, and paths outside `base`, as they are."""
+    if isinstance(value, str):
+        if value == base:
+            return "."
+        if value.startswith(base + os.sep) and base != os.sep:
+            return value[len(base) + 1:]
+        return value
+    if isinstance(value, dict):
+        return {k: relative_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, base) for v in value]
+    return value
+
+
+ADDRESSES = ("inputs", "outputs", "tables")  # fingerprint parts that hold only addresses
+
+
+def _shown(before, now, base: str):
+    """How a refusal names a stored address `before` that differs from the wanted address `now` (given in full):
+    in full too, where it is stored relative to the work directory."""
+    if isinstance(before, str) and not os.path.isabs(before) and "://" not in before \
+            and isinstance(now, str) and os.path.isabs(now):
+        return os.path.normpath(os.path.join(base, before))
+    return before
 
 
 def ranges_of(indices: Iterable[int]) -> list[list[int]]:
@@ -183,9 +217,34 @@ class DoneMarkers:
         self.work_dir = work_dir
         self.directory = os.path.join(work_dir, ".connectome", "done", stage)
 
-    def resumes(self, fingerprint: dict) -> bool:
-        """Whether this stage's finished blocks belong to a run of `fingerprint` (module function `resumes`)."""
-        return resumes(self.fingerprint(), _normalised(fingerprint))
+    @property
+    def base(self) -> str:
+        return os.path.abspath(self.work_dir)
+
+    def relative(self, fingerprint: dict) -> dict:
+        """`fingerprint` normalised, with its paths inside the work directory relative to it (`relative_paths`):
+        the form that is compared and stored."""
+        return relative_paths(_normalised(fingerprint), self.base)
+
+    def resumes(self, fingerprint: dict, legacy: dict | None = None) -> bool:
+        """Whether this stage's finished blocks belong to a run of `fingerprint` (module function `resumes`, both
+        sides in relative form), or of `legacy`: the same run's fingerprint as an earlier version built it (a
+        global step's, naming its tables' producer by the hash of paths in full)."""
+        return self._resumes(self.fingerprint(), fingerprint, legacy)
+
+    def _resumes(self, existing: dict | None, fingerprint: dict, legacy: dict | None) -> bool:
+        if existing is None:
+            return False
+        existing = relative_paths(existing, self.base)
+        return any(resumes(existing, self.relative(f)) for f in (fingerprint, legacy) if f is not None)
+
+    def same(self, fingerprint: dict, legacy: dict | None = None) -> bool:
+        """Whether the stored fingerprint is `fingerprint` (or `legacy`, see `resumes`) exactly, in relative form."""
+        existing = self.fingerprint()
+        if existing is None:
+            return False
+        existing = relative_paths(existing, self.base)
+        return any(existing == self.relative(f) for f in (fingerprint, legacy) if f is not None)
 
     # -- fingerprint -------------------------------------------------------------------------
 
@@ -208,38 +267,57 @@ class DoneMarkers:
                             "pass --overwrite to start the stage again")
         return value
 
-    def check(self, fingerprint: dict, overwrite: bool = False) -> None:
-        """Refuse to resume finished blocks that were computed with a different fingerprint."""
+    def check(self, fingerprint: dict, overwrite: bool = False, legacy: dict | None = None) -> None:
+        """Refuse to resume finished blocks that were computed with a different fingerprint (`resumes`)."""
         if overwrite:
             return
         existing = self.fingerprint()
-        fingerprint = _normalised(fingerprint)
-        if existing is None or resumes(existing, fingerprint):
+        if existing is None or self._resumes(existing, fingerprint, legacy):
             return
-        changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
-        # what changed within each part: parameter values (cut short), and the addresses in full (the same data
-        # under another path, e.g. a moved output directory or another mount, is a change too)
-        said = [f"{k} ({changed_params(existing[k], fingerprint[k], cut=30 if k == 'params' else None)})"
-                if isinstance(existing.get(k), dict) and isinstance(fingerprint.get(k), dict) else k for k in changed]
+        before, wanted = relative_paths(existing, self.base), self.relative(fingerprint)
+        given = _normalised(fingerprint)
+        changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        # what changed within each part: parameter values (cut short), and the addresses in full (a path inside the
+        # output directory is compared relative to it, so a moved output resumes; one outside it, such as the raw
+        # input, is compared in full: the same data under another path is a change)
+        said = []
+        for k in changed:
+            old, new = before.get(k), wanted.get(k)
+            if not (isinstance(old, dict) and isinstance(new, dict)):
+                said.append(k)
+                continue
+            names = [n for n in set(old) | set(new) if old.get(n) != new.get(n)]
+            given_k = given.get(k)
+            shown_new: dict = given_k if isinstance(given_k, dict) else new
+            a = {n: _shown(old[n], shown_new.get(n), self.base) if k in ADDRESSES else old[n]
+                 for n in names if n in old}
+            b = {n: shown_new[n] for n in names if n in shown_new}
+            said.append(f"{k} ({changed_params(a, b, cut=30 if k == 'params' else None)})")
+        moved = [n for k in changed if k in ADDRESSES and isinstance(before.get(k), dict)
+                 and isinstance(wanted.get(k), dict) for n, v in before[k].items()
+                 if isinstance(v, str) and os.path.isabs(v) and isinstance(wanted[k].get(n), str)
+                 and not os.path.isabs(wanted[k][n]) and v.endswith(os.sep + wanted[k][n])]
+        hint = (" (a run of connectome before 2026-12 recorded the output's paths in full: run it once where it "
+                "was made, then it can be moved)") if moved else ""
         raise UserError(
-            f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(said)}; "
+            f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(said)}{hint}; "
             "pass --overwrite to discard its finished blocks and start again"
         )
 
-    def claim(self, fingerprint: dict, overwrite: bool = False) -> bool:
-        """Bind this directory to `fingerprint`; True when old markers were discarded (`overwrite`)."""
-        self.check(fingerprint, overwrite)
-        fingerprint = _normalised(fingerprint)
+    def claim(self, fingerprint: dict, overwrite: bool = False, legacy: dict | None = None) -> bool:
+        """Bind this directory to `fingerprint` (stored in relative form, `relative`); True when old markers were
+        discarded (`overwrite`). A stored `legacy` fingerprint (`resumes`) is kept and rewritten as `fingerprint`."""
+        self.check(fingerprint, overwrite, legacy)
         try:
             existing = self.fingerprint()
         except UserError:  # unreadable: only reached with overwrite
             existing = {"unreadable": True}
-        discarded = existing is not None and not resumes(existing, fingerprint)
+        discarded = existing is not None and not self._resumes(existing, fingerprint, legacy)
         if discarded:
             self.clear()
         os.makedirs(self.directory, exist_ok=True)
         self._remove_litter()
-        _write_atomic(os.path.join(self.directory, FINGERPRINT), fingerprint)
+        _write_atomic(os.path.join(self.directory, FINGERPRINT), self.relative(fingerprint))
         return discarded
 
     def clear(self) -> None:
@@ -349,7 +427,7 @@ class DoneMarkers:
         names = self._names()
         folded = [n for n in names if (n.startswith("p-") and n.endswith(".json")) or n.isdigit()]
         forget = {int(i) for i in forget}
-        if not folded and not forget:
+        if not folded and not forget and not self._absolute_roots_inside(names):
             return
         state = self.load()
         groups: dict[int, list[list[int]]] = {}  # super-block -> its finished ranges
@@ -375,6 +453,23 @@ class DoneMarkers:
         for name in folded + sorted(old_supers - written):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, name))
+
+    def _absolute_roots_inside(self, names: list[str]) -> bool:
+        """Whether the super-block files hold roots in full that lie inside the work directory (written before
+        roots were stored relative to it): `compact` then rewrites them relative, so the output can move. (One
+        file is read: a compaction writes all of them alike.)"""
+        supers = sorted(n for n in names if n.startswith("s-") and n.endswith(".json"))
+        if not supers:
+            return False
+        try:
+            with open(os.path.join(self.directory, supers[0])) as f:
+                record = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        roots = record.get("roots") if isinstance(record, dict) else None
+        if not isinstance(roots, dict) or not roots or record.get("relative_roots"):
+            return False
+        return "relative_roots" in self.stored_roots(roots)
 
     def forget(self, indices: Iterable[int]) -> None:
         """Unmark blocks (their output is gone): the next run computes them again."""

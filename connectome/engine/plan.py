@@ -24,7 +24,7 @@ from connectome.engine.global_step import GlobalStep
 from connectome.engine.inputs import check_input_chunks as check_input_chunks  # (commands import it from here)
 from connectome.engine.inputs import input_voxel_size
 from connectome.engine.lock import lock_path, output_lock
-from connectome.engine.markers import DoneMarkers
+from connectome.engine.markers import DoneMarkers, relative_paths
 from connectome.engine.registry import stage_class
 from connectome.engine.runner import (
     StageReport,
@@ -56,6 +56,8 @@ class PlannedStage:
     grid: BlockGrid
     creates: dict[str, tuple[str, VolumeMeta]] = field(default_factory=dict)
     table_producers: dict[str, dict] = field(default_factory=dict)  # read table -> its producer in this plan
+    # the same as connectome named them before 2026-12 (by the hash of paths in full: `producer_record`)
+    legacy_producers: dict[str, dict] = field(default_factory=dict)
 
     def step(self) -> GlobalStep | None:
         return self.stage.global_step()
@@ -186,22 +188,25 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
             creates[name] = (outputs[name], meta)
             known[outputs[name]] = meta
             writers[outputs[name]] = stage
-        producers = {t: producer_record(table_writers[t].stage, table_writers[t].grid)
+        producers = {t: producer_record(table_writers[t].stage, table_writers[t].grid, work_dir or config.output)
                      for t in read_tables if t in table_writers}
-        entry = PlannedStage(stage, grid, creates, producers)
+        legacy = {t: producer_record(table_writers[t].stage, table_writers[t].grid)
+                  for t in read_tables if t in table_writers}
+        entry = PlannedStage(stage, grid, creates, producers, legacy)
         for t in cls.table_names():
             table_writers[t] = entry
         planned.append(entry)
     return Plan(config, raw_meta, planned, work_dir, record_config)
 
 
-def step_fingerprint(planned: PlannedStage, step: GlobalStep) -> dict:
-    """A global step's fingerprint: its own, plus the producer of each table its stage reads."""
+def step_fingerprint(planned: PlannedStage, step: GlobalStep, legacy: bool = False) -> dict:
+    """A global step's fingerprint: its own, plus the producer of each table its stage reads (`legacy`: named as
+    connectome named them before 2026-12, which the steps of outputs made then recorded; `producer_record`)."""
+    producers = planned.legacy_producers if legacy else planned.table_producers
     tables = {}
     for name in planned.stage.reads_tables:
         name = name if isinstance(name, str) else name.name
-        tables[name] = planned.table_producers.get(name) or (read_format(planned.stage.table_dirs[name]) or {}).get(
-            "producer")
+        tables[name] = producers.get(name) or (read_format(planned.stage.table_dirs[name]) or {}).get("producer")
     return {**step.fingerprint(), "input_tables": tables, "blocks": 1}
 
 
@@ -215,7 +220,8 @@ def check_plan_resumable(plan: Plan, overwrite: bool) -> None:
     for planned in plan.stages:
         step = planned.step()
         if step is not None:
-            check_step_resumable(step.name, step_fingerprint(planned, step), plan.work_dir, overwrite)
+            check_step_resumable(step.name, step_fingerprint(planned, step), plan.work_dir, overwrite,
+                                 step_fingerprint(planned, step, legacy=True))
         check_resumable(planned.stage, planned.grid, plan.work_dir, overwrite)
 
 
@@ -234,9 +240,12 @@ def check_read_tables(plan: Plan) -> None:
 
 def other_writers(plan: Plan) -> list[tuple[str, str, str]]:
     """(recorded stage, address, this plan's stage) for each volume this plan writes that a stage recorded in the
-    work directory, which this plan does not run, finished blocks of."""
+    work directory, which this plan does not run, finished blocks of. Addresses are compared as fingerprints store
+    them: relative to the work directory where they lie inside it (`markers.relative_paths`); named in full."""
     ours = {p.stage.name for p in plan.stages}
-    writes = {address: p.stage.name for p in plan.stages for address in p.stage.output_addresses.values()}
+    base = os.path.abspath(plan.work_dir)
+    writes = {relative_paths(address, base): (address, p.stage.name)
+              for p in plan.stages for address in p.stage.output_addresses.values()}
     done = os.path.join(plan.work_dir, ".connectome", "done")
     found: list[tuple[str, str, str]] = []
     for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
@@ -247,9 +256,10 @@ def other_writers(plan: Plan) -> list[tuple[str, str, str]]:
             recorded = (markers.fingerprint() or {}).get("outputs") or {}
         except UserError:  # an unreadable fingerprint of a stage this plan does not run: nothing to compare
             continue
-        clashes = [a for a in (recorded.values() if isinstance(recorded, dict) else []) if a in writes]
+        stored = [relative_paths(a, base) for a in (recorded.values() if isinstance(recorded, dict) else [])]
+        clashes = [a for a in stored if isinstance(a, str) and a in writes]
         if clashes and markers.count() > 0:
-            found.extend((name, a, writes[a]) for a in clashes)
+            found.extend((name, *writes[a]) for a in clashes)
     return found
 
 
@@ -335,7 +345,7 @@ def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
     step = planned.step()
     if step is not None:
         step_markers = DoneMarkers(work_dir, step.name)
-        if step_markers.fingerprint() != DoneMarkers.normalised(step_fingerprint(planned, step)):
+        if not step_markers.same(step_fingerprint(planned, step), step_fingerprint(planned, step, legacy=True)):
             return False
         if not step_markers.is_done(0):
             return False
@@ -474,7 +484,8 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
         if step is not None:
             step_report = run_global_step(step, step_fingerprint(planned, step), client, plan.work_dir,
                                           overwrite=overwrite, rerun=rerun, retries=plan.config.retries,
-                                          resources=None if idle else task_resources({}, offered()))
+                                          resources=None if idle else task_resources({}, offered()),
+                                          legacy=step_fingerprint(planned, step, legacy=True))
             reports.append(step_report)
             if step_report.ran:  # blocks finished before came from an older result of the step
                 DoneMarkers(plan.work_dir, stage.name).clear()

@@ -32,7 +32,7 @@ from connectome.cluster.session import scaler_of
 from connectome.core.errors import StageFailed, unwritable
 from connectome.core.geometry import BlockGrid
 from connectome.engine.global_step import GlobalStep
-from connectome.engine.markers import DoneMarkers, chunk_record
+from connectome.engine.markers import DoneMarkers, chunk_record, relative_paths
 from connectome.engine.order import BlockOrder
 from connectome.engine.stage import BlockStage
 from connectome.io.tables import remove_litter, write_format
@@ -59,9 +59,15 @@ def fingerprint(stage: BlockStage, grid: BlockGrid) -> dict:
     return {**stage.fingerprint(), "layout": grid.layout(), "blocks": len(grid)}
 
 
-def producer_record(stage: BlockStage, grid: BlockGrid) -> dict:
-    """Names the run of `stage` that writes a table: readers' fingerprints depend on it."""
-    text = json.dumps(DoneMarkers.normalised(fingerprint(stage, grid)), sort_keys=True)
+def producer_record(stage: BlockStage, grid: BlockGrid, work_dir: str | None = None) -> dict:
+    """Names the run of `stage` that writes a table: readers' fingerprints depend on it. It hashes the stage's
+    fingerprint with its paths inside `work_dir` relative to it (as its done-markers store it), so a moved output
+    directory names the same run; without `work_dir`, with every path in full, as connectome did before 2026-12
+    (the tables and global steps of outputs made then name their producer so: `legacy` fingerprints)."""
+    record = DoneMarkers.normalised(fingerprint(stage, grid))
+    if work_dir is not None:
+        record = relative_paths(record, os.path.abspath(work_dir))
+    text = json.dumps(record, sort_keys=True)
     return {"stage": stage.name, "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
@@ -151,7 +157,7 @@ def run_stage(
                 shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
                 os.makedirs(stage.table_dirs[name])
         for name, version in stage.table_versions().items():
-            write_format(stage.table_dirs[name], name, version, producer_record(stage, grid))
+            write_format(stage.table_dirs[name], name, version, producer_record(stage, grid, work_dir))
         for name in stage.table_names():
             remove_litter(stage.table_dirs[name])
         markers.compact()  # the task files of an earlier, stopped run
@@ -260,8 +266,9 @@ def run_stage(
     return report
 
 
-def check_step_resumable(name: str, step_fingerprint: dict, work_dir: str, overwrite: bool) -> None:
-    DoneMarkers(work_dir, name).check(step_fingerprint, overwrite)
+def check_step_resumable(name: str, step_fingerprint: dict, work_dir: str, overwrite: bool,
+                         legacy: dict | None = None) -> None:
+    DoneMarkers(work_dir, name).check(step_fingerprint, overwrite, legacy)
 
 
 def _run_step(step: GlobalStep) -> dict:
@@ -274,8 +281,9 @@ def _run_step(step: GlobalStep) -> dict:
 
 def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, work_dir: str, *,
                     overwrite: bool = False, rerun: bool = False, retries: int = 2,
-                    resources: dict[str, float] | None = None) -> StageReport:
-    """Run `step` as one task on a worker unless its done-marker says it ran with this fingerprint.
+                    resources: dict[str, float] | None = None, legacy: dict | None = None) -> StageReport:
+    """Run `step` as one task on a worker unless its done-marker says it ran with this fingerprint (or with
+    `legacy`, the same as an earlier version of connectome built it: `DoneMarkers.resumes`).
 
     `rerun`: the tables it reads were rewritten in this run, so an earlier result is discarded.
     """
@@ -284,7 +292,7 @@ def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, wo
     try:
         if rerun:
             markers.clear()
-        markers.claim(step_fingerprint, overwrite)
+        markers.claim(step_fingerprint, overwrite, legacy)
     except OSError as e:
         raise unwritable(e, work_dir) from None
     if markers.is_done(0):
