@@ -4,36 +4,20 @@ M08, M10, M12)."""
 
 import os
 
-import numpy as np
 import pytest
 
 from connectome.cli.main import main
 from connectome.neurites.types import SEGMENT_COLUMNS, read_segments, write_segments
 from connectome.synapses.table import write_synapses
 
-
-def _synapses():
-    pre = np.array([5, 5, 5, 7, 9, 0, 7], np.uint64)
-    post = np.array([7, 7, 9, 9, 9, 7, 0], np.uint64)
-    n = len(pre)
-    return {"id": np.arange(1, n + 1), "z": np.arange(n), "y": np.zeros(n, int), "x": np.zeros(n, int), "pre": pre,
-            "post": post, "score": np.full(n, 0.9), "partner_score": np.ones(n), "size_voxels": np.arange(10, 10 + n),
-            "size_nm3": np.arange(10, 10 + n) * 512.0, "autapse": (pre == post) & (post != 0)}
-
-
-def _segments():
-    return {"id": np.array([5, 7, 9, 11], np.uint64), "size_voxels": np.array([100.0, 200.0, 300.0, 50.0]),
-            "class": np.array(["axon", "dendrite", "soma", "glia"], dtype=object), "class_score": np.ones(4),
-            "z": np.ones(4), "y": np.full(4, 2.0), "x": np.full(4, 3.0), "out_synapses": np.zeros(4),
-            "in_synapses": np.zeros(4), "radius_nm": np.full(4, 40.0), "sholl_points": np.array([3.0, 5.0, 9.0, 0.0]),
-            "crossings": np.full(4, 2.0), "branch_share": np.array([0.1, 0.2, 0.3, 0.0]), "tip_share": np.zeros(4)}
+from graph_tables import segment_rows, synapse_rows
 
 
 @pytest.fixture
 def out(tmp_path, capsys):
     """An output directory with both tables and the graph built from them."""
-    write_synapses(str(tmp_path / "synapses.csv"), _synapses())
-    write_segments(str(tmp_path / "segments.csv"), _segments())
+    write_synapses(str(tmp_path / "synapses.csv"), synapse_rows())
+    write_segments(str(tmp_path / "segments.csv"), segment_rows())
     assert main(["graph", str(tmp_path), "--no-plots"]) == 0
     capsys.readouterr()
     return tmp_path
