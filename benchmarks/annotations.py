@@ -72,39 +72,25 @@ def layer_digest(directory: str) -> tuple[str, int, int]:
 def one_case(n: int, version: str, rev: str, tmp: str) -> dict:
     """Inside a child process: make the table, then time one write of the layer."""
     import shutil
-    import threading
     import time
 
-    import psutil
-
     from connectome.export.annotations import write_annotations
+
+    from peak_memory import peak_rise_mb
 
     write = old_writer(rev) if version == "old" else write_annotations
     rows = table(n)
     directory = os.path.join(tmp, f"{version}_{n}")
-    process = psutil.Process()
-    before = process.memory_info().rss / 2**20
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    write(directory, rows, (40.0, 4.0, 4.0))
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    with peak_rise_mb() as rise:
+        start = time.perf_counter()
+        write(directory, rows, (40.0, 4.0, 4.0))
+        seconds = time.perf_counter() - start
     digest, files, size = layer_digest(directory)
     info = json.loads(Path(directory, "info").read_text())
     shards = {key: 2 ** spec["shard_bits"] for key, spec in
               [("by_id", info["by_id"]["sharding"])] + [(r["key"], r["sharding"]) for r in info["relationships"]]}
     shutil.rmtree(directory)
-    return {"n": n, "version": version, "seconds": seconds, "peak_rise_mb": peak[0] - before,
+    return {"n": n, "version": version, "seconds": seconds, "peak_rise_mb": rise[0],
             "table_mb": sum(v.nbytes for v in rows.values()) / 2**20, "files": files, "layer_mb": size / 2**20,
             "shards": shards, "digest": digest}
 

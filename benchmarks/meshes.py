@@ -26,50 +26,37 @@ KINDS = ("marching cubes only", "mesh, no simplification", "mesh, simplified 10x
 
 def one_case(path: str, kind: str) -> dict:
     """Inside a child process: load the labels, then time one block of `kind` over the whole volume."""
-    import threading
     import time
 
     import numpy as np
-    import psutil
 
     from connectome.core.geometry import Box
     from connectome.morphology.meshing import mesh_block
     from connectome.morphology.skeletonizing import skeletonize_block
+
+    from peak_memory import peak_rise_mb
     labels = np.load(path)
     shape = labels.shape
     box = Box.from_shape(shape)
     import kimimaro  # noqa: F401  (imports outside the measured memory and time)
     import zmesh
 
-    process = psutil.Process()
-    before = process.memory_info().rss / 2**20
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    if kind == "marching cubes only":  # what the anchor measures: zmesh's pass over the voxels
-        mesher = zmesh.Mesher((8.0, 8.0, 8.0))
-        mesher.mesh(labels.T)
-        made, unit = len(mesher.ids()), "objects"
-    elif kind.startswith("mesh"):
-        simplify = 0 if "no simplification" in kind else 10
-        made = sum(len(t) for _, _, t in mesh_block(labels, box, box, (8.0, 8.0, 8.0), simplify))
-        unit = "triangles"
-    else:
-        made = int(skeletonize_block(labels, box, (8.0, 8.0, 8.0))["vertices"].shape[0])
-        unit = "vertices"
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    with peak_rise_mb() as rise:
+        start = time.perf_counter()
+        if kind == "marching cubes only":  # what the anchor measures: zmesh's pass over the voxels
+            mesher = zmesh.Mesher((8.0, 8.0, 8.0))
+            mesher.mesh(labels.T)
+            made, unit = len(mesher.ids()), "objects"
+        elif kind.startswith("mesh"):
+            simplify = 0 if "no simplification" in kind else 10
+            made = sum(len(t) for _, _, t in mesh_block(labels, box, box, (8.0, 8.0, 8.0), simplify))
+            unit = "triangles"
+        else:
+            made = int(skeletonize_block(labels, box, (8.0, 8.0, 8.0))["vertices"].shape[0])
+            unit = "vertices"
+        seconds = time.perf_counter() - start
     return {"shape": list(shape), "kind": kind, "seconds": seconds, "mvx_s": labels.size / seconds / 1e6,
-            "peak_rise_mb": peak[0] - before, "labels_mb": labels.nbytes / 2**20, "made": made, "unit": unit,
+            "peak_rise_mb": rise[0], "labels_mb": labels.nbytes / 2**20, "made": made, "unit": unit,
             "objects": int(np.unique(labels).size - 1)}
 
 
