@@ -34,8 +34,28 @@ def stage_status(work_dir: str, checksum: bool = False) -> list[dict]:
         row = {"stage": name, "done": markers.count(), "total": total, "lost": len(lost)}
         if lost:
             row["first_lost"] = {"block": min(lost), "file": lost[min(lost)]}
+        unreadable = _unreadable_output(work_dir, fingerprint.get("outputs"))
+        if unreadable:
+            row["unreadable"] = unreadable
         rows.append(row)
     return rows
+
+
+def _unreadable_output(work_dir: str, outputs) -> dict | None:
+    """{output, address, error} of the first output volume of a stage that cannot be opened (its metadata damaged
+    or gone); None when all open."""
+    from connectome.io import open_volume
+
+    for name, address in (outputs or {}).items() if isinstance(outputs, dict) else ():
+        if not isinstance(address, str):
+            continue
+        if "://" not in address and not os.path.isabs(address):  # recorded relative to the output directory
+            address = os.path.join(work_dir, address)
+        try:
+            open_volume(address)
+        except (UserError, OSError, ValueError) as e:
+            return {"output": name, "address": address, "error": str(e).splitlines()[0] if str(e) else repr(e)}
+    return None
 
 
 def _line(r: dict, width: int = 16) -> str:
@@ -43,6 +63,10 @@ def _line(r: dict, width: int = 16) -> str:
     if r["total"] is None:  # a stage of the config that has not started
         return f"{r['stage']:<{width}} {'':>8}   not started"
     text = f"{r['stage']:<{width}} {r['done']:>8} / {r['total']} blocks"
+    if r.get("unreadable"):
+        bad = r["unreadable"]
+        return text + (f"  its output {bad['output']} cannot be read ({bad['error']}); a re-run with --overwrite "
+                       "writes it again")
     if r.get("lost"):
         first = r["first_lost"]
         return text + (f"  {r['lost']} finished block(s) lost their output (block {first['block']}: "

@@ -279,7 +279,12 @@ def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:
         for address, meta in planned.creates.values():
             if address_kind(address) != "zarr" or not os.path.exists(os.path.join(address, "zarr.json")):
                 continue
-            have = open_volume(address).meta
+            try:
+                have = open_volume(address).meta
+            except (UserError, OSError, ValueError) as e:  # its metadata damaged: only recreating it helps
+                why = str(e).splitlines()[0] if str(e) else repr(e)
+                out.append((planned, address, f"metadata that cannot be read ({why})"))
+                continue
             chunks = tuple(min(c, s) for c, s in zip(meta.chunk_shape, meta.shape))
             want = (tuple(meta.shape), np.dtype(meta.dtype), chunks, meta.channels)
             found = (have.shape, have.dtype, have.chunk_shape, have.channels)

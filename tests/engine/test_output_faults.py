@@ -130,6 +130,28 @@ def test_lost_output_chunk_is_reported_and_recomputed(tmp_path, capsys):
     assert _chunks(out) == reference
 
 
+def test_damaged_output_metadata_is_said_and_rewritten_with_overwrite(tmp_path, capsys):
+    """A stage's output whose zarr.json is damaged: `status` called the stage complete, and even `--overwrite`
+    was refused (the volume could not be opened to compare its layout). Now status says so, a re-run refuses it
+    in one line naming it, and `--overwrite` writes it again."""
+    _raw(tmp_path)
+    cfg = _config(tmp_path)
+    code, _, err = _run(capsys, cfg)
+    assert code == 0, err
+    out = str(tmp_path / "out" / "normalized")
+    reference = _chunks(out)
+    (Path(out) / "0" / "zarr.json").write_text("{")
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "out"), "--json"]) == 0
+    row = last_json(capsys.readouterr().out)["stages"][0]
+    assert row["unreadable"]["output"] == "normalized" and "not a readable zarr array" in row["unreadable"]["error"]
+    code, _, err = _run(capsys, cfg)
+    assert code == 2 and len(err) == 1 and "exists with metadata that cannot be read" in err[0], err
+    code, report, err = _run(capsys, cfg, "--overwrite")
+    assert code == 0, err
+    assert report["stages"][0]["ran"] == 8 and _chunks(out) == reference
+
+
 def test_missing_input_chunk_is_reported_and_refused_when_strict(tmp_path, capsys):
     raw = _raw(tmp_path)
     os.remove(Path(raw) / "0" / "c" / "1" / "1" / "0")
