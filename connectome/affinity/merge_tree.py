@@ -176,7 +176,8 @@ class MergeTree:
         return {"format": TREE_FORMAT, "grid": list(self.layout.grid), "fanout": self.layout.fanout,
                 "threshold": self.threshold, "scoring": self.scoring, "quantile": self.quantile,
                 "tree_levels": self.tree_levels,
-                "edges": os.path.abspath(self.edges_dir),
+                # relative to the tree: a moved output directory keeps its partial results
+                "edges": os.path.relpath(os.path.abspath(self.edges_dir), os.path.abspath(self.tree_dir)),
                 "tables_written": os.stat(self.edges_dir).st_mtime_ns}  # rewritten tables: results of old ones go
 
     # -- level 0: the region-graph tables of the super-block's blocks

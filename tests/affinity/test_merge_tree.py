@@ -144,6 +144,46 @@ def test_equal_scores_across_faces_merge_one_at_a_time(tmp_path):
     assert ids[6] not in tree._load("up", 1, 0)["nodes"].tolist() + tree._load("up", 1, 0)["keys"].tolist()
 
 
+def test_a_killed_tree_resumes_after_its_output_moved(tmp_path):
+    """The tree's record named its edges tables by full path: an output directory moved after a killed merge
+    recomputed every finished task. It names them relative to the tree now."""
+    import shutil
+
+    rng = np.random.default_rng(5)
+    grid = (4, 4, 4)
+    here = tmp_path / "here"
+    random_tables(here / "edges", grid, rng)
+    layout = TreeLayout(grid, 2)
+
+    class Killed(Exception):
+        pass
+
+    ran: list = []
+
+    def dies_after_level_zero(tree, todo):
+        out = []
+        for task in todo:
+            if task[:2] == ("up", 1):
+                raise Killed
+            out.append(tree.run_task(*task))
+            ran.append(task)
+        return out
+
+    tree = MergeTree(str(here / "edges"), str(here / "tree"), str(here / "shards"), layout, 0.5)
+    with pytest.raises(Killed):
+        tree.run(submit=dies_after_level_zero)
+    assert len(ran) == layout.count(0)
+    shutil.move(str(here), str(tmp_path / "there"))
+    there = tmp_path / "there"
+    moved = MergeTree(str(there / "edges"), str(there / "tree"), str(there / "shards"), layout, 0.5)
+    resumed = moved.run()
+    assert not [s for s in resumed if s["level"] == 0 and s["kind"] == "up"]  # level 0 was not computed again
+    keys, values = lookup_table(load_tables(str(there / "edges")), 0.5)
+    got_keys, got_values = tree_table(moved)
+    np.testing.assert_array_equal(got_keys, keys)
+    np.testing.assert_array_equal(got_values, values)
+
+
 def test_a_killed_level_resumes(tmp_path):
     rng = np.random.default_rng(11)
     grid = (5, 5, 5)
