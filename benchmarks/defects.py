@@ -12,6 +12,15 @@ lies away from it.
 
 Run: .venv/bin/python benchmarks/defects.py [--work DIR] [--out benchmarks/results/defects.md]
 (the aligned stacks are kept in DIR and resumed on a re-run)
+
+The global step's time (`solve_step.SolveStep.run`, whose image cue reads every usable section whole) on a
+synthetic stack of identical sections under independent noise (every section usable, none flagged), its match
+tables made once by `align_match` (patch 64, stride 256, search 16, one level: the image cue does not depend on
+them) and kept in DIR; the step is timed run here (no Dask client) and as one task on a local cluster of
+`--workers` processes (as `connectome align` runs it):
+
+    .venv/bin/python benchmarks/defects.py timing [--sections 200] [--side 1024] [--workers 2] [--repeat 3]
+        [--work DIR]
 """
 
 from __future__ import annotations
@@ -79,7 +88,83 @@ def flags_both_ways(out: str, raw: str):
     return flags, before, after, m
 
 
+def synthetic_tables(work: str, sections: int, side: int, workers: int, client) -> tuple[str, str]:
+    """(raw address, match tables directory) of the timing stack, made (or resumed) in `work`."""
+    from connectome.cluster.client import ClusterConfig
+    from connectome.core.geometry import Box
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+    from connectome.io import create_volume, open_volume
+    from connectome.synth import generate
+
+    raw = os.path.join(work, f"synthetic_{sections}x{side}.zarr")
+    done = os.path.join(raw, ".written")
+    if not os.path.exists(done):
+        base = generate((1, side, side), (40.0, 4.0, 4.0), seed=3).raw[0].astype(np.float64)
+        vol = create_volume(raw, (sections, side, side), np.uint8, (1, min(side, 512), min(side, 512)),
+                            (40.0, 4.0, 4.0))
+        rng = np.random.default_rng(3)
+        for z in range(sections):
+            section = np.clip(np.rint(base + rng.normal(0, 4.0, base.shape)), 0, 255).astype(np.uint8)
+            vol.write(Box((z, 0, 0), (1, side, side)), section[None])
+        Path(done).touch()
+    assert open_volume(raw).shape == (sections, side, side)
+    out = os.path.join(work, f"synthetic_{sections}x{side}_out")
+    config = RunConfig(input=raw, output=out, blocks=BlocksConfig(shape=(16, 512, 512)),
+                       cluster=ClusterConfig(n_workers=workers),
+                       stages=[StageConfig(stage="align_match",
+                                           params={"patch": 64, "stride": 256, "search": 16, "levels": 1})])
+    execute(plan_run(config), client, progress=False)
+    return raw, os.path.join(out, "tables", "matches")
+
+
+def _imported() -> None:
+    import connectome.alignment.solve_step  # noqa: F401
+
+
+def timing(args) -> None:
+    import logging
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from connectome.alignment.solve_step import SolveStep
+
+    os.makedirs(args.work, exist_ok=True)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        raw, tables = synthetic_tables(args.work, args.sections, args.side, args.workers, client)
+        client.run(_imported)  # as after `align_match`'s blocks: the workers have imported the alignment
+        step = SolveStep(tables, os.path.join(args.work, "timing", "transforms.npz"), SolveSettings(), raw)
+        on_worker = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            summary = client.submit(step.run, pure=False).result()
+            on_worker.append(round(time.perf_counter() - start, 2))
+    finally:
+        client.close()
+        cluster.close()
+    start = time.perf_counter()
+    here = step.run()  # no Dask client in this process now
+    alone = time.perf_counter() - start
+    print(json.dumps({"sections": args.sections, "side": args.side, "workers": args.workers,
+                      "step_on_a_worker_s": on_worker, "step_here_s": round(alone, 2),
+                      "flagged_regions": [summary["flagged_regions"], here["flagged_regions"]],
+                      "flagged_sections": [len(summary["flagged_sections"]), len(here["flagged_sections"])]}))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["timing"]:
+        parser = argparse.ArgumentParser(prog="defects.py timing")
+        parser.add_argument("--sections", type=int, default=200)
+        parser.add_argument("--side", type=int, default=1024)
+        parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument("--work", default="/tmp/defects_timing")
+        parser.add_argument("--repeat", type=int, default=3, help="runs of the step on a worker (each timed)")
+        timing(parser.parse_args(sys.argv[2:]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/defects_bench")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "defects.md"))

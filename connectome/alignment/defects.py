@@ -57,11 +57,15 @@ MATCH_FRACTION = 0.7
 IMAGE_CONTRAST, NEIGHBOUR_RATIO, MIN_WIDTH, MIN_AREA, EXTREME = 1.0, 1.0, 10, 400, 0.5
 SMOOTH = 4.0  # px: the Gaussian that removes the texture of the tissue before the intensities are compared
 MIN_PATCH_FRACTION = 0.02  # of a patch's window in a defect area: the patch is flagged
-# the image cue reads every section whole, three at a time, in the global step: sections larger than this get the
-# matching cue only, so the step's memory stays bounded; it compares every `step`-th pixel, `step` chosen so that
+# the image cue reads every section whole, three at a time (`image_cue`): sections larger than this get the
+# matching cue only, so a task's memory stays bounded; it compares every `step`-th pixel, `step` chosen so that
 # at most IMAGE_SIDE pixels a side are compared (about 0.15 s per section on one core)
 MAX_IMAGE_PIXELS = 8192 * 8192
 IMAGE_SIDE = 1024
+# the image cue's tasks on the Dask cluster (`image_cue`): runs of neighbouring sections, four per worker thread
+# present and at most this many sections each; a task reads its sections once (and the one before and after its
+# run), three held at a time
+RUN_SECTIONS = 64
 NO_DATA_SIDE = 3  # exact zeros filling a square of this many compared pixels are no data (margins, padding)
 
 
@@ -77,7 +81,8 @@ def region_flags(good: dict[int, np.ndarray], measurable: dict[int, np.ndarray],
       which match nothing, are not flagged. Without `corr`: failed and matched as `good` says (chance
       failures of real sections 50 nm apart are then flagged too).
     - image (`images`, the sections, with the pairs' `fits` and the mesh `nodes`): a wide area much darker
-      or brighter than both neighbours, which agree with each other there (`image_defects`).
+      or brighter than both neighbours, which agree with each other there (`image_defects`), computed by
+      `image_cue` (on the Dask cluster this runs in, when there is one).
     """
     n = len(flags)
     g1, m1, g2 = good.get(1), measurable.get(1), good.get(2)
@@ -96,17 +101,94 @@ def region_flags(good: dict[int, np.ndarray], measurable: dict[int, np.ndarray],
         above = poor[1:]  # pair (z, z + 1)
         skip = g2  # pair (z - 1, z + 1) matched
         out[1:-1] = below & above & skip & usable[:, None, None]
-    extent = getattr(images, "extent", None)  # connectome.alignment.overlap.SectionImages
-    if extent is not None and extent[0] * extent[1] <= MAX_IMAGE_PIXELS and fits is not None and nodes is not None \
-            and 1 in fits:
-        step = max(2, -(-max(extent) // IMAGE_SIDE))
-        for z in np.nonzero(usable)[0] + 1:
-            f_below, f_above = fits[1][z - 1], fits[1][z]
-            if not (np.isfinite(f_below).all() and np.isfinite(f_above).all()):
-                continue
-            found = image_defects(images[z - 1], images[z], images[z + 1], _inverse(f_below), f_above, step)
-            out[z] |= _patches_touched(found, nodes, patch, step)
+    if images is not None and fits is not None and nodes is not None and 1 in fits:
+        sections = np.nonzero(usable)[0] + 1
+        found = image_cue(images, fits[1], sections, nodes, patch)
+        if found is not None:
+            out[sections] |= found
     return out
+
+
+def image_cue(images, fits: np.ndarray, sections: np.ndarray, nodes: tuple[np.ndarray, np.ndarray],
+              patch: int) -> np.ndarray | None:
+    """(len(sections), gy, gx): the nodes whose patch window holds a defect area (`image_defects`) of each of
+    `sections` between its neighbours, which the pairs' fits `fits` ((sections - 1, 2, 3): z to z + 1) map it
+    onto; none where either fit is missing. None when the sections are too large (`MAX_IMAGE_PIXELS`) or
+    `images` has no `extent`.
+
+    `images`: the sections (`connectome.alignment.overlap.SectionImages`). Under a Dask client (the global step
+    runs on a worker) the sections go to the cluster in runs (`_runs`), each a task that opens the volume at
+    `images.address` and reads its sections once, three held at a time; elsewhere (or for `images` without an
+    address) they are computed here, one after another, the same way."""
+    extent = getattr(images, "extent", None)
+    if extent is None or extent[0] * extent[1] > MAX_IMAGE_PIXELS:
+        return None
+    step = max(2, -(-max(extent) // IMAGE_SIDE))
+    jobs = [(int(z), _inverse(fits[z - 1]), fits[z]) for z in sections
+            if np.isfinite(fits[z - 1]).all() and np.isfinite(fits[z]).all()]
+    found = np.zeros((len(sections), len(nodes[0]), len(nodes[1])), bool)
+    if not jobs:
+        return found
+    address = getattr(images, "address", None)
+    parts = _on_dask(address, jobs, nodes, patch, step) if address is not None else None
+    if parts is None:
+        parts = [_image_cue_run(images, jobs, nodes, patch, step)]
+    where = {int(z): i for i, z in enumerate(sections)}
+    for (z, _, _), mask in zip(jobs, (m for part in parts for m in part)):
+        found[where[z]] = mask
+    return found
+
+
+def _image_cue_run(images, jobs: list[tuple[int, np.ndarray, np.ndarray]], nodes: tuple[np.ndarray, np.ndarray],
+                   patch: int, step: int) -> np.ndarray:
+    """(len(jobs), gy, gx): `_patches_touched` of `image_defects` for each (z, to z - 1, to z + 1) of `jobs`, in
+    order; `images`: the sections, or the address of their volume (opened here, keeping three sections, so
+    each is read once where the sections follow one another)."""
+    if isinstance(images, str):
+        from connectome.alignment.overlap import SectionImages
+
+        images = SectionImages(images, keep=3)
+    out = np.zeros((len(jobs), len(nodes[0]), len(nodes[1])), bool)
+    for i, (z, to_previous, to_following) in enumerate(jobs):
+        found = image_defects(images[z - 1], images[z], images[z + 1], to_previous, to_following, step)
+        out[i] = _patches_touched(found, nodes, patch, step)
+    return out
+
+
+def _runs(jobs: list, threads: int) -> list[list]:
+    """`jobs` (in section order) cut into runs of neighbouring sections: four per worker thread present, each
+    of at most `RUN_SECTIONS` (a run reads the section before and after it too: the fewer runs, the fewer
+    sections read twice)."""
+    count = min(len(jobs), max(4 * max(1, threads), -(-len(jobs) // RUN_SECTIONS)))
+    return [[jobs[i] for i in part] for part in np.array_split(np.arange(len(jobs)), count) if len(part)]
+
+
+def _on_dask(address: str, jobs: list, nodes: tuple[np.ndarray, np.ndarray], patch: int,
+             step: int) -> list[np.ndarray] | None:
+    """`_image_cue_run` of each run of `jobs` (`_runs`) as a task on the Dask cluster this code runs in (from a
+    worker, the global step: `worker_client`, which frees the step's thread for them), their results in order;
+    None without a running client."""
+    try:
+        from distributed import get_client, worker_client
+        from distributed.worker import get_worker
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    if client.status != "running":
+        return None
+
+    def gather(c) -> list[np.ndarray]:
+        runs = _runs(jobs, sum(c.nthreads().values()))
+        futures = [c.submit(_image_cue_run, address, run, nodes, patch, step, pure=False, retries=2) for run in runs]
+        return c.gather(futures)
+
+    try:
+        get_worker()
+    except ValueError:
+        return gather(client)
+    with worker_client() as c:
+        return gather(c)
 
 
 def _inverse(transform: np.ndarray) -> np.ndarray:

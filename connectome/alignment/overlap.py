@@ -133,6 +133,7 @@ class SectionImages:
     def __init__(self, address: str, keep: int = 3):
         from connectome.io import open_volume
 
+        self.address = address  # (tasks on other workers open the volume again: `defects.image_cue`)
         self.volume = open_volume(address)
         self.extent = (int(self.volume.shape[1]), int(self.volume.shape[2]))
         self.keep = keep

@@ -1,0 +1,82 @@
+"""The defect image cue off the global step's own thread: under a Dask client (the global step runs on a worker)
+the sections go to the cluster in runs of neighbouring sections, each a task that reads its sections once
+(`defects.image_cue`), so the step reads no section for it; the region flags are the ones the cue gives computed
+in one process, one section after another (as the global step computed them before)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stacks import align, write_stack
+from test_defects_real import DEFECT, DEFECT_START, MATCH, dirt, real_stack
+
+from connectome.alignment.defects import RUN_SECTIONS, _runs, region_flags, section_flags
+from connectome.alignment.overlap import SectionImages
+from connectome.alignment.solve_step import SolveSettings, SolveStep, load_matches, screen
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class _Counted:
+    """A volume that lists the sections read from it."""
+
+    def __init__(self, volume):
+        self.volume, self.reads = volume, []
+
+    def read(self, box):
+        self.reads.extend(range(box.offset[0], box.offset[0] + box.shape[0]))
+        return self.volume.read(box)
+
+
+class _Here:
+    """Sections read in this process (no `address`: `image_cue` computes them here)."""
+
+    def __init__(self, images: SectionImages):
+        self.images, self.extent = images, images.extent
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        return self.images[z]
+
+
+def _read_here(self, z):
+    raise AssertionError(f"section {z} read in the global step's process")
+
+
+def test_global_step_reads_no_section_for_the_image_cue(tmp_path, client, monkeypatch):
+    data = real_stack("isbi", DEFECT_START)
+    data[DEFECT], _ = dirt(data[DEFECT])
+    raw = write_stack(str(tmp_path / "raw"), data)
+    _, _, t = align(raw, str(tmp_path / "out"), client, block=(16, 512, 512), match=MATCH)
+    assert t["regions"][DEFECT].any() and not t["section_flags"].any()
+    tables = str(tmp_path / "out" / "tables" / "matches")
+
+    # the step again in this process, under the test's client: the image cue's sections are read by its tasks
+    with monkeypatch.context() as m:
+        m.setattr(SectionImages, "__getitem__", _read_here)
+        summary = SolveStep(tables, str(tmp_path / "again" / "transforms.npz"), SolveSettings(), raw).run()
+    with np.load(tmp_path / "again" / "transforms.npz") as f:
+        assert np.array_equal(f["regions"], t["regions"])
+    assert summary["flagged_regions"] == int(t["regions"].sum())
+
+    # the same flags computed here, one section after another, each section read once
+    s = SolveSettings()
+    mt = load_matches(tables)
+    fits, good, measurable, _, _ = screen(mt, s)
+    flags = section_flags(*mt.stats.T, good, measurable, s.min_std, s.max_zero_fraction, s.min_good_fraction)
+    images = SectionImages(raw)
+    images.volume = counted = _Counted(images.volume)
+    alone = region_flags(good, measurable, flags, corr=mt.corr, fits=fits, images=_Here(images), nodes=mt.nodes,
+                         patch=mt.patch)
+    assert np.array_equal(alone, t["regions"])
+    assert counted.reads == list(range(len(data)))
+
+
+def test_runs_cover_the_sections_in_order():
+    jobs = list(range(1000))
+    runs = _runs(jobs, threads=2)
+    assert [j for r in runs for j in r] == jobs
+    assert max(len(r) for r in runs) <= RUN_SECTIONS and len(runs) == -(-1000 // RUN_SECTIONS)
+    assert all(r[-1] + 1 == n[0] for r, n in zip(runs, runs[1:]))  # neighbouring sections: a run reads each once
+    few = _runs(list(range(5)), threads=2)
+    assert [j for r in few for j in r] == list(range(5)) and len(few) == 5  # every thread gets work
+    assert len(_runs(list(range(100)), threads=4)) == 16
