@@ -17,6 +17,22 @@ REASONS = {OK: "ok", BLANK: "blank", MISSING: "missing", UNMATCHED: "matches nei
 SECTION_FLAG, REGION_FLAG, OUTSIDE_FLAG = 1, 2, 3
 
 
+def grey_level(dtype, count: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> float:
+    """One grey level of uint8 in the raw's own units, the unit of `min_std`: 1 for 8-bit data, 257 for 16-bit,
+    and for float data 1/255 of the stack's intensity range, estimated as the span of the sections' mean +- 3
+    standard deviations (a float image in [0, 1] has deviations far below one, and every section was blank)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        return max(1.0, (2.0 ** (8 * dtype.itemsize) - 1) / 255.0)
+    mean = total / np.maximum(count, 1)
+    std = np.sqrt(np.maximum(total_sq / np.maximum(count, 1) - mean * mean, 0.0))
+    has = count > 0
+    if not has.any():
+        return 1.0
+    span = float(np.max(mean[has] + 3 * std[has]) - np.min(mean[has] - 3 * std[has]))
+    return span / 255.0 if span > 0 else 1.0
+
+
 def section_flags(count: np.ndarray, total: np.ndarray, total_sq: np.ndarray, zeros: np.ndarray,
                   good: dict[int, np.ndarray], measurable: dict[int, np.ndarray], min_std: float,
                   max_zero_fraction: float, min_good_fraction: float) -> np.ndarray:

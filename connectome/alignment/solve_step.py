@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from connectome.alignment.defects import OK, REASONS, region_flags, section_flags
+from connectome.alignment.defects import OK, REASONS, grey_level, region_flags, section_flags
 from connectome.alignment.fit import MIN_SUPPORT, apply, fit_transform, local_outliers, supported_fit
 from connectome.alignment.links import breaks, joined_sections, link
 from connectome.alignment.mesh import Springs
@@ -203,13 +203,22 @@ class SolveStep(GlobalStep):
                     "params": {k: v for k, v in params.items() if k not in ("refine", "max_disagreement", "ambiguity")}}
         return {"step": self.name, "params": params, "tables": self.tables_dir, "path": self.path, "raw": self.raw}
 
+    def _raw_dtype(self):
+        """The raw volume's dtype (uint8 where the step was given none)."""
+        if self.raw is None:
+            return np.uint8
+        from connectome.io import open_volume
+
+        return open_volume(self.raw).meta.dtype
+
     def run(self) -> dict:
         s = self.settings
         m = load_matches(self.tables_dir)
         images = SectionImages(self.raw) if s.refine and self.raw is not None else None
         fits, good, measurable, filled, rechecked = screen(m, s, images)
         count, total, total_sq, zeros = m.stats.T
-        flags = section_flags(count, total, total_sq, zeros, good, measurable, s.min_std, s.max_zero_fraction,
+        unit = grey_level(self._raw_dtype(), count, total, total_sq)  # min_std is in grey levels of uint8
+        flags = section_flags(count, total, total_sq, zeros, good, measurable, s.min_std * unit, s.max_zero_fraction,
                               s.min_good_fraction)
         sections = images if images is not None else (SectionImages(self.raw) if self.raw is not None else None)
         regions = region_flags(good, measurable, flags, corr=m.corr, fits=fits, images=sections, nodes=m.nodes,

@@ -91,7 +91,14 @@ def test_elastic_warp_recovered(elastic):
     assert not t["section_flags"].any()
 
 
-def test_defects_flagged_and_skipped(rigid, tmp_path, client):
+# the same stack as 16-bit and as float in [0, 1] (before 2026-12-06 every section of a float stack was "blank":
+# `min_std` was one unit of whatever the raw held)
+AS_DTYPE = {"uint8": lambda a: a, "uint16": lambda a: a.astype(np.uint16) * np.uint16(257),
+            "float32": lambda a: (a / 255.0).astype(np.float32)}
+
+
+@pytest.mark.parametrize("dtype", list(AS_DTYPE))
+def test_defects_flagged_and_skipped(rigid, tmp_path, client, dtype):
     distorted = rigid
     stack = list(distorted.raw)
     rng = np.random.default_rng(7)
@@ -102,7 +109,7 @@ def test_defects_flagged_and_skipped(rigid, tmp_path, client):
     for z in sorted(inserted):
         stack.insert(z, inserted[z])
     data = np.stack(stack)
-    raw = write_stack(str(tmp_path / "raw"), data)
+    raw = write_stack(str(tmp_path / "raw"), AS_DTYPE[dtype](data))
     _, _, t = align(raw, str(tmp_path / "out"), client)
     flags = t["section_flags"]
     assert {int(z): REASONS[int(flags[z])] for z in np.nonzero(flags)[0]} == {
