@@ -23,6 +23,7 @@ from connectome.engine.config import RunConfig, format_validation_error
 from connectome.engine.global_step import GlobalStep
 from connectome.engine.inputs import check_input_chunks as check_input_chunks  # (commands import it from here)
 from connectome.engine.inputs import input_voxel_size
+from connectome.engine.litter import remove_litter
 from connectome.engine.lock import lock_path, output_lock
 from connectome.engine.markers import DoneMarkers, relative_paths
 from connectome.engine.registry import stage_class
@@ -435,6 +436,8 @@ def _failure_log(work_dir: str, error: StageFailed) -> str | None:
 
 def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list[StageReport]:
     check_plan_resumable(plan, overwrite)  # again: another run may have finished meanwhile
+    for directory in dict.fromkeys(d for d in (plan.config.output, plan.work_dir) if "://" not in d):
+        remove_litter(directory)  # temporary files of a killed run's writes (under the lock: no writer is alive)
     check_outputs(plan, overwrite)
     changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
     complete: dict[int, bool] = {}  # planned stage -> finished before this run (asked until one is not)

@@ -152,6 +152,30 @@ def test_damaged_output_metadata_is_said_and_rewritten_with_overwrite(tmp_path, 
     assert report["stages"][0]["ran"] == 8 and _chunks(out) == reference
 
 
+def test_a_run_removes_what_killed_writes_left_beside_its_outputs(tmp_path, capsys):
+    """A kill between writing a file aside and renaming it into place left `segments.csv.tmp14047` or
+    `alignment/transforms.npz.18976.tmp.npz` for good (audit43b); the next run removes such files (names with a
+    process id, outside volumes and tables), and nothing else."""
+    _raw(tmp_path)
+    cfg = _config(tmp_path)
+    code, _, err = _run(capsys, cfg)
+    assert code == 0, err
+    out = tmp_path / "out"
+    litter = [out / "segments.csv.tmp14047", out / "alignment" / "transforms.npz.18976.tmp.npz",
+              out / ".run.json.77.tmp", out / "graph" / "graph.graphml.tmp31", out / "meshes" / "0.shard.99.tmp"]
+    kept = [out / "notes.tmp", out / "alignment" / "my.tmp.txt", out / "normalized" / "0" / "c" / "x.tmp5",
+            out / "meshes" / "0.shard"]
+    for path in litter + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (out / "synapse_annotations.tmp55" / "by_id").mkdir(parents=True)  # a layer being written, whole
+    (out / "synapse_annotations.tmp55" / "info").write_text("{}")
+    code, report, err = _run(capsys, cfg)
+    assert code == 0 and report["stages"][0]["ran"] == 0, err
+    assert not any(p.exists() for p in litter) and not (out / "synapse_annotations.tmp55").exists()
+    assert all(p.read_text() == "x" for p in kept)
+
+
 def test_missing_input_chunk_is_reported_and_refused_when_strict(tmp_path, capsys):
     raw = _raw(tmp_path)
     os.remove(Path(raw) / "0" / "c" / "1" / "1" / "0")
