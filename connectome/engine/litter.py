@@ -1,64 +1,64 @@
 """Temporary files that a killed run left beside its outputs (`segments.csv.tmp123`, `transforms.npz.123.tmp.npz`,
-`synapse_annotations.tmp123/`, `.run.json.123.tmp`): every writer of a small output file writes it aside under a
-name with its process id, then renames it into place, so a kill between the two leaves one. The run that holds the
-output's lock removes them before it writes anything (`remove_litter`).
+`synapse_annotations.tmp123/`, `.run.json.123.tmp`): a writer of a small output file writes it aside under a name
+with its process id, then renames it into place, so a kill between the two leaves one. The run that holds the
+output's lock removes them (`remove_litter`) in a connectome output directory only (one with done-markers).
 
-Volumes are not walked (a zarr array or a precomputed image holds millions of chunk files and handles partial
-chunks itself), nor are `tables/` (each table folder removes its own litter when its stage runs) and `.connectome/`
-(the done-markers do likewise)."""
+Only the names these writers make are removed (`LITTER`: each a file of the output directory, of `alignment/`, of
+`meshes/` or `skeletons/`, or the annotation layer's folder being written), and only where the process whose id it
+carries is gone, so a user's `backup.old1/` or a file of another command's live write stays. Volumes, `tables/` and
+`.connectome/` clean up after themselves."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 
-# `<name>.tmp<pid>[.<ext>]`, `<name>.<pid>.tmp[.<ext>]` and `<name>.old<pid>`: only names with a process id, so a
-# user's own `notes.tmp` stays
-LITTER = re.compile(r"(\.tmp\d+(\.[A-Za-z0-9]+)?|\.\d+\.tmp(\.[A-Za-z0-9]+)?|\.old\d+)$")
-SKIPPED = ("tables", ".connectome")
-DEPTH = 2  # the output's own files and those of its small folders (alignment/, meshes/, skeletons/, ...)
+# folder (relative to the output directory) -> what a killed write leaves there; group "pid" is the writer's id
+LITTER: dict[str, re.Pattern] = {
+    ".": re.compile(r"^(?:\.run\.json\.(?P<p1>\d+)\.tmp"  # engine.plan._record_config
+                    r"|[\w.-]+\.(?:csv|graphml|json|npz|png|txt)\.tmp(?P<p2>\d+)(?:\.npz|\.png)?"  # tables, graph, luts
+                    r"|synapse_annotations\.(?:tmp|old)(?P<p3>\d+))$"),  # export.annotations (folders)
+    "alignment": re.compile(r"^[\w.-]+\.npz\.(?P<p1>\d+)\.tmp\.npz$"),  # transforms.npz, section levels
+    "meshes": re.compile(r"^[\w.:-]+\.(?P<p1>\d+)\.tmp(?:\.npz)?$"),  # morphology mesh/fragment files
+    "skeletons": re.compile(r"^[\w.:-]+\.(?P<p1>\d+)\.tmp(?:\.npz)?$"),
+}
+FOLDERS = re.compile(r"^synapse_annotations\.(?:tmp|old)\d+$")  # the only litter that is a folder
 
 
-def _is_volume(path: str) -> bool:
-    """A zarr group or array (an output's volume), or a precomputed image or segmentation (an `info` with scales)."""
-    if os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(os.path.join(path, ".zarray")):
-        return True
-    info = os.path.join(path, "info")
-    if not os.path.isfile(info):
-        return False
-    try:
-        with open(info) as f:
-            return "scales" in json.load(f)
-    except (OSError, ValueError):
-        return True  # unreadable: leave it alone
+def _gone(pid: int) -> bool:
+    import psutil
+
+    return pid != os.getpid() and not psutil.pid_exists(pid)
 
 
 def remove_litter(out_dir: str) -> list[str]:
-    """Remove the temporary files and folders of killed writes under `out_dir` (see the module docstring); returns
-    their paths. Only the run that holds the output's lock may call it."""
+    """Remove what killed writes left in the connectome output directory `out_dir` (see the module docstring);
+    returns the paths removed. Only the run that holds the output's lock calls it."""
+    if not os.path.isdir(os.path.join(out_dir, ".connectome", "done")):
+        return []  # not (yet) an output of a run: nothing of ours to clean
     removed: list[str] = []
-
-    def walk(folder: str, depth: int) -> None:
+    for folder, pattern in LITTER.items():
+        directory = os.path.normpath(os.path.join(out_dir, folder))
         try:
-            entries = list(os.scandir(folder))
+            entries = list(os.scandir(directory))
         except OSError:
-            return
+            continue
         for entry in entries:
-            if LITTER.search(entry.name):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    try:
-                        os.unlink(entry.path)
-                    except OSError:
-                        continue
-                removed.append(entry.path)
-            elif (depth < DEPTH and entry.is_dir(follow_symlinks=False) and entry.name not in SKIPPED
-                  and not _is_volume(entry.path)):
-                walk(entry.path, depth + 1)
-
-    if os.path.isdir(out_dir):  # (itself an OME-Zarr group of the volumes in it: walked all the same)
-        walk(out_dir, 1)
+            match = pattern.match(entry.name)
+            if match is None:
+                continue
+            pid = int(next(v for v in match.groupdict().values() if v is not None))
+            if not _gone(pid):
+                continue  # its writer may still be writing it
+            if entry.is_dir(follow_symlinks=False):
+                if not FOLDERS.match(entry.name):
+                    continue
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+            removed.append(entry.path)
     return removed

@@ -282,7 +282,7 @@ def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:
                 continue
             try:
                 have = open_volume(address).meta
-            except (UserError, OSError, ValueError) as e:  # its metadata damaged: only recreating it helps
+            except (UserError, ValueError) as e:  # its metadata damaged (not an I/O error): only recreating it helps
                 why = str(e).splitlines()[0] if str(e) else repr(e)
                 out.append((planned, address, f"metadata that cannot be read ({why})"))
                 continue
@@ -375,8 +375,8 @@ def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = Tru
         e.log_file = _failure_log(plan.work_dir, e)
         raise
     except UserError:
-        if made and not _any_block_finished(plan):  # a refused run leaves no new output behind
-            _remove_new_output(made, lock_path(plan.work_dir))
+        if plan.work_dir in made and not _any_block_finished(plan):  # a refused run leaves no new output behind
+            _remove_new_output([plan.work_dir], lock_path(plan.work_dir))  # (only the directory it holds the lock of)
         raise
     finally:
         lock.__exit__(None, None, None)
@@ -436,8 +436,8 @@ def _failure_log(work_dir: str, error: StageFailed) -> str | None:
 
 def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list[StageReport]:
     check_plan_resumable(plan, overwrite)  # again: another run may have finished meanwhile
-    for directory in dict.fromkeys(d for d in (plan.config.output, plan.work_dir) if "://" not in d):
-        remove_litter(directory)  # temporary files of a killed run's writes (under the lock: no writer is alive)
+    if "://" not in plan.work_dir:
+        remove_litter(plan.work_dir)  # temporary files of a killed run's writes (the directory whose lock is held)
     check_outputs(plan, overwrite)
     changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
     complete: dict[int, bool] = {}  # planned stage -> finished before this run (asked until one is not)
