@@ -48,9 +48,16 @@ def remove_litter(directory: str) -> int:
 def write_format(directory: str, name: str, version: int, producer: dict) -> None:
     """Record which table this directory holds, in which format, and the producing run (`producer`)."""
     os.makedirs(directory, exist_ok=True)
+    record = {"table": name, "version": version, "producer": producer}
+    try:
+        unchanged = read_format(directory) == json.loads(json.dumps(record))
+    except ValueError:  # a damaged record: written anew
+        unchanged = False
+    if unchanged:
+        return  # unchanged: rewriting it would change the folder's time, which a merge tree keys its results on
     tmp = os.path.join(directory, f".{FORMAT_FILE}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump({"table": name, "version": version, "producer": producer}, f, indent=1, sort_keys=True)
+        json.dump(record, f, indent=1, sort_keys=True)
     os.replace(tmp, os.path.join(directory, FORMAT_FILE))
 
 

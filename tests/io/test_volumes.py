@@ -362,3 +362,22 @@ def test_a_4d_array_with_a_leading_axis_of_1_is_refused_as_an_image(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err), err
     assert not out.exists()
+
+
+def test_an_unchanged_table_record_is_not_rewritten(tmp_path):
+    """Every run rewrote each table folder's format.json, which changed the folder's time; the merge tree keys its
+    partial results on that time, so a killed merge recomputed every finished task on the next run (review43)."""
+    import os
+
+    from connectome.io.tables import read_format, write_format
+
+    folder = tmp_path / "edges"
+    write_format(str(folder), "edges", 3, {"stage": "agglomerate", "hash": "abc"})
+    os.utime(folder, ns=(1, 1))
+    write_format(str(folder), "edges", 3, {"stage": "agglomerate", "hash": "abc"})
+    assert folder.stat().st_mtime_ns == 1
+    write_format(str(folder), "edges", 3, {"stage": "agglomerate", "hash": "other"})  # another run: rewritten
+    assert folder.stat().st_mtime_ns != 1 and read_format(str(folder))["producer"]["hash"] == "other"
+    (folder / "format.json").write_text("{")  # damaged: written anew
+    write_format(str(folder), "edges", 3, {"stage": "agglomerate", "hash": "abc"})
+    assert read_format(str(folder))["producer"]["hash"] == "abc"
