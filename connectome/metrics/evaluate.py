@@ -106,6 +106,13 @@ def _open_pair(seg_address: str, gt_address: str) -> tuple[Volume, Volume]:
             f"{_shown(g_off)}; expected the same offset, so that the same voxels are compared: "
             + (_same_voxels_hint(seg, gt) or "address the same sections of both (ADDR[z0:z1])")
         )
+    for (name, vol, off), (other, o_off) in ((("seg", seg, s_off), ("gt", g_off)), (("gt", gt, g_off), ("seg", s_off))):
+        if all(v is None for v in off) and any(v for v in o_off if v is not None):  # one side's place unknown
+            import sys
+
+            print(f"connectome evaluate: warning: {other} starts at world voxel [z y x] {_shown(o_off)}, {name} "
+                  f"{vol.address} records no offset: compared voxel for voxel; address the same sections of both if "
+                  f"they are not", file=sys.stderr)
     return seg, gt
 
 
@@ -117,7 +124,9 @@ def carried_offset(vol: Volume) -> tuple[int | None, int | None, int | None]:
         z, y, x = carried_offset(vol.inner)
         return (z or 0) + vol.start, y, x
     m = vol.meta
-    if isinstance(vol, PrecomputedVolume) or (isinstance(vol, ZarrVolume) and (m.voxel_size_known or any(m.offset))):
+    # an offset of 0 is what a volume records that was written from a source that carries none (a crop of an npz,
+    # h5 or TIFF stack): not a place, so it is compared with nothing (a warning says so where the other has one)
+    if isinstance(vol, (PrecomputedVolume, ZarrVolume)) and any(m.offset):
         z, y, x = (int(v) for v in m.offset)
         return z, y, x
     return None, None, None
