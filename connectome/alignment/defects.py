@@ -18,12 +18,13 @@ SECTION_FLAG, REGION_FLAG, OUTSIDE_FLAG = 1, 2, 3
 
 
 def grey_level(dtype, count: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> float:
-    """One grey level of uint8 in the raw's own units, the unit of `min_std`: 1 for 8-bit data, 257 for 16-bit,
-    and for float data 1/255 of the stack's intensity range, estimated as the span of the sections' mean +- 3
-    standard deviations (a float image in [0, 1] has deviations far below one, and every section was blank)."""
+    """One grey level of 8-bit data in the raw's own units, the unit of `min_std`: 1 for 8-bit data, else 1/255 of
+    the stack's intensity range, estimated as the span of the sections' mean +- 3 standard deviations (a float image
+    in [0, 1] has deviations far below one, so every section was blank; 12-bit data stored as uint16 spans far less
+    than 65535, so a grey level is not 257 units)."""
     dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        return max(1.0, (2.0 ** (8 * dtype.itemsize) - 1) / 255.0)
+    if dtype.itemsize == 1:
+        return 1.0
     mean = total / np.maximum(count, 1)
     std = np.sqrt(np.maximum(total_sq / np.maximum(count, 1) - mean * mean, 0.0))
     has = count > 0

@@ -132,7 +132,7 @@ class AlignParams(StageParams):
     z_smooth: float = Field(1e-6, gt=0, description="weight carrying fields across sections (and flagged ones)")
     rounds: int = Field(3, ge=1, le=10, description="re-linearisations of the global solve")
     min_std: float = Field(1.0, ge=0, description="sections with a smaller deviation are blank, in grey levels of "
-                           "8-bit data (257 units of 16-bit data, 1/255 of the stack's range of float data)")
+                           "8-bit data (of other data: 1/255 of the stack's range)")
     max_zero_fraction: float = Field(0.5, gt=0, le=1, description="sections with more zero pixels are missing")
     min_good_fraction: float = Field(
         0.25, ge=0, le=1, description="sections matching no neighbour on this fraction of patches are flagged")

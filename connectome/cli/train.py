@@ -163,7 +163,8 @@ def _add_ffn(sub) -> None:
                    help="cpu: FOV 17^3, step 5, 3 modules of 16 features; reference: the published 33^3, "
                         "step 8, 12 modules of 32; -aniso: a FOV and step smaller in z for serial sections")
     p.add_argument("--fov", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="override the FOV of --arch")
-    p.add_argument("--deltas", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="override the movement step")
+    p.add_argument("--deltas", type=non_negative_int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="override the movement step (0 on an axis the FOV is 1 voxel deep in)")
     p.add_argument("--depth", type=positive_int, help="override the module count")
     p.add_argument("--features", type=positive_int, help="override the feature count")
     p.add_argument("--seed", type=int, default=0)

@@ -101,10 +101,15 @@ def _check_scheme(text: str, base: str) -> None:
     reads `precomputed://ftp://x` or `precomputed://x/y` as a folder under the working directory)."""
     url = base[len(PRECOMPUTED):]
     scheme, sep, rest = url.partition("://")
-    if sep and scheme in PRECOMPUTED_SCHEMES and rest:
+    known = PRECOMPUTED_SCHEMES
+    if sep and scheme not in known:  # cloud-volume's others (middleauth+https, mem, ...) and a lab's own aliases
+        from cloudfiles.paths import ALLOWED_PROTOCOLS
+
+        known = (*known, *(p for p in ALLOWED_PROTOCOLS if p not in known))
+    if sep and scheme in known and rest:
         return
-    supported = ", ".join(f"{s}://" for s in PRECOMPUTED_SCHEMES)
-    if sep and scheme in PRECOMPUTED_SCHEMES:
+    supported = ", ".join(f"{s}://" for s in known)
+    if sep and scheme in known:
         found = f"no path after {scheme}://"
     elif sep and scheme:
         found = f"scheme {scheme}:// after precomputed://"

@@ -91,9 +91,10 @@ def test_elastic_warp_recovered(elastic):
     assert not t["section_flags"].any()
 
 
-# the same stack as 16-bit and as float in [0, 1] (before 2026-12-06 every section of a float stack was "blank":
-# `min_std` was one unit of whatever the raw held)
+# the same stack as 16-bit (and 10-bit data stored as uint16) and as float in [0, 1] (before 2026-12-06 every
+# section of a float stack was "blank": `min_std` was one unit of whatever the raw held)
 AS_DTYPE = {"uint8": lambda a: a, "uint16": lambda a: a.astype(np.uint16) * np.uint16(257),
+            "uint16 of 10 bits": lambda a: a.astype(np.uint16) * np.uint16(4),
             "float32": lambda a: (a / 255.0).astype(np.float32)}
 
 
