@@ -78,7 +78,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
-    p.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
+    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
                    help="make the training batches in N worker processes, which keeps a GPU busy (0: in the "
                         "training process; default: 0 on the CPU, on a GPU the CPU cores less two, at most 8)")
     p.add_argument("--install", action="store_true",
@@ -153,7 +153,7 @@ def _add_ffn(sub) -> None:
     p.add_argument("--iterations", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--moves", type=non_negative_int, default=1, help="FOV moves per example after the first step")
-    p.add_argument("--scale", nargs=3, type=positive_int, default=(1, 1, 1), metavar=("Z", "Y", "X"),
+    p.add_argument("--scale", nargs=3, type=int, default=(1, 1, 1), metavar=("Z", "Y", "X"),
                    help="train at the data's voxel size times these whole factors (the image averaged and the labels "
                         "sampled in boxes of that size); `segment --method ffn` then downsamples by them too")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
