@@ -47,13 +47,13 @@ def add_arguments(parser) -> None:
 
 def work_dir_for(dst: str) -> str:
     """Where the done-markers of an ingest live: inside a local destination, else beside the cwd."""
-    from connectome.io.precomputed import cloudpath
+    from connectome.io.precomputed import local_path
 
     if parse_address(dst).kind == "zarr":
         return dst
-    path = cloudpath(dst)
-    if path.startswith("file://"):
-        return path[len("file://"):]
+    local = local_path(dst)
+    if local is not None:
+        return local
     return os.path.join(".connectome-ingest", hashlib.sha256(dst.encode()).hexdigest()[:12])
 
 
