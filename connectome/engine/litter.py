@@ -5,8 +5,8 @@ output's lock removes them (`remove_litter`) in a connectome output directory on
 
 Only the names these writers make are removed (`LITTER`: each a file of the output directory, of `alignment/`, of
 `meshes/` or `skeletons/`, or the annotation layer's folder being written), and only where the process whose id it
-carries is gone, so a user's `backup.old1/` or a file of another command's live write stays. Volumes, `tables/` and
-`.connectome/` clean up after themselves."""
+carries is gone, so a user's `backup.old1/` or a file of another command's live write stays. Volumes, the table
+folders in `tables/` and `.connectome/` clean up after themselves."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ LITTER: dict[str, re.Pattern] = {
                     r"|[\w.-]+\.(?:csv|graphml|json|npz|png|txt)\.tmp(?P<p2>\d+)(?:\.npz|\.png)?"  # tables, graph, luts
                     r"|synapse_annotations\.(?:tmp|old)(?P<p3>\d+))$"),  # export.annotations (folders)
     "alignment": re.compile(r"^[\w.-]+\.npz\.(?P<p1>\d+)\.tmp\.npz$"),  # transforms.npz, section levels
+    "tables": re.compile(r"^[\w.-]+\.npz\.tmp(?P<p1>\d+)\.npz$"),  # lookup tables (io.lookup, synapses.merge)
     "meshes": re.compile(r"^[\w.:-]+\.(?P<p1>\d+)\.tmp(?:\.npz)?$"),  # morphology mesh/fragment files
     "skeletons": re.compile(r"^[\w.:-]+\.(?P<p1>\d+)\.tmp(?:\.npz)?$"),
 }

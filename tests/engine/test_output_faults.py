@@ -164,7 +164,7 @@ def test_a_run_removes_what_killed_writes_left_beside_its_outputs(tmp_path, caps
     gone = 2**22 + 12345  # above Linux's default pid_max: no such process
     litter = [out / f"segments.csv.tmp{gone}", out / "alignment" / f"transforms.npz.{gone}.tmp.npz",
               out / f".run.json.{gone}.tmp", out / f"graph.graphml.tmp{gone}", out / "meshes" / f"0.shard.{gone}.tmp",
-              out / f"graph_degrees.png.tmp{gone}.png"]
+              out / f"graph_degrees.png.tmp{gone}.png", out / "tables" / f"lut-0123abcd.npz.tmp{gone}.npz"]
     # a user's own files with such names, files inside volumes, and a live process's write stay (review43: a
     # `backup.old1/` folder beside an ingested volume was removed)
     kept = [out / "notes.tmp", out / "alignment" / "my.tmp.txt", out / "normalized" / "0" / "c" / "x.tmp5",
