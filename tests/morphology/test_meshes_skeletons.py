@@ -182,11 +182,15 @@ def test_meshes_and_skeletons_sit_at_the_volumes_world_offset(outputs, client, t
 def test_a_plan_that_makes_the_segmentation_and_its_meshes_plans_on_a_fresh_output(tmp_path):
     """Meshes and skeletons in the same run config as the stage that writes the segmentation (the demo, the README's
     viewer stages): the offset comes from the plan, not from a volume that does not exist yet."""
+    from connectome.affinity.agglomerate import EDGES_FORMAT
     from connectome.cluster.client import ClusterConfig
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import check_plan_resumable, plan_run
+    from connectome.io.tables import write_format
 
     fragments = create_volume(str(tmp_path / "fragments"), SHAPE, np.uint64, SMALL, (8.0, 8.0, 8.0), offset=(7, 0, 3))
+    # the region graph an agglomerate run left (a plan whose relabel reads no edges tables is refused up front)
+    write_format(str(tmp_path / "out" / "tables" / "edges"), "edges", EDGES_FORMAT, {"stage": "agglomerate"})
     stages = [StageConfig(stage="relabel", inputs={"fragments": fragments.address}),
               *(StageConfig(stage=s) for s in ("meshes", "mesh_manifests", "skeletons", "skeleton_merge"))]
     config = RunConfig(input=fragments.address, output=str(tmp_path / "out"), blocks=BlocksConfig(shape=SMALL),
