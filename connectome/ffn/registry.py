@@ -61,14 +61,11 @@ def _meta(path: Path) -> dict:
 @functools.lru_cache(maxsize=8)
 def _check_weights(path: str, mtime: float, json_mtime: float) -> None:
     """The weights load into the network the json describes (once per file version and process)."""
+    from connectome.models.registry import load_checked
+
     info = read_info(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        FFN(info.config).load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not these weights
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: expected the weights of the network its .json describes ({info.config.depth} "
-                        f"modules of {info.config.features} features), found {first[:200]}") from None
+    load_checked(FFN(info.config), path, f"the network its .json describes ({info.config.depth} modules of "
+                                         f"{info.config.features} features)")
 
 
 def read_info(path: str | os.PathLike) -> FFNInfo:

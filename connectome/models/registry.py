@@ -101,13 +101,18 @@ def resolve_model_path(name: str) -> Path:
 def _check_weights(path: str, mtime: float, json_mtime: float) -> None:
     """A model given as a path: its weights load into the network its .json describes (once per file version and
     process), so a damaged or foreign .pt is refused in one line before anything is written."""
-    info = read_info(path)
+    load_checked(UNet(read_info(path).config), path, "the U-Net its .json describes")
+
+
+def load_checked(net: torch.nn.Module, path: str, what: str) -> None:
+    """Load the weights at `path` into `net`; one line naming the file where they are not `what` (a damaged or
+    foreign .pt: torch raises many kinds of error for one)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        UNet(info.config).load_state_dict({k: v.float() for k, v in state.items()})
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not these weights
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as e:  # noqa: BLE001 - see the docstring
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: expected the weights of the U-Net its .json describes, found {first[:200]}") from None
+        raise UserError(f"{path}: expected the weights of {what}, found {first[:200]}") from None
 
 
 AFFINITY_KEYS = ("architecture", "voxel_size", "normalisation")

@@ -144,6 +144,25 @@ def test_equal_scores_across_faces_merge_one_at_a_time(tmp_path):
     assert ids[6] not in tree._load("up", 1, 0)["nodes"].tolist() + tree._load("up", 1, 0)["keys"].tolist()
 
 
+class Killed(Exception):
+    pass
+
+
+def _dies(ran: list, at):
+    """A `submit` for MergeTree.run that runs its tasks in this process, recording each in `ran`, and raises Killed
+    at the first task for which `at(task)` holds."""
+    def submit(tree, todo):
+        out = []
+        for task in todo:
+            if at(task):
+                raise Killed
+            out.append(tree.run_task(*task))
+            ran.append(task)
+        return out
+
+    return submit
+
+
 def test_a_killed_tree_resumes_after_its_output_moved(tmp_path):
     """The tree's record named its edges tables by full path: an output directory moved after a killed merge
     recomputed every finished task. It names them relative to the tree now."""
@@ -155,23 +174,10 @@ def test_a_killed_tree_resumes_after_its_output_moved(tmp_path):
     random_tables(here / "edges", grid, rng)
     layout = TreeLayout(grid, 2)
 
-    class Killed(Exception):
-        pass
-
     ran: list = []
-
-    def dies_after_level_zero(tree, todo):
-        out = []
-        for task in todo:
-            if task[:2] == ("up", 1):
-                raise Killed
-            out.append(tree.run_task(*task))
-            ran.append(task)
-        return out
-
     tree = MergeTree(str(here / "edges"), str(here / "tree"), str(here / "shards"), layout, 0.5)
     with pytest.raises(Killed):
-        tree.run(submit=dies_after_level_zero)
+        tree.run(submit=_dies(ran, lambda task: task[:2] == ("up", 1)))
     assert len(ran) == layout.count(0)
     shutil.move(str(here), str(tmp_path / "there"))
     there = tmp_path / "there"
@@ -192,25 +198,18 @@ def test_a_killed_level_resumes(tmp_path):
     fresh = MergeTree(str(tmp_path / "edges"), str(tmp_path / "fresh"), str(tmp_path / "fresh-shards"), layout, 0.5)
     fresh.run()
 
-    class Killed(Exception):
-        pass
-
     ran: list[tuple[str, int, int]] = []
 
-    def dies_in_level_one(tree, todo):
-        out = []
-        for task in todo:
-            if task[:2] == ("up", 1) and len([t for t in ran if t[:2] == ("up", 1)]) == 2:
-                # killed while writing its third task: only a temporary file is left
-                (tmp_path / "tree" / "up-1" / f"{task[2]}.999.tmp.npz").write_bytes(b"half a file")
-                raise Killed
-            out.append(tree.run_task(*task))
-            ran.append(task)
-        return out
+    def third_of_level_one(task) -> bool:
+        if task[:2] == ("up", 1) and len([t for t in ran if t[:2] == ("up", 1)]) == 2:
+            # killed while writing its third task: only a temporary file is left
+            (tmp_path / "tree" / "up-1" / f"{task[2]}.999.tmp.npz").write_bytes(b"half a file")
+            return True
+        return False
 
     tree = MergeTree(str(tmp_path / "edges"), str(tmp_path / "tree"), str(tmp_path / "shards"), layout, 0.5)
     with pytest.raises(Killed):
-        tree.run(submit=dies_in_level_one)
+        tree.run(submit=_dies(ran, third_of_level_one))
     assert layout.count(1) > 3 and all(tree.done("up", 0, i) for i in range(layout.count(0)))
     before = len(ran)
     resumed = tree.run()

@@ -109,13 +109,18 @@ def test_stale_lock_is_taken_over_and_a_foreign_one_refused(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "on host elsewhere-node-7" in err[0] and str(lock) in err[0], err
 
 
-def test_lost_output_chunk_is_reported_and_recomputed(tmp_path, capsys):
+def _normalized(tmp_path: Path, capsys) -> tuple[str, str, dict[str, bytes]]:
+    """(config, the normalized volume, its chunks) of a finished run of the normalize stage."""
     _raw(tmp_path)
     cfg = _config(tmp_path)
     code, _, err = _run(capsys, cfg)
     assert code == 0, err
     out = str(tmp_path / "out" / "normalized")
-    reference = _chunks(out)
+    return cfg, out, _chunks(out)
+
+
+def test_lost_output_chunk_is_reported_and_recomputed(tmp_path, capsys):
+    cfg, out, reference = _normalized(tmp_path, capsys)
     os.remove(Path(out) / "0" / "c" / "1" / "0" / "1")  # block 5's only chunk
     garbage = Path(out) / "0" / "c" / "0" / "1" / "1"  # block 3's: same size, other bytes
     garbage.write_bytes(os.urandom(garbage.stat().st_size))
@@ -134,12 +139,7 @@ def test_damaged_output_metadata_is_said_and_rewritten_with_overwrite(tmp_path, 
     """A stage's output whose zarr.json is damaged: `status` called the stage complete, and even `--overwrite`
     was refused (the volume could not be opened to compare its layout). Now status says so, a re-run refuses it
     in one line naming it, and `--overwrite` writes it again."""
-    _raw(tmp_path)
-    cfg = _config(tmp_path)
-    code, _, err = _run(capsys, cfg)
-    assert code == 0, err
-    out = str(tmp_path / "out" / "normalized")
-    reference = _chunks(out)
+    cfg, out, reference = _normalized(tmp_path, capsys)
     (Path(out) / "0" / "zarr.json").write_text("{")
     capsys.readouterr()
     assert main(["status", str(tmp_path / "out"), "--json"]) == 0

@@ -3,14 +3,15 @@ negative ground-truth ids in one line, exit 2 (audit43 F12/F17, B02, W01)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import numpy as np
 import pytest
+from test_evaluate_sections import _run
+from test_evaluate_sections import _zarr as zarr_volume
 
-from connectome.cli.main import main
-from connectome.io import create_volume
 from connectome.metrics import Skeletons, evaluate_volumes
 
 
@@ -21,16 +22,8 @@ def _volumes():
     return seg, gt
 
 
-def _zarr(path, data, offset=(0, 0, 0), chunks=(2, 4, 4)):
-    vol = create_volume(str(path), data.shape, data.dtype, chunks, (8.0, 8.0, 8.0), offset=offset)
-    vol.write(vol.box, data)
-    return str(path)
-
-
-def _run(capsys, *argv):
-    code = main(["evaluate", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+# zarr volumes of 8 nm voxels in 2 x 4 x 4 chunks (offset: where voxel 0 lies, as `segment` records it)
+_zarr = functools.partial(zarr_volume, voxel_size=(8.0, 8.0, 8.0), chunks=(2, 4, 4))
 
 
 def _one_line_refusal(code, out, err):

@@ -33,8 +33,8 @@ def _sections():
     return seg, gt
 
 
-def _zarr(path, data, voxel_size=(40.0, 8.0, 8.0), chunks=(1, 4, 4)):
-    vol = create_volume(str(path), data.shape, data.dtype, chunks, voxel_size)
+def _zarr(path, data, voxel_size=(40.0, 8.0, 8.0), chunks=(1, 4, 4), offset=(0, 0, 0)):
+    vol = create_volume(str(path), data.shape, data.dtype, chunks, voxel_size, offset=offset)
     vol.write(vol.box, data)
     return str(path)
 
