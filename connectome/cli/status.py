@@ -1,6 +1,6 @@
-"""Per stage: blocks done / total, for a config or an output directory, and finished blocks whose
-output is gone (a chunk file deleted or changed since the block wrote it; --checksum reads every
-chunk instead of trusting unchanged sizes and times)."""
+"""Per stage: blocks done / total, for a config or an output directory (its last started run's stages, those not
+started yet included), and finished blocks whose output is gone (a chunk file deleted or changed since the block
+wrote it; --checksum reads every chunk instead of trusting unchanged sizes and times)."""
 
 from __future__ import annotations
 
@@ -77,13 +77,14 @@ def _line(r: dict, width: int = 16) -> str:
 def run(args) -> int:
     from connectome.engine.config import load_config
     from connectome.engine.lock import running
+    from connectome.engine.stage_list import read_stage_list
 
     target = args.target
     if os.path.isfile(target):
         config = load_config(target)
         work_dir, names = config.output, [s.stage for s in config.stages]
-    elif os.path.isdir(target):
-        work_dir, names = target, None
+    elif os.path.isdir(target):  # the stages its last started run planned, where it recorded them
+        work_dir, names = target, [name for name, _ in read_stage_list(target) or ()] or None
     else:
         raise UserError(f"{target}: no such config file or output directory")
     rows = stage_status(work_dir, args.checksum)

@@ -3,10 +3,10 @@
 with its process id, then renames it into place, so a kill between the two leaves one. The run that holds the
 output's lock removes them (`remove_litter`) in a connectome output directory only (one with done-markers).
 
-Only the names these writers make are removed (`LITTER`: each a file of the output directory, of `alignment/`, of
-`meshes/` or `skeletons/`, or the annotation layer's folder being written), and only where the process whose id it
-carries is gone, so a user's `backup.old1/` or a file of another command's live write stays. Volumes, the table
-folders in `tables/` and `.connectome/` clean up after themselves."""
+Only the names these writers make are removed (`LITTER`: each a file of the output directory, of `.connectome/`
+(its stage list), of `alignment/`, of `meshes/` or `skeletons/`, or the annotation layer's folder being written), and
+only where the process whose id it carries is gone, so a user's `backup.old1/` or a file of another command's live
+write stays. Volumes, the table folders in `tables/` and the done-markers clean up after themselves."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ LITTER: dict[str, re.Pattern] = {
     ".": re.compile(r"^(?:\.run\.json\.(?P<p1>\d+)\.tmp"  # engine.plan._record_config
                     r"|[\w.-]+\.(?:csv|graphml|json|npz|png|txt)\.tmp(?P<p2>\d+)(?:\.npz|\.png)?"  # tables, graph, luts
                     r"|synapse_annotations\.(?:tmp|old)(?P<p3>\d+))$"),  # export.annotations (folders)
+    ".connectome": re.compile(r"^\.plan\.json\.(?P<p1>\d+)\.tmp$"),  # engine.stage_list
     "alignment": re.compile(r"^[\w.-]+\.npz\.(?P<p1>\d+)\.tmp\.npz$"),  # transforms.npz, section levels
     "tables": re.compile(r"^[\w.-]+\.npz\.tmp(?P<p1>\d+)\.npz$"),  # lookup tables (io.lookup, synapses.merge)
     "meshes": re.compile(r"^[\w.:-]+\.(?P<p1>\d+)\.tmp(?:\.npz)?$"),  # morphology mesh/fragment files

@@ -38,6 +38,7 @@ from connectome.engine.runner import (
     starts_afresh,
 )
 from connectome.engine.stage import BlockStage, Table
+from connectome.engine.stage_list import write_stage_list
 from connectome.io import VolumeMeta, address_kind, create_volume, open_volume, same_voxel_size
 from connectome.io.tables import check_format, read_format
 
@@ -441,11 +442,14 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
     check_outputs(plan, overwrite)
     changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
     complete: dict[int, bool] = {}  # planned stage -> finished before this run (asked until one is not)
-    if changed or not all(complete.setdefault(id(p), _complete(p, plan.work_dir)) for p in plan.stages):
+    work = changed or not all(complete.setdefault(id(p), _complete(p, plan.work_dir)) for p in plan.stages)
+    if work:
         connect(client)  # there is work: the cluster is reached (or refused) before anything is written
     try:
         if plan.record_config:
             _create_group(plan)
+        if work and "://" not in plan.work_dir:  # what `status` lists should this run be killed
+            write_stage_list(plan.work_dir, _stage_list(plan))
     except OSError as e:
         raise unwritable(e, plan.config.output) from None
     facts: dict = {}
@@ -502,6 +506,17 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
     if plan.record_config:
         _record_config(plan)
     return reports
+
+
+def _stage_list(plan: Plan) -> list[tuple[str, int]]:
+    """(name, blocks) of each global step and stage of the plan, in the order they run."""
+    out = []
+    for planned in plan.stages:
+        step = planned.step()
+        if step is not None:
+            out.append((step.name, 1))
+        out.append((planned.stage.name, len(planned.grid)))
+    return out
 
 
 def _complete(planned: PlannedStage, work_dir: str) -> bool:

@@ -169,6 +169,25 @@ def test_block_that_always_fails(tmp_path, capsys):
     assert 3 not in DoneMarkers(str(tmp_path / "out"), "explode").done()
 
 
+def test_status_of_a_failed_run_lists_the_stages_it_did_not_reach(tmp_path, capsys):
+    import stages_for_tests  # noqa: F401  (registers block-sum and fill-total, whose global step is `total`)
+
+    raw = write_raw(tmp_path / "raw.npz", shape=(8, 128, 128))
+    cfg = write_config(tmp_path / "run.yaml", raw, tmp_path / "out", block=(2, 64, 64), retries=0,
+                       stages=[{"stage": "explode", "params": {"sigma": 4.0}}, {"stage": "block-sum"},
+                               {"stage": "fill-total"}])
+    code, _, err = _run(cfg, capsys)
+    assert code == 1, err
+    assert main(["status", str(tmp_path / "out"), "--json"]) == 0
+    rows = last_json(capsys.readouterr().out)["stages"]
+    assert rows[0]["stage"] == "explode" and rows[0]["total"] == 16 and rows[0]["done"] < 16
+    # the stages and the global step the run did not reach are listed all the same, in the order they run
+    assert rows[1:] == [{"stage": name, "done": 0, "total": None, "lost": 0}
+                        for name in ("block-sum", "total", "fill-total")]
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["fill-total", "not", "started"]
+
+
 def test_unwritable_output(tmp_path, tmpfs, capsys):
     mount_point, remount = tmpfs
     remount("size=8m")
