@@ -80,6 +80,7 @@ def run(args) -> int:
     from connectome.engine.stage_list import read_stage_list
 
     target = args.target
+    names: list[str] | None
     if os.path.isfile(target):
         config = load_config(target)
         work_dir, names = config.output, [s.stage for s in config.stages]
