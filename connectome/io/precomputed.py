@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,6 +117,7 @@ class PrecomputedVolume(Volume):
         from cloudvolume.exceptions import InfoUnavailableError
 
         self.writable = mode != "r"
+        self._checked: set[str] = set()  # chunks read as all zeros whose file was found sound or missing
         info = info_location(address)
         try:
             self._cv = CloudVolume(
@@ -166,7 +167,101 @@ class PrecomputedVolume(Volume):
         except Exception as e:
             raise self._undecodable(box, e) from None
         out = np.transpose(cut, (3, 2, 1, 0))
-        return np.ascontiguousarray(out[0] if self._meta.channels is None else out)
+        out = np.ascontiguousarray(out[0] if self._meta.channels is None else out)
+        self._refuse_filled(box, out)
+        return out
+
+    def _chunks(self, box: Box) -> Iterator[Box]:
+        """The chunks `box` touches (in the volume's voxels, cut to the volume)."""
+        chunks = self._meta.chunk_shape
+        first = [o // c for o, c in zip(box.offset, chunks)]
+        last = [-(-e // c) for e, c in zip(box.end, chunks)]
+        for position in itertools.product(*(range(a, b) for a, b in zip(first, last))):
+            yield Box.of([p * c for p, c in zip(position, chunks)], chunks).intersect(self.box)
+
+    def _refuse_filled(self, box: Box, out: np.ndarray) -> None:
+        """Raise naming the chunk files of `box` (read as `out`) that cloud-volume filled with zeros although they
+        are there: it reads a file that is empty or decompresses to nothing (a gzip chunk cut to 7 bytes, or one
+        whose last 4 bytes, the length, are zeros) as a missing chunk, without a word. Only a chunk read as all
+        zero bytes is looked at again (any other byte was decoded from its file), once per file."""
+        if self._cv.meta.sharding(0) or 0 in box.shape:  # (a sharded layer's chunks live inside shard files)
+            return
+        chunks, size = self._meta.chunk_shape, out.dtype.itemsize
+        as_bytes = out.view(np.uint8)  # (c,) z, y, x * size: -0.0 is not a chunk filled
+        spans = [[(s, max(s, o) - o, min(s + c, e) - o) for s in range(o // c * c, e, c)]
+                 for o, e, c in zip(box.offset, box.end, chunks)]  # per axis: (chunk start, start, end in `out`)
+        bad: list[tuple[str, str]] = []
+        for (z, z0, z1), (y, y0, y1), (x, x0, x1) in itertools.product(*spans):
+            region = as_bytes[..., z0:z1, y0:y1, x0 * size:x1 * size]
+            if region[..., 0, 0, :].any() or region[..., 0, :, :].any():  # (its first row or plane settles most)
+                continue
+            chunk = Box.of((z, y, x), chunks).intersect(self.box)
+            name = self._chunk_name(chunk)
+            if name in self._checked or region.any():
+                continue
+            problem = self._chunk_problem(chunk)
+            if problem is not None:
+                bad.append(problem)
+            elif len(self._checked) < 1_000_000:
+                self._checked.add(name)
+        if bad:
+            raise self._damaged(bad)
+
+    def _chunk_problem(self, chunk: Box) -> tuple[str, str] | None:
+        """(the file of `chunk`, what is wrong with it: what was expected and what was found), read alone; None
+        for a file that decodes to the chunk's voxels, and for a missing one (read as background, which
+        `missing_chunks` tells)."""
+        from cloudfiles import CloudFiles, compression
+        from cloudvolume import chunks as codecs
+
+        meta = self._cv.meta
+        name = self._chunk_name(chunk)
+        try:
+            (file,) = CloudFiles(cloudpath(self.address)).get([f"{meta.key(0)}/{name}"], raw=True)
+        except Exception as e:  # noqa: BLE001 - named in the line, as a file that cannot be decoded is
+            return (self._chunk_path(name),
+                    f"expected a readable chunk file, found one that cannot be read ({type(e).__name__}: {e})")
+        content, compress = file["content"], file["compress"]
+        if content is None:
+            return None
+        path = self._chunk_path(name)  # (with the suffix of its compression)
+        (sz, sy, sx), channels = chunk.shape, int(meta.num_channels)
+        dtype, encoding = np.dtype(self._cv.dtype), str(meta.encoding(0))
+        size = sx * sy * sz * channels * dtype.itemsize
+        voxels = f"{sx} x {sy} x {sz} (x y z) {dtype} voxels{f' of {channels} channels' if channels > 1 else ''}"
+        expected = f"{size} bytes of raw {voxels}" if encoding == "raw" else f"{encoding} data of {voxels}"
+        if compress:
+            expected += f", {compress}-compressed"
+        if len(content) == 0:
+            return path, f"expected {expected}, found an empty file"
+        if compress == "gzip" and bytes(content[:2]) != b"\x1f\x8b":  # (cloudfiles would print a line of its own)
+            return path, f"expected {expected}, found {len(content)} bytes that are not gzip data"
+        try:
+            data = compression.decompress(content, compress)
+        except Exception as e:  # noqa: BLE001 - a damaged stream: any codec's error
+            return path, (f"expected {expected}, found {len(content)} bytes that {compress} cannot decompress "
+                          f"({type(e).__name__}: {e})")
+        if len(data) == 0:
+            return path, f"expected {expected}, found {len(content)} bytes that decompress to nothing"
+        once = " once decompressed" if compress else ""
+        if encoding == "raw":
+            return None if len(data) == size else (path, f"expected {expected}, found {len(data)} bytes{once}")
+        try:
+            codecs.decode(data, encoding, shape=[sx, sy, sz, channels], dtype=dtype,
+                          block_size=meta.compressed_segmentation_block_size(0) or (8, 8, 8))
+        except Exception as e:  # noqa: BLE001 - any codec's error
+            return path, (f"expected {expected}, found {len(data)} bytes{once} that do not decode as {encoding} "
+                          f"({type(e).__name__}: {e})")
+        return None
+
+    def _damaged(self, bad: list[tuple[str, str]]) -> OSError:
+        """One line naming the first damaged chunk file, what was expected and found, and how many more."""
+        path, why = bad[0]
+        more = ""
+        if len(bad) > 1:
+            more = (f"; {len(bad) - 1} more chunk file(s) of this box cannot be decoded either: "
+                    f"{', '.join(p for p, _ in bad[1:4])}{' ...' if len(bad) > 4 else ''}")
+        return OSError(f"{path}: cannot decode this chunk of {self.address} ({why}){more}")
 
     def _undecodable(self, box: Box, error: Exception) -> Exception:
         """An error naming the chunk files of `box` that cannot be read (found by reading them one by one), as
@@ -175,24 +270,8 @@ class PrecomputedVolume(Volume):
             where = self._chunk_path("")
             return OSError(f"{where}: cannot decode the shards of {self.address} holding box {box} "
                            f"({type(error).__name__}: {error})")
-        chunks = self._meta.chunk_shape
-        first = [o // c for o, c in zip(box.offset, chunks)]
-        last = [-(-e // c) for e, c in zip(box.end, chunks)]
-        bad: list[tuple[str, Exception]] = []
-        for position in itertools.product(*(range(a, b) for a, b in zip(first, last))):
-            chunk = Box.of([p * c for p, c in zip(position, chunks)], chunks).intersect(self.box)
-            try:
-                self._cv[self._bbox(chunk)]
-            except Exception as e:  # this chunk is one
-                bad.append((self._chunk_path(self._chunk_name(chunk)), e))
-        if not bad:
-            return error
-        path, why = bad[0]
-        more = ""
-        if len(bad) > 1:
-            more = (f"; {len(bad) - 1} more chunk file(s) of this box cannot be decoded either: "
-                    f"{', '.join(p for p, _ in bad[1:4])}{' ...' if len(bad) > 4 else ''}")
-        return OSError(f"{path}: cannot decode this chunk of {self.address} ({type(why).__name__}: {why}){more}")
+        bad = [problem for problem in map(self._chunk_problem, self._chunks(box)) if problem is not None]
+        return self._damaged(bad) if bad else error
 
     def missing_chunks(self, limit: int = 5) -> tuple[int, int, list[str]] | None:
         """(chunk files missing, chunk files expected, the first `limit` missing names) of a local unsharded layer
@@ -239,6 +318,7 @@ class PrecomputedVolume(Volume):
         return path
 
     def _write(self, box: Box, data: np.ndarray) -> None:
+        self._checked.clear()  # (a chunk file found sound or missing may be rewritten)
         if self._meta.channels is None:
             data = data[np.newaxis]
         self._cv[self._bbox(box)] = np.transpose(data, (3, 2, 1, 0))

@@ -322,6 +322,96 @@ def test_a_damaged_precomputed_chunk_names_its_files(tmp_path):
     np.testing.assert_array_equal(vol.read(Box((0, 0, 8), (8, 16, 8))), data[:, :, 8:])
 
 
+def _uncompressed(folder):
+    """The layer at `folder` with its chunk files stored without compression (as other tools write them)."""
+    import gzip
+
+    scale = next(p for p in folder.iterdir() if p.is_dir())
+    for p in scale.glob("*.gz"):
+        p.with_suffix("").write_bytes(gzip.decompress(p.read_bytes()))
+        p.unlink()
+
+
+CHUNK = r"expected 256 bytes of raw 8 x 8 x 4 \(x y z\) uint8 voxels"  # a chunk of _precomputed's layer
+
+
+@pytest.mark.parametrize("stored, damage, found", [
+    pytest.param("gzip", lambda b: b[:7], r", gzip-compressed, found 7 bytes that decompress to nothing",
+                 id="gz-cut-to-7"),
+    pytest.param("gzip", lambda b: b[:-4] + bytes(4), r", gzip-compressed, found \d+ bytes that decompress to nothing",
+                 id="gz-length-field-zeroed"),
+    pytest.param("gzip", lambda b: __import__("gzip").compress(b""),
+                 r", gzip-compressed, found \d+ bytes that decompress to nothing", id="gz-of-nothing"),
+    pytest.param("gzip", lambda b: b"", r", gzip-compressed, found an empty file", id="gz-empty"),
+    pytest.param("gzip", lambda b: b[:len(b) // 2],
+                 r", gzip-compressed, found \d+ bytes that gzip cannot decompress \(.*\)", id="gz-cut-to-half"),
+    pytest.param("gzip", lambda b: bytes(len(b)), r", gzip-compressed, found \d+ bytes that are not gzip data",
+                 id="gz-zeroed"),
+    pytest.param("raw", lambda b: b"", r", found an empty file", id="raw-empty"),
+    pytest.param("raw", lambda b: b[:7], r", found 7 bytes", id="raw-cut-to-7"),
+    pytest.param("raw", lambda b: b + bytes(13), r", found 269 bytes", id="raw-too-long"),
+])
+def test_a_damaged_precomputed_chunk_is_never_read_as_zeros(tmp_path, stored, damage, found):
+    """(audit: a gzip chunk cut to 7 bytes, one whose length field is zeros, and an empty raw chunk were read as
+    zeros without a word: cloud-volume takes a chunk file that is empty or decompresses to nothing for a missing
+    one.) Every damaged chunk file a read touches is refused in one line naming the file, what was expected and
+    what was found; a box that does not touch it still reads."""
+    address, folder, data = _precomputed(tmp_path, offset=(2, 0, 16))
+    if stored == "raw":
+        _uncompressed(folder)
+    scale = next(p for p in folder.iterdir() if p.is_dir())
+    bad = next(p for p in scale.iterdir() if p.name.startswith("16-24_8-16_6-10"))
+    bad.write_bytes(damage(bad.read_bytes()))
+    vol = open_volume(address)
+    line = rf"^{re.escape(str(bad))}: cannot decode this chunk of {re.escape(address)} \({CHUNK}{found}\)$"
+    for box in (vol.box, Box((4, 8, 0), (4, 8, 8)), Box((5, 9, 3), (1, 1, 1))):
+        with pytest.raises(OSError, match=line):
+            vol.read(box)
+    np.testing.assert_array_equal(vol.read(Box((0, 0, 0), (8, 8, 16))), data[:, :8])
+
+
+def test_a_precomputed_chunk_cut_to_7_bytes_is_one_line_in_a_command(tmp_path, capsys):
+    """The command reading it stops with exit code 2 and one line naming the file, without a traceback."""
+    from connectome.cli.main import main
+
+    address, folder, _ = _precomputed(tmp_path)
+    scale = next(p for p in folder.iterdir() if p.is_dir())
+    bad = next(p for p in scale.iterdir() if p.name.startswith("8-16_0-8_4-8"))
+    bad.write_bytes(bad.read_bytes()[:7])
+    np.savez(tmp_path / "seg.npz", seg=np.ones((8, 16, 16), np.uint32))
+    assert main(["evaluate", "--seg", f"{tmp_path}/seg.npz#seg", "--gt", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{bad}: cannot decode this chunk of {address} (expected 256 bytes" in err, err
+    assert "found 7 bytes that decompress to nothing" in err, err
+
+
+@pytest.mark.parametrize("stored", ["gzip", "raw"])
+def test_zero_and_missing_precomputed_chunks_still_read_as_zeros(tmp_path, stored, monkeypatch):
+    """A chunk file holding zeros and a chunk with no file are background, as before; a read looks again only at
+    the files of chunks it read as all zeros, once each (a good image is not read twice)."""
+    from connectome.io.precomputed import PrecomputedVolume
+
+    address, folder, data = _precomputed(tmp_path)
+    vol = open_volume(address, "r+")
+    data[4:, :8, 8:] = 0
+    vol.write(Box((4, 0, 8), (4, 8, 8)), data[4:, :8, 8:])  # a chunk of zeros: its file holds them
+    if stored == "raw":
+        _uncompressed(folder)
+    scale = next(p for p in folder.iterdir() if p.is_dir())
+    assert any(p.name.startswith("8-16_0-8_4-8") for p in scale.iterdir())
+    next(p for p in scale.iterdir() if p.name.startswith("0-8_8-16_0-4")).unlink()
+    data[:4, 8:, :8] = 0
+    looked, real = [], PrecomputedVolume._chunk_problem
+    monkeypatch.setattr(PrecomputedVolume, "_chunk_problem",
+                        lambda vol, chunk: looked.append(chunk) or real(vol, chunk))
+    vol = open_volume(address)
+    np.testing.assert_array_equal(vol.read(vol.box), data)
+    np.testing.assert_array_equal(vol.read(Box((2, 3, 4), (5, 9, 10))), data[2:7, 3:12, 4:14])
+    assert sorted(c.offset for c in looked) == [(0, 8, 0), (4, 0, 8)]
+    assert vol.missing_chunks() == (1, 8, ["0-8_8-16_0-4"])
+
+
 def test_a_missing_precomputed_chunk_is_said_as_a_zarr_one(tmp_path, capsys):
     """A precomputed input with a chunk file gone read as zeros without a word (only zarr inputs were checked):
     the same warning, and `--strict-input` refuses it."""
