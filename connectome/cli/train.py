@@ -80,7 +80,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     p.add_argument("--loader-workers", type=int, default=None, metavar="N",
                    help="make the training batches in N worker processes, which keeps a GPU busy (0: in the "
-                        "training process; default: 0 on the CPU, on a GPU the CPU cores less two, at most 8)")
+                        "training process; default: 0 on the CPU, on a GPU the CPU cores less two, at most 16)")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
