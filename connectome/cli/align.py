@@ -1,8 +1,8 @@
 """Align serial sections: patch matches, robust fits, elastic mesh, global solve, defect flags (resumes).
 
 Writes OUT_DIR/aligned (the aligned volume), OUT_DIR/defects (1: flagged section, 2: flagged region, 3: outside:
-warp margins and the padding of smaller sections) and OUT_DIR/alignment/transforms.npz (per-section displacement fields on the mesh nodes and affine
-transforms). Run it again on the same OUT_DIR to resume.
+warp margins and the padding of smaller sections) and OUT_DIR/alignment/transforms.npz (per-section displacement
+fields on the mesh nodes and affine transforms). Run it again on the same OUT_DIR to resume.
 """
 
 from __future__ import annotations
