@@ -1,7 +1,8 @@
 """Score a segmentation against ground truth: VOI split/merge, adapted Rand, ERL, merges and splits.
 
 Both volumes are read box by box (--block-shape). ERL uses ground-truth skeletons from
---skeletons (an .npz with nodes, edges, skeleton_ids; nodes in voxels z y x) or, without it,
+--skeletons (an .npz with nodes, edges, skeleton_ids, nodes in voxels z y x; or `connectome synth`'s
+ground_truth/skeletons.npz, nodes in nm, divided by the voxel size below) or, without it,
 skeletonises the whole ground truth with kimimaro (needs the gt in memory). --per-section scores
 each z section on its own (2-D ground truth such as ISBI 2012) and reports the means. The voxel
 size is --voxel-size, else the segmentation's (zarr/precomputed metadata, or a resolution_zyx_nm
@@ -29,7 +30,9 @@ def add_arguments(parser) -> None:
         "--block-shape", nargs=3, type=positive_int, metavar=("Z", "Y", "X"), default=list(DEFAULT_BLOCK_SHAPE),
         help=f"voxels read per step (default {' '.join(map(str, DEFAULT_BLOCK_SHAPE))})",
     )
-    parser.add_argument("--skeletons", metavar="FILE", help="precomputed ground-truth skeletons (.npz)")
+    parser.add_argument("--skeletons", metavar="FILE",
+                        help="precomputed ground-truth skeletons (.npz): nodes, edges, skeleton_ids (voxels), or "
+                             "connectome synth's ground_truth/skeletons.npz (nm)")
     parser.add_argument(
         "--voxel-size", nargs=3, type=positive_float, metavar=("Z", "Y", "X"),
         help="voxel size in nm (default: the segmentation's own, else the ground truth's)",
@@ -54,14 +57,25 @@ def _section_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _load_skeletons(args):
+    """The --skeletons file read with the voxel size evaluate measures ERL with (a synth-format file is in nm)."""
+    from connectome.io import open_volume
+    from connectome.metrics.evaluate import resolve_voxel_size
+    from connectome.metrics.skeletons import Skeletons
+
+    voxel_size, _ = resolve_voxel_size(open_volume(args.seg), open_volume(args.gt), args.voxel_size)
+    return Skeletons.load(args.skeletons, voxel_size)
+
+
 def run(args) -> int:
     from connectome.engine.inputs import note_padding
     from connectome.metrics.evaluate import evaluate_volumes
 
     for address in (args.seg, args.gt):  # (a label zarr's missing chunks are its all-zero ones: not said)
         note_padding(address)
+    skeletons = None if args.skeletons is None else _load_skeletons(args)
     r = evaluate_volumes(
-        args.seg, args.gt, block_shape=args.block_shape, skeletons=args.skeletons, voxel_size=args.voxel_size,
+        args.seg, args.gt, block_shape=args.block_shape, skeletons=skeletons, voxel_size=args.voxel_size,
         per_section=args.per_section,
     )
     mean = f" (mean of {len(r['sections'])} sections)" if r["per_section"] else ""

@@ -229,7 +229,7 @@ def _skeletons_for(skeletons, gt: Volume, voxel_size, per_section: bool = False)
         if per_section:
             return _skeletons_per_section(gt, voxel_size), 0
         return Skeletons.from_labels(read_labels(gt, gt.box, "gt"), voxel_size), 0  # whole-volume: see module docstring
-    skel = skeletons if isinstance(skeletons, Skeletons) else Skeletons.load(str(skeletons))
+    skel = skeletons if isinstance(skeletons, Skeletons) else Skeletons.load(str(skeletons), voxel_size)
     if not per_section:
         return skel, 0
     z = skel.voxels()[:, 0]

@@ -4,11 +4,17 @@ The file format (`Skeletons.save` / `Skeletons.load`) is an .npz with three arra
 `nodes` (N, 3) float, voxel coordinates (z, y, x) in the volume's array coordinates;
 `edges` (E, 2) int, pairs of row indices into `nodes`; `skeleton_ids` (N,) int, the
 ground-truth object each node belongs to (an edge joins two nodes of one skeleton).
+
+`Skeletons.load` also reads the format `connectome synth` writes (ground_truth/skeletons.npz): `ids`
+(K,) int, and per id `nodes_<id>` (N, 3) in nm (z, y, x; voxel i has its centre at i * voxel size) and
+`edges_<id>` (E, 2), row indices into that id's nodes. Its nodes are divided by the voxel size given
+to `load` (the one ERL is then measured with), so lengths in nm are the file's own.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +23,12 @@ import numpy as np
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, BlockGrid
 from connectome.io.readonly import npz_member, open_npz
+
+TABLE_KEYS = ("nodes", "edges", "skeleton_ids")  # `Skeletons.save`'s format, nodes in voxels
+SYNTH_KEYS = "ids, nodes_<id>, edges_<id>"  # `connectome synth`'s ground_truth/skeletons.npz, nodes in nm
+FORMATS = (f"{', '.join(TABLE_KEYS)} (voxels; Skeletons.save) or {SYNTH_KEYS} (nm; connectome synth's "
+           "ground_truth/skeletons.npz)")
+_PER_ID = re.compile(r"(nodes|edges)_\d+")
 
 
 @dataclass(frozen=True)
@@ -105,19 +117,71 @@ class Skeletons:
         np.savez_compressed(path, nodes=self.nodes, edges=self.edges, skeleton_ids=self.skeleton_ids)
 
     @classmethod
-    def load(cls, path: str) -> Skeletons:
-        """Read the npz format of the module docstring; bad files raise UserError."""
+    def load(cls, path: str, voxel_size: Sequence[float] | None = None) -> Skeletons:
+        """Read either npz format of the module docstring; bad files raise UserError. `voxel_size` (nm, z y x)
+        converts the nm nodes of the synth format to voxels; it is needed for that format only."""
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such skeleton file")
         with open_npz(path) as f:
-            missing = {"nodes", "edges", "skeleton_ids"} - set(f.files)
-            if missing:
-                raise UserError(f"{path}: skeleton file lacks {sorted(missing)}; expected nodes, edges, skeleton_ids")
-            arrays = [npz_member(path, f, k) for k in ("nodes", "edges", "skeleton_ids")]
+            keys = set(f.files)
+            if keys >= set(TABLE_KEYS):
+                arrays = [npz_member(path, f, k) for k in TABLE_KEYS]
+            elif "ids" in keys:
+                if voxel_size is None:
+                    raise UserError(f"{path}: skeletons of connectome synth's format ({SYNTH_KEYS}) are in nm; "
+                                    "expected a voxel size (z y x nm) to read them with, found none")
+                arrays = list(_synth_arrays(path, f, voxel_size))
+            else:
+                found = sorted(k for k in keys if not _PER_ID.fullmatch(k))
+                per_id = len(keys) - len(found)
+                shown = f"keys {found}" + (f" and {per_id} nodes_<id>/edges_<id> keys" if per_id else "")
+                raise UserError(f"{path}: skeleton file lacks the keys of either format: expected {FORMATS}; "
+                                f"found {shown}")
         try:
             return cls(*arrays)
         except (ValueError, TypeError) as e:
             raise UserError(f"{path}: {e}") from None
+
+
+def _synth_arrays(path: str, f, voxel_size: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nodes in voxels, edges, skeleton ids) of an open synth-format file; one line naming the key that is bad."""
+    size = np.asarray([float(v) for v in voxel_size], np.float64)
+    if size.shape != (3,) or not np.all(np.isfinite(size)) or np.any(size <= 0):
+        raise UserError(f"{path}: expected a voxel size of 3 positive values (z y x nm), found {size.tolist()}")
+    ids = np.asarray(npz_member(path, f, "ids"))
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise UserError(f"{path}: key 'ids': expected a 1-d array of integer skeleton ids, found dtype {ids.dtype} "
+                        f"shape {list(ids.shape)}")
+    if ids.size and np.issubdtype(ids.dtype, np.signedinteger) and ids.min() < 0:
+        raise UserError(f"{path}: key 'ids': expected ids >= 0, found {int(ids.min())}")
+    ids = ids.astype(np.uint64)
+    if len(np.unique(ids)) != len(ids):
+        raise UserError(f"{path}: key 'ids': expected distinct ids, found {len(ids) - len(np.unique(ids))} repeated")
+    missing = [k for i in ids for k in (f"nodes_{i}", f"edges_{i}") if k not in f.files]
+    if missing:
+        raise UserError(f"{path}: expected {SYNTH_KEYS} for every id in 'ids', found no key "
+                        f"{missing[0]!r}" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    nodes, edges, owners, start = [], [], [], 0
+    for i in ids:  # one step per skeleton, not per node
+        n, e = np.asarray(npz_member(path, f, f"nodes_{i}")), np.asarray(npz_member(path, f, f"edges_{i}"))
+        n = n.reshape(0, 3) if n.size == 0 else n
+        e = e.reshape(0, 2) if e.size == 0 else e
+        if n.ndim != 2 or n.shape[1] != 3 or not np.issubdtype(n.dtype, np.number):
+            raise UserError(f"{path}: key 'nodes_{i}': expected (N, 3) numbers (z y x nm), found dtype {n.dtype} "
+                            f"shape {list(n.shape)}")
+        if e.ndim != 2 or e.shape[1] != 2 or (e.size and not np.issubdtype(e.dtype, np.integer)):
+            raise UserError(f"{path}: key 'edges_{i}': expected (E, 2) integer node indices, found dtype {e.dtype} "
+                            f"shape {list(e.shape)}")
+        if e.size and (e.min() < 0 or e.max() >= len(n)):
+            raise UserError(f"{path}: key 'edges_{i}': expected node indices in 0..{len(n) - 1}, found "
+                            f"{int(e.min())}..{int(e.max())}")
+        nodes.append(n.astype(np.float64) / size)
+        edges.append(e.astype(np.int64) + start)
+        owners.append(np.full(len(n), i, np.uint64))
+        start += len(n)
+    if not nodes:
+        return np.zeros((0, 3)), np.zeros((0, 2), np.int64), np.zeros(0, np.uint64)
+    return np.concatenate(nodes), np.concatenate(edges), np.concatenate(owners)
 
 
 class NodeLookup:
