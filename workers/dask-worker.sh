@@ -8,4 +8,8 @@ fi
 # glibc's steady-state malloc thresholds (see connectome/cluster/worker_env.py); values already set win
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-33554432}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-67108864}"
+# no memory pause or spill (connectome's tasks write their arrays to storage; a paused worker only waits); values
+# already set win
+export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE="${DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE:-False}"
+export DASK_DISTRIBUTED__WORKER__MEMORY__SPILL="${DASK_DISTRIBUTED__WORKER__MEMORY__SPILL:-False}"
 exec "${PYTHON:-python3}" -m distributed.cli.dask_worker "$@" --preload connectome.cluster.preload

@@ -62,8 +62,10 @@ result), whose top task hands the tree's downward pass the final segments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -73,10 +75,15 @@ import numpy as np
 from connectome.affinity.agglomeration import HIST_BINS, STRICT, edge_stats, join_links, merge_regions, score_function
 from connectome.affinity.merge_rounds import PHASES, MergeRounds
 from connectome.affinity.tree_layout import TreeLayout, owner
+from connectome.engine.litter import remove_dead_writers
 from connectome.io.lookup import save_shard
 
 TREE_FORMAT = 1
 FINGERPRINT = "fingerprint.json"
+# the temporary files of the tree's writers, each named with its process id: the fingerprint and task results
+# (`MergeTree._save`), the rounds' files (`merge_rounds`) and the lookup table's shards (`io.lookup.save_shard`)
+LITTER = re.compile(r"^(?:fingerprint\.json\.(?P<p1>\d+)\.tmp|\d+\.(?P<p2>\d+)\.tmp\.npz"
+                    r"|[\w.-]+\.npz\.(?P<p3>\d+)\.tmp|\.\d+\.(?P<p4>\d+)\.tmp\.npz)$")
 
 
 class GridMismatch(ValueError):
@@ -331,8 +338,7 @@ class MergeTree:
         path = self.result(kind, level, index)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path[:-4]}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
+        _write_aside(tmp, path, lambda: np.savez(tmp, **arrays))  # type: ignore[arg-type]
 
     def _load(self, kind: str, level: int, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         with np.load(self.result(kind, level, index)) as t:
@@ -352,11 +358,21 @@ class MergeTree:
         if found != wanted:
             shutil.rmtree(self.tree_dir, ignore_errors=True)
             shutil.rmtree(self.shards_dir, ignore_errors=True)
+        else:
+            self.remove_litter()
         os.makedirs(self.tree_dir, exist_ok=True)
         tmp = path + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(wanted, f, sort_keys=True)
-        os.replace(tmp, path)
+
+        def write() -> None:
+            with open(tmp, "w") as f:
+                json.dump(wanted, f, sort_keys=True)
+
+        _write_aside(tmp, path, write)
+
+    def remove_litter(self) -> list[str]:
+        """Remove the temporary files that killed writers of this tree's results, its rounds' files and its
+        lookup table's shards left (a writer whose process is gone: `engine.litter.remove_dead_writers`)."""
+        return [path for root in (self.tree_dir, self.shards_dir) for path in remove_dead_writers(root, LITTER)]
 
     def tasks(self) -> list[tuple[str, int, list[int]]]:
         """(kind, level, super-blocks) of the tree's own levels in the order they must run: up, then
@@ -459,7 +475,19 @@ class MergeTree:
             phase("collect", r, shards)
         for kind, level, indices in tasks[self.tree_levels:]:
             phase(kind, level, indices)
+        self.remove_litter()  # what the killed workers of tasks retried meanwhile left
         return summaries
+
+
+def _write_aside(tmp: str, path: str, write) -> None:
+    """`write()` the file `tmp`, then rename it to `path`; a write that fails (a full disk) leaves no `tmp`."""
+    try:
+        write()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _reset_peak() -> None:

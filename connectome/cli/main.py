@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"connectome {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except StageFailed as e:  # the one-line summary comes last and alone; the traceback is in a file
-        if e.log_file is None:
-            print(e.traceback_text, file=sys.stderr)
-        where = f" (traceback and worker logs in {os.path.dirname(e.log_file)})" if e.log_file else ""
+    except StageFailed as e:  # the one-line summary, alone; the traceback is in a file, never on the terminal
+        if e.log_file:
+            where = f" (traceback and worker logs in {os.path.dirname(e.log_file)})"
+        else:  # (a full disk): the notes say where it could not be saved and why
+            where = f" ({'; '.join(getattr(e, '__notes__', None) or ['the traceback was not saved'])})"
         print(f"connectome {args.command}: {e}{where}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader of our output left (`| head`): the work is done, nothing to say

@@ -356,3 +356,35 @@ def _announce(client, quiet: bool, wanted: str = "") -> None:
         moved = f" (port {wanted.lstrip(':')} was in use)" if link and wanted.startswith(":") and \
             not link.split("/status")[0].endswith(wanted) else ""
         print(f"dask dashboard: {link}{moved}" if link else "dask dashboard: unavailable", file=sys.stderr)
+
+
+def memory_advice(client, memory_limit: int | None = None) -> str:
+    """The likely cause of workers that died running a task, with what to change, for a cluster whose workers
+    have a memory limit: "a worker is killed when it passes 95% of its memory limit (420 MiB per worker): raise the
+    cluster's memory_limit or use a smaller block shape"; "" where no worker has one. `memory_limit`: the limit of
+    the worker that died last, in bytes, where known (Dask's KilledWorker names it); else the smallest limit among
+    the workers there are now."""
+    import dask
+    from dask.utils import format_bytes
+
+    if not memory_limit:
+        try:
+            info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
+            limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
+        except Exception:  # (a closed client): no advice rather than another failure
+            limits = []
+        memory_limit = min((limit for limit in limits if limit), default=0)
+    if not memory_limit:
+        return ""
+    config = config_of(client)
+    if config is None or is_remote(config.kind):
+        remedy = "start the workers with a larger memory limit"
+    elif config.kind in JOBQUEUE_KINDS:
+        remedy = "raise the cluster's memory (per job, shared by its processes_per_job workers)"
+    else:
+        remedy = "raise the cluster's memory_limit"
+    size = format_bytes(memory_limit).replace(".00 ", " ")
+    terminate = dask.config.get("distributed.worker.memory.terminate", 0.95)
+    cause = (f"a worker is killed when it passes {terminate:.0%} of its memory limit ({size} per worker)" if terminate
+             else f"the workers likely ran out of memory ({size} per worker)")
+    return f"{cause}: {remedy} or use a smaller block shape"

@@ -65,30 +65,31 @@ def output_lock(work_dir: str, command: str | None = None) -> Iterator[str]:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()),
           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command or " ".join(sys.argv)}
     mine = f"{path}.{me['host']}.{me['pid']}"
-    with open(mine, "w") as f:  # the lock appears whole: written aside, then linked into place
-        json.dump(me, f)
-    for _ in range(3):
-        try:
-            os.link(mine, path)
-        except FileExistsError:
-            holder = _holder(path)
-            if holder is None:
-                continue  # released meanwhile
-            if _alive(holder):
-                where = "" if holder.get("host") == me["host"] else f" on host {holder.get('host')}"
-                os.unlink(mine)
-                raise UserError(
-                    f"{work_dir}: another run (pid {holder.get('pid')}{where}, since {holder.get('since')}) is "
-                    f"writing this output; wait for it to finish, or delete {path} if that run is gone"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
-                os.unlink(path)
-            continue
-        break
-    else:
-        os.unlink(mine)
-        raise UserError(f"{work_dir}: could not take the lock {path} (other runs keep taking it)")
-    os.unlink(mine)
+    try:  # the copy aside goes whatever happens (a full disk, a refusal); what a killed run leaves is litter
+        with open(mine, "w") as f:  # the lock appears whole: written aside, then linked into place
+            json.dump(me, f)
+        for _ in range(3):
+            try:
+                os.link(mine, path)
+            except FileExistsError:
+                holder = _holder(path)
+                if holder is None:
+                    continue  # released meanwhile
+                if _alive(holder):
+                    where = "" if holder.get("host") == me["host"] else f" on host {holder.get('host')}"
+                    raise UserError(
+                        f"{work_dir}: another run (pid {holder.get('pid')}{where}, since {holder.get('since')}) is "
+                        f"writing this output; wait for it to finish, or delete {path} if that run is gone"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
+                    os.unlink(path)
+                continue
+            break
+        else:
+            raise UserError(f"{work_dir}: could not take the lock {path} (other runs keep taking it)")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(mine)
     try:
         yield path
     finally:

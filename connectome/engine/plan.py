@@ -423,14 +423,21 @@ def _remove(path: str) -> None:
 
 
 def _failure_log(work_dir: str, error: StageFailed) -> str | None:
-    """Write a failed block's traceback to `<work_dir>/.connectome/logs/failure.log`; its path, or
-    None where it cannot be written."""
+    """Write a failed block's traceback to `<work_dir>/.connectome/logs/failure.log`; its path, or None where it
+    cannot be written (a full disk: the reason is added to `error` as a note, for its one line). The log is written
+    aside and renamed into place, so a write that fails keeps the previous run's log whole and leaves no temporary
+    file (one a killed write leaves is litter: `engine.litter`)."""
     path = os.path.join(work_dir, ".connectome", "logs", "failure.log")
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        with open(tmp, "w") as f:
             f.write(f"{error}\n\n{error.traceback_text}\n")
-    except OSError:
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        error.add_note(f"the traceback could not be saved in {os.path.dirname(path)}: {e.strerror or e}")
         return None
     return path
 

@@ -351,7 +351,12 @@ def _failure(stage: BlockStage, grid: BlockGrid, batch: list[int], fut) -> Stage
     first = batch[0]
     box = str(grid.block(first).write_box)
     if isinstance(exc, KilledWorker):
-        text = f"workers died repeatedly while running blocks {batch[:8]}{'...' if len(batch) > 8 else ''}: {exc}"
+        from connectome.cluster.client import memory_advice
+
+        died = f"workers died repeatedly while running blocks {batch[:8]}{'...' if len(batch) > 8 else ''}"
+        advice = memory_advice(fut.client, getattr(exc.last_worker, "memory_limit", None))
+        # with a likely cause, Dask's message (the task, its last worker) goes to the log only: the line is the last
+        text = f"{exc}\n{died}; {advice}" if advice else f"{died}: {exc}"
     else:
         text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
     return StageFailed(stage.name, first, box, text)

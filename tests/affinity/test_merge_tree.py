@@ -320,3 +320,92 @@ def test_merge_step_takes_the_tree_only_where_the_tables_name_their_grid(tmp_pat
     got = np.concatenate([p[1] for p in parts])[np.argsort(np.concatenate([p[0] for p in parts]))]
     np.testing.assert_array_equal(got, values)
     assert summary["segments"] == len(np.unique(values)) and summary["fragments"] == len(keys)
+
+
+def _fill(path) -> None:
+    """Write `path` until the file system holding it is full (to its last page)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (1 << 16, 1 << 12):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def _temporaries(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
+
+
+def test_a_full_disk_leaves_no_temporary_file_in_the_tree(tmp_path, tmpfs):
+    """The tree's fingerprint and its tasks' results were written aside without cleanup: a disk that filled left
+    `fingerprint.json.PID.tmp` and `up-0/0.PID.tmp.npz` in the output for good."""
+    mount_point, remount = tmpfs
+    remount("size=4m")
+    grid = (3, 3, 3)
+    random_tables(tmp_path / "edges", grid, np.random.default_rng(8))
+    tree = MergeTree(str(tmp_path / "edges"), str(mount_point / "tree"), str(mount_point / "shards"),
+                     TreeLayout(grid, 2), 0.5)
+    filler = mount_point / "filler"
+    _fill(filler)  # no room for the fingerprint
+    with pytest.raises(OSError, match="No space left"):
+        tree.run()
+    assert _temporaries(mount_point) == []
+    filler.unlink()
+
+    def filling(tree, todo):  # the disk fills as the first task writes its result
+        _fill(filler)
+        return [tree.run_task(*task) for task in todo]
+
+    with pytest.raises(OSError, match="No space left"):
+        tree.run(submit=filling)
+    assert _temporaries(mount_point) == []
+    filler.unlink()
+    tree.run()  # room again: the merge resumes and finishes
+    keys, values = lookup_table(load_tables(str(tmp_path / "edges")), 0.5)
+    got_keys, got_values = tree_table(tree)
+    np.testing.assert_array_equal(got_keys, keys)
+    np.testing.assert_array_equal(got_values, values)
+
+
+def test_what_killed_writers_left_in_the_tree_goes(tmp_path):
+    """Temporary files of writers that are gone (a worker killed mid-write, one before this run and one whose task
+    was retried meanwhile) are removed; a live writer's stays."""
+    import os
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead, alive = proc.pid, os.getppid()
+    grid = (4, 4, 4)
+    random_tables(tmp_path / "edges", grid, np.random.default_rng(9))
+    layout = TreeLayout(grid, 2)
+    tree_dir, shards = tmp_path / "tree", tmp_path / "shards"
+    tree = MergeTree(str(tmp_path / "edges"), str(tree_dir), str(shards), layout, 0.5)
+    ran: list = []
+    with pytest.raises(Killed):
+        tree.run(submit=_dies(ran, lambda task: task[:2] == ("up", 1)))
+    gone = [tree_dir / f"fingerprint.json.{dead}.tmp", tree_dir / "up-0" / f"0.{dead}.tmp.npz",
+            tree_dir / "rounds" / "rows" / "0" / "1" / f"bridge-0.npz.{dead}.tmp", shards / f".3.{dead}.tmp.npz"]
+    stay = tree_dir / "up-0" / f"1.{alive}.tmp.npz"
+    for path in [*gone, stay]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    retried = tree_dir / "up-1" / f"2.{dead}.tmp.npz"
+
+    def leaves_one(tree, todo):  # a task of level 1 killed mid-write, then retried elsewhere
+        if todo[0][:2] == ("up", 1):
+            retried.parent.mkdir(exist_ok=True)
+            retried.write_bytes(b"half a file")
+        return [tree.run_task(*task) for task in todo]
+
+    tree.run(submit=leaves_one)
+    assert not retried.exists()
+    assert not [p for p in gone if p.exists()] and stay.exists()
+    keys, values = lookup_table(load_tables(str(tmp_path / "edges")), 0.5)
+    np.testing.assert_array_equal(tree_table(tree)[1], values)
