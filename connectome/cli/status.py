@@ -30,10 +30,11 @@ def stage_status(work_dir: str, checksum: bool = False) -> list[dict]:
         if fingerprint is None:  # removed since the glob (an overwriting run started)
             continue
         total = int(fingerprint.get("blocks", 0))
-        lost = markers.lost_blocks(checksum_all=checksum)
+        lost = markers.stale_blocks(checksum_all=checksum)
         row = {"stage": name, "done": markers.count(), "total": total, "lost": len(lost)}
         if lost:
-            row["first_lost"] = {"block": min(lost), "file": lost[min(lost)]}
+            path, read = lost[min(lost)]
+            row["first_lost"] = {"block": min(lost), "file": path, **({"input": read} if read else {})}
         unreadable = _unreadable_output(work_dir, fingerprint.get("outputs"))
         if unreadable:
             row["unreadable"] = unreadable
@@ -69,8 +70,9 @@ def _line(r: dict, width: int = 16) -> str:
                        "writes it again")
     if r.get("lost"):
         first = r["first_lost"]
-        return text + (f"  {r['lost']} finished block(s) lost their output (block {first['block']}: "
-                       f"{first['file']}); a re-run computes them again")
+        what = f"read input {first['input']}, which changed since" if first.get("input") else "lost their output"
+        return text + (f"  {r['lost']} finished block(s) {what} (block {first['block']}: {first['file']}); a re-run "
+                       "computes them again")
     return text + ("  complete" if r["total"] and r["done"] == r["total"] else "")
 
 

@@ -279,6 +279,18 @@ class BlockGrid:
                 out.append(other)
         return sorted(out)
 
+    def reading(self, box: Box) -> list[int]:
+        """Indices of the blocks whose read box overlaps `box` (in the grid's volume coordinates)."""
+        c = self.context
+        spans = []
+        for lo, hi, v, b, g, below, above, m in zip(box.offset, box.end, self.volume.offset, self.block_shape,
+                                                    self.grid_shape, c.lower, c.upper, c.multiple):
+            first = max(0, (lo - above - (m - 1) - v) // b)  # (generous by the padding to `multiple`; checked below)
+            last = min(g - 1, (hi - 1 + below - v) // b)
+            spans.append(range(first, last + 1))
+        return [i for i in (self.index_of(p) for p in itertools.product(*spans))
+                if self.block(i).read_box.intersect(box).size > 0]
+
     def positions(self) -> Iterator[Vec]:
         return itertools.product(*(range(g) for g in self.grid_shape))  # type: ignore[return-value]
 
@@ -288,6 +300,13 @@ class BlockGrid:
             "block_shape": list(self.block_shape),
             "context": self.context.to_json(),
         }
+
+    @classmethod
+    def from_layout(cls, layout: dict) -> BlockGrid:
+        """The grid `layout()` describes (as a fingerprint stores it)."""
+        volume, context = layout["volume"], layout["context"]
+        return cls(Box.of(volume["offset"], volume["shape"]), tuple(layout["block_shape"]),
+                   Context(**context) if isinstance(context, dict) else Context.of(tuple(context)))
 
     def layout_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.layout(), sort_keys=True).encode()).hexdigest()[:16]

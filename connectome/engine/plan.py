@@ -39,6 +39,7 @@ from connectome.engine.runner import (
 )
 from connectome.engine.stage import BlockStage, Table
 from connectome.engine.stage_list import write_stage_list
+from connectome.engine.staleness import forget_stale
 from connectome.io import VolumeMeta, address_kind, create_volume, open_volume, same_voxel_size
 from connectome.io.tables import check_format, read_format
 
@@ -447,6 +448,11 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
     if "://" not in plan.work_dir:
         remove_litter(plan.work_dir)  # temporary files of a killed run's writes (the directory whose lock is held)
     check_outputs(plan, overwrite)
+    if "://" not in plan.work_dir:
+        try:  # blocks whose output was lost or whose input changed, and the later blocks that read them
+            forget_stale(plan)
+        except OSError as e:
+            raise unwritable(e, plan.work_dir) from None
     changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
     complete: dict[int, bool] = {}  # planned stage -> finished before this run (asked until one is not)
     work = changed or not all(complete.setdefault(id(p), _complete(p, plan.work_dir)) for p in plan.stages)
@@ -508,6 +514,9 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
             reports.append(step_report)
             if step_report.ran:  # blocks finished before came from an older result of the step
                 DoneMarkers(plan.work_dir, stage.name).clear()
+                if "://" not in plan.work_dir:  # and so did the later stages' blocks that read them
+                    after = plan.stages.index(planned) + 1
+                    forget_stale(plan, {a: None for a in stage.output_addresses.values()}, after)
         reports.append(run_stage(stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
                                  retries=plan.config.retries, progress=progress, resources=resources))
     if plan.record_config:

@@ -32,7 +32,7 @@ from connectome.cluster.session import scaler_of
 from connectome.core.errors import StageFailed, unwritable
 from connectome.core.geometry import BlockGrid
 from connectome.engine.global_step import GlobalStep
-from connectome.engine.markers import DoneMarkers, chunk_record, relative_paths
+from connectome.engine.markers import INPUT, DoneMarkers, chunk_record, input_record, relative_paths
 from connectome.engine.order import BlockOrder
 from connectome.engine.stage import BlockStage
 from connectome.io.tables import remove_litter, write_format
@@ -95,6 +95,26 @@ def _written_chunks(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:
     return chunks, roots
 
 
+def _read_files(stage: BlockStage, volumes: dict, box, work_dir: str) -> tuple[dict, dict]:
+    """What a block read, per input held by local files outside the work directory (the raw a lab may rewrite in
+    place; inputs inside it are earlier stages' outputs, whose own records cover them): key -> [size, mtime_ns] of
+    each file holding `box`, and the roots (`INPUT` + name)."""
+    records, roots = {}, {}
+    base = os.path.abspath(work_dir) + os.sep
+    written = set(stage.output_addresses.values())
+    for name in stage.input_names():
+        if name in stage.writes_into or stage.input_addresses.get(name) in written:  # (its blocks change it)
+            continue
+        volume = volumes.get(name)
+        source = volume.source_files(box) if volume is not None else None
+        if not source or not source[0] or os.path.abspath(source[0]).startswith(base):
+            continue
+        root, keys = source
+        roots[INPUT + name] = root
+        records[name] = {key: input_record(os.path.join(root, key)) for key in keys}
+    return records, roots
+
+
 def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: str, task: str = "") -> dict:
     """Worker side: process the blocks of one batch (a super-block of consecutive or ready blocks)
     that an earlier attempt of this task did not finish; their markers are written as they go."""
@@ -117,7 +137,8 @@ def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: 
             except Exception:
                 raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
             chunks, roots = _written_chunks(stage, volumes, block.write_box)
-            writer.add(i, summary, chunks, roots)
+            read, read_roots = _read_files(stage, volumes, block.read_box, work_dir)
+            writer.add(i, summary, chunks, {**roots, **read_roots}, read)
             ran += 1
     finally:
         writer.flush()  # what finished before a failure stays finished
@@ -161,12 +182,16 @@ def run_stage(
         for name in stage.table_names():
             remove_litter(stage.table_dirs[name])
         markers.compact()  # the task files of an earlier, stopped run
-        lost = markers.lost_blocks()
-        if lost:
-            first = min(lost)
-            print(f"connectome: {stage.name}: {len(lost)} finished block(s) lost their output "
-                  f"(block {first}: {lost[first]} changed or is gone); running them again", file=sys.stderr)
-            markers.forget(lost)
+        stale = markers.stale_blocks()
+        if stale:
+            first = min(stale)
+            path, read = stale[first]
+            what = (f"read input {read}, which changed since they ran" if all(r for _, r in stale.values()) else
+                    "lost their output" if not any(r for _, r in stale.values()) else
+                    "lost their output or read an input that changed since")
+            print(f"connectome: {stage.name}: {len(stale)} finished block(s) {what} (block {first}: {path} changed "
+                  f"or is gone); running them again", file=sys.stderr)
+            markers.forget(stale)
     except OSError as e:
         raise unwritable(e, work_dir) from None
     n = len(grid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -91,6 +92,18 @@ class Volume(ABC):
         """(the directory of the stored chunks, keys of the chunk files that hold `box`), for
         backends on a local disk whose chunks are files; None where no such files exist."""
         return None
+
+    def source_files(self, box: Box) -> tuple[str, list[str]] | None:
+        """(a directory, the paths relative to it of the local files that hold `box`: chunk files, whether written
+        or not, or the one file of an npz / HDF5 / TIFF volume), so a finished block can record what it read; None
+        where the data are not local files (a remote store)."""
+        return None
+
+    @staticmethod
+    def _in_files(paths: list[str]) -> tuple[str, list[str]]:
+        """`source_files` of a volume held by whole files (`paths`, local)."""
+        root = os.path.dirname(os.path.abspath(paths[0])) if paths else ""
+        return root, [os.path.relpath(os.path.abspath(p), root) for p in paths]
 
     def __reduce__(self):
         from connectome.io.open import open_volume

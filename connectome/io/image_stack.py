@@ -134,6 +134,11 @@ class ImageStackVolume(Volume):
     def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
         return {p.z: (*p.offset, *p.shape) for p in self.padded}
 
+    def source_files(self, box: Box) -> tuple[str, list[str]]:
+        if self._files is None:
+            return self._in_files([self._multipage or self.address])
+        return self._in_files(self._files[max(box.offset[0], 0):box.end[0]])
+
     def _plane(self, z: int) -> np.ndarray:
         if self._files is None:
             import tifffile

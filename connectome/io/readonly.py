@@ -154,6 +154,9 @@ class NpzVolume(Volume):
     def meta(self) -> VolumeMeta:
         return self._meta
 
+    def source_files(self, box: Box) -> tuple[str, list[str]]:
+        return self._in_files([self._path])
+
     def _read(self, box: Box) -> np.ndarray:
         a = self._array()
         s = box.to_slices()
@@ -202,6 +205,9 @@ class Hdf5Volume(Volume):
     @property
     def meta(self) -> VolumeMeta:
         return self._meta
+
+    def source_files(self, box: Box) -> tuple[str, list[str]]:
+        return self._in_files([self._path])
 
     def _read(self, box: Box) -> np.ndarray:
         import h5py

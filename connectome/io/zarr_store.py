@@ -184,6 +184,21 @@ class ZarrVolume(Volume):
     def stored_chunks(self, box: Box) -> tuple[str, list[str]]:
         return self._array_dir, [key for key, _ in self._covered_chunks(box)]
 
+    def source_files(self, box: Box) -> tuple[str, list[str]] | None:
+        if "://" in self._array_dir:
+            return None
+        chunks, shape = self._meta.chunk_shape, self._meta.shape
+        box = box.intersect(self.box)
+        if 0 in box.shape:
+            return self._array_dir, []
+        ranges = [range(o // c, -(-min(e, s) // c)) for o, e, c, s in zip(box.offset, box.end, chunks, shape)]
+        lead = (0,) if self._meta.channels is not None else ()
+        metadata = self._array.metadata
+        if metadata.zarr_format != 3:  # (never so: a store with a zarr.json is v3)
+            return None
+        encode = metadata.chunk_key_encoding.encode_chunk_key
+        return self._array_dir, [encode((*lead, *position)) for position in itertools.product(*ranges)]
+
     def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
         return dict(self._footprints)
 

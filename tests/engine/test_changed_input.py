@@ -1,0 +1,184 @@
+"""An input rewritten in place (a lab re-ingests or re-aligns its raw into the same path) is noticed: every finished
+block records the size and time of the files it read from outside the output directory, and a re-run computes again
+the blocks whose files changed, so the result equals a run on the new input (before, every block was skipped and
+the output silently described the old input)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from connectome.cli.main import main
+from connectome.io import create_volume, open_volume
+
+SHAPE, CHUNK = (8, 128, 128), (8, 32, 32)
+
+
+@pytest.fixture(autouse=True)
+def importable_tests(monkeypatch):
+    """Worker processes unpickle the test stages by module name: let them import tests/."""
+    from run_case import TESTS_DIR
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])))
+
+
+def _config(tmp_path, raw: str, out: str) -> str:
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump({
+        "input": raw, "output": str(tmp_path / out), "voxel_size": [40, 4, 4],
+        "blocks": {"shape": list(CHUNK), "chunk_shape": list(CHUNK)}, "cluster": {"n_workers": 1},
+        "stages": [{"stage": "normalize", "params": {"sigma": 4}}]}))
+    return str(path)
+
+
+def _run(capsys, cfg: str) -> tuple[dict, str]:
+    assert main(["run", cfg, "--json", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+def _all(address: str) -> np.ndarray:
+    volume = open_volume(address)
+    return volume.read(volume.box)
+
+
+def _status(capsys, out) -> dict:
+    assert main(["status", str(out), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["stages"][0]
+
+
+def test_a_rewritten_input_chunk_recomputes_the_blocks_that_read_it(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    raw = create_volume(str(tmp_path / "in" / "raw"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
+    raw.write(raw.box, rng.integers(0, 255, SHAPE, dtype=np.uint8))
+    first, _ = _run(capsys, _config(tmp_path, raw.address, "out"))
+    assert first["stages"][0]["ran"] == 16
+
+    corner = raw.box.intersect(type(raw.box).of((0, 0, 0), CHUNK))
+    raw.write(corner, rng.integers(0, 255, CHUNK, dtype=np.uint8))  # one chunk of the input rewritten in place
+    status = _status(capsys, tmp_path / "out")
+    # the blocks whose read box (write box and a 12-voxel context) touches that chunk: 2 x 2 of the 4 x 4
+    assert status["lost"] == 4 and status["first_lost"]["input"] == "raw"
+    assert status["first_lost"]["file"].startswith(str(tmp_path / "in" / "raw"))
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert "read input raw, which changed since" in capsys.readouterr().out
+
+    again, err = _run(capsys, _config(tmp_path, raw.address, "out"))
+    assert again["stages"][0]["ran"] == 4 and again["stages"][0]["skipped"] == 12
+    assert "4 finished block(s) read input raw, which changed since they ran (block 0:" in err
+    clean, _ = _run(capsys, _config(tmp_path, raw.address, "clean"))  # a run on the new input from scratch
+    assert np.array_equal(_all(again["volumes"]["normalized"]),
+                          _all(clean["volumes"]["normalized"]))
+    assert _run(capsys, _config(tmp_path, raw.address, "out"))[0]["stages"][0]["ran"] == 0  # recorded anew
+
+
+def test_a_rewritten_npz_input_recomputes_every_block(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "raw.npz", raw=rng.integers(0, 255, SHAPE, dtype=np.uint8))
+    address = f"{tmp_path / 'raw.npz'}#raw"
+    assert _run(capsys, _config(tmp_path, address, "out"))[0]["stages"][0]["ran"] == 16
+    np.savez(tmp_path / "raw.npz", raw=rng.integers(0, 255, SHAPE, dtype=np.uint8))
+    again, err = _run(capsys, _config(tmp_path, address, "out"))
+    assert again["stages"][0]["ran"] == 16 and "read input raw, which changed since they ran" in err
+    clean, _ = _run(capsys, _config(tmp_path, address, "clean"))
+    assert np.array_equal(_all(again["volumes"]["normalized"]),
+                          _all(clean["volumes"]["normalized"]))
+
+
+def test_inputs_inside_the_output_are_not_recorded(tmp_path, capsys):
+    """Inputs written by earlier stages of the output are covered by those stages' own records: a block records
+    only what it read from outside the output directory."""
+    from connectome.engine.markers import INPUT, DoneMarkers
+
+    raw = create_volume(str(tmp_path / "in" / "raw"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
+    raw.write(raw.box, np.random.default_rng(2).integers(0, 255, SHAPE, dtype=np.uint8))
+    inside = create_volume(str(tmp_path / "inner" / "copy"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
+    inside.write(inside.box, raw.read(raw.box))
+    for address, out, expected in ((raw.address, "outer", {"raw"}), (inside.address, "inner", set())):
+        _run(capsys, _config(tmp_path, address, out))
+        state = DoneMarkers(str(tmp_path / out), "normalize").load()
+        assert {name for table in state.inputs.values() for name in table} == expected, out
+        assert (INPUT + "raw" in state.roots) == bool(expected)
+    # one table per marker file, not per block: the 16 blocks' 16 chunk files are listed once
+    assert sum(len(files) for table in DoneMarkers(str(tmp_path / "outer"), "normalize").load().inputs.values()
+               for files in table.values()) == 16
+
+
+def _chain(tmp_path, raw: str, out: str) -> str:
+    """normalize the raw, then `renormalize` that (tests/stages_for_tests.py: a later stage with context, 6 voxels
+    in y and x, that reads the first's output)."""
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump({
+        "input": raw, "output": str(tmp_path / out), "voxel_size": [40, 4, 4],
+        "blocks": {"shape": list(CHUNK), "chunk_shape": list(CHUNK)}, "cluster": {"n_workers": 1},
+        "stages": [{"stage": "normalize", "params": {"sigma": 4}},
+                   {"stage": "renormalize", "inputs": {"raw": "normalized"}}]}))
+    return str(path)
+
+
+def test_a_changed_input_recomputes_the_later_stages_that_read_it_even_after_a_kill(tmp_path, capsys):
+    """The later stage's blocks whose read boxes overlap the rewritten blocks are forgotten when the change is found,
+    before anything is computed again, so a run killed right then still recomputes them next time."""
+    from connectome.engine.config import load_config
+    from connectome.engine.plan import plan_run
+    from connectome.engine.staleness import forget_stale
+
+    import stages_for_tests  # noqa: F401  (registers `renormalize`)
+
+    rng = np.random.default_rng(3)
+    raw = create_volume(str(tmp_path / "in" / "raw"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
+    raw.write(raw.box, rng.integers(0, 255, SHAPE, dtype=np.uint8))
+    first, _ = _run(capsys, _chain(tmp_path, raw.address, "out"))
+    assert [s["ran"] for s in first["stages"]] == [16, 16]
+    raw.write(type(raw.box).of((0, 0, 96), CHUNK), rng.integers(0, 255, CHUNK, dtype=np.uint8))
+
+    cfg = _chain(tmp_path, raw.address, "out")
+    forgotten = forget_stale(plan_run(load_config(cfg)))  # what a run does first, then killed before computing
+    # normalize: the blocks reading x 96-127 of row 0 (x 64-127, y 0-63: 4 blocks); the second stage: those whose
+    # read box (6 voxels of context) overlaps them (x 32-127, y 0-95: 9 blocks)
+    assert forgotten == {"normalize": 4, "renormalize": 9}
+    assert "9 finished block(s) read what an earlier stage computes again" in capsys.readouterr().err
+    again, _ = _run(capsys, cfg)
+    assert [s["ran"] for s in again["stages"]] == [4, 9]
+    clean, _ = _run(capsys, _chain(tmp_path, raw.address, "clean"))
+    for name in ("normalized", "renormalized"):
+        assert np.array_equal(_all(again["volumes"][name]), _all(clean["volumes"][name])), name
+
+
+def test_a_file_read_in_two_versions_marks_its_readers_until_they_run_again(tmp_path):
+    """Blocks of one marker file that read an input file before and after it changed (an input rewritten during
+    the run) are all stale; once forgotten, the table holds the file as it is now, so the blocks that run again
+    are not stale forever."""
+    from connectome.engine.markers import CHANGED, INPUT, DoneMarkers, input_record
+
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a").write_bytes(b"first")
+    markers = DoneMarkers(str(tmp_path / "out"), "stage")
+    markers.claim({"stage": "stage"})  # (no block layout: a changed file's super-block counts as its readers)
+    roots = {INPUT + "raw": str(source)}
+    writer = markers.writer("t")
+    writer.add(0, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
+    (source / "a").write_bytes(b"second, longer")
+    writer.add(1, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
+    writer.flush()
+    assert markers.load().inputs[0]["raw"]["a"] == CHANGED
+    assert {i: v[1] for i, v in markers.stale_blocks().items()} == {0: "raw", 1: "raw"}
+    writer = markers.writer("u")
+    writer.add(2, None, None, roots, {"raw": {"b": [5, 5]}})  # a block that read another file (gone: changed)
+    writer.flush()
+    assert sorted(markers.stale_blocks()) == [0, 1, 2]
+    # without a block layout every block of the super-block may have read either file: forgetting some of them
+    # keeps the records (block 2 stays stale), forgetting all leaves nothing to record
+    markers.forget([0, 1])
+    assert markers.load().inputs[0]["raw"] == {"a": CHANGED, "b": [5, 5]} and sorted(markers.stale_blocks()) == [2]
+    markers.forget([2])
+    assert markers.count() == 0 and not markers.load().inputs
+    writer = markers.writer("v")
+    for i in (0, 1, 2):  # run again, reading the file as it is now
+        writer.add(i, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
+    writer.flush()
+    markers.compact()
+    assert markers.count() == 3 and markers.stale_blocks() == {}
