@@ -1,13 +1,13 @@
-"""What recording the input files a stage's blocks read costs (engine.markers `inputs` tables, 2026-12-06): the
-worker side per block (`runner._read_files`: the files of the read box and one stat each), the marker files (one
-table per file, compacted per super-block of 4096 blocks), and the stale check of a re-run (`stale_blocks`: one stat
-per recorded file) with nothing changed and with one file changed.
+"""What recording the input files a stage's blocks read costs (engine.markers input tables, 2026-12-06): the worker
+side per block (`runner._read_files`: the files of the read box and one stat each), the marker files (one table per
+task file, folded into one per super-block of 4096 blocks), and the check of a re-run
+(`staleness.changed_input_blocks`: one stat per recorded file) with nothing changed and with one file changed.
 
     .venv/bin/python benchmarks/input_records.py [--grid 4 32 32] [--chunk 16 64 64] [--where /dev/shm] [--out FILE]
 
 A zarr raw of grid x block shape voxels (blocks 16 x 128 x 128, chunks `--chunk`, 16 voxels of context in y and x)
-is written once (a constant: its chunks compress to almost nothing); every block of the grid is then recorded as a stage's run
-would record it, without computing anything.
+is written once (a constant: its chunks compress to almost nothing); every block of the grid is then recorded as a
+stage's run would record it, without computing anything.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 
 from connectome.core.geometry import BlockGrid, Box, Context
 from connectome.engine.markers import INPUT, DoneMarkers, input_record
+from connectome.engine.staleness import changed_input_blocks
 from connectome.io import create_volume, open_volume
 
 BLOCK = (16, 128, 128)
@@ -59,7 +60,7 @@ def main() -> None:
         files_per_block = sum(len(t) for t in tables) / n
 
         markers = DoneMarkers(os.path.join(root, "out"), "stage")
-        markers.claim({"stage": "stage", "inputs": {"raw": raw.address}, "layout": grid.layout(), "blocks": n})
+        markers.claim({"stage": "normalize", "inputs": {"raw": raw.address}, "layout": grid.layout(), "blocks": n})
         start = time.perf_counter()
         for first in range(0, n, 256):  # tasks of 256 blocks, each one marker file
             writer = markers.writer(f"t{first}")
@@ -71,12 +72,12 @@ def main() -> None:
         size = _size(markers.directory)
 
         start = time.perf_counter()
-        unchanged = markers.stale_blocks()
+        unchanged, _ = changed_input_blocks(markers)
         check = time.perf_counter() - start
         assert unchanged == {}, len(unchanged)
         os.utime(os.path.join(base, keys[0]))  # the last block's first file touched: its readers are found
         start = time.perf_counter()
-        changed = markers.stale_blocks()
+        changed, _ = changed_input_blocks(markers)
         check_changed = time.perf_counter() - start
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -84,7 +85,7 @@ def main() -> None:
     rows = [
         ("worker side: files of the read box + one stat each (`_read_files`)", worker, n),
         ("marker files: 256-block tasks written, then compacted", mark, n),
-        ("re-run check, nothing changed (`stale_blocks`)", check, n),
+        ("re-run check, nothing changed (`changed_input_blocks`)", check, n),
         ("re-run check, one file touched (its readers found from the layout)", check_changed, n),
     ]
     lines = [

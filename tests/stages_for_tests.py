@@ -209,6 +209,7 @@ class RenormalizeStage(BlockStage):
     """`normalize` once more, as a later stage that reads an earlier one's output with context."""
 
     name = "renormalize"
+    reads_only_read_box = True
     inputs = ("raw",)
     outputs = ("renormalized",)
 

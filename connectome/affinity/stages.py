@@ -67,6 +67,7 @@ class AffinitiesParams(StageParams):
 @register
 class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
     name = "affinities"
+    reads_only_read_box = True
     Params = AffinitiesParams
     inputs = (Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),)
     outputs = (Output("affinities", OutputSpec(dtype="uint8", channels=3)),)

@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
 
 def stage_status(work_dir: str, checksum: bool = False) -> list[dict]:
     from connectome.engine.markers import DoneMarkers
+    from connectome.engine.staleness import changed_input_blocks
 
     rows = []
     for fp in sorted(glob.glob(os.path.join(work_dir, ".connectome", "done", "*", "fingerprint.json")),
@@ -30,7 +31,10 @@ def stage_status(work_dir: str, checksum: bool = False) -> list[dict]:
         if fingerprint is None:  # removed since the glob (an overwriting run started)
             continue
         total = int(fingerprint.get("blocks", 0))
-        lost = markers.stale_blocks(checksum_all=checksum)
+        lost: dict[int, tuple[str, str | None]] = {i: (p, None) for i, p in
+                                                   markers.lost_blocks(checksum_all=checksum).items()}
+        for index, found in changed_input_blocks(markers)[0].items():
+            lost.setdefault(index, found)
         row = {"stage": name, "done": markers.count(), "total": total, "lost": len(lost)}
         if lost:
             path, read = lost[min(lost)]

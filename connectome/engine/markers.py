@@ -14,10 +14,12 @@ were written, so a marker always means "this block's output is complete". A file
 `ranges` ([first, stop) runs of finished indices), `summaries` (index -> the non-empty summary a
 block returned) and `chunks` (index -> output -> [chunk key, size, mtime_ns, crc32] of each chunk
 the block wrote, size -1 for a chunk left unstored because it holds only the fill value), with
-`roots` (output -> its array directory), and `inputs` (input -> file key -> [size, mtime_ns]: the files the
-file's blocks read from outside the work directory, one table per file, not per block; a key recorded twice with
-different values is stored as changed, [-2, 0]). `lost_blocks` compares those records with the disk and finds the
-blocks whose input files changed from the stage's own block layout (`stale_blocks`).
+`roots` (output -> its array directory). `lost_blocks` compares those records with the disk.
+Beside them, in files of their own that `load` never reads (`i-<task>-<n>.json`, folded into one
+`inputs-<k>.json` per super-block): the size and mtime of each file the blocks read from outside the work
+directory (input -> file key -> [size, mtime_ns]; one table per file, not per block; a key recorded twice with
+different values is stored as changed, `CHANGED`). `changed_inputs` compares them with the disk;
+`engine.staleness` maps a changed file to the blocks that read it.
 A root inside the work directory is stored relative to it (the file says `"relative_roots": true`), so a
 copied or moved output checks its own chunks; files written before then hold absolute roots, read as they are.
 
@@ -43,6 +45,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from connectome.core.errors import UserError
+from connectome.io.precomputed import COMPRESSED  # (suffixes a precomputed chunk file may carry)
 
 FINGERPRINT = "fingerprint.json"
 SUPER = 4096  # block indices per consolidated marker file
@@ -170,7 +173,6 @@ class MarkerState:
         self.summaries: dict[int, dict] = {}
         self.chunks: dict[int, dict] = {}
         self.roots: dict[str, str] = {}
-        self.inputs: dict[int, dict[str, dict[str, list]]] = {}  # super-block -> input -> file key -> [size, mtime]
 
     def add(self, record: dict, work_dir: str = "") -> None:
         """Fold in one marker file; its relative roots are taken from `work_dir` (where the file is now)."""
@@ -183,11 +185,6 @@ class MarkerState:
             roots = {name: os.path.join(base, root) for name, root in roots.items()}
         self.roots.update(roots)
         self.roots.update(record.get("absolute_roots", {}))
-        if record.get("inputs"):
-            for k in {k for a, b in record.get("ranges", ()) if b > a for k in range(a // SUPER, (b - 1) // SUPER + 1)}:
-                table = self.inputs.setdefault(k, {})
-                for name, files in record["inputs"].items():
-                    merge_input_files(table.setdefault(name, {}), files)
 
     def merged(self) -> list[list[int]]:
         return merge_ranges(self.ranges)
@@ -461,38 +458,14 @@ class DoneMarkers:
         for k, ranges in sorted(groups.items()):
             summaries, chunks = extras.get(k, ({}, {}))
             record = {"ranges": ranges, "summaries": summaries, "chunks": chunks, **self.stored_roots(state.roots)}
-            inputs = state.inputs.get(k)
-            if inputs:
-                record["inputs"] = self._refreshed(state, k, inputs, forget) if forget else inputs
             name = f"s-{int(k)}.json"
             _write_atomic(os.path.join(self.directory, name), record)
             written.add(name)
         for name in folded + sorted(old_supers - written):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, name))
-
-    def _refreshed(self, state: MarkerState, k: int, inputs: dict[str, dict[str, list]],
-                   forget: set[int]) -> dict[str, dict[str, list]]:
-        """Super-block `k`'s input files, each that changed recorded as it is now where every finished block that
-        read it is being forgotten (they run again and read it so); kept as it was where a block stays that read
-        the earlier version, which stays stale."""
-        done = state.mask(max(b for _, b in state.merged()))
-        mine = {int(i) for i in np.flatnonzero(done[k * SUPER:(k + 1) * SUPER]) + k * SUPER}
-        readers = _ReadersOf(self)
-        out: dict[str, dict[str, list]] = {}
-        for name, files in inputs.items():
-            root = state.roots.get(INPUT + name, "")
-            out[name] = dict(files)
-            read_by: dict[str, set[int]] | None = None  # file key -> the blocks of `mine` that read it
-            for key, record in files.items():
-                now = input_record(os.path.join(root, key))
-                if now == list(record):
-                    continue
-                if read_by is None:
-                    read_by = readers.read_by(mine, name)
-                if (mine if read_by.get("") is not None else read_by.get(key, set())) <= forget:
-                    out[name][key] = now
-        return out
+        if any(n.startswith("i-") and n.endswith(".json") for n in names):
+            self.drop_inputs({})  # (the input files of the blocks folded above)
 
     def _absolute_roots_inside(self, names: list[str]) -> bool:
         """Whether the super-block files hold roots in full that lie inside the work directory (written before
@@ -516,20 +489,13 @@ class DoneMarkers:
         self.compact(forget=indices)
 
     def lost_blocks(self, checksum_all: bool = False) -> dict[int, str]:
-        """Finished blocks whose recorded output chunks, or input files, changed on disk: index -> the first such
-        file (`stale_blocks` says which were inputs)."""
-        return {index: path for index, (path, _) in self.stale_blocks(checksum_all).items()}
+        """Finished blocks whose recorded output chunks changed on disk: index -> the first such file.
 
-    def stale_blocks(self, checksum_all: bool = False) -> dict[int, tuple[str, str | None]]:
-        """Finished blocks whose recorded output chunks changed on disk, or whose input files (read from outside
-        the work directory) changed: index -> (the first such file, the input's name, None for an output).
-
-        A chunk's size and mtime are compared (one stat); an output chunk whose mtime alone changed (copied,
-        touched) is read and its crc32 compared; an input file whose size or time changed counts as changed.
-        `checksum_all` reads every output chunk.
+        A chunk's size and mtime are compared (one stat); a chunk whose mtime alone changed (copied,
+        touched) is read and its crc32 compared. `checksum_all` reads every chunk.
         """
         state = self.load()
-        stale: dict[int, tuple[str, str | None]] = {}
+        lost: dict[int, str] = {}
         for index, outputs in state.chunks.items():
             for name, records in outputs.items():
                 root = state.roots.get(name)
@@ -538,95 +504,74 @@ class DoneMarkers:
                 for key, size, mtime, crc in records:
                     path = os.path.join(root, key)
                     if not _chunk_matches(path, size, mtime, crc, checksum_all):
-                        stale[index] = (path, None)
+                        lost[index] = path
                         break
-                if index in stale:
+                if index in lost:
                     break
-        for index, found in self._changed_inputs(state).items():
-            stale.setdefault(index, found)
-        return stale
+        return lost
 
-    def _changed_inputs(self, state: MarkerState) -> dict[int, tuple[str, str]]:
-        """Finished blocks that read an input file that changed since: index -> (that file, the input's name).
-        Which blocks read a changed file comes from the stage's block layout and the input's chunking (its
-        fingerprint); where those cannot be read, every finished block of the super-block that recorded it."""
-        seen: dict[str, bool] = {}  # path -> unchanged (a file is listed by the super-blocks of every block near it)
-        changed: dict[tuple[int, str], dict[str, str]] = {}  # (super-block, input) -> key -> path
-        for k, table in state.inputs.items():
+    # -- input files -------------------------------------------------------------------------
+
+    def input_tables(self) -> dict[int, dict[str, dict[str, list]]]:
+        """super-block -> input -> file key -> [size, mtime_ns]: what the finished blocks read from outside the
+        work directory (the `inputs-<k>.json` files and the task files `i-*.json` not folded yet)."""
+        tables: dict[int, dict[str, dict[str, list]]] = {}
+        names = self._names()
+        for name in [n for n in names if n.startswith("i-") and n.endswith(".json")] + sorted(
+                n for n in names if n.startswith("inputs-") and n.endswith(".json")):
+            try:
+                with open(os.path.join(self.directory, name)) as f:
+                    record = json.load(f)
+            except FileNotFoundError:
+                continue  # folded meanwhile
+            except json.JSONDecodeError:
+                raise UserError(f"{os.path.join(self.directory, name)}: damaged done-marker file; "
+                                "delete it (its blocks run again)") from None
+            for k in _super_blocks(record.get("ranges", ())):
+                table = tables.setdefault(k, {})
+                for input_name, files in record.get("inputs", {}).items():
+                    merge_input_files(table.setdefault(input_name, {}), files)
+        return tables
+
+    def changed_inputs(self) -> dict[int, dict[str, dict[str, str]]]:
+        """super-block -> input -> file key -> path of each recorded input file that is not as recorded now (or
+        was read in two versions, `CHANGED`); one stat per file."""
+        tables = self.input_tables()
+        if not tables:
+            return {}
+        roots = self.load().roots
+        now: dict[str, list] = {}  # path -> its record now (a file is listed by every super-block near it)
+        changed: dict[int, dict[str, dict[str, str]]] = {}
+        for k, table in tables.items():
             for name, files in table.items():
-                root = state.roots.get(INPUT + name, "")
+                root = roots.get(INPUT + name, "")
                 for key, record in files.items():
                     path = os.path.join(root, key)
-                    if path not in seen:
-                        seen[path] = input_record(path) == list(record) and list(record) != CHANGED
-                    if not seen[path] or list(record) == CHANGED:
-                        changed.setdefault((k, name), {})[key] = path
-        ends = [b for _, b in state.merged()]
-        if not changed or not ends:
-            return {}
-        done = state.mask(max(ends))
-        readers = _ReadersOf(self)
-        out: dict[int, tuple[str, str]] = {}
-        for (k, name), keys in sorted(changed.items()):
-            for index in np.flatnonzero(done[k * SUPER:(k + 1) * SUPER]) + k * SUPER:
-                hit = readers.hit(int(index), name, keys)
-                if hit is not None:
-                    out.setdefault(int(index), (hit, name))
-        return out
+                    if path not in now:
+                        now[path] = input_record(path)
+                    if list(record) == CHANGED or now[path] != list(record):
+                        changed.setdefault(k, {}).setdefault(name, {})[key] = path
+        return changed
+
+    def drop_inputs(self, keys: dict[int, dict[str, Iterable[str]]]) -> None:
+        """Fold the input task files into one `inputs-<k>.json` per super-block, leaving out `keys` (super-block
+        -> input -> file keys: changed files whose readers were all forgotten; they record them anew)."""
+        tables = self.input_tables()
+        folded = [n for n in self._names() if n.startswith("i-") and n.endswith(".json")]
+        for k, table in tables.items():
+            drop = keys.get(k, {})
+            kept = {name: {key: r for key, r in files.items() if key not in set(drop.get(name, ()))}
+                    for name, files in table.items()}
+            record = {"ranges": [[k * SUPER, (k + 1) * SUPER]], "inputs": {n: f for n, f in kept.items() if f}}
+            _write_atomic(os.path.join(self.directory, f"inputs-{k}.json"), record)
+        for name in folded:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, name))
 
 
-class _ReadersOf:
-    """Which input files a finished block of a stage read: its read box from the block layout its fingerprint
-    records, the files from the input volume it names (opened once); None where either cannot be had (then
-    every block counts as a reader)."""
-
-    def __init__(self, markers: DoneMarkers):
-        self.markers = markers
-        self.grid = None
-        self.volumes: dict[str, object] = {}
-        try:
-            from connectome.core.geometry import BlockGrid
-
-            fp = markers.fingerprint() or {}
-            self.grid = BlockGrid.from_layout(fp["layout"])
-            self.addresses = {name: (a if "://" in a or os.path.isabs(a) else os.path.join(markers.base, a))
-                              for name, a in fp.get("inputs", {}).items()}
-        except (KeyError, TypeError, ValueError, UserError):
-            self.grid = None
-
-    def hit(self, index: int, name: str, keys: dict[str, str]) -> str | None:
-        """The first of the changed files `keys` (key -> path) that block `index` read."""
-        files = self._files(index, name)
-        if files is None:
-            return next(iter(keys.values()))
-        return next((keys[key] for key in files if key in keys), None)
-
-    def read_by(self, blocks: set[int], name: str) -> dict[str, set[int]]:
-        """File key -> which of `blocks` read it; {"": blocks} where that cannot be told (any may have)."""
-        out: dict[str, set[int]] = {}
-        for index in blocks:
-            files = self._files(index, name)
-            if files is None:
-                return {"": set(blocks)}
-            for key in files:
-                out.setdefault(key, set()).add(index)
-        return out
-
-    def _files(self, index: int, name: str) -> list[str] | None:
-        if self.grid is None or name not in self.addresses:
-            return None
-        if name not in self.volumes:
-            from connectome.io import open_volume
-
-            try:
-                self.volumes[name] = open_volume(self.addresses[name])
-            except (UserError, OSError, ValueError):
-                self.volumes[name] = None
-        volume = self.volumes[name]
-        if volume is None:
-            return None
-        source = volume.source_files(self.grid.block(index).read_box)  # type: ignore[attr-defined]
-        return None if source is None else source[1]
+def _super_blocks(ranges: Iterable[Sequence[int]]) -> set[int]:
+    """The super-blocks that [first, stop) `ranges` of block indices touch."""
+    return {k for a, b in ranges if b > a for k in range(a // SUPER, (b - 1) // SUPER + 1)}
 
 
 INPUT = "input:"  # the prefix of an input's root among the roots (beside the outputs' names)
@@ -642,12 +587,15 @@ def merge_input_files(into: dict[str, list], files: dict[str, list]) -> None:
 
 
 def input_record(path: str) -> list:
-    """[size, mtime_ns] of an input file; [-1, 0] where it does not exist."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return [-1, 0]
-    return [st.st_size, st.st_mtime_ns]
+    """[size, mtime_ns] of an input file; where it does not exist, of the one with a compression suffix (a
+    precomputed chunk written since), else [-1, 0]."""
+    for candidate in (path, *(path + suffix for suffix in COMPRESSED)):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        return [st.st_size, st.st_mtime_ns]
+    return [-1, 0]
 
 
 def _chunk_matches(path: str, size: int, mtime: int, crc: int, checksum: bool) -> bool:
@@ -710,8 +658,12 @@ class MarkerWriter:
         self.last_flush = time.monotonic()
         if not self.indices:
             return
-        record = {"ranges": ranges_of(self.indices), "summaries": self.summaries, "chunks": self.chunks,
-                  **self.markers.stored_roots(self.roots), **({"inputs": self.inputs} if self.inputs else {})}
+        ranges = ranges_of(self.indices)
+        if self.inputs:  # (before the blocks' own file: a block marked done always has its input files recorded)
+            _write_atomic(os.path.join(self.markers.directory, f"i-{self.task}-{os.getpid()}-{self.sequence}.json"),
+                          {"ranges": ranges, "inputs": self.inputs})
+        record = {"ranges": ranges, "summaries": self.summaries, "chunks": self.chunks,
+                  **self.markers.stored_roots(self.roots)}
         name = f"p-{self.task}-{os.getpid()}-{self.sequence}.json"
         _write_atomic(os.path.join(self.markers.directory, name), record)
         self.sequence += 1

@@ -132,12 +132,12 @@ def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: 
             if volumes is None:
                 volumes = stage.open_volumes()
             block = grid.block(i)
+            read, read_roots = _read_files(stage, volumes, block.read_box, work_dir)  # (as they are when read)
             try:
                 summary = stage.process(block, volumes)
             except Exception:
                 raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
             chunks, roots = _written_chunks(stage, volumes, block.write_box)
-            read, read_roots = _read_files(stage, volumes, block.read_box, work_dir)
             writer.add(i, summary, chunks, {**roots, **read_roots}, read)
             ran += 1
     finally:
@@ -182,16 +182,12 @@ def run_stage(
         for name in stage.table_names():
             remove_litter(stage.table_dirs[name])
         markers.compact()  # the task files of an earlier, stopped run
-        stale = markers.stale_blocks()
-        if stale:
-            first = min(stale)
-            path, read = stale[first]
-            what = (f"read input {read}, which changed since they ran" if all(r for _, r in stale.values()) else
-                    "lost their output" if not any(r for _, r in stale.values()) else
-                    "lost their output or read an input that changed since")
-            print(f"connectome: {stage.name}: {len(stale)} finished block(s) {what} (block {first}: {path} changed "
-                  f"or is gone); running them again", file=sys.stderr)
-            markers.forget(stale)
+        lost = markers.lost_blocks()  # (a run's plan forgot those of changed inputs first: engine.staleness)
+        if lost:
+            first = min(lost)
+            print(f"connectome: {stage.name}: {len(lost)} finished block(s) lost their output "
+                  f"(block {first}: {lost[first]} changed or is gone); running them again", file=sys.stderr)
+            markers.forget(lost)
     except OSError as e:
         raise unwritable(e, work_dir) from None
     n = len(grid)

@@ -115,6 +115,9 @@ class BlockStage(ABC, Generic[P]):
     reads_tables: ClassVar[tuple[Table | str, ...]] = ()  # a Table names the format version it expects
     resources: ClassVar[dict[str, float]] = {}  # Dask worker resources, e.g. {"GPU": 1}
     reads_neighbours: ClassVar[bool] = False  # a block reads outputs of earlier blocks within its context
+    # a block reads its inputs within its read box only: a changed input file then sends only the blocks whose read
+    # box holds it to run again (`engine.staleness`); otherwise every finished block of the stage
+    reads_only_read_box: ClassVar[bool] = False
     # inputs the stage adds to (pyramid levels beside scale 0): the plan refuses one outside the run's output
     # directory unless the stage's params say `in_place`, so a lab's source volume is not changed by surprise
     writes_into: ClassVar[tuple[str, ...]] = ()

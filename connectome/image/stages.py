@@ -41,6 +41,7 @@ class CopyParams(StageParams):
 @register
 class CopyStage(BlockStage):
     name = "copy"
+    reads_only_read_box = True
     Params = CopyParams
     inputs = (Input("raw"),)
     outputs = (Output("copy"),)
@@ -79,6 +80,7 @@ class NormalizeParams(StageParams):
 @register
 class NormalizeStage(BlockStage):
     name = "normalize"
+    reads_only_read_box = True
     Params = NormalizeParams
     inputs = (Input("raw", dtypes=("uint8", "uint16", "float32"), channels=1, description=IMAGE),)
     outputs = (Output("normalized", OutputSpec(dtype="uint8")),)

@@ -95,8 +95,9 @@ class Volume(ABC):
 
     def source_files(self, box: Box) -> tuple[str, list[str]] | None:
         """(a directory, the paths relative to it of the local files that hold `box`: chunk files, whether written
-        or not, or the one file of an npz / HDF5 / TIFF volume), so a finished block can record what it read; None
-        where the data are not local files (a remote store)."""
+        or not, precomputed ones without their compression suffix, or the one file of an npz / HDF5 / TIFF volume), so
+        a finished block can record what it read; None where the data are not local files (a remote store, a
+        sharded precomputed layer)."""
         return None
 
     @staticmethod

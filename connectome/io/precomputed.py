@@ -175,9 +175,9 @@ class PrecomputedVolume(Volume):
         base = local_path(self.address)
         if base is None or self._cv.meta.sharding(0):  # (a shard file holds many boxes' chunks)
             return None
-        root = os.path.join(base, str(self._cv.meta.key(0)))
-        paths = [self._chunk_path(self._chunk_name(chunk)) for chunk in self._chunks(box.intersect(self.box))]
-        return root, [os.path.relpath(p, root) for p in paths]
+        # chunk names without the suffix of their compression (a reader of them finds it: engine.markers.input_record)
+        return os.path.join(base, str(self._cv.meta.key(0))), [
+            self._chunk_name(chunk) for chunk in self._chunks(box.intersect(self.box))]
 
     def _chunks(self, box: Box) -> Iterator[Box]:
         """The chunks `box` touches (in the volume's voxels, cut to the volume)."""

@@ -37,7 +37,7 @@ class SectionRange(Volume):
         return self.inner.read(box.shift((self.start, 0, 0)))
 
     def source_files(self, box: Box) -> tuple[str, list[str]] | None:
-        return self.inner.source_files(box.shift((self.start, 0, 0)))
+        return self.inner.source_files(box.intersect(self.box).shift((self.start, 0, 0)))
 
     def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
         return {z - self.start: f for z, f in self.inner.section_footprints().items() if self.start <= z < self.stop}

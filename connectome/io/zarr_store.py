@@ -185,19 +185,18 @@ class ZarrVolume(Volume):
         return self._array_dir, [key for key, _ in self._covered_chunks(box)]
 
     def source_files(self, box: Box) -> tuple[str, list[str]] | None:
-        if "://" in self._array_dir:
+        metadata = self._array.metadata
+        if "://" in self._array_dir or metadata.zarr_format != 3:  # (a store with a zarr.json is v3)
             return None
-        chunks, shape = self._meta.chunk_shape, self._meta.shape
+        stored = tuple(getattr(metadata.chunk_grid, "chunk_shape", self._array.chunks))  # (shards if sharded)
         box = box.intersect(self.box)
         if 0 in box.shape:
             return self._array_dir, []
-        ranges = [range(o // c, -(-min(e, s) // c)) for o, e, c, s in zip(box.offset, box.end, chunks, shape)]
-        lead = (0,) if self._meta.channels is not None else ()
-        metadata = self._array.metadata
-        if metadata.zarr_format != 3:  # (never so: a store with a zarr.json is v3)
-            return None
+        ranges = [range(o // c, -(-e // c)) for o, e, c in zip(box.offset, box.end, stored[-3:])]
+        if self._meta.channels is not None:  # every channel's chunks
+            ranges.insert(0, range(-(-self._array.shape[0] // stored[0])))
         encode = metadata.chunk_key_encoding.encode_chunk_key
-        return self._array_dir, [encode((*lead, *position)) for position in itertools.product(*ranges)]
+        return self._array_dir, [encode(position) for position in itertools.product(*ranges)]
 
     def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
         return dict(self._footprints)

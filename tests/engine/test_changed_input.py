@@ -98,12 +98,15 @@ def test_inputs_inside_the_output_are_not_recorded(tmp_path, capsys):
     inside.write(inside.box, raw.read(raw.box))
     for address, out, expected in ((raw.address, "outer", {"raw"}), (inside.address, "inner", set())):
         _run(capsys, _config(tmp_path, address, out))
-        state = DoneMarkers(str(tmp_path / out), "normalize").load()
-        assert {name for table in state.inputs.values() for name in table} == expected, out
-        assert (INPUT + "raw" in state.roots) == bool(expected)
-    # one table per marker file, not per block: the 16 blocks' 16 chunk files are listed once
-    assert sum(len(files) for table in DoneMarkers(str(tmp_path / "outer"), "normalize").load().inputs.values()
-               for files in table.values()) == 16
+        markers = DoneMarkers(str(tmp_path / out), "normalize")
+        assert {name for table in markers.input_tables().values() for name in table} == expected, out
+        assert (INPUT + "raw" in markers.load().roots) == bool(expected)
+    # one table per super-block, not per block: the 16 blocks' 16 chunk files are listed once, beside the marker
+    # files that `load` reads
+    markers = DoneMarkers(str(tmp_path / "outer"), "normalize")
+    assert sum(len(files) for table in markers.input_tables().values() for files in table.values()) == 16
+    assert sorted(n for n in os.listdir(markers.directory) if n.endswith(".json")) == [
+        "fingerprint.json", "inputs-0.json", "s-0.json"]
 
 
 def _chain(tmp_path, raw: str, out: str) -> str:
@@ -148,10 +151,11 @@ def test_a_changed_input_recomputes_the_later_stages_that_read_it_even_after_a_k
 
 
 def test_a_file_read_in_two_versions_marks_its_readers_until_they_run_again(tmp_path):
-    """Blocks of one marker file that read an input file before and after it changed (an input rewritten during
-    the run) are all stale; once forgotten, the table holds the file as it is now, so the blocks that run again
-    are not stale forever."""
+    """Blocks of one stage that read an input file before and after it changed (an input rewritten during the run)
+    are all stale; once they are forgotten and the file's record dropped, the blocks that run again record it as it
+    is now and are not stale forever."""
     from connectome.engine.markers import CHANGED, INPUT, DoneMarkers, input_record
+    from connectome.engine.staleness import changed_input_blocks
 
     source = tmp_path / "in"
     source.mkdir()
@@ -164,21 +168,57 @@ def test_a_file_read_in_two_versions_marks_its_readers_until_they_run_again(tmp_
     (source / "a").write_bytes(b"second, longer")
     writer.add(1, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
     writer.flush()
-    assert markers.load().inputs[0]["raw"]["a"] == CHANGED
-    assert {i: v[1] for i, v in markers.stale_blocks().items()} == {0: "raw", 1: "raw"}
+    markers.compact()
+    assert markers.input_tables()[0]["raw"]["a"] == CHANGED
+    stale, files = changed_input_blocks(markers)
+    assert {i: name for i, (_, name) in stale.items()} == {0: "raw", 1: "raw"}
+    assert files == {0: {"raw": {"a": str(source / "a")}}}
+    markers.forget(stale)
+    markers.drop_inputs(files)
+    assert markers.input_tables() == {0: {}}
     writer = markers.writer("u")
-    writer.add(2, None, None, roots, {"raw": {"b": [5, 5]}})  # a block that read another file (gone: changed)
-    writer.flush()
-    assert sorted(markers.stale_blocks()) == [0, 1, 2]
-    # without a block layout every block of the super-block may have read either file: forgetting some of them
-    # keeps the records (block 2 stays stale), forgetting all leaves nothing to record
-    markers.forget([0, 1])
-    assert markers.load().inputs[0]["raw"] == {"a": CHANGED, "b": [5, 5]} and sorted(markers.stale_blocks()) == [2]
-    markers.forget([2])
-    assert markers.count() == 0 and not markers.load().inputs
-    writer = markers.writer("v")
-    for i in (0, 1, 2):  # run again, reading the file as it is now
+    for i in (0, 1):  # run again, reading the file as it is now
         writer.add(i, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
     writer.flush()
     markers.compact()
-    assert markers.count() == 3 and markers.stale_blocks() == {}
+    assert markers.count() == 2 and changed_input_blocks(markers) == ({}, {})
+
+
+def test_a_precomputed_chunk_written_later_or_in_another_codec_is_a_change(tmp_path):
+    """Precomputed chunk files are recorded by name without their compression suffix: a chunk missing when the
+    block ran (background) that is ingested later as .gz, and a chunk rewritten raw where it was .gz, are changes."""
+    from connectome.engine.markers import input_record
+
+    base = tmp_path / "chunk"
+    assert input_record(str(base)) == [-1, 0]
+    (tmp_path / "chunk.gz").write_bytes(b"x" * 10)
+    written_later = input_record(str(base))
+    assert written_later[0] == 10
+    (tmp_path / "chunk.gz").unlink()
+    base.write_bytes(b"y" * 20)
+    assert input_record(str(base))[0] == 20 != written_later[0]
+
+
+def test_a_changed_input_runs_the_global_step_that_reads_it_again(tmp_path, capsys):
+    """`section_normalize`'s global step measures each section's levels from the raw itself: after the raw is
+    rewritten brighter, the step runs again and the result equals a run on the new raw (not new blocks on old
+    levels)."""
+    rng = np.random.default_rng(4)
+    raw = create_volume(str(tmp_path / "in" / "raw"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
+    raw.write(raw.box, rng.integers(0, 120, SHAPE, dtype=np.uint8))
+
+    def config(out: str) -> str:
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({
+            "input": raw.address, "output": str(tmp_path / out), "voxel_size": [40, 4, 4],
+            "blocks": {"shape": [8, 64, 64], "chunk_shape": list(CHUNK)}, "cluster": {"n_workers": 1},
+            "stages": [{"stage": "section_normalize", "params": {"tile": 32}}]}))
+        return str(path)
+
+    _run(capsys, config("out"))
+    raw.write(raw.box, rng.integers(100, 255, SHAPE, dtype=np.uint8))
+    again, err = _run(capsys, config("out"))
+    assert "read input raw, which changed since they ran" in err
+    clean, _ = _run(capsys, config("clean"))
+    name = next(iter(clean["volumes"]))
+    assert np.array_equal(_all(again["volumes"][name]), _all(clean["volumes"][name]))
