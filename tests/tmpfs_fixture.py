@@ -3,6 +3,7 @@ tests/conftest.py): root ignores permission bits, a read-only or full file syste
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -24,3 +25,17 @@ def tmpfs(tmp_path):
         yield mount_point, remount
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(path) -> None:
+    """Write `path` until the file system holding it is full (to its last page)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (1 << 16, 1 << 12):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)

@@ -14,6 +14,8 @@ from connectome.io import open_volume
 from connectome.io.lookup import load_shard, relabel
 from connectome.io.tables import save_table
 
+from tmpfs_fixture import fill
+
 
 def random_tables(directory, grid, rng, per_block=(3, 12), levels=8, link_rate=0.05, edges_per_node=2.0):
     """Block tables of a random region graph, as the agglomerate stage writes them: edges inside a
@@ -322,22 +324,6 @@ def test_merge_step_takes_the_tree_only_where_the_tables_name_their_grid(tmp_pat
     assert summary["segments"] == len(np.unique(values)) and summary["fragments"] == len(keys)
 
 
-def _fill(path) -> None:
-    """Write `path` until the file system holding it is full (to its last page)."""
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for size in (1 << 16, 1 << 12):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-
-
 def _temporaries(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
 
@@ -352,14 +338,14 @@ def test_a_full_disk_leaves_no_temporary_file_in_the_tree(tmp_path, tmpfs):
     tree = MergeTree(str(tmp_path / "edges"), str(mount_point / "tree"), str(mount_point / "shards"),
                      TreeLayout(grid, 2), 0.5)
     filler = mount_point / "filler"
-    _fill(filler)  # no room for the fingerprint
+    fill(filler)  # no room for the fingerprint
     with pytest.raises(OSError, match="No space left"):
         tree.run()
     assert _temporaries(mount_point) == []
     filler.unlink()
 
     def filling(tree, todo):  # the disk fills as the first task writes its result
-        _fill(filler)
+        fill(filler)
         return [tree.run_task(*task) for task in todo]
 
     with pytest.raises(OSError, match="No space left"):

@@ -25,6 +25,7 @@ from connectome.engine.registry import REGISTRY, register
 from connectome.image.stages import NormalizeStage
 
 from run_case import TESTS_DIR, last_json, write_config, write_raw
+from tmpfs_fixture import fill
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -85,20 +86,6 @@ class MemoryKeeper(NormalizeStage):
 for _cls in (FailsOnCue, MemoryHog, MemoryKeeper):
     if _cls.name not in REGISTRY:
         register(_cls)
-
-
-def fill(path: Path) -> None:
-    """Write `path` until the file system holding it is full (to its last page)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for size in (1 << 16, 1 << 12):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
 
 
 def _dead_pid() -> int:
