@@ -514,24 +514,31 @@ class DoneMarkers:
 
     def input_tables(self) -> dict[int, dict[str, dict[str, list]]]:
         """super-block -> input -> file key -> [size, mtime_ns]: what the finished blocks read from outside the
-        work directory (the `inputs-<k>.json` files and the task files `i-*.json` not folded yet)."""
+        output (the `inputs-<k>.json` files and the task files `i-*.json` not folded yet)."""
+        return self._input_tables()[0]
+
+    def _input_tables(self) -> tuple[dict[int, dict[str, dict[str, list]]], list[str]]:
+        """(`input_tables`, the task files read: only those may be folded away, not one written meanwhile)."""
         tables: dict[int, dict[str, dict[str, list]]] = {}
         names = self._names()
-        for name in [n for n in names if n.startswith("i-") and n.endswith(".json")] + sorted(
-                n for n in names if n.startswith("inputs-") and n.endswith(".json")):
+        tasks = [n for n in names if n.startswith("i-") and n.endswith(".json")]
+        read = []
+        for name in tasks + sorted(n for n in names if n.startswith("inputs-") and n.endswith(".json")):
+            path = os.path.join(self.directory, name)
             try:
-                with open(os.path.join(self.directory, name)) as f:
+                with open(path) as f:
                     record = json.load(f)
             except FileNotFoundError:
                 continue  # folded meanwhile
             except json.JSONDecodeError:
-                raise UserError(f"{os.path.join(self.directory, name)}: damaged done-marker file; "
-                                "delete it (its blocks run again)") from None
-            for k in _super_blocks(record.get("ranges", ())):
-                table = tables.setdefault(k, {})
-                for input_name, files in record.get("inputs", {}).items():
+                raise UserError(f"{path}: damaged record of the input files blocks read; pass --overwrite to start "
+                                "the stage again (deleting it leaves changes to those files unnoticed)") from None
+            read.append(name)
+            for k, inputs in record.get("tables", {}).items():
+                table = tables.setdefault(int(k), {})
+                for input_name, files in inputs.items():
                     merge_input_files(table.setdefault(input_name, {}), files)
-        return tables
+        return tables, [n for n in read if n in tasks]
 
     def changed_inputs(self) -> dict[int, dict[str, dict[str, str]]]:
         """super-block -> input -> file key -> path of each recorded input file that is not as recorded now (or
@@ -556,22 +563,16 @@ class DoneMarkers:
     def drop_inputs(self, keys: dict[int, dict[str, Iterable[str]]]) -> None:
         """Fold the input task files into one `inputs-<k>.json` per super-block, leaving out `keys` (super-block
         -> input -> file keys: changed files whose readers were all forgotten; they record them anew)."""
-        tables = self.input_tables()
-        folded = [n for n in self._names() if n.startswith("i-") and n.endswith(".json")]
+        tables, folded = self._input_tables()
         for k, table in tables.items():
             drop = keys.get(k, {})
             kept = {name: {key: r for key, r in files.items() if key not in set(drop.get(name, ()))}
                     for name, files in table.items()}
-            record = {"ranges": [[k * SUPER, (k + 1) * SUPER]], "inputs": {n: f for n, f in kept.items() if f}}
+            record = {"tables": {str(k): {n: f for n, f in kept.items() if f}}}
             _write_atomic(os.path.join(self.directory, f"inputs-{k}.json"), record)
         for name in folded:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, name))
-
-
-def _super_blocks(ranges: Iterable[Sequence[int]]) -> set[int]:
-    """The super-blocks that [first, stop) `ranges` of block indices touch."""
-    return {k for a, b in ranges if b > a for k in range(a // SUPER, (b - 1) // SUPER + 1)}
 
 
 INPUT = "input:"  # the prefix of an input's root among the roots (beside the outputs' names)
@@ -635,7 +636,7 @@ class MarkerWriter:
         self.summaries: dict[str, dict] = {}
         self.chunks: dict[str, dict] = {}
         self.roots: dict[str, str] = {}
-        self.inputs: dict[str, dict[str, list]] = {}
+        self.inputs: dict[int, dict[str, dict[str, list]]] = {}  # super-block -> input -> file key -> record
         self.last_flush = time.monotonic()
 
     def add(self, index: int, summary: dict | None = None, chunks: dict | None = None,
@@ -650,7 +651,7 @@ class MarkerWriter:
         if roots:
             self.roots.update(roots)
         for name, files in (inputs or {}).items():
-            merge_input_files(self.inputs.setdefault(name, {}), files)
+            merge_input_files(self.inputs.setdefault(int(index) // SUPER, {}).setdefault(name, {}), files)
         if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -661,7 +662,7 @@ class MarkerWriter:
         ranges = ranges_of(self.indices)
         if self.inputs:  # (before the blocks' own file: a block marked done always has its input files recorded)
             _write_atomic(os.path.join(self.markers.directory, f"i-{self.task}-{os.getpid()}-{self.sequence}.json"),
-                          {"ranges": ranges, "inputs": self.inputs})
+                          {"tables": {str(k): table for k, table in self.inputs.items()}})
         record = {"ranges": ranges, "summaries": self.summaries, "chunks": self.chunks,
                   **self.markers.stored_roots(self.roots)}
         name = f"p-{self.task}-{os.getpid()}-{self.sequence}.json"

@@ -96,20 +96,24 @@ def _written_chunks(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:
 
 
 def _read_files(stage: BlockStage, volumes: dict, box, work_dir: str) -> tuple[dict, dict]:
-    """What a block read, per input held by local files outside the work directory (the raw a lab may rewrite in
-    place; inputs inside it are earlier stages' outputs, whose own records cover them): key -> [size, mtime_ns] of
-    each file holding `box`, and the roots (`INPUT` + name)."""
+    """What a block reads, per input whose files it records (`BlockStage.recorded_inputs`: those no stage of the run
+    writes, such as the raw, which a lab may rewrite in place): key -> [size, mtime_ns] of each local file holding
+    `box`, and the roots (`INPUT` + name)."""
     records, roots = {}, {}
     base = os.path.abspath(work_dir) + os.sep
     written = set(stage.output_addresses.values())
     for name in stage.input_names():
         if name in stage.writes_into or stage.input_addresses.get(name) in written:  # (its blocks change it)
             continue
+        if stage.recorded_inputs is not None and name not in stage.recorded_inputs:
+            continue
         volume = volumes.get(name)
         source = volume.source_files(box) if volume is not None else None
-        if not source or not source[0] or os.path.abspath(source[0]).startswith(base):
+        if not source or not source[0]:
             continue
         root, keys = source
+        if stage.recorded_inputs is None and os.path.abspath(root).startswith(base):
+            continue
         roots[INPUT + name] = root
         records[name] = {key: input_record(os.path.join(root, key)) for key in keys}
     return records, roots

@@ -96,12 +96,16 @@ def forget_stale(plan: Plan, rewritten: Rewritten | None = None, start: int = 0)
     for planned in plan.stages[start:]:
         stage, grid = planned.stage, planned.grid
         markers = DoneMarkers(plan.work_dir, stage.name)
-        done = markers.done_mask(len(grid))
-        if not done.any() or not markers.resumes(fingerprint(stage, grid)):  # every block of it is written
+        try:
+            done = markers.done_mask(len(grid))
+            resumes = done.any() and markers.resumes(fingerprint(stage, grid))
+            lost = markers.lost_blocks() if resumes else {}
+            changed, files = changed_input_blocks(markers) if resumes else ({}, {})
+        except UserError:  # damaged markers: refused further on, or started again with --overwrite
+            resumes = False
+        if not resumes:  # every block of it is written
             rewritten.update({address: None for address in stage.output_addresses.values()})
             continue
-        lost = markers.lost_blocks()
-        changed, files = changed_input_blocks(markers)
         readers: set[int] = set()
         for address in stage.input_addresses.values():
             if address not in rewritten:
@@ -123,12 +127,12 @@ def forget_stale(plan: Plan, rewritten: Rewritten | None = None, start: int = 0)
                 rewritten[address] = None if address in rewritten and rewritten[address] is None else boxes
         if not again:
             continue
+        step = planned.step()
+        if step is not None and (changed or readers):  # a step may read the changed input itself (first: a run
+            DoneMarkers(plan.work_dir, step.name).clear()  # killed after it still runs the step again)
         markers.forget(again)
         if files:
             markers.drop_inputs(files)  # their readers run again and record them as they are now
-        step = planned.step()
-        if step is not None and (changed or readers):  # a step may read the changed input itself
-            DoneMarkers(plan.work_dir, step.name).clear()
         forgotten[stage.name] = len(again)
         print(f"connectome: {stage.name}: {_said(lost, changed, readers)}; running them again", file=sys.stderr)
     return forgotten

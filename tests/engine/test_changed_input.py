@@ -87,26 +87,30 @@ def test_a_rewritten_npz_input_recomputes_every_block(tmp_path, capsys):
                           _all(clean["volumes"]["normalized"]))
 
 
-def test_inputs_inside_the_output_are_not_recorded(tmp_path, capsys):
-    """Inputs written by earlier stages of the output are covered by those stages' own records: a block records
-    only what it read from outside the output directory."""
+def test_what_no_stage_of_the_run_writes_is_recorded_wherever_it_lies(tmp_path, capsys):
+    """The raw is recorded outside the output and inside it (ingested there, as the README suggests); an earlier
+    stage's output is not (its own chunk records cover it): one table per super-block, beside the marker files."""
     from connectome.engine.markers import INPUT, DoneMarkers
+
+    import stages_for_tests  # noqa: F401  (registers `renormalize`)
 
     raw = create_volume(str(tmp_path / "in" / "raw"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
     raw.write(raw.box, np.random.default_rng(2).integers(0, 255, SHAPE, dtype=np.uint8))
-    inside = create_volume(str(tmp_path / "inner" / "copy"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
+    inside = create_volume(str(tmp_path / "inner" / "raw"), SHAPE, np.uint8, CHUNK, (40.0, 4.0, 4.0))
     inside.write(inside.box, raw.read(raw.box))
-    for address, out, expected in ((raw.address, "outer", {"raw"}), (inside.address, "inner", set())):
-        _run(capsys, _config(tmp_path, address, out))
+    for address, out in ((raw.address, "outer"), (inside.address, "inner")):
+        _run(capsys, _chain(tmp_path, address, out))
         markers = DoneMarkers(str(tmp_path / out), "normalize")
-        assert {name for table in markers.input_tables().values() for name in table} == expected, out
-        assert (INPUT + "raw" in markers.load().roots) == bool(expected)
-    # one table per super-block, not per block: the 16 blocks' 16 chunk files are listed once, beside the marker
-    # files that `load` reads
-    markers = DoneMarkers(str(tmp_path / "outer"), "normalize")
-    assert sum(len(files) for table in markers.input_tables().values() for files in table.values()) == 16
-    assert sorted(n for n in os.listdir(markers.directory) if n.endswith(".json")) == [
-        "fingerprint.json", "inputs-0.json", "s-0.json"]
+        assert {name for table in markers.input_tables().values() for name in table} == {"raw"}, out
+        assert INPUT + "raw" in markers.load().roots
+        # the 16 blocks' 16 chunk files are listed once
+        assert sum(len(files) for table in markers.input_tables().values() for files in table.values()) == 16
+        assert sorted(n for n in os.listdir(markers.directory) if n.endswith(".json")) == [
+            "fingerprint.json", "inputs-0.json", "s-0.json"]
+        assert DoneMarkers(str(tmp_path / out), "renormalize").input_tables() == {}  # reads `normalized`
+    inside.write(type(inside.box).of((0, 0, 0), CHUNK), np.zeros(CHUNK, np.uint8))  # re-ingested in place
+    again, err = _run(capsys, _chain(tmp_path, inside.address, "inner"))
+    assert [s["ran"] for s in again["stages"]] == [4, 9] and "read input raw, which changed" in err
 
 
 def _chain(tmp_path, raw: str, out: str) -> str:
@@ -222,3 +226,28 @@ def test_a_changed_input_runs_the_global_step_that_reads_it_again(tmp_path, caps
     clean, _ = _run(capsys, config("clean"))
     name = next(iter(clean["volumes"]))
     assert np.array_equal(_all(again["volumes"][name]), _all(clean["volumes"][name]))
+
+
+def test_folding_keeps_a_task_file_written_meanwhile(tmp_path, monkeypatch):
+    """A compaction during a run folds only the task files it read: one a worker flushes meanwhile stays."""
+    from connectome.engine.markers import INPUT, DoneMarkers
+
+    markers = DoneMarkers(str(tmp_path / "out"), "stage")
+    markers.claim({"stage": "stage"})
+    roots = {INPUT + "raw": str(tmp_path)}
+    writer = markers.writer("t")
+    writer.add(0, None, None, roots, {"raw": {"a": [1, 1]}})
+    writer.flush()
+    read = markers._input_tables
+
+    def racing():
+        found = read()
+        late = markers.writer("late")  # a worker's task file, written after the listing
+        late.add(1, None, None, roots, {"raw": {"b": [2, 2]}})
+        late.flush()
+        return found
+
+    monkeypatch.setattr(markers, "_input_tables", racing)
+    markers.drop_inputs({})
+    monkeypatch.undo()
+    assert markers.input_tables()[0]["raw"] == {"a": [1, 1], "b": [2, 2]}
