@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from connectome.core.geometry import BlockGrid, Box, Context
-from connectome.engine.markers import INPUT, DoneMarkers, input_record
+from connectome.engine.markers import DoneMarkers, input_record
 from connectome.engine.staleness import changed_input_blocks
 from connectome.io import create_volume, open_volume
 
@@ -65,7 +65,7 @@ def main() -> None:
         for first in range(0, n, 256):  # tasks of 256 blocks, each one marker file
             writer = markers.writer(f"t{first}")
             for i in range(first, min(n, first + 256)):
-                writer.add(i, None, None, {INPUT + "raw": base}, {"raw": tables[i]})
+                writer.add(i, None, None, None, {"raw": tables[i]}, {"raw": base})
             writer.flush()
         markers.compact()
         mark = time.perf_counter() - start

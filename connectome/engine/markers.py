@@ -165,6 +165,15 @@ def _write_atomic(path: str, record: dict) -> None:
         raise
 
 
+def read_roots(record: dict, work_dir: str) -> dict[str, str]:
+    """The roots a marker file stores (`DoneMarkers.stored_roots`), in full: relative ones from `work_dir`."""
+    roots = record.get("roots", {})
+    if record.get("relative_roots"):
+        base = os.path.abspath(work_dir)
+        roots = {name: os.path.join(base, root) for name, root in roots.items()}
+    return {**roots, **record.get("absolute_roots", {})}
+
+
 class MarkerState:
     """What the marker files of a stage say: finished ranges, summaries, chunk records."""
 
@@ -179,12 +188,7 @@ class MarkerState:
         self.ranges.extend(record.get("ranges", ()))
         self.summaries.update({int(k): v for k, v in record.get("summaries", {}).items()})
         self.chunks.update({int(k): v for k, v in record.get("chunks", {}).items()})
-        roots = record.get("roots", {})
-        if record.get("relative_roots"):
-            base = os.path.abspath(work_dir)
-            roots = {name: os.path.join(base, root) for name, root in roots.items()}
-        self.roots.update(roots)
-        self.roots.update(record.get("absolute_roots", {}))
+        self.roots.update(read_roots(record, work_dir))
 
     def merged(self) -> list[list[int]]:
         return merge_ranges(self.ranges)
@@ -513,12 +517,14 @@ class DoneMarkers:
     # -- input files -------------------------------------------------------------------------
 
     def input_tables(self) -> dict[int, dict[str, dict[str, list]]]:
-        """super-block -> input -> file key -> [size, mtime_ns]: what the finished blocks read from outside the
-        output (the `inputs-<k>.json` files and the task files `i-*.json` not folded yet)."""
+        """super-block -> input -> file key -> [size, mtime_ns]: what the finished blocks read of the inputs they
+        record (the `inputs-<k>.json` files and the task files `i-*.json` not folded yet)."""
         return self._input_tables()[0]
 
-    def _input_tables(self) -> tuple[dict[int, dict[str, dict[str, list]]], list[str]]:
-        """(`input_tables`, the task files read: only those may be folded away, not one written meanwhile)."""
+    def _input_tables(self) -> tuple[dict[int, dict[str, dict[str, list]]], list[str], dict[str, str]]:
+        """(`input_tables`, the task files read: only those may be folded away, not one written meanwhile, and the
+        inputs' roots, which the tables store themselves: the blocks' marker files may all be forgotten)."""
+        roots: dict[str, str] = {}
         tables: dict[int, dict[str, dict[str, list]]] = {}
         names = self._names()
         tasks = [n for n in names if n.startswith("i-") and n.endswith(".json")]
@@ -534,26 +540,29 @@ class DoneMarkers:
                 raise UserError(f"{path}: damaged record of the input files blocks read; pass --overwrite to start "
                                 "the stage again (deleting it leaves changes to those files unnoticed)") from None
             read.append(name)
+            roots.update(read_roots(record, self.work_dir))
             for k, inputs in record.get("tables", {}).items():
                 table = tables.setdefault(int(k), {})
                 for input_name, files in inputs.items():
                     merge_input_files(table.setdefault(input_name, {}), files)
-        return tables, [n for n in read if n in tasks]
+        return tables, [n for n in read if n in tasks], roots
 
     def changed_inputs(self) -> dict[int, dict[str, dict[str, str]]]:
         """super-block -> input -> file key -> path of each recorded input file that is not as recorded now (or
         was read in two versions, `CHANGED`); one stat per file."""
-        tables = self.input_tables()
+        tables, _, roots = self._input_tables()
         if not tables:
             return {}
-        roots = self.load().roots
         now: dict[str, list] = {}  # path -> its record now (a file is listed by every super-block near it)
         changed: dict[int, dict[str, dict[str, str]]] = {}
         for k, table in tables.items():
             for name, files in table.items():
-                root = roots.get(INPUT + name, "")
+                root = roots.get(name)
                 for key, record in files.items():
-                    path = os.path.join(root, key)
+                    path = os.path.join(root, key) if root else key
+                    if root is None:  # (no root recorded: compared, it differs)
+                        changed.setdefault(k, {}).setdefault(name, {})[key] = path
+                        continue
                     if path not in now:
                         now[path] = input_record(path)
                     if list(record) == CHANGED or now[path] != list(record):
@@ -563,19 +572,19 @@ class DoneMarkers:
     def drop_inputs(self, keys: dict[int, dict[str, Iterable[str]]]) -> None:
         """Fold the input task files into one `inputs-<k>.json` per super-block, leaving out `keys` (super-block
         -> input -> file keys: changed files whose readers were all forgotten; they record them anew)."""
-        tables, folded = self._input_tables()
+        tables, folded, roots = self._input_tables()
         for k, table in tables.items():
             drop = keys.get(k, {})
             kept = {name: {key: r for key, r in files.items() if key not in set(drop.get(name, ()))}
                     for name, files in table.items()}
-            record = {"tables": {str(k): {n: f for n, f in kept.items() if f}}}
+            kept = {n: f for n, f in kept.items() if f}
+            record = {"tables": {str(k): kept}, **self.stored_roots({n: roots[n] for n in kept if n in roots})}
             _write_atomic(os.path.join(self.directory, f"inputs-{k}.json"), record)
         for name in folded:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, name))
 
 
-INPUT = "input:"  # the prefix of an input's root among the roots (beside the outputs' names)
 CHANGED = [-2, 0]  # an input file recorded with two different sizes or times: compared, it always differs
 
 
@@ -637,12 +646,14 @@ class MarkerWriter:
         self.chunks: dict[str, dict] = {}
         self.roots: dict[str, str] = {}
         self.inputs: dict[int, dict[str, dict[str, list]]] = {}  # super-block -> input -> file key -> record
+        self.input_roots: dict[str, str] = {}
         self.last_flush = time.monotonic()
 
     def add(self, index: int, summary: dict | None = None, chunks: dict | None = None,
-            roots: dict[str, str] | None = None, inputs: dict[str, dict[str, list]] | None = None) -> None:
+            roots: dict[str, str] | None = None, inputs: dict[str, dict[str, list]] | None = None,
+            input_roots: dict[str, str] | None = None) -> None:
         """Block `index` finished: its summary, the chunks it wrote, their roots, and the input files it read
-        (input -> key -> [size, mtime_ns], their roots among `roots` as `INPUT` + name)."""
+        (input -> key -> [size, mtime_ns]) with theirs (input -> directory)."""
         self.indices.append(int(index))
         if summary:
             self.summaries[str(index)] = summary
@@ -652,6 +663,7 @@ class MarkerWriter:
             self.roots.update(roots)
         for name, files in (inputs or {}).items():
             merge_input_files(self.inputs.setdefault(int(index) // SUPER, {}).setdefault(name, {}), files)
+        self.input_roots.update(input_roots or {})
         if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -662,10 +674,11 @@ class MarkerWriter:
         ranges = ranges_of(self.indices)
         if self.inputs:  # (before the blocks' own file: a block marked done always has its input files recorded)
             _write_atomic(os.path.join(self.markers.directory, f"i-{self.task}-{os.getpid()}-{self.sequence}.json"),
-                          {"tables": {str(k): table for k, table in self.inputs.items()}})
+                          {"tables": {str(k): table for k, table in self.inputs.items()},
+                           **self.markers.stored_roots(self.input_roots)})
         record = {"ranges": ranges, "summaries": self.summaries, "chunks": self.chunks,
                   **self.markers.stored_roots(self.roots)}
         name = f"p-{self.task}-{os.getpid()}-{self.sequence}.json"
         _write_atomic(os.path.join(self.markers.directory, name), record)
         self.sequence += 1
-        self.indices, self.summaries, self.chunks, self.inputs = [], {}, {}, {}
+        self.indices, self.summaries, self.chunks, self.inputs, self.input_roots = [], {}, {}, {}, {}

@@ -32,7 +32,7 @@ from connectome.cluster.session import scaler_of
 from connectome.core.errors import StageFailed, unwritable
 from connectome.core.geometry import BlockGrid
 from connectome.engine.global_step import GlobalStep
-from connectome.engine.markers import INPUT, DoneMarkers, chunk_record, input_record, relative_paths
+from connectome.engine.markers import DoneMarkers, chunk_record, input_record, relative_paths
 from connectome.engine.order import BlockOrder
 from connectome.engine.stage import BlockStage
 from connectome.io.tables import remove_litter, write_format
@@ -98,7 +98,7 @@ def _written_chunks(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:
 def _read_files(stage: BlockStage, volumes: dict, box, work_dir: str) -> tuple[dict, dict]:
     """What a block reads, per input whose files it records (`BlockStage.recorded_inputs`: those no stage of the run
     writes, such as the raw, which a lab may rewrite in place): key -> [size, mtime_ns] of each local file holding
-    `box`, and the roots (`INPUT` + name)."""
+    `box`, and their directories."""
     records, roots = {}, {}
     base = os.path.abspath(work_dir) + os.sep
     written = set(stage.output_addresses.values())
@@ -114,7 +114,7 @@ def _read_files(stage: BlockStage, volumes: dict, box, work_dir: str) -> tuple[d
         root, keys = source
         if stage.recorded_inputs is None and os.path.abspath(root).startswith(base):
             continue
-        roots[INPUT + name] = root
+        roots[name] = root
         records[name] = {key: input_record(os.path.join(root, key)) for key in keys}
     return records, roots
 
@@ -142,7 +142,7 @@ def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: 
             except Exception:
                 raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
             chunks, roots = _written_chunks(stage, volumes, block.write_box)
-            writer.add(i, summary, chunks, {**roots, **read_roots}, read)
+            writer.add(i, summary, chunks, roots, read, read_roots)
             ran += 1
     finally:
         writer.flush()  # what finished before a failure stays finished

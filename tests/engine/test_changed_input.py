@@ -90,7 +90,7 @@ def test_a_rewritten_npz_input_recomputes_every_block(tmp_path, capsys):
 def test_what_no_stage_of_the_run_writes_is_recorded_wherever_it_lies(tmp_path, capsys):
     """The raw is recorded outside the output and inside it (ingested there, as the README suggests); an earlier
     stage's output is not (its own chunk records cover it): one table per super-block, beside the marker files."""
-    from connectome.engine.markers import INPUT, DoneMarkers
+    from connectome.engine.markers import DoneMarkers
 
     import stages_for_tests  # noqa: F401  (registers `renormalize`)
 
@@ -102,7 +102,7 @@ def test_what_no_stage_of_the_run_writes_is_recorded_wherever_it_lies(tmp_path, 
         _run(capsys, _chain(tmp_path, address, out))
         markers = DoneMarkers(str(tmp_path / out), "normalize")
         assert {name for table in markers.input_tables().values() for name in table} == {"raw"}, out
-        assert INPUT + "raw" in markers.load().roots
+        assert "raw" not in markers.load().roots  # (the input tables keep their own roots)
         # the 16 blocks' 16 chunk files are listed once
         assert sum(len(files) for table in markers.input_tables().values() for files in table.values()) == 16
         assert sorted(n for n in os.listdir(markers.directory) if n.endswith(".json")) == [
@@ -158,7 +158,7 @@ def test_a_file_read_in_two_versions_marks_its_readers_until_they_run_again(tmp_
     """Blocks of one stage that read an input file before and after it changed (an input rewritten during the run)
     are all stale; once they are forgotten and the file's record dropped, the blocks that run again record it as it
     is now and are not stale forever."""
-    from connectome.engine.markers import CHANGED, INPUT, DoneMarkers, input_record
+    from connectome.engine.markers import CHANGED, DoneMarkers, input_record
     from connectome.engine.staleness import changed_input_blocks
 
     source = tmp_path / "in"
@@ -166,11 +166,11 @@ def test_a_file_read_in_two_versions_marks_its_readers_until_they_run_again(tmp_
     (source / "a").write_bytes(b"first")
     markers = DoneMarkers(str(tmp_path / "out"), "stage")
     markers.claim({"stage": "stage"})  # (no block layout: a changed file's super-block counts as its readers)
-    roots = {INPUT + "raw": str(source)}
+    roots = {"raw": str(source)}
     writer = markers.writer("t")
-    writer.add(0, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
+    writer.add(0, None, None, None, {"raw": {"a": input_record(str(source / "a"))}}, roots)
     (source / "a").write_bytes(b"second, longer")
-    writer.add(1, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
+    writer.add(1, None, None, None, {"raw": {"a": input_record(str(source / "a"))}}, roots)
     writer.flush()
     markers.compact()
     assert markers.input_tables()[0]["raw"]["a"] == CHANGED
@@ -182,7 +182,7 @@ def test_a_file_read_in_two_versions_marks_its_readers_until_they_run_again(tmp_
     assert markers.input_tables() == {0: {}}
     writer = markers.writer("u")
     for i in (0, 1):  # run again, reading the file as it is now
-        writer.add(i, None, None, roots, {"raw": {"a": input_record(str(source / "a"))}})
+        writer.add(i, None, None, None, {"raw": {"a": input_record(str(source / "a"))}}, roots)
     writer.flush()
     markers.compact()
     assert markers.count() == 2 and changed_input_blocks(markers) == ({}, {})
@@ -230,20 +230,20 @@ def test_a_changed_input_runs_the_global_step_that_reads_it_again(tmp_path, caps
 
 def test_folding_keeps_a_task_file_written_meanwhile(tmp_path, monkeypatch):
     """A compaction during a run folds only the task files it read: one a worker flushes meanwhile stays."""
-    from connectome.engine.markers import INPUT, DoneMarkers
+    from connectome.engine.markers import DoneMarkers
 
     markers = DoneMarkers(str(tmp_path / "out"), "stage")
     markers.claim({"stage": "stage"})
-    roots = {INPUT + "raw": str(tmp_path)}
+    roots = {"raw": str(tmp_path)}
     writer = markers.writer("t")
-    writer.add(0, None, None, roots, {"raw": {"a": [1, 1]}})
+    writer.add(0, None, None, None, {"raw": {"a": [1, 1]}}, roots)
     writer.flush()
     read = markers._input_tables
 
     def racing():
         found = read()
         late = markers.writer("late")  # a worker's task file, written after the listing
-        late.add(1, None, None, roots, {"raw": {"b": [2, 2]}})
+        late.add(1, None, None, None, {"raw": {"b": [2, 2]}}, roots)
         late.flush()
         return found
 
@@ -251,3 +251,21 @@ def test_folding_keeps_a_task_file_written_meanwhile(tmp_path, monkeypatch):
     markers.drop_inputs({})
     monkeypatch.undo()
     assert markers.input_tables()[0]["raw"] == {"a": [1, 1], "b": [2, 2]}
+
+
+def test_input_tables_keep_their_roots_when_every_block_is_forgotten(tmp_path):
+    """The tables store their inputs' directories themselves: with every block of their super-block forgotten (and
+    so its marker file, which named the roots, gone), an unchanged file is not taken for a changed one."""
+    from connectome.engine.markers import DoneMarkers, input_record
+    from connectome.engine.staleness import changed_input_blocks
+
+    (tmp_path / "a").write_bytes(b"data")
+    markers = DoneMarkers(str(tmp_path / "out"), "stage")
+    markers.claim({"stage": "stage"})
+    writer = markers.writer("t")
+    writer.add(0, None, None, None, {"raw": {"a": input_record(str(tmp_path / "a"))}}, {"raw": str(tmp_path)})
+    writer.flush()
+    markers.compact()
+    markers.forget([0])
+    markers.mark(0, {"precision": "float32"})  # finished again, without records of its own
+    assert markers.count() == 1 and changed_input_blocks(markers) == ({}, {})
