@@ -170,8 +170,10 @@ def plan_run(config: RunConfig, work_dir: str = "", record_config: bool = True) 
                                 f"{sc.stage} would write into it; give params {{in_place: true}} to add to it there, "
                                 "or `connectome ingest` it into the output directory first")
         stage = cls(params, inputs, outputs, tables)
-        # the inputs no stage of this run writes (the raw, wherever it lies): their blocks record the files they read
-        stage.recorded_inputs = frozenset(name for name, address in inputs.items() if address not in writers)
+        # the inputs no stage of this run writes, this one included (the raw, wherever it lies): their blocks record the
+        # files they read
+        stage.recorded_inputs = frozenset(name for name, address in inputs.items() if address not in writers
+                                          and address not in outputs.values() and name not in cls.writes_into)
         try:
             stage.params = stage.check_upstream({name: writers.get(address) for name, address in inputs.items()})
             stage.check_inputs(metas)

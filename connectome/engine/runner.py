@@ -95,27 +95,16 @@ def _written_chunks(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:
     return chunks, roots
 
 
-def _read_files(stage: BlockStage, volumes: dict, box, work_dir: str) -> tuple[dict, dict]:
-    """What a block reads, per input whose files it records (`BlockStage.recorded_inputs`: those no stage of the run
-    writes, such as the raw, which a lab may rewrite in place): key -> [size, mtime_ns] of each local file holding
-    `box`, and their directories."""
+def _read_files(stage: BlockStage, volumes: dict, box) -> tuple[dict, dict]:
+    """What a block reads of the inputs whose files it records (`BlockStage.recorded_inputs`): key -> [size,
+    mtime_ns] of each local file holding `box`, and their directories."""
     records, roots = {}, {}
-    base = os.path.abspath(work_dir) + os.sep
-    written = set(stage.output_addresses.values())
-    for name in stage.input_names():
-        if name in stage.writes_into or stage.input_addresses.get(name) in written:  # (its blocks change it)
-            continue
-        if stage.recorded_inputs is not None and name not in stage.recorded_inputs:
-            continue
+    for name in stage.recorded_inputs:
         volume = volumes.get(name)
         source = volume.source_files(box) if volume is not None else None
-        if not source or not source[0]:
-            continue
-        root, keys = source
-        if stage.recorded_inputs is None and os.path.abspath(root).startswith(base):
-            continue
-        roots[name] = root
-        records[name] = {key: input_record(os.path.join(root, key)) for key in keys}
+        if source and source[0]:
+            roots[name], keys = source
+            records[name] = {key: input_record(os.path.join(roots[name], key)) for key in keys}
     return records, roots
 
 
@@ -136,7 +125,7 @@ def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: 
             if volumes is None:
                 volumes = stage.open_volumes()
             block = grid.block(i)
-            read, read_roots = _read_files(stage, volumes, block.read_box, work_dir)  # (as they are when read)
+            read, read_roots = _read_files(stage, volumes, block.read_box)  # (as they are when read)
             try:
                 summary = stage.process(block, volumes)
             except Exception:

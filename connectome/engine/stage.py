@@ -118,9 +118,9 @@ class BlockStage(ABC, Generic[P]):
     # a block reads its inputs within its read box only: a changed input file then sends only the blocks whose read
     # box holds it to run again (`engine.staleness`); otherwise every finished block of the stage
     reads_only_read_box: ClassVar[bool] = False
-    # the inputs whose files a finished block records (`engine.staleness`); the plan sets it to those no stage of the
-    # run writes; None (a stage run outside a plan): those outside the work directory
-    recorded_inputs: frozenset[str] | None = None
+    # the inputs whose files a finished block records (`engine.staleness`): the plan sets it to those no stage of the
+    # run writes, this one included; a stage run outside a plan records none (nothing would compare them)
+    recorded_inputs: frozenset[str] = frozenset()
     # inputs the stage adds to (pyramid levels beside scale 0): the plan refuses one outside the run's output
     # directory unless the stage's params say `in_place`, so a lab's source volume is not changed by surprise
     writes_into: ClassVar[tuple[str, ...]] = ()
