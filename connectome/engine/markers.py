@@ -640,6 +640,7 @@ class MarkerWriter:
     def __init__(self, markers: DoneMarkers, task: str):
         self.markers = markers
         self.task = task
+        self.prefix = f"{task}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # a retry in the same process gets its own
         self.sequence = 0
         self.indices: list[int] = []
         self.summaries: dict[str, dict] = {}
@@ -673,12 +674,12 @@ class MarkerWriter:
             return
         ranges = ranges_of(self.indices)
         if self.inputs:  # (before the blocks' own file: a block marked done always has its input files recorded)
-            _write_atomic(os.path.join(self.markers.directory, f"i-{self.task}-{os.getpid()}-{self.sequence}.json"),
+            _write_atomic(os.path.join(self.markers.directory, f"i-{self.prefix}-{self.sequence}.json"),
                           {"tables": {str(k): table for k, table in self.inputs.items()},
                            **self.markers.stored_roots(self.input_roots)})
         record = {"ranges": ranges, "summaries": self.summaries, "chunks": self.chunks,
                   **self.markers.stored_roots(self.roots)}
-        name = f"p-{self.task}-{os.getpid()}-{self.sequence}.json"
+        name = f"p-{self.prefix}-{self.sequence}.json"
         _write_atomic(os.path.join(self.markers.directory, name), record)
         self.sequence += 1
         self.indices, self.summaries, self.chunks, self.inputs, self.input_roots = [], {}, {}, {}, {}

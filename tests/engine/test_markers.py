@@ -169,3 +169,21 @@ def test_absolute_chunk_roots_of_older_markers_are_still_read(tmp_path):
     assert markers.lost_blocks() == {}
     os.remove(os.path.join(root, "c", "0", "0", "1"))
     assert markers.lost_blocks() == {1: os.path.join(root, "c", "0", "0", "1")}
+
+
+def test_retried_task_in_the_same_process_keeps_the_first_attempts_blocks(tmp_path):
+    """Dask retries a failed task in the same worker process: the retry skips what the first attempt finished
+    and must not write its markers over the first attempt's file."""
+    markers = DoneMarkers(str(tmp_path), "s")
+    markers.claim({"blocks": 10})
+    first = markers.writer("t")
+    for i in range(4):
+        first.add(i, {"n": i})
+    first.flush()  # the attempt fails after block 3
+    assert markers.task_done("t") == {0, 1, 2, 3}
+    retry = markers.writer("t")
+    for i in range(4, 10):
+        retry.add(i)
+    retry.flush()
+    assert markers.done() == set(range(10))
+    assert markers.summary(2) == {"n": 2}
