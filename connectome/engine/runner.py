@@ -12,6 +12,7 @@ global step (`run_global_step`) runs as one task before its blocks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -128,14 +129,24 @@ def run_batch(stage: BlockStage, grid: BlockGrid, indices: list[int], work_dir: 
             read, read_roots = _read_files(stage, volumes, block.read_box)  # (as they are when read)
             try:
                 summary = stage.process(block, volumes)
-            except Exception:
-                raise StageFailed(stage.name, i, str(block.write_box), traceback.format_exc()) from None
+            except Exception as e:
+                text = traceback.format_exc() + _unnamed_output(e, stage)
+                raise StageFailed(stage.name, i, str(block.write_box), text) from None
             chunks, roots = _written_chunks(stage, volumes, block.write_box)
             writer.add(i, summary, chunks, roots, read, read_roots)
             ran += 1
     finally:
         writer.flush()  # what finished before a failure stays finished
     return {"ran": ran, "seconds": time.perf_counter() - start}
+
+
+def _unnamed_output(error: Exception, stage: BlockStage) -> str:
+    """For a full, read-only or over-quota output that the error does not name (zarr's and numcodecs' writes do
+    not): a last traceback line that names the stage's outputs, since the failure's one line is that line."""
+    if not isinstance(error, OSError) or error.filename or error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return ""
+    where = ", ".join(sorted(set(stage.output_addresses.values())))
+    return f"OSError: [Errno {error.errno}] {error.strerror}: writing {where}\n" if where else ""
 
 
 def _total_threads(client: Client) -> int:
@@ -319,7 +330,10 @@ def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, wo
                 exc = done.exception()
                 if isinstance(exc, StageFailed):
                     raise exc
-                text = "".join(traceback.format_exception(type(exc), exc, done.traceback()))
+                if isinstance(exc, KilledWorker):
+                    text = _killed(exc, done, f"the global step {step.name!r}")
+                else:
+                    text = "".join(traceback.format_exception(type(exc), exc, done.traceback()))
                 raise StageFailed(step.name, 0, "all blocks", text)
     except BaseException:
         fut.cancel()
@@ -365,12 +379,17 @@ def _failure(stage: BlockStage, grid: BlockGrid, batch: list[int], fut) -> Stage
     first = batch[0]
     box = str(grid.block(first).write_box)
     if isinstance(exc, KilledWorker):
-        from connectome.cluster.client import memory_advice
-
-        died = f"workers died repeatedly while running blocks {batch[:8]}{'...' if len(batch) > 8 else ''}"
-        advice = memory_advice(fut.client, getattr(exc.last_worker, "memory_limit", None))
-        # with a likely cause, Dask's message (the task, its last worker) goes to the log only: the line is the last
-        text = f"{exc}\n{died}; {advice}" if advice else f"{died}: {exc}"
+        text = _killed(exc, fut, f"blocks {batch[:8]}{'...' if len(batch) > 8 else ''}")
     else:
         text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
     return StageFailed(stage.name, first, box, text)
+
+
+def _killed(exc: KilledWorker, fut, what: str) -> str:
+    """The failure text of a task whose workers died (`what` it was running), with the likely cause where the
+    workers had a memory limit; Dask's message (the task, its last worker) then goes to the log only."""
+    from connectome.cluster.client import memory_advice
+
+    died = f"workers died repeatedly while running {what}"
+    advice = memory_advice(fut.client, getattr(exc.last_worker, "memory_limit", None))
+    return f"{exc}\n{died}; {advice}" if advice else f"{died}: {exc}"

@@ -216,6 +216,7 @@ def test_full_output(tmp_path, tmpfs, capsys):
     assert code == 1, err
     last = err.strip().splitlines()[-1]
     assert "'normalize'" in last and "No space left on device" in last, last
+    assert f"writing {mount_point / 'out' / 'normalized'}" in last, last  # the volume it could not write
     markers = DoneMarkers(str(mount_point / "out"), "normalize")
     done = markers.done()
     assert 0 < len(done) < 64, len(done)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import dask
+import distributed  # noqa: F401  (its config defaults are loaded before a test sets one of them)
 import numpy as np
 import pytest
 
@@ -24,7 +25,9 @@ from connectome.engine.markers import DoneMarkers
 from connectome.engine.registry import REGISTRY, register
 from connectome.image.stages import NormalizeStage
 
+import stages_for_tests  # noqa: F401  (registers block-sum)
 from run_case import TESTS_DIR, last_json, write_config, write_raw
+from stages_for_tests import FillTotalStage, TotalStep
 from tmpfs_fixture import fill
 
 pytestmark = pytest.mark.timeout(240)
@@ -63,6 +66,24 @@ class MemoryHog(NormalizeStage):
         return super().process(block, volumes)
 
 
+class HoggingTotal(TotalStep):
+    """The test global step `total`, after taking memory as MemoryHog does."""
+
+    def run(self) -> dict:
+        held = [np.ones(32 << 20, np.uint8) for _ in range(64)]
+        time.sleep(30)
+        return {"held": len(held)}
+
+
+class FillHoggingTotal(FillTotalStage):
+    """fill-total, whose global step passes its worker's memory limit."""
+
+    name = "fill-hogging-total"
+
+    def global_step(self) -> HoggingTotal:
+        return HoggingTotal(self.table_dirs["sums"], self.params.scale)
+
+
 _KEPT: list = []  # what MemoryKeeper's worker holds
 
 
@@ -83,7 +104,7 @@ class MemoryKeeper(NormalizeStage):
         return super().process(block, volumes)
 
 
-for _cls in (FailsOnCue, MemoryHog, MemoryKeeper):
+for _cls in (FailsOnCue, MemoryHog, MemoryKeeper, FillHoggingTotal):
     if _cls.name not in REGISTRY:
         register(_cls)
 
@@ -223,6 +244,22 @@ def test_a_block_past_the_memory_limit_says_why_its_workers_died(tmp_path, capsy
             "memory_limit or use a smaller block shape") in lines[0], err
     assert "Attempted to run task" not in lines[0]  # Dask's own message is in the log
     assert "Attempted to run task" in (out / ".connectome" / "logs" / "failure.log").read_text()
+
+
+def test_a_global_step_past_the_memory_limit_says_why_its_workers_died(tmp_path, capsys):
+    """As for a block: a global step's workers killed for memory named no cause (Dask's message only)."""
+    raw = write_raw(tmp_path / "raw.npz", shape=(4, 64, 64))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.yaml", raw, out, block=(2, 64, 64), retries=0,
+                       cluster={"n_workers": 1, "memory_limit": "1GiB"},
+                       stages=[{"stage": "block-sum"}, {"stage": "fill-hogging-total"}])
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        code, _, err = _run(cfg, capsys)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "workers died repeatedly while running the global step 'total'" in lines[0], err
+    assert "memory limit (1 GiB per worker)" in lines[0], err
 
 
 def test_a_lock_not_written_for_a_full_disk_leaves_nothing(tmpfs):
