@@ -34,11 +34,12 @@ def worker_logs(work_dir: str) -> Iterator[str | None]:
     handler = _FolderMakingHandler(path)  # nothing is created before the first message
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logger = logging.getLogger("distributed")
-    saved_handlers, saved_propagate = list(logger.handlers), logger.propagate
+    saved_handlers, saved_propagate, saved_level = list(logger.handlers), logger.propagate, logger.level
     for h in saved_handlers:
         logger.removeHandler(h)
     logger.addHandler(handler)
     logger.propagate = False
+    logger.setLevel(logging.INFO)  # a nanny says so when its worker was killed, at INFO
     before = os.environ.get(ENV)
     os.environ[ENV] = path
     try:
@@ -53,6 +54,7 @@ def worker_logs(work_dir: str) -> Iterator[str | None]:
         for h in saved_handlers:
             logger.addHandler(h)
         logger.propagate = saved_propagate
+        logger.setLevel(saved_level)
 
 
 class _FolderMakingHandler(logging.FileHandler):

@@ -15,6 +15,7 @@ import pytest
 
 from connectome.cli.main import main
 from connectome.cluster.client import ClusterConfig, open_client
+from connectome.cluster.worker_logs import worker_logs
 from connectome.core.geometry import Box
 from connectome.engine.config import load_config
 from connectome.engine.markers import DoneMarkers
@@ -88,7 +89,8 @@ def test_worker_killed_mid_stage(tmp_path, capsys):
     plan = plan_run(load_config(str(cfg)))
     markers = DoneMarkers(str(tmp_path / "out"), "slow_normalize")
     killed: dict = {}
-    with open_client(ClusterConfig(n_workers=2, dashboard_address=":0"), quiet=True) as client:
+    with worker_logs(str(tmp_path / "out")), \
+            open_client(ClusterConfig(n_workers=2, dashboard_address=":0"), quiet=True) as client:
         pids = client.run(os.getpid)
 
         def kill_one_worker():
@@ -107,6 +109,8 @@ def test_worker_killed_mid_stage(tmp_path, capsys):
     assert killed["pid"] not in pids_after
     assert reports[0].ran == 32 and len(markers.done()) == 32
     assert_same_tree(reference, tmp_path / "out" / "normalized")
+    log = (tmp_path / "out" / ".connectome" / "logs" / "dask.log").read_text()  # (the nanny's INFO line was dropped)
+    assert f"Worker process {killed['pid']} was killed by signal 9" in log, log
 
 
 def test_client_killed_then_resumed(tmp_path, capsys):
