@@ -25,6 +25,20 @@ class VolumeMeta:
     voxel_size_known: bool = True  # False for sources that carry no voxel size (npz, TIFF)
 
 
+def leading_axes(address: str, shape) -> tuple[int, int | None]:
+    """How an array of `shape` holds a volume: (leading axes of length 1 to drop, channels or None). (z, y, x);
+    (c, z, y, x) with c > 1; and either with leading axes of length 1, as OME-Zarr's (t, c, z, y, x) has them: a
+    (1, z, y, x) or (1, 1, z, y, x) array is one image. One line otherwise."""
+    lead = [int(n) for n in shape[:-3]]
+    if len(shape) >= 3 and len(lead) <= 2:
+        if all(n == 1 for n in lead):
+            return len(lead), None
+        if all(n == 1 for n in lead[:-1]):
+            return len(lead) - 1, lead[-1]
+    raise UserError(f"{address}: expected a 3-d (z, y, x) or 4-d (c, z, y, x) array, or one with leading axes of "
+                    f"length 1 (t, c, z, y, x), found shape {tuple(int(n) for n in shape)}")
+
+
 VOXEL_SIZE_RTOL = 1e-3  # voxel sizes this close are one (3.9999 nm in float metadata is 4 nm)
 
 

@@ -13,26 +13,17 @@ import numpy as np
 
 from connectome.core.errors import UserError
 from connectome.core.geometry import Box, vec3
-from connectome.io.base import Volume, VolumeMeta
+from connectome.io.base import Volume, VolumeMeta, leading_axes
 
 DEFAULT_VOXEL = (1.0, 1.0, 1.0)
 
 
 def array_meta(address: str, shape, dtype, voxel_size, chunk=None) -> VolumeMeta:
-    """The metadata of an array source of `shape` ((y, x), (z, y, x) or (c, z, y, x) with c > 1); one line
-    otherwise."""
+    """The metadata of an array source of `shape` ((y, x), or as `base.leading_axes` reads it)."""
     if len(shape) == 2:
         shape = (1, *shape)
-    if len(shape) == 3:
-        channels, spatial = None, vec3(shape)
-    elif len(shape) == 4 and shape[0] == 1:  # (1, z, y, x): one channel, or a stray leading axis; read as neither
-        raise UserError(f"{address}: expected a 3-d (z, y, x) array, or 4-d (c, z, y, x) with 2 or more channels, "
-                        f"found shape {tuple(int(n) for n in shape)}; store it as 3-d without the leading axis of 1 "
-                        "(array[0])")
-    elif len(shape) == 4:
-        channels, spatial = int(shape[0]), vec3(shape[1:])
-    else:
-        raise UserError(f"{address}: expected a 3-d (z, y, x) or 4-d (c, z, y, x) array, found shape {tuple(shape)}")
+    _, channels = leading_axes(address, shape)
+    spatial = vec3(shape[-3:])
     return VolumeMeta(
         shape=spatial,
         dtype=np.dtype(dtype),
@@ -160,7 +151,9 @@ class NpzVolume(Volume):
     def _read(self, box: Box) -> np.ndarray:
         a = self._array()
         s = box.to_slices()
-        return np.array(a[s] if self._meta.channels is None else a[(slice(None), *s)])
+        dropped = (0,) * (a.ndim - 3 - (self._meta.channels is not None))  # leading axes of length 1
+        index: tuple = (*dropped, *s) if self._meta.channels is None else (*dropped, slice(None), *s)
+        return np.array(a[index])
 
 
 def hdf5_datasets(f) -> list[str]:
@@ -217,4 +210,5 @@ class Hdf5Volume(Volume):
             s = box.to_slices()
             if self._ndim == 2:
                 return np.asarray(d[s[1], s[2]])[np.newaxis][s[0]]
-            return np.asarray(d[s] if self._meta.channels is None else d[(slice(None), *s)])
+            dropped = (0,) * (self._ndim - 3 - (self._meta.channels is not None))  # leading axes of length 1
+            return np.asarray(d[(*dropped, *s)] if self._meta.channels is None else d[(*dropped, slice(None), *s)])

@@ -14,7 +14,7 @@ import zarr
 
 from connectome.core.errors import UserError
 from connectome.core.geometry import Box, vec3
-from connectome.io.base import Volume, VolumeMeta
+from connectome.io.base import Volume, VolumeMeta, leading_axes
 
 SCALE0 = "0"
 # zstd level 1: on real EM (medulla, gala, VNC) the same size as zarr's default level 3 at 1.4-1.8x
@@ -97,10 +97,13 @@ class ZarrVolume(Volume):
         self._footprints = _footprints(address, own.get("section_footprints", {}))
         channels = own.get("channels")
         arr = self._array
-        if arr.ndim == 4 and channels is None:
-            channels = int(arr.shape[0])
-        if arr.ndim not in (3, 4) or (channels is not None and arr.ndim != 4):
-            raise UserError(f"{address}: expected a 3-d or 4-d (c, z, y, x) array, found shape {arr.shape}")
+        self._fixed: tuple[int, ...] = ()  # indices of leading axes of length 1 that are dropped (t, c)
+        if channels is None:  # another tool's array: (t,) (c,) z, y, x
+            dropped, channels = leading_axes(address, arr.shape)
+            self._fixed = (0,) * dropped
+        elif arr.ndim != 4:
+            raise UserError(f"{address}: expected a 4-d (c, z, y, x) array ({channels} channels in its metadata), "
+                            f"found shape {arr.shape}")
         spatial = vec3(arr.shape[-3:])
         chunks = vec3(arr.chunks[-3:])
         voxel_size = tuple(float(v) for v in own.get("voxel_size", (1.0, 1.0, 1.0)))
@@ -124,7 +127,12 @@ class ZarrVolume(Volume):
 
     def _index(self, box: Box):
         s = box.to_slices()
-        return s if self._meta.channels is None else (slice(None), *s)
+        return (*self._fixed, *s) if self._meta.channels is None else (*self._fixed, slice(None), *s)
+
+    @property
+    def _lead(self) -> tuple[int, ...]:
+        """The chunk position of a box's chunks before the spatial axes (the first channel's)."""
+        return (*self._fixed, *((0,) if self._meta.channels is not None else ()))
 
     def _read(self, box: Box) -> np.ndarray:
         try:
@@ -143,7 +151,7 @@ class ZarrVolume(Volume):
             try:
                 self._array[self._index(chunk)]
             except Exception as e:  # this chunk is the one
-                key = self._array.metadata.encode_chunk_key(((0,) if self._meta.channels else ()) + position)
+                key = self._array.metadata.encode_chunk_key(self._lead + position)
                 return OSError(f"{os.path.join(self._array_dir, key)}: cannot decode this chunk of {self.address} "
                                f"({type(e).__name__}: {e})")
         return error
@@ -194,7 +202,8 @@ class ZarrVolume(Volume):
             return self._array_dir, []
         ranges = [range(o // c, -(-e // c)) for o, e, c in zip(box.offset, box.end, stored[-3:])]
         if self._meta.channels is not None:  # every channel's chunks
-            ranges.insert(0, range(-(-self._array.shape[0] // stored[0])))
+            ranges.insert(0, range(-(-self._meta.channels // stored[-4])))
+        ranges[:0] = [range(1)] * len(self._fixed)
         encode = metadata.chunk_key_encoding.encode_chunk_key
         return self._array_dir, [encode(position) for position in itertools.product(*ranges)]
 
@@ -218,7 +227,7 @@ class ZarrVolume(Volume):
         chunks, shape = self._meta.chunk_shape, self._meta.shape
         ranges = [range(-(-o // c), -(-e // c) if e == s else e // c)
                   for o, e, c, s in zip(box.offset, box.end, chunks, shape)]
-        lead = (0,) if self._meta.channels is not None else ()
+        lead = self._lead
         metadata = self._array.metadata
         if metadata.zarr_format != 3:  # never so: a store with a zarr.json is v3
             raise UserError(f"{self.address}: expected a zarr v3 array, found zarr format {metadata.zarr_format}")

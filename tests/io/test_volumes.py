@@ -429,29 +429,54 @@ def test_a_missing_precomputed_chunk_is_said_as_a_zarr_one(tmp_path, capsys):
         check_input_chunks(address, strict=True)
 
 
-def test_a_4d_array_with_a_leading_axis_of_1_is_refused_as_an_image(tmp_path, capsys):
+def test_leading_axes_of_length_1_are_read_as_one_image_in_every_format(tmp_path, capsys):
     """(audit43 E04) An npz holding `raw[None]` was taken for a 1-channel volume and crashed inside a block
-    (`data shape (1, 0, 36, 64, 104) != box shape (3, 16, 64, 64)`); it is refused where it is opened, naming the
-    address and the shape, in every command. A 4-d array of 2 or more channels is still a (c, z, y, x) volume."""
+    (`data shape (1, 0, 36, 64, 104) != box shape (3, 16, 64, 64)`); session 44 refused it in npz and HDF5, while
+    a bare zarr (1, z, y, x) still crashed so and OME-Zarr's (t, c, z, y, x) with t = c = 1 (as bioformats2raw
+    writes it) was refused. Leading axes of length 1 are now dropped in every format: such an array is its one
+    image, and (1, c, z, y, x) a volume of c channels."""
     import h5py
+    import zarr
 
     from connectome.cli.main import main
 
-    raw = _random((4, 8, 8), np.uint8)
-    np.savez(tmp_path / "v.npz", one=raw[None], two=np.stack([raw, raw]))
+    raw = _random((8, 32, 32), np.uint8)
+    np.savez(tmp_path / "v.npz", plain=raw, one=raw[None], five=raw[None, None], two=np.stack([raw, raw]))
     with h5py.File(tmp_path / "v.h5", "w") as f:
         f.create_dataset("one", data=raw[None])
-    message = (r"expected a 3-d \(z, y, x\) array, or 4-d \(c, z, y, x\) with 2 or more channels, found shape "
-               r"\(1, 4, 8, 8\); store it as 3-d without the leading axis of 1 \(array\[0\]\)$")
-    for address in (f"{tmp_path}/v.npz#one", f"{tmp_path}/v.h5#one", f"{tmp_path}/v.npz#one[1:3]"):
-        with pytest.raises(UserError, match=rf"^{re.escape(address.removesuffix('[1:3]'))}: {message}"):
-            open_volume(address)
-    assert open_volume(f"{tmp_path}/v.npz#two").meta.channels == 2
-    out = tmp_path / "out"
-    assert main(["segment", f"{tmp_path}/v.npz#one", str(out), "--voxel-size", "8", "8", "8", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and re.search(message, err), err
-    assert not out.exists()
+        f.create_dataset("five", data=np.stack([raw, raw])[None])
+    for name, data in (("one", raw[None]), ("five", raw[None, None]), ("c2", np.stack([raw, raw])[None])):
+        array = zarr.open(str(tmp_path / f"{name}.zarr"), mode="w", shape=data.shape, chunks=(1, *data.shape[1:-2],
+                                                                                                  16, 16), dtype="uint8")
+        array[:] = data
+    box = Box((2, 4, 8), (5, 20, 16))
+    expected = raw[2:7, 4:24, 8:24]
+    for address in (f"{tmp_path}/v.npz#one", f"{tmp_path}/v.npz#five", f"{tmp_path}/v.h5#one",
+                    f"{tmp_path}/one.zarr", f"{tmp_path}/five.zarr", f"{tmp_path}/v.npz#one[2:7]"):
+        volume = open_volume(address)
+        assert volume.meta.channels is None and volume.meta.shape[1:] == (32, 32), address
+        if address.endswith("[2:7]"):
+            assert (volume.read(Box((0, 4, 8), (5, 20, 16))) == expected).all()
+        else:
+            assert (volume.read(box) == expected).all(), address
+    for address in (f"{tmp_path}/v.npz#two", f"{tmp_path}/v.h5#five", f"{tmp_path}/c2.zarr"):
+        volume = open_volume(address)
+        assert volume.meta.channels == 2, address
+        assert (volume.read(box) == np.stack([expected, expected])).all(), address
+    zarr_files = open_volume(f"{tmp_path}/five.zarr").source_files(box)
+    assert zarr_files is not None and all(key.startswith("c/0/0/") for key in zarr_files[1]), zarr_files
+    for bad, shape in (("t2", (2, 1, 8, 32, 32)), ("six", (1, 1, 1, 8, 32, 32))):
+        np.savez(tmp_path / f"{bad}.npz", a=np.zeros(shape, np.uint8))
+        with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))}/{bad}.npz#a: expected a 3-d .* found "
+                                            rf"shape {re.escape(str(shape))}$"):
+            open_volume(f"{tmp_path}/{bad}.npz#a")
+
+    plain, one = tmp_path / "plain", tmp_path / "one"
+    for address, out in ((f"{tmp_path}/v.npz#plain", plain), (f"{tmp_path}/one.zarr", one)):
+        code = main(["segment", address, str(out), "--voxel-size", "8", "8", "8", "--no-progress", "--workers", "1"])
+        assert code == 0, capsys.readouterr().err
+    a, b = open_volume(str(plain / "segmentation")), open_volume(str(one / "segmentation"))
+    assert (a.read(a.box) == b.read(b.box)).all()
 
 
 def test_an_unchanged_table_record_is_not_rewritten(tmp_path):
