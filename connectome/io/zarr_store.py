@@ -61,6 +61,41 @@ def _ome_attrs(name: str, voxel_size, offset, channels) -> dict:
     }
 
 
+NM_PER_UNIT = {"angstrom": 0.1, "nanometer": 1.0, "micrometer": 1000.0, "millimeter": 1e6}
+
+
+def ome_scale0(metadata_file: str, attrs: dict) -> tuple[str, tuple[float, float, float] | None]:
+    """The path of an OME-Zarr image group's first (finest) level, and its voxel size in nm (z, y, x: its last
+    three space axes) where the group's multiscales give it in a length unit; (SCALE0, None) for a group
+    without OME metadata. Multiscales that cannot be read so are one line naming the file and key."""
+    multiscales = attrs.get("ome", {}).get("multiscales") if isinstance(attrs.get("ome"), dict) else None
+    if not multiscales:
+        return SCALE0, None
+    key = "ome.multiscales[0]"
+    try:
+        first = multiscales[0]
+        dataset = first["datasets"][0]
+        level = str(dataset["path"])
+        axes = first.get("axes")
+        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"),
+                     None)
+        if axes is None or scale is None or len(scale) != len(axes):
+            return level, None
+        overall = next((t["scale"] for t in first.get("coordinateTransformations", []) if t.get("type") == "scale"),
+                       [1.0] * len(axes))
+        space = [i for i, axis in enumerate(axes) if axis.get("type") == "space"][-3:]
+        units = [NM_PER_UNIT.get(axes[i].get("unit", "")) for i in space]
+        if len(space) != 3 or None in units:
+            return level, None
+        size = tuple(float(scale[i]) * float(overall[i]) * float(u) for i, u in zip(space, units) if u is not None)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{metadata_file}: cannot read {key} (OME-Zarr multiscales: datasets[0].path, axes and "
+                        f"their scale) ({type(e).__name__}: {e})") from None
+    if not all(v > 0 for v in size):
+        raise UserError(f"{metadata_file}: {key} gives voxel size {list(size)} nm; expected positive values")
+    return level, (size[0], size[1], size[2])
+
+
 class ZarrVolume(Volume):
     """An OME-Zarr image group (or a bare zarr v3 array) on a local path."""
 
@@ -78,18 +113,20 @@ class ZarrVolume(Volume):
             raise UserError(f"{address}: not a readable zarr store ({type(e).__name__}: {e})") from None
         attrs: dict[str, Any] = dict(node.attrs)  # JSON: what each key holds is checked where it is used
         self._array: zarr.Array
+        ome_voxel_size = None
         if isinstance(node, zarr.Group):
+            level, ome_voxel_size = ome_scale0(os.path.join(path, "zarr.json"), attrs)
             try:
-                scale0 = node[SCALE0]
+                scale0 = node[level]
             except KeyError:
-                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{SCALE0}'") from None
+                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{level}'") from None
             except Exception as e:  # its zarr.json names an unknown dtype or codec, or is damaged
-                raise UserError(f"{os.path.join(path, SCALE0, 'zarr.json')}: not a readable zarr array "
+                raise UserError(f"{os.path.join(path, level, 'zarr.json')}: not a readable zarr array "
                                 f"({type(e).__name__}: {e})") from None
             if not isinstance(scale0, zarr.Array):
-                raise UserError(f"{address}: the OME-Zarr scale-0 node '{SCALE0}' is a group, expected an array")
+                raise UserError(f"{address}: the OME-Zarr scale-0 node '{level}' is a group, expected an array")
             self._array = scale0
-            self._array_dir = os.path.join(path, SCALE0)
+            self._array_dir = os.path.join(path, level)
         else:
             self._array = node
             self._array_dir = path
@@ -106,7 +143,7 @@ class ZarrVolume(Volume):
                             f"found shape {arr.shape}")
         spatial = vec3(arr.shape[-3:])
         chunks = vec3(arr.chunks[-3:])
-        voxel_size = tuple(float(v) for v in own.get("voxel_size", (1.0, 1.0, 1.0)))
+        voxel_size = tuple(float(v) for v in own.get("voxel_size", ome_voxel_size or (1.0, 1.0, 1.0)))
         offset = tuple(int(o) for o in own.get("offset", (0, 0, 0)))
         if len(voxel_size) != 3 or len(offset) != 3:
             raise UserError(f"{address}: expected 3 values (z y x) for voxel_size and offset in its metadata, "
@@ -118,7 +155,7 @@ class ZarrVolume(Volume):
             voxel_size=voxel_size,
             offset=offset,
             channels=channels,
-            voxel_size_known="voxel_size" in own,  # a zarr another tool wrote carries none that we read
+            voxel_size_known="voxel_size" in own or ome_voxel_size is not None,  # (another tool's: OME's, if any)
         )
 
     @property

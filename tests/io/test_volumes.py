@@ -479,6 +479,39 @@ def test_leading_axes_of_length_1_are_read_as_one_image_in_every_format(tmp_path
     assert (a.read(a.box) == b.read(b.box)).all()
 
 
+def _foreign_ome_zarr(path, multiscales, data):
+    """An OME-Zarr 0.5 image group as another tool writes it: its levels named in `multiscales`."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+    level = multiscales[0]["datasets"][0]["path"] if multiscales and multiscales[0].get("datasets") else "0"
+    array = group.create_array(level, shape=data.shape, chunks=data.shape, dtype=data.dtype)
+    array[:] = data
+    return str(path)
+
+
+def test_an_ome_zarr_another_tool_wrote_gives_its_level_and_voxel_size(tmp_path):
+    """A lab's OME-Zarr (bioformats2raw, ome-zarr-py, tensorstore writers): its finest level is the one its
+    multiscales name (`s0` here), and its voxel size is its scale in nm (micrometres here), so no --voxel-size is
+    needed; before 2026-12-06 only a level named `0` was found and the voxel size was unknown."""
+    raw = _random((8, 32, 32), np.uint8)
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+    datasets = [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.04, 0.004, 0.004]}]}]
+    address = _foreign_ome_zarr(tmp_path / "lab.ome.zarr", [{"axes": axes, "datasets": datasets}], raw[None, None])
+    volume = open_volume(address)
+    assert volume.meta.voxel_size_known and np.allclose(volume.meta.voxel_size, (40, 4, 4))
+    assert volume.meta.channels is None and (volume.read(volume.box) == raw).all()
+
+    unitless = [{"axes": [{"name": a, "type": "space"} for a in "zyx"],
+                 "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [8, 8, 8]}]}]}]
+    assert not open_volume(_foreign_ome_zarr(tmp_path / "unitless.zarr", unitless, raw)).meta.voxel_size_known
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))}/bad.zarr/zarr.json: cannot read "
+                                        r"ome.multiscales\[0\] .*KeyError"):
+        open_volume(_foreign_ome_zarr(tmp_path / "bad.zarr", [{"axes": axes}], raw))
+
+
 def test_an_unchanged_table_record_is_not_rewritten(tmp_path):
     """Every run rewrote each table folder's format.json, which changed the folder's time; the merge tree keys its
     partial results on that time, so a killed merge recomputed every finished task on the next run (review43)."""
