@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectome.cluster import worker_env
 from connectome.cluster.session import attach_scaler, config_of, remember_config
 from connectome.cluster.worker_env import PRELOAD
-from connectome.cluster.worker_logs import ENV as WORKER_LOG_ENV
 from connectome.cluster.worker_logs import PRELOAD as LOGS_PRELOAD
 
 if TYPE_CHECKING:
@@ -333,8 +331,7 @@ def make_local_cluster(config: ClusterConfig):
         processes=config.processes,
         memory_limit=config.memory_limit,
         dashboard_address=config.dashboard_address,
-        # in a run, its log file takes distributed's messages from INFO (a worker killed is one); elsewhere errors only
-        silence_logs=False if os.environ.get(WORKER_LOG_ENV) else logging.ERROR,
+        silence_logs=logging.ERROR,  # (a run's log file takes them from INFO on: cluster.worker_logs)
         **extra,
     )
     if gpu_jobs is not None:  # pooled

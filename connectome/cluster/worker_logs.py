@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import TextIO
 
 ENV = "CONNECTOME_WORKER_LOG"
 PRELOAD = "connectome.cluster.worker_logs"
@@ -57,22 +58,32 @@ def worker_logs(work_dir: str) -> Iterator[str | None]:
         logger.setLevel(saved_level)
 
 
-class _FolderMakingHandler(logging.FileHandler):
-    """A FileHandler that opens its file (making its folder) at the first message; a file that
-    cannot be written drops the messages instead of raising."""
+class _FolderMakingHandler(logging.Handler):
+    """Appends to its file, opened (its folder made) at the first message; a message that cannot be written (a
+    full disk) is dropped rather than raised or printed. Not a StreamHandler: Dask's `silence_logs` sets every
+    StreamHandler of its loggers to ERROR while a cluster lives, which dropped the INFO line of a killed worker."""
 
     def __init__(self, path: str):
-        super().__init__(path, delay=True)
-
-    def _open(self):
-        os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
-        return super()._open()
+        super().__init__()
+        self.path = path
+        self.stream: TextIO | None = None
 
     def emit(self, record) -> None:
         try:
-            super().emit(record)
-        except OSError:
+            if self.stream is None:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self.stream = open(self.path, "a")
+            self.stream.write(self.format(record) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
             pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.stream is not None:
+                self.stream.close()
+        self.stream = None
+        super().close()
 
 
 def redirect_this_process() -> None:
