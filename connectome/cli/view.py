@@ -127,6 +127,9 @@ def run(args) -> int:
             print(f"connectome view: {name} ({getattr(layers, name).address}) lies outside {out_dir}; "
                   "the state leaves it out", file=sys.stderr)
             setattr(layers, name, None)
+        if layers.raw is None and layers.segmentation is None and not layers.others:
+            raise UserError(f"--source-url: every volume of {out_dir} lies outside it ({', '.join(outside)}), so the "
+                            "state would show nothing; copy them into it, or view it served (without --source-url)")
         _write_state(args.state, viewer_state(layers, url_mapper(out_dir, args.source_url)))
         print(f"state: {args.state} (sources under {args.source_url})")
         return 0

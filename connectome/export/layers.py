@@ -72,13 +72,28 @@ def _volume(name: str, address: str) -> VolumeLayer | None:
     return VolumeLayer(name, address, kind, (z, y, x), (vz, vy, vx), (oz, oy, ox), meta.channels)
 
 
-def _run_input(out_dir: str) -> str | None:
+def _run_record(out_dir: str) -> dict:
     try:
         with open(os.path.join(out_dir, "run.json")) as f:
-            value = json.load(f).get("input")
+            record = json.load(f)
     except (OSError, ValueError):
-        return None
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _run_input(out_dir: str) -> str | None:
+    value = _run_record(out_dir).get("input")
     return value if isinstance(value, str) else None
+
+
+def _run_segmentation(out_dir: str) -> str | None:
+    """The segmentation a stage of the run read from elsewhere (`inputs: {segmentation: ADDR}` in its config: the
+    meshes of a lab's own segmentation), where the run recorded one."""
+    for stage in _run_record(out_dir).get("stages") or []:
+        value = (stage.get("inputs") or {}).get("segmentation") if isinstance(stage, dict) else None
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def find_layers(out_dir: str) -> OutputLayers:
@@ -97,6 +112,8 @@ def find_layers(out_dir: str) -> OutputLayers:
             found.raw = layer
             break
     found.segmentation = _volume("segmentation", os.path.join(out_dir, "segmentation"))
+    if found.segmentation is None and (elsewhere := _run_segmentation(out_dir)) is not None:
+        found.segmentation = _volume("segmentation", elsewhere)  # (its meshes and skeletons are in out_dir)
     if found.segmentation is not None and found.segmentation.kind != "segmentation":
         raise UserError(f"{found.segmentation.address}: expected a uint32/uint64 label volume, found an image")
     for name in sorted(os.listdir(out_dir)):

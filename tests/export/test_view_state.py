@@ -234,3 +234,42 @@ def test_view_of_a_read_only_output(segmented_output, tmp_path, tmpfs, capsys):
     assert _written(*before) == before
     state = json.loads((tmp_path / "s.json").read_text())
     assert "synapses" in {layer["name"] for layer in state["layers"]}
+
+
+def test_meshes_of_a_labs_own_segmentation_are_shown_on_it(tmp_path, capsys):
+    """(audit45) The viewer stages run on a lab's own precomputed segmentation (`inputs: {segmentation: ADDR}`):
+    `view` showed raw alone, without its meshes and skeletons, since it looked for OUT/segmentation only, and
+    `--source-url` failed with a traceback (IndexError). The run's segmentation input is now the segmentation
+    layer, with the meshes and skeletons of OUT; a state for a copy of OUT alone, whose volumes all lie outside
+    it, is refused in one line."""
+    import numpy as np
+    import yaml
+
+    from connectome.io import create_volume, open_volume
+    from connectome.synth import generate
+
+    generate((16, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "synth"), chunk_shape=(16, 32, 32))
+    labels = open_volume(str(tmp_path / "synth" / "labels"))
+    seg_address = f"precomputed://file://{tmp_path}/lab_seg"
+    seg = create_volume(seg_address, labels.shape, np.uint64, (16, 32, 32), (8.0, 8.0, 8.0))
+    seg.write(seg.box, labels.read(labels.box).astype(np.uint64))
+    out = tmp_path / "out"
+    config = {"input": str(tmp_path / "synth" / "raw"), "output": str(out), "blocks": {"shape": [16, 32, 32]},
+              "cluster": {"n_workers": 1},
+              "stages": [{"stage": name, "inputs": {"segmentation": seg_address}}
+                         for name in ("meshes", "mesh_manifests", "skeletons", "skeleton_merge")]}
+    (tmp_path / "see.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "see.yaml"), "--no-progress"]) == 0, capsys.readouterr().err
+    layers = find_layers(str(out))
+    assert layers.segmentation is not None and layers.segmentation.address == seg_address
+    url_of = url_mapper(str(out), "gs://lab/out", {str(tmp_path / "lab_seg"): "gs://lab/seg",
+                                                   str(tmp_path / "synth"): "gs://lab/synth"})
+    by_name = {layer["name"]: layer for layer in viewer_state(layers, url_of)["layers"]}
+    assert by_name["segmentation"]["source"][:3] == ["precomputed://gs://lab/seg", "precomputed://gs://lab/out/meshes",
+                                                     "precomputed://gs://lab/out/skeletons"], by_name
+    capsys.readouterr()
+    state = tmp_path / "state.json"
+    assert main(["view", str(out), "--state", str(state), "--source-url", "https://lab.org/out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("connectome view: error: --source-url: every volume of") and "Traceback" not in "".join(err)
+    assert not state.exists()
