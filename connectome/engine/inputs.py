@@ -50,8 +50,10 @@ def note_padding(address: str, stream=None):
 
 
 def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
-    """Report chunk files missing from a zarr input (they read as zeros): one line on `stream`
-    (stderr), or a refusal with `strict`. Returns how many are missing (0 when not checked).
+    """Report chunk files missing from a zarr or precomputed input (they read as zeros): one line on `stream`
+    (stderr), or a refusal with `strict`; a local precomputed layer with none of its chunk files is refused (its
+    info names a scale folder or chunk grid that is not the one on disk). Returns how many are missing (0 when not
+    checked).
     An image stack with sections of several sizes gets one line saying how they are padded."""
     from connectome.io.precomputed import PrecomputedVolume
     from connectome.io.zarr_store import ZarrVolume
@@ -68,6 +70,8 @@ def check_input_chunks(address: str, strict: bool = False, stream=None) -> int:
     missing, expected, first = found
     if not missing:
         return 0
+    if missing == expected and isinstance(volume, PrecomputedVolume):  # (its writers store every chunk, zeros too)
+        raise UserError(volume.nothing_stored(first[0]))
     text = (f"{address}: {missing} of {expected} input chunk files are missing and read as zeros "
             f"(first: {', '.join(first)})")
     if strict:

@@ -95,7 +95,22 @@ def info_problem(info: str, found: Any) -> str | None:
             continue
         if not ok(scale[key]):
             return f"{info}: key 'scales[0].{key}': expected {expected}, found {describe(scale[key])}"
+    encoding, dtype = scale["encoding"], found["data_type"]
+    if encoding not in ENCODINGS:
+        return f"{info}: key 'scales[0].encoding': expected one of {', '.join(sorted(ENCODINGS))}, found {encoding!r}"
+    if ENCODINGS[encoding] and dtype not in ENCODINGS[encoding]:
+        return (f"{info}: key 'scales[0].encoding': {encoding!r} stores {' or '.join(ENCODINGS[encoding])} chunks, "
+                f"but data_type is {dtype!r}")
     return None
+
+
+# the chunk encodings of the precomputed format that cloud-volume reads -> the data types each can hold (): any)
+ENCODINGS: dict[str, tuple[str, ...]] = {
+    "raw": (), "npz": (), "npz_uint8": (), "jpeg": ("uint8",), "png": ("uint8", "uint16"), "jxl": ("uint8", "uint16"),
+    "compressed_segmentation": ("uint32", "uint64"), "compresso": ("uint8", "uint16", "uint32", "uint64"),
+    "crackle": ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"),
+    "fpzip": ("float32", "float64"), "kempressed": ("float32", "float64"), "zfpc": ("float32", "float64"),
+}
 
 
 def _is_dtype(value: Any) -> bool:
@@ -304,6 +319,19 @@ class PrecomputedVolume(Volume):
                 if len(first) < limit:
                     first.append(name)
         return missing, int(np.prod(counts)), first
+
+    def nothing_stored(self, first: str) -> str:
+        """The line that refuses a local layer none of whose chunk files (`first`: the name of chunk 0) is there."""
+        key = str(self._cv.meta.key(0))
+        folder = os.path.join(local_path(self.address) or "", key)
+        info = info_location(self.address)
+        if not os.path.isdir(folder):
+            return (f"{info}: scales[0].key {key!r} names no folder ({folder} does not exist), so every chunk would "
+                    "read as zeros; expected the folder of scale 0's chunk files")
+        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        found = f"it holds {len(names)} other file(s), e.g. {names[0]}" if names else "it is empty"
+        return (f"{info}: none of scale 0's chunk files is in {folder} (chunk 0 would be {first}; {found}), so every "
+                "chunk would read as zeros; check scales[0].chunk_sizes, voxel_offset and size against the files")
 
     def _chunk_name(self, chunk: Box) -> str:
         """cloud-volume's file name of the chunk at `chunk` (x0-x1_y0-y1_z0-z1, in the layer's voxel coordinates)."""

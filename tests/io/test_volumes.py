@@ -274,6 +274,10 @@ def test_a_precomputed_info_that_is_not_json_is_one_line_naming_it(tmp_path, cap
                                                          r"found \"8nm\""),
     (lambda d: d.update(num_channels=0), r"key 'num_channels': expected a whole number >= 1, found 0"),
     (lambda d: d["scales"][0].pop("key"), r"key 'scales\[0\].key' is missing"),
+    (lambda d: d["scales"][0].update(encoding="bogus"), r"key 'scales\[0\].encoding': expected one of .*jpeg.*raw.*"
+                                                        r"found 'bogus'"),
+    (lambda d: d["scales"][0].update(encoding="compressed_segmentation"),
+     r"key 'scales\[0\].encoding': 'compressed_segmentation' stores uint32 or uint64 chunks, but data_type is 'uint8'"),
 ])
 def test_a_precomputed_info_lacking_a_key_is_one_line_naming_file_and_key(tmp_path, damage, message):
     """(audit43 C02/C07) An info without `scales[0].size` gave a traceback `KeyError: 'size'`; a damaged info is
@@ -291,6 +295,30 @@ def test_a_precomputed_info_lacking_a_key_is_one_line_naming_file_and_key(tmp_pa
         create_volume(address, (8, 16, 16), np.uint8, (4, 8, 8), (8.0, 8.0, 8.0))
     assert (folder / "info").read_bytes() == before
     assert create_volume(address, (8, 16, 16), np.uint8, (4, 8, 8), (8.0, 8.0, 8.0), overwrite=True).shape == (8, 16, 16)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["scales"][0].update(key="4_4_40"), r"scales\[0\].key '4_4_40' names no folder \(.*/4_4_40 does not "
+                                                    r"exist\)"),
+    (lambda d: d["scales"][0].update(chunk_sizes=[[16, 16, 8]]), r"none of scale 0's chunk files is in .*/8.0_8.0_8.0 \("
+                                                                 r"chunk 0 would be 0-16_0-16_0-8; it holds 8 other"),
+])
+def test_a_precomputed_layer_none_of_whose_chunks_is_there_is_refused(tmp_path, capsys, change, message):
+    """(audit45) A scale key naming no folder, or chunk_sizes that are not those of the files, read every chunk as
+    zeros: `segment` warned, then segmented an empty volume into thousands of ids, exit 0. Now one line, exit 2."""
+    import json
+
+    from connectome.cli.main import main
+
+    address, folder, _ = _precomputed(tmp_path)
+    info = json.loads((folder / "info").read_text())
+    change(info)
+    (folder / "info").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    assert main(["segment", address, str(out), "--voxel-size", "8", "8", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(rf"{re.escape(str(folder / 'info'))}: {message}", err), err
+    assert not out.exists()
 
 
 def test_a_precomputed_info_that_is_no_object_is_named(tmp_path):
