@@ -492,21 +492,23 @@ class DoneMarkers:
         """Unmark blocks (their output is gone): the next run computes them again."""
         self.compact(forget=indices)
 
-    def lost_blocks(self, checksum_all: bool = False) -> dict[int, str]:
-        """Finished blocks whose recorded output chunks changed on disk: index -> the first such file.
+    def lost_blocks(self, checksum_all: bool = False, state: MarkerState | None = None) -> dict[int, str]:
+        """Finished blocks whose recorded output chunks changed on disk: index -> the first such file (from
+        `state`, as `load()` gave it, where the caller has it).
 
         A chunk's size and mtime are compared (one stat); a chunk whose mtime alone changed (copied,
         touched) is read and its crc32 compared. `checksum_all` reads every chunk.
         """
-        state = self.load()
+        state = state or self.load()
         lost: dict[int, str] = {}
         for index, outputs in state.chunks.items():
             for name, records in outputs.items():
                 root = state.roots.get(name)
                 if root is None:
                     continue
+                folder = root + os.sep
                 for key, size, mtime, crc in records:
-                    path = os.path.join(root, key)
+                    path = folder + key
                     if not _chunk_matches(path, size, mtime, crc, checksum_all):
                         lost[index] = path
                         break

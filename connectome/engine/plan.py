@@ -349,8 +349,9 @@ def _record_config(plan: Plan) -> None:
         raise unwritable(e, os.path.join(out, "run.json")) from None
 
 
-def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
-    """Every block of the stage (and its global step) finished with this plan's fingerprints."""
+def stage_complete(planned: PlannedStage, work_dir: str, checked: bool = False) -> bool:
+    """Every block of the stage (and its global step) finished with this plan's fingerprints, and their output
+    chunks as they wrote them (`checked`: this run's `forget_stale` compared them already)."""
     markers = DoneMarkers(work_dir, planned.stage.name)
     if not markers.resumes(fingerprint(planned.stage, planned.grid)):
         return False
@@ -361,7 +362,7 @@ def stage_complete(planned: PlannedStage, work_dir: str) -> bool:
             return False
         if not step_markers.is_done(0):
             return False
-    return markers.count() == len(planned.grid) and not markers.lost_blocks()
+    return markers.count() == len(planned.grid) and (checked or not markers.lost_blocks())
 
 
 def execute(plan: Plan, client, *, overwrite: bool = False, progress: bool = True) -> list[StageReport]:
@@ -452,14 +453,15 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
     if "://" not in plan.work_dir:
         remove_litter(plan.work_dir)  # temporary files of a killed run's writes (the directory whose lock is held)
     check_outputs(plan, overwrite)
-    if "://" not in plan.work_dir:
+    checked = "://" not in plan.work_dir  # the output chunks of every stage's finished blocks: once, here
+    if checked:
         try:  # blocks whose output was lost or whose input changed, and the later blocks that read them
             forget_stale(plan)
         except OSError as e:
             raise unwritable(e, plan.work_dir) from None
     changed = {id(p) for p, _, _ in changed_outputs(plan)} if overwrite else set()
     complete: dict[int, bool] = {}  # planned stage -> finished before this run (asked until one is not)
-    work = changed or not all(complete.setdefault(id(p), _complete(p, plan.work_dir)) for p in plan.stages)
+    work = changed or not all(complete.setdefault(id(p), _complete(p, plan.work_dir, checked)) for p in plan.stages)
     if work:
         connect(client)  # there is work: the cluster is reached (or refused) before anything is written
     try:
@@ -504,7 +506,7 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
                 check_format(stage.table_dirs[t.name], t.name, t.version)
         rerun = any(r.ran for r in reports)  # inputs of a global step were (partly) rewritten in this run
         idle = not rerun and not afresh and (complete[id(planned)] if id(planned) in complete
-                                             else stage_complete(planned, plan.work_dir))
+                                             else stage_complete(planned, plan.work_dir, checked))
         resources = None if idle else task_resources(stage.resources, offered())
         if not idle and stage.resources and resources is None and facts["remote"]:
             print(f"connectome: {stage.name}: no worker of this scheduler offers "
@@ -522,7 +524,8 @@ def _execute_locked(plan: Plan, client, overwrite: bool, progress: bool) -> list
                     after = plan.stages.index(planned) + 1
                     forget_stale(plan, {a: None for a in stage.output_addresses.values()}, after)
         reports.append(run_stage(stage, planned.grid, client, plan.work_dir, overwrite=overwrite,
-                                 retries=plan.config.retries, progress=progress, resources=resources))
+                                 retries=plan.config.retries, progress=progress, resources=resources,
+                                 checked=checked))
     if plan.record_config:
         _record_config(plan)
     return reports
@@ -539,10 +542,10 @@ def _stage_list(plan: Plan) -> list[tuple[str, int]]:
     return out
 
 
-def _complete(planned: PlannedStage, work_dir: str) -> bool:
+def _complete(planned: PlannedStage, work_dir: str, checked: bool) -> bool:
     """`stage_complete`, False where the stage's fingerprint cannot be read (an --overwrite run starts it again)."""
     try:
-        return stage_complete(planned, work_dir)
+        return stage_complete(planned, work_dir, checked)
     except UserError:
         return False
 

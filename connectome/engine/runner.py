@@ -167,11 +167,13 @@ def run_stage(
     window: int | None = None,
     collect_summaries: bool = False,
     resources: dict[str, float] | None = None,
+    checked: bool = False,
 ) -> StageReport:
     """Run `stage` on every block of `grid` that is not done yet; raise StageFailed on failure.
 
     `resources` (e.g. {"GPU": 1}) restricts the tasks to workers that advertise them; pass it only
-    for clusters that have such workers.
+    for clusters that have such workers. `checked`: the run's plan compared the finished blocks' output chunks
+    with the disk already (`engine.staleness.forget_stale`, under the output's lock), so they are not again.
     """
     from tqdm import tqdm
 
@@ -186,7 +188,7 @@ def run_stage(
         for name in stage.table_names():
             remove_litter(stage.table_dirs[name])
         markers.compact()  # the task files of an earlier, stopped run
-        lost = markers.lost_blocks()  # (a run's plan forgot those of changed inputs first: engine.staleness)
+        lost = {} if checked else markers.lost_blocks()  # (a run's plan forgot them, and those of changed inputs)
         if lost:
             first = min(lost)
             print(f"connectome: {stage.name}: {len(lost)} finished block(s) lost their output "

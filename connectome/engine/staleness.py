@@ -97,9 +97,11 @@ def forget_stale(plan: Plan, rewritten: Rewritten | None = None, start: int = 0)
         stage, grid = planned.stage, planned.grid
         markers = DoneMarkers(plan.work_dir, stage.name)
         try:
-            done = markers.done_mask(len(grid))
+            state = markers.load()
+            done = state.mask(len(grid))
             resumes = done.any() and markers.resumes(fingerprint(stage, grid))
-            lost = markers.lost_blocks() if resumes else {}
+            lost = markers.lost_blocks(state=state) if resumes else {}
+            del state  # (not held beside the input tables: loaded again where an input changed)
             changed, files = changed_input_blocks(markers) if resumes else ({}, {})
         except UserError:  # damaged markers: refused further on, or started again with --overwrite
             resumes = False
