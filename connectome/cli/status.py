@@ -80,12 +80,20 @@ def _line(r: dict, width: int = 16) -> str:
     return text + ("  complete" if r["total"] and r["done"] == r["total"] else "")
 
 
+def local_folder(target: str) -> str:
+    """The folder of a local address (`precomputed://file:///path`, `file:///path`); `target` as it is else."""
+    for prefix in ("precomputed://", "file://"):
+        if target.startswith(prefix):
+            target = target[len(prefix):]
+    return target
+
+
 def run(args) -> int:
     from connectome.engine.config import load_config
     from connectome.engine.lock import running
     from connectome.engine.stage_list import read_stage_list
 
-    target = args.target
+    target = local_folder(args.target)  # (a local precomputed layer that ingest wrote is its own output)
     names: list[str] | None
     if os.path.isfile(target):
         config = load_config(target)

@@ -47,6 +47,15 @@ def same_voxel_size(a, b) -> bool:
     return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=VOXEL_SIZE_RTOL, atol=0.0))
 
 
+def check_same_place(address: str, meta: VolumeMeta, voxel_size, offset) -> None:
+    """Refuse (one line) to write into an existing volume that another voxel size or offset places elsewhere in the
+    world: its metadata would stay, and readers would draw the new data there."""
+    voxel_size, offset = tuple(float(v) for v in voxel_size), tuple(int(o) for o in offset)
+    if (meta.voxel_size_known and not same_voxel_size(meta.voxel_size, voxel_size)) or tuple(meta.offset) != offset:
+        raise UserError(f"{address}: exists with voxel size {list(meta.voxel_size)} nm at offset {list(meta.offset)} "
+                        f"(z y x), expected {list(voxel_size)} nm at {list(offset)} (pass --overwrite to replace it)")
+
+
 class Volume(ABC):
     """A 3-d (or channels x 3-d) array on storage, read and written by boxes in voxel coordinates.
 

@@ -13,7 +13,7 @@ import numpy as np
 from connectome.core.address import PRECOMPUTED as PREFIX
 from connectome.core.errors import UserError
 from connectome.core.geometry import Box
-from connectome.io.base import Volume, VolumeMeta
+from connectome.io.base import Volume, VolumeMeta, check_same_place
 
 
 def cloudpath(address: str) -> str:
@@ -401,6 +401,7 @@ def create_precomputed_volume(
                 f"{address}: exists with shape {m.shape} dtype {m.dtype} channels {m.channels}, "
                 f"expected {tuple(shape)} {dtype} {channels} (pass --overwrite to replace it)"
             )
+        check_same_place(address, m, voxel_size, offset)
         return existing
     cv = CloudVolume(cloudpath(address), info=info, progress=False)
     cv.commit_info()

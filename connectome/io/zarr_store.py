@@ -14,7 +14,7 @@ import zarr
 
 from connectome.core.errors import UserError
 from connectome.core.geometry import Box, vec3
-from connectome.io.base import Volume, VolumeMeta, leading_axes
+from connectome.io.base import Volume, VolumeMeta, check_same_place, leading_axes
 
 SCALE0 = "0"
 # zstd level 1: on real EM (medulla, gala, VNC) the same size as zarr's default level 3 at 1.4-1.8x
@@ -346,6 +346,7 @@ def create_zarr_volume(
                 f"{address}: exists with shape/dtype/chunks/channels {have}, expected {want} "
                 "(pass --overwrite to replace it)"
             )
+        check_same_place(address, m, voxel_size, offset)
         return existing
     chunk_shape = tuple(min(int(c), int(s)) for c, s in zip(chunk_shape, shape))
     group = zarr.open_group(store=address, mode="w" if overwrite else "a")

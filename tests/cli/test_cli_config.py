@@ -112,6 +112,12 @@ def test_ingest_npz_to_zarr_and_precomputed_blockwise(tmp_path, capsys):
         assert vol.meta.voxel_size == (30.0, 6.0, 6.0) and vol.meta.chunk_shape == (5, 32, 32)
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["skipped"] == 8
+        # (audit45) ingest into it at another voxel size kept its metadata, placing the new data wrongly
+        _one_line_error(capsys, [*argv[:4], "40", "6", "6", *argv[7:]],
+                        f"{dst}: exists with voxel size [30.0, 6.0, 6.0] nm at offset [0, 0, 0] (z y x), expected "
+                        "[40.0, 6.0, 6.0] nm at [0, 0, 0] (pass --overwrite to replace it)")
+        # `status` takes the address that ingest printed (a precomputed:// one was not found)
+        assert main(["status", dst]) == 0 and "8 / 8 blocks  complete" in capsys.readouterr().out
     _one_line_error(capsys, ["ingest", src, str(tmp_path / "o.zarr" / "raw"), "--voxel-size", "30", "6", "6",
                              "--chunk-shape", "5", "16", "16", "--block-shape", "5", "24", "24"],
                     "expected a multiple of the output chunk shape")
