@@ -153,6 +153,7 @@ def run(args) -> int:
     from connectome.cluster.worker_logs import worker_logs
     from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, execute, plan_run
+    from connectome.export.carry import carry_morphology
     from connectome.image.rescale import describe
     from connectome.io import open_volume
 
@@ -170,10 +171,13 @@ def run(args) -> int:
     with worker_logs(plan.work_dir), open_client(cluster_settings(args), quiet=args.json, lazy=True) as client:
         report, = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     carry_footprints(open_volume(config.input), dst)
+    carried = carry_morphology(config.input, dst) if address_kind(dst) == "precomputed" else []
     shape, dtype, voxel_size = list(meta.shape), meta.dtype.name, list(meta.voxel_size)
     summary = {"volume": args.dst, "shape": shape, "dtype": dtype, "voxel_size": voxel_size,
-               "source_dtype": src_dtype.name, "rescale": mapping and mapping.to_json(), **report.to_json()}
+               "source_dtype": src_dtype.name, "rescale": mapping and mapping.to_json(), **report.to_json(),
+               "carried": carried}
     print_result(args, summary, f"{args.dst}: {shape} {dtype} at {voxel_size} nm "
                                 f"({report.ran} blocks written, {report.skipped} already done); "
-                                f"{describe(mapping, src_dtype, dst_dtype)}")
+                                f"{describe(mapping, src_dtype, dst_dtype)}"
+                                + (f"; with its {', '.join(carried)} (named in its info)" if carried else ""))
     return 0
