@@ -9,6 +9,7 @@ import json
 import os
 
 from connectome.core.address import parse_address
+from connectome.core.errors import UserError
 from connectome.engine.markers import DoneMarkers
 
 # info key -> (the folder of the output directory, the stage whose input segmentation it was made from, folder name
@@ -26,7 +27,7 @@ def made_from(out_dir: str, stage: str, segmentation: str) -> bool:
 
     try:
         fingerprint = DoneMarkers(out_dir, stage).fingerprint() or {}
-    except Exception:  # (damaged markers: nothing is carried)
+    except (UserError, OSError):  # (damaged markers: nothing is carried)
         return False
     address = (fingerprint.get("inputs") or {}).get("segmentation")
     if not isinstance(address, str):
