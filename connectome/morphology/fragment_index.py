@@ -78,11 +78,11 @@ def load_index(path: str) -> dict[str, np.ndarray]:
     return _load(path, os.path.getmtime(path))
 
 
-def owned(index: dict[str, np.ndarray], write_box: Box) -> list[tuple[int, np.ndarray]]:
-    """(id, the blocks holding its fragments) for every object whose owner corner lies in `write_box`
-    (so any grid of the joining stage covers every object exactly once)."""
-    owner = index["owner"]
-    inside = np.all((owner >= np.array(write_box.offset)) & (owner < np.array(write_box.end)), axis=1)
-    rows = np.flatnonzero(inside)
-    starts = index["starts"]
-    return [(int(index["ids"][r]), index["blocks"][starts[r]:starts[r + 1]]) for r in rows]
+def owned_shards(index: dict[str, np.ndarray], write_box: Box) -> list[tuple[int, np.ndarray]]:
+    """(shard, the rows of its objects in the index) of every shard whose owner corner (`shard_owner`) lies in
+    `write_box` (so any grid of the joining stage writes every shard exactly once)."""
+    owners = index["shard_owner"]
+    mine = np.flatnonzero(np.all((owners >= np.array(write_box.offset)) & (owners < np.array(write_box.end)), axis=1))
+    by_shard = np.argsort(index["shard"], kind="stable")
+    bounds = np.searchsorted(index["shard"][by_shard], [mine, mine + 1])
+    return [(int(shard), by_shard[lo:hi]) for shard, lo, hi in zip(mine, *bounds)]

@@ -25,7 +25,7 @@ from connectome.export import sharding
 from connectome.io import Volume
 from connectome.io.tables import save_table
 from connectome.morphology import mesh_format, skeleton_format
-from connectome.morphology.fragment_index import block_tables, build_index, load_index, owned, save_index
+from connectome.morphology.fragment_index import block_tables, build_index, load_index, owned_shards, save_index
 from connectome.morphology.meshing import lod_error, mesh_block_levels
 from connectome.morphology.properties import from_tables, write_segment_properties
 from connectome.morphology.skeletonizing import join_fragments, skeletonize_block, unpack, with_empty
@@ -172,19 +172,33 @@ class IndexStep(GlobalStep):
         meshes = self.kind == MESHES
         index = build_index(self.tables_dir, sizes=meshes)
         if meshes:
-            index.update(_shard_plan(self.tables_dir, index, os.path.join(self.out_dir, MESHES)))
+            spec = _mesh_sharding(self.tables_dir, index, os.path.join(self.out_dir, MESHES))
+        else:  # (a joined skeleton is about as large as its fragments' tables)
+            total = sum(os.path.getsize(path) for _, path in block_tables(self.tables_dir))
+            spec = sharding.sharding_spec(int(index["ids"].size), total)
+            skeleton_format.write_info(os.path.join(self.out_dir, SKELETONS), spec)
+        index.update(_shard_plan(index, spec))
         save_index(self.path, index)
         if meshes:
             write_segment_properties(os.path.join(self.out_dir, PROPERTIES),
                                      from_tables(self.out_dir, index["ids"], index["voxels"]))
-        else:
-            skeleton_format.write_info(os.path.join(self.out_dir, SKELETONS))
         return {"objects": int(index["ids"].size), "fragments": int(index["blocks"].size)}
 
 
-def _shard_plan(tables_dir: str, index: dict[str, np.ndarray], mesh_dir: str) -> dict[str, np.ndarray]:
-    """Sharding sized to the fragments' bytes (written into the meshes' info), each object's shard, and
-    per shard the corner of the block that writes it (its first object's owner)."""
+def _shard_plan(index: dict[str, np.ndarray], spec: dict) -> dict[str, np.ndarray]:
+    """Each object's shard, and per shard the corner of the block that writes it (its first object's owner; an
+    empty shard's: the first block, which writes it empty, so that every shard file exists)."""
+    shard, _ = sharding.locate(index["ids"], spec)
+    n_shards = 2 ** spec["shard_bits"]
+    present = np.flatnonzero(index["boxes"][:, 0] >= 0)
+    owners = np.tile(index["boxes"][present[0], :3], (n_shards, 1))
+    first = np.unique(shard, return_index=True)
+    owners[first[0]] = index["owner"][first[1]]
+    return {"shard": shard, "shard_owner": owners}
+
+
+def _mesh_sharding(tables_dir: str, index: dict[str, np.ndarray], mesh_dir: str) -> dict:
+    """Sharding sized to the fragments' bytes, written into the meshes' info."""
     total, grid = 0, None
     for _, path in block_tables(tables_dir):
         with np.load(path) as t:
@@ -195,13 +209,7 @@ def _shard_plan(tables_dir: str, index: dict[str, np.ndarray], mesh_dir: str) ->
             grid = grid or (int(t["bits"]),)
     spec = sharding.sharding_spec(int(index["ids"].size), total)
     mesh_format.write_info(mesh_dir, spec, grid[0] if grid else 10)
-    shard, _ = sharding.locate(index["ids"], spec)
-    n_shards = 2 ** spec["shard_bits"]
-    present = np.flatnonzero(index["boxes"][:, 0] >= 0)
-    owners = np.tile(index["boxes"][present[0], :3], (n_shards, 1))  # empty shards: the first block
-    first = np.unique(shard, return_index=True)
-    owners[first[0]] = index["owner"][first[1]]
-    return {"shard": shard, "shard_owner": owners}
+    return spec
 
 
 class MeshIndexStep(IndexStep):
@@ -241,29 +249,21 @@ class MeshManifestStage(BlockStage[NoParams]):
         directory = os.path.join(output_dir(self, MESH_TABLE.name), MESHES)
         info = mesh_format.read_info(directory)
         spec = info["sharding"]
-        owners = index["shard_owner"]
-        mine = np.flatnonzero(np.all((owners >= np.array(block.write_box.offset))
-                                     & (owners < np.array(block.write_box.end)), axis=1))
+        shards = owned_shards(index, block.write_box)
         fragments = _FragmentReader(self.table_dirs[MESH_TABLE.name], info["vertex_quantization_bits"])
         try:
-            self._write_shards(mine, index, fragments, directory, spec)
+            for shard, rows in shards:
+                entries = []
+                for row in rows:
+                    label = int(index["ids"][row])
+                    found = fragments.of(label, index["blocks"][index["starts"][row]:index["starts"][row + 1]])
+                    if found is not None:
+                        entries.append((label, *found))
+                mesh_format.write_atomic(os.path.join(directory, sharding.shard_name(shard, spec)),
+                                         sharding.encode_shard(entries, spec))
         finally:
             fragments.close()
-        return {"shards": int(mine.size), "objects": int(np.isin(index["shard"], mine).sum())}
-
-    def _write_shards(self, mine: np.ndarray, index: dict[str, np.ndarray], fragments: _FragmentReader,
-                      directory: str, spec: dict) -> None:
-        by_shard = np.argsort(index["shard"], kind="stable")
-        bounds = np.searchsorted(index["shard"][by_shard], [mine, mine + 1])
-        for shard, lo, hi in zip(mine, *bounds):
-            entries = []
-            for row in by_shard[lo:hi]:
-                label = int(index["ids"][row])
-                found = fragments.of(label, index["blocks"][index["starts"][row]:index["starts"][row + 1]])
-                if found is not None:
-                    entries.append((label, *found))
-            mesh_format.write_atomic(os.path.join(directory, sharding.shard_name(int(shard), spec)),
-                                     sharding.encode_shard(entries, spec))
+        return {"shards": len(shards), "objects": sum(len(rows) for _, rows in shards)}
 
 
 class _FragmentReader:
@@ -379,19 +379,27 @@ class SkeletonMergeStage(BlockStage[SkeletonMergeParams]):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         index = load_index(self.index_path())
-        objects = owned(index, block.write_box)
-        wanted = np.array([label for label, _ in objects], np.uint64)
+        shards = owned_shards(index, block.write_box)
+        rows = np.concatenate([r for _, r in shards]) if shards else np.zeros(0, np.int64)
+        wanted = index["ids"][rows]
         fragments: dict[int, list] = defaultdict(list)
         tables_dir = self.table_dirs[SKELETON_TABLE.name]
-        for b in sorted({int(b) for _, blocks in objects for b in blocks}):
+        starts, blocks_of = index["starts"], index["blocks"]
+        for b in sorted({int(b) for r in rows for b in blocks_of[starts[r]:starts[r + 1]]}):
             with np.load(os.path.join(tables_dir, f"{b}.npz")) as f:
                 table = {k: f[k] for k in f.files}
             for label, fragment in unpack(table, wanted).items():
                 fragments[label].append(fragment)
         directory = os.path.join(output_dir(self, SKELETON_TABLE.name), SKELETONS)
+        spec = skeleton_format.read_info(directory)["sharding"]
         vertices = 0
-        for label in wanted:
-            v, e, r = join_fragments(fragments[int(label)], self.params.dust_nm, self.params.tick_nm)
-            skeleton_format.write_skeleton(directory, int(label), v, e, r)
-            vertices += len(v)
+        for shard, shard_rows in shards:
+            entries = []
+            for label in index["ids"][shard_rows]:
+                v, e, r = join_fragments(fragments.pop(int(label), []), self.params.dust_nm, self.params.tick_nm)
+                if len(v):  # (an object without a skeleton is left out: its key is not in the shard)
+                    entries.append((int(label), skeleton_format.encode_skeleton(v, e, r), b""))
+                vertices += len(v)
+            mesh_format.write_atomic(os.path.join(directory, sharding.shard_name(shard, spec)),
+                                         sharding.encode_shard(entries, spec))
         return {"objects": int(wanted.size), "vertices": vertices}

@@ -141,6 +141,12 @@ def test_skeletons_are_joined_across_blocks(outputs):
         assert abs(length - length1) < 0.15 * length1
     v, e, _ = read_skeleton(str(made["blocks"] / "skeletons"), 7)
     assert v[:, 0].max() - v[:, 0].min() > 0.8 * SHAPE[2] * 8  # the tube's skeleton runs along x
+    # (audit45) one file per object, most of them empty, before: now the info and its shard files
+    for kind in ("blocks", "one"):
+        folder = made[kind] / "skeletons"
+        info = json.loads((folder / "info").read_text())
+        shards = 2 ** info["sharding"]["shard_bits"]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["info", *(f"{i:x}.shard" for i in range(shards))])
 
 
 def test_segment_sizes(outputs):
