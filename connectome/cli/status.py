@@ -81,11 +81,13 @@ def _line(r: dict, width: int = 16) -> str:
 
 
 def local_folder(target: str) -> str:
-    """The folder of a local address (`precomputed://file:///path`, `file:///path`); `target` as it is else."""
-    for prefix in ("precomputed://", "file://"):
-        if target.startswith(prefix):
-            target = target[len(prefix):]
-    return target
+    """Where the run state of `target` lies: a precomputed layer's is where `ingest` keeps it (inside a local layer,
+    else beside the current folder); a `file://` address's, its folder; else `target` as it is."""
+    if target.startswith("precomputed://"):
+        from connectome.cli.ingest import work_dir_for
+
+        return work_dir_for(target)
+    return target[len("file://"):] if target.startswith("file://") else target
 
 
 def run(args) -> int:

@@ -67,22 +67,30 @@ class _FolderMakingHandler(logging.Handler):
         super().__init__()
         self.path = path
         self.stream: TextIO | None = None
+        self.closed = False
 
-    def emit(self, record) -> None:
+    def emit(self, record) -> None:  # (called under the handler's lock)
+        if self.closed:
+            return  # (a thread of Dask's still logging as the run ends)
         try:
             if self.stream is None:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self.stream = open(self.path, "a")
+                self.stream = open(self.path, "a")  # noqa: SIM115  (closed by close())
             self.stream.write(self.format(record) + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.stream is not None:
-                self.stream.close()
-        self.stream = None
+        self.acquire()  # (emit runs under the same lock: none is half way through a write)
+        try:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                if self.stream is not None:
+                    self.stream.close()
+            self.stream = None
+        finally:
+            self.release()
         super().close()
 
 

@@ -23,6 +23,10 @@ def input_voxel_size(address: str, meta: VolumeMeta, wanted) -> tuple[float, flo
                 f"but {list(wanted)} was given"
             )
         return wanted
+    if not meta.voxel_size_known and meta.suggested_voxel_size is not None:
+        print(f"connectome: note: {address}: voxel size {list(meta.suggested_voxel_size)} nm (z y x) from its "
+              "OME-Zarr metadata; give --voxel-size for another", file=sys.stderr)
+        return meta.suggested_voxel_size
     if not meta.voxel_size_known:
         raise UserError(f"voxel_size: {address} carries no voxel size; give it (z y x, nm)")
     return meta.voxel_size

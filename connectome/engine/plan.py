@@ -279,12 +279,18 @@ def check_other_writers(plan: Plan) -> None:
 
 
 def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:
-    """(planned stage, address, what differs) for each existing output volume that does not match
-    the plan (another shape, dtype, chunk shape or channel count): it must be recreated."""
+    """(planned stage, address, what differs) for each existing output volume (zarr, local precomputed) that does
+    not match the plan (another shape, dtype, chunk shape, channel count, voxel size or offset): it must be
+    recreated."""
+    from connectome.io.precomputed import local_path
+
     out = []
     for planned in plan.stages:
         for address, meta in planned.creates.values():
-            if address_kind(address) != "zarr" or not os.path.exists(os.path.join(address, "zarr.json")):
+            kind = address_kind(address)
+            marker = (os.path.join(address, "zarr.json") if kind == "zarr"
+                      else os.path.join(local_path(address) or "", "info") if kind == "precomputed" else "")
+            if not marker or not os.path.isfile(marker) or (kind == "precomputed" and local_path(address) is None):
                 continue
             try:
                 have = open_volume(address).meta
@@ -293,11 +299,13 @@ def changed_outputs(plan: Plan) -> list[tuple[PlannedStage, str, str]]:
                 out.append((planned, address, f"metadata that cannot be read ({why})"))
                 continue
             chunks = tuple(min(c, s) for c, s in zip(meta.chunk_shape, meta.shape))
-            want = (tuple(meta.shape), np.dtype(meta.dtype), chunks, meta.channels)
-            found = (have.shape, have.dtype, have.chunk_shape, have.channels)
-            names = ("shape", "dtype", "chunk shape", "channels")
+            want = (tuple(meta.shape), np.dtype(meta.dtype), chunks, meta.channels, tuple(meta.offset))
+            found = (have.shape, have.dtype, have.chunk_shape, have.channels, tuple(have.offset))
+            names = ("shape", "dtype", "chunk shape", "channels", "offset")
             diff = [f"{n} {list(f) if isinstance(f, tuple) else f} (now {list(w) if isinstance(w, tuple) else w})"
                     for n, f, w in zip(names, found, want) if f != w]
+            if have.voxel_size_known and not same_voxel_size(have.voxel_size, meta.voxel_size):
+                diff.append(f"voxel size {list(have.voxel_size)} nm (now {list(meta.voxel_size)})")
             if diff:
                 out.append((planned, address, ", ".join(diff)))
     return out

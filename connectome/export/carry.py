@@ -9,8 +9,7 @@ import json
 import os
 
 from connectome.core.address import parse_address
-from connectome.core.errors import UserError
-from connectome.engine.markers import DoneMarkers
+from connectome.export.layers import recorded_input
 
 # info key -> (the folder of the output directory, the stage whose input segmentation it was made from, folder name
 # in the layer)
@@ -25,16 +24,8 @@ def made_from(out_dir: str, stage: str, segmentation: str) -> bool:
     """Whether `stage` of the output directory `out_dir` ran on the volume at `segmentation`."""
     from connectome.synapses.table import same_volume
 
-    try:
-        fingerprint = DoneMarkers(out_dir, stage).fingerprint() or {}
-    except (UserError, OSError):  # (damaged markers: nothing is carried)
-        return False
-    address = (fingerprint.get("inputs") or {}).get("segmentation")
-    if not isinstance(address, str):
-        return False
-    if "://" not in address and not os.path.isabs(address):
-        address = os.path.join(out_dir, address)
-    return same_volume(address, segmentation)
+    address = recorded_input(out_dir, stage, "segmentation")
+    return address is not None and same_volume(address, segmentation)
 
 
 def carry_morphology(src: str, dst: str) -> list[str]:

@@ -72,27 +72,37 @@ def _volume(name: str, address: str) -> VolumeLayer | None:
     return VolumeLayer(name, address, kind, (z, y, x), (vz, vy, vx), (oz, oy, ox), meta.channels)
 
 
-def _run_record(out_dir: str) -> dict:
+def _run_input(out_dir: str) -> str | None:
     try:
         with open(os.path.join(out_dir, "run.json")) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _run_input(out_dir: str) -> str | None:
-    value = _run_record(out_dir).get("input")
+            value = json.load(f).get("input")
+    except (OSError, ValueError, AttributeError):
+        return None
     return value if isinstance(value, str) else None
 
 
+def recorded_input(out_dir: str, stage: str, name: str) -> str | None:
+    """The address of input `name` that stage `stage` of the output directory ran on, as its done-markers'
+    fingerprint records it (in full); None where it has none."""
+    from connectome.engine.markers import DoneMarkers
+
+    try:
+        fingerprint = DoneMarkers(out_dir, stage).fingerprint() or {}
+    except (UserError, OSError):  # (damaged markers: unknown)
+        return None
+    address = (fingerprint.get("inputs") or {}).get(name)
+    if not isinstance(address, str):
+        return None
+    return address if "://" in address or os.path.isabs(address) else os.path.join(out_dir, address)
+
+
 def _run_segmentation(out_dir: str) -> str | None:
-    """The segmentation a stage of the run read from elsewhere (`inputs: {segmentation: ADDR}` in its config: the
-    meshes of a lab's own segmentation), where the run recorded one."""
-    for stage in _run_record(out_dir).get("stages") or []:
-        value = (stage.get("inputs") or {}).get("segmentation") if isinstance(stage, dict) else None
-        if isinstance(value, str):
-            return value
+    """The segmentation the meshes or skeletons of the output directory were made of (a lab's own, given as the
+    stages' `inputs: {segmentation: ADDR}`), where they were."""
+    for stage in ("meshes", "skeletons"):
+        address = recorded_input(out_dir, stage, "segmentation")
+        if address is not None:
+            return address
     return None
 
 
@@ -116,9 +126,10 @@ def find_layers(out_dir: str) -> OutputLayers:
         found.segmentation = _volume("segmentation", elsewhere)  # (its meshes and skeletons are in out_dir)
     if found.segmentation is not None and found.segmentation.kind != "segmentation":
         raise UserError(f"{found.segmentation.address}: expected a uint32/uint64 label volume, found an image")
+    shown = [local_path(layer.address) for layer in (found.raw, found.segmentation) if layer is not None]
     for name in sorted(os.listdir(out_dir)):
         path = os.path.join(out_dir, name)
-        if name == "segmentation" or (found.raw is not None and os.path.samefile(path, local_path(found.raw.address))):
+        if name == "segmentation" or any(os.path.exists(s) and os.path.samefile(path, s) for s in shown):
             continue
         layer = _volume(name, path) if os.path.isdir(path) else None
         if layer is not None:

@@ -23,6 +23,9 @@ class VolumeMeta:
     offset: Vec = (0, 0, 0)  # voxels, where voxel (0,0,0) sits in world space
     channels: int | None = None  # None for a scalar volume, else the length of a leading axis
     voxel_size_known: bool = True  # False for sources that carry no voxel size (npz, TIFF)
+    # an unknown voxel size that the source's metadata suggests (another tool's OME-Zarr scale, which may be a
+    # placeholder): taken for the run's input where none is given, never compared
+    suggested_voxel_size: tuple[float, float, float] | None = None
 
 
 def leading_axes(address: str, shape) -> tuple[int, int | None]:

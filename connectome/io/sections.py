@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from connectome.core.errors import UserError
@@ -26,8 +28,8 @@ class SectionRange(Volume):
             raise UserError(f"{address}: the section range selects no sections (the volume has {depth})")
         self.inner = inner
         m = inner.meta
-        self._meta = VolumeMeta((self.stop - self.start, *m.shape[1:]), m.dtype, m.chunk_shape, m.voxel_size,
-                                (m.offset[0] + self.start, *m.offset[1:]), m.channels, m.voxel_size_known)
+        self._meta = dataclasses.replace(m, shape=(self.stop - self.start, *m.shape[1:]),
+                                         offset=(m.offset[0] + self.start, *m.offset[1:]))
 
     @property
     def meta(self) -> VolumeMeta:

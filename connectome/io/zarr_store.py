@@ -143,7 +143,7 @@ class ZarrVolume(Volume):
                             f"found shape {arr.shape}")
         spatial = vec3(arr.shape[-3:])
         chunks = vec3(arr.chunks[-3:])
-        voxel_size = tuple(float(v) for v in own.get("voxel_size", ome_voxel_size or (1.0, 1.0, 1.0)))
+        voxel_size = tuple(float(v) for v in own.get("voxel_size", (1.0, 1.0, 1.0)))
         offset = tuple(int(o) for o in own.get("offset", (0, 0, 0)))
         if len(voxel_size) != 3 or len(offset) != 3:
             raise UserError(f"{address}: expected 3 values (z y x) for voxel_size and offset in its metadata, "
@@ -155,7 +155,8 @@ class ZarrVolume(Volume):
             voxel_size=voxel_size,
             offset=offset,
             channels=channels,
-            voxel_size_known="voxel_size" in own or ome_voxel_size is not None,  # (another tool's: OME's, if any)
+            voxel_size_known="voxel_size" in own,  # a zarr another tool wrote carries none that we rely on
+            suggested_voxel_size=None if "voxel_size" in own else ome_voxel_size,
         )
 
     @property

@@ -112,10 +112,15 @@ def test_ingest_npz_to_zarr_and_precomputed_blockwise(tmp_path, capsys):
         assert vol.meta.voxel_size == (30.0, 6.0, 6.0) and vol.meta.chunk_shape == (5, 32, 32)
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["skipped"] == 8
-        # (audit45) ingest into it at another voxel size kept its metadata, placing the new data wrongly
-        _one_line_error(capsys, [*argv[:4], "40", "6", "6", *argv[7:]],
-                        f"{dst}: exists with voxel size [30.0, 6.0, 6.0] nm at offset [0, 0, 0] (z y x), expected "
-                        "[40.0, 6.0, 6.0] nm at [0, 0, 0] (pass --overwrite to replace it)")
+        # (audit45) ingest into it at another voxel size kept its metadata, placing the new data wrongly: refused
+        # before anything is written, and made anew with --overwrite
+        other = [*argv[:4], "40", "6", "6", *argv[7:]]
+        _one_line_error(capsys, other, f"{dst}: exists with voxel size [30.0, 6.0, 6.0] nm (now [40.0, 6.0, 6.0]); "
+                                       "pass --overwrite to discard it and its finished blocks of stage 'copy'")
+        assert main([*other, "--overwrite"]) == 0 and json.loads(capsys.readouterr().out)["ran"] == 8
+        assert open_volume(dst).meta.voxel_size == (40.0, 6.0, 6.0)
+        assert main(argv) == 2 and "exists with voxel size [40.0, 6.0, 6.0] nm" in capsys.readouterr().err
+        assert main([*argv, "--overwrite"]) == 0 and json.loads(capsys.readouterr().out)["ran"] == 8
         # `status` takes the address that ingest printed (a precomputed:// one was not found)
         assert main(["status", dst]) == 0 and "8 / 8 blocks  complete" in capsys.readouterr().out
     _one_line_error(capsys, ["ingest", src, str(tmp_path / "o.zarr" / "raw"), "--voxel-size", "30", "6", "6",

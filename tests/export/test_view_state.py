@@ -273,3 +273,28 @@ def test_meshes_of_a_labs_own_segmentation_are_shown_on_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("connectome view: error: --source-url: every volume of") and "Traceback" not in "".join(err)
     assert not state.exists()
+
+
+def test_meshes_of_a_dataset_of_the_output_are_shown_on_it_from_any_folder(tmp_path, capsys, monkeypatch):
+    """A segmentation given by its dataset name (`inputs: {segmentation: labseg}`: OUT/labseg) was looked for in
+    the current folder (review45), so `view` run elsewhere showed it as another hidden volume, without meshes."""
+    import numpy as np
+    import yaml
+
+    from connectome.io import create_volume, open_volume
+    from connectome.synth import generate
+
+    generate((16, 64, 64), (8.0, 8.0, 8.0), seed=3).save(str(tmp_path / "synth"), chunk_shape=(16, 32, 32))
+    labels = open_volume(str(tmp_path / "synth" / "labels"))
+    out = tmp_path / "out"
+    seg = create_volume(str(out / "labseg"), labels.shape, np.uint64, (16, 32, 32), (8.0, 8.0, 8.0))
+    seg.write(seg.box, labels.read(labels.box).astype(np.uint64))
+    config = {"input": str(tmp_path / "synth" / "raw"), "output": str(out), "blocks": {"shape": [16, 32, 32]},
+              "cluster": {"n_workers": 1},
+              "stages": [{"stage": name, "inputs": {"segmentation": "labseg"}} for name in ("meshes", "mesh_manifests")]}
+    (tmp_path / "see.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "see.yaml"), "--no-progress"]) == 0, capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "synth")
+    layers = find_layers(str(out))
+    assert layers.segmentation is not None and layers.segmentation.address == str(out / "labseg")
+    assert "labseg" not in [layer.name for layer in layers.others] and layers.meshes == str(out / "meshes")

@@ -519,22 +519,30 @@ def _foreign_ome_zarr(path, multiscales, data):
     return str(path)
 
 
-def test_an_ome_zarr_another_tool_wrote_gives_its_level_and_voxel_size(tmp_path):
+def test_an_ome_zarr_another_tool_wrote_gives_its_level_and_voxel_size(tmp_path, capsys):
     """A lab's OME-Zarr (bioformats2raw, ome-zarr-py, tensorstore writers): its finest level is the one its
     multiscales name (`s0` here), and its voxel size is its scale in nm (micrometres here), so no --voxel-size is
     needed; before 2026-12-06 only a level named `0` was found and the voxel size was unknown."""
+    from connectome.engine.inputs import input_voxel_size
+
     raw = _random((8, 32, 32), np.uint8)
     axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
             *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
     datasets = [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.04, 0.004, 0.004]}]}]
     address = _foreign_ome_zarr(tmp_path / "lab.ome.zarr", [{"axes": axes, "datasets": datasets}], raw[None, None])
     volume = open_volume(address)
-    assert volume.meta.voxel_size_known and np.allclose(volume.meta.voxel_size, (40, 4, 4))
     assert volume.meta.channels is None and (volume.read(volume.box) == raw).all()
+    # taken where none is given (with a note), never compared: a placeholder scale (1 micrometre, as many writers
+    # put) must not refuse a --voxel-size (review45)
+    assert not volume.meta.voxel_size_known and np.allclose(volume.meta.suggested_voxel_size, (40, 4, 4))
+    assert input_voxel_size(address, volume.meta, None) == (40.0, 4.0, 4.0)
+    assert "voxel size [40.0, 4.0, 4.0] nm (z y x) from its OME-Zarr metadata" in capsys.readouterr().err
+    assert input_voxel_size(address, volume.meta, (30, 4, 4)) == (30.0, 4.0, 4.0)
+    assert open_volume(f"{address}[2:6]").meta.suggested_voxel_size == volume.meta.suggested_voxel_size
 
     unitless = [{"axes": [{"name": a, "type": "space"} for a in "zyx"],
                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [8, 8, 8]}]}]}]
-    assert not open_volume(_foreign_ome_zarr(tmp_path / "unitless.zarr", unitless, raw)).meta.voxel_size_known
+    assert open_volume(_foreign_ome_zarr(tmp_path / "unitless.zarr", unitless, raw)).meta.suggested_voxel_size is None
     with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))}/bad.zarr/zarr.json: cannot read "
                                         r"ome.multiscales\[0\] .*KeyError"):
         open_volume(_foreign_ome_zarr(tmp_path / "bad.zarr", [{"axes": axes}], raw))
