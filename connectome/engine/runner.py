@@ -30,7 +30,7 @@ from distributed.scheduler import KilledWorker
 
 from connectome.cluster.pools import raise_pool_failure
 from connectome.cluster.session import scaler_of
-from connectome.core.errors import StageFailed, unwritable
+from connectome.core.errors import StageFailed, UserError, unwritable
 from connectome.core.geometry import BlockGrid
 from connectome.engine.global_step import GlobalStep
 from connectome.engine.markers import DoneMarkers, chunk_record, input_record, relative_paths
@@ -204,8 +204,7 @@ def run_stage(
             report.summaries = markers.summaries()
         return report
     start = time.perf_counter()
-    stage.before_blocks(lambda fn: _result(client, client.submit(fn, resources=resources or None, pure=False)),
-                        markers.summaries)
+    stage.before_blocks(lambda fn: _on_worker(stage, client, fn, resources), markers.summaries)
     order = BlockOrder(grid, todo, stage.reads_neighbours)
     run_id = uuid.uuid4().hex[:8]
 
@@ -345,6 +344,22 @@ def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, wo
     report = StageReport(step.name, 1, 0, 1, 1, time.perf_counter() - start)
     report.summaries = {0: summary}
     return report
+
+
+def _on_worker(stage: BlockStage, client, fn, resources: dict[str, float] | None):
+    """`fn()` run on a worker for the stage's set-up (`BlockStage.before_blocks`); a failure there stops the stage as
+    a block's would, in one line (workers that die for memory: the same advice)."""
+    fut = client.submit(fn, resources=resources or None, pure=False)
+    try:
+        return _result(client, fut)
+    except KilledWorker as e:
+        name = getattr(getattr(fn, "func", fn), "__name__", "a task")
+        raise StageFailed(stage.name, 0, "before its blocks", _killed(e, fut, f"its set-up ({name})")) from None
+    except Exception as e:
+        if isinstance(e, (StageFailed, UserError)):
+            raise
+        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        raise StageFailed(stage.name, 0, "before its blocks", text) from None
 
 
 def _result(client, fut):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -122,6 +123,15 @@ class FFNParams(StageParams):
             raise ValueError(f"scale factors must be at least 1, got {list(v)}")
         return v
 
+    @field_validator("overlap")
+    @classmethod
+    def _shared_voxels(cls, v):
+        if v is not None and min(v) < 1:
+            raise ValueError(f"blocks are reconciled where they overlap: {list(v)} leaves neighbouring blocks no "
+                             "voxel to match (every object would end at the block faces); give 1 or more per axis, "
+                             "or leave it out (the model's FOV)")
+        return v
+
 
 @register
 class FFNStage(OnePrecision, BlockStage):
@@ -194,6 +204,12 @@ class FFNStage(OnePrecision, BlockStage):
             where = self.input_addresses["raw"] + (f" downsampled by {list(scale)}" if scale != ONE else "")
             check_voxel_size(model, info.voxel_size, where, coarse, self.params.allow_voxel_mismatch)
             check_image_input(self, info, inputs)
+            fov = [f * k for f, k in zip(info.config.fov, scale)]
+            shape = inputs["raw"].shape
+            if any(s < f for s, f in zip(shape, fov)):  # (one section of a 2-d image, a thin crop)
+                print(f"connectome: warning: {self.input_addresses['raw']} is {' x '.join(map(str, shape))} voxels, "
+                      f"smaller than {model}'s field of view ({' x '.join(map(str, fov))}) along an axis: it sees "
+                      "no object whole there and tends to fill the volume as one segment", file=sys.stderr)
         self.params = self.params.model_copy(update=update)
 
     def fingerprint(self) -> dict:

@@ -65,6 +65,10 @@ def load_pair(raw_address: str, labels_address: str) -> Pair:
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{labels_address}: expected integer object ids (0 = boundary), found {labels.dtype}")
     values = fastremap.unique(labels)
+    if values.size and values[0] < 0:  # (sorted) an "ignore" label such as -1 would be learned as an object
+        where = tuple(int(i) for i in np.argwhere(labels == values[0])[0])
+        raise UserError(f"{labels_address}: negative object id {int(values[0])} at voxel {where} (z, y, x); object "
+                        "ids are >= 1 and 0 is boundary or unlabelled: map an 'ignore' label such as -1 to 0 first")
     if len(values) <= 2:
         raise UserError(
             f"{labels_address}: only {len(values)} distinct values; expected object ids, not a mask "

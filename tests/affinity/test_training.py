@@ -304,3 +304,15 @@ def test_the_first_and_final_loss_of_a_short_run_are_not_one_mean():
     assert loss_ends([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 10) == pytest.approx((0.8, 0.5))  # halves, not all six twice
     assert loss_ends(list(np.linspace(1, 0, 100)), 10) == pytest.approx((0.9545, 0.0455), abs=1e-3)
     assert loss_ends([0.7], 10) == (0.7, 0.7) and loss_ends([], 10) == (None, None)
+
+
+def test_negative_label_ids_are_refused_in_training(tmp_path):
+    """(audit45) An "ignore" label such as -1 was renumbered into an ordinary object and learned from (`evaluate`
+    refuses it); training refuses it too, naming a voxel."""
+    raw = np.zeros((4, 8, 8), np.uint8)
+    labels = (np.arange(4 * 8 * 8).reshape(4, 8, 8) % 5 + 1).astype(np.int32)
+    labels[2, 3, 4] = -1
+    np.savez(tmp_path / "v.npz", raw=raw, labels=labels)
+    with pytest.raises(UserError, match=r"v.npz#labels: negative object id -1 at voxel \(2, 3, 4\) \(z, y, x\); .* "
+                                        r"map an 'ignore' label such as -1 to 0 first$"):
+        load_pair(f"{tmp_path}/v.npz#raw", f"{tmp_path}/v.npz#labels")

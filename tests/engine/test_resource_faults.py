@@ -84,6 +84,22 @@ class FillHoggingTotal(FillTotalStage):
         return HoggingTotal(self.table_dirs["sums"], self.params.scale)
 
 
+def _hog() -> int:
+    """Take memory as MemoryHog does (on a worker)."""
+    held = [np.ones(32 << 20, np.uint8) for _ in range(64)]
+    time.sleep(30)
+    return len(held)
+
+
+class HoggingSetUp(NormalizeStage):
+    """normalize, whose set-up on a worker (before_blocks, as `--precision auto`'s probe) passes its memory limit."""
+
+    name = "hogging-set-up"
+
+    def before_blocks(self, on_worker, finished) -> None:
+        on_worker(_hog)
+
+
 _KEPT: list = []  # what MemoryKeeper's worker holds
 
 
@@ -104,7 +120,7 @@ class MemoryKeeper(NormalizeStage):
         return super().process(block, volumes)
 
 
-for _cls in (FailsOnCue, MemoryHog, MemoryKeeper, FillHoggingTotal):
+for _cls in (FailsOnCue, MemoryHog, MemoryKeeper, FillHoggingTotal, HoggingSetUp):
     if _cls.name not in REGISTRY:
         register(_cls)
 
@@ -259,6 +275,22 @@ def test_a_global_step_past_the_memory_limit_says_why_its_workers_died(tmp_path,
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "workers died repeatedly while running the global step 'total'" in lines[0], err
+    assert "memory limit (1 GiB per worker)" in lines[0], err
+
+
+def test_a_stage_set_up_past_the_memory_limit_says_why_its_workers_died(tmp_path, capsys):
+    """(audit45) The set-up task a stage runs on a worker before its blocks (`--precision auto`'s probe) gave Dask's
+    KilledWorker traceback, exit 1, where a block gives one line with the cause."""
+    raw = write_raw(tmp_path / "raw.npz", shape=(4, 64, 64))
+    cfg = write_config(tmp_path / "run.yaml", raw, tmp_path / "out", block=(2, 64, 64), retries=0,
+                       cluster={"n_workers": 1, "memory_limit": "1GiB"},
+                       stages=[{"stage": "hogging-set-up", "params": {"sigma": 4.0}}])
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        code, _, err = _run(cfg, capsys)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "stage 'hogging-set-up' failed" in lines[0] and "workers died repeatedly while running its set-up" in err
     assert "memory limit (1 GiB per worker)" in lines[0], err
 
 

@@ -163,6 +163,8 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["--ffn-step-budget", "-1"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found '-1'"),
         (["--ffn-step-budget", "inf"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found 'inf'"),
         (["--overlap", "-4", "0", "0"], raw, "argument --overlap: expected a whole number >= 0, found '-4'"),
+        # (audit45: no shared voxel, so every object ended at the block faces, exit 0)
+        (["--overlap", "0", "4", "4"], raw, "blocks are reconciled where they overlap: [0, 4, 4] leaves neighbouring"),
     ]
     for extra, src, expected in cases:
         argv = ["segment", src, str(tmp_path / "o"), "--method", "ffn", *extra]
@@ -170,6 +172,17 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (argv, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_volume_thinner_than_the_fov_is_segmented_with_a_warning(tmp_path, capsys):
+    """(audit45) A 2-d image or a few sections came back as one segment without a word."""
+    thin = create_volume(str(tmp_path / "thin"), (4, 48, 48), np.uint8, (4, 48, 48), (8, 8, 8))
+    thin.write(thin.box, np.random.default_rng(0).integers(0, 255, (4, 48, 48), dtype=np.uint8))
+    assert main(["segment", thin.address, str(tmp_path / "o"), "--method", "ffn", "--no-progress", "--workers",
+                 "1"]) == 0
+    err = capsys.readouterr().err
+    assert (f"connectome: warning: {thin.address} is 4 x 48 x 48 voxels, smaller than ffn-synthetic's field of "
+            "view (17 x 17 x 17) along an axis") in err, err
 
 
 def test_a_broken_ffn_model_is_one_line_before_anything_is_written(tmp_path, capsys, synthetic_raw):
