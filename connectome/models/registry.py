@@ -111,8 +111,11 @@ def load_checked(net: torch.nn.Module, path: str, what: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict({k: v.float() for k, v in state.items()})
     except Exception as e:  # noqa: BLE001 - see the docstring
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: expected the weights of {what}, found {first[:200]}") from None
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+        if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:  # the mismatch is what says
+            lines = [lines[1]]  # which network the weights are of ("size mismatch for ...", "Missing key(s) ...")
+        found = lines[0] if len(lines[0]) <= 240 else lines[0][:237] + "..."
+        raise UserError(f"{path}: expected the weights of {what}, found {found}") from None
 
 
 AFFINITY_KEYS = ("architecture", "voxel_size", "normalisation")
