@@ -499,7 +499,7 @@ class DoneMarkers:
         A chunk's size and mtime are compared (one stat); a chunk whose mtime alone changed (copied,
         touched) is read and its crc32 compared. `checksum_all` reads every chunk.
         """
-        state = state or self.load()
+        state = state if state is not None else self.load()
         lost: dict[int, str] = {}
         for index, outputs in state.chunks.items():
             for name, records in outputs.items():

@@ -328,14 +328,8 @@ def run_global_step(step: GlobalStep, step_fingerprint: dict, client: Client, wo
     try:
         for done in _finished(as_completed([fut]), lambda: raise_pool_failure(client)):
             if done.status == "error":
-                exc = done.exception()
-                if isinstance(exc, StageFailed):
-                    raise exc
-                if isinstance(exc, KilledWorker):
-                    text = _killed(exc, done, f"the global step {step.name!r}")
-                else:
-                    text = "".join(traceback.format_exception(type(exc), exc, done.traceback()))
-                raise StageFailed(step.name, 0, "all blocks", text)
+                raise _as_failure(step.name, 0, "all blocks", done.exception(), done.traceback(), done,
+                                  f"the global step {step.name!r}")
     except BaseException:
         fut.cancel()
         raise
@@ -352,14 +346,11 @@ def _on_worker(stage: BlockStage, client, fn, resources: dict[str, float] | None
     fut = client.submit(fn, resources=resources or None, pure=False)
     try:
         return _result(client, fut)
-    except KilledWorker as e:
-        name = getattr(getattr(fn, "func", fn), "__name__", "a task")
-        raise StageFailed(stage.name, 0, "before its blocks", _killed(e, fut, f"its set-up ({name})")) from None
+    except UserError:
+        raise
     except Exception as e:
-        if isinstance(e, (StageFailed, UserError)):
-            raise
-        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        raise StageFailed(stage.name, 0, "before its blocks", text) from None
+        name = getattr(getattr(fn, "func", fn), "__name__", "a task")
+        raise _as_failure(stage.name, 0, "before its blocks", e, e.__traceback__, fut, f"its set-up ({name})") from None
 
 
 def _result(client, fut):
@@ -390,16 +381,18 @@ def _finished(pending: as_completed, check, every: float = 1.0):
 
 
 def _failure(stage: BlockStage, grid: BlockGrid, batch: list[int], fut) -> StageFailed:
-    exc = fut.exception()
+    return _as_failure(stage.name, batch[0], str(grid.block(batch[0]).write_box), fut.exception(), fut.traceback(),
+                       fut, f"blocks {batch[:8]}{'...' if len(batch) > 8 else ''}")
+
+
+def _as_failure(name: str, index: int, box: str, exc: BaseException, tb, fut, what: str) -> StageFailed:
+    """A worker task's exception (`tb`: its traceback) as the StageFailed of stage or step `name`: workers that
+    died while running `what` say so with the likely cause (`_killed`), anything else with its traceback."""
     if isinstance(exc, StageFailed):
         return exc
-    first = batch[0]
-    box = str(grid.block(first).write_box)
     if isinstance(exc, KilledWorker):
-        text = _killed(exc, fut, f"blocks {batch[:8]}{'...' if len(batch) > 8 else ''}")
-    else:
-        text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
-    return StageFailed(stage.name, first, box, text)
+        return StageFailed(name, index, box, _killed(exc, fut, what))
+    return StageFailed(name, index, box, "".join(traceback.format_exception(type(exc), exc, tb)))
 
 
 def _killed(exc: KilledWorker, fut, what: str) -> str:
