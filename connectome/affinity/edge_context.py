@@ -78,7 +78,8 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
     frag_dense, frag_map = fastremap.renumber(np.ascontiguousarray(fragments), start=1, preserve_zero=True)
     frag_ids = _inverse(frag_map, fragments.dtype)
     n_basin = np.uint64(int(basin.max()) + 1)
-    key = frag_dense.astype(np.uint64) * n_basin + basin[read.relative_to(region)]  # 0 where no fragment
+    inside = basin[read.relative_to(region)]
+    key = frag_dense.astype(np.uint64) * n_basin + inside  # 0 where no fragment
     refined, key_map = fastremap.renumber(key, start=1, preserve_zero=True)
     keys = _inverse(key_map, np.uint64)
     ru, rv, r_sums, r_counts, _ = region_graph(refined.astype(np.uint64), affs, has_lower)
@@ -91,7 +92,9 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
     p = np.zeros(len(ru))
     if np.any(scored):
         affs_region = affinities_as_float(affinities.read(region), np.float64)
-        gu, gv, g_sums, g_counts, hist = region_graph(basin, affs_region, (False, False, False))
+        touching = np.zeros(int(n_basin), bool)  # the basin pairs this block needs both touch its read box
+        touching[inside] = True
+        gu, gv, g_sums, g_counts, hist = region_graph(basin, affs_region, (False, False, False), touching)
         gkeys = gu.astype(np.uint64) * n_basin + gv.astype(np.uint64)  # sorted, as the region graph's (u, v)
         want = lo[scored] * n_basin + hi[scored]
         rows = np.flatnonzero(np.isin(gkeys, want))  # features only of the basin pairs this block needs

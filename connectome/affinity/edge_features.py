@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import cc3d
 import fastremap
 import numpy as np
+from numba import njit
 from scipy.sparse import csr_array
 
 from connectome.affinity.agglomeration import HIST_BINS
@@ -50,8 +51,15 @@ def small_fragments(labels: np.ndarray, limit: Sequence[int]) -> tuple[np.ndarra
     return old[1:][order], sizes[order], small[order]
 
 
-def histogram_features(hist: np.ndarray) -> np.ndarray:
-    """(edges, 7): quantiles, standard deviation and share below 0.5 of each row's affinities."""
+def histogram_features(hist) -> np.ndarray:
+    """(edges, 7): quantiles, standard deviation and share below 0.5 of each row's affinities; `hist` a
+    dense (edges, HIST_BINS) array or a CSR array with each row's bins in increasing order."""
+    if isinstance(hist, csr_array):
+        if not hist.has_canonical_format:  # each row's bins once, in increasing order
+            hist = hist.copy()
+            hist.sum_duplicates()
+        return _sparse_histogram_features(hist.indptr.astype(np.int64), hist.indices.astype(np.int64),
+                                          hist.data.astype(np.float64), np.asarray(QUANTILES), HIST_BINS)
     hist = np.asarray(hist, np.float64)
     total = np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
     cumulative = np.cumsum(hist, axis=1)
@@ -63,6 +71,43 @@ def histogram_features(hist: np.ndarray) -> np.ndarray:
     return np.stack([*quantiles, std, low], axis=1)
 
 
+@njit(cache=True)
+def _sparse_histogram_features(indptr, bins, counts, quantiles, n_bins):
+    """`histogram_features` of CSR rows without making them dense (a quantile is the first bin whose
+    cumulative count reaches q x total: the dense form's count of bins below it)."""
+    n = len(indptr) - 1
+    out = np.empty((n, len(quantiles) + 2))
+    for row in range(n):
+        lo, hi = indptr[row], indptr[row + 1]
+        total = 0.0
+        first = 0.0
+        second = 0.0
+        low = 0.0
+        for k in range(lo, hi):
+            c = counts[k]
+            centre = (bins[k] + 0.5) / n_bins
+            total += c
+            first += c * centre
+            second += c * centre * centre
+            if bins[k] < n_bins // 2:
+                low += c
+        total = max(total, 1.0)
+        for j in range(len(quantiles)):
+            target = quantiles[j] * total
+            below = n_bins
+            cumulative = 0.0
+            for k in range(lo, hi):
+                cumulative += counts[k]
+                if not cumulative < target:
+                    below = bins[k]
+                    break
+            out[row, j] = (below + 0.5) / n_bins
+        mean = first / total
+        out[row, len(quantiles)] = np.sqrt(max(second / total - mean * mean, 0.0))
+        out[row, len(quantiles) + 1] = low / total
+    return out
+
+
 def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray,
                   hist, limit: Sequence[int], known: tuple | None = None) -> np.ndarray:
     """(edges, len(FEATURES)) float32 for the edges (u, v) of `fragments`; `known`: its
@@ -71,7 +116,6 @@ def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.
     n = len(u)
     if n == 0:
         return np.zeros((0, len(FEATURES)), np.float32)
-    dense = hist.toarray() if isinstance(hist, csr_array) else np.asarray(hist)
     counts = np.asarray(counts, np.float64)
     mean = np.asarray(sums, np.float64) / counts
     ids, sizes, small_ = known if known is not None else small_fragments(fragments, limit)
@@ -82,7 +126,7 @@ def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.
     large = np.where(small_is_u, sv, su)
     log_contact = np.log1p(counts)
     out = np.column_stack([
-        mean, histogram_features(dense), log_contact, np.log1p(small), np.log1p(large),
+        mean, histogram_features(hist), log_contact, np.log1p(small), np.log1p(large),
         log_contact - np.log1p(small) * (2.0 / 3.0),
     ])
     return out.astype(np.float32)

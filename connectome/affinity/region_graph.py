@@ -39,9 +39,11 @@ def _grown(a, n, fill):
 
 
 @njit(cache=True)
-def _contacts(fragments, affs, start, bins):
+def _contacts(fragments, affs, start, bins, keep):
     """Edges (u < v) in order of first contact, with affinity sums and pair counts, and each
-    edge's histogram as a list of (bin, count) nodes in increasing bin order."""
+    edge's histogram as a list of (bin, count) nodes in increasing bin order; with `keep` (one flag per
+    label, or empty for all), only edges whose two labels are kept."""
+    filtered = len(keep) > 0
     cap = 1 << 12
     while cap < affs.size // 16:  # about the edges of fine fragments: few regrowths
         cap *= 2
@@ -67,6 +69,8 @@ def _contacts(fragments, affs, start, bins):
                     a = fragments[z + sz, y + sy, x + sx]
                     b = fragments[z + sz - dz, y + sy - dy, x + sx - dx]
                     if a == b or a == 0 or b == 0:
+                        continue
+                    if filtered and not (keep[a] and keep[b]):
                         continue
                     u, v = min(a, b), max(a, b)
                     if n > 0 and eu[last] == u and ev[last] == v:  # runs of one contact are common
@@ -127,8 +131,10 @@ def _csr(order, head, node_bin, node_count, node_next, nodes):
     return indptr, bins, counts
 
 
-def region_graph(fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool, bool, bool]):
-    """Edges of a write box.
+def region_graph(fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool, bool, bool],
+                 keep: np.ndarray | None = None):
+    """Edges of a write box (with `keep`, a flag per label id, only those whose two labels are kept:
+    each kept edge's figures are those it has without `keep`).
 
     `fragments` covers the write box plus one voxel layer below each face where `has_lower`;
     `affs` (3, z, y, x) covers the write box. Returns sorted unique (u, v) with u < v, the sum of
@@ -137,7 +143,8 @@ def region_graph(fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool,
     """
     start = np.array([int(h) for h in has_lower], np.int64)
     u, v, sums, counts, *lists = _contacts(np.ascontiguousarray(fragments, np.uint64),
-                                           np.ascontiguousarray(affs, np.float64), start, HIST_BINS)
+                                           np.ascontiguousarray(affs, np.float64), start, HIST_BINS,
+                                           np.zeros(0, np.bool_) if keep is None else np.asarray(keep, np.bool_))
     order = np.lexsort((v, u))
     indptr, bins, hist_counts = _csr(order, *lists)
     hist = csr_array((hist_counts, bins, indptr), shape=(len(order), HIST_BINS))

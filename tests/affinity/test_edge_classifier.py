@@ -111,6 +111,65 @@ def test_classifier_loads_scores_and_rounds_like_affinities(trained):
     assert np.all(np.abs(sums / np.arange(1, 51) - p) <= 0.5 / 255 + 1e-12)
 
 
+def test_merge_probability_in_runs_of_rows_equals_the_whole_mlp_at_once(trained):
+    """The classifier scores in runs of ROWS edges (cache-sized); each edge's p is the one of the plain
+    forward pass over all rows, across run boundaries."""
+    from connectome.affinity.edge_classifier import ROWS
+
+    clf = load_classifier(trained[0])
+    x = np.random.default_rng(1).normal(size=(2 * ROWS + 17, len(FEATURES)))
+    h = (x - clf.mean) / clf.std
+    for k, (w, b) in enumerate(zip(clf.weights, clf.biases)):
+        h = h @ w.T + b
+        h = np.maximum(h, 0.0) if k < len(clf.weights) - 1 else h
+    np.testing.assert_allclose(clf.merge_probability(x), 1 / (1 + np.exp(-np.clip(h[:, 0], -60, 60))), rtol=1e-12,
+                               atol=0)
+    assert clf.merge_probability(x[:0]).shape == (0,)
+
+
+def test_histogram_features_of_sparse_rows_equal_those_of_dense_rows():
+    """The CSR path (no dense edges x 64 array) gives the dense path's quantiles, spread and low share,
+    also for rows with one bin, empty rows and a CSR with its bins out of order or repeated."""
+    from scipy.sparse import csr_array
+
+    from connectome.affinity.edge_features import histogram_features
+
+    rng = np.random.default_rng(2)
+    dense = rng.integers(0, 6, size=(3000, 64)) * (rng.random((3000, 64)) < 0.15)
+    dense[::9] = 0
+    dense[::9, 7] = 3  # one bin
+    dense[5] = 0  # empty
+    want = histogram_features(dense)
+    np.testing.assert_array_equal(histogram_features(csr_array(dense.astype(np.uint32))), want)
+    row, col = np.nonzero(dense)
+    half = dense[row, col] // 2
+    pick = rng.permutation(2 * len(row))  # each bin's count in two parts, all out of order
+    rows, cols = np.concatenate([row, row])[pick], np.concatenate([col, col])[pick]
+    by_row = np.argsort(rows, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(dense)))])
+    shuffled = csr_array((np.concatenate([dense[row, col] - half, half])[pick][by_row], cols[by_row], indptr),
+                         shape=dense.shape)
+    assert not shuffled.has_canonical_format
+    np.testing.assert_allclose(histogram_features(shuffled), want, rtol=1e-12, atol=1e-15)
+
+
+def test_region_graph_of_kept_labels_is_the_full_graphs_edges_between_them():
+    rng = np.random.default_rng(3)
+    frag = rng.integers(0, 30, size=(6, 20, 20)).astype(np.uint64)
+    affs = rng.random((3, 5, 19, 19))
+    u, v, sums, counts, hist = region_graph(frag, affs, (True, True, True))
+    keep = np.zeros(30, bool)
+    keep[rng.choice(30, 12, replace=False)] = True
+    ku, kv, ks, kc, kh = region_graph(frag, affs, (True, True, True), keep)
+    rows = np.flatnonzero(keep[u.astype(np.int64)] & keep[v.astype(np.int64)])
+    assert 0 < len(rows) < len(u)
+    np.testing.assert_array_equal(ku, u[rows])
+    np.testing.assert_array_equal(kv, v[rows])
+    np.testing.assert_array_equal(ks, sums[rows])  # the same sums, bit for bit
+    np.testing.assert_array_equal(kc, counts[rows])
+    np.testing.assert_array_equal(kh.toarray(), hist[rows, :].toarray())
+
+
 def test_training_separates_merge_from_split_edges_on_another_volume(synthetic, trained):
     _, meta = trained
     labels = synthetic[1]  # not trained on
