@@ -80,7 +80,11 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         return read_info(resolve_model_path(self.params.model))
 
     def context(self) -> Context:
-        return unet_context(self.model_info.context, self.model_info.divisor)
+        """The network's reach, and more on the axes that test-time augmentation flips (`flip_reach`)."""
+        from connectome.models.inference import flip_reach
+
+        info = self.model_info
+        return unet_context(flip_reach(info.context, info.divisor, self.tta), info.divisor)
 
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)

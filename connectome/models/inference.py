@@ -103,6 +103,17 @@ def _unflip(affs: np.ndarray, axes: tuple[int, ...], plain: np.ndarray) -> np.nd
     return out
 
 
+def flip_reach(reach: Sequence[int], divisor: Sequence[int], flips: int) -> tuple[int, int, int]:
+    """The context a prediction averaging the first `flips` of FLIPS needs: the network's reach, plus at least
+    one voxel on each flipped axis, whose affinity channel moves one voxel when flipped back (`_unflip`), so
+    the write box's first plane takes a value the flipped network predicted one plane further out; as many
+    more as keep a block read with it on both sides a multiple of `divisor` (4 where it is 8)."""
+    flipped = {a for axes in FLIPS[1:max(flips, 1)] for a in axes}
+    z, y, x = (int(r) + (int(d) // math.gcd(int(d), 2) if a in flipped else 0)
+               for a, (r, d) in enumerate(zip(reach, divisor)))
+    return z, y, x
+
+
 def _forward_flips(model: LoadedModel, batch: np.ndarray, flips: int, precision: str) -> np.ndarray:
     """The mean of the predictions on the first `flips` of FLIPS (1: the plain prediction)."""
     plain = _forward(model, batch, precision)
@@ -159,15 +170,16 @@ def predict_volume(model: LoadedModel, raw: np.ndarray, tile: Sequence[int] | No
     tile = tuple(max(d, math.ceil(t / d) * d) for t, d in zip(tile, info.divisor))
     grid = [math.ceil(s / t) for s, t in zip(shape, tile)]
     padded_core = [g * t for g, t in zip(grid, tile)]
-    pad = [(c, c + pc - s) for c, pc, s in zip(info.context, padded_core, shape)]
+    context = flip_reach(info.context, info.divisor, flips)
+    pad = [(c, c + pc - s) for c, pc, s in zip(context, padded_core, shape)]
     src = np.pad(raw, pad, mode="reflect")  # numpy reflects repeatedly where the pad is wider
     out = np.empty((3, *padded_core), np.float32)
     for iz in range(grid[0]):
         for iy in range(grid[1]):
             for ix in range(grid[2]):
                 o = (iz * tile[0], iy * tile[1], ix * tile[2])
-                sl = tuple(slice(a, a + t + 2 * c) for a, t, c in zip(o, tile, info.context))
+                sl = tuple(slice(a, a + t + 2 * c) for a, t, c in zip(o, tile, context))
                 pred = predict_affinities(model, np.ascontiguousarray(src[sl]), flips, precision)
-                core = tuple(slice(c, c + t) for c, t in zip(info.context, tile))
+                core = tuple(slice(c, c + t) for c, t in zip(context, tile))
                 out[(slice(None), *(slice(a, a + t) for a, t in zip(o, tile)))] = pred[(slice(None), *core)]
     return out[(slice(None), *(slice(0, s) for s in shape))]
