@@ -22,6 +22,10 @@ def add_arguments(parser) -> None:
                         help="run the models on data whose voxel size differs from theirs")
     add_min_segment_option(parser)
     add_section_order_option(parser)
+    parser.add_argument("--mask", default=None, metavar="ADDR",
+                        help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every segment, "
+                             "nothing merges across them and no synapse cleft lies there (e.g. OUT/defects from "
+                             "`connectome align`, OUT/tissue_mask from `connectome tissue`)")
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")
@@ -34,6 +38,7 @@ def run(args) -> int:
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
+    from connectome.core.address import absolute
     from connectome.engine.plan import check_input_chunks
     from connectome.graph.build import graph_outputs
     from connectome.graph.summary import describe
@@ -42,9 +47,11 @@ def run(args) -> int:
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                  args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
-                                 min_segment_voxels=args.min_segment_voxels, section_order=args.section_order or "auto")
+                                 min_segment_voxels=args.min_segment_voxels, section_order=args.section_order or "auto",
+                                 mask=args.mask)
     config = config.model_copy(update={"stages": config.stages + synapse_stages(
-        args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types)})
+        args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
+        mask=absolute(args.mask) if args.mask else None)})
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
     start = time.perf_counter()

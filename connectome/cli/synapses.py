@@ -18,6 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--voxel-size", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the cleft model (and the neurite types) on data whose voxel size differs from theirs")
+    parser.add_argument("--mask", default=None, metavar="ADDR",
+                        help="a uint8 volume of the raw's shape; voxels where it is nonzero hold no synapse cleft (e.g. OUT/defects from "
+                             "`connectome align`: its margins and blank sections, OUT/tissue_mask from `connectome tissue`)")
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     add_run_options(parser)
@@ -40,7 +43,8 @@ def run(args) -> int:
     config = RunConfig(input=absolute(args.raw), output=out, voxel_size=args.voxel_size,
                        blocks=BlocksConfig(shape=tuple(args.block_shape)), cluster=cluster,
                        stages=synapse_stages(args.model, absolute(args.segmentation), args.classifier,
-                                             args.allow_voxel_mismatch, types=not args.no_types))
+                                             args.allow_voxel_mismatch, types=not args.no_types,
+                                             mask=absolute(args.mask) if args.mask else None))
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

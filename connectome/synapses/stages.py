@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
+from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
 from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
@@ -106,7 +107,9 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     Params = CleftFragmentsParams
     inputs = (Input("cleft_probability", dtypes=("uint8",)), Input("partner_vectors", dtypes=("uint8",), channels=3),
               Input("segmentation", dtypes=("uint64", "uint32")),
-              Input("raw", dtypes=("uint8",), channels=1, description=IMAGE))
+              Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),
+              Input("mask", dtypes=MASK_DTYPES, optional=True,
+                    description="voxels where it is nonzero hold no cleft (e.g. align's defects: margins, blank sections)"))
     outputs = (Output("cleft_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)
 
@@ -162,6 +165,8 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         w = block.write_box
         prob = volumes["cleft_probability"].read(w)
+        if "mask" in volumes:
+            prob = np.where(volumes["mask"].read(w) != 0, np.uint8(0), prob)
         frag = label_block(prob, self.threshold, block.index, self.core_threshold)
         volumes["cleft_fragments"].write(w, frag)
         vectors = M.vectors_from_uint8(volumes["partner_vectors"].read(w)) if self.info.partners else None

@@ -156,3 +156,23 @@ def test_reconstruct_passes_min_segment_voxels_to_the_segmentation(synth, tmp_pa
     assert main(["reconstruct", raw, str(out), "--min-segment-voxels", "-3", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--min-segment-voxels -3: expected" in err and not out.exists()
+
+
+def test_reconstruct_mask_leaves_masked_voxels_out_of_segments_and_clefts(synth, tmp_path, capsys):
+    """`--mask` (e.g. align's defects) reaches both chains: no segment and no synapse cleft where it is set,
+    while the unmasked half keeps both."""
+    raw = str(synth / "synth" / "raw")
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[:, :, :48] = 3
+    m = create_volume(str(tmp_path / "mask"), SHAPE, np.uint8, (16, 48, 48), (8.0, 8.0, 8.0))
+    m.write(m.box, mask)
+    out = tmp_path / "out"
+    assert main(["reconstruct", raw, str(out), "--mask", m.address, "--block-shape", "32", "96", "96", "--no-types",
+                 "--no-plots", "--json", "--no-progress", "--workers", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    seg, clefts = open_volume(result["segmentation"]), open_volume(str(out / "cleft_fragments"))
+    seg, clefts = seg.read(seg.box), clefts.read(clefts.box)
+    assert seg[mask != 0].max() == 0 and seg[mask == 0].max() > 0
+    assert clefts[mask != 0].max() == 0 and clefts[mask == 0].max() > 0  # (120 masked voxels without the mask)
+    rows, _ = _table(result["synapses"])
+    assert rows and all(int(r["x"]) >= 48 for r in rows)
