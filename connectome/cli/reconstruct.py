@@ -23,9 +23,9 @@ def add_arguments(parser) -> None:
     add_min_segment_option(parser)
     add_section_order_option(parser)
     parser.add_argument("--mask", default=None, metavar="ADDR",
-                        help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every segment, "
-                             "nothing merges across them and no synapse cleft lies there (e.g. OUT/defects from "
-                             "`connectome align`, OUT/tissue_mask from `connectome tissue`)")
+                        help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
+                             "segment, nothing merges across them and no synapse cleft lies there (e.g. OUT/defects "
+                             "from `connectome align`, OUT/tissue_mask from `connectome tissue`)")
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")

@@ -19,8 +19,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-voxel-mismatch", action="store_true",
                         help="run the cleft model (and the neurite types) on data whose voxel size differs from theirs")
     parser.add_argument("--mask", default=None, metavar="ADDR",
-                        help="a uint8 volume of the raw's shape; voxels where it is nonzero hold no synapse cleft (e.g. OUT/defects from "
-                             "`connectome align`: its margins and blank sections, OUT/tissue_mask from `connectome tissue`)")
+                        help="a uint8 volume of the raw's shape; voxels where it is nonzero hold no synapse cleft "
+                             "(e.g. OUT/defects from `connectome align`: its margins and blank sections, "
+                             "OUT/tissue_mask from `connectome tissue`)")
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     add_run_options(parser)

@@ -11,7 +11,8 @@ from connectome.synapses.table import SYNAPSES_FILE
 
 
 def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, classifier: str | None = None,
-                   allow_voxel_mismatch: bool = False, types: bool = True, mask: str | None = None) -> list[StageConfig]:
+                   allow_voxel_mismatch: bool = False, types: bool = True,
+                   mask: str | None = None) -> list[StageConfig]:
     """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset);
     without `types`, the neurite type stages are left out (and a `classifier` is refused); `mask` (nonzero:
     no cleft there) is read by cleft_fragments."""
@@ -24,7 +25,8 @@ def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, 
     clefts = {"model": model, **mismatch}
     stages = [
         StageConfig(stage="clefts", params=clefts),
-        StageConfig(stage="cleft_fragments", params={"model": model}, inputs={**seg, **({"mask": mask} if mask else {})}),
+        StageConfig(stage="cleft_fragments", params={"model": model},
+                    inputs={**seg, **({"mask": mask} if mask else {})}),
         StageConfig(stage="synapses", params={"model": model}, inputs=seg),
     ]
     if types:

@@ -109,7 +109,7 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
               Input("segmentation", dtypes=("uint64", "uint32")),
               Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),
               Input("mask", dtypes=MASK_DTYPES, optional=True,
-                    description="voxels where it is nonzero hold no cleft (e.g. align's defects: margins, blank sections)"))
+                    description="voxels where it is nonzero hold no cleft (align's defects: margins, blank sections)"))
     outputs = (Output("cleft_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)
 
