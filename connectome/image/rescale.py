@@ -76,15 +76,36 @@ def sample_boxes(vol: Volume) -> list[Box]:
 
 
 def sample(vol: Volume) -> np.ndarray:
-    """A 1-d strided sample of about SAMPLE_VOXELS values spread over the whole volume (all of a small one)."""
+    """A 1-d strided sample of about SAMPLE_VOXELS values spread over the whole volume (all of a small one),
+    leaving out the padding around sections smaller than the plane (`Volume.section_footprints`)."""
     boxes = sample_boxes(vol)
     per_box = max(1, SAMPLE_VOXELS // len(boxes))
+    footprints = vol.section_footprints()
     parts = []
     for box in boxes:
         data = vol.read(box)
         step = max(1, int(np.ceil((data.size / per_box) ** (1 / 3))))
-        parts.append(np.ravel(data[..., ::step, ::step, ::step]))
+        strided = data[..., ::step, ::step, ::step]
+        image = _inside_footprints(footprints, box, data.shape[-3:])
+        parts.append(np.ravel(strided if image is None else strided[..., image[::step, ::step, ::step]]))
     return np.concatenate(parts)
+
+
+def _inside_footprints(footprints: dict, box: Box, shape) -> np.ndarray | None:
+    """(z, y, x) bool of `box`: False in the padding of the sections with footprints; None where it has none."""
+    inside = None
+    for z in range(box.offset[0], box.offset[0] + shape[0]):
+        if z not in footprints:
+            continue
+        if inside is None:
+            inside = np.ones(shape, bool)
+        y0, x0, h, w = footprints[z]
+        plane = np.zeros(shape[1:], bool)
+        ys = slice(max(y0 - box.offset[1], 0), max(y0 + h - box.offset[1], 0))
+        xs = slice(max(x0 - box.offset[2], 0), max(x0 + w - box.offset[2], 0))
+        plane[ys, xs] = True
+        inside[z - box.offset[0]] = plane
+    return inside
 
 
 def percentile_mapping(vol: Volume, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> Mapping:

@@ -152,3 +152,26 @@ def test_large_source_is_sampled_from_chunks_everywhere(tmp_path):
     mapping = percentile_mapping(vol)  # zeros almost everywhere, the last chunk at 1000
     assert mapping.low == 0.0 and mapping.high == pytest.approx(1000.0)
     assert mapping.sampled_voxels <= 1 << 22
+
+
+def test_percentiles_leave_out_the_padding_of_smaller_sections(tmp_path):
+    """A TIFF stack whose one smaller section is padded with 0 to the plane: the percentiles are those of the
+    images (the padding, 2% of the voxels here, set the low end at 0 before)."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "tifs").mkdir()
+    images = []
+    for z in range(6):
+        shape = (40, 40) if z == 2 else (64, 64)
+        section = rng.normal(30000, 3000, shape).clip(1000, 65535).astype(np.uint16)
+        tifffile.imwrite(tmp_path / "tifs" / f"sec_{z}.tif", section)
+        images.append(section.ravel())
+    vol = open_volume(str(tmp_path / "tifs"))
+    assert vol.section_footprints()  # section 2 is padded
+    data = vol.read(vol.box)
+    assert (data == 0).mean() > 0.01
+    mapping = percentile_mapping(vol)
+    low, high = np.percentile(np.concatenate(images), [0.1, 99.9])
+    assert mapping.low == pytest.approx(low) and mapping.high == pytest.approx(high)
+    assert mapping.sampled_voxels == sum(len(i) for i in images)
