@@ -28,7 +28,8 @@ def input_voxel_size(address: str, meta: VolumeMeta, wanted) -> tuple[float, flo
               "OME-Zarr metadata; give --voxel-size for another", file=sys.stderr)
         return meta.suggested_voxel_size
     if not meta.voxel_size_known:
-        raise UserError(f"voxel_size: {address} carries no voxel size; give it (z y x, nm)")
+        raise UserError(f"voxel_size: {address} carries no voxel size; give it (--voxel-size Z Y X in nm, or "
+                        "voxel_size: [z, y, x] in a run config)")
     return meta.voxel_size
 
 

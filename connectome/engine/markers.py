@@ -311,7 +311,7 @@ class DoneMarkers:
         hint = (" (a run of connectome before 2026-12 recorded the output's paths in full: run it once where it "
                 "was made, then it can be moved)") if moved else ""
         raise UserError(
-            f"stage {self.stage!r} in {self.work_dir} was started with a different {', '.join(said)}{hint}; "
+            f"stage {self.stage!r} in {self.work_dir} was started with other settings: {', '.join(said)}{hint}; "
             "pass --overwrite to discard its finished blocks and start again"
         )
 

@@ -100,12 +100,15 @@ class ImageStackVolume(Volume):
         if os.path.isdir(address):
             self._files = _section_files(address)
             headers = _headers(tuple(self._files), tuple(os.path.getmtime(p) for p in self._files))
+            dtypes = [dtype for _, dtype in headers]
+            usual = max(dtypes, key=dtypes.count)  # the odd file out is named, not the first section
             for path, (shape, dtype) in zip(self._files, headers):
                 if len(shape) != 2:
                     raise UserError(f"{path}: expected a 2-d grayscale section, found shape {shape}")
-                if dtype != headers[0][1]:
-                    raise UserError(f"{path}: dtype {dtype}, expected {headers[0][1]} as the first section "
-                                    f"({os.path.basename(self._files[0])}): a stack has one dtype")
+                if dtype != usual:
+                    example = os.path.basename(self._files[dtypes.index(usual)])
+                    raise UserError(f"{path}: dtype {dtype}, expected {usual} as {dtypes.count(usual)} of the "
+                                    f"{len(dtypes)} sections (e.g. {example}): a stack has one dtype")
             ny = max(shape[0] for shape, _ in headers)
             nx = max(shape[1] for shape, _ in headers)
             for z, (path, (shape, _)) in enumerate(zip(self._files, headers)):

@@ -31,7 +31,7 @@ from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.context import unet_context
 from connectome.models.registry import DEVICE_PATTERN
-from connectome.models.voxel_size import check_voxel_size
+from connectome.models.voxel_size import check_voxel_size, within_tolerance
 from connectome.synapses import model as M
 from connectome.synapses import partner_network as PN
 from connectome.synapses.fragments import FRAGMENTS_FORMAT, fragment_table, label_block, partners_at, vector_reach
@@ -77,8 +77,13 @@ class CleftsStage(BlockStage[CleftsParams]):
 
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
-        check_voxel_size(self.params.model, self.info.voxel_size, self.input_addresses["raw"],
-                         inputs["raw"].voxel_size, self.params.allow_voxel_mismatch)
+        data_nm = inputs["raw"].voxel_size
+        fitting = [n for n in M.available() if n != self.params.model
+                   and within_tolerance(data_nm, M.read_info(n).voxel_size)]
+        hint = (f"give --cleft-model (reconstruct) or --model (synapses) {' or '.join(fitting)}, shipped for that "
+                "voxel size, or pass --allow-voxel-mismatch") if fitting else None
+        check_voxel_size(self.params.model, self.info.voxel_size, self.input_addresses["raw"], data_nm,
+                         self.params.allow_voxel_mismatch, **({"hint": hint} if hint else {}))
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         model = M.get(self.params.model, self.params.device)

@@ -86,7 +86,7 @@ def test_run_then_status_then_resume(tmp_path, capsys, raw_zarr):
     out = open_volume(first["volumes"]["normalized"])
     assert out.dtype == np.uint8 and out.meta.voxel_size == (40.0, 4.0, 4.0)
     changed = _config(tmp_path, stages=[{"stage": "normalize", "params": {"sigma": 5}}])
-    _one_line_error(capsys, ["run", changed], "was started with a different layout (context [0, 12, 12] -> "
+    _one_line_error(capsys, ["run", changed], "was started with other settings: layout (context [0, 12, 12] -> "
                                               "[0, 15, 15]), params (sigma 4.0 -> 5.0); pass --overwrite")
     assert main(["run", changed, "--overwrite", "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["stages"][0]["ran"] == 4

@@ -139,3 +139,16 @@ def test_real_sections_cropped_unevenly_align_as_well_as_the_whole_sections(tmp_
     capsys.readouterr()
     via_zarr = open_volume(str(tmp_path / "lab_out" / "defects"))
     np.testing.assert_array_equal(via_zarr.read(via_zarr.box), d)
+
+
+def test_a_stray_image_of_another_dtype_is_the_one_named(tmp_path, capsys):
+    """An 8-bit overview.png among 16-bit sections sorted first: the refusal names it, not the sections."""
+    from PIL import Image
+
+    (tmp_path / "tifs").mkdir()
+    for z, section in enumerate(_sections(3)):
+        tifffile.imwrite(tmp_path / "tifs" / f"sec_{z}.tif", section.astype(np.uint16) * 200)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "tifs" / "a_overview.png")
+    code, _, err = _ingest(capsys, tmp_path / "tifs", tmp_path / "out")
+    assert code == 2 and len(err) == 1, err
+    assert f"{tmp_path / 'tifs' / 'a_overview.png'}: dtype uint8, expected uint16 as 3 of the 4 sections" in err[0], err

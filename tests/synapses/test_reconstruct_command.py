@@ -138,6 +138,11 @@ def test_serial_section_data_refuses_the_8nm_types_unless_left_out(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "patches-synthetic" in err and "[50.0, 4.6, 4.6]" in err and "--no-types" in err
     assert not (tmp_path / "out" / "synapses.csv").exists()
+    # the default cleft model (8 nm) on these sections: the refusal names the shipped one that fits them
+    default = [a for a in args if a not in ("--model", "cleft-sstem")]
+    assert main([*default, "--no-types", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model cleft-synthetic: trained on" in err and "cleft-sstem, shipped for" in err, err
     assert main([*args, "--no-types", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "segments" not in result and (tmp_path / "out" / "synapses.csv").is_file()
