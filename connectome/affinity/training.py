@@ -462,7 +462,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         "loss_curve": curve.name,
     }
     path = save_model(out / settings.name, net, meta({"provenance": provenance}))
-    (out / f"{settings.name}-log.json").write_text(json.dumps({"losses": losses, "validation": validation}) + "\n")
+    (out / f"{settings.name}-log.json").write_text(json.dumps({"losses": losses, "lsd_losses": lsd_losses,
+                                                               "malis_losses": malis_losses,
+                                                               "validation": validation}) + "\n")
     installed = None
     if settings.install:
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)

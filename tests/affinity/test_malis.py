@@ -110,6 +110,12 @@ def test_training_with_malis_records_its_loss_and_refuses_a_negative_weight(tmp_
     assert 0 < provenance["final_malis_loss"] < 1
     assert main([*common, "--name", "n"]) == 0
     assert json.loads((tmp_path / "o" / "n.json").read_text())["provenance"]["final_malis_loss"] is None
+    # the MALIS term trains the network: the same seed and data without it give other weights (training on the CPU
+    # is deterministic: two runs without it give the same weights to the bit)
+    assert main([*common, "--name", "n2", "--malis-weight", "0"]) == 0
+    weights = {n: torch.load(tmp_path / "o" / f"{n}.pt", weights_only=True) for n in ("m", "n", "n2")}
+    assert all(torch.equal(weights["n"][k], weights["n2"][k]) for k in weights["n"])
+    assert max((weights["m"][k].float() - weights["n"][k].float()).abs().max().item() for k in weights["m"]) > 1e-3
     with pytest.raises(UserError, match="--malis-weight -1"):
         from connectome.affinity.training import TrainSettings, train
 

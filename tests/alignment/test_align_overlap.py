@@ -82,4 +82,6 @@ def test_chain_with_refinement_keeps_the_elastic_bar(tmp_path, client):
     assert np.median(r) < 0.3 and r.max() < 1.0, (np.median(r), r.max())
     with open(os.path.join(out, "alignment", "solve.json")) as f:
         summary = json.load(f)
-    assert summary["patches_searched_again"] >= 0 and not summary["flagged_sections"]
+    # the refinement did reach the search near the refined fits: 11 patches measured on this stack (none can be
+    # without `refine`: the search needs the sections' images, which only the refinement reads)
+    assert summary["patches_searched_again"] > 0 and not summary["flagged_sections"], summary

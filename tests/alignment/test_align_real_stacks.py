@@ -93,3 +93,16 @@ def test_real_stack_alignment_meets_issue_bar(recovered, request):
         request.applymarker(pytest.mark.xfail(strict=True, reason=ISBI_BAR_MISSED))
     assert np.median(r) < 0.5, (name, np.median(r), r.max())
     assert r.max() < 1.5, (name, np.median(r), r.max())
+
+
+# What each stack measured on this draw (median / worst px; see ISBI_BAR_MISSED), with some room: a regression bar
+# that holds where issue 14's stricter one is not met. The ISBI median bar above (half the unaligned median,
+# ~5.8 px) let a chain that matched at the coarsest level only (0.75 / 4.4 px) pass.
+MEASURED_BAR = {"isbi": (0.85, 3.5), "vnc": (0.3, 1.3)}
+
+
+def test_real_stack_alignment_keeps_its_measured_quality(recovered):
+    name, r, _ = recovered
+    median_bar, worst_bar = MEASURED_BAR[name]
+    assert np.median(r) < median_bar, (name, np.median(r), r.max())
+    assert r.max() < worst_bar, (name, np.median(r), r.max())

@@ -165,33 +165,28 @@ def _tiny_model_path(tmp_path: Path) -> Path:
 
 def test_preloaded_workers_register_the_model_plugin(tmp_path, monkeypatch):
     """Workers started with --preload connectome.cluster.preload choose a device and load named models once."""
-    load_model = getattr(importlib.import_module("connectome.models"), "load_model", None)
-    models = []
-    if load_model is not None:
-        models = [str(_tiny_model_path(tmp_path))]
-        monkeypatch.setenv("CONNECTOME_WORKER_MODELS", models[0])
     from distributed import Client, LocalCluster
 
     from connectome.cluster.plugin import PLUGIN_NAME, worker_models
+    from connectome.models import load_model  # noqa: F401  (the workers load through it)
 
+    models = [str(_tiny_model_path(tmp_path))]
+    monkeypatch.setenv("CONNECTOME_WORKER_MODELS", models[0])
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", preload=["connectome.cluster.preload"]) as cluster, \
             Client(cluster) as client:
         held = client.run(worker_models)
         plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
         assert all(PLUGIN_NAME in names for names in plugins.values()), plugins
         assert all(h["device"] == "cpu" for h in held.values()), held
-        if models:
-            assert all(h["models"] == models and h["loads"] == 1 for h in held.values()), held
+        assert all(h["models"] == models and h["loads"] == 1 for h in held.values()), held
 
-            def use_twice(path):
-                from connectome.cluster.model_cache import get_model, load_count
-                model = get_model(path)
-                return model is get_model(path, "cpu"), str(model.device), load_count()
+        def use_twice(path):
+            from connectome.cluster.model_cache import get_model, load_count
+            model = get_model(path)
+            return model is get_model(path, "cpu"), str(model.device), load_count()
 
-            same, device, loads = client.submit(use_twice, models[0], pure=False).result(timeout=60)
-            assert same and device == "cpu" and loads == 1  # reused on its device, not reloaded
-    if not models:
-        pytest.skip("connectome.models.load_model not written yet: plugin registered, model loading untested")
+        same, device, loads = client.submit(use_twice, models[0], pure=False).result(timeout=60)
+        assert same and device == "cpu" and loads == 1  # reused on its device, not reloaded
 
 
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cuda"]

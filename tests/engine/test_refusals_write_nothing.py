@@ -14,6 +14,8 @@ import yaml
 from connectome.cli.main import main
 from connectome.io import create_volume
 
+from tmpfs_fixture import cannot_mount
+
 pytestmark = pytest.mark.timeout(240)
 SHAPE = (16, 64, 64)
 CHUNK = (8, 32, 32)
@@ -105,7 +107,7 @@ def read_only(tmp_path):
             if done.returncode != 0:
                 if mounted:
                     subprocess.run(["umount", str(path)], check=False)
-                pytest.skip(f"cannot make {path} read-only here: {done.stderr.decode().strip()}")
+                cannot_mount(f"cannot make {path} read-only here: {done.stderr.decode().strip()}")
             if not mounted:
                 mounted.append(path)
 

@@ -18,6 +18,7 @@ def test_ingest_to_precomputed_carries_meshes_skeletons_and_properties(segmented
 
     from connectome.export.layers import find_layers
     from connectome.morphology.mesh_format import read_fragments
+    from connectome.morphology.skeleton_format import read_skeleton
 
     out = segmented_output
     layer = tmp_path / "seg"
@@ -36,8 +37,12 @@ def test_ingest_to_precomputed_carries_meshes_skeletons_and_properties(segmented
     mesh = cv.mesh.get([largest])[largest]
     ours = np.concatenate([v for v, _ in read_fragments(str(out / "meshes"), largest)])
     assert len(mesh.vertices) > 0 and np.allclose(mesh.vertices.min(0), ours.min(0), atol=1.0)
+    assert np.allclose(mesh.vertices.max(0), ours.max(0), atol=1.0)  # both corners: the whole mesh, in place
     skeleton = cv.skeleton.get(largest)
-    assert len(skeleton.vertices) > 1
+    vertices, edges, _ = read_skeleton(str(out / "skeletons"), largest)
+    assert len(skeleton.vertices) > 1 and skeleton.vertices.shape == vertices.shape
+    np.testing.assert_allclose(skeleton.vertices, vertices, atol=1e-3)  # the same nodes, in the same nm
+    assert len(skeleton.edges) == len(edges)
     assert main(argv) == 0  # again: nothing to write, the links stay
     assert json.loads(capsys.readouterr().out)["skipped"] > 0 and json.loads((layer / "info").read_text())["mesh"]
 

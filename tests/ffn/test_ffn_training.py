@@ -94,6 +94,12 @@ def test_train_command_writes_weights_provenance_and_curves(tmp_path, capsys):
     assert (tmp_path / "out" / "ffn-tiny-loss.png").stat().st_size > 1000
     net, info = load_model(str(tmp_path / "out" / "ffn-tiny.pt"))
     assert info.config == read_info(tmp_path / "out" / "ffn-tiny.pt").config and net.config.depth == 2
+    # the validation scores the network's segmentation against the labels: a 12-iteration net is far from VOI 0
+    # (re-segmenting the crop with the kept weights to compare would cost this test ~40 s more)
+    best, history = meta["provenance"]["validation"], meta["provenance"]["validation_history"]
+    assert best["voi"] > 0.5, best
+    assert best["voi"] == min(h["voi"] for h in history) == summary["validation"]["voi"]
+    assert meta["provenance"]["kept_iteration"] == best["iteration"]
 
 
 def test_train_command_on_affinities_records_its_input_and_normalises_the_mean_affinity(tmp_path, capsys):

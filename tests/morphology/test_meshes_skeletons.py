@@ -211,9 +211,17 @@ def test_a_plan_that_makes_the_segmentation_and_its_meshes_plans_on_a_fresh_outp
 
 def test_resume_skips_finished_blocks(outputs, client):
     _, made = outputs
+    meshes = made["blocks"] / "meshes"
+
+    def files() -> dict:
+        return {str(p.relative_to(meshes)): (p.stat().st_mtime_ns, p.read_bytes()) for p in meshes.rglob("*")
+                if p.is_file()}
+
+    before = files()
     reports = _run(made["blocks"], SMALL, ["meshes", "mesh_manifests"], client)
-    assert all(r.ran == 0 for r in reports)
-    assert os.path.exists(made["blocks"] / "meshes" / "info")
+    assert all(r.ran == 0 and r.skipped == r.blocks > 0 for r in reports), [r.to_json() for r in reports]
+    assert os.path.exists(meshes / "info") and len(before) > 1
+    assert files() == before  # nothing rewritten, not even with the same bytes
 
 
 def _components(n: int, edges: np.ndarray) -> int:
