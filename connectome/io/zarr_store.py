@@ -130,6 +130,9 @@ class ZarrVolume(Volume):
         else:
             self._array = node
             self._array_dir = path
+            image = _image_of_level(path)
+            if image is not None:  # `image.zarr/0` given for `image.zarr`: its metadata is the group's
+                attrs, ome_voxel_size = image
         own = attrs.get("connectome", {})
         self._footprints = _footprints(address, own.get("section_footprints", {}))
         channels = own.get("channels")
@@ -303,6 +306,30 @@ class ZarrVolume(Volume):
                     if entry.name.endswith(".partial") and entry.name[:-8].rsplit(".", 1)[0] in names:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
+
+
+def _image_of_level(path: str) -> tuple[dict, tuple[float, float, float] | None] | None:
+    """(the attributes of the OME-Zarr image group whose finest level is the array at `path`, its OME voxel size),
+    or None where the folder above holds no such group."""
+    import json
+
+    parent = os.path.dirname(os.path.normpath(path))
+    metadata_file = os.path.join(parent, "zarr.json")
+    try:
+        with open(metadata_file) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        return None
+    attrs = metadata.get("attributes") if isinstance(metadata, dict) and metadata.get("node_type") == "group" else None
+    if not isinstance(attrs, dict):
+        return None
+    try:
+        level, voxel_size = ome_scale0(metadata_file, attrs)
+    except UserError:
+        return None
+    if not isinstance(attrs.get("ome"), dict) or level != os.path.basename(os.path.normpath(path)):
+        return None
+    return attrs, voxel_size
 
 
 def _all_fill(values: np.ndarray, fill) -> bool:

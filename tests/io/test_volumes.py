@@ -565,3 +565,23 @@ def test_an_unchanged_table_record_is_not_rewritten(tmp_path):
     (folder / "format.json").write_text("{")  # damaged: written anew
     write_format(str(folder), "edges", 3, {"stage": "agglomerate", "hash": "abc"})
     assert read_format(str(folder))["producer"]["hash"] == "abc"
+
+
+def test_the_finest_level_array_addressed_itself_keeps_the_images_metadata(tmp_path, capsys):
+    """`seg.zarr/0` (the array inside our OME-Zarr group) reads with the group's voxel size, offset and channels,
+    so `evaluate --seg seg.zarr/0` scores in nm (it took 1 1 1 nm, said 'none found'); a coarser level does not."""
+    import json
+
+    from connectome.cli.main import main
+
+    labels = np.zeros((3, 32, 32), np.uint32)
+    labels[:, :, :16], labels[:, :, 16:] = 1, 2
+    vol = create_volume(str(tmp_path / "seg.zarr"), labels.shape, np.uint32, (3, 16, 16), (50, 4, 4), offset=(2, 0, 0))
+    vol.write(vol.box, labels)
+    level = open_volume(str(tmp_path / "seg.zarr" / "0"))
+    assert (level.meta.voxel_size, level.meta.offset, level.meta.voxel_size_known) == ((50, 4, 4), (2, 0, 0), True)
+    np.testing.assert_array_equal(level.read(level.box), labels)
+    np.savez(tmp_path / "gt.npz", gt=labels)
+    assert main(["evaluate", "--seg", str(tmp_path / "seg.zarr" / "0"), "--gt", f"{tmp_path / 'gt.npz'}#gt",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["voxel_size"] == [50.0, 4.0, 4.0]
