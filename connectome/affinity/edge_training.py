@@ -195,7 +195,8 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         from connectome.models.inference import resolve_precision
 
         precision = resolve_precision("auto", model.device)
-        tag = "" if model.info.tta == 1 and precision == "float32" else f"|tta{model.info.tta}|{precision}"
+        # flipped predictions read one voxel more on each flipped axis since 2026-12-06 (`flip_reach`): "|reach1"
+        tag = "" if model.info.tta == 1 and precision == "float32" else f"|tta{model.info.tta}|{precision}|reach1"
         tag += f"|order{sections}" if sections is not None else ""
         key = hashlib.sha1(f"{model.info.name}|{raw_address}{tag}".encode()).hexdigest()[:16]
         path = os.path.join(cache, f"affs-{key}.npy")

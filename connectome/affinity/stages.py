@@ -140,7 +140,7 @@ class MaskAffinitiesStage(BlockStage[MaskAffinitiesParams]):
 
     name = "mask_affinities"
     Params = MaskAffinitiesParams
-    inputs = (Input("affinities", dtypes=("uint8",), channels=3), Input("mask", dtypes=MASK_DTYPES))
+    inputs = (Input("affinities", dtypes=("uint8",), channels=3), Input("mask", dtypes=MASK_DTYPES, channels=1))
     outputs = (Output("masked_affinities", OutputSpec(dtype="uint8", channels=3)),)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:

@@ -113,7 +113,7 @@ class CleftFragmentsStage(BlockStage[CleftFragmentsParams]):
     inputs = (Input("cleft_probability", dtypes=("uint8",)), Input("partner_vectors", dtypes=("uint8",), channels=3),
               Input("segmentation", dtypes=("uint64", "uint32")),
               Input("raw", dtypes=("uint8",), channels=1, description=IMAGE),
-              Input("mask", dtypes=MASK_DTYPES, optional=True,
+              Input("mask", dtypes=MASK_DTYPES, channels=1, optional=True,
                     description="voxels where it is nonzero hold no cleft (align's defects: margins, blank sections)"))
     outputs = (Output("cleft_fragments", OutputSpec(dtype="uint64")),)
     tables = (Table("cleft_fragments", FRAGMENTS_FORMAT),)

@@ -434,7 +434,7 @@ def test_a_run_resumes_with_the_same_classifier_from_another_folder(affinity_vol
     recorded = json.loads(done.read_text())
     assert recorded["params"]["edge_model"] == "test-edges.json" and str(tmp_path) not in done.read_text()
     moved.write_text(json.dumps({**meta, "threshold": 0.4}))  # retrained in place: the stage must run again
-    with pytest.raises(UserError, match="agglomerate.*different edge_model_sha1"):
+    with pytest.raises(UserError, match="agglomerate.*other settings: edge_model_sha1"):
         _run(affinity_volume, "moved", "serial", {"scoring": "learned", "edge_model": str(moved)}, client)
 
 

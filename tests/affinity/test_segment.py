@@ -162,7 +162,7 @@ def test_weights_retrained_in_place_are_not_mixed_into_a_resumed_run(synthetic_r
     code = main(["segment", raw, str(out), "--model", str(folders[0] / "lab.pt"), "--block-shape", "32", "128",
                  "128", "--workers", "2", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "'affinities'" in err[0] and "different weights" in err[0], err
+    assert code == 2 and len(err) == 1 and "'affinities'" in err[0] and "other settings: weights" in err[0], err
     assert json.loads(done.read_text()) == recorded  # nothing discarded
 
 

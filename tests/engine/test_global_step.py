@@ -67,7 +67,7 @@ def test_changed_step_is_refused_unless_overwrite(tmp_path, client):
     config, expected = _config(tmp_path)
     _run(config, client)
     changed, _ = _config(tmp_path, scale=3)
-    with pytest.raises(UserError, match="stage 'total' .* different scale"):
+    with pytest.raises(UserError, match="stage 'total' .* other settings: scale"):
         check_plan_resumable(plan_run(changed), overwrite=False)
     _run(changed, client, overwrite=True)
     assert _total(tmp_path) == 3 * expected

@@ -99,7 +99,7 @@ def test_a_run_from_before_weights_were_recorded_resumes_and_records_them(tmp_pa
     assert markers.fingerprint() == now and markers.count() == 1
     other = {**old, "weights": {"name": "sstem.pt", "sha1": "b" * 40}}
     assert not markers.resumes(other)
-    with pytest.raises(UserError, match="'affinities' .*different weights"):
+    with pytest.raises(UserError, match="'affinities' .*other settings: weights"):
         markers.check(other)
     # any other difference is still one
     assert not markers.resumes({**now, "params": {"model": "fib-10nm"}})

@@ -81,7 +81,7 @@ def test_a_moved_output_resumes_every_stage_and_a_change_is_still_refused(synth,
     # the input moved: a change, named in full
     shutil.copytree(synth, tmp_path / "elsewhere")
     code, _, err = _segment(capsys, tmp_path / "elsewhere" / "raw", moved)
-    assert code == 2 and "'affinities'" in err and "different inputs" in err, err
+    assert code == 2 and "'affinities'" in err and "other settings: inputs" in err, err
     assert f'"{raw}" -> "{tmp_path / "elsewhere" / "raw"}"' in err, err
     assert _files(moved / "segmentation") == segmentation  # nothing was discarded
 
@@ -137,7 +137,7 @@ def test_an_output_recorded_in_full_resumes_in_place_then_moves(synth, tmp_path,
     early = tmp_path / "early"
     shutil.copytree(out, early)  # moved before it was run in place: the old paths cannot be told from a change
     code, _, err = _segment(capsys, raw, early)
-    assert code == 2 and "different outputs" in err and "run it once where it was made" in err, err
+    assert code == 2 and "other settings: outputs" in err and "run it once where it was made" in err, err
 
     code, again, err = _segment(capsys, raw, out)
     assert code == 0, err

@@ -79,10 +79,10 @@ def test_changed_parameters_are_refused_unless_overwrite(tmp_path, client):
     stage, grid, work, out = _setup(tmp_path, "fp")
     run_stage(stage, grid, client, work, progress=False)
     changed = MarkStage(MarkParams(sleep=0.001), stage.input_addresses, stage.output_addresses)
-    with pytest.raises(UserError, match="different params"):
+    with pytest.raises(UserError, match="other settings: params"):
         run_stage(changed, grid, client, work, progress=False)
     other_layout = BlockGrid.for_chunks(Box.from_shape(SHAPE), (16, 16, 16), (8, 16, 16))
-    with pytest.raises(UserError, match="different blocks, layout"):
+    with pytest.raises(UserError, match="other settings: blocks, layout"):
         run_stage(stage, other_layout, client, work, progress=False)
     report = run_stage(changed, grid, client, work, progress=False, overwrite=True)
     assert report.ran == 32

@@ -167,5 +167,5 @@ def test_the_same_weights_from_another_folder_resume_and_replaced_weights_do_not
     assert len(steps) == 1 and steps[0].ran == 0
     with open(folders[1] / "lab.pt", "ab") as f:  # the weights file replaced by other content
         f.write(b"\0")
-    with pytest.raises(UserError, match="tissue.*different weights"):
+    with pytest.raises(UserError, match="tissue.*other settings: weights"):
         execute(plan_run(config), client, progress=False)
