@@ -5,7 +5,9 @@ First an affine transform per section from a sparse least-squares system (3 unkn
 and component, banded: memory linear in the number of sections), then the elastic mesh relaxed from
 it (`mesh.relax`). Displacements are measured at raw positions, so the system is re-linearised a few
 times at the current solution (a fixed-point iteration that converges in two or three rounds).
-The frame of the result: the mean field over all sections is zero.
+The frame of the result: the median section's affine part is identity (`frame`), so sections that the
+data leave where they are (pairs held as registered: `solve_step.registered_pairs`) stay where they were,
+and a few moved sections do not shift the rest.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _basis(nodes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 def solve_affine(phi: np.ndarray, targets: dict[int, np.ndarray], weights: dict[int, np.ndarray], sections: int,
                  z_smooth: float, linear_anchor: float) -> np.ndarray:
     """Per-section affine parameters a (sections, 3, 2) with phi . (a[z+k] - a[z]) ~ targets[k], the
-    linear parts weakly held at zero (`linear_anchor`), and the mean translation zero."""
+    linear parts weakly held at zero (`linear_anchor`), and the median section's parameters zero."""
     n = sections
     f = phi.reshape(-1, 3)
     rows, cols, vals = [], [], []
@@ -84,8 +86,16 @@ def solve_affine(phi: np.ndarray, targets: dict[int, np.ndarray], weights: dict[
     rhs = b.reshape(3 * n, 2)[keep]
     flat[keep] = spsolve(reduced, rhs).reshape(-1, 2)
     a = flat.reshape(n, 3, 2)
-    a[:, 0] -= a[:, 0].mean(axis=0)
-    return a
+    return a - np.median(a, axis=0)
+
+
+def frame(u: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """The fields u (sections, gy, gx, 2) less the affine field whose parameters are the median over the
+    sections of each section's affine part: the median section's affine part becomes identity."""
+    f = phi.reshape(-1, 3)
+    params, *_ = np.linalg.lstsq(f, u.reshape(len(u), -1, 2).transpose(1, 0, 2).reshape(len(f), -1), rcond=None)
+    params = params.reshape(3, len(u), 2)
+    return u - np.einsum("yxi,ic->yxc", phi, np.median(params, axis=1))[None]
 
 
 def _targets_at(measured: Measured, u: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
@@ -123,7 +133,7 @@ def solve_fields(measured: Measured, springs: Springs = Springs(), rounds: int =
         system = MeshSystem(weights, targets, affine, springs)
         start = u if total_iterations else affine
         u, its = relax(system, start, iterations)
-        u -= u.mean(axis=0, keepdims=True)  # the frame: the mean field is zero
+        u = frame(u, phi)  # the median section's affine part is identity
         total_iterations += its
     targets, weights = _targets_at(measured, u)
     residuals = []

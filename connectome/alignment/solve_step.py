@@ -8,6 +8,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class SolveSettings:
     refine: bool = False
     max_disagreement: float = 4.0
     ambiguity: float = 0.1
+    hold: float = 0.0  # `registered_pairs` (0: every pair followed)
 
 
 @dataclass
@@ -177,6 +179,80 @@ def _chain_better(agreement: dict[int, np.ndarray], z: int, k: int, refined: tup
     return float(np.median(np.linalg.norm(apply(refined[0], points) - apply(chain, points), axis=1))) > max_disagreement
 
 
+HOLD_MIN_PATCHES = 6  # a pair is held as registered only on at least this many good patches (`registered_pairs`)
+HOLD_SPAN = 2  # pairs in a row that registered sections on both sides are held across (`held_across`)
+
+
+def _size_and_scatter(fit: np.ndarray, good: np.ndarray, d: np.ndarray, points: np.ndarray) -> tuple[float, float]:
+    """The RMS over the nodes of the displacement a pair's fit makes, and the RMS of its good patches about it."""
+    shift = apply(fit, points) - points
+    g = good.ravel()
+    return (float(np.sqrt(np.mean(np.sum(shift ** 2, axis=1)))),
+            float(np.sqrt(np.mean(np.sum((d.reshape(-1, 2)[g] - shift[g]) ** 2, axis=1)))))
+
+
+def registered_pairs(fits: dict[int, np.ndarray], good: dict[int, np.ndarray], d: dict[int, np.ndarray],
+                     points: np.ndarray, hold: float) -> dict[int, np.ndarray]:
+    """The pairs (per offset k, a bool per pair) whose measured transform is no evidence that they are out of
+    register: the RMS over the nodes of the displacement their robust fit makes is at most `hold` times the
+    scatter (RMS) of their good patches about that fit, on at least HOLD_MIN_PATCHES good patches. Two real
+    sections 50 nm apart differ in content, and their best affine is not identity even where the stack is
+    registered (VNC neighbours, 384-px crops: 2-10 px, up to 1.9 degrees and 3 % scale, at 1-2.5 times the
+    scatter of their patches); integrated along the stack, those pair transforms drifted a registered stack by
+    19 px, 0.9 degrees and 6 % scale. Misregistered sections measure 3.4-10 times the scatter there. A pair two
+    sections apart is held where both pairs between are (or, where one of them has no fit, by its own test)."""
+    held = {}
+    for k, f in fits.items():
+        out = np.zeros(len(f), bool)
+        for z in range(len(f)):
+            if not np.isfinite(f[z]).all() or good[k][z].sum() < HOLD_MIN_PATCHES:
+                continue
+            size, scatter = _size_and_scatter(f[z], good[k][z], d[k][z], points)
+            out[z] = size <= hold * scatter
+        held[k] = out
+    for k in held:
+        if k < 2 or 1 not in held:
+            continue
+        steps = np.stack([held[1][i:len(held[1]) - k + 1 + i] for i in range(k)])  # pairs z + i -> z + i + 1
+        fitted = np.stack([np.isfinite(fits[1][i:len(fits[1]) - k + 1 + i]).all(axis=(1, 2)) for i in range(k)])
+        held[k] = np.where(fitted.all(axis=0), steps.all(axis=0), held[k])
+    return held
+
+
+def held_across(fits: dict[int, np.ndarray], good: dict[int, np.ndarray], d: dict[int, np.ndarray],
+                held: dict[int, np.ndarray], ok: np.ndarray, points: np.ndarray, hold: float) -> list[tuple[int, int]]:
+    """Usable sections (a, b), up to HOLD_SPAN pairs apart, whose pairs to the sections after a and before b are
+    not held (pairs of neighbouring usable sections), and whose chain of fits between them composes to a
+    transform that passes `registered_pairs`' test (against the quadrature sum of the pairs' scatters): a
+    section out of register between two registered ones. Held as registered to each other, the sections on
+    both sides stay where they are; joined through the moved section alone, they would follow the content
+    differences of its two pairs."""
+    zs = np.flatnonzero(ok)
+    steps = []
+    for a, b in zip(zs[:-1], zs[1:]):
+        k = int(b - a)
+        usable = k in fits and np.isfinite(fits[k][a]).all() and good[k][a].sum() >= HOLD_MIN_PATCHES
+        f = fits[k][a] if usable else None
+        steps.append(None if f is None else (f, _size_and_scatter(f, good[k][a], d[k][a], points)[1], bool(held[k][a])))
+    out = []
+    for i, first in enumerate(steps):
+        if first is None or first[2]:
+            continue
+        chain = np.hstack([np.eye(2), np.zeros((2, 1))])
+        variance = 0.0
+        for j in range(i, min(i + HOLD_SPAN + 1, len(steps))):
+            step = steps[j]
+            if step is None:
+                break
+            chain = compose(chain, step[0])
+            variance += step[1] ** 2
+            if j > i and not step[2]:  # from the first moved section's pair to a moved section's pair
+                size = float(np.sqrt(np.mean(np.sum((apply(chain, points) - points) ** 2, axis=1))))
+                if size <= hold * np.sqrt(variance):
+                    out.append((int(zs[i]), int(zs[j + 1])))
+    return out
+
+
 def _skip_factor(good: dict[int, np.ndarray], k: int, skip_weight: float) -> np.ndarray | float:
     """Weight factor of the matches from z to z + k: `skip_weight` where good matches z -> z + 1 -> z + 2
     already chain the two sections (real sections change more over twice the distance: the chain is the
@@ -229,6 +305,20 @@ class SolveStep(GlobalStep):
                    * (ok[:-k, None, None] & ok[k:, None, None]) * _skip_factor(good, k, s.skip_weight) for k in good}
         gy, gx = np.meshgrid(*m.nodes, indexing="ij")
         points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+        held = registered_pairs(fits, good, filled, points, s.hold) if s.hold > 0 else {k: np.zeros(len(w), bool)
+                                                                                     for k, w in weights.items()}
+        across = held_across(fits, good, filled, held, ok, points, s.hold) if s.hold > 0 else []
+        for a, b in across:
+            k = b - a
+            if k not in held:
+                held[k] = np.zeros(m.shape[0] - k, bool)
+                weights[k] = np.zeros((m.shape[0] - k, *weights[1].shape[1:]))
+                filled[k] = np.zeros((m.shape[0] - k, *filled[1].shape[1:]))
+            held[k][a] = True
+        for k, h in held.items():  # a registered pair: no displacement at any node, at full weight
+            h = h & ok[:-k] & ok[k:]
+            filled[k][h] = 0.0
+            weights[k][h] = 1.0
         links, unlinked = self._bridge(m, ok, weights, filled, points, images)
         measured = Measured(m.nodes, filled, weights, m.shape[0])
         estimated = time.perf_counter()
@@ -236,9 +326,11 @@ class SolveStep(GlobalStep):
         transforms = np.stack([fit_transform(s.model, points, points + f.reshape(-1, 2)) for f in fields])
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"
+        per_pair: dict[str, Any] = {**{f"held_{k}": v for k, v in held.items()},
+                                    **{f"pair_fits_{k}": v for k, v in fits.items()},
+                                    **{f"good_{k}": v for k, v in good.items()}}
         np.savez(tmp, nodes_y=m.nodes[0], nodes_x=m.nodes[1], fields=fields.astype(np.float32),
-                 transforms=transforms, section_flags=flags, regions=regions,
-                 **{f"pair_fits_{k}": v for k, v in fits.items()}, **{f"good_{k}": v for k, v in good.items()})
+                 transforms=transforms, section_flags=flags, regions=regions, **per_pair)
         os.replace(tmp, self.path)
         flagged = {int(z): REASONS[int(flags[z])] for z in np.nonzero(flags)[0]}
         summary.update({
@@ -249,6 +341,9 @@ class SolveStep(GlobalStep):
             "patches_searched_again": rechecked,
             "links": links,
             "breaks": unlinked,
+            "pairs_held": {str(k): int(v.sum()) for k, v in held.items()},
+            "pairs_followed": {str(k): int((np.isfinite(fits[k]).all(axis=(1, 2)) & ~held[k]).sum()) for k in fits},
+            "held_across": [list(p) for p in across],
             "solve_seconds": round(time.perf_counter() - estimated, 3),
         })
         with open(os.path.join(os.path.dirname(self.path), "solve.json"), "w") as f:

@@ -143,6 +143,11 @@ class AlignParams(StageParams):
                                     "transform are searched again within a few pixels of it (px)")
     ambiguity: float = Field(0.1, ge=0, le=2, description="a patch's match found again near the refined pair "
                              "transform replaces its own unless its own correlates better by this much")
+    hold: float = Field(0.0, ge=0, description="a neighbour pair whose robust fit moves the section by at most this "
+                        "many times the scatter of its good patches about the fit (RMS over the nodes) is held as "
+                        "registered: no displacement, so a stack registered already is left as it is instead of "
+                        "following the content that differs between real sections (e.g. 3; 0, the default: every "
+                        "pair's fit is followed)")
     outside: bool = Field(True, description="flag the aligned pixels whose source lies outside their section (the "
                           "margins the warp leaves, and the padding of a smaller section: no tissue imaged) as 3 in "
                           "`defects`, so `segment --mask` leaves them out (false: unflagged, as before the option)")
@@ -166,6 +171,13 @@ class AlignStage(BlockStage[AlignParams]):
 
     def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
         return {"aligned": OutputSpec(dtype=inputs["raw"].dtype.name), "defects": OutputSpec(dtype="uint8")}
+
+    def fingerprint_params(self) -> dict:
+        """Without `hold` at 0 (every pair followed), so runs from before the option resume."""
+        params = super().fingerprint_params()
+        if not params.get("hold"):
+            params.pop("hold", None)
+        return params
 
     def global_step(self) -> SolveStep:
         return SolveStep(self.table_dirs["matches"], self.transforms_path, self.params.settings(),
@@ -251,7 +263,10 @@ class SectionNormalizeStage(BlockStage[SectionNormalizeParams]):
             unit = stretch(data[z - block.read_box.offset[0]], *levels[z])
             if self.params.clip_limit > 0:
                 unit = equalize(unit, self.params.tile, self.params.clip_limit)
-            out[i] = np.rint(unit[inner[1], inner[2]] * 255)
+            source = data[z - block.read_box.offset[0]][inner[1], inner[2]]
+            # exact 0 (margins a warp leaves, padding, blank sections) stays 0 ("no data" downstream), and the
+            # image is kept at 1 or more so that none of it reads as "no data"
+            out[i] = np.where(source == 0, 0, np.maximum(np.rint(unit[inner[1], inner[2]] * 255), 1))
         volumes["normalized_sections"].write(block.write_box, out)
         return {}
 

@@ -33,6 +33,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--refine", action="store_true",
                         help="refine each pair's fit on intensities over the whole overlap and search again the "
                              "patches that disagree with it (slower: about 12 s per 1024^2 section on one core)")
+    parser.add_argument("--hold", type=float, default=0.0, metavar="K",
+                        help="hold a neighbour pair as registered (no displacement) where its fit moves the section "
+                             "by at most K times the scatter of its patches about the fit, so a stack registered "
+                             "already is left as it is (e.g. 3; default 0: every pair's fit is followed)")
     add_section_order_option(parser, "align them in the order recovered from the images and write the aligned "
                                      "volume in it", "auto")
     add_run_options(parser)
@@ -46,7 +50,8 @@ def run(args) -> int:
     cluster = cluster_settings(args)
     config = alignment_config(args.raw, args.out_dir, args.block_shape, args.chunk_shape, args.voxel_size, cluster,
                               match={"patch": args.patch, "stride": args.stride, "search": args.search},
-                              solve={"model": args.model, **({"refine": True} if args.refine else {})},
+                              solve={"model": args.model, **({"refine": True} if args.refine else {}),
+                                     **({"hold": args.hold} if args.hold else {})},
                               section_order=args.section_order)
     plan = plan_alignment(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

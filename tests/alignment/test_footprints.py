@@ -125,7 +125,7 @@ def test_reordered_sections_carry_their_footprints(uneven_stack, tmp_path, clien
     recorded = json.loads(done.read_text())
     assert recorded["footprints"] == {str(k): list(v) for k, v in sorted(ordered.section_footprints().items())}
     done.write_text(json.dumps({k: v for k, v in recorded.items() if k != "footprints"}))
-    with pytest.raises(UserError, match="'reorder_sections'.*different footprints"):
+    with pytest.raises(UserError, match="'reorder_sections'.*other settings: footprints"):
         check_plan_resumable(plan_run(config), overwrite=False)
 
 

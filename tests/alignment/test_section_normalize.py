@@ -92,3 +92,18 @@ def test_the_levels_passes_read_each_chunk_once_and_sample_as_before(tmp_path, c
     assert all(b.offset[0] % chunk[0] == 0 and b.shape[0] == min(chunk[0], 7 - b.offset[0]) for b in reads)
     assert len({(b.offset[0], b.offset[1]) for b in reads}) == len(reads)
     assert sum(b.shape[0] * b.shape[1] for b in reads) <= raw.shape[0] * raw.shape[1]
+
+
+def test_exact_zero_pixels_stay_zero(tmp_path, client):
+    """The margins an alignment leaves and a blank section (pixels exactly 0) stay 0 after normalisation, so the
+    steps that read exact 0 as "no data" still find them (they came out as 3); no image pixel becomes 0."""
+    base = clean_stack(4, 160, noise=0.0).astype(np.float64)
+    stack = np.clip(base * 0.6 + 50, 1, 255).astype(np.uint8)
+    stack[1, :, :17] = 0  # a margin
+    stack[2, :9] = 0
+    stack[3] = 0  # a blank section
+    raw = write_stack(str(tmp_path / "raw"), stack, chunks=(2, 32, 32))
+    for clip_limit in (0.0, 0.02):
+        params = {"tile": 32, "clip_limit": clip_limit, "low": 1.0, "high": 99.0}
+        _, out = _run(raw, str(tmp_path / f"out{clip_limit}"), (4, 160, 160), client, params)
+        np.testing.assert_array_equal(out == 0, stack == 0)
