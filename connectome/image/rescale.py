@@ -85,9 +85,12 @@ def sample(vol: Volume) -> np.ndarray:
     for box in boxes:
         data = vol.read(box)
         step = max(1, int(np.ceil((data.size / per_box) ** (1 / 3))))
-        strided = data[..., ::step, ::step, ::step]
         image = _inside_footprints(footprints, box, data.shape[-3:])
-        parts.append(np.ravel(strided if image is None else strided[..., image[::step, ::step, ::step]]))
+        if image is None:
+            parts.append(np.ravel(data[..., ::step, ::step, ::step]))
+            continue
+        inside = np.ravel(data[..., image])  # every k-th image voxel: a stride in 3-d can step over small sections
+        parts.append(inside[::max(1, -(-inside.size // per_box))])
     return np.concatenate(parts)
 
 

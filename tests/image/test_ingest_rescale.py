@@ -175,3 +175,20 @@ def test_percentiles_leave_out_the_padding_of_smaller_sections(tmp_path):
     low, high = np.percentile(np.concatenate(images), [0.1, 99.9])
     assert mapping.low == pytest.approx(low) and mapping.high == pytest.approx(high)
     assert mapping.sampled_voxels == sum(len(i) for i in images)
+
+
+def test_a_thinned_sample_of_a_padded_stack_holds_image_voxels_only(tmp_path, monkeypatch):
+    """Where the volume is larger than the sample, the voxels of a stack with padded sections are thinned among its
+    image voxels (every k-th), so the sample has about its size and no padding, however small the sections."""
+    import tifffile
+
+    from connectome.image import rescale as R
+
+    (tmp_path / "tifs").mkdir()
+    tifffile.imwrite(tmp_path / "tifs" / "s0.tif", np.full((64, 64), 100, np.uint16))
+    for z in range(1, 6):
+        tifffile.imwrite(tmp_path / "tifs" / f"s{z}.tif", np.full((2, 2), 5000 + z, np.uint16))
+    vol = open_volume(str(tmp_path / "tifs"))
+    monkeypatch.setattr(R, "SAMPLE_VOXELS", 100)
+    values = R.sample(vol)
+    assert 0 not in values and 95 <= values.size <= 100  # 4116 image voxels, every 42nd
