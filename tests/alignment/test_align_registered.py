@@ -58,8 +58,18 @@ def vnc():
 
 
 def test_a_registered_stack_is_left_as_it_is(vnc, tmp_path, client):
+    """`connectome align RAW OUT --hold 3` at its other defaults (those of MATCH)."""
+    import json
+
+    from connectome.cli.main import main
+
     raw = write_stack(str(tmp_path / "raw"), np.ascontiguousarray(vnc[:, Y0:Y0 + SIDE, X0:X0 + SIDE]))
-    _, _, t = align(raw, str(tmp_path / "out"), client, match=MATCH, solve=HOLD)
+    assert main(["align", raw, str(tmp_path / "out"), "--hold", "3", "--cluster", client.scheduler.address,
+                 "--no-progress", "--json"]) == 0
+    with np.load(tmp_path / "out" / "alignment" / "transforms.npz") as f:
+        t = {k: f[k] for k in f.files}
+    solved = json.loads((tmp_path / "out" / "alignment" / "solve.json").read_text())
+    assert solved["pairs_held"]["1"] == 11  # every neighbour pair of the 12 sections
     gy, gx = np.meshgrid(t["nodes_y"], t["nodes_x"], indexing="ij")
     p = np.stack([gy.ravel(), gx.ravel()], 1).astype(np.float64)
     for z, f in enumerate(t["fields"]):
