@@ -69,9 +69,11 @@ def ome_scale0(metadata_file: str, attrs: dict) -> tuple[str, tuple[float, float
     three space axes) where the group's multiscales give it in a length unit; (SCALE0, None) for a group
     without OME metadata. Multiscales that cannot be read so are one line naming the file and key."""
     multiscales = attrs.get("ome", {}).get("multiscales") if isinstance(attrs.get("ome"), dict) else None
+    key = "ome.multiscales[0]"
+    if not multiscales and attrs.get("multiscales"):  # OME-Zarr 0.4 (zarr v2: bioformats2raw, ome-zarr-py)
+        multiscales, key = attrs["multiscales"], "multiscales[0]"
     if not multiscales:
         return SCALE0, None
-    key = "ome.multiscales[0]"
     try:
         first = multiscales[0]
         dataset = first["datasets"][0]
@@ -103,10 +105,15 @@ class ZarrVolume(Volume):
         super().__init__(address)
         self.writable = mode != "r"
         path = address
-        if not os.path.exists(os.path.join(path, "zarr.json")):
+        version2 = [n for n in (".zarray", ".zgroup") if os.path.exists(os.path.join(path, n))]
+        if not os.path.exists(os.path.join(path, "zarr.json")) and not version2:
             found = "an empty folder" if os.path.isdir(path) and not os.listdir(path) else "no zarr.json"
-            raise UserError(f"{address}: expected a zarr v3 array or OME-Zarr group, or a folder of TIFF/PNG "
-                            f"sections; found {found}")
+            raise UserError(f"{address}: expected a zarr array or OME-Zarr group (v3 zarr.json, or v2 .zarray / "
+                            f".zgroup), or a folder of TIFF/PNG sections; found {found}")
+        if version2 and self.writable:
+            raise UserError(f"{address}: a zarr v2 store is read here, not written; write to a new output "
+                            "(connectome writes zarr v3)")
+        metadata_file = os.path.join(path, ".zattrs" if version2 else "zarr.json")
         try:
             node = zarr.open(store=path, mode="r+" if self.writable else "r")
         except Exception as e:  # zarr raises several types for a damaged store
@@ -115,7 +122,7 @@ class ZarrVolume(Volume):
         self._array: zarr.Array
         ome_voxel_size = None
         if isinstance(node, zarr.Group):
-            level, ome_voxel_size = ome_scale0(os.path.join(path, "zarr.json"), attrs)
+            level, ome_voxel_size = ome_scale0(metadata_file, attrs)
             try:
                 scale0 = node[level]
             except KeyError:
@@ -209,7 +216,7 @@ class ZarrVolume(Volume):
         for folder, _, files in os.walk(self._array_dir):
             rel = os.path.relpath(folder, self._array_dir)
             for name in files:
-                if name != "zarr.json" and not name.endswith(".partial"):
+                if name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup") and not name.endswith(".partial"):
                     present.add(name if rel == "." else f"{rel}/{name}")
         missing, first = 0, list[str]()
         for position in itertools.product(*(range(n) for n in counts)):

@@ -585,3 +585,27 @@ def test_the_finest_level_array_addressed_itself_keeps_the_images_metadata(tmp_p
     assert main(["evaluate", "--seg", str(tmp_path / "seg.zarr" / "0"), "--gt", f"{tmp_path / 'gt.npz'}#gt",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["voxel_size"] == [50.0, 4.0, 4.0]
+
+
+def test_zarr_v2_arrays_and_ome_zarr_0_4_images_are_read_not_written(tmp_path):
+    """A lab's zarr v2 store (bioformats2raw / ome-zarr-py write OME-Zarr 0.4 in it) is read, with the 0.4
+    multiscales' scale as the suggested voxel size; it is refused as an output in one line (was 'no zarr.json')."""
+    import zarr
+
+    data = (np.arange(8 * 32 * 32) % 251).astype(np.uint8).reshape(8, 32, 32)
+    bare = zarr.open_array(str(tmp_path / "arr.zarr"), mode="w", zarr_format=2, shape=data.shape, dtype="u1",
+                           chunks=(4, 16, 16))
+    bare[:] = data
+    group = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("s0", shape=(1, 1, *data.shape), dtype="u1", chunks=(1, 1, 4, 16, 16))[:] = data[None, None]
+    space = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "t", "type": "time"},
+                                                              {"name": "c", "type": "channel"}, *space],
+                                   "datasets": [{"path": "s0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [1, 1, 40, 4, 4]}]}]}]
+    for name, suggested in (("arr.zarr", None), ("ome.zarr", (40.0, 4.0, 4.0))):
+        vol = open_volume(str(tmp_path / name))
+        np.testing.assert_array_equal(vol.read(vol.box), data)
+        assert vol.meta.suggested_voxel_size == suggested and vol.missing_chunks()[0] == 0
+    with pytest.raises(UserError, match="zarr v2 store is read here, not written"):
+        open_volume(str(tmp_path / "arr.zarr"), "r+")
