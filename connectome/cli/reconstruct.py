@@ -6,13 +6,13 @@ from __future__ import annotations
 from connectome.cli.arg_types import fraction, positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
-from connectome.cli.segment import add_min_segment_option, add_section_order_option
+from connectome.cli.segment import add_min_segment_option, add_section_order_option, say_default_model
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
     parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
-    parser.add_argument("--model", default="synthetic", help="affinity model for the segmentation")
+    parser.add_argument("--model", default=None, help="affinity model for the segmentation (default synthetic)")
     parser.add_argument("--cleft-model", default="cleft-synthetic", help="cleft model name or .pt path")
     parser.add_argument("--classifier", default=None, help="neurite type classifier name or .json path")
     parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
@@ -44,6 +44,9 @@ def run(args) -> int:
     from connectome.graph.summary import describe
     from connectome.synapses.chain import synapse_outputs, synapse_stages
 
+    if args.model is None:
+        args.model = "synthetic"
+        args.default_model = True
     cluster = cluster_settings(args)
     config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                  args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
@@ -54,6 +57,7 @@ def run(args) -> int:
         mask=absolute(args.mask) if args.mask else None)})
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
+    say_default_model(args)
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)

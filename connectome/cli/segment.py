@@ -110,6 +110,13 @@ def add_section_order_option(parser, effect: str = "segment in the order recover
                              "keep: never)")
 
 
+def say_default_model(args) -> None:
+    """One note on stderr where no --model was given: a model trained on synthetic volumes only segments the data."""
+    if getattr(args, "default_model", False):
+        print(f"connectome: note: no --model given: {args.model}, trained on synthetic volumes only (real EM: "
+              "fib-10nm, sstem; README 'Choosing an affinity model')", file=sys.stderr)
+
+
 def run(args) -> int:
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
@@ -120,6 +127,7 @@ def run(args) -> int:
     refuse_options_of_the_other_method(args)
     if args.model is None:
         args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
+        args.default_model = True  # said once the plan holds (`say_default_model`)
     if args.method == "ffn":
         return _run_ffn(args)
     cluster = cluster_settings(args)
@@ -131,6 +139,7 @@ def run(args) -> int:
                                  section_order=args.section_order or "auto")
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
+    say_default_model(args)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
@@ -158,6 +167,7 @@ def _run_ffn(args) -> int:
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
+    say_default_model(args)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     warning = budget_warning(summary)

@@ -249,3 +249,16 @@ def test_run_configs_absorb_small_segments_as_the_model_says(medulla_crop, tmp_p
         params, fp, context = relabel(**kw)
         assert params.min_voxels == 0 and context.lower == (0, 0, 0)
         assert not {"min_voxels", "max_extent", "min_share"} & set(fp), fp
+
+
+def test_no_model_given_is_said_once_the_plan_holds(synthetic_raw, tmp_path, capsys):
+    """Without --model, segment runs `synthetic` and says so in one note (a lab's real data was segmented by a
+    synthetic-only model without a word); a refused run says its one error line only."""
+    raw = str(synthetic_raw / "raw")
+    assert main(["segment", raw, str(tmp_path / "bad"), "--min-segment-voxels", "-3", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--min-segment-voxels -3" in err[0], err
+    assert main(["segment", raw, str(tmp_path / "o"), "--block-shape", "32", "128", "128", "--workers", "1",
+                 "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "no --model given" in line]
+    assert len(notes) == 1 and "synthetic, trained on synthetic volumes only" in notes[0], notes
