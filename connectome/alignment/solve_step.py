@@ -192,7 +192,7 @@ def _size_and_scatter(fit: np.ndarray, good: np.ndarray, d: np.ndarray, points: 
 
 
 def registered_pairs(fits: dict[int, np.ndarray], good: dict[int, np.ndarray], d: dict[int, np.ndarray],
-                     points: np.ndarray, hold: float) -> dict[int, np.ndarray]:
+                     points: np.ndarray, hold: float, ok: np.ndarray) -> dict[int, np.ndarray]:
     """The pairs (per offset k, a bool per pair) whose measured transform is no evidence that they are out of
     register: the RMS over the nodes of the displacement their robust fit makes is at most `hold` times the
     scatter (RMS) of their good patches about that fit, on at least HOLD_MIN_PATCHES good patches. Two real
@@ -200,7 +200,8 @@ def registered_pairs(fits: dict[int, np.ndarray], good: dict[int, np.ndarray], d
     registered (VNC neighbours, 384-px crops: 2-10 px, up to 1.9 degrees and 3 % scale, at 1-2.5 times the
     scatter of their patches); integrated along the stack, those pair transforms drifted a registered stack by
     19 px, 0.9 degrees and 6 % scale. Misregistered sections measure 3.4-10 times the scatter there. A pair two
-    sections apart is held where both pairs between are (or, where one of them has no fit, by its own test)."""
+    sections apart is held where both pairs between are (or, where one of them has no fit or the section between is
+    flagged (not `ok`), by its own test)."""
     held = {}
     for k, f in fits.items():
         out = np.zeros(len(f), bool)
@@ -215,7 +216,8 @@ def registered_pairs(fits: dict[int, np.ndarray], good: dict[int, np.ndarray], d
             continue
         steps = np.stack([held[1][i:len(held[1]) - k + 1 + i] for i in range(k)])  # pairs z + i -> z + i + 1
         fitted = np.stack([np.isfinite(fits[1][i:len(fits[1]) - k + 1 + i]).all(axis=(1, 2)) for i in range(k)])
-        held[k] = np.where(fitted.all(axis=0), steps.all(axis=0), held[k])
+        between = np.stack([ok[i:len(ok) - k + i] for i in range(1, k)]).all(axis=0)  # the sections skipped
+        held[k] = np.where(fitted.all(axis=0) & between, steps.all(axis=0), held[k])
     return held
 
 
@@ -274,6 +276,8 @@ class SolveStep(GlobalStep):
     def fingerprint(self) -> dict:
         """Without `refine`, the one from before the option existed, so earlier runs resume."""
         params = asdict(self.settings)
+        if not self.settings.hold:  # without `hold` at 0 (every pair followed), as before the option
+            del params["hold"]
         if not self.settings.refine:
             return {"step": self.name, "tables": self.tables_dir, "path": self.path,
                     "params": {k: v for k, v in params.items() if k not in ("refine", "max_disagreement", "ambiguity")}}
@@ -305,7 +309,7 @@ class SolveStep(GlobalStep):
                    * (ok[:-k, None, None] & ok[k:, None, None]) * _skip_factor(good, k, s.skip_weight) for k in good}
         gy, gx = np.meshgrid(*m.nodes, indexing="ij")
         points = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
-        held = registered_pairs(fits, good, filled, points, s.hold) if s.hold > 0 else {k: np.zeros(len(w), bool)
+        held = registered_pairs(fits, good, filled, points, s.hold, ok) if s.hold > 0 else {k: np.zeros(len(w), bool)
                                                                                      for k, w in weights.items()}
         across = held_across(fits, good, filled, held, ok, points, s.hold) if s.hold > 0 else []
         for a, b in across:
@@ -316,7 +320,7 @@ class SolveStep(GlobalStep):
                 filled[k] = np.zeros((m.shape[0] - k, *filled[1].shape[1:]))
             held[k][a] = True
         for k, h in held.items():  # a registered pair: no displacement at any node, at full weight
-            h = h & ok[:-k] & ok[k:]
+            h = held[k] = h & ok[:-k] & ok[k:]  # (as solve.json and transforms.npz report it)
             filled[k][h] = 0.0
             weights[k][h] = 1.0
         links, unlinked = self._bridge(m, ok, weights, filled, points, images)

@@ -371,6 +371,10 @@ def create_zarr_volume(
     channels: int | None = None,
     overwrite: bool = False,
 ) -> ZarrVolume:
+    version2 = [n for n in (".zarray", ".zgroup") if os.path.exists(os.path.join(address, n))]
+    if version2:  # before anything is written: a lab's v2 store is read, never written over, not even with --overwrite
+        raise UserError(f"{address}: a zarr v2 store ({version2[0]}) is read here, not written; write to a new "
+                        "output (connectome writes zarr v3)")
     if os.path.exists(os.path.join(address, "zarr.json")) and not overwrite:
         existing = ZarrVolume(address, "r+")
         m = existing.meta

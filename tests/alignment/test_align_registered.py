@@ -101,3 +101,28 @@ def test_perturbed_sections_are_put_back_and_the_others_stay(vnc, tmp_path, clie
         assert errors[z].max() < 4.0, (z, errors[z].max())
     for z in (3, 6, 9, 10, 11):
         assert np.median(errors[z]) < 5.5, (z, np.median(errors[z]))
+
+
+def test_runs_from_before_hold_resume_and_a_skip_pair_across_a_flagged_section_is_judged_alone():
+    """The align stage and its global step leave `hold` out of their fingerprints at 0 (runs from before the option
+    resume: the step's params kept it and refused them); a pair two sections apart is held or followed by its own
+    fit where the section between is flagged, not by the fits through that section."""
+    from connectome.alignment.solve_step import SolveSettings, SolveStep, registered_pairs
+
+    assert "hold" not in SolveStep("t", "p", SolveSettings()).fingerprint()["params"]
+    assert SolveStep("t", "p", SolveSettings(hold=3.0)).fingerprint()["params"]["hold"] == 3.0
+    gy, gx = np.meshgrid(np.arange(0, 256, 64.0), np.arange(0, 256, 64.0), indexing="ij")
+    points = np.stack([gy.ravel(), gx.ravel()], 1)
+    rng = np.random.default_rng(0)
+    identity = np.hstack([np.eye(2), np.zeros((2, 1))])
+    moved = np.hstack([np.eye(2), np.array([[30.0], [-25.0]])])
+    # sections 0..3, section 2 flagged but with (moved) fits to its neighbours
+    fits = {1: np.stack([identity, moved, moved]), 2: np.stack([identity, identity])}
+    good = {k: np.ones((len(f), len(points)), bool) for k, f in fits.items()}
+    d = {k: np.stack([(f[:, :2] @ points.T).T + f[:, 2] - points + rng.normal(0, 1, points.shape) for f in fits[k]])
+         for k in fits}
+    ok = np.array([True, True, False, True])
+    held = registered_pairs(fits, good, d, points, 3.0, ok)
+    # 0 -> 2 goes through section 1 (usable) and its step 1 -> 2 moves: followed; 1 -> 3 skips the flagged section 2:
+    # its own identity fit holds it (before: the moved fits through section 2 decided, and it was followed)
+    assert held[1].tolist() == [True, False, False] and held[2].tolist() == [False, True]

@@ -609,3 +609,11 @@ def test_zarr_v2_arrays_and_ome_zarr_0_4_images_are_read_not_written(tmp_path):
         assert vol.meta.suggested_voxel_size == suggested and vol.missing_chunks()[0] == 0
     with pytest.raises(UserError, match="zarr v2 store is read here, not written"):
         open_volume(str(tmp_path / "arr.zarr"), "r+")
+    # given as an output (ingest SRC V2_FOLDER, also with --overwrite): refused before anything is written into it
+    for name in ("arr.zarr", "ome.zarr"):
+        before = sorted(p.relative_to(tmp_path) for p in (tmp_path / name).rglob("*"))
+        for overwrite in (False, True):
+            with pytest.raises(UserError, match=r"zarr v2 store \(\.z(array|group)\) is read here, not written"):
+                create_volume(str(tmp_path / name), data.shape, np.uint8, (4, 16, 16), (40, 4, 4), overwrite=overwrite)
+        assert sorted(p.relative_to(tmp_path) for p in (tmp_path / name).rglob("*")) == before
+        np.testing.assert_array_equal(open_volume(str(tmp_path / name)).read(Box((0, 0, 0), data.shape)), data)
