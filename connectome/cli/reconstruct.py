@@ -57,10 +57,10 @@ def run(args) -> int:
         mask=absolute(args.mask) if args.mask else None)})
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
-    say_default_model(args)
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    say_default_model(args)
     _, paths, _, summary = graph_outputs(config.output, types=not args.no_types, plots=not args.no_plots)
     outputs = synapse_outputs(config.output, types=not args.no_types)
     result = {"segmentation": seg["segmentation"], **outputs, "graph": paths["edges"],

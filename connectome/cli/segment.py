@@ -111,7 +111,8 @@ def add_section_order_option(parser, effect: str = "segment in the order recover
 
 
 def say_default_model(args) -> None:
-    """One note on stderr where no --model was given: a model trained on synthetic volumes only segments the data."""
+    """One note on stderr, once the run is done, where no --model was given: a model trained on synthetic volumes only
+    segmented the data (said after the run, so that a refusal stays its one line)."""
     if getattr(args, "default_model", False):
         print(f"connectome: note: no --model given: {args.model}, trained on synthetic volumes only (real EM: "
               "fib-10nm, sstem; README 'Choosing an affinity model')", file=sys.stderr)
@@ -127,7 +128,7 @@ def run(args) -> int:
     refuse_options_of_the_other_method(args)
     if args.model is None:
         args.model = "ffn-synthetic" if args.method == "ffn" else "synthetic"
-        args.default_model = True  # said once the plan holds (`say_default_model`)
+        args.default_model = True  # said once the run is done (`say_default_model`)
     if args.method == "ffn":
         return _run_ffn(args)
     cluster = cluster_settings(args)
@@ -139,13 +140,13 @@ def run(args) -> int:
                                  section_order=args.section_order or "auto")
     plan = plan_segmentation(config, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
-    say_default_model(args)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
     ran = sum(s["ran"] for s in summary["stages"])
     work = (f"{ran} block runs, {summary['seconds']:.1f} s ({rate / 1e6:.2f} Mvx/s)" if ran else
             f"no block ran (all were done before), {summary['seconds']:.1f} s")
+    say_default_model(args)
     print_result(args, summary, f"segmentation: {summary['segmentation']}\n{summary['voxels']:,} voxels, {work}")
     return 0
 
@@ -167,9 +168,9 @@ def _run_ffn(args) -> int:
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
-    say_default_model(args)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+    say_default_model(args)
     warning = budget_warning(summary)
     if warning:
         print(f"connectome segment: {warning}", file=sys.stderr)

@@ -251,7 +251,7 @@ def test_run_configs_absorb_small_segments_as_the_model_says(medulla_crop, tmp_p
         assert not {"min_voxels", "max_extent", "min_share"} & set(fp), fp
 
 
-def test_no_model_given_is_said_once_the_plan_holds(synthetic_raw, tmp_path, capsys):
+def test_no_model_given_is_said_once_the_run_is_done(synthetic_raw, tmp_path, capsys):
     """Without --model, segment runs `synthetic` and says so in one note (a lab's real data was segmented by a
     synthetic-only model without a word); a refused run says its one error line only."""
     raw = str(synthetic_raw / "raw")
