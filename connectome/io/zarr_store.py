@@ -105,14 +105,13 @@ class ZarrVolume(Volume):
         super().__init__(address)
         self.writable = mode != "r"
         path = address
-        version2 = [n for n in (".zarray", ".zgroup") if os.path.exists(os.path.join(path, n))]
+        version2 = _zarr_v2_marker(path)
         if not os.path.exists(os.path.join(path, "zarr.json")) and not version2:
             found = "an empty folder" if os.path.isdir(path) and not os.listdir(path) else "no zarr.json"
             raise UserError(f"{address}: expected a zarr array or OME-Zarr group (v3 zarr.json, or v2 .zarray / "
                             f".zgroup), or a folder of TIFF/PNG sections; found {found}")
         if version2 and self.writable:
-            raise UserError(f"{address}: a zarr v2 store is read here, not written; write to a new output "
-                            "(connectome writes zarr v3)")
+            raise UserError(_v2_not_written(address, version2))
         metadata_file = os.path.join(path, ".zattrs" if version2 else "zarr.json")
         try:
             node = zarr.open(store=path, mode="r+" if self.writable else "r")
@@ -315,6 +314,16 @@ class ZarrVolume(Volume):
                             os.unlink(entry.path)
 
 
+def _zarr_v2_marker(path: str) -> str | None:
+    """The zarr v2 metadata file (.zarray or .zgroup) at `path`, if it holds one."""
+    return next((n for n in (".zarray", ".zgroup") if os.path.exists(os.path.join(path, n))), None)
+
+
+def _v2_not_written(address: str, marker: str) -> str:
+    return (f"{address}: a zarr v2 store ({marker}) is read here, not written; write to a new output "
+            "(connectome writes zarr v3)")
+
+
 def _image_of_level(path: str) -> tuple[dict, tuple[float, float, float] | None] | None:
     """(the attributes of the OME-Zarr image group whose finest level is the array at `path`, its OME voxel size),
     or None where the folder above holds no such group."""
@@ -371,10 +380,9 @@ def create_zarr_volume(
     channels: int | None = None,
     overwrite: bool = False,
 ) -> ZarrVolume:
-    version2 = [n for n in (".zarray", ".zgroup") if os.path.exists(os.path.join(address, n))]
+    version2 = _zarr_v2_marker(address)
     if version2:  # before anything is written: a lab's v2 store is read, never written over, not even with --overwrite
-        raise UserError(f"{address}: a zarr v2 store ({version2[0]}) is read here, not written; write to a new "
-                        "output (connectome writes zarr v3)")
+        raise UserError(_v2_not_written(address, version2))
     if os.path.exists(os.path.join(address, "zarr.json")) and not overwrite:
         existing = ZarrVolume(address, "r+")
         m = existing.meta

@@ -78,11 +78,13 @@ class CleftsStage(BlockStage[CleftsParams]):
     def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
         super().check_inputs(inputs)
         data_nm = inputs["raw"].voxel_size
-        fitting = [n for n in M.available() if n != self.params.model
-                   and within_tolerance(data_nm, M.read_info(n).voxel_size)]
-        named = [f"{n} (synthetic data only)" if "synthetic" in n else n for n in fitting]
-        hint = (f"give --cleft-model (reconstruct) or --model (synapses) {' or '.join(named)}, shipped for that "
-                "voxel size, or pass --allow-voxel-mismatch") if fitting else None
+        hint = None
+        if not self.params.allow_voxel_mismatch and not within_tolerance(data_nm, self.info.voxel_size):
+            fitting = [n for n in M.available() if n != self.params.model
+                       and within_tolerance(data_nm, M.read_info(n).voxel_size)]  # read only to say so
+            named = [f"{n} (synthetic data only)" if "synthetic" in n else n for n in fitting]
+            hint = (f"give --cleft-model (reconstruct) or --model (synapses) {' or '.join(named)}, shipped for that "
+                    "voxel size, or pass --allow-voxel-mismatch") if fitting else None
         check_voxel_size(self.params.model, self.info.voxel_size, self.input_addresses["raw"], data_nm,
                          self.params.allow_voxel_mismatch, **({"hint": hint} if hint else {}))
 

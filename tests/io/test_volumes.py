@@ -607,7 +607,7 @@ def test_zarr_v2_arrays_and_ome_zarr_0_4_images_are_read_not_written(tmp_path):
         vol = open_volume(str(tmp_path / name))
         np.testing.assert_array_equal(vol.read(vol.box), data)
         assert vol.meta.suggested_voxel_size == suggested and vol.missing_chunks()[0] == 0
-    with pytest.raises(UserError, match="zarr v2 store is read here, not written"):
+    with pytest.raises(UserError, match=r"zarr v2 store \(\.zarray\) is read here, not written"):
         open_volume(str(tmp_path / "arr.zarr"), "r+")
     # given as an output (ingest SRC V2_FOLDER, also with --overwrite): refused before anything is written into it
     for name in ("arr.zarr", "ome.zarr"):
