@@ -118,6 +118,18 @@ class ZarrVolume(Volume):
         except Exception as e:  # zarr raises several types for a damaged store
             raise UserError(f"{address}: not a readable zarr store ({type(e).__name__}: {e})") from None
         attrs: dict[str, Any] = dict(node.attrs)  # JSON: what each key holds is checked where it is used
+        series = _bioformats2raw_image(address, path, attrs) if isinstance(node, zarr.Group) else None
+        if series is not None:  # bioformats2raw's root (`x.zarr`): its one image, `x.zarr/0`
+            if self.writable:
+                raise UserError(f"{address}: a bioformats2raw collection is read here, not written; write to a new "
+                                "output")
+            path = os.path.join(path, series)
+            metadata_file = os.path.join(path, ".zattrs" if version2 else "zarr.json")
+            try:
+                node = zarr.open(store=path, mode="r")
+            except Exception as e:  # zarr raises several types for a damaged store
+                raise UserError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
+            attrs = dict(node.attrs)
         self._array: zarr.Array
         ome_voxel_size = None
         if isinstance(node, zarr.Group):
@@ -241,7 +253,7 @@ class ZarrVolume(Volume):
 
     def source_files(self, box: Box) -> tuple[str, list[str]] | None:
         metadata = self._array.metadata
-        if "://" in self._array_dir or metadata.zarr_format != 3:  # (a store with a zarr.json is v3)
+        if "://" in self._array_dir:
             return None
         stored = tuple(getattr(metadata.chunk_grid, "chunk_shape", self._array.chunks))  # (shards if sharded)
         box = box.intersect(self.box)
@@ -251,7 +263,7 @@ class ZarrVolume(Volume):
         if self._meta.channels is not None:  # every channel's chunks
             ranges.insert(0, range(-(-self._meta.channels // stored[-4])))
         ranges[:0] = [range(1)] * len(self._fixed)
-        encode = metadata.chunk_key_encoding.encode_chunk_key
+        encode = metadata.encode_chunk_key  # (v3: its chunk key encoding; v2: its dimension separator)
         return self._array_dir, [encode(position) for position in itertools.product(*ranges)]
 
     def section_footprints(self) -> dict[int, tuple[int, int, int, int]]:
@@ -324,26 +336,86 @@ def _v2_not_written(address: str, marker: str) -> str:
             "(connectome writes zarr v3)")
 
 
-def _image_of_level(path: str) -> tuple[dict, tuple[float, float, float] | None] | None:
-    """(the attributes of the OME-Zarr image group whose finest level is the array at `path`, its OME voxel size),
-    or None where the folder above holds no such group."""
+def _group_attrs(path: str) -> tuple[str, dict] | None:
+    """(its metadata file, its attributes) of the zarr group at `path`: a v3 zarr.json of a group, or a v2 .zgroup with
+    its .zattrs (none: {}); None where no group is there or its metadata is not a JSON object."""
     import json
 
-    parent = os.path.dirname(os.path.normpath(path))
-    metadata_file = os.path.join(parent, "zarr.json")
+    version2 = os.path.exists(os.path.join(path, ".zgroup"))
+    metadata_file = os.path.join(path, ".zattrs" if version2 else "zarr.json")
     try:
         with open(metadata_file) as f:
             metadata = json.load(f)
+    except FileNotFoundError:
+        return (metadata_file, {}) if version2 else None
     except (OSError, ValueError):
         return None
-    attrs = metadata.get("attributes") if isinstance(metadata, dict) and metadata.get("node_type") == "group" else None
-    if not isinstance(attrs, dict):
+    if not isinstance(metadata, dict):
+        return None
+    if version2:
+        return metadata_file, metadata
+    attrs = metadata.get("attributes", {}) if metadata.get("node_type") == "group" else None
+    return (metadata_file, attrs) if isinstance(attrs, dict) else None
+
+
+def _bioformats2raw_image(address: str, path: str, attrs: dict) -> str | None:
+    """The image group (its path in the group) of the bioformats2raw collection at `path` whose root attributes are
+    `attrs` (`bioformats2raw.layout` 3: images `0`, `1`, ... or those its `OME` group's `series` lists); None where
+    `attrs` name no such layout. A collection of several images, or of none, is one line naming the ones to choose."""
+    ome: dict = attrs["ome"] if isinstance(attrs.get("ome"), dict) else {}  # (OME-Zarr 0.5: its keys under "ome")
+    layout = attrs.get("bioformats2raw.layout", ome.get("bioformats2raw.layout"))
+    if layout is None:
+        return None
+    root_file = os.path.join(path, ".zattrs" if os.path.exists(os.path.join(path, ".zgroup")) else "zarr.json")
+    if layout != 3:
+        raise UserError(f"{root_file}: bioformats2raw.layout is {layout!r}; expected 3 (the layout version read here)")
+    name = address.rstrip("/")
+    plate = attrs.get("plate", ome.get("plate"))
+    if plate is not None:
+        try:
+            example = f"{name}/{plate['wells'][0]['path']}/0"
+        except (KeyError, IndexError, TypeError):
+            example = f"{name}/A/1/0"
+        raise UserError(f"{root_file}: plate: expected one image, found a bioformats2raw plate; give the address "
+                        f"of one field of view, e.g. {example}")
+    series_file, series_attrs = _group_attrs(os.path.join(path, "OME")) or ("", {})
+    listed = series_attrs.get("series")
+    if listed is None and isinstance(series_attrs.get("ome"), dict):  # (OME-Zarr 0.5: under "ome")
+        listed = series_attrs["ome"].get("series")
+    if listed is not None:
+        where = f"series in {series_file}"
+        if not isinstance(listed, list) or not all(isinstance(s, str) and s for s in listed):
+            raise UserError(f"{series_file}: series: expected a list of image group paths, found {listed!r}")
+        series = list(listed)
+    else:  # (no series listed: the images are the groups 0, 1, ... there are)
+        where = f"groups 0, 1, ... of {name}"
+        series = list(itertools.takewhile(lambda s: _group_attrs(os.path.join(path, s)) is not None,
+                                          (str(i) for i in itertools.count())))
+    if len(series) > 1:
+        shown = ", ".join(f"{name}/{s}" for s in series[:5]) + (", ..." if len(series) > 5 else "")
+        raise UserError(f"{address}: a bioformats2raw collection of {len(series)} images ({where}); expected one: "
+                        f"give the address of the image to read, one of {shown}")
+    if not series or _group_attrs(os.path.join(path, series[0])) is None:
+        found_text = f"no group {name}/{series[0]}" if series else "none"
+        raise UserError(f"{address}: a bioformats2raw collection ({where}); expected its image group, "
+                        f"found {found_text}")
+    return series[0]
+
+
+def _image_of_level(path: str) -> tuple[dict, tuple[float, float, float] | None] | None:
+    """(the attributes of the OME-Zarr image group whose finest level is the array at `path`, its OME voxel size),
+    or None where the folder above holds no such group: a zarr v3 group (OME-Zarr 0.5) or a v2 one (0.4)."""
+    found = _group_attrs(os.path.dirname(os.path.normpath(path)))
+    if found is None:
+        return None
+    metadata_file, attrs = found
+    if not isinstance(attrs.get("ome"), dict) and not attrs.get("multiscales"):
         return None
     try:
         level, voxel_size = ome_scale0(metadata_file, attrs)
     except UserError:
         return None
-    if not isinstance(attrs.get("ome"), dict) or level != os.path.basename(os.path.normpath(path)):
+    if level != os.path.basename(os.path.normpath(path)):
         return None
     return attrs, voxel_size
 

@@ -617,3 +617,182 @@ def test_zarr_v2_arrays_and_ome_zarr_0_4_images_are_read_not_written(tmp_path):
                 create_volume(str(tmp_path / name), data.shape, np.uint8, (4, 16, 16), (40, 4, 4), overwrite=overwrite)
         assert sorted(p.relative_to(tmp_path) for p in (tmp_path / name).rglob("*")) == before
         np.testing.assert_array_equal(open_volume(str(tmp_path / name)).read(Box((0, 0, 0), data.shape)), data)
+
+
+def _bioformats2raw(path, images, unit="micrometer", scale=(0.04, 0.004, 0.004), series_attr=True):
+    """A zarr v2 folder as bioformats2raw (layout version 3, OME-Zarr 0.4) writes it: `.zgroup` and `.zattrs`
+    {"bioformats2raw.layout": 3} at the root; one image group per series, `0`, `1`, ..., each with its multiscales and
+    omero attributes and its levels `0` (finest), `1` as 5-d (t, c, z, y, x) arrays with '/'-nested chunk keys and
+    blosc lz4; and the `OME` group with `METADATA.ome.xml` and (bioformats2raw 0.3+) the series listed in its
+    `.zattrs`."""
+    import json
+
+    import numcodecs
+    import zarr
+
+    def write_json(file, value):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(value, indent=2))
+
+    write_json(path / ".zgroup", {"zarr_format": 2})
+    write_json(path / ".zattrs", {"bioformats2raw.layout": 3})
+    xml = "".join(f'<Image ID="Image:{i}" Name="series {i}"><Pixels ID="Pixels:{i}" DimensionOrder="XYZCT" '
+                  f'Type="uint8" SizeX="{d.shape[2]}" SizeY="{d.shape[1]}" SizeZ="{d.shape[0]}" SizeC="1" SizeT="1"/>'
+                  f"</Image>" for i, d in enumerate(images))
+    (path / "OME").mkdir()
+    (path / "OME" / "METADATA.ome.xml").write_text(
+        f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">{xml}'
+        "</OME>")
+    write_json(path / "OME" / ".zgroup", {"zarr_format": 2})
+    if series_attr:
+        write_json(path / "OME" / ".zattrs", {"series": [str(i) for i in range(len(images))]})
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+            *({"name": a, "type": "space", "unit": unit} for a in "zyx")]
+    for i, data in enumerate(images):
+        image = path / str(i)
+        write_json(image / ".zgroup", {"zarr_format": 2})
+        datasets = []
+        for level, factor in (("0", 1), ("1", 2)):
+            values = data[:, ::factor, ::factor]
+            array = zarr.open_array(str(image / level), mode="w", zarr_format=2, shape=(1, 1, *values.shape),
+                                    chunks=(1, 1, 4, 16, 16), dtype="u1", dimension_separator="/",
+                                    compressor=numcodecs.Blosc(cname="lz4", clevel=5, shuffle=1))
+            array[:] = values[None, None]
+            (image / level / ".zattrs").unlink(missing_ok=True)  # (bioformats2raw writes only .zarray)
+            datasets.append({"path": level, "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 1.0, scale[0], scale[1] * factor, scale[2] * factor]}]})
+        write_json(image / ".zattrs", {
+            "multiscales": [{"metadata": {"method": "loci.common.image.SimpleImageScaler", "version": "Bio-Formats 7"},
+                             "axes": axes, "name": f"series {i}", "datasets": datasets, "version": "0.4"}],
+            "omero": {"channels": [{"active": True, "color": "808080", "label": "EM",
+                                    "window": {"start": 0, "end": 255, "min": 0, "max": 255}}],
+                      "rdefs": {"defaultT": 0, "defaultZ": 0, "model": "greyscale"}}})
+    return path
+
+
+def test_a_bioformats2raw_folder_reads_as_its_one_image_and_names_the_series_of_several(tmp_path, capsys):
+    """(lab walk-through) `x.zarr` as bioformats2raw writes it (bioformats2raw.layout 3: the image one level down at
+    `x.zarr/0`, beside `OME/METADATA.ome.xml`) was refused as "the OME-Zarr scale-0 node '0' is a group"; it reads as
+    its one image, with its scale as the suggested voxel size. A collection of several images is one line naming the
+    addresses to choose from (exit 2 in a command); `x.zarr/1` reads that image."""
+    from connectome.cli.main import main
+
+    data = (np.arange(8 * 32 * 32) % 251).astype(np.uint8).reshape(8, 32, 32)
+    one = _bioformats2raw(tmp_path / "one.zarr", [data])
+    for address in (str(one), f"{one}/", f"{one}/0"):
+        volume = open_volume(address)
+        np.testing.assert_array_equal(volume.read(volume.box), data)
+        assert volume.meta.channels is None and volume.meta.chunk_shape == (4, 16, 16), address
+        assert volume.meta.suggested_voxel_size == pytest.approx((40.0, 4.0, 4.0)), address
+        assert volume.missing_chunks()[0] == 0 and volume.source_files(volume.box)[0] == f"{one}/0/0", address
+    np.testing.assert_array_equal(open_volume(f"{one}[2:6]").read(Box((0, 0, 0), (4, 32, 32))), data[2:6])
+    # the older layout without the series listed (bioformats2raw before 0.3): the groups 0, 1, ...
+    (one / "OME" / ".zattrs").unlink()
+    np.testing.assert_array_equal(open_volume(str(one)).read(Box((0, 0, 0), data.shape)), data)
+
+    other = data[::-1].copy()
+    two = _bioformats2raw(tmp_path / "two.zarr", [data, other])
+    np.testing.assert_array_equal(open_volume(f"{two}/1").read(Box((0, 0, 0), data.shape)), other)
+    message = (rf"^{re.escape(str(two))}: a bioformats2raw collection of 2 images \(series in {re.escape(str(two))}"
+               rf"/OME/\.zattrs\); expected one: give the address of the image to read, one of "
+               rf"{re.escape(str(two))}/0, {re.escape(str(two))}/1$")
+    with pytest.raises(UserError, match=message):
+        open_volume(str(two))
+    np.savez(tmp_path / "gt.npz", gt=np.ones(data.shape, np.uint32))
+    assert main(["evaluate", "--seg", str(two), "--gt", f"{tmp_path / 'gt.npz'}#gt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and re.search(message[1:-1], err), err
+    (two / "OME" / ".zattrs").unlink()  # no series listed: the groups 0 and 1 are the two
+    with pytest.raises(UserError, match=r"collection of 2 images \(groups 0, 1, \.\.\. of .*two\.zarr\); .*two\.zarr/1$"):
+        open_volume(str(two))
+
+    (one / "OME" / ".zattrs").write_text('{"series": "0"}')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(one))}/OME/\.zattrs: series: expected a list of image "
+                                        r"group paths, found '0'$"):
+        open_volume(str(one))
+    (one / "OME" / ".zattrs").write_text('{"series": ["image"]}')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(one))}: a bioformats2raw collection \(series in .*\); "
+                                        rf"expected its image group, found no group {re.escape(str(one))}/image$"):
+        open_volume(str(one))
+    (one / ".zattrs").write_text('{"bioformats2raw.layout": 2}')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(one))}/\.zattrs: bioformats2raw.layout is 2; expected 3"):
+        open_volume(str(one))
+    (one / ".zattrs").write_text('{"bioformats2raw.layout": 3, "plate": {"wells": [{"path": "B/3"}]}}')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(one))}/\.zattrs: plate: expected one image, found a "
+                                        rf"bioformats2raw plate; .* e\.g\. {re.escape(str(one))}/B/3/0$"):
+        open_volume(str(one))
+
+
+def test_a_bioformats2raw_collection_in_zarr_v3_is_read_as_its_image_and_not_written(tmp_path):
+    """The same layout in OME-Zarr 0.5 (zarr v3: `bioformats2raw.layout` and `series` under "ome") reads as its one
+    image; it is not written into (an output at its address is refused in one line)."""
+    import zarr
+
+    data = (np.arange(4 * 16 * 16) % 251).astype(np.uint8).reshape(4, 16, 16)
+    root = zarr.open_group(str(tmp_path / "x.zarr"), mode="w")
+    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    image = root.create_group("0")
+    image.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [30, 5, 5]}]}]}]}
+    image.create_array("0", shape=data.shape, dtype="u1", chunks=(4, 8, 8))[:] = data
+    root.create_group("OME").attrs["ome"] = {"version": "0.5", "series": ["0"]}
+    volume = open_volume(str(tmp_path / "x.zarr"))
+    np.testing.assert_array_equal(volume.read(volume.box), data)
+    assert volume.meta.suggested_voxel_size == (30.0, 5.0, 5.0)
+    with pytest.raises(UserError, match=r"x\.zarr: a bioformats2raw collection is read here, not written"):
+        create_volume(str(tmp_path / "x.zarr"), data.shape, np.uint8, (4, 8, 8), (30, 5, 5))
+
+
+def test_the_finest_level_of_a_zarr_v2_ome_zarr_image_addressed_itself_keeps_its_voxel_size(tmp_path):
+    """`x.zarr/0/0` (bioformats2raw's image `0`, its finest level `0`) read with no voxel size: only a v3 group above
+    the array counted. A v2 (OME-Zarr 0.4) image group counts the same way; its coarser level `1` does not."""
+    data = (np.arange(8 * 32 * 32) % 251).astype(np.uint8).reshape(8, 32, 32)
+    store = _bioformats2raw(tmp_path / "x.zarr", [data], unit="nanometer", scale=(40.0, 4.0, 4.0))
+    level = open_volume(f"{store}/0/0")
+    assert level.meta.suggested_voxel_size == (40.0, 4.0, 4.0) and not level.meta.voxel_size_known
+    assert level.meta == open_volume(f"{store}/0").meta == open_volume(str(store)).meta
+    np.testing.assert_array_equal(level.read(level.box), data)
+    assert open_volume(f"{store}/0/1").meta.suggested_voxel_size is None  # (not the finest level)
+
+
+def test_a_rewritten_chunk_of_a_zarr_v2_input_recomputes_the_blocks_that_read_it(tmp_path, capsys):
+    """Only zarr v3 inputs recorded their chunk files (`source_files`), so a resume after a chunk of a lab's v2 input
+    was rewritten in place skipped every block and kept the old result. A v2 input's chunk files are recorded and
+    compared the same way: the blocks that read the rewritten chunk run again, as with a v3 input
+    (tests/engine/test_changed_input.py)."""
+    import json
+
+    import yaml
+    import zarr
+
+    from connectome.cli.main import main
+
+    shape, chunk = (8, 128, 128), (8, 32, 32)
+    rng = np.random.default_rng(0)
+    raw = zarr.open_array(str(tmp_path / "raw.zarr"), mode="w", zarr_format=2, shape=shape, chunks=chunk, dtype="u1")
+    raw[:] = rng.integers(0, 255, shape, dtype=np.uint8)
+
+    def run(out: str) -> tuple[dict, str]:
+        config = tmp_path / f"{out}.yaml"
+        config.write_text(yaml.safe_dump({
+            "input": str(tmp_path / "raw.zarr"), "output": str(tmp_path / out), "voxel_size": [40, 4, 4],
+            "blocks": {"shape": list(chunk), "chunk_shape": list(chunk)}, "cluster": {"n_workers": 1},
+            "stages": [{"stage": "normalize", "params": {"sigma": 4}}]}))
+        assert main(["run", str(config), "--json", "--no-progress"]) == 0
+        captured = capsys.readouterr()
+        return json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+    assert run("out")[0]["stages"][0]["ran"] == 16
+    raw[:, :32, :32] = rng.integers(0, 255, chunk, dtype=np.uint8)  # one chunk of the input rewritten in place
+    assert main(["status", str(tmp_path / "out"), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)["stages"][0]
+    assert status["lost"] == 4 and status["first_lost"]["input"] == "raw"
+    assert status["first_lost"]["file"] == str(tmp_path / "raw.zarr" / "0.0.0")
+    again, err = run("out")
+    assert again["stages"][0]["ran"] == 4 and again["stages"][0]["skipped"] == 12
+    assert "4 finished block(s) read input raw, which changed since they ran (block 0:" in err
+    clean, _ = run("clean")
+    a, b = open_volume(again["volumes"]["normalized"]), open_volume(clean["volumes"]["normalized"])
+    np.testing.assert_array_equal(a.read(a.box), b.read(b.box))
+    assert run("out")[0]["stages"][0]["ran"] == 0  # recorded anew
