@@ -50,6 +50,7 @@ def segmentation_config(
     precision: str = "auto",
     min_segment_voxels: int | None = None,
     section_order: str = "auto",
+    blank_band: int | str | None = None,
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
@@ -60,7 +61,8 @@ def segmentation_config(
     neighbour they touch most after the merge (default: the model's; 0: none). `section_order`
     (`connectome.alignment.section_order`): serial sections stored out of order are segmented in the order
     recovered from the images (auto: where most stored neighbours are not neighbours; recover: always; keep:
-    never), the segmentation written in the stored order."""
+    never), the segmentation written in the stored order. `blank_band`: voxels of tissue beside a blank region left
+    out with it (`affinity.blank`; default the stage's, "off": blank regions are not looked for)."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
@@ -98,7 +100,9 @@ def segmentation_config(
     stages = [
         StageConfig(stage="affinities", params={
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
-            **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {})}),
+            **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {}),
+            **({} if blank_band is None else {"find_blank": False} if blank_band == "off" else
+               {"blank_band": blank_band})}),
         *mask_stages,
         *([StageConfig(stage="mask_affinities", inputs={"mask": mask_input})] if mask_input else []),
         StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import Literal
 
@@ -21,9 +22,10 @@ from pydantic import Field, PositiveInt
 
 from connectome.affinity.absorb import absorb_small, context_for
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
+from connectome.affinity.blank import BLANK_SIDE, blank_reach, blank_voxels
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
-from connectome.affinity.masking import MASK_DTYPES, mask_affinities, mask_read_box
+from connectome.affinity.masking import MASK_DTYPES, excluded_edges, mask_affinities, mask_read_box
 from connectome.affinity.relabel import MergeStep, relabel_block
 from connectome.affinity.watershed import basins, pointers, within_sections
 from connectome.core.errors import UserError
@@ -62,6 +64,11 @@ class AffinitiesParams(StageParams):
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the network's arithmetic: auto = bfloat16 on a GPU and on a CPU with native bfloat16 "
         "(AMX, AVX512-BF16), else float32")
+    find_blank: bool = Field(True, description="set to 0 the edges touching a blank region (image exactly 0 over a "
+                             f"{BLANK_SIDE} x {BLANK_SIDE} square of a section) or the band of tissue beside it "
+                             "(affinity.blank)")
+    blank_band: int | None = Field(None, ge=0, description="that band's width in voxels (default: the model's, its "
+                                   "json's inference.blank_band, else 4)")
 
 
 @register
@@ -80,17 +87,32 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         return read_info(resolve_model_path(self.params.model))
 
     def context(self) -> Context:
-        """The network's reach, and more on the axes that test-time augmentation flips (`flip_reach`)."""
+        """The network's reach, more on the axes that test-time augmentation flips (`flip_reach`), and at least
+        what finding blank regions needs (`blank_reach`, and one voxel below each face for the edges there), rounded
+        as `flip_reach` rounds."""
         from connectome.models.inference import flip_reach
 
         info = self.model_info
-        return unet_context(flip_reach(info.context, info.divisor, self.tta), info.divisor)
+        reach = vec3(flip_reach(info.context, info.divisor, self.tta))
+        if self.blank_band is not None:
+            need = (1, blank_reach(self.blank_band) + 1, blank_reach(self.blank_band) + 1)
+            step = [d // math.gcd(d, 2) for d in vec3(info.divisor)]  # a read box on both sides stays a multiple
+            reach = tuple(max(r, -(-n // s) * s) for r, n, s in zip(reach, need, step))  # type: ignore
+        return unet_context(reach, info.divisor)
 
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
 
     def block_multiple_reason(self) -> str:
         return f"the downsampling factor of model {self.params.model}"
+
+    @property
+    def blank_band(self) -> int | None:
+        """Voxels of tissue left out beside a blank region: the `blank_band` param, else the model's; None: no
+        blank regions looked for."""
+        if not self.params.find_blank:
+            return None
+        return self.params.blank_band if self.params.blank_band is not None else self.model_info.blank_band
 
     @property
     def tta(self) -> int:
@@ -106,6 +128,10 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
             params["tta"] = self.tta
         if params.get("precision") == "auto":
             del params["precision"]
+        params.pop("find_blank", None)  # as before the option existed where off; else the band actually used
+        params.pop("blank_band", None)
+        if self.blank_band is not None:
+            params["blank_band"] = self.blank_band
         fp["params"] = params
         return fp
 
@@ -126,8 +152,14 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         precision = self.block_precision()
         affs = predict_affinities(model, raw, self.tta, precision)
         inner = block.write_box.relative_to(block.read_box)
-        volumes["affinities"].write(block.write_box, affinities_as_uint8(affs[(slice(0, 3), *inner)]))
-        return {"precision": precision}
+        out = affinities_as_uint8(affs[(slice(0, 3), *inner)])
+        blank = None if self.blank_band is None else blank_voxels(raw, self.blank_band)
+        if blank is not None:
+            read, has_lower = mask_read_box(block.write_box, volumes["raw"].box)
+            out[excluded_edges(blank[read.relative_to(block.read_box)], has_lower)] = 0
+            blank = blank[inner]
+        volumes["affinities"].write(block.write_box, out)
+        return {"precision": precision, "blank_voxels": 0 if blank is None else int(np.count_nonzero(blank))}
 
 
 class MaskAffinitiesParams(StageParams):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from connectome.cli.arg_types import positive_float, positive_int
+from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.cli.segment import add_section_order_option
@@ -45,16 +46,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from connectome.alignment.chain import alignment_config, plan_alignment, run_alignment
     from connectome.cluster.client import open_client
-    from connectome.engine.plan import check_input_chunks
+    from connectome.engine.plan import check_input_chunks, check_outputs
 
-    cluster = cluster_settings(args)
-    config = alignment_config(args.raw, args.out_dir, args.block_shape, args.chunk_shape, args.voxel_size, cluster,
-                              match={"patch": args.patch, "stride": args.stride, "search": args.search},
-                              solve={"model": args.model, **({"refine": True} if args.refine else {}),
-                                     **({"hold": args.hold} if args.hold else {})},
-                              section_order=args.section_order)
-    plan = plan_alignment(config, args.overwrite)
-    check_input_chunks(config.input, args.strict_input)
+    with held_until_accepted():  # a refusal is its one line: the warnings of the checks are said once they pass
+        cluster = cluster_settings(args)
+        config = alignment_config(args.raw, args.out_dir, args.block_shape, args.chunk_shape, args.voxel_size,
+                                  cluster, match={"patch": args.patch, "stride": args.stride, "search": args.search},
+                                  solve={"model": args.model, **({"refine": True} if args.refine else {}),
+                                         **({"hold": args.hold} if args.hold else {})},
+                                  section_order=args.section_order)
+        plan = plan_alignment(config, args.overwrite)
+        check_outputs(plan, args.overwrite)
+        check_input_chunks(config.input, args.strict_input)
     with open_client(cluster, quiet=args.json) as client:
         summary = run_alignment(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     flagged = summary["flagged_sections"]

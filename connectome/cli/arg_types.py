@@ -27,6 +27,11 @@ def non_negative_int(text: str) -> int:
     return int(_checked(text, int, lambda v: v >= 0, "a whole number >= 0"))
 
 
+def band_or_off(text: str) -> int | str:
+    """A whole number from 0 up, or `off` (`segment --blank-band`)."""
+    return "off" if text == "off" else int(_checked(text, int, lambda v: v >= 0, "a whole number >= 0 or off"))
+
+
 def non_negative_float(text: str) -> float:
     """A finite number from 0 up (multiples, where 0 means no limit)."""
     return float(_checked(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"))

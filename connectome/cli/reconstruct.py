@@ -4,6 +4,7 @@ stage resumable; prints the graph summary (--json: segmentation, synapses and gr
 from __future__ import annotations
 
 from connectome.cli.arg_types import fraction, positive_float, positive_int
+from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.cli.segment import add_min_segment_option, add_section_order_option, say_default_model
@@ -39,7 +40,7 @@ def run(args) -> int:
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
     from connectome.core.address import absolute
-    from connectome.engine.plan import check_input_chunks
+    from connectome.engine.plan import check_input_chunks, check_outputs
     from connectome.graph.build import graph_outputs
     from connectome.graph.summary import describe
     from connectome.synapses.chain import synapse_outputs, synapse_stages
@@ -47,16 +48,18 @@ def run(args) -> int:
     if args.model is None:
         args.model = "synthetic"
         args.default_model = True
-    cluster = cluster_settings(args)
-    config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
-                                 args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
-                                 min_segment_voxels=args.min_segment_voxels, section_order=args.section_order or "auto",
-                                 mask=args.mask)
-    config = config.model_copy(update={"stages": config.stages + synapse_stages(
-        args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
-        mask=absolute(args.mask) if args.mask else None)})
-    plan = plan_segmentation(config, args.overwrite)
-    check_input_chunks(config.input, args.strict_input)
+    with held_until_accepted():  # a refusal is its one line: the warnings of the checks are said once they pass
+        cluster = cluster_settings(args)
+        config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
+                                     args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
+                                     min_segment_voxels=args.min_segment_voxels,
+                                     section_order=args.section_order or "auto", mask=args.mask)
+        config = config.model_copy(update={"stages": config.stages + synapse_stages(
+            args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
+            mask=absolute(args.mask) if args.mask else None)})
+        plan = plan_segmentation(config, args.overwrite)
+        check_outputs(plan, args.overwrite)
+        check_input_chunks(config.input, args.strict_input)
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)

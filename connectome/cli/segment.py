@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from connectome.cli.arg_types import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from connectome.cli.arg_types import (
+    band_or_off,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.core.errors import UserError
@@ -36,6 +44,11 @@ def add_arguments(parser) -> None:
                              "the model's validated value)")
     add_min_segment_option(parser)
     add_section_order_option(parser)
+    parser.add_argument("--blank-band", type=band_or_off, default=None, metavar="N|off",
+                        help="blank regions (image exactly 0 over an 11 x 11 square of a section: padding, an aligned "
+                             "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
+                             "out of every segment; the networks merge neurons along that band otherwise (default: the "
+                             "model's, fib-10nm 4, sstem 12; off: not looked for)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -82,7 +95,7 @@ def add_min_segment_option(parser) -> None:
 ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
     "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
             "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_batch"),
-    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
+    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels", "blank_band"),
 }
 
 
@@ -122,7 +135,7 @@ def run(args) -> int:
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
-    from connectome.engine.plan import check_input_chunks
+    from connectome.engine.plan import check_input_chunks, check_outputs
 
     check_method(args.method)
     refuse_options_of_the_other_method(args)
@@ -131,15 +144,17 @@ def run(args) -> int:
         args.default_model = True  # said once the run is done (`say_default_model`)
     if args.method == "ffn":
         return _run_ffn(args)
-    cluster = cluster_settings(args)
-    config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
-                                 args.threshold, args.voxel_size, cluster, args.scoring,
-                                 allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
-                                 mask=args.mask, tta=args.tta, precision=args.precision or "auto",
-                                 min_segment_voxels=args.min_segment_voxels,
-                                 section_order=args.section_order or "auto")
-    plan = plan_segmentation(config, args.overwrite)
-    check_input_chunks(config.input, args.strict_input)
+    with held_until_accepted():  # a refusal is its one line: the warnings of the checks are said once they pass
+        cluster = cluster_settings(args)
+        config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape,
+                                     args.threshold, args.voxel_size, cluster, args.scoring,
+                                     allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
+                                     mask=args.mask, tta=args.tta, precision=args.precision or "auto",
+                                     min_segment_voxels=args.min_segment_voxels,
+                                     section_order=args.section_order or "auto", blank_band=args.blank_band)
+        plan = plan_segmentation(config, args.overwrite)
+        check_outputs(plan, args.overwrite)
+        check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
@@ -154,20 +169,22 @@ def run(args) -> int:
 def _run_ffn(args) -> int:
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
-    from connectome.engine.plan import check_input_chunks, check_plan_resumable, plan_run
+    from connectome.engine.plan import check_input_chunks, check_outputs, check_plan_resumable, plan_run
     from connectome.ffn.segment import budget_warning, ffn_config, run_ffn
 
-    cluster = cluster_settings(args)
-    config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
-                        cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
-                        mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
-                        agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
-                        consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
-                        seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
-                        section_order=args.section_order or "auto")
-    plan = plan_run(config)
-    check_plan_resumable(plan, args.overwrite)
-    check_input_chunks(config.input, args.strict_input)
+    with held_until_accepted():  # (as `run`'s)
+        cluster = cluster_settings(args)
+        config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
+                            cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
+                            mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
+                            agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
+                            consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
+                            seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
+                            section_order=args.section_order or "auto")
+        plan = plan_run(config)
+        check_plan_resumable(plan, args.overwrite)
+        check_outputs(plan, args.overwrite)
+        check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     say_default_model(args)

@@ -27,7 +27,9 @@ Fingerprints likewise: every absolute path inside the work directory (outputs, t
 earlier stage) is compared and stored relative to it (`relative_paths`), so a moved output directory resumes;
 a path outside it (the raw input) stays absolute, and moving that is a change. A fingerprint stored with
 absolute paths (before 2026-12) is compared in the same relative form, so it resumes in place, and is
-stored relative from then on.
+stored relative from then on. Beside a fingerprint, `left_out.json` holds the parameters it leaves out (at a
+default, as before they existed: `tta` 1, `precision` auto) as they were asked, so that a refusal names them by
+their value (`tta 1 -> 4`) rather than as unset; it is never compared.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from connectome.core.errors import UserError
 from connectome.io.precomputed import COMPRESSED  # (suffixes a precomputed chunk file may carry)
 
 FINGERPRINT = "fingerprint.json"
+LEFT_OUT = "left_out.json"  # beside it: the parameters the fingerprint leaves out, as they were asked (`left_out`)
 SUPER = 4096  # block indices per consolidated marker file
 FLUSH_SECONDS = 2.0  # a task writes its finished blocks at least this often
 
@@ -278,8 +281,23 @@ class DoneMarkers:
                             "pass --overwrite to start the stage again")
         return value
 
-    def check(self, fingerprint: dict, overwrite: bool = False, legacy: dict | None = None) -> None:
-        """Refuse to resume finished blocks that were computed with a different fingerprint (`resumes`)."""
+    def left_out(self) -> dict:
+        """The parameters the stored fingerprint leaves out (at a default, so that runs from before them resume), as
+        they were asked (`claim`'s `left_out`); {} where none were stored (none left out, or a run made before
+        2026-12-06)."""
+        try:
+            with open(os.path.join(self.directory, LEFT_OUT)) as f:
+                value = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def check(self, fingerprint: dict, overwrite: bool = False, legacy: dict | None = None,
+              left_out: dict | None = None) -> None:
+        """Refuse to resume finished blocks that were computed with a different fingerprint (`resumes`). The one
+        line names each changed parameter as asked on both sides: one that a fingerprint leaves out at its default
+        (`left_out`: this run's, as asked; the stored run's from `LEFT_OUT`) by its value (`tta 4 -> 1`), not as
+        unset; "unset" is left for a parameter that was not given."""
         if overwrite:
             return
         existing = self.fingerprint()
@@ -287,6 +305,7 @@ class DoneMarkers:
             return
         before, wanted = relative_paths(existing, self.base), self.relative(fingerprint)
         given = _normalised(fingerprint)
+        asked = {"params": (_normalised(left_out or {}), self.left_out())}  # part -> (now, stored) left out
         changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
         # what changed within each part: parameter values (cut short), and the addresses in full (a path inside the
         # output directory is compared relative to it, so a moved output resumes; one outside it, such as the raw
@@ -300,8 +319,10 @@ class DoneMarkers:
             names = [n for n in set(old) | set(new) if old.get(n) != new.get(n)]
             given_k = given.get(k)
             shown_new: dict = given_k if isinstance(given_k, dict) else new
-            a = {n: _shown(old[n], shown_new.get(n), self.base) if k in ADDRESSES else old[n]
-                 for n in names if n in old}
+            now_left, stored_left = asked.get(k, ({}, {}))
+            shown_new, shown_old = {**now_left, **shown_new}, {**stored_left, **old}
+            a = {n: _shown(old[n], shown_new.get(n), self.base) if k in ADDRESSES else shown_old[n]
+                 for n in names if n in shown_old}
             b = {n: shown_new[n] for n in names if n in shown_new}
             said.append(f"{k} ({changed_params(a, b, cut=30 if k == 'params' else None)})")
         moved = [n for k in changed if k in ADDRESSES and isinstance(before.get(k), dict)
@@ -315,10 +336,13 @@ class DoneMarkers:
             "pass --overwrite to discard its finished blocks and start again"
         )
 
-    def claim(self, fingerprint: dict, overwrite: bool = False, legacy: dict | None = None) -> bool:
+    def claim(self, fingerprint: dict, overwrite: bool = False, legacy: dict | None = None,
+              left_out: dict | None = None) -> bool:
         """Bind this directory to `fingerprint` (stored in relative form, `relative`); True when old markers were
-        discarded (`overwrite`). A stored `legacy` fingerprint (`resumes`) is kept and rewritten as `fingerprint`."""
-        self.check(fingerprint, overwrite, legacy)
+        discarded (`overwrite`). A stored `legacy` fingerprint (`resumes`) is kept and rewritten as `fingerprint`.
+        `left_out`: the parameters the fingerprint leaves out, as asked (stored beside it, `LEFT_OUT`, for a later
+        refusal to name them: `check`); None leaves what is stored."""
+        self.check(fingerprint, overwrite, legacy, left_out)
         try:
             existing = self.fingerprint()
         except UserError:  # unreadable: only reached with overwrite
@@ -329,6 +353,11 @@ class DoneMarkers:
         os.makedirs(self.directory, exist_ok=True)
         self._remove_litter()
         _write_atomic(os.path.join(self.directory, FINGERPRINT), self.relative(fingerprint))
+        if left_out:
+            _write_atomic(os.path.join(self.directory, LEFT_OUT), self.relative(left_out))
+        elif left_out is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, LEFT_OUT))
         return discarded
 
     def clear(self) -> None:

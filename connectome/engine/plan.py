@@ -4,7 +4,6 @@ execute it: create the outputs, and run each stage's global step (if any) and it
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ from connectome.engine.litter import remove_litter
 from connectome.engine.lock import lock_path, output_lock
 from connectome.engine.markers import DoneMarkers, relative_paths
 from connectome.engine.registry import stage_class
+from connectome.engine.run_record import record_run
 from connectome.engine.runner import (
     StageReport,
     check_resumable,
@@ -341,20 +341,13 @@ def _create_group(plan: Plan) -> None:
 
 
 def _record_config(plan: Plan) -> None:
-    """Write run.json, the record of the last run: only once every stage of the run has finished, so it never
-    names parameters whose outputs are not (all) written (a refused or failed run leaves the earlier record)."""
+    """Write run.json, the record of the last run, and keep it in runs.json beside the records of the other runs
+    that wrote into the directory (`engine.run_record`): only once every stage of the run has finished, so they
+    never name parameters whose outputs are not (all) written (a refused or failed run leaves the earlier records)."""
     out = plan.config.output
     if "://" in out:
         return
-    tmp = os.path.join(out, f".run.json.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(plan.config.model_dump(mode="json"), f, indent=1)
-        os.replace(tmp, os.path.join(out, "run.json"))
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise unwritable(e, os.path.join(out, "run.json")) from None
+    record_run(out, plan.config.model_dump(mode="json"))
 
 
 def stage_complete(planned: PlannedStage, work_dir: str, checked: bool = False) -> bool:

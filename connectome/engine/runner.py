@@ -72,8 +72,18 @@ def producer_record(stage: BlockStage, grid: BlockGrid, work_dir: str | None = N
     return {"stage": stage.name, "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
+def left_out_params(stage: BlockStage, recorded: dict) -> dict:
+    """The parameters that the stage's fingerprint `recorded` leaves out (at a default, so that runs from before
+    them resume: `tta` at 1, `precision` at auto, ...), at the value asked (`fingerprint_params`; None where not
+    given): a refusal names them so (`tta 4 -> 1`, not `tta 4 -> unset`; `DoneMarkers.check`)."""
+    params = recorded.get("params")
+    kept = params if isinstance(params, dict) else {}
+    return {k: v for k, v in stage.fingerprint_params().items() if k not in kept}
+
+
 def check_resumable(stage: BlockStage, grid: BlockGrid, work_dir: str, overwrite: bool) -> None:
-    DoneMarkers(work_dir, stage.name).check(fingerprint(stage, grid), overwrite)
+    recorded = fingerprint(stage, grid)
+    DoneMarkers(work_dir, stage.name).check(recorded, overwrite, left_out=left_out_params(stage, recorded))
 
 
 def starts_afresh(stage: BlockStage, grid: BlockGrid, work_dir: str) -> bool:
@@ -179,7 +189,8 @@ def run_stage(
 
     markers = DoneMarkers(work_dir, stage.name)
     try:
-        if markers.claim(fingerprint(stage, grid), overwrite):
+        recorded = fingerprint(stage, grid)
+        if markers.claim(recorded, overwrite, left_out=left_out_params(stage, recorded)):
             for name in stage.table_names():  # tables of discarded blocks go with their markers
                 shutil.rmtree(stage.table_dirs[name], ignore_errors=True)
                 os.makedirs(stage.table_dirs[name])

@@ -17,6 +17,8 @@ from connectome.models.unet import NEAREST_OFFSETS, UNet, UNetConfig, Vec3, alig
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT_VERSION = 1
 
+BLANK_BAND = 4  # a model json's inference.blank_band where it has none (fib-10nm's; README "Blank regions")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -35,6 +37,7 @@ class ModelInfo:
     scoring: str = "mean"  # the agglomeration score `segment` uses by default ("learned": <name>-edges.json)
     in_plane: bool = False  # fragments within sections (the fragments stage's in_plane), as validated
     tta: int = 1  # flipped copies whose affinities `segment` averages by default (test-time augmentation)
+    blank_band: int = BLANK_BAND  # voxels of tissue beside a blank region left out with it (`affinity.blank`)
     absorb: dict = field(default_factory=dict, hash=False)  # relabel's min_voxels, max_extent, min_share ({}: none)
     flops_per_voxel: float = 0.0
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
@@ -168,6 +171,7 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         scoring=str(agg["scoring"]) if agg.get("scoring") in ("mean", "quantile", "learned") else "mean",
         in_plane=bool(agg.get("in_plane", False)),
         tta=int((meta.get("inference") or {}).get("tta", 1)),
+        blank_band=int((meta.get("inference") or {}).get("blank_band", BLANK_BAND)),
         absorb={k: agg["absorb"][k] for k in ("min_voxels", "max_extent", "min_share")
                 if k in agg["absorb"]}
         if isinstance(agg.get("absorb"), dict) else {},

@@ -262,3 +262,29 @@ def test_no_model_given_is_said_once_the_run_is_done(synthetic_raw, tmp_path, ca
                  "--no-progress"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "no --model given" in line]
     assert len(notes) == 1 and "synthetic, trained on synthetic volumes only" in notes[0], notes
+
+
+def test_a_refusal_names_an_option_left_out_of_the_fingerprint_as_asked(tmp_path, capsys):
+    """`--tta 1` and `--precision auto` (like relabel's `min_voxels` 0) are left out of their stage's fingerprint, as
+    before the options existed: a refusal named such a value `unset` (`tta 4 -> unset` for `--tta 1` on an output
+    made with `--tta 4`). It names the value asked on both sides; `unset` only for an option not given."""
+    from connectome.synth import generate
+
+    generate((16, 64, 64), (8.0, 8.0, 8.0), seed=5).save(str(tmp_path / "synth"))
+    raw = str(tmp_path / "synth" / "raw")
+
+    def refused(out, *extra):
+        code = main(["segment", raw, str(tmp_path / out), "--model", "synthetic", "--block-shape", "16", "64", "64",
+                     "--no-progress", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "was started with other settings" in err[0], err
+        return err[0]
+
+    _segment(capsys, raw, tmp_path / "four", "synthetic", (16, 64, 64), "--tta", "4")
+    assert "params (tta 4 -> 1);" in refused("four", "--tta", "1")
+    assert "params (tta 4 -> unset);" in refused("four")  # not given (the model's: 1)
+    assert 'params (precision "auto" -> "float32");' in refused("four", "--tta", "4", "--precision", "float32")
+    _segment(capsys, raw, tmp_path / "one", "synthetic", (16, 64, 64), "--tta", "1", "--precision", "float32")
+    assert 'params (precision "float32" -> "auto", tta 1 -> 4);' in refused("one", "--tta", "4", "--precision", "auto")
+    assert "params (min_voxels 0 -> 20);" in refused("one", "--tta", "1", "--precision", "float32",
+                                                      "--min-segment-voxels", "20")

@@ -181,3 +181,40 @@ def test_reconstruct_mask_leaves_masked_voxels_out_of_segments_and_clefts(synth,
     assert clefts[mask != 0].max() == 0 and clefts[mask == 0].max() > 0  # (120 masked voxels without the mask)
     rows, _ = _table(result["synapses"])
     assert rows and all(int(r["x"]) >= 48 for r in rows)
+
+
+def test_synapses_into_a_segment_output_keep_the_segmentations_record(synth, tmp_path, capsys):
+    """`synapses` into a `segment` output replaced OUT/run.json, the segmentation's only record (its stages and
+    parameters, to copy into a config). run.json stays the last run's (`graph` reads it); OUT/runs.json keeps the last
+    record of each kind of run, a record replaced by a run of all its stages. Neither is read to resume."""
+    raw, out = str(synth / "synth" / "raw"), tmp_path / "out"
+    blocks = ["--block-shape", "32", "96", "96", "--workers", "1", "--no-progress", "--json"]
+    segment = ["segment", raw, str(out), "--model", "synthetic", *blocks]
+    synapses = ["synapses", raw, str(out), "--segmentation", str(out / "segmentation"), *blocks]
+
+    def names(record):
+        return [s["stage"] for s in record["stages"]]
+
+    def records():
+        kept = json.loads((out / "runs.json").read_text())["runs"]
+        return names(json.loads((out / "run.json").read_text())), [names(r) for r in kept], kept
+
+    chain = ["affinities", "fragments", "agglomerate", "relabel"]
+    synapse_chain = ["clefts", "cleft_fragments", "synapses", "segment_features", "neurite_types"]
+    assert main(segment) == 0 and main(synapses) == 0
+    capsys.readouterr()
+    last, kept_names, kept = records()
+    assert last == synapse_chain and kept_names == [chain, synapse_chain]
+    assert kept[0]["stages"][0]["params"]["model"] == "synthetic" and kept[0]["input"] == raw
+    config = tmp_path / "segmentation.json"  # the kept record is a config: the segmentation, resumed
+    config.write_text(json.dumps(kept[0]))
+    assert main(["run", str(config), "--no-progress", "--json"]) == 0
+    assert all(s["ran"] == 0 for s in json.loads(capsys.readouterr().out)["stages"])
+    assert records()[:2] == (chain, [synapse_chain, chain])
+
+    assert main(segment) == 0  # segment resumes, and the synapses' record stays
+    assert all(s["ran"] == 0 for s in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"])
+    assert records()[:2] == (chain, [synapse_chain, chain])
+    assert main(["reconstruct", raw, str(out), *blocks]) == 0  # all their stages: one record
+    capsys.readouterr()
+    assert records()[:2] == (chain + synapse_chain, [chain + synapse_chain])
