@@ -28,14 +28,14 @@ def blank_reach(band: int) -> int:
 def blank_voxels(raw: np.ndarray, band: int) -> np.ndarray | None:
     """(z, y, x) bool: blank voxels of `raw` and those within `band` voxels of one in their section.
 
-    Box-shaped (Chebyshev) in each section; None where nothing in `raw` is blank. Exact only farther
-    than `blank_reach(band)` from the array's y and x faces.
+    Box-shaped (Chebyshev) in each section; None where nothing in `raw` is blank. The array's y and x faces
+    are taken as extended (a region cut by a volume's face is still found there), so it is exact only farther
+    than `blank_reach(band)` from faces that are not the volume's.
     """
     zero = raw == 0
     if band < 0 or not zero.any():
         return None
-    core = ndi.minimum_filter(zero, size=(1, BLANK_SIDE, BLANK_SIDE), mode="constant", cval=False)
+    core = ndi.minimum_filter(zero, size=(1, BLANK_SIDE, BLANK_SIDE), mode="nearest")
     if not core.any():
         return None
-    return ndi.maximum_filter(core, size=(1, BLANK_SIDE + 2 * band, BLANK_SIDE + 2 * band), mode="constant",
-                              cval=False)
+    return ndi.maximum_filter(core, size=(1, BLANK_SIDE + 2 * band, BLANK_SIDE + 2 * band), mode="nearest")

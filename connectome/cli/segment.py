@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
                         help="blank regions (image exactly 0 over an 11 x 11 square of a section: padding, an aligned "
                              "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
                              "out of every segment; the networks merge neurons along that band otherwise (default: the "
-                             "model's, fib-10nm 4, sstem 12; off: not looked for)")
+                             "model's, fib-10nm 4, sstem 12; off: not looked for; --method ffn: 4, masked as --mask)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -95,7 +95,7 @@ def add_min_segment_option(parser) -> None:
 ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
     "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
             "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_batch"),
-    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels", "blank_band"),
+    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
 }
 
 
@@ -180,7 +180,7 @@ def _run_ffn(args) -> int:
                             agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
                             consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
                             seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
-                            section_order=args.section_order or "auto")
+                            section_order=args.section_order or "auto", blank_band=args.blank_band)
         plan = plan_run(config)
         check_plan_resumable(plan, args.overwrite)
         check_outputs(plan, args.overwrite)

@@ -22,7 +22,7 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                agglomerate: bool = False, precision: str | None = None, scale=None,
                consensus_model: str | None = None, weak_seed: str | None = None,
                seed_margin: int | None = None, step_budget: float | None = None,
-               section_order: str = "auto") -> RunConfig:
+               section_order: str = "auto", blank_band: int | str | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
@@ -32,7 +32,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     padding of sections smaller than the stack's plane (`Volume.section_footprints`) is masked the same way.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first.
     Serial sections stored out of order are segmented in the order recovered from the images
-    (`alignment.section_order.ordered_stages`)."""
+    (`alignment.section_order.ordered_stages`). Blank regions and `blank_band` voxels beside them are masked too
+    (`affinity.blank`; "off": not looked for)."""
     from connectome.ffn.inputs import affinity_model
     from connectome.ffn.registry import read_info, resolve_model_path
 
@@ -55,6 +56,10 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["step_budget"] = step_budget
     if precision is not None:
         params["precision"] = precision
+    if blank_band == "off":
+        params["find_blank"] = False
+    elif blank_band is not None:
+        params["blank_band"] = blank_band
     if overlap is not None:
         params["overlap"] = tuple(overlap)
     if scale is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from connectome.affinity.blank import BLANK_SIDE, blank_voxels
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, vec3
@@ -34,7 +35,7 @@ from connectome.ffn.shells import shell_arrays
 from connectome.io import Volume, VolumeMeta
 from connectome.io.lookup import load_lut, relabel
 from connectome.io.tables import save_table
-from connectome.models.registry import DEVICE_PATTERN
+from connectome.models.registry import BLANK_BAND, DEVICE_PATTERN
 from connectome.models.run_precision import OnePrecision
 from connectome.models.voxel_size import check_voxel_size
 
@@ -105,6 +106,10 @@ class FFNParams(StageParams):
     consensus: bool = Field(False, description="fill twice (seeds in forward and reverse order) and keep voxels "
                                                "together only where both runs agree (ffn.consensus)")
     fill: bool = Field(True, description="unsegmented voxels take the nearest object's label")
+    find_blank: bool = Field(True, description="mask blank regions (image exactly 0 over a "
+                             f"{BLANK_SIDE} x {BLANK_SIDE} square of a section) and a band of tissue beside them, as "
+                             "the mask input is (affinity.blank)")
+    blank_band: int = Field(BLANK_BAND, ge=0, description="that band's width in voxels")
     scale: tuple[int, int, int] | None = Field(
         None, description="run the network on the image downsampled by these whole factors (z, y, x) and upsample "
                           "its objects (ffn.scale); default: the model's voxel size over the data's, rounded, so a "
@@ -223,7 +228,10 @@ class FFNStage(OnePrecision, BlockStage):
         fp = super().fingerprint()
         if self.params.batch is None and self.params.device != "cpu":
             fp["params"]["batch"] = 1
-        defaults = {"consensus": False, "precision": "auto", "scale": [1, 1, 1], "consensus_model": None,
+        if not self.params.find_blank:  # as before the option existed
+            fp["params"].pop("blank_band", None)
+        defaults = {"find_blank": False, "consensus": False, "precision": "auto", "scale": [1, 1, 1],
+                    "consensus_model": None,
                     "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
                     "step_budget": FFNParams.model_fields["step_budget"].default}
         fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
@@ -256,6 +264,12 @@ class FFNStage(OnePrecision, BlockStage):
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
         raw = read_image(volumes, block.read_box)
+        blank = None
+        if self.params.find_blank:  # found in the image (a model that reads affinities reads the raw for it)
+            image = volumes["raw"].read(block.read_box) if "affinities" in volumes else raw
+            blank = blank_voxels(image, self.params.blank_band)
+        if blank is not None:
+            mask = blank if mask is None else mask | blank
         settings, scale = self.settings(), self.scale
         labels, stats = self._fill(self.params.model, scale, settings, raw, mask, block)
         summary = {"objects": stats["objects"], "steps": stats["steps"], "over_budget": stats["over_budget"],

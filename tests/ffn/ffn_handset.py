@@ -53,9 +53,9 @@ def compartments_volume(directory) -> str:
     from connectome.io import create_volume
 
     raw = np.full((16, 64, 64), 255, np.uint8)
-    raw[:, 20, :] = 0
-    raw[:, :, 41] = 0
-    raw[7, :, :] = 0
+    raw[:, 20, :] = 1  # dark, not blank: a blank (exactly 0) whole section would be left out (`affinity.blank`)
+    raw[:, :, 41] = 1
+    raw[7, :, :] = 1
     vol = create_volume(str(directory / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
     vol.write(vol.box, raw)
     return vol.address

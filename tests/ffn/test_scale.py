@@ -59,10 +59,10 @@ def test_a_model_of_twice_the_voxel_size_runs_on_the_downsampled_image(tmp_path,
 
     model = saved_handset_model(tmp_path)
     raw = np.full((16, 63, 62), 255, np.uint8)  # not a multiple of the factors: the last coarse row is one voxel
-    raw[:, 20:22, :] = 0
-    raw[:, :, 40:42] = 0
-    raw[7, :, :] = 0
-    raw[:, 50, :] = 0  # one fine voxel thick: half a coarse voxel, mean 128, not a boundary for the network
+    raw[:, 20:22, :] = 1
+    raw[:, :, 40:42] = 1
+    raw[7, :, :] = 1
+    raw[:, 50, :] = 1  # one fine voxel thick: half a coarse voxel, mean 128, not a boundary for the network
     vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 4, 4))
     vol.write(vol.box, raw)
 

@@ -127,8 +127,8 @@ def test_handset_model_with_a_mask(tmp_path, capsys, client):
     8 blocks == one block."""
     model = saved_handset_model(tmp_path)
     raw = np.full((16, 64, 64), 255, np.uint8)
-    raw[:, 20, :] = 0
-    raw[7, :, :] = 0
+    raw[:, 20, :] = 1  # dark, not blank (exactly 0 is left out: affinity.blank)
+    raw[7, :, :] = 1
     mask = np.zeros(raw.shape, np.uint8)
     mask[:, :, 40:43] = 1  # a masked wall through bright voxels
     vol = create_volume(str(tmp_path / "in" / "raw"), raw.shape, np.uint8, (8, 32, 32), (8, 8, 8))
