@@ -152,8 +152,12 @@ class AlignParams(StageParams):
                           "margins the warp leaves, and the padding of a smaller section: no tissue imaged) as 3 in "
                           "`defects`, so `segment --mask` leaves them out (false: unflagged, as before the option)")
 
+    blank: bool = Field(True, description="flag the blank regions inside an aligned section (exactly 0 over an 11 x "
+                        "11 square: a blacked-out corner, a hole) as 3 in `defects` too (affinity.blank; false: as "
+                        "before the option)")
+
     def settings(self) -> SolveSettings:
-        return SolveSettings(**self.model_dump(exclude={"outside"}))
+        return SolveSettings(**self.model_dump(exclude={"outside", "blank"}))
 
 
 @register
@@ -173,10 +177,12 @@ class AlignStage(BlockStage[AlignParams]):
         return {"aligned": OutputSpec(dtype=inputs["raw"].dtype.name), "defects": OutputSpec(dtype="uint8")}
 
     def fingerprint_params(self) -> dict:
-        """Without `hold` at 0 (every pair followed), so runs from before the option resume."""
+        """Without `hold` at 0 (every pair followed) and `blank` off, so runs from before those options resume."""
         params = super().fingerprint_params()
         if not params.get("hold"):
             params.pop("hold", None)
+        if not params.get("blank"):
+            params.pop("blank", None)
         return params
 
     def global_step(self) -> SolveStep:
@@ -205,9 +211,26 @@ class AlignStage(BlockStage[AlignParams]):
                 mask[i][near >= 0.5] = REGION_FLAG
             if self.params.outside:
                 mask[i][~inside] = OUTSIDE_FLAG
+            if self.params.blank and (aligned[i][inside] == 0).any():
+                mask[i][blank_in_section(volumes["raw"], z, field, nodes, w, footprints.get(z))] = OUTSIDE_FLAG
         volumes["aligned"].write(w, aligned)
         volumes["defects"].write(w, mask)
         return {"flagged_voxels": int(np.count_nonzero(mask))}
+
+
+def blank_in_section(raw: Volume, z: int, field: np.ndarray, nodes, write: Box, footprint) -> np.ndarray:
+    """(y, x) bool over the write box: the blank pixels of aligned section z (`affinity.blank`, no band), from the
+    section warped over the write box grown by what finding them reads (cut at the plane's faces, taken there as
+    extended), so a block finds what one block over the whole plane finds."""
+    from connectome.affinity.blank import blank_reach, blank_voxels
+
+    r = blank_reach(0)
+    lo = [max(o - r, 0) for o in write.offset[1:]]
+    hi = [min(e + r, n) for e, n in zip(write.end[1:], raw.shape[1:])]
+    section, _ = warp_section(raw, z, field, nodes, (slice(lo[0], hi[0]), slice(lo[1], hi[1])), footprint=footprint)
+    blank = blank_voxels(section[None], 0)
+    inner = (slice(write.offset[1] - lo[0], write.end[1] - lo[0]), slice(write.offset[2] - lo[1], write.end[2] - lo[1]))
+    return np.zeros(write.shape[1:], bool) if blank is None else blank[0][inner]
 
 
 @lru_cache(maxsize=2)
