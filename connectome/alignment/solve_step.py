@@ -376,6 +376,7 @@ class SolveStep(GlobalStep):
             filled[k][a] = predicted
             weights[k][a] = _measurable(m.nodes, m.shape, m.patch, predicted)
             joined.union(a, b)
+            centre = np.array([[(m.shape[1] - 1) / 2, (m.shape[2] - 1) / 2]])  # where the sections' shift is read
             made.append({"from": a, "to": b, "agreement": round(found[1], 3),
-                         "shift_px": [round(float(v), 1) for v in found[0][:, 2]]})
+                         "shift_px": [round(float(v), 1) for v in (apply(found[0], centre) - centre)[0]]})
         return made, left

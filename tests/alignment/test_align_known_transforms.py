@@ -171,6 +171,9 @@ def test_a_break_that_no_pair_matches_is_linked_by_whole_sections(tmp_path, clie
         solve = json.load(f)
     assert [(x["from"], x["to"]) for x in solve["links"]] == [(2, 3)] and solve["breaks"] == []
     assert solve["links"][0]["agreement"] > 0.5
+    shift = np.hypot(*solve["links"][0]["shift_px"])  # the jump between the sections at their centre
+    true = np.hypot(*(d.shifts[3] - d.shifts[2]))
+    assert abs(shift - true) < 2, (solve["links"][0]["shift_px"], d.shifts[3] - d.shifts[2])
 
 
 def test_a_break_nothing_bridges_is_reported(tmp_path, client):
