@@ -45,6 +45,11 @@ def add_arguments(parser) -> None:
     add_run_options(parser)
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and `noun`, plural unless `n` is 1: "1 block", "8 blocks", "1 chunk file"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def work_dir_for(dst: str) -> str:
     """Where the done-markers of an ingest live: inside a local destination, else beside the cwd."""
     from connectome.io.precomputed import local_path
@@ -145,8 +150,9 @@ def run(args) -> int:
     if mapping is None and src_dtype == dst_dtype:
         stored = copy_as_stored(absolute(args.src), dst, chunk, args)
         if stored is not None:
+            files = counted(stored["files"], "chunk file")
             print_result(args, stored, f"{args.dst}: {stored['shape']} {stored['dtype']} at {stored['voxel_size']} nm "
-                                       f"({stored['files']} chunk files copied as stored, {stored['bytes']:,} bytes, "
+                                       f"({files} copied as stored, {stored['bytes']:,} bytes, "
                                        f"{stored['seconds']:.1f} s)")
             return 0
     from connectome.cluster.client import open_client  # (a copy as stored needs none of these)
@@ -177,7 +183,7 @@ def run(args) -> int:
                "source_dtype": src_dtype.name, "rescale": mapping and mapping.to_json(), **report.to_json(),
                "carried": carried}
     print_result(args, summary, f"{args.dst}: {shape} {dtype} at {voxel_size} nm "
-                                f"({report.ran} blocks written, {report.skipped} already done); "
+                                f"({counted(report.ran, 'block')} written, {report.skipped} already done); "
                                 f"{describe(mapping, src_dtype, dst_dtype)}"
                                 + (f"; with its {', '.join(carried)} (named in its info)" if carried else ""))
     return 0

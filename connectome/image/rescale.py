@@ -4,6 +4,10 @@ A conversion that the target dtype cannot hold (uint16 -> uint8, float32 -> uint
 maps the source range [low, high] linearly onto the target's full range and clips outside it.
 [low, high] is given or taken from percentiles (0.1 and 99.9 by default) of a strided sample of
 the whole source, computed once before any block runs, so that every block applies the same map.
+The percentiles leave out blank voxels, as `section_normalize` does: the padding around sections
+smaller than the plane, and voxels exactly 0 where the source has no negative values (a blank
+section, black corners or margins: counted, a few percent of them set LOW at 0, far below the
+darkest tissue). Those stay at the bottom of the target range (0 for uint8), below LOW.
 Converting to a dtype that holds every source value (uint8 -> uint16, uint16 -> float32) or to a
 float dtype copies values unchanged.
 """
@@ -35,12 +39,13 @@ class Mapping:
     percentiles: tuple[float, float] | None = None
     sampled_voxels: int | None = None
     nan_sampled: int = 0  # NaN values among the sampled voxels (they become the target's minimum)
+    zeros_left_out: int = 0  # sampled voxels exactly 0 that the percentiles left out (blank: `percentile_mapping`)
 
     def to_json(self) -> dict:
         out = {"low": self.low, "high": self.high, "from": self.source}
         if self.percentiles is not None:
             out.update(percentiles=list(self.percentiles), sampled_voxels=self.sampled_voxels,
-                       nan_sampled=self.nan_sampled)
+                       nan_sampled=self.nan_sampled, zeros_left_out=self.zeros_left_out)
         return out
 
 
@@ -112,16 +117,25 @@ def _inside_footprints(footprints: dict, box: Box, shape) -> np.ndarray | None:
 
 
 def percentile_mapping(vol: Volume, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> Mapping:
-    """[low, high] from percentiles of a strided sample of `vol` (NaN ignored)."""
+    """[low, high] from percentiles of a strided sample of `vol` (NaN ignored). Voxels exactly 0 are left out
+    where the sample holds no negative value and something else remains: they are blank (a blank section, black
+    corners or margins), and counted they set `low` to 0 however dark the tissue is; they stay below `low`, at the
+    bottom of the target range. A source whose other voxels hold one value maps [0, that value]."""
     values = sample(vol)
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size == 0:
         raise UserError(f"{vol.address}: no finite values in the sample; give --range LOW HIGH")
+    zeros = 0
+    if finite.min() >= 0:  # (with negative values, 0 is a grey level like any other)
+        imaged = finite[finite != 0]
+        if imaged.size:
+            zeros = int(finite.size - imaged.size)
+            finite = imaged
     low, high = (float(v) for v in np.percentile(finite, percentiles))
-    if high <= low:  # a (nearly) constant source: map its one value to the bottom of the range
-        high = low + 1.0
+    if high <= low:  # a (nearly) constant source: its one value at the bottom of the range; beside blank 0, at the top
+        low, high = (0.0, high) if zeros else (low, low + 1.0)
     return Mapping(low, high, "percentiles", (float(percentiles[0]), float(percentiles[1])), int(values.size),
-                   int(np.isnan(values).sum()) if values.dtype.kind == "f" else 0)
+                   int(np.isnan(values).sum()) if values.dtype.kind == "f" else 0, zeros)
 
 
 def rescale(data: np.ndarray, low: float, high: float, dtype) -> np.ndarray:
@@ -146,6 +160,8 @@ def describe(mapping: Mapping | None, src_dtype, dst_dtype) -> str:
     if mapping.percentiles is not None:
         how = (f"the {mapping.percentiles[0]:g} and {mapping.percentiles[1]:g} percentiles of "
                f"{mapping.sampled_voxels} sampled voxels")
+        if mapping.zeros_left_out:
+            how += f", leaving out {mapping.zeros_left_out} blank ones, exactly 0, that map to {info.min}"
     nan = ""
     if np.dtype(src_dtype).kind == "f":  # NaN has no place on the line: it becomes the bottom of the range
         seen = f"in {mapping.nan_sampled} of the sampled voxels" if mapping.nan_sampled else "if any"

@@ -45,3 +45,18 @@ def test_other_chunks_are_decoded_and_encoded(tmp_path, capsys):
     out = open_volume(str(dst))
     assert out.meta.chunk_shape == (16, 32, 32)
     np.testing.assert_array_equal(out.read(out.box), data)
+
+
+def test_the_summary_counts_one_block_or_chunk_file_in_the_singular(tmp_path, capsys):
+    """"1 block written", "1 chunk file copied as stored" (it said "1 blocks written")."""
+    data = np.random.default_rng(2).integers(1, 255, (8, 32, 32), dtype=np.uint8)
+    src = create_volume(str(tmp_path / "src"), data.shape, np.uint8, (8, 32, 32), (30.0, 4.0, 4.0))
+    src.write(src.box, data)
+    assert main(["ingest", src.address, str(tmp_path / "one"), "--chunk-shape", "8", "32", "32"]) == 0
+    assert "(1 chunk file copied as stored, " in capsys.readouterr().out
+    assert main(["ingest", src.address, str(tmp_path / "blocks"), "--chunk-shape", "8", "16", "32", "--block-shape",
+                 "8", "32", "32", "--no-progress", "--workers", "1"]) == 0
+    assert "(1 block written, 0 already done)" in capsys.readouterr().out
+    assert main(["ingest", src.address, str(tmp_path / "two"), "--chunk-shape", "8", "16", "32", "--block-shape",
+                 "8", "16", "32", "--no-progress", "--workers", "1"]) == 0
+    assert "(2 blocks written, 0 already done)" in capsys.readouterr().out

@@ -48,8 +48,8 @@ def test_uint16_to_uint8_by_percentiles(src, tmp_path, capsys, client):
     assert code == 0
     summary = json.loads(out)
     assert summary["blocks"] == 2 * 2 * 2 and summary["dtype"] == "uint8"
-    low, high = np.percentile(data, [0.1, 99.9])  # the source is small: the sample is all of it
-    assert summary["rescale"]["from"] == "percentiles"
+    low, high = np.percentile(data[data != 0], [0.1, 99.9])  # the source is small: the sample is all of it
+    assert summary["rescale"]["from"] == "percentiles" and summary["rescale"]["zeros_left_out"] == 1
     assert summary["rescale"]["low"] == pytest.approx(low) and summary["rescale"]["high"] == pytest.approx(high)
     vol = open_volume(str(tmp_path / "o.zarr" / "raw"))
     got = vol.read(vol.box)
@@ -192,3 +192,45 @@ def test_a_thinned_sample_of_a_padded_stack_holds_image_voxels_only(tmp_path, mo
     monkeypatch.setattr(R, "SAMPLE_VOXELS", 100)
     values = R.sample(vol)
     assert 0 not in values and 95 <= values.size <= 100  # 4116 image voxels, every 42nd
+
+
+def test_percentiles_leave_out_blank_zeros(tmp_path, capsys, client):
+    """A uint16 TIFF stack with a blank section and a black corner in every section (7 % of the voxels exactly 0):
+    LOW comes from the tissue, darkest ~3000 (the zeros set it at 0 before: "from [0, 50070]"); blank stays 0."""
+    import tifffile
+
+    rng = np.random.default_rng(11)
+    (tmp_path / "tifs").mkdir()
+    for z in range(14):
+        section = rng.normal(20000, 6000, (64, 64)).clip(3000, 60000).astype(np.uint16)
+        if z == 6:
+            section[:] = 0  # a blank section
+        section[:8, :8] = 0  # a black corner
+        tifffile.imwrite(tmp_path / "tifs" / f"s{z:02d}.tif", section)
+    data = open_volume(str(tmp_path / "tifs")).read(open_volume(str(tmp_path / "tifs")).box)
+    zeros = int((data == 0).sum())
+    assert 0.05 < zeros / data.size < 0.1
+    dst = str(tmp_path / "o.zarr" / "raw")
+    code, out, err = _ingest(capsys, client, str(tmp_path / "tifs"), dst, "--dtype", "uint8", "--json")
+    assert code == 0, err
+    rescaled = json.loads(out)["rescale"]
+    low, high = np.percentile(data[data != 0], [0.1, 99.9])
+    assert rescaled["low"] == pytest.approx(low) and rescaled["high"] == pytest.approx(high)
+    assert rescaled["low"] >= 3000 and rescaled["zeros_left_out"] == zeros
+    got = open_volume(dst).read(open_volume(dst).box)
+    np.testing.assert_array_equal(got, rescale(data, low, high, np.uint8))
+    assert not got[6].any() and not got[:, :8, :8].any()  # blank stays 0
+    assert got[data == 3000].max() == 0 and (got[data != 0] > 0).mean() > 0.99  # the tissue spans the range
+    code, out, err = _ingest(capsys, client, str(tmp_path / "tifs"), str(tmp_path / "p.zarr" / "raw"), "--dtype",
+                             "uint8")
+    assert code == 0 and f"leaving out {zeros} blank ones, exactly 0, that map to 0" in out, out
+
+
+def test_zeros_count_where_a_source_has_negative_values(tmp_path):
+    """In a signed source with negative values 0 is a grey level like any other: the percentiles keep it."""
+    data = np.linspace(-1000, 1000, 4 * 32 * 32).astype(np.int16).reshape(4, 32, 32)
+    data[0] = 0
+    np.savez(tmp_path / "s.npz", raw=data)
+    mapping = percentile_mapping(open_volume(f"{tmp_path}/s.npz#raw"))
+    assert mapping.zeros_left_out == 0
+    assert (mapping.low, mapping.high) == pytest.approx(tuple(np.percentile(data, [0.1, 99.9])))

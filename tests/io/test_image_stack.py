@@ -152,3 +152,122 @@ def test_a_stray_image_of_another_dtype_is_the_one_named(tmp_path, capsys):
     code, _, err = _ingest(capsys, tmp_path / "tifs", tmp_path / "out")
     assert code == 2 and len(err) == 1, err
     assert f"{tmp_path / 'tifs' / 'a_overview.png'}: dtype uint8, expected uint16 as 3 of the 4 sections" in err[0], err
+
+
+def _cut(path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _png(path, section) -> None:
+    Image.fromarray(section).save(path, format="PNG")
+
+
+def _damage(path) -> None:  # cut short inside its image data (a copy that stopped, a full disk)
+    _cut(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("suffix, damage, words", [
+    (".tif", _damage, ["truncated: expected 2000 bytes of image data, found"]),  # found nothing named before
+    (".tif", lambda p: _cut(p, 0), ["empty file: expected a TIFF section, found 0 bytes"]),
+    (".tif", lambda p: p.write_text("not an image"), ["expected a TIFF section", "not a TIFF file"]),
+    (".tif", lambda p: _png(p, np.ones((40, 50), np.uint8)), ["expected a TIFF section", "not a TIFF file"]),
+    (".png", _damage, ["truncated: expected a PNG that ends with its IEND chunk",
+                                                          "inside its IDAT chunk"]),
+    (".png", lambda p: _cut(p, 0), ["empty file: expected a PNG section, found 0 bytes"]),
+    (".png", lambda p: p.write_text("not an image"), ["expected a PNG section", "cannot identify image file"]),
+])
+def test_a_section_file_that_cannot_be_read_whole_is_refused_in_one_line_naming_it(tmp_path, capsys, suffix, damage,
+                                                                                    words):
+    """A truncated, empty or foreign file among a stack's sections: one line naming it and what is wrong, exit 2,
+    before anything is written (a truncated TIFF failed block 0 with `failed to read 50176 bytes, got 2744`,
+    naming no file; a truncated PNG failed the block too, an empty or foreign one with a traceback)."""
+    (tmp_path / "secs").mkdir()
+    rng = np.random.default_rng(5)
+    for z in range(5):
+        section = rng.integers(0, 255, (40, 50), np.uint8)
+        path = tmp_path / "secs" / f"cremi_{z:02d}{suffix}"
+        tifffile.imwrite(path, section) if suffix == ".tif" else _png(path, section)
+    bad = tmp_path / "secs" / f"cremi_03{suffix}"
+    damage(bad)
+    with pytest.raises(UserError, match=str(bad)):
+        open_volume(str(tmp_path / "secs"))
+    code, _, err = _ingest(capsys, tmp_path / "secs", tmp_path / "out.zarr" / "raw")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"connectome ingest: error: {bad}: "), err
+    for word in words:
+        assert word in err[0], (word, err[0])
+    assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_truncated_multipage_tiff_is_refused_in_one_line(tmp_path, capsys, compression):
+    """One multi-page TIFF cut in half: one line naming it, exit 2, nothing written (it failed the block with an
+    IndexError, after tifffile's own log lines about an invalid page offset)."""
+    rng = np.random.default_rng(6)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, rng.integers(0, 255, (6, 40, 50), np.uint8), compression=compression,
+                     metadata=None if compression else {})
+    _cut(path, path.stat().st_size // 2)
+    code, _, err = _ingest(capsys, path, tmp_path / "out.zarr" / "raw")
+    assert code == 2 and len(err) == 1, err  # (tifffile's log lines held back)
+    assert err[0].startswith(f"connectome ingest: error: {path}: ") and ("truncated" in err[0] or "damaged" in err[0])
+    assert not (tmp_path / "out.zarr").exists()
+    _cut(path, 0)
+    code, _, err = _ingest(capsys, path, tmp_path / "out.zarr" / "raw")
+    assert code == 2 and err == [f"connectome ingest: error: {path}: empty file: expected a TIFF stack, found 0 bytes"]
+
+
+def test_a_multipage_tiff_cut_between_pages_is_not_read_as_a_shorter_stack(tmp_path):
+    """Cut right after the data of its third page, a 6-page TIFF opened as a whole stack of 3 sections; tifffile
+    only logged the broken chain of pages. It is refused, naming the file."""
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.random.default_rng(6).integers(0, 255, (6, 40, 50), np.uint8), compression="zlib",
+                     metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        end = tf.pages[2].dataoffsets[0] + tf.pages[2].databytecounts[0]
+    _cut(path, end)
+    with pytest.raises(UserError, match=f"^{path}: damaged TIFF: invalid page offset .* expected a whole TIFF stack"):
+        open_volume(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_section_cut_short_after_the_stack_was_opened_is_named_when_read(tmp_path, suffix):
+    """A file that breaks between the plan and its block: the block's failure names it and what is wrong (it said
+    `ValueError: failed to read 2000 bytes, got ...`, naming no file)."""
+    (tmp_path / "secs").mkdir()
+    for z, section in enumerate(_sections(3)):
+        path = tmp_path / "secs" / f"s{z}{suffix}"
+        tifffile.imwrite(path, section) if suffix == ".tif" else _png(path, section)
+    volume = open_volume(str(tmp_path / "secs"))
+    bad = tmp_path / "secs" / f"s1{suffix}"
+    _cut(bad, bad.stat().st_size // 2)
+    with pytest.raises(UserError, match=f"^{bad}: truncated: expected "):
+        volume.read(volume.box)
+
+
+def test_a_section_whose_data_cannot_be_decoded_is_named_when_read(tmp_path):
+    """Whole by its header but its compressed data garbage: decoded only when a block reads it, which names it."""
+    (tmp_path / "secs").mkdir()
+    for z, section in enumerate(_sections(3)):
+        tifffile.imwrite(tmp_path / "secs" / f"s{z}.tif", section, compression="zlib")
+    bad = tmp_path / "secs" / "s2.tif"
+    with tifffile.TiffFile(bad) as tf:
+        offset, count = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+    raw = bytearray(bad.read_bytes())
+    raw[offset:offset + count] = bytes(count)
+    bad.write_bytes(bytes(raw))
+    volume = open_volume(str(tmp_path / "secs"))  # (the header is whole)
+    with pytest.raises(UserError, match=f"^{bad}: expected a readable section, found image data that cannot be "):
+        volume.read(volume.box)
+
+
+def test_a_png_with_bytes_after_its_end_is_read(tmp_path):
+    """Bytes after a PNG's IEND chunk (some writers pad files) are no truncation: the section is read."""
+    (tmp_path / "secs").mkdir()
+    for z, section in enumerate(_sections(2)):
+        _png(tmp_path / "secs" / f"s{z}.png", section)
+    with open(tmp_path / "secs" / "s1.png", "ab") as f:
+        f.write(bytes(100))
+    volume = open_volume(str(tmp_path / "secs"))
+    np.testing.assert_array_equal(volume.read(volume.box)[1, 2:38], _sections(2)[1])
