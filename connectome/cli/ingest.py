@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from connectome.cli.arg_types import positive_float, positive_int
@@ -154,6 +155,7 @@ def run(args) -> int:
             print_result(args, stored, f"{args.dst}: {stored['shape']} {stored['dtype']} at {stored['voxel_size']} nm "
                                        f"({files} copied as stored, {stored['bytes']:,} bytes, "
                                        f"{stored['seconds']:.1f} s)")
+            say_if_axes_look_reversed(stored["voxel_size"])
             return 0
     from connectome.cluster.client import open_client  # (a copy as stored needs none of these)
     from connectome.cluster.worker_logs import worker_logs
@@ -186,4 +188,19 @@ def run(args) -> int:
                                 f"({counted(report.ran, 'block')} written, {report.skipped} already done); "
                                 f"{describe(mapping, src_dtype, dst_dtype)}"
                                 + (f"; with its {', '.join(carried)} (named in its info)" if carried else ""))
+    say_if_axes_look_reversed(voxel_size)
     return 0
+
+
+def say_if_axes_look_reversed(voxel_size) -> None:
+    """One note on stderr, once the volume is written, where the voxel size looks given as X Y Z: x at least 4x
+    both y and z, so pixels 4x longer than wide (no EM images so; a serial-section stack given as X Y Z)."""
+    z, y, x = (float(v) for v in voxel_size)
+    if x >= 4 * max(y, z):
+        print(f"connectome: note: voxel size {_nm(z)} {_nm(y)} {_nm(x)} nm is (z, y, x): pixels {_nm(y)} x {_nm(x)} "
+              f"nm, sections {_nm(z)} nm apart; if it was given as X Y Z, ingest again with --voxel-size "
+              f"{_nm(x)} {_nm(y)} {_nm(z)} --overwrite", file=sys.stderr)
+
+
+def _nm(v: float) -> str:
+    return f"{v:g}"

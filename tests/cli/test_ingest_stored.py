@@ -60,3 +60,19 @@ def test_the_summary_counts_one_block_or_chunk_file_in_the_singular(tmp_path, ca
     assert main(["ingest", src.address, str(tmp_path / "two"), "--chunk-shape", "8", "16", "32", "--block-shape",
                  "8", "16", "32", "--no-progress", "--workers", "1"]) == 0
     assert "(2 blocks written, 0 already done)" in capsys.readouterr().out
+
+
+def test_a_voxel_size_that_looks_given_as_x_y_z_is_noted_after_the_volume_is_written(tmp_path, capsys):
+    """Sections 10x finer than their pixels (a lab's `--voxel-size 4.6 4.6 50`): one note, after the summary."""
+    data = np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8)
+    np.savez(tmp_path / "src.npz", raw=data)
+    for name, size, noted in (("xyz", ["4.6", "4.6", "50"], True), ("zyx", ["50", "4.6", "4.6"], False),
+                              ("iso", ["8", "8", "8"], False)):
+        assert main(["ingest", f"{tmp_path / 'src.npz'}#raw", str(tmp_path / name), "--voxel-size", *size,
+                     "--no-progress"]) == 0
+        err = [line for line in capsys.readouterr().err.splitlines() if "X Y Z" in line]
+        if noted:
+            assert len(err) == 1 and err[0].endswith("--voxel-size 50 4.6 4.6 --overwrite"), err
+        else:
+            assert not err, err
+    assert open_volume(str(tmp_path / "xyz")).meta.voxel_size == (4.6, 4.6, 50.0)  # written as given
