@@ -83,6 +83,7 @@ def test_run_then_status_then_resume(tmp_path, capsys, raw_zarr):
     assert main(["run", cfg, "--json", "--no-progress"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["stages"][0]["ran"] == 0 and second["stages"][0]["skipped"] == 4
+    assert second["volumes"] == first["volumes"]  # a resumed run names its volumes too (it printed {} before)
     out = open_volume(first["volumes"]["normalized"])
     assert out.dtype == np.uint8 and out.meta.voxel_size == (40.0, 4.0, 4.0)
     changed = _config(tmp_path, stages=[{"stage": "normalize", "params": {"sigma": 5}}])
