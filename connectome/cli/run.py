@@ -24,8 +24,7 @@ def run(args) -> int:
     check_input_chunks(config.input, args.strict_input)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         reports = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
-    outputs = {name: address for p in plan.stages for name, address in p.stage.output_addresses.items()}  # (also
-    # those made by an earlier run: a resumed run's `creates` is empty)
+    outputs = {name: address for p in plan.stages for name, (address, _) in p.creates.items()}
     summary = {"output": config.output, "volumes": outputs, "stages": [r.to_json() for r in reports]}
     lines = [f"{r.stage}: {r.ran} blocks run, {r.skipped} already done, {r.seconds:.1f} s" for r in reports]
     lines += [f"{name}: {address}" for name, address in outputs.items()]
