@@ -7,6 +7,8 @@
 - `section_normalize`: per-section percentile stretch and CLAHE (`contrast`), seam-free.
 - `footprint_mask`: the padding of sections smaller than the stack's plane (`footprints`), for a segmentation.
 - `reorder_sections` / `restore_section_order`: the sections in their physical order and back (`section_order`).
+- `align_labels` / `unalign_labels`: a label volume (ground truth, a mask, a segmentation) carried with an
+  alignment's transforms from the raw frame into the aligned one, or back, nearest neighbour, ids exact (`carry`).
 - `align`: its global step (`solve_step.SolveStep`) flags defects, rejects outlier patches (opt-in,
   `refine`: after refining each pair's affine on intensities over the pair's whole overlap, read
   there section by section, and searching the patches that disagree with it again near it:
@@ -24,6 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from connectome.alignment.carry import carry_section, uncarry_section
 from connectome.alignment.contrast import LevelsStep, equalize, stretch
 from connectome.alignment.defects import OUTSIDE_FLAG, REGION_FLAG, SECTION_FLAG
 from connectome.alignment.footprints import outside_footprints, permuted
@@ -422,3 +425,146 @@ class RestoreSectionOrderStage(_SectionPermutation):
     inputs = (Input("ordered"),)
     outputs = (Output("restored"),)
     source, target, inverse = "ordered", "restored", True
+
+
+# the dtypes of a label volume or mask that `align_labels` / `unalign_labels` carry (values indexed, never converted)
+LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "bool")
+
+
+class CarryLabelsParams(StageParams):
+    transforms: str = Field("", description="the alignment's transforms.npz (default: alignment/transforms.npz in "
+                                            "the folder the output is written into, the `align` output directory)")
+    order: tuple[int, ...] | None = Field(None, description="stored index of each aligned section, where the stack "
+                                          "was aligned in the order recovered from its images (`reorder_sections` "
+                                          "params.order; `connectome align` passes it); none: the stored order")
+
+
+class _CarryLabels(BlockStage[CarryLabelsParams]):
+    """Carry a label volume between the raw frame and the aligned frame (`carry`), write box by write box of the
+    target frame, with the geometry the `align` stage renders `aligned` with: its transforms, its nodes, and the
+    footprints of the raw volume's smaller sections (the run's `raw`, which is not read)."""
+
+    Params = CarryLabelsParams
+    inputs = (Input("raw"), Input("labels", dtypes=LABEL_DTYPES,
+                                  description="a label volume or mask: ids or classes, not an image"))
+    target: str
+    frame: str  # the frame the output is in, recorded in its metadata (`connectome.frame`)
+
+    def __init__(self, params, input_addresses, output_addresses, table_dirs=None):
+        super().__init__(params, input_addresses, output_addresses, table_dirs)
+        # resolved where the stage is made (the client), so that a worker elsewhere reads the same file
+        out = os.path.abspath(self.output_addresses[self.target])
+        self.transforms_file = (os.path.abspath(self.params.transforms) if self.params.transforms
+                                else os.path.join(os.path.dirname(out), "alignment", "transforms.npz"))
+
+    def output_specs(self, inputs: dict[str, VolumeMeta]) -> dict[str, OutputSpec]:
+        return {self.target: OutputSpec(dtype=inputs["labels"].dtype.name)}
+
+    def weight_files(self) -> dict[str, tuple[str, str]]:
+        """The transforms, by content: labels carried with other transforms are not resumed (once they exist)."""
+        path = self.transforms_file
+        return {"transforms_file": ("transforms", path)} if os.path.isfile(path) else {}
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        super().check_inputs(inputs)
+        meta = inputs["labels"]
+        if meta.channels:
+            raise UserError(f"stage {self.name!r}: input labels ({self.input_addresses['labels']}) has "
+                            f"{meta.channels} channels, expected a single-channel label volume")
+        n = meta.shape[0]
+        if self.params.order is not None and sorted(self.params.order) != list(range(n)):
+            raise UserError(f"stage {self.name!r}: params.order must list each of the {n} sections once (a "
+                            f"permutation of 0..{n - 1}); found {len(self.params.order)} entries")
+        if os.path.isfile(self.transforms_file):
+            self.check_transforms(n)
+        elif self.params.transforms:
+            raise UserError(f"stage {self.name!r}: params.transforms {self.params.transforms}: no such file; "
+                            "expected an alignment's transforms.npz (OUT/alignment/transforms.npz of "
+                            "`connectome align`)")
+
+    def check_transforms(self, sections: int) -> None:
+        """One line where the transforms are not a readable alignment of `sections` sections."""
+        path = self.transforms_file
+        try:
+            t = _load(path, os.path.getmtime(path))
+            found = t["fields"].shape
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"stage {self.name!r}: {path}: not an alignment's transforms ({type(e).__name__}: {e}); "
+                            "expected the transforms.npz that `connectome align` writes") from None
+        if len(found) != 4 or found[0] != sections:
+            raise UserError(f"stage {self.name!r}: {path} holds fields of {found[0] if found else 0} sections, "
+                            f"expected {sections} (those of {self.input_addresses['labels']}): the transforms of "
+                            "another stack")
+
+    def before_blocks(self, on_worker, finished) -> None:
+        """Check the transforms now that the alignment has run, and record in the output's metadata which frame it
+        is in and how it was made (`connectome evaluate` reads it: `frames.volume_frame`)."""
+        from connectome.alignment.frames import record_frame
+        from connectome.io import open_volume
+
+        if not os.path.isfile(self.transforms_file):
+            raise UserError(f"stage {self.name!r}: {self.transforms_file}: no such file; expected the transforms of "
+                            "an alignment (run `connectome align` first)")
+        labels = self.input_addresses["labels"]
+        self.check_transforms(open_volume(labels).shape[0])
+        record_frame(self.output_addresses[self.target], self.frame, self.name, labels,
+                     os.path.dirname(os.path.dirname(self.transforms_file)))
+
+    def sources(self, sections: int) -> np.ndarray:
+        """The section of the input each output section is carried from (the transforms' index: `carry`)."""
+        raise NotImplementedError
+
+    def carry(self, labels: Volume, z: int, source: int, fields: np.ndarray, nodes: tuple[np.ndarray, np.ndarray],
+              yx: tuple[slice, slice], footprints: dict) -> tuple[np.ndarray, int]:
+        """Output section z over the (y, x) slices `yx` from section `source` of `labels`, and how many of its
+        pixels were not found."""
+        raise NotImplementedError
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        t = _load(self.transforms_file, os.path.getmtime(self.transforms_file))
+        nodes = (t["nodes_y"], t["nodes_x"])
+        w = block.write_box
+        yx = (slice(w.offset[1], w.end[1]), slice(w.offset[2], w.end[2]))
+        out = np.zeros(w.shape, dtype=volumes[self.target].dtype)
+        footprints = volumes["raw"].section_footprints()  # stored z -> the part of the raw section holding data
+        sources = self.sources(volumes["labels"].shape[0])
+        missed = 0
+        for i, z in enumerate(range(w.offset[0], w.end[0])):
+            out[i], n = self.carry(volumes["labels"], z, int(sources[z]), t["fields"], nodes, yx, footprints)
+            missed += n
+        volumes[self.target].write(w, out)
+        return {"not_found": missed} if missed else {}
+
+
+@register
+class AlignLabelsStage(_CarryLabels):
+    """A label volume of the raw frame (ground truth, annotations, a mask) in the aligned frame, as `aligned`."""
+
+    name = "align_labels"
+    outputs = (Output("aligned_labels"),)
+    target, frame = "aligned_labels", "aligned"
+
+    def sources(self, sections: int) -> np.ndarray:
+        """Aligned section z shows stored section order[z] (the stored order where none)."""
+        return np.arange(sections) if self.params.order is None else np.asarray(self.params.order, np.int64)
+
+    def carry(self, labels, z, source, fields, nodes, yx, footprints) -> tuple[np.ndarray, int]:
+        """Aligned section z: raw section `source` warped with field z."""
+        return carry_section(labels, source, fields[z].astype(np.float64), nodes, yx, footprints.get(source)), 0
+
+
+@register
+class UnalignLabelsStage(_CarryLabels):
+    """A label volume of the aligned frame (a segmentation of `aligned`) in the raw frame, section by section."""
+
+    name = "unalign_labels"
+    outputs = (Output("unaligned_labels"),)
+    target, frame = "unaligned_labels", "raw"
+
+    def sources(self, sections: int) -> np.ndarray:
+        """Stored section z is aligned section k with order[k] = z."""
+        return np.arange(sections) if self.params.order is None else positions(self.params.order)
+
+    def carry(self, labels, z, source, fields, nodes, yx, footprints) -> tuple[np.ndarray, int]:
+        """Raw (stored) section z: from aligned section `source`, the one it was warped to with its field."""
+        return uncarry_section(labels, source, fields[source].astype(np.float64), nodes, yx, footprints.get(z))

@@ -3,6 +3,12 @@
 Writes OUT_DIR/aligned (the aligned volume), OUT_DIR/defects (1: flagged section, 2: flagged region, 3: outside:
 warp margins and the padding of smaller sections) and OUT_DIR/alignment/transforms.npz (per-section displacement
 fields on the mesh nodes and affine transforms). Run it again on the same OUT_DIR to resume.
+
+--labels ADDR (repeatable): a label volume or integer mask in RAW's frame (ground truth, annotations) carried into the
+aligned frame with the same transforms, nearest neighbour, ids exact: OUT_DIR/aligned_labels (then aligned_labels_2,
+...), to score a segmentation of OUT_DIR/aligned against. --unalign ADDR: a label volume in the aligned frame (a
+segmentation of OUT_DIR/aligned) carried back into RAW's frame: OUT_DIR/unaligned_labels (then _2, ...). Each resumes
+on its own; run the alignment's command again with them added.
 """
 
 from __future__ import annotations
@@ -38,13 +44,26 @@ def add_arguments(parser) -> None:
                         help="hold a neighbour pair as registered (no displacement) where its fit moves the section "
                              "by at most K times the scatter of its patches about the fit, so a stack registered "
                              "already is left as it is (e.g. 3; default 0: every pair's fit is followed)")
+    parser.add_argument("--labels", action="append", default=[], metavar="ADDR",
+                        help="a label volume (or integer mask) in RAW's frame, e.g. ground truth: carried into the "
+                             "aligned frame (nearest neighbour, ids exact) as OUT_DIR/aligned_labels (given again: "
+                             "aligned_labels_2, ...); repeatable")
+    parser.add_argument("--unalign", action="append", default=[], metavar="ADDR",
+                        help="a label volume in the aligned frame (a segmentation of OUT_DIR/aligned): carried back "
+                             "into RAW's frame as OUT_DIR/unaligned_labels (then unaligned_labels_2, ...); repeatable")
     add_section_order_option(parser, "align them in the order recovered from the images and write the aligned "
                                      "volume in it", "auto")
     add_run_options(parser)
 
 
 def run(args) -> int:
-    from connectome.alignment.chain import alignment_config, plan_alignment, run_alignment
+    from connectome.alignment.chain import (
+        alignment_config,
+        label_plans,
+        plan_alignment,
+        run_alignment,
+        run_label_plans,
+    )
     from connectome.cluster.client import open_client
     from connectome.engine.plan import check_input_chunks, check_outputs
 
@@ -57,9 +76,14 @@ def run(args) -> int:
                                   section_order=args.section_order)
         plan = plan_alignment(config, args.overwrite)
         check_outputs(plan, args.overwrite)
+        carried = label_plans(config, args.labels, args.unalign, args.overwrite)
         check_input_chunks(config.input, args.strict_input)
-    with open_client(cluster, quiet=args.json) as client:
+    with open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_alignment(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
+        if carried:
+            labelled = run_label_plans(carried, client, overwrite=args.overwrite, progress=not args.no_progress)
+            summary["stages"].extend(labelled.pop("stages"))
+            summary.update({k: v for k, v in labelled.items() if v})
     flagged = summary["flagged_sections"]
     listed = ", ".join(f"{z} ({why})" for z, why in list(flagged.items())[:10]) or "none"
     linked = "".join(f"\nno matched pair joins sections {x['from']} and {x['to']}: linked by their whole sections "
@@ -69,7 +93,18 @@ def run(args) -> int:
         print(f"connectome: warning: the stack is aligned in {len(summary['breaks']) + 1} pieces that nothing joins "
               f"(between sections {pieces}): sections on either side of a break may be far out of register; check "
               f"them, or align with a larger --search or --patch", file=sys.stderr)
+    carried_lines = "".join(f"\n{what}: {source} -> {dst}" for what, source, dst in _carried(args, summary))
     print_result(args, summary, f"aligned: {summary['aligned']}\n"
                                 f"{summary['sections']} sections, flagged: {listed}; "
-                                f"{summary['flagged_regions']} flagged patches; {summary['seconds']:.1f} s" + linked)
+                                f"{summary['flagged_regions']} flagged patches; {summary['seconds']:.1f} s" + linked
+                                + carried_lines)
     return 0
+
+
+def _carried(args, summary: dict) -> list[tuple[str, str, str]]:
+    """(what, source, destination) of each label volume carried, for the human summary."""
+    pairs = [("labels in the aligned frame", source, dst)
+             for source, dst in zip(args.labels, summary.get("aligned_labels", []))]
+    pairs += [("labels in the raw frame", source, dst) for source, dst in zip(args.unalign,
+                                                                               summary.get("unaligned_labels", []))]
+    return pairs

@@ -9,6 +9,9 @@ size is --voxel-size, else the segmentation's (zarr/precomputed metadata, or a r
 array in its npz), else the ground truth's. Either address may end in a section range [z0:z1]. Both volumes
 must cover the same voxels: where both carry a world offset (zarr/precomputed metadata, the start of a [z0:z1]
 range) and the offsets differ, the pair is refused in one line naming both (and the ranges that would match).
+Where the segmentation was made from an aligned volume (`connectome align`'s `aligned`, as its run records tell) and
+the ground truth is not known to be in that frame (`connectome align --labels` writes it there), one warning line
+says so on stderr and how to carry the ground truth into the aligned frame; the evaluation runs all the same.
 """
 
 from __future__ import annotations
@@ -68,16 +71,22 @@ def _load_skeletons(args):
 
 
 def run(args) -> int:
+    import sys
+
+    from connectome.alignment.frames import frame_warning
     from connectome.engine.inputs import note_padding
     from connectome.metrics.evaluate import evaluate_volumes
 
     for address in (args.seg, args.gt):  # (a label zarr's missing chunks are its all-zero ones: not said)
         note_padding(address)
+    warning = frame_warning(args.seg, args.gt)  # (None wherever the run records cannot be read)
     skeletons = None if args.skeletons is None else _load_skeletons(args)
     r = evaluate_volumes(
         args.seg, args.gt, block_shape=args.block_shape, skeletons=skeletons, voxel_size=args.voxel_size,
         per_section=args.per_section,
     )
+    if warning:  # once the pair is accepted: a refusal stays its one line
+        print(warning, file=sys.stderr, flush=True)
     mean = f" (mean of {len(r['sections'])} sections)" if r["per_section"] else ""
     rows = [
         ("VOI split", _fmt(r["voi_split"]) + mean),

@@ -45,6 +45,8 @@ CASES = {
     # compares its aligned volume and transforms computed in 27 blocks and in one
     "align_match": ([], None, "tests/alignment"),
     "align": (["align_match"], None, "tests/alignment"),
+    "align_labels": ([], None, "tests/alignment/test_align_labels.py"),
+    "unalign_labels": ([], None, "tests/alignment/test_align_labels.py"),
     # its CLAHE tiles (128 px by default) exceed these blocks: tests/alignment/test_section_normalize.py
     "section_normalize": ([], None, "tests/alignment/test_section_normalize.py"),
     # they need a section order (params.order): 16 blocks vs one in tests/alignment/test_section_order.py
