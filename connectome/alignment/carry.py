@@ -16,18 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from connectome.alignment.mesh import interpolate
-from connectome.alignment.warp import source_positions
+from connectome.alignment.warp import inside_footprint, source_positions
 from connectome.core.geometry import Box
 from connectome.io import Volume
 
 INVERSE_TOLERANCE = 0.01  # px: an aligned position is found where x + u(x) lies this close to the raw pixel
 INVERSE_STEPS = 30  # Newton steps at most (a few suffice: the field is bilinear between its nodes)
-
-
-def _inside(qy: np.ndarray, qx: np.ndarray, footprint: tuple[int, int, int, int]) -> np.ndarray:
-    """Where positions lie within the footprint (y0, x0, height, width), as `warp_section` decides it."""
-    fy, fx, fh, fw = footprint
-    return (qy > fy - 0.5) & (qy < fy + fh - 0.5) & (qx > fx - 0.5) & (qx < fx + fw - 0.5)
 
 
 def _nearest(volume: Volume, z: int, qy: np.ndarray, qx: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -49,7 +43,7 @@ def carry_section(labels: Volume, z: int, field: np.ndarray, nodes: tuple[np.nda
     """The (y, x) slices `box_yx` of aligned section z's labels: the label of raw section `z` of `labels` nearest
     each aligned pixel's source (0 where the source lies outside the section or its `footprint`)."""
     qy, qx = source_positions(field, nodes, box_yx)
-    inside = _inside(qy, qx, footprint or (0, 0, labels.shape[1], labels.shape[2]))
+    inside = inside_footprint(qy, qx, footprint or (0, 0, labels.shape[1], labels.shape[2]))
     return _nearest(labels, z, qy, qx, inside)
 
 
@@ -104,5 +98,5 @@ def uncarry_section(aligned: Volume, k: int, field: np.ndarray, nodes: tuple[np.
     xs = np.arange(box_yx[1].start, box_yx[1].stop)
     fy, fx, fh, fw = footprint or (0, 0, aligned.shape[1], aligned.shape[2])
     in_section = (((ys >= fy) & (ys < fy + fh))[:, None] & ((xs >= fx) & (xs < fx + fw))[None, :])
-    inside = found & in_section & _inside(ay, ax, (0, 0, aligned.shape[1], aligned.shape[2]))
+    inside = found & in_section & inside_footprint(ay, ax, (0, 0, aligned.shape[1], aligned.shape[2]))
     return _nearest(aligned, k, ay, ax, inside), int(np.count_nonzero(in_section & ~found))

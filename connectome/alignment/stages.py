@@ -215,7 +215,8 @@ class AlignStage(BlockStage[AlignParams]):
             if self.params.outside:
                 mask[i][~inside] = OUTSIDE_FLAG
             if self.params.blank and (aligned[i][inside] == 0).any():
-                mask[i][blank_in_section(volumes["raw"], z, field, nodes, w, footprints.get(z))] = OUTSIDE_FLAG
+                blank = blank_in_section(volumes["raw"], z, field, nodes, w, footprints.get(z))
+                mask[i][blank & inside] = OUTSIDE_FLAG  # (the margins are `outside`'s to flag)
         volumes["aligned"].write(w, aligned)
         volumes["defects"].write(w, mask)
         return {"flagged_voxels": int(np.count_nonzero(mask))}

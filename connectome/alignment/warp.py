@@ -19,14 +19,20 @@ def source_positions(field: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], bo
     return gy + u[..., 0], gx + u[..., 1]
 
 
+def inside_footprint(qy: np.ndarray, qx: np.ndarray, footprint: tuple[int, int, int, int]) -> np.ndarray:
+    """Where source positions lie within the footprint (y0, x0, height, width) of a section's image data: the
+    pixels an aligned section takes from it (elsewhere 0)."""
+    fy, fx, fh, fw = footprint
+    return (qy > fy - 0.5) & (qy < fy + fh - 0.5) & (qx > fx - 0.5) & (qx < fx + fw - 0.5)
+
+
 def warp_section(raw: Volume, z: int, field: np.ndarray, nodes: tuple[np.ndarray, np.ndarray],
                  box_yx: tuple[slice, slice], order: int = 1,
                  footprint: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One aligned section's (y, x) slices, and where their source lies inside the section (elsewhere they are
     0); `footprint` (y0, x0, height, width): the part of the section that holds image data, the rest padding."""
     qy, qx = source_positions(field, nodes, box_yx)
-    fy, fx, fh, fw = footprint or (0, 0, raw.shape[1], raw.shape[2])
-    inside = (qy > fy - 0.5) & (qy < fy + fh - 0.5) & (qx > fx - 0.5) & (qx < fx + fw - 0.5)
+    inside = inside_footprint(qy, qx, footprint or (0, 0, raw.shape[1], raw.shape[2]))
     height, width = raw.shape[1], raw.shape[2]
     out = np.zeros(qy.shape, dtype=raw.dtype)
     if not inside.any():

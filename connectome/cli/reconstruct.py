@@ -7,7 +7,12 @@ from connectome.cli.arg_types import fraction, positive_float, positive_int
 from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
-from connectome.cli.segment import add_min_segment_option, add_section_order_option, say_default_model
+from connectome.cli.segment import (
+    add_blank_band_option,
+    add_min_segment_option,
+    add_section_order_option,
+    say_default_model,
+)
 
 
 def add_arguments(parser) -> None:
@@ -23,6 +28,7 @@ def add_arguments(parser) -> None:
                         help="run the models on data whose voxel size differs from theirs")
     add_min_segment_option(parser)
     add_section_order_option(parser)
+    add_blank_band_option(parser)
     parser.add_argument("--mask", default=None, metavar="ADDR",
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment, nothing merges across them and no synapse cleft lies there (e.g. OUT/defects "
@@ -53,7 +59,8 @@ def run(args) -> int:
         config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
                                      args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
                                      min_segment_voxels=args.min_segment_voxels,
-                                     section_order=args.section_order or "auto", mask=args.mask)
+                                     section_order=args.section_order or "auto", mask=args.mask,
+                                     blank_band=args.blank_band)
         config = config.model_copy(update={"stages": config.stages + synapse_stages(
             args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
             mask=absolute(args.mask) if args.mask else None)})

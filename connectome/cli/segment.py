@@ -44,11 +44,7 @@ def add_arguments(parser) -> None:
                              "the model's validated value)")
     add_min_segment_option(parser)
     add_section_order_option(parser)
-    parser.add_argument("--blank-band", type=band_or_off, default=None, metavar="N|off",
-                        help="blank regions (image exactly 0 over an 11 x 11 square of a section: padding, an aligned "
-                             "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
-                             "out of every segment; the networks merge neurons along that band otherwise (default: the "
-                             "model's, fib-10nm 4, sstem 12; off: not looked for; --method ffn: 4, masked as --mask)")
+    add_blank_band_option(parser)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -83,6 +79,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-batch", type=positive_int, default=None,
                         help="ffn: objects filled together in one batch (default 1, the fastest on CPU and GPU)")
     add_run_options(parser)
+
+
+def add_blank_band_option(parser) -> None:
+    """`--blank-band`, for the commands that run the affinity chain (and the FFN)."""
+    parser.add_argument("--blank-band", type=band_or_off, default=None, metavar="N|off",
+                        help="blank regions (image exactly 0 over an 11 x 11 square of a section: padding, an aligned "
+                             "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
+                             "out of every segment; the networks merge neurons along that band otherwise (default: the "
+                             "model's, fib-10nm 4, sstem 12; off: not looked for; --method ffn: 4, masked as --mask)")
 
 
 def add_min_segment_option(parser) -> None:

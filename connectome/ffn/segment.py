@@ -69,7 +69,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     image = {"affinities": "affinities"} if reads else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
     prec = {"precision": precision} if precision is not None else {}
-    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec})] if reads else []
+    blank = {k: params[k] for k in ("find_blank", "blank_band") if k in params}  # the affinities' blank regions too
+    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec, **blank})] if reads else []
     mask_input, mask_stages = footprint_masking(raw, mask)
     stages, finding = ordered_stages([
         *first,

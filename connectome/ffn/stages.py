@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from connectome.affinity.blank import BLANK_SIDE, blank_voxels
+from connectome.affinity.blank import BLANK_SIDE, blank_reach, blank_voxels
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, vec3
@@ -183,10 +183,14 @@ class FFNStage(OnePrecision, BlockStage):
         return tuple(math.lcm(*axis) for axis in zip(*(s for _, _, s in self._models())))  # type: ignore[return-value]
 
     def context(self) -> Context:
-        """The overlap (default: the largest FOV at its model's voxel size), rounded up to whole coarse voxels."""
+        """The overlap (default: the largest FOV at its model's voxel size; at least what finding blank regions
+        reads), rounded up to whole coarse voxels."""
         m = self.block_multiple()
         c = self.params.overlap or [max(f) for f in zip(*([v * k for v, k in zip(i.config.fov, s)]
                                                             for _, i, s in self._models()))]
+        if self.params.find_blank:  # and what finding blank regions reads in plane (`blank_reach`)
+            reach = blank_reach(self.params.blank_band) + 1
+            c = [c[0], max(c[1], reach), max(c[2], reach)]
         c = tuple(-(-v // k) * k for v, k in zip(c, m))
         return Context(c, c)
 

@@ -102,8 +102,9 @@ def test_a_black_strip_leaves_its_band_out_and_merges_no_neurons_along_it(black_
 
 
 def test_a_bad_blank_band_is_refused_in_one_line(tmp_path, capsys):
-    for argv in (["--blank-band", "-1"], ["--blank-band", "wide"], ["--method", "ffn", "--blank-band", "-2"]):
-        assert main(["segment", str(tmp_path / "raw"), str(tmp_path / "out"), *argv]) == 2
+    for command, argv in (("segment", ["--blank-band", "-1"]), ("segment", ["--blank-band", "wide"]),
+                          ("segment", ["--method", "ffn", "--blank-band", "-2"]), ("reconstruct", ["--blank-band", "x"])):
+        assert main([command, str(tmp_path / "raw"), str(tmp_path / "out"), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert "--blank-band" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
@@ -122,3 +123,23 @@ def test_the_ffn_masks_blank_regions_and_their_band(black_strip, tmp_path, capsy
     # the black square, cut to 10 rows by the crop's face, is still found there (the face is taken as extended)
     assert not segs["on"][:, 86 - BAND:, 40 - BAND:60 + BAND].any()
     assert segs["off"][:, :, CUT:].all()  # the strip filled as objects
+
+
+def test_an_ffn_reading_affinities_passes_the_blank_band_to_their_stage(tmp_path):
+    """(a user-trained FFN: the shipped ones read the raw image)"""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ffn"))
+    from connectome.ffn.segment import ffn_config
+
+    from ffn_handset import compartments_volume, saved_handset_model
+
+    model = saved_handset_model(tmp_path, input="affinities:synthetic")
+    raw = compartments_volume(tmp_path)
+    for band, params in (("off", {"find_blank": False}), (7, {"blank_band": 7}), (None, {})):
+        config = ffn_config(raw, str(tmp_path / "out"), model, block_shape=(16, 64, 64), blank_band=band)
+        stages = {s.stage: s.params for s in config.stages}
+        for stage in ("affinities", "ffn"):
+            assert {k: stages[stage].get(k) for k in params} == params, (band, stage, stages[stage])
+            assert not ({"find_blank", "blank_band"} - set(params)) & set(stages[stage]), stages[stage]
