@@ -149,3 +149,27 @@ def ordered_stages(stages: list, raw: str, voxel_size, mode: str, mask: str | No
                                                   "in the stored order"):
         return stages, order_finding(order)
     return in_recovered_order(stages, order.order), order_finding(order)
+
+
+def recorded_order(address: str) -> list[int] | None:
+    """The recovered section order a run that wrote the volume at `address` (a local path) segmented it in: the
+    `reorder_sections` stage of a run record in its folder that names it (a `segment` output's `segmentation`);
+    None where none does, the order is the stored one, or the records cannot be read."""
+    import os
+
+    from connectome.engine.run_record import kept_runs
+
+    path = os.path.normpath(os.path.abspath(address.split("#")[0]))
+    directory, name = os.path.split(path)
+    try:
+        for record in kept_runs(directory):
+            stages = [s for s in record.get("stages") or () if isinstance(s, dict)]
+            names = {str(n) for s in stages for n in (s.get("outputs") or {}).values()} | {"segmentation"}
+            for stage in stages:
+                order = (stage.get("params") or {}).get("order")
+                if stage.get("stage") == "reorder_sections" and name in names and isinstance(order, list):
+                    if [int(v) for v in order] != list(range(len(order))):
+                        return [int(v) for v in order]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return None

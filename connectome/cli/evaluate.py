@@ -11,7 +11,8 @@ must cover the same voxels: where both carry a world offset (zarr/precomputed me
 range) and the offsets differ, the pair is refused in one line naming both (and the ranges that would match).
 Where the segmentation was made from an aligned volume (`connectome align`'s `aligned`, as its run records tell) and
 the ground truth is not known to be in that frame (`connectome align --labels` writes it there), one warning line
-says so on stderr and how to carry the ground truth into the aligned frame; the evaluation runs all the same.
+says so on stderr and how to carry the ground truth into the aligned frame; the evaluation runs all the same. So
+does a segmentation made in a recovered section order (its skeleton counts follow the stored order).
 """
 
 from __future__ import annotations
@@ -74,12 +75,18 @@ def run(args) -> int:
     import sys
 
     from connectome.alignment.frames import frame_warning
+    from connectome.alignment.reordering import recorded_order
     from connectome.engine.inputs import note_padding
     from connectome.metrics.evaluate import evaluate_volumes
 
     for address in (args.seg, args.gt):  # (a label zarr's missing chunks are its all-zero ones: not said)
         note_padding(address)
     warning = frame_warning(args.seg, args.gt)  # (None wherever the run records cannot be read)
+    if not args.per_section and recorded_order(args.seg) is not None:
+        warning = "\n".join(w for w in (warning, (
+            f"connectome evaluate: warning: seg {args.seg} was segmented in a recovered section order (its run's "
+            "reorder_sections): merges, splits and ERL follow the stored order, in which neighbouring sections are not "
+            "neighbours; VOI and adapted Rand do not depend on the order")) if w)
     skeletons = None if args.skeletons is None else _load_skeletons(args)
     r = evaluate_volumes(
         args.seg, args.gt, block_shape=args.block_shape, skeletons=skeletons, voxel_size=args.voxel_size,

@@ -256,6 +256,13 @@ def test_segment_undoes_a_shuffle_exactly_and_resumes(tmp_path, capsys):
     assert "section_order" not in kept and "out of order" not in err
     assert not np.array_equal(_read(kept["segmentation"]), seg)
 
+    # evaluate warns that its skeleton counts follow the stored order (not for the stored-order run, nor per section)
+    for name, extra, warned in (("fixed", [], True), ("kept", [], False), ("fixed", ["--per-section"], False)):
+        assert main(["evaluate", "--seg", str(tmp_path / name / "segmentation"), "--gt", a + "#shuffled",
+                     "--voxel-size", "50", "4", "4", "--json", *extra]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "recovered section order" in line]
+        assert len(said) == int(warned), (name, extra, said)
+
 
 def test_a_mask_with_sections_out_of_order_is_refused(tmp_path, capsys):
     with np.load(data_file("isbi2012/isbi2012.npz")) as f:
