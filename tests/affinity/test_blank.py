@@ -1,13 +1,12 @@
 """Blank image regions (`affinity.blank`): found, left out with the band of tissue beside them, seam-free in blocks."""
 
-import json
-
 import numpy as np
 import pytest
+from test_segment import _read, _segment  # the segment-command helpers of the affinity tests
 
 from connectome.affinity.blank import BLANK_SIDE, blank_reach, blank_voxels
 from connectome.cli.main import main
-from connectome.io import create_volume, open_volume
+from connectome.io import create_volume
 from connectome.metrics.voi import voi
 
 from conftest import data_file
@@ -47,18 +46,6 @@ def test_the_affinities_stage_reads_what_finding_blank_regions_needs(model, band
     assert stage.fingerprint()["params"]["blank_band"] == used
 
 
-def _segment(capsys, raw, out, *extra, model="fib-10nm"):
-    code = main(["segment", raw, str(out), "--model", model, "--workers", "2", "--no-progress", "--json", *extra])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out.strip().splitlines()[-1])
-
-
-def _read(address):
-    vol = open_volume(address)
-    return vol.read(vol.box)
-
-
 CUT, SCORED, BAND = 120, 100, 4
 
 
@@ -80,7 +67,7 @@ def test_a_black_strip_leaves_its_band_out_and_merges_no_neurons_along_it(black_
     """The networks predict high affinities in the last voxels of tissue beside a black region: without blank
     handling the medulla neurons along the strip merge (VOI merge 1.2 on 64 sections, measured)."""
     raw, gt = black_strip
-    runs = {name: _segment(capsys, raw, tmp_path / name, "--block-shape", *block, *extra) for name, block, extra in (
+    runs = {name: _segment(capsys, raw, tmp_path / name, "fib-10nm", block, *extra) for name, block, extra in (
         ("blocks", ("32", "96", "96"), []), ("one", ("32", "192", "192"), []),
         ("off", ("32", "96", "96"), ["--blank-band", "off"]))}
     affs, seg = _read(runs["blocks"]["affinities"]), _read(runs["blocks"]["segmentation"])
@@ -116,8 +103,8 @@ def test_the_ffn_masks_blank_regions_and_their_band(black_strip, tmp_path, capsy
     raw, _ = black_strip
     crop = create_volume(str(tmp_path / "raw"), (16, 96, 192), np.uint8, (16, 96, 96), (10, 10, 10))
     crop.write(crop.box, _read(raw)[:16, :96])
-    segs = {name: _read(_segment(capsys, crop.address, tmp_path / name, "--method", "ffn", "--block-shape", "16", "96", "96",
-                                 *extra, model="ffn-fib-10nm")["segmentation"])
+    segs = {name: _read(_segment(capsys, crop.address, tmp_path / name, "ffn-fib-10nm", (16, 96, 96), "--method", "ffn",
+                                 *extra)["segmentation"])
             for name, extra in (("on", []), ("off", ["--blank-band", "off"]))}
     assert not segs["on"][:, :, CUT - BAND:].any() and segs["on"][:, :70, :CUT - BAND].all()
     # the black square, cut to 10 rows by the crop's face, is still found there (the face is taken as extended)
