@@ -84,22 +84,28 @@ def _forward(model: LoadedModel, batch: np.ndarray, precision: str = "float32") 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,), (1, 2), (0, 1, 2), (0, 1), (0, 2))
 
 
-def _unflip(affs: np.ndarray, axes: tuple[int, ...], plain: np.ndarray) -> np.ndarray:
-    """Map (n, 3, z, y, x) affinities predicted on input flipped along `axes` back to the input's frame.
+def _add_unflipped(total: np.ndarray, affs: np.ndarray, axes: tuple[int, ...], plain: np.ndarray) -> None:
+    """Add to `total` the (n, 3, z, y, x) affinities predicted on input flipped along `axes`, mapped back to the
+    input's frame, through views (no copy of the prediction).
 
     Flipped back, channel a (offset -1 along axis a) of a flipped axis holds each voxel's affinity to
-    its +1 neighbour, so it moves one voxel up; the first plane, which has no such value, keeps `plain`'s.
+    its +1 neighbour, so it moves one voxel up; the first plane, which has no such value, takes `plain`'s.
     """
-    out = np.flip(affs, axis=tuple(a + 2 for a in axes)).copy()
-    for a in axes:
-        up = [slice(None)] * 4
-        below = [slice(None)] * 4
-        up[a + 1], below[a + 1] = slice(1, None), slice(0, -1)
-        channel = out[:, a].copy()
-        out[:, a][tuple(up)] = channel[tuple(below)]
-        first = [slice(None)] * 4
-        first[a + 1] = slice(0, 1)
-        out[:, a][tuple(first)] = plain[:, a][tuple(first)]
+    back = np.flip(affs, axis=tuple(a + 2 for a in axes))
+    for a in range(3):
+        if a not in axes:
+            total[:, a] += back[:, a]
+            continue
+        up, below, first = ([slice(None)] * 4 for _ in range(3))
+        up[a + 1], below[a + 1], first[a + 1] = slice(1, None), slice(0, -1), slice(0, 1)
+        total[:, a][tuple(up)] += back[:, a][tuple(below)]
+        total[:, a][tuple(first)] += plain[:, a][tuple(first)]
+
+
+def _unflip(affs: np.ndarray, axes: tuple[int, ...], plain: np.ndarray) -> np.ndarray:
+    """`affs` predicted on input flipped along `axes`, mapped back to the input's frame (`_add_unflipped`)."""
+    out = np.zeros(affs.shape, affs.dtype)
+    _add_unflipped(out, affs, axes, plain)
     return out
 
 
@@ -122,8 +128,9 @@ def _forward_flips(model: LoadedModel, batch: np.ndarray, flips: int, precision:
     total = plain.astype(np.float64)
     for axes in FLIPS[1:flips]:
         flipped = np.ascontiguousarray(np.flip(batch, axis=tuple(a + 1 for a in axes)))
-        total += _unflip(_forward(model, flipped, precision), axes, plain)
-    return (total / flips).astype(np.float32)
+        _add_unflipped(total, _forward(model, flipped, precision), axes, plain)
+    total /= flips
+    return total.astype(np.float32)
 
 
 @overload
