@@ -28,7 +28,7 @@ from connectome.affinity.validation import AFF_HIGH, AFF_LOW, CHAIN, voi_over_th
 from connectome.core.errors import UserError
 from connectome.core.machine import cpu_name
 from connectome.models.registry import WEIGHTS_DIR, LoadedModel, ModelInfo, model_context, save_model
-from connectome.models.unet import NEAREST_OFFSETS, UNet, preset
+from connectome.models.unet import ARCHES, NEAREST_OFFSETS, UNet, UNetConfig, preset
 from connectome.models.widening import widen_state
 from connectome.training.augment import AugmentConfig, Augmenter
 from connectome.training.curves import loss_ends, plot_curves
@@ -199,6 +199,39 @@ def _batch(pairs, weights, augmenter, settings, offsets, margin, rng, two_d, vox
     return (*batch, *descriptors, patch_labels)
 
 
+def _layout(c: UNetConfig) -> tuple:
+    return c.downsample, c.kernels, c.encoder_convs, c.decoder_convs, c.channel_growth, c.skip
+
+
+def init_difference(init: UNetConfig, asked: UNetConfig) -> str:
+    """What differs between an --init model's architecture and the one the options ask for, said as the options
+    that set it (`--arch aniso`, `--no-aux`, `--norm none`), so that a refusal says which to give."""
+    said = []
+    if _layout(init) != _layout(asked):
+        arch = next((a for a in ARCHES if _layout(preset(a)) == _layout(init)), None)
+        said.append(f"it is --arch {arch}" if arch else "its levels or kernels are those of neither --arch")
+    aux = len(init.offsets) > len(NEAREST_OFFSETS)
+    if aux != (len(asked.offsets) > len(NEAREST_OFFSETS)):
+        said.append("it has the long-range outputs: leave out --no-aux" if aux else
+                    "it has no long-range outputs: give --no-aux")
+    if init.norm != asked.norm:
+        said.append(f"it was trained with --norm {init.norm}")
+    return "; ".join(said) or "aux outputs, norm"
+
+
+def carried_settings(init: str | None, init_info: ModelInfo | None) -> dict:
+    """What a fine-tuned model keeps of its --init model's json besides its normalisation: the inference settings
+    `segment` uses by default (`tta`, `blank_band`) and the small-segment rule (`absorb`), chosen for those weights
+    on their validation splits, with a note saying so (before 2026-12-06 they were dropped: a fine-tuned `sstem`
+    ran one flip, a 4-voxel blank band and no absorption)."""
+    if init_info is None:
+        return {"inference": {}, "agglomeration": {}}
+    inference = {"tta": init_info.tta, "blank_band": init_info.blank_band,
+                 "note": f"tta and blank_band carried from --init {init} (chosen for its weights); "
+                         "`segment --tta N` / `--blank-band N` override them"}
+    return {"inference": inference, "agglomeration": {"absorb": dict(init_info.absorb)} if init_info.absorb else {}}
+
+
 def load_init(net: UNet, state: dict) -> None:
     """Load `state` into `net`; where the head's extra outputs differ (descriptors added or dropped), the head
     keeps its fresh rows beyond the ones both have; a narrower network is widened (`models.widening`)."""
@@ -269,6 +302,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     two_d = np.arange(len(pairs)) >= len(settings.raw)
     val = (load_pair(settings.val_raw, settings.val_labels)
            if settings.val_raw and settings.val_labels is not None else None)  # both or neither, checked above
+    # read now, not after training: a bad --eval-raw was refused only once the whole run was spent
+    evals = [load_pair(r, l) for r, l in zip(settings.eval_raw, settings.eval_labels)]
     sizes = np.array([p.size for p in pairs], np.float64)
     weights = sampling_weights(sizes, two_d)
     if init_info is not None:
@@ -277,7 +312,7 @@ def train(settings: TrainSettings, log=print) -> dict:
                                          max_channels=config.max_channels) == config
         if not same_shape:
             raise UserError(f"--init {settings.init}: its architecture differs from --arch {settings.arch} "
-                            f"with these options (aux outputs, norm)")
+                            f"with these options ({init_difference(init_config, config)})")
         if any(a > b for a, b in zip(init_config.channels, config.channels)):
             raise UserError(f"--init {settings.init}: its channels {init_config.channels} are wider than "
                             f"{config.channels} (--base-channels, --max-channels); expected the same or fewer")
@@ -293,6 +328,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     pairs = [ordered_pair(p, settings, voxel_size, reordered) if not flat else p
              for p, flat in zip(pairs, two_d)]
     val = ordered_pair(val, settings, voxel_size, reordered) if val is not None else None
+    evals = [ordered_pair(p, settings, voxel_size, reordered) for p in evals]
 
     net = UNet(config)
     if init_info is not None:
@@ -326,6 +362,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     best: dict | None = None
     t_data = t_step = t_val = 0.0
 
+    carried = carried_settings(settings.init, init_info)
+
     def meta(extra: dict) -> dict:
         return {
             "name": settings.name,
@@ -334,7 +372,8 @@ def train(settings: TrainSettings, log=print) -> dict:
             "z_affinity": info.z_affinity,
             "agglomeration": {"chain": CHAIN, "scoring": SCORING, "aff_low": AFF_LOW, "aff_high": AFF_HIGH,
                               "in_plane": settings.arch == "aniso",
-                              "threshold": best["threshold"] if best else None},
+                              "threshold": best["threshold"] if best else None, **carried["agglomeration"]},
+            **({"inference": carried["inference"]} if carried["inference"] else {}),
             **extra,
         }
 
@@ -419,8 +458,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     wall = time.perf_counter() - t_start
 
     evaluations = []
-    for r, l in zip(settings.eval_raw, settings.eval_labels):
-        pair = ordered_pair(load_pair(r, l), settings, voxel_size, reordered)
+    for r, l, pair in zip(settings.eval_raw, settings.eval_labels, evals):
         net.eval()
         scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d,
                             settings.arch == "aniso")

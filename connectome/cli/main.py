@@ -33,6 +33,11 @@ RESUME = "re-run the same command to resume"
 INTERRUPTED = {  # what an interrupted command leaves, where it is not a run that resumes block by block
     "train": "training does not resume: the best checkpoint validated so far stays in --out (`train affinities "
              "--init` continues from one)",
+    "train edges": "nothing was written: the classifier is written once fitted and its threshold chosen (with "
+                   "--cache, the affinities predicted so far are kept there for the re-run)",
+    "train ffn": "training does not resume: the best checkpoint validated so far stays in --out",
+    "train tissue": "training does not resume: the best checkpoint validated so far stays in --out (`train tissue "
+                    "--init` continues from one)",
     "evaluate": "nothing was written", "synth": "re-run it to write the volume again",
     "graph": "re-run it to write the graph again", "view": "the server stopped", "status": "nothing was changed",
 }
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         _quiet_interrupt()
         how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
-        print(f"connectome {args.command}: {how}; {INTERRUPTED.get(args.command, RESUME)}", file=sys.stderr)
+        left = INTERRUPTED.get(f"train {args.model}") if args.command == "train" else None  # by what it trains
+        print(f"connectome {args.command}: {how}; {left or INTERRUPTED.get(args.command, RESUME)}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
 
 

@@ -101,8 +101,9 @@ def _add_edges(sub) -> None:
     p.add_argument("--val-labels", required=True, metavar="ADDR")
     p.add_argument("--out", required=True, metavar="FILE.json",
                    help="the classifier (name it <model>-edges.json beside the model to make it its default)")
-    p.add_argument("--hidden", type=int, nargs="*", default=[32, 16], metavar="N", help="hidden layer widths")
-    p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps")
+    p.add_argument("--hidden", type=positive_int, nargs="*", default=[32, 16], metavar="N",
+                   help="hidden layer widths")
+    p.add_argument("--steps", type=positive_int, default=1500, help="full-batch Adam steps")
     p.add_argument("--weighting", choices=("contact", "log-contact", "edge"), default="contact",
                    help="loss weight of an edge: its contact area, log(1 + area), or 1")
     p.add_argument("--max-edges", type=int, default=None, metavar="N",
@@ -125,6 +126,7 @@ def _run_edges(args) -> int:
     from connectome.affinity.edge_features import EXTENT
     from connectome.affinity.edge_training import train_edges
 
+    _check_edges_input(args)
     quiet = getattr(args, "json", False)
     meta = train_edges(args.affinity_model, args.raw, args.labels, args.val_raw, args.val_labels, args.out,
                        tuple(args.hidden), args.steps, args.seed, args.weighting, threads=args.threads,
@@ -139,6 +141,28 @@ def _run_edges(args) -> int:
                                 f"{best['voi_split']:.3f}, merge {best['voi_merge']:.3f}) at threshold "
                                 f"{meta['threshold']}")
     return 0
+
+
+def _check_edges_input(args) -> None:
+    """What `train edges` would find only after predicting and fitting (a folder as --out, a traceback then), or
+    not at all (data of another voxel size than the model's, which `segment` refuses to run it on), in one line."""
+    import os
+
+    from connectome.core.errors import UserError
+    from connectome.io import open_volume
+    from connectome.models.registry import read_info, resolve_model_path
+    from connectome.models.voxel_size import check_voxel_size
+
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out}: a folder; expected the classifier's file, e.g. "
+                        f"{os.path.join(args.out, 'MODEL-edges.json')}")
+    info = read_info(resolve_model_path(args.affinity_model))
+    for address in (*args.raw, args.val_raw):
+        meta = open_volume(address).meta
+        if meta.voxel_size_known:
+            check_voxel_size(args.affinity_model, info.voxel_size, address, meta.voxel_size,
+                             hint="the classifier learns from the model's affinities as `segment` predicts them, "
+                                  "which it refuses on such data: choose a model of that voxel size")
 
 
 def _add_ffn(sub) -> None:

@@ -87,8 +87,15 @@ def resolve_model_path(name: str) -> Path:
     """Weights path for a shipped name or a path to a .pt file (with its .json beside it)."""
     if name.endswith(".pt") or os.sep in name:
         path = Path(name).expanduser()
+        if path.suffix == ".json" and path.is_file():  # the json itself, not the weights beside it
+            read_info(path)  # a json of another kind (an edge classifier, an FFN) is named as that
+            weights = path.with_suffix(".pt")
+            raise UserError(f"model {name}: expected the weights file (.pt) with its .json beside it, found the "
+                            + (f".json: give {weights}" if weights.is_file() else f".json and no {weights.name}"))
         if not path.is_file():
-            raise UserError(f"model {name}: no such file")
+            weights = Path(f"{path}.pt")
+            hint = f" (did you mean {weights}?)" if path.suffix != ".pt" and weights.is_file() else ""
+            raise UserError(f"model {name}: no such file{hint}")
         if not path.with_suffix(".json").is_file():
             raise UserError(f"model {name}: missing {path.with_suffix('.json').name} beside the weights")
         _check_weights(str(path), path.stat().st_mtime, path.with_suffix(".json").stat().st_mtime)

@@ -23,16 +23,11 @@ def load_array(text: str) -> np.ndarray:
     """The whole (z-ranged) volume at address `text`."""
     from connectome.io import open_volume
 
-    address, zs = parse_address(text)
-    vol = open_volume(address)
+    vol = open_volume(text)  # a section range as every command reads one: a bound beyond the volume is refused
     if vol.meta.channels is not None:
-        raise UserError(f"{address}: expected a single-channel volume, found {vol.meta.channels} channels")
-    start, stop, _ = zs.indices(vol.shape[0])
-    if stop <= start:
-        raise UserError(f"{text}: the z range selects no sections (volume has {vol.shape[0]})")
-    from connectome.core.geometry import Box
-
-    return vol.read(Box((start, 0, 0), (stop - start, *vol.shape[1:])))
+        raise UserError(f"{parse_address(text)[0]}: expected a single-channel volume, found {vol.meta.channels} "
+                        "channels")
+    return vol.read(vol.box)
 
 
 def z_range(text: str, depth: int) -> tuple[int, int]:
@@ -58,7 +53,8 @@ class Pair:
 def load_pair(raw_address: str, labels_address: str) -> Pair:
     raw = load_array(raw_address)
     if raw.dtype != np.uint8:
-        raise UserError(f"{raw_address}: expected uint8 raw, found {raw.dtype}")
+        raise UserError(f"{raw_address}: expected uint8 raw, found {raw.dtype}; `connectome ingest SRC DST "
+                        "--voxel-size Z Y X --dtype uint8` converts it (as `segment` reads it)")
     labels = load_array(labels_address)
     if labels.shape != raw.shape:
         raise UserError(f"{labels_address}: labels shape {labels.shape} differs from raw shape {raw.shape}")
@@ -69,6 +65,9 @@ def load_pair(raw_address: str, labels_address: str) -> Pair:
         where = tuple(int(i) for i in np.argwhere(labels == values[0])[0])
         raise UserError(f"{labels_address}: negative object id {int(values[0])} at voxel {where} (z, y, x); object "
                         "ids are >= 1 and 0 is boundary or unlabelled: map an 'ignore' label such as -1 to 0 first")
+    if not values.size or values[-1] == 0:
+        raise UserError(f"{labels_address}: every voxel is 0 (boundary or unlabelled); expected object ids >= 1 "
+                        "(labels of another key or section range?)")
     if len(values) <= 2:
         raise UserError(
             f"{labels_address}: only {len(values)} distinct values; expected object ids, not a mask "
@@ -129,12 +128,19 @@ def training_voxel_size(given, raws: Sequence[str], fallback=None) -> tuple[floa
 
 def overlapping_sections(train: list[str], val: list[str]) -> list[str]:
     """Pairs of addresses naming the same file and key whose z ranges overlap (training on validation)."""
+    from connectome.core.address import location
+    from connectome.core.address import parse_address as parse
+
+    def volume(text: str) -> tuple[str, str]:  # the same file however it is spelt (./x, /abs/x, x/)
+        address = parse(text)
+        return location(address.path), address.key
+
     problems = []
     for t in train:
         ta, _ = parse_address(t)
         for v in val:
             va, _ = parse_address(v)
-            if ta != va:
+            if ta != va and volume(t) != volume(v):
                 continue
             from connectome.io import open_volume
 

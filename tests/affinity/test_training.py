@@ -209,12 +209,20 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
     affs = predict_affinities(model, vraw[:, :32, :32])
     assert affs.shape == (3, 16, 32, 32) and affs.dtype == np.float32
 
-    # fine-tuning from the result keeps its normalisation and records where it started
+    # fine-tuning from the result keeps its normalisation, its inference settings and small-segment rule (as a
+    # shipped model's json holds them) and records where it started
+    shipped_like = dict(meta, inference={"tta": 4, "blank_band": 12},
+                        agglomeration=dict(meta["agglomeration"], absorb={"min_voxels": 200, "max_extent": [4, 16, 16],
+                                                                          "min_share": 0.5}))
+    (out / "tiny.json").write_text(json.dumps(shipped_like))
     common = ["--raw", f"{tmp_path}/t.npz#raw", "--labels", f"{tmp_path}/t.npz#labels", "--iterations", "2",
               "--patch", "16", "24", "24", "--init", str(out / "tiny.pt")]
     assert main(["train", "affinities", *common, "--name", "tuned", "--out", str(out)]) == 0
     tuned = json.loads((out / "tuned.json").read_text())
     assert tuned["normalisation"]["mean"] == meta["normalisation"]["mean"]
+    tuned_info = load_model(str(out / "tuned.pt"), device="cpu").info
+    assert (tuned_info.tta, tuned_info.blank_band) == (4, 12) and "tiny.pt" in tuned["inference"]["note"]
+    assert tuned_info.absorb == {"min_voxels": 200, "max_extent": [4, 16, 16], "min_share": 0.5}
     assert tuned["voxel_size"] == [8.0, 8.0, 8.0]  # an npz carries none: the --init model's (not a made-up 1 nm)
     assert tuned["provenance"]["init"]["iterations"] == 24
     assert main(["train", "affinities", *common, "--name", "bad", "--out", str(out), "--arch", "aniso"]) == 2
@@ -333,3 +341,79 @@ def test_negative_label_ids_are_refused_in_training(tmp_path):
     with pytest.raises(UserError, match=r"v.npz#labels: negative object id -1 at voxel \(2, 3, 4\) \(z, y, x\); .* "
                                         r"map an 'ignore' label such as -1 to 0 first$"):
         load_pair(f"{tmp_path}/v.npz#raw", f"{tmp_path}/v.npz#labels")
+
+
+def test_a_section_range_beyond_the_volume_is_refused_not_clipped(tmp_path):
+    """(lab walk-through) `--val-raw vol[75:125]` of a 100-section volume trained and validated on sections 75-99
+    without a word, though every other command refuses a bound beyond the volume (README, Volume addresses)."""
+    raw, labels = voronoi_volume((10, 16, 16), 5, seed=0)
+    np.savez(tmp_path / "v.npz", raw=raw, labels=labels)
+    a = f"{tmp_path}/v.npz"
+    with pytest.raises(UserError, match=r"v.npz#raw\[5:20\]: section 20 lies beyond the volume's 10 sections"):
+        load_pair(f"{a}#raw[5:20]", f"{a}#labels[5:20]")
+    assert load_pair(f"{a}#raw[-3:]", f"{a}#labels[-3:]").raw.shape[0] == 3  # Python's bounds within it still hold
+
+
+def test_the_same_volume_spelt_another_way_still_overlaps_the_validation(tmp_path):
+    """(lab walk-through) The overlap check compared address strings: `./x`, `/abs/x` or `x/` of the same file
+    trained on the validation sections."""
+    from connectome.training.data import overlapping_sections
+
+    raw, labels = voronoi_volume((16, 24, 24), 10, seed=0)
+    (tmp_path / "sub").mkdir()
+    np.savez(tmp_path / "t.npz", raw=raw, labels=labels)
+    train = [f"{tmp_path}/t.npz#raw[0:10]"]
+    for spelt in (f"{tmp_path}/./t.npz#raw[8:16]", f"{tmp_path}/sub/../t.npz#raw[8:16]"):
+        assert overlapping_sections(train, [spelt]), spelt
+    assert not overlapping_sections(train, [f"{tmp_path}/t.npz#raw[10:16]"])
+    assert not overlapping_sections(train, [f"{tmp_path}/t.npz#labels[0:10]"])  # another key: another volume
+
+
+def test_all_zero_labels_are_named_as_such(tmp_path):
+    raw, _ = voronoi_volume((6, 16, 16), 5, seed=0)
+    np.savez(tmp_path / "v.npz", raw=raw, labels=np.zeros(raw.shape, np.uint32))
+    with pytest.raises(UserError, match=r"v.npz#labels: every voxel is 0 \(boundary or unlabelled\)"):
+        load_pair(f"{tmp_path}/v.npz#raw", f"{tmp_path}/v.npz#labels")
+
+
+def test_bad_evaluation_data_is_refused_before_training(tmp_path):
+    """(lab walk-through) --eval-raw / --eval-labels were read only after the last iteration: a uint16 or missing
+    evaluation volume was refused once the whole run was spent, leaving a checkpoint without its log."""
+    from connectome.affinity.training import TrainSettings, train
+
+    raw, labels = voronoi_volume((12, 16, 16), 5, seed=0)
+    np.savez(tmp_path / "t.npz", raw=raw, labels=labels, raw16=raw.astype(np.uint16), labels2=labels)
+    a = f"{tmp_path}/t.npz"
+    settings = TrainSettings(raw=[f"{a}#raw"], labels=[f"{a}#labels"], eval_raw=[f"{a}#raw16"],
+                             eval_labels=[f"{a}#labels2"], name="x", out=str(tmp_path / "o"), iterations=1,
+                             patch=(12, 16, 16), voxel_size=(8, 8, 8), threads=1)
+    with pytest.raises(UserError, match="raw16: expected uint8 raw, found uint16; `connectome ingest SRC DST "
+                                        "--voxel-size Z Y X --dtype uint8` converts it"):
+        train(settings, log=lambda *a: None)
+    assert not (tmp_path / "o" / "x.pt").exists()
+
+
+def test_an_init_model_of_another_arch_is_named_in_the_refusal(tmp_path):
+    """(lab walk-through) `--init sstem` without `--arch aniso` said only "(aux outputs, norm)"."""
+    import dataclasses
+
+    import torch
+
+    from connectome.affinity.training import AUX_OFFSETS, TrainSettings, train
+    from connectome.models import UNet, preset, save_model
+    from connectome.models.unet import NEAREST_OFFSETS
+
+    torch.manual_seed(0)
+    net = UNet(dataclasses.replace(preset("aniso", NEAREST_OFFSETS + AUX_OFFSETS["aniso"]), norm="batch"))
+    init = save_model(tmp_path / "serial", net, {"voxel_size": [40, 4, 4], "normalisation": {"mean": 0.5, "std": 0.2}})
+    raw, labels = voronoi_volume((12, 16, 16), 5, seed=0)
+    np.savez(tmp_path / "t.npz", raw=raw, labels=labels)
+    a = f"{tmp_path}/t.npz"
+    common = dict(raw=[f"{a}#raw"], labels=[f"{a}#labels"], name="x", out=str(tmp_path / "o"), iterations=1,
+                  patch=(12, 16, 16), voxel_size=(8, 8, 8), threads=1, init=str(init))
+    with pytest.raises(UserError, match=r"differs from --arch iso with these options \(it is --arch aniso\)$"):
+        train(TrainSettings(**common), log=lambda *a: None)
+    with pytest.raises(UserError, match=r"\(it has the long-range outputs: leave out --no-aux; it was trained with "
+                                        r"--norm batch\)$"):
+        train(TrainSettings(**{**common, "patch": (4, 24, 24)}, arch="aniso", aux=False, norm="none"),
+              log=lambda *a: None)

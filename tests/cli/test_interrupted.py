@@ -13,6 +13,10 @@ from connectome.cli.main import main
                                                         "to resume"),
     (connectome.cli.train, ["train", "affinities", "--raw", "R", "--labels", "L", "--name", "n", "--out", "o"],
      "connectome train: interrupted; training does not resume: the best checkpoint validated so far stays in --out"),
+    # an edge classifier is written only at the end: it said a checkpoint stayed in --out (lab walk-through)
+    (connectome.cli.train, ["train", "edges", "--model", "m", "--raw", "R", "--labels", "L", "--val-raw", "V",
+                            "--val-labels", "W", "--out", "o.json"],
+     "connectome train: interrupted; nothing was written: the classifier is written once fitted"),
 ])
 def test_an_interrupt_says_in_one_line_what_is_left(monkeypatch, capsys, module, argv, expected):
     def interrupted(args):

@@ -100,6 +100,20 @@ def test_missing_weight_path_is_a_user_error(tmp_path):
         load_model(str(tmp_path / "absent.pt"))
 
 
+def test_a_model_json_given_in_place_of_its_weights_names_the_weights(tmp_path):
+    """(lab walk-through) `--model DIR/lab.json` (the file a lab opens to read the threshold) was refused with
+    torch's many-line text about `weights_only`; `--model DIR/lab` said only "no such file"."""
+    model = _random_model(tmp_path, "iso")
+    weights = model.info.path
+    json_path = weights.removesuffix(".pt") + ".json"
+    with pytest.raises(UserError, match=rf"^model {json_path}: expected the weights file \(.pt\) with its .json "
+                                        rf"beside it, found the .json: give {weights}$"):
+        load_model(json_path, device="cpu")
+    with pytest.raises(UserError, match=rf"no such file \(did you mean {weights}\?\)$"):
+        load_model(weights.removesuffix(".pt"), device="cpu")
+    assert load_model(weights, device="cpu").info.path == weights
+
+
 def test_a_weights_json_that_is_not_an_affinity_models_is_refused_in_one_line(tmp_path, capsys):
     from connectome.cli.main import main
     from connectome.synapses.model import available as cleft_models
