@@ -185,6 +185,7 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
     import os
 
     from connectome.affinity.encoding import affinities_as_uint8
+    from connectome.core.address import location, parse_address
     from connectome.models.inference import predict_volume
     from connectome.training.data import in_section_order, load_pair
 
@@ -198,7 +199,12 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         # flipped predictions read one voxel more on each flipped axis since 2026-12-06 (`flip_reach`): "|reach1"
         tag = "" if model.info.tta == 1 and precision == "float32" else f"|tta{model.info.tta}|{precision}|reach1"
         tag += f"|order{sections}" if sections is not None else ""
-        key = hashlib.sha1(f"{model.info.name}|{raw_address}{tag}".encode()).hexdigest()[:16]
+        # the weights' content and where the data is, not their names: a model retrained in place, or the same
+        # address read from another folder, is predicted anew
+        weights = file_record(model.info.path)["sha1"] if os.path.isfile(model.info.path) else model.info.name
+        where = parse_address(raw_address)
+        data = f"{location(where.path)}#{where.key}{where.sections}"
+        key = hashlib.sha1(f"{weights}|{data}{tag}".encode()).hexdigest()[:16]
         path = os.path.join(cache, f"affs-{key}.npy")
     if path and os.path.isfile(path):
         affs = np.load(path)

@@ -467,3 +467,35 @@ def test_a_classifier_fitted_to_other_weights_is_refused(tmp_path, trained):
         config()
     classifier.write_text(json.dumps(trained[1]))  # a classifier from before the weights were recorded: used
     assert config().stages[2].params["edge_model"] == str(classifier)
+
+
+def test_the_affinity_cache_follows_the_weights_not_the_model_name(stored_synthetic, tmp_path, monkeypatch):
+    """`train edges --cache` predicts anew for a model retrained in place (its cache was keyed by the model's name
+    and the address as written, so a retrained model was fitted on its old weights' affinities), and reuses the
+    affinities of the same data however its address is written."""
+    import shutil
+
+    import torch
+
+    from connectome.affinity.edge_training import volume_edges
+    from connectome.models.registry import load_model, resolve_model_path
+
+    shipped = resolve_model_path("synthetic")
+    mine = tmp_path / "models" / "mine.pt"
+    mine.parent.mkdir()
+    shutil.copy(shipped, mine)
+    shutil.copy(shipped.with_suffix(".json"), mine.with_suffix(".json"))
+    cache = tmp_path / "cache"
+    raw, labels = str(stored_synthetic / "s3" / "raw"), str(stored_synthetic / "s3" / "labels")
+
+    first, _, _ = volume_edges(load_model(str(mine), "cpu"), raw, labels, str(cache))
+    monkeypatch.chdir(stored_synthetic)
+    volume_edges(load_model(str(mine), "cpu"), "./s3/raw", labels, str(cache))  # the same data, written otherwise
+    assert len(list(cache.iterdir())) == 1
+
+    state = torch.load(mine, map_location="cpu", weights_only=True)
+    torch.save({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, mine)  # "retrained" in place
+    again, _, _ = volume_edges(load_model(str(mine), "cpu"), raw, labels, str(cache))
+    assert len(list(cache.iterdir())) == 2
+    assert not np.array_equal(again.tables["sums"], first.tables["sums"]) or len(again.tables["u"]) != len(
+        first.tables["u"])
