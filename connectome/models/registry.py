@@ -158,7 +158,7 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
     path = Path(path)
     meta = read_model_json(path.with_suffix(".json"), (), "an affinity model")
     if meta.get("kind") not in AFFINITY_KINDS:
-        raise UserError(f"model {meta.get('name', path.stem)!r} is a {meta['kind']} model, not an affinity model "
+        raise UserError(f"model {meta.get('name', path.stem)!r} is of kind {meta['kind']!r}, not an affinity model "
                         f"({path.with_suffix('.json')})")
     require_keys(meta, path.with_suffix(".json"), AFFINITY_KEYS, "an affinity model")
     config = UNetConfig.from_dict(meta["architecture"])

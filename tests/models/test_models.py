@@ -331,7 +331,7 @@ def test_other_kinds_of_weights_are_not_affinity_models():
     """The weights folder also holds FFN and tissue models: not offered as affinity models, refused in one line."""
     names = available_models()
     assert "ffn-synthetic" not in names and "tissue" not in names
-    with pytest.raises(UserError, match="'tissue' is a tissue model, not an affinity model"):
+    with pytest.raises(UserError, match="'tissue' is of kind 'tissue', not an affinity model"):
         load_model("tissue", device="cpu")
 
 
