@@ -397,6 +397,10 @@ def train(settings: TrainSettings, log=print) -> dict:
             f"{top['voi_merge']:.3f}) at threshold {top['threshold']}{'  *best*' if improved else ''} "
             f"[{time.perf_counter() - t0:.1f} s]")
 
+    if init_info is not None and val is not None:
+        # the --init weights are a checkpoint too, so a fine-tune that only validates worse keeps them (a lab's
+        # retrain in place replaced a model of VOI 1.87 by one of 2.30: the first validation always saved)
+        validate(0, val)
     net.train()
     done = 0
     batches = batch_stream(partial(_batch, pairs=pairs, weights=weights, settings=settings, offsets=offsets,
@@ -455,6 +459,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         save_model(out / settings.name, net, meta({"provenance": {"status": "checkpoint"}}))
     else:
         net.load_state_dict(torch.load(out / f"{settings.name}.pt", weights_only=True))
+        if best is not None and best["iteration"] == 0:
+            log(f"no checkpoint validated better than the --init weights ({best['voi']:.3f}): {settings.name} "
+                "holds them")
     wall = time.perf_counter() - t_start
 
     evaluations = []

@@ -226,6 +226,18 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tmp_path):
     assert tuned["voxel_size"] == [8.0, 8.0, 8.0]  # an npz carries none: the --init model's (not a made-up 1 nm)
     assert tuned["provenance"]["init"]["iterations"] == 24
     assert main(["train", "affinities", *common, "--name", "bad", "--out", str(out), "--arch", "aniso"]) == 2
+    # with validation, the --init weights are validated first (iteration 0) and kept unless a checkpoint beats them
+    validated = ["--val-raw", f"{tmp_path}/t.npz#vraw", "--val-labels", f"{tmp_path}/t.npz#vlabels", "--lr", "0.5"]
+    assert main(["train", "affinities", *common, *validated, "--name", "kept", "--out", str(out)]) == 0
+    kept = json.loads((out / "kept.json").read_text())["provenance"]["validation"]
+    assert [h["iteration"] for h in kept["history"]] == [0, 2]
+    assert kept["history"][0]["voi"] == pytest.approx(best["voi"], abs=0.1)  # the --init model's own score
+    # at lr 0.5 two steps ruin it (VOI 3.45 against 1.48): the result is the --init weights, unchanged
+    assert kept["history"][1]["voi"] > kept["history"][0]["voi"] and kept["best"]["iteration"] == 0
+    import torch
+
+    start, result = (torch.load(out / f"{n}.pt", weights_only=True) for n in ("tiny", "kept"))
+    assert start.keys() == result.keys() and all(torch.equal(start[k], result[k]) for k in start)
 
     # a wider network starts from the narrow one (widened) and says so; a narrower one is refused
     wide = ["--base-channels", "12", "--max-channels", "96"]
