@@ -88,6 +88,9 @@ def segmentation_config(
             threshold = load_classifier(edges).threshold
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
+        if info.threshold is None:
+            print(f"connectome: warning: model {info.name} records no validated threshold (trained without "
+                  f"--val-raw): merging at {DEFAULT_THRESHOLD}; give --threshold T", file=sys.stderr, flush=True)
     mask_input, mask_stages = footprint_masking(raw, mask)
     masked = {"affinities": "masked_affinities"} if mask_input else {}
     absorb = dict(info.absorb)

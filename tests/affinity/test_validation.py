@@ -141,3 +141,22 @@ def test_segment_command_prints_the_warning_line(tmp_path, capsys):
                 if "trained on 2-D labels only" in line]  # sstem learned its z affinity from 3-D labels
     lines = [line for line in err.splitlines() if "trained on 2-D labels only" in line]
     assert len(lines) == 1, err
+
+
+def test_a_model_without_a_validated_threshold_is_said_once(tmp_path, capsys):
+    """A model trained without --val-raw records threshold null; segment merged at 0.5 without a word."""
+    import json
+    import shutil
+
+    shipped = resolve_model_path("synthetic")
+    mine = tmp_path / "mine.pt"
+    shutil.copy(shipped, mine)
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    meta["agglomeration"] = dict(meta["agglomeration"], scoring="mean", threshold=None)
+    mine.with_suffix(".json").write_text(json.dumps(meta))
+    raw = create_volume(str(tmp_path / "raw"), (4, 64, 64), np.uint8, (4, 64, 64), (8, 8, 8))
+    segmentation_config(raw.address, str(tmp_path / "o"), str(mine))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "records no validated threshold" in err[0] and "--threshold" in err[0], err
+    segmentation_config(raw.address, str(tmp_path / "o2"), str(mine), threshold=0.4)
+    assert capsys.readouterr().err == ""
