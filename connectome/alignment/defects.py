@@ -72,6 +72,13 @@ MATCH_FRACTION = 0.7
 # starting, is rarely that dark or bright), at least `MIN_WIDTH` px wide (membranes are 3-6 px at 4 nm) and
 # `MIN_AREA` px large
 IMAGE_CONTRAST, NEIGHBOUR_RATIO, MIN_WIDTH, MIN_AREA, EXTREME = 1.0, 1.0, 10, 400, 0.5
+# darker areas that line up long and thin are a fold however dark the neighbours' darkest tissue is (VNC's dark cells
+# are as dark as a fold's three layers; dark organelles and cells are round): the areas within `FOLD_GAP` px of each
+# other taken together, at least `FOLD_LENGTH` px long and `FOLD_ELONGATION` times longer than wide (4 standard
+# deviations along their principal axes). On every section of the real stacks in order (VNC stack 1, ISBI 2012; each
+# compared unaligned with its neighbours) no such group is longer than 127 px, nor 5.3 times its width; a 16 px fold
+# inserted into VNC gives 198-264 px, 8.6-14 times its width (benchmarks/results/defects.md)
+FOLD_GAP, FOLD_LENGTH, FOLD_ELONGATION = 8, 160, 6.0
 SMOOTH = 4.0  # px: the Gaussian that removes the texture of the tissue before the intensities are compared
 MIN_PATCH_FRACTION = 0.02  # of a patch's window in a defect area: the patch is flagged
 # the image cue reads every section whole, three at a time (`image_cue`): sections larger than this get the
@@ -240,8 +247,9 @@ def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarr
     """bool, every `step`-th pixel of `section`: its defect areas (a fold, dirt: darker; a crack: brighter)
     between its neighbours, which `to_previous` / `to_following` (2 x 3, on (y, x)) map it onto. Intensities are
     smoothed (`SMOOTH`); no data (`_no_data`: margins, padding) in any of the three, and near it, is never a
-    defect; the thresholds are the module's `IMAGE_CONTRAST`, `NEIGHBOUR_RATIO`, `EXTREME`, `MIN_WIDTH` and
-    `MIN_AREA`."""
+    defect; the thresholds are the module's `IMAGE_CONTRAST`, `NEIGHBOUR_RATIO`, `EXTREME`, `MIN_WIDTH`,
+    `MIN_AREA` and, for darker areas lined up long and thin (a fold), `FOLD_GAP`, `FOLD_LENGTH` and
+    `FOLD_ELONGATION` in place of `EXTREME`."""
     from scipy.ndimage import binary_opening, gaussian_filter, label
 
     shape = section.shape
@@ -266,6 +274,7 @@ def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarr
             d = np.minimum(sign * (here - before), sign * (here - after))
             candidate = binary_opening((d > IMAGE_CONTRAST * spread) & (d > apart), disk)
             if sign < 0:
+                found |= _long_and_thin(candidate, step)
                 limit = min(float(np.nanpercentile(v, EXTREME)) for v in (before, after))
                 candidate &= here < limit
             else:
@@ -277,6 +286,37 @@ def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarr
             keep[0] = False
             found |= keep[labels]
     return found
+
+
+def _long_and_thin(mask: np.ndarray, step: int) -> np.ndarray:
+    """The areas of `mask` (every `step`-th pixel) whose group (the areas within `FOLD_GAP` section px of one
+    another) is at least `FOLD_LENGTH` section px long, `FOLD_ELONGATION` times longer than wide and `MIN_AREA` px
+    large."""
+    from scipy.ndimage import binary_dilation, label
+
+    reach = FOLD_GAP / step
+    r = int(np.ceil(reach))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    groups, count = label(binary_dilation(mask, yy * yy + xx * xx <= reach * reach))
+    if count == 0:
+        return np.zeros(mask.shape, bool)
+    ys, xs = np.nonzero(mask)
+    which = groups[ys, xs]
+    n = np.bincount(which, minlength=count + 1).astype(np.float64)
+    safe = np.maximum(n, 1.0)
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(which, weights=values, minlength=count + 1) / safe
+
+    my, mx = mean(ys.astype(np.float64)), mean(xs.astype(np.float64))
+    dy, dx = ys - my[which], xs - mx[which]
+    vyy, vxx, vxy = mean(dy * dy), mean(dx * dx), mean(dy * dx)
+    half_gap = np.sqrt(((vyy - vxx) / 2) ** 2 + vxy ** 2)
+    major, minor = (vyy + vxx) / 2 + half_gap, np.maximum((vyy + vxx) / 2 - half_gap, 0.0)
+    length, width = 4 * np.sqrt(major) * step, 4 * np.sqrt(minor) * step
+    keep = (n * step * step >= MIN_AREA) & (length >= FOLD_LENGTH) & (length >= FOLD_ELONGATION * width)
+    keep[0] = False
+    return mask & keep[groups]
 
 
 def _patches_touched(mask: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], patch: int, step: int) -> np.ndarray:

@@ -10,7 +10,8 @@ section, the two sides pushed apart over the bright support film; dirt is an opa
 
 The fold is 16 px wide: a 24 px fold that pulls the tissue in by 48 px leaves section 5 of ISBI at the edge
 of `section_flags`' 'matches neither neighbour' (a quarter of its patches good; 0.25-0.27 here), and a
-section flag takes the whole section out (not the region flag these tests are about)."""
+section flag takes the whole section out (not the region flag these tests are about). The VNC fold is flagged by its
+shape (`defects.FOLD_LENGTH`): VNC's dark cells are as dark as the fold's three layers."""
 
 from __future__ import annotations
 
@@ -101,16 +102,7 @@ def touched(mask: np.ndarray, nodes_y: np.ndarray, nodes_x: np.ndarray, patch: i
                      for y in nodes_y])
 
 
-VNC_FOLD_MISSED = (
-    "a 16 px fold in VNC section 5 is not flagged: VNC's darkest tissue (dark cells, dense bodies) is about as "
-    "dark as the three layers of the fold, so the image cue's 'darker than (nearly) anything the neighbours show' "
-    "keeps too little of the band, and the matching cue does not fire (benchmarks/results/defects.md)")
-
-
-@pytest.mark.parametrize("kind,name", [
-    pytest.param(kind, name, marks=[pytest.mark.xfail(strict=True, reason=VNC_FOLD_MISSED)]
-                 if (kind, name) == ("fold", "vnc") else [])
-    for kind in sorted(INSERT) for name in sorted(SOURCES)])
+@pytest.mark.parametrize("kind,name", [(kind, name) for kind in sorted(INSERT) for name in sorted(SOURCES)])
 def test_real_defect_flagged_at_its_place(kind, name, tmp_path, client):
     data = real_stack(name, DEFECT_START)
     data[DEFECT], where = INSERT[kind](data[DEFECT])
