@@ -26,6 +26,15 @@ def check_label_dtype(dtype, name: str) -> None:
         raise TypeError(f"{name}: expected integer labels, found dtype {dtype}")
 
 
+def wrapped_ignore_id(labels: np.ndarray) -> int | None:
+    """The largest value of a 32- or 64-bit unsigned label array where it occurs (-1 written unsigned: the 'ignore'
+    label of CREMI-style files, which would be scored or learned as one object spanning all it covers), else None."""
+    if labels.dtype.kind != "u" or labels.dtype.itemsize < 4 or not labels.size:
+        return None
+    top = np.iinfo(labels.dtype).max
+    return int(top) if labels.max() == top else None
+
+
 def _renumber(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels as 1..k in a small dtype, the original id of each new id 0..k as uint64)."""
     renumbered, mapping = fastremap.renumber(labels, start=1, preserve_zero=False)

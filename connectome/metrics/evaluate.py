@@ -29,7 +29,7 @@ from connectome.io.precomputed import PrecomputedVolume
 from connectome.io.readonly import RESOLUTION_KEY
 from connectome.io.sections import SectionRange
 from connectome.io.zarr_store import ZarrVolume
-from connectome.metrics.contingency import Contingency, ContingencyAccumulator, check_label_dtype
+from connectome.metrics.contingency import Contingency, ContingencyAccumulator, check_label_dtype, wrapped_ignore_id
 from connectome.metrics.erl import expected_run_length
 from connectome.metrics.rand import adapted_rand_stats
 from connectome.metrics.skeletons import NodeLookup, Skeletons
@@ -67,6 +67,11 @@ def read_labels(vol: Volume, box: Box, role: str) -> np.ndarray:
         voxel = [int(o) + int(i) for o, i in zip(box.offset, at)]
         raise UserError(f"gt {vol.address}: expected ground-truth ids >= 0 (0 = unlabelled), found {int(data.min())} "
                         f"at voxel [z y x] {voxel}")
+    if role == "gt" and (wrapped := wrapped_ignore_id(data)) is not None:
+        at = np.unravel_index(int(np.argmax(data)), data.shape)
+        voxel = [int(o) + int(i) for o, i in zip(box.offset, at)]
+        raise UserError(f"gt {vol.address}: id {wrapped} (the largest {data.dtype}: -1 written unsigned, an 'ignore' "
+                        f"label?) at voxel [z y x] {voxel}; expected object ids >= 1 and 0 = unlabelled: map it to 0")
     return data
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from connectome.core.address import split_sections
 from connectome.core.errors import UserError
+from connectome.metrics.contingency import wrapped_ignore_id
 
 
 def parse_address(text: str) -> tuple[str, slice]:
@@ -65,6 +66,11 @@ def load_pair(raw_address: str, labels_address: str) -> Pair:
         where = tuple(int(i) for i in np.argwhere(labels == values[0])[0])
         raise UserError(f"{labels_address}: negative object id {int(values[0])} at voxel {where} (z, y, x); object "
                         "ids are >= 1 and 0 is boundary or unlabelled: map an 'ignore' label such as -1 to 0 first")
+    if (wrapped := wrapped_ignore_id(values)) is not None:
+        where = tuple(int(i) for i in np.argwhere(labels == wrapped)[0])
+        raise UserError(f"{labels_address}: object id {wrapped} (the largest {labels.dtype}: -1 written unsigned, an "
+                        f"'ignore' label?) at voxel {where} (z, y, x); it would be learned as one object: map it to 0 "
+                        "first")
     if not values.size or values[-1] == 0:
         raise UserError(f"{labels_address}: every voxel is 0 (boundary or unlabelled); expected object ids >= 1 "
                         "(labels of another key or section range?)")

@@ -355,6 +355,20 @@ def test_negative_label_ids_are_refused_in_training(tmp_path):
         load_pair(f"{tmp_path}/v.npz#raw", f"{tmp_path}/v.npz#labels")
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_a_wrapped_ignore_label_is_refused_in_training(tmp_path, dtype):
+    """-1 written unsigned (the largest uint32 / uint64, CREMI-style files' 'ignore' label) was learned as one
+    object spanning every voxel it covers (lab walk-through); uint8 / uint16 maxima stay ordinary ids."""
+    raw = np.zeros((4, 8, 8), np.uint8)
+    labels = (np.arange(4 * 8 * 8).reshape(4, 8, 8) % 5 + 1).astype(dtype)
+    labels[1, 2, 3] = np.iinfo(dtype).max
+    np.savez(tmp_path / "v.npz", raw=raw, labels=labels, small=labels.astype(np.uint16) | 0xFFF0)
+    with pytest.raises(UserError, match=rf"v.npz#labels: object id {np.iinfo(dtype).max} \(the largest "
+                                        rf"{np.dtype(dtype).name}: -1 written unsigned.*\(1, 2, 3\).*map it to 0"):
+        load_pair(f"{tmp_path}/v.npz#raw", f"{tmp_path}/v.npz#labels")
+    assert load_pair(f"{tmp_path}/v.npz#raw", f"{tmp_path}/v.npz#small").labels.max() > 0
+
+
 def test_a_section_range_beyond_the_volume_is_refused_not_clipped(tmp_path):
     """(lab walk-through) `--val-raw vol[75:125]` of a 100-section volume trained and validated on sections 75-99
     without a word, though every other command refuses a bound beyond the volume (README, Volume addresses)."""

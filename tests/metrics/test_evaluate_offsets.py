@@ -137,3 +137,14 @@ def test_a_volume_at_offset_0_is_compared_as_it_is_with_a_warning(tmp_path, caps
     code, out, err = _run(capsys, "--seg", crop, "--gt", f"{tmp_path}/full.npz#gt[6:12]", "--skeletons", skel, "--json")
     assert code == 0 and json.loads(out)["voxels"] == seg.size
     assert err.count("\n") == 1 and "warning: gt starts at world voxel [z y x] [6, ?, ?]" in err and crop in err, err
+
+
+def test_a_wrapped_ignore_gt_id_is_refused(tmp_path, capsys):
+    """The largest uint64 (-1 written unsigned: an 'ignore' label) was scored as one ground-truth object."""
+    gt = np.zeros((3, 6, 12), np.uint64)
+    gt[1, 2:4, 1:11] = 7
+    gt[0, 1, 2] = np.iinfo(np.uint64).max
+    np.savez(tmp_path / "w.npz", gt=gt, seg=(gt > 0).astype(np.uint64))
+    line = _one_line_refusal(*_run(capsys, "--seg", f"{tmp_path}/w.npz#seg", "--gt", f"{tmp_path}/w.npz#gt",
+                                   "--voxel-size", "4", "4", "4"))
+    assert f"{tmp_path}/w.npz#gt" in line and "id 18446744073709551615" in line and "[0, 1, 2]" in line
