@@ -13,13 +13,15 @@ from connectome.cli.segment import (
     add_section_order_option,
     say_default_model,
 )
+from connectome.cli.synapses import DEFAULT_CLEFT_MODEL, say_default_cleft_model
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("raw", help="raw volume address (zarr, precomputed://..., FILE.npz#KEY, ...)")
     parser.add_argument("out_dir", help="output directory (an OME-Zarr group)")
     parser.add_argument("--model", default=None, help="affinity model for the segmentation (default synthetic)")
-    parser.add_argument("--cleft-model", default="cleft-synthetic", help="cleft model name or .pt path")
+    parser.add_argument("--cleft-model", default=None,
+                        help="cleft model name or .pt path (default cleft-synthetic; real EM: cleft-fib, cleft-sstem)")
     parser.add_argument("--classifier", default=None, help="neurite type classifier name or .json path")
     parser.add_argument("--block-shape", nargs=3, type=positive_int, default=(64, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--threshold", type=fraction, default=None, help="segmentation merge threshold")
@@ -54,6 +56,9 @@ def run(args) -> int:
     if args.model is None:
         args.model = "synthetic"
         args.default_model = True
+    # said after the run where a real affinity model segments and no cleft model was given
+    cleft_defaulted = args.cleft_model is None and not getattr(args, "default_model", False)
+    args.cleft_model = args.cleft_model or DEFAULT_CLEFT_MODEL
     with held_until_accepted():  # a refusal is its one line: the warnings of the checks are said once they pass
         cluster = cluster_settings(args)
         config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,
@@ -71,6 +76,8 @@ def run(args) -> int:
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     say_default_model(args)
+    if cleft_defaulted:
+        say_default_cleft_model("--cleft-model")
     _, paths, _, summary = graph_outputs(config.output, types=not args.no_types, plots=not args.no_plots)
     outputs = synapse_outputs(config.output, types=not args.no_types)
     result = {"segmentation": seg["segmentation"], **outputs, "graph": paths["edges"],

@@ -218,3 +218,17 @@ def test_synapses_into_a_segment_output_keep_the_segmentations_record(synth, tmp
     assert main(["reconstruct", raw, str(out), *blocks]) == 0  # all their stages: one record
     capsys.readouterr()
     assert records()[:2] == (chain + synapse_chain, [chain + synapse_chain])
+
+
+def test_the_default_cleft_model_is_said_once_after_the_run(synth, tmp_path, capsys):
+    """`synapses` without --model found clefts with cleft-synthetic (synthetic training only) without a word on a
+    lab's real data; it says so in one note after the run, and not where the model is named."""
+    args = ["synapses", str(synth / "synth" / "raw"), str(tmp_path / "out"), "--segmentation",
+            str(synth / "synth" / "labels"), "--block-shape", "16", "48", "48", "--no-types", "--no-progress",
+            "--workers", "1", "--json"]
+    assert main(args) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cleft model" in line]
+    assert len(notes) == 1 and "no cleft model given: cleft-synthetic" in notes[0] and "cleft-fib" in notes[0]
+    assert "--model cleft-fib" in notes[0]
+    assert main([*args, "--model", "cleft-synthetic"]) == 0  # named: resumes, no note
+    assert "cleft model" not in capsys.readouterr().err
