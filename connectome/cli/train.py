@@ -186,9 +186,12 @@ def _add_ffn(sub) -> None:
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="draw example centres evenly over the share of the FOV their object fills (default); "
                         "--no-balance: every object voxel equally likely")
-    p.add_argument("--arch", choices=("cpu", "cpu-aniso", "reference", "reference-aniso"), default="cpu",
-                   help="cpu: FOV 17^3, step 5, 3 modules of 16 features; reference: the published 33^3, "
+    p.add_argument("--arch", choices=("cpu", "cpu-aniso", "reference", "reference-aniso"), default=None,
+                   help="cpu (default): FOV 17^3, step 5, 3 modules of 16 features; reference: the published 33^3, "
                         "step 8, 12 modules of 32; -aniso: a FOV and step smaller in z for serial sections")
+    p.add_argument("--init", metavar="MODEL",
+                   help="continue training this FFN (a shipped name or a .pt path): its architecture, input and "
+                        "normalisation; its weights are validated first and kept unless a checkpoint beats them")
     p.add_argument("--fov", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="override the FOV of --arch")
     p.add_argument("--deltas", type=non_negative_int, nargs=3, metavar=("Z", "Y", "X"),
                    help="override the movement step (0 on an axis the FOV is 1 voxel deep in)")
@@ -201,7 +204,7 @@ def _add_ffn(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains and validates")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("Z", "Y", "X"))
-    p.add_argument("--input", default="raw", metavar="raw|affinities:MODEL",
+    p.add_argument("--input", default=None, metavar="raw|affinities:MODEL",
                    help="the network's image: the raw EM (default), or the mean of the named affinity model's "
                         "affinities (predicted here for every --raw; `segment --method ffn` runs that model first)")
     p.add_argument("--install", action="store_true",
@@ -282,33 +285,43 @@ def _run_ffn(args) -> int:
     from dataclasses import replace
     from typing import Any
 
+    from connectome.core.errors import UserError
     from connectome.core.geometry import vec3
     from connectome.ffn import model as M
     from connectome.ffn.training import FFNTrainSettings, train
 
-    config = {"cpu": M.CPU, "cpu-aniso": M.CPU_ANISO, "reference": M.REFERENCE,
-              "reference-aniso": M.REFERENCE_ANISO}[args.arch]
     overrides: dict[str, Any] = {k: (vec3(v) if isinstance(v, list) else v) for k, v in
                  (("fov", args.fov), ("deltas", args.deltas), ("depth", args.depth), ("features", args.features))
                  if v is not None}
-    try:
-        config = replace(config, **overrides)
-    except ValueError as e:
-        from connectome.core.errors import UserError
+    if args.init is not None:
+        from connectome.ffn.registry import read_info, resolve_model_path
 
-        raise UserError(str(e)) from None
+        given = [f"--{k}" for k in ("arch", *overrides) if getattr(args, k) is not None]
+        start = read_info(resolve_model_path(args.init))
+        if given:
+            raise UserError(f"--init {args.init}: it sets the network ({start.config.depth} modules of "
+                            f"{start.config.features} features, FOV {list(start.config.fov)}); leave out "
+                            f"{' '.join(given)}")
+        if args.input is not None and args.input != start.input:
+            raise UserError(f"--init {args.init}: it reads {start.input}, not {args.input}; leave out --input")
+        config, args.input = start.config, start.input
+    else:
+        config = {"cpu": M.CPU, "cpu-aniso": M.CPU_ANISO, "reference": M.REFERENCE,
+                  "reference-aniso": M.REFERENCE_ANISO}[args.arch or "cpu"]
+        try:
+            config = replace(config, **overrides)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     settings = FFNTrainSettings(
         raw=args.raw, labels=args.labels, name=args.name, out=args.out, val_raw=args.val_raw,
         val_labels=args.val_labels, iterations=args.iterations, batch_size=args.batch_size, moves=args.moves,
         balance=args.balance, config=config, seed=args.seed, lr=args.lr, val_every=args.val_every,
         max_minutes=args.max_minutes, threads=args.threads,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
-        install=args.install, command=_command_line(), input=args.input, scale=vec3(args.scale),
-        device=args.device,
+        install=args.install, command=_command_line(), input=args.input or "raw", scale=vec3(args.scale),
+        device=args.device, init=args.init,
     )
     if min(settings.scale) < 1:
-        from connectome.core.errors import UserError
-
         raise UserError(f"--scale {' '.join(map(str, args.scale))}: factors must be whole numbers of at least 1")
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     summary = train(settings, log=log)

@@ -23,6 +23,7 @@ from connectome.ffn.model import CPU, FFN, LOGIT_INIT, LOGIT_SEED, FFNConfig, FF
 from connectome.ffn.registry import WEIGHTS_DIR, save_model
 from connectome.ffn.scale import ONE, downsample_image, downsample_labels, upsample_labels
 from connectome.ffn.scores import validation_scores
+from connectome.models.registry import load_checked
 from connectome.training.curves import loss_ends
 from connectome.training.device import CPU_DEVICE, training_device
 
@@ -53,6 +54,7 @@ class FFNTrainSettings:
     input: str = "raw"  # or `affinities:MODEL`: train on that affinity model's mean affinity (ffn.inputs)
     scale: tuple[int, int, int] = (1, 1, 1)  # train at the data's voxel size times this (ffn.scale)
     device: str = "cpu"  # where the network trains and validates: cpu, cuda or cuda:N
+    init: str | None = None  # an FFN to continue from (its config, input and normalisation; `config` is its)
 
 
 def _fov_crop(t: torch.Tensor, starts: np.ndarray, fov) -> torch.Tensor:
@@ -165,11 +167,19 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     patch = vec3([f + 2 * settings.moves * d for f, d in zip(config.fov, config.deltas)])
     source = ExampleSource([(p.raw, p.labels) for p in pairs], patch, voxel_size, settings.seed, anisotropic,
                            balance_fov=config.fov if settings.balance else None)
-    all_raw = np.concatenate([p.raw.reshape(-1) for p in pairs]).astype(np.float32) / 255.0
-    info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()),
-                   input=settings.input)
-    del all_raw
-    net = FFN(config).to(device)
+    start_info = _init_info(settings, voxel_size)
+    if start_info is not None:  # the network learned on its normalisation
+        mean, std = start_info.mean, start_info.std
+    else:
+        all_raw = np.concatenate([p.raw.reshape(-1) for p in pairs]).astype(np.float32) / 255.0
+        mean, std = float(all_raw.mean()), float(all_raw.std())
+        del all_raw
+    info = FFNInfo(settings.name, config, voxel_size, mean=mean, std=std, input=settings.input)
+    net = FFN(config)
+    if start_info is not None:
+        load_checked(net, start_info.path, f"the network its .json describes ({config.depth} modules of "
+                                           f"{config.features} features)")
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +189,21 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     start = time.perf_counter()
     deadline = start + settings.max_minutes * 60 if settings.max_minutes else None
     it = 0
+
+    def validation(iteration: int) -> None:
+        nonlocal best
+        assert val is not None
+        scores = {"iteration": iteration, **validate(net, info, val.raw, val.labels, settings.scale, device)}
+        history.append(scores)
+        log(f"validation at {iteration}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
+            f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}"
+            + (f", step budget spent ({scores['over_budget']} seeds not started)" if scores["over_budget"] else ""))
+        if best is None or scores["voi"] < best["voi"]:
+            best = scores
+            _save(out / settings.name, net, info, settings, losses, history, best, start)
+
+    if start_info is not None and val is not None:
+        validation(0)  # the --init weights are a checkpoint: a run that only validates worse keeps them
     for it in range(1, settings.iterations + 1):
         raw, mask = source.batch(settings.batch_size)
         loss = train_step(net, raw, mask, info, settings.moves, device)
@@ -190,14 +215,7 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
         if it % 50 == 0:
             log(f"iteration {it}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - start:.0f} s)")
         if val is not None and (it % settings.val_every == 0 or last):
-            scores = {"iteration": it, **validate(net, info, val.raw, val.labels, settings.scale, device)}
-            history.append(scores)
-            log(f"validation at {it}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
-                f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}"
-                + (f", step budget spent ({scores['over_budget']} seeds not started)" if scores["over_budget"] else ""))
-            if best is None or scores["voi"] < best["voi"]:
-                best = scores
-                _save(out / settings.name, net, info, settings, losses, history, best, start)
+            validation(it)
         elif val is None and last:
             _save(out / settings.name, net, info, settings, losses, history, best, start)
         if last:
@@ -219,6 +237,19 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
             **dict(zip(("first_loss", "final_loss"), loss_ends(losses, 20))),
             "validation": best, "wall_time_s": time.perf_counter() - start, "installed": installed,
             "loss_png": str(png)}
+
+
+def _init_info(settings: FFNTrainSettings, voxel_size) -> FFNInfo | None:
+    """The --init model's info, checked against the run: its voxel size within the factor 1.5 a model runs at."""
+    if settings.init is None:
+        return None
+    from connectome.ffn.registry import read_info, resolve_model_path
+    from connectome.models.voxel_size import check_voxel_size
+
+    start = read_info(resolve_model_path(settings.init))
+    check_voxel_size(settings.init, start.voxel_size, "the training data", voxel_size,
+                     hint="continue from an FFN of the data's voxel size (times --scale)")
+    return start
 
 
 def _provenance(settings, losses, history, best, start, iterations) -> dict:
