@@ -15,8 +15,9 @@
 # Settings (environment): FIB_MIN, SSTEM_MIN (training minutes each, default 3 and 2.5; 0 skips it), BATCH (8), WORKERS
 # (loader processes, 12; fewer when /dev/shm is small), FFN_MIN (train `ffn-fib-10nm`'s recipe with --arch
 # reference for this many minutes; default 0: skipped; its validation canvas takes minutes more, so lower
-# FIB_MIN / SSTEM_MIN to make room), FIB_BASE / SSTEM_BASE (train a wider network, widened from the shipped
-# one: --base-channels; default: the shipped width), FIB_INIT / SSTEM_INIT (the weights to start from: a shipped
+# FIB_MIN / SSTEM_MIN to make room), FFN_INIT (continue that FFN instead, e.g. ffn-fib-10nm: `train ffn --init`),
+# FIB_BASE / SSTEM_BASE (train a wider network, widened from the shipped one: --base-channels; default: the shipped
+# width), FIB_INIT / SSTEM_INIT (the weights to start from: a shipped
 # name or a .pt path; default the shipped model), DEADLINE (560), DEVICE (cuda), PY (python3), SPEED (1: measure
 # throughput; 0: skip), SPEED_SHAPE (the FFN canvas volume, "64 128 128"), DATA (.gpu/data).
 set -uo pipefail
@@ -107,6 +108,8 @@ zero "$SSTEM_MIN" || step sstem "${C[@]}" train affinities \
     --batch-size "$BATCH" --iterations 1000000 --max-minutes "$SSTEM_MIN" --val-every "${SSTEM_VAL:-500}" \
     --seed 42 --threads 4 --device "$DEVICE" --loader-workers "$WORKERS" --init "${SSTEM_INIT:-sstem}" --lr 0.0005 "${SSTEM_WIDTH[@]}" --json
 
+FFN_NET=(--arch reference)  # FFN_INIT: continue that FFN (e.g. ffn-fib-10nm, `train ffn --init`) instead
+[ -n "${FFN_INIT:-}" ] && FFN_NET=(--init "$FFN_INIT")
 if [ "$FFN_MIN" != 0 ]; then
     "$PY" -c "import numpy as np; d = np.load('$D/medulla.npz'); s = np.s_[75:100, 61:189, 61:189]; \
 np.savez('$W/val128.npz', raw=d['raw'][s], neuron_ids=d['neuron_ids'][s])"
@@ -114,7 +117,7 @@ np.savez('$W/val128.npz', raw=d['raw'][s], neuron_ids=d['neuron_ids'][s])"
         --raw "$D/medulla.npz#raw[0:75]" --labels "$D/medulla.npz#neuron_ids[0:75]" \
         --raw "$D/gala.npz#train_raw" --labels "$D/gala.npz#train_gt" \
         --val-raw "$W/val128.npz#raw" --val-labels "$W/val128.npz#neuron_ids" --name ffn-fib-10nm-gpu \
-        --out "$W/ffn" --arch reference --voxel-size 10 10 10 --threads 4 --device "$DEVICE" \
+        --out "$W/ffn" "${FFN_NET[@]}" --voxel-size 10 10 10 --threads 4 --device "$DEVICE" \
         --batch-size 32 --iterations 1000000 --val-every "${FFN_VAL:-2000}" --max-minutes "$FFN_MIN" --json
 fi
 
