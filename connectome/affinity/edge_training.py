@@ -183,6 +183,7 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
     order recovered from its images (`training.data.in_section_order`), its labels with it."""
     import hashlib
     import os
+    from pathlib import Path
 
     from connectome.affinity.encoding import affinities_as_uint8
     from connectome.core.address import location, parse_address
@@ -199,13 +200,15 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         # flipped predictions read one voxel more on each flipped axis since 2026-12-06 (`flip_reach`): "|reach1"
         tag = "" if model.info.tta == 1 and precision == "float32" else f"|tta{model.info.tta}|{precision}|reach1"
         tag += f"|order{sections}" if sections is not None else ""
-        # the weights' content and where the data is, not their names: a model retrained in place, or the same
-        # address read from another folder, is predicted anew
-        weights = file_record(model.info.path)["sha1"] if os.path.isfile(model.info.path) else model.info.name
-        where = parse_address(raw_address)
-        data = f"{location(where.path)}#{where.key}{where.sections}"
-        key = hashlib.sha1(f"{weights}|{data}{tag}".encode()).hexdigest()[:16]
-        path = os.path.join(cache, f"affs-{key}.npy")
+        # the weights' and json's content and where the data is, not their names: a model retrained in place (or
+        # its normalisation edited) is predicted anew, the same data addressed from another folder is not
+        weights = Path(model.info.path)
+        if weights.is_file() and weights.with_suffix(".json").is_file():
+            files = "|".join(file_record(f)["sha1"] for f in (weights, weights.with_suffix(".json")))
+            where = parse_address(raw_address)
+            data = f"{location(where.path)}#{where.key}{where.sections}"
+            key = hashlib.sha1(f"{files}|{data}{tag}".encode()).hexdigest()[:16]
+            path = os.path.join(cache, f"affs-{key}.npy")  # a model without its files is predicted, not cached
     if path and os.path.isfile(path):
         affs = np.load(path)
     else:
@@ -255,6 +258,8 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     start = time.perf_counter()
     torch.set_num_threads(threads)
     model = load_model(model_name, "cpu")
+    # the validation volume first: bad validation labels are refused before any training volume is predicted
+    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent, section_order)
     xs, ys, ws, counts = [], [], [], []
     for raw, lab in zip(raws, labels):
         edges, y, _ = volume_edges(model, raw, lab, cache, extent, section_order)
@@ -274,7 +279,6 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     fit_start = time.perf_counter()
     meta = fit_members(x, y, w, members, hidden, steps, seed, extent=extent)
     fit_seconds = time.perf_counter() - fit_start
-    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent, section_order)
     learned = voi_sweep(val_edges, val_gt, as_classifier(meta), thresholds)
     mean = voi_sweep(val_edges, val_gt, None, thresholds)
     best = min(learned, key=lambda r: r["voi"])

@@ -221,14 +221,18 @@ def init_difference(init: UNetConfig, asked: UNetConfig) -> str:
 
 def carried_settings(init: str | None, init_info: ModelInfo | None) -> dict:
     """What a fine-tuned model keeps of its --init model's json besides its normalisation: the inference settings
-    `segment` uses by default (`tta`, `blank_band`) and the small-segment rule (`absorb`), chosen for those weights
-    on their validation splits, with a note saying so (before 2026-12-06 they were dropped: a fine-tuned `sstem`
-    ran one flip, a 4-voxel blank band and no absorption)."""
+    `segment` uses by default (`tta`, `blank_band`) where that json gives them, and the small-segment rule
+    (`absorb`), chosen for those weights on their validation splits, with a note saying so (before 2026-12-06 they
+    were dropped: a fine-tuned `sstem` ran one flip, a 4-voxel blank band and no absorption). The new threshold is
+    still chosen as every checkpoint is scored (one flip, no absorption), which the note says too."""
     if init_info is None:
         return {"inference": {}, "agglomeration": {}}
-    inference = {"tta": init_info.tta, "blank_band": init_info.blank_band,
-                 "note": f"tta and blank_band carried from --init {init} (chosen for its weights); "
-                         "`segment --tta N` / `--blank-band N` override them"}
+    given = json.loads(Path(init_info.path).with_suffix(".json").read_text()).get("inference") or {}
+    inference = {k: v for k, v in given.items() if k in ("tta", "blank_band")}
+    if inference:
+        inference["note"] = (f"{', '.join(inference)} carried from --init {init} (chosen for its weights); the "
+                             "threshold was chosen on one flip without absorption, as checkpoints are scored; "
+                             "`segment --tta N` / `--blank-band N` override them")
     return {"inference": inference, "agglomeration": {"absorb": dict(init_info.absorb)} if init_info.absorb else {}}
 
 
@@ -302,8 +306,10 @@ def train(settings: TrainSettings, log=print) -> dict:
     two_d = np.arange(len(pairs)) >= len(settings.raw)
     val = (load_pair(settings.val_raw, settings.val_labels)
            if settings.val_raw and settings.val_labels is not None else None)  # both or neither, checked above
-    # read now, not after training: a bad --eval-raw was refused only once the whole run was spent
-    evals = [load_pair(r, l) for r, l in zip(settings.eval_raw, settings.eval_labels)]
+    # checked now, not only after training (a bad --eval-raw was refused once the whole run was spent); read again
+    # after training rather than held in memory through it
+    for r, l in zip(settings.eval_raw, settings.eval_labels):
+        load_pair(r, l)
     sizes = np.array([p.size for p in pairs], np.float64)
     weights = sampling_weights(sizes, two_d)
     if init_info is not None:
@@ -328,7 +334,6 @@ def train(settings: TrainSettings, log=print) -> dict:
     pairs = [ordered_pair(p, settings, voxel_size, reordered) if not flat else p
              for p, flat in zip(pairs, two_d)]
     val = ordered_pair(val, settings, voxel_size, reordered) if val is not None else None
-    evals = [ordered_pair(p, settings, voxel_size, reordered) for p in evals]
 
     net = UNet(config)
     if init_info is not None:
@@ -465,7 +470,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     wall = time.perf_counter() - t_start
 
     evaluations = []
-    for r, l, pair in zip(settings.eval_raw, settings.eval_labels, evals):
+    for r, l in zip(settings.eval_raw, settings.eval_labels):
+        pair = ordered_pair(load_pair(r, l), settings, voxel_size, reordered)
         net.eval()
         scores = score_pair(LoadedModel(net, info, device), pair, settings.thresholds, settings.labels_2d,
                             settings.arch == "aniso")

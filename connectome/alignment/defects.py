@@ -73,12 +73,14 @@ MATCH_FRACTION = 0.7
 # `MIN_AREA` px large
 IMAGE_CONTRAST, NEIGHBOUR_RATIO, MIN_WIDTH, MIN_AREA, EXTREME = 1.0, 1.0, 10, 400, 0.5
 # darker areas that line up long and thin are a fold however dark the neighbours' darkest tissue is (VNC's dark cells
-# are as dark as a fold's three layers; dark organelles and cells are round): the areas within `FOLD_GAP` px of each
-# other taken together, at least `FOLD_LENGTH` px long and `FOLD_ELONGATION` times longer than wide (4 standard
-# deviations along their principal axes). On every section of the real stacks in order (VNC stack 1, ISBI 2012; each
-# compared unaligned with its neighbours) no such group is longer than 127 px, nor 5.3 times its width; a 16 px fold
-# inserted into VNC gives 198-264 px, 8.6-14 times its width (benchmarks/results/defects.md)
-FOLD_GAP, FOLD_LENGTH, FOLD_ELONGATION = 8, 160, 6.0
+# are as dark as a fold's three layers; dark organelles and cells are round): the areas taken together where, each
+# widened by `FOLD_GAP` px, they touch (gaps up to twice that), with a length (4 standard deviations along their
+# principal axis) of at least `FOLD_LENGTH` px, at least `FOLD_ELONGATION` times their width and a width of at most
+# `FOLD_MAX_WIDTH` px (a wide darker band, uneven illumination or thickness, is no fold). On every section of the
+# real stacks in order (VNC stack 1, ISBI 2012; each compared unaligned with its neighbours) no such group is longer
+# than 127 px, nor 5.3 times its width; a 16 px fold inserted into VNC gives 198-264 px, 8.6-14 times its width of
+# 18-23 px (benchmarks/results/defects.md)
+FOLD_GAP, FOLD_LENGTH, FOLD_ELONGATION, FOLD_MAX_WIDTH = 8, 160, 6.0, 64
 SMOOTH = 4.0  # px: the Gaussian that removes the texture of the tissue before the intensities are compared
 MIN_PATCH_FRACTION = 0.02  # of a patch's window in a defect area: the patch is flagged
 # the image cue reads every section whole, three at a time (`image_cue`): sections larger than this get the
@@ -248,8 +250,8 @@ def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarr
     between its neighbours, which `to_previous` / `to_following` (2 x 3, on (y, x)) map it onto. Intensities are
     smoothed (`SMOOTH`); no data (`_no_data`: margins, padding) in any of the three, and near it, is never a
     defect; the thresholds are the module's `IMAGE_CONTRAST`, `NEIGHBOUR_RATIO`, `EXTREME`, `MIN_WIDTH`,
-    `MIN_AREA` and, for darker areas lined up long and thin (a fold), `FOLD_GAP`, `FOLD_LENGTH` and
-    `FOLD_ELONGATION` in place of `EXTREME`."""
+    `MIN_AREA` and, for darker areas lined up long and thin (a fold), `FOLD_GAP`, `FOLD_LENGTH`,
+    `FOLD_ELONGATION` and `FOLD_MAX_WIDTH` in place of `EXTREME`."""
     from scipy.ndimage import binary_opening, gaussian_filter, label
 
     shape = section.shape
@@ -289,9 +291,9 @@ def image_defects(previous: np.ndarray, section: np.ndarray, following: np.ndarr
 
 
 def _long_and_thin(mask: np.ndarray, step: int) -> np.ndarray:
-    """The areas of `mask` (every `step`-th pixel) whose group (the areas within `FOLD_GAP` section px of one
-    another) is at least `FOLD_LENGTH` section px long, `FOLD_ELONGATION` times longer than wide and `MIN_AREA` px
-    large."""
+    """The areas of `mask` (every `step`-th pixel) whose group (the areas that touch when each is widened by
+    `FOLD_GAP` section px) is at least `FOLD_LENGTH` section px long, `FOLD_ELONGATION` times longer than wide, at
+    most `FOLD_MAX_WIDTH` px wide and `MIN_AREA` px large."""
     from scipy.ndimage import binary_dilation, label
 
     reach = FOLD_GAP / step
@@ -314,7 +316,8 @@ def _long_and_thin(mask: np.ndarray, step: int) -> np.ndarray:
     half_gap = np.sqrt(((vyy - vxx) / 2) ** 2 + vxy ** 2)
     major, minor = (vyy + vxx) / 2 + half_gap, np.maximum((vyy + vxx) / 2 - half_gap, 0.0)
     length, width = 4 * np.sqrt(major) * step, 4 * np.sqrt(minor) * step
-    keep = (n * step * step >= MIN_AREA) & (length >= FOLD_LENGTH) & (length >= FOLD_ELONGATION * width)
+    keep = ((n * step * step >= MIN_AREA) & (length >= FOLD_LENGTH) & (length >= FOLD_ELONGATION * width)
+            & (width <= FOLD_MAX_WIDTH))
     keep[0] = False
     return mask & keep[groups]
 

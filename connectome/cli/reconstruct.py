@@ -13,7 +13,7 @@ from connectome.cli.segment import (
     add_section_order_option,
     say_default_model,
 )
-from connectome.cli.synapses import DEFAULT_CLEFT_MODEL, say_default_cleft_model
+from connectome.cli.synapses import say_default_cleft_model
 
 
 def add_arguments(parser) -> None:
@@ -52,13 +52,14 @@ def run(args) -> int:
     from connectome.graph.build import graph_outputs
     from connectome.graph.summary import describe
     from connectome.synapses.chain import synapse_outputs, synapse_stages
+    from connectome.synapses.stages import DEFAULT_MODEL
 
     if args.model is None:
         args.model = "synthetic"
         args.default_model = True
     # said after the run where a real affinity model segments and no cleft model was given
     cleft_defaulted = args.cleft_model is None and not getattr(args, "default_model", False)
-    args.cleft_model = args.cleft_model or DEFAULT_CLEFT_MODEL
+    args.cleft_model = args.cleft_model or DEFAULT_MODEL
     with held_until_accepted():  # a refusal is its one line: the warnings of the checks are said once they pass
         cluster = cluster_settings(args)
         config = segmentation_config(args.raw, args.out_dir, args.model, args.block_shape, None, args.threshold,

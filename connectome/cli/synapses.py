@@ -40,10 +40,11 @@ def run(args) -> int:
     from connectome.engine.config import BlocksConfig, RunConfig
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, execute, plan_run
     from connectome.synapses.chain import synapse_outputs, synapse_stages
+    from connectome.synapses.stages import DEFAULT_MODEL
     from connectome.synapses.table import read_synapses
 
     defaulted = args.model is None
-    args.model = args.model or DEFAULT_CLEFT_MODEL
+    args.model = args.model or DEFAULT_MODEL
     cluster = cluster_settings(args)
     out = os.path.abspath(args.out_dir)
     config = RunConfig(input=absolute(args.raw), output=out, voxel_size=args.voxel_size,
@@ -72,11 +73,10 @@ def run(args) -> int:
     return 0
 
 
-DEFAULT_CLEFT_MODEL = "cleft-synthetic"
-
-
 def say_default_cleft_model(option: str = "--model") -> None:
     """One note on stderr, once the run is done, where no cleft model was given: one trained on synthetic volumes
     only found the synapses (said after the run, so that a refusal stays its one line)."""
-    print(f"connectome: note: no cleft model given: {DEFAULT_CLEFT_MODEL}, trained on synthetic volumes only (real "
+    from connectome.synapses.stages import DEFAULT_MODEL
+
+    print(f"connectome: note: no cleft model given: {DEFAULT_MODEL}, trained on synthetic volumes only (real "
           f"EM: {option} cleft-fib for FIB-SEM, cleft-sstem for serial sections)", file=sys.stderr)

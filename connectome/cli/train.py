@@ -144,16 +144,14 @@ def _run_edges(args) -> int:
 
 
 def _check_edges_input(args) -> None:
-    """What `train edges` would find only after predicting and fitting (a folder as --out, a traceback then; bad
-    validation labels), or not at all (data of another voxel size than the model's, which `segment` refuses to run
-    it on), in one line."""
+    """What `train edges` would find only after predicting and fitting (a folder as --out, a traceback then), or
+    not at all (data of another voxel size than the model's, which `segment` refuses to run it on), in one line."""
     import os
 
     from connectome.core.errors import UserError
     from connectome.io import open_volume
     from connectome.models.registry import read_info, resolve_model_path
     from connectome.models.voxel_size import check_voxel_size
-    from connectome.training.data import load_pair
 
     if os.path.isdir(args.out):
         raise UserError(f"--out {args.out}: a folder; expected the classifier's file, e.g. "
@@ -165,7 +163,6 @@ def _check_edges_input(args) -> None:
             check_voxel_size(args.affinity_model, info.voxel_size, address, meta.voxel_size,
                              hint="the classifier learns from the model's affinities as `segment` predicts them, "
                                   "which it refuses on such data: choose a model of that voxel size")
-    load_pair(args.val_raw, args.val_labels)  # read after the training edges were fitted: check it first
 
 
 def _add_ffn(sub) -> None:

@@ -157,24 +157,29 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     device = training_device(settings.device)
-    data_voxel_size = training_voxel_size(settings.voxel_size, settings.raw)
+    start_info = _init_info(settings)  # before any data is read or predicted
+    fallback = (tuple(v / f for v, f in zip(start_info.voxel_size, settings.scale))  # the --init model's, per voxel
+                if start_info is not None else None)
+    data_voxel_size = training_voxel_size(settings.voxel_size, settings.raw, fallback)
     _check_affinity_model(settings, data_voxel_size)
     voxel_size = (data_voxel_size[0] * settings.scale[0], data_voxel_size[1] * settings.scale[1],
                   data_voxel_size[2] * settings.scale[2])
+    if start_info is not None:
+        _check_init_voxel_size(settings, start_info, voxel_size)
     pairs, val = _load(settings)
     config = settings.config
     anisotropic = max(voxel_size) > 2 * min(voxel_size)
     patch = vec3([f + 2 * settings.moves * d for f, d in zip(config.fov, config.deltas)])
     source = ExampleSource([(p.raw, p.labels) for p in pairs], patch, voxel_size, settings.seed, anisotropic,
                            balance_fov=config.fov if settings.balance else None)
-    start_info = _init_info(settings, voxel_size)
-    if start_info is not None:  # the network learned on its normalisation
-        mean, std = start_info.mean, start_info.std
+    if start_info is not None:  # the network learned on its normalisation and runs at its inference settings
+        info = replace(start_info, name=settings.name, config=config, voxel_size=voxel_size, input=settings.input,
+                       provenance={}, path="")
     else:
         all_raw = np.concatenate([p.raw.reshape(-1) for p in pairs]).astype(np.float32) / 255.0
-        mean, std = float(all_raw.mean()), float(all_raw.std())
+        info = FFNInfo(settings.name, config, voxel_size, mean=float(all_raw.mean()), std=float(all_raw.std()),
+                       input=settings.input)
         del all_raw
-    info = FFNInfo(settings.name, config, voxel_size, mean=mean, std=std, input=settings.input)
     net = FFN(config)
     if start_info is not None:
         load_checked(net, start_info.path, f"the network its .json describes ({config.depth} modules of "
@@ -239,17 +244,22 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
             "loss_png": str(png)}
 
 
-def _init_info(settings: FFNTrainSettings, voxel_size) -> FFNInfo | None:
-    """The --init model's info, checked against the run: its voxel size within the factor 1.5 a model runs at."""
+def _init_info(settings: FFNTrainSettings) -> FFNInfo | None:
+    """The --init model's info (its network, normalisation, inference settings), or None."""
     if settings.init is None:
         return None
     from connectome.ffn.registry import read_info, resolve_model_path
+
+    return read_info(resolve_model_path(settings.init))
+
+
+def _check_init_voxel_size(settings: FFNTrainSettings, start: FFNInfo, voxel_size) -> None:
+    """The --init model's voxel size within the factor 1.5 a model runs at of the training data's (times --scale)."""
     from connectome.models.voxel_size import check_voxel_size
 
-    start = read_info(resolve_model_path(settings.init))
-    check_voxel_size(settings.init, start.voxel_size, "the training data", voxel_size,
-                     hint="continue from an FFN of the data's voxel size (times --scale)")
-    return start
+    scaled = f" (at --scale {' '.join(map(str, settings.scale))})" if tuple(settings.scale) != (1, 1, 1) else ""
+    check_voxel_size(settings.init or "", start.voxel_size, f"{settings.raw[0]}{scaled}", voxel_size,
+                     hint="continue from an FFN of the data's voxel size")
 
 
 def _provenance(settings, losses, history, best, start, iterations) -> dict:

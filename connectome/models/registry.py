@@ -85,7 +85,7 @@ def available_models() -> list[str]:
 
 def resolve_model_path(name: str) -> Path:
     """Weights path for a shipped name or a path to a .pt file (with its .json beside it)."""
-    if name.endswith(".pt") or os.sep in name:
+    if name.endswith((".pt", ".json")) or os.sep in name:
         path = Path(name).expanduser()
         if path.suffix == ".json" and path.is_file():  # the json itself, not the weights beside it
             read_info(path)  # a json of another kind (an edge classifier, an FFN) is named as that
@@ -103,7 +103,9 @@ def resolve_model_path(name: str) -> Path:
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file() or not path.with_suffix(".json").is_file():
         names = ", ".join(available_models()) or "none"
-        raise UserError(f"unknown model {name!r}; available models: {names} (or give a path to a .pt file)")
+        here = Path(f"{name}.pt")
+        hint = f"; did you mean ./{here}?" if here.is_file() else ""
+        raise UserError(f"unknown model {name!r}; available models: {names} (or give a path to a .pt file){hint}")
     return path
 
 

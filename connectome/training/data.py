@@ -146,7 +146,7 @@ def overlapping_sections(train: list[str], val: list[str]) -> list[str]:
         ta, _ = parse_address(t)
         for v in val:
             va, _ = parse_address(v)
-            if ta != va and volume(t) != volume(v):
+            if volume(t) != volume(v):
                 continue
             from connectome.io import open_volume
 

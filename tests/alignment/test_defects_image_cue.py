@@ -80,3 +80,32 @@ def test_runs_cover_the_sections_in_order():
     few = _runs(list(range(5)), threads=2)
     assert [j for r in few for j in r] == list(range(5)) and len(few) == 5  # every thread gets work
     assert len(_runs(list(range(100)), threads=4)) == 16
+
+
+def test_darker_areas_lined_up_long_and_thin_are_a_fold_and_round_or_wide_ones_are_not():
+    """`_long_and_thin` on compared pixels (step 2; sizes below in section px): areas join where, each widened by
+    `FOLD_GAP` (8 px), they touch, i.e. across gaps up to 16 px; a group is kept when its length (4 standard
+    deviations) is at least 160 px, 6 times its width, and its width at most 64 px."""
+    from connectome.alignment.defects import FOLD_GAP, _long_and_thin
+
+    step = 2
+
+    def strips(gap: int, width: int = 12, length: int = 100, shape=(400, 600)) -> np.ndarray:
+        mask = np.zeros(shape, bool)  # two collinear strips, `gap` section px apart
+        y0, x0 = 200 // step, 50 // step
+        mask[y0:y0 + width // step, x0:x0 + length // step] = True
+        x1 = x0 + (length + gap) // step
+        mask[y0:y0 + width // step, x1:x1 + length // step] = True
+        return mask
+
+    assert not _long_and_thin(np.zeros((50, 50), bool), step).any()
+    assert _long_and_thin(strips(2 * FOLD_GAP - 4), step).sum() == strips(2 * FOLD_GAP - 4).sum()  # one group: kept
+    assert not _long_and_thin(strips(2 * FOLD_GAP + 4), step).any()  # two 100 px strips: each too short
+    yy, xx = np.mgrid[0:400, 0:400]
+    assert not _long_and_thin((yy - 200) ** 2 + (xx - 200) ** 2 < 60 ** 2, step).any()  # round: a dark cell
+    band = np.zeros((400, 600), bool)
+    band[100:150, 20:580] = True  # 100 px wide, 1120 px long: elongated, but far wider than a fold
+    assert not _long_and_thin(band, step).any()
+    band[100:150] = False
+    band[100:110, 20:580] = True  # 20 px wide: a fold
+    assert _long_and_thin(band, step).any()

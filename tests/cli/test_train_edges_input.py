@@ -47,16 +47,13 @@ def test_data_of_another_voxel_size_than_the_model_is_refused(volume, capsys):
     assert not (volume / "e.json").exists()
 
 
-def test_bad_validation_labels_are_refused_before_predicting(volume, capsys, monkeypatch):
-    """They were read only after the training volumes' affinities were predicted and the classifier fitted."""
-    import connectome.affinity.edge_training as edge_training
-
-    def no_prediction(*args, **kwargs):
-        raise AssertionError("predicted before the validation labels were checked")
-
-    monkeypatch.setattr(edge_training, "volume_edges", no_prediction)
-    args = _args(volume, "--steps", "5")
-    args[args.index("--val-labels") + 1] = f"{volume}/v.npz#labels[0:3]"  # another shape than --val-raw
+def test_bad_validation_labels_are_refused_before_predicting(volume, capsys):
+    """They were read only after the training volumes' affinities were predicted and the classifier fitted; now the
+    validation volume comes first: nothing was predicted (the cache holds nothing) when they are refused."""
+    args = _args(volume, "--steps", "5", "--cache", str(volume / "cache"))
+    args[args.index("--val-labels") + 1] = f"{volume}/v.npz#labels[5:8]"  # another shape than --val-raw
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "labels shape" in err, err
+    assert not (volume / "cache").exists() or not any((volume / "cache").iterdir())
+    assert not (volume / "e.json").exists()

@@ -101,29 +101,23 @@ def test_train_command_writes_weights_provenance_and_curves(tmp_path, capsys):
     assert best["voi"] == min(h["voi"] for h in history) == summary["validation"]["voi"]
     assert meta["provenance"]["kept_iteration"] == best["iteration"]
 
-    # --init continues from the result: its network and normalisation, its weights validated first (iteration 0:
-    # the score the start has there) and kept unless a checkpoint beats them; options that set another network are
-    # refused. (A 4-section validation crop keeps the canvases short.)
-    from connectome.ffn.training import validate
-    from connectome.io import open_volume
-
+    # --init continues from the result: its network and normalisation, its weights validated first (iteration 0)
+    # and kept unless a checkpoint beats them; options that set the network are refused. (A 3-section validation
+    # crop keeps the canvases short.)
     again = argv[:argv.index("--fov")]
-    for option, value in (("--name", "ffn-more"), ("--iterations", "1"), ("--val-raw", raw + "[20:24]"),
-                          ("--val-labels", labels + "[20:24]")):
+    for option, value in (("--name", "ffn-more"), ("--iterations", "1"), ("--val-raw", raw + "[20:23]"),
+                          ("--val-labels", labels + "[20:23]")):
         again[again.index(option) + 1] = value
-    assert main([*again, "--init", str(tmp_path / "out" / "ffn-tiny.pt"), "--lr", "0.3", "--json"]) == 0
+    assert main([*again, "--init", str(tmp_path / "out" / "ffn-tiny.pt"), "--lr", "5", "--json"]) == 0
     more = json.loads((tmp_path / "out" / "ffn-more.json").read_text())
     assert more["architecture"] == meta["architecture"] and more["normalisation"] == meta["normalisation"]
     history = more["provenance"]["validation_history"]
     assert [h["iteration"] for h in history] == [0, 1]
-    crop = [open_volume(a + "[20:24]") for a in (raw, labels)]
-    start_net, start_info = load_model(str(tmp_path / "out" / "ffn-tiny.pt"))
-    own = validate(start_net, start_info, *(v.read(v.box) for v in crop))
-    assert history[0]["voi"] == pytest.approx(own["voi"], abs=1e-9)  # the start's weights, not fresh ones
-    assert more["provenance"]["validation"]["voi"] == min(h["voi"] for h in history)
-    if more["provenance"]["kept_iteration"] == 0:  # nothing beat the start: the weights are the start's, unchanged
-        start, kept = (torch.load(tmp_path / "out" / f"{n}.pt", weights_only=True) for n in ("ffn-tiny", "ffn-more"))
-        assert all(torch.equal(start[k], kept[k]) for k in start)
+    # one step at lr 5 does not help it: nothing beats the start, whose weights are the result, unchanged (were the
+    # --init weights not loaded, the kept iteration-0 weights would be fresh ones)
+    assert history[1]["voi"] >= history[0]["voi"] and more["provenance"]["kept_iteration"] == 0  # ties keep it too
+    start, kept = (torch.load(tmp_path / "out" / f"{n}.pt", weights_only=True) for n in ("ffn-tiny", "ffn-more"))
+    assert all(torch.equal(start[k], kept[k]) for k in start)
     capsys.readouterr()
     assert main([*again, "--init", str(tmp_path / "out" / "ffn-tiny.pt"), "--depth", "3"]) == 2
     err = capsys.readouterr().err.strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_missing_weight_path_is_a_user_error(tmp_path):
         load_model(str(tmp_path / "absent.pt"))
 
 
-def test_a_model_json_given_in_place_of_its_weights_names_the_weights(tmp_path):
+def test_a_model_json_given_in_place_of_its_weights_names_the_weights(tmp_path, monkeypatch):
     """(lab walk-through) `--model DIR/lab.json` (the file a lab opens to read the threshold) was refused with
     torch's many-line text about `weights_only`; `--model DIR/lab` said only "no such file"."""
     model = _random_model(tmp_path, "iso")
@@ -112,6 +113,13 @@ def test_a_model_json_given_in_place_of_its_weights_names_the_weights(tmp_path):
     with pytest.raises(UserError, match=rf"no such file \(did you mean {weights}\?\)$"):
         load_model(weights.removesuffix(".pt"), device="cpu")
     assert load_model(weights, device="cpu").info.path == weights
+    # the same, given bare in the folder that holds them (`--model lab.json`, `--model lab`)
+    monkeypatch.chdir(os.path.dirname(weights))
+    bare = os.path.basename(weights)
+    with pytest.raises(UserError, match=rf"^model {bare.removesuffix('.pt')}.json: expected the weights file"):
+        load_model(bare.removesuffix(".pt") + ".json", device="cpu")
+    with pytest.raises(UserError, match=rf"unknown model .*did you mean ./{bare}\?$"):
+        load_model(bare.removesuffix(".pt"), device="cpu")
 
 
 def test_a_weights_json_that_is_not_an_affinity_models_is_refused_in_one_line(tmp_path, capsys):
