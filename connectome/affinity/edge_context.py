@@ -28,10 +28,8 @@ import numpy as np
 
 from connectome.affinity.edge_classifier import EdgeClassifier, learned_sums
 from connectome.affinity.edge_features import edge_features, small_fragments
-from connectome.affinity.encoding import affinities_as_float
-from connectome.affinity.fragments import block_edges
 from connectome.affinity.region_graph import region_graph
-from connectome.affinity.watershed import basins, pointers, within_sections
+from connectome.affinity.watershed import affinity_box, stored_basins
 from connectome.core.geometry import Box
 from connectome.io import Volume
 
@@ -41,6 +39,15 @@ def _inverse(mapping: dict, dtype) -> np.ndarray:
     out = np.zeros(max(mapping.values(), default=0) + 1, dtype)
     out[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(mapping.keys(), dtype, len(mapping))
     return out
+
+
+def _small_basins(sizes: np.ndarray, boxes: np.ndarray, limit: Sequence[int]) -> tuple[np.ndarray, np.ndarray,
+                                                                                       np.ndarray]:
+    """`small_fragments` of the basins of `stored_basins` from its counts and boxes (row 0: no basin, a label
+    only where some voxel has it)."""
+    small = np.all(boxes[:, 1::2] - boxes[:, 0::2] + 1 <= np.asarray(limit, np.int64), axis=1)
+    first = 0 if sizes[0] > 0 else 1
+    return np.arange(first, len(sizes), dtype=np.uint64), sizes[first:], small[first:]
 
 
 def scored_sums(p: np.ndarray, scored: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -67,22 +74,22 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
     # in-plane basins never leave their section, so the region need not grow in z
     region = read.grow([0 if in_plane and d == 0 else lim + 1 for d, lim in enumerate(limit)]).intersect(
         affinities.box)
-    edges = block_edges(affinities, region)
-    if in_plane:
-        within_sections(edges)
-    basin = basins(pointers(edges, aff_low), edges, aff_high)
-    known = small_fragments(basin, limit)
+    # the region's basins straight from its stored affinities, read once (the region's own are its first
+    # voxels: affinity_box reaches one voxel further up)
+    stored = affinities.read(affinity_box(region).intersect(affinities.box))
+    basin, basin_sizes, basin_boxes = stored_basins(stored, region, affinities.box, aff_low, aff_high, in_plane)
+    known = _small_basins(basin_sizes, basin_boxes, limit)
     ids, _, small = known
     # split each fragment of the block by the region basins its voxels lie in (a fragment of a
     # neighbouring block, in the layer below a face, can lie in several), then take the region graph
     frag_dense, frag_map = fastremap.renumber(np.ascontiguousarray(fragments), start=1, preserve_zero=True)
     frag_ids = _inverse(frag_map, fragments.dtype)
-    n_basin = np.uint64(int(basin.max()) + 1)
+    n_basin = np.uint64(len(basin_sizes))  # basins 1..n
     inside = basin[read.relative_to(region)]
     key = frag_dense.astype(np.uint64) * n_basin + inside  # 0 where no fragment
     refined, key_map = fastremap.renumber(key, start=1, preserve_zero=True)
     keys = _inverse(key_map, np.uint64)
-    ru, rv, r_sums, r_counts, _ = region_graph(refined.astype(np.uint64), affs, has_lower)
+    ru, rv, r_sums, r_counts, _ = region_graph(refined.astype(np.uint64), affs, has_lower, histograms=False)
     piece_frag = frag_ids[(keys // n_basin).astype(np.int64)]
     piece_basin = keys % n_basin
     fu, fv = piece_frag[ru.astype(np.int64)], piece_frag[rv.astype(np.int64)]
@@ -91,16 +98,17 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
     scored = (small[np.searchsorted(ids, lo)] | small[np.searchsorted(ids, hi)]) & (lo != hi) & (fu != fv)
     p = np.zeros(len(ru))
     if np.any(scored):
-        affs_region = affinities_as_float(affinities.read(region), np.float64)
+        affs_region = stored[(slice(None), *(slice(0, n) for n in region.shape))]  # uint8: no float64 copy
         touching = np.zeros(int(n_basin), bool)  # the basin pairs this block needs both touch its read box
         touching[inside] = True
         gu, gv, g_sums, g_counts, hist = region_graph(basin, affs_region, (False, False, False), touching)
         gkeys = gu.astype(np.uint64) * n_basin + gv.astype(np.uint64)  # sorted, as the region graph's (u, v)
         want = lo[scored] * n_basin + hi[scored]
-        rows = np.flatnonzero(np.isin(gkeys, want))  # features only of the basin pairs this block needs
-        at = np.minimum(np.searchsorted(gkeys[rows], want), max(len(rows) - 1, 0))
-        if len(rows) == 0 or not np.array_equal(gkeys[rows][at], want):
+        needed = np.unique(want)  # features only of the basin pairs this block needs
+        rows = np.minimum(np.searchsorted(gkeys, needed), max(len(gkeys) - 1, 0))
+        if len(gkeys) == 0 or not np.array_equal(gkeys[rows], needed):
             raise RuntimeError(f"edge_context: voxel pairs without their basin pair in the region {region}")
+        at = np.searchsorted(needed, want)
         features = edge_features(basin, gu[rows], gv[rows], g_sums[rows], g_counts[rows], hist[rows, :], limit,
                                  known)
         p[scored] = classifier.merge_probability(features)[at]

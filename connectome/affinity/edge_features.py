@@ -125,8 +125,11 @@ def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.
     small = np.where(small_is_u, su, sv)
     large = np.where(small_is_u, sv, su)
     log_contact = np.log1p(counts)
-    out = np.column_stack([
-        mean, histogram_features(hist), log_contact, np.log1p(small), np.log1p(large),
-        log_contact - np.log1p(small) * (2.0 / 3.0),
-    ])
-    return out.astype(np.float32)
+    out = np.empty((n, len(FEATURES)), np.float32)  # each float64 column rounded to float32 as astype does
+    out[:, 0] = mean
+    out[:, 1:8] = histogram_features(hist)
+    out[:, 8] = log_contact
+    out[:, 9] = np.log1p(small)
+    out[:, 10] = np.log1p(large)
+    out[:, 11] = log_contact - np.log1p(small) * (2.0 / 3.0)
+    return out

@@ -170,6 +170,27 @@ def test_region_graph_of_kept_labels_is_the_full_graphs_edges_between_them():
     np.testing.assert_array_equal(kh.toarray(), hist[rows, :].toarray())
 
 
+def test_region_graph_of_stored_affinities_is_that_of_their_float64_values():
+    """uint8 affinities give the graph of `affinities_as_float(..., float64)` bit for bit, and without histograms
+    the same edges, sums and counts."""
+    from connectome.affinity.encoding import affinities_as_float
+
+    rng = np.random.default_rng(8)
+    frag = rng.integers(0, 40, size=(7, 16, 18)).astype(np.uint64)
+    stored = rng.integers(0, 256, (3, 6, 15, 17)).astype(np.uint8)
+    want = region_graph(frag, affinities_as_float(stored, np.float64), (True, True, True))
+    got = region_graph(frag, stored, (True, True, True))
+    bare = region_graph(frag, stored, (True, True, True), histograms=False)
+    for a, b, c in zip(got[:4], want[:4], bare[:4]):
+        assert a.dtype == b.dtype == c.dtype
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
+    assert bare[4] is None
+    for key in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(got[4], key), getattr(want[4], key))
+    assert got[4].has_canonical_format and want[4].has_canonical_format
+
+
 def test_training_separates_merge_from_split_edges_on_another_volume(synthetic, trained):
     _, meta = trained
     labels = synthetic[1]  # not trained on

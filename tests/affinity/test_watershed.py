@@ -75,3 +75,45 @@ def test_compiled_basins_equal_connected_components_of_the_joins():
     expected = [first.setdefault(c, len(first) + 1) if p != NO_POINTER else 0 for c, p in zip(comp.ravel(), ptr.ravel())]
     assert got.ravel().tolist() == expected
     assert 10 < got.max() < ptr.size // 2
+
+
+def test_stored_basins_equal_the_float_edges_basins_with_counts_and_boxes():
+    """`stored_basins` (from uint8 codes, no float32 edge arrays) gives `basins(pointers(edge_values))` exactly,
+    in and out of sections, at the volume's faces and inside it, with each label's voxel count and box."""
+    from connectome.affinity.edge_features import small_fragments
+    from connectome.affinity.encoding import affinities_as_float
+    from connectome.affinity.watershed import stored_basins, within_sections
+
+    rng = np.random.default_rng(11)
+    volume = Box((3, -2, 5), (7, 11, 12))
+    for trial in range(40):
+        codes = (rng.integers(0, 4, (3, *volume.shape)) * 85).astype(np.uint8)  # ties everywhere
+        offset = [int(rng.integers(0, s)) for s in volume.shape]
+        shape = [int(rng.integers(1, s - o + 1)) for s, o in zip(volume.shape, offset)]
+        region = Box(tuple(o + v for o, v in zip(offset, volume.offset)), tuple(shape))
+        stored = codes[(slice(None), *affinity_box(region).intersect(volume).relative_to(volume))]
+        low, high = ((0.5 / 255, 0.99), (0.4, 0.6), (0.9, 0.2))[trial % 3]  # the last: joins into no-basin voxels
+        for in_plane in (False, True):
+            e = edge_values(affinities_as_float(stored, np.float32), region, volume)
+            if in_plane:
+                within_sections(e)
+            want = basins(pointers(e, low), e, high)
+            got, sizes, boxes = stored_basins(stored, region, volume, low, high, in_plane)
+            np.testing.assert_array_equal(got, want)
+            assert got.dtype == want.dtype
+            ids, counts, small = small_fragments(want, (2, 3, 3))
+            first = 0 if sizes[0] else 1
+            np.testing.assert_array_equal(ids, np.arange(first, len(sizes)))
+            np.testing.assert_array_equal(counts, sizes[first:])
+            extent = boxes[:, 1::2] - boxes[:, 0::2] + 1
+            np.testing.assert_array_equal(small, np.all(extent <= (2, 3, 3), axis=1)[first:])
+
+
+def test_pointers_are_argmax_with_its_ties_and_nans():
+    rng = np.random.default_rng(5)
+    edges = (rng.integers(-1, 3, (6, 4, 5, 6)) / 2).astype(np.float32)
+    edges[rng.random(edges.shape) < 0.1] = np.nan
+    best = np.argmax(edges, axis=0).astype(np.int8)
+    top = np.take_along_axis(edges, best[np.newaxis].astype(np.int64), axis=0)[0]
+    best[top < 0.4] = -1
+    np.testing.assert_array_equal(pointers(edges, 0.4), best)
