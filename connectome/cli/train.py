@@ -352,7 +352,9 @@ def _add_tissue(sub) -> None:
     p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop after M minutes of wall time (the learning-rate decay follows the clock)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
-    p.add_argument("--init", metavar="MODEL", help="start from this tissue model's weights (name or .pt path)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="continue this tissue model (name or .pt path): its network and weights, validated first "
+                        "and kept unless a checkpoint beats them")
     p.add_argument("--install", action="store_true",
                    help="copy the best weights + json into connectome/models/weights/ (a shipped model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,6 +8,8 @@ patch is replaced by a blank section (a constant grey plus a little noise) label
 synthetic generator's missing sections are. Every `val_every` iterations the network classifies the
 held-out sections of each source; the checkpoint with the best mean balanced set-accuracy (per source,
 the mean over its label sets of the fraction of pixels whose predicted class is in the set) is kept.
+With `init`, the run continues that model: its network (levels, widths) is the one trained, and its own
+weights are validated first (iteration 0) and stay the result unless a checkpoint beats them.
 """
 
 from __future__ import annotations
@@ -18,15 +20,24 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
+from connectome.core.errors import UserError
 from connectome.tissue import classes as T
 from connectome.tissue.levels import stats_of
 from connectome.tissue.loss import allowed_from_bits, balance_weights, masked_cross_entropy
-from connectome.tissue.model import WEIGHTS_DIR, build_net, load_state, preset, resolve_model_path, save_model
+from connectome.tissue.model import (
+    WEIGHTS_DIR,
+    build_net,
+    load_state,
+    preset,
+    read_info,
+    resolve_model_path,
+    save_model,
+)
 from connectome.tissue.predict import fill_margins, no_data, unit_intensity
 from connectome.tissue.sources import Sections
 
@@ -138,10 +149,8 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    config = preset(levels=settings.levels)
-    net = build_net(config)
-    if settings.init:
-        load_state(net, resolve_model_path(settings.init))
+    net, settings = _start_network(settings)
+    config = net.config
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     os.makedirs(settings.out, exist_ok=True)
@@ -156,6 +165,10 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
     history: list[dict] = []
     best: dict | None = None
     it = 0
+    if settings.init:  # the starting weights are the result to beat
+        best = _validate(net, val_sources, divisor, context, val_inputs, 0, history, t0, log)
+        save_model(path, net, _meta(settings, train_sources, val_sources, voxel, best, 0, [], t0))
+        _write_history(path, history, losses)
     for it in range(1, settings.iterations + 1):
         progress = max(it / settings.iterations, (time.perf_counter() - t0) / budget if budget else 0.0)
         for g in opt.param_groups:
@@ -170,14 +183,10 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
         losses.append(loss.item())
         stop = progress >= 1.0
         if it % settings.val_every == 0 or stop or it == settings.iterations:
-            val = evaluate_sections(net, val_sources, divisor, context, val_inputs)
-            score = float(np.mean([v["balanced_accuracy"] for v in val]))
-            history.append({"iteration": it, "score": score, "sources": val,
-                            "minutes": (time.perf_counter() - t0) / 60})
-            log(f"it {it} loss {np.mean(losses[-settings.val_every:]):.4f} validation balanced accuracy "
-                f"{score:.4f} " + " ".join(f"[{v['source']}: {v['balanced_accuracy']:.3f}]" for v in val))
-            if best is None or score > best["score"]:
-                best = history[-1]
+            entry = _validate(net, val_sources, divisor, context, val_inputs, it, history, t0, log,
+                              f"loss {np.mean(losses[-settings.val_every:]):.4f} ")
+            if best is None or entry["score"] > best["score"]:
+                best = entry
                 meta = _meta(settings, train_sources, val_sources, voxel, best, it, losses, t0)
                 save_model(path, net, meta)
                 _write_history(path, history, losses)
@@ -192,6 +201,29 @@ def train_tissue(settings: TissueTrainSettings, train_sources: list[Sections], v
     return {"name": settings.name, "weights": path + ".pt", "iterations": it, "first_loss": losses[0],
             "final_loss": float(np.mean(losses[-50:])), "validation": best, "installed": installed,
             "wall_time_s": time.perf_counter() - t0}
+
+
+def _start_network(settings: TissueTrainSettings) -> tuple:
+    """(the network trained, the settings with the `init` model's levels where there is one)."""
+    if not settings.init:
+        return build_net(preset(levels=settings.levels)), settings
+    start = read_info(resolve_model_path(settings.init))
+    if not start.sections_mapped:
+        raise UserError(f"--init {settings.init}: it reads raw / 255, not sections mapped as training maps them "
+                        f"(predict.unit_intensity); train from scratch instead")
+    net = build_net(start.config)
+    load_state(net, start.path)
+    return net, replace(settings, levels=len(start.config.kernels))
+
+
+def _validate(net, val_sources, divisor, context, val_inputs, it, history, t0, log, loss_text="") -> dict:
+    """Validate at iteration `it`, append the entry to `history`, log it and return it."""
+    val = evaluate_sections(net, val_sources, divisor, context, val_inputs)
+    score = float(np.mean([v["balanced_accuracy"] for v in val]))
+    history.append({"iteration": it, "score": score, "sources": val, "minutes": (time.perf_counter() - t0) / 60})
+    log(f"it {it} {loss_text}validation balanced accuracy {score:.4f} "
+        + " ".join(f"[{v['source']}: {v['balanced_accuracy']:.3f}]" for v in val))
+    return history[-1]
 
 
 def _meta(settings, train_sources, val_sources, voxel, best, it, losses, t0) -> dict:
@@ -209,7 +241,7 @@ def _meta(settings, train_sources, val_sources, voxel, best, it, losses, t0) -> 
             "validation_sources": [s.name for s in val_sources],
             "iteration": it,
             "training_minutes": (time.perf_counter() - t0) / 60,
-            "loss_at_checkpoint": float(np.mean(losses[-50:])),
+            "loss_at_checkpoint": float(np.mean(losses[-50:])) if losses else None,  # None: the --init weights
             "validation": best,
             "torch": torch.__version__,
         },

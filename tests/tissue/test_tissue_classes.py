@@ -100,5 +100,19 @@ def test_training_loss_falls_on_a_tiny_synthetic_set(tmp_path):
     train_tissue(again, [src], [src], log=lambda *a: None)
     resumed = __import__("json").loads((tmp_path / "again" / "again-history.json").read_text())["loss"]
     assert np.mean(resumed) < 0.5 * (first + last), (np.mean(resumed), first, last)
+    # the starting weights are validated first and stay the result unless beaten: a step at a ruinous rate
+    # (the default five levels asked for, the start's three trained) keeps them exactly
+    ruin = TissueTrainSettings(name="ruin", out=str(tmp_path / "ruin"), data_dir="", iterations=2, batch_size=4,
+                               patch=64, source_weights=(1.0,), lr=50.0, val_every=1, threads=1,
+                               init=str(tmp_path / "tiny.pt"))
+    summary = train_tissue(ruin, [src], [src], log=lambda *a: None)
+    kept = __import__("json").loads((tmp_path / "ruin" / "ruin-history.json").read_text())["validation"]
+    assert [h["iteration"] for h in kept] == [0, 1, 2] and summary["validation"]["iteration"] == 0
+    assert kept[0]["score"] > max(h["score"] for h in kept[1:])
+    ruined, start = (__import__("torch").load(p, weights_only=True) for p in (tmp_path / "ruin" / "ruin.pt",
+                                                                               tmp_path / "tiny.pt"))
+    assert ruined.keys() == start.keys() and all(ruined[k].equal(start[k]) for k in start)
+    assert __import__("json").loads((tmp_path / "ruin" / "ruin.json").read_text())["provenance"]["settings"][
+        "levels"] == 3
 
 
