@@ -111,19 +111,20 @@ def _root(parent, i):
 
 
 @njit(cache=True)
-def _label_joins(ptr, edges, aff_high):
-    """Union-find over every voxel's joins, then first-appearance numbering."""
-    nz, ny, nx = ptr.shape
+def _union_joins(joined):
+    """Union-find parents of the voxels joined by `joined`'s direction bits (bit d: towards STEPS[d]); a
+    union keeps the smaller root, so every parent precedes its child in C order."""
+    nz, ny, nx = joined.shape
     parent = np.arange(nz * ny * nx)
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                p = ptr[z, y, x]
-                if p == NO_POINTER:
+                mask = joined[z, y, x]
+                if mask == 0:
                     continue
                 i = (z * ny + y) * nx + x
                 for d in range(6):
-                    if p != d and not edges[d, z, y, x] >= aff_high:
+                    if not (mask >> d) & 1:
                         continue
                     tz, ty, tx = z + STEPS[d, 0], y + STEPS[d, 1], x + STEPS[d, 2]
                     if tz < 0 or ty < 0 or tx < 0 or tz >= nz or ty >= ny or tx >= nx:
@@ -131,6 +132,27 @@ def _label_joins(ptr, edges, aff_high):
                     a, b = _root(parent, i), _root(parent, (tz * ny + ty) * nx + tx)
                     if a != b:
                         parent[max(a, b)] = min(a, b)
+    return parent
+
+
+@njit(cache=True)
+def _label_joins(ptr, edges, aff_high):
+    """Union-find over every voxel's joins (its pointer and its edges of at least `aff_high`), then
+    first-appearance numbering."""
+    nz, ny, nx = ptr.shape
+    joined = np.zeros((nz, ny, nx), np.uint8)
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                p = ptr[z, y, x]
+                if p == NO_POINTER:
+                    continue
+                mask = np.uint8(1) << np.uint8(p)
+                for d in range(6):
+                    if edges[d, z, y, x] >= aff_high:
+                        mask |= np.uint8(1) << np.uint8(d)
+                joined[z, y, x] = mask
+    parent = _union_joins(joined)
     out = np.zeros((nz, ny, nx), np.uint64)
     label = np.zeros(nz * ny * nx, np.uint64)
     count = 0
@@ -236,23 +258,7 @@ def _stored_joins(stored, shape, lower_open, in_plane, low_code, high_code):
 def _label_stored_joins(joined):
     """`_label_joins` of `_stored_joins`' bits, with each label's voxel count and bounding box."""
     nz, ny, nx = joined.shape
-    parent = np.arange(nz * ny * nx)
-    for z in range(nz):
-        for y in range(ny):
-            for x in range(nx):
-                mask = joined[z, y, x]
-                if mask == 0:
-                    continue
-                i = (z * ny + y) * nx + x
-                for d in range(6):
-                    if not (mask >> d) & 1:
-                        continue
-                    tz, ty, tx = z + STEPS[d, 0], y + STEPS[d, 1], x + STEPS[d, 2]
-                    if tz < 0 or ty < 0 or tx < 0 or tz >= nz or ty >= ny or tx >= nx:
-                        continue
-                    a, b = _root(parent, i), _root(parent, (tz * ny + ty) * nx + tx)
-                    if a != b:
-                        parent[max(a, b)] = min(a, b)
+    parent = _union_joins(joined)
     # every parent precedes its child (a union keeps the smaller root), so one pass in order makes each
     # entry its root, and a root is its component's first voxel in C order
     for i in range(len(parent)):
