@@ -38,7 +38,7 @@ QUICK_INPUT_CHECK = 1_000_000  # chunks: above this the input is listed only wit
 
 def note_padding(address: str, stream=None):
     """One line where `address` is an image stack with sections smaller than its largest (read centred,
-    padded with 0); the volume under any section range."""
+    padded with 0), one where its directory holds other entries (not read); the volume under any section range."""
     from connectome.io.image_stack import ImageStackVolume
     from connectome.io.sections import SectionRange
 
@@ -50,6 +50,11 @@ def note_padding(address: str, stream=None):
         print(f"connectome: note: {address}: {len(volume.padded)} of {volume.shape[0]} sections are smaller than "
               f"the largest ({volume.shape[1]} x {volume.shape[2]} px) and are read centred on it, padded with 0 "
               f"(first: {os.path.basename(smaller.file)}, {smaller.shape[0]} x {smaller.shape[1]} px)",
+              file=stream or sys.stderr)
+    if isinstance(volume, ImageStackVolume) and volume.others:
+        more = len(volume.others) - 5
+        shown = ", ".join(volume.others[:5]) + (f" and {more} more" if more > 0 else "")
+        print(f"connectome: note: {address}: {volume.shape[0]} TIFF/PNG sections read; not read as sections: {shown}",
               file=stream or sys.stderr)
     return volume
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import logging
 import os
 import re
@@ -211,11 +210,15 @@ def _stat(path: str) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _section_files(address: str) -> list[str]:
-    files = [p for p in glob.glob(os.path.join(address, "*")) if p.lower().endswith(IMAGE_SUFFIXES)]
+def _section_files(address: str) -> tuple[list[str], list[str]]:
+    """(the TIFF/PNG sections in natural order, the directory's other entries but hidden ones, sorted: not read)."""
+    entries = os.listdir(address)
+    files = [os.path.join(address, n) for n in entries if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")
+             and os.path.isfile(os.path.join(address, n))]
     if not files:
         raise UserError(f"{address}: expected TIFF or PNG sections in this directory, found none")
-    return sorted(files, key=_natural_key)
+    others = sorted(set(n for n in entries if not n.startswith(".")) - {os.path.basename(p) for p in files})
+    return sorted(files, key=_natural_key), others
 
 
 class ImageStackVolume(Volume):
@@ -226,9 +229,10 @@ class ImageStackVolume(Volume):
         self._files: list[str] | None = None
         self._multipage: str | None = None
         self.padded: list[Padded] = []
+        self.others: list[str] = []  # names in the directory not read as sections (notes, thumbnails, folders)
         self._offsets: dict[int, tuple[int, int]] = {}
         if os.path.isdir(address):
-            self._files = _section_files(address)
+            self._files, self.others = _section_files(address)
             headers = _headers(tuple(self._files), tuple(_stat(p) for p in self._files))
             dtypes = [dtype for _, dtype in headers]
             usual = max(dtypes, key=dtypes.count)  # the odd file out is named, not the first section

@@ -64,6 +64,7 @@ def test_ingest_says_how_a_stack_of_several_sizes_is_padded(tmp_path, capsys):
     assert code == 0, err
     notes = [line for line in err if "padded with 0" in line]
     assert len(notes) == 1 and "2 of 3 sections" in notes[0] and "40 x 50 px" in notes[0] and "sec_1.tif" in notes[0]
+    assert not [line for line in err if "not read as sections" in line]
     written = open_volume(json.loads(out.strip().splitlines()[-1])["volume"])
     stacked = open_volume(str(tmp_path / "tifs"))
     np.testing.assert_array_equal(written.read(written.box), stacked.read(stacked.box))
@@ -271,3 +272,19 @@ def test_a_png_with_bytes_after_its_end_is_read(tmp_path):
         f.write(bytes(100))
     volume = open_volume(str(tmp_path / "secs"))
     np.testing.assert_array_equal(volume.read(volume.box)[1, 2:38], _sections(2)[1])
+
+
+def test_files_that_are_not_sections_are_named_in_one_note(tmp_path, capsys):
+    """A lab's folder holds more than sections: notes, an overview image, a subfolder, the Mac's hidden files.
+    They are not read (a hidden `._sec_0.tif` is no TIFF) and, but the hidden ones, named in one line."""
+    (tmp_path / "tifs" / "raw_scans").mkdir(parents=True)
+    for z in range(3):
+        tifffile.imwrite(tmp_path / "tifs" / f"sec_{z}.tif", np.full((40, 50), 10 * z, np.uint8))
+    for name in ("acquisition_notes.txt", "overview.jpg", ".DS_Store", "._sec_0.tif"):
+        (tmp_path / "tifs" / name).write_bytes(b"not a section")
+    code, out, err = _ingest(capsys, tmp_path / "tifs", tmp_path / "out")
+    assert code == 0, err
+    notes = [line for line in err if "not read as sections" in line]
+    assert notes == [f"connectome: note: {tmp_path / 'tifs'}: 3 TIFF/PNG sections read; not read as sections: "
+                     "acquisition_notes.txt, overview.jpg, raw_scans"], err
+    assert open_volume(json.loads(out.strip().splitlines()[-1])["volume"]).shape == (3, 40, 50)
