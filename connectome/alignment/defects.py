@@ -81,6 +81,7 @@ IMAGE_CONTRAST, NEIGHBOUR_RATIO, MIN_WIDTH, MIN_AREA, EXTREME = 1.0, 1.0, 10, 40
 # than 127 px, nor 5.3 times its width; a 16 px fold inserted into VNC gives 198-264 px, 8.6-14 times its width of
 # 18-23 px (benchmarks/results/defects.md)
 FOLD_GAP, FOLD_LENGTH, FOLD_ELONGATION, FOLD_MAX_WIDTH = 8, 160, 6.0, 64
+FOLD_IN_LINE = 0.8  # of a darker area's pixels on a fold's line (within its width and FOLD_GAP of its axis): the fold
 SMOOTH = 4.0  # px: the Gaussian that removes the texture of the tissue before the intensities are compared
 MIN_PATCH_FRACTION = 0.02  # of a patch's window in a defect area: the patch is flagged
 # the image cue reads every section whole, three at a time (`image_cue`): sections larger than this get the
@@ -316,8 +317,17 @@ def _long_and_thin(mask: np.ndarray, step: int) -> np.ndarray:
     half_gap = np.sqrt(((vyy - vxx) / 2) ** 2 + vxy ** 2)
     major, minor = (vyy + vxx) / 2 + half_gap, np.maximum((vyy + vxx) / 2 - half_gap, 0.0)
     length, width = 4 * np.sqrt(major) * step, 4 * np.sqrt(minor) * step
-    keep = ((n * step * step >= MIN_AREA) & (length >= FOLD_LENGTH) & (length >= FOLD_ELONGATION * width)
-            & (width <= FOLD_MAX_WIDTH))
+    large = n * step * step >= MIN_AREA
+    keep = large & (length >= FOLD_LENGTH) & (length >= FOLD_ELONGATION * width) & (width <= FOLD_MAX_WIDTH)
+    keep[0] = False
+    # a fold's stretches over tissue its neighbours show as dark are no darker than them: the pieces between
+    # such gaps that lie along a fold found (`FOLD_IN_LINE` of their pixels within its width and `FOLD_GAP`
+    # of its axis) are the fold too
+    angle = 0.5 * np.arctan2(2 * vxy, vyy - vxx)  # of each group's major axis, on (y, x)
+    for k in np.nonzero(keep)[0]:
+        off = np.abs(-np.sin(angle[k]) * (ys - my[k]) + np.cos(angle[k]) * (xs - mx[k]))
+        within = np.bincount(which, weights=off <= width[k] / (2 * step) + reach, minlength=count + 1) / safe
+        keep |= large & (within >= FOLD_IN_LINE)
     keep[0] = False
     return mask & keep[groups]
 

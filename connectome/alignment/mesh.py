@@ -23,6 +23,15 @@ class Springs:
     z_smooth: float = 1e-6  # second differences across sections (carries fields past flagged sections)
     anchor: float = 0.01  # pulls each section's field towards its affine part (stops drift along the stack)
     affine_anchor: float = 1e-3  # pulls each section's linear part (rotation, scale, shear) towards none
+    strain: float = 0.0  # pulls each section's affine strain (scale and shear, not rotation) towards none
+
+
+# the strain of a section's affine part as a quadratic form: its parameters a (3, 2: rows 1, y, x of the basis, columns
+# the y and x components) flattened as 2 * i + c; e_yy = a[1, 0], e_xx = a[2, 1], e_xy = (a[2, 0] + a[1, 1]) / 2,
+# weighed e_yy^2 + e_xx^2 + 2 e_xy^2; the rotation (a[1, 1] - a[2, 0]) / 2 costs nothing
+STRAIN_FORM = np.zeros((6, 6))
+STRAIN_FORM[2, 2] = STRAIN_FORM[5, 5] = 1.0
+STRAIN_FORM[np.ix_([3, 4], [3, 4])] = 0.5
 
 
 def _diff_t(x: np.ndarray, axis: int, out: np.ndarray, weight: float) -> None:
@@ -64,14 +73,17 @@ class MeshSystem:
     """
 
     def __init__(self, weights: dict[int, np.ndarray], targets: dict[int, np.ndarray], rest: np.ndarray,
-                 springs: Springs):
+                 springs: Springs, phi: np.ndarray | None = None):
         self.weights, self.targets, self.springs = weights, targets, springs
         self.rest = rest  # the fields the anchor pulls towards (each section's affine part)
         self.shape = rest.shape
+        self.strain = _StrainTerm(phi, springs.strain) if springs.strain and phi is not None else None
 
     def apply(self, u: np.ndarray) -> np.ndarray:
         s = self.springs
         out = s.anchor * u
+        if self.strain is not None:
+            out += self.strain.apply(u)
         for k, w in self.weights.items():
             d = w[..., None] * (u[k:] - u[:-k])
             out[k:] += d
@@ -93,6 +105,8 @@ class MeshSystem:
     def diagonal(self) -> np.ndarray:
         s = self.springs
         diag = np.full(self.shape, s.anchor)
+        if self.strain is not None:
+            diag += self.strain.diagonal()[None]
         for k, w in self.weights.items():
             diag[k:] += w[..., None]
             diag[:-k] += w[..., None]
@@ -114,6 +128,28 @@ class MeshSystem:
             shape[axis] = n
             diag += weight * counts.reshape(shape) * ones
         return diag
+
+
+class _StrainTerm:
+    """weight * nodes * STRAIN_FORM of each section's affine part, the least-squares fit of its field to the basis
+    `phi` (gy, gx, 3: 1, y, x): its scale and shear held, its rotation free."""
+
+    def __init__(self, phi: np.ndarray, weight: float):
+        f = phi.reshape(-1, 3)
+        self.fit = np.linalg.pinv(f)  # (3, nodes): affine parameters of a field
+        self.nodes_shape = phi.shape[:2]
+        self.scale = weight * len(f)
+
+    def apply(self, u: np.ndarray) -> np.ndarray:
+        a = np.einsum("in,znc->zic", self.fit, u.reshape(len(u), -1, 2)).reshape(len(u), 6)
+        q = (a @ STRAIN_FORM).reshape(len(u), 3, 2)
+        return self.scale * np.einsum("in,zic->znc", self.fit, q).reshape(u.shape)
+
+    def diagonal(self) -> np.ndarray:
+        """(gy, gx, 2): the term's diagonal, per node and component."""
+        m = self.fit
+        per_component = [np.einsum("in,ij,jn->n", m, STRAIN_FORM[c::2, c::2], m) for c in (0, 1)]
+        return self.scale * np.stack(per_component, axis=-1).reshape(*self.nodes_shape, 2)
 
 
 def relax(system: MeshSystem, u0: np.ndarray, iterations: int = 2000, tol: float = 1e-6) -> tuple[np.ndarray, int]:

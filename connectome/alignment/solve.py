@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from connectome.alignment.mesh import MeshSystem, Springs, interpolate, relax
+from connectome.alignment.mesh import STRAIN_FORM, MeshSystem, Springs, interpolate, relax
 
 
 @dataclass
@@ -41,9 +41,10 @@ def _basis(nodes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def solve_affine(phi: np.ndarray, targets: dict[int, np.ndarray], weights: dict[int, np.ndarray], sections: int,
-                 z_smooth: float, linear_anchor: float) -> np.ndarray:
+                 z_smooth: float, linear_anchor: float, strain: float = 0.0) -> np.ndarray:
     """Per-section affine parameters a (sections, 3, 2) with phi . (a[z+k] - a[z]) ~ targets[k], the
-    linear parts weakly held at zero (`linear_anchor`), and the median section's parameters zero."""
+    linear parts weakly held at zero (`linear_anchor`), their strain (scale and shear, not rotation)
+    held at zero by `strain`, and the median section's parameters zero."""
     n = sections
     f = phi.reshape(-1, 3)
     rows, cols, vals = [], [], []
@@ -77,16 +78,21 @@ def solve_affine(phi: np.ndarray, targets: dict[int, np.ndarray], weights: dict[
                           shape=(3 * n, 3 * n)).tocsc()
     diag = np.tile([1e-9 * z_smooth, linear_anchor, linear_anchor], n)
     h_mat = h_mat + sp.diags(diag, format="csc")
+    # both components at once (unknown 2 * (3 z + i) + c): the strain couples them
+    h_mat = (sp.kron(h_mat, sp.eye(2)) + _strain_matrix(n, strain)).tocsc()
     # the common translation is free: pin section 0's, centre afterwards
-    pin = np.zeros(3 * n, bool)
-    pin[0] = True
+    pin = np.zeros(6 * n, bool)
+    pin[:2] = True
     keep = ~pin
-    flat = np.zeros((3 * n, 2))
-    reduced = h_mat[keep][:, keep].tocsc()
-    rhs = b.reshape(3 * n, 2)[keep]
-    flat[keep] = spsolve(reduced, rhs).reshape(-1, 2)
+    flat = np.zeros(6 * n)
+    flat[keep] = spsolve(h_mat[keep][:, keep].tocsc(), b.reshape(-1)[keep])
     a = flat.reshape(n, 3, 2)
     return a - np.median(a, axis=0)
+
+
+def _strain_matrix(n: int, weight: float) -> sp.csc_matrix:
+    """weight * `mesh.STRAIN_FORM` per section over the unknowns 2 * (3 z + i) + c."""
+    return sp.kron(sp.eye(n), sp.csc_matrix(STRAIN_FORM * weight)).tocsc()
 
 
 def frame(u: np.ndarray, phi: np.ndarray) -> np.ndarray:
@@ -128,9 +134,9 @@ def solve_fields(measured: Measured, springs: Springs = Springs(), rounds: int =
     for _ in range(rounds):
         targets, weights = _targets_at(measured, u)
         a = solve_affine(phi, targets, weights, measured.sections, springs.z_smooth * nodes_per_section,
-                         springs.affine_anchor * nodes_per_section)
+                         springs.affine_anchor * nodes_per_section, springs.strain * nodes_per_section)
         affine = np.einsum("yxi,zic->zyxc", phi, a)
-        system = MeshSystem(weights, targets, affine, springs)
+        system = MeshSystem(weights, targets, affine, springs, phi)
         start = u if total_iterations else affine
         u, its = relax(system, start, iterations)
         u = frame(u, phi)  # the median section's affine part is identity

@@ -44,6 +44,7 @@ class SolveSettings:
     max_disagreement: float = 4.0
     ambiguity: float = 0.1
     hold: float = 0.0  # `registered_pairs` (0: every pair followed)
+    strain: float = 0.1  # `mesh.Springs.strain` (0: each section's scale and shear as free as its rotation)
 
 
 @dataclass
@@ -276,8 +277,9 @@ class SolveStep(GlobalStep):
     def fingerprint(self) -> dict:
         """Without `refine`, the one from before the option existed, so earlier runs resume."""
         params = asdict(self.settings)
-        if not self.settings.hold:  # without `hold` at 0 (every pair followed), as before the option
-            del params["hold"]
+        for option in ("hold", "strain"):  # without an option at 0 (its effect off), as before it existed
+            if not params[option]:
+                del params[option]
         if not self.settings.refine:
             return {"step": self.name, "tables": self.tables_dir, "path": self.path,
                     "params": {k: v for k, v in params.items() if k not in ("refine", "max_disagreement", "ambiguity")}}
@@ -326,7 +328,8 @@ class SolveStep(GlobalStep):
         links, unlinked = self._bridge(m, ok, weights, filled, points, images)
         measured = Measured(m.nodes, filled, weights, m.shape[0])
         estimated = time.perf_counter()
-        fields, summary = solve_fields(measured, Springs(s.stretch, s.bend, s.z_smooth, s.anchor), rounds=s.rounds)
+        springs = Springs(s.stretch, s.bend, s.z_smooth, s.anchor, strain=s.strain)
+        fields, summary = solve_fields(measured, springs, rounds=s.rounds)
         transforms = np.stack([fit_transform(s.model, points, points + f.reshape(-1, 2)) for f in fields])
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"

@@ -151,6 +151,9 @@ class AlignParams(StageParams):
                         "registered: no displacement, so a stack registered already is left as it is instead of "
                         "following the content that differs between real sections (e.g. 3; 0, the default: every "
                         "pair's fit is followed)")
+    strain: float = Field(0.1, ge=0, description="weight holding each section's affine scale and shear (not its "
+                          "rotation) at none, per node, as a measured displacement weighs 1: real sections differ in "
+                          "content, and the pairs' fits, followed, add up to a drift of scale along the stack")
     outside: bool = Field(True, description="flag the aligned pixels whose source lies outside their section (the "
                           "margins the warp leaves, and the padding of a smaller section: no tissue imaged) as 3 in "
                           "`defects`, so `segment --mask` leaves them out (false: unflagged, as before the option)")
@@ -180,10 +183,12 @@ class AlignStage(BlockStage[AlignParams]):
         return {"aligned": OutputSpec(dtype=inputs["raw"].dtype.name), "defects": OutputSpec(dtype="uint8")}
 
     def fingerprint_params(self) -> dict:
-        """Without `hold` at 0 (every pair followed) and `blank` off, so runs from before those options resume."""
+        """Without `hold` and `strain` at 0 and `blank` off, so runs from before those options resume (with
+        `strain` 0: the default since 2026-12-07 is 0.1)."""
         params = super().fingerprint_params()
-        if not params.get("hold"):
-            params.pop("hold", None)
+        for option in ("hold", "strain"):
+            if not params.get(option):
+                params.pop(option, None)
         if not params.get("blank"):
             params.pop("blank", None)
         return params

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from connectome.cli.arg_types import positive_float, positive_int
+from connectome.cli.arg_types import non_negative_float, positive_float, positive_int
 from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
@@ -44,6 +44,11 @@ def add_arguments(parser) -> None:
                         help="hold a neighbour pair as registered (no displacement) where its fit moves the section "
                              "by at most K times the scatter of its patches about the fit, so a stack registered "
                              "already is left as it is (e.g. 3; default 0: every pair's fit is followed)")
+    parser.add_argument("--strain", type=non_negative_float, default=0.1, metavar="W",
+                        help="weight holding each section's scale and shear (not its rotation) at none, so the "
+                             "content differences between real sections do not add up to a drift of scale along "
+                             "the stack (default 0.1; 0: scale and shear followed as freely as rotation, as before "
+                             "2026-12-07)")
     parser.add_argument("--labels", action="append", default=[], metavar="ADDR",
                         help="a label volume (or integer mask) in RAW's frame, e.g. ground truth: carried into the "
                              "aligned frame (nearest neighbour, ids exact) as OUT_DIR/aligned_labels (given again: "
@@ -72,7 +77,7 @@ def run(args) -> int:
         config = alignment_config(args.raw, args.out_dir, args.block_shape, args.chunk_shape, args.voxel_size,
                                   cluster, match={"patch": args.patch, "stride": args.stride, "search": args.search},
                                   solve={"model": args.model, **({"refine": True} if args.refine else {}),
-                                         **({"hold": args.hold} if args.hold else {})},
+                                         **({"hold": args.hold} if args.hold else {}), "strain": args.strain},
                                   section_order=args.section_order)
         plan = plan_alignment(config, args.overwrite)
         check_outputs(plan, args.overwrite)

@@ -82,6 +82,20 @@ def test_a_registered_stack_is_left_as_it_is(vnc, tmp_path, client):
         assert np.abs(f).max() < 1.5, (z, np.abs(f).max())
 
 
+def test_at_the_default_a_registered_stack_keeps_its_scale(vnc, tmp_path, client):
+    """Without `hold` every pair's fit is followed, content differences included; the default `strain` (0.1)
+    holds each section's scale and shear, so they no longer add up along the stack. Measured on this crop: scales
+    0.985-1.012, rotations -0.48 to 1.11 degrees, fields up to 16.4 px; with strain 0, as before 2026-12-07: scales
+    0.953-1.064, rotations -1.51 to 1.24 degrees, fields up to 19.2 px (the shifts still drift: `hold` stops that)."""
+    raw = write_stack(str(tmp_path / "raw"), np.ascontiguousarray(vnc[:, Y0:Y0 + SIDE, X0:X0 + SIDE]))
+    _, _, t = align(raw, str(tmp_path / "out"), client, match=MATCH)
+    scales = np.array([np.linalg.svd(a[:, :2], compute_uv=False) for a in t["transforms"]])
+    turns = np.degrees(np.arctan2(t["transforms"][:, 1, 0], t["transforms"][:, 0, 0]))
+    print(f"scales {scales.min():.3f}-{scales.max():.3f}, rotations {turns.min():.2f} to {turns.max():.2f} "
+          f"degrees, fields up to {np.abs(t['fields']).max():.1f} px")  # shown with pytest -s
+    assert np.abs(scales - 1).max() < 0.02, scales  # strain 0 fails it (0.953-1.064)
+
+
 def test_perturbed_sections_are_put_back_and_the_others_stay(vnc, tmp_path, client):
     stack = vnc[:, Y0:Y0 + SIDE, X0:X0 + SIDE].copy()
     yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float64)
@@ -111,6 +125,11 @@ def test_runs_from_before_hold_resume_and_a_skip_pair_across_a_flagged_section_i
 
     assert "hold" not in SolveStep("t", "p", SolveSettings()).fingerprint()["params"]
     assert SolveStep("t", "p", SolveSettings(hold=3.0)).fingerprint()["params"]["hold"] == 3.0
+    # `strain` likewise at 0 (how runs from before it resume); its default, 0.1, is in both fingerprints
+    from connectome.alignment.stages import AlignParams
+
+    assert "strain" not in SolveStep("t", "p", SolveSettings(strain=0.0)).fingerprint()["params"]
+    assert SolveStep("t", "p", AlignParams().settings()).fingerprint()["params"]["strain"] == 0.1
     gy, gx = np.meshgrid(np.arange(0, 256, 64.0), np.arange(0, 256, 64.0), indexing="ij")
     points = np.stack([gy.ravel(), gx.ravel()], 1)
     rng = np.random.default_rng(0)

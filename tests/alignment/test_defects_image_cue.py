@@ -109,3 +109,25 @@ def test_darker_areas_lined_up_long_and_thin_are_a_fold_and_round_or_wide_ones_a
     band[100:150] = False
     band[100:110, 20:580] = True  # 20 px wide: a fold
     assert _long_and_thin(band, step).any()
+
+
+def test_the_pieces_of_a_fold_between_its_gaps_are_the_fold_too():
+    """A fold crossing tissue its neighbours show as dark is no darker than them there: a 200 px piece (a fold on
+    its own) and, 60 px further along its line, a 100 px piece (too short alone) are both flagged (before
+    2026-12-07 only the long one: a lab's fold was half flagged); a dark round cell beside the line and a short
+    piece off the line's axis are not."""
+    from connectome.alignment.defects import _long_and_thin
+
+    step = 2
+    mask = np.zeros((300, 400), bool)  # compared pixels: every 2nd section px
+    mask[100:106, 20:120] = True  # 200 x 12 px: a fold
+    mask[100:106, 150:200] = True  # 100 x 12 px, 60 px on along the same line
+    alone = mask.copy()
+    alone[100:106, 20:120] = False
+    mask[200:210, 150:200] = True  # 100 x 20 px, parallel but 200 px off the line
+    yy, xx = np.mgrid[0:300, 0:400]
+    mask |= (yy - 140) ** 2 + (xx - 60) ** 2 < 12 ** 2  # a round cell 68 px from the line
+    found = _long_and_thin(mask, step)
+    assert found[100:106, 20:120].all() and found[100:106, 150:200].all()
+    assert not found[200:210].any() and not found[125:160].any()
+    assert not _long_and_thin(alone, step).any()  # the short piece alone is no fold
