@@ -6,6 +6,7 @@ import contextlib
 import functools
 import itertools
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,7 +138,8 @@ class ZarrVolume(Volume):
             try:
                 scale0 = node[level]
             except KeyError:
-                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{level}'") from None
+                raise UserError(f"{address}: zarr group without an OME-Zarr scale-0 array '{level}'"
+                                + _held_volumes(node, address)) from None
             except Exception as e:  # its zarr.json names an unknown dtype or codec, or is damaged
                 raise UserError(f"{os.path.join(path, level, 'zarr.json')}: not a readable zarr array "
                                 f"({type(e).__name__}: {e})") from None
@@ -542,3 +544,15 @@ def copy_stored_chunks(src: ZarrVolume, dst: ZarrVolume, threads: int = 8) -> tu
     with ThreadPoolExecutor(max(1, threads)) as pool:
         copied = sum(pool.map(copy, pairs))
     return len(pairs), copied
+
+
+def _held_volumes(group: zarr.Group, address: str, shown: int = 8) -> str:
+    """'; it holds A, B, ...: give one of them, e.g. ADDRESS/A' for a group that holds other groups or arrays (an
+    output folder given for its volume), else ''."""
+    with warnings.catch_warnings():  # zarr warns of every non-zarr entry (run records, tables)
+        warnings.simplefilter("ignore")
+        names = sorted(group.group_keys()) + sorted(group.array_keys())
+    if not names:
+        return ""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"; it holds {', '.join(names[:shown])}{more}: give one of them, e.g. {address.rstrip('/')}/{names[0]}"

@@ -147,7 +147,11 @@ def test_a_file_group_folder_or_range_that_is_not_a_volume_is_named(tmp_path):
         f.create_dataset("volumes/raw", data=np.zeros((2, 4, 4), np.uint8))
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
+    __import__("zarr").open_group(str(tmp_path / "out"), mode="w")  # an output folder (a group) holding volumes
+    for name in ("aligned", "defects"):
+        create_volume(str(tmp_path / "out" / name), (2, 4, 4), np.uint8, (2, 4, 4), (40.0, 4.0, 4.0))
     cases = {
+        f"{tmp_path}/out": rf"scale-0 array '0'; it holds aligned, defects: give one of them, e.g. {tmp_path}/out/aligned",
         f"{tmp_path}/d.npz": r"d.npz#KEY naming one array inside the file; its arrays are \['gt', 'raw'\]",
         f"{tmp_path}/d.h5": r"d.h5#KEY naming one array inside the file; its arrays are \['volumes/raw'\]",
         f"{tmp_path}/d.h5#volumes": r"a group, not a dataset: 'volumes'; datasets are \['volumes/raw'\]",
