@@ -256,10 +256,16 @@ def test_segment_undoes_a_shuffle_exactly_and_resumes(tmp_path, capsys):
     assert "section_order" not in kept and "out of order" not in err
     assert not np.array_equal(_read(kept["segmentation"]), seg)
 
-    # evaluate warns that its skeleton counts follow the stored order (not for the stored-order run, nor per section)
+    # evaluate warns that its skeleton counts follow the stored order (not for the stored-order run, nor per section);
+    # given skeletons, so that kimimaro does not skeletonise the raw image's grey levels as objects (minutes)
+    from connectome.metrics import Skeletons
+
+    skeletons = str(tmp_path / "skeletons.npz")
+    Skeletons(np.array([[z, 100, x] for z in (0, 1) for x in (100, 110)], float), np.array([[0, 1], [2, 3]]),
+              np.array([1, 1, 2, 2], np.uint64)).save(skeletons)
     for name, extra, warned in (("fixed", [], True), ("kept", [], False), ("fixed", ["--per-section"], False)):
         assert main(["evaluate", "--seg", str(tmp_path / name / "segmentation"), "--gt", a + "#shuffled",
-                     "--voxel-size", "50", "4", "4", "--json", *extra]) == 0
+                     "--voxel-size", "50", "4", "4", "--skeletons", skeletons, "--json", *extra]) == 0
         said = [line for line in capsys.readouterr().err.splitlines() if "recovered section order" in line]
         assert len(said) == int(warned), (name, extra, said)
 
