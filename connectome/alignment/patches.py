@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.fft import irfft2, next_fast_len, rfft2
 from scipy.ndimage import map_coordinates, spline_filter
-from scipy.signal import fftconvolve
 from skimage.feature import match_template
 
 REFINE_MARGIN = 4  # full-resolution pixels read beyond a template for the sub-pixel step
@@ -76,24 +76,37 @@ def _parabola(c_minus: float, c0: float, c_plus: float) -> float:
     return float(np.clip(0.5 * (c_minus - c_plus) / denom, -0.5, 0.5))
 
 
+def _window_sums(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Sums of `a` over every window of `shape` that fits inside it (integral image)."""
+    h, w = shape
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
+    np.cumsum(np.cumsum(a, axis=0), axis=1, out=c[1:, 1:])
+    return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
+
+
 def _masked_ncc(search: np.ndarray, valid: np.ndarray, template: np.ndarray) -> np.ndarray:
     """NCC of the template at every offset inside `search`, over the pixels where `valid` (the search
     window reaches past the section: those pixels are not image); -1 where less than MIN_OVERLAP of
-    the template overlaps valid pixels (Padfield's masked normalized cross-correlation)."""
+    the template overlaps valid pixels (Padfield's masked normalized cross-correlation). Window sums
+    come from integral images, the three correlations with the template from one transform of each
+    image and of the template and its square."""
     m = valid.astype(np.float64)
     s = np.where(valid, search - search[valid].mean(), 0.0)
     t = template.astype(np.float64) - template.mean()
+    (sh, sw), (th, tw) = s.shape, t.shape
+    size = (next_fast_len(sh + th - 1, real=True), next_fast_len(sw + tw - 1, real=True))
+    f_m, f_s = rfft2(m, size), rfft2(s, size)
+    f_t, f_tt = rfft2(t[::-1, ::-1], size), rfft2((t * t)[::-1, ::-1], size)
 
-    def corr(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        return fftconvolve(image, kernel[::-1, ::-1], mode="valid")
+    def corr(f_image: np.ndarray, f_kernel: np.ndarray) -> np.ndarray:
+        return irfft2(f_image * f_kernel, size)[th - 1:sh, tw - 1:sw]
 
-    ones = np.ones_like(t)
-    n = np.maximum(np.rint(corr(m, ones)), 0.0)
+    n = np.maximum(np.rint(_window_sums(m, t.shape)), 0.0)
     safe = np.maximum(n, 1.0)
-    sum_s, sum_t = corr(s, ones), corr(m, t)
-    var_s = corr(s * s, ones) - sum_s ** 2 / safe
-    var_t = corr(m, t * t) - sum_t ** 2 / safe
-    num = corr(s, t) - sum_s * sum_t / safe
+    sum_s, sum_t = _window_sums(s, t.shape), corr(f_m, f_t)
+    var_s = _window_sums(s * s, t.shape) - sum_s ** 2 / safe
+    var_t = corr(f_m, f_tt) - sum_t ** 2 / safe
+    num = corr(f_s, f_t) - sum_s * sum_t / safe
     denom = np.sqrt(np.maximum(var_s, 0.0) * np.maximum(var_t, 0.0))
     ok = (n >= MIN_OVERLAP * t.size) & (denom > 1e-6 * t.size)
     return np.where(ok, num / np.where(ok, denom, 1.0), -1.0)
