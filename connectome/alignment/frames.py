@@ -159,3 +159,31 @@ def frame_warning(seg: str, gt: str) -> str | None:
             f"into the aligned frame with `connectome align {raw} {out} --labels {gt}` (with the alignment's own "
             f"options; it writes {os.path.join(out, 'aligned_labels')}) and score against that, or bring the "
             f"segmentation to the raw frame with `--unalign {seg}`")
+
+
+def mask_frame_warning(command: str, raw: str, mask: str) -> str | None:
+    """The one line `connectome COMMAND` prints where `--mask` is not known to be in the frame of the raw it masks:
+    `raw` is in an aligned frame and `mask` is not known to be in it, or `mask` is in an aligned frame and `raw` is
+    not (the two then have the same shape and nothing else fails: the mask leaves out other pixels than it was made
+    for); None otherwise, and wherever the records cannot be read."""
+    try:
+        r, m = volume_frame(raw), volume_frame(mask)
+    except Exception:  # noqa: BLE001 - a warning only: nothing it cannot read stops the run
+        return None
+    if r is not None and r.frame == "aligned":
+        if m is not None and m.frame == "aligned" and _same(m.alignment, r.alignment):
+            return None
+        where = ("is in the aligned frame of another alignment" if m is not None and m.frame == "aligned"
+                 else "is in the raw (unaligned) frame" if m is not None else "is not known to be in that frame")
+        out = r.alignment or "OUT"
+        return (f"connectome {command}: warning: raw {raw} is aligned ({out}), --mask {mask} {where}: if the mask was "
+                f"made on the unaligned sections, it leaves out other voxels than it was made for; use "
+                f"{os.path.join(out, 'defects')}, or a mask made from the aligned volume (`connectome tissue "
+                f"{os.path.join(out, 'aligned')} ...`), or carry it with `connectome align {r.raw or 'RAW'} {out} "
+                f"--labels {mask}`")
+    if m is not None and m.frame == "aligned" and (r is None or r.frame == "raw"):
+        out = m.alignment or "OUT"
+        return (f"connectome {command}: warning: --mask {mask} is in the aligned frame of {out}, raw {raw} is not "
+                f"known to be in it: the mask leaves out other voxels than it was made for; "
+                f"give the aligned volume ({os.path.join(out, 'aligned')}) as the raw")
+    return None

@@ -12,6 +12,7 @@ from connectome.cli.segment import (
     add_min_segment_option,
     add_section_order_option,
     say_default_model,
+    say_mask_frame,
 )
 from connectome.cli.synapses import say_default_cleft_model
 
@@ -73,6 +74,7 @@ def run(args) -> int:
         plan = plan_segmentation(config, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)
+        say_mask_frame("reconstruct", args)
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         seg = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)

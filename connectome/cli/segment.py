@@ -136,6 +136,15 @@ def say_default_model(args) -> None:
               "fib-10nm, sstem; README 'Choosing an affinity model')", file=sys.stderr)
 
 
+def say_mask_frame(command: str, args) -> None:
+    """One warning line on stderr where `--mask` is not known to be in the frame of the raw (`mask_frame_warning`)."""
+    from connectome.alignment.frames import mask_frame_warning
+
+    warning = mask_frame_warning(command, args.raw, args.mask) if args.mask else None
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def run(args) -> int:
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
@@ -160,6 +169,7 @@ def run(args) -> int:
         plan = plan_segmentation(config, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)
+        say_mask_frame("segment", args)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_segmentation(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
@@ -190,6 +200,7 @@ def _run_ffn(args) -> int:
         check_plan_resumable(plan, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)
+        say_mask_frame("segment", args)
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         summary = run_ffn(plan, client, overwrite=args.overwrite, progress=not args.no_progress)
     say_default_model(args)

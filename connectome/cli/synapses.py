@@ -8,6 +8,7 @@ import sys
 from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.segment import say_mask_frame
 
 
 def add_arguments(parser) -> None:
@@ -55,6 +56,7 @@ def run(args) -> int:
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)
+    say_mask_frame("synapses", args)
     start = time.perf_counter()
     with worker_logs(plan.work_dir), open_client(cluster, quiet=args.json, lazy=True) as client:
         reports = execute(plan, client, overwrite=args.overwrite, progress=not args.no_progress)

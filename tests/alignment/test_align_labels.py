@@ -263,3 +263,29 @@ def test_bad_labels_refused_with_one_line_before_anything_runs(stack, case, tmp_
                 "unalign_shape": "shape [6, 152, 160]"}[case]
     assert expected in lines[0], lines[0]
     assert not os.path.exists(out)  # refused before the alignment started
+
+
+def test_a_mask_not_known_to_be_in_the_raws_frame_is_warned_of(stack, client, tmp_path, capsys):
+    """`segment --mask` of an aligned volume with a mask made on the unaligned sections (same shape: nothing else
+    fails) says so in one line and segments all the same; the mask carried into the aligned frame, or the alignment's
+    defects, are not warned of; a mask in the aligned frame given with the unaligned raw is."""
+    from connectome.alignment.frames import mask_frame_warning
+    from connectome.cli.main import main
+
+    mask = (stack["labels"] == stack["labels"][0, 0, 0]).astype(np.uint8)  # one cell of the raw frame
+    raw_mask = write_stack(str(tmp_path / "mask"), mask, chunks=CHUNKS)
+    aligned_mask = carry(stack, "align_labels", raw_mask, "aligned_mask", client)[1]
+    aligned, defects = os.path.join(stack["out"], "aligned"), os.path.join(stack["out"], "defects")
+    carried_mask = os.path.join(stack["out"], "aligned_mask")
+    assert aligned_mask.ran > 0
+    assert main(["segment", aligned, str(tmp_path / "seg"), "--mask", raw_mask, "--block-shape", "6", "160", "160",
+                 "--allow-voxel-mismatch", "--workers", "1", "--no-progress", "--json"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and f"--mask {raw_mask} is not known to be in that frame" in lines[0], lines
+    assert f"--labels {raw_mask}" in lines[0] and defects in lines[0]
+    assert mask_frame_warning("segment", aligned, carried_mask) is None
+    assert mask_frame_warning("segment", aligned, defects) is None
+    for raw, given in ((stack["raw"], defects), (stack["raw"], carried_mask)):
+        warning = mask_frame_warning("synapses", raw, given)
+        assert warning is not None and f"give the aligned volume ({aligned})" in warning, warning
+    assert mask_frame_warning("synapses", stack["raw"], raw_mask) is None  # neither known aligned: nothing said
