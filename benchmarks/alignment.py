@@ -7,8 +7,9 @@
 2. The global solve alone (affine solve + elastic mesh relaxation) on synthetic measurements for
    100 ... 10,000 sections of 15 x 15 nodes: peak memory (tracemalloc: numpy's allocations) and time.
 
-Run: .venv/bin/python benchmarks/alignment.py [--sections 8] [--solve-sizes 100 1000 10000]
-Records benchmarks/results/alignment.md.
+Run: .venv/bin/python benchmarks/alignment.py [--sections 8] [--solve-sizes 100 1000 10000] [--out FILE]
+Prints the tables (recorded by hand in benchmarks/results/alignment.md, whose notes a run must not overwrite);
+--out FILE also writes them there.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", type=int, default=8)
     parser.add_argument("--solve-sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
     lines = ["# Alignment speed and global-solve memory", "",
              f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs visible (2 workers used), "
@@ -96,9 +98,9 @@ def main() -> None:
         mib, seconds, its = solve_memory(n)
         lines.append(f"| {n} | {mib:.0f} | {seconds:.1f} | {its} |")
         print(lines[-1], flush=True)
-    out = REPO / "benchmarks" / "results" / "alignment.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    if args.out is not None:
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
