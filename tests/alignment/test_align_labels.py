@@ -274,9 +274,9 @@ def test_a_mask_not_known_to_be_in_the_raws_frame_is_warned_of(stack, client, tm
 
     mask = (stack["labels"] == stack["labels"][0, 0, 0]).astype(np.uint8)  # one cell of the raw frame
     raw_mask = write_stack(str(tmp_path / "mask"), mask, chunks=CHUNKS)
-    aligned_mask = carry(stack, "align_labels", raw_mask, "aligned_mask", client)[1]
+    aligned_mask = carry(stack, "align_labels", raw_mask, "aligned_lab_mask", client)[1]
     aligned, defects = os.path.join(stack["out"], "aligned"), os.path.join(stack["out"], "defects")
-    carried_mask = os.path.join(stack["out"], "aligned_mask")
+    carried_mask = os.path.join(stack["out"], "aligned_lab_mask")
     assert aligned_mask.ran > 0
     assert main(["segment", aligned, str(tmp_path / "seg"), "--mask", raw_mask, "--block-shape", "6", "160", "160",
                  "--allow-voxel-mismatch", "--workers", "1", "--no-progress", "--json"]) == 0
