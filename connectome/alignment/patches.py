@@ -91,6 +91,19 @@ def _window_sums(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
 
 
+def _fft_size(search: tuple[int, ...], template: tuple[int, ...]) -> tuple[int, int]:
+    """The transform size of a correlation of `template` over `search` without wrap-around."""
+    (sy, sx), (ty, tx) = search[:2], template[:2]
+    return next_fast_len(sy + ty - 1, real=True), next_fast_len(sx + tx - 1, real=True)
+
+
+def _correlation(f_image: np.ndarray, f_kernel: np.ndarray, size: tuple[int, int], search: tuple[int, ...],
+                 template: tuple[int, ...]) -> np.ndarray:
+    """The valid part of the correlation of a search window with a template, from their transforms (the template's
+    flipped)."""
+    return irfft2(f_image * f_kernel, size)[template[0] - 1:search[0], template[1] - 1:search[1]]
+
+
 def _masked_ncc(search: np.ndarray, valid: np.ndarray, template: np.ndarray) -> np.ndarray:
     """NCC of the template at every offset inside `search`, over the pixels where `valid` (the search
     window reaches past the section: those pixels are not image); -1 where less than MIN_OVERLAP of
@@ -100,13 +113,12 @@ def _masked_ncc(search: np.ndarray, valid: np.ndarray, template: np.ndarray) -> 
     m = valid.astype(np.float64)
     s = np.where(valid, search - search[valid].mean(), 0.0)
     t = template.astype(np.float64) - template.mean()
-    (sh, sw), (th, tw) = s.shape, t.shape
-    size = (next_fast_len(sh + th - 1, real=True), next_fast_len(sw + tw - 1, real=True))
+    size = _fft_size(s.shape, t.shape)
     f_m, f_s = rfft2(m, size), rfft2(s, size)
     f_t, f_tt = rfft2(t[::-1, ::-1], size), rfft2((t * t)[::-1, ::-1], size)
 
     def corr(f_image: np.ndarray, f_kernel: np.ndarray) -> np.ndarray:
-        return irfft2(f_image * f_kernel, size)[th - 1:sh, tw - 1:sw]
+        return _correlation(f_image, f_kernel, size, s.shape, t.shape)
 
     n = np.maximum(np.rint(_window_sums(m, t.shape)), 0.0)
     safe = np.maximum(n, 1.0)
@@ -124,9 +136,8 @@ def _ncc(search: np.ndarray, template: np.ndarray) -> np.ndarray:
     standard deviation below 1e-3, `_ncc_peak`'s rule for a flat template or search window)."""
     s = search.astype(np.float64) - search.mean()
     t = template.astype(np.float64) - template.mean()
-    (sh, sw), (th, tw) = s.shape, t.shape
-    size = (next_fast_len(sh + th - 1, real=True), next_fast_len(sw + tw - 1, real=True))
-    num = irfft2(rfft2(s, size) * rfft2(t[::-1, ::-1], size), size)[th - 1:sh, tw - 1:sw]  # (t sums to 0)
+    size = _fft_size(s.shape, t.shape)
+    num = _correlation(rfft2(s, size), rfft2(t[::-1, ::-1], size), size, s.shape, t.shape)  # (t sums to 0)
     sum_s = _window_sums(s, t.shape)
     var_s = _window_sums(s * s, t.shape) - sum_s ** 2 / t.size
     ok = var_s > 1e-6 * t.size

@@ -24,6 +24,10 @@ from connectome.engine.global_step import GlobalStep
 MATCHES_FORMAT = 1
 
 
+# options whose effect is off at 0: left out of fingerprints there, so runs from before each option resume
+OFF_AT_ZERO = ("hold", "strain")
+
+
 @dataclass(frozen=True)
 class SolveSettings:
     model: str = "affine"
@@ -277,7 +281,7 @@ class SolveStep(GlobalStep):
     def fingerprint(self) -> dict:
         """Without `refine`, the one from before the option existed, so earlier runs resume."""
         params = asdict(self.settings)
-        for option in ("hold", "strain"):  # without an option at 0 (its effect off), as before it existed
+        for option in OFF_AT_ZERO:
             if not params[option]:
                 del params[option]
         if not self.settings.refine:

@@ -33,7 +33,7 @@ from connectome.alignment.footprints import outside_footprints, permuted
 from connectome.alignment.mesh import interpolate
 from connectome.alignment.patches import PatchSettings, SectionPair, match_sections, node_axis
 from connectome.alignment.section_order import positions
-from connectome.alignment.solve_step import MATCHES_FORMAT, SolveSettings, SolveStep
+from connectome.alignment.solve_step import MATCHES_FORMAT, OFF_AT_ZERO, SolveSettings, SolveStep
 from connectome.alignment.warp import source_positions, warp_section
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Box, Context
@@ -186,7 +186,7 @@ class AlignStage(BlockStage[AlignParams]):
         """Without `hold` and `strain` at 0 and `blank` off, so runs from before those options resume (with
         `strain` 0: the default since 2026-12-07 is 0.1)."""
         params = super().fingerprint_params()
-        for option in ("hold", "strain"):
+        for option in OFF_AT_ZERO:
             if not params.get(option):
                 params.pop(option, None)
         if not params.get("blank"):
