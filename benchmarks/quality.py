@@ -76,8 +76,9 @@ NOTES = [
     "4.273, gala 1.340).",
     "- `fib-10nm` and `sstem` are, since 2026-12-05 (session 39), the previous weights fine-tuned 3 minutes each on "
     "a lent NVIDIA H100 (benchmarks/results/gpu_session.md), each with its edge classifier refitted on its four-flip "
-    "affinities. `fib-10nm` merges by its classifier's p(merge) (learned scoring; five fits averaged, threshold "
-    "0.35 from `fib-10nm-edges.json`, chosen on medulla z 75-99); `synthetic` likewise by its own; `sstem` by its own "
+    "affinities. `fib-10nm` merges by its classifier's p(merge) (learned scoring; five fits averaged, the "
+    "affinities' and, since 2026-12-07, the EM image's features, threshold 0.45 from `fib-10nm-edges.json`, chosen on "
+    "medulla z 75-99); `synthetic` likewise by its own; `sstem` by its own "
     "(`sstem-edges.json`, fragments up to 128 px scored, five fits averaged, trained on CREMI z 0-39 and its "
     "threshold 0.35 chosen on z 40-49, this table's split); `sstem-2d` by mean affinity, one edge at a time in a "
     "strict order (score, contact count, segment ids). Learned against mean scoring: "

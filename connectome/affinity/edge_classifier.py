@@ -1,7 +1,8 @@
 """The learned merge score: a small MLP on edge features (`edge_features`) giving p(merge) per edge.
 
 Stored as json beside the affinity model it was trained with (`<model>-edges.json`): the feature
-names, their standardisation, the layers, the merge threshold chosen on validation and provenance.
+names (`FEATURES`, or since 2026-12-07 those and the image's `INTENSITY_FEATURES`: such a classifier reads
+the EM image too), their standardisation, the layers, the merge threshold chosen on validation and provenance.
 The agglomerate stage writes p(merge), rounded to k / 255, in place of the edge's mean affinity
 (on edges with a small side, `edge_context`):
 its table's `sums` become p x contact count (the affinity sums move to `affinity_sums`), so the
@@ -19,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from connectome.affinity.edge_features import EXTENT, FEATURES
+from connectome.affinity.edge_features import EXTENT, FEATURES, INTENSITY_FEATURES
 from connectome.affinity.encoding import SCALE
 from connectome.core.errors import UserError
 
 FORMAT = 1
 ROWS = 8192  # edges per step of merge_probability
+FEATURE_SETS = (FEATURES, FEATURES + INTENSITY_FEATURES)  # what a classifier may read: the columns of `edge_features`
 
 
 @dataclass(frozen=True)
 class EdgeClassifier:
-    """An MLP (ReLU hidden layers, sigmoid output) over standardised FEATURES."""
+    """An MLP (ReLU hidden layers, sigmoid output) over standardised features (one of `FEATURE_SETS`)."""
 
     path: str
     mean: np.ndarray
@@ -39,11 +41,22 @@ class EdgeClassifier:
     threshold: float
     extent: int = EXTENT  # voxels (finest axis) up to which a fragment is "small" (`edge_features`)
     fitted_to: dict | None = None  # the affinity weights it was fitted to (name, sha1): `check_fitted_to`
+    features: tuple[str, ...] = FEATURES
+
+    @property
+    def reads_image(self) -> bool:
+        """Whether its features include the EM image's (`INTENSITY_FEATURES`): the agglomerate stage reads it."""
+        return len(self.features) > len(FEATURES)
 
     def merge_probability(self, features: np.ndarray) -> np.ndarray:
-        """p(merge) per row of `features` (edges, len(FEATURES)); in runs of ROWS rows, whose hidden
-        activations stay in the CPU's cache (3-6x faster than all rows at once at 400,000 edges)."""
+        """p(merge) per row of `features` (edges, at least len(self.features) columns of `edge_features`, the
+        first ones read); in runs of ROWS rows, whose hidden activations stay in the CPU's cache (3-6x faster
+        than all rows at once at 400,000 edges)."""
         features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[1] < len(self.features):
+            raise ValueError(f"edge classifier {self.path}: expected {len(self.features)} feature columns, "
+                             f"got array of shape {features.shape}")
+        features = features[:, :len(self.features)]
         out = np.empty(len(features))
         for start in range(0, len(features), ROWS):
             x = (features[start:start + ROWS] - self.mean) / self.std
@@ -119,9 +132,11 @@ def _load_classifier(path: str, mtime_ns: int) -> EdgeClassifier:
     if not isinstance(meta, dict) or meta.get("kind") != "edge_classifier" or meta.get("format") != FORMAT:
         raise UserError(f"edge classifier {path}: expected kind 'edge_classifier', format {FORMAT}; found "
                         f"kind {meta.get('kind') if isinstance(meta, dict) else None!r}")
-    if list(meta.get("features", [])) != list(FEATURES):
+    names = tuple(meta.get("features") or ()) if isinstance(meta.get("features"), list) else ()
+    if names not in FEATURE_SETS:
         raise UserError(f"edge classifier {path}: features {meta.get('features')} differ from this version's "
-                        f"{list(FEATURES)}; retrain it (connectome train edges)")
+                        f"{list(FEATURES)} (and the image's {list(INTENSITY_FEATURES)} after them); retrain it "
+                        "(connectome train edges)")
     try:
         mean = np.asarray(meta["mean"], np.float64)
         std = np.asarray(meta["std"], np.float64)
@@ -131,14 +146,14 @@ def _load_classifier(path: str, mtime_ns: int) -> EdgeClassifier:
         extent = int(meta["extent"])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"edge classifier {path}: missing or malformed key {e}") from None
-    width = len(FEATURES)
+    width = len(names)
     shapes_ok = mean.shape == std.shape == (width,) and np.all(std > 0) and len(weights) > 0
     for w, b in zip(weights, biases):
         shapes_ok = shapes_ok and w.ndim == 2 and w.shape[1] == width and b.shape == (w.shape[0],)
         width = w.shape[0] if w.ndim == 2 else -1
     if not shapes_ok or width != 1 or not 0 <= threshold <= 1 or extent < 1:
-        raise UserError(f"edge classifier {path}: layers do not chain from {len(FEATURES)} features to 1 output "
+        raise UserError(f"edge classifier {path}: layers do not chain from {len(names)} features to 1 output "
                         f"(or threshold {threshold} outside [0, 1], or extent {extent} below 1)")
     fitted = meta.get("affinity_weights")
     fitted_to = fitted if isinstance(fitted, dict) and "sha1" in fitted else None
-    return EdgeClassifier(path, mean, std, weights, biases, threshold, extent, fitted_to)
+    return EdgeClassifier(path, mean, std, weights, biases, threshold, extent, fitted_to, names)

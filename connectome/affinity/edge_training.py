@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from connectome.affinity.agglomeration import lookup_table
-from connectome.affinity.edge_classifier import FORMAT, EdgeClassifier
+from connectome.affinity.edge_classifier import FEATURE_SETS, FORMAT, EdgeClassifier
 from connectome.affinity.edge_context import one_block_sums
-from connectome.affinity.edge_features import EXTENT, FEATURES, edge_features, extent_limit
+from connectome.affinity.edge_features import EXTENT, edge_features, extent_limit
 from connectome.affinity.validation import AFF_HIGH, AFF_LOW, one_block_graph
 from connectome.engine.stage import file_record
 from connectome.io.lookup import relabel
@@ -36,12 +36,13 @@ class EdgeSet:
 
 
 def edge_set(affs_u8: np.ndarray, limit: Sequence[int] = (EXTENT,) * 3, aff_low: float = AFF_LOW,
-             aff_high: float = AFF_HIGH, in_plane: bool = False) -> EdgeSet:
-    """Fragments, region graph and features of uint8 affinities (3, z, y, x) in one block."""
+             aff_high: float = AFF_HIGH, in_plane: bool = False, raw: np.ndarray | None = None) -> EdgeSet:
+    """Fragments, region graph and features of uint8 affinities (3, z, y, x) in one block; with `raw` (their
+    EM image, uint8), the image's features too."""
     fragments, tables, hist = one_block_graph(affs_u8, aff_low, aff_high, in_plane)
     z, y, x = (int(v) for v in limit)
     return EdgeSet(fragments, tables, edge_features(fragments, tables["u"], tables["v"], tables["sums"],
-                                                    tables["counts"], hist, (z, y, x)), hist, (z, y, x))
+                                                    tables["counts"], hist, (z, y, x), raw=raw), hist, (z, y, x))
 
 
 def majority_labels(fragments: np.ndarray, gt: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -67,11 +68,16 @@ def edge_labels(edges: EdgeSet, gt: np.ndarray) -> np.ndarray:
 
 def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, hidden: Sequence[int] = (32, 16),
                    steps: int = 1500, seed: int = 0, lr: float = 3e-3, extent: int = EXTENT) -> dict:
-    """Layers and standardisation of an MLP fitted by full-batch Adam on weighted cross-entropy (CPU)."""
+    """Layers and standardisation of an MLP fitted by full-batch Adam on weighted cross-entropy (CPU); `features`
+    the columns of one of `FEATURE_SETS`."""
     import torch
 
     torch.manual_seed(seed)
     x = np.asarray(features, np.float64)
+    names = next((n for n in FEATURE_SETS if len(n) == x.shape[1]), None)
+    if names is None:
+        raise ValueError(f"fit_classifier: {x.shape[1]} feature columns; expected one of "
+                         f"{[len(n) for n in FEATURE_SETS]}")
     mean, std = x.mean(axis=0), x.std(axis=0)
     std = np.where(std > 1e-8, std, 1.0)
     xt = torch.tensor((x - mean) / std, dtype=torch.float32)
@@ -92,7 +98,7 @@ def fit_classifier(features: np.ndarray, labels: np.ndarray, weights: np.ndarray
         loss.backward()
         opt.step()
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
-    return {"kind": "edge_classifier", "format": FORMAT, "features": list(FEATURES), "mean": mean.tolist(),
+    return {"kind": "edge_classifier", "format": FORMAT, "features": list(names), "mean": mean.tolist(),
             "std": std.tolist(), "final_loss": float(loss.item()), "extent": int(extent),
             "layers": [{"weight": m.weight.detach().double().numpy().tolist(),
                         "bias": m.bias.detach().double().numpy().tolist()} for m in linear]}
@@ -130,7 +136,8 @@ def as_classifier(meta: dict, threshold: float = 0.5) -> EdgeClassifier:
     """An EdgeClassifier from `fit_classifier`'s dict (before it is written)."""
     return EdgeClassifier("(in memory)", np.asarray(meta["mean"]), np.asarray(meta["std"]),
                           tuple(np.asarray(m["weight"]) for m in meta["layers"]),
-                          tuple(np.asarray(m["bias"]) for m in meta["layers"]), threshold, int(meta["extent"]))
+                          tuple(np.asarray(m["bias"]) for m in meta["layers"]), threshold, int(meta["extent"]),
+                          features=tuple(meta["features"]))
 
 
 def segment_learned(edges: EdgeSet, classifier: EdgeClassifier | None, thresholds: Sequence[float],
@@ -176,11 +183,12 @@ def example_weights(counts: np.ndarray, weighting: str) -> np.ndarray:
 
 
 def volume_edges(model, raw_address: str, labels_address: str, cache: str | None = None, extent: int = EXTENT,
-                 section_order: str = "keep"):
+                 section_order: str = "keep", image: bool = True):
     """(EdgeSet, labels, ground truth) of one labelled volume with `model`'s affinities, predicted as `segment`
     predicts them by default (the model's test-time augmentation, precision auto); fragments spanning at most
-    `extent` voxels (finest axis) count as small. `section_order`: a volume stored out of order is taken in the
-    order recovered from its images (`training.data.in_section_order`), its labels with it."""
+    `extent` voxels (finest axis) count as small; with `image`, the EM image's features follow the others.
+    `section_order`: a volume stored out of order is taken in the order recovered from its images
+    (`training.data.in_section_order`), its labels with it."""
     import hashlib
     import os
     from pathlib import Path
@@ -216,7 +224,8 @@ def volume_edges(model, raw_address: str, labels_address: str, cache: str | None
         if path:
             os.makedirs(cache, exist_ok=True)  # type: ignore[arg-type]
             np.save(path, affs)
-    edges = edge_set(affs, extent_limit(model.info.voxel_size, extent), in_plane=model.info.in_plane)
+    edges = edge_set(affs, extent_limit(model.info.voxel_size, extent), in_plane=model.info.in_plane,
+                     raw=pair.raw if image else None)
     return edges, edge_labels(edges, pair.labels), pair.labels
 
 
@@ -224,12 +233,13 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
                 out: str, hidden: Sequence[int] = (32, 16), steps: int = 1500, seed: int = 0,
                 weighting: str = "contact", thresholds: Sequence[float] = THRESHOLDS, threads: int = 1,
                 command: str = "", cache: str | None = None, max_edges: int | None = None, extent: int = EXTENT,
-                members: int = 1, section_order: str = "auto", log=print) -> dict:
+                members: int = 1, section_order: str = "auto", image: bool = True, log=print) -> dict:
     """Fit the edge classifier of `model_name` on (raws, labels), choose its threshold by VOI on the
     validation volume, write `out` (json) and return its content. The classifier scores edges with a side
     spanning at most `extent` voxels on the finest axis (`edge_context`); the others keep their mean affinity.
     `members` > 1 fits that many seeds and averages their logits (`fit_members`). `section_order`: volumes
-    stored out of order are taken in the order recovered from their images (`volume_edges`)."""
+    stored out of order are taken in the order recovered from their images (`volume_edges`). `image`: the EM
+    image's features too (`INTENSITY_FEATURES`; the agglomerate stage then reads the image)."""
     import json
     import time
     from datetime import UTC, datetime
@@ -259,10 +269,10 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
     torch.set_num_threads(threads)
     model = load_model(model_name, "cpu")
     # the validation volume first: bad validation labels are refused before any training volume is predicted
-    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent, section_order)
+    val_edges, _, val_gt = volume_edges(model, val_raw, val_labels, cache, extent, section_order, image)
     xs, ys, ws, counts = [], [], [], []
     for raw, lab in zip(raws, labels):
-        edges, y, _ = volume_edges(model, raw, lab, cache, extent, section_order)
+        edges, y, _ = volume_edges(model, raw, lab, cache, extent, section_order, image)
         keep = y >= 0
         xs.append(edges.features[keep])
         ys.append(y[keep])
@@ -292,7 +302,7 @@ def train_edges(model_name: str, raws: Sequence[str], labels: Sequence[str], val
             "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": threads, "wall_time_s": round(time.perf_counter() - start, 1),
             "fit_seconds": round(fit_seconds, 1), "hidden": list(hidden), "steps": steps, "seed": seed,
-            "members": members,
+            "members": members, "image": image,
             "weighting": weighting, "fitted_edges": fitted, "section_order": section_order,
             "labels": "merge: both fragments' majority ground-truth ids equal and non-zero; "
             "edges with a side mostly ground-truth 0 left out",

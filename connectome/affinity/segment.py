@@ -70,6 +70,7 @@ def segmentation_config(
     if scoring is None:
         scoring = info.scoring
     agglomerate: dict = {}
+    reads_image = False  # an edge classifier with the image's features: the agglomerate stage reads the raw too
     if scoring == "learned":
         from connectome.affinity.edge_classifier import (
             check_fitted_to,
@@ -84,8 +85,10 @@ def segmentation_config(
                             "give --edge-model FILE.json or train one with `connectome train edges`")
         check_fitted_to(edges, model)
         agglomerate = {"scoring": "learned", "edge_model": edges}
+        classifier = load_classifier(edges)
+        reads_image = classifier.reads_image
         if threshold is None:
-            threshold = load_classifier(edges).threshold
+            threshold = classifier.threshold
     if threshold is None:
         threshold = info.threshold if info.threshold is not None else DEFAULT_THRESHOLD
         if info.threshold is None:
@@ -109,7 +112,8 @@ def segmentation_config(
         *mask_stages,
         *([StageConfig(stage="mask_affinities", inputs={"mask": mask_input})] if mask_input else []),
         StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),
-        StageConfig(stage="agglomerate", params=agglomerate, inputs=masked),
+        StageConfig(stage="agglomerate", params=agglomerate,
+                    inputs={**masked, **({"raw": "raw"} if reads_image else {})}),
         # learned: the tables' `sums` hold p(merge), which the merge averages like affinities
         StageConfig(stage="relabel", params={"threshold": threshold,
                                               "scoring": "mean" if scoring == "learned" else scoring, **absorb}),

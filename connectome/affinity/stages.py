@@ -233,11 +233,23 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
     name = "agglomerate"
     Params = AgglomerateParams
     inputs = (Input("affinities", dtypes=("uint8",), channels=3, description=AFFINITIES),
-              Input("fragments", dtypes=("uint64",)))
+              Input("fragments", dtypes=("uint64",)),
+              # read only by an edge classifier with the image's features (`EdgeClassifier.reads_image`)
+              Input("raw", dtypes=("uint8",), channels=1, optional=True, description=IMAGE))
     tables = (Table("edges", EDGES_FORMAT),)
 
     def context(self) -> Context:
         return Context(lower=(1, 1, 1))  # the fragments one voxel below each inner lower face
+
+    def check_inputs(self, inputs: dict[str, VolumeMeta]) -> None:
+        """Also refuse, in one line, a classifier that reads the EM image where the stage is not given it."""
+        super().check_inputs(inputs)
+        classifier = self.classifier
+        if classifier is None or not classifier.reads_image:
+            return
+        if "raw" not in inputs:
+            raise UserError(f"stage 'agglomerate': edge classifier {classifier.path} reads the EM image; give the "
+                            "stage the image its affinities were predicted from (inputs: {raw: raw})")
 
     def check_upstream(self, upstream: dict[str, BlockStage | None]) -> AgglomerateParams:
         """The watershed thresholds are the fragments stage's: taken from it, or refused when they differ."""
@@ -299,8 +311,9 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
         p = self.params
         if p.aff_low is None or p.aff_high is None or p.in_plane is None:
             raise RuntimeError("stage 'agglomerate': aff_low, aff_high, in_plane unset (check_upstream sets them)")
+        image = volumes.get("raw") if self.classifier is not None and self.classifier.reads_image else None
         table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
-                            p.aff_low, p.aff_high, self.classifier, p.in_plane)
+                            p.aff_low, p.aff_high, self.classifier, p.in_plane, image)
         table["grid"] = np.array(grid_shape(block, volumes["fragments"].shape), np.int64)  # for the merge tree
         save_table(self.table_dirs["edges"], block.index, **table)
         return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}

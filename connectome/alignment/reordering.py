@@ -124,8 +124,10 @@ def in_recovered_order(stages: list, order) -> list:
     writes_segmentation = False
     for stage in stages:
         cls = stage_class(stage.stage)
+        optional = cls.optional_input_names()  # read only where the stage names them (agglomerate's raw)
         inputs = {name: renamed.get(stage.inputs.get(name, name), stage.inputs.get(name, name))
-                  for name in cls.input_names() if name in stage.inputs or name in ("raw", "segmentation")}
+                  for name in cls.input_names()
+                  if name in stage.inputs or (name in ("raw", "segmentation") and name not in optional)}
         outputs = dict(stage.outputs)
         for name in cls.output_names():
             if outputs.get(name, name) == "segmentation":

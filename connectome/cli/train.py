@@ -114,6 +114,9 @@ def _add_edges(sub) -> None:
                         "(default: 16, edge_features.EXTENT; larger costs a wider halo in `segment`)")
     p.add_argument("--members", type=int, default=1, metavar="K",
                    help="fit K classifiers (seeds SEED .. SEED + K - 1) and store one MLP scoring their mean logit")
+    p.add_argument("--no-image", action="store_true",
+                   help="fit on the affinity and size features only, not the EM image's (contact and smaller "
+                        "fragment intensity); `segment` then does not read the image in its agglomerate stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--cache", metavar="DIR", help="keep the predicted affinities here for re-runs")
@@ -132,7 +135,7 @@ def _run_edges(args) -> int:
                        tuple(args.hidden), args.steps, args.seed, args.weighting, threads=args.threads,
                        command=_command_line(), cache=args.cache, max_edges=args.max_edges,
                        extent=EXTENT if args.extent is None else args.extent, members=args.members,
-                       section_order=args.section_order,
+                       section_order=args.section_order, image=not args.no_image,
                        log=(lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else print)
     best = meta["provenance"]["validation"]["best"]
     summary = {"out": args.out, "threshold": meta["threshold"], "validation": best,

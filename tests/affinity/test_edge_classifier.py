@@ -424,6 +424,10 @@ def test_train_edges_fits_on_a_seeded_draw_of_max_edges(stored_synthetic, tmp_pa
     clf = load_classifier(str(out))
     assert summary["threshold"] == meta["threshold"] and clf.threshold == meta["threshold"]
     assert meta["extent"] == clf.extent == 6  # the stage grows its halo and calls fragments small by it
+    assert clf.reads_image and meta["provenance"]["image"]  # the image's features, by default
+    assert main([*args[:-3], "--out", str(tmp_path / "plain-edges.json"), "--no-image"]) == 0
+    plain = load_classifier(str(tmp_path / "plain-edges.json"))
+    assert not plain.reads_image and plain.features == FEATURES and len(plain.mean) == len(FEATURES)
 
 
 @pytest.mark.parametrize("option", [["--max-edges", "0"], ["--extent", "0"], ["--members", "0"]])
