@@ -121,12 +121,13 @@ def _dense(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return dense.astype(np.int64), old[order], new[order]
 
 
-def contact_intensity(fragments: np.ndarray, raw: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray,
-                                                                                                  np.ndarray]:
+def contact_intensity(fragments: np.ndarray, raw: np.ndarray, u: np.ndarray, v: np.ndarray, *,
+                      renumbered: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of the image (uint8 / 255) over each edge's face-adjacent voxel pairs in
-    `fragments` (each pair's two voxels averaged); (u, v) sorted, u < v, each a fragment of the array."""
+    `fragments` (each pair's two voxels averaged); (u, v) sorted, u < v, each a fragment of the array; `renumbered`:
+    its `_dense` if already computed."""
     n = len(u)
-    dense, old, new = _dense(fragments)
+    dense, old, new = renumbered if renumbered is not None else _dense(fragments)
     width = np.int64(len(old) + 1)
     du = new[np.searchsorted(old, np.asarray(u, np.uint64))]
     dv = new[np.searchsorted(old, np.asarray(v, np.uint64))]
@@ -152,9 +153,11 @@ def contact_intensity(fragments: np.ndarray, raw: np.ndarray, u: np.ndarray, v: 
     return mean, np.sqrt(np.maximum(squares / np.maximum(pairs, 1.0) - mean * mean, 0.0))
 
 
-def fragment_intensity(fragments: np.ndarray, raw: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Mean image (uint8 / 255) over the voxels of each fragment of `ids` (each a fragment of the array)."""
-    dense, old, new = _dense(fragments)
+def fragment_intensity(fragments: np.ndarray, raw: np.ndarray, ids: np.ndarray, *,
+                       renumbered: tuple | None = None) -> np.ndarray:
+    """Mean image (uint8 / 255) over the voxels of each fragment of `ids` (each a fragment of the array); `renumbered`:
+    its `_dense` if already computed."""
+    dense, old, new = renumbered if renumbered is not None else _dense(fragments)
     totals = np.bincount(dense.ravel(), np.asarray(raw, np.float64).ravel() / 255.0, len(old) + 1)
     voxels = np.bincount(dense.ravel(), None, len(old) + 1)
     rows = new[np.searchsorted(old, np.asarray(ids, np.uint64))]
@@ -188,8 +191,9 @@ def edge_features(fragments: np.ndarray, u: np.ndarray, v: np.ndarray, sums: np.
     out[:, 10] = np.log1p(large)
     out[:, 11] = log_contact - np.log1p(small) * (2.0 / 3.0)
     if raw is not None:
-        contact, spread = contact_intensity(fragments, raw, u, v)
-        inside = fragment_intensity(fragments, raw, np.where(small_is_u, u, v))
+        renumbered = _dense(fragments)  # once for both
+        contact, spread = contact_intensity(fragments, raw, u, v, renumbered=renumbered)
+        inside = fragment_intensity(fragments, raw, np.where(small_is_u, u, v), renumbered=renumbered)
         out[:, 12] = contact
         out[:, 13] = spread
         out[:, 14] = inside
