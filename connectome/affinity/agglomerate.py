@@ -27,10 +27,11 @@ EDGES_FORMAT = 2  # 2: sparse histograms
 
 def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, aff_low: float,
                 aff_high: float, classifier: EdgeClassifier | None = None,
-                in_plane: bool = False, image: Volume | None = None) -> dict[str, np.ndarray]:
+                in_plane: bool = False, image: Volume | None = None, image_fill: int = 0) -> dict[str, np.ndarray]:
     """The region-graph table of the block writing `write`; `read` adds one voxel below each inner face.
     With `classifier` (learned scoring), `sums` are its p(merge) x contact count on edges with a small
-    side and the affinity sums elsewhere (`edge_context`; `image`, the EM image, where the classifier reads it)."""
+    side and the affinity sums elsewhere (`edge_context`; `image`, the EM image, where the classifier reads it,
+    its blank voxels filled as `affinity.blank.fill_blank(..., image_fill)` fills them)."""
     (rz, ry, rx), (wz, wy, wx) = read.offset, write.offset
     has_lower = (rz < wz, ry < wy, rx < wx)
     frag = fragments.read(read)
@@ -49,7 +50,7 @@ def block_graph(fragments: Volume, affinities: Volume, read: Box, write: Box, af
         extra = {"affinity_sums": sums}
         sums = context_sums(affinities, frag, affs, has_lower, read, u, v, classifier,
                             extent_limit(affinities.meta.voxel_size, classifier.extent), aff_low, aff_high,
-                            in_plane, image)
+                            in_plane, image, image_fill)
     hist_edge = np.repeat(np.arange(len(u), dtype=np.uint32), np.diff(hist.indptr))
     return dict(nodes=nodes, u=u, v=v, sums=sums, counts=counts, hist_edge=hist_edge,
                 hist_bin=hist.indices.astype(np.uint8), hist_count=hist.data, link_u=link_u, link_v=link_v, **extra)

@@ -17,7 +17,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from connectome.core.geometry import Box
+from connectome.io.base import Volume
+from connectome.io.reflected import read_reflected
+
 BLANK_SIDE = 11
+FILL_BLANK = 2  # sections a missing one's fill reaches above and below (`fill_blank`; the affinities stage's default)
 
 
 def blank_reach(band: int) -> int:
@@ -39,3 +44,42 @@ def blank_voxels(raw: np.ndarray, band: int) -> np.ndarray | None:
     if not core.any():
         return None
     return ndi.maximum_filter(core, size=(1, BLANK_SIDE + 2 * band, BLANK_SIDE + 2 * band), mode="nearest")
+
+
+def fill_margin(sections: int) -> tuple[int, int, int]:
+    """Voxels (z, y, x) beyond an array that `fill_blank(..., sections)` reads to fill it exactly: the sections it
+    interpolates from, and in plane what finding a blank square there needs."""
+    return (sections, BLANK_SIDE - 1, BLANK_SIDE - 1) if sections > 0 else (0, 0, 0)
+
+
+def fill_blank(raw: np.ndarray, sections: int) -> np.ndarray:
+    """`raw` with each blank voxel (`blank_voxels`, band 0) that has tissue within `sections` sections both above and
+    below it, at its (y, x), set to the image interpolated linearly between those two voxels: a missing section
+    reads as the blend of its neighbours, as the networks have seen tissue, not as black. Exact farther than
+    `fill_margin(sections)` from the array's faces (where they are not the volume's)."""
+    blank = blank_voxels(raw, 0) if sections > 0 else None
+    if blank is None:
+        return raw
+    depth = raw.shape[0]
+    z = np.arange(depth, dtype=np.int32).reshape(-1, 1, 1)
+    below = np.maximum.accumulate(np.where(blank, -1, z), axis=0)  # the nearest tissue section at or before z
+    above = np.minimum.accumulate(np.where(blank, depth, z)[::-1], axis=0)[::-1]  # ... at or after z
+    fill = blank & (below >= 0) & (above < depth) & (z - below <= sections) & (above - z <= sections)
+    if not fill.any():
+        return raw
+    zz, yy, xx = np.nonzero(fill)
+    lo, hi = below[fill], above[fill]
+    a, b = raw[lo, yy, xx].astype(np.float32), raw[hi, yy, xx].astype(np.float32)
+    out = raw.copy()
+    out[fill] = np.rint(a + (b - a) * ((zz - lo) / (hi - lo))).astype(raw.dtype)
+    return out
+
+
+def read_filled(volume: Volume, box: Box, sections: int) -> np.ndarray:
+    """`box` of `volume` (mirrored where it leaves the volume) with `fill_blank(..., sections)` applied, read with the
+    fill's margin so that every block layout sees the same values."""
+    margin = fill_margin(sections)
+    if not any(margin):
+        return read_reflected(volume, box)
+    grown = box.grow(margin)
+    return fill_blank(read_reflected(volume, grown), sections)[box.relative_to(grown)]

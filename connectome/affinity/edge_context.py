@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import fastremap
 import numpy as np
 
+from connectome.affinity.blank import read_filled
 from connectome.affinity.edge_classifier import EdgeClassifier, learned_sums
 from connectome.affinity.edge_features import edge_features, small_fragments
 from connectome.affinity.region_graph import region_graph
@@ -65,11 +66,13 @@ def one_block_sums(fragments: np.ndarray, tables: dict, features: np.ndarray, cl
 
 def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, has_lower: tuple[bool, bool, bool],
                  read: Box, u: np.ndarray, v: np.ndarray, classifier: EdgeClassifier, limit: Sequence[int],
-                 aff_low: float, aff_high: float, in_plane: bool = False, image: Volume | None = None) -> np.ndarray:
+                 aff_low: float, aff_high: float, in_plane: bool = False, image: Volume | None = None,
+                 image_fill: int = 0) -> np.ndarray:
     """`scored_sums` of a block's edges (u, v) (sorted, as `region_graph` gives them for `fragments`, the
     block's read array of box `read`, and `affs`, its write box's affinities): every voxel pair of an
     edge scored by the pair of basins of `read` grown by `limit` + 1 that holds its two voxels. `image`: the EM
-    image the affinities were predicted from, read where the classifier reads it."""
+    image the affinities were predicted from, read where the classifier reads it, its blank voxels filled as the
+    network read them (`affinity.blank.read_filled`, `image_fill` sections)."""
     if classifier.reads_image and image is None:
         raise RuntimeError(f"edge_context: classifier {classifier.path} reads the EM image; none given")
     if len(u) == 0:
@@ -112,7 +115,7 @@ def context_sums(affinities: Volume, fragments: np.ndarray, affs: np.ndarray, ha
         if len(gkeys) == 0 or not np.array_equal(gkeys[rows], needed):
             raise RuntimeError(f"edge_context: voxel pairs without their basin pair in the region {region}")
         at = np.searchsorted(needed, want)
-        raw = image.read(region) if classifier.reads_image else None  # type: ignore[union-attr]
+        raw = read_filled(image, region, image_fill) if classifier.reads_image else None  # type: ignore[arg-type]
         features = edge_features(basin, gu[rows], gv[rows], g_sums[rows], g_counts[rows], hist[rows, :], limit,
                                  known, raw)
         p[scored] = classifier.merge_probability(features)[at]

@@ -51,6 +51,7 @@ def segmentation_config(
     min_segment_voxels: int | None = None,
     section_order: str = "auto",
     blank_band: int | str | None = None,
+    fill_blank: int | None = None,
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
@@ -62,7 +63,9 @@ def segmentation_config(
     (`connectome.alignment.section_order`): serial sections stored out of order are segmented in the order
     recovered from the images (auto: where most stored neighbours are not neighbours; recover: always; keep:
     never), the segmentation written in the stored order. `blank_band`: voxels of tissue beside a blank region left
-    out with it (`affinity.blank`; default the stage's, "off": blank regions are not looked for)."""
+    out with it (`affinity.blank`; default the stage's, "off": blank regions are not looked for). `fill_blank`: the
+    sections above and below from which the network's input interpolates a blank voxel (default the stage's; 0: none;
+    `affinity.blank.fill_blank`)."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
@@ -87,6 +90,9 @@ def segmentation_config(
         agglomerate = {"scoring": "learned", "edge_model": edges}
         classifier = load_classifier(edges)
         reads_image = classifier.reads_image
+        if reads_image and (fill_blank is not None or blank_band == "off"):
+            # the classifier reads the image as the network does: said here, as a mask stage may stand between them
+            agglomerate["fill_blank"] = 0 if blank_band == "off" else fill_blank
         if threshold is None:
             threshold = classifier.threshold
     if threshold is None:
@@ -108,7 +114,8 @@ def segmentation_config(
             "model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
             **({"tta": tta} if tta is not None else {}), **({"precision": precision} if precision != "auto" else {}),
             **({} if blank_band is None else {"find_blank": False} if blank_band == "off" else
-               {"blank_band": blank_band})}),
+               {"blank_band": blank_band}),
+            **({} if fill_blank is None else {"fill_blank": fill_blank})}),
         *mask_stages,
         *([StageConfig(stage="mask_affinities", inputs={"mask": mask_input})] if mask_input else []),
         StageConfig(stage="fragments", inputs=masked, params={"in_plane": True} if info.in_plane else {}),

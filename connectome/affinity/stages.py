@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt
 
 from connectome.affinity.absorb import absorb_small, context_for
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
-from connectome.affinity.blank import BLANK_SIDE, blank_reach, blank_voxels
+from connectome.affinity.blank import BLANK_SIDE, FILL_BLANK, blank_reach, blank_voxels, fill_margin, read_filled
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.masking import MASK_DTYPES, excluded_edges, mask_affinities, mask_read_box
@@ -44,7 +44,6 @@ from connectome.engine.stage import (
     file_record,
 )
 from connectome.io import Volume, VolumeMeta
-from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.context import unet_context
 from connectome.models.registry import DEVICE_PATTERN
@@ -69,6 +68,9 @@ class AffinitiesParams(StageParams):
                              "(affinity.blank)")
     blank_band: int | None = Field(None, ge=0, description="that band's width in voxels (default: the model's, its "
                                    "json's inference.blank_band, else 4)")
+    fill_blank: int = Field(FILL_BLANK, ge=0, le=16, description="the network reads a blank voxel with tissue within "
+                            "this many sections above and below it as the image interpolated between the two (a "
+                            "missing section as the blend of its neighbours); 0: as black (affinity.blank)")
 
 
 @register
@@ -86,10 +88,10 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
 
         return read_info(resolve_model_path(self.params.model))
 
-    def context(self) -> Context:
-        """The network's reach, more on the axes that test-time augmentation flips (`flip_reach`), and at least
-        what finding blank regions needs (`blank_reach`, and one voxel below each face for the edges there), rounded
-        as `flip_reach` rounds."""
+    def network_context(self) -> Context:
+        """What the network reads beyond the write box: its reach, more on the axes that test-time augmentation
+        flips (`flip_reach`), and at least what finding blank regions needs (`blank_reach`, and one voxel below each
+        face for the edges there), rounded as `flip_reach` rounds."""
         from connectome.models.inference import flip_reach
 
         info = self.model_info
@@ -99,6 +101,14 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
             step = [d // math.gcd(d, 2) for d in vec3(info.divisor)]  # a read box on both sides stays a multiple
             reach = tuple(max(r, -(-n // s) * s) for r, n, s in zip(reach, need, step))  # type: ignore
         return unet_context(reach, info.divisor)
+
+    def context(self) -> Context:
+        """The network's context and the margin that filling its input's blank voxels reads (`fill_margin`)."""
+        net, margin = self.network_context(), fill_margin(self.fill_sections)
+        if not any(margin):
+            return net
+        return Context(lower=vec3([a + b for a, b in zip(net.lower, margin)]),
+                       upper=vec3([a + b for a, b in zip(net.upper, margin)]), multiple=net.multiple, clip=net.clip)
 
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)
@@ -113,6 +123,12 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         if not self.params.find_blank:
             return None
         return self.params.blank_band if self.params.blank_band is not None else self.model_info.blank_band
+
+    @property
+    def fill_sections(self) -> int:
+        """Sections a blank voxel's fill reaches above and below (`fill_blank`); 0 where blank regions are not looked
+        for."""
+        return 0 if self.blank_band is None else self.params.fill_blank
 
     @property
     def tta(self) -> int:
@@ -132,6 +148,9 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         params.pop("blank_band", None)
         if self.blank_band is not None:
             params["blank_band"] = self.blank_band
+        params.pop("fill_blank", None)
+        if self.fill_sections:
+            params["fill_blank"] = self.fill_sections  # none filled: as before the option
         fp["params"] = params
         return fp
 
@@ -148,15 +167,16 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         from connectome.models import predict_affinities
 
         model = get_model(self.params.model, self.params.device)
-        raw = read_reflected(volumes["raw"], block.read_box)
+        net = block.read_box.grow([-m for m in fill_margin(self.fill_sections)])  # the read box less the fill's margin
+        raw = read_filled(volumes["raw"], net, self.fill_sections)  # the network's input
         precision = self.block_precision()
         affs = predict_affinities(model, raw, self.tta, precision)
-        inner = block.write_box.relative_to(block.read_box)
+        inner = block.write_box.relative_to(net)
         out = affinities_as_uint8(affs[(slice(0, 3), *inner)])
-        blank = None if self.blank_band is None else blank_voxels(raw, self.blank_band)
+        blank = None if self.blank_band is None else blank_voxels(raw, self.blank_band)  # what the fill left blank
         if blank is not None:
             read, has_lower = mask_read_box(block.write_box, volumes["raw"].box)
-            out[excluded_edges(blank[read.relative_to(block.read_box)], has_lower)] = 0
+            out[excluded_edges(blank[read.relative_to(net)], has_lower)] = 0
             blank = blank[inner]
         volumes["affinities"].write(block.write_box, out)
         return {"precision": precision, "blank_voxels": 0 if blank is None else int(np.count_nonzero(blank))}
@@ -226,6 +246,9 @@ class AgglomerateParams(StageParams):
                                                 "affinity, or an edge classifier's p(merge) (learned)")
     edge_model: str | None = Field(None, description="learned: the classifier (a shipped name or a .json path; "
                                    "default: <affinity model>-edges)")
+    fill_blank: int | None = Field(None, ge=0, le=16, description="an edge classifier that reads the image reads it "
+                                   "as the affinities stage's network does (its fill_blank; default: taken from it, "
+                                   f"else {FILL_BLANK})")
 
 
 @register
@@ -264,6 +287,9 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
             values[key] = wanted
         if self.params.scoring == "learned":
             values["edge_model"] = self._edge_model(upstream.get("affinities"))
+        if self.params.fill_blank is None:
+            producer = upstream.get("affinities")
+            values["fill_blank"] = producer.fill_sections if isinstance(producer, AffinitiesStage) else FILL_BLANK
         return self.params.model_copy(update=values)
 
     def _edge_model(self, producer) -> str:
@@ -289,6 +315,9 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
         place re-runs the stage, while the same file from another checkout, venv or container resumes.
         Mean scoring's is the one from before learned scoring existed, so earlier runs resume."""
         fp = without_false(super().fingerprint(), "in_plane")
+        fill = fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
+        if self.classifier is not None and self.classifier.reads_image and fill:
+            fp["params"]["fill_blank"] = fill  # type: ignore[index]  # none filled: as before the option
         if self.params.scoring == "mean":
             fp["params"] = {k: v for k, v in fp["params"].items() if k not in ("scoring", "edge_model")}
         elif self.params.edge_model is not None:
@@ -313,7 +342,8 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
             raise RuntimeError("stage 'agglomerate': aff_low, aff_high, in_plane unset (check_upstream sets them)")
         image = volumes.get("raw") if self.classifier is not None and self.classifier.reads_image else None
         table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
-                            p.aff_low, p.aff_high, self.classifier, p.in_plane, image)
+                            p.aff_low, p.aff_high, self.classifier, p.in_plane, image,
+                            FILL_BLANK if p.fill_blank is None else p.fill_blank)
         table["grid"] = np.array(grid_shape(block, volumes["fragments"].shape), np.int64)  # for the merge tree
         save_table(self.table_dirs["edges"], block.index, **table)
         return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}

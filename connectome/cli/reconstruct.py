@@ -8,7 +8,7 @@ from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
 from connectome.cli.segment import (
-    add_blank_band_option,
+    add_blank_options,
     add_min_segment_option,
     add_section_order_option,
     say_default_model,
@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
                         help="run the models on data whose voxel size differs from theirs")
     add_min_segment_option(parser)
     add_section_order_option(parser)
-    add_blank_band_option(parser)
+    add_blank_options(parser)
     parser.add_argument("--mask", default=None, metavar="ADDR",
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment, nothing merges across them and no synapse cleft lies there (e.g. OUT/defects "
@@ -67,7 +67,7 @@ def run(args) -> int:
                                      args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
                                      min_segment_voxels=args.min_segment_voxels,
                                      section_order=args.section_order or "auto", mask=args.mask,
-                                     blank_band=args.blank_band)
+                                     blank_band=args.blank_band, fill_blank=args.fill_blank)
         config = config.model_copy(update={"stages": config.stages + synapse_stages(
             args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
             mask=absolute(args.mask) if args.mask else None)})

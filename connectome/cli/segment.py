@@ -44,7 +44,7 @@ def add_arguments(parser) -> None:
                              "the model's validated value)")
     add_min_segment_option(parser)
     add_section_order_option(parser)
-    add_blank_band_option(parser)
+    add_blank_options(parser)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="the network's arithmetic (auto: bfloat16 on a GPU and on a CPU with native bfloat16 - "
                              "AMX or AVX512-BF16 - else float32; default auto)")
@@ -81,13 +81,17 @@ def add_arguments(parser) -> None:
     add_run_options(parser)
 
 
-def add_blank_band_option(parser) -> None:
-    """`--blank-band`, for the commands that run the affinity chain (and the FFN)."""
+def add_blank_options(parser) -> None:
+    """`--blank-band` and `--fill-blank`, for the commands that run the affinity chain (the first also the FFN)."""
     parser.add_argument("--blank-band", type=band_or_off, default=None, metavar="N|off",
                         help="blank regions (image exactly 0 over an 11 x 11 square of a section: padding, an aligned "
                              "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
                              "out of every segment; the networks merge neurons along that band otherwise (default: the "
                              "model's, fib-10nm 4, sstem 12; off: not looked for; --method ffn: 4, masked as --mask)")
+    parser.add_argument("--fill-blank", type=non_negative_int, default=None, metavar="N",
+                        help="a blank voxel with tissue within N sections above and below it is read by the network "
+                             "as the image interpolated between the two, so a missing section is segmented through, "
+                             "not left out (default 2; 0: left out like other blank regions)")
 
 
 def add_min_segment_option(parser) -> None:
@@ -100,7 +104,7 @@ def add_min_segment_option(parser) -> None:
 ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
     "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
             "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_batch"),
-    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
+    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels", "fill_blank"),
 }
 
 
@@ -165,7 +169,8 @@ def run(args) -> int:
                                      allow_voxel_mismatch=args.allow_voxel_mismatch, edge_model=args.edge_model,
                                      mask=args.mask, tta=args.tta, precision=args.precision or "auto",
                                      min_segment_voxels=args.min_segment_voxels,
-                                     section_order=args.section_order or "auto", blank_band=args.blank_band)
+                                     section_order=args.section_order or "auto", blank_band=args.blank_band,
+                                     fill_blank=args.fill_blank)
         plan = plan_segmentation(config, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_segment import _read, _segment  # the segment-command helpers of the affinity tests
 
-from connectome.affinity.blank import BLANK_SIDE, blank_reach, blank_voxels
+from connectome.affinity.blank import BLANK_SIDE, FILL_BLANK, blank_reach, blank_voxels, fill_margin
 from connectome.cli.main import main
 from connectome.io import create_volume
 from connectome.metrics.voi import voi
@@ -38,9 +38,11 @@ def test_the_affinities_stage_reads_what_finding_blank_regions_needs(model, band
     stage = AffinitiesStage(AffinitiesParams(model=model, blank_band=band), {"raw": "raw"}, {"affinities": "a"})
     used = stage.blank_band
     assert used == (band if band is not None else {"fib-10nm": 4, "sstem": 12}[model])  # the model's json's
-    context, divisor = stage.context(), stage.model_info.divisor
+    context, divisor = stage.network_context(), stage.model_info.divisor
     assert all(2 * c % d == 0 for c, d in zip(context.lower, divisor)), (context, divisor)  # a whole read box
     assert min(context.lower[1:]) >= blank_reach(used) + 1 and context.lower == context.upper
+    # the stage reads the margin that filling the network's input needs beyond it (`fill_blank`)
+    assert stage.context().lower == tuple(c + m for c, m in zip(context.lower, fill_margin(FILL_BLANK)))
     off = AffinitiesStage(AffinitiesParams(model=model, find_blank=False), {"raw": "raw"}, {"affinities": "a"})
     assert off.blank_band is None and "blank_band" not in off.fingerprint()["params"]
     assert stage.fingerprint()["params"]["blank_band"] == used
