@@ -71,6 +71,10 @@ NOTES = [
     "1.820). `fib-10nm` and `sstem` average four flipped predictions (`tta` 4 in their json, chosen on these "
     "splits; benchmarks/results/tta.md) and every model predicts with `--precision auto` (the first line says "
     "what that was on this machine; bfloat16 and float32 differ by up to 0.3 on ISBI, benchmarks/results/tta.md).",
+    "- ISBI is scored per section as 2-D segmentations (`evaluate --per-section`, since 2026-12-07): segments and "
+    "ground-truth profiles as their connected pieces within each section, as the 2-D labels and the ISBI 2012 "
+    "challenge count objects; before, a 3-D segment holding two profiles of a section was a merge there even where "
+    "right (`--whole-segments` scores so: sstem 0.858 against 0.698 on 2026-12-07, README 'Per-section scoring').",
     "- `synthetic` was trained on synthetic volumes only; it is listed because its voxel size fits. Since "
     "2026-12-01 it merges by its own edge classifier (`synthetic-edges.json`, threshold 0.3; before: medulla "
     "4.273, gala 1.340).",

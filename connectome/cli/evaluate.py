@@ -28,7 +28,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gt", required=True, metavar="ADDR",
                         help="ground-truth volume address (ids >= 0, 0 = unlabelled; may end in [z0:z1])")
     parser.add_argument("--per-section", action="store_true",
-                        help="score each z section on its own (2-D ground truth) and report the means")
+                        help="score each z section on its own (2-D ground truth) and report the means; each section "
+                             "as a 2-D segmentation: segments and gt objects as their connected pieces in it, as 2-D "
+                             "ground truth labels each connected profile (ISBI 2012's scoring)")
+    parser.add_argument("--whole-segments", action="store_true",
+                        help="with --per-section: score a segment's disconnected pieces in a section as one object "
+                             "(a merge of the gt profiles they hold), as before 2026-12-07")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--block-shape", nargs=3, type=positive_int, metavar=("Z", "Y", "X"), default=list(DEFAULT_BLOCK_SHAPE),
@@ -79,6 +84,10 @@ def run(args) -> int:
     from connectome.engine.inputs import note_padding
     from connectome.metrics.evaluate import evaluate_volumes
 
+    if args.whole_segments and not args.per_section:
+        from connectome.core.errors import UserError
+
+        raise UserError("--whole-segments: only with --per-section (a whole-volume score takes segments whole)")
     for address in (args.seg, args.gt):  # (a label zarr's missing chunks are its all-zero ones: not said)
         note_padding(address)
     warning = frame_warning(args.seg, args.gt)  # (None wherever the run records cannot be read)
@@ -90,7 +99,7 @@ def run(args) -> int:
     skeletons = None if args.skeletons is None else _load_skeletons(args)
     r = evaluate_volumes(
         args.seg, args.gt, block_shape=args.block_shape, skeletons=skeletons, voxel_size=args.voxel_size,
-        per_section=args.per_section,
+        per_section=args.per_section, section_pieces=not args.whole_segments,
     )
     if warning:  # once the pair is accepted: a refusal stays its one line
         print(warning, file=sys.stderr, flush=True)

@@ -10,7 +10,12 @@ With `per_section`, for 2-D ground truth (ISBI, VNC): each block tabulates one t
 VOI and adapted Rand are scored per section (gt == 0 excluded, as for the whole volume) and
 averaged over the sections that hold labelled gt; the gt is skeletonised section by section, and
 segment and skeleton ids are taken per section, so a segment that touches two gt objects of one
-section is a merge while one segment spanning several sections is not.
+section is a merge while one segment spanning several sections is not. Such ground truth labels
+each connected profile of a section as its own object (it cannot tell two profiles of one neuron
+from two neurons), so by default (`section_pieces`) each section is scored as a 2-D segmentation:
+the segments and the gt objects as their 4-connected pieces within it, as the ISBI 2012 challenge
+labelled each slice's connected components. Two profiles of one 3-D segment are then not a merge
+where they do not touch. The blocks then hold whole sections (their y and x span the volume).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cc3d
 import numpy as np
 
 from connectome.core.address import parse_address
@@ -75,11 +81,20 @@ def read_labels(vol: Volume, box: Box, role: str) -> np.ndarray:
     return data
 
 
+def section_pieces(labels: np.ndarray) -> np.ndarray:
+    """Each section's labels split into their 4-connected pieces within it (ids numbered per section, 0 kept)."""
+    return np.stack([cc3d.connected_components(np.ascontiguousarray(labels[i:i + 1]), connectivity=6,
+                                               out_dtype=np.uint64)[0] for i in range(labels.shape[0])])
+
+
 def evaluate_block(seg: Volume, gt: Volume, block: Block, lookup: NodeLookup,
-                   per_section: bool = False) -> BlockSummary:
-    """Read one block's write box from both volumes and summarise it."""
+                   per_section: bool = False, pieces: bool = False) -> BlockSummary:
+    """Read one block's write box from both volumes and summarise it (`pieces`: the segments and gt objects of each
+    section split into their connected pieces, where the block holds whole sections)."""
     box = block.write_box
     s, g = read_labels(seg, box, "seg"), read_labels(gt, box, "gt")
+    if pieces:
+        s, g = section_pieces(s), section_pieces(g)
     if per_section:
         sections = {box.offset[0] + i: Contingency.from_arrays(s[i], g[i]) for i in range(box.shape[0])}
         table = Contingency.empty()
@@ -196,6 +211,12 @@ def resolve_voxel_size(seg: Volume, gt: Volume, given: Sequence[float] | None) -
     return (1.0, 1.0, 1.0), "none found: 1 1 1 assumed, ERL in voxels (give --voxel-size)"
 
 
+def _whole_sections(block_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """Blocks of whole sections, as many as `block_shape`'s voxels hold (at least one)."""
+    plane = int(shape[1]) * int(shape[2])
+    return max(1, min(int(shape[0]), int(np.prod(block_shape)) // plane)), int(shape[1]), int(shape[2])
+
+
 def _first_section(vol: Volume) -> int:
     """Index, in the addressed file, of the volume's section 0 (non-zero for an `ADDR[z0:z1]` range)."""
     return vol.start if isinstance(vol, SectionRange) else 0
@@ -267,6 +288,7 @@ def evaluate_volumes(
     skeletons: Skeletons | str | None = None,
     voxel_size: Sequence[float] | None = None,
     per_section: bool = False,
+    section_pieces: bool = True,
 ) -> dict:
     """VOI, adapted Rand, ERL and merge/split counts of `seg_address` against `gt_address`.
 
@@ -279,13 +301,16 @@ def evaluate_volumes(
     per_section, seconds. With `per_section` (see the module docstring) the VOI and Rand keys are
     means over the scored sections, and `sections` (z, voi_split, voi_merge, arand, ...) and
     `skipped_sections` (z of sections without labelled gt) are added; z counts from the start of
-    the addressed file, also for an `ADDR[z0:z1]` range. Refused in one line (UserError): volumes of other shapes
-    or, where both carry one (`carried_offset`), other world offsets; a negative gt id; a chunk that cannot be read.
+    the addressed file, also for an `ADDR[z0:z1]` range. `section_pieces` (per section only; see the module
+    docstring): segments and gt objects scored as their connected pieces in each section, and the result's
+    `section_pieces` says so. Refused in one line (UserError): volumes of other shapes or, where both carry one
+    (`carried_offset`), other world offsets; a negative gt id; a chunk that cannot be read.
     """
     start = time.perf_counter()
     seg, gt = _open_pair(seg_address, gt_address)
     voxel_size, voxel_size_from = resolve_voxel_size(seg, gt, voxel_size)
-    grid = BlockGrid(gt.box, vec3(block_shape))
+    pieces = per_section and section_pieces
+    grid = BlockGrid(gt.box, _whole_sections(block_shape, gt.shape) if pieces else vec3(block_shape))
     skel, crossing = _skeletons_for(skeletons, gt, voxel_size, per_section)
     lookup = NodeLookup(skel, grid)
 
@@ -294,7 +319,7 @@ def evaluate_volumes(
     seg_at_nodes = np.zeros(len(skel.nodes), np.uint64)
     gt_at_nodes = np.zeros(len(skel.nodes), np.uint64)
     for block in grid:
-        part = evaluate_block(seg, gt, block, lookup, per_section)
+        part = evaluate_block(seg, gt, block, lookup, per_section, pieces)
         tables.add(part.table)
         for z, section in part.sections.items():
             section_tables[z].add(section)
@@ -347,6 +372,7 @@ def evaluate_volumes(
         "per_section": per_section,
     }
     if per_section:
+        result["section_pieces"] = pieces
         result["sections"] = scored
         result["skipped_sections"] = skipped
         result["cross_section_edges"] = crossing

@@ -97,19 +97,32 @@ def test_cli_per_section_json_and_table(npz, capsys):
 
 
 def test_per_section_merges_are_counted_within_a_section(tmp_path):
-    """Two gt objects per section, one segment each in every section: no merge; one segment for both: merges."""
+    """Two gt objects per section, one segment each in every section: no merge; one segment for both: a merge where
+    its pieces in the section touch both (by default), or wherever it holds both (`section_pieces=False`)."""
     gt = np.zeros((2, 6, 12), np.uint32)
     gt[:, 1, 1:11], gt[:, 4, 1:11] = 1, 2
     seg = gt.copy()
     seg[0][seg[0] == 2] = 1  # section 0: both rods in one segment
-    np.savez(tmp_path / "m.npz", seg=seg, gt=gt)
     nodes = np.array([[z, y, x] for z in (0, 1) for y in (1, 4) for x in range(1, 11)], float)
     edges = np.array([[i, i + 1] for k in range(4) for i in range(10 * k, 10 * k + 9)])
     skel = Skeletons(nodes, edges, np.repeat(np.array([1, 2, 3, 4], np.uint64), 10))  # one per rod and section
-    r = evaluate_volumes(f"{tmp_path}/m.npz#seg", f"{tmp_path}/m.npz#gt", skeletons=skel, per_section=True,
-                         voxel_size=(1, 1, 1))
-    assert r["merges"] == 1 and r["splits"] == 0
-    assert r["erl_nm"] == pytest.approx(2 * 9**2 / (4 * 9))  # only section 1's two rods keep their runs
+
+    def scored(labels, **kwargs):
+        np.savez(tmp_path / "m.npz", seg=labels, gt=gt)
+        return evaluate_volumes(f"{tmp_path}/m.npz#seg", f"{tmp_path}/m.npz#gt", skeletons=skel, per_section=True,
+                                voxel_size=(1, 1, 1), **kwargs)
+
+    whole = scored(seg, section_pieces=False)
+    assert whole["merges"] == 1 and whole["splits"] == 0 and not whole["section_pieces"]
+    assert whole["erl_nm"] == pytest.approx(2 * 9**2 / (4 * 9))  # only section 1's two rods keep their runs
+    apart = scored(seg)  # the segment's two rods do not touch in section 0: two profiles, as the gt's own
+    assert apart["merges"] == 0 and apart["voi_merge"] == 0 and apart["section_pieces"]
+    assert apart["erl_nm"] == pytest.approx(apart["max_erl_nm"])
+    bridged = seg.copy()
+    bridged[0, 2:4, 5] = 1  # joined in the section, over unlabelled gt
+    touching = scored(bridged)
+    assert touching["merges"] == 1 and touching["erl_nm"] == pytest.approx(whole["erl_nm"])
+    assert touching["voi_merge"] == pytest.approx(whole["voi_merge"]) and whole["voi_merge"] > 0
 
 
 def test_given_skeletons_are_cut_into_their_pieces_within_each_section(tmp_path, capsys):
