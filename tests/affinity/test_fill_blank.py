@@ -104,8 +104,7 @@ def test_the_chain_segments_through_a_missing_section(missing_section, tmp_path,
     known = gt.copy()
     known[MISSING] = 0  # scored on the sections that exist
     scores = {name: voi(_read(r["segmentation"]).astype(np.uint64), known) for name, r in runs.items()}
-    with capsys.disabled():
-        print(scores)  # shown with pytest -s
+    print(scores)  # shown with pytest -s
     assert abs(sum(scores["blocks"]) - sum(scores["one"])) < 0.05, scores
     assert scores["blocks"][1] < 0.5 * scores["black"][1], scores
     # an output made with the lost section left out resumes only with it left out
@@ -132,9 +131,11 @@ def test_fill_blank_in_the_fingerprint_and_bad_values_refused_in_one_line(tmp_pa
     config = segmentation_config(raw, str(tmp_path / "out"), "fib-10nm", fill_blank=1, voxel_size=(10, 10, 10))
     params = {s.stage: s.params for s in config.stages}
     assert params["affinities"]["fill_blank"] == 1 and params["agglomerate"]["fill_blank"] == 1  # the image as read
-    for argv, name in ((["--fill-blank", "-1"], "--fill-blank"), (["--fill-blank", "17"], "fill_blank"),
-                       (["--method", "ffn", "--fill-blank", "2"], "--fill-blank")):
-        assert main(["segment", raw, str(tmp_path / "out"), "--voxel-size", "10", "10", "10", *argv]) == 2
+    for command, argv, name in (("segment", ["--fill-blank", "-1"], "--fill-blank"),
+                                ("segment", ["--fill-blank", "17"], "fill_blank"),
+                                ("segment", ["--method", "ffn", "--fill-blank", "2"], "--fill-blank"),
+                                ("reconstruct", ["--fill-blank", "x"], "--fill-blank")):
+        assert main([command, raw, str(tmp_path / "out"), "--voxel-size", "10", "10", "10", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert name in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
