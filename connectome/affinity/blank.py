@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from connectome.core.geometry import Box
+from connectome.core.geometry import Box, Context, vec3
 from connectome.io.base import Volume
 from connectome.io.reflected import read_reflected
 
@@ -50,6 +50,17 @@ def fill_margin(sections: int) -> tuple[int, int, int]:
     """Voxels (z, y, x) beyond an array that `fill_blank(..., sections)` reads to fill it exactly: the sections it
     interpolates from, and in plane what finding a blank square there needs."""
     return (sections, BLANK_SIDE - 1, BLANK_SIDE - 1) if sections > 0 else (0, 0, 0)
+
+
+def with_fill_margin(context: Context, sections: int) -> Context:
+    """`context` (a network's) grown by `fill_margin(sections)` on every side: what a stage that fills its network's
+    input reads (`read_filled` of the read box less the margin)."""
+    margin = fill_margin(sections)
+    if not any(margin):
+        return context
+    return Context(lower=vec3([a + b for a, b in zip(context.lower, margin)]),
+                   upper=vec3([a + b for a, b in zip(context.upper, margin)]), multiple=context.multiple,
+                   clip=context.clip)
 
 
 def fill_blank(raw: np.ndarray, sections: int) -> np.ndarray:

@@ -22,7 +22,15 @@ from pydantic import Field, PositiveInt
 
 from connectome.affinity.absorb import absorb_small, context_for
 from connectome.affinity.agglomerate import EDGES_FORMAT, block_graph
-from connectome.affinity.blank import BLANK_SIDE, FILL_BLANK, blank_reach, blank_voxels, fill_margin, read_filled
+from connectome.affinity.blank import (
+    BLANK_SIDE,
+    FILL_BLANK,
+    blank_reach,
+    blank_voxels,
+    fill_margin,
+    read_filled,
+    with_fill_margin,
+)
 from connectome.affinity.encoding import affinities_as_uint8
 from connectome.affinity.fragments import block_edges
 from connectome.affinity.masking import MASK_DTYPES, excluded_edges, mask_affinities, mask_read_box
@@ -104,11 +112,7 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
 
     def context(self) -> Context:
         """The network's context and the margin that filling its input's blank voxels reads (`fill_margin`)."""
-        net, margin = self.network_context(), fill_margin(self.fill_sections)
-        if not any(margin):
-            return net
-        return Context(lower=vec3([a + b for a, b in zip(net.lower, margin)]),
-                       upper=vec3([a + b for a, b in zip(net.upper, margin)]), multiple=net.multiple, clip=net.clip)
+        return with_fill_margin(self.network_context(), self.fill_sections)
 
     def block_multiple(self) -> Vec:
         return vec3(self.model_info.divisor)

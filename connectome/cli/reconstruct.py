@@ -70,7 +70,7 @@ def run(args) -> int:
                                      blank_band=args.blank_band, fill_blank=args.fill_blank)
         config = config.model_copy(update={"stages": config.stages + synapse_stages(
             args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
-            mask=absolute(args.mask) if args.mask else None)})
+            mask=absolute(args.mask) if args.mask else None, fill_blank=args.fill_blank)})
         plan = plan_segmentation(config, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)

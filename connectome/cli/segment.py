@@ -88,10 +88,16 @@ def add_blank_options(parser) -> None:
                              "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
                              "out of every segment; the networks merge neurons along that band otherwise (default: the "
                              "model's, fib-10nm 4, sstem 12; off: not looked for; --method ffn: 4, masked as --mask)")
+    add_fill_blank_option(parser)
+
+
+def add_fill_blank_option(parser) -> None:
+    """`--fill-blank`, for the commands that run the affinity or the cleft network."""
     parser.add_argument("--fill-blank", type=non_negative_int, default=None, metavar="N",
-                        help="a blank voxel with tissue within N sections above and below it is read by the network "
+                        help="a blank voxel with tissue within N sections above and below it is read by the networks "
                              "as the image interpolated between the two, so a missing section is segmented through, "
-                             "not left out (default 2; 0: left out like other blank regions)")
+                             "not left out, and the clefts beside it do not fade (default 2; 0: read as black, and "
+                             "left out of the segments like other blank regions)")
 
 
 def add_min_segment_option(parser) -> None:

@@ -8,7 +8,7 @@ import sys
 from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings
-from connectome.cli.segment import say_mask_frame
+from connectome.cli.segment import add_fill_blank_option, say_mask_frame
 
 
 def add_arguments(parser) -> None:
@@ -28,6 +28,7 @@ def add_arguments(parser) -> None:
                              "OUT/tissue_mask from `connectome tissue`)")
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
+    add_fill_blank_option(parser)
     add_run_options(parser)
 
 
@@ -52,7 +53,8 @@ def run(args) -> int:
                        blocks=BlocksConfig(shape=tuple(args.block_shape)), cluster=cluster,
                        stages=synapse_stages(args.model, absolute(args.segmentation), args.classifier,
                                              args.allow_voxel_mismatch, types=not args.no_types,
-                                             mask=absolute(args.mask) if args.mask else None))
+                                             mask=absolute(args.mask) if args.mask else None,
+                                             fill_blank=args.fill_blank))
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

@@ -12,17 +12,18 @@ from connectome.synapses.table import SYNAPSES_FILE
 
 def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, classifier: str | None = None,
                    allow_voxel_mismatch: bool = False, types: bool = True,
-                   mask: str | None = None) -> list[StageConfig]:
+                   mask: str | None = None, fill_blank: int | None = None) -> list[StageConfig]:
     """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset);
     without `types`, the neurite type stages are left out (and a `classifier` is refused); `mask` (nonzero:
-    no cleft there) is read by cleft_fragments."""
+    no cleft there) is read by cleft_fragments; `fill_blank`: the clefts stage's (`affinity.blank.fill_blank`;
+    default its own)."""
     if classifier and not types:
         from connectome.core.errors import UserError
 
         raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     seg = {"segmentation": segmentation} if segmentation else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
-    clefts = {"model": model, **mismatch}
+    clefts = {"model": model, **mismatch, **({} if fill_blank is None else {"fill_blank": fill_blank})}
     stages = [
         StageConfig(stage="clefts", params=clefts),
         StageConfig(stage="cleft_fragments", params={"model": model},

@@ -22,12 +22,12 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
+from connectome.affinity.blank import FILL_BLANK, fill_margin, read_filled, with_fill_margin
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
 from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
 from connectome.io import Volume, VolumeMeta, open_volume
-from connectome.io.reflected import read_reflected
 from connectome.io.tables import save_table
 from connectome.models.context import unet_context
 from connectome.models.registry import DEVICE_PATTERN
@@ -48,6 +48,10 @@ class CleftsParams(StageParams):
                                 description="cpu, cuda, cuda:N; default: the worker's GPU if any")
     allow_voxel_mismatch: bool = Field(False, description="run the model on data of another voxel size")
     guards = ("allow_voxel_mismatch",)
+    fill_blank: int = Field(FILL_BLANK, ge=0, le=16, description="the network reads a blank voxel with tissue within "
+                            "this many sections above and below it as the image interpolated between the two (a "
+                            "missing section as the blend of its neighbours: left black, the clefts beside it "
+                            "fade); 0: as black (affinity.blank)")
 
 
 @register
@@ -64,7 +68,15 @@ class CleftsStage(BlockStage[CleftsParams]):
         return M.read_info(self.params.model)
 
     def context(self) -> Context:
-        return unet_context(self.info.context, self.info.divisor)
+        """The network's context and the margin that filling its input's blank voxels reads (`fill_margin`)."""
+        return with_fill_margin(unet_context(self.info.context, self.info.divisor), self.params.fill_blank)
+
+    def fingerprint(self) -> dict:
+        """With `fill_blank` only where something is filled: a run from before the option resumes with 0."""
+        fp = super().fingerprint()
+        if not self.params.fill_blank:
+            fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
+        return fp
 
     def block_multiple(self) -> Vec:
         return vec3(self.info.divisor)
@@ -90,9 +102,9 @@ class CleftsStage(BlockStage[CleftsParams]):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         model = M.get(self.params.model, self.params.device)
-        raw = read_reflected(volumes["raw"], block.read_box)
-        prob, vec = M.predict(model, raw)
-        inner = block.write_box.relative_to(block.read_box)
+        net = block.read_box.grow([-m for m in fill_margin(self.params.fill_blank)])  # the read box less the margin
+        prob, vec = M.predict(model, read_filled(volumes["raw"], net, self.params.fill_blank))
+        inner = block.write_box.relative_to(net)
         volumes["cleft_probability"].write(block.write_box, M.probability_as_uint8(prob[inner]))
         volumes["partner_vectors"].write(block.write_box, M.vectors_as_uint8(vec[(slice(None), *inner)]))
         return {}
