@@ -76,9 +76,10 @@ class AffinitiesParams(StageParams):
                              "(affinity.blank)")
     blank_band: int | None = Field(None, ge=0, description="that band's width in voxels (default: the model's, its "
                                    "json's inference.blank_band, else 4)")
-    fill_blank: int = Field(FILL_BLANK, ge=0, le=16, description="the network reads a blank voxel with tissue within "
-                            "this many sections above and below it as the image interpolated between the two (a "
-                            "missing section as the blend of its neighbours); 0: as black (affinity.blank)")
+    fill_blank: int | None = Field(None, ge=0, le=16, description="the network reads a blank voxel with tissue within "
+                                   "this many sections above and below it as the image interpolated between the two "
+                                   "(a missing section as the blend of its neighbours); 0: as black (affinity.blank; "
+                                   f"default: the model's, its json's inference.fill_blank, else {FILL_BLANK})")
 
 
 @register
@@ -130,9 +131,11 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
 
     @property
     def fill_sections(self) -> int:
-        """Sections a blank voxel's fill reaches above and below (`fill_blank`); 0 where blank regions are not looked
-        for."""
-        return 0 if self.blank_band is None else self.params.fill_blank
+        """Sections a blank voxel's fill reaches above and below (`fill_blank`, else the model's); 0 where blank regions
+        are not looked for."""
+        if self.blank_band is None:
+            return 0
+        return self.params.fill_blank if self.params.fill_blank is not None else self.model_info.fill_blank
 
     @property
     def tta(self) -> int:

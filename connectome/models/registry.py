@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from connectome.affinity.blank import FILL_BLANK
 from connectome.core.errors import UserError
 from connectome.models.unet import NEAREST_OFFSETS, UNet, UNetConfig, Vec3, aligned_reach, fold_batchnorm
 
@@ -38,6 +39,7 @@ class ModelInfo:
     in_plane: bool = False  # fragments within sections (the fragments stage's in_plane), as validated
     tta: int = 1  # flipped copies whose affinities `segment` averages by default (test-time augmentation)
     blank_band: int = BLANK_BAND  # voxels of tissue beside a blank region left out with it (`affinity.blank`)
+    fill_blank: int = FILL_BLANK  # sections a lost section's fill reaches above and below (`affinity.blank`)
     absorb: dict = field(default_factory=dict, hash=False)  # relabel's min_voxels, max_extent, min_share ({}: none)
     flops_per_voxel: float = 0.0
     provenance: dict = field(default_factory=dict, compare=False, hash=False)
@@ -181,6 +183,7 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         in_plane=bool(agg.get("in_plane", False)),
         tta=int((meta.get("inference") or {}).get("tta", 1)),
         blank_band=int((meta.get("inference") or {}).get("blank_band", BLANK_BAND)),
+        fill_blank=int((meta.get("inference") or {}).get("fill_blank", FILL_BLANK)),
         absorb={k: agg["absorb"][k] for k in ("min_voxels", "max_extent", "min_share")
                 if k in agg["absorb"]}
         if isinstance(agg.get("absorb"), dict) else {},

@@ -41,8 +41,9 @@ def test_the_affinities_stage_reads_what_finding_blank_regions_needs(model, band
     context, divisor = stage.network_context(), stage.model_info.divisor
     assert all(2 * c % d == 0 for c, d in zip(context.lower, divisor)), (context, divisor)  # a whole read box
     assert min(context.lower[1:]) >= blank_reach(used) + 1 and context.lower == context.upper
-    # the stage reads the margin that filling the network's input needs beyond it (`fill_blank`)
-    assert stage.context().lower == tuple(c + m for c, m in zip(context.lower, fill_margin(FILL_BLANK)))
+    # the stage reads the margin that filling the network's input needs beyond it (`fill_blank`: the model's json's)
+    assert stage.fill_sections == {"fib-10nm": FILL_BLANK, "sstem": 0}[model]
+    assert stage.context().lower == tuple(c + m for c, m in zip(context.lower, fill_margin(stage.fill_sections)))
     off = AffinitiesStage(AffinitiesParams(model=model, find_blank=False), {"raw": "raw"}, {"affinities": "a"})
     assert off.blank_band is None and "blank_band" not in off.fingerprint()["params"]
     assert stage.fingerprint()["params"]["blank_band"] == used

@@ -120,11 +120,15 @@ def test_fill_blank_in_the_fingerprint_and_bad_values_refused_in_one_line(tmp_pa
     from connectome.affinity.segment import segmentation_config
     from connectome.affinity.stages import AffinitiesParams, AffinitiesStage
 
-    def stage(**params):
-        return AffinitiesStage(AffinitiesParams(model="fib-10nm", **params), {"raw": "raw"}, {"affinities": "a"})
+    def stage(model="fib-10nm", **params):
+        return AffinitiesStage(AffinitiesParams(model=model, **params), {"raw": "raw"}, {"affinities": "a"})
 
     assert stage().fingerprint()["params"]["fill_blank"] == FILL_BLANK
     assert "fill_blank" not in stage(fill_blank=0).fingerprint()["params"]  # none filled: as before the option
+    # sstem's json says 0 (chosen on its validation split, benchmarks/results/missing_sections.md); given, it fills
+    assert stage("sstem").fill_sections == 0 and "fill_blank" not in stage("sstem").fingerprint()["params"]
+    assert stage("sstem", fill_blank=2).fill_sections == 2 and stage("sstem", fill_blank=2).context() != stage(
+        "sstem").context()
     assert stage(fill_blank=0).context() == stage(fill_blank=0).network_context()
     assert stage(find_blank=False, fill_blank=3).fill_sections == 0  # no blank regions looked for: none filled
     raw = f"{data_file('flyem_medulla_fib_train/medulla_train.npz')}#raw[0:4]"
