@@ -86,6 +86,13 @@ def fill_blank(raw: np.ndarray, sections: int) -> np.ndarray:
     return out
 
 
+def read_network_input(volume: Volume, read_box: Box, sections: int) -> tuple[np.ndarray, Box]:
+    """(the filled image, its box) a network reads in a block whose read box `with_fill_margin` grew: the read box
+    less the fill's margin."""
+    net = read_box.grow([-m for m in fill_margin(sections)])
+    return read_filled(volume, net, sections), net
+
+
 def read_filled(volume: Volume, box: Box, sections: int) -> np.ndarray:
     """`box` of `volume` (mirrored where it leaves the volume) with `fill_blank(..., sections)` applied, read with the
     fill's margin so that every block layout sees the same values."""

@@ -90,9 +90,10 @@ def segmentation_config(
         agglomerate = {"scoring": "learned", "edge_model": edges}
         classifier = load_classifier(edges)
         reads_image = classifier.reads_image
-        if reads_image and (fill_blank is not None or blank_band == "off"):
-            # the classifier reads the image as the network does: said here, as a mask stage may stand between them
-            agglomerate["fill_blank"] = 0 if blank_band == "off" else fill_blank
+        if reads_image:  # the classifier reads the image as the network does: said here, as a mask stage may stand
+            # between them (the agglomerate stage then cannot take it from the affinities stage)
+            agglomerate["fill_blank"] = (0 if blank_band == "off" else fill_blank if fill_blank is not None
+                                         else info.fill_blank)
         if threshold is None:
             threshold = classifier.threshold
     if threshold is None:

@@ -27,8 +27,7 @@ from connectome.affinity.blank import (
     FILL_BLANK,
     blank_reach,
     blank_voxels,
-    fill_margin,
-    read_filled,
+    read_network_input,
     with_fill_margin,
 )
 from connectome.affinity.encoding import affinities_as_uint8
@@ -174,8 +173,7 @@ class AffinitiesStage(OnePrecision, BlockStage[AffinitiesParams]):
         from connectome.models import predict_affinities
 
         model = get_model(self.params.model, self.params.device)
-        net = block.read_box.grow([-m for m in fill_margin(self.fill_sections)])  # the read box less the fill's margin
-        raw = read_filled(volumes["raw"], net, self.fill_sections)  # the network's input
+        raw, net = read_network_input(volumes["raw"], block.read_box, self.fill_sections)
         precision = self.block_precision()
         affs = predict_affinities(model, raw, self.tta, precision)
         inner = block.write_box.relative_to(net)
@@ -345,12 +343,12 @@ class AgglomerateStage(BlockStage[AgglomerateParams]):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         p = self.params
-        if p.aff_low is None or p.aff_high is None or p.in_plane is None:
-            raise RuntimeError("stage 'agglomerate': aff_low, aff_high, in_plane unset (check_upstream sets them)")
+        if p.aff_low is None or p.aff_high is None or p.in_plane is None or p.fill_blank is None:
+            raise RuntimeError("stage 'agglomerate': aff_low, aff_high, in_plane, fill_blank unset (check_upstream "
+                               "sets them)")
         image = volumes.get("raw") if self.classifier is not None and self.classifier.reads_image else None
         table = block_graph(volumes["fragments"], volumes["affinities"], block.read_box, block.write_box,
-                            p.aff_low, p.aff_high, self.classifier, p.in_plane, image,
-                            FILL_BLANK if p.fill_blank is None else p.fill_blank)
+                            p.aff_low, p.aff_high, self.classifier, p.in_plane, image, p.fill_blank)
         table["grid"] = np.array(grid_shape(block, volumes["fragments"].shape), np.int64)  # for the merge tree
         save_table(self.table_dirs["edges"], block.index, **table)
         return {"nodes": int(table["nodes"].size), "edges": int(table["u"].size), "links": int(table["link_u"].size)}

@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
-from connectome.affinity.blank import FILL_BLANK, fill_margin, read_filled, with_fill_margin
+from connectome.affinity.blank import FILL_BLANK, read_network_input, with_fill_margin
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
@@ -102,8 +102,8 @@ class CleftsStage(BlockStage[CleftsParams]):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         model = M.get(self.params.model, self.params.device)
-        net = block.read_box.grow([-m for m in fill_margin(self.params.fill_blank)])  # the read box less the margin
-        prob, vec = M.predict(model, read_filled(volumes["raw"], net, self.params.fill_blank))
+        raw, net = read_network_input(volumes["raw"], block.read_box, self.params.fill_blank)
+        prob, vec = M.predict(model, raw)
         inner = block.write_box.relative_to(net)
         volumes["cleft_probability"].write(block.write_box, M.probability_as_uint8(prob[inner]))
         volumes["partner_vectors"].write(block.write_box, M.vectors_as_uint8(vec[(slice(None), *inner)]))

@@ -135,6 +135,8 @@ def test_fill_blank_in_the_fingerprint_and_bad_values_refused_in_one_line(tmp_pa
     config = segmentation_config(raw, str(tmp_path / "out"), "fib-10nm", fill_blank=1, voxel_size=(10, 10, 10))
     params = {s.stage: s.params for s in config.stages}
     assert params["affinities"]["fill_blank"] == 1 and params["agglomerate"]["fill_blank"] == 1  # the image as read
+    default = segmentation_config(raw, str(tmp_path / "out"), "fib-10nm", voxel_size=(10, 10, 10))
+    assert {s.stage: s.params for s in default.stages}["agglomerate"]["fill_blank"] == FILL_BLANK  # the model's
     for command, argv, name in (("segment", ["--fill-blank", "-1"], "--fill-blank"),
                                 ("segment", ["--fill-blank", "17"], "fill_blank"),
                                 ("segment", ["--method", "ffn", "--fill-blank", "2"], "--fill-blank"),
