@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectome.cluster import worker_env
+from connectome.cluster import forkserver, worker_env
 from connectome.cluster.session import attach_scaler, config_of, remember_config
 from connectome.cluster.worker_env import PRELOAD
 from connectome.cluster.worker_logs import PRELOAD as LOGS_PRELOAD
@@ -81,6 +81,8 @@ class ClusterConfig(BaseModel):
     memory_limit: str = "auto"
     dashboard_address: str = ":8787"
     processes: bool = True
+    fork_workers: bool = Field(True, description="local workers fork from a server that imported torch and the "
+                                                 "stages once (connectome.cluster.forkserver); false: they spawn")
     # slurm / pbs jobs (dask-jobqueue); one job runs `processes_per_job` workers
     queue: str | None = Field(None, description="partition (SLURM) or queue (PBS)")
     account: str | None = None
@@ -325,15 +327,19 @@ def make_local_cluster(config: ClusterConfig):
     extra: dict = {"resources": {"GPU": config.gpus}} if config.gpus else {}
     if config.processes:  # worker processes write to the run's log file (never a thread of this process)
         extra["preload"] = [LOGS_PRELOAD]
-    cluster = LocalCluster(
-        n_workers=0 if pooled else config.n_workers,
-        threads_per_worker=config.threads_per_worker,
-        processes=config.processes,
-        memory_limit=config.memory_limit,
-        dashboard_address=config.dashboard_address,
-        silence_logs=logging.ERROR,  # (a run's log file takes them from INFO on: cluster.worker_logs)
-        **extra,
-    )
+    forking = config.processes and config.fork_workers
+    with forkserver.forking_workers() if forking else contextlib.nullcontext() as env:
+        if env is not None:  # forked from a server that imported torch and the stages once
+            extra["env"] = env
+        cluster = LocalCluster(
+            n_workers=0 if pooled else config.n_workers,
+            threads_per_worker=config.threads_per_worker,
+            processes=config.processes,
+            memory_limit=config.memory_limit,
+            dashboard_address=config.dashboard_address,
+            silence_logs=logging.ERROR,  # (a run's log file takes them from INFO on: cluster.worker_logs)
+            **extra,
+        )
     if gpu_jobs is not None:  # pooled
         from connectome.cluster.pools import Pool, PoolScaler
 
