@@ -18,7 +18,7 @@ import sys
 from connectome.cli.arg_types import non_negative_float, positive_float, positive_int
 from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
-from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
 from connectome.cli.segment import add_section_order_option
 
 
@@ -62,6 +62,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    start_local_workers_early(args)  # (the server's imports run beside the command's own)
     from connectome.alignment.chain import (
         alignment_config,
         label_plans,

@@ -8,7 +8,7 @@ import time
 
 from connectome.cli.arg_types import positive_int
 from connectome.cli.main import print_result
-from connectome.cli.run_options import cluster_settings
+from connectome.cli.run_options import cluster_settings, start_local_workers_early
 
 SEGMENTATION_STAGES = ("affinities", "fragments", "agglomerate", "merge", "relabel")  # the Mvx/s the demo quotes
 
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    start_local_workers_early(args)  # (the server's imports run beside the command's own)
     import numpy as np
 
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config

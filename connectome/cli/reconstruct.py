@@ -6,7 +6,7 @@ from __future__ import annotations
 from connectome.cli.arg_types import fraction, positive_float, positive_int
 from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
-from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
 from connectome.cli.segment import (
     add_blank_options,
     add_min_segment_option,
@@ -43,6 +43,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    start_local_workers_early(args)  # (the server's imports run beside the command's own)
     import time
 
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config

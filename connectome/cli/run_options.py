@@ -41,3 +41,17 @@ def cluster_settings(args: argparse.Namespace, base: ClusterConfig | None = None
             resolved = resolve_profile(cluster)
             cluster = resolved.model_copy(update={"maximum_jobs": jobs_for_workers(args.workers, resolved)})
     return cluster
+
+
+def start_local_workers_early(args: argparse.Namespace) -> None:
+    """Where the command's blocks will run on forked local workers, start the server they fork from now: its
+    imports (torch, the stages) then run while the command imports and plans, instead of after (a `segment` of a
+    small volume 8.1 -> 6 s). A setting the command will refuse is left to it to say."""
+    from connectome.cluster.client import resolve_profile, start_worker_server
+    from connectome.core.errors import UserError
+
+    try:
+        config = resolve_profile(cluster_settings(args))
+    except UserError:
+        return
+    start_worker_server(config)

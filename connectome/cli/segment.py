@@ -14,7 +14,7 @@ from connectome.cli.arg_types import (
 )
 from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
-from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
 from connectome.core.errors import UserError
 
 
@@ -156,6 +156,7 @@ def say_mask_frame(command: str, args) -> None:
 
 
 def run(args) -> int:
+    start_local_workers_early(args)  # (the server's imports run beside the command's own)
     from connectome.affinity.segment import check_method, plan_segmentation, run_segmentation, segmentation_config
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs

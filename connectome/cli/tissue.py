@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
-from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
 
 
 def add_arguments(parser) -> None:
@@ -32,6 +32,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    start_local_workers_early(args)  # (the server's imports run beside the command's own)
     import os
     import time
 

@@ -316,12 +316,20 @@ def _connect(config: ClusterConfig):
     return client, cluster
 
 
+def start_worker_server(config: ClusterConfig) -> None:
+    """Where `config`'s workers are local processes that fork (`fork_workers`), start the server they fork from
+    (`connectome.cluster.forkserver`) with the settings they start with; once per process, the rest at no cost."""
+    if config.kind == "local" and config.processes and config.fork_workers:
+        worker_env.use_for_local_workers()
+        forkserver.start_server()
+
+
 def make_local_cluster(config: ClusterConfig):
     """A LocalCluster of `n_workers` processes; with `gpu_jobs`, plus `gpu_jobs.maximum_jobs` GPU
     worker processes (each with `gpu_jobs.gpus` GPUs) that only GPU stages use."""
     from distributed import LocalCluster
 
-    worker_env.use_for_local_workers()
+    worker_env.use_for_local_workers()  # (before the forkserver starts: it takes the workers' settings)
     gpu_jobs = config.gpu_jobs
     pooled = gpu_jobs is not None
     extra: dict = {"resources": {"GPU": config.gpus}} if config.gpus else {}

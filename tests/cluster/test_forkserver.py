@@ -71,3 +71,24 @@ def test_forked_workers_are_preloaded_and_set_up_as_spawned_ones(monkeypatch):
     assert all(f["parent"] != os.getpid() for f in forked.values())  # forked by the server, not by this process
     # a LocalCluster of the user's own (after ours) spawns, as Dask's default
     assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"
+
+
+EARLY = """
+import multiprocessing.forkserver as server
+import sys
+from connectome.cli.main import build_parser
+from connectome.cli.run_options import start_local_workers_early
+args = build_parser().parse_args(["segment", "raw", "out", *sys.argv[1:]])
+start_local_workers_early(args)
+print(server._forkserver._forkserver_pid is not None, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("options,started", [([], True), (["--cluster", "slurm"], False),
+                                             (["--cluster", "tcp://127.0.0.1:1"], False),
+                                             (["--profile", "nonexistent"], False)])
+def test_a_command_starts_the_server_first_only_for_forked_local_workers(options, started):
+    """`segment` starts the server before it imports the stages (their imports then overlap), where it will use it."""
+    run = subprocess.run([sys.executable, "-c", EARLY, *options], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(started), "False"], run.stdout
