@@ -4,7 +4,8 @@ A real validation split gets one or two whole sections set to exactly 0 (a secti
 aligned stack shows it) and is segmented by the real `connectome segment` at its defaults but for `--fill-blank`: 0
 (read as black and left out, as before the option) and 2 (filled from 2 sections above and below), and at its
 defaults with the missing sections also given as `--mask` (the README's lab workflow, `--mask defects`; the
-model's own fill: `fib-10nm` 2, `sstem` 0, chosen from this table). Every run is scored against the real labels with the missing sections'
+model's own fill: `fib-10nm` 2, `sstem` 0, chosen from this table), and that mask again with `--mask-values 2 3` (the
+codes of `align`'s flagged regions and outside: its flagged sections, code 1, are then not a wall). Every run is scored against the real labels with the missing sections'
 labels set to 0 (scored on the sections that exist), beside the same split with no section missing.
 Sets: medulla z 100-124 (fib-10nm, 10 nm; missing z 112, then 112-113) and the CREMI crop's z 40-49 in the order
 recovered from its labels (sstem, 40 x 4 x 4 nm; `benchmarks/cremi_section_order.py`; missing z 45, then 44-45), the
@@ -84,7 +85,9 @@ def rows_for(name: str, work: Path) -> list[str]:
         cases = [("no section missing", raw, [], None),
                  (f"{where} missing, --fill-blank 0 (black)", blank, ["--fill-blank", "0"], None),
                  (f"{where} missing, --fill-blank 2 (filled)", blank, ["--fill-blank", "2"], None),
-                 (f"{where} missing, --mask on them (the model's fill)", blank, [], mask)]
+                 (f"{where} missing, --mask on them (the model's fill)", blank, [], mask),
+                 (f"{where} missing, --mask on them as code 1 (`align`'s flagged sections), --mask-values 2 3", blank,
+                  ["--mask-values", "2", "3"], mask)]
         for i, (label, data, extra, m) in enumerate(cases):
             r = scored(work, f"{name}{len(gap)}{i}", data, gt_here, model, voxel_size, extra, m)
             rows.append(f"| {name} ({model}) | {len(gap)} | {label} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | "

@@ -7,7 +7,7 @@ import sys
 import time
 
 from connectome.affinity.stages import AffinitiesStage
-from connectome.alignment.footprints import footprint_masking
+from connectome.alignment.footprints import check_mask_values, footprint_masking
 from connectome.alignment.reordering import order_report, ordered_stages, with_finding
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
@@ -52,6 +52,7 @@ def segmentation_config(
     section_order: str = "auto",
     blank_band: int | str | None = None,
     fill_blank: int | None = None,
+    mask_values: list[int] | None = None,
 ) -> RunConfig:
     """A RunConfig for the affinity chain; scoring and threshold default to the model's validated ones
     (learned scoring: its edge classifier's threshold). With `mask` (a uint8 volume of the raw's shape,
@@ -65,7 +66,8 @@ def segmentation_config(
     never), the segmentation written in the stored order. `blank_band`: voxels of tissue beside a blank region left
     out with it (`affinity.blank`; default the stage's, "off": blank regions are not looked for). `fill_blank`: the
     sections above and below from which the network's input interpolates a blank voxel (default the stage's; 0: none;
-    `affinity.blank.fill_blank`)."""
+    `affinity.blank.fill_blank`). `mask_values`: the mask excludes only the voxels holding one of them (e.g. 2 3 of
+    `align`'s defects: a lost section is then filled and predicted through, not a wall)."""
     from connectome.models.registry import read_info, resolve_model_path
 
     info = read_info(resolve_model_path(model))
@@ -101,7 +103,7 @@ def segmentation_config(
         if info.threshold is None:
             print(f"connectome: warning: model {info.name} records no validated threshold (trained without "
                   f"--val-raw): merging at {DEFAULT_THRESHOLD}; give --threshold T", file=sys.stderr, flush=True)
-    mask_input, mask_stages = footprint_masking(raw, mask)
+    mask_input, mask_stages = footprint_masking(raw, mask, check_mask_values(mask_values, mask))
     masked = {"affinities": "masked_affinities"} if mask_input else {}
     absorb = dict(info.absorb)
     if min_segment_voxels is not None:

@@ -35,14 +35,36 @@ def permuted(footprints: Footprints, order) -> Footprints:
     return {k: footprints[int(z)] for k, z in enumerate(order) if int(z) in footprints}
 
 
-def footprint_masking(raw: str, mask: str | None) -> tuple[str | None, list[StageConfig]]:
+SELECTED_MASK = "selected_mask"  # the `mask_values` stage's output
+
+
+def check_mask_values(values, mask: str | None) -> list[int] | None:
+    """`--mask-values`, sorted and unique: uint8 codes 1-255, and only with a mask."""
+    if not values:
+        return None
+    if not mask:
+        raise UserError("--mask-values: expected it with --mask (the mask whose values it picks), found no --mask")
+    bad = [v for v in values if not 1 <= int(v) <= 255]
+    if bad:
+        raise UserError(f"--mask-values {bad[0]}: expected mask values 1-255 (a uint8 mask; 0 excludes nothing)")
+    return sorted({int(v) for v in values})
+
+
+def footprint_masking(raw: str, mask: str | None,
+                      values: list[int] | None = None) -> tuple[str | None, list[StageConfig]]:
     """(the mask a segmentation chain reads, the stages that make it): where the raw volume has footprints, the
-    `footprint_mask` stage (its padding, or-ed with `mask` if given) and its output; else `mask` as given."""
+    `footprint_mask` stage (its padding, or-ed with `mask` if given) and its output; else `mask` as given. With
+    `values`, `mask` excludes only the voxels that hold one of them (the `mask_values` stage first)."""
+    stages = []
+    mask_input = absolute(mask) if mask else None
+    if mask_input and values:
+        stages.append(StageConfig(stage="mask_values", inputs={"mask": mask_input}, params={"values": values}))
+        mask_input = SELECTED_MASK
     try:
         footprints = open_volume(absolute(raw)).section_footprints()
     except UserError:
         footprints = {}  # planning the run says what is wrong with the input
     if not footprints:
-        return (absolute(mask) if mask else None), []
-    stage = StageConfig(stage="footprint_mask", inputs={"mask": absolute(mask)} if mask else {})
-    return "footprint_mask", [stage]
+        return mask_input, stages
+    stage = StageConfig(stage="footprint_mask", inputs={"mask": mask_input} if mask_input else {})
+    return "footprint_mask", [*stages, stage]

@@ -423,6 +423,27 @@ class FootprintMaskStage(BlockStage[FootprintMaskParams]):
         return {"padding_voxels": padding, "masked_voxels": int(np.count_nonzero(out))}
 
 
+class MaskValuesParams(StageParams):
+    values: list[int] = Field(min_length=1, description="the mask values that exclude a voxel (e.g. 2 3 of `align`'s "
+                                                         "defects: flagged regions and outside, not flagged sections)")
+
+
+@register
+class MaskValuesStage(BlockStage[MaskValuesParams]):
+    """1 where the mask holds one of `values`, else 0: a mask that excludes by some of its codes only
+    (`--mask-values`; the `footprint_mask` and `mask_affinities` stages, the FFN and the clefts then read it)."""
+
+    name = "mask_values"
+    Params = MaskValuesParams
+    inputs = (Input("mask", dtypes=("uint8",)),)
+    outputs = (Output("selected_mask", OutputSpec(dtype="uint8")),)
+
+    def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
+        out = np.isin(volumes["mask"].read(block.write_box), np.asarray(self.params.values, np.uint8))
+        volumes["selected_mask"].write(block.write_box, out.astype(np.uint8))
+        return {"masked_voxels": int(np.count_nonzero(out))}
+
+
 @register
 class RestoreSectionOrderStage(_SectionPermutation):
     """A volume computed in the physical order (`reorder_sections`) put back in the stored order."""

@@ -9,6 +9,7 @@ from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
 from connectome.cli.segment import (
     add_blank_options,
+    add_mask_values_option,
     add_min_segment_option,
     add_section_order_option,
     say_default_model,
@@ -36,6 +37,7 @@ def add_arguments(parser) -> None:
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment, nothing merges across them and no synapse cleft lies there (e.g. OUT/defects "
                              "from `connectome align`, OUT/tissue_mask from `connectome tissue`)")
+    add_mask_values_option(parser)
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     parser.add_argument("--no-plots", action="store_true", help="skip the graph's PNG plots")
@@ -47,6 +49,7 @@ def run(args) -> int:
     import time
 
     from connectome.affinity.segment import plan_segmentation, run_segmentation, segmentation_config
+    from connectome.alignment.footprints import SELECTED_MASK
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
     from connectome.core.address import absolute
@@ -68,10 +71,12 @@ def run(args) -> int:
                                      args.voxel_size, cluster, allow_voxel_mismatch=args.allow_voxel_mismatch,
                                      min_segment_voxels=args.min_segment_voxels,
                                      section_order=args.section_order or "auto", mask=args.mask,
-                                     blank_band=args.blank_band, fill_blank=args.fill_blank)
+                                     blank_band=args.blank_band, fill_blank=args.fill_blank,
+                                     mask_values=args.mask_values)
+        selected = SELECTED_MASK if args.mask_values else absolute(args.mask) if args.mask else None  # (made above)
         config = config.model_copy(update={"stages": config.stages + synapse_stages(
             args.cleft_model, None, args.classifier, args.allow_voxel_mismatch, types=not args.no_types,
-            mask=absolute(args.mask) if args.mask else None, fill_blank=args.fill_blank)})
+            mask=selected, fill_blank=args.fill_blank)})
         plan = plan_segmentation(config, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)

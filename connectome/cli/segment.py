@@ -52,6 +52,7 @@ def add_arguments(parser) -> None:
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero are left out of every "
                              "segment and nothing merges across them (e.g. OUT/tissue_mask from `connectome tissue`, "
                              "OUT/defects from `connectome align`)")
+    add_mask_values_option(parser)
     parser.add_argument("--overlap", nargs=3, type=non_negative_int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: context each block reads beyond its write box (default: the model's FOV)")
     parser.add_argument("--reverse-seeds", action="store_true", help="ffn: fill from the seeds in reverse order")
@@ -89,6 +90,14 @@ def add_blank_options(parser) -> None:
                              "out of every segment; the networks merge neurons along that band otherwise (default: the "
                              "model's, fib-10nm 4, sstem 12; off: not looked for; --method ffn: 4, masked as --mask)")
     add_fill_blank_option(parser)
+
+
+def add_mask_values_option(parser) -> None:
+    """`--mask-values`, for the commands that take `--mask`."""
+    parser.add_argument("--mask-values", type=int, nargs="+", default=None, metavar="V",
+                        help="only voxels where --mask holds one of these values are left out (e.g. 2 3 with "
+                             "OUT/defects: flagged regions and outside; a flagged section is then read as "
+                             "its neighbours' blend, where the model fills, instead of a wall)")
 
 
 def add_fill_blank_option(parser) -> None:
@@ -177,7 +186,7 @@ def run(args) -> int:
                                      mask=args.mask, tta=args.tta, precision=args.precision or "auto",
                                      min_segment_voxels=args.min_segment_voxels,
                                      section_order=args.section_order or "auto", blank_band=args.blank_band,
-                                     fill_blank=args.fill_blank)
+                                     fill_blank=args.fill_blank, mask_values=args.mask_values)
         plan = plan_segmentation(config, args.overwrite)
         check_outputs(plan, args.overwrite)
         check_input_chunks(config.input, args.strict_input)
@@ -207,7 +216,8 @@ def _run_ffn(args) -> int:
                             agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
                             consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
                             seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
-                            section_order=args.section_order or "auto", blank_band=args.blank_band)
+                            section_order=args.section_order or "auto", blank_band=args.blank_band,
+                            mask_values=args.mask_values)
         plan = plan_run(config)
         check_plan_resumable(plan, args.overwrite)
         check_outputs(plan, args.overwrite)

@@ -8,7 +8,7 @@ import sys
 from connectome.cli.arg_types import positive_float, positive_int
 from connectome.cli.main import print_result
 from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
-from connectome.cli.segment import add_fill_blank_option, say_mask_frame
+from connectome.cli.segment import add_fill_blank_option, add_mask_values_option, say_mask_frame
 
 
 def add_arguments(parser) -> None:
@@ -26,6 +26,7 @@ def add_arguments(parser) -> None:
                         help="a uint8 volume of the raw's shape; voxels where it is nonzero hold no synapse cleft "
                              "(e.g. OUT/defects from `connectome align`: its margins and blank sections, "
                              "OUT/tissue_mask from `connectome tissue`)")
+    add_mask_values_option(parser)
     parser.add_argument("--no-types", action="store_true",
                         help="leave out the neurite types (segment_features, neurite_types; no segments.csv)")
     add_fill_blank_option(parser)
@@ -37,6 +38,7 @@ def run(args) -> int:
     import os
     import time
 
+    from connectome.alignment.footprints import check_mask_values
     from connectome.cluster.client import open_client
     from connectome.cluster.worker_logs import worker_logs
     from connectome.core.address import absolute
@@ -55,7 +57,8 @@ def run(args) -> int:
                        stages=synapse_stages(args.model, absolute(args.segmentation), args.classifier,
                                              args.allow_voxel_mismatch, types=not args.no_types,
                                              mask=absolute(args.mask) if args.mask else None,
-                                             fill_blank=args.fill_blank))
+                                             fill_blank=args.fill_blank,
+                                             mask_values=check_mask_values(args.mask_values, args.mask)))
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)
     check_input_chunks(config.input, args.strict_input)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from connectome.alignment.footprints import footprint_masking
+from connectome.alignment.footprints import check_mask_values, footprint_masking
 from connectome.alignment.reordering import order_report, ordered_stages, with_finding
 from connectome.cluster.client import ClusterConfig
 from connectome.core.address import absolute
@@ -22,14 +22,16 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                agglomerate: bool = False, precision: str | None = None, scale=None,
                consensus_model: str | None = None, weak_seed: str | None = None,
                seed_margin: int | None = None, step_budget: float | None = None,
-               section_order: str = "auto", blank_band: int | str | None = None) -> RunConfig:
+               section_order: str = "auto", blank_band: int | str | None = None,
+               mask_values: list[int] | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
     `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams`, `step_budget` its bound on a block's
     FOV steps (default: theirs).
-    With `mask` (nonzero = excluded), no seed starts, no object grows and no FOV moves into masked voxels; the
-    padding of sections smaller than the stack's plane (`Volume.section_footprints`) is masked the same way.
+    With `mask` (nonzero = excluded; with `mask_values`, one of them), no seed starts, no object grows and no FOV
+    moves into masked voxels; the padding of sections smaller than the stack's plane (`Volume.section_footprints`)
+    is masked the same way.
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first.
     Serial sections stored out of order are segmented in the order recovered from the images
     (`alignment.section_order.ordered_stages`). Blank regions and `blank_band` voxels beside them are masked too
@@ -71,7 +73,7 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     prec = {"precision": precision} if precision is not None else {}
     blank = {k: params[k] for k in ("find_blank", "blank_band") if k in params}  # the affinities' blank regions too
     first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec, **blank})] if reads else []
-    mask_input, mask_stages = footprint_masking(raw, mask)
+    mask_input, mask_stages = footprint_masking(raw, mask, check_mask_values(mask_values, mask))
     stages, finding = ordered_stages([
         *first,
         *mask_stages,

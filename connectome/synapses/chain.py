@@ -12,10 +12,12 @@ from connectome.synapses.table import SYNAPSES_FILE
 
 def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, classifier: str | None = None,
                    allow_voxel_mismatch: bool = False, types: bool = True,
-                   mask: str | None = None, fill_blank: int | None = None) -> list[StageConfig]:
+                   mask: str | None = None, fill_blank: int | None = None,
+                   mask_values: list[int] | None = None) -> list[StageConfig]:
     """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset);
     without `types`, the neurite type stages are left out (and a `classifier` is refused); `mask` (nonzero:
-    no cleft there) is read by cleft_fragments; `fill_blank`: the clefts stage's (`affinity.blank.fill_blank`;
+    no cleft there; with `mask_values`, only where it holds one of them: the `mask_values` stage first) is read by
+    cleft_fragments; `fill_blank`: the clefts stage's (`affinity.blank.fill_blank`;
     default its own)."""
     if classifier and not types:
         from connectome.core.errors import UserError
@@ -24,7 +26,13 @@ def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, 
     seg = {"segmentation": segmentation} if segmentation else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
     clefts = {"model": model, **mismatch, **({} if fill_blank is None else {"fill_blank": fill_blank})}
-    stages = [
+    stages = []
+    if mask and mask_values:
+        from connectome.alignment.footprints import SELECTED_MASK
+
+        stages.append(StageConfig(stage="mask_values", inputs={"mask": mask}, params={"values": mask_values}))
+        mask = SELECTED_MASK
+    stages += [
         StageConfig(stage="clefts", params=clefts),
         StageConfig(stage="cleft_fragments", params={"model": model},
                     inputs={**seg, **({"mask": mask} if mask else {})}),
