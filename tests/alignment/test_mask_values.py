@@ -51,6 +51,24 @@ def test_only_the_given_codes_are_left_out(coded, tmp_path, capsys):
     assert not every[6].any()  # where every code excludes, the flagged section is a wall
 
 
+def test_the_stage_in_blocks_picks_the_codes(coded, tmp_path, client):
+    """18 blocks, against the codes picked in numpy (so blockwise equals one block)."""
+    from connectome.cluster.client import ClusterConfig
+    from connectome.engine.config import BlocksConfig, RunConfig, StageConfig
+    from connectome.engine.plan import execute, plan_run
+
+    raw, masks, codes = coded
+    config = RunConfig(input=raw, output=str(tmp_path / "out"), cluster=ClusterConfig(),
+                       blocks=BlocksConfig(shape=(8, 32, 32), chunk_shape=(8, 32, 32)),
+                       stages=[StageConfig(stage="mask_values", inputs={"mask": masks["codes"]},
+                                           params={"values": [1, 3]})])
+    plan = plan_run(config)
+    assert len(plan.stages[-1].grid) == 18
+    execute(plan, client, progress=False)
+    out = open_volume(str(tmp_path / "out" / SELECTED_MASK))
+    np.testing.assert_array_equal(out.read(out.box), np.isin(codes, [1, 3]).astype(np.uint8))
+
+
 @pytest.mark.parametrize("command", ["segment", "reconstruct", "synapses"])
 @pytest.mark.parametrize("values,found", [(["2"], "no --mask"), (["0"], "0"), (["2", "256"], "256")])
 def test_bad_mask_values_are_refused_in_one_line(coded, tmp_path, capsys, command, values, found):

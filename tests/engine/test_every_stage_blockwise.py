@@ -56,6 +56,8 @@ CASES = {
     "footprint_mask": ([], None, "tests/alignment/test_footprints.py"),
     # a mask volume is its input: tests/affinity/test_mask_affinities.py compares 18 blocks with one
     "mask_affinities": ([], None, "tests/affinity/test_mask_affinities.py"),
+    # a coded mask is its input: tests/alignment/test_mask_values.py compares 18 blocks with the codes picked in numpy
+    "mask_values": ([], None, "tests/alignment/test_mask_values.py"),
     # FFN agglomeration: 8 blocks vs one in tests/ffn/test_ffn_agglomeration.py
     "ffn_agglomerate": ([], None, "tests/ffn/test_ffn_agglomeration.py"),
     "ffn_merge": ([], None, "tests/ffn/test_ffn_agglomeration.py"),
