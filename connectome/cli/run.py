@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from connectome.cli.main import print_result
-from connectome.cli.run_options import add_run_options, cluster_settings
+from connectome.cli.run_options import add_run_options, cluster_settings, start_local_workers_early
 
 
 def add_arguments(parser) -> None:
@@ -18,6 +18,7 @@ def run(args) -> int:
     from connectome.engine.plan import check_input_chunks, check_plan_resumable, execute, plan_run
 
     config = load_config(args.config)
+    start_local_workers_early(args, config.cluster)  # (before planning imports the stages)
     cluster = cluster_settings(args, config.cluster)
     plan = plan_run(config)
     check_plan_resumable(plan, args.overwrite)

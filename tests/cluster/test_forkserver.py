@@ -41,7 +41,7 @@ def _facts(config: ClusterConfig) -> tuple[dict, dict]:
 
 FRESH = """
 import json
-from connectome.cluster.client import ClusterConfig, open_client
+from connectome.cluster.client import ClusterConfig
 from test_forkserver import _facts
 if __name__ == "__main__":
     print(json.dumps(_facts(ClusterConfig(n_workers=2, dashboard_address=":0"))))
@@ -92,3 +92,28 @@ def test_a_command_starts_the_server_first_only_for_forked_local_workers(options
     run = subprocess.run([sys.executable, "-c", EARLY, *options], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [str(started), "False"], run.stdout
+
+
+EARLY_RUN = """
+import multiprocessing.forkserver as server
+import sys
+from connectome.cli.main import build_parser
+from connectome.cli.run_options import start_local_workers_early
+from connectome.engine.config import load_config
+args = build_parser().parse_args(["run", sys.argv[1]])
+start_local_workers_early(args, load_config(sys.argv[1]).cluster)
+print(server._forkserver._forkserver_pid is not None)
+"""
+
+
+@pytest.mark.parametrize("cluster,started", [({}, True), ({"kind": "slurm"}, False), ({"fork_workers": False}, False)])
+def test_run_starts_the_server_first_where_its_config_runs_forked_local_workers(tmp_path, cluster, started):
+    import yaml
+
+    config = {"input": str(tmp_path / "raw"), "output": str(tmp_path / "out"), "stages": [{"stage": "copy"}],
+              **({"cluster": cluster} if cluster else {})}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-c", EARLY_RUN, str(tmp_path / "run.yaml")], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(started)], run.stdout
