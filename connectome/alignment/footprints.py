@@ -50,16 +50,20 @@ def check_mask_values(values, mask: str | None) -> list[int] | None:
     return sorted({int(v) for v in values})
 
 
+def selected_mask(mask: str | None, values: list[int] | None) -> tuple[str | None, list[StageConfig]]:
+    """(the mask a chain reads, the stage that makes it): with `values`, the `mask_values` stage's `selected_mask`
+    (1 where `mask` holds one of them); else `mask` as given."""
+    if not mask or not values:
+        return mask, []
+    return SELECTED_MASK, [StageConfig(stage="mask_values", inputs={"mask": mask}, params={"values": values})]
+
+
 def footprint_masking(raw: str, mask: str | None,
                       values: list[int] | None = None) -> tuple[str | None, list[StageConfig]]:
     """(the mask a segmentation chain reads, the stages that make it): where the raw volume has footprints, the
     `footprint_mask` stage (its padding, or-ed with `mask` if given) and its output; else `mask` as given. With
     `values`, `mask` excludes only the voxels that hold one of them (the `mask_values` stage first)."""
-    stages = []
-    mask_input = absolute(mask) if mask else None
-    if mask_input and values:
-        stages.append(StageConfig(stage="mask_values", inputs={"mask": mask_input}, params={"values": values}))
-        mask_input = SELECTED_MASK
+    mask_input, stages = selected_mask(absolute(mask) if mask else None, values)
     try:
         footprints = open_volume(absolute(raw)).section_footprints()
     except UserError:

@@ -316,10 +316,15 @@ def _connect(config: ClusterConfig):
     return client, cluster
 
 
+def forks_workers(config: ClusterConfig) -> bool:
+    """Whether `config`'s local workers are processes forked from the preloaded server."""
+    return config.processes and config.fork_workers
+
+
 def start_worker_server(config: ClusterConfig) -> None:
     """Where `config`'s workers are local processes that fork (`fork_workers`), start the server they fork from
     (`connectome.cluster.forkserver`) with the settings they start with; once per process, the rest at no cost."""
-    if config.kind == "local" and config.processes and config.fork_workers:
+    if config.kind == "local" and forks_workers(config):
         worker_env.use_for_local_workers()
         forkserver.start_server()
 
@@ -335,8 +340,7 @@ def make_local_cluster(config: ClusterConfig):
     extra: dict = {"resources": {"GPU": config.gpus}} if config.gpus else {}
     if config.processes:  # worker processes write to the run's log file (never a thread of this process)
         extra["preload"] = [LOGS_PRELOAD]
-    forking = config.processes and config.fork_workers
-    with forkserver.forking_workers() if forking else contextlib.nullcontext() as env:
+    with forkserver.forking_workers() if forks_workers(config) else contextlib.nullcontext() as env:
         if env is not None:  # forked from a server that imported torch and the stages once
             extra["env"] = env
         cluster = LocalCluster(

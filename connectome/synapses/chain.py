@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from connectome.alignment.footprints import selected_mask
 from connectome.engine.config import StageConfig
 from connectome.synapses.stages import DEFAULT_MODEL
 from connectome.synapses.table import SYNAPSES_FILE
@@ -26,12 +27,7 @@ def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, 
     seg = {"segmentation": segmentation} if segmentation else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
     clefts = {"model": model, **mismatch, **({} if fill_blank is None else {"fill_blank": fill_blank})}
-    stages = []
-    if mask and mask_values:
-        from connectome.alignment.footprints import SELECTED_MASK
-
-        stages.append(StageConfig(stage="mask_values", inputs={"mask": mask}, params={"values": mask_values}))
-        mask = SELECTED_MASK
+    mask, stages = selected_mask(mask, mask_values)
     stages += [
         StageConfig(stage="clefts", params=clefts),
         StageConfig(stage="cleft_fragments", params={"model": model},
