@@ -105,8 +105,9 @@ def add_fill_blank_option(parser) -> None:
     parser.add_argument("--fill-blank", type=non_negative_int, default=None, metavar="N",
                         help="a blank voxel with tissue within N sections above and below it is read by the networks "
                              "as the image interpolated between the two, so a missing section is segmented through, "
-                             "not left out, and the clefts beside it do not fade (default 2; 0: read as black, and "
-                             "left out of the segments like other blank regions)")
+                             "not left out, the clefts beside it do not fade and the neurite features do not take it "
+                             "as black (default 2; 0: read as black, and left out of the segments like other blank "
+                             "regions)")
 
 
 def add_min_segment_option(parser) -> None:

@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
+from connectome.affinity.blank import FILL_BLANK, read_filled
 from connectome.core.geometry import Block, Context
 from connectome.engine.registry import register
 from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
@@ -40,6 +41,10 @@ class SegmentFeaturesParams(StageParams):
                                       "null: none")
     allow_voxel_mismatch: bool = Field(False, description="run the patch network on data of another voxel size")
     guards = ("allow_voxel_mismatch",)
+    fill_blank: int = Field(FILL_BLANK, ge=0, le=16, description="the intensity features and the patch network read "
+                            "a blank voxel with tissue within this many sections above and below it as the image "
+                            "interpolated between the two (a missing section as the blend of its neighbours, as the "
+                            "affinity and cleft networks read it); 0: as black (affinity.blank)")
 
 
 @register
@@ -73,9 +78,16 @@ class SegmentFeaturesStage(UnrecordedGuard, BlockStage[SegmentFeaturesParams]):
         reach = feature_reach(self._vs(), patches=bool(self.params.patch_network))
         return Context(reach, reach)
 
+    def fingerprint(self) -> dict:
+        """With `fill_blank` only where something is filled: a run from before the option resumes with 0."""
+        fp = super().fingerprint()
+        if not self.params.fill_blank:
+            fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
+        return fp
+
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         seg = volumes["segmentation"].read(block.read_box)
-        raw = volumes["raw"].read(block.read_box)
+        raw = read_filled(volumes["raw"], block.read_box, self.params.fill_blank)  # the same in any block layout
         model = None
         if self.params.patch_network:
             from connectome.neurites.patch_net import load

@@ -18,15 +18,16 @@ def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, 
     """Stage configs; `segmentation` names the segmentation (default: the run's `segmentation` dataset);
     without `types`, the neurite type stages are left out (and a `classifier` is refused); `mask` (nonzero:
     no cleft there; with `mask_values`, only where it holds one of them: the `mask_values` stage first) is read by
-    cleft_fragments; `fill_blank`: the clefts stage's (`affinity.blank.fill_blank`;
-    default its own)."""
+    cleft_fragments; `fill_blank`: the clefts and segment_features stages' (`affinity.blank.fill_blank`;
+    default their own)."""
     if classifier and not types:
         from connectome.core.errors import UserError
 
         raise UserError("--classifier names a neurite type classifier, but --no-types leaves the neurite types out")
     seg = {"segmentation": segmentation} if segmentation else {}
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
-    clefts = {"model": model, **mismatch, **({} if fill_blank is None else {"fill_blank": fill_blank})}
+    fill = {} if fill_blank is None else {"fill_blank": fill_blank}
+    clefts = {"model": model, **mismatch, **fill}
     mask, stages = selected_mask(mask, mask_values)
     stages += [
         StageConfig(stage="clefts", params=clefts),
@@ -35,7 +36,7 @@ def synapse_stages(model: str = DEFAULT_MODEL, segmentation: str | None = None, 
         StageConfig(stage="synapses", params={"model": model}, inputs=seg),
     ]
     if types:
-        stages += [StageConfig(stage="segment_features", params=mismatch, inputs=seg),
+        stages += [StageConfig(stage="segment_features", params={**mismatch, **fill}, inputs=seg),
                    StageConfig(stage="neurite_types", params={**({"classifier": classifier} if classifier else {}),
                                                               **mismatch}, inputs=seg)]
     return stages

@@ -12,7 +12,7 @@ from connectome.engine.plan import execute, plan_run
 from connectome.io import open_volume
 from connectome.neurites import sholl
 from connectome.neurites.classifier import CLASSES
-from connectome.neurites.types import class_code, read_segments
+from connectome.neurites.types import class_code, load_sums, read_segments
 
 SHAPE = (16, 96, 96)
 
@@ -26,21 +26,21 @@ def synth(tmp_path_factory):
     return root
 
 
-def _execute(root, out, block, client, features_params=None, types_params=None):
-    """The plan's block count of segment_features, and the blocks each stage ran."""
+def _execute(root, out, block, client, features_params=None, types_params=None, raw=None):
+    """The plan's block count of segment_features, and the blocks each stage ran (`raw`: another raw volume)."""
     stages = [StageConfig(stage="segment_features", inputs={"segmentation": str(root / "labels")},
                           params=features_params or {}),
               StageConfig(stage="neurite_types", inputs={"segmentation": str(root / "labels")},
                           params=types_params or {})]
-    config = RunConfig(input=str(root / "raw"), output=str(out), cluster=ClusterConfig(), stages=stages,
+    config = RunConfig(input=str(raw or root / "raw"), output=str(out), cluster=ClusterConfig(), stages=stages,
                        blocks=BlocksConfig(shape=block, chunk_shape=(8, 32, 32)))
     plan = plan_run(config)
     reports = execute(plan, client, progress=False)
     return len(plan.stages[0].grid), [r.ran for r in reports]
 
 
-def _run(root, out, block, client, features_params=None, types_params=None):
-    return _execute(root, out, block, client, features_params, types_params)[0]
+def _run(root, out, block, client, features_params=None, types_params=None, raw=None):
+    return _execute(root, out, block, client, features_params, types_params, raw)[0]
 
 
 def test_every_segment_classified_blockwise_as_one_block(synth, tmp_path, client):
@@ -120,3 +120,50 @@ def test_allowing_a_voxel_mismatch_does_not_start_a_finished_run_again(synth, tm
     allow = {"allow_voxel_mismatch": True}
     _, ran = _execute(synth, tmp_path / "run", SHAPE, client, allow, allow)
     assert not any(ran), ran
+
+
+def _raw_copy(synth, path, change):
+    """A copy of the synthetic raw volume at `path`, changed by `change(array)`."""
+    from connectome.io import create_volume
+
+    raw = open_volume(str(synth / "raw"))
+    data = change(raw.read(raw.box).copy())
+    vol = create_volume(str(path), data.shape, data.dtype, (8, 32, 32), raw.meta.voxel_size)
+    vol.write(vol.box, data)
+    return path
+
+
+def _segment_rows(out):
+    with open(out / "segments.csv", newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def test_a_lost_section_is_read_as_the_blend_of_its_neighbours(synth, tmp_path, client):
+    """A section lost in cutting (all 0) that the segmentation runs through: the intensity features and the patch
+    network read it as the affinity network does, filled from the sections above and below (`fill_blank`), in
+    any block layout; with `fill_blank` 0 it is black, and the segments crossing it read darker."""
+    from connectome.affinity.blank import FILL_BLANK, fill_blank
+
+    def lose(a):
+        a[8] = 0
+        return a
+
+    lost = _raw_copy(synth, tmp_path / "lost", lose)
+    filled = _raw_copy(synth, tmp_path / "filled", lambda a: fill_blank(lose(a), FILL_BLANK))
+    runs = {"blocks": (lost, (8, 32, 32), {}), "one": (lost, SHAPE, {}), "filled": (filled, SHAPE, {}),
+            "black": (lost, SHAPE, {"fill_blank": 0})}
+    rows, sums = {}, {}
+    for name, (raw, block, params) in runs.items():
+        _run(synth, tmp_path / name, block, client, features_params=params, raw=raw)
+        rows[name] = _segment_rows(tmp_path / name)
+        sums[name] = load_sums(str(tmp_path / name / "tables" / "segment_features"))
+    assert rows["blocks"] == rows["one"] == rows["filled"]
+    for name in ("blocks", "filled", "black"):
+        np.testing.assert_array_equal(sums[name]["ids"], sums["one"]["ids"])
+    for k in ("raw", "raw2", "dark", "patch_axon"):
+        np.testing.assert_allclose(sums["blocks"][k], sums["one"][k], rtol=1e-9)
+        np.testing.assert_allclose(sums["filled"][k], sums["one"][k], rtol=1e-9)
+    labels = open_volume(str(synth / "labels"))
+    crossing = np.isin(sums["one"]["ids"], np.unique(labels.read(labels.box)[8]))
+    darker = sums["black"]["raw"] < sums["one"]["raw"] - 1e-6
+    assert crossing.sum() >= 5 and (darker == crossing).all(), (crossing.sum(), darker.sum())
