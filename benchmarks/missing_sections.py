@@ -9,8 +9,10 @@ codes of `align`'s flagged regions and outside: its flagged sections, code 1, ar
 labels set to 0 (scored on the sections that exist), beside the same split with no section missing.
 Sets: medulla z 100-124 (fib-10nm, 10 nm; missing z 112, then 112-113) and the CREMI crop's z 40-49 in the order
 recovered from its labels (sstem, 40 x 4 x 4 nm; `benchmarks/cremi_section_order.py`; missing z 45, then 44-45), the
-splits of benchmarks/quality.py. Writes benchmarks/results/missing_sections.md. Usage:
-    .venv/bin/python benchmarks/missing_sections.py [--sets medulla cremi] [--out FILE]
+splits of benchmarks/quality.py. `medulla-ffn`: the medulla cases with `--method ffn --model ffn-fib-10nm`, which
+masked blank voxels before it filled them (none missing, `--fill-blank 0`, the default 2). Writes
+benchmarks/results/missing_sections.md. Usage:
+    .venv/bin/python benchmarks/missing_sections.py [--sets medulla cremi medulla-ffn] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ CLI = [sys.executable, "-m", "connectome.cli"]
 SETS = {
     "medulla": ("fib-10nm", (10, 10, 10), [(12,), (12, 13)]),
     "cremi": ("sstem", (40, 4, 4), [(5,), (4, 5)]),
+    "medulla-ffn": ("ffn-fib-10nm", (10, 10, 10), [(12,), (12, 13)]),
 }
+FFN = ["--method", "ffn"]
 
 
 def split(name: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
     """(raw, labels) of the set's validation split."""
-    if name == "medulla":
+    if name.startswith("medulla"):
         with np.load(DATA / "flyem_medulla_fib_train" / "medulla_train.npz") as f:
             return f["raw"][100:125].copy(), f["neuron_ids"][100:125].astype(np.uint64)
     reordered = work / "cremi_reordered.npz"
@@ -88,6 +92,8 @@ def rows_for(name: str, work: Path) -> list[str]:
                  (f"{where} missing, --mask on them (the model's fill)", blank, [], mask),
                  (f"{where} missing, --mask on them as code 1 (`align`'s flagged sections), --mask-values 2 3", blank,
                   ["--mask-values", "2", "3"], mask)]
+        if name.endswith("-ffn"):  # the FFN: masked (as before it filled) or filled; no --mask cases
+            cases = [(c[0], c[1], FFN + c[2], c[3]) for c in cases[:3]]
         for i, (label, data, extra, m) in enumerate(cases):
             r = scored(work, f"{name}{len(gap)}{i}", data, gt_here, model, voxel_size, extra, m)
             rows.append(f"| {name} ({model}) | {len(gap)} | {label} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | "

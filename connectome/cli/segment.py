@@ -83,7 +83,7 @@ def add_arguments(parser) -> None:
 
 
 def add_blank_options(parser) -> None:
-    """`--blank-band` and `--fill-blank`, for the commands that run the affinity chain (the first also the FFN)."""
+    """`--blank-band` and `--fill-blank`, for the commands that run the affinity chain or the FFN."""
     parser.add_argument("--blank-band", type=band_or_off, default=None, metavar="N|off",
                         help="blank regions (image exactly 0 over an 11 x 11 square of a section: padding, an aligned "
                              "section's margins, a blacked-out region) and N voxels of tissue beside them are left "
@@ -101,13 +101,14 @@ def add_mask_values_option(parser) -> None:
 
 
 def add_fill_blank_option(parser) -> None:
-    """`--fill-blank`, for the commands that run the affinity or the cleft network."""
+    """`--fill-blank`, for the commands that run the affinity, FFN or cleft network."""
     parser.add_argument("--fill-blank", type=non_negative_int, default=None, metavar="N",
                         help="a blank voxel with tissue within N sections above and below it is read by the networks "
                              "as the image interpolated between the two, so a missing section is segmented through, "
                              "not left out, the clefts beside it do not fade and the neurite features do not take it "
-                             "as black (default 2; 0: read as black, and left out of the segments like other blank "
-                             "regions)")
+                             "as black (default: the affinity model's, fib-10nm 2, sstem 0; 2 for the FFN, the clefts "
+                             "and the neurite features; 0: read as black, and left out of the segments like other "
+                             "blank regions)")
 
 
 def add_min_segment_option(parser) -> None:
@@ -120,7 +121,7 @@ def add_min_segment_option(parser) -> None:
 ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
     "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
             "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_batch"),
-    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels", "fill_blank"),
+    "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
 }
 
 
@@ -218,7 +219,7 @@ def _run_ffn(args) -> int:
                             consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
                             seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
                             section_order=args.section_order or "auto", blank_band=args.blank_band,
-                            mask_values=args.mask_values)
+                            mask_values=args.mask_values, fill_blank=args.fill_blank)
         plan = plan_run(config)
         check_plan_resumable(plan, args.overwrite)
         check_outputs(plan, args.overwrite)

@@ -23,7 +23,7 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                consensus_model: str | None = None, weak_seed: str | None = None,
                seed_margin: int | None = None, step_budget: float | None = None,
                section_order: str = "auto", blank_band: int | str | None = None,
-               mask_values: list[int] | None = None) -> RunConfig:
+               mask_values: list[int] | None = None, fill_blank: int | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
@@ -35,7 +35,9 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     A model that reads affinities (`ffn.inputs`) gets the `affinities` stage of its affinity model first.
     Serial sections stored out of order are segmented in the order recovered from the images
     (`alignment.section_order.ordered_stages`). Blank regions and `blank_band` voxels beside them are masked too
-    (`affinity.blank`; "off": not looked for)."""
+    (`affinity.blank`; "off": not looked for), but for blank voxels with tissue within `fill_blank` sections above
+    and below (default 2), which the networks read as the image interpolated between the two (a lost section is
+    segmented through; 0: masked too)."""
     from connectome.ffn.inputs import affinity_model
     from connectome.ffn.registry import read_info, resolve_model_path
 
@@ -62,6 +64,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["find_blank"] = False
     elif blank_band is not None:
         params["blank_band"] = blank_band
+    fill = {} if fill_blank is None else {"fill_blank": fill_blank}
+    params.update(fill)
     if overlap is not None:
         params["overlap"] = tuple(overlap)
     if scale is not None:
@@ -72,13 +76,14 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     mismatch = {"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}
     prec = {"precision": precision} if precision is not None else {}
     blank = {k: params[k] for k in ("find_blank", "blank_band") if k in params}  # the affinities' blank regions too
-    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec, **blank})] if reads else []
+    first = [StageConfig(stage="affinities", params={"model": reads, **mismatch, **prec, **blank, **fill})
+             ] if reads else []
     mask_input, mask_stages = footprint_masking(raw, mask, check_mask_values(mask_values, mask))
     stages, finding = ordered_stages([
         *first,
         *mask_stages,
         StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": mask_input} if mask_input else {})}),
-        *(agglomeration_stages(model, allow_voxel_mismatch, image, precision) if agglomerate
+        *(agglomeration_stages(model, allow_voxel_mismatch, image, precision, fill_blank) if agglomerate
           else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask)
     return with_finding(RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
@@ -87,11 +92,12 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
 
 
 def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | None = None,
-                         precision: str | None = None) -> list[StageConfig]:
-    """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts (reading `image`'s inputs too);
-    ffn_merge writes `segmentation`."""
+                         precision: str | None = None, fill_blank: int | None = None) -> list[StageConfig]:
+    """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts (reading `image`'s inputs too, its
+    blank voxels filled as the ffn stage's); ffn_merge writes `segmentation`."""
     params: dict = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
-                    **({"precision": precision} if precision is not None else {})}
+                    **({"precision": precision} if precision is not None else {}),
+                    **({"fill_blank": fill_blank} if fill_blank is not None else {})}
     return [StageConfig(stage="ffn_relabel", outputs={"segmentation": "ffn_segments"}),
             StageConfig(stage="ffn_agglomerate", params=params, inputs=dict(image or {})),
             StageConfig(stage="ffn_merge")]

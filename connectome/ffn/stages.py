@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from connectome.affinity.blank import BLANK_SIDE, blank_reach, blank_voxels
+from connectome.affinity.blank import BLANK_SIDE, FILL_BLANK, blank_reach, blank_voxels, read_filled
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, vec3
@@ -71,13 +71,26 @@ def check_image_input(stage: BlockStage, info, inputs: dict[str, VolumeMeta]) ->
                         f"`affinities` ({stage.input_addresses['affinities']})")
 
 
-def read_image(volumes: dict[str, Volume], box) -> np.ndarray:
-    """What the network reads in `box`: the raw image, or the mean of the stored affinities (ffn.inputs)."""
+def read_raw(volumes: dict[str, Volume], box, fill: int) -> np.ndarray:
+    """The raw image in `box`, its blank voxels filled from `fill` sections above and below
+    (`affinity.blank.read_filled`, the same in any block layout; 0: as stored)."""
+    return read_filled(volumes["raw"], box, fill) if fill else volumes["raw"].read(box)
+
+
+def read_image(volumes: dict[str, Volume], box, fill: int) -> np.ndarray:
+    """What the network reads in `box`: the raw image (filled as `read_raw`), or the mean of the stored affinities
+    (ffn.inputs; the affinities stage filled its own input)."""
     from connectome.ffn.inputs import mean_affinity
 
     if "affinities" in volumes:
         return mean_affinity(volumes["affinities"].read(box))
-    return volumes["raw"].read(box)
+    return read_raw(volumes, box, fill)
+
+
+FILL_FIELD = Field(FILL_BLANK, ge=0, le=16, description="the network reads a blank voxel with tissue within this many "
+                   "sections above and below it as the image interpolated between the two (a missing section as the "
+                   "blend of its neighbours, segmented through; affinity.blank), and such a voxel is not masked; "
+                   "0: blank voxels are masked as other blank regions")
 
 
 class FFNParams(StageParams):
@@ -110,6 +123,7 @@ class FFNParams(StageParams):
                              f"{BLANK_SIDE} x {BLANK_SIDE} square of a section) and a band of tissue beside them, as "
                              "the mask input is (affinity.blank)")
     blank_band: int = Field(BLANK_BAND, ge=0, description="that band's width in voxels")
+    fill_blank: int = FILL_FIELD
     scale: tuple[int, int, int] | None = Field(
         None, description="run the network on the image downsampled by these whole factors (z, y, x) and upsample "
                           "its objects (ffn.scale); default: the model's voxel size over the data's, rounded, so a "
@@ -234,12 +248,19 @@ class FFNStage(OnePrecision, BlockStage):
             fp["params"]["batch"] = 1
         if not self.params.find_blank:  # as before the option existed
             fp["params"].pop("blank_band", None)
+        if not self.fill_sections:  # none filled: as before the option
+            fp["params"].pop("fill_blank", None)
         defaults = {"find_blank": False, "consensus": False, "precision": "auto", "scale": [1, 1, 1],
                     "consensus_model": None,
                     "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
                     "step_budget": FFNParams.model_fields["step_budget"].default}
         fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
         return fp
+
+    @property
+    def fill_sections(self) -> int:
+        """Sections a blank voxel's fill reaches (`fill_blank`); 0 where blank regions are not looked for."""
+        return self.params.fill_blank if self.params.find_blank else 0
 
     def settings(self, info=None):
         """The canvas settings for the stage's model (or `info`'s): the stage's overrides, else the model's own."""
@@ -267,10 +288,10 @@ class FFNStage(OnePrecision, BlockStage):
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         mask = volumes["mask"].read(block.read_box) != 0 if "mask" in volumes else None
-        raw = read_image(volumes, block.read_box)
+        raw = read_image(volumes, block.read_box, self.fill_sections)
         blank = None
-        if self.params.find_blank:  # found in the image (a model that reads affinities reads the raw for it)
-            image = volumes["raw"].read(block.read_box) if "affinities" in volumes else raw
+        if self.params.find_blank:  # found in the filled image (a model that reads affinities reads the raw for it)
+            image = read_raw(volumes, block.read_box, self.fill_sections) if "affinities" in volumes else raw
             blank = blank_voxels(image, self.params.blank_band)
         if blank is not None:
             mask = blank if mask is None else mask | blank
@@ -360,6 +381,7 @@ class FFNAgglomerateParams(StageParams):
                                                       "must cover (chosen on synthetic seed 310 with ffn-synthetic)")
     min_contact: int = Field(10, ge=1, description="fewest contact voxel pairs (in one block) for a pair to be tested")
     precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="as the ffn stage's")
+    fill_blank: int = FILL_FIELD
     allow_voxel_mismatch: bool = Field(False)
     guards = ("allow_voxel_mismatch",)
 
@@ -388,6 +410,8 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
         fp = super().fingerprint()
         if self.params.precision == "auto":
             fp["params"] = {k: v for k, v in fp["params"].items() if k != "precision"}
+        if not self.params.fill_blank:  # none filled: as before the option
+            fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
         return fp
 
     @property
@@ -416,7 +440,8 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
                                 precision=self.block_precision(), weak_seed="continue")
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
-                                read_image(volumes, block.read_box), volumes["ffn_segments"].read(block.read_box),
+                                read_image(volumes, block.read_box, self.params.fill_blank),
+                                volumes["ffn_segments"].read(block.read_box),
                                 block.read_box, block.write_box, settings)
         save_table(self.table_dirs["ffn_merges"], block.index, **table)
         return {"pairs": int(len(table["pairs"])), "agree": int(table["agree"].sum()), "precision": canvas.precision}

@@ -139,7 +139,7 @@ def test_fill_blank_in_the_fingerprint_and_bad_values_refused_in_one_line(tmp_pa
     assert {s.stage: s.params for s in default.stages}["agglomerate"]["fill_blank"] == FILL_BLANK  # the model's
     for command, argv, name in (("segment", ["--fill-blank", "-1"], "--fill-blank"),
                                 ("segment", ["--fill-blank", "17"], "fill_blank"),
-                                ("segment", ["--method", "ffn", "--fill-blank", "2"], "--fill-blank"),
+                                ("segment", ["--method", "ffn", "--fill-blank", "17"], "fill_blank"),
                                 ("reconstruct", ["--fill-blank", "x"], "--fill-blank")):
         assert main([command, raw, str(tmp_path / "out"), "--voxel-size", "10", "10", "10", *argv]) == 2
         err = capsys.readouterr().err.strip()

@@ -107,7 +107,7 @@ def test_a_coarse_consensus_model_splits_what_the_fine_model_merges(tmp_path, ca
     fine_model = saved_handset_model(tmp_path, voxel_size=(8.0, 4.0, 4.0), name="ffn-fine")
     coarse_model = saved_handset_model(tmp_path, voxel_size=(8.0, 8.0, 8.0), name="ffn-coarse")
     raw = np.full((16, 64, 64), 255, np.uint8)
-    raw[7] = 0
+    raw[7] = 1  # a dark wall, not blank: a blank (exactly 0) section would be filled from its neighbours
     raw[:, 20:22, :] = 0
     raw[:, 50, :] = 0  # one voxel thick: the coarse model floods across it
     raw[:, :20, 10:12] = 0

@@ -321,3 +321,50 @@ def test_ffn_stages_record_their_weights_by_name_and_content(synthetic_raw, tmp_
     stage = next(p.stage for p in plan_run(config).stages if p.stage.name == "ffn")
     assert stage.fingerprint()["consensus_weights"]["sha1"] != a["ffn"]["consensus_weights"]["sha1"]
     assert stage.fingerprint()["weights"] == a["ffn"]["weights"]
+
+
+def test_a_lost_section_is_filled_from_its_neighbours_and_segmented_through(tmp_path, capsys, client):
+    """A section lost in cutting (all 0) inside the compartments: the FFN reads it as the blend of the sections
+    above and below (`fill_blank`, default 2), so the compartments run through it as in the volume filled
+    beforehand, in 8 blocks as in one; with `--fill-blank 0` it is masked, as before the option: left 0, and it
+    cuts the compartments it crosses in two."""
+    from connectome.affinity.blank import fill_blank
+
+    model = saved_handset_model(tmp_path)
+    whole = _read(compartments_volume(tmp_path))
+    lost = whole.copy()
+    lost[3] = 0
+    addresses = {}
+    for name, data in (("lost", lost), ("filled", fill_blank(lost, 2))):
+        vol = create_volume(str(tmp_path / name / "raw"), data.shape, np.uint8, (8, 32, 32), (8, 8, 8))
+        vol.write(vol.box, data)
+        addresses[name] = vol.address
+    seg = {name: _read(_segment(capsys, addresses[raw], tmp_path / name, model, block, *extra)["segmentation"])
+           for name, raw, block, extra in (("eight", "lost", (8, 32, 32), []), ("one", "lost", (16, 64, 64), []),
+                                           ("filled", "filled", (16, 64, 64), []),
+                                           ("black", "lost", (16, 64, 64), ["--fill-blank", "0"]))}
+    assert len(np.unique(seg["one"])) == 8 and seg["one"][3].all()  # 2 x 2 x 2 compartments, z 3 in them
+    assert voi(seg["eight"], seg["one"]) == (0.0, 0.0) and voi(seg["filled"], seg["one"]) == (0.0, 0.0)
+    np.testing.assert_array_equal(seg["filled"], seg["one"])
+    assert not seg["black"][3].any()  # masked: no object there, none filled in from the nearest
+    assert len(np.unique(seg["black"][seg["black"] != 0])) == 12  # the four compartments of z 0-6 cut at z 3
+    # the fill is recorded where it fills, so a run from before the option resumes with --fill-blank 0
+    assert DoneMarkers(str(tmp_path / "one"), "ffn").fingerprint()["params"]["fill_blank"] == 2
+    assert "fill_blank" not in DoneMarkers(str(tmp_path / "black"), "ffn").fingerprint()["params"]
+
+
+def test_fill_blank_reaches_every_stage_that_reads_the_image(tmp_path):
+    """`segment --method ffn --fill-blank N`: the ffn stage, FFN agglomeration and, for a network that reads
+    affinities, the affinities stage before it; unset, each its own default."""
+    from connectome.ffn.segment import ffn_config
+
+    address = compartments_volume(tmp_path)
+    for name, input_, expected in (("ffn-raw", "raw", {"ffn", "ffn_agglomerate"}),
+                                   ("ffn-aff", "affinities:synthetic", {"affinities", "ffn", "ffn_agglomerate"})):
+        model = saved_handset_model(tmp_path, name=name, input=input_)
+        for fill in (1, None):
+            config = ffn_config(address, str(tmp_path / "out"), model, (16, 64, 64), None, None, agglomerate=True,
+                                fill_blank=fill)
+            given = {s.stage for s in config.stages if "fill_blank" in s.params}
+            assert given == (expected if fill else set()), (name, fill, given)
+            assert all(s.params["fill_blank"] == 1 for s in config.stages if "fill_blank" in s.params)
