@@ -93,7 +93,8 @@ def rows_for(name: str, work: Path) -> list[str]:
                  (f"{where} missing, --mask on them as code 1 (`align`'s flagged sections), --mask-values 2 3", blank,
                   ["--mask-values", "2", "3"], mask)]
         if name.endswith("-ffn"):  # the FFN: masked (as before it filled) or filled; no --mask cases
-            cases = [(c[0], c[1], FFN + c[2], c[3]) for c in cases[:3]]
+            cases = [(c[0].replace("(black)", "(masked, as before the FFN filled)"), c[1], FFN + c[2], c[3])
+                     for c in cases[:3]]
         for i, (label, data, extra, m) in enumerate(cases):
             r = scored(work, f"{name}{len(gap)}{i}", data, gt_here, model, voxel_size, extra, m)
             rows.append(f"| {name} ({model}) | {len(gap)} | {label} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | "
