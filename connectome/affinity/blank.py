@@ -86,6 +86,14 @@ def fill_blank(raw: np.ndarray, sections: int) -> np.ndarray:
     return out
 
 
+def fingerprint_fill(fingerprint: dict, sections: int) -> dict:
+    """A stage's fingerprint with `fill_blank` only where something is filled: a run from before the option
+    (which read blank voxels as stored) resumes with 0."""
+    if not sections:
+        fingerprint["params"].pop("fill_blank", None)
+    return fingerprint
+
+
 def read_network_input(volume: Volume, read_box: Box, sections: int) -> tuple[np.ndarray, Box]:
     """(the filled image, its box) a network reads in a block whose read box `with_fill_margin` grew: the read box
     less the fill's margin."""

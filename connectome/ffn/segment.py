@@ -83,7 +83,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         *first,
         *mask_stages,
         StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": mask_input} if mask_input else {})}),
-        *(agglomeration_stages(model, allow_voxel_mismatch, image, precision, fill_blank) if agglomerate
+        *(agglomeration_stages(model, allow_voxel_mismatch, image, precision,
+                               0 if blank_band == "off" else fill_blank) if agglomerate
           else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask)
     return with_finding(RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,

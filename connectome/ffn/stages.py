@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from connectome.affinity.blank import BLANK_SIDE, FILL_BLANK, blank_reach, blank_voxels, read_filled
+from connectome.affinity.blank import (
+    BLANK_SIDE,
+    FILL_BLANK,
+    blank_reach,
+    blank_voxels,
+    fingerprint_fill,
+    read_filled,
+)
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.errors import UserError
 from connectome.core.geometry import Block, Context, vec3
@@ -248,8 +255,7 @@ class FFNStage(OnePrecision, BlockStage):
             fp["params"]["batch"] = 1
         if not self.params.find_blank:  # as before the option existed
             fp["params"].pop("blank_band", None)
-        if not self.fill_sections:  # none filled: as before the option
-            fp["params"].pop("fill_blank", None)
+        fingerprint_fill(fp, self.fill_sections)
         defaults = {"find_blank": False, "consensus": False, "precision": "auto", "scale": [1, 1, 1],
                     "consensus_model": None,
                     "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
@@ -410,9 +416,7 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
         fp = super().fingerprint()
         if self.params.precision == "auto":
             fp["params"] = {k: v for k, v in fp["params"].items() if k != "precision"}
-        if not self.params.fill_blank:  # none filled: as before the option
-            fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
-        return fp
+        return fingerprint_fill(fp, self.params.fill_blank)
 
     @property
     def radius(self) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
-from connectome.affinity.blank import FILL_BLANK, read_filled
+from connectome.affinity.blank import FILL_BLANK, fingerprint_fill, read_filled
 from connectome.core.geometry import Block, Context
 from connectome.engine.registry import register
 from connectome.engine.stage import IMAGE, BlockStage, Input, Output, OutputSpec, StageParams, Table
@@ -80,10 +80,7 @@ class SegmentFeaturesStage(UnrecordedGuard, BlockStage[SegmentFeaturesParams]):
 
     def fingerprint(self) -> dict:
         """With `fill_blank` only where something is filled: a run from before the option resumes with 0."""
-        fp = super().fingerprint()
-        if not self.params.fill_blank:
-            fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
-        return fp
+        return fingerprint_fill(super().fingerprint(), self.params.fill_blank)
 
     def process(self, block: Block, volumes: dict[str, Volume]) -> dict:
         seg = volumes["segmentation"].read(block.read_box)

@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import Field
 
-from connectome.affinity.blank import FILL_BLANK, read_network_input, with_fill_margin
+from connectome.affinity.blank import FILL_BLANK, fingerprint_fill, read_network_input, with_fill_margin
 from connectome.affinity.masking import MASK_DTYPES
 from connectome.core.geometry import Block, Context, Vec, vec3
 from connectome.engine.registry import register
@@ -73,10 +73,7 @@ class CleftsStage(BlockStage[CleftsParams]):
 
     def fingerprint(self) -> dict:
         """With `fill_blank` only where something is filled: a run from before the option resumes with 0."""
-        fp = super().fingerprint()
-        if not self.params.fill_blank:
-            fp["params"].pop("fill_blank", None)  # type: ignore[union-attr]
-        return fp
+        return fingerprint_fill(super().fingerprint(), self.params.fill_blank)
 
     def block_multiple(self) -> Vec:
         return vec3(self.info.divisor)

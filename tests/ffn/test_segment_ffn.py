@@ -368,3 +368,8 @@ def test_fill_blank_reaches_every_stage_that_reads_the_image(tmp_path):
             given = {s.stage for s in config.stages if "fill_blank" in s.params}
             assert given == (expected if fill else set()), (name, fill, given)
             assert all(s.params["fill_blank"] == 1 for s in config.stages if "fill_blank" in s.params)
+    # blank regions not looked for (--blank-band off): nothing filled, the agglomeration reads the image as stored
+    config = ffn_config(address, str(tmp_path / "out"), model, (16, 64, 64), None, None, agglomerate=True,
+                        blank_band="off")
+    params = {s.stage: s.params for s in config.stages}
+    assert params["ffn"]["find_blank"] is False and params["ffn_agglomerate"]["fill_blank"] == 0
