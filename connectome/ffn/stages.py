@@ -78,20 +78,15 @@ def check_image_input(stage: BlockStage, info, inputs: dict[str, VolumeMeta]) ->
                         f"`affinities` ({stage.input_addresses['affinities']})")
 
 
-def read_raw(volumes: dict[str, Volume], box, fill: int) -> np.ndarray:
-    """The raw image in `box`, its blank voxels filled from `fill` sections above and below
-    (`affinity.blank.read_filled`, the same in any block layout; 0: as stored)."""
-    return read_filled(volumes["raw"], box, fill) if fill else volumes["raw"].read(box)
-
-
 def read_image(volumes: dict[str, Volume], box, fill: int) -> np.ndarray:
-    """What the network reads in `box`: the raw image (filled as `read_raw`), or the mean of the stored affinities
-    (ffn.inputs; the affinities stage filled its own input)."""
+    """What the network reads in `box`: the raw image, its blank voxels filled from `fill` sections above and below
+    (`affinity.blank.read_filled`; 0: as stored), or the mean of the stored affinities (ffn.inputs; the affinities
+    stage filled its own input)."""
     from connectome.ffn.inputs import mean_affinity
 
     if "affinities" in volumes:
         return mean_affinity(volumes["affinities"].read(box))
-    return read_raw(volumes, box, fill)
+    return read_filled(volumes["raw"], box, fill)
 
 
 FILL_FIELD = Field(FILL_BLANK, ge=0, le=16, description="the network reads a blank voxel with tissue within this many "
@@ -297,7 +292,7 @@ class FFNStage(OnePrecision, BlockStage):
         raw = read_image(volumes, block.read_box, self.fill_sections)
         blank = None
         if self.params.find_blank:  # found in the filled image (a model that reads affinities reads the raw for it)
-            image = read_raw(volumes, block.read_box, self.fill_sections) if "affinities" in volumes else raw
+            image = read_filled(volumes["raw"], block.read_box, self.fill_sections) if "affinities" in volumes else raw
             blank = blank_voxels(image, self.params.blank_band)
         if blank is not None:
             mask = blank if mask is None else mask | blank
