@@ -77,6 +77,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-step-budget", type=non_negative_float, default=None, metavar="F",
                         help="ffn: FOV steps a block may take, as F times the FOV positions that tile it (default 20; "
                              "0 = no limit); once spent no new object starts and the block is reported")
+    parser.add_argument("--ffn-moves", choices=["connected", "face"], default=None,
+                        help="ffn: move the FOV only through face voxels joined, inside the FOV, to what the object "
+                             "reached from its seed (connected, default), or through any face voxel at the move "
+                             "threshold (face: the reference's rule, the behaviour before this option)")
     parser.add_argument("--ffn-batch", type=positive_int, default=None,
                         help="ffn: objects filled together in one batch (default 1, the fastest on CPU and GPU)")
     add_run_options(parser)
@@ -120,7 +124,7 @@ def add_min_segment_option(parser) -> None:
 
 ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
     "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
-            "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_batch"),
+            "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_moves", "ffn_batch"),
     "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
 }
 
@@ -218,8 +222,8 @@ def _run_ffn(args) -> int:
                             agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
                             consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
                             seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
-                            section_order=args.section_order or "auto", blank_band=args.blank_band,
-                            mask_values=args.mask_values, fill_blank=args.fill_blank)
+                            moves=args.ffn_moves, section_order=args.section_order or "auto",
+                            blank_band=args.blank_band, mask_values=args.mask_values, fill_blank=args.fill_blank)
         plan = plan_run(config)
         check_plan_resumable(plan, args.overwrite)
         check_outputs(plan, args.overwrite)

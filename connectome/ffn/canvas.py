@@ -8,6 +8,12 @@ has finished, then starts again if it is still unsegmented; a seed within one FO
 waits the same way before it starts. So objects filled together never touch, and each object sees
 the accepted objects that were there before it, as one at a time would.
 
+Moves ("connected", the default): a FOV step may mark blobs that are not joined to the object, and only the part
+joined to the seed is accepted at the end. Each object keeps its reach (`reach`: the parts, at the segment threshold
+and 6-connected inside a FOV, that hold a voxel it reached before, starting from the seed), and the FOV moves only
+through face voxels in its reach; with "face" (the reference's rule) it moves through any face voxel at the move
+threshold and can walk, for thousands of steps, through blobs it never keeps.
+
 Step budget: a network that floods through boundaries, or objects rejected after covering the whole
 canvas, make the steps grow as seeds times volume; `step_budget` bounds a canvas's steps. Once it is
 spent no new object starts: `stats["over_budget"]` counts the seeds that would have started, and the
@@ -56,6 +62,10 @@ class CanvasSettings:
     # FOV evaluations of the whole canvas, as a multiple of the FOV positions that tile it (its voxels over the
     # movement step's box); once spent, no new object starts (those filling finish). 0: no limit
     step_budget: float = 20.0
+    # where the FOV moves: "connected" (only through face voxels joined, at the segment threshold inside the FOV, to
+    # what the object reached from its seed before) or "face" (any face voxel at the move threshold: the reference's
+    # rule, and the behaviour before the option, which walks through blobs the object never keeps)
+    moves: str = "connected"
 
 
 @dataclass(eq=False)
@@ -95,6 +105,8 @@ class Canvas:
         self.image = np.pad(info.normalise(raw), pad, mode="reflect" if min(raw.shape) > max(self.radius) else "edge")
         self.seg = np.zeros(self.image.shape, np.int32)  # padded; the pad stays 0
         self.claim = np.zeros(self.image.shape, np.int32)  # ticket of the active object with POM >= 0.5; 0 none
+        # ticket of the active object whose seed reaches the voxel (moves "connected"); None: not kept
+        self.reach = np.zeros(self.image.shape, np.int32) if self.settings.moves == "connected" else None
         self.inside = np.zeros(self.image.shape, bool)
         self.inside[self._interior()] = True
         self.excluded: np.ndarray | None = None
@@ -116,6 +128,8 @@ class Canvas:
             raise ValueError(f"CanvasSettings.precision must be 'float32' or 'bfloat16' (resolve 'auto' with "
                              f"connectome.models.inference.resolve_precision), got {self.settings.precision!r}")
         self._dtype = {"float32": None, "bfloat16": torch.bfloat16}[self.settings.precision]
+        if self.settings.moves not in ("connected", "face"):
+            raise ValueError(f"CanvasSettings.moves must be 'connected' or 'face', got {self.settings.moves!r}")
         self._faces = self._face_index()
 
     def _interior(self) -> tuple[slice, slice, slice]:
@@ -141,6 +155,8 @@ class Canvas:
         obj = _Object(next(self._tickets), index, centre, self._new_pom())
         obj.pom[centre] = LOGIT_SEED
         self.claim[centre] = obj.ticket
+        if self.reach is not None:
+            self.reach[centre] = obj.ticket
         heapq.heappush(obj.queue, (-1.0, next(self._counter), centre))
         obj.lo, obj.hi = list(centre), [c + 1 for c in centre]
         return obj
@@ -152,6 +168,9 @@ class Canvas:
         self._free.append(obj.pom)
         claims = self.claim[box]
         claims[claims == obj.ticket] = 0
+        if self.reach is not None:
+            reach = self.reach[box]
+            reach[reach == obj.ticket] = 0
         for item in self._waiting.pop(obj.ticket, []):
             heapq.heappush(self._ready, item)
 
@@ -178,10 +197,28 @@ class Canvas:
             out = self.net.forward_stacked(x.to(self.device), self._dtype)
             return out[:, 0].cpu().numpy()
 
-    def _queue_moves(self, obj: _Object, centre, logits: np.ndarray) -> None:
-        """Queue the FOV moves whose face of the FOV has an object probability >= the move threshold."""
+    def _reached(self, obj: _Object, fov, logits: np.ndarray) -> np.ndarray:
+        """The FOV's voxels in the object's reach: the parts (at the segment threshold, 6-connected inside the FOV)
+        that hold a voxel it reached before, which join its reach (`reach`); a move is made only through them,
+        never into a blob the object does not reach from its seed."""
+        assert self.reach is not None
+        comps, n = ndimage.label(logits >= self._segment_logit)
+        reach = self.reach[fov]
+        keep = np.zeros(n + 1, bool)
+        keep[comps[reach == obj.ticket]] = True
+        keep[0] = False
+        joined = keep[comps]
+        reach[joined] = obj.ticket
+        return joined
+
+    def _queue_moves(self, obj: _Object, centre, logits: np.ndarray, where: np.ndarray | None = None) -> None:
+        """Queue the FOV moves whose face of the FOV has an object probability >= the move threshold (on `where`'s
+        voxels only, when given)."""
         for axis, step, face in self._faces:
-            best = float(logits[face].max())
+            values = logits[face] if where is None else logits[face][where[face]]
+            if not values.size:
+                continue
+            best = float(values.max())
             if best >= self._move_logit:
                 c = list(centre)
                 c[axis] += step
@@ -267,7 +304,7 @@ class Canvas:
             obj.queue.clear()  # the seed got weak: the object stops here
             obj.weak = True
         else:
-            self._queue_moves(obj, centre, logits)
+            self._queue_moves(obj, centre, logits, None if self.reach is None else self._reached(obj, fov, logits))
         return True
 
     def segment(self, seeds: np.ndarray | None = None) -> np.ndarray:

@@ -21,14 +21,14 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
                agglomerate: bool = False, precision: str | None = None, scale=None,
                consensus_model: str | None = None, weak_seed: str | None = None,
-               seed_margin: int | None = None, step_budget: float | None = None,
+               seed_margin: int | None = None, step_budget: float | None = None, moves: str | None = None,
                section_order: str = "auto", blank_band: int | str | None = None,
                mask_values: list[int] | None = None, fill_blank: int | None = None) -> RunConfig:
     """A RunConfig for the FFN chain; the model is checked first (one line when unknown or not an FFN).
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
     `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams`, `step_budget` its bound on a block's
-    FOV steps (default: theirs).
+    FOV steps, `moves` its move rule (default: theirs).
     With `mask` (nonzero = excluded; with `mask_values`, one of them), no seed starts, no object grows and no FOV
     moves into masked voxels; the padding of sections smaller than the stack's plane (`Volume.section_footprints`)
     is masked the same way.
@@ -58,6 +58,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         params["seed_margin"] = seed_margin
     if step_budget is not None:
         params["step_budget"] = step_budget
+    if moves is not None:
+        params["moves"] = moves
     if precision is not None:
         params["precision"] = precision
     if blank_band == "off":

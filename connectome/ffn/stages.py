@@ -111,6 +111,10 @@ class FFNParams(StageParams):
                             "discard the object (reject), or keep moving (continue, the behaviour before the option)")
     seed_margin: int = Field(1, ge=0, description="a seed with an accepted object's voxel within this many voxels "
                                                   "(each axis) does not start (0: only a seed on one)")
+    moves: Literal["connected", "face"] = Field(
+        "connected", description="where the FOV moves: only through face voxels joined inside the FOV to what the "
+                                 "object reached from its seed (connected), or through any face voxel at the move "
+                                 "threshold (face: the reference's rule, the behaviour before the option)")
     step_budget: float = Field(20.0, ge=0, allow_inf_nan=False,
                                description="FOV steps a block's canvas may take, as a multiple of the FOV positions "
                                            "that tile it; once spent no new object starts (blocks that reach it are "
@@ -253,7 +257,7 @@ class FFNStage(OnePrecision, BlockStage):
         fingerprint_fill(fp, self.fill_sections)
         defaults = {"find_blank": False, "consensus": False, "precision": "auto", "scale": [1, 1, 1],
                     "consensus_model": None,
-                    "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0,
+                    "consensus_scale": None, "weak_seed": "continue", "seed_margin": 0, "moves": "face",
                     "step_budget": FFNParams.model_fields["step_budget"].default}
         fp["params"] = {k: v for k, v in fp["params"].items() if k not in defaults or v != defaults[k]}
         return fp
@@ -271,7 +275,8 @@ class FFNStage(OnePrecision, BlockStage):
         return CanvasSettings(p.move_threshold or i.move_threshold, p.segment_threshold or i.segment_threshold,
                               p.min_size or i.min_size, batch=p.batch or 1,
                               reverse=p.reverse, precision=self.block_precision(),
-                              weak_seed=p.weak_seed, seed_margin=p.seed_margin, step_budget=p.step_budget)
+                              weak_seed=p.weak_seed, seed_margin=p.seed_margin, step_budget=p.step_budget,
+                              moves=p.moves)
 
     def _fill(self, name: str, scale, settings, raw: np.ndarray, mask: np.ndarray | None, block: Block):
         """One canvas pass of model `name` over the read box at `scale`: labels of the read box, and stats."""
@@ -433,10 +438,10 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
         from connectome.ffn.canvas import CanvasSettings
 
         net, info = cached_model(self.params.model, self.params.device)
-        # the pair fills keep moving while their seed weakens, as when the agreement threshold was chosen
-        # (benchmarks/results/ffn_agglomeration_threshold.md)
+        # the pair fills keep moving while their seed weakens, through any face, as when the agreement threshold was
+        # chosen (benchmarks/results/ffn_agglomeration_threshold.md)
         canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size,
-                                precision=self.block_precision(), weak_seed="continue")
+                                precision=self.block_precision(), weak_seed="continue", moves="face")
         settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
                                 read_image(volumes, block.read_box, self.params.fill_blank),

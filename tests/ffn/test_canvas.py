@@ -214,3 +214,51 @@ def test_a_spent_step_budget_starts_no_new_object_and_counts_the_seeds_left():
     assert tight.stats["objects"] == 1 and tight.stats["over_budget"] == 3
     np.testing.assert_array_equal(seg != 0, everything == 1)  # the first object is whole: it finished
     assert tight.budget < tight.stats["steps"] < free.stats["steps"]
+
+
+def _bright_model():
+    """A network that marks every bright voxel of its FOV as the object, joined to the seed or not."""
+    import torch
+
+    from connectome.ffn.model import FFN, FFNConfig, FFNInfo
+
+    config = FFNConfig(fov=(9, 9, 9), deltas=(2, 2, 2), depth=3, features=3)
+    net = FFN(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.stem1.weight[0, 0][1, 1, 1] = 1.0  # the image (the modules pass it on: zero residual updates)
+        net.stem2.weight[0, 0][1, 1, 1] = 1.0
+        net.head.weight[0, 0] = 40.0  # POM + 20 on bright voxels (image 1), POM - 20 on dark ones (-1)
+        net.head.bias[0] = -20.0
+    return net.eval(), FFNInfo("bright", config, (8.0, 8.0, 8.0), mean=0.5, std=0.5, min_size=5)
+
+
+def test_connected_moves_never_walk_into_a_blob_the_object_does_not_reach():
+    """Two bright slabs one dark voxel apart: from a seed in the first, a network that marks all that is bright
+    puts the second slab on the FOV's face. With `face` moves the object walks through it too (its voxels are not
+    joined to the seed, so they are not kept); with `connected` moves (the default) it takes exactly the steps it
+    takes when the second slab is not there, and keeps the same voxels."""
+    net, info = _bright_model()
+    raw = np.zeros((20, 40, 40), np.uint8)
+    raw[4:16, 4:18, 4:36] = 255  # the seed's slab
+    alone = raw.copy()
+    raw[4:16, 19:36, 4:36] = 255  # another, beyond a one-voxel dark wall at y 18
+    seed = np.array([[10, 11, 20]])  # FOV centres at y 11, 13, ..., 17: the face at y 19 is in the other slab
+    assert _settings().moves == "connected"
+    runs = {}
+    for name, volume, moves in (("alone", alone, "connected"), ("connected", raw, "connected"),
+                                ("face", raw, "face")):
+        canvas = Canvas(net, info, volume, _settings(moves=moves, step_budget=0))
+        runs[name] = canvas.segment(seed), canvas.stats["steps"]
+    first = alone != 0
+    for name, (seg, _) in runs.items():
+        np.testing.assert_array_equal(seg != 0, first, err_msg=name)
+    assert runs["connected"][1] == runs["alone"][1] > 10
+    assert runs["face"][1] > 1.5 * runs["connected"][1]  # it moved through the second slab as well
+
+
+def test_an_unknown_move_rule_is_refused():
+    net, info = handset_model()
+    with pytest.raises(ValueError, match="CanvasSettings.moves must be 'connected' or 'face', got 'any'"):
+        Canvas(net, info, np.zeros((12, 12, 12), np.uint8), _settings(moves="any"))

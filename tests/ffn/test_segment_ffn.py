@@ -162,6 +162,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, synthetic_raw):
         (["--ffn-seed-margin", "-1"], raw, "argument --ffn-seed-margin: expected a whole number >= 0, found '-1'"),
         (["--ffn-step-budget", "-1"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found '-1'"),
         (["--ffn-step-budget", "inf"], raw, "argument --ffn-step-budget: expected a finite number >= 0, found 'inf'"),
+        (["--ffn-moves", "any"], raw, "argument --ffn-moves: invalid choice: 'any'"),
         (["--overlap", "-4", "0", "0"], raw, "argument --overlap: expected a whole number >= 0, found '-4'"),
         # (audit45: no shared voxel, so every object ended at the block faces, exit 0)
         (["--overlap", "0", "4", "4"], raw, "blocks are reconciled where they overlap: [0, 4, 4] leaves neighbouring"),
@@ -265,6 +266,29 @@ def test_seed_rules_reach_the_canvas_and_only_the_old_behaviour_is_left_out_of_t
     assert not {"weak_seed", "seed_margin"} & set(old.fingerprint()["params"])
     other = stage(weak_seed="reject", seed_margin=3)
     assert (other.settings().weak_seed, other.settings().seed_margin) == ("reject", 3)
+
+
+def test_the_move_rule_reaches_the_canvas_and_only_the_old_rule_is_left_out_of_the_fingerprint(synthetic_raw,
+                                                                                            tmp_path, capsys):
+    """`connected` (the default) is recorded, so an FFN run from before the rule does not resume under it; `face`
+    (the rule before) is left out, so such a run resumes with `--ffn-moves face`; the affinity method refuses the
+    option."""
+    from connectome.engine.plan import plan_run
+    from connectome.ffn.segment import ffn_config
+
+    def stage(**kw):
+        config = ffn_config(str(synthetic_raw / "raw"), str(tmp_path / "o"), "ffn-synthetic", (8, 32, 32), **kw)
+        return next(p.stage for p in plan_run(config).stages if p.stage.name == "ffn")
+
+    new, old = stage(), stage(moves="face")
+    assert new.settings().moves == "connected" and new.fingerprint()["params"]["moves"] == "connected"
+    assert old.settings().moves == "face" and "moves" not in old.fingerprint()["params"]
+    assert not resumes(old.fingerprint(), new.fingerprint())
+    capsys.readouterr()
+    assert main(["segment", str(synthetic_raw / "raw"), str(tmp_path / "a"), "--ffn-moves", "face"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("--ffn-moves face: for --method ffn, not affinities"), err
+    assert not (tmp_path / "a").exists()
 
 
 def test_an_unset_batch_on_a_gpu_is_recorded_as_the_one_it_resolves_to(synthetic_raw, tmp_path):
