@@ -42,6 +42,11 @@ def positive_float(text: str) -> float:
     return float(_checked(text, float, lambda v: math.isfinite(v) and v > 0, "a number > 0"))
 
 
+def share(text: str) -> float:
+    """A number above 0 up to 1 (shares that must be covered)."""
+    return float(_checked(text, float, lambda v: 0.0 < v <= 1.0, "a number above 0 up to 1"))
+
+
 def fraction(text: str) -> float:
     """A number from 0 to 1 (merge thresholds: affinities and merge probabilities)."""
     return float(_checked(text, float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1"))

@@ -11,6 +11,7 @@ from connectome.cli.arg_types import (
     non_negative_int,
     positive_float,
     positive_int,
+    share,
 )
 from connectome.cli.held_notes import held_until_accepted
 from connectome.cli.main import print_result
@@ -65,6 +66,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ffn-agglomerate", action="store_true",
                         help="ffn: then merge touching segments where the network, started on each side of their "
                              "contact, fills into the other side from both")
+    parser.add_argument("--ffn-agree", type=share, default=None, metavar="A",
+                        help="ffn: with --ffn-agglomerate, the share (0-1] of the other segment the fill from each "
+                             "side must cover to merge (default: the model's; ffn-fib-10nm 0.95, chosen on a "
+                             "medulla validation crop; 0.8 for models that chose none)")
     parser.add_argument("--ffn-scale", nargs=3, type=positive_int, default=None, metavar=("Z", "Y", "X"),
                         help="ffn: run the network on the image downsampled by these whole factors and upsample its "
                              "objects (default: the model's voxel size over the data's, rounded)")
@@ -123,14 +128,17 @@ def add_min_segment_option(parser) -> None:
 
 
 ONLY_FOR = {  # options that one method reads, the other would ignore: refused there
-    "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_scale",
+    "ffn": ("overlap", "reverse_seeds", "consensus", "consensus_model", "ffn_agglomerate", "ffn_agree", "ffn_scale",
             "ffn_weak_seed", "ffn_seed_margin", "ffn_step_budget", "ffn_moves", "ffn_batch"),
     "affinities": ("threshold", "scoring", "edge_model", "tta", "min_segment_voxels"),
 }
 
 
 def refuse_options_of_the_other_method(args) -> None:
-    """One line naming an option given to the method that would ignore it (`ONLY_FOR`)."""
+    """One line naming an option given to the method that would ignore it (`ONLY_FOR`), or `--ffn-agree` without
+    the agglomeration it sets."""
+    if args.method == "ffn" and getattr(args, "ffn_agree", None) is not None and not args.ffn_agglomerate:
+        raise UserError(f"--ffn-agree {args.ffn_agree}: for --ffn-agglomerate, which is not given")
     for method, names in ONLY_FOR.items():
         if method == args.method:
             continue
@@ -219,7 +227,8 @@ def _run_ffn(args) -> int:
         config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
                             cluster, args.overlap, args.ffn_batch, allow_voxel_mismatch=args.allow_voxel_mismatch,
                             mask=args.mask, consensus=args.consensus, reverse=args.reverse_seeds,
-                            agglomerate=args.ffn_agglomerate, precision=args.precision, scale=args.ffn_scale,
+                            agglomerate=args.ffn_agglomerate, agree=args.ffn_agree, precision=args.precision,
+                            scale=args.ffn_scale,
                             consensus_model=args.consensus_model, weak_seed=args.ffn_weak_seed,
                             seed_margin=args.ffn_seed_margin, step_budget=args.ffn_step_budget,
                             moves=args.ffn_moves, section_order=args.section_order or "auto",

@@ -143,6 +143,7 @@ class FFNInfo:
     move_threshold: float = 0.9
     segment_threshold: float = 0.6
     min_size: int = 100
+    agree: float = 0.8  # FFN agglomeration's agreement threshold (ffn.agglomeration), chosen per model where it was
     provenance: dict = field(default_factory=dict)
     path: str = ""
     input: str = "raw"  # what the network reads as its image: `raw`, or `affinities:MODEL` (ffn.inputs)

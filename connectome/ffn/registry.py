@@ -83,6 +83,7 @@ def read_info(path: str | os.PathLike) -> FFNInfo:
             move_threshold=float(inf.get("move_threshold", 0.9)),
             segment_threshold=float(inf.get("segment_threshold", 0.6)),
             min_size=int(inf.get("min_size", 100)),
+            agree=float(meta.get("agglomeration", {}).get("agree", 0.8)),
             provenance=meta.get("provenance", {}),
             path=str(path),
             input=str(meta.get("input", "raw")),
@@ -126,6 +127,7 @@ def save_model(path: str | os.PathLike, net: FFN, info: FFNInfo, extra: dict | N
         "normalisation": {"mean": info.mean, "std": info.std, "formula": "(image / 255 - mean) / std"},
         "inference": {"move_threshold": info.move_threshold, "segment_threshold": info.segment_threshold,
                       "min_size": info.min_size},
+        "agglomeration": {"agree": info.agree},
         "provenance": info.provenance,
         **(extra or {}),
     }

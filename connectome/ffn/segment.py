@@ -19,7 +19,7 @@ from connectome.models.run_precision import recorded_precision
 def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), chunk_shape=None, voxel_size=None,
                cluster: ClusterConfig | None = None, overlap=None, batch: int | None = None, reverse: bool = False,
                allow_voxel_mismatch: bool = False, mask: str | None = None, consensus: bool = False,
-               agglomerate: bool = False, precision: str | None = None, scale=None,
+               agglomerate: bool = False, agree: float | None = None, precision: str | None = None, scale=None,
                consensus_model: str | None = None, weak_seed: str | None = None,
                seed_margin: int | None = None, step_budget: float | None = None, moves: str | None = None,
                section_order: str = "auto", blank_band: int | str | None = None,
@@ -28,7 +28,8 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
     With `consensus_model`, a second FFN's objects join the consensus (see `ffn.stages.FFNParams`).
     With `scale` (z, y, x), the network runs on the image downsampled by it (default: from the voxel sizes).
     `weak_seed` and `seed_margin`: the seed rules of `ffn.stages.FFNParams`, `step_budget` its bound on a block's
-    FOV steps, `moves` its move rule (default: theirs).
+    FOV steps, `moves` its move rule (default: theirs). `agree`: FFN agglomeration's agreement threshold (default: the
+    model's).
     With `mask` (nonzero = excluded; with `mask_values`, one of them), no seed starts, no object grows and no FOV
     moves into masked voxels; the padding of sections smaller than the stack's plane (`Volume.section_footprints`)
     is masked the same way.
@@ -86,7 +87,7 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
         *mask_stages,
         StageConfig(stage="ffn", params=params, inputs={**image, **({"mask": mask_input} if mask_input else {})}),
         *(agglomeration_stages(model, allow_voxel_mismatch, image, precision,
-                               0 if blank_band == "off" else fill_blank) if agglomerate
+                               0 if blank_band == "off" else fill_blank, agree) if agglomerate
           else [StageConfig(stage="ffn_relabel")])], raw, voxel_size, section_order, mask)
     return with_finding(RunConfig(
         input=absolute(raw), output=os.path.abspath(out_dir), voxel_size=voxel_size,
@@ -95,12 +96,14 @@ def ffn_config(raw: str, out_dir: str, model: str, block_shape=(64, 256, 256), c
 
 
 def agglomeration_stages(model: str, allow_voxel_mismatch: bool, image: dict | None = None,
-                         precision: str | None = None, fill_blank: int | None = None) -> list[StageConfig]:
+                         precision: str | None = None, fill_blank: int | None = None,
+                         agree: float | None = None) -> list[StageConfig]:
     """ffn_relabel writes `ffn_segments`; ffn_agglomerate tests their contacts (reading `image`'s inputs too, its
     blank voxels filled as the ffn stage's); ffn_merge writes `segmentation`."""
     params: dict = {"model": model, **({"allow_voxel_mismatch": True} if allow_voxel_mismatch else {}),
                     **({"precision": precision} if precision is not None else {}),
-                    **({"fill_blank": fill_blank} if fill_blank is not None else {})}
+                    **({"fill_blank": fill_blank} if fill_blank is not None else {}),
+                    **({"agree": agree} if agree is not None else {})}
     return [StageConfig(stage="ffn_relabel", outputs={"segmentation": "ffn_segments"}),
             StageConfig(stage="ffn_agglomerate", params=params, inputs=dict(image or {})),
             StageConfig(stage="ffn_merge")]

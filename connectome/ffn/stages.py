@@ -383,8 +383,9 @@ class FFNAgglomerateParams(StageParams):
     device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
     radius: tuple[int, int, int] | None = Field(None, description="half-size of the subvolume around a contact "
                                                                   "(default: the model's FOV)")
-    agree: float = Field(0.8, gt=0, le=1, description="share of the other segment the object from each side "
-                                                      "must cover (chosen on synthetic seed 310 with ffn-synthetic)")
+    agree: float | None = Field(None, gt=0, le=1, description="share of the other segment the object from each "
+                                                              "side must cover (default: the model's, 0.8 where its "
+                                                              "json gives none)")
     min_contact: int = Field(10, ge=1, description="fewest contact voxel pairs (in one block) for a pair to be tested")
     precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="as the ffn stage's")
     fill_blank: int = FILL_FIELD
@@ -412,8 +413,10 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
         return {"weights": ("model", self.model_info.path)}
 
     def fingerprint(self) -> dict:
-        """At precision auto, the one from before the option existed, so earlier runs resume."""
+        """At precision auto, the one from before the option existed, so earlier runs resume; `agree` as it
+        resolves (the model's by default), so a run made before the models chose theirs resumes where it is 0.8."""
         fp = super().fingerprint()
+        fp["params"]["agree"] = self.agree
         if self.params.precision == "auto":
             fp["params"] = {k: v for k, v in fp["params"].items() if k != "precision"}
         return fingerprint_fill(fp, self.params.fill_blank)
@@ -421,6 +424,10 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
     @property
     def radius(self) -> tuple[int, int, int]:
         return tuple(self.params.radius or self.model_info.config.fov)  # type: ignore[return-value]
+
+    @property
+    def agree(self) -> float:
+        return self.params.agree or self.model_info.agree
 
     def context(self) -> Context:
         return Context(vec3([r + 1 for r in self.radius]), self.radius)
@@ -442,7 +449,7 @@ class FFNAgglomerateStage(OnePrecision, BlockStage[FFNAgglomerateParams]):
         # chosen (benchmarks/results/ffn_agglomeration_threshold.md)
         canvas = CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size,
                                 precision=self.block_precision(), weak_seed="continue", moves="face")
-        settings = AgglomerationSettings(self.radius, self.params.agree, self.params.min_contact)
+        settings = AgglomerationSettings(self.radius, self.agree, self.params.min_contact)
         table = block_decisions(fill_from_seed(net, info, canvas, self.params.device),
                                 read_image(volumes, block.read_box, self.params.fill_blank),
                                 volumes["ffn_segments"].read(block.read_box),

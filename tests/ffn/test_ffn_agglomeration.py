@@ -125,3 +125,41 @@ def test_segment_ffn_agglomerate_command(tmp_path, capsys, client):
         assert np.unique(final[(cells == c) & ~walls]).size == 1
     pairs = np.unique(np.stack([segments.ravel(), final.ravel()]), axis=1)
     assert pairs.shape[1] == np.unique(segments).size  # merges only: every piece lies in one final segment
+
+
+def test_the_agreement_threshold_is_the_models_unless_given(tmp_path, capsys):
+    """`agree` defaults to the model's json value (`agglomeration.agree`, written by `save_model`), 0.8 for a json
+    without one (whose runs, made when 0.8 was the stage's default, still resume); `--ffn-agree` overrides it, and
+    is refused in one line without `--ffn-agglomerate` or outside (0, 1]."""
+    from connectome.engine.plan import plan_run
+    from connectome.ffn.registry import read_info
+    from connectome.ffn.segment import ffn_config
+
+    raw = create_volume(str(tmp_path / "in" / "raw"), (16, 64, 64), np.uint8, (16, 64, 64), (8, 8, 8))
+    raw.write(raw.box, _compartments()[0])
+    chosen = saved_handset_model(tmp_path)
+    meta = json.loads((tmp_path / "ffn-handset.json").read_text())
+    assert meta["agglomeration"] == {"agree": 0.8}  # save_model writes it
+    meta["agglomeration"] = {"agree": 0.95}
+    (tmp_path / "ffn-handset.json").write_text(json.dumps(meta))
+    assert read_info(chosen).agree == 0.95
+    older = saved_handset_model(tmp_path, name="older")
+    meta = json.loads((tmp_path / "older.json").read_text())
+    del meta["agglomeration"]
+    (tmp_path / "older.json").write_text(json.dumps(meta))
+
+    def stage(model, **kw):
+        config = ffn_config(raw.address, str(tmp_path / "o"), model, (16, 64, 64), agglomerate=True, **kw)
+        return next(p.stage for p in plan_run(config).stages if p.stage.name == "ffn_agglomerate")
+
+    assert stage(chosen).agree == 0.95 and stage(chosen).fingerprint()["params"]["agree"] == 0.95
+    assert stage(chosen, agree=0.5).agree == 0.5 and stage(chosen, agree=0.5).fingerprint()["params"]["agree"] == 0.5
+    assert stage(older).agree == 0.8
+    assert stage(older).fingerprint() == stage(older, agree=0.8).fingerprint()  # as recorded before
+    for extra, expected in ((["--ffn-agree", "0.9"], "--ffn-agree 0.9: for --ffn-agglomerate, which is not given"),
+                            (["--ffn-agglomerate", "--ffn-agree", "0"], "--ffn-agree")):
+        argv = ["segment", raw.address, str(tmp_path / "cli"), "--method", "ffn", "--model", chosen, *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+        assert not (tmp_path / "cli").exists()
