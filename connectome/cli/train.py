@@ -200,6 +200,10 @@ def _add_ffn(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--val-every", type=positive_int, default=250, metavar="N")
+    p.add_argument("--val-orders", type=int, choices=(1, 2), default=2,
+                   help="segment the validation volume with its seeds in forward order (1) or in forward and "
+                        "reverse order (2, default), and score the mean: one order's VOI swings by up to 0.9 "
+                        "between orders on real FIB-SEM")
     p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains and validates")
@@ -316,7 +320,7 @@ def _run_ffn(args) -> int:
         raw=args.raw, labels=args.labels, name=args.name, out=args.out, val_raw=args.val_raw,
         val_labels=args.val_labels, iterations=args.iterations, batch_size=args.batch_size, moves=args.moves,
         balance=args.balance, config=config, seed=args.seed, lr=args.lr, val_every=args.val_every,
-        max_minutes=args.max_minutes, threads=args.threads,
+        val_orders=args.val_orders, max_minutes=args.max_minutes, threads=args.threads,
         voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
         install=args.install, command=_command_line(), input=args.input or "raw", scale=vec3(args.scale),
         device=args.device, init=args.init,

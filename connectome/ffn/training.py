@@ -46,6 +46,7 @@ class FFNTrainSettings:
     seed: int = 0
     lr: float = 1e-3
     val_every: int = 250
+    val_orders: int = 2  # validation seeds in forward (1), or forward and reverse order (2) scored as the mean
     max_minutes: float | None = None
     threads: int = 2
     voxel_size: tuple[float, float, float] | None = None
@@ -132,18 +133,28 @@ def _check_affinity_model(settings: FFNTrainSettings, voxel_size) -> None:
                         f"volumes have {list(voxel_size)}")
 
 
+MEANS = ("voi_split", "voi_merge", "voi", "merges", "segments", "unsegmented")
+
+
 def validate(net: FFN, info: FFNInfo, raw: np.ndarray, gt: np.ndarray, scale=ONE,
-             device: torch.device = CPU_DEVICE) -> dict:
+             device: torch.device = CPU_DEVICE, orders: int = 1) -> dict:
     """Segment `raw` with the current weights (downsampled by `scale`, the labels upsampled back, as the `ffn`
     stage runs it, with its default seed rules and step budget, which also bounds the time of a validation) and
-    score it against `gt`."""
+    score it against `gt`; with `orders` 2, once with the seeds in forward and once in reverse order: the scores
+    are the two runs' means (each run's VOI kept as `voi_orders`), steps and seeds not started their sums."""
     net.eval()
-    seg, stats = segment_volume(net, info, downsample_image(raw, scale),
-                                CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size),
-                                device=device)
-    seg = upsample_labels(seg, scale, raw.shape)
+    runs = []
+    for reverse in (False, True)[:orders]:
+        seg, stats = segment_volume(net, info, downsample_image(raw, scale),
+                                    CanvasSettings(info.move_threshold, info.segment_threshold, info.min_size,
+                                                   reverse=reverse), device=device)
+        runs.append({**validation_scores(upsample_labels(seg, scale, raw.shape), gt), "steps": stats["steps"],
+                     "over_budget": stats["over_budget"]})
     net.train()
-    return {**validation_scores(seg, gt), "steps": stats["steps"], "over_budget": stats["over_budget"]}
+    if orders == 1:
+        return runs[0]
+    return {**{k: float(np.mean([r[k] for r in runs])) for k in MEANS}, "voi_orders": [r["voi"] for r in runs],
+            "steps": sum(r["steps"] for r in runs), "over_budget": sum(r["over_budget"] for r in runs)}
 
 
 def train(settings: FFNTrainSettings, log=print) -> dict:
@@ -198,9 +209,12 @@ def train(settings: FFNTrainSettings, log=print) -> dict:
     def validation(iteration: int) -> None:
         nonlocal best
         assert val is not None
-        scores = {"iteration": iteration, **validate(net, info, val.raw, val.labels, settings.scale, device)}
+        scores = {"iteration": iteration,
+                  **validate(net, info, val.raw, val.labels, settings.scale, device, settings.val_orders)}
         history.append(scores)
-        log(f"validation at {iteration}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
+        orders = (f" = mean of seeds forward {scores['voi_orders'][0]:.3f} and reverse {scores['voi_orders'][1]:.3f}"
+                  if "voi_orders" in scores else "")
+        log(f"validation at {iteration}: VOI {scores['voi']:.3f}{orders} (split {scores['voi_split']:.3f}, "
             f"merge {scores['voi_merge']:.3f}), merges {scores['merges']}"
             + (f", step budget spent ({scores['over_budget']} seeds not started)" if scores["over_budget"] else ""))
         if best is None or scores["voi"] < best["voi"]:

@@ -82,7 +82,7 @@ def test_train_command_writes_weights_provenance_and_curves(tmp_path, capsys):
             "--val-raw", raw + "[20:32]", "--val-labels", labels + "[20:32]",
             "--name", "ffn-tiny", "--out", str(tmp_path / "out"), "--iterations", "12", "--val-every", "6",
             "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "4", "4", "4", "--depth", "2",
-            "--features", "8", "--json"]
+            "--features", "8", "--val-orders", "1", "--json"]  # one seed order: test_..._coarser_scale checks both
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["iterations"] == 12 and summary["validation"]["voi"] >= 0
@@ -164,7 +164,8 @@ def test_train_command_refuses_a_bad_affinity_input_in_one_line(tmp_path, capsys
 def test_train_command_at_a_coarser_scale_records_that_voxel_size(tmp_path, capsys, monkeypatch):
     """`--scale 1 2 2` trains on the image averaged in 1 x 2 x 2 boxes: the model's voxel size is twice the data's
     in y and x, so `segment --method ffn` runs it downsampled (tests/ffn/test_scale.py); validation segments the
-    downsampled image and scores it, upsampled, against the labels at the data's voxel size."""
+    downsampled image and scores it, upsampled, against the labels at the data's voxel size, with the seeds in
+    forward and in reverse order (the default `--val-orders 2`), the scores being the two runs' means."""
     from connectome.ffn import training
     from connectome.synth import generate
 
@@ -173,17 +174,23 @@ def test_train_command_at_a_coarser_scale_records_that_voxel_size(tmp_path, caps
     segmented, scored = [], []
     segment_volume, validation_scores = training.segment_volume, training.validation_scores
     monkeypatch.setattr(training, "segment_volume", lambda net, info, image, settings, **kw: segmented.append(
-        image.shape) or segment_volume(net, info, image, settings, **kw))
-    monkeypatch.setattr(training, "validation_scores", lambda seg, gt: scored.append((seg.shape, gt.shape)) or
-                        validation_scores(seg, gt))
+        (image.shape, settings.reverse)) or segment_volume(net, info, image, settings, **kw))
+    monkeypatch.setattr(training, "validation_scores", lambda seg, gt: scored.append(
+        (seg.shape, gt.shape, validation_scores(seg, gt))) or scored[-1][2])
     argv = ["train", "ffn", "--raw", raw + "[0:24]", "--labels", labels + "[0:24]", "--val-raw", raw + "[24:32]",
             "--val-labels", labels + "[24:32]", "--name", "ffn-coarse", "--out", str(tmp_path / "out"),
             "--iterations", "3", "--val-every", "3", "--batch-size", "2", "--fov", "9", "9", "9", "--deltas", "4",
             "4", "4", "--depth", "2", "--features", "8", "--scale", "1", "2", "2", "--json"]
     assert main(argv) == 0
     capsys.readouterr()
-    assert segmented == [(8, 32, 32)] and scored == [((8, 64, 64), (8, 64, 64))]
+    assert segmented == [((8, 32, 32), False), ((8, 32, 32), True)]
+    assert [s[:2] for s in scored] == [((8, 64, 64), (8, 64, 64))] * 2
     meta = json.loads((tmp_path / "out" / "ffn-coarse.json").read_text())
+    (entry,) = meta["provenance"]["validation_history"]
+    runs = [s[2] for s in scored]
+    assert entry["voi_orders"] == [r["voi"] for r in runs]
+    for key in ("voi", "voi_split", "voi_merge", "merges"):
+        assert entry[key] == pytest.approx((runs[0][key] + runs[1][key]) / 2), key
     assert meta["voxel_size"] == [8.0, 16.0, 16.0]
     assert meta["provenance"]["settings"]["scale"] == [1, 2, 2]
     assert main([*argv[:-4], "0", "2", "2"]) == 2
