@@ -135,10 +135,7 @@ ONLY_FOR = {  # options that one method reads, the other would ignore: refused t
 
 
 def refuse_options_of_the_other_method(args) -> None:
-    """One line naming an option given to the method that would ignore it (`ONLY_FOR`), or `--ffn-agree` without
-    the agglomeration it sets."""
-    if args.method == "ffn" and getattr(args, "ffn_agree", None) is not None and not args.ffn_agglomerate:
-        raise UserError(f"--ffn-agree {args.ffn_agree}: for --ffn-agglomerate, which is not given")
+    """One line naming an option given to the method that would ignore it (`ONLY_FOR`)."""
     for method, names in ONLY_FOR.items():
         if method == args.method:
             continue
@@ -222,6 +219,8 @@ def _run_ffn(args) -> int:
     from connectome.engine.plan import check_input_chunks, check_outputs, check_plan_resumable, plan_run
     from connectome.ffn.segment import budget_warning, ffn_config, run_ffn
 
+    if args.ffn_agree is not None and not args.ffn_agglomerate:
+        raise UserError(f"--ffn-agree {args.ffn_agree}: for --ffn-agglomerate, which is not given")
     with held_until_accepted():  # (as `run`'s)
         cluster = cluster_settings(args)
         config = ffn_config(args.raw, args.out_dir, args.model, args.block_shape, args.chunk_shape, args.voxel_size,
